@@ -1,0 +1,175 @@
+package jose
+
+import (
+	"crypto/sha1"
+	"crypto/sha256"
+	"crypto/sha512"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"hash"
+	"slices"
+)
+
+// JWK is a JSON Web Key as Tang and Clevis use them: EC keys (public or
+// private) and symmetric "oct" keys. Field order is alphabetical so that
+// marshalled keys match what tangd and jose emit byte for byte.
+type JWK struct {
+	Alg    string   `json:"alg,omitempty"`
+	Crv    string   `json:"crv,omitempty"`
+	D      string   `json:"d,omitempty"`
+	K      string   `json:"k,omitempty"`
+	KeyOps []string `json:"key_ops,omitempty"`
+	Kty    string   `json:"kty"`
+	X      string   `json:"x,omitempty"`
+	Y      string   `json:"y,omitempty"`
+}
+
+// ParseJWK parses one JWK and checks that it is well formed: a known key
+// type, and for EC keys a supported curve and coordinates of the right
+// length. It does not check that the point is on the curve; Curve.Point does.
+func ParseJWK(data []byte) (*JWK, error) {
+	var k JWK
+	if err := json.Unmarshal(data, &k); err != nil {
+		return nil, fmt.Errorf("parse jwk: %w", err)
+	}
+	if err := k.Validate(); err != nil {
+		return nil, err
+	}
+	return &k, nil
+}
+
+// Validate reports whether k is a well-formed EC or oct key.
+func (k *JWK) Validate() error {
+	switch k.Kty {
+	case "EC":
+		c, err := CurveByName(k.Crv)
+		if err != nil {
+			return err
+		}
+		for name, v := range map[string]string{"x": k.X, "y": k.Y} {
+			b, err := decodeB64(v)
+			if err != nil || len(b) != c.Size {
+				return fmt.Errorf("jwk: %s coordinate is not %d bytes of base64url", name, c.Size)
+			}
+		}
+		if k.D != "" {
+			b, err := decodeB64(k.D)
+			if err != nil || len(b) != c.Size {
+				return fmt.Errorf("jwk: private scalar is not %d bytes of base64url", c.Size)
+			}
+		}
+	case "oct":
+		if _, err := decodeB64(k.K); err != nil || k.K == "" {
+			return errors.New("jwk: oct key has no valid k")
+		}
+	case "":
+		return errors.New("jwk: missing kty")
+	default:
+		return fmt.Errorf("jwk: unsupported key type %q", k.Kty)
+	}
+	return nil
+}
+
+// HasOp reports whether the key lists op in key_ops.
+func (k *JWK) HasOp(op string) bool { return slices.Contains(k.KeyOps, op) }
+
+// Public returns a copy of k without its private part.
+func (k *JWK) Public() *JWK {
+	p := *k
+	p.D = ""
+	p.KeyOps = slices.Clone(k.KeyOps)
+	return &p
+}
+
+// Thumbprint hash names, as jose(1) and Tang name them.
+var thumbprintHashes = []struct {
+	name string
+	new  func() hash.Hash
+}{
+	{"S1", sha1.New},
+	{"S224", sha256.New224},
+	{"S256", sha256.New},
+	{"S384", sha512.New384},
+	{"S512", sha512.New},
+}
+
+// ThumbprintAlgs lists the thumbprint hashes Tang accepts as key IDs.
+var ThumbprintAlgs = []string{"S1", "S224", "S256", "S384", "S512"}
+
+// Thumbprint returns the RFC 7638 thumbprint of an EC key with the named
+// hash ("S256" is what clients write, "S1" is deprecated but still used).
+func (k *JWK) Thumbprint(alg string) (string, error) {
+	if k.Kty != "EC" {
+		return "", fmt.Errorf("jwk: thumbprint of %q key not supported", k.Kty)
+	}
+	for _, h := range thumbprintHashes {
+		if h.name == alg {
+			// RFC 7638: required members only, lexicographic order, no spaces.
+			canon := `{"crv":` + quote(k.Crv) + `,"kty":"EC","x":` + quote(k.X) + `,"y":` + quote(k.Y) + `}`
+			d := h.new()
+			d.Write([]byte(canon))
+			return B64.EncodeToString(d.Sum(nil)), nil
+		}
+	}
+	return "", fmt.Errorf("jwk: unknown thumbprint hash %q", alg)
+}
+
+// Thumbprints returns the key's thumbprints under every hash Tang accepts.
+func (k *JWK) Thumbprints() []string {
+	out := make([]string, 0, len(ThumbprintAlgs))
+	for _, a := range ThumbprintAlgs {
+		t, err := k.Thumbprint(a)
+		if err == nil {
+			out = append(out, t)
+		}
+	}
+	return out
+}
+
+// MatchesThumbprint reports whether tp is a thumbprint of k under any of the
+// hashes Tang accepts.
+func (k *JWK) MatchesThumbprint(tp string) bool {
+	return slices.Contains(k.Thumbprints(), tp)
+}
+
+func quote(s string) string {
+	b, _ := json.Marshal(s)
+	return string(b)
+}
+
+// KeySet is a JWK Set: the payload of a Tang advertisement.
+type KeySet struct {
+	Keys []*JWK `json:"keys"`
+}
+
+// ParseKeySet parses and validates a JWK Set.
+func ParseKeySet(data []byte) (*KeySet, error) {
+	var ks KeySet
+	if err := json.Unmarshal(data, &ks); err != nil {
+		return nil, fmt.Errorf("parse key set: %w", err)
+	}
+	if ks.Keys == nil {
+		return nil, errors.New("parse key set: no \"keys\" array")
+	}
+	for i, k := range ks.Keys {
+		if k == nil {
+			return nil, fmt.Errorf("parse key set: key %d is null", i)
+		}
+		if err := k.Validate(); err != nil {
+			return nil, fmt.Errorf("parse key set: key %d: %w", i, err)
+		}
+	}
+	return &ks, nil
+}
+
+// WithOp returns the keys of the set that list op in key_ops, in order.
+func (ks *KeySet) WithOp(op string) []*JWK {
+	var out []*JWK
+	for _, k := range ks.Keys {
+		if k.HasOp(op) {
+			out = append(out, k)
+		}
+	}
+	return out
+}

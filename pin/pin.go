@@ -1,0 +1,152 @@
+// Package pin defines what a pin is — a way to encrypt a small secret so
+// that it can only be decrypted where a policy holds (a Tang server is
+// reachable, a TPM is in a given state, t of n other pins agree) — and
+// keeps the registry of pins by name.
+//
+// Every pin produces a compact JWE in Clevis's format: the protected header
+// carries {"clevis":{"pin":NAME,NAME:{...}}} with everything needed to
+// decrypt, so a JWE is self-describing and Decrypt needs no configuration.
+package pin
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/tether-nbde/tether/jose"
+)
+
+// Options tune encryption and decryption. The zero value is usable.
+type Options struct {
+	// Trust skips the advertisement trust check of network pins (clevis -y).
+	Trust bool
+	// Timeout bounds each network exchange or child pin. Zero means
+	// DefaultTimeout.
+	Timeout time.Duration
+}
+
+// DefaultTimeout bounds one network exchange when Options.Timeout is zero.
+const DefaultTimeout = 10 * time.Second
+
+// PerTry returns the per-exchange timeout to use.
+func (o Options) PerTry() time.Duration {
+	if o.Timeout > 0 {
+		return o.Timeout
+	}
+	return DefaultTimeout
+}
+
+// Pin encrypts and decrypts secrets under one kind of policy.
+type Pin interface {
+	// Encrypt encrypts secret under cfg, the pin's JSON configuration.
+	Encrypt(ctx context.Context, cfg json.RawMessage, secret []byte, o Options) (*jose.JWE, error)
+	// Decrypt decrypts a JWE this pin made. The JWE's header has already
+	// been checked to name this pin.
+	Decrypt(ctx context.Context, j *jose.JWE, o Options) ([]byte, error)
+}
+
+var (
+	mu   sync.RWMutex
+	pins = map[string]Pin{}
+)
+
+// Register makes a pin available by name. It is called from the init
+// functions of the pin packages.
+func Register(name string, p Pin) {
+	mu.Lock()
+	defer mu.Unlock()
+	if _, dup := pins[name]; dup {
+		panic("pin: duplicate registration of " + name)
+	}
+	pins[name] = p
+}
+
+// Names lists the registered pins.
+func Names() []string {
+	mu.RLock()
+	defer mu.RUnlock()
+	var out []string
+	for n := range pins {
+		out = append(out, n)
+	}
+	sort.Strings(out)
+	return out
+}
+
+func lookup(name string) (Pin, error) {
+	mu.RLock()
+	defer mu.RUnlock()
+	p, ok := pins[name]
+	if !ok {
+		return nil, fmt.Errorf("unknown pin %q (known pins: %v)", name, namesLocked())
+	}
+	return p, nil
+}
+
+func namesLocked() []string {
+	var out []string
+	for n := range pins {
+		out = append(out, n)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// Encrypt encrypts secret with the named pin.
+func Encrypt(ctx context.Context, name string, cfg json.RawMessage, secret []byte, o Options) (*jose.JWE, error) {
+	p, err := lookup(name)
+	if err != nil {
+		return nil, err
+	}
+	if !json.Valid(cfg) {
+		return nil, fmt.Errorf("%s: configuration is not valid JSON", name)
+	}
+	j, err := p.Encrypt(ctx, cfg, secret, o)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", name, err)
+	}
+	return j, nil
+}
+
+// Decrypt decrypts any JWE made by a registered pin, choosing the pin from
+// the JWE's header.
+func Decrypt(ctx context.Context, j *jose.JWE, o Options) ([]byte, error) {
+	name, err := j.Header.Pin()
+	if err != nil {
+		return nil, err
+	}
+	p, err := lookup(name)
+	if err != nil {
+		return nil, err
+	}
+	out, err := p.Decrypt(ctx, j, o)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", name, err)
+	}
+	return out, nil
+}
+
+// Describe returns a one-line human description of a JWE's policy, such as
+// "tang(http://keys.lan)" or "sss(t=2; tang(a), tang(b), tpm2)". Pins that
+// implement Describer say more than their name.
+func Describe(j *jose.JWE) string {
+	name, err := j.Header.Pin()
+	if err != nil {
+		return "unknown"
+	}
+	mu.RLock()
+	p := pins[name]
+	mu.RUnlock()
+	if d, ok := p.(Describer); ok {
+		return d.Describe(j)
+	}
+	return name
+}
+
+// Describer is implemented by pins that can summarise a JWE's policy.
+type Describer interface {
+	Describe(j *jose.JWE) string
+}
