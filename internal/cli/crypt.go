@@ -1,0 +1,146 @@
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"time"
+
+	"github.com/tether-nbde/tether/jose"
+	"github.com/tether-nbde/tether/pin"
+	_ "github.com/tether-nbde/tether/pin/sss"  // registers the sss pin
+	_ "github.com/tether-nbde/tether/pin/tang" // registers the tang pin
+)
+
+// maxInput bounds what encrypt and decrypt read from stdin: pins protect
+// small secrets (passphrases, keys), and a JWE of one is a few KiB.
+const maxInput = 16 << 20
+
+func init() {
+	register(&command{
+		name:    "encrypt",
+		summary: "encrypt stdin to a JWE under a pin's policy",
+		usage:   encryptUsage,
+		flags: func(fs *flag.FlagSet) func(*Env, []string) error {
+			trust := fs.Bool("y", false, "")
+			timeout := fs.Duration("timeout", pin.DefaultTimeout, "")
+			return func(env *Env, args []string) error {
+				if len(args) != 2 {
+					return usagef("want PIN and CONFIG")
+				}
+				cfg := json.RawMessage(args[1])
+				if !json.Valid(cfg) {
+					return withHint(fmt.Errorf("configuration is not valid JSON: %s", args[1]),
+						`quote it for the shell: '{"url":"http://keys.lan"}'`)
+				}
+				secret, err := readInput(env.Stdin)
+				if err != nil {
+					return err
+				}
+				defer clear(secret)
+				ctx := context.Background()
+				j, err := pin.Encrypt(ctx, args[0], cfg, secret, pin.Options{Trust: *trust, Timeout: *timeout})
+				if err != nil {
+					return err
+				}
+				_, err = io.WriteString(env.Stdout, j.Compact())
+				return err
+			}
+		},
+	})
+	register(&command{
+		name:    "decrypt",
+		summary: "decrypt a JWE from stdin (made by tether or clevis)",
+		usage:   decryptUsage,
+		flags: func(fs *flag.FlagSet) func(*Env, []string) error {
+			timeout := fs.Duration("timeout", pin.DefaultTimeout, "")
+			return func(env *Env, args []string) error {
+				if len(args) != 0 {
+					return usagef("decrypt takes no arguments: the JWE comes on stdin")
+				}
+				in, err := readInput(env.Stdin)
+				if err != nil {
+					return err
+				}
+				j, err := jose.ParseCompact(string(in))
+				if err != nil {
+					return withHint(err, "give decrypt a compact JWE as written by tether encrypt or clevis encrypt")
+				}
+				ctx, cancel := context.WithTimeout(context.Background(), *timeout+time.Second)
+				defer cancel()
+				secret, err := pin.Decrypt(ctx, j, pin.Options{Timeout: *timeout})
+				if err != nil {
+					return err
+				}
+				defer clear(secret)
+				_, err = env.Stdout.Write(secret)
+				return err
+			}
+		},
+	})
+}
+
+func readInput(r io.Reader) ([]byte, error) {
+	if f, ok := r.(*os.File); ok {
+		if fi, err := f.Stat(); err == nil && fi.Mode()&os.ModeCharDevice != 0 {
+			return nil, withHint(fmt.Errorf("stdin is a terminal"), "pipe the input in: tether encrypt ... < secret > secret.jwe")
+		}
+	}
+	data, err := io.ReadAll(io.LimitReader(r, maxInput+1))
+	if err != nil {
+		return nil, fmt.Errorf("read stdin: %w", err)
+	}
+	if len(data) > maxInput {
+		return nil, fmt.Errorf("input is larger than %d MiB", maxInput>>20)
+	}
+	return data, nil
+}
+
+const encryptUsage = `Usage: tether encrypt PIN CONFIG [-y] [--timeout D] < SECRET > JWE
+
+Encrypt SECRET (stdin) under the policy of PIN and write a compact JWE to
+stdout. The JWE is in Clevis's format: "clevis decrypt" and "tether
+decrypt" both read it, and tether decrypts JWEs made by clevis.
+
+Pins:
+  tang   the key is recovered with the help of a Tang server (tangd or
+         tether server). CONFIG: {"url":URL, "thp":THUMBPRINT}
+           url  the server's base URL (required)
+           thp  thumbprint of a trusted signing key (tether server keys
+                list, or jose jwk thp -i KEY.jwk on the tangd host)
+           adv  a trusted advertisement: a file name or the JWS object;
+                no network access is needed to encrypt then
+  sss    Shamir's secret sharing: any t of the child pins decrypt.
+         CONFIG: {"t":2,"pins":{"tang":[{"url":..},{"url":..}],...}}
+         Children decrypt in parallel, each with its own timeout.
+
+Trust: without "thp" or "adv", tether fetches the advertisement, shows the
+thumbprints of its signing keys and refuses; -y trusts the advertisement
+blindly (only on a network you trust).
+
+Options:
+  -y             trust advertisements without a thumbprint
+  --timeout D    bound for each network exchange (default 10s)
+
+Examples:
+  $ tether encrypt tang '{"url":"http://keys.lan:7500","thp":"9C8h..."}' < secret > secret.jwe
+  $ tether encrypt sss '{"t":2,"pins":{"tang":[{"url":"http://a"},{"url":"http://b"},{"url":"http://c"}]}}' -y < secret > secret.jwe
+`
+
+const decryptUsage = `Usage: tether decrypt [--timeout D] < JWE > SECRET
+
+Decrypt a JWE made by tether encrypt or clevis encrypt. The JWE says which
+pin made it and where its servers are; no configuration is needed. For sss,
+every child is tried at once and decryption finishes as soon as enough have
+answered: a dead or silent server costs at most --timeout, and nothing when
+enough others answer.
+
+Options:
+  --timeout D    bound for each network exchange (default 10s)
+
+Example:
+  $ tether decrypt < secret.jwe > secret
+`

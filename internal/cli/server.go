@@ -1,0 +1,237 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+	"text/tabwriter"
+
+	"github.com/tether-nbde/tether/jose"
+	"github.com/tether-nbde/tether/server"
+	"github.com/tether-nbde/tether/tang"
+)
+
+const defaultDataDir = "/var/lib/tether"
+
+func init() {
+	register(&command{
+		name:    "server",
+		summary: "run the key server (Tang protocol)",
+		usage:   serverUsage,
+		flags: func(fs *flag.FlagSet) func(*Env, []string) error {
+			listen := fs.String("listen", ":7500", "")
+			data := fs.String("data", defaultDataDir, "")
+			prefix := fs.String("prefix", "", "")
+			curve := fs.String("curve", "P-521", "")
+			cert := fs.String("tls-cert", "", "")
+			key := fs.String("tls-key", "", "")
+			logLevel := fs.String("log-level", "info", "")
+			return func(env *Env, args []string) error {
+				if len(args) > 0 {
+					return usagef("unexpected argument %q", args[0])
+				}
+				c, err := jose.CurveByName(*curve)
+				if err != nil {
+					return usagef("--curve: %v", err)
+				}
+				if (*cert == "") != (*key == "") {
+					return usagef("--tls-cert and --tls-key go together")
+				}
+				var lvl slog.Level
+				if err := lvl.UnmarshalText([]byte(*logLevel)); err != nil {
+					return usagef("--log-level: %v", err)
+				}
+				log := slog.New(slog.NewTextHandler(env.Stderr, &slog.HandlerOptions{Level: lvl}))
+				ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+				defer stop()
+				err = server.Run(ctx, server.Config{
+					Listen: *listen, DataDir: *data, Prefix: *prefix, Curve: c,
+					TLSCert: *cert, TLSKey: *key, Log: log,
+				})
+				if errors.Is(err, os.ErrPermission) {
+					return withHint(err, "choose a data directory you can write with --data DIR")
+				}
+				return err
+			}
+		},
+	})
+	register(&command{
+		name:    "server keys list",
+		summary: "list the server's keys and their thumbprints",
+		usage:   keysListUsage,
+		flags: func(fs *flag.FlagSet) func(*Env, []string) error {
+			data := fs.String("data", defaultDataDir, "")
+			all := fs.Bool("all", false, "")
+			return func(env *Env, args []string) error {
+				if len(args) > 0 {
+					return usagef("unexpected argument %q", args[0])
+				}
+				keys, err := tang.LoadKeyDir(server.KeyDir(*data))
+				if err != nil {
+					return withHint(err, "is --data %s the server's data directory?", *data)
+				}
+				tw := tabwriter.NewWriter(env.Stdout, 0, 4, 2, ' ', 0)
+				fmt.Fprintln(tw, "STATE\tUSE\tCURVE\tTHUMBPRINT (S256)")
+				for _, k := range keys {
+					if k.Hidden && !*all {
+						continue
+					}
+					state, use := "advertised", "exchange"
+					if k.Hidden {
+						state = "rotated"
+					}
+					if k.Signing() {
+						use = "signing"
+					}
+					tp, _ := k.JWK.Thumbprint("S256")
+					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", state, use, k.JWK.Crv, tp)
+				}
+				return tw.Flush()
+			}
+		},
+	})
+	register(&command{
+		name:    "server keys rotate",
+		summary: "generate new keys and retire the advertised ones",
+		usage:   keysRotateUsage,
+		flags: func(fs *flag.FlagSet) func(*Env, []string) error {
+			data := fs.String("data", defaultDataDir, "")
+			curve := fs.String("curve", "P-521", "")
+			return func(env *Env, args []string) error {
+				if len(args) > 0 {
+					return usagef("unexpected argument %q", args[0])
+				}
+				c, err := jose.CurveByName(*curve)
+				if err != nil {
+					return usagef("--curve: %v", err)
+				}
+				dir := server.KeyDir(*data)
+				if _, err := os.Stat(dir); err != nil {
+					return withHint(err, "is --data %s the server's data directory?", *data)
+				}
+				newKeys, hidden, err := tang.Rotate(dir, c)
+				if err != nil {
+					return err
+				}
+				for _, k := range newKeys {
+					tp, _ := k.JWK.Thumbprint("S256")
+					fmt.Fprintf(env.Stderr, "new key %s\n", tp)
+				}
+				fmt.Fprintf(env.Stderr, "%d old keys retired: they no longer appear in /adv but still recover existing bindings\n", len(hidden))
+				return nil
+			}
+		},
+	})
+	register(&command{
+		name:    "server keys import",
+		summary: "take over the keys of a tangd key directory",
+		usage:   keysImportUsage,
+		flags: func(fs *flag.FlagSet) func(*Env, []string) error {
+			data := fs.String("data", defaultDataDir, "")
+			return func(env *Env, args []string) error {
+				if len(args) != 1 {
+					return usagef("want exactly one argument, the tangd key directory")
+				}
+				imported, err := tang.Import(server.KeyDir(*data), args[0])
+				if err != nil {
+					return err
+				}
+				for _, k := range imported {
+					tp, _ := k.JWK.Thumbprint("S256")
+					state := "advertised"
+					if k.Hidden {
+						state = "rotated"
+					}
+					fmt.Fprintf(env.Stderr, "imported %s key %s\n", state, tp)
+				}
+				fmt.Fprintf(env.Stderr, "%d keys imported\n", len(imported))
+				return nil
+			}
+		},
+	})
+}
+
+const serverUsage = `Usage: tether server [--listen ADDR] [--data DIR] [--prefix PATH]
+                     [--curve P-521|P-384|P-256] [--tls-cert FILE --tls-key FILE]
+
+Run the key server. It speaks the Tang protocol, so stock clevis clients
+bind to and unlock from it exactly as from tangd:
+
+  GET  /adv             the signed advertisement of the current keys
+  GET  /adv/{kid}       the same, also signed by the signing key kid
+                        (even a rotated one)
+  POST /rec/{kid}       the McCallum-Relyea recovery exchange
+  GET  /healthz         "ok" while the server runs
+  GET  /metrics         Prometheus metrics (requests, /rec latency)
+
+The server never learns the keys it helps recover: clients blind every
+request. Keys are kept in DIR/tang in tangd's format (one JWK per file,
+rotated keys hidden with a leading "."), generated on first start.
+Changes to that directory (tether server keys rotate/import) are picked up
+on the next request without a restart.
+
+Options:
+  --listen ADDR     address to listen on (default ":7500")
+  --data DIR        data directory, created if missing (default /var/lib/tether)
+  --prefix PATH     serve every endpoint under PATH, e.g. /tang (tangd -e)
+  --curve NAME      curve for keys generated on first start (default P-521).
+                    P-521 is tangd's default: a tether server generates the
+                    same kind of keys a tangd would, so either can take over
+                    from the other and every clevis version understands them.
+                    P-256 keys are several times cheaper per request; clevis
+                    supports them too.
+  --tls-cert FILE   serve HTTPS with this certificate (PEM) ...
+  --tls-key FILE    ... and this private key (PEM)
+  --log-level LVL   debug, info, warn or error (default info)
+
+The server stops gracefully on SIGTERM or SIGINT: it stops accepting and
+lets requests in flight finish. Logs go to stderr and never contain key
+material or request bodies.
+
+Examples:
+  $ tether server --listen 127.0.0.1:7500 --data ./tether-data
+  $ clevis encrypt tang '{"url":"http://127.0.0.1:7500","thp":"..."}' < secret > secret.jwe
+`
+
+const keysListUsage = `Usage: tether server keys list [--data DIR] [--all]
+
+List the key server's keys with their S256 thumbprints. Give a client the
+thumbprint of the advertised signing key as "thp" so that it can trust
+the advertisement without asking.
+
+Options:
+  --data DIR   the server's data directory (default /var/lib/tether)
+  --all        also list rotated keys
+`
+
+const keysRotateUsage = `Usage: tether server keys rotate [--data DIR] [--curve NAME]
+
+Generate a new signing and exchange key pair and retire the keys that were
+advertised. Retired keys are no longer advertised, so new bindings use the
+new keys, but they still answer recovery requests: every existing binding
+keeps working. Rebind clients (tether luks regen) and then delete the
+retired key files (DIR/tang/.*.jwk) to retire them for good.
+
+A running server picks the new keys up on its next request.
+
+Options:
+  --data DIR    the server's data directory (default /var/lib/tether)
+  --curve NAME  curve of the new keys (default P-521)
+`
+
+const keysImportUsage = `Usage: tether server keys import [--data DIR] TANGDIR
+
+Copy every key of a tangd key directory (e.g. /var/lib/tang or /var/db/tang)
+into the server's data directory, keeping rotated keys rotated. Every
+binding made against that tangd then recovers against tether: point the
+clients' URL (or the DNS name) at tether and stop tangd. The tangd
+directory is only read. Keys already present are skipped.
+
+Example:
+  $ tether server keys import --data /var/lib/tether /var/lib/tang
+`

@@ -1,0 +1,312 @@
+// Package sss is the "sss" pin: Shamir's Secret Sharing over child pins.
+// The content key is the constant term of a random polynomial of degree
+// t−1 over a 256-bit safe prime; each child pin encrypts one point of it,
+// so any t children can decrypt. The format is Clevis's.
+//
+// Decryption runs all children at once, each with its own timeout, and
+// returns as soon as t have succeeded: a dead or silent server costs
+// nothing when enough others answer.
+package sss
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math/big"
+	"sort"
+	"strings"
+
+	"github.com/tether-nbde/tether/jose"
+	"github.com/tether-nbde/tether/pin"
+)
+
+func init() { pin.Register("sss", Pin{}) }
+
+// Pin implements pin.Pin.
+type Pin struct{}
+
+// Config is the pin's configuration: {"t":N,"pins":{"tang":[{..},{..}],"tpm2":{}}}.
+// A pin's value is one configuration object or an array of them.
+type Config struct {
+	T    int                        `json:"t"`
+	Pins map[string]json.RawMessage `json:"pins"`
+}
+
+type header struct {
+	JWE []string `json:"jwe"`
+	P   string   `json:"p"`
+	T   int      `json:"t"`
+}
+
+type clevisHeader struct {
+	Pin string `json:"pin"`
+	SSS header `json:"sss"`
+}
+
+const pointSize = 32 // bytes per coordinate; p has 256 bits
+
+// child is one child pin configuration.
+type child struct {
+	name string
+	cfg  json.RawMessage
+}
+
+func (c *Config) children() ([]child, error) {
+	names := make([]string, 0, len(c.Pins))
+	for n := range c.Pins {
+		names = append(names, n)
+	}
+	sort.Strings(names) // deterministic child order
+	var out []child
+	for _, n := range names {
+		raw := c.Pins[n]
+		trimmed := strings.TrimSpace(string(raw))
+		switch {
+		case strings.HasPrefix(trimmed, "["):
+			var arr []json.RawMessage
+			if err := json.Unmarshal(raw, &arr); err != nil {
+				return nil, fmt.Errorf("pins.%s: %v", n, err)
+			}
+			for _, a := range arr {
+				out = append(out, child{n, a})
+			}
+		case strings.HasPrefix(trimmed, "{"):
+			out = append(out, child{n, raw})
+		default:
+			return nil, fmt.Errorf("pins.%s must be an object or an array of objects", n)
+		}
+	}
+	return out, nil
+}
+
+// Encrypt implements pin.Pin.
+func (Pin) Encrypt(ctx context.Context, raw json.RawMessage, secret []byte, o pin.Options) (*jose.JWE, error) {
+	var cfg Config
+	if err := json.Unmarshal(raw, &cfg); err != nil {
+		return nil, fmt.Errorf("configuration is malformed: %v", err)
+	}
+	children, err := cfg.children()
+	if err != nil {
+		return nil, fmt.Errorf("configuration is malformed: %v", err)
+	}
+	if len(children) == 0 {
+		return nil, errors.New(`configuration needs at least one pin in "pins"`)
+	}
+	if cfg.T < 1 || cfg.T > len(children) {
+		return nil, fmt.Errorf(`threshold "t" must be between 1 and the number of pins (%d), got %d`, len(children), cfg.T)
+	}
+	p, err := safePrime()
+	if err != nil {
+		return nil, err
+	}
+	coeffs := make([]*big.Int, cfg.T)
+	for i := range coeffs {
+		if coeffs[i], err = rand.Int(rand.Reader, p); err != nil {
+			return nil, err
+		}
+	}
+	h := header{P: jose.B64.EncodeToString(p.FillBytes(make([]byte, pointSize))), T: cfg.T}
+	seen := map[string]bool{}
+	for _, c := range children {
+		x, err := distinctX(p, seen)
+		if err != nil {
+			return nil, err
+		}
+		y := eval(coeffs, x, p)
+		pt := make([]byte, 2*pointSize)
+		x.FillBytes(pt[:pointSize])
+		y.FillBytes(pt[pointSize:])
+		j, err := pin.Encrypt(ctx, c.name, c.cfg, pt, o)
+		clear(pt)
+		if err != nil {
+			return nil, err
+		}
+		h.JWE = append(h.JWE, j.Compact())
+	}
+	ch, _ := json.Marshal(clevisHeader{Pin: "sss", SSS: h})
+	key := coeffs[0].FillBytes(make([]byte, pointSize))
+	defer clear(key)
+	return jose.Encrypt(jose.Header{Alg: "dir", Clevis: ch}, key, secret)
+}
+
+func distinctX(p *big.Int, seen map[string]bool) (*big.Int, error) {
+	for {
+		x, err := rand.Int(rand.Reader, p)
+		if err != nil {
+			return nil, err
+		}
+		if x.Sign() != 0 && !seen[x.String()] {
+			seen[x.String()] = true
+			return x, nil
+		}
+	}
+}
+
+// eval evaluates the polynomial at x mod p (Horner).
+func eval(coeffs []*big.Int, x, p *big.Int) *big.Int {
+	y := new(big.Int)
+	for i := len(coeffs) - 1; i >= 0; i-- {
+		y.Mul(y, x).Add(y, coeffs[i]).Mod(y, p)
+	}
+	return y
+}
+
+// safePrime returns a random 256-bit safe prime p = 2q+1 (q prime), as
+// clevis uses.
+func safePrime() (*big.Int, error) {
+	for {
+		q, err := rand.Prime(rand.Reader, 255)
+		if err != nil {
+			return nil, err
+		}
+		p := new(big.Int).Lsh(q, 1)
+		p.Add(p, big.NewInt(1))
+		if p.BitLen() == 256 && p.ProbablyPrime(20) {
+			return p, nil
+		}
+	}
+}
+
+// parse checks an sss JWE's header.
+func parse(j *jose.JWE) (*header, *big.Int, error) {
+	if j.Header.Alg != "dir" {
+		return nil, nil, fmt.Errorf("JWE alg is %q, want dir", j.Header.Alg)
+	}
+	var ch clevisHeader
+	if err := json.Unmarshal(j.Header.Clevis, &ch); err != nil {
+		return nil, nil, fmt.Errorf("JWE header clevis.sss is malformed: %v", err)
+	}
+	h := &ch.SSS
+	pb, err := jose.B64.DecodeString(h.P)
+	if err != nil || len(pb) == 0 || len(pb) > pointSize {
+		return nil, nil, errors.New("JWE header clevis.sss.p is malformed")
+	}
+	p := new(big.Int).SetBytes(pb)
+	if p.Cmp(big.NewInt(3)) < 0 {
+		return nil, nil, errors.New("JWE header clevis.sss.p is too small")
+	}
+	if h.T < 1 || h.T > len(h.JWE) {
+		return nil, nil, fmt.Errorf("JWE header clevis.sss.t = %d does not fit %d children", h.T, len(h.JWE))
+	}
+	return h, p, nil
+}
+
+// ChildError reports why children failed when fewer than t succeeded.
+type ChildError struct {
+	T, Got int
+	Errs   []error
+}
+
+func (e *ChildError) Error() string {
+	var msgs []string
+	for _, err := range e.Errs {
+		msgs = append(msgs, err.Error())
+	}
+	return fmt.Sprintf("only %d of the %d required pins could decrypt: %s", e.Got, e.T, strings.Join(msgs, "; "))
+}
+
+// Decrypt implements pin.Pin.
+func (Pin) Decrypt(ctx context.Context, j *jose.JWE, o pin.Options) ([]byte, error) {
+	h, p, err := parse(j)
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel() // stops the children still running once t have answered
+	type result struct {
+		x, y *big.Int
+		err  error
+	}
+	results := make(chan result, len(h.JWE))
+	for i, c := range h.JWE {
+		go func() {
+			cj, err := jose.ParseCompact(c)
+			if err != nil {
+				results <- result{err: fmt.Errorf("child %d: %v", i+1, err)}
+				return
+			}
+			pt, err := pin.Decrypt(ctx, cj, o)
+			if err != nil {
+				results <- result{err: err}
+				return
+			}
+			if len(pt) != 2*pointSize {
+				results <- result{err: fmt.Errorf("child %d: decrypted share is %d bytes, want %d", i+1, len(pt), 2*pointSize)}
+				return
+			}
+			results <- result{x: new(big.Int).SetBytes(pt[:pointSize]), y: new(big.Int).SetBytes(pt[pointSize:])}
+			clear(pt)
+		}()
+	}
+	var xs, ys []*big.Int
+	var errs []error
+	for range h.JWE {
+		r := <-results
+		if r.err != nil {
+			errs = append(errs, r.err)
+			continue
+		}
+		dup := false
+		for _, x := range xs {
+			dup = dup || x.Cmp(r.x) == 0
+		}
+		if dup {
+			continue
+		}
+		xs, ys = append(xs, r.x), append(ys, r.y)
+		if len(xs) == h.T {
+			break
+		}
+	}
+	if len(xs) < h.T {
+		return nil, &ChildError{T: h.T, Got: len(xs), Errs: errs}
+	}
+	secret := interpolate0(xs, ys, p)
+	if secret == nil {
+		return nil, errors.New("shares are inconsistent")
+	}
+	key := secret.FillBytes(make([]byte, pointSize))
+	defer clear(key)
+	return j.Decrypt(key)
+}
+
+// interpolate0 returns f(0) for the polynomial through the points, mod p
+// (Lagrange). It returns nil if some xᵢ − xⱼ has no inverse mod p.
+func interpolate0(xs, ys []*big.Int, p *big.Int) *big.Int {
+	sum := new(big.Int)
+	for i := range xs {
+		num, den := big.NewInt(1), big.NewInt(1)
+		for j := range xs {
+			if i == j {
+				continue
+			}
+			num.Mul(num, new(big.Int).Neg(xs[j])).Mod(num, p)
+			den.Mul(den, new(big.Int).Sub(xs[i], xs[j])).Mod(den, p)
+		}
+		inv := new(big.Int).ModInverse(den, p)
+		if inv == nil {
+			return nil
+		}
+		term := new(big.Int).Mul(ys[i], num)
+		term.Mul(term, inv).Mod(term, p)
+		sum.Add(sum, term).Mod(sum, p)
+	}
+	return sum
+}
+
+// Describe implements pin.Describer.
+func (Pin) Describe(j *jose.JWE) string {
+	h, _, err := parse(j)
+	if err != nil {
+		return "sss(?)"
+	}
+	parts := []string{fmt.Sprintf("t=%d", h.T)}
+	for _, c := range h.JWE {
+		if cj, err := jose.ParseCompact(c); err == nil {
+			parts = append(parts, pin.Describe(cj))
+		}
+	}
+	return "sss(" + strings.Join(parts, "; ") + ")"
+}

@@ -1,0 +1,81 @@
+package server
+
+import (
+	"fmt"
+	"io"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// metrics counts requests per endpoint and status, and their latency, in
+// the Prometheus text exposition format. A handful of counters do not
+// justify the Prometheus client library.
+type metrics struct {
+	mu       sync.Mutex
+	requests map[[2]string]*atomic.Uint64 // {endpoint, code} -> count
+	// latency histogram of /rec, in seconds
+	recBuckets [len(recBounds)]atomic.Uint64
+	recCount   atomic.Uint64
+	recSumNs   atomic.Uint64
+	start      time.Time
+}
+
+var recBounds = [...]float64{0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1}
+
+func newMetrics() *metrics {
+	return &metrics{requests: map[[2]string]*atomic.Uint64{}, start: time.Now()}
+}
+
+func (m *metrics) observe(endpoint string, code int, d time.Duration) {
+	key := [2]string{endpoint, fmt.Sprint(code)}
+	m.mu.Lock()
+	c, ok := m.requests[key]
+	if !ok {
+		c = new(atomic.Uint64)
+		m.requests[key] = c
+	}
+	m.mu.Unlock()
+	c.Add(1)
+	if endpoint == "rec" && code == 200 {
+		s := d.Seconds()
+		for i, b := range recBounds {
+			if s <= b {
+				m.recBuckets[i].Add(1)
+			}
+		}
+		m.recCount.Add(1)
+		m.recSumNs.Add(uint64(d.Nanoseconds()))
+	}
+}
+
+func (m *metrics) write(w io.Writer) {
+	fmt.Fprintln(w, "# HELP tether_http_requests_total Tang protocol requests by endpoint and status code.")
+	fmt.Fprintln(w, "# TYPE tether_http_requests_total counter")
+	m.mu.Lock()
+	keys := make([][2]string, 0, len(m.requests))
+	for k := range m.requests {
+		keys = append(keys, k)
+	}
+	m.mu.Unlock()
+	sort.Slice(keys, func(i, j int) bool { return keys[i][0]+keys[i][1] < keys[j][0]+keys[j][1] })
+	for _, k := range keys {
+		m.mu.Lock()
+		v := m.requests[k].Load()
+		m.mu.Unlock()
+		fmt.Fprintf(w, "tether_http_requests_total{endpoint=%q,code=%q} %d\n", k[0], k[1], v)
+	}
+	fmt.Fprintln(w, "# HELP tether_rec_duration_seconds Time to answer successful key recovery requests.")
+	fmt.Fprintln(w, "# TYPE tether_rec_duration_seconds histogram")
+	for i, b := range recBounds {
+		fmt.Fprintf(w, "tether_rec_duration_seconds_bucket{le=\"%g\"} %d\n", b, m.recBuckets[i].Load())
+	}
+	n := m.recCount.Load()
+	fmt.Fprintf(w, "tether_rec_duration_seconds_bucket{le=\"+Inf\"} %d\n", n)
+	fmt.Fprintf(w, "tether_rec_duration_seconds_sum %g\n", float64(m.recSumNs.Load())/1e9)
+	fmt.Fprintf(w, "tether_rec_duration_seconds_count %d\n", n)
+	fmt.Fprintln(w, "# HELP tether_uptime_seconds Seconds since the server started.")
+	fmt.Fprintln(w, "# TYPE tether_uptime_seconds gauge")
+	fmt.Fprintf(w, "tether_uptime_seconds %g\n", time.Since(m.start).Seconds())
+}
