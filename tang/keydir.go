@@ -8,8 +8,8 @@ import (
 	"slices"
 	"strings"
 
-	"github.com/tether-nbde/tether/jose"
 	"github.com/tether-nbde/tether/internal/atomicfile"
+	"github.com/tether-nbde/tether/jose"
 )
 
 // A key directory holds one private JWK per "*.jwk" file, in tangd's format,
@@ -207,4 +207,3 @@ func syncDir(dir string) error {
 	defer f.Close()
 	return f.Sync()
 }
-

@@ -1,0 +1,290 @@
+// Package testenv starts the real peers tests run against — stock tangd,
+// the tether binary, clevis — and decides what happens when one is
+// missing: locally the test is skipped with the command that installs it;
+// in CI (CI=true) a missing peer fails the test, so a green run means the
+// peers really ran.
+package testenv
+
+import (
+	"bytes"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// InCI reports whether the tests run in CI, where nothing may be skipped.
+func InCI() bool { return os.Getenv("CI") == "true" }
+
+// Require fails (in CI) or skips (locally) the test with why.
+func Require(t testing.TB, ok bool, why string) {
+	t.Helper()
+	if ok {
+		return
+	}
+	if InCI() {
+		t.Fatalf("required test component missing: %s (run scripts/setup.sh)", why)
+	}
+	t.Skipf("skipping: %s (install it with: sudo scripts/setup.sh)", why)
+}
+
+// RequireCmd requires an executable, by name on PATH or by absolute path,
+// and returns its path.
+func RequireCmd(t testing.TB, name string) string {
+	t.Helper()
+	p, err := exec.LookPath(name)
+	Require(t, err == nil, name+" is not installed")
+	return p
+}
+
+// RequireRoot requires the tests to run as root (for losetup, tangd keys).
+func RequireRoot(t testing.TB) {
+	t.Helper()
+	Require(t, os.Geteuid() == 0, "test needs root")
+}
+
+// RepoRoot returns the repository's top directory.
+func RepoRoot() string {
+	_, file, _, _ := runtime.Caller(0)
+	return filepath.Join(filepath.Dir(file), "..", "..")
+}
+
+var (
+	buildOnce sync.Once
+	binPath   string
+	buildErr  error
+)
+
+// TetherBin builds the tether binary once per test process and returns its
+// path.
+func TetherBin(t testing.TB) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "tether-bin")
+		if err != nil {
+			buildErr = err
+			return
+		}
+		binPath = filepath.Join(dir, "tether")
+		cmd := exec.Command("go", "build", "-o", binPath, "./cmd/tether")
+		cmd.Dir = RepoRoot()
+		if out, err := cmd.CombinedOutput(); err != nil {
+			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return binPath
+}
+
+// FreePort returns a loopback address with a port nobody listens on now.
+func FreePort(t testing.TB) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	return addr
+}
+
+// Tangd is a stock tangd serving a key directory on loopback.
+type Tangd struct {
+	URL    string
+	KeyDir string
+}
+
+// StartTangd starts the Debian tangd, socket-activated per connection by
+// systemd-socket-activate --inetd as its systemd units do, with fresh keys
+// from tangd-keygen. It is stopped when the test ends.
+func StartTangd(t testing.TB) *Tangd {
+	t.Helper()
+	dir := t.TempDir()
+	return StartTangdDir(t, dir, true)
+}
+
+// StartTangdDir is StartTangd on an existing key directory; keygen makes
+// fresh keys in it first.
+func StartTangdDir(t testing.TB, dir string, keygen bool) *Tangd {
+	t.Helper()
+	tangd := "/usr/libexec/tangd"
+	_, err := os.Stat(tangd)
+	Require(t, err == nil, "tang (tangd) is not installed")
+	sa := RequireCmd(t, "systemd-socket-activate")
+	if keygen {
+		out, err := exec.Command("/usr/libexec/tangd-keygen", dir).CombinedOutput()
+		if err != nil {
+			t.Fatalf("tangd-keygen: %v\n%s", err, out)
+		}
+	}
+	addr := FreePort(t)
+	cmd := exec.Command(sa, "--inetd", "-a", "-l", addr, tangd, dir)
+	var logs bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &logs, &logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		cmd.Wait()
+	})
+	url := "http://" + addr
+	WaitHTTP(t, url+"/adv")
+	return &Tangd{URL: url, KeyDir: dir}
+}
+
+// Server is a tether server process.
+type Server struct {
+	URL  string
+	Data string
+	Cmd  *exec.Cmd
+	Logs *SyncBuffer
+}
+
+// StartServer runs "tether server" on a free loopback port with a fresh
+// data directory (or data, if not empty) and extra arguments.
+func StartServer(t testing.TB, data string, extra ...string) *Server {
+	t.Helper()
+	if data == "" {
+		data = t.TempDir()
+	}
+	addr := FreePort(t)
+	args := append([]string{"server", "--listen", addr, "--data", data}, extra...)
+	cmd := exec.Command(TetherBin(t), args...)
+	logs := &SyncBuffer{}
+	cmd.Stdout, cmd.Stderr = logs, logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		cmd.Wait()
+		if t.Failed() {
+			t.Logf("tether server log:\n%s", logs.String())
+		}
+	})
+	s := &Server{URL: "http://" + addr, Data: data, Cmd: cmd, Logs: logs}
+	for _, a := range extra {
+		if a == "--tls-cert" {
+			s.URL = "https://" + addr
+		}
+	}
+	if !strings.HasPrefix(s.URL, "https") {
+		WaitHTTP(t, s.URL+"/healthz")
+	} else {
+		WaitTCP(t, addr)
+	}
+	return s
+}
+
+// WaitHTTP waits until url answers 200, for at most 10 seconds.
+func WaitHTTP(t testing.TB, url string) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		resp, err := http.Get(url)
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				return
+			}
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Fatalf("%s did not come up within 10s", url)
+}
+
+// WaitTCP waits until addr accepts connections, for at most 10 seconds.
+func WaitTCP(t testing.TB, addr string) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		c, err := net.Dial("tcp", addr)
+		if err == nil {
+			c.Close()
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Fatalf("%s did not accept connections within 10s", addr)
+}
+
+// Blackhole listens on loopback and accepts connections but never answers
+// them: a server that is up but silent. It returns the URL.
+func Blackhole(t testing.TB) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var conns []net.Conn
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns = append(conns, c)
+			mu.Unlock()
+		}
+	}()
+	t.Cleanup(func() {
+		l.Close()
+		mu.Lock()
+		for _, c := range conns {
+			c.Close()
+		}
+		mu.Unlock()
+	})
+	return "http://" + l.Addr().String()
+}
+
+// ClosedPort returns a URL on a loopback port where nothing listens.
+func ClosedPort(t testing.TB) string { return "http://" + FreePort(t) }
+
+// Run runs a command with stdin and returns stdout, stderr and the exit
+// code. It fails the test only if the command could not be started.
+func Run(t testing.TB, stdin []byte, name string, args ...string) (stdout, stderr []byte, code int) {
+	t.Helper()
+	cmd := exec.Command(name, args...)
+	cmd.Stdin = bytes.NewReader(stdin)
+	var o, e bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &o, &e
+	err := cmd.Run()
+	if err != nil {
+		if ee, ok := err.(*exec.ExitError); ok {
+			return o.Bytes(), e.Bytes(), ee.ExitCode()
+		}
+		t.Fatalf("run %s: %v", name, err)
+	}
+	return o.Bytes(), e.Bytes(), 0
+}
+
+// SyncBuffer is a bytes.Buffer safe for concurrent writes, for logs.
+type SyncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *SyncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *SyncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
