@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Installs what tether needs on a Debian 12 machine (run as root).
+#   scripts/setup.sh          what the key server needs (a Go toolchain)
+#   scripts/setup.sh --test   also every real peer the test suite runs against
+# Idempotent: packages already present are not reinstalled.
+set -euo pipefail
+
+want_test=false
+[[ "${1:-}" == "--test" ]] && want_test=true
+
+# Packages the test suite runs against (see docs/TESTING.md for why each).
+test_pkgs=(
+  tang clevis clevis-luks jose cryptsetup-bin luksmeta
+  curl socat e2fsprogs util-linux systemd
+)
+
+missing=()
+if ! command -v go >/dev/null 2>&1 && [[ ! -x /usr/local/go/bin/go ]]; then
+  missing+=(golang-go ca-certificates)
+fi
+if $want_test; then
+  for p in "${test_pkgs[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+fi
+
+if ((${#missing[@]})); then
+  if [[ $(id -u) -ne 0 ]]; then
+    echo "setup: need root to install: ${missing[*]}" >&2
+    echo "setup: hint: run sudo $0 $*" >&2
+    exit 1
+  fi
+  echo "setup: installing ${missing[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q >&2
+  apt-get install -y -q --no-install-recommends "${missing[@]}" >&2
+fi
+echo "setup: ok" >&2
