@@ -1,0 +1,223 @@
+// Command tangload is the load generator of tether's benchmarks: it sends
+// Tang recovery requests (POST /rec/{kid}) to any Tang server — tangd or
+// tether — so that both are measured with the same client.
+//
+// Request bodies are valid blinded points computed before the clock starts,
+// so the client's own elliptic-curve work does not count against the server.
+//
+//	tangload -url http://127.0.0.1:7500 -c 64 -d 10s -keepalive
+//	tangload -url http://127.0.0.1:7500 -storm 10000
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/tether-nbde/tether/jose"
+	"github.com/tether-nbde/tether/tang"
+)
+
+func main() {
+	url := flag.String("url", "", "server base URL")
+	conc := flag.Int("c", 64, "concurrent clients")
+	dur := flag.Duration("d", 10*time.Second, "duration of the run")
+	keepalive := flag.Bool("keepalive", false, "reuse connections (default: a new connection per request, as clevis does)")
+	storm := flag.Int("storm", 0, "boot storm: this many clients each recover once, all at the same moment")
+	pool := flag.Int("pool", 256, "distinct request bodies to precompute")
+	jsonOut := flag.Bool("json", false, "print the result as JSON")
+	flag.Parse()
+	if *url == "" {
+		fmt.Fprintln(os.Stderr, "tangload: -url is required")
+		os.Exit(2)
+	}
+	kid, bodies, err := prepare(*url, *pool)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "tangload:", err)
+		os.Exit(1)
+	}
+	var r result
+	if *storm > 0 {
+		r = runStorm(*url, kid, bodies, *storm)
+	} else {
+		r = runLoad(*url, kid, bodies, *conc, *dur, *keepalive)
+	}
+	if *jsonOut {
+		json.NewEncoder(os.Stdout).Encode(r)
+		return
+	}
+	fmt.Printf("requests %d ok %d failed %d in %.2fs: %.0f req/s; p50 %.1fms p99 %.1fms max %.1fms\n",
+		r.Requests, r.OK, r.Failed, r.Seconds, r.PerSecond, r.P50ms, r.P99ms, r.MaxMs)
+	if r.Failed > 0 {
+		fmt.Println("first error:", r.FirstError)
+	}
+}
+
+// prepare fetches the advertisement and precomputes request bodies.
+func prepare(url string, n int) (string, [][]byte, error) {
+	var c tang.Client
+	adv, err := c.Advertisement(context.Background(), url, "")
+	if err != nil {
+		return "", nil, err
+	}
+	ks, _, err := tang.VerifyAdvertisement(adv)
+	if err != nil {
+		return "", nil, err
+	}
+	exc := ks.WithOp("deriveKey")
+	if len(exc) == 0 {
+		return "", nil, fmt.Errorf("no exchange key advertised")
+	}
+	kid, _ := exc[0].Thumbprint("S256")
+	curve, _ := jose.CurveByName(exc[0].Crv)
+	bodies := make([][]byte, n)
+	for i := range bodies {
+		_, p, err := curve.RandomScalar()
+		if err != nil {
+			return "", nil, err
+		}
+		k := curve.JWKFromPoint(p)
+		k.Alg = "ECMR"
+		bodies[i], _ = json.Marshal(k)
+	}
+	return kid, bodies, nil
+}
+
+type result struct {
+	Requests   int64   `json:"requests"`
+	OK         int64   `json:"ok"`
+	Failed     int64   `json:"failed"`
+	Seconds    float64 `json:"seconds"`
+	PerSecond  float64 `json:"per_second"`
+	P50ms      float64 `json:"p50_ms"`
+	P99ms      float64 `json:"p99_ms"`
+	MaxMs      float64 `json:"max_ms"`
+	FirstError string  `json:"first_error,omitempty"`
+}
+
+func newClient(keepalive bool, conns int) *http.Client {
+	tr := &http.Transport{
+		Proxy:               nil,
+		DialContext:         (&net.Dialer{Timeout: 30 * time.Second}).DialContext,
+		MaxIdleConnsPerHost: conns,
+		MaxConnsPerHost:     0,
+		DisableKeepAlives:   !keepalive,
+	}
+	return &http.Client{Transport: tr, Timeout: 120 * time.Second}
+}
+
+type recorder struct {
+	mu       sync.Mutex
+	lat      []time.Duration
+	ok, fail atomic.Int64
+	firstErr atomic.Value
+}
+
+func (r *recorder) do(c *http.Client, url string, body []byte) {
+	start := time.Now()
+	err := post(c, url, body)
+	d := time.Since(start)
+	if err != nil {
+		r.fail.Add(1)
+		r.firstErr.CompareAndSwap(nil, err.Error())
+		return
+	}
+	r.ok.Add(1)
+	r.mu.Lock()
+	r.lat = append(r.lat, d)
+	r.mu.Unlock()
+}
+
+func post(c *http.Client, url string, body []byte) error {
+	resp, err := c.Post(url, "application/jwk+json", bytes.NewReader(body))
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return err
+	}
+	if resp.StatusCode != 200 {
+		return fmt.Errorf("status %d", resp.StatusCode)
+	}
+	var k jose.JWK
+	if err := json.Unmarshal(b, &k); err != nil || k.X == "" {
+		return fmt.Errorf("bad reply %q", b)
+	}
+	return nil
+}
+
+func (r *recorder) result(elapsed time.Duration) result {
+	sort.Slice(r.lat, func(i, j int) bool { return r.lat[i] < r.lat[j] })
+	pct := func(p float64) float64 {
+		if len(r.lat) == 0 {
+			return 0
+		}
+		i := int(p * float64(len(r.lat)-1))
+		return float64(r.lat[i].Microseconds()) / 1000
+	}
+	res := result{OK: r.ok.Load(), Failed: r.fail.Load(), Seconds: elapsed.Seconds(), P50ms: pct(0.5), P99ms: pct(0.99), MaxMs: pct(1)}
+	res.Requests = res.OK + res.Failed
+	res.PerSecond = float64(res.OK) / elapsed.Seconds()
+	if e, ok := r.firstErr.Load().(string); ok {
+		res.FirstError = e
+	}
+	return res
+}
+
+func runLoad(base, kid string, bodies [][]byte, conc int, dur time.Duration, keepalive bool) result {
+	c := newClient(keepalive, conc)
+	url := base + "/rec/" + kid
+	var rec recorder
+	stop := time.Now().Add(dur)
+	var wg sync.WaitGroup
+	start := time.Now()
+	for i := 0; i < conc; i++ {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			for n := i; time.Now().Before(stop); n += conc {
+				rec.do(c, url, bodies[n%len(bodies)])
+			}
+		}(i)
+	}
+	wg.Wait()
+	return rec.result(time.Since(start))
+}
+
+// runStorm starts n clients that each recover once, released together:
+// every device of a site asking at the moment power comes back. The result's
+// Seconds is the time to the last success.
+func runStorm(base, kid string, bodies [][]byte, n int) result {
+	c := newClient(false, n)
+	url := base + "/rec/" + kid
+	var rec recorder
+	var ready, wg sync.WaitGroup
+	gate := make(chan struct{})
+	for i := 0; i < n; i++ {
+		ready.Add(1)
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			ready.Done()
+			<-gate
+			rec.do(c, url, bodies[i%len(bodies)])
+		}(i)
+	}
+	ready.Wait()
+	start := time.Now()
+	close(gate)
+	wg.Wait()
+	return rec.result(time.Since(start))
+}
