@@ -23,6 +23,9 @@ type Key struct {
 	JWK    *jose.JWK
 	File   string // base name in the directory
 	Hidden bool
+
+	curve  *jose.Curve
+	scalar []byte // the private scalar, validated once at load
 }
 
 // Signing reports whether the key signs advertisements.
@@ -58,9 +61,10 @@ func LoadKeyDir(dir string) ([]*Key, error) {
 			return nil, fmt.Errorf("key %s: not a private EC key", name)
 		}
 		c, _ := jose.CurveByName(k.Crv)
-		if _, err := c.Scalar(k); err != nil {
+		if key.scalar, err = c.Scalar(k); err != nil {
 			return nil, fmt.Errorf("key %s: %w", name, err)
 		}
+		key.curve = c
 		if _, err := c.Point(k); err != nil {
 			return nil, fmt.Errorf("key %s: %w", name, err)
 		}

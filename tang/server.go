@@ -239,7 +239,7 @@ func (s *Server) rec(w http.ResponseWriter, r *http.Request, kid string) {
 		http.Error(w, "request too large", http.StatusRequestEntityTooLarge)
 		return
 	}
-	reply, code := Recover(k.JWK, body)
+	reply, code := recoverWith(k.curve, k.scalar, body)
 	if code != http.StatusOK {
 		http.Error(w, http.StatusText(code), code)
 		return
@@ -253,20 +253,41 @@ func (s *Server) rec(w http.ResponseWriter, r *http.Request, kid string) {
 // key_ops does not allow deriveKey. It is the whole of the server's
 // cryptographic work, separated from HTTP so that it can be fuzzed.
 func Recover(S *jose.JWK, body []byte) ([]byte, int) {
+	c, err := jose.CurveByName(S.Crv)
+	if err != nil {
+		return nil, http.StatusInternalServerError
+	}
+	d, err := c.Scalar(S)
+	if err != nil {
+		return nil, http.StatusInternalServerError
+	}
+	return recoverWith(c, d, body)
+}
+
+// recoverWith is Recover with the key's curve and scalar already parsed:
+// the server's hot path.
+func recoverWith(c *jose.Curve, d []byte, body []byte) ([]byte, int) {
 	var x jose.JWK
 	if err := json.Unmarshal(body, &x); err != nil {
 		return nil, http.StatusBadRequest
 	}
-	if x.Kty != "EC" || (x.Alg != "" && x.Alg != "ECMR") || x.Crv != S.Crv || x.D != "" {
+	if x.Kty != "EC" || (x.Alg != "" && x.Alg != "ECMR") || x.Crv != c.Name || x.D != "" {
 		return nil, http.StatusBadRequest
 	}
 	if x.KeyOps != nil && !x.HasOp("deriveKey") {
 		return nil, http.StatusForbidden
 	}
-	y, err := Exchange(S, &x)
+	xp, err := c.Point(&x)
 	if err != nil {
 		return nil, http.StatusBadRequest
 	}
+	yp, err := c.ScalarMult(xp, d)
+	if err != nil {
+		return nil, http.StatusBadRequest
+	}
+	y := c.JWKFromPoint(yp)
+	y.Alg = "ECMR"
+	y.KeyOps = []string{"deriveKey"}
 	out, _ := json.Marshal(y)
 	return out, http.StatusOK
 }
