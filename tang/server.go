@@ -42,7 +42,7 @@ type keyState struct {
 	adv     []byte          // /adv: visible keys, signed by visible signing keys
 	payload []byte
 	signers []*jose.JWK
-	advKid  sync.Map // kid -> []byte, /adv/{kid} for hidden signing keys
+	advKid  sync.Map // key file -> []byte, /adv/{kid} for each signing key
 }
 
 // Load reads the key directory now; the server calls it by itself when the
@@ -196,20 +196,20 @@ func (s *Server) adv(w http.ResponseWriter, kid string) {
 			http.NotFound(w, nil)
 			return
 		}
-		if k.Hidden {
-			b, ok := st.advKid.Load(k.File)
-			if !ok {
-				var err error
-				b, err = jose.SignAdvertisement(st.payload, append(append([]*jose.JWK(nil), st.signers...), k.JWK))
-				if err != nil {
-					s.logger().Error("sign advertisement", "err", err)
-					http.Error(w, "internal error", http.StatusInternalServerError)
-					return
-				}
-				st.advKid.Store(k.File, b)
+		// Like tangd, add the requested key's signature even when it is
+		// visible and has signed already (two signatures, general JSON).
+		b, ok := st.advKid.Load(k.File)
+		if !ok {
+			var err error
+			b, err = jose.SignAdvertisement(st.payload, append(append([]*jose.JWK(nil), st.signers...), k.JWK))
+			if err != nil {
+				s.logger().Error("sign advertisement", "err", err)
+				http.Error(w, "internal error", http.StatusInternalServerError)
+				return
 			}
-			body = b.([]byte)
+			st.advKid.Store(k.File, b)
 		}
+		body = b.([]byte)
 	}
 	w.Header().Set("Content-Type", "application/jose+json")
 	w.Write(body)
