@@ -1,0 +1,149 @@
+#!/usr/bin/env bash
+# Side-by-side benchmarks: tether against the stock Debian tangd and clevis,
+# on this machine, in one run, with the same load generator (bench/tangload).
+# Prints each figure with its ratio and writes docs/BENCHMARKS.md.
+#
+#   bench/run.sh            full run (~3 minutes)
+#   DUR=5s bench/run.sh     shorter load phases
+#
+# Everything listens on 127.0.0.1 only.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh --test
+for p in hyperfine jq; do command -v $p >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -q $p >&2; done
+export PATH="/usr/local/go/bin:$PATH"
+
+DUR=${DUR:-10s}
+CONC=${CONC:-64}
+STORM=${STORM:-10000}
+work=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+
+go build -o "$work/tether" ./cmd/tether
+go build -o "$work/tangload" ./bench/tangload
+T="$work/tether"; L="$work/tangload"
+
+freeport() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+waitup() { for _ in $(seq 100); do curl -sf "$1/adv" >/dev/null && return 0; sleep 0.1; done; echo "$1 did not come up" >&2; exit 1; }
+# cpu_ticks PID: user+system CPU of the process and its reaped children, in clock ticks
+cpu_ticks() { awk '{print $14+$15+$16+$17}' "/proc/$1/stat"; }
+hz=$(getconf CLK_TCK)
+
+# Same P-521 keys for both servers: tangd's, imported into tether.
+mkdir -p "$work/tang"; /usr/libexec/tangd-keygen "$work/tang"
+"$T" server keys import --data "$work/data521" "$work/tang" 2>/dev/null
+tport=$(freeport); systemd-socket-activate --inetd -a -l "127.0.0.1:$tport" /usr/libexec/tangd "$work/tang" 2>/dev/null & pids+=($!); tangd_pid=$!
+eport=$(freeport); "$T" server --listen "127.0.0.1:$eport" --data "$work/data521" --log-level warn & pids+=($!); tether_pid=$!
+p256port=$(freeport); "$T" server --listen "127.0.0.1:$p256port" --data "$work/data256" --curve P-256 --log-level warn & pids+=($!); p256_pid=$!
+TANGD=http://127.0.0.1:$tport; TETHER=http://127.0.0.1:$eport; TETHER256=http://127.0.0.1:$p256port
+waitup "$TANGD"; waitup "$TETHER"; waitup "$TETHER256"
+
+declare -A R
+measure() { # name url pid args...
+  local name=$1 url=$2 pid=$3; shift 3
+  local c0 c1 out
+  c0=$(cpu_ticks "$pid")
+  out=$("$L" -url "$url" -json "$@")
+  c1=$(cpu_ticks "$pid")
+  R[$name.rps]=$(jq -r .per_second <<<"$out")
+  R[$name.ok]=$(jq -r .ok <<<"$out")
+  R[$name.fail]=$(jq -r .failed <<<"$out")
+  R[$name.p50]=$(jq -r .p50_ms <<<"$out")
+  R[$name.p99]=$(jq -r .p99_ms <<<"$out")
+  R[$name.secs]=$(jq -r .seconds <<<"$out")
+  R[$name.cpu_us]=$(awk -v a="$c0" -v b="$c1" -v n="${R[$name.ok]}" -v hz="$hz" 'BEGIN{ if (n>0) printf "%.0f", (b-a)/hz*1e6/n; else print "n/a" }')
+  printf '%-28s %8.0f req/s  p50 %7.1f ms  p99 %7.1f ms  cpu/rec %6s us  (%s ok, %s failed)\n' \
+    "$name" "${R[$name.rps]}" "${R[$name.p50]}" "${R[$name.p99]}" "${R[$name.cpu_us]}" "${R[$name.ok]}" "${R[$name.fail]}" >&2
+}
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN{ if (b>0) printf "%.2f", a/b; else print "n/a" }'; }
+
+echo "== /rec throughput, P-521, $CONC clients, $DUR each" >&2
+measure tangd.new "$TANGD" "$tangd_pid" -c "$CONC" -d "$DUR"
+measure tether.new "$TETHER" "$tether_pid" -c "$CONC" -d "$DUR"
+measure tangd.keepalive "$TANGD" "$tangd_pid" -c "$CONC" -d "$DUR" -keepalive
+measure tether.keepalive "$TETHER" "$tether_pid" -c "$CONC" -d "$DUR" -keepalive
+echo "== /rec, P-256 keys, keep-alive" >&2
+measure tether256.keepalive "$TETHER256" "$p256_pid" -c "$CONC" -d "$DUR" -keepalive
+raw256=$("$L" -raw P-256 -d 3s); raw521=$("$L" -raw P-521 -d 3s)
+raw256_us=$(awk -v n="$raw256" 'BEGIN{printf "%.0f", 1e6/n}')
+openssl521=$(openssl speed -seconds 3 ecdhp521 2>/dev/null | awk '/nistp521/ && /ecdh/ {print $NF}' | tail -1)
+
+echo "== boot storm: $STORM devices at once against tether (P-521)" >&2
+measure storm.tether "$TETHER" "$tether_pid" -storm "$STORM"
+
+echo "== client: decrypt latency (tang pin), hyperfine" >&2
+echo secret | "$T" encrypt tang "{\"url\":\"$TANGD\"}" -y > "$work/t.jwe"
+hyperfine -N -w 3 -r 30 --export-json "$work/hf.json" "$T decrypt --timeout 5s" "clevis decrypt" --input "$work/t.jwe" >/dev/null 2>&1 \
+  || hyperfine -w 3 -r 30 --export-json "$work/hf.json" "$T decrypt < $work/t.jwe" "clevis decrypt < $work/t.jwe" >/dev/null
+tdec=$(jq '.results[0].median*1000' "$work/hf.json"); cdec=$(jq '.results[1].median*1000' "$work/hf.json")
+
+echo "== sss t=1 of 3, first server blackholed" >&2
+bh=$(freeport); python3 -c "
+import socket,time,sys
+s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(('127.0.0.1',$bh)); s.listen(64)
+conns=[]
+while True:
+    c,_=s.accept(); conns.append(c)
+" & pids+=($!)
+sleep 0.3
+echo secret | "$T" encrypt sss "{\"t\":1,\"pins\":{\"tang\":[{\"url\":\"$TETHER\"},{\"url\":\"$TANGD\"},{\"url\":\"$TETHER256\"}]}}" -y > "$work/s.jwe"
+# Rewrite the first child to point at the blackhole: encrypt against it with its adv.
+adv=$(curl -sf "$TETHER/adv")
+echo secret | "$T" encrypt sss "{\"t\":1,\"pins\":{\"tang\":[{\"url\":\"http://127.0.0.1:$bh\",\"adv\":$adv},{\"url\":\"$TANGD\"},{\"url\":\"$TETHER256\"}]}}" -y > "$work/s.jwe"
+s0=$(date +%s.%N); "$T" decrypt --timeout 30s < "$work/s.jwe" >/dev/null; s1=$(date +%s.%N)
+sss_ms=$(awk -v a="$s0" -v b="$s1" 'BEGIN{printf "%.0f", (b-a)*1000}')
+echo "sss t=1/3 with a blackholed first server: $sss_ms ms" >&2
+
+new_ratio=$(ratio "${R[tether.new.rps]}" "${R[tangd.new.rps]}")
+ka_ratio=$(ratio "${R[tether.keepalive.rps]}" "${R[tangd.keepalive.rps]}")
+p256_ratio=$(ratio "${R[tether256.keepalive.cpu_us]}" "$raw256_us")
+dec_ratio=$(ratio "$tdec" "$cdec")
+p521_ratio=$(ratio "$openssl521" "$raw521")
+
+out=docs/BENCHMARKS.md
+{
+cat <<EOT
+# Benchmarks
+
+Latest run: $(date -u +%Y-%m-%d), \`bench/run.sh\` (DUR=$DUR, $CONC clients). Machine: $(nproc) cores,
+$(awk '/model name/{sub(/.*: /,""); print; exit}' /proc/cpuinfo), $(free -g | awk '/Mem:/{print $2}') GiB; Debian tang $(dpkg-query -W -f='${Version}' tang),
+clevis $(dpkg-query -W -f='${Version}' clevis), $(openssl version | cut -d' ' -f1-2). Load generator and servers share the machine.
+Reproduce with \`bench/run.sh\`; every figure below comes from that one run.
+
+## Key server, POST /rec (P-521, same keys: tangd's, imported)
+
+| run | tangd | tether | ratio (tether/tangd) | target |
+|---|---|---|---|---|
+| new connection per request, $CONC clients | ${R[tangd.new.rps]%.*} req/s | ${R[tether.new.rps]%.*} req/s | **$new_ratio** | ≥ 10 |
+| kept-alive connections, $CONC clients | ${R[tangd.keepalive.rps]%.*} req/s | ${R[tether.keepalive.rps]%.*} req/s | **$ka_ratio** | ≥ 3 |
+| server CPU per /rec (kept-alive) | ${R[tangd.keepalive.cpu_us]} µs | ${R[tether.keepalive.cpu_us]} µs | | |
+| p99 latency (kept-alive) | ${R[tangd.keepalive.p99]} ms | ${R[tether.keepalive.p99]} ms | | |
+
+Raw P-521 scalar multiplications per core: tether (Go) $raw521/s, OpenSSL $openssl521/s (ECDH, \`openssl speed ecdhp521\`):
+OpenSSL/tether = **$p521_ratio** (target ≤ 1.5).
+
+## P-256 keys: overhead over the crypto
+
+tether with P-256 keys, kept-alive: ${R[tether256.keepalive.rps]%.*} req/s, server CPU ${R[tether256.keepalive.cpu_us]} µs per /rec;
+one raw P-256 scalar multiplication: $raw256_us µs ($raw256/s). Ratio **$p256_ratio** (target ≤ 1.5).
+
+## Boot storm
+
+$STORM devices recover at once (a new connection each) from one tether server (P-521):
+${R[storm.tether.ok]} succeeded, ${R[storm.tether.fail]} failed; p50 ${R[storm.tether.p50]} ms, p99 ${R[storm.tether.p99]} ms,
+last success after ${R[storm.tether.secs]} s.
+
+## Client
+
+| | clevis | tether | ratio (tether/clevis) | target |
+|---|---|---|---|---|
+| decrypt, tang pin, median | $(printf %.1f "$cdec") ms | $(printf %.1f "$tdec") ms | **$dec_ratio** | ≤ 0.1 |
+
+sss t=1 of 3 with the first server blackholed (accepts, never answers): decrypted in $sss_ms ms (target ≤ 2000 ms).
+EOT
+} > "$out"
+echo "wrote $out" >&2
+cat "$out"
