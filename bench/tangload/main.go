@@ -36,7 +36,17 @@ func main() {
 	storm := flag.Int("storm", 0, "boot storm: this many clients each recover once, all at the same moment")
 	pool := flag.Int("pool", 256, "distinct request bodies to precompute")
 	jsonOut := flag.Bool("json", false, "print the result as JSON")
+	raw := flag.String("raw", "", "instead of load: measure raw scalar multiplications per second on this curve (P-256, P-384, P-521)")
 	flag.Parse()
+	if *raw != "" {
+		n, err := rawScalarMults(*raw, *dur)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "tangload:", err)
+			os.Exit(1)
+		}
+		fmt.Printf("%.0f\n", n)
+		return
+	}
 	if *url == "" {
 		fmt.Fprintln(os.Stderr, "tangload: -url is required")
 		os.Exit(2)
@@ -220,4 +230,27 @@ func runStorm(base, kid string, bodies [][]byte, n int) result {
 	close(gate)
 	wg.Wait()
 	return rec.result(time.Since(start))
+}
+
+// rawScalarMults measures one core's variable-base scalar multiplications
+// per second on the named curve, with the same code the server uses, for
+// the "server overhead vs raw crypto" ratio.
+func rawScalarMults(name string, d time.Duration) (float64, error) {
+	c, err := jose.CurveByName(name)
+	if err != nil {
+		return 0, err
+	}
+	s, p, err := c.RandomScalar()
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	start := time.Now()
+	for time.Since(start) < d {
+		if p, err = c.ScalarMult(p, s); err != nil {
+			return 0, err
+		}
+		n++
+	}
+	return float64(n) / time.Since(start).Seconds(), nil
 }
