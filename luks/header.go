@@ -116,12 +116,12 @@ func (t *Token) UnmarshalJSON(b []byte) error {
 
 // Segment is one LUKS2 data segment.
 type Segment struct {
-	Type       string `json:"type"`
-	Offset     Uint64 `json:"offset"`
-	Size       string `json:"size"` // a number or "dynamic"
-	IVTweak    Uint64 `json:"iv_tweak"`
-	Encryption string `json:"encryption"`
-	SectorSize int    `json:"sector_size"`
+	Type       string   `json:"type"`
+	Offset     Uint64   `json:"offset"`
+	Size       string   `json:"size"` // a number or "dynamic"
+	IVTweak    Uint64   `json:"iv_tweak"`
+	Encryption string   `json:"encryption"`
+	SectorSize int      `json:"sector_size"`
 	Flags      []string `json:"flags"`
 }
 
