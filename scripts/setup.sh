@@ -11,7 +11,7 @@ want_test=false
 # Packages the test suite runs against (see docs/TESTING.md for why each).
 test_pkgs=(
   tang clevis clevis-luks jose cryptsetup-bin luksmeta
-  curl socat e2fsprogs util-linux systemd
+  curl socat e2fsprogs util-linux systemd swtpm swtpm-tools tpm2-tools clevis-tpm2
 )
 
 missing=()

@@ -1,0 +1,514 @@
+// Package tpm is tether's one place that talks to a TPM 2.0: it opens the
+// TPM a TCTI string names (the syntax tpm2-tools use), seals and unseals
+// small secrets under the owner hierarchy exactly as clevis's tpm2 pin does
+// (same primary key template, same object attributes, same PCR policy, same
+// blob encoding), and keeps a non-exportable device identity key.
+//
+// Errors say what went wrong in the terms a person can act on: no TPM
+// (NoTPMError), PCRs that changed since sealing (PCRMismatchError), a blob
+// sealed on another TPM (ErrWrongTPM).
+//
+// Nothing here holds TPM objects between calls: every operation recreates
+// the (deterministic) primary key, loads what it needs and flushes it, so a
+// TPM is never left with stale transient handles and the resource manager
+// of another process never sees ours.
+package tpm
+
+import (
+	"context"
+	"crypto"
+	"errors"
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/google/go-tpm/tpm2"
+	"github.com/google/go-tpm/tpm2/transport"
+)
+
+// TPM is an open connection to a TPM. It is not safe for concurrent use;
+// whoever opens it closes it.
+type TPM struct {
+	tr   transport.TPMCloser
+	tcti TCTI
+}
+
+// Open opens the TPM named by a TCTI string (see ParseTCTI). An empty
+// string means TCTIFromEnv().
+func Open(ctx context.Context, tcti string) (*TPM, error) {
+	if tcti == "" {
+		tcti = TCTIFromEnv()
+	}
+	t, err := ParseTCTI(tcti)
+	if err != nil {
+		return nil, err
+	}
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, dialTimeout)
+		defer cancel()
+	}
+	tr, err := dial(ctx, t)
+	if err != nil {
+		return nil, err
+	}
+	return &TPM{tr: tr, tcti: t}, nil
+}
+
+// Close closes the connection.
+func (t *TPM) Close() error { return t.tr.Close() }
+
+// TCTI says which TPM t is.
+func (t *TPM) TCTI() TCTI { return t.tcti }
+
+// Transport exposes the raw transport, for tests and tools that need a TPM
+// command this package does not wrap.
+func (t *TPM) Transport() transport.TPM { return t.tr }
+
+// ErrWrongTPM is returned when a sealed object cannot be loaded: the TPM
+// that sealed it is not this one.
+var ErrWrongTPM = errors.New("the secret was sealed on another TPM (or this TPM's owner hierarchy was cleared since, " +
+	"or the sealed blob was altered): it cannot be unsealed here; decrypt it on the machine that sealed it, " +
+	"or with another pin of an sss policy, and re-encrypt")
+
+// PCRMismatchError is returned when the PCR policy a secret was sealed to
+// does not hold: the named PCRs are not in the state they were in when
+// sealing.
+//
+// The TPM keeps only one digest over all the policy's PCRs, so when a
+// policy covers several PCRs nobody can tell which of them changed; PCRs
+// lists all of them then, and Exact is false.
+type PCRMismatchError struct {
+	Bank  string
+	PCRs  []int
+	Exact bool // PCRs are exactly the ones that changed
+}
+
+func (e *PCRMismatchError) Error() string {
+	ids := FormatPCRs(e.PCRs)
+	var what string
+	if e.Exact {
+		what = fmt.Sprintf("%s PCR %s changed since the secret was sealed", e.Bank, ids)
+	} else {
+		what = fmt.Sprintf("%s PCRs %s are not all in the state the secret was sealed to: at least one of them changed "+
+			"(the TPM keeps one digest over all of them, so it cannot say which; compare tpm2_pcrread %s:%s with the boot event log)",
+			e.Bank, ids, e.Bank, ids)
+	}
+	return "PCR policy not satisfied: " + what + "; if the boot chain changed on purpose (firmware, boot loader or " +
+		"kernel update), decrypt with another pin and re-encrypt to the new state"
+}
+
+// Algorithm names as tpm2-tools and clevis spell them.
+var hashAlgs = map[string]tpm2.TPMIAlgHash{
+	"sha1":   tpm2.TPMAlgSHA1,
+	"sha256": tpm2.TPMAlgSHA256,
+	"sha384": tpm2.TPMAlgSHA384,
+	"sha512": tpm2.TPMAlgSHA512,
+}
+
+// HashAlg returns the TPM algorithm for a hash name such as "sha256".
+func HashAlg(name string) (tpm2.TPMIAlgHash, error) {
+	if a, ok := hashAlgs[strings.ToLower(name)]; ok {
+		return a, nil
+	}
+	return 0, fmt.Errorf("unsupported hash algorithm %q (want sha1, sha256, sha384 or sha512)", name)
+}
+
+func hashOf(a tpm2.TPMIAlgHash) crypto.Hash {
+	h, _ := a.Hash()
+	return h
+}
+
+// PrimaryTemplate returns the template "tpm2_createprimary -C o -g HASH -G
+// KEY" uses (tpm2-tools 4 and 5), so that tether and clevis derive the same
+// primary key and can load each other's sealed objects. KEY is "ecc" (=
+// ecc256) or "rsa" (= rsa2048); both get aes128cfb as the storage cipher.
+func PrimaryTemplate(hash, key string) (tpm2.TPMTPublic, error) {
+	alg, err := HashAlg(hash)
+	if err != nil {
+		return tpm2.TPMTPublic{}, err
+	}
+	attrs := tpm2.TPMAObject{
+		FixedTPM:            true,
+		FixedParent:         true,
+		SensitiveDataOrigin: true,
+		UserWithAuth:        true,
+		Restricted:          true,
+		Decrypt:             true,
+	}
+	sym := tpm2.TPMTSymDefObject{
+		Algorithm: tpm2.TPMAlgAES,
+		KeyBits:   tpm2.NewTPMUSymKeyBits(tpm2.TPMAlgAES, tpm2.TPMKeyBits(128)),
+		Mode:      tpm2.NewTPMUSymMode(tpm2.TPMAlgAES, tpm2.TPMAlgCFB),
+	}
+	switch strings.ToLower(key) {
+	case "ecc", "ecc256":
+		return tpm2.TPMTPublic{
+			Type:             tpm2.TPMAlgECC,
+			NameAlg:          alg,
+			ObjectAttributes: attrs,
+			Parameters: tpm2.NewTPMUPublicParms(tpm2.TPMAlgECC, &tpm2.TPMSECCParms{
+				Symmetric: sym,
+				Scheme:    tpm2.TPMTECCScheme{Scheme: tpm2.TPMAlgNull},
+				CurveID:   tpm2.TPMECCNistP256,
+				KDF:       tpm2.TPMTKDFScheme{Scheme: tpm2.TPMAlgNull},
+			}),
+			// tpm2-tools leave the unique field empty (zero-sized x and y).
+			Unique: tpm2.NewTPMUPublicID(tpm2.TPMAlgECC, &tpm2.TPMSECCPoint{}),
+		}, nil
+	case "rsa", "rsa2048":
+		return tpm2.TPMTPublic{
+			Type:             tpm2.TPMAlgRSA,
+			NameAlg:          alg,
+			ObjectAttributes: attrs,
+			Parameters: tpm2.NewTPMUPublicParms(tpm2.TPMAlgRSA, &tpm2.TPMSRSAParms{
+				Symmetric: sym,
+				Scheme:    tpm2.TPMTRSAScheme{Scheme: tpm2.TPMAlgNull},
+				KeyBits:   2048,
+			}),
+			Unique: tpm2.NewTPMUPublicID(tpm2.TPMAlgRSA, &tpm2.TPM2BPublicKeyRSA{}),
+		}, nil
+	}
+	return tpm2.TPMTPublic{}, fmt.Errorf("unsupported primary key type %q (want ecc or rsa)", key)
+}
+
+// primary is a loaded primary key.
+type primary struct {
+	handle tpm2.NamedHandle
+	public tpm2.TPMTPublic
+}
+
+// createPrimary creates the owner primary of the given template and
+// returns it with the function that flushes it.
+func (t *TPM) createPrimary(hash, key string) (*primary, func(), error) {
+	tmpl, err := PrimaryTemplate(hash, key)
+	if err != nil {
+		return nil, nil, err
+	}
+	rsp, err := tpm2.CreatePrimary{
+		PrimaryHandle: tpm2.TPMRHOwner,
+		InPublic:      tpm2.New2B(tmpl),
+	}.Execute(t.tr)
+	if err != nil {
+		if errors.Is(err, tpm2.TPMRCBadAuth) || errors.Is(err, tpm2.TPMRCAuthFail) {
+			return nil, nil, fmt.Errorf("create the TPM primary key: the owner hierarchy has a password; "+
+				"tether (like clevis) needs an empty owner password: %w", err)
+		}
+		return nil, nil, fmt.Errorf("create the TPM primary key (owner hierarchy, %s, %s): %w", hash, key, err)
+	}
+	pub, err := rsp.OutPublic.Contents()
+	if err != nil {
+		t.flush(rsp.ObjectHandle)
+		return nil, nil, err
+	}
+	p := &primary{handle: tpm2.NamedHandle{Handle: rsp.ObjectHandle, Name: rsp.Name}, public: *pub}
+	return p, func() { t.flush(rsp.ObjectHandle) }, nil
+}
+
+func (t *TPM) flush(h tpm2.TPMHandle) {
+	tpm2.FlushContext{FlushHandle: h}.Execute(t.tr)
+}
+
+// encSession returns a session, salted with the primary's key, that
+// encrypts the first parameter of a command (in) or response (out), so a
+// secret never crosses the bus to the TPM in the clear.
+func (t *TPM) encSession(p *primary, dir int) tpm2.Session {
+	d := tpm2.EncryptIn
+	if dir == encOut {
+		d = tpm2.EncryptOut
+	}
+	return tpm2.HMAC(tpm2.TPMAlgSHA256, 16, tpm2.Salted(p.handle.Handle, p.public), tpm2.AESEncryption(128, d))
+}
+
+const (
+	encIn = iota
+	encOut
+)
+
+// ParsePCRs parses a PCR list as clevis takes it: "0,7" (spaces allowed).
+// The result is sorted and without duplicates.
+func ParsePCRs(s string) ([]int, error) {
+	var out []int
+	for _, f := range strings.Split(s, ",") {
+		f = strings.TrimSpace(f)
+		if f == "" {
+			continue
+		}
+		n, err := strconv.Atoi(f)
+		if err != nil || n < 0 || n > 23 {
+			return nil, fmt.Errorf("bad PCR index %q (want 0 to 23)", f)
+		}
+		out = append(out, n)
+	}
+	slices.Sort(out)
+	return slices.Compact(out), nil
+}
+
+// FormatPCRs formats a PCR list as "0,7".
+func FormatPCRs(pcrs []int) string {
+	s := make([]string, len(pcrs))
+	for i, p := range pcrs {
+		s[i] = strconv.Itoa(p)
+	}
+	return strings.Join(s, ",")
+}
+
+func selection(bank tpm2.TPMIAlgHash, pcrs []int) tpm2.TPMLPCRSelection {
+	u := make([]uint, len(pcrs))
+	for i, p := range pcrs {
+		u[i] = uint(p)
+	}
+	return tpm2.TPMLPCRSelection{PCRSelections: []tpm2.TPMSPCRSelection{{
+		Hash:      bank,
+		PCRSelect: tpm2.PCClientCompatible.PCRs(u...),
+	}}}
+}
+
+// ReadPCRs returns the current values of PCRs in bank, in the order of
+// pcrs.
+func (t *TPM) ReadPCRs(bank string, pcrs []int) ([][]byte, error) {
+	alg, err := HashAlg(bank)
+	if err != nil {
+		return nil, err
+	}
+	vals := map[int][]byte{}
+	// The TPM returns at most 8 values per read: ask again for the rest.
+	want := slices.Clone(pcrs)
+	for len(want) > 0 {
+		rsp, err := tpm2.PCRRead{PCRSelectionIn: selection(alg, want)}.Execute(t.tr)
+		if err != nil {
+			return nil, fmt.Errorf("read %s PCRs %s: %w", bank, FormatPCRs(want), err)
+		}
+		var got []int
+		for _, sel := range rsp.PCRSelectionOut.PCRSelections {
+			if sel.Hash != alg {
+				continue
+			}
+			for i, b := range sel.PCRSelect {
+				for bit := 0; bit < 8; bit++ {
+					if b&(1<<bit) != 0 {
+						got = append(got, i*8+bit)
+					}
+				}
+			}
+		}
+		if len(got) == 0 || len(got) != len(rsp.PCRValues.Digests) {
+			return nil, fmt.Errorf("the TPM returned no %s value for PCRs %s: is the %s bank active? (tpm2_getcap pcrs)",
+				bank, FormatPCRs(want), bank)
+		}
+		for i, p := range got {
+			vals[p] = rsp.PCRValues.Digests[i].Buffer
+		}
+		want = slices.DeleteFunc(want, func(p int) bool { return vals[p] != nil })
+	}
+	out := make([][]byte, len(pcrs))
+	for i, p := range pcrs {
+		out[i] = vals[p]
+	}
+	return out, nil
+}
+
+// ExtendPCR extends PCR pcr of bank with the bank's hash of data, as
+// tpm2_pcrextend does. Only PCRs 16 (debug) and 23 (application) are
+// meant for this outside the boot chain.
+func (t *TPM) ExtendPCR(bank string, pcr int, data []byte) error {
+	alg, err := HashAlg(bank)
+	if err != nil {
+		return err
+	}
+	h := hashOf(alg).New()
+	h.Write(data)
+	_, err = tpm2.PCRExtend{
+		PCRHandle: tpm2.AuthHandle{Handle: tpm2.TPMHandle(pcr), Auth: tpm2.PasswordAuth(nil)},
+		Digests:   tpm2.TPMLDigestValues{Digests: []tpm2.TPMTHA{{HashAlg: alg, Digest: h.Sum(nil)}}},
+	}.Execute(t.tr)
+	if err != nil {
+		return fmt.Errorf("extend %s PCR %d: %w", bank, pcr, err)
+	}
+	return nil
+}
+
+// PolicyPCRDigest computes the policy digest TPM2_PolicyPCR produces in a
+// session of hash nameAlg over PCRs of bank holding values (in order of
+// pcrs, which must be sorted): what tpm2_createpolicy --policy-pcr writes.
+func PolicyPCRDigest(nameAlg, bank string, pcrs []int, values [][]byte) ([]byte, error) {
+	na, err := HashAlg(nameAlg)
+	if err != nil {
+		return nil, err
+	}
+	ba, err := HashAlg(bank)
+	if err != nil {
+		return nil, err
+	}
+	h := hashOf(na).New()
+	for _, v := range values {
+		h.Write(v)
+	}
+	calc, err := tpm2.NewPolicyCalculator(na)
+	if err != nil {
+		return nil, err
+	}
+	cmd := tpm2.PolicyPCR{PcrDigest: tpm2.TPM2BDigest{Buffer: h.Sum(nil)}, Pcrs: selection(ba, pcrs)}
+	if err := cmd.Update(calc); err != nil {
+		return nil, err
+	}
+	return calc.Hash().Digest, nil
+}
+
+// SealOpts says how to seal: which primary key to seal under and which
+// PCR policy to bind to. It is the tpm2 pin's configuration.
+type SealOpts struct {
+	Hash string // name algorithm of the primary and the sealed object ("sha256")
+	Key  string // primary key type: "ecc" or "rsa"
+	Bank string // PCR bank of the policy ("sha256"); unused without PCRs
+	PCRs []int  // PCRs of the policy, sorted; none means no policy
+}
+
+// Seal seals data (at most 128 bytes) into a keyedhash object under the
+// owner primary with clevis's attributes. It returns the TPM2B_PUBLIC and
+// TPM2B_PRIVATE of the object, marshalled as tpm2_create -u/-r write them:
+// only this TPM can load them again.
+func (t *TPM) Seal(data []byte, o SealOpts) (pub, priv []byte, err error) {
+	nameAlg, err := HashAlg(o.Hash)
+	if err != nil {
+		return nil, nil, err
+	}
+	if len(data) > 128 {
+		return nil, nil, fmt.Errorf("seal: %d bytes is more than a TPM seals (128)", len(data))
+	}
+	attrs := tpm2.TPMAObject{FixedTPM: true, FixedParent: true, NoDA: true, AdminWithPolicy: true}
+	var policy []byte
+	if len(o.PCRs) > 0 {
+		vals, err := t.ReadPCRs(o.Bank, o.PCRs)
+		if err != nil {
+			return nil, nil, err
+		}
+		if policy, err = PolicyPCRDigest(o.Hash, o.Bank, o.PCRs, vals); err != nil {
+			return nil, nil, err
+		}
+	} else {
+		attrs.UserWithAuth = true
+	}
+	p, flush, err := t.createPrimary(o.Hash, o.Key)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer flush()
+	rsp, err := tpm2.Create{
+		ParentHandle: tpm2.AuthHandle{Handle: p.handle.Handle, Name: p.handle.Name, Auth: tpm2.PasswordAuth(nil)},
+		InSensitive: tpm2.TPM2BSensitiveCreate{Sensitive: &tpm2.TPMSSensitiveCreate{
+			Data: tpm2.NewTPMUSensitiveCreate(&tpm2.TPM2BSensitiveData{Buffer: data}),
+		}},
+		InPublic: tpm2.New2B(tpm2.TPMTPublic{
+			Type:             tpm2.TPMAlgKeyedHash,
+			NameAlg:          nameAlg,
+			ObjectAttributes: attrs,
+			AuthPolicy:       tpm2.TPM2BDigest{Buffer: policy},
+			Parameters: tpm2.NewTPMUPublicParms(tpm2.TPMAlgKeyedHash, &tpm2.TPMSKeyedHashParms{
+				Scheme: tpm2.TPMTKeyedHashScheme{Scheme: tpm2.TPMAlgNull},
+			}),
+			Unique: tpm2.NewTPMUPublicID(tpm2.TPMAlgKeyedHash, &tpm2.TPM2BDigest{}),
+		}),
+	}.Execute(t.tr, t.encSession(p, encIn))
+	if err != nil {
+		return nil, nil, fmt.Errorf("seal: create the sealed object: %w", err)
+	}
+	return tpm2.Marshal(rsp.OutPublic), tpm2.Marshal(rsp.OutPrivate), nil
+}
+
+// Unseal loads a sealed object made by Seal or by clevis and returns its
+// data, satisfying the PCR policy o names. A failed policy gives a
+// *PCRMismatchError, an object from another TPM ErrWrongTPM.
+func (t *TPM) Unseal(pub, priv []byte, o SealOpts) ([]byte, error) {
+	nameAlg, err := HashAlg(o.Hash)
+	if err != nil {
+		return nil, err
+	}
+	inPub, err := tpm2.Unmarshal[tpm2.TPM2BPublic](pub)
+	if err != nil {
+		return nil, fmt.Errorf("sealed object: public area is malformed: %v", err)
+	}
+	public, err := inPub.Contents()
+	if err != nil {
+		return nil, fmt.Errorf("sealed object: public area is malformed: %v", err)
+	}
+	inPriv, err := tpm2.Unmarshal[tpm2.TPM2BPrivate](priv)
+	if err != nil {
+		return nil, fmt.Errorf("sealed object: private area is malformed: %v", err)
+	}
+	if public.Type != tpm2.TPMAlgKeyedHash {
+		return nil, errors.New("sealed object: not a keyedhash (sealed data) object")
+	}
+	p, flush, err := t.createPrimary(o.Hash, o.Key)
+	if err != nil {
+		return nil, err
+	}
+	defer flush()
+	lr, err := tpm2.Load{
+		ParentHandle: tpm2.AuthHandle{Handle: p.handle.Handle, Name: p.handle.Name, Auth: tpm2.PasswordAuth(nil)},
+		InPrivate:    *inPriv,
+		InPublic:     *inPub,
+	}.Execute(t.tr)
+	if err != nil {
+		if errors.Is(err, tpm2.TPMRCIntegrity) || errors.Is(err, tpm2.TPMRCBinding) || errors.Is(err, tpm2.TPMRCSize) {
+			return nil, fmt.Errorf("%w (TPM: %v)", ErrWrongTPM, err)
+		}
+		return nil, fmt.Errorf("load the sealed object: %w", err)
+	}
+	defer t.flush(lr.ObjectHandle)
+	item := tpm2.AuthHandle{Handle: lr.ObjectHandle, Name: lr.Name, Auth: tpm2.PasswordAuth(nil)}
+	enc := t.encSession(p, encOut)
+	if len(o.PCRs) > 0 {
+		if public.NameAlg != nameAlg {
+			return nil, fmt.Errorf("sealed object: name algorithm is %v, header says %s", public.NameAlg, o.Hash)
+		}
+		bank, err := HashAlg(o.Bank)
+		if err != nil {
+			return nil, err
+		}
+		sess, closeSess, err := tpm2.PolicySession(t.tr, nameAlg, 16,
+			tpm2.Salted(p.handle.Handle, p.public), tpm2.AESEncryption(128, tpm2.EncryptOut))
+		if err != nil {
+			return nil, fmt.Errorf("start a policy session: %w", err)
+		}
+		defer closeSess()
+		if _, err := (tpm2.PolicyPCR{PolicySession: sess.Handle(), Pcrs: selection(bank, o.PCRs)}).Execute(t.tr); err != nil {
+			return nil, fmt.Errorf("policy PCR %s:%s: %w", o.Bank, FormatPCRs(o.PCRs), err)
+		}
+		item.Auth, enc = sess, nil
+	}
+	var rsp *tpm2.UnsealResponse
+	if enc != nil {
+		rsp, err = tpm2.Unseal{ItemHandle: item}.Execute(t.tr, enc)
+	} else {
+		rsp, err = tpm2.Unseal{ItemHandle: item}.Execute(t.tr)
+	}
+	if err != nil {
+		if errors.Is(err, tpm2.TPMRCPolicyFail) && len(o.PCRs) > 0 {
+			return nil, t.diagnose(public, o, err)
+		}
+		return nil, fmt.Errorf("unseal: %w", err)
+	}
+	return rsp.OutData.Buffer, nil
+}
+
+// diagnose explains a failed PCR policy: it recomputes the policy digest
+// from the PCRs' current values and compares it with the one the object
+// was sealed with.
+func (t *TPM) diagnose(public *tpm2.TPMTPublic, o SealOpts, cause error) error {
+	vals, err := t.ReadPCRs(o.Bank, o.PCRs)
+	if err != nil {
+		return fmt.Errorf("unseal: %w (and reading the PCRs to explain why failed: %v)", cause, err)
+	}
+	now, err := PolicyPCRDigest(o.Hash, o.Bank, o.PCRs, vals)
+	if err != nil {
+		return fmt.Errorf("unseal: %w", cause)
+	}
+	if string(now) == string(public.AuthPolicy.Buffer) {
+		// The PCRs are as sealed, so the policy failed for another reason
+		// (for example a PCR changed between the policy check and unseal).
+		return fmt.Errorf("unseal: %w (the PCRs match the policy now: try again)", cause)
+	}
+	return &PCRMismatchError{Bank: o.Bank, PCRs: slices.Clone(o.PCRs), Exact: len(o.PCRs) == 1}
+}
