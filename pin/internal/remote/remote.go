@@ -1,0 +1,164 @@
+// Package remote is what the pins that fetch key material from elsewhere
+// (https, smb) share: deriving the JWE key from the fetched material,
+// retrying with backoff, and keeping the credentials needed to fetch it
+// either in the JWE header or protected by another pin.
+//
+// Neither the material nor the secret it protects is ever written to disk:
+// the material lives in memory only while the key is derived.
+package remote
+
+import (
+	"context"
+	"crypto/hkdf"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/tether-nbde/tether/jose"
+	"github.com/tether-nbde/tether/pin"
+)
+
+// MinMaterial is the least key material we accept: less is guessable.
+const MinMaterial = 16
+
+// DeriveKey derives the JWE content key from fetched material and the
+// JWE's random salt (HKDF-SHA256), so that the same material bound twice
+// gives unrelated keys.
+func DeriveKey(pinName string, material, salt []byte) ([]byte, error) {
+	if len(material) < MinMaterial {
+		return nil, fmt.Errorf("key material is only %d bytes; it must be at least %d random bytes "+
+			"(make one with: head -c 64 /dev/urandom > keyfile)", len(material), MinMaterial)
+	}
+	return hkdf.Key(sha256.New, material, salt, "tether "+pinName+" pin v1", 32)
+}
+
+// NewSalt returns a fresh random salt.
+func NewSalt() []byte {
+	s := make([]byte, 32)
+	rand.Read(s)
+	return s
+}
+
+// permanent marks an error that retrying cannot fix (wrong password, file
+// missing, certificate mismatch).
+type permanent struct{ error }
+
+func (p permanent) Unwrap() error { return p.error }
+
+// Permanent wraps err so that Fetch does not retry it.
+func Permanent(err error) error {
+	if err == nil {
+		return nil
+	}
+	return permanent{err}
+}
+
+// Fetch calls get until it succeeds, fails permanently, attempts run out or
+// ctx ends. Each attempt gets timeout; waits between attempts double from
+// 250 ms.
+func Fetch(ctx context.Context, attempts int, timeout time.Duration, get func(context.Context) ([]byte, error)) ([]byte, error) {
+	if attempts < 1 {
+		attempts = 1
+	}
+	wait := 250 * time.Millisecond
+	var err error
+	for i := 0; i < attempts; i++ {
+		actx, cancel := context.WithTimeout(ctx, timeout)
+		var b []byte
+		b, err = get(actx)
+		cancel()
+		if err == nil {
+			return b, nil
+		}
+		var p permanent
+		if errors.As(err, &p) || i == attempts-1 {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return nil, err
+		case <-time.After(wait):
+		}
+		wait *= 2
+	}
+	return nil, err
+}
+
+// Protect names another pin that encrypts the credentials (for example
+// tpm2, so that a pulled disk does not reveal the share password).
+type Protect struct {
+	Pin    string          `json:"pin"`
+	Config json.RawMessage `json:"config"`
+}
+
+// Credentials is how credentials sit in a JWE header: in the clear (Cred)
+// or encrypted by another pin (CredJWE).
+type Credentials struct {
+	Cred    json.RawMessage `json:"cred,omitempty"`
+	CredJWE string          `json:"cred_jwe,omitempty"`
+}
+
+// SealCredentials stores creds (JSON) in the clear, or encrypted with the
+// protecting pin when one is given.
+func SealCredentials(ctx context.Context, creds any, p *Protect, o pin.Options) (Credentials, error) {
+	b, err := json.Marshal(creds)
+	if err != nil {
+		return Credentials{}, err
+	}
+	if p == nil || p.Pin == "" {
+		return Credentials{Cred: b}, nil
+	}
+	cfg := p.Config
+	if len(cfg) == 0 {
+		cfg = json.RawMessage("{}")
+	}
+	j, err := pin.Encrypt(ctx, p.Pin, cfg, b, o)
+	clear(b)
+	if err != nil {
+		return Credentials{}, fmt.Errorf("protect credentials: %w", err)
+	}
+	return Credentials{CredJWE: j.Compact()}, nil
+}
+
+// Open returns the credentials into v, decrypting them if a pin protects them.
+func (c Credentials) Open(ctx context.Context, o pin.Options, v any) error {
+	raw := []byte(c.Cred)
+	if c.CredJWE != "" {
+		j, err := jose.ParseCompact(c.CredJWE)
+		if err != nil {
+			return fmt.Errorf("protected credentials: %w", err)
+		}
+		if raw, err = pin.Decrypt(ctx, j, o); err != nil {
+			return fmt.Errorf("unlock credentials: %w", err)
+		}
+		defer clear(raw)
+	}
+	if len(raw) == 0 {
+		return nil
+	}
+	return json.Unmarshal(raw, v)
+}
+
+// ReadSecretFile reads a credential file named in a configuration (so that
+// the secret never appears on a command line).
+func ReadSecretFile(what, path string) (string, error) {
+	if path == "" {
+		return "", nil
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", fmt.Errorf("read %s file: %w", what, err)
+	}
+	return trimNewline(string(b)), nil
+}
+
+func trimNewline(s string) string {
+	for len(s) > 0 && (s[len(s)-1] == '\n' || s[len(s)-1] == '\r') {
+		s = s[:len(s)-1]
+	}
+	return s
+}
