@@ -1,0 +1,111 @@
+package smb_test
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/tether-nbde/tether/internal/testenv"
+	"github.com/tether-nbde/tether/jose"
+	"github.com/tether-nbde/tether/pin"
+	_ "github.com/tether-nbde/tether/pin/smb"
+)
+
+func config(t *testing.T, s *testenv.SMBD, path, password string) json.RawMessage {
+	pw := filepath.Join(t.TempDir(), "pw")
+	if err := os.WriteFile(pw, []byte(password+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	b, _ := json.Marshal(map[string]any{"server": "127.0.0.1", "port": s.Port, "share": s.Share, "path": path,
+		"user": s.User, "password_file": pw, "attempts": 2})
+	return b
+}
+
+var opts = pin.Options{Timeout: 3 * time.Second}
+
+// TestAgainstSmbd binds and unlocks against a real smbd (SMB3, user and
+// password), then checks each failure: wrong password, missing file,
+// share down, and that deleting the key file revokes the binding.
+func TestAgainstSmbd(t *testing.T) {
+	s := testenv.StartSMBD(t)
+	material := make([]byte, 64)
+	rand.Read(material)
+	s.WriteKey(t, "ha.key", material)
+	ctx := context.Background()
+
+	j, err := pin.Encrypt(ctx, "smb", config(t, s, "ha.key", s.Password), []byte("luks passphrase"), opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	compact := j.Compact()
+	if strings.Contains(compact, jose.B64.EncodeToString(material)) {
+		t.Fatal("key material stored in the JWE")
+	}
+	j, _ = jose.ParseCompact(compact)
+	got, err := pin.Decrypt(ctx, j, opts)
+	if err != nil || string(got) != "luks passphrase" {
+		t.Fatalf("decrypt: %q %v", got, err)
+	}
+
+	t.Run("wrong password", func(t *testing.T) {
+		_, err := pin.Encrypt(ctx, "smb", config(t, s, "ha.key", "not-it"), []byte("x"), opts)
+		if err == nil || !strings.Contains(err.Error(), "wrong user or password") {
+			t.Fatalf("got %v", err)
+		}
+	})
+	t.Run("missing file", func(t *testing.T) {
+		_, err := pin.Encrypt(ctx, "smb", config(t, s, "nope.key", s.Password), []byte("x"), opts)
+		if err == nil || !strings.Contains(err.Error(), "does not exist") {
+			t.Fatalf("got %v", err)
+		}
+	})
+	t.Run("other material does not decrypt", func(t *testing.T) {
+		other := make([]byte, 64)
+		rand.Read(other)
+		s.WriteKey(t, "ha.key", other)
+		defer s.WriteKey(t, "ha.key", material)
+		if _, err := pin.Decrypt(ctx, j, opts); err == nil {
+			t.Fatal("decrypted with replaced key material")
+		}
+	})
+	t.Run("deleting the file revokes", func(t *testing.T) {
+		if err := os.Remove(filepath.Join(s.Dir, "ha.key")); err != nil {
+			t.Fatal(err)
+		}
+		defer s.WriteKey(t, "ha.key", material)
+		_, err := pin.Decrypt(ctx, j, opts)
+		if err == nil || !strings.Contains(err.Error(), "revoked") {
+			t.Fatalf("got %v", err)
+		}
+	})
+	if _, err := pin.Decrypt(ctx, j, opts); err != nil {
+		t.Fatalf("restored file: %v", err)
+	}
+	t.Run("share down", func(t *testing.T) {
+		s.Stop()
+		_, err := pin.Decrypt(ctx, j, opts)
+		if err == nil || !strings.Contains(err.Error(), "unreachable") {
+			t.Fatalf("got %v", err)
+		}
+	})
+}
+
+func TestConfigErrors(t *testing.T) {
+	for cfg, want := range map[string]string{
+		`{"share":"s","path":"p"}`:   `missing "server"`,
+		`{"server":"h","path":"p"}`:  `missing "share"`,
+		`{"server":"h","share":"s"}`: `missing "path"`,
+		`{"server":"h","share":"s","path":"p","password_file":"/nonexistent/pw"}`: "read password file",
+		`{"server":1}`: "malformed",
+	} {
+		_, err := pin.Encrypt(context.Background(), "smb", json.RawMessage(cfg), []byte("x"), opts)
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%s: got %v, want %q", cfg, err, want)
+		}
+	}
+}
