@@ -119,6 +119,14 @@ Pins:
   sss    Shamir's secret sharing: any t of the child pins decrypt.
          CONFIG: {"t":2,"pins":{"tang":[{"url":..},{"url":..}],...}}
          Children decrypt in parallel, each with its own timeout.
+  https  the key is derived from material fetched from an HTTPS URL.
+         CONFIG: {"url":URL, "pin_sha256":PIN | "ca_file":FILE,
+                  "cert_file":FILE, "key_file":FILE, "token_file":FILE}
+  smb    the key is derived from a key file on an SMB2/3 share.
+         CONFIG: {"server":HOST, "share":NAME, "path":FILE, "user":USER,
+                  "password_file":FILE}
+         https and smb take "protect":{"pin":..,"config":..} to encrypt
+         their credentials with another pin (docs/REMOTE-PINS.md).
 
 Trust: without "thp" or "adv", tether fetches the advertisement, shows the
 thumbprints of its signing keys and refuses; -y trusts the advertisement
