@@ -15,6 +15,7 @@ import (
 	_ "github.com/tether-nbde/tether/pin/smb"   // registers the smb pin
 	_ "github.com/tether-nbde/tether/pin/sss"   // registers the sss pin
 	_ "github.com/tether-nbde/tether/pin/tang"  // registers the tang pin
+	_ "github.com/tether-nbde/tether/pin/tpm2"  // registers the tpm2 pin
 )
 
 // maxInput bounds what encrypt and decrypt read from stdin: pins protect

@@ -159,7 +159,7 @@ func dial(ctx context.Context, t TCTI) (transport.TPMCloser, error) {
 		if dl, ok := ctx.Deadline(); ok {
 			c.SetDeadline(dl)
 		}
-		return &streamTPM{c}, nil
+		return retrying{&streamTPM{c}}, nil
 	case "mssim":
 		// The simulator must already be powered on and started, as with
 		// tpm2-tools (tpm2_startup -c).
@@ -171,9 +171,32 @@ func dial(ctx context.Context, t TCTI) (transport.TPMCloser, error) {
 		if err != nil {
 			return nil, &NoTPMError{t, err}
 		}
-		return tp, nil
+		return retrying{tp}, nil
 	}
 	return nil, fmt.Errorf("TCTI %q is not supported", t.Name)
+}
+
+// retrying resends a command the TPM could not start yet (TPM_RC_RETRY,
+// TPM_RC_YIELDED, TPM_RC_TESTING), as tpm2-tss does: swtpm answers
+// TPM_RC_RETRY now and then. A command not started changed nothing, so
+// sending the same bytes again is safe even with sessions.
+type retrying struct{ transport.TPMCloser }
+
+func (r retrying) Send(cmd []byte) ([]byte, error) {
+	wait := time.Millisecond
+	for try := 0; ; try++ {
+		rsp, err := r.TPMCloser.Send(cmd)
+		if err != nil || len(rsp) < 10 || try == 10 {
+			return rsp, err
+		}
+		switch binary.BigEndian.Uint32(rsp[6:10]) {
+		case 0x922, 0x908, 0x90A: // RETRY, YIELDED, TESTING
+			time.Sleep(wait)
+			wait = min(2*wait, 200*time.Millisecond)
+		default:
+			return rsp, nil
+		}
+	}
 }
 
 // streamTPM sends raw TPM commands over a byte stream and reads each

@@ -1,0 +1,298 @@
+// Package tpm2 is the "tpm2" pin: a secret encrypted with a key that the
+// TPM of this machine keeps sealed, optionally to a PCR policy, so it can
+// only be decrypted on this machine and, with PCRs, only while the boot
+// chain is in the state it was in when sealing.
+//
+// The format is clevis's: clevis decrypts what tether seals and tether
+// decrypts what clevis seals, on the same TPM. The one deliberate
+// difference is the default PCR bank: sha256, where clevis uses sha1 (see
+// docs/TPM2.md). The TPM is chosen as tpm2-tools choose it
+// ($TPM2TOOLS_TCTI), or by $TETHER_TPM_TCTI for tether alone.
+package tpm2
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+
+	"github.com/tether-nbde/tether/internal/tpm"
+	"github.com/tether-nbde/tether/jose"
+	"github.com/tether-nbde/tether/pin"
+)
+
+func init() { pin.Register("tpm2", Pin{}) }
+
+// Pin implements pin.Pin. The zero value uses the TPM of TCTIFromEnv and
+// warns on os.Stderr.
+type Pin struct {
+	// TCTI names the TPM; empty means tpm.TCTIFromEnv().
+	TCTI string
+	// Warn receives warnings (sha1 PCR bank); nil means os.Stderr.
+	Warn io.Writer
+}
+
+// Config is the pin's configuration, as clevis takes it:
+// {"hash":"sha256","key":"ecc","pcr_bank":"sha256","pcr_ids":"0,7"}.
+// pcr_ids may also be an array: ["0","7"] or [0,7].
+type Config struct {
+	Hash      string          `json:"hash"`
+	Key       string          `json:"key"`
+	PCRBank   string          `json:"pcr_bank"`
+	PCRIDs    json.RawMessage `json:"pcr_ids"`
+	PCRDigest string          `json:"pcr_digest"`
+}
+
+// header is clevis.tpm2 in the JWE protected header (keys in clevis's
+// order, which is sorted).
+type header struct {
+	Hash    string `json:"hash"`
+	JWKPriv string `json:"jwk_priv"`
+	JWKPub  string `json:"jwk_pub"`
+	Key     string `json:"key"`
+	PCRBank string `json:"pcr_bank,omitempty"`
+	PCRIDs  string `json:"pcr_ids,omitempty"`
+}
+
+type clevisHeader struct {
+	Pin  string `json:"pin"`
+	TPM2 header `json:"tpm2"`
+}
+
+// Defaults. DefaultBank differs from clevis (sha1) on purpose.
+const (
+	DefaultHash = "sha256"
+	DefaultKey  = "ecc"
+	DefaultBank = "sha256"
+)
+
+// tpmMu serialises this process's use of the TPM: sss may run several
+// tpm2 children at once, and swtpm serves one connection at a time.
+var tpmMu sync.Mutex
+
+// parseConfig checks a configuration and turns it into seal options.
+func parseConfig(raw json.RawMessage) (tpm.SealOpts, error) {
+	var cfg Config
+	if err := json.Unmarshal(raw, &cfg); err != nil {
+		return tpm.SealOpts{}, fmt.Errorf("configuration is malformed: %v", err)
+	}
+	o := tpm.SealOpts{Hash: strings.ToLower(cfg.Hash), Key: strings.ToLower(cfg.Key), Bank: strings.ToLower(cfg.PCRBank)}
+	if o.Hash == "" {
+		o.Hash = DefaultHash
+	}
+	if o.Key == "" {
+		o.Key = DefaultKey
+	}
+	if o.Bank == "" {
+		o.Bank = DefaultBank
+	}
+	if _, err := tpm.HashAlg(o.Hash); err != nil {
+		return tpm.SealOpts{}, fmt.Errorf(`configuration "hash": %v`, err)
+	}
+	if _, err := tpm.PrimaryTemplate(o.Hash, o.Key); err != nil {
+		return tpm.SealOpts{}, fmt.Errorf(`configuration "key": %v`, err)
+	}
+	if _, err := tpm.HashAlg(o.Bank); err != nil {
+		return tpm.SealOpts{}, fmt.Errorf(`configuration "pcr_bank": %v`, err)
+	}
+	ids, err := pcrIDs(cfg.PCRIDs)
+	if err != nil {
+		return tpm.SealOpts{}, fmt.Errorf(`configuration "pcr_ids": %v`, err)
+	}
+	if o.PCRs, err = tpm.ParsePCRs(ids); err != nil {
+		return tpm.SealOpts{}, fmt.Errorf(`configuration "pcr_ids": %v`, err)
+	}
+	if cfg.PCRDigest != "" {
+		return tpm.SealOpts{}, errors.New(`configuration "pcr_digest" (sealing to PCR values other than the current ones) ` +
+			`is not supported by tether yet; seal in the target state, or use clevis for this`)
+	}
+	return o, nil
+}
+
+// pcrIDs accepts "0,7", ["0","7"] and [0,7], as clevis does.
+func pcrIDs(raw json.RawMessage) (string, error) {
+	s := strings.TrimSpace(string(raw))
+	if s == "" || s == "null" {
+		return "", nil
+	}
+	var str string
+	if err := json.Unmarshal(raw, &str); err == nil {
+		return str, nil
+	}
+	var arr []any
+	if err := json.Unmarshal(raw, &arr); err != nil {
+		return "", errors.New(`want a string such as "0,7" or an array such as ["0","7"]`)
+	}
+	var parts []string
+	for _, v := range arr {
+		switch v := v.(type) {
+		case string:
+			parts = append(parts, v)
+		case float64:
+			parts = append(parts, strconv.FormatFloat(v, 'f', -1, 64))
+		default:
+			return "", fmt.Errorf("array element %v is not a PCR index", v)
+		}
+	}
+	return strings.Join(parts, ","), nil
+}
+
+func (p Pin) open(ctx context.Context) (*tpm.TPM, error) {
+	return tpm.Open(ctx, p.TCTI)
+}
+
+func (p Pin) warn(format string, args ...any) {
+	w := p.Warn
+	if w == nil {
+		w = os.Stderr
+	}
+	fmt.Fprintf(w, "tether: warning: "+format+"\n", args...)
+}
+
+// jwk is the sealed data: an oct A256GCM JWK, as "jose jwk gen -i
+// '{"alg":"A256GCM"}'" makes it for clevis.
+type jwk struct {
+	Alg    string   `json:"alg"`
+	K      string   `json:"k"`
+	KeyOps []string `json:"key_ops"`
+	Kty    string   `json:"kty"`
+}
+
+// Encrypt implements pin.Pin.
+func (p Pin) Encrypt(ctx context.Context, raw json.RawMessage, secret []byte, _ pin.Options) (*jose.JWE, error) {
+	o, err := parseConfig(raw)
+	if err != nil {
+		return nil, err
+	}
+	if len(o.PCRs) > 0 && o.Bank == "sha1" {
+		p.warn("tpm2: the sha1 PCR bank is weak (SHA-1 collisions are practical) and is measured independently of "+
+			"the sha256 bank: a policy on sha1 PCRs %s ignores changes recorded only in sha256; prefer \"pcr_bank\":\"sha256\"",
+			tpm.FormatPCRs(o.PCRs))
+	}
+	key := make([]byte, 32)
+	if _, err := rand.Read(key); err != nil {
+		return nil, err
+	}
+	defer clear(key)
+	data, _ := json.Marshal(jwk{Alg: "A256GCM", K: jose.B64.EncodeToString(key), KeyOps: []string{"encrypt", "decrypt"}, Kty: "oct"})
+	defer clear(data)
+
+	tpmMu.Lock()
+	t, err := p.open(ctx)
+	if err != nil {
+		tpmMu.Unlock()
+		return nil, err
+	}
+	pub, priv, err := t.Seal(data, o)
+	t.Close()
+	tpmMu.Unlock()
+	if err != nil {
+		return nil, err
+	}
+	h := header{Hash: o.Hash, Key: o.Key, JWKPub: jose.B64.EncodeToString(pub), JWKPriv: jose.B64.EncodeToString(priv)}
+	if len(o.PCRs) > 0 {
+		h.PCRBank, h.PCRIDs = o.Bank, tpm.FormatPCRs(o.PCRs)
+	}
+	ch, _ := json.Marshal(clevisHeader{Pin: "tpm2", TPM2: h})
+	return jose.Encrypt(jose.Header{Alg: "dir", Clevis: ch}, key, secret)
+}
+
+// parse checks a tpm2 JWE's header and returns it with the unseal options.
+func parse(j *jose.JWE) (*header, tpm.SealOpts, error) {
+	if j.Header.Alg != "dir" {
+		return nil, tpm.SealOpts{}, fmt.Errorf("JWE alg is %q, want dir", j.Header.Alg)
+	}
+	var ch clevisHeader
+	if err := json.Unmarshal(j.Header.Clevis, &ch); err != nil {
+		return nil, tpm.SealOpts{}, fmt.Errorf("JWE header clevis.tpm2 is malformed: %v", err)
+	}
+	h := &ch.TPM2
+	for name, v := range map[string]string{"hash": h.Hash, "key": h.Key, "jwk_pub": h.JWKPub, "jwk_priv": h.JWKPriv} {
+		if v == "" {
+			return nil, tpm.SealOpts{}, fmt.Errorf("JWE header clevis.tpm2 is missing %q", name)
+		}
+	}
+	o := tpm.SealOpts{Hash: h.Hash, Key: h.Key, Bank: h.PCRBank}
+	var err error
+	if o.PCRs, err = tpm.ParsePCRs(h.PCRIDs); err != nil {
+		return nil, tpm.SealOpts{}, fmt.Errorf("JWE header clevis.tpm2.pcr_ids: %v", err)
+	}
+	if len(o.PCRs) > 0 && o.Bank == "" {
+		return nil, tpm.SealOpts{}, errors.New("JWE header clevis.tpm2 has pcr_ids but no pcr_bank")
+	}
+	return h, o, nil
+}
+
+func decodeB64(s string) ([]byte, error) {
+	return jose.B64.DecodeString(strings.TrimRight(strings.TrimSpace(s), "="))
+}
+
+// Decrypt implements pin.Pin.
+func (p Pin) Decrypt(ctx context.Context, j *jose.JWE, _ pin.Options) ([]byte, error) {
+	h, o, err := parse(j)
+	if err != nil {
+		return nil, err
+	}
+	pub, err := decodeB64(h.JWKPub)
+	if err != nil {
+		return nil, errors.New("JWE header clevis.tpm2.jwk_pub is not base64url")
+	}
+	priv, err := decodeB64(h.JWKPriv)
+	if err != nil {
+		return nil, errors.New("JWE header clevis.tpm2.jwk_priv is not base64url")
+	}
+	tpmMu.Lock()
+	t, err := p.open(ctx)
+	if err != nil {
+		tpmMu.Unlock()
+		return nil, err
+	}
+	data, err := t.Unseal(pub, priv, o)
+	t.Close()
+	tpmMu.Unlock()
+	if err != nil {
+		return nil, err
+	}
+	defer clear(data)
+	key, err := parseJWK(data)
+	if err != nil {
+		return nil, err
+	}
+	defer clear(key)
+	return j.Decrypt(key)
+}
+
+// parseJWK extracts the A256GCM key from the unsealed JWK. clevis seals it
+// with a trailing newline.
+func parseJWK(data []byte) ([]byte, error) {
+	var k jwk
+	if err := json.Unmarshal(data, &k); err != nil {
+		return nil, errors.New("the unsealed data is not a JWK")
+	}
+	if k.Kty != "oct" {
+		return nil, fmt.Errorf("the unsealed JWK has kty %q, want oct", k.Kty)
+	}
+	key, err := decodeB64(k.K)
+	if err != nil || len(key) != 32 {
+		return nil, errors.New("the unsealed JWK does not hold a 256-bit key")
+	}
+	return key, nil
+}
+
+// Describe implements pin.Describer: "tpm2" or "tpm2(sha256:0,7)".
+func (Pin) Describe(j *jose.JWE) string {
+	h, _, err := parse(j)
+	if err != nil {
+		return "tpm2(?)"
+	}
+	if h.PCRIDs == "" {
+		return "tpm2"
+	}
+	return "tpm2(" + h.PCRBank + ":" + h.PCRIDs + ")"
+}
