@@ -1,0 +1,192 @@
+package boot
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log"
+	"net"
+	"regexp"
+	"sync"
+	"time"
+)
+
+// KeyServer serves volume keys to systemd-cryptsetup through the crypttab
+// AF_UNIX key-file protocol (systemd ≥ 248): the client binds its end of
+// the connection to the abstract name "@<16 hex digits>/cryptsetup/<volume>",
+// connects, shuts down its writing side and reads the key until EOF.
+//
+// KeyServer learns the volume from that peer name, looks it up in crypttab,
+// recovers the key from the volume's bindings and writes it. There is no
+// read timeout on the client's side, so KeyServer holds the connection and
+// retries (with backoff) while the network comes up or a server restarts;
+// when Deadline passes it closes the connection without a key, and
+// systemd-cryptsetup falls back to its next method (the password prompt).
+type KeyServer struct {
+	Crypttab  string        // path of crypttab; "" means /etc/crypttab
+	Recoverer Recoverer     // nil means TokenRecoverer{}
+	Deadline  time.Duration // per connection; 0 means DefaultDeadline
+	// MinBackoff and MaxBackoff bound the wait between attempts; zero
+	// values mean 250ms and 5s.
+	MinBackoff, MaxBackoff time.Duration
+	Log                    *log.Logger // nil means log.Default()
+	// Resolve turns crypttab's device field into a path; nil means
+	// ResolveDevice.
+	Resolve func(spec string) (string, error)
+}
+
+// DefaultDeadline bounds how long one volume's key is waited for: long
+// enough for a network to come up at boot, short enough that a dead
+// server does not stall the boot (it then falls back to the prompt).
+const DefaultDeadline = 90 * time.Second
+
+var peerName = regexp.MustCompile(`^@[0-9a-fA-F]{16}/cryptsetup/(.+)$`)
+
+// VolumeFromPeer extracts the volume name from the abstract socket name
+// systemd-cryptsetup binds its end to.
+func VolumeFromPeer(name string) (string, error) {
+	m := peerName.FindStringSubmatch(name)
+	if m == nil {
+		return "", fmt.Errorf("peer %q is not systemd-cryptsetup (want the abstract name @<16 hex>/cryptsetup/<volume>)", name)
+	}
+	return m[1], nil
+}
+
+func (s *KeyServer) logf(format string, a ...any) {
+	l := s.Log
+	if l == nil {
+		l = log.Default()
+	}
+	l.Printf(format, a...)
+}
+
+// Serve accepts connections on l until ctx is done or l fails, answering
+// each in its own goroutine. It waits for the answers in flight before it
+// returns.
+func (s *KeyServer) Serve(ctx context.Context, l *net.UnixListener) error {
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	go func() {
+		<-ctx.Done()
+		l.Close()
+	}()
+	for {
+		c, err := l.AcceptUnix()
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				continue
+			}
+			return fmt.Errorf("accept on %s: %w", l.Addr(), err)
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			s.handle(ctx, c)
+		}()
+	}
+}
+
+func (s *KeyServer) handle(ctx context.Context, c *net.UnixConn) {
+	defer c.Close()
+	peer := ""
+	if a, ok := c.RemoteAddr().(*net.UnixAddr); ok && a != nil {
+		peer = a.Name
+	}
+	vol, err := VolumeFromPeer(peer)
+	if err != nil {
+		s.logf("keyd: refused a connection: %v", err)
+		return
+	}
+	start := time.Now()
+	key, err := s.KeyFor(ctx, vol)
+	if err != nil {
+		s.logf("keyd: volume %q: no key sent after %s: %v; systemd-cryptsetup falls back to its next method (the prompt)",
+			vol, time.Since(start).Round(time.Millisecond), err)
+		return
+	}
+	defer clear(key.Passphrase)
+	if _, err := c.Write(key.Passphrase); err != nil {
+		s.logf("keyd: volume %q: could not send the key: %v (did systemd-cryptsetup give up?)", vol, err)
+		return
+	}
+	s.logf("keyd: volume %q: key sent (token %d, keyslot %d) after %s", vol, key.Token, key.Slot, time.Since(start).Round(time.Millisecond))
+}
+
+// KeyFor recovers the key of crypttab volume vol, retrying with backoff
+// until it succeeds, a permanent error occurs, or the deadline passes. The
+// error says what was waited for and why it gave up.
+func (s *KeyServer) KeyFor(ctx context.Context, vol string) (Key, error) {
+	deadline := s.Deadline
+	if deadline <= 0 {
+		deadline = DefaultDeadline
+	}
+	ctx, cancel := context.WithTimeout(ctx, deadline)
+	defer cancel()
+	return Retry(ctx, s.MinBackoff, s.MaxBackoff, func(ctx context.Context) (Key, error) {
+		return s.tryOnce(ctx, vol)
+	})
+}
+
+func (s *KeyServer) tryOnce(ctx context.Context, vol string) (Key, error) {
+	tab := s.Crypttab
+	if tab == "" {
+		tab = "/etc/crypttab"
+	}
+	ent, err := LookupVolume(tab, vol)
+	if err != nil {
+		return Key{}, &PermanentError{err}
+	}
+	resolve := s.Resolve
+	if resolve == nil {
+		resolve = ResolveDevice
+	}
+	dev, err := resolve(ent.Device)
+	if err != nil {
+		return Key{}, err // the device may still appear
+	}
+	r := s.Recoverer
+	if r == nil {
+		r = TokenRecoverer{}
+	}
+	return r.Recover(ctx, dev)
+}
+
+// Retry calls try until it succeeds, fails permanently, or ctx is done,
+// waiting between attempts from lo up to hi, doubling. The error of a
+// timeout names the deadline, the number of attempts and the last error.
+func Retry(ctx context.Context, lo, hi time.Duration, try func(context.Context) (Key, error)) (Key, error) {
+	if lo <= 0 {
+		lo = 250 * time.Millisecond
+	}
+	if hi <= 0 {
+		hi = 5 * time.Second
+	}
+	start := time.Now()
+	wait := lo
+	for attempt := 1; ; attempt++ {
+		key, err := try(ctx)
+		if err == nil {
+			return key, nil
+		}
+		if IsPermanent(err) {
+			return Key{}, fmt.Errorf("gave up at once: %w", err)
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			why := "the deadline passed"
+			if !errors.Is(ctx.Err(), context.DeadlineExceeded) {
+				why = "tether is stopping"
+			}
+			return Key{}, fmt.Errorf("waited %s for the key, %d attempts, gave up because %s; last error: %w",
+				time.Since(start).Round(time.Second), attempt, why, err)
+		case <-t.C:
+		}
+		wait = min(wait*2, hi)
+	}
+}
