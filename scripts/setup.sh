@@ -13,6 +13,7 @@ test_pkgs=(
   tang clevis clevis-luks jose cryptsetup-bin luksmeta
   curl socat e2fsprogs util-linux systemd swtpm swtpm-tools tpm2-tools clevis-tpm2
   samba smbclient
+  postgresql
 )
 
 missing=()

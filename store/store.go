@@ -1,0 +1,194 @@
+// Package store persists the managed-mode state of a key server: enrolled
+// devices and their wrapped exchange keys, groups, enrollment tokens,
+// pending unlock approvals, the audit log and server settings.
+//
+// Store is the interface; SQLite (the default, one file in the data
+// directory) and PostgreSQL (several replicas sharing one database)
+// implement it with the same SQL. Every state change of a device is a
+// compare-and-swap on its version, and a revoked device can never change
+// again, so two replicas cannot undo each other's revocation.
+//
+// The store never sees a secret in the clear: exchange keys arrive wrapped
+// under the key-encryption key (package kek's job is the server's), and
+// tokens and admin credentials are stored as hashes.
+package store
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/tether-nbde/tether/audit"
+)
+
+var (
+	ErrNotFound = errors.New("not found")
+	// ErrConflict means a compare-and-swap lost: the record changed since
+	// it was read. Read it again and decide again.
+	ErrConflict = errors.New("changed concurrently")
+	// ErrRevoked means the device is revoked and can no longer change.
+	ErrRevoked = errors.New("device is revoked")
+	ErrExists  = errors.New("already exists")
+)
+
+// State is a device's life-cycle state.
+type State string
+
+const (
+	Pending  State = "pending"  // enrolled without a token; waits for an admin
+	Enabled  State = "enabled"  // may unlock, subject to policy
+	Disabled State = "disabled" // refused until an admin enables it again
+	Revoked  State = "revoked"  // exchange key destroyed; final
+)
+
+// Duration is a time.Duration that marshals as "5m0s".
+type Duration time.Duration
+
+func (d Duration) MarshalJSON() ([]byte, error) { return json.Marshal(time.Duration(d).String()) }
+
+func (d *Duration) UnmarshalJSON(b []byte) error {
+	var s string
+	if err := json.Unmarshal(b, &s); err != nil {
+		var n int64
+		if err2 := json.Unmarshal(b, &n); err2 != nil {
+			return fmt.Errorf("duration: %v", err)
+		}
+		*d = Duration(n)
+		return nil
+	}
+	v, err := time.ParseDuration(s)
+	if err != nil {
+		return err
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// Policy is what a device or group allows. Zero fields inherit: a device's
+// policy overrides its group's field by field (see policy.Effective).
+type Policy struct {
+	CIDRs     []string `json:"cidrs,omitempty"`     // allowed source networks; empty = any
+	KeepAlive Duration `json:"keepalive,omitempty"` // heartbeat timeout; 0 = keep-alive off
+	Approval  *bool    `json:"approval,omitempty"`  // every unlock waits for an admin
+	Rate      int      `json:"rate,omitempty"`      // unlocks per minute; 0 = server default
+}
+
+// Device is one enrolled machine.
+type Device struct {
+	ID        string
+	Name      string
+	Group     string
+	KeyID     string // hex SHA-256 of the identity public key (SPKI DER)
+	PublicKey []byte // identity public key, SPKI DER
+	State     State
+	Reason    string // why the device is in its state (e.g. "keep-alive timeout")
+	// ExchangeKey is the device's private exchange key S_D wrapped under the
+	// KEK. Revocation sets it to nil: that is what makes revocation final.
+	ExchangeKey []byte
+	ExchangePub string // public JWK of s_D = S_D·G, JSON
+	Policy      Policy
+	Created     time.Time
+	Updated     time.Time
+	LastSeen    time.Time // last authenticated request or heartbeat
+	Version     int64     // compare-and-swap counter
+}
+
+// Token is an enrollment token, stored by hash.
+type Token struct {
+	Hash    []byte // SHA-256 of the token's secret
+	Group   string
+	Note    string
+	Created time.Time
+	Expires time.Time
+}
+
+// Approval is an unlock request waiting for an administrator.
+type Approval struct {
+	ID       string
+	Device   string
+	Source   string
+	Created  time.Time
+	Deadline time.Time
+	State    string // "pending", "approved", "denied"
+}
+
+// Store is the persistence the managed server needs.
+type Store interface {
+	CreateDevice(ctx context.Context, d *Device) error
+	Device(ctx context.Context, id string) (*Device, error)
+	// DeviceByKey returns the device, not revoked, whose identity key has
+	// this KeyID.
+	DeviceByKey(ctx context.Context, keyID string) (*Device, error)
+	Devices(ctx context.Context) ([]*Device, error)
+	// UpdateDevice writes d if its stored version is still d.Version and
+	// the stored device is not revoked, and then increments d.Version.
+	// It returns ErrConflict or ErrRevoked otherwise.
+	UpdateDevice(ctx context.Context, d *Device) error
+	// Touch records that the device was heard from at t (never moves
+	// LastSeen backwards; does not change Version).
+	Touch(ctx context.Context, id string, t time.Time) error
+
+	PutGroup(ctx context.Context, name string, p Policy) error
+	Group(ctx context.Context, name string) (Policy, error)
+	Groups(ctx context.Context) (map[string]Policy, error)
+
+	CreateToken(ctx context.Context, t *Token) error
+	// ConsumeToken deletes and returns the unexpired token with this hash.
+	ConsumeToken(ctx context.Context, hash []byte, now time.Time) (*Token, error)
+
+	CreateApproval(ctx context.Context, a *Approval) error
+	Approval(ctx context.Context, id string) (*Approval, error)
+	PendingApprovals(ctx context.Context, now time.Time) ([]*Approval, error)
+	// DecideApproval moves a pending approval to state; ErrConflict if it
+	// was already decided.
+	DecideApproval(ctx context.Context, id, state string) error
+
+	// AppendAudit sets r.Seq and r.Prev to extend the chain and stores r,
+	// atomically with respect to every other appender (also on other
+	// replicas).
+	AppendAudit(ctx context.Context, r *audit.Record) error
+	// Audit returns up to limit records with Seq > after, in order.
+	Audit(ctx context.Context, after int64, limit int) ([]*audit.Record, error)
+
+	Setting(ctx context.Context, name string) (string, error)
+	SetSetting(ctx context.Context, name, value string) error
+	// InitSetting stores value unless name is set, and returns what is
+	// stored: the first replica to start decides.
+	InitSetting(ctx context.Context, name, value string) (string, error)
+
+	Close() error
+}
+
+// Open opens a store by its source name: "sqlite:PATH" (or a bare path)
+// or a "postgres://" / "postgresql://" URL.
+func Open(ctx context.Context, source string) (Store, error) {
+	switch {
+	case strings.HasPrefix(source, "postgres://"), strings.HasPrefix(source, "postgresql://"):
+		return OpenPostgres(ctx, source)
+	case strings.HasPrefix(source, "sqlite:"):
+		return OpenSQLite(ctx, strings.TrimPrefix(source, "sqlite:"))
+	case strings.Contains(source, "://"):
+		return nil, fmt.Errorf("store %q: unknown kind (want sqlite:PATH or postgres://...)", source)
+	}
+	return OpenSQLite(ctx, source)
+}
+
+// Validate checks a device record's invariants before it is written.
+func (d *Device) Validate() error {
+	switch d.State {
+	case Pending, Enabled, Disabled:
+		if d.ExchangeKey == nil {
+			return fmt.Errorf("device %s: %s without an exchange key", d.ID, d.State)
+		}
+	case Revoked:
+		if d.ExchangeKey != nil {
+			return fmt.Errorf("device %s: revoked but still holds its exchange key", d.ID)
+		}
+	default:
+		return fmt.Errorf("device %s: unknown state %q", d.ID, d.State)
+	}
+	return nil
+}

@@ -1,0 +1,326 @@
+package store
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/tether-nbde/tether/audit"
+)
+
+func TestSQLite(t *testing.T) {
+	testStore(t, func(t *testing.T) Store {
+		s, err := Open(context.Background(), "sqlite:"+filepath.Join(t.TempDir(), "tether.db"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { s.Close() })
+		return s
+	})
+}
+
+func TestSQLiteFileMode(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "sub", "tether.db")
+	s, err := OpenSQLite(context.Background(), p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	fi, err := os.Stat(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi.Mode().Perm() != 0o600 {
+		t.Fatalf("store file mode %v, want 0600", fi.Mode().Perm())
+	}
+}
+
+// TestSQLiteRevokedKeyLeavesNoTrace checks that after a revocation (the
+// wrapped key set to nil) and a checkpoint, the key's bytes are in neither
+// the database file nor its WAL.
+func TestSQLiteRevokedKeyLeavesNoTrace(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	p := filepath.Join(dir, "tether.db")
+	s, err := OpenSQLite(ctx, p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	secret := bytes.Repeat([]byte("WRAPPED-KEY-MATERIAL!"), 3)
+	d := newDevice("d1", "k1")
+	d.ExchangeKey = secret
+	if err := s.CreateDevice(ctx, d); err != nil {
+		t.Fatal(err)
+	}
+	s.(Checkpointer).Checkpoint(ctx)
+	if !filesContain(t, dir, secret) {
+		t.Fatal("test is broken: the wrapped key is not in the files before revocation")
+	}
+	d.State, d.ExchangeKey = Revoked, nil
+	if err := s.UpdateDevice(ctx, d); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.(Checkpointer).Checkpoint(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if filesContain(t, dir, secret) {
+		t.Fatal("the revoked device's wrapped key is still in the store files")
+	}
+}
+
+func filesContain(t *testing.T, dir string, b []byte) bool {
+	ents, _ := os.ReadDir(dir)
+	for _, e := range ents {
+		data, err := os.ReadFile(filepath.Join(dir, e.Name()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if bytes.Contains(data, b) {
+			return true
+		}
+	}
+	return false
+}
+
+var t0 = time.Date(2026, 1, 2, 3, 4, 5, 6, time.UTC)
+
+func newDevice(id, key string) *Device {
+	yes := true
+	return &Device{
+		ID: id, Name: "host-" + id, Group: "servers", KeyID: key, PublicKey: []byte("spki-" + key),
+		State: Enabled, ExchangeKey: []byte("wrapped-" + id), ExchangePub: `{"kty":"EC"}`,
+		Policy:  Policy{CIDRs: []string{"10.0.0.0/8"}, KeepAlive: Duration(5 * time.Minute), Approval: &yes, Rate: 3},
+		Created: t0, Updated: t0, LastSeen: t0,
+	}
+}
+
+// testStore is the suite every Store implementation must pass.
+func testStore(t *testing.T, open func(t *testing.T) Store) {
+	ctx := context.Background()
+	t.Run("devices", func(t *testing.T) {
+		s := open(t)
+		d := newDevice("d1", "k1")
+		if err := s.CreateDevice(ctx, d); err != nil {
+			t.Fatal(err)
+		}
+		got, err := s.Device(ctx, "d1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got.Name != d.Name || got.Group != "servers" || got.State != Enabled || !bytes.Equal(got.ExchangeKey, d.ExchangeKey) ||
+			!got.Created.Equal(t0) || got.Version != 1 || got.Policy.KeepAlive != Duration(5*time.Minute) ||
+			got.Policy.Approval == nil || !*got.Policy.Approval || got.Policy.CIDRs[0] != "10.0.0.0/8" || got.Policy.Rate != 3 {
+			t.Fatalf("round trip: got %+v", got)
+		}
+		if g, err := s.DeviceByKey(ctx, "k1"); err != nil || g.ID != "d1" {
+			t.Fatalf("DeviceByKey: %v %v", g, err)
+		}
+		if _, err := s.Device(ctx, "nope"); !errors.Is(err, ErrNotFound) {
+			t.Fatalf("missing device: %v", err)
+		}
+		if err := s.CreateDevice(ctx, newDevice("d2", "k1")); err == nil {
+			t.Fatal("a second live device with the same identity key was accepted")
+		}
+		if err := s.Touch(ctx, "d1", t0.Add(time.Hour)); err != nil {
+			t.Fatal(err)
+		}
+		s.Touch(ctx, "d1", t0.Add(time.Minute)) // never backwards
+		got, _ = s.Device(ctx, "d1")
+		if !got.LastSeen.Equal(t0.Add(time.Hour)) || got.Version != 1 {
+			t.Fatalf("after Touch: last seen %v version %d", got.LastSeen, got.Version)
+		}
+		list, err := s.Devices(ctx)
+		if err != nil || len(list) != 1 {
+			t.Fatalf("Devices: %v %v", list, err)
+		}
+	})
+	t.Run("compare-and-swap", func(t *testing.T) {
+		s := open(t)
+		if err := s.CreateDevice(ctx, newDevice("d1", "k1")); err != nil {
+			t.Fatal(err)
+		}
+		a, _ := s.Device(ctx, "d1")
+		b, _ := s.Device(ctx, "d1")
+		a.State, a.Reason = Disabled, "lost"
+		if err := a.Validate(); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.UpdateDevice(ctx, a); err != nil {
+			t.Fatal(err)
+		}
+		if a.Version != 2 {
+			t.Fatalf("version after update %d, want 2", a.Version)
+		}
+		b.State = Enabled
+		if err := s.UpdateDevice(ctx, b); !errors.Is(err, ErrConflict) {
+			t.Fatalf("stale update: %v, want ErrConflict", err)
+		}
+		// Revoke through a, then a replica holding a fresh copy from before
+		// the revocation cannot bring the device back, nor can anyone else.
+		c, _ := s.Device(ctx, "d1")
+		a.State, a.ExchangeKey = Revoked, nil
+		if err := s.UpdateDevice(ctx, a); err != nil {
+			t.Fatal(err)
+		}
+		c.State = Enabled
+		if err := s.UpdateDevice(ctx, c); !errors.Is(err, ErrRevoked) {
+			t.Fatalf("update of revoked device with stale version: %v, want ErrRevoked", err)
+		}
+		r, _ := s.Device(ctx, "d1")
+		if r.ExchangeKey != nil {
+			t.Fatal("revoked device still has its exchange key")
+		}
+		r.State = Enabled
+		if err := s.UpdateDevice(ctx, r); !errors.Is(err, ErrRevoked) {
+			t.Fatalf("update of revoked device: %v, want ErrRevoked", err)
+		}
+		if _, err := s.DeviceByKey(ctx, "k1"); !errors.Is(err, ErrNotFound) {
+			t.Fatalf("DeviceByKey finds a revoked device: %v", err)
+		}
+		// The identity key may enrol again, as a new device with a new key.
+		if err := s.CreateDevice(ctx, newDevice("d2", "k1")); err != nil {
+			t.Fatalf("re-enrolment after revocation: %v", err)
+		}
+	})
+	t.Run("concurrent CAS: exactly one winner", func(t *testing.T) {
+		s := open(t)
+		if err := s.CreateDevice(ctx, newDevice("d1", "k1")); err != nil {
+			t.Fatal(err)
+		}
+		var wg sync.WaitGroup
+		var mu sync.Mutex
+		wins := 0
+		var copies []*Device
+		for i := 0; i < 8; i++ {
+			d, _ := s.Device(ctx, "d1")
+			copies = append(copies, d)
+		}
+		for i, d := range copies {
+			wg.Add(1)
+			go func(i int, d *Device) {
+				defer wg.Done()
+				d.Reason = fmt.Sprint("writer ", i)
+				if err := s.UpdateDevice(ctx, d); err == nil {
+					mu.Lock()
+					wins++
+					mu.Unlock()
+				} else if !errors.Is(err, ErrConflict) {
+					t.Error(err)
+				}
+			}(i, d)
+		}
+		wg.Wait()
+		if wins != 1 {
+			t.Fatalf("%d writers won the same version, want 1", wins)
+		}
+	})
+	t.Run("tokens", func(t *testing.T) {
+		s := open(t)
+		h := []byte("0123456789abcdef0123456789abcdef")
+		if err := s.CreateToken(ctx, &Token{Hash: h, Group: "g", Created: t0, Expires: t0.Add(time.Hour)}); err != nil {
+			t.Fatal(err)
+		}
+		tok, err := s.ConsumeToken(ctx, h, t0.Add(time.Minute))
+		if err != nil || tok.Group != "g" {
+			t.Fatalf("ConsumeToken: %v %v", tok, err)
+		}
+		if _, err := s.ConsumeToken(ctx, h, t0.Add(time.Minute)); !errors.Is(err, ErrNotFound) {
+			t.Fatalf("second use of a token: %v, want ErrNotFound", err)
+		}
+		h2 := []byte("another-token-hash-0123456789abc")
+		s.CreateToken(ctx, &Token{Hash: h2, Created: t0, Expires: t0.Add(time.Hour)})
+		if _, err := s.ConsumeToken(ctx, h2, t0.Add(time.Hour)); !errors.Is(err, ErrNotFound) {
+			t.Fatalf("expired token: %v, want ErrNotFound", err)
+		}
+	})
+	t.Run("groups and settings", func(t *testing.T) {
+		s := open(t)
+		if _, err := s.Group(ctx, "g"); !errors.Is(err, ErrNotFound) {
+			t.Fatal(err)
+		}
+		s.PutGroup(ctx, "g", Policy{Rate: 1})
+		s.PutGroup(ctx, "g", Policy{Rate: 2})
+		if p, err := s.Group(ctx, "g"); err != nil || p.Rate != 2 {
+			t.Fatalf("group: %+v %v", p, err)
+		}
+		if gs, _ := s.Groups(ctx); len(gs) != 1 {
+			t.Fatalf("groups: %v", gs)
+		}
+		if _, err := s.Setting(ctx, "x"); !errors.Is(err, ErrNotFound) {
+			t.Fatal(err)
+		}
+		if v, _ := s.InitSetting(ctx, "x", "first"); v != "first" {
+			t.Fatal(v)
+		}
+		if v, _ := s.InitSetting(ctx, "x", "second"); v != "first" {
+			t.Fatalf("InitSetting overwrote: %q", v)
+		}
+		s.SetSetting(ctx, "x", "third")
+		if v, _ := s.Setting(ctx, "x"); v != "third" {
+			t.Fatal(v)
+		}
+	})
+	t.Run("approvals", func(t *testing.T) {
+		s := open(t)
+		a := &Approval{ID: "a1", Device: "d1", Source: "10.0.0.1", Created: t0, Deadline: t0.Add(time.Minute), State: "pending"}
+		if err := s.CreateApproval(ctx, a); err != nil {
+			t.Fatal(err)
+		}
+		if p, _ := s.PendingApprovals(ctx, t0); len(p) != 1 || p[0].ID != "a1" {
+			t.Fatalf("pending: %v", p)
+		}
+		if p, _ := s.PendingApprovals(ctx, t0.Add(time.Hour)); len(p) != 0 {
+			t.Fatalf("pending after the deadline: %v", p)
+		}
+		if err := s.DecideApproval(ctx, "a1", "approved"); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.DecideApproval(ctx, "a1", "denied"); !errors.Is(err, ErrConflict) {
+			t.Fatalf("second decision: %v", err)
+		}
+		if got, _ := s.Approval(ctx, "a1"); got.State != "approved" {
+			t.Fatalf("state %q", got.State)
+		}
+		if err := s.DecideApproval(ctx, "nope", "approved"); !errors.Is(err, ErrNotFound) {
+			t.Fatal(err)
+		}
+	})
+	t.Run("audit chain", func(t *testing.T) {
+		s := open(t)
+		var wg sync.WaitGroup
+		for i := 0; i < 20; i++ {
+			wg.Add(1)
+			go func(i int) {
+				defer wg.Done()
+				r := &audit.Record{Time: t0.Add(time.Duration(i)), Device: "d1", Action: "unlock", Decision: audit.Allow, Source: "127.0.0.1"}
+				if err := s.AppendAudit(ctx, r); err != nil {
+					t.Error(err)
+				}
+			}(i)
+		}
+		wg.Wait()
+		recs, err := s.Audit(ctx, 0, 1000)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(recs) != 20 {
+			t.Fatalf("%d records, want 20", len(recs))
+		}
+		c := audit.NewChain()
+		for _, r := range recs {
+			if err := c.Next(r); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if page, _ := s.Audit(ctx, 15, 2); len(page) != 2 || page[0].Seq != 16 {
+			t.Fatalf("paging: %v", page)
+		}
+	})
+}
