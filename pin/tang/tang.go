@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/http"
 	"os"
 	"strings"
 
@@ -138,6 +139,11 @@ func (p Pin) advertisement(ctx context.Context, cfg Config, o pin.Options) ([]by
 		thp = ""
 	}
 	data, err := p.Client.Advertisement(ctx, cfg.URL, thp)
+	var se *tangproto.ServerError
+	if thp != "" && errors.As(err, &se) && se.Code == http.StatusNotFound {
+		// /adv/{thp} is 404 when no signing key has that thumbprint.
+		return nil, false, fmt.Errorf("trusted key %s is not a signing key of %s: check \"thp\" (tether server keys list, or jose jwk thp on the server)", thp, cfg.URL)
+	}
 	if err != nil {
 		return nil, false, fmt.Errorf("fetch advertisement: %w", err)
 	}

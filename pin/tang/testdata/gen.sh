@@ -35,8 +35,9 @@ clevis encrypt tang '{"url":"http://tang.invalid","adv":"adv-old.jws"}' < secret
 adv keys adv.jws
 clevis encrypt tang '{"url":"http://tang.invalid","adv":"adv.jws"}' < secret.txt > new.jwe
 
-# sss, t=2 of 3 tang children on three names for the same keys.
-clevis encrypt sss '{"t":2,"pins":{"tang":[{"url":"http://a.invalid","adv":"adv.jws"},{"url":"http://b.invalid","adv":"adv.jws"},{"url":"http://c.invalid","adv":"adv.jws"}]}}' < secret.txt > sss.jwe
+# sss, t=2 of 3 tang children on three loopback addresses (the sss test
+# in pin/sss listens on them) for the same keys.
+clevis encrypt sss '{"t":2,"pins":{"tang":[{"url":"http://127.84.1.1:7500","adv":"adv.jws"},{"url":"http://127.84.1.2:7500","adv":"adv.jws"},{"url":"http://127.84.1.3:7500","adv":"adv.jws"}]}}' < secret.txt > sss.jwe
 
 # P-256 keys made with jose: clevis takes the curve from the advertisement.
 mkdir keys-p256
