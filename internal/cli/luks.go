@@ -1,0 +1,613 @@
+package cli
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"time"
+
+	"golang.org/x/term"
+
+	"github.com/tether-nbde/tether/luks"
+	"github.com/tether-nbde/tether/pin"
+)
+
+// luksFlags are the flags every luks command shares.
+type luksFlags struct {
+	dev      *string
+	stateDir *string
+	timeout  *time.Duration
+}
+
+func addLuksFlags(fs *flag.FlagSet) *luksFlags {
+	return &luksFlags{
+		dev:      fs.String("d", "", ""),
+		stateDir: fs.String("state-dir", "", ""),
+		timeout:  fs.Duration("timeout", pin.DefaultTimeout, ""),
+	}
+}
+
+func (f *luksFlags) volume(env *Env) (*luks.Volume, error) {
+	if *f.dev == "" {
+		return nil, usagef("which device? give it with -d DEV")
+	}
+	dir := *f.stateDir
+	if dir == "" {
+		dir = env.Getenv("TETHER_LUKS_STATE_DIR")
+	}
+	return &luks.Volume{
+		Path:       *f.dev,
+		StateDir:   dir,
+		Log:        prefixWriter{env.Stderr},
+		PinOptions: pin.Options{Timeout: *f.timeout},
+	}, nil
+}
+
+// prefixWriter marks tether's informational lines on stderr.
+type prefixWriter struct{ w io.Writer }
+
+func (p prefixWriter) Write(b []byte) (int, error) {
+	if _, err := fmt.Fprintf(p.w, "tether: %s", b); err != nil {
+		return 0, err
+	}
+	return len(b), nil
+}
+
+// luksError turns the luks package's errors into advice.
+func luksError(err error, dev string) error {
+	var full *luks.FullError
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, luks.ErrLUKS1):
+		return withHint(err, "convert it with \"cryptsetup convert --type luks2 %s\" (back up the header first: cryptsetup luksHeaderBackup), or use clevis luks bind, which handles LUKS1 with LUKSMeta", dev)
+	case errors.Is(err, luks.ErrNotLUKS):
+		return withHint(err, "check the device name (lsblk -f); to encrypt an existing filesystem in place use \"tether luks encrypt -d %s PIN CONFIG\"", dev)
+	case errors.Is(err, luks.ErrWrongKey):
+		return withHint(err, "check the passphrase or key file; with a key file, trailing newlines count")
+	case errors.Is(err, luks.ErrReencrypting):
+		return withHint(err, "finish it first: \"tether luks encrypt -d %s ...\" resumes an interrupted tether encryption, \"cryptsetup reencrypt --resume-only %s\" any other", dev, dev)
+	case errors.As(err, &full):
+		return withHint(err, "remove tokens you no longer need (tether luks list, cryptsetup token remove), or choose a smaller policy (fewer sss children)")
+	case errors.Is(err, os.ErrNotExist):
+		return withHint(err, "check the device or image file name")
+	case errors.Is(err, os.ErrPermission):
+		return withHint(err, "LUKS headers and tether's state directory need root: run with sudo")
+	}
+	return err
+}
+
+// readKey reads an existing passphrase: from a key file (used byte for
+// byte, as cryptsetup --key-file does), from stdin with "-" (one line: a
+// trailing newline is dropped, as cryptsetup does for piped passphrases),
+// or from a prompt on the terminal.
+func readKey(env *Env, keyFile, dev string) ([]byte, error) {
+	switch keyFile {
+	case "-":
+		b, err := io.ReadAll(io.LimitReader(env.Stdin, 8<<20+1))
+		if err != nil {
+			return nil, fmt.Errorf("read the passphrase from stdin: %w", err)
+		}
+		if len(b) > 8<<20 {
+			return nil, errors.New("the key on stdin is larger than 8 MiB")
+		}
+		b = bytes.TrimSuffix(b, []byte("\n"))
+		if len(b) == 0 {
+			return nil, errors.New("no passphrase on stdin")
+		}
+		return b, nil
+	case "":
+		f, ok := env.Stdin.(*os.File)
+		if !ok || !term.IsTerminal(int(f.Fd())) {
+			return nil, withHint(errors.New("an existing passphrase of the volume is needed and stdin is not a terminal"),
+				"give it with -k KEYFILE, or on stdin with -k -")
+		}
+		fmt.Fprintf(env.Stderr, "Enter an existing passphrase of %s: ", dev)
+		b, err := term.ReadPassword(int(f.Fd()))
+		fmt.Fprintln(env.Stderr)
+		if err != nil {
+			return nil, fmt.Errorf("read the passphrase: %w", err)
+		}
+		if len(b) == 0 {
+			return nil, errors.New("empty passphrase")
+		}
+		return b, nil
+	}
+	b, err := os.ReadFile(keyFile)
+	if err != nil {
+		return nil, fmt.Errorf("read key file: %w", err)
+	}
+	if len(b) == 0 {
+		return nil, fmt.Errorf("key file %s is empty", keyFile)
+	}
+	return b, nil
+}
+
+// slotFlag is an optional keyslot number (-1 when not given).
+func slotFlag(fs *flag.FlagSet, name string) *int { return fs.Int(name, -1, "") }
+
+func pinConfig(args []string) (string, json.RawMessage, error) {
+	if len(args) != 2 {
+		return "", nil, usagef("want PIN and CONFIG, e.g. tang '{\"url\":\"http://keys.lan\"}'")
+	}
+	cfg := json.RawMessage(args[1])
+	if !json.Valid(cfg) {
+		return "", nil, withHint(fmt.Errorf("configuration is not valid JSON: %s", args[1]),
+			`quote it for the shell: '{"url":"http://keys.lan"}'`)
+	}
+	return args[0], cfg, nil
+}
+
+func init() {
+	register(&command{
+		name:    "luks bind",
+		summary: "bind a LUKS2 volume to a pin (clevis compatible)",
+		usage:   luksBindUsage,
+		flags: func(fs *flag.FlagSet) func(*Env, []string) error {
+			lf := addLuksFlags(fs)
+			keyFile := fs.String("k", "", "")
+			slot := slotFlag(fs, "s")
+			keySlot := slotFlag(fs, "key-slot")
+			trust := fs.Bool("y", false, "")
+			return func(env *Env, args []string) error {
+				v, err := lf.volume(env)
+				if err != nil {
+					return err
+				}
+				name, cfg, err := pinConfig(args)
+				if err != nil {
+					return err
+				}
+				v.PinOptions.Trust = *trust
+				// Check the device before asking for a passphrase.
+				if _, err := v.Header(); err != nil {
+					return luksError(err, v.Path)
+				}
+				key, err := readKey(env, *keyFile, v.Path)
+				if err != nil {
+					return err
+				}
+				defer clear(key)
+				n, err := v.Bind(context.Background(), luks.BindOptions{Pin: name, Config: cfg, Key: key, KeySlot: *keySlot, Slot: *slot})
+				if err != nil {
+					return luksError(err, v.Path)
+				}
+				fmt.Fprintf(env.Stderr, "tether: bound keyslot %d of %s to %s\n", n, v.Path, name)
+				return nil
+			}
+		},
+	})
+	register(&command{
+		name:    "luks unbind",
+		summary: "remove a binding (its keyslot and token)",
+		usage:   luksUnbindUsage,
+		flags: func(fs *flag.FlagSet) func(*Env, []string) error {
+			lf := addLuksFlags(fs)
+			slot := slotFlag(fs, "s")
+			return func(env *Env, args []string) error {
+				v, err := lf.volume(env)
+				if err != nil {
+					return err
+				}
+				if len(args) != 0 || *slot < 0 {
+					return usagef("want -d DEV -s SLOT and no arguments")
+				}
+				if err := v.Unbind(context.Background(), *slot); err != nil {
+					return withListHint(luksError(err, v.Path), v.Path)
+				}
+				fmt.Fprintf(env.Stderr, "tether: removed the binding of keyslot %d of %s\n", *slot, v.Path)
+				return nil
+			}
+		},
+	})
+	register(&command{
+		name:    "luks pass",
+		summary: "print the passphrase of a bound keyslot",
+		usage:   luksPassUsage,
+		flags: func(fs *flag.FlagSet) func(*Env, []string) error {
+			lf := addLuksFlags(fs)
+			slot := slotFlag(fs, "s")
+			return func(env *Env, args []string) error {
+				v, err := lf.volume(env)
+				if err != nil {
+					return err
+				}
+				if len(args) != 0 || *slot < 0 {
+					return usagef("want -d DEV -s SLOT and no arguments")
+				}
+				pass, err := v.Passphrase(context.Background(), *slot)
+				if err != nil {
+					return withListHint(luksError(err, v.Path), v.Path)
+				}
+				defer clear(pass)
+				_, err = env.Stdout.Write(pass)
+				return err
+			}
+		},
+	})
+	register(&command{
+		name:    "luks list",
+		summary: "list the bindings of a LUKS2 volume",
+		usage:   luksListUsage,
+		flags: func(fs *flag.FlagSet) func(*Env, []string) error {
+			lf := addLuksFlags(fs)
+			slot := slotFlag(fs, "s")
+			return func(env *Env, args []string) error {
+				v, err := lf.volume(env)
+				if err != nil {
+					return err
+				}
+				if len(args) != 0 {
+					return usagef("list takes no arguments")
+				}
+				h, err := v.Header()
+				if err != nil {
+					return luksError(err, v.Path)
+				}
+				for _, b := range luks.Bindings(h) {
+					if *slot >= 0 && b.Slot != *slot {
+						continue
+					}
+					if b.Err != nil {
+						fmt.Fprintf(env.Stdout, "%d: ? (%v)\n", b.Slot, b.Err)
+						continue
+					}
+					name, cfg, err := luks.ConfigOf(b.JWE)
+					if err != nil {
+						fmt.Fprintf(env.Stdout, "%d: %s\n", b.Slot, b.Pin())
+						continue
+					}
+					fmt.Fprintf(env.Stdout, "%d: %s '%s'\n", b.Slot, name, cfg)
+				}
+				printLeftovers(env, h, v.Path)
+				for _, w := range h.Warnings {
+					fmt.Fprintf(env.Stderr, "tether: warning: %s\n", w)
+				}
+				return nil
+			}
+		},
+	})
+	register(&command{
+		name:    "luks repair",
+		summary: "finish or roll back interrupted binding changes",
+		usage:   luksRepairUsage,
+		flags: func(fs *flag.FlagSet) func(*Env, []string) error {
+			lf := addLuksFlags(fs)
+			return func(env *Env, args []string) error {
+				v, err := lf.volume(env)
+				if err != nil {
+					return err
+				}
+				if len(args) != 0 {
+					return usagef("repair takes no arguments")
+				}
+				_, err = v.Repair(context.Background())
+				return luksError(err, v.Path)
+			}
+		},
+	})
+	register(&command{
+		name:    "luks regen",
+		summary: "rebind a keyslot with a fresh passphrase (after key rotation)",
+		usage:   luksRegenUsage,
+		flags: func(fs *flag.FlagSet) func(*Env, []string) error {
+			lf := addLuksFlags(fs)
+			slot := slotFlag(fs, "s")
+			keyFile := fs.String("k", "", "")
+			trust := fs.Bool("y", false, "")
+			return func(env *Env, args []string) error {
+				v, err := lf.volume(env)
+				if err != nil {
+					return err
+				}
+				if *slot < 0 {
+					return usagef("which keyslot? give it with -s SLOT")
+				}
+				o := luks.RegenOptions{Slot: *slot}
+				if len(args) > 0 {
+					if o.Pin, o.Config, err = pinConfig(args); err != nil {
+						return err
+					}
+				}
+				v.PinOptions.Trust = *trust
+				if *keyFile != "" {
+					if o.Key, err = readKey(env, *keyFile, v.Path); err != nil {
+						return err
+					}
+					defer clear(o.Key)
+				}
+				n, err := v.Regen(context.Background(), o)
+				if err != nil {
+					err = luksError(err, v.Path)
+					if _, ok := err.(hintError); !ok {
+						err = withHint(err, "if the binding's server is gone for good, give an existing passphrase with -k and a new PIN CONFIG")
+					}
+					return err
+				}
+				fmt.Fprintf(env.Stderr, "tether: keyslot %d of %s is rebound as keyslot %d\n", *slot, v.Path, n)
+				return nil
+			}
+		},
+	})
+	register(&command{
+		name:    "luks report",
+		summary: "report bindings that use rotated Tang keys",
+		usage:   luksReportUsage,
+		flags: func(fs *flag.FlagSet) func(*Env, []string) error {
+			lf := addLuksFlags(fs)
+			return func(env *Env, args []string) error {
+				v, err := lf.volume(env)
+				if err != nil {
+					return err
+				}
+				if len(args) != 0 {
+					return usagef("report takes no arguments")
+				}
+				h, err := v.Header()
+				if err != nil {
+					return luksError(err, v.Path)
+				}
+				checks, err := v.Report(context.Background())
+				if err != nil {
+					return luksError(err, v.Path)
+				}
+				stale, unknown := 0, 0
+				for _, c := range checks {
+					state := "ok"
+					switch {
+					case len(c.Rotated) > 0:
+						stale++
+						state = "rotated key at " + strings.Join(c.Rotated, ", ")
+					case len(c.Unknown) > 0:
+						unknown++
+						state = "unknown: " + strings.Join(c.Unknown, "; ")
+					}
+					fmt.Fprintf(env.Stdout, "%d: %s: %s\n", c.Slot, c.Policy, state)
+				}
+				printLeftovers(env, h, v.Path)
+				if stale > 0 {
+					return withHint(fmt.Errorf("%d binding(s) of %s use keys their servers no longer advertise", stale, v.Path),
+						"rebind them with \"tether luks regen -d %s -s SLOT\"; they still unlock until the old keys are deleted", v.Path)
+				}
+				if unknown > 0 {
+					return fmt.Errorf("%d binding(s) of %s could not be checked", unknown, v.Path)
+				}
+				return nil
+			}
+		},
+	})
+	register(&command{
+		name:    "luks unlock",
+		summary: "unlock a LUKS2 volume with its bindings, all tried at once",
+		usage:   luksUnlockUsage,
+		flags: func(fs *flag.FlagSet) func(*Env, []string) error {
+			lf := addLuksFlags(fs)
+			name := fs.String("n", "", "")
+			test := fs.Bool("test", false, "")
+			readonly := fs.Bool("readonly", false, "")
+			return func(env *Env, args []string) error {
+				v, err := lf.volume(env)
+				if err != nil {
+					return err
+				}
+				if len(args) != 0 {
+					return usagef("unlock takes no arguments")
+				}
+				h, err := v.Header()
+				if err != nil {
+					return luksError(err, v.Path)
+				}
+				o := luks.UnlockOptions{}
+				if !*test {
+					o.Name = *name
+					if o.Name == "" {
+						o.Name = "luks-" + h.UUID
+					}
+					if !luks.DeviceMapperAvailable() {
+						return withHint(luks.ErrNoDeviceMapper, "use --test to check that a binding unlocks it, or load dm_crypt (modprobe dm_crypt)")
+					}
+					if *readonly {
+						o.Open = append(o.Open, "--readonly")
+					}
+				}
+				u, err := v.Unlock(context.Background(), o)
+				if err != nil {
+					return luksError(err, v.Path)
+				}
+				if o.Name != "" {
+					fmt.Fprintf(env.Stderr, "tether: opened %s as /dev/mapper/%s with keyslot %d (%s)\n", v.Path, o.Name, u.Slot, u.Policy)
+				} else {
+					fmt.Fprintf(env.Stderr, "tether: keyslot %d of %s unlocks (%s)\n", u.Slot, v.Path, u.Policy)
+				}
+				return nil
+			}
+		},
+	})
+}
+
+func withListHint(err error, dev string) error {
+	if _, ok := err.(hintError); ok {
+		return err
+	}
+	return withHint(err, "see the bindings with \"tether luks list -d %s\"", dev)
+}
+
+func printLeftovers(env *Env, h *luks.Header, dev string) {
+	lo := luks.Leftovers(h)
+	for _, l := range lo {
+		fmt.Fprintf(env.Stderr, "tether: warning: interrupted change: %s\n", l.What)
+	}
+	if len(lo) > 0 {
+		fmt.Fprintf(env.Stderr, "tether: hint: \"tether luks repair -d %s\" finishes or rolls it back (bind, unbind and regen do so first too)\n", dev)
+	}
+}
+
+const luksCommon = `  -d DEV          the LUKS2 device or image file (required)
+  --state-dir DIR where header backups, locks and encryption state live
+                  (default $TETHER_LUKS_STATE_DIR, else /var/lib/tether/luks;
+                  root only, mode 0700)
+  --timeout D     bound for each pin's network exchange (default 10s)
+`
+
+const luksBindUsage = `Usage: tether luks bind -d DEV [-k KEYFILE|-] [-s SLOT] [--key-slot N] [-y] PIN CONFIG
+
+Bind a LUKS2 volume to a pin: add a keyslot with a new random passphrase
+and store the passphrase, encrypted by the pin, in a LUKS2 token. The volume
+then unlocks wherever the pin's policy holds (tether luks unlock, clevis
+luks unlock, the boot integration).
+
+Steps: verify the existing passphrase (cryptsetup open --test-passphrase),
+back up the header to the state directory, generate a passphrase (the
+base64url text of 40 random bytes, as clevis 20 does), encrypt it with
+PIN, add it as a keyslot with PBKDF2 at 1000 iterations and the volume's
+hash (a random 320-bit key needs no stretching; clevis and
+systemd-cryptenroll do the same), check that the new keyslot opens, store
+the token. If anything fails, exactly what was added is removed. If
+tether dies halfway, the next tether luks command on the volume finishes
+or rolls back the change (see tether luks repair).
+
+For pins clevis knows (tang, tpm2, and sss made of them) the token is
+clevis's own ("type":"clevis"): stock clevis unlocks the volume and tether
+unlocks volumes bound by clevis. Other pins get a "tether" token of the
+same layout (docs/LUKS.md).
+
+The existing passphrase is asked for on the terminal, read from KEYFILE
+(byte for byte, as cryptsetup --key-file), or from stdin with -k - (one
+line; the trailing newline is dropped).
+
+Options:
+  -k KEYFILE      existing passphrase or key file; "-" reads stdin
+  -s SLOT         keyslot for the new key (default: the first free one)
+  --key-slot N    the keyslot the existing passphrase opens (default:
+                  tried slot by slot, unbound slots first)
+  -y              trust the Tang advertisement without a thumbprint
+` + luksCommon + `
+Security: the new passphrase never touches argv or disk unencrypted; it
+goes to cryptsetup on a pipe. The header backup holds every keyslot of
+its time and is deleted when the change is complete.
+
+Examples:
+  $ sudo tether luks bind -d /dev/sda2 tang '{"url":"http://keys.lan","thp":"9C8h..."}'
+  $ printf '%s' "$PASS" | sudo tether luks bind -d disk.img -k - sss \
+      '{"t":1,"pins":{"tang":[{"url":"http://a"},{"url":"http://b"}]}}' -y
+`
+
+const luksUnbindUsage = `Usage: tether luks unbind -d DEV -s SLOT
+
+Remove the binding of keyslot SLOT: the keyslot is wiped first, then its
+token (so an interruption never leaves a hidden working keyslot behind,
+only a dead token that the next tether command removes). The last keyslot
+of a volume is never removed.
+
+Options:
+  -s SLOT         the bound keyslot (see tether luks list)
+` + luksCommon + `
+Example:
+  $ sudo tether luks unbind -d /dev/sda2 -s 1
+`
+
+const luksPassUsage = `Usage: tether luks pass -d DEV -s SLOT
+
+Decrypt the passphrase of a bound keyslot (made by tether or by clevis)
+and write it to stdout, without a newline, like clevis luks pass.
+
+Options:
+  -s SLOT         the bound keyslot
+` + luksCommon + `
+Security: stdout is the passphrase: pipe it into a command, do not let it
+land in a terminal's scrollback or a file.
+
+Example:
+  $ sudo tether luks pass -d disk.img -s 1 | sudo cryptsetup open --test-passphrase --key-slot 1 --key-file - disk.img
+`
+
+const luksListUsage = `Usage: tether luks list -d DEV [-s SLOT]
+
+List the bindings (clevis and tether tokens) of a LUKS2 volume, one line
+per keyslot, in clevis's format: SLOT: PIN 'CONFIG'. For tang the config
+names the thumbprint of the signing key the binding trusted. Interrupted
+changes are reported on stderr. list reads the header only: it needs no
+network and changes nothing.
+
+Options:
+  -s SLOT         list only this keyslot
+` + luksCommon + `
+Example:
+  $ tether luks list -d disk.img
+  1: tang '{"thp":"9C8h...","url":"http://keys.lan"}'
+`
+
+const luksRepairUsage = `Usage: tether luks repair -d DEV
+
+Finish or roll back binding changes that were interrupted (power loss,
+kill -9): a bind that had not stored its token loses its keyslot again, a
+regen whose new binding was stored finishes removing the old one, tokens
+left for wiped keyslots are removed. bind, unbind and regen do this first
+by themselves; list and report only show what is left.
+
+Options:
+` + luksCommon
+
+const luksRegenUsage = `Usage: tether luks regen -d DEV -s SLOT [-k KEYFILE|-] [-y] [PIN CONFIG]
+
+Rebind keyslot SLOT with a fresh passphrase, for example after the Tang
+server rotated its keys. The binding's passphrase is decrypted, a new
+keyslot with a new passphrase is added and verified, its token stored, and
+only then the old keyslot and token are removed. The new binding may get
+another keyslot number; regen prints it.
+
+Without PIN CONFIG the policy is rebuilt from the old binding; for tang the
+new advertisement is trusted because the old signing key (kept hidden by
+the server after rotation) signs it when asked by its thumbprint.
+
+Options:
+  -s SLOT         the bound keyslot to regenerate
+  -k KEYFILE      an existing passphrase to use if the old binding can no
+                  longer be decrypted ("-": stdin)
+  -y              trust the Tang advertisement without a thumbprint
+` + luksCommon + `
+Example:
+  $ sudo tether luks report -d /dev/sda2 || sudo tether luks regen -d /dev/sda2 -s 1
+`
+
+const luksReportUsage = `Usage: tether luks report -d DEV
+
+Check every binding's Tang keys against what the servers advertise now
+(GET /adv). A binding whose key is no longer advertised was made before a
+key rotation: it still unlocks while the server keeps the old key, but
+should be regenerated so the old key can be deleted.
+
+Exit status: 0 all current, 1 some binding uses a rotated key or could not
+be checked.
+
+Options:
+` + luksCommon + `
+Example:
+  $ tether luks report -d disk.img
+  1: tang(http://keys.lan): rotated key at http://keys.lan
+`
+
+const luksUnlockUsage = `Usage: tether luks unlock -d DEV [-n NAME] [--test] [--readonly]
+
+Unlock a LUKS2 volume with its bindings. Every binding is tried at once,
+each bounded by --timeout, so one dead server costs nothing when another
+answers; the volume is opened with the keyslot of the first binding that
+answers. cryptsetup is always told which keyslot to use, so it never
+spends seconds on argon2 passphrase slots first.
+
+Options:
+  -n NAME         device-mapper name (default luks-UUID, as clevis)
+  --test          only check that a binding opens the volume (cryptsetup
+                  open --test-passphrase); needs no device-mapper
+  --readonly      open read-only
+` + luksCommon + `
+Examples:
+  $ sudo tether luks unlock -d /dev/sda2 -n data && mount /dev/mapper/data /srv
+  $ tether luks unlock -d disk.img --test
+`

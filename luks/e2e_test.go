@@ -1,0 +1,517 @@
+package luks_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/tether-nbde/tether/internal/testenv"
+	"github.com/tether-nbde/tether/luks"
+)
+
+// The tests in this file run the real tether binary against image files
+// formatted by the real cryptsetup, with a stock tangd and stock clevis as
+// peers. Images use PBKDF2 at 1000 iterations for their passphrase slot
+// to stay fast (argon2 costs seconds per slot).
+
+const testPass = "correct horse"
+
+type rig struct {
+	t     *testing.T
+	bin   string
+	state string
+	tang  *testenv.Tangd
+	r     *luks.Runner
+}
+
+func newRig(t *testing.T) *rig {
+	t.Helper()
+	testenv.RequireRoot(t)
+	testenv.RequireCmd(t, "cryptsetup")
+	return &rig{t: t, bin: testenv.TetherBin(t), state: t.TempDir(), tang: testenv.StartTangd(t), r: &luks.Runner{}}
+}
+
+// image makes a LUKS2 image file with testPass in keyslot 0.
+func (g *rig) image(size string, extra ...string) string {
+	g.t.Helper()
+	p := filepath.Join(g.t.TempDir(), "disk.img")
+	run(g.t, nil, "truncate", "-s", size, p)
+	args := append([]string{"luksFormat", "--batch-mode", "--type", "luks2", "--pbkdf", "pbkdf2",
+		"--pbkdf-force-iterations", "1000", "--key-file", "-"}, extra...)
+	run(g.t, []byte(testPass), "cryptsetup", append(args, p)...)
+	return p
+}
+
+func run(t testing.TB, stdin []byte, name string, args ...string) []byte {
+	t.Helper()
+	out, errb, code := testenv.Run(t, stdin, name, args...)
+	if code != 0 {
+		t.Fatalf("%s %s: exit %d\n%s", name, strings.Join(args, " "), code, errb)
+	}
+	return out
+}
+
+type result struct {
+	stdout, stderr string
+	code           int
+	killed         bool
+}
+
+// tether runs the tether binary with extra environment variables.
+func (g *rig) tether(stdin []byte, env []string, args ...string) result {
+	g.t.Helper()
+	cmd := exec.Command(g.bin, args...)
+	cmd.Env = append(append(os.Environ(), "TETHER_LUKS_STATE_DIR="+g.state), env...)
+	cmd.Stdin = bytes.NewReader(stdin)
+	var o, e bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &o, &e
+	err := cmd.Run()
+	res := result{stdout: o.String(), stderr: e.String()}
+	if ee, ok := err.(*exec.ExitError); ok {
+		res.code = ee.ExitCode()
+		if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() && ws.Signal() == syscall.SIGKILL {
+			res.killed = true
+		}
+	} else if err != nil {
+		g.t.Fatal(err)
+	}
+	return res
+}
+
+// ok runs tether and fails the test unless it succeeds.
+func (g *rig) ok(stdin []byte, args ...string) string {
+	g.t.Helper()
+	res := g.tether(stdin, nil, args...)
+	if res.code != 0 {
+		g.t.Fatalf("tether %s: exit %d\n%s", strings.Join(args, " "), res.code, res.stderr)
+	}
+	return res.stdout
+}
+
+func (g *rig) tangCfg() string { return fmt.Sprintf(`{"url":%q}`, g.tang.URL) }
+
+func (g *rig) bind(img string) int {
+	g.t.Helper()
+	g.ok([]byte(testPass+"\n"), "luks", "bind", "-d", img, "-k", "-", "-y", "tang", g.tangCfg())
+	return g.newestBinding(img)
+}
+
+func (g *rig) newestBinding(img string) int {
+	g.t.Helper()
+	h := header(g.t, img)
+	bs := luks.Bindings(h)
+	if len(bs) == 0 {
+		g.t.Fatal("no binding")
+	}
+	return bs[len(bs)-1].Slot
+}
+
+func header(t testing.TB, img string) *luks.Header {
+	t.Helper()
+	h, err := luks.ReadHeaderFile(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return h
+}
+
+// opens reports whether key opens keyslot slot.
+func (g *rig) opens(img string, slot int, key []byte) bool {
+	return g.r.TestKey(context.Background(), img, slot, key) == nil
+}
+
+// checkClean checks the invariants after any (completed or repaired)
+// change: the passphrase slot still opens, every other keyslot has a
+// binding whose passphrase opens it, no txn or dead tokens are left, and
+// no header backup lingers.
+func (g *rig) checkClean(img string) {
+	g.t.Helper()
+	if !g.opens(img, 0, []byte(testPass)) {
+		g.t.Fatal("the original passphrase no longer opens keyslot 0")
+	}
+	h := header(g.t, img)
+	if lo := luks.Leftovers(h); len(lo) != 0 {
+		g.t.Fatalf("leftovers: %+v", lo)
+	}
+	bound := map[int]bool{}
+	for _, b := range luks.Bindings(h) {
+		bound[b.Slot] = true
+		pass := g.ok(nil, "luks", "pass", "-d", img, "-s", strconv.Itoa(b.Slot))
+		if !g.opens(img, b.Slot, []byte(pass)) {
+			g.t.Fatalf("the passphrase of binding %d does not open its keyslot", b.Slot)
+		}
+	}
+	for _, s := range h.Slots() {
+		if s != 0 && !bound[s] {
+			g.t.Fatalf("orphan keyslot %d (no token)", s)
+		}
+	}
+	if len(h.TokenIDs()) != len(bound) {
+		g.t.Fatalf("tokens %v for bound slots %v", h.TokenIDs(), bound)
+	}
+	if left, _ := filepath.Glob(filepath.Join(g.state, "*.header")); len(left) != 0 {
+		g.t.Fatalf("header backups left: %v", left)
+	}
+}
+
+func TestBindInteropWithClevis(t *testing.T) {
+	g := newRig(t)
+	testenv.RequireCmd(t, "clevis")
+	img := g.image("20M")
+
+	// tether binds; cryptsetup opens the slot with what tether luks pass
+	// prints; clevis reads the binding.
+	slot := g.bind(img)
+	pass := g.ok(nil, "luks", "pass", "-d", img, "-s", strconv.Itoa(slot))
+	if len(pass) != 54 {
+		t.Errorf("passphrase %q: want the base64url of 40 bytes (54 chars)", pass)
+	}
+	run(t, []byte(pass), "cryptsetup", "open", "--test-passphrase", "--key-slot", strconv.Itoa(slot), "--key-file", "-", img)
+	cpass := run(t, nil, "clevis", "luks", "pass", "-d", img, "-s", strconv.Itoa(slot))
+	if string(cpass) != pass {
+		t.Errorf("clevis luks pass = %q, tether luks pass = %q", cpass, pass)
+	}
+	tok, _ := header(t, img).Token(header(t, img).TokensFor(slot)[0])
+	if tok.Type != "clevis" {
+		t.Errorf("token type %q, want clevis", tok.Type)
+	}
+	if k, _ := header(t, img).Keyslot(slot); k.KDF.Type != "pbkdf2" || k.KDF.Iterations != 1000 || k.KDF.Hash != "sha256" {
+		t.Errorf("new keyslot kdf %+v, want pbkdf2/1000/sha256", k.KDF)
+	}
+
+	// clevis binds; tether reads it.
+	run(t, []byte(testPass), "clevis", "luks", "bind", "-y", "-d", img, "-k", "-", "-s", "5", "tang", g.tangCfg())
+	tp := g.ok(nil, "luks", "pass", "-d", img, "-s", "5")
+	if !g.opens(img, 5, []byte(tp)) {
+		t.Fatal("tether luks pass of a clevis binding does not open its keyslot")
+	}
+	list := g.ok(nil, "luks", "list", "-d", img)
+	if !strings.Contains(list, strconv.Itoa(slot)+": tang '") || !strings.Contains(list, "5: tang '") || !strings.Contains(list, g.tang.URL) {
+		t.Errorf("list:\n%s", list)
+	}
+	res := g.tether(nil, nil, "luks", "unlock", "-d", img, "--test")
+	if res.code != 0 || !strings.Contains(res.stderr, "unlocks") {
+		t.Fatalf("unlock --test: %d %s", res.code, res.stderr)
+	}
+	g.checkClean(img)
+
+	// unbind both: nothing left but the passphrase slot.
+	g.ok(nil, "luks", "unbind", "-d", img, "-s", strconv.Itoa(slot))
+	g.ok(nil, "luks", "unbind", "-d", img, "-s", "5")
+	h := header(t, img)
+	if len(h.Slots()) != 1 || len(h.TokenIDs()) != 0 {
+		t.Fatalf("after unbind: slots %v tokens %v", h.Slots(), h.TokenIDs())
+	}
+	g.checkClean(img)
+}
+
+func TestRegenAfterRotation(t *testing.T) {
+	g := newRig(t)
+	img := g.image("20M")
+	slot := g.bind(img)
+	if out := g.ok(nil, "luks", "report", "-d", img); !strings.Contains(out, ": ok") {
+		t.Fatalf("report before rotation: %s", out)
+	}
+	// Rotate the server's keys as the tang docs say: hide the old ones,
+	// make new ones.
+	old, _ := filepath.Glob(filepath.Join(g.tang.KeyDir, "*.jwk"))
+	for _, f := range old {
+		os.Rename(f, filepath.Join(g.tang.KeyDir, "."+filepath.Base(f)))
+	}
+	run(t, nil, "/usr/libexec/tangd-keygen", g.tang.KeyDir)
+	res := g.tether(nil, nil, "luks", "report", "-d", img)
+	if res.code != 1 || !strings.Contains(res.stdout, "rotated") || !strings.Contains(res.stderr, "regen") {
+		t.Fatalf("report after rotation: %d\n%s%s", res.code, res.stdout, res.stderr)
+	}
+	// No -y: the new advertisement is trusted through the old key.
+	g.ok(nil, "luks", "regen", "-d", img, "-s", strconv.Itoa(slot))
+	h := header(t, img)
+	if slotsNow := h.Slots(); len(slotsNow) != 2 || len(h.TokenIDs()) != 1 {
+		t.Fatalf("after regen: slots %v tokens %v", slotsNow, h.TokenIDs())
+	}
+	if out := g.ok(nil, "luks", "report", "-d", img); !strings.Contains(out, ": ok") {
+		t.Fatalf("report after regen: %s", out)
+	}
+	g.checkClean(img)
+}
+
+// TestCrashAnywhere kills tether (SIGKILL, by itself at a named step) at
+// every step of bind, regen and unbind. Afterwards the volume must still
+// open with its passphrase, list must not be confused, and the next
+// command must leave a clean volume.
+func TestCrashAnywhere(t *testing.T) {
+	g := newRig(t)
+	img := g.image("20M")
+	steps := []struct{ op, step string }{
+		{"bind", "bind:backup"}, {"bind", "bind:txn"}, {"bind", "bind:addkey"}, {"bind", "bind:verified"},
+		{"bind", "bind:token"}, {"bind", "bind:done"},
+		{"regen", "regen:backup"}, {"regen", "regen:txn"}, {"regen", "regen:addkey"}, {"regen", "regen:verified"},
+		{"regen", "regen:token"}, {"regen", "regen:killold"}, {"regen", "regen:removeold"}, {"regen", "regen:done"},
+		{"unbind", "unbind:killslot"}, {"unbind", "unbind:done"},
+	}
+	for _, s := range steps {
+		t.Run(s.step, func(t *testing.T) {
+			g.t = t
+			var bound int
+			if s.op != "bind" {
+				bound = g.bind(img)
+			}
+			crash := []string{"TETHER_TEST_CRASH_AT=" + s.step}
+			var res result
+			switch s.op {
+			case "bind":
+				res = g.tether([]byte(testPass), crash, "luks", "bind", "-d", img, "-k", "-", "-y", "tang", g.tangCfg())
+			case "regen":
+				res = g.tether(nil, crash, "luks", "regen", "-d", img, "-s", strconv.Itoa(bound), "-y")
+			case "unbind":
+				res = g.tether(nil, crash, "luks", "unbind", "-d", img, "-s", strconv.Itoa(bound))
+			}
+			if !res.killed {
+				t.Fatalf("tether was not killed at %s: exit %d\n%s", s.step, res.code, res.stderr)
+			}
+			if !g.opens(img, 0, []byte(testPass)) {
+				t.Fatal("after the crash the passphrase no longer opens the volume")
+			}
+			// Every binding that list shows must work right away.
+			list := g.tether(nil, nil, "luks", "list", "-d", img)
+			if list.code != 0 {
+				t.Fatalf("list after crash: %s", list.stderr)
+			}
+			for _, b := range luks.Bindings(header(t, img)) {
+				pass := g.ok(nil, "luks", "pass", "-d", img, "-s", strconv.Itoa(b.Slot))
+				if !g.opens(img, b.Slot, []byte(pass)) {
+					t.Fatalf("binding %d listed after the crash does not open", b.Slot)
+				}
+			}
+			g.ok(nil, "luks", "repair", "-d", img)
+			g.checkClean(img)
+			// Back to the passphrase slot alone for the next step.
+			for _, b := range luks.Bindings(header(t, img)) {
+				g.ok(nil, "luks", "unbind", "-d", img, "-s", strconv.Itoa(b.Slot))
+			}
+			if h := header(t, img); len(h.Slots()) != 1 || len(h.TokenIDs()) != 0 {
+				t.Fatalf("reset: slots %v tokens %v", h.Slots(), h.TokenIDs())
+			}
+		})
+	}
+}
+
+func fileSum(t testing.TB, p string) [32]byte {
+	t.Helper()
+	b, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return sha256.Sum256(b)
+}
+
+// TestBadInputsChangeNothing checks that each bad input gives a clear
+// error and leaves the image byte for byte as it was.
+func TestBadInputsChangeNothing(t *testing.T) {
+	g := newRig(t)
+	img := g.image("20M")
+	bound := g.bind(img)
+
+	plain := filepath.Join(t.TempDir(), "plain.img")
+	run(t, nil, "truncate", "-s", "20M", plain)
+	luks1 := filepath.Join(t.TempDir(), "luks1.img")
+	run(t, nil, "truncate", "-s", "20M", luks1)
+	run(t, []byte(testPass), "cryptsetup", "luksFormat", "--batch-mode", "--type", "luks1", "--pbkdf-force-iterations", "1000", "--key-file", "-", luks1)
+
+	// A volume whose metadata area is almost full.
+	full := g.image("20M")
+	pad := strings.Repeat("x", 5500)
+	for i := 0; i < 2; i++ {
+		tok := fmt.Sprintf(`{"type":"example-padding","keyslots":[],"pad":%q}`, pad)
+		run(t, []byte(tok), "cryptsetup", "token", "import", "--json-file", "-", full)
+	}
+
+	cases := []struct {
+		name  string
+		dev   string
+		stdin string
+		args  []string
+		want  string
+	}{
+		{"wrong passphrase", img, "wrong\n", []string{"bind", "-k", "-", "-y", "tang", g.tangCfg()}, "does not open any keyslot"},
+		{"wrong passphrase for slot", img, "wrong\n", []string{"bind", "--key-slot", "0", "-k", "-", "-y", "tang", g.tangCfg()}, "keyslot 0 rejects it"},
+		{"not LUKS", plain, testPass, []string{"bind", "-k", "-", "-y", "tang", g.tangCfg()}, "not a LUKS device"},
+		{"not LUKS list", plain, "", []string{"list"}, "not a LUKS device"},
+		{"LUKS1", luks1, testPass, []string{"bind", "-k", "-", "-y", "tang", g.tangCfg()}, "supports LUKS2 only"},
+		{"LUKS1 unlock", luks1, "", []string{"unlock", "--test"}, "supports LUKS2 only"},
+		{"full token area", full, testPass, []string{"bind", "-k", "-", "-y", "tang", g.tangCfg()}, "metadata area is full"},
+		{"missing slot unbind", img, "", []string{"unbind", "-s", "7"}, "keyslot 7 is not in use"},
+		{"missing slot pass", img, "", []string{"pass", "-s", "7"}, "keyslot 7 is not in use"},
+		{"unbound slot unbind", img, "", []string{"unbind", "-s", "0"}, "keyslot 0 has no clevis or tether binding"},
+		{"missing key slot", img, testPass, []string{"bind", "--key-slot", "9", "-k", "-", "-y", "tang", g.tangCfg()}, "keyslot 9 is not in use"},
+		{"slot in use", img, testPass, []string{"bind", "-s", strconv.Itoa(bound), "-k", "-", "-y", "tang", g.tangCfg()}, "already in use"},
+		{"slot out of range", img, testPass, []string{"bind", "-s", "40", "-k", "-", "-y", "tang", g.tangCfg()}, "keyslots are 0 to 31"},
+		{"untrusted server", img, testPass, []string{"bind", "-k", "-", "tang", g.tangCfg()}, "not trusted"},
+		{"server down", img, testPass, []string{"bind", "-k", "-", "-y", "tang", `{"url":"` + testenv.ClosedPort(t) + `"}`}, "tang"},
+		{"bad config", img, testPass, []string{"bind", "-k", "-", "tang", "{url"}, "not valid JSON"},
+		{"unknown pin", img, testPass, []string{"bind", "-k", "-", "nope", "{}"}, "unknown pin"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			before := fileSum(t, c.dev)
+			args := append([]string{"luks", c.args[0], "-d", c.dev}, c.args[1:]...)
+			res := g.tether([]byte(c.stdin), nil, args...)
+			if res.code == 0 || !strings.Contains(res.stderr, c.want) || !strings.Contains(res.stderr, "tether: error: ") {
+				t.Errorf("exit %d, stderr:\n%s\nwant an error containing %q", res.code, res.stderr, c.want)
+			}
+			if fileSum(t, c.dev) != before {
+				t.Error("the image changed")
+			}
+		})
+	}
+	// The last keyslot is never removed, even when it is bound.
+	only := g.image("20M")
+	slot := g.bind(only)
+	run(t, nil, "cryptsetup", "luksKillSlot", "--batch-mode", only, "0")
+	before := fileSum(t, only)
+	res := g.tether(nil, nil, "luks", "unbind", "-d", only, "-s", strconv.Itoa(slot))
+	if res.code == 0 || !strings.Contains(res.stderr, "last keyslot") || fileSum(t, only) != before {
+		t.Errorf("unbind of the last keyslot: exit %d %s", res.code, res.stderr)
+	}
+}
+
+// TestUnlockSkipsArgon2 binds a volume whose passphrase slot 0 is an
+// expensive argon2 slot: unlock must go straight to the bound slot.
+func TestUnlockSkipsArgon2(t *testing.T) {
+	g := newRig(t)
+	p := filepath.Join(t.TempDir(), "argon.img")
+	run(t, nil, "truncate", "-s", "20M", p)
+	argon := []string{"--pbkdf", "argon2id", "--pbkdf-force-iterations", "4", "--pbkdf-memory", "262144", "--pbkdf-parallel", "1"}
+	run(t, []byte(testPass), "cryptsetup", append([]string{"luksFormat", "--batch-mode", "--type", "luks2", "--key-file", "-"}, append(argon, p)...)...)
+	start := time.Now()
+	if !g.opens(p, 0, []byte(testPass)) {
+		t.Fatal("passphrase does not open slot 0")
+	}
+	argonCost := time.Since(start)
+	g.ok([]byte(testPass), "luks", "bind", "-d", p, "--key-slot", "0", "-k", "-", "-y", "tang", g.tangCfg())
+	start = time.Now()
+	res := g.tether(nil, nil, "luks", "unlock", "-d", p, "--test")
+	took := time.Since(start)
+	if res.code != 0 {
+		t.Fatalf("unlock: %s", res.stderr)
+	}
+	t.Logf("argon2 slot costs %v; unlock took %v", argonCost, took)
+	if took >= argonCost {
+		t.Errorf("unlock took %v, as long as one argon2 slot (%v): it tried the argon2 slot", took, argonCost)
+	}
+	// For contrast: cryptsetup without --key-slot pays for slot 0 first.
+	slot := g.newestBinding(p)
+	pass := g.ok(nil, "luks", "pass", "-d", p, "-s", strconv.Itoa(slot))
+	start = time.Now()
+	run(t, []byte(pass), "cryptsetup", "open", "--test-passphrase", "--key-file", "-", p)
+	t.Logf("cryptsetup without --key-slot: %v", time.Since(start))
+}
+
+// TestUnlockParallel: a silent server in one binding costs nothing when
+// another binding answers, and alone it costs one timeout, not minutes.
+func TestUnlockParallel(t *testing.T) {
+	g := newRig(t)
+	img := g.image("20M")
+	px := newSwitchProxy(t, strings.TrimPrefix(g.tang.URL, "http://"))
+	g.ok([]byte(testPass), "luks", "bind", "-d", img, "-k", "-", "-y", "tang", fmt.Sprintf(`{"url":%q}`, px.url))
+	g.bind(img)
+	px.silence()
+	start := time.Now()
+	res := g.tether(nil, nil, "luks", "unlock", "-d", img, "--test", "--timeout", "5s")
+	if took := time.Since(start); res.code != 0 || took > 3*time.Second {
+		t.Fatalf("unlock with one silent server: exit %d in %v: %s", res.code, took, res.stderr)
+	}
+	// Only the silent binding left: a clear error after one timeout.
+	g.ok(nil, "luks", "unbind", "-d", img, "-s", strconv.Itoa(g.newestBinding(img)))
+	start = time.Now()
+	res = g.tether(nil, nil, "luks", "unlock", "-d", img, "--test", "--timeout", "1s")
+	if took := time.Since(start); res.code != 1 || took > 4*time.Second || !strings.Contains(res.stderr, "no binding unlocked") {
+		t.Fatalf("unlock with a silent server only: exit %d in %v: %s", res.code, took, res.stderr)
+	}
+}
+
+// switchProxy forwards TCP connections to a target until silence is
+// called; from then on it accepts connections and never answers.
+type switchProxy struct {
+	url    string
+	mu     sync.Mutex
+	silent bool
+}
+
+func newSwitchProxy(t *testing.T, target string) *switchProxy {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &switchProxy{url: "http://" + l.Addr().String()}
+	var held []net.Conn
+	t.Cleanup(func() {
+		l.Close()
+		p.mu.Lock()
+		for _, c := range held {
+			c.Close()
+		}
+		p.mu.Unlock()
+	})
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			p.mu.Lock()
+			silent := p.silent
+			held = append(held, c)
+			p.mu.Unlock()
+			if silent {
+				continue
+			}
+			go func() {
+				u, err := net.Dial("tcp", target)
+				if err != nil {
+					c.Close()
+					return
+				}
+				go io.Copy(u, c)
+				io.Copy(c, u)
+				c.Close()
+				u.Close()
+			}()
+		}
+	}()
+	return p
+}
+
+func (p *switchProxy) silence() {
+	p.mu.Lock()
+	p.silent = true
+	p.mu.Unlock()
+}
+
+func TestListJSONUnchanged(t *testing.T) {
+	// list and report never write: the header stays byte for byte.
+	g := newRig(t)
+	img := g.image("20M")
+	g.bind(img)
+	before := fileSum(t, img)
+	g.ok(nil, "luks", "list", "-d", img)
+	g.ok(nil, "luks", "report", "-d", img)
+	if fileSum(t, img) != before {
+		t.Fatal("list or report changed the image")
+	}
+	var x map[string]any
+	_ = json.Unmarshal(header(t, img).JSON, &x)
+}
