@@ -1,0 +1,319 @@
+package sss_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math/big"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/tether-nbde/tether/jose"
+	"github.com/tether-nbde/tether/pin"
+	"github.com/tether-nbde/tether/pin/sss"
+	_ "github.com/tether-nbde/tether/pin/tang"
+	"github.com/tether-nbde/tether/tang"
+)
+
+// fakePin is a child pin for tests: its JWE holds the plaintext under a
+// fixed key, and its config says whether decryption works, fails or hangs.
+type fakePin struct{}
+
+type fakeCfg struct {
+	Mode string `json:"mode"` // "", "fail" or "hang"
+	ID   string `json:"id,omitempty"`
+}
+
+var fakeKey = bytes.Repeat([]byte{0x42}, 32)
+
+func init() { pin.Register("fake", fakePin{}) }
+
+func (fakePin) Encrypt(_ context.Context, cfg json.RawMessage, secret []byte, _ pin.Options) (*jose.JWE, error) {
+	var c fakeCfg
+	if err := json.Unmarshal(cfg, &c); err != nil {
+		return nil, err
+	}
+	if c.Mode == "refuse" {
+		return nil, errors.New("fake pin refuses to encrypt")
+	}
+	ch, _ := json.Marshal(map[string]any{"pin": "fake", "fake": c})
+	return jose.Encrypt(jose.Header{Alg: "dir", Clevis: ch}, fakeKey, secret)
+}
+
+func (fakePin) Decrypt(ctx context.Context, j *jose.JWE, o pin.Options) ([]byte, error) {
+	var h struct{ Fake fakeCfg }
+	json.Unmarshal(j.Header.Clevis, &h)
+	switch h.Fake.Mode {
+	case "fail":
+		return nil, fmt.Errorf("fake child %s failed", h.Fake.ID)
+	case "hang":
+		ctx, cancel := context.WithTimeout(ctx, o.PerTry())
+		defer cancel()
+		<-ctx.Done()
+		return nil, fmt.Errorf("fake child %s did not answer in time", h.Fake.ID)
+	}
+	return j.Decrypt(fakeKey)
+}
+
+func fakeChild(t testing.TB, mode, id string, share []byte) string {
+	t.Helper()
+	cfg, _ := json.Marshal(fakeCfg{Mode: mode, ID: id})
+	j, err := fakePin{}.Encrypt(context.Background(), cfg, share, pin.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return j.Compact()
+}
+
+// shares is an independent Shamir implementation for building sss JWEs by
+// hand: the test knows the polynomial, so it can test Decrypt alone.
+type shares struct {
+	p      *big.Int
+	coeffs []*big.Int
+}
+
+// testP is 2^256 − 189, the largest 256-bit prime: Decrypt needs a prime
+// field, not a safe prime.
+var testP, _ = new(big.Int).SetString("115792089237316195423570985008687907853269984665640564039457584007913129639747", 10)
+
+func newShares(t testing.TB, threshold int) *shares {
+	s := &shares{p: testP}
+	for i := 0; i < threshold; i++ {
+		c, err := rand.Int(rand.Reader, testP)
+		if err != nil {
+			t.Fatal(err)
+		}
+		s.coeffs = append(s.coeffs, c)
+	}
+	return s
+}
+
+func (s *shares) at(x int64) []byte {
+	X := big.NewInt(x)
+	y := new(big.Int)
+	xp := big.NewInt(1)
+	for _, c := range s.coeffs {
+		y.Add(y, new(big.Int).Mul(c, xp))
+		xp.Mul(xp, X)
+	}
+	y.Mod(y, s.p)
+	out := make([]byte, 64)
+	X.FillBytes(out[:32])
+	y.FillBytes(out[32:])
+	return out
+}
+
+func (s *shares) jwe(t testing.TB, secret []byte, children ...string) *jose.JWE {
+	t.Helper()
+	ch, _ := json.Marshal(map[string]any{"pin": "sss", "sss": map[string]any{
+		"jwe": children, "p": jose.B64.EncodeToString(s.p.FillBytes(make([]byte, 32))), "t": len(s.coeffs),
+	}})
+	j, err := jose.Encrypt(jose.Header{Alg: "dir", Clevis: ch}, s.coeffs[0].FillBytes(make([]byte, 32)), secret)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return j
+}
+
+func TestDecryptThresholds(t *testing.T) {
+	t.Parallel()
+	secret := []byte("sss secret")
+	s := newShares(t, 2)
+	ok1, ok2, ok3 := fakeChild(t, "", "1", s.at(1)), fakeChild(t, "", "2", s.at(2)), fakeChild(t, "", "3", s.at(3))
+	fail := fakeChild(t, "fail", "F", s.at(4))
+	fail2 := fakeChild(t, "fail", "G", s.at(5))
+	hang := fakeChild(t, "hang", "H", s.at(6))
+	short := fakeChild(t, "", "S", []byte("short"))
+	tests := []struct {
+		name     string
+		children []string
+		timeout  time.Duration
+		wantErr  []string // substrings of the error; nil means success
+	}{
+		{"2 of 2", []string{ok1, ok2}, 0, nil},
+		{"2 of 3", []string{ok1, ok2, ok3}, 0, nil},
+		{"one fails", []string{fail, ok1, ok3}, 0, nil},
+		{"duplicate plus one", []string{ok1, ok1, ok2}, 0, nil},
+		{"one hangs", []string{hang, ok1, ok2}, time.Minute, nil},
+		{"malformed child", []string{"not.a.jwe", ok1, ok2}, 0, nil},
+		{"duplicates only", []string{ok1, ok1}, 0, []string{"only 1 of the 2"}},
+		{"two fail", []string{fail, fail2, ok2}, 0, []string{"only 1 of the 2", "fake child F failed", "fake child G failed"}},
+		{"two hang", []string{hang, hang, ok1}, 300 * time.Millisecond, []string{"only 1 of the 2", "did not answer"}},
+		{"short share", []string{short, ok1}, 0, []string{"share is 5 bytes"}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			j := s.jwe(t, secret, tc.children...)
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+			defer cancel()
+			start := time.Now()
+			got, err := pin.Decrypt(ctx, j, pin.Options{Timeout: tc.timeout})
+			elapsed := time.Since(start)
+			if tc.wantErr == nil {
+				if err != nil || !bytes.Equal(got, secret) {
+					t.Fatalf("got %q, %v", got, err)
+				}
+			} else {
+				if err == nil {
+					t.Fatal("decrypt succeeded")
+				}
+				for _, w := range tc.wantErr {
+					if !strings.Contains(err.Error(), w) {
+						t.Errorf("error %q does not contain %q", err, w)
+					}
+				}
+				if len(got) != 0 {
+					t.Errorf("output on error: %q", got)
+				}
+			}
+			// A hanging child must not hold up the answer: with a one
+			// minute per-child timeout, success comes long before.
+			if tc.timeout == time.Minute && elapsed > 20*time.Second {
+				t.Errorf("took %v: waited for the hanging child", elapsed)
+			}
+		})
+	}
+}
+
+func TestDecryptHeaderErrors(t *testing.T) {
+	t.Parallel()
+	s := newShares(t, 2)
+	ok := fakeChild(t, "", "1", s.at(1))
+	mk := func(clevis string) *jose.JWE {
+		j, _ := jose.Encrypt(jose.Header{Alg: "dir", Clevis: json.RawMessage(clevis)}, fakeKey, []byte("x"))
+		return j
+	}
+	for name, j := range map[string]*jose.JWE{
+		"t too large": mk(`{"pin":"sss","sss":{"jwe":["` + ok + `"],"p":"` + jose.B64.EncodeToString(testP.Bytes()) + `","t":2}}`),
+		"t zero":      mk(`{"pin":"sss","sss":{"jwe":["` + ok + `"],"p":"` + jose.B64.EncodeToString(testP.Bytes()) + `","t":0}}`),
+		"no p":        mk(`{"pin":"sss","sss":{"jwe":["` + ok + `"],"t":1}}`),
+		"p too long":  mk(`{"pin":"sss","sss":{"jwe":["` + ok + `"],"p":"` + jose.B64.EncodeToString(make([]byte, 33)) + `","t":1}}`),
+		"p tiny":      mk(`{"pin":"sss","sss":{"jwe":["` + ok + `"],"p":"Ag","t":1}}`),
+		"sss array":   mk(`{"pin":"sss","sss":[]}`),
+	} {
+		if _, err := pin.Decrypt(context.Background(), j, pin.Options{}); err == nil {
+			t.Errorf("%s: decrypt succeeded", name)
+		}
+	}
+	j := s.jwe(t, []byte("x"), ok, ok)
+	j.Header.Alg = "ECDH-ES"
+	if _, err := pin.Decrypt(context.Background(), j, pin.Options{}); err == nil {
+		t.Error("alg ECDH-ES accepted")
+	}
+}
+
+func TestEncryptRoundTrip(t *testing.T) {
+	t.Parallel()
+	secret := []byte("round trip")
+	for _, tc := range []struct {
+		cfg  string
+		fail []int // children (in order) to make fail at decryption
+	}{
+		{`{"t":1,"pins":{"fake":{}}}`, nil},
+		{`{"t":2,"pins":{"fake":[{},{},{}]}}`, nil},
+		{`{"t":3,"pins":{"fake":[{},{},{}]}}`, nil},
+		{`{"t":2,"pins":{"fake":[{"mode":"fail"},{},{}]}}`, nil},
+		{`{"t":2,"pins":{"fake":[{},{}],"sss":{"t":1,"pins":{"fake":[{"mode":"fail"},{}]}}}}`, nil},
+	} {
+		j, err := pin.Encrypt(context.Background(), "sss", json.RawMessage(tc.cfg), secret, pin.Options{})
+		if err != nil {
+			t.Fatalf("%s: %v", tc.cfg, err)
+		}
+		// The header has clevis's shape and a 256-bit safe prime.
+		var ch struct {
+			Pin string
+			SSS struct {
+				JWE []string
+				P   string
+				T   int
+			}
+		}
+		if err := json.Unmarshal(j.Header.Clevis, &ch); err != nil || ch.Pin != "sss" || j.Header.Alg != "dir" {
+			t.Fatalf("%s: header %s", tc.cfg, j.Header.Clevis)
+		}
+		pb, _ := jose.B64.DecodeString(ch.SSS.P)
+		p := new(big.Int).SetBytes(pb)
+		if len(pb) != 32 || !p.ProbablyPrime(20) || !new(big.Int).Rsh(p, 1).ProbablyPrime(20) {
+			t.Errorf("%s: p is not a 256-bit safe prime", tc.cfg)
+		}
+		got, err := pin.Decrypt(context.Background(), j, pin.Options{})
+		if err != nil || !bytes.Equal(got, secret) {
+			t.Errorf("%s: decrypt: %q, %v", tc.cfg, got, err)
+		}
+		if d := pin.Describe(j); !strings.HasPrefix(d, "sss(t=") {
+			t.Errorf("Describe = %q", d)
+		}
+	}
+}
+
+func TestEncryptConfigErrors(t *testing.T) {
+	t.Parallel()
+	for _, cfg := range []string{
+		`{"t":0,"pins":{"fake":{}}}`,
+		`{"t":2,"pins":{"fake":{}}}`,
+		`{"t":1,"pins":{}}`,
+		`{"t":1}`,
+		`{"t":1,"pins":{"fake":1}}`,
+		`{"t":1,"pins":{"fake":[1]}}`,
+		`{"t":"1","pins":{"fake":{}}}`,
+		`[]`,
+		`{"t":1,"pins":{"nosuchpin":{}}}`,
+		`{"t":1,"pins":{"fake":{"mode":"refuse"}}}`,
+	} {
+		if _, err := pin.Encrypt(context.Background(), "sss", json.RawMessage(cfg), []byte("x"), pin.Options{}); err == nil {
+			t.Errorf("%s: accepted", cfg)
+		}
+	}
+}
+
+// TestClevisVector decrypts an sss JWE made by clevis (t=2 of three tang
+// children at 127.84.1.{1,2,3}:7500), with one or two servers down.
+func TestClevisVector(t *testing.T) {
+	want, err := os.ReadFile("../tang/testdata/secret.txt")
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, _ := os.ReadFile("../tang/testdata/sss.jwe")
+	j, err := jose.ParseCompact(string(data))
+	if err != nil {
+		t.Fatal(err)
+	}
+	listen := func(addr string) {
+		l, err := net.Listen("tcp", addr)
+		if err != nil {
+			t.Skipf("cannot listen on %s (the vector's server address): %v", addr, err)
+		}
+		s := &tang.Server{Dir: "../tang/testdata/keys"}
+		if err := s.Load(); err != nil {
+			t.Fatal(err)
+		}
+		srv := &http.Server{Handler: s}
+		go srv.Serve(l)
+		t.Cleanup(func() { srv.Close() })
+	}
+	listen("127.84.1.1:7500")
+	// One server: 1 of 2 needed, the error names the two others.
+	_, err = pin.Decrypt(context.Background(), j, pin.Options{Timeout: 5 * time.Second})
+	var ce *sss.ChildError
+	if !errors.As(err, &ce) || ce.Got != 1 || ce.T != 2 {
+		t.Fatalf("one server up: %v", err)
+	}
+	for _, name := range []string{"127.84.1.2:7500", "127.84.1.3:7500"} {
+		if !strings.Contains(err.Error(), name) {
+			t.Errorf("error %q does not name %s", err, name)
+		}
+	}
+	listen("127.84.1.3:7500")
+	got, err := pin.Decrypt(context.Background(), j, pin.Options{Timeout: 5 * time.Second})
+	if err != nil || !bytes.Equal(got, want) {
+		t.Fatalf("two servers up: %q, %v", got, err)
+	}
+}
