@@ -89,6 +89,9 @@ type Agent struct {
 	Recoverer Recoverer     // nil means TokenRecoverer{}
 	Deadline  time.Duration // per request, also bounded by NotAfter=; 0 means DefaultDeadline
 	Poll      time.Duration // how often Dir is scanned; 0 means 250ms
+	// Idle makes Run return after that long without any ask file (so a
+	// path unit can start the agent again); 0 means never.
+	Idle time.Duration
 	Log       *log.Logger
 
 	mu       sync.Mutex
@@ -122,8 +125,14 @@ func (a *Agent) Run(ctx context.Context, once bool) error {
 	}
 	var wg sync.WaitGroup
 	defer wg.Wait()
+	lastSeen := time.Now()
 	for {
 		files, _ := filepath.Glob(filepath.Join(dir, "ask.*"))
+		if len(files) > 0 {
+			lastSeen = time.Now()
+		} else if a.Idle > 0 && time.Since(lastSeen) > a.Idle {
+			return nil
+		}
 		for _, f := range files {
 			if a.take(f) {
 				wg.Add(1)

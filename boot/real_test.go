@@ -1,0 +1,159 @@
+package boot_test
+
+import (
+	"context"
+	"fmt"
+	"log"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/tether-nbde/tether/boot"
+	"github.com/tether-nbde/tether/internal/testenv"
+	"github.com/tether-nbde/tether/pin"
+	_ "github.com/tether-nbde/tether/pin/tang"
+	"github.com/tether-nbde/tether/test/vm"
+)
+
+// newImage formats a small LUKS2 image with a PBKDF2 keyslot 0.
+func newImage(t *testing.T, dir, name string) string {
+	t.Helper()
+	cs := testenv.RequireCmd(t, "cryptsetup")
+	img := filepath.Join(dir, name)
+	if err := os.WriteFile(img, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	os.Truncate(img, 20<<20)
+	_, errOut, code := testenv.Run(t, []byte("recovery"), cs, "luksFormat", "--type", "luks2", "--batch-mode",
+		"--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000", "--key-file", "-", img)
+	if code != 0 {
+		t.Fatalf("luksFormat: %s", errOut)
+	}
+	return img
+}
+
+func testKey(t *testing.T, img string, slot int, key []byte) {
+	t.Helper()
+	_, errOut, code := testenv.Run(t, key, "cryptsetup", "open", "--test-passphrase", "--key-slot", fmt.Sprint(slot), "--key-file", "-", img)
+	if code != 0 {
+		t.Errorf("the served key does not open keyslot %d of %s: %s", slot, img, errOut)
+	}
+}
+
+// TestKeyServerRealBindings: keyd recovers keys from real clevis tokens
+// through a real tether server; a volume bound to a server that is down is
+// answered with EOF at the deadline; one without bindings at once.
+func TestKeyServerRealBindings(t *testing.T) {
+	dir := t.TempDir()
+	srv := testenv.StartServer(t, "")
+	adv := vm.FetchAdv(t, srv.URL)
+	bin := testenv.TetherBin(t)
+	live := newImage(t, dir, "live.img")
+	vm.BindTang(t, bin, live, "recovery", srv.URL, adv, 1)
+	dead := newImage(t, dir, "dead.img")
+	vm.BindTang(t, bin, dead, "recovery", testenv.ClosedPort(t), adv, 1)
+	plain := newImage(t, dir, "plain.img")
+	tab := filepath.Join(dir, "crypttab")
+	os.WriteFile(tab, []byte(fmt.Sprintf("live %s /run/tether/keyd.sock luks,_netdev\ndead %s /run/tether/keyd.sock luks,_netdev\nplain %s none luks\n", live, dead, plain)), 0o644)
+
+	var logs testenv.SyncBuffer
+	const deadline = 2 * time.Second
+	sock := startKeyd(t, &boot.KeyServer{
+		Crypttab: tab, Deadline: deadline,
+		Recoverer: boot.TokenRecoverer{Options: pin.Options{Timeout: time.Second}},
+		Log:       log.New(&logs, "", 0),
+	})
+	var wg sync.WaitGroup
+	keys := map[string][]byte{}
+	took := map[string]time.Duration{}
+	var mu sync.Mutex
+	for _, v := range []string{"live", "dead", "plain"} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			start := time.Now()
+			k, err := askKey(t, sock, v)
+			if err != nil {
+				t.Errorf("%s: %v", v, err)
+			}
+			mu.Lock()
+			keys[v], took[v] = k, time.Since(start)
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	t.Logf("live %s, dead %s, plain %s", took["live"], took["dead"], took["plain"])
+	testKey(t, live, 1, keys["live"])
+	if took["live"] > deadline/2 {
+		t.Errorf("live took %s", took["live"])
+	}
+	if len(keys["dead"]) != 0 || took["dead"] < deadline {
+		t.Errorf("dead: %q after %s", keys["dead"], took["dead"])
+	}
+	if len(keys["plain"]) != 0 || took["plain"] > deadline/2 {
+		t.Errorf("plain: %q after %s", keys["plain"], took["plain"])
+	}
+	l := logs.String()
+	for _, want := range []string{`volume "live": key sent (token 0, keyslot 1)`, `volume "dead": no key sent after 2`, "connection refused", `volume "plain": no key sent`, "gave up at once"} {
+		if !strings.Contains(l, want) {
+			t.Errorf("log lacks %q:\n%s", want, l)
+		}
+	}
+}
+
+// TestAgentAnswers: the password agent answers a systemd ask file for a
+// bound volume with "+passphrase" on the request's datagram socket, and
+// leaves an unbound volume's request alone.
+func TestAgentAnswers(t *testing.T) {
+	dir := t.TempDir()
+	srv := testenv.StartServer(t, "")
+	adv := vm.FetchAdv(t, srv.URL)
+	live := newImage(t, dir, "live.img")
+	vm.BindTang(t, testenv.TetherBin(t), live, "recovery", srv.URL, adv, 2)
+	plain := newImage(t, dir, "plain.img")
+	askDir := filepath.Join(dir, "ask-password")
+	os.Mkdir(askDir, 0o755)
+	ask := func(name, dev string) *net.UnixConn {
+		sock := filepath.Join(dir, "sck."+name)
+		c, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sock, Net: "unixgram"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		body := fmt.Sprintf("[Ask]\nPID=1\nSocket=%s\nAcceptCached=1\nEcho=0\nNotAfter=0\nMessage=Please enter passphrase for disk %s\nId=cryptsetup:%s\n", sock, name, dev)
+		if err := os.WriteFile(filepath.Join(askDir, "ask."+name), []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	cl := ask("live", live)
+	cp := ask("plain", plain)
+	// A request that is not for a volume is someone else's.
+	os.WriteFile(filepath.Join(askDir, "ask.other"), []byte("[Ask]\nSocket=/nonexistent\nId=sshd:x\n"), 0o644)
+	var logs testenv.SyncBuffer
+	a := &boot.Agent{Dir: askDir, Deadline: 3 * time.Second, Log: log.New(&logs, "", 0)}
+	if err := a.Run(context.Background(), true); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 512)
+	cl.SetReadDeadline(time.Now().Add(time.Second))
+	n, err := cl.Read(buf)
+	if err != nil {
+		t.Fatalf("no answer for the bound volume: %v\n%s", err, logs.String())
+	}
+	if buf[0] != '+' {
+		t.Fatalf("answer %q does not start with +", buf[:n])
+	}
+	testKey(t, live, 2, buf[1:n])
+	cp.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
+	if n, err := cp.Read(buf); err == nil {
+		t.Errorf("the unbound volume got an answer %q", buf[:n])
+	}
+	if l := logs.String(); !strings.Contains(l, "cryptsetup:"+plain+": no answer sent") || !strings.Contains(l, "no clevis bindings") {
+		t.Errorf("log:\n%s", l)
+	}
+}

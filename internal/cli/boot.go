@@ -1,0 +1,461 @@
+package cli
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log"
+	"net"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/tether-nbde/tether/boot"
+	"github.com/tether-nbde/tether/internal/atomicfile"
+	"github.com/tether-nbde/tether/pin"
+)
+
+// listFlag collects a repeatable flag.
+type listFlag []string
+
+func (l *listFlag) String() string     { return strings.Join(*l, ",") }
+func (l *listFlag) Set(s string) error { *l = append(*l, s); return nil }
+
+func bootLogger(env *Env) *log.Logger { return log.New(env.Stderr, "", 0) }
+
+func init() {
+	register(&command{
+		name:    "keyd",
+		summary: "serve volume keys to systemd-cryptsetup (crypttab key-file socket)",
+		usage:   keydUsage,
+		flags: func(fs *flag.FlagSet) func(*Env, []string) error {
+			var sockets listFlag
+			fs.Var(&sockets, "socket", "")
+			tab := fs.String("crypttab", "/etc/crypttab", "")
+			deadline := fs.Duration("deadline", boot.DefaultDeadline, "")
+			timeout := fs.Duration("timeout", pin.DefaultTimeout, "")
+			return func(env *Env, args []string) error {
+				if len(args) != 0 {
+					return usagef("keyd takes no arguments")
+				}
+				ls, err := boot.ActivationListeners()
+				if err != nil {
+					return err
+				}
+				for _, p := range sockets {
+					l, err := boot.ListenUnix(p)
+					if err != nil {
+						return withHint(fmt.Errorf("listen on %s: %w", p, err), "keyd must run as root to create sockets under /run")
+					}
+					ls = append(ls, l)
+				}
+				if len(ls) == 0 {
+					return usagef("no socket: give --socket PATH, or start keyd from tether-keyd.socket")
+				}
+				lg := bootLogger(env)
+				s := &boot.KeyServer{
+					Crypttab:  *tab,
+					Recoverer: boot.TokenRecoverer{Options: pin.Options{Timeout: *timeout}},
+					Deadline:  *deadline,
+					Log:       lg,
+				}
+				ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+				defer stop()
+				errc := make(chan error, len(ls))
+				for _, l := range ls {
+					lg.Printf("keyd: serving keys of %s on %s (deadline %s)", *tab, l.Addr(), *deadline)
+					go func(l *net.UnixListener) { errc <- s.Serve(ctx, l) }(l)
+				}
+				var first error
+				for range ls {
+					if err := <-errc; err != nil && first == nil {
+						first = err
+						stop()
+					}
+				}
+				return first
+			}
+		},
+	})
+	register(&command{
+		name:    "askpass",
+		summary: "answer systemd password requests for bound volumes",
+		usage:   askpassUsage,
+		flags: func(fs *flag.FlagSet) func(*Env, []string) error {
+			dir := fs.String("dir", boot.DefaultAskDir, "")
+			tab := fs.String("crypttab", "/etc/crypttab", "")
+			deadline := fs.Duration("deadline", boot.DefaultDeadline, "")
+			timeout := fs.Duration("timeout", pin.DefaultTimeout, "")
+			once := fs.Bool("once", false, "")
+			idle := fs.Duration("idle", 0, "")
+			return func(env *Env, args []string) error {
+				if len(args) != 0 {
+					return usagef("askpass takes no arguments")
+				}
+				a := &boot.Agent{
+					Dir:       *dir,
+					Crypttab:  *tab,
+					Recoverer: boot.TokenRecoverer{Options: pin.Options{Timeout: *timeout}},
+					Deadline:  *deadline,
+					Log:       bootLogger(env),
+					Idle:      *idle,
+				}
+				ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+				defer stop()
+				return a.Run(ctx, *once)
+			}
+		},
+	})
+	for _, target := range boot.Targets {
+		register(&command{
+			name:    "install " + target,
+			summary: installSummary[target],
+			usage:   installUsage,
+			flags: func(fs *flag.FlagSet) func(*Env, []string) error {
+				root := fs.String("root", "/", "")
+				bin := fs.String("bin", "", "")
+				var vols listFlag
+				fs.Var(&vols, "volume", "")
+				return func(env *Env, args []string) error {
+					if len(args) != 0 {
+						return usagef("install %s takes no arguments", target)
+					}
+					if len(vols) > 0 && target != "systemd" {
+						return usagef("--volume is for install systemd")
+					}
+					b := *bin
+					if b == "" {
+						var err error
+						if b, err = os.Executable(); err != nil {
+							return err
+						}
+						if b, err = filepath.EvalSymlinks(b); err != nil {
+							return err
+						}
+					}
+					plan, err := boot.Plan(target, b, vols)
+					if err != nil {
+						return err
+					}
+					if err := boot.Install(*root, plan); err != nil {
+						return withHint(err, "run as root, or give --root DIR to install into an image")
+					}
+					for _, f := range plan {
+						fmt.Fprintln(env.Stdout, filepath.Join(*root, f.Path))
+					}
+					fmt.Fprintf(env.Stderr, "tether: hint: %s\n", installNext[target])
+					return nil
+				}
+			},
+		})
+	}
+	register(&command{
+		name:    "crypttab",
+		summary: "print or write the crypttab line of a bound volume",
+		usage:   crypttabUsage,
+		flags: func(fs *flag.FlagSet) func(*Env, []string) error {
+			dev := fs.String("d", "", "")
+			name := fs.String("n", "", "")
+			write := fs.String("write", "", "")
+			socket := fs.String("socket", "/run/tether/keyd.sock", "")
+			askpass := fs.Bool("askpass", false, "")
+			root := fs.Bool("root", false, "")
+			return func(env *Env, args []string) error {
+				if len(args) != 0 || *dev == "" || *name == "" {
+					return usagef("want -d DEV and -n NAME")
+				}
+				if strings.ContainsAny(*name, " \t/") {
+					return usagef("volume name %q must not contain blanks or slashes", *name)
+				}
+				e, err := crypttabEntry(*dev, *name, *socket, *askpass, *root)
+				if err != nil {
+					return err
+				}
+				if *write == "" {
+					fmt.Fprintln(env.Stdout, e.String())
+					return nil
+				}
+				return writeCrypttab(*write, e)
+			}
+		},
+	})
+	register(&command{
+		name:    "crypttab open",
+		summary: "open every bound crypttab volume that is still closed",
+		usage:   crypttabOpenUsage,
+		flags: func(fs *flag.FlagSet) func(*Env, []string) error {
+			tab := fs.String("crypttab", "/etc/crypttab", "")
+			deadline := fs.Duration("deadline", 60*time.Second, "")
+			timeout := fs.Duration("timeout", pin.DefaultTimeout, "")
+			return func(env *Env, args []string) error {
+				ents, err := boot.ReadCrypttab(*tab)
+				if err != nil {
+					return err
+				}
+				ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+				defer stop()
+				r := boot.TokenRecoverer{Options: pin.Options{Timeout: *timeout}}
+				n := boot.OpenCrypttab(ctx, ents, args, r, boot.Cryptsetup{}, *deadline, bootLogger(env))
+				if n > 0 {
+					return fmt.Errorf("%d bound volume(s) left closed", n)
+				}
+				return nil
+			}
+		},
+	})
+	register(&command{
+		name:    "luks run",
+		summary: "unlock and mount a volume, run a command, then unmount and close",
+		usage:   luksRunUsage,
+		flags: func(fs *flag.FlagSet) func(*Env, []string) error {
+			dev := fs.String("d", "", "")
+			mount := fs.String("mount", "", "")
+			name := fs.String("n", "", "")
+			opts := fs.String("o", "", "")
+			deadline := fs.Duration("deadline", 60*time.Second, "")
+			timeout := fs.Duration("timeout", pin.DefaultTimeout, "")
+			return func(env *Env, args []string) error {
+				if *dev == "" || *mount == "" || len(args) == 0 {
+					return usagef("want -d DEV, --mount DIR and a command after --")
+				}
+				n := *name
+				if n == "" {
+					n = "tether-run-" + regexp.MustCompile(`[^A-Za-z0-9_.-]`).ReplaceAllString(filepath.Base(*dev), "_")
+				}
+				sigs := make(chan os.Signal, 4)
+				signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
+				defer signal.Stop(sigs)
+				cmd := exec.Command(args[0], args[1:]...)
+				cmd.Stdin, cmd.Stdout, cmd.Stderr = env.Stdin, env.Stdout, env.Stderr
+				cmd.Dir = *mount
+				err := boot.RunMounted(context.Background(), boot.RunOptions{
+					Device: *dev, Name: n, Mount: *mount, MountOptions: *opts,
+					Deadline:  *deadline,
+					Recoverer: boot.TokenRecoverer{Options: pin.Options{Timeout: *timeout}},
+					Log:       bootLogger(env),
+					Command:   cmd,
+					Signals:   sigs,
+				})
+				var ce *boot.CommandError
+				if errors.As(err, &ce) {
+					return fmt.Errorf("%v; %s was unmounted and closed", err, *dev)
+				}
+				return err
+			}
+		},
+	})
+}
+
+// crypttabEntry builds the line for a bound volume.
+func crypttabEntry(dev, name, socket string, askpass, root bool) (boot.CrypttabEntry, error) {
+	var stdout, stderr bytes.Buffer
+	cmd := exec.Command("cryptsetup", "luksUUID", dev)
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		return boot.CrypttabEntry{}, withHint(fmt.Errorf("read the LUKS UUID of %s: %s", dev, strings.TrimSpace(stderr.String())),
+			"give the LUKS2 device or image the volume is on")
+	}
+	e := boot.CrypttabEntry{Name: name, Device: "UUID=" + strings.TrimSpace(stdout.String())}
+	switch {
+	case root:
+		// The initramfs opens it (tether crypttab open before cryptroot,
+		// or the password agent in a systemd initramfs).
+		e.KeyFile, e.Options = "none", []string{"luks", "initramfs"}
+	case askpass:
+		e.KeyFile, e.Options = "none", []string{"luks", "_netdev"}
+	default:
+		e.KeyFile, e.Options = socket, []string{"luks", "_netdev"}
+	}
+	if !strings.HasPrefix(dev, "/dev/") {
+		// An image file: let systemd-cryptsetup find it by path.
+		e.Device = dev
+	}
+	return e, nil
+}
+
+// writeCrypttab replaces the line of e.Name in file (or appends one),
+// keeping every other line and comment as it was.
+func writeCrypttab(file string, e boot.CrypttabEntry) error {
+	old, err := os.ReadFile(file)
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	var out []string
+	replaced := false
+	for _, line := range strings.SplitAfter(string(old), "\n") {
+		if line == "" {
+			continue
+		}
+		f := strings.Fields(line)
+		if len(f) > 0 && !strings.HasPrefix(f[0], "#") && f[0] == e.Name {
+			if !replaced {
+				out = append(out, e.String()+"\n")
+				replaced = true
+			}
+			continue
+		}
+		if !strings.HasSuffix(line, "\n") {
+			line += "\n"
+		}
+		out = append(out, line)
+	}
+	if !replaced {
+		out = append(out, e.String()+"\n")
+	}
+	mode := os.FileMode(0o644)
+	if fi, err := os.Stat(file); err == nil {
+		mode = fi.Mode().Perm()
+	}
+	return atomicfile.Write(file, []byte(strings.Join(out, "")), mode)
+}
+
+var installSummary = map[string]string{
+	"systemd":         "install the units that unlock volumes at boot",
+	"dracut":          "install the dracut module that unlocks root volumes",
+	"initramfs-tools": "install the initramfs-tools hook and script for root volumes",
+}
+
+var installNext = map[string]string{
+	"systemd":         "run \"systemctl daemon-reload\", then point crypttab at the socket (tether crypttab -d DEV -n NAME --write /etc/crypttab)",
+	"dracut":          "rebuild the initramfs: dracut -f (the module is included with crypt; -a tether forces it)",
+	"initramfs-tools": "rebuild the initramfs: update-initramfs -u",
+}
+
+const keydUsage = `Usage: tether keyd [--socket PATH]... [--crypttab FILE] [--deadline D] [--timeout D]
+
+Serve volume keys to systemd-cryptsetup. A crypttab volume whose key file
+(field 3) is keyd's socket gets its key from its own bindings (the clevis
+tokens in its LUKS2 header) at boot, with nothing stored on disk:
+
+  data  UUID=...  /run/tether/keyd.sock  luks,_netdev
+
+systemd-cryptsetup (systemd 248 or later) connects from an abstract socket
+named @<random>/cryptsetup/<volume>; keyd takes the volume from that name,
+finds its device in crypttab (UUID=, PARTUUID=, LABEL=, a path), recovers
+the key and writes it. While the network comes up or a server restarts,
+keyd holds the connection and retries with backoff; when --deadline passes
+it closes the connection without a key, and systemd-cryptsetup falls back
+to its next method (the password prompt). Each volume is served on its own:
+one dead server never delays another volume. One log line per volume says
+what happened; a failure says what was waited for and why keyd gave up.
+
+Sockets come from systemd (tether-keyd.socket, socket activation) or from
+--socket; both may be used at once. A per-volume socket at
+/run/cryptsetup-keys.d/<volume>.key is found by systemd-cryptsetup without
+editing crypttab, and keeps LUKS2 token plugins as a fallback.
+
+Options:
+  --socket PATH    listen on PATH (repeatable); stale sockets are replaced
+  --crypttab FILE  where volumes are looked up (default /etc/crypttab;
+                   read on every request, so edits apply at once)
+  --deadline D     how long to hold one volume's request (default 90s)
+  --timeout D      bound for each network exchange (default 10s)
+
+Examples:
+  $ tether install systemd && systemctl daemon-reload
+  $ tether keyd --socket /run/tether/keyd.sock --deadline 30s
+`
+
+const askpassUsage = `Usage: tether askpass [--dir DIR] [--crypttab FILE] [--deadline D] [--once] [--idle D]
+
+A systemd password agent for bound volumes. It watches DIR for ask.* files
+whose Id= is "cryptsetup:<device>", recovers the volume's key from its
+bindings and answers with one datagram "+passphrase" on the request's
+Socket=. Other requests, and volumes without bindings, are left to the other
+agents (the console, plymouth). Each request is bounded by --deadline and by
+its own NotAfter=; a volume that asks again after two answers is left to
+the prompt (the key it got did not open it).
+
+Use it when crypttab's key field stays "none" (tether-askpass.path starts
+it), and inside a systemd initramfs (the dracut module installs it).
+
+Options:
+  --dir DIR        the request directory (default /run/systemd/ask-password)
+  --crypttab FILE  for requests that name a volume (default /etc/crypttab)
+  --deadline D     bound for one request (default 90s)
+  --timeout D      bound for each network exchange (default 10s)
+  --once           answer the requests present now, then exit
+  --idle D         exit after D without any request (default: never)
+`
+
+const installUsage = `Usage: tether install systemd|dracut|initramfs-tools [--root DIR] [--bin PATH] [--volume NAME]...
+
+Write tether's boot integration into the system (or the tree at --root),
+with PATH (default: this binary) as the tether the units and scripts run.
+Every file written is printed; running it again replaces them.
+
+  systemd          tether-keyd.socket/.service (keys for crypttab sockets),
+                   tether-askpass.path/.service (password agent), the
+                   systemd-cryptsetup@.service drop-in that orders volumes
+                   after the socket, and remote-cryptsetup.target enabled
+                   so that _netdev volumes are set up. --volume NAME adds a
+                   socket /run/cryptsetup-keys.d/NAME.key.
+  dracut           /usr/lib/dracut/modules.d/60tether (network on with
+                   rd.neednet=1; the password agent in a systemd initramfs,
+                   an initqueue hook otherwise)
+  initramfs-tools  /etc/initramfs-tools/hooks/tether and scripts/local-top/
+                   tether (network up, bound volumes opened before cryptroot)
+
+See docs/BOOT.md for the ordering and what happens when a server is down.
+`
+
+const crypttabUsage = `Usage: tether crypttab -d DEV -n NAME [--write FILE] [--askpass | --root] [--socket PATH]
+
+Print the crypttab line for a bound volume, or with --write put it into
+FILE (replacing the line of NAME, keeping the rest). The device is named by
+its LUKS UUID (an image file by its path).
+
+  default    the key comes from tether keyd:  NAME UUID=.. /run/tether/keyd.sock luks,_netdev
+  --askpass  the key field stays none; tether askpass answers the prompt
+  --root     a volume the initramfs opens: none, luks,initramfs
+
+_netdev puts the volume under remote-cryptsetup.target, set up after the
+local file systems, so its key server may wait for the network without
+holding up the boot of everything else.
+
+Example:
+  $ tether crypttab -d /dev/sdb1 -n backup --write /etc/crypttab
+`
+
+const crypttabOpenUsage = `Usage: tether crypttab open [--crypttab FILE] [--deadline D] [--timeout D] [NAME]...
+
+Open every volume of FILE (or those named) that has bindings and is not open
+yet, all at once, each bounded by --deadline: what the initramfs scripts run
+before their own prompt. Volumes without bindings are skipped quietly. One
+line per volume says what happened; the exit status is 1 if a bound volume
+was left closed.
+
+Options:
+  --crypttab FILE  default /etc/crypttab (in initramfs-tools: /cryptroot/crypttab)
+  --deadline D     per volume (default 60s)
+  --timeout D      bound for each network exchange (default 10s)
+`
+
+const luksRunUsage = `Usage: tether luks run -d DEV --mount DIR [-n NAME] [-o OPTS] [--deadline D] -- CMD [ARG]...
+
+The backup-drive flow: unlock DEV with its bindings, mount it on DIR, run
+CMD in DIR, then unmount and close — also when CMD fails, and when tether
+is interrupted (SIGINT, SIGTERM and SIGHUP go to CMD; cleanup follows when
+it exits). A signal before CMD starts stops the unlock and cleans up.
+
+Options:
+  -d DEV         the LUKS2 device or image file
+  --mount DIR    where to mount it (must exist)
+  -n NAME        the /dev/mapper name (default tether-run-<device>)
+  -o OPTS        mount options, e.g. ro,noatime
+  --deadline D   how long to wait for a binding to answer (default 60s)
+  --timeout D    bound for each network exchange (default 10s)
+
+Exit status: 0 if CMD succeeded; 1 if it failed or the volume could not be
+unlocked (the message says which).
+
+Example:
+  $ tether luks run -d /dev/disk/by-label/offsite --mount /mnt/offsite -- rsync -a /srv/ /mnt/offsite/
+`
