@@ -131,9 +131,9 @@ var ErrNoTPM = errors.New("no TPM")
 // Is makes errors.Is(err, ErrNoTPM) true.
 func (e *NoTPMError) Is(target error) bool { return target == ErrNoTPM }
 
-// dial opens a transport to the TPM t names. Network transports give up
-// after ctx's deadline.
-func dial(ctx context.Context, t TCTI) (transport.TPMCloser, error) {
+// dial opens a transport to the TPM t names, connecting within ctx.
+// Network connections give up at deadline, unless it is zero.
+func dial(ctx context.Context, t TCTI, deadline time.Time) (transport.TPMCloser, error) {
 	switch t.Name {
 	case "device":
 		fi, err := os.Stat(t.Path)
@@ -156,8 +156,8 @@ func dial(ctx context.Context, t TCTI) (transport.TPMCloser, error) {
 		if err != nil {
 			return nil, &NoTPMError{t, err}
 		}
-		if dl, ok := ctx.Deadline(); ok {
-			c.SetDeadline(dl)
+		if !deadline.IsZero() {
+			c.SetDeadline(deadline)
 		}
 		return retrying{&streamTPM{c}}, nil
 	case "mssim":

@@ -44,12 +44,13 @@ func Open(ctx context.Context, tcti string) (*TPM, error) {
 	if err != nil {
 		return nil, err
 	}
-	if _, ok := ctx.Deadline(); !ok {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, dialTimeout)
-		defer cancel()
-	}
-	tr, err := dial(ctx, t)
+	// The caller's deadline, if any, bounds the whole connection; without
+	// one, only connecting is bounded, so a long-lived TPM (an identity
+	// key's signer) keeps working.
+	deadline, _ := ctx.Deadline()
+	dctx, cancel := context.WithTimeout(ctx, dialTimeout)
+	defer cancel()
+	tr, err := dial(dctx, t, deadline)
 	if err != nil {
 		return nil, err
 	}

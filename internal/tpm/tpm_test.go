@@ -6,6 +6,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"strconv"
 	"testing"
 
 	"github.com/google/go-tpm/tpm2"
@@ -105,5 +106,27 @@ func TestPrimaryMatchesTPM2Tools(t *testing.T) {
 		if got := tpm2.Marshal(rsp.OutPublic); !bytes.Equal(got, want) {
 			t.Errorf("%s/%s: primary differs from tpm2-tools':\n got %x\nwant %x", c.hash, c.key, got, want)
 		}
+	}
+}
+
+// TestMssimFraming: swtpm also speaks the simulator's framing on its
+// server port, which is what the mssim TCTI sends.
+func TestMssimFraming(t *testing.T) {
+	sw := tpmtest.Start(t)
+	tp, err := tpm.Open(context.Background(), "mssim:host=127.0.0.1,port="+strconv.Itoa(sw.Port))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tp.Close()
+	if _, err := tp.ReadPCRs("sha256", []int{0, 7}); err != nil {
+		t.Fatal(err)
+	}
+	o := tpm.SealOpts{Hash: "sha256", Key: "ecc", Bank: "sha256", PCRs: []int{7}}
+	pub, priv, err := tp.Seal([]byte("m"), o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := tp.Unseal(pub, priv, o); err != nil || string(got) != "m" {
+		t.Fatalf("unseal = %q, %v", got, err)
 	}
 }
