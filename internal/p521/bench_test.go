@@ -17,11 +17,11 @@ func benchInputs(b *testing.B) (point, scalar []byte) {
 func BenchmarkScalarMult(b *testing.B) {
 	p, s := benchInputs(b)
 	b.ReportAllocs()
-	for b.Loop() {
+	cpuLoop(b, func() {
 		if _, err := ScalarMult(p, s); err != nil {
 			b.Fatal(err)
 		}
-	}
+	})
 }
 
 func BenchmarkScalarBaseMult(b *testing.B) {
@@ -70,33 +70,25 @@ func BenchmarkCryptoECDH(b *testing.B) {
 func BenchmarkFeMul(b *testing.B) {
 	x := fe{1, 2, 3, 4, 5, 6, 7, 8, 9}
 	y := fe{9, 8, 7, 6, 5, 4, 3, 2, 1}
-	for b.Loop() {
-		feMul(&x, &x, &y)
-	}
+	cpuLoop(b, func() { feMul(&x, &x, &y) })
 }
 
 func BenchmarkFeSquare(b *testing.B) {
 	x := fe{1, 2, 3, 4, 5, 6, 7, 8, 9}
-	for b.Loop() {
-		feSquare(&x, &x)
-	}
+	cpuLoop(b, func() { feSquare(&x, &x) })
 }
 
 func BenchmarkDouble(b *testing.B) {
 	var p point
 	p.setAffine(&generator)
-	for b.Loop() {
-		p.double(&p)
-	}
+	cpuLoop(b, func() { p.double(&p) })
 }
 
 func BenchmarkAdd(b *testing.B) {
 	var p, q point
 	p.setAffine(&generator)
 	q.double(&p)
-	for b.Loop() {
-		p.add(&p, &q, false)
-	}
+	cpuLoop(b, func() { p.add(&p, &q, false) })
 }
 
 func BenchmarkInvert(b *testing.B) {

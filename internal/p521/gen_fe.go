@@ -1,11 +1,20 @@
 //go:build ignore
 
 // gen_fe.go writes fe_mul.go: fully unrolled multiplication and squaring
-// modulo p = 2^521 - 1 on nine unsaturated 58-bit limbs. Run with
+// modulo p = 2^521 − 1 on nine unsaturated 58-bit limbs. Run with
 //
 //	go run gen_fe.go
 //
 // from this directory (go generate does it too).
+//
+// Shape of the generated code: the product is computed column by column
+// (product scanning); column k is a 128-bit sum hk:lk of a_i·b_j with
+// i+j = k, plus 2·a_i·b_j with i+j = k+9 (2^522 ≡ 2 mod p), folded in with
+// b_j pre-doubled. Operands are read from memory for every product and the
+// running low word is stored to a stack array after every product: the
+// stores order the loads, which stops the Go scheduler from hoisting all 81
+// independent multiplications to the top of the function and spilling their
+// 162 result words (that version was more than twice as slow).
 package main
 
 import (
@@ -15,6 +24,8 @@ import (
 	"log"
 	"os"
 )
+
+type term struct{ x, y string }
 
 func main() {
 	var b bytes.Buffer
@@ -26,89 +37,64 @@ func main() {
 	w("// feMul sets out = a·b mod p. Inputs must be loose (every limb < 2^61);\n")
 	w("// the output is tight. out may alias a or b.\n")
 	w("func feMul(out, a, b *fe) {\n")
-	for i := 0; i < 9; i++ {
-		w("a%d := a[%d]\n", i, i)
-	}
-	for j := 0; j < 9; j++ {
-		w("b%d := b[%d]\n", j, j)
-	}
+	w("var d [9]uint64\n")
 	for j := 1; j < 9; j++ {
-		w("d%d := b%d << 1\n", j, j)
+		w("d[%d] = b[%d] << 1\n", j, j)
 	}
-	w("var h, l, c uint64\n")
-	for k := 0; k < 9; k++ {
-		type term struct {
-			x, y string
-		}
-		var terms []term
+	emitColumns(w, func(k int) []term {
+		var t []term
 		for i := 0; i < 9; i++ {
-			j := k - i
-			if j >= 0 && j < 9 {
-				terms = append(terms, term{fmt.Sprintf("a%d", i), fmt.Sprintf("b%d", j)})
+			if j := k - i; j >= 0 && j < 9 {
+				t = append(t, term{fmt.Sprintf("a[%d]", i), fmt.Sprintf("b[%d]", j)})
 			}
 		}
 		for i := 0; i < 9; i++ {
-			j := k + 9 - i
-			if j >= 0 && j < 9 {
-				// 2^(58·9) = 2^522 ≡ 2 (mod p)
-				terms = append(terms, term{fmt.Sprintf("a%d", i), fmt.Sprintf("d%d", j)})
+			if j := k + 9 - i; j >= 0 && j < 9 {
+				t = append(t, term{fmt.Sprintf("a[%d]", i), fmt.Sprintf("d[%d]", j)})
 			}
 		}
-		emitColumn(w, k, func(yield func(x, y string)) {
-			for _, t := range terms {
-				yield(t.x, t.y)
-			}
-		})
-	}
+		return t
+	})
 	emitReduce(w)
 	w("}\n\n")
 
-	// Squaring.
+	// Squaring: t = 2a (cross terms), f = 4a (wrapped cross terms).
 	w("// feSquare sets out = a² mod p. The input must be loose (every limb\n")
 	w("// < 2^61); the output is tight. out may alias a.\n")
 	w("func feSquare(out, a *fe) {\n")
-	for i := 0; i < 9; i++ {
-		w("a%d := a[%d]\n", i, i)
+	w("var t, f [9]uint64\n")
+	for j := 1; j < 9; j++ {
+		w("t[%d] = a[%d] << 1\n", j, j)
 	}
-	for i := 1; i < 9; i++ {
-		w("t%d := a%d << 1\n", i, i) // 2·a_i
+	for j := 5; j < 9; j++ {
+		w("f[%d] = a[%d] << 2\n", j, j)
 	}
-	for i := 5; i < 9; i++ {
-		w("f%d := a%d << 2\n", i, i) // 4·a_i
-	}
-	w("var h, l, c uint64\n")
-	for k := 0; k < 9; k++ {
-		var xs, ys []string
-		// Unwrapped: i+j = k.
+	emitColumns(w, func(k int) []term {
+		var t []term
 		for i := 0; i < 9; i++ {
 			j := k - i
 			if j < i || j >= 9 {
 				continue
 			}
 			if i == j {
-				xs, ys = append(xs, fmt.Sprintf("a%d", i)), append(ys, fmt.Sprintf("a%d", i))
+				t = append(t, term{fmt.Sprintf("a[%d]", i), fmt.Sprintf("a[%d]", i)})
 			} else {
-				xs, ys = append(xs, fmt.Sprintf("a%d", i)), append(ys, fmt.Sprintf("t%d", j))
+				t = append(t, term{fmt.Sprintf("a[%d]", i), fmt.Sprintf("t[%d]", j)})
 			}
 		}
-		// Wrapped: i+j = k+9, weight doubled.
 		for i := 0; i < 9; i++ {
 			j := k + 9 - i
 			if j < i || j >= 9 {
 				continue
 			}
 			if i == j {
-				xs, ys = append(xs, fmt.Sprintf("a%d", i)), append(ys, fmt.Sprintf("t%d", j))
+				t = append(t, term{fmt.Sprintf("a[%d]", i), fmt.Sprintf("t[%d]", j)})
 			} else {
-				xs, ys = append(xs, fmt.Sprintf("a%d", i)), append(ys, fmt.Sprintf("f%d", j))
+				t = append(t, term{fmt.Sprintf("a[%d]", i), fmt.Sprintf("f[%d]", j)})
 			}
 		}
-		emitColumn(w, k, func(yield func(x, y string)) {
-			for n := range xs {
-				yield(xs[n], ys[n])
-			}
-		})
-	}
+		return t
+	})
 	emitReduce(w)
 	w("}\n")
 
@@ -122,39 +108,43 @@ func main() {
 	}
 }
 
-// emitColumn accumulates the 128-bit column sum hK:lK.
-func emitColumn(w func(string, ...any), k int, terms func(func(x, y string))) {
-	first := true
-	terms(func(x, y string) {
-		if first {
-			w("h%d, l%d := bits.Mul64(%s, %s)\n", k, k, x, y)
-			first = false
-			return
+// emitColumns accumulates each column into acc[2k] (low) and acc[2k+1]
+// (high).
+func emitColumns(w func(string, ...any), terms func(k int) []term) {
+	w("var acc [18]uint64\n")
+	w("var h, l, c, hk, lk uint64\n")
+	for k := 0; k < 9; k++ {
+		for n, t := range terms(k) {
+			if n == 0 {
+				w("hk, lk = bits.Mul64(%s, %s)\n", t.x, t.y)
+			} else {
+				w("h, l = bits.Mul64(%s, %s)\n", t.x, t.y)
+				w("lk, c = bits.Add64(lk, l, 0)\n")
+				w("hk, _ = bits.Add64(hk, h, c)\n")
+			}
+			w("acc[%d] = lk\n", 2*k)
 		}
-		w("h, l = bits.Mul64(%s, %s)\n", x, y)
-		w("l%d, c = bits.Add64(l%d, l, 0)\n", k, k)
-		w("h%d, _ = bits.Add64(h%d, h, c)\n", k, k)
-	})
+		w("acc[%d], acc[%d] = lk, hk\n", 2*k, 2*k+1)
+	}
 }
 
 // emitReduce carries the nine 128-bit columns into tight limbs. Column k has
 // weight 2^(58k); the top limb keeps 57 bits and its carry, of weight 2^521,
-// folds back into limb 0 since 2^521 ≡ 1 (mod p).
+// folds back into limb 0 since 2^521 ≡ 1 (mod p). Every column is below
+// 17·2^122 < 2^127, so the carries fit the 128-bit arithmetic.
 func emitReduce(w func(string, ...any)) {
+	w("l0, h0 := acc[0], acc[1]\n")
 	for k := 0; k < 9; k++ {
-		shift := 58
-		mask := "mask58"
+		shift, mask := 58, "mask58"
 		if k == 8 {
 			shift, mask = 57, "mask57"
 		}
 		w("r%d := l%d & %s\n", k, k, mask)
+		w("l, h = l%d>>%d|h%d<<%d, h%d>>%d\n", k, shift, k, 64-shift, k, shift)
 		if k < 8 {
-			// (h:l) >> 58 added into column k+1
-			w("l, h = l%d>>%d|h%d<<%d, h%d>>%d\n", k, shift, k, 64-shift, k, shift)
-			w("l%d, c = bits.Add64(l%d, l, 0)\n", k+1, k+1)
-			w("h%d, _ = bits.Add64(h%d, h, c)\n", k+1, k+1)
+			w("l%d, c := bits.Add64(acc[%d], l, 0)\n", k+1, 2*k+2)
+			w("h%d, _ := bits.Add64(acc[%d], h, c)\n", k+1, 2*k+3)
 		} else {
-			w("l, h = l%d>>%d|h%d<<%d, h%d>>%d\n", k, shift, k, 64-shift, k, shift)
 			w("r0, c = bits.Add64(r0, l, 0)\n")
 			w("h += c\n")
 			w("r1 += r0>>58 | h<<6\n")

@@ -41,9 +41,9 @@ func pointSelect(out, a, b *point, mask uint64) {
 // point at infinity (Z ≡ 0) maps to Z3 ≡ 0. r may alias p.
 func (r *point) double(p *point) {
 	var delta, gamma, beta, alpha, t0, t1, t2 fe
-	feSquare(&delta, &p.z)       // δ = Z²
-	feSquare(&gamma, &p.y)       // γ = Y²
-	feMul(&beta, &p.x, &gamma)   // β = X·γ
+	feSquare(&delta, &p.z)        // δ = Z²
+	feSquare(&gamma, &p.y)        // γ = Y²
+	feMul(&beta, &p.x, &gamma)    // β = X·γ
 	feSubLoose(&t0, &p.x, &delta) // X − δ
 	feAddLoose(&t1, &p.x, &delta) // X + δ
 	feMul(&alpha, &t0, &t1)

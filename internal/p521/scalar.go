@@ -74,7 +74,7 @@ func (s *scalar) recode() (mag [windows]uint8, neg [windows]uint64) {
 		if sh > 59 && q+1 < len(s) {
 			v |= s[q+1] << (64 - sh)
 		}
-		w := v&31 + carry   // 0..32
+		w := v&31 + carry      // 0..32
 		carry = (16 - w) >> 63 // 1 iff w > 16
 		d := w - carry<<5      // two's complement digit in [−15, 16]
 		sign := -(d >> 63)     // all ones iff negative
