@@ -119,6 +119,13 @@ Pins:
   sss    Shamir's secret sharing: any t of the child pins decrypt.
          CONFIG: {"t":2,"pins":{"tang":[{"url":..},{"url":..}],...}}
          Children decrypt in parallel, each with its own timeout.
+  tpm2   sealed to this machine's TPM, optionally to PCR values, so a
+         pulled disk or a changed boot chain gets nothing.
+         CONFIG: {"pcr_bank":"sha256","pcr_ids":"0,7"} (both optional;
+         the bank defaults to sha256; {} seals without PCR policy).
+         The TPM is /dev/tpmrm0 unless TETHER_TPM_TCTI or TPM2TOOLS_TCTI
+         names another (e.g. swtpm:host=127.0.0.1,port=2321); see
+         docs/TPM2.md.
   https  the key is derived from material fetched from an HTTPS URL.
          CONFIG: {"url":URL, "pin_sha256":PIN | "ca_file":FILE,
                   "cert_file":FILE, "key_file":FILE, "token_file":FILE}
