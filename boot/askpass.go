@@ -92,7 +92,7 @@ type Agent struct {
 	// Idle makes Run return after that long without any ask file (so a
 	// path unit can start the agent again); 0 means never.
 	Idle time.Duration
-	Log       *log.Logger
+	Log  *log.Logger
 
 	mu       sync.Mutex
 	seen     map[string]bool // ask files taken up

@@ -14,6 +14,7 @@ test_pkgs=(
   curl socat e2fsprogs util-linux systemd swtpm swtpm-tools tpm2-tools clevis-tpm2
   samba smbclient
   postgresql
+  qemu-system-x86 linux-image-amd64 busybox-static
 )
 
 missing=()
