@@ -175,4 +175,3 @@ kill $kpid
 	}
 	return s
 }
-
