@@ -17,9 +17,6 @@ import (
 type Runner struct {
 	// Path is the cryptsetup binary; empty means "cryptsetup" on PATH.
 	Path string
-	// Progress, if set, receives cryptsetup's progress output of long
-	// operations (reencrypt).
-	Progress io.Writer
 }
 
 // CryptsetupError is a failed cryptsetup run.
@@ -62,7 +59,14 @@ func (r *Runner) path() string {
 // run runs cryptsetup with stdin (may be nil) and, if fd3 is not nil, a
 // pipe carrying fd3 as file descriptor 3. It returns stdout.
 func (r *Runner) run(ctx context.Context, stdin, fd3 []byte, progress io.Writer, args ...string) ([]byte, error) {
+	return r.runIn(ctx, "", stdin, fd3, progress, args...)
+}
+
+// runIn is run in working directory dir (reencrypt writes temporary
+// header files into its working directory).
+func (r *Runner) runIn(ctx context.Context, dir string, stdin, fd3 []byte, progress io.Writer, args ...string) ([]byte, error) {
 	cmd := exec.CommandContext(ctx, r.path(), args...)
+	cmd.Dir = dir
 	cmd.Env = append(os.Environ(), "LC_ALL=C")
 	if stdin != nil {
 		cmd.Stdin = bytes.NewReader(stdin)
@@ -239,25 +243,31 @@ func (r *Runner) Format(ctx context.Context, dev string, key []byte, o FormatOpt
 
 // EncryptInPlace starts offline encryption of dev's existing data, with key
 // in keyslot 0. The last reduce bytes of dev must be unused: the data moves
-// to make room for the header. Progress goes to r.Progress.
-func (r *Runner) EncryptInPlace(ctx context.Context, dev string, key []byte, reduce string, o FormatOptions) error {
+// to make room for the header. cryptsetup runs in dir, where it keeps a
+// temporary header. Progress goes to progress.
+func (r *Runner) EncryptInPlace(ctx context.Context, dev, dir string, key []byte, reduce string, o FormatOptions, progress io.Writer) error {
 	args := append([]string{"reencrypt", "--encrypt", "--batch-mode", "--type", "luks2",
 		"--reduce-device-size", reduce, "--key-slot", "0", "--key-file", "-", "--progress-frequency", "1"}, o.args()...)
-	_, err := r.run(ctx, key, nil, r.Progress, append(args, dev)...)
+	_, err := r.runIn(ctx, dir, key, nil, progress, append(args, dev)...)
 	return err
 }
 
-// ResumeReencrypt finishes an interrupted reencryption of dev.
-func (r *Runner) ResumeReencrypt(ctx context.Context, dev string, slot int, key []byte) error {
-	_, err := r.run(ctx, key, nil, r.Progress, "reencrypt", "--resume-only", "--batch-mode",
-		"--key-slot", strconv.Itoa(slot), "--key-file", "-", "--progress-frequency", "1", dev)
+// ResumeReencrypt finishes an interrupted reencryption of dev. offline
+// must be set for image files: cryptsetup cannot tell whether a file is
+// in use and refuses to guess.
+func (r *Runner) ResumeReencrypt(ctx context.Context, dev, dir string, slot int, key []byte, offline bool, progress io.Writer) error {
+	args := []string{"reencrypt", "--resume-only", "--batch-mode", "--key-slot", strconv.Itoa(slot), "--key-file", "-", "--progress-frequency", "1"}
+	if offline {
+		args = append(args, "--force-offline-reencrypt")
+	}
+	_, err := r.runIn(ctx, dir, key, nil, progress, append(args, dev)...)
 	return err
 }
 
-// Repair runs cryptsetup repair (it recovers an interrupted reencryption's
-// metadata after a crash, before it can be resumed).
-func (r *Runner) Repair(ctx context.Context, dev string, slot int, key []byte) error {
-	_, err := r.run(ctx, key, nil, nil, "repair", "--batch-mode", "--key-slot", strconv.Itoa(slot), "--key-file", "-", dev)
+// Repair runs cryptsetup repair, which recovers the metadata of a
+// reencryption that was killed, so that it can be resumed.
+func (r *Runner) Repair(ctx context.Context, dev string, key []byte) error {
+	_, err := r.run(ctx, key, nil, nil, "repair", "--batch-mode", "--key-file", "-", dev)
 	return err
 }
 
@@ -309,6 +319,8 @@ func (r *Runner) VolumeKey(ctx context.Context, dev string, slot int, key []byte
 // DeviceMapperAvailable reports whether this kernel can activate mappings
 // (cryptsetup open); without it tether can still verify keys.
 func DeviceMapperAvailable() bool {
-	_, err := os.Stat("/dev/mapper/control")
-	return err == nil
+	// /dev/mapper/control may exist without a driver behind it
+	// (libdevmapper creates the node); the kernel lists the driver.
+	misc, err := os.ReadFile("/proc/misc")
+	return err == nil && strings.Contains(string(misc), " device-mapper\n")
 }

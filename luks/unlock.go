@@ -208,4 +208,4 @@ func tangLeaves(j *jose.JWE) []tangLeaf {
 }
 
 // ErrNoDeviceMapper explains why a volume cannot be opened here.
-var ErrNoDeviceMapper = errors.New("device-mapper is not available on this system (no /dev/mapper/control), so the volume cannot be opened")
+var ErrNoDeviceMapper = errors.New("device-mapper is not available on this system (the kernel lists no device-mapper in /proc/misc), so the volume cannot be opened")

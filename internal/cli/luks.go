@@ -431,6 +431,119 @@ func init() {
 	})
 }
 
+func init() {
+	register(&command{
+		name:    "luks encrypt",
+		summary: "encrypt a filesystem in place and bind it (resumable)",
+		usage:   luksEncryptUsage,
+		flags: func(fs *flag.FlagSet) func(*Env, []string) error {
+			lf := addLuksFlags(fs)
+			trust := fs.Bool("y", false, "")
+			force := fs.Bool("force", false, "")
+			return func(env *Env, args []string) error {
+				v, err := lf.volume(env)
+				if err != nil {
+					return err
+				}
+				name, cfg, err := pinConfig(args)
+				if err != nil {
+					return err
+				}
+				v.PinOptions.Trust = *trust
+				slot, err := v.Encrypt(context.Background(), luks.EncryptOptions{
+					Pin: name, Config: cfg, Force: *force, Recovery: env.Stdout, Progress: env.Stderr,
+				})
+				if err != nil {
+					var ne *luks.ErrNotEncryptable
+					if errors.As(err, &ne) && ne.Hint != "" {
+						return withHint(err, "%s", ne.Hint)
+					}
+					if !errors.Is(err, luks.ErrLUKS1) && !errors.Is(err, os.ErrNotExist) {
+						return withHint(err, "run the same command again: it resumes where it stopped")
+					}
+					return luksError(err, v.Path)
+				}
+				fmt.Fprintf(env.Stderr, "tether: %s is encrypted and bound (keyslot %d); the recovery passphrase is on stdout: write it down, it is not shown again\n", v.Path, slot)
+				return nil
+			}
+		},
+	})
+	register(&command{
+		name:    "luks create",
+		summary: "create a new bound LUKS2 container file",
+		usage:   luksCreateUsage,
+		flags: func(fs *flag.FlagSet) func(*Env, []string) error {
+			lf := addLuksFlags(fs)
+			trust := fs.Bool("y", false, "")
+			size := fs.String("size", "", "")
+			fsType := fs.String("fs", "", "")
+			return func(env *Env, args []string) error {
+				if len(args) != 3 {
+					return usagef("want FILE PIN CONFIG")
+				}
+				*lf.dev = args[0]
+				v, err := lf.volume(env)
+				if err != nil {
+					return err
+				}
+				name, cfg, err := pinConfig(args[1:])
+				if err != nil {
+					return err
+				}
+				if *size == "" {
+					return usagef("how big? give the size with --size, e.g. --size 1G")
+				}
+				n, err := parseSize(*size)
+				if err != nil {
+					return usagef("--size %s: %v", *size, err)
+				}
+				v.PinOptions.Trust = *trust
+				slot, err := v.Create(context.Background(), luks.CreateOptions{
+					Size: n, FS: *fsType, Pin: name, Config: cfg, Recovery: env.Stdout, Progress: env.Stderr,
+				})
+				if err != nil {
+					if errors.Is(err, os.ErrExist) {
+						return withHint(err, "create never overwrites: choose a new file name, or bind an existing volume with tether luks bind")
+					}
+					return luksError(err, v.Path)
+				}
+				fmt.Fprintf(env.Stderr, "tether: created %s, bound in keyslot %d; the recovery passphrase is on stdout: write it down, it is not shown again\n", v.Path, slot)
+				return nil
+			}
+		},
+	})
+}
+
+// parseSize parses sizes like 4096, 512K, 128M, 1G, 2T (powers of 1024;
+// an optional "iB" or "B" suffix is accepted).
+func parseSize(s string) (int64, error) {
+	t := strings.TrimSuffix(strings.TrimSuffix(strings.ToUpper(s), "B"), "I")
+	mult := int64(1)
+	if t != "" {
+		switch t[len(t)-1] {
+		case 'K':
+			mult = 1 << 10
+		case 'M':
+			mult = 1 << 20
+		case 'G':
+			mult = 1 << 30
+		case 'T':
+			mult = 1 << 40
+		}
+		if mult > 1 {
+			t = t[:len(t)-1]
+		}
+	}
+	var n int64
+	if _, err := fmt.Sscan(t, &n); err != nil || n <= 0 || fmt.Sprint(n) != t {
+		return 0, errors.New("not a size (examples: 512M, 4G)")
+	}
+	if n > (1<<62)/mult {
+		return 0, errors.New("too large")
+	}
+	return n * mult, nil
+}
+
 func withListHint(err error, dev string) error {
 	if _, ok := err.(hintError); ok {
 		return err
@@ -610,4 +723,57 @@ Options:
 Examples:
   $ sudo tether luks unlock -d /dev/sda2 -n data && mount /dev/mapper/data /srv
   $ tether luks unlock -d disk.img --test
+`
+
+const luksEncryptUsage = `Usage: tether luks encrypt -d DEV [-y] [--force] PIN CONFIG
+
+Encrypt an existing filesystem or partition in place and bind it: tether
+runs cryptsetup reencrypt --encrypt --reduce-device-size 32M under a
+temporary key, adds a recovery passphrase, binds the volume to PIN, removes
+the temporary key and prints the recovery passphrase on stdout, once.
+Progress goes to stderr.
+
+The last 32 MiB of DEV must be unused (the data moves to make room for the
+LUKS2 header): for ext2/3/4 tether checks it and says how to shrink the
+filesystem (resize2fs); other content needs --force after you made room.
+DEV must not be mounted.
+
+Resumable: if the encryption is interrupted (power loss, kill), run the
+same command again: it resumes the encryption (running cryptsetup's crash
+recovery when needed) or finishes the remaining steps. Until then the
+temporary key and the recovery passphrase are kept in the state directory
+(root only) and removed when done.
+
+Options:
+  -y              trust the Tang advertisement without a thumbprint
+  --force         do not check that the last 32 MiB are free
+` + luksCommon + `
+Security: keep a backup. The recovery passphrase has 160 random bits; it
+gets a PBKDF2 keyslot like the machine keys (its entropy makes stretching
+pointless), so keep it as secret as the data.
+
+Examples:
+  $ sudo e2fsck -f /dev/sdb1 && sudo resize2fs /dev/sdb1 900M   # a 1 GiB partition
+  $ sudo tether luks encrypt -d /dev/sdb1 tang '{"url":"http://keys.lan","thp":"9C8h..."}' > recovery.txt
+`
+
+const luksCreateUsage = `Usage: tether luks create FILE --size SIZE [--fs ext4] [-y] PIN CONFIG
+
+Create a new LUKS2 container file of SIZE bytes (suffixes K, M, G, T),
+bound to PIN, with a recovery passphrase printed on stdout, once. FILE
+must not exist; it is created with mode 0600.
+
+With --fs ext4 the container gets an ext4 filesystem. With device-mapper
+tether opens the new volume and runs mkfs.ext4 inside; without it (some
+containers and VMs) tether makes the filesystem in the plain file first and
+encrypts it in place, which writes the whole file once (see tether luks
+encrypt; an interrupted run resumes with tether luks encrypt -d FILE).
+
+Options:
+  --size SIZE     the size of the file (required; at least 64M)
+  --fs ext4       make an ext4 filesystem inside
+  -y              trust the Tang advertisement without a thumbprint
+` + luksCommon + `
+Example:
+  $ tether luks create cloud_container.img --size 2G --fs ext4 tang '{"url":"http://keys.lan"}' -y > recovery.txt
 `
