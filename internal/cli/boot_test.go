@@ -1,0 +1,202 @@
+package cli_test
+
+import (
+	"context"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/tether-nbde/tether/internal/testenv"
+	"github.com/tether-nbde/tether/test/vm"
+)
+
+// TestInstallSystemdUnitsVerify: the shipped units pass systemd-analyze
+// verify, and are enabled the way systemctl enable would.
+func TestInstallSystemdUnitsVerify(t *testing.T) {
+	sa := testenv.RequireCmd(t, "systemd-analyze")
+	bin := testenv.TetherBin(t)
+	root := t.TempDir()
+	out, errOut, code := testenv.Run(t, nil, bin, "install", "systemd", "--root", root, "--bin", bin, "--volume", "backup")
+	if code != 0 {
+		t.Fatalf("install: %s", errOut)
+	}
+	dir := filepath.Join(root, "etc/systemd/system")
+	for _, f := range []string{"tether-keyd.socket", "tether-keyd.service", "tether-askpass.path", "tether-askpass.service",
+		"systemd-cryptsetup@.service.d/tether.conf", "tether-keyd.socket.d/volumes.conf", "cryptsetup.target.wants/tether-keyd.socket"} {
+		if !strings.Contains(string(out), filepath.Join(dir, f)) {
+			t.Errorf("install did not list %s", f)
+		}
+		if _, err := os.Lstat(filepath.Join(dir, f)); err != nil {
+			t.Error(err)
+		}
+	}
+	svc, _ := os.ReadFile(filepath.Join(dir, "tether-keyd.service"))
+	if !strings.Contains(string(svc), "ExecStart="+bin+" keyd") {
+		t.Errorf("ExecStart does not run %s:\n%s", bin, svc)
+	}
+	if strings.Contains(string(svc), "\nAfter=network-online.target") {
+		t.Error("keyd must not be ordered after network-online.target (it would deadlock local volumes)")
+	}
+	cmd := exec.Command(sa, "verify", "tether-keyd.socket", "tether-keyd.service", "tether-askpass.path", "tether-askpass.service")
+	cmd.Dir = dir
+	if out, err := cmd.CombinedOutput(); err != nil || len(strings.TrimSpace(string(out))) > 0 {
+		t.Errorf("systemd-analyze verify: %v\n%s", err, out)
+	}
+	// Installing again replaces, it does not fail.
+	if _, errOut, code := testenv.Run(t, nil, bin, "install", "systemd", "--root", root, "--bin", bin); code != 0 {
+		t.Errorf("second install: %s", errOut)
+	}
+}
+
+// TestInstallInitramfsScripts: the dracut module and the initramfs-tools
+// scripts are valid shell, executable, and run this tether.
+func TestInstallInitramfsScripts(t *testing.T) {
+	bin := testenv.TetherBin(t)
+	for _, target := range []string{"dracut", "initramfs-tools"} {
+		root := t.TempDir()
+		out, errOut, code := testenv.Run(t, nil, bin, "install", target, "--root", root, "--bin", "/usr/bin/tether")
+		if code != 0 {
+			t.Fatalf("install %s: %s", target, errOut)
+		}
+		for _, f := range strings.Fields(string(out)) {
+			fi, err := os.Stat(f)
+			if err != nil {
+				t.Fatal(err)
+			}
+			data, _ := os.ReadFile(f)
+			if strings.Contains(string(data), "@BIN@") {
+				t.Errorf("%s: @BIN@ not replaced", f)
+			}
+			if !strings.HasPrefix(string(data), "#!") {
+				continue
+			}
+			if fi.Mode()&0o111 == 0 {
+				t.Errorf("%s is not executable", f)
+			}
+			shell := "sh" // initramfs-tools and dracut hooks run under /bin/sh (dash)
+			if strings.HasPrefix(string(data), "#!/bin/bash") {
+				shell = "bash"
+			}
+			if out, err := exec.Command(shell, "-n", f).CombinedOutput(); err != nil {
+				t.Errorf("%s -n %s: %v\n%s", shell, f, err, out)
+			}
+		}
+	}
+	if _, errOut, code := testenv.Run(t, nil, bin, "install", "grub"); code != 2 || !strings.Contains(string(errOut), "unknown command") && !strings.Contains(string(errOut), "needs a subcommand") {
+		t.Errorf("install grub: exit %d: %s", code, errOut)
+	}
+}
+
+// TestKeydSocketActivated: keyd started by systemd-socket-activate (the
+// LISTEN_FDS protocol of tether-keyd.socket) serves a bound image's key to
+// a client that speaks systemd-cryptsetup's side of the protocol.
+func TestKeydSocketActivated(t *testing.T) {
+	ssa := testenv.RequireCmd(t, "systemd-socket-activate")
+	testenv.RequireCmd(t, "cryptsetup")
+	dir := t.TempDir()
+	srv := testenv.StartServer(t, "")
+	bin := testenv.TetherBin(t)
+	img := filepath.Join(dir, "data.img")
+	os.WriteFile(img, nil, 0o600)
+	os.Truncate(img, 20<<20)
+	if _, e, c := testenv.Run(t, []byte("recovery"), "cryptsetup", "luksFormat", "--type", "luks2", "--batch-mode",
+		"--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000", "--key-file", "-", img); c != 0 {
+		t.Fatal(string(e))
+	}
+	vm.BindTang(t, bin, img, "recovery", srv.URL, vm.FetchAdv(t, srv.URL), 1)
+	tab := filepath.Join(dir, "crypttab")
+	line, errOut, code := testenv.Run(t, nil, bin, "crypttab", "-d", img, "-n", "data", "--socket", filepath.Join(dir, "keyd.sock"))
+	if code != 0 {
+		t.Fatalf("crypttab: %s", errOut)
+	}
+	os.WriteFile(tab, line, 0o644)
+
+	sock := filepath.Join(dir, "keyd.sock")
+	var logs testenv.SyncBuffer
+	cmd := exec.Command(ssa, "-l", sock, bin, "keyd", "--crypttab", tab, "--deadline", "3s")
+	cmd.Stdout, cmd.Stderr = &logs, &logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	for i := 0; i < 100; i++ {
+		if _, err := os.Stat(sock); err == nil {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	// The client's end bound to the abstract name, as systemd-cryptsetup does.
+	laddr := &net.UnixAddr{Name: "@0123456789abcdef/cryptsetup/data", Net: "unix"}
+	c, err := net.DialUnix("unix", laddr, &net.UnixAddr{Name: sock, Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.CloseWrite()
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	var key []byte
+	buf := make([]byte, 256)
+	for {
+		n, err := c.Read(buf)
+		key = append(key, buf[:n]...)
+		if err != nil {
+			break
+		}
+	}
+	c.Close()
+	if _, e, c := testenv.Run(t, key, "cryptsetup", "open", "--test-passphrase", "--key-slot", "1", "--key-file", "-", img); c != 0 {
+		t.Fatalf("served key %q does not open keyslot 1: %s\nkeyd log:\n%s", key, e, logs.String())
+	}
+	waitFor(t, func() bool { return strings.Contains(logs.String(), `keyd: volume "data": key sent`) }, logs.String)
+}
+
+func waitFor(t *testing.T, ok func() bool, log func() string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	for !ok() {
+		if ctx.Err() != nil {
+			t.Fatalf("timed out; log:\n%s", log())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestCrypttabWrite: the crypttab line names the volume's LUKS UUID (a
+// path for an image) and the keyd socket; --write replaces the volume's
+// line and keeps everything else.
+func TestCrypttabWrite(t *testing.T) {
+	testenv.RequireCmd(t, "cryptsetup")
+	bin := testenv.TetherBin(t)
+	dir := t.TempDir()
+	img := filepath.Join(dir, "d.img")
+	os.WriteFile(img, nil, 0o600)
+	os.Truncate(img, 20<<20)
+	if _, e, c := testenv.Run(t, []byte("x"), "cryptsetup", "luksFormat", "--type", "luks2", "--batch-mode",
+		"--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000", "--key-file", "-", img); c != 0 {
+		t.Fatal(string(e))
+	}
+	tab := filepath.Join(dir, "crypttab")
+	os.WriteFile(tab, []byte("# keep me\nswap /dev/sdb2 /dev/urandom swap\ndata /dev/old none luks\nother UUID=1 none luks\n"), 0o600)
+	if _, errOut, code := testenv.Run(t, nil, bin, "crypttab", "-d", img, "-n", "data", "--write", tab); code != 0 {
+		t.Fatalf("%s", errOut)
+	}
+	got, _ := os.ReadFile(tab)
+	want := "# keep me\nswap /dev/sdb2 /dev/urandom swap\ndata\t" + img + "\t/run/tether/keyd.sock\tluks,_netdev\nother UUID=1 none luks\n"
+	if string(got) != want {
+		t.Errorf("crypttab:\n%s\nwant:\n%s", got, want)
+	}
+	if fi, _ := os.Stat(tab); fi.Mode().Perm() != 0o600 {
+		t.Errorf("mode changed to %v", fi.Mode())
+	}
+	out, _, _ := testenv.Run(t, nil, bin, "crypttab", "-d", img, "-n", "root", "--root")
+	if !strings.HasSuffix(strings.TrimSpace(string(out)), "none\tluks,initramfs") {
+		t.Errorf("--root: %q", out)
+	}
+	if _, errOut, code := testenv.Run(t, nil, bin, "crypttab", "-d", filepath.Join(dir, "nope"), "-n", "x"); code != 1 || !strings.Contains(string(errOut), "hint:") {
+		t.Errorf("missing device: exit %d %s", code, errOut)
+	}
+}
