@@ -30,6 +30,8 @@ type Config struct {
 	Log     *slog.Logger
 	// Ready, if set, receives the bound address once the server listens.
 	Ready func(addr net.Addr)
+	// Managed configures managed mode (managed.go); the zero value is off.
+	Managed ManagedConfig
 }
 
 // KeyDir returns the directory that holds the Tang keys under a data dir.
@@ -70,8 +72,13 @@ func Run(ctx context.Context, cfg Config) error {
 			ts.ServeHTTP(w, r)
 		}
 	})
+	hh, stopManaged, err := startManaged(ctx, &cfg, log, h)
+	if err != nil {
+		return err
+	}
+	defer stopManaged()
 	srv := &http.Server{
-		Handler:           h,
+		Handler:           hh,
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       30 * time.Second,
 		WriteTimeout:      30 * time.Second,

@@ -242,7 +242,15 @@ func (s *sqlStore) PendingApprovals(ctx context.Context, now time.Time) ([]*Appr
 }
 
 func (s *sqlStore) DecideApproval(ctx context.Context, id, state string) error {
-	res, err := s.db.ExecContext(ctx, `UPDATE approvals SET state=$1 WHERE id=$2 AND state='pending'`, state, id)
+	return s.moveApproval(ctx, id, "pending", state)
+}
+
+func (s *sqlStore) UseApproval(ctx context.Context, id string) error {
+	return s.moveApproval(ctx, id, "approved", "used")
+}
+
+func (s *sqlStore) moveApproval(ctx context.Context, id, from, to string) error {
+	res, err := s.db.ExecContext(ctx, `UPDATE approvals SET state=$1 WHERE id=$2 AND state=$3`, to, id, from)
 	if err != nil {
 		return err
 	}

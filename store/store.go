@@ -145,6 +145,9 @@ type Store interface {
 	// DecideApproval moves a pending approval to state; ErrConflict if it
 	// was already decided.
 	DecideApproval(ctx context.Context, id, state string) error
+	// UseApproval moves an approved approval to "used": one approval
+	// releases one unlock. ErrConflict if it is not (or no longer) approved.
+	UseApproval(ctx context.Context, id string) error
 
 	// AppendAudit sets r.Seq and r.Prev to extend the chain and stores r,
 	// atomically with respect to every other appender (also on other

@@ -288,6 +288,12 @@ func testStore(t *testing.T, open func(t *testing.T) Store) {
 		if got, _ := s.Approval(ctx, "a1"); got.State != "approved" {
 			t.Fatalf("state %q", got.State)
 		}
+		if err := s.UseApproval(ctx, "a1"); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.UseApproval(ctx, "a1"); !errors.Is(err, ErrConflict) {
+			t.Fatalf("second use of an approval: %v", err)
+		}
 		if err := s.DecideApproval(ctx, "nope", "approved"); !errors.Is(err, ErrNotFound) {
 			t.Fatal(err)
 		}
