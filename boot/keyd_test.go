@@ -170,7 +170,7 @@ func TestKeyServerProtocol(t *testing.T) {
 	for _, want := range []string{
 		`volume "down": no key sent after 1.5`,
 		"gave up because the deadline passed; last error: tang(http://10.9.9.9): connection refused",
-		`volume "plain": no key sent`, "no clevis bindings",
+		`volume "plain": no key sent`, "no clevis or tether bindings",
 		`volume "stranger": no key sent`, "is not in " + tab,
 		`volume "a": key sent (token 0, keyslot 1)`,
 	} {

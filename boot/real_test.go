@@ -153,7 +153,7 @@ func TestAgentAnswers(t *testing.T) {
 	if n, err := cp.Read(buf); err == nil {
 		t.Errorf("the unbound volume got an answer %q", buf[:n])
 	}
-	if l := logs.String(); !strings.Contains(l, "cryptsetup:"+plain+": no answer sent") || !strings.Contains(l, "no clevis bindings") {
+	if l := logs.String(); !strings.Contains(l, "cryptsetup:"+plain+": no answer sent") || !strings.Contains(l, "no clevis or tether bindings") {
 		t.Errorf("log:\n%s", l)
 	}
 }

@@ -1,17 +1,14 @@
 package boot
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"os/exec"
+	"io/fs"
 	"sort"
-	"strconv"
 	"strings"
 
-	"github.com/tether-nbde/tether/jose"
+	"github.com/tether-nbde/tether/luks"
 	"github.com/tether-nbde/tether/pin"
 )
 
@@ -45,84 +42,35 @@ func IsPermanent(err error) bool {
 }
 
 // ErrNotBound means a device has no tether or clevis bindings.
-var ErrNotBound = errors.New("no clevis bindings in the LUKS2 header")
+var ErrNotBound = errors.New("no clevis or tether bindings in the LUKS2 header")
 
-// TokenRecoverer reads a device's LUKS2 tokens with cryptsetup and decrypts
-// every clevis token at once; the first that decrypts wins. It reads the
-// token format of docs (clevis's): {"type":"clevis","keyslots":["N"],
-// "jwe":{flattened JWE}}.
+// TokenRecoverer reads a device's LUKS2 header (in pure Go, with the luks
+// package) and decrypts every binding at once — clevis tokens and tether's
+// own — the first that decrypts wins. Tokens of keyslots that are not in
+// use (the leftovers of an interrupted bind) are not bindings.
 type TokenRecoverer struct {
-	Cryptsetup string      // path of cryptsetup; "" means "cryptsetup" on PATH
-	Options    pin.Options // passed to every pin
+	Options pin.Options // passed to every pin
 }
 
-// Binding is one clevis token of a volume.
-type Binding struct {
-	Token int
-	Slot  int
-	JWE   *jose.JWE
-}
-
-type luksMetadata struct {
-	Tokens map[string]json.RawMessage `json:"tokens"`
-}
-
-type clevisToken struct {
-	Type     string          `json:"type"`
-	Keyslots []string        `json:"keyslots"`
-	JWE      json.RawMessage `json:"jwe"`
-}
-
-// Bindings lists the clevis tokens of device, in token order.
-func (r TokenRecoverer) Bindings(ctx context.Context, device string) ([]Binding, error) {
-	cs := r.Cryptsetup
-	if cs == "" {
-		cs = "cryptsetup"
-	}
-	var stdout, stderr bytes.Buffer
-	cmd := exec.CommandContext(ctx, cs, "luksDump", "--dump-json-metadata", device)
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	if err := cmd.Run(); err != nil {
-		msg := strings.TrimSpace(stderr.String())
-		if _, ok := err.(*exec.ExitError); ok && ctx.Err() == nil {
-			// cryptsetup ran and refused: not LUKS2, or unreadable.
-			return nil, &PermanentError{fmt.Errorf("read LUKS2 header of %s: %s", device, msg)}
+// Bindings lists the readable bindings of device.
+func (r TokenRecoverer) Bindings(ctx context.Context, device string) ([]luks.Binding, error) {
+	h, err := luks.ReadHeaderFile(device)
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil, err // it may still appear
 		}
-		return nil, fmt.Errorf("read LUKS2 header of %s: %v %s", device, err, msg)
+		return nil, &PermanentError{fmt.Errorf("read LUKS2 header: %w", err)}
 	}
-	var md luksMetadata
-	if err := json.Unmarshal(stdout.Bytes(), &md); err != nil {
-		return nil, &PermanentError{fmt.Errorf("read LUKS2 header of %s: metadata is not JSON: %v", device, err)}
+	if h.Reencrypting() {
+		return nil, &PermanentError{fmt.Errorf("%s: %w", device, luks.ErrReencrypting)}
 	}
-	var out []Binding
-	for id, raw := range md.Tokens {
-		var tok clevisToken
-		if json.Unmarshal(raw, &tok) != nil || tok.Type != "clevis" || len(tok.Keyslots) == 0 {
-			continue
+	var out []luks.Binding
+	for _, b := range luks.Bindings(h) {
+		if b.Err == nil && b.JWE != nil {
+			out = append(out, b)
 		}
-		n, err1 := strconv.Atoi(id)
-		slot, err2 := strconv.Atoi(tok.Keyslots[0])
-		if err1 != nil || err2 != nil {
-			continue
-		}
-		j, err := parseTokenJWE(tok.JWE)
-		if err != nil {
-			continue // a token we cannot read is not a binding we can use
-		}
-		out = append(out, Binding{Token: n, Slot: slot, JWE: j})
 	}
-	sort.Slice(out, func(i, k int) bool { return out[i].Token < out[k].Token })
 	return out, nil
-}
-
-// parseTokenJWE accepts the flattened JWE object clevis stores, and for
-// robustness a compact JWE in a JSON string.
-func parseTokenJWE(raw json.RawMessage) (*jose.JWE, error) {
-	var s string
-	if json.Unmarshal(raw, &s) == nil {
-		return jose.ParseCompact(s)
-	}
-	return jose.ParseFlattened(raw)
 }
 
 // Recover implements Recoverer.
@@ -137,7 +85,7 @@ func (r TokenRecoverer) Recover(ctx context.Context, device string) (Key, error)
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	type result struct {
-		b   Binding
+		b   luks.Binding
 		key []byte
 		err error
 	}
