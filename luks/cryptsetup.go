@@ -53,6 +53,9 @@ func (r *Runner) path() string {
 	if r != nil && r.Path != "" {
 		return r.Path
 	}
+	if p := os.Getenv("TETHER_CRYPTSETUP"); p != "" {
+		return p
+	}
 	return "cryptsetup"
 }
 

@@ -515,3 +515,59 @@ func TestListJSONUnchanged(t *testing.T) {
 	var x map[string]any
 	_ = json.Unmarshal(header(t, img).JSON, &x)
 }
+
+// TestCryptsetupKilled kills cryptsetup itself, together with tether, at
+// several moments while it changes the header (a wrapper started in place
+// of cryptsetup kills both after a delay). cryptsetup writes its two
+// header copies in turn, so the header is always the old one or the new
+// one; tether's repair then has to make sense of it.
+func TestCryptsetupKilled(t *testing.T) {
+	g := newRig(t)
+	real := testenv.RequireCmd(t, "cryptsetup")
+	wrapper := filepath.Join(t.TempDir(), "cryptsetup")
+	script := `#!/bin/sh
+if [ "$1" = "$KILL_OP" ]; then
+	` + real + ` "$@" 0<&0 &
+	child=$!
+	sleep "$KILL_DELAY"
+	kill -9 $child $PPID
+	exit 137
+fi
+exec ` + real + ` "$@"
+`
+	if err := os.WriteFile(wrapper, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	img := g.image("20M")
+	for _, c := range []struct{ cmd, op string }{
+		{"bind", "luksAddKey"}, {"bind", "token"}, {"unbind", "luksKillSlot"}, {"regen", "luksAddKey"}, {"regen", "luksKillSlot"},
+	} {
+		for _, delay := range []string{"0", "0.02", "0.05", "0.1"} {
+			t.Run(c.cmd+"/"+c.op+"/"+delay, func(t *testing.T) {
+				g.t = t
+				var bound int
+				if c.cmd != "bind" {
+					bound = g.bind(img)
+				}
+				env := []string{"TETHER_CRYPTSETUP=" + wrapper, "KILL_OP=" + c.op, "KILL_DELAY=" + delay}
+				switch c.cmd {
+				case "bind":
+					g.tether([]byte(testPass), env, "luks", "bind", "-d", img, "-k", "-", "-y", "tang", g.tangCfg())
+				case "unbind":
+					g.tether(nil, env, "luks", "unbind", "-d", img, "-s", strconv.Itoa(bound))
+				case "regen":
+					g.tether(nil, env, "luks", "regen", "-d", img, "-s", strconv.Itoa(bound), "-y")
+				}
+				time.Sleep(50 * time.Millisecond) // let an orphaned cryptsetup finish or die
+				if !g.opens(img, 0, []byte(testPass)) {
+					t.Fatal("the passphrase no longer opens the volume")
+				}
+				g.ok(nil, "luks", "repair", "-d", img)
+				g.checkClean(img)
+				for _, b := range luks.Bindings(header(t, img)) {
+					g.ok(nil, "luks", "unbind", "-d", img, "-s", strconv.Itoa(b.Slot))
+				}
+			})
+		}
+	}
+}

@@ -171,6 +171,15 @@ func (v *Volume) resume(ctx context.Context, key []byte, offline bool, progress 
 		if h, herr := v.Header(); herr == nil && !h.Reencrypting() {
 			return nil // recovery finished it
 		}
+		if errors.As(err, &ce) && strings.Contains(ce.Stderr, "Failed to set device segments") {
+			// Seen with cryptsetup 2.6.1 offline: killed after the last
+			// chunk was written but before the header was finalised. All
+			// data is encrypted; only cryptsetup can clear the mark.
+			return &ErrNotEncryptable{
+				Reason: fmt.Sprintf("cryptsetup cannot resume the encryption of %s: it was interrupted in its final step, which this cryptsetup version cannot redo offline (%s)", v.Path, strings.TrimSpace(ce.Stderr)),
+				Hint:   "all data is encrypted under the temporary key kept in " + v.stateDir() + ": do not delete it; a newer cryptsetup may finish the step (then run this command again to bind)",
+			}
+		}
 		return fmt.Errorf("resume the encryption of %s: %w", v.Path, err)
 	}
 	return nil
