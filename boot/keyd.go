@@ -40,14 +40,16 @@ type KeyServer struct {
 // server does not stall the boot (it then falls back to the prompt).
 const DefaultDeadline = 90 * time.Second
 
-var peerName = regexp.MustCompile(`^@[0-9a-fA-F]{16}/cryptsetup/(.+)$`)
+// systemd formats the random part with "%lx": usually 16 hex digits, but
+// fewer when the number has leading zeros.
+var peerName = regexp.MustCompile(`^@[0-9a-fA-F]{1,16}/cryptsetup/(.+)$`)
 
 // VolumeFromPeer extracts the volume name from the abstract socket name
 // systemd-cryptsetup binds its end to.
 func VolumeFromPeer(name string) (string, error) {
 	m := peerName.FindStringSubmatch(name)
 	if m == nil {
-		return "", fmt.Errorf("peer %q is not systemd-cryptsetup (want the abstract name @<16 hex>/cryptsetup/<volume>)", name)
+		return "", fmt.Errorf("peer %q is not systemd-cryptsetup (want the abstract name @<hex>/cryptsetup/<volume>)", name)
 	}
 	return m[1], nil
 }

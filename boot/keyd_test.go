@@ -209,7 +209,9 @@ func TestVolumeFromPeer(t *testing.T) {
 	for in, want := range map[string]string{
 		"@0123456789abcdef/cryptsetup/data":     "data",
 		"@0123456789ABCDEF/cryptsetup/luks-x-y": "luks-x-y",
-		"@0123/cryptsetup/data":                 "",
+		"@123abc/cryptsetup/data":               "data", // %lx drops leading zeros
+		"@/cryptsetup/data":                     "",
+		"@0123456789abcdef0/cryptsetup/data":    "",
 		"/run/x":                                "",
 		"@0123456789abcdef/veritysetup/data":    "",
 	} {

@@ -20,7 +20,9 @@ import (
 //     volume afterwards — also when the command fails and when tether is
 //     sent SIGTERM while the command runs;
 //   - keyd: the real systemd-cryptsetup gets vda's key from tether keyd's
-//     socket and opens it; vdb gets no key at the deadline.
+//     socket and opens it; vdb gets no key at the deadline;
+//   - askpass: the real systemd-cryptsetup, with no key file, asks the
+//     password agents, and tether askpass answers.
 //
 // Run it alone with: go test ./test/vm -run TestGuest -v
 func TestGuest(t *testing.T) {
@@ -110,6 +112,17 @@ func TestGuest(t *testing.T) {
 			fail("keyd's log lines are missing")
 		}
 	})
+	t.Run("askpass", func(t *testing.T) {
+		if !haveSDC {
+			testenv.Require(t, false, "systemd-cryptsetup is not installed")
+		}
+		if r := res.Markers("ASKPASS-READ"); len(r) == 0 || r[0] != file {
+			fail("systemd-cryptsetup + askpass: read %q", r)
+		}
+		if !strings.Contains(res.Console, "askpass: cryptsetup:") || !strings.Contains(res.Console, ": answered (token 0, keyslot 1)") {
+			fail("askpass's log line is missing")
+		}
+	})
 	if t.Failed() || testing.Verbose() {
 		t.Logf("console:\n%s", res.Console)
 	}
@@ -171,6 +184,16 @@ umount /mnt
 echo "systemd-cryptsetup attach dead: exit $?"
 [ -z "$(mapped)" ] && echo "@@KEYD-DEAD-LOCKED"
 kill $kpid
+
+echo "== askpass"
+tether askpass --crypttab /etc/crypttab --deadline 10s --timeout 2s &
+apid=$!
+# stdin is not a terminal, so systemd-cryptsetup asks the password agents.
+/lib/systemd/systemd-cryptsetup attach data /dev/vda none luks,timeout=30 </dev/null
+mount /dev/mapper/data /mnt && echo "@@ASKPASS-READ $(cat /mnt/hello.txt)"
+umount /mnt
+/lib/systemd/systemd-cryptsetup detach data
+kill $apid
 `
 	}
 	return s
