@@ -682,12 +682,21 @@ func ParseToken(tok string) (secret []byte, pin string, err error) {
 	return b[:32], jose.B64.EncodeToString(b[32:]), nil
 }
 
-// tangFilter answers 403 to Tang requests from outside the allowed networks.
-func tangFilter(allowed []netip.Prefix, next http.Handler) http.Handler {
+// tangFilter answers 403 to Tang requests from outside the allowed
+// networks. /healthz and /metrics stay reachable for monitoring.
+func tangFilter(allowed []netip.Prefix, prefix string, next http.Handler) http.Handler {
 	if len(allowed) == 0 {
 		return next
 	}
+	prefix = "/" + strings.Trim(prefix, "/")
+	if prefix == "/" {
+		prefix = ""
+	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == prefix+"/healthz" || r.URL.Path == prefix+"/metrics" {
+			next.ServeHTTP(w, r)
+			return
+		}
 		src := sourceOf(r)
 		for _, p := range allowed {
 			if p.Contains(src) {
@@ -712,7 +721,7 @@ type AdminConfig struct {
 // it down.
 func startManaged(ctx context.Context, cfg *Config, log *slog.Logger, tangH http.Handler) (h http.Handler, stop func(), err error) {
 	mc := cfg.Managed
-	h = tangFilter(mc.TangAllow, tangH)
+	h = tangFilter(mc.TangAllow, cfg.Prefix, tangH)
 	if mc.Listen == "" {
 		return h, func() {}, nil
 	}

@@ -545,7 +545,9 @@ func rewriteState(t *testing.T, j *jose.JWE, dir string) *jose.JWE {
 	return &c
 }
 
-func tlsListener(ln net.Listener, srv *http.Server) net.Listener { return tls.NewListener(ln, srv.TLSConfig) }
+func tlsListener(ln net.Listener, srv *http.Server) net.Listener {
+	return tls.NewListener(ln, srv.TLSConfig)
+}
 
 func insecureTLS() *tls.Config { return &tls.Config{InsecureSkipVerify: true} }
 

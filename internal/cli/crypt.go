@@ -11,11 +11,12 @@ import (
 
 	"github.com/tether-nbde/tether/jose"
 	"github.com/tether-nbde/tether/pin"
-	_ "github.com/tether-nbde/tether/pin/https" // registers the https pin
-	_ "github.com/tether-nbde/tether/pin/smb"   // registers the smb pin
-	_ "github.com/tether-nbde/tether/pin/sss"   // registers the sss pin
-	_ "github.com/tether-nbde/tether/pin/tang"  // registers the tang pin
-	_ "github.com/tether-nbde/tether/pin/tpm2"  // registers the tpm2 pin
+	_ "github.com/tether-nbde/tether/pin/https"   // registers the https pin
+	_ "github.com/tether-nbde/tether/pin/managed" // registers the managed pin
+	_ "github.com/tether-nbde/tether/pin/smb"     // registers the smb pin
+	_ "github.com/tether-nbde/tether/pin/sss"     // registers the sss pin
+	_ "github.com/tether-nbde/tether/pin/tang"    // registers the tang pin
+	_ "github.com/tether-nbde/tether/pin/tpm2"    // registers the tpm2 pin
 )
 
 // maxInput bounds what encrypt and decrypt read from stdin: pins protect

@@ -31,9 +31,14 @@ func init() {
 			cert := fs.String("tls-cert", "", "")
 			key := fs.String("tls-key", "", "")
 			logLevel := fs.String("log-level", "info", "")
+			managedCfg := managedServerFlags(fs) // admin.go
 			return func(env *Env, args []string) error {
 				if len(args) > 0 {
 					return usagef("unexpected argument %q", args[0])
+				}
+				mc, err := managedCfg()
+				if err != nil {
+					return err
 				}
 				c, err := jose.CurveByName(*curve)
 				if err != nil {
@@ -51,7 +56,7 @@ func init() {
 				defer stop()
 				err = server.Run(ctx, server.Config{
 					Listen: *listen, DataDir: *data, Prefix: *prefix, Curve: c,
-					TLSCert: *cert, TLSKey: *key, Log: log,
+					TLSCert: *cert, TLSKey: *key, Log: log, Managed: mc,
 				})
 				if errors.Is(err, os.ErrPermission) {
 					return withHint(err, "choose a data directory you can write with --data DIR")
@@ -188,6 +193,22 @@ Options:
   --tls-cert FILE   serve HTTPS with this certificate (PEM) ...
   --tls-key FILE    ... and this private key (PEM)
   --log-level LVL   debug, info, warn or error (default info)
+
+Managed mode (docs/MANAGED.md; see tether enroll and tether admin):
+  --managed-listen ADDR  serve the managed device API and the admin API
+                    over TLS on ADDR (e.g. ":7501"); off when empty. The
+                    certificate is self-signed and pinned by devices
+  --store SRC       sqlite:PATH (default sqlite:DIR/tether.db) or a
+                    postgres:// URL shared by several replicas
+  --kek-file FILE   key-encryption key for keys at rest (default DIR/kek,
+                    created 0600); every replica needs the same one
+  --webhook URL     POST a JSON event for unlocks, denials, approvals,
+                    quiet devices and revocations (repeatable)
+  --tang-allow CIDR answer the Tang endpoints only from these networks
+                    (comma-separated; also without managed mode)
+  --approval-timeout D  how long an unlock waits for approval (default 5m)
+  --unlock-rate N   unlocks per device per minute unless its policy says
+                    otherwise (default 30; -1 = unlimited)
 
 The server stops gracefully on SIGTERM or SIGINT: it stops accepting and
 lets requests in flight finish. Logs go to stderr and never contain key

@@ -1,0 +1,341 @@
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/tether-nbde/tether/audit"
+	"github.com/tether-nbde/tether/server"
+	"github.com/tether-nbde/tether/store"
+)
+
+// stringList is a repeatable flag.
+type stringList []string
+
+func (s *stringList) String() string     { return strings.Join(*s, ",") }
+func (s *stringList) Set(v string) error { *s = append(*s, v); return nil }
+
+// managedServerFlags declares the managed-mode flags of "tether server".
+func managedServerFlags(fs *flag.FlagSet) func() (server.ManagedConfig, error) {
+	listen := fs.String("managed-listen", "", "")
+	src := fs.String("store", "", "")
+	kek := fs.String("kek-file", "", "")
+	var hooks stringList
+	fs.Var(&hooks, "webhook", "")
+	tangAllow := fs.String("tang-allow", "", "")
+	approval := fs.Duration("approval-timeout", 5*time.Minute, "")
+	rate := fs.Int("unlock-rate", 30, "")
+	return func() (server.ManagedConfig, error) {
+		mc := server.ManagedConfig{Listen: *listen, Store: *src, KEKFile: *kek, Webhooks: hooks,
+			ApprovalTimeout: *approval, UnlockRate: *rate}
+		for _, c := range strings.Split(*tangAllow, ",") {
+			if c = strings.TrimSpace(c); c == "" {
+				continue
+			}
+			p, err := netip.ParsePrefix(c)
+			if err != nil {
+				return mc, usagef("--tang-allow: %v", err)
+			}
+			mc.TangAllow = append(mc.TangAllow, p)
+		}
+		if mc.Listen == "" && (mc.Store != "" || len(mc.Webhooks) > 0) {
+			return mc, usagef("--store and --webhook need managed mode: add --managed-listen ADDR")
+		}
+		return mc, nil
+	}
+}
+
+// adminCmd registers one "tether admin" command; run gets a connected
+// admin client.
+func adminCmd(name, summary, usage string, extra func(fs *flag.FlagSet) func(env *Env, c *server.AdminClient, args []string) error) {
+	register(&command{
+		name: name, summary: summary, usage: usage + adminCommon,
+		flags: func(fs *flag.FlagSet) func(*Env, []string) error {
+			cfgFile := fs.String("config", "", "")
+			run := extra(fs)
+			return func(env *Env, args []string) error {
+				path := *cfgFile
+				if path == "" {
+					path = env.Getenv("TETHER_ADMIN_CONFIG")
+				}
+				if path == "" {
+					path = filepath.Join(defaultDataDir, "admin.json")
+				}
+				cfg, err := server.LoadAdminConfig(path)
+				if errors.Is(err, os.ErrNotExist) {
+					return withHint(err, "the server writes its admin credentials there on first start with --managed-listen; pass --config FILE if they are elsewhere")
+				}
+				if err != nil {
+					return err
+				}
+				return run(env, server.NewAdminClient(cfg), args)
+			}
+		},
+	})
+}
+
+const adminCommon = `
+Every admin command takes --config FILE: the admin credentials (server URL,
+TLS key pin and admin token) that the server writes 0600 to DATA/admin.json
+on its first start in managed mode. Default: $TETHER_ADMIN_CONFIG, else
+/var/lib/tether/admin.json. Copy the file (root-only) to administer from
+another host, and edit its url.
+`
+
+func init() {
+	adminCmd("admin token create", "make a one-time enrolment token", adminTokenUsage,
+		func(fs *flag.FlagSet) func(*Env, *server.AdminClient, []string) error {
+			group := fs.String("group", "", "")
+			ttl := fs.Duration("ttl", 24*time.Hour, "")
+			note := fs.String("note", "", "")
+			return func(env *Env, c *server.AdminClient, args []string) error {
+				if len(args) > 0 {
+					return usagef("unexpected argument %q", args[0])
+				}
+				r, err := c.CreateToken(context.Background(), server.TokenRequest{Group: *group, TTL: store.Duration(*ttl), Note: *note})
+				if err != nil {
+					return err
+				}
+				fmt.Fprintln(env.Stdout, r.Token)
+				fmt.Fprintf(env.Stderr, "token expires %s; it works once\n", r.Expires.Local().Format(time.RFC3339))
+				return nil
+			}
+		})
+	adminCmd("admin device list", "list enrolled devices", adminDeviceListUsage,
+		func(fs *flag.FlagSet) func(*Env, *server.AdminClient, []string) error {
+			asJSON := fs.Bool("json", false, "")
+			return func(env *Env, c *server.AdminClient, args []string) error {
+				devs, err := c.Devices(context.Background())
+				if err != nil {
+					return err
+				}
+				if *asJSON {
+					return json.NewEncoder(env.Stdout).Encode(devs)
+				}
+				tw := tabwriter.NewWriter(env.Stdout, 0, 4, 2, ' ', 0)
+				fmt.Fprintln(tw, "ID\tNAME\tGROUP\tSTATE\tLAST SEEN\tREASON")
+				for _, d := range devs {
+					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", d.ID, d.Name, d.Group, d.State, d.LastSeen.Local().Format(time.DateTime), d.Reason)
+				}
+				return tw.Flush()
+			}
+		})
+	for _, op := range []struct{ name, summary string }{
+		{"approve", "approve a pending enrolment"},
+		{"enable", "let a device unlock again"},
+		{"disable", "refuse a device's unlocks until enabled"},
+		{"revoke", "destroy a device's key: its disks never unlock again"},
+	} {
+		op := op
+		adminCmd("admin device "+op.name, op.summary, fmt.Sprintf(adminDeviceOpUsage, op.name, op.summary),
+			func(fs *flag.FlagSet) func(*Env, *server.AdminClient, []string) error {
+				reason := fs.String("reason", "", "")
+				yes := fs.Bool("yes", false, "")
+				return func(env *Env, c *server.AdminClient, args []string) error {
+					if len(args) != 1 {
+						return usagef("want exactly one device ID")
+					}
+					if op.name == "revoke" && !*yes {
+						return withHint(errors.New("revocation is final: the device's exchange key is destroyed and every disk bound to it stays locked for good"),
+							"add --yes if that is what you want; tether admin device disable is reversible")
+					}
+					d, err := c.DeviceOp(context.Background(), args[0], op.name, *reason)
+					if err != nil {
+						return err
+					}
+					fmt.Fprintf(env.Stderr, "device %s (%s) is now %s\n", d.ID, d.Name, d.State)
+					return nil
+				}
+			})
+	}
+	adminCmd("admin device policy", "set a device's policy", adminPolicyUsage,
+		func(fs *flag.FlagSet) func(*Env, *server.AdminClient, []string) error {
+			return func(env *Env, c *server.AdminClient, args []string) error {
+				if len(args) != 2 {
+					return usagef("want a device ID and a policy (JSON)")
+				}
+				p, err := parsePolicy(args[1])
+				if err != nil {
+					return err
+				}
+				return c.SetDevicePolicy(context.Background(), args[0], p)
+			}
+		})
+	adminCmd("admin group set", "set a group's policy", adminPolicyUsage,
+		func(fs *flag.FlagSet) func(*Env, *server.AdminClient, []string) error {
+			return func(env *Env, c *server.AdminClient, args []string) error {
+				if len(args) != 2 {
+					return usagef("want a group name and a policy (JSON)")
+				}
+				p, err := parsePolicy(args[1])
+				if err != nil {
+					return err
+				}
+				return c.SetGroup(context.Background(), args[0], p)
+			}
+		})
+	adminCmd("admin lockdown", "refuse every unlock at once (on|off)", adminLockdownUsage,
+		func(fs *flag.FlagSet) func(*Env, *server.AdminClient, []string) error {
+			return func(env *Env, c *server.AdminClient, args []string) error {
+				if len(args) != 1 || (args[0] != "on" && args[0] != "off") {
+					return usagef("want on or off")
+				}
+				if err := c.Lockdown(context.Background(), args[0] == "on"); err != nil {
+					return err
+				}
+				fmt.Fprintf(env.Stderr, "lockdown %s\n", args[0])
+				return nil
+			}
+		})
+	adminCmd("admin audit verify", "check the audit log's hash chain", adminAuditUsage,
+		func(fs *flag.FlagSet) func(*Env, *server.AdminClient, []string) error {
+			return func(env *Env, c *server.AdminClient, args []string) error {
+				ch, err := c.VerifyAudit(context.Background())
+				if err != nil {
+					return withHint(err, "the audit log was changed behind the server's back; compare with an export")
+				}
+				fmt.Fprintf(env.Stdout, "ok: %d records, head %s\n", ch.Seq, ch.Head)
+				return nil
+			}
+		})
+	adminCmd("admin audit export", "write the audit log as JSON lines", adminAuditUsage,
+		func(fs *flag.FlagSet) func(*Env, *server.AdminClient, []string) error {
+			return func(env *Env, c *server.AdminClient, args []string) error {
+				enc := json.NewEncoder(env.Stdout)
+				ch := audit.NewChain()
+				err := c.Audit(context.Background(), func(r *audit.Record) error {
+					if err := ch.Next(r); err != nil {
+						return err
+					}
+					return enc.Encode(r)
+				})
+				if err != nil {
+					return withHint(err, "the records up to the broken link were written")
+				}
+				return nil
+			}
+		})
+	adminCmd("admin unlock list", "list unlocks waiting for approval", adminUnlockUsage,
+		func(fs *flag.FlagSet) func(*Env, *server.AdminClient, []string) error {
+			return func(env *Env, c *server.AdminClient, args []string) error {
+				as, err := c.Approvals(context.Background())
+				if err != nil {
+					return err
+				}
+				tw := tabwriter.NewWriter(env.Stdout, 0, 4, 2, ' ', 0)
+				fmt.Fprintln(tw, "ID\tDEVICE\tSOURCE\tDEADLINE")
+				for _, a := range as {
+					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", a.ID, a.Device, a.Source, a.Deadline.Local().Format(time.DateTime))
+				}
+				return tw.Flush()
+			}
+		})
+	for _, op := range []string{"approve", "deny"} {
+		adminCmd("admin unlock "+op, op+" a waiting unlock", adminUnlockUsage,
+			func(fs *flag.FlagSet) func(*Env, *server.AdminClient, []string) error {
+				return func(env *Env, c *server.AdminClient, args []string) error {
+					if len(args) != 1 {
+						return usagef("want exactly one approval ID (tether admin unlock list)")
+					}
+					return c.ApprovalOp(context.Background(), args[0], op)
+				}
+			})
+	}
+}
+
+func parsePolicy(s string) (store.Policy, error) {
+	var p store.Policy
+	dec := json.NewDecoder(strings.NewReader(s))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&p); err != nil {
+		return p, withHint(fmt.Errorf("policy is not valid: %v", err),
+			`example: '{"cidrs":["10.0.0.0/8"],"keepalive":"5m","approval":false,"rate":10}'`)
+	}
+	return p, nil
+}
+
+const adminTokenUsage = `Usage: tether admin token create [--group NAME] [--ttl D] [--note TEXT]
+
+Make a one-time enrolment token and print it on stdout. A device enrolled
+with it is enabled at once and joins the group. The token embeds the
+SHA-256 of the server's TLS key, so "tether enroll" authenticates the
+server from the token alone. The server keeps only a hash of it.
+
+Options:
+  --group NAME   group the device joins (its policy applies)
+  --ttl D        validity (default 24h)
+  --note TEXT    kept with the token for the audit log
+
+Example:
+  $ tether admin token create --group laptops --ttl 1h
+`
+
+const adminDeviceListUsage = `Usage: tether admin device list [--json]
+
+List enrolled devices with their state (pending, enabled, disabled,
+revoked), the reason for it, and when each was last heard from.
+`
+
+const adminDeviceOpUsage = `Usage: tether admin device %[1]s [--reason TEXT] ID
+
+%[2]s.
+
+  approve   a pending enrolment (made without a token) becomes enabled
+  enable    a disabled device (by an admin or by a missed keep-alive)
+            may unlock again; its keep-alive clock restarts
+  disable   every unlock is refused until enable; reversible
+  revoke    the server destroys the device's exchange key. Every disk and
+            JWE bound to the device can never be unlocked again, by
+            anyone, even with the device's identity key. Needs --yes.
+
+The reason is shown in device list and recorded in the audit log.
+`
+
+const adminPolicyUsage = `Usage: tether admin device policy ID POLICY
+       tether admin group set NAME POLICY
+
+Set the policy of a device or of a group. A device's fields override its
+group's; unset fields inherit. POLICY is JSON:
+  cidrs      allowed source networks, e.g. ["10.0.0.0/8"]; empty = any
+  keepalive  heartbeat timeout ("5m"): a device not heard from for longer
+             (tether agent) is disabled until an admin enables it; "-1ns"
+             turns a group's keep-alive off for one device
+  approval   true: every unlock waits for tether admin unlock approve
+  rate       unlocks per minute (default: the server's --unlock-rate)
+
+Example:
+  $ tether admin group set laptops '{"keepalive":"10m","cidrs":["192.168.1.0/24"]}'
+`
+
+const adminLockdownUsage = `Usage: tether admin lockdown on|off
+
+Lockdown refuses every managed unlock at once, on every replica, until it
+is turned off. Nothing is destroyed. (Tang endpoints are not affected.)
+`
+
+const adminAuditUsage = `Usage: tether admin audit verify
+       tether admin audit export > audit.jsonl
+
+Every decision (enrolment, unlock allowed or denied and why, keep-alive
+timeouts) and every admin change is an audit record that carries the
+SHA-256 of the record before it. verify fetches the log and checks the
+chain: an edited, deleted or reordered record is reported. It prints the
+head hash: keep it elsewhere to detect a truncated log later. export
+writes the records as JSON lines (and stops at a broken link).
+`
+
+const adminUnlockUsage = `Usage: tether admin unlock list
+       tether admin unlock approve|deny ID
+
+A device whose policy has "approval":true waits at each unlock until an
+admin approves or denies it, or the server's --approval-timeout passes.
+`

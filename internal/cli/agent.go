@@ -1,0 +1,92 @@
+package cli
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/tether-nbde/tether/pin/managed"
+)
+
+func init() {
+	register(&command{
+		name:    "agent",
+		summary: "send keep-alive heartbeats to the managed server",
+		usage:   agentUsage,
+		flags: func(fs *flag.FlagSet) func(*Env, []string) error {
+			state := fs.String("state", "", "")
+			interval := fs.Duration("interval", time.Minute, "")
+			once := fs.Bool("once", false, "")
+			return func(env *Env, args []string) error {
+				if len(args) > 0 {
+					return usagef("unexpected argument %q", args[0])
+				}
+				if *interval < time.Second {
+					return usagef("--interval must be at least 1s")
+				}
+				id, err := managed.LoadIdentity(deviceDir(env, *state))
+				if err != nil {
+					return err
+				}
+				c, err := id.Client("")
+				if err != nil {
+					return err
+				}
+				beat := func(ctx context.Context) error {
+					ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+					defer cancel()
+					info, err := c.Heartbeat(ctx)
+					if err != nil {
+						return err
+					}
+					if info.State != "enabled" {
+						fmt.Fprintf(env.Stderr, "tether agent: device %s is %s %s\n", info.Device, info.State, info.Reason)
+					}
+					return nil
+				}
+				if *once {
+					return beat(context.Background())
+				}
+				ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+				defer stop()
+				t := time.NewTicker(*interval)
+				defer t.Stop()
+				for {
+					if err := beat(ctx); err != nil && ctx.Err() == nil {
+						// Keep going: a missed beat is what keep-alive is for;
+						// the next one may get through.
+						fmt.Fprintf(env.Stderr, "tether agent: heartbeat failed: %v\n", err)
+					}
+					select {
+					case <-ctx.Done():
+						return nil
+					case <-t.C:
+					}
+				}
+			}
+		},
+	})
+}
+
+const agentUsage = `Usage: tether agent [--state DIR] [--interval D] [--once]
+
+Send heartbeats to the managed server this machine enrolled with, every
+--interval (default 1m), until SIGTERM. A device whose policy sets a
+keep-alive timeout ("keepalive":"5m") and is not heard from for longer is
+disabled by the server until an admin enables it again (the semantics of
+Mandos): a machine that was stolen and switched off cannot come back and
+unlock. Choose an interval well below the timeout.
+
+A heartbeat does not re-enable a device that was disabled. Failures are
+reported on stderr and retried at the next interval.
+
+Options:
+  --state DIR     state directory (default $TETHER_DEVICE_DIR, else
+                  /etc/tether/device)
+  --interval D    time between heartbeats (default 1m)
+  --once          send one heartbeat and exit (status 1 if it failed)
+`
