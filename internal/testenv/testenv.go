@@ -16,6 +16,7 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -250,8 +251,26 @@ func Blackhole(t testing.TB) string {
 	return "http://" + l.Addr().String()
 }
 
-// ClosedPort returns a URL on a loopback port where nothing listens.
-func ClosedPort(t testing.TB) string { return "http://" + FreePort(t) }
+// ClosedPort returns a URL on a loopback port where nothing listens. The
+// port stays bound (but not listening) until the test ends, so that no
+// other listener of a parallel test (a Blackhole, a server) can take it and
+// turn "connection refused" into something else.
+func ClosedPort(t testing.TB) string {
+	t.Helper()
+	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { syscall.Close(fd) })
+	if err := syscall.Bind(fd, &syscall.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		t.Fatal(err)
+	}
+	sa, err := syscall.Getsockname(fd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fmt.Sprintf("http://127.0.0.1:%d", sa.(*syscall.SockaddrInet4).Port)
+}
 
 // Run runs a command with stdin and returns stdout, stderr and the exit
 // code. It fails the test only if the command could not be started.

@@ -5,7 +5,9 @@ package interop
 
 import (
 	"bytes"
+	"crypto/tls"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"os"
@@ -99,12 +101,28 @@ type proc struct {
 
 func startTether(t testing.TB, addr, data string, extra ...string) *proc {
 	t.Helper()
-	if addr == "" {
-		addr = testenv.FreePort(t)
-	}
 	if data == "" {
 		data = t.TempDir()
 	}
+	// A free port can be taken by a parallel test before the server binds
+	// it: then try another one.
+	for try := 0; ; try++ {
+		a := addr
+		if a == "" {
+			a = testenv.FreePort(t)
+		}
+		p, err := tryStartTether(t, a, data, extra...)
+		if err == nil {
+			return p
+		}
+		if addr != "" || try == 3 {
+			t.Fatal(err)
+		}
+	}
+}
+
+func tryStartTether(t testing.TB, addr, data string, extra ...string) (*proc, error) {
+	t.Helper()
 	args := append([]string{"server", "--listen", addr, "--data", data}, extra...)
 	cmd := exec.Command(testenv.TetherBin(t), args...)
 	p := &proc{URL: "http://" + addr, Addr: addr, Data: data, cmd: cmd, logs: &testenv.SyncBuffer{}, done: make(chan struct{})}
@@ -121,18 +139,33 @@ func startTether(t testing.TB, addr, data string, extra ...string) *proc {
 		}
 	})
 	prefix := ""
+	client := http.DefaultClient
 	for i, a := range extra {
-		if a == "--tls-cert" {
+		switch a {
+		case "--tls-cert":
 			p.URL = "https://" + addr
-			testenv.WaitTCP(t, addr)
-			return p
-		}
-		if a == "--prefix" {
+			client = &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}
+		case "--prefix":
 			prefix = extra[i+1]
 		}
 	}
-	testenv.WaitHTTP(t, p.URL+prefix+"/healthz")
-	return p
+	check := p.URL + prefix + "/healthz"
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		select {
+		case <-p.done:
+			return nil, fmt.Errorf("tether server on %s exited: %s", addr, p.logs.String())
+		default:
+		}
+		if resp, err := client.Get(check); err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				return p, nil
+			}
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return nil, fmt.Errorf("%s did not come up within 10s", check)
 }
 
 // stop sends SIGTERM and returns the exit code.
