@@ -121,7 +121,8 @@ func (v *Volume) bind(ctx context.Context, h *Header, s bindStep) (int, error) {
 	if len(ids) < 2 {
 		return -1, &FullError{Free: h.JSONFree(), Need: len(token), Tokens: true}
 	}
-	txnID, tokID := ids[0], ids[1]
+	// The binding gets the lowest free id, as clevis's token would.
+	tokID, txnID := ids[0], ids[1]
 
 	if err := r.HeaderBackup(ctx, v.Path, backup); err != nil {
 		return -1, fmt.Errorf("back up the header: %w", err)

@@ -41,7 +41,11 @@ func newRig(t *testing.T) *rig {
 	t.Helper()
 	testenv.RequireRoot(t)
 	testenv.RequireCmd(t, "cryptsetup")
-	return &rig{t: t, bin: testenv.TetherBin(t), state: t.TempDir(), tang: testenv.StartTangd(t), r: &luks.Runner{}}
+	state := filepath.Join(t.TempDir(), "state")
+	if err := os.Mkdir(state, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	return &rig{t: t, bin: testenv.TetherBin(t), state: state, tang: testenv.StartTangd(t), r: &luks.Runner{}}
 }
 
 // image makes a LUKS2 image file with testPass in keyslot 0.

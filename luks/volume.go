@@ -201,6 +201,12 @@ func (v *Volume) lock() (unlock func(), err error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("create state directory: %w", err)
 	}
+	// Header backups and the keys of unfinished encryptions live here.
+	if fi, err := os.Stat(dir); err != nil {
+		return nil, err
+	} else if fi.Mode().Perm()&0o077 != 0 {
+		return nil, fmt.Errorf("state directory %s is open to other users (mode %o); it holds header backups and keys: chmod 700 %s, or choose another with --state-dir", dir, fi.Mode().Perm(), dir)
+	}
 	abs, err := filepath.Abs(v.Path)
 	if err != nil {
 		return nil, err
