@@ -9,6 +9,8 @@ import (
 	"regexp"
 	"sync"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // KeyServer serves volume keys to systemd-cryptsetup through the crypttab
@@ -104,6 +106,9 @@ func (s *KeyServer) handle(ctx context.Context, c *net.UnixConn) {
 		return
 	}
 	start := time.Now()
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	go watchHangup(ctx, c, cancel)
 	key, err := s.KeyFor(ctx, vol)
 	if err != nil {
 		s.logf("keyd: volume %q: no key sent after %s: %v; systemd-cryptsetup falls back to its next method (the prompt)",
@@ -182,7 +187,9 @@ func Retry(ctx context.Context, lo, hi time.Duration, try func(context.Context) 
 		case <-ctx.Done():
 			t.Stop()
 			why := "the deadline passed"
-			if !errors.Is(ctx.Err(), context.DeadlineExceeded) {
+			if c := context.Cause(ctx); errors.Is(c, ErrHangup) {
+				why = c.Error()
+			} else if !errors.Is(c, context.DeadlineExceeded) {
 				why = "tether is stopping"
 			}
 			return Key{}, fmt.Errorf("waited %s for the key, %d attempts, gave up because %s; last error: %w",
@@ -190,5 +197,39 @@ func Retry(ctx context.Context, lo, hi time.Duration, try func(context.Context) 
 		case <-t.C:
 		}
 		wait = min(wait*2, hi)
+	}
+}
+
+// ErrHangup is the cause of giving up when the asker went away.
+var ErrHangup = errors.New("systemd-cryptsetup closed the connection")
+
+// watchHangup cancels ctx when the peer closes its end entirely (it gave
+// up, or its unit was stopped): there is nobody left to send a key to.
+// Its shutdown(SHUT_WR) alone is not a hang-up; POLLHUP means both
+// directions are shut.
+func watchHangup(ctx context.Context, c *net.UnixConn, cancel context.CancelCauseFunc) {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return
+	}
+	t := time.NewTicker(250 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		hup := false
+		rc.Control(func(fd uintptr) {
+			p := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLHUP}}
+			if n, err := unix.Poll(p, 0); err == nil && n > 0 && p[0].Revents&(unix.POLLHUP|unix.POLLERR) != 0 {
+				hup = true
+			}
+		})
+		if hup {
+			cancel(ErrHangup)
+			return
+		}
 	}
 }

@@ -237,3 +237,33 @@ func TestParseCrypttab(t *testing.T) {
 		t.Error("a line with one field parsed")
 	}
 }
+
+// TestKeyServerStopsWhenAskerLeaves: if systemd-cryptsetup goes away
+// (its unit stopped, it timed out), keyd stops retrying at once and says so.
+func TestKeyServerStopsWhenAskerLeaves(t *testing.T) {
+	dir := t.TempDir()
+	tab := writeCrypttab(t, dir, map[string]string{"down": ""})
+	var logs testenv.SyncBuffer
+	sock := startKeyd(t, &boot.KeyServer{
+		Crypttab: tab, Recoverer: fakeRecoverer{"down.img": "down"}, Deadline: time.Minute,
+		MinBackoff: 50 * time.Millisecond, Log: log.New(&logs, "", 0),
+	})
+	fd, _ := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM, 0)
+	unix.Bind(fd, &unix.SockaddrUnix{Name: "@00000000000000ff/cryptsetup/down"})
+	if err := unix.Connect(fd, &unix.SockaddrUnix{Name: sock}); err != nil {
+		t.Fatal(err)
+	}
+	unix.Shutdown(fd, unix.SHUT_WR)
+	time.Sleep(600 * time.Millisecond) // still waiting: half-closed is normal
+	if strings.Contains(logs.String(), "down") {
+		t.Fatalf("gave up on a half-closed connection: %s", logs.String())
+	}
+	unix.Close(fd)
+	deadline := time.Now().Add(3 * time.Second)
+	for !strings.Contains(logs.String(), "gave up because systemd-cryptsetup closed the connection") {
+		if time.Now().After(deadline) {
+			t.Fatalf("keyd kept waiting for a peer that left; log: %s", logs.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}

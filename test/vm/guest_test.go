@@ -69,6 +69,16 @@ func TestGuest(t *testing.T) {
 			fail("the volume was not closed after the read")
 		}
 	})
+	t.Run("crypttab open", func(t *testing.T) {
+		// What the initramfs scripts run: data opens, dead is left closed
+		// with a line saying why, and the exit status says so.
+		if got := res.Markers("OPENALL-STATUS"); len(got) == 0 || got[0] != "1" {
+			fail("crypttab open exit status %q, want 1", got)
+		}
+		if !res.Has("OPENALL-ONLY-DATA") || !strings.Contains(res.Console, `tether: volume "dead" (/dev/vdb) left closed after 5`) {
+			fail("crypttab open did not open data and leave dead closed")
+		}
+	})
 	t.Run("server down", func(t *testing.T) {
 		if !res.Has("DOWN-FAILED") || res.Has("DOWN-OPENED") {
 			fail("the disk bound to a dead server was opened, or tether did not fail")
@@ -142,6 +152,12 @@ fi
 mount /dev/mapper/data /mnt && echo "@@UNLOCK-READ $(cat /mnt/hello.txt)"
 umount /mnt
 cryptsetup close data && [ -z "$(mapped)" ] && echo "@@UNLOCK-CLOSED"
+
+echo "== crypttab open"
+tether crypttab open --crypttab /etc/crypttab --deadline 5s --timeout 2s
+echo "@@OPENALL-STATUS $?"
+[ "$(mapped)" = "data " ] && echo "@@OPENALL-ONLY-DATA"
+cryptsetup close data
 
 echo "== down"
 t0=$(date +%s)
