@@ -90,15 +90,22 @@ func Run(args []string, env *Env) int {
 		return 0
 	}
 	c := find(args)
-	if c == nil {
-		// A group name alone ("tether server keys") lists its commands.
-		if group := groupOf(args); len(group) > 0 {
-			fmt.Fprintf(env.Stderr, "tether: error: %q needs a subcommand:\n", strings.Join(args, " "))
+	// A group name alone ("tether server keys") lists its commands, even
+	// when a shorter prefix ("server") is a command itself.
+	matched := 0
+	if c != nil {
+		matched = len(strings.Fields(c.name))
+	}
+	for n := min(len(args), 3); n > matched; n-- {
+		if group := groupOf(args[:n]); len(group) > 0 {
+			fmt.Fprintf(env.Stderr, "tether: error: %q needs a subcommand:\n", strings.Join(args[:n], " "))
 			for _, g := range group {
 				fmt.Fprintf(env.Stderr, "  tether %-22s %s\n", g.name, g.summary)
 			}
 			return 2
 		}
+	}
+	if c == nil {
 		fmt.Fprintf(env.Stderr, "tether: error: unknown command %q\ntether: hint: run \"tether help\" for the list of commands\n", args[0])
 		return 2
 	}
