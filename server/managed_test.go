@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"log"
 	"log/slog"
 	"net"
 	"net/http"
@@ -108,7 +109,7 @@ func newEnv(t *testing.T, mc server.ManagedConfig) *env {
 		e.bodies.mu.Unlock()
 		r.Body = io.NopCloser(bytes.NewReader(b))
 		h.ServeHTTP(w, r)
-	}), TLSConfig: m.TLSConfig()}
+	}), TLSConfig: m.TLSConfig(), ErrorLog: log.New(io.Discard, "", 0)}
 	go srv.Serve(tlsListener(ln, srv))
 	t.Cleanup(func() {
 		srv.Close()
