@@ -88,7 +88,7 @@ func BenchmarkAdd(b *testing.B) {
 	var p, q point
 	p.setAffine(&generator)
 	q.double(&p)
-	cpuLoop(b, func() { p.add(&p, &q, false) })
+	cpuLoop(b, func() { p.add(&p, &q, 0, 0, false) })
 }
 
 func BenchmarkInvert(b *testing.B) {

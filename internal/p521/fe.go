@@ -14,8 +14,9 @@ import (
 //   - tight: limbs 0..7 < 2^58 + 2^14, limb 8 < 2^57 + 2^14. feMul,
 //     feSquare, feAdd, feSub, feCarry and the other helpers return tight
 //     elements.
-//   - loose: every limb < 2^61. feMul and feSquare accept loose inputs
-//     (each 128-bit column sum then stays below 17·2^122 < 2^127).
+//   - loose: every limb < 3·2^60. feMul and feSquare accept loose inputs:
+//     each 128-bit column sum then stays below 17·(3·2^60)² = 153·2^120 <
+//     2^128, and the pre-scaled operands 2b and 4a fit in 64 bits.
 //
 // The representation is redundant (an element may exceed p, and p itself
 // represents zero); feCanon produces the unique canonical form, which is
@@ -123,6 +124,80 @@ func feNeg(out, a *fe) {
 	feSub(out, &zero, a)
 }
 
+// feSub2 sets out = a − b − c for tight b and c (a below 2^61), computed
+// as a + 8p − b − c; the output is tight.
+func feSub2(out, a, b, c *fe) {
+	const e58, e57 = 8 * mask58, 8 * mask57
+	out[0] = a[0] + e58 - b[0] - c[0]
+	out[1] = a[1] + e58 - b[1] - c[1]
+	out[2] = a[2] + e58 - b[2] - c[2]
+	out[3] = a[3] + e58 - b[3] - c[3]
+	out[4] = a[4] + e58 - b[4] - c[4]
+	out[5] = a[5] + e58 - b[5] - c[5]
+	out[6] = a[6] + e58 - b[6] - c[6]
+	out[7] = a[7] + e58 - b[7] - c[7]
+	out[8] = a[8] + e57 - b[8] - c[8]
+	feCarry(out)
+}
+
+// feSub2Loose is feSub2 without the carry; for tight inputs the output is
+// below 2^61.2 and may only be fed to feMul or feSquare.
+func feSub2Loose(out, a, b, c *fe) {
+	const e58, e57 = 8 * mask58, 8 * mask57
+	out[0] = a[0] + e58 - b[0] - c[0]
+	out[1] = a[1] + e58 - b[1] - c[1]
+	out[2] = a[2] + e58 - b[2] - c[2]
+	out[3] = a[3] + e58 - b[3] - c[3]
+	out[4] = a[4] + e58 - b[4] - c[4]
+	out[5] = a[5] + e58 - b[5] - c[5]
+	out[6] = a[6] + e58 - b[6] - c[6]
+	out[7] = a[7] + e58 - b[7] - c[7]
+	out[8] = a[8] + e57 - b[8] - c[8]
+}
+
+// feSubMul sets out = a − k·b for a tight b, a below 2^62 and k ≤ 8,
+// computed as a + 16p − k·b; the output is tight.
+func feSubMul(out, a, b *fe, k uint64) {
+	const e58, e57 = 16 * mask58, 16 * mask57
+	out[0] = a[0] + e58 - k*b[0]
+	out[1] = a[1] + e58 - k*b[1]
+	out[2] = a[2] + e58 - k*b[2]
+	out[3] = a[3] + e58 - k*b[3]
+	out[4] = a[4] + e58 - k*b[4]
+	out[5] = a[5] + e58 - k*b[5]
+	out[6] = a[6] + e58 - k*b[6]
+	out[7] = a[7] + e58 - k*b[7]
+	out[8] = a[8] + e57 - k*b[8]
+	feCarry(out)
+}
+
+// feMulSmallLoose sets out = k·a without carrying (k·limb must stay below
+// the bound of the consumer).
+func feMulSmallLoose(out, a *fe, k uint64) {
+	out[0] = a[0] * k
+	out[1] = a[1] * k
+	out[2] = a[2] * k
+	out[3] = a[3] * k
+	out[4] = a[4] * k
+	out[5] = a[5] * k
+	out[6] = a[6] * k
+	out[7] = a[7] * k
+	out[8] = a[8] * k
+}
+
+// feOrMasked sets out |= a & mask.
+func feOrMasked(out, a *fe, mask uint64) {
+	out[0] |= a[0] & mask
+	out[1] |= a[1] & mask
+	out[2] |= a[2] & mask
+	out[3] |= a[3] & mask
+	out[4] |= a[4] & mask
+	out[5] |= a[5] & mask
+	out[6] |= a[6] & mask
+	out[7] |= a[7] & mask
+	out[8] |= a[8] & mask
+}
+
 // feMulSmall sets out = k·a for a tight a and k ≤ 16.
 func feMulSmall(out, a *fe, k uint64) {
 	for i := range out {
@@ -131,18 +206,38 @@ func feMulSmall(out, a *fe, k uint64) {
 	feCarry(out)
 }
 
-// feCanon sets out to the canonical form of a tight a: limbs exact
-// (58, …, 58, 57 bits) and value in [0, p).
+// feCarrySeq propagates carries sequentially, leaving exact limbs (58 bits,
+// 57 for the top one) and returning the carry out of the top limb, of
+// weight 2^521 ≡ 1. Input limbs must be below 2^63.
+func feCarrySeq(r *fe) (top uint64) {
+	r[1] += r[0] >> 58
+	r[0] &= mask58
+	r[2] += r[1] >> 58
+	r[1] &= mask58
+	r[3] += r[2] >> 58
+	r[2] &= mask58
+	r[4] += r[3] >> 58
+	r[3] &= mask58
+	r[5] += r[4] >> 58
+	r[4] &= mask58
+	r[6] += r[5] >> 58
+	r[5] &= mask58
+	r[7] += r[6] >> 58
+	r[6] &= mask58
+	r[8] += r[7] >> 58
+	r[7] &= mask58
+	top = r[8] >> 57
+	r[8] &= mask57
+	return top
+}
+
+// feCanon sets out to the canonical form of a (limbs below 2^63): limbs
+// exact (58, …, 58, 57 bits) and value in [0, p).
 func feCanon(out, a *fe) {
 	r := *a
-	for pass := 0; pass < 2; pass++ {
-		for i := 0; i < 8; i++ {
-			r[i+1] += r[i] >> 58
-			r[i] &= mask58
-		}
-		r[0] += r[8] >> 57
-		r[8] &= mask57
-	}
+	r[0] += feCarrySeq(&r)
+	r[0] += feCarrySeq(&r) // r < 2^58 + 2^6 now, so this carry is 0 or 1
+	feCarrySeq(&r)         // and this one is 0
 	// Now r < 2^521 with exact limbs. The only non-canonical value left is
 	// p = 2^521 − 1 itself (all bits set), which represents zero.
 	and := r[0] & r[1] & r[2] & r[3] & r[4] & r[5] & r[6] & r[7]
@@ -159,12 +254,18 @@ func ctEq(x, y uint64) uint64 {
 	return ((d | -d) >> 63) - 1
 }
 
-// feIsZero returns all ones if a ≡ 0 (mod p) and zero otherwise.
+// feIsZero returns all ones if a ≡ 0 (mod p) and zero otherwise; a's limbs
+// must be below 2^63.
 func feIsZero(a *fe) uint64 {
-	var c fe
-	feCanon(&c, a)
-	or := c[0] | c[1] | c[2] | c[3] | c[4] | c[5] | c[6] | c[7] | c[8]
-	return ctEq(or, 0)
+	r := *a
+	top := feCarrySeq(&r)
+	// The value is r + top with r < 2^521 exact and top < 2^7, so it is in
+	// [0, 2p) and ≡ 0 iff it is 0 or p, i.e. iff r = 0 and top = 0, or
+	// r = p − top (limbs 1..8 all ones and limb 0 = 2^58 − 1 − top).
+	or := r[0] | r[1] | r[2] | r[3] | r[4] | r[5] | r[6] | r[7] | r[8] | top
+	and := r[1] & r[2] & r[3] & r[4] & r[5] & r[6] & r[7]
+	isP := ctEq(and, mask58) & ctEq(r[8], mask57) & ctEq(r[0]+top, mask58)
+	return ctEq(or, 0) | isP
 }
 
 // feEqual returns all ones if a ≡ b (mod p) and zero otherwise.

@@ -4,7 +4,7 @@ package p521
 
 import "math/bits"
 
-// feMul sets out = a·b mod p. Inputs must be loose (every limb < 2^61);
+// feMul sets out = a·b mod p. Inputs must be loose (every limb < 3·2^60);
 // the output is tight. out may alias a or b.
 func feMul(out, a, b *fe) {
 	var d [9]uint64
@@ -384,7 +384,7 @@ func feMul(out, a, b *fe) {
 }
 
 // feSquare sets out = a² mod p. The input must be loose (every limb
-// < 2^61); the output is tight. out may alias a.
+// < 3·2^60); the output is tight. out may alias a.
 func feSquare(out, a *fe) {
 	var t, f [9]uint64
 	t[1] = a[1] << 1

@@ -34,7 +34,7 @@ func main() {
 	w("package p521\n\nimport \"math/bits\"\n\n")
 
 	// Multiplication.
-	w("// feMul sets out = a·b mod p. Inputs must be loose (every limb < 2^61);\n")
+	w("// feMul sets out = a·b mod p. Inputs must be loose (every limb < 3·2^60);\n")
 	w("// the output is tight. out may alias a or b.\n")
 	w("func feMul(out, a, b *fe) {\n")
 	w("var d [9]uint64\n")
@@ -60,7 +60,7 @@ func main() {
 
 	// Squaring: t = 2a (cross terms), f = 4a (wrapped cross terms).
 	w("// feSquare sets out = a² mod p. The input must be loose (every limb\n")
-	w("// < 2^61); the output is tight. out may alias a.\n")
+	w("// < 3·2^60); the output is tight. out may alias a.\n")
 	w("func feSquare(out, a *fe) {\n")
 	w("var t, f [9]uint64\n")
 	for j := 1; j < 9; j++ {
@@ -131,7 +131,7 @@ func emitColumns(w func(string, ...any), terms func(k int) []term) {
 // emitReduce carries the nine 128-bit columns into tight limbs. Column k has
 // weight 2^(58k); the top limb keeps 57 bits and its carry, of weight 2^521,
 // folds back into limb 0 since 2^521 ≡ 1 (mod p). Every column is below
-// 17·2^122 < 2^127, so the carries fit the 128-bit arithmetic.
+// 153·2^120 < 2^128, so the carries fit the 128-bit arithmetic.
 func emitReduce(w func(string, ...any)) {
 	w("l0, h0 := acc[0], acc[1]\n")
 	for k := 0; k < 9; k++ {

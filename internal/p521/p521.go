@@ -123,11 +123,15 @@ func parseScalar(b []byte) (scalar, error) {
 // lookup sets out = mag·T (T = table[0]) for mag ∈ [0, 16], negated if neg is
 // all ones, scanning the whole table so that neither the memory access
 // pattern nor the timing depends on the digit.
+// For mag = 0 the result is (0, 0, 0), a representation of the identity.
 func lookup(out *point, table *[16]point, mag uint8, neg uint64) {
-	out.setInfinity()
+	*out = point{}
 	m := uint64(mag)
 	for i := range table {
-		pointSelect(out, &table[i], out, ctEq(m, uint64(i+1)))
+		mask := ctEq(m, uint64(i+1))
+		feOrMasked(&out.x, &table[i].x, mask)
+		feOrMasked(&out.y, &table[i].y, mask)
+		feOrMasked(&out.z, &table[i].z, mask)
 	}
 	feCondNeg(&out.y, neg)
 }
@@ -140,13 +144,17 @@ func scalarMult(r, p *point, s *scalar) {
 		if i%2 == 1 {
 			table[i].double(&table[i/2]) // (i+1) = 2·((i+1)/2)
 		} else {
-			table[i].add(&table[i-1], p, false) // i·p ≠ p for 2 ≤ i < n
+			table[i].add(&table[i-1], p, 0, 0, false) // i·p ≠ ±p for 2 ≤ i < n
 		}
 	}
 	mag, neg := s.recode()
 
 	var q, t point
 	lookup(&q, &table, mag[windows-1], neg[windows-1])
+	// q = v·p where v is the value of the digits processed so far, with
+	// 0 ≤ v < n, so q is the identity exactly when all those digits are
+	// zero: qInf tracks that without inspecting q.
+	qInf := ctEq(uint64(mag[windows-1]), 0)
 	for j := windows - 2; j >= 0; j-- {
 		q.double(&q)
 		q.double(&q)
@@ -154,8 +162,10 @@ func scalarMult(r, p *point, s *scalar) {
 		q.double(&q)
 		q.double(&q)
 		lookup(&t, &table, mag[j], neg[j])
+		tInf := ctEq(uint64(mag[j]), 0)
 		// Only the last addition can hit the doubling case; see docs/P521.md.
-		q.add(&q, &t, j == 0)
+		q.add(&q, &t, qInf, tInf, j == 0)
+		qInf &= tInf
 	}
 	*r = q
 }
@@ -198,7 +208,7 @@ func computeBaseTable() {
 			if i%2 == 1 {
 				row[i].double(&row[i/2])
 			} else {
-				row[i].add(&row[i-1], &b, false)
+				row[i].add(&row[i-1], &b, 0, 0, false)
 			}
 		}
 		for k := 0; k < 5; k++ {
@@ -236,8 +246,8 @@ func lookupAffine(out *affine, row *[16]affine, mag uint8, neg uint64) uint64 {
 	m := uint64(mag)
 	for i := range row {
 		mask := ctEq(m, uint64(i+1))
-		feSelect(&out.x, &row[i].x, &out.x, mask)
-		feSelect(&out.y, &row[i].y, &out.y, mask)
+		feOrMasked(&out.x, &row[i].x, mask)
+		feOrMasked(&out.y, &row[i].y, mask)
 	}
 	feCondNeg(&out.y, neg)
 	return ctEq(m, 0)
@@ -250,11 +260,13 @@ func scalarBaseMult(r *point, s *scalar) {
 	var q point
 	var a affine
 	q.setInfinity()
+	qInf := ^uint64(0)
 	for j := 0; j < windows; j++ {
 		zero := lookupAffine(&a, &baseTable[j], mag[j], neg[j])
 		// Windows below 103 provably never hit the doubling case; see
 		// docs/P521.md.
-		q.addAffine(&q, &a, zero, j >= windows-2)
+		q.addAffine(&q, &a, qInf, zero, j >= windows-2)
+		qInf &= zero
 	}
 	*r = q
 }
@@ -282,7 +294,7 @@ func Add(a, b []byte) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	p.add(&p, &q, true)
+	p.add(&p, &q, p.isInfinity(), q.isInfinity(), true)
 	return encode(&p), nil
 }
 
@@ -297,7 +309,7 @@ func Sub(a, b []byte) ([]byte, error) {
 		return nil, err
 	}
 	feNeg(&q.y, &q.y)
-	p.add(&p, &q, true)
+	p.add(&p, &q, p.isInfinity(), q.isInfinity(), true)
 	return encode(&p), nil
 }
 

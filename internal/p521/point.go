@@ -39,40 +39,41 @@ func pointSelect(out, a, b *point, mask uint64) {
 // double sets r = 2p using the a = −3 formula "dbl-2001-b"
 // (3M + 5S). It is complete: P-521 has no point of order two, and the
 // point at infinity (Z ≡ 0) maps to Z3 ≡ 0. r may alias p.
+//
+// Intermediate values that only feed multiplications are left loose; the
+// comments give the limb bounds (T = tight, i.e. < 2^58 + 2^14).
 func (r *point) double(p *point) {
-	var delta, gamma, beta, alpha, t0, t1, t2 fe
-	feSquare(&delta, &p.z)        // δ = Z²
-	feSquare(&gamma, &p.y)        // γ = Y²
-	feMul(&beta, &p.x, &gamma)    // β = X·γ
-	feSubLoose(&t0, &p.x, &delta) // X − δ
-	feAddLoose(&t1, &p.x, &delta) // X + δ
-	feMul(&alpha, &t0, &t1)
-	feMulSmall(&alpha, &alpha, 3) // α = 3(X−δ)(X+δ)
+	var delta, gamma, beta, alpha, t0, t1 fe
+	feSquare(&delta, &p.z)            // δ = Z²
+	feSquare(&gamma, &p.y)            // γ = Y²
+	feMul(&beta, &p.x, &gamma)        // β = X·γ
+	feSubLoose(&t0, &p.x, &delta)     // X − δ < T + 2^60
+	feAddLoose(&t1, &p.x, &delta)     // X + δ < 2T
+	feMul(&alpha, &t0, &t1)           //
+	feMulSmallLoose(&alpha, &alpha, 3) // α = 3(X−δ)(X+δ) < 3T
 
-	feAddLoose(&t0, &p.y, &p.z)
+	feAddLoose(&t0, &p.y, &p.z) // < 2T
 	feSquare(&t0, &t0)
-	feSub(&t0, &t0, &gamma)
-	feSub(&r.z, &t0, &delta) // Z3 = (Y+Z)² − γ − δ
+	feSub2(&r.z, &t0, &gamma, &delta) // Z3 = (Y+Z)² − γ − δ
 
-	feMulSmall(&t1, &beta, 4) // 4β
+	feMulSmallLoose(&beta, &beta, 4) // 4β < 4T
 	feSquare(&t0, &alpha)
-	feAdd(&t2, &t1, &t1)
-	feSub(&r.x, &t0, &t2) // X3 = α² − 8β
+	feSubMul(&r.x, &t0, &beta, 2) // X3 = α² − 8β
 
-	feSub(&t1, &t1, &r.x) // 4β − X3
+	feSubLoose(&t1, &beta, &r.x) // 4β − X3 < 4T + 2^60
 	feMul(&t1, &alpha, &t1)
 	feSquare(&t0, &gamma)
-	feMulSmall(&t0, &t0, 8)
-	feSub(&r.y, &t1, &t0) // Y3 = α(4β − X3) − 8γ²
+	feSubMul(&r.y, &t1, &t0, 8) // Y3 = α(4β − X3) − 8γ²
 }
 
-// add sets r = p + q using "add-2007-bl" (11M + 5S). Either input may be
-// the point at infinity. If complete is false the caller guarantees that
-// p ≠ q whenever neither is the identity (the formula would wrongly return
-// the identity for p = q); if complete is true that case is detected in
-// constant time and 2p is substituted. complete is a public parameter.
-// r may alias p or q.
-func (r *point) add(p, q *point, complete bool) {
+// add sets r = p + q using "add-2007-bl" (11M + 5S). pInf and qInf (all
+// ones or zero) say whether p and q are the point at infinity, which the
+// caller knows, or computes with isInfinity. If complete is false the
+// caller guarantees that p ≠ q whenever neither is the identity (the
+// formula would wrongly return the identity for p = q); if complete is
+// true that case is detected in constant time and 2p is substituted.
+// complete is a public parameter. r may alias p or q.
+func (r *point) add(p, q *point, pInf, qInf uint64, complete bool) {
 	var z1z1, z2z2, u1, u2, s1, s2, h, i, j, rr, v, t0, t1 fe
 	var out point
 	feSquare(&z1z1, &p.z)
@@ -83,33 +84,28 @@ func (r *point) add(p, q *point, complete bool) {
 	feMul(&s1, &s1, &z2z2)
 	feMul(&s2, &q.y, &p.z)
 	feMul(&s2, &s2, &z1z1)
-	feSub(&h, &u2, &u1) // H = U2 − U1
-	feAddLoose(&t0, &h, &h)
-	feSquare(&i, &t0)    // I = (2H)²
-	feMul(&j, &h, &i)    // J = H·I
-	feSub(&rr, &s2, &s1) // S2 − S1
-	feAdd(&rr, &rr, &rr) // r = 2(S2 − S1)
-	feMul(&v, &u1, &i)   // V = U1·I
+	feSubLoose(&h, &u2, &u1) // H = U2 − U1 < T + 2^60
+	feAddLoose(&t0, &h, &h)  // < 2T + 2^61 < 3·2^60
+	feSquare(&i, &t0)        // I = (2H)²
+	feMul(&j, &h, &i)        // J = H·I
+	feSubLoose(&rr, &s2, &s1)
+	feAddLoose(&rr, &rr, &rr) // r = 2(S2 − S1) < 3·2^60
+	feMul(&v, &u1, &i)        // V = U1·I
 
 	feSquare(&t0, &rr)
-	feSub(&t0, &t0, &j)
-	feAdd(&t1, &v, &v)
-	feSub(&out.x, &t0, &t1) // X3 = r² − J − 2V
+	feAddLoose(&t1, &v, &v)
+	feSub2(&out.x, &t0, &j, &t1) // X3 = r² − J − 2V (2V < 2T)
 
-	feSub(&t0, &v, &out.x)
+	feSubLoose(&t0, &v, &out.x)
 	feMul(&t0, &rr, &t0)
 	feMul(&t1, &s1, &j)
-	feAdd(&t1, &t1, &t1)
-	feSub(&out.y, &t0, &t1) // Y3 = r(V − X3) − 2·S1·J
+	feSubMul(&out.y, &t0, &t1, 2) // Y3 = r(V − X3) − 2·S1·J
 
 	feAddLoose(&t0, &p.z, &q.z)
 	feSquare(&t0, &t0)
-	feSub(&t0, &t0, &z1z1)
-	feSub(&t0, &t0, &z2z2)
+	feSub2Loose(&t0, &t0, &z1z1, &z2z2)
 	feMul(&out.z, &t0, &h) // Z3 = ((Z1+Z2)² − Z1Z1 − Z2Z2)·H
 
-	pInf := p.isInfinity()
-	qInf := q.isInfinity()
 	if complete {
 		var d point
 		d.double(p)
@@ -122,41 +118,37 @@ func (r *point) add(p, q *point, complete bool) {
 }
 
 // addAffine sets r = p + q for a Jacobian p and an affine q using
-// "madd-2007-bl" (7M + 4S). qInf (all ones or zero) says whether q is to be
-// taken as the identity instead. p may be the identity. complete has the
-// same meaning as for add. r may alias p.
-func (r *point) addAffine(p *point, q *affine, qInf uint64, complete bool) {
+// "madd-2007-bl" (7M + 4S). pInf and qInf (all ones or zero) say whether p
+// and q are to be taken as the identity. complete has the same meaning as
+// for add. r may alias p.
+func (r *point) addAffine(p *point, q *affine, pInf, qInf uint64, complete bool) {
 	var z1z1, u2, s2, h, hh, i, j, rr, v, t0, t1 fe
 	var out point
 	feSquare(&z1z1, &p.z)
 	feMul(&u2, &q.x, &z1z1)
 	feMul(&s2, &q.y, &p.z)
 	feMul(&s2, &s2, &z1z1)
-	feSub(&h, &u2, &p.x) // H = U2 − X1
+	feSubLoose(&h, &u2, &p.x) // H = U2 − X1
 	feSquare(&hh, &h)
-	feMulSmall(&i, &hh, 4) // I = 4·HH
-	feMul(&j, &h, &i)      // J = H·I
-	feSub(&rr, &s2, &p.y)
-	feAdd(&rr, &rr, &rr) // r = 2(S2 − Y1)
-	feMul(&v, &p.x, &i)  // V = X1·I
+	feMulSmallLoose(&i, &hh, 4) // I = 4·HH < 4T
+	feMul(&j, &h, &i)           // J = H·I
+	feSubLoose(&rr, &s2, &p.y)
+	feAddLoose(&rr, &rr, &rr) // r = 2(S2 − Y1)
+	feMul(&v, &p.x, &i)       // V = X1·I
 
 	feSquare(&t0, &rr)
-	feSub(&t0, &t0, &j)
-	feAdd(&t1, &v, &v)
-	feSub(&out.x, &t0, &t1) // X3 = r² − J − 2V
+	feAddLoose(&t1, &v, &v)
+	feSub2(&out.x, &t0, &j, &t1) // X3 = r² − J − 2V
 
-	feSub(&t0, &v, &out.x)
+	feSubLoose(&t0, &v, &out.x)
 	feMul(&t0, &rr, &t0)
 	feMul(&t1, &p.y, &j)
-	feAdd(&t1, &t1, &t1)
-	feSub(&out.y, &t0, &t1) // Y3 = r(V − X3) − 2·Y1·J
+	feSubMul(&out.y, &t0, &t1, 2) // Y3 = r(V − X3) − 2·Y1·J
 
 	feAddLoose(&t0, &p.z, &h)
 	feSquare(&t0, &t0)
-	feSub(&t0, &t0, &z1z1)
-	feSub(&out.z, &t0, &hh) // Z3 = (Z1 + H)² − Z1Z1 − HH
+	feSub2(&out.z, &t0, &z1z1, &hh) // Z3 = (Z1 + H)² − Z1Z1 − HH
 
-	pInf := p.isInfinity()
 	if complete {
 		var d point
 		d.double(p)
