@@ -290,6 +290,10 @@ func requestTable(t testing.TB, kd *keyDir) []rawReq {
 		{name: "rec curve mismatch", method: "POST", path: "/rec/" + thp(t, kd.exc, "S256"), body: mustJSON(mismatch), want: 400},
 		{name: "rec key_ops without deriveKey", method: "POST", path: "/rec/" + thp(t, kd.exc, "S256"), body: with("key_ops", []string{"sign"}), want: 403},
 		{name: "rec body too large", method: "POST", path: "/rec/" + thp(t, kd.exc, "S256"), body: huge, want: 413},
+		{name: "rec without kid", method: "POST", path: "/rec", body: valid, want: 404},
+		{name: "rec slash without kid", method: "POST", path: "/rec/", body: valid, want: 404},
+		{name: "adv two levels", method: "GET", path: "/adv/" + thp(t, kd.sig, "S256") + "/x", want: 404},
+		{name: "rec private d", method: "POST", path: "/rec/" + thp(t, kd.exc, "S256"), body: with("d", kd.exc.D), want: 400},
 		{name: "path too long", method: "GET", path: "/adv/" + strings.Repeat("A", 5000), want: 414},
 	}
 	for _, alg := range jose.ThumbprintAlgs {
