@@ -3,6 +3,7 @@ package luks
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -77,9 +78,8 @@ func (r *Runner) runIn(ctx context.Context, dir string, stdin, fd3 []byte, progr
 	var out, errb bytes.Buffer
 	cmd.Stdout = &out
 	cmd.Stderr = &errb
-	if progress != nil {
+	if progress != nil && !isNilProgress(progress) {
 		cmd.Stdout = io.MultiWriter(&out, progress)
-		cmd.Stderr = io.MultiWriter(&errb, progress)
 	}
 	var pw *os.File
 	if fd3 != nil {
@@ -249,9 +249,13 @@ func (r *Runner) Format(ctx context.Context, dev string, key []byte, o FormatOpt
 // to make room for the header. cryptsetup runs in dir, where it keeps a
 // temporary header. Progress goes to progress.
 func (r *Runner) EncryptInPlace(ctx context.Context, dev, dir string, key []byte, reduce string, o FormatOptions, progress io.Writer) error {
-	args := append([]string{"reencrypt", "--encrypt", "--batch-mode", "--type", "luks2",
-		"--reduce-device-size", reduce, "--key-slot", "0", "--key-file", "-", "--progress-frequency", "1"}, o.args()...)
-	_, err := r.runIn(ctx, dir, key, nil, progress, append(args, dev)...)
+	// No --batch-mode: it silences progress. reencrypt asks nothing when
+	// the key comes from a key file.
+	args := append([]string{"reencrypt", "--encrypt", "--type", "luks2",
+		"--reduce-device-size", reduce, "--key-slot", "0", "--key-file", "-", "--progress-json"}, o.args()...)
+	pw := newProgress(progress)
+	_, err := r.runIn(ctx, dir, key, nil, pw, append(args, dev)...)
+	pw.Flush()
 	return err
 }
 
@@ -259,11 +263,13 @@ func (r *Runner) EncryptInPlace(ctx context.Context, dev, dir string, key []byte
 // must be set for image files: cryptsetup cannot tell whether a file is
 // in use and refuses to guess.
 func (r *Runner) ResumeReencrypt(ctx context.Context, dev, dir string, slot int, key []byte, offline bool, progress io.Writer) error {
-	args := []string{"reencrypt", "--resume-only", "--batch-mode", "--key-slot", strconv.Itoa(slot), "--key-file", "-", "--progress-frequency", "1"}
+	args := []string{"reencrypt", "--resume-only", "--key-slot", strconv.Itoa(slot), "--key-file", "-", "--progress-json"}
 	if offline {
 		args = append(args, "--force-offline-reencrypt")
 	}
-	_, err := r.runIn(ctx, dir, key, nil, progress, append(args, dev)...)
+	pw := newProgress(progress)
+	_, err := r.runIn(ctx, dir, key, nil, pw, append(args, dev)...)
+	pw.Flush()
 	return err
 }
 
@@ -326,4 +332,56 @@ func DeviceMapperAvailable() bool {
 	// (libdevmapper creates the node); the kernel lists the driver.
 	misc, err := os.ReadFile("/proc/misc")
 	return err == nil && strings.Contains(string(misc), " device-mapper\n")
+}
+
+// progressWriter turns cryptsetup's --progress-json lines into lines for
+// a person; other output passes through.
+type progressWriter struct {
+	w    io.Writer
+	line []byte
+}
+
+func newProgress(w io.Writer) *progressWriter { return &progressWriter{w: w} }
+
+func isNilProgress(w io.Writer) bool {
+	p, ok := w.(*progressWriter)
+	return ok && p.w == nil
+}
+
+func (p *progressWriter) Write(b []byte) (int, error) {
+	p.line = append(p.line, b...)
+	for {
+		i := bytes.IndexByte(p.line, '\n')
+		if i < 0 {
+			return len(b), nil
+		}
+		p.emit(p.line[:i])
+		p.line = p.line[i+1:]
+	}
+}
+
+// Flush writes a last unterminated line.
+func (p *progressWriter) Flush() {
+	if len(p.line) > 0 {
+		p.emit(p.line)
+		p.line = nil
+	}
+}
+
+func (p *progressWriter) emit(line []byte) {
+	if p.w == nil {
+		return
+	}
+	var j struct {
+		Bytes Uint64 `json:"device_bytes"`
+		Size  Uint64 `json:"device_size"`
+		Speed Uint64 `json:"speed"`
+		ETA   Uint64 `json:"eta_ms"`
+	}
+	if json.Unmarshal(line, &j) != nil || j.Size == 0 {
+		fmt.Fprintf(p.w, "%s\n", line)
+		return
+	}
+	fmt.Fprintf(p.w, "tether: encrypting: %3d%% (%d of %d MiB, %d MiB/s, %ds left)\n",
+		j.Bytes*100/j.Size, j.Bytes>>20, j.Size>>20, j.Speed>>20, (j.ETA+999)/1000)
 }
