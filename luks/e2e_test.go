@@ -226,7 +226,10 @@ func TestRegenAfterRotation(t *testing.T) {
 	g := newRig(t)
 	img := g.image("20M")
 	slot := g.bind(img)
-	if out := g.ok(nil, "luks", "report", "-d", img); !strings.Contains(out, ": ok") {
+	sssCfg := fmt.Sprintf(`{"t":1,"pins":{"tang":[{"url":%q},{"url":%q}]}}`, g.tang.URL, g.tang.URL+"/")
+	g.ok([]byte(testPass), "luks", "bind", "-d", img, "-k", "-", "-y", "sss", sssCfg)
+	sssSlot := g.newestBinding(img)
+	if out := g.ok(nil, "luks", "report", "-d", img); strings.Count(out, ": ok") != 2 {
 		t.Fatalf("report before rotation: %s", out)
 	}
 	// Rotate the server's keys as the tang docs say: hide the old ones,
@@ -240,14 +243,22 @@ func TestRegenAfterRotation(t *testing.T) {
 	if res.code != 1 || !strings.Contains(res.stdout, "rotated") || !strings.Contains(res.stderr, "regen") {
 		t.Fatalf("report after rotation: %d\n%s%s", res.code, res.stdout, res.stderr)
 	}
-	// No -y: the new advertisement is trusted through the old key.
+	if strings.Count(res.stdout, "rotated") != 2 {
+		t.Fatalf("report after rotation, want both bindings flagged:\n%s", res.stdout)
+	}
+	// No -y: the new advertisement is trusted through the old key, for
+	// tang and for each tang child of sss.
 	g.ok(nil, "luks", "regen", "-d", img, "-s", strconv.Itoa(slot))
+	g.ok(nil, "luks", "regen", "-d", img, "-s", strconv.Itoa(sssSlot))
 	h := header(t, img)
-	if slotsNow := h.Slots(); len(slotsNow) != 2 || len(h.TokenIDs()) != 1 {
+	if slotsNow := h.Slots(); len(slotsNow) != 3 || len(h.TokenIDs()) != 2 {
 		t.Fatalf("after regen: slots %v tokens %v", slotsNow, h.TokenIDs())
 	}
-	if out := g.ok(nil, "luks", "report", "-d", img); !strings.Contains(out, ": ok") {
+	if out := g.ok(nil, "luks", "report", "-d", img); strings.Count(out, ": ok") != 2 {
 		t.Fatalf("report after regen: %s", out)
+	}
+	if list := g.ok(nil, "luks", "list", "-d", img); !strings.Contains(list, "sss '{\"pins\":{\"tang\":[") {
+		t.Errorf("list after regen:\n%s", list)
 	}
 	g.checkClean(img)
 }

@@ -69,10 +69,10 @@ type EncryptOptions struct {
 	Progress io.Writer
 }
 
-// ErrNotEncryptable explains why a device cannot be encrypted in place.
-type ErrNotEncryptable struct{ Reason, Hint string }
+// NotEncryptableError explains why a device cannot be encrypted in place.
+type NotEncryptableError struct{ Reason, Hint string }
 
-func (e *ErrNotEncryptable) Error() string { return e.Reason }
+func (e *NotEncryptableError) Error() string { return e.Reason }
 
 // Encrypt encrypts the existing data of a device or image file in place
 // (cryptsetup reencrypt --encrypt --reduce-device-size 32M) under a
@@ -128,12 +128,12 @@ func (v *Volume) Encrypt(ctx context.Context, o EncryptOptions) (int, error) {
 	case herr != nil:
 		return -1, herr
 	case st == nil && h.Reencrypting():
-		return -1, &ErrNotEncryptable{
+		return -1, &NotEncryptableError{
 			Reason: "the volume's encryption or reencryption is unfinished, and tether did not start it (no state in " + v.stateDir() + ")",
 			Hint:   "finish it with cryptsetup reencrypt --resume-only " + v.Path,
 		}
 	case st == nil:
-		return -1, &ErrNotEncryptable{Reason: v.Path + " is already a LUKS2 volume", Hint: "bind it with tether luks bind -d " + v.Path + " PIN CONFIG"}
+		return -1, &NotEncryptableError{Reason: v.Path + " is already a LUKS2 volume", Hint: "bind it with tether luks bind -d " + v.Path + " PIN CONFIG"}
 	case h.Reencrypting():
 		v.logf("resuming the interrupted encryption of %s", v.Path)
 		if err := v.resume(ctx, []byte(st.TempKey), offline, o.Progress); err != nil {
@@ -175,7 +175,7 @@ func (v *Volume) resume(ctx context.Context, key []byte, offline bool, progress 
 			// Seen with cryptsetup 2.6.1 offline: killed after the last
 			// chunk was written but before the header was finalised. All
 			// data is encrypted; only cryptsetup can clear the mark.
-			return &ErrNotEncryptable{
+			return &NotEncryptableError{
 				Reason: fmt.Sprintf("cryptsetup cannot resume the encryption of %s: it was interrupted in its final step, which this cryptsetup version cannot redo offline (%s)", v.Path, strings.TrimSpace(ce.Stderr)),
 				Hint:   "all data is encrypted under the temporary key kept in " + v.stateDir() + ": do not delete it; a newer cryptsetup may finish the step (then run this command again to bind)",
 			}
@@ -293,21 +293,21 @@ func checkEncryptable(dev string, force bool) error {
 		return err
 	}
 	if size < 2*ReduceSize {
-		return &ErrNotEncryptable{Reason: fmt.Sprintf("%s is too small to encrypt in place (%d MiB; at least 64 MiB)", dev, size>>20)}
+		return &NotEncryptableError{Reason: fmt.Sprintf("%s is too small to encrypt in place (%d MiB; at least 64 MiB)", dev, size>>20)}
 	}
 	if m := mountedAt(dev); m != "" {
-		return &ErrNotEncryptable{Reason: fmt.Sprintf("%s is mounted on %s", dev, m), Hint: "unmount it first (encrypt the root filesystem from an initramfs or a rescue system)"}
+		return &NotEncryptableError{Reason: fmt.Sprintf("%s is mounted on %s", dev, m), Hint: "unmount it first (encrypt the root filesystem from an initramfs or a rescue system)"}
 	}
 	fsSize, kind := filesystemSize(f)
 	limit := size - ReduceSize
 	switch {
 	case fsSize > limit:
-		return &ErrNotEncryptable{
+		return &NotEncryptableError{
 			Reason: fmt.Sprintf("the %s filesystem on %s fills it: the last 32 MiB must be free for the LUKS2 header", kind, dev),
 			Hint:   fmt.Sprintf("shrink it first: e2fsck -f %s && resize2fs %s %dK", dev, dev, limit>>10),
 		}
 	case fsSize == 0 && !force:
-		return &ErrNotEncryptable{
+		return &NotEncryptableError{
 			Reason: fmt.Sprintf("cannot tell whether the last 32 MiB of %s are unused (only ext2/3/4 filesystems are measured)", dev),
 			Hint:   "shrink what is on it by 32 MiB, then run again with --force",
 		}

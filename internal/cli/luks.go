@@ -454,7 +454,7 @@ func init() {
 					Pin: name, Config: cfg, Force: *force, Recovery: env.Stdout, Progress: env.Stderr,
 				})
 				if err != nil {
-					var ne *luks.ErrNotEncryptable
+					var ne *luks.NotEncryptableError
 					if errors.As(err, &ne) && ne.Hint != "" {
 						return withHint(err, "%s", ne.Hint)
 					}
