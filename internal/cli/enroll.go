@@ -34,7 +34,7 @@ func init() {
 			pin := fs.String("pin", "", "")
 			state := fs.String("state", "", "")
 			name := fs.String("name", "", "")
-			keyStore := fs.String("key-store", "file", "")
+			keyStore := fs.String("key-store", "", "")
 			timeout := fs.Duration("timeout", 30*time.Second, "")
 			return func(env *Env, args []string) error {
 				if len(args) > 0 {
@@ -92,9 +92,10 @@ const enrollUsage = `Usage: tether enroll --server URL (--token TOKEN | --token-
                      [--state DIR] [--name NAME] [--key-store file|tpm]
 
 Enrol this machine with a tether server in managed mode. tether creates
-the machine's identity key (kept in the state directory, readable by root
-only; or in the TPM with --key-store tpm where that is available), and
-the server records its public half. From then on the managed pin
+the machine's identity key — in the TPM when one is present (a key that
+cannot leave the TPM: a copy of the disk or of the state directory is
+useless elsewhere), else in a file in the state directory readable by
+root only — and the server records its public half. From then on the managed pin
 (tether encrypt managed) binds secrets to a key that the server holds for
 this machine alone, and every unlock is authenticated by the identity key.
 
@@ -116,7 +117,9 @@ Options:
   --state DIR       state directory (default $TETHER_DEVICE_DIR, else
                     /etc/tether/device)
   --name NAME       name shown to admins (default: the host name)
-  --key-store KS    where the identity key lives: file (default) or tpm
+  --key-store KS    where the identity key lives: tpm or file (default: tpm
+                    when a TPM answers at TETHER_TPM_TCTI, TPM2TOOLS_TCTI or
+                    /dev/tpmrm0, else file)
   --timeout D       bound for the enrolment (default 30s)
 
 The device ID is printed on stdout.

@@ -190,7 +190,7 @@ type EnrollOptions struct {
 	Pin      string // server pin, needed without a token (a token carries it)
 	Dir      string // state directory
 	Name     string // device name shown to administrators (default: host name)
-	KeyStore string // "file" (default) or a registered store such as "tpm"
+	KeyStore string // "tpm", "file"; empty: "tpm" when a TPM is present, else "file"
 	// LocalAddr is the source address to connect from (tests).
 	LocalAddr string
 }
@@ -224,6 +224,9 @@ func Enroll(ctx context.Context, o EnrollOptions) (*Identity, *DeviceInfo, error
 	id, err := LoadIdentity(o.Dir)
 	if err != nil {
 		// New, or a key without state (an enrolment that failed half-way).
+		if o.KeyStore == "" {
+			o.KeyStore = defaultKeyStore()
+		}
 		ks, kerr := keyStore(o.KeyStore)
 		if kerr != nil {
 			return nil, nil, kerr
