@@ -12,7 +12,7 @@ want_test=false
 test_pkgs=(
   tang clevis clevis-luks jose cryptsetup-bin luksmeta
   curl socat e2fsprogs util-linux systemd swtpm swtpm-tools tpm2-tools clevis-tpm2
-  samba smbclient
+  samba smbclient openssl
   postgresql
   qemu-system-x86 linux-image-amd64 busybox-static
 )

@@ -55,6 +55,10 @@ type ManagedConfig struct {
 	Ready func(net.Addr)
 	// Now is the clock (tests); nil means time.Now.
 	Now func() time.Time
+	// Hostnames are the DNS names and IP addresses put in the managed
+	// API's self-signed certificate when it is first generated, so that
+	// clients that check names (libcurl for ZFS keylocation) accept it.
+	Hostnames []string
 }
 
 // Managed is the managed-mode server: the device API (enrol, key, unlock,
@@ -107,7 +111,7 @@ func NewManaged(ctx context.Context, st store.Store, kek *KEK, cfg ManagedConfig
 	if err := kek.verifyCheck(stored); err != nil {
 		return nil, "", err
 	}
-	cert, err := loadOrCreateTLS(ctx, st, kek)
+	cert, err := loadOrCreateTLS(ctx, st, kek, cfg.Hostnames)
 	if err != nil {
 		return nil, "", err
 	}
@@ -154,6 +158,7 @@ func (m *Managed) Handler() http.Handler {
 	mux.HandleFunc("GET /v1/device", m.handleDevice)
 	mux.HandleFunc("POST /v1/rec", m.handleRec)
 	mux.HandleFunc("POST /v1/heartbeat", m.handleHeartbeat)
+	mux.HandleFunc("GET /v1/zfs/{dataset...}", m.handleZFS) // managed_zfs.go
 	m.adminRoutes(mux)
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok\n") })
 	return mux

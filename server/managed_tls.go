@@ -14,6 +14,7 @@ import (
 	"encoding/pem"
 	"fmt"
 	"math/big"
+	"net"
 	"time"
 
 	"github.com/tether-nbde/tether/jose"
@@ -41,7 +42,7 @@ type storedTLS struct {
 // self-signed ECDSA P-256 one on first start. Its lifetime is long (100
 // years) on purpose: devices pin the key, not a CA chain or a date, so
 // expiry would only break enrolled devices.
-func loadOrCreateTLS(ctx context.Context, st store.Store, kek *KEK) (tls.Certificate, error) {
+func loadOrCreateTLS(ctx context.Context, st store.Store, kek *KEK, hostnames []string) (tls.Certificate, error) {
 	var none tls.Certificate
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -55,6 +56,13 @@ func loadOrCreateTLS(ctx context.Context, st store.Store, kek *KEK) (tls.Certifi
 		KeyUsage:              x509.KeyUsageDigitalSignature,
 		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
 		BasicConstraintsValid: true,
+	}
+	for _, h := range hostnames {
+		if ip := net.ParseIP(h); ip != nil {
+			tmpl.IPAddresses = append(tmpl.IPAddresses, ip)
+		} else if h != "" {
+			tmpl.DNSNames = append(tmpl.DNSNames, h)
+		}
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
 	if err != nil {

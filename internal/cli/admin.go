@@ -34,9 +34,15 @@ func managedServerFlags(fs *flag.FlagSet) func() (server.ManagedConfig, error) {
 	tangAllow := fs.String("tang-allow", "", "")
 	approval := fs.Duration("approval-timeout", 5*time.Minute, "")
 	rate := fs.Int("unlock-rate", 30, "")
+	hostnames := fs.String("managed-hostname", "", "")
 	return func() (server.ManagedConfig, error) {
 		mc := server.ManagedConfig{Listen: *listen, Store: *src, KEKFile: *kek, Webhooks: hooks,
 			ApprovalTimeout: *approval, UnlockRate: *rate}
+		for _, h := range strings.Split(*hostnames, ",") {
+			if h = strings.TrimSpace(h); h != "" {
+				mc.Hostnames = append(mc.Hostnames, h)
+			}
+		}
 		for _, c := range strings.Split(*tangAllow, ",") {
 			if c = strings.TrimSpace(c); c == "" {
 				continue

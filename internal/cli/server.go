@@ -209,6 +209,15 @@ Managed mode (docs/MANAGED.md; see tether enroll and tether admin):
   --approval-timeout D  how long an unlock waits for approval (default 5m)
   --unlock-rate N   unlocks per device per minute unless its policy says
                     otherwise (default 30; -1 = unlimited)
+  --managed-hostname NAMES  DNS names and IP addresses (comma-separated)
+                    for the self-signed certificate made on first start,
+                    so that name-checking clients (ZFS keylocation via
+                    libcurl) accept it; devices pin the key regardless
+
+ZFS: enrolled devices fetch raw 32-byte dataset keys at
+  https://HOST:PORT/v1/zfs/POOL/DATASET
+with their identity key as client certificate, under the same policy as
+managed unlocks (see tether zfs setup).
 
 The server stops gracefully on SIGTERM or SIGINT: it stops accepting and
 lets requests in flight finish. Logs go to stderr and never contain key
