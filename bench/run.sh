@@ -24,7 +24,9 @@ ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 
 go build -o "$work/tether" ./cmd/tether
 go build -o "$work/tangload" ./bench/tangload
+go build -o "$work/devices" ./bench/devices
 T="$work/tether"; L="$work/tangload"
+DEVICES=${DEVICES:-100000}
 
 freeport() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 waitup() { for _ in $(seq 100); do curl -sf "$1/adv" >/dev/null && return 0; sleep 0.1; done; echo "$1 did not come up" >&2; exit 1; }
@@ -97,10 +99,49 @@ s0=$(date +%s.%N); "$T" decrypt --timeout 30s < "$work/s.jwe" >/dev/null; s1=$(d
 sss_ms=$(awk -v a="$s0" -v b="$s1" 'BEGIN{printf "%.0f", (b-a)*1000}')
 echo "sss t=1/3 with a blackholed first server: $sss_ms ms" >&2
 
+echo "== LUKS unlock path on a default-formatted (argon2id) image, bound to the tether server" >&2
+img="$work/disk.img"; truncate -s 64M "$img"
+printf 'recovery-passphrase' | cryptsetup luksFormat --batch-mode --type luks2 --key-file - "$img"
+luksstate="$work/luksstate"; mkdir -m 700 "$luksstate"
+printf 'recovery-passphrase\n' | TETHER_LUKS_STATE_DIR="$luksstate" "$T" luks bind -d "$img" -k - tang "{\"url\":\"$TETHER\"}" -y >/dev/null 2>&1
+slot=$(TETHER_LUKS_STATE_DIR="$luksstate" "$T" luks list -d "$img" | awk -F: 'NR==1{print $1}')
+# clevis luks unlock: the passphrase from the token, then cryptsetup without a keyslot (argon2 slot first).
+cat > "$work/clevis-unlock.sh" <<EOT
+#!/bin/sh
+clevis luks pass -d "$img" -s $slot | cryptsetup open --test-passphrase --key-file - "$img"
+EOT
+chmod +x "$work/clevis-unlock.sh"
+hyperfine -N -w 1 -r 5 --export-json "$work/luks.json" "$work/clevis-unlock.sh" \
+  "env TETHER_LUKS_STATE_DIR=$luksstate $T luks unlock -d $img --test" >/dev/null 2>&1
+cluks=$(jq '.results[0].median*1000' "$work/luks.json"); tluks=$(jq '.results[1].median*1000' "$work/luks.json")
+echo "unlock path: clevis $cluks ms, tether $tluks ms" >&2
+
+echo "== managed mode: server memory with $DEVICES enrolled devices" >&2
+"$work/devices" -data "$work/managed" -n "$DEVICES" 2>&1 | tail -1 >&2
+mport=$(freeport); mport2=$(freeport)
+"$T" server --listen "127.0.0.1:$mport" --managed-listen "127.0.0.1:$mport2" --data "$work/managed" --curve P-256 --log-level warn & pids+=($!); mpid=$!
+waitup "http://127.0.0.1:$mport"
+export TETHER_ADMIN_CONFIG="$work/managed/admin.json"
+for _ in $(seq 50); do [ -f "$TETHER_ADMIN_CONFIG" ] && break; sleep 0.1; done
+tok=$("$T" admin token create)
+dev="$work/dev"; mkdir -m 700 "$dev"
+echo "$tok" | TETHER_DEVICE_DIR="$dev" "$T" enroll --server "https://127.0.0.1:$mport2" --token-file - --key-store file >/dev/null
+echo secret | TETHER_DEVICE_DIR="$dev" "$T" encrypt managed '{}' > "$work/m.jwe"
+m0=$(date +%s.%N)
+for _ in $(seq 100); do TETHER_DEVICE_DIR="$dev" "$T" decrypt < "$work/m.jwe" >/dev/null; done
+m1=$(date +%s.%N)
+managed_ms=$(awk -v a="$m0" -v b="$m1" 'BEGIN{printf "%.1f", (b-a)*1000/100}')
+"$T" admin device list > "$work/devlist.txt"
+ndev=$(grep -c dev- "$work/devlist.txt" || true)
+rss_mb=$(awk '/VmRSS/{printf "%.0f", $2/1024}' /proc/$mpid/status)
+hwm_mb=$(awk '/VmHWM/{printf "%.0f", $2/1024}' /proc/$mpid/status)
+echo "managed: $ndev devices listed; RSS $rss_mb MB, peak $hwm_mb MB; managed unlock (whole tether decrypt) $managed_ms ms" >&2
+
 new_ratio=$(ratio "${R[tether.new.rps]}" "${R[tangd.new.rps]}")
 ka_ratio=$(ratio "${R[tether.keepalive.rps]}" "${R[tangd.keepalive.rps]}")
 p256_ratio=$(ratio "${R[tether256.keepalive.cpu_us]}" "$raw256_us")
 dec_ratio=$(ratio "$tdec" "$cdec")
+luks_ratio=$(ratio "$tluks" "$cluks")
 p521_ratio=$(ratio "$openssl521" "$raw521")
 
 out=docs/BENCHMARKS.md
@@ -142,7 +183,15 @@ last success after ${R[storm.tether.secs]} s.
 |---|---|---|---|---|
 | decrypt, tang pin, median | $(printf %.1f "$cdec") ms | $(printf %.1f "$tdec") ms | **$dec_ratio** | ≤ 0.1 |
 
+| unlock path of a bound volume (default argon2id image; clevis: \`clevis luks pass\` + \`cryptsetup open\` without a keyslot; tether: \`luks unlock --test\`), median | $(printf %.0f "$cluks") ms | $(printf %.0f "$tluks") ms | **$luks_ratio** | ≤ 0.1 |
+
 sss t=1 of 3 with the first server blackholed (accepts, never answers): decrypted in $sss_ms ms (target ≤ 2000 ms).
+
+## Managed mode
+
+$ndev enrolled devices (SQLite store, filled by \`bench/devices\`), after 100 managed unlocks and one
+\`tether admin device list\` of all of them: server RSS **$rss_mb MB**, peak **$hwm_mb MB** (target ≤ 200 MB).
+One managed unlock (a whole \`tether decrypt\` process: mTLS handshake, policy, audit, blinded exchange): $managed_ms ms.
 EOT
 } > "$out"
 echo "wrote $out" >&2
