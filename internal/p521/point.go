@@ -44,12 +44,12 @@ func pointSelect(out, a, b *point, mask uint64) {
 // comments give the limb bounds (T = tight, i.e. < 2^58 + 2^14).
 func (r *point) double(p *point) {
 	var delta, gamma, beta, alpha, t0, t1 fe
-	feSquare(&delta, &p.z)            // δ = Z²
-	feSquare(&gamma, &p.y)            // γ = Y²
-	feMul(&beta, &p.x, &gamma)        // β = X·γ
-	feSubLoose(&t0, &p.x, &delta)     // X − δ < T + 2^60
-	feAddLoose(&t1, &p.x, &delta)     // X + δ < 2T
-	feMul(&alpha, &t0, &t1)           //
+	feSquare(&delta, &p.z)             // δ = Z²
+	feSquare(&gamma, &p.y)             // γ = Y²
+	feMul(&beta, &p.x, &gamma)         // β = X·γ
+	feSubLoose(&t0, &p.x, &delta)      // X − δ < T + 2^60
+	feAddLoose(&t1, &p.x, &delta)      // X + δ < 2T
+	feMul(&alpha, &t0, &t1)            //
 	feMulSmallLoose(&alpha, &alpha, 3) // α = 3(X−δ)(X+δ) < 3T
 
 	feAddLoose(&t0, &p.y, &p.z) // < 2T
