@@ -119,7 +119,7 @@ echo "unlock path: clevis $cluks ms, tether $tluks ms" >&2
 echo "== managed mode: server memory with $DEVICES enrolled devices" >&2
 "$work/devices" -data "$work/managed" -n "$DEVICES" 2>&1 | tail -1 >&2
 mport=$(freeport); mport2=$(freeport)
-"$T" server --listen "127.0.0.1:$mport" --managed-listen "127.0.0.1:$mport2" --data "$work/managed" --curve P-256 --log-level warn & pids+=($!); mpid=$!
+"$T" server --listen "127.0.0.1:$mport" --managed-listen "127.0.0.1:$mport2" --data "$work/managed" --curve P-256 --unlock-rate -1 --log-level warn & pids+=($!); mpid=$!
 waitup "http://127.0.0.1:$mport"
 export TETHER_ADMIN_CONFIG="$work/managed/admin.json"
 for _ in $(seq 50); do [ -f "$TETHER_ADMIN_CONFIG" ] && break; sleep 0.1; done
