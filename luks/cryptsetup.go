@@ -173,10 +173,19 @@ func (k KDFOptions) args() []string {
 func (r *Runner) AddKey(ctx context.Context, dev string, slot int, key []byte, newSlot int, newKey []byte, kdf KDFOptions) error {
 	args := []string{"luksAddKey", "--batch-mode", "--type", "luks2",
 		"--key-slot", strconv.Itoa(slot), "--new-key-slot", strconv.Itoa(newSlot),
-		"--key-file", "-", "--new-keyfile", "/dev/fd/3"}
+		"--key-file", "-", "--new-keyfile", fd3Path()}
 	args = append(args, kdf.args()...)
 	_, err := r.run(ctx, key, newKey, nil, append(args, dev)...)
 	return err
+}
+
+// fd3Path names the pipe on file descriptor 3 for cryptsetup. A minimal
+// initramfs may lack the /dev/fd symlink; /proc/self/fd is the same.
+func fd3Path() string {
+	if _, err := os.Stat("/dev/fd/0"); err == nil {
+		return "/dev/fd/3"
+	}
+	return "/proc/self/fd/3"
 }
 
 // KillSlot wipes keyslot slot. Batch mode needs no passphrase: callers

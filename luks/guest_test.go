@@ -63,8 +63,18 @@ tether luks unlock -d /dev/vdb -n made
 mount /dev/mapper/made /mnt && echo data > /mnt/new.txt && echo "@@MADE-WRITE $(cat /mnt/new.txt)"
 umount /mnt
 cryptsetup close made
+# With device-mapper, create formats, binds, opens and runs mkfs.ext4 in
+# the opened volume.
+tether luks create /tmp/c.img --size 64M --fs ext4 tang '` + cfg(port) + `' > /tmp/recovery
+echo "@@CREATE-STATUS $?"
+tether luks unlock -d /tmp/c.img -n c && mount /dev/mapper/c /mnt && echo x > /mnt/x && echo "@@CREATE-WRITE $(cat /mnt/x)"
+umount /mnt
+cryptsetup close c
 `
-	res := vm.Boot(t, vm.Config{Kernel: k, Script: script, Disks: []string{img, made}})
+	mkfs := testenv.RequireCmd(t, "mkfs.ext4")
+	// cryptsetup open of an image file attaches a loop device.
+	vm.GuestModules = append(vm.GuestModules, "loop")
+	res := vm.Boot(t, vm.Config{Kernel: k, Script: script, Disks: []string{img, made}, Binaries: []string{mkfs}})
 	t.Logf("guest ran for %s", res.Duration.Round(100*time.Millisecond))
 	if got := res.Markers("UNLOCK-STATUS"); len(got) == 0 || got[0] != "0" {
 		t.Errorf("unlock exit status %q", got)
@@ -81,6 +91,9 @@ cryptsetup close made
 	}
 	if got := res.Markers("MADE-WRITE"); len(got) == 0 || got[0] != "data" {
 		t.Errorf("the created container did not mount and take a file: %q", got)
+	}
+	if got := res.Markers("CREATE-WRITE"); len(got) == 0 || got[0] != "x" {
+		t.Errorf("create with device-mapper: status %q, write %q", res.Markers("CREATE-STATUS"), got)
 	}
 	if t.Failed() {
 		t.Logf("console:\n%s", res.Console)
