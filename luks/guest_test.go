@@ -1,7 +1,9 @@
 package luks_test
 
 import (
+	"crypto/md5"
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -51,6 +53,9 @@ func TestGuestUnlock(t *testing.T) {
 	made := filepath.Join(t.TempDir(), "made.img")
 	tether("", "luks", "create", made, "--size", "64M", "--fs", "ext4", "tang", cfg(port))
 
+	// A plain ext4 disk that the guest encrypts in place.
+	plain, _, known := plainFS(t, "64M", "32M")
+
 	script := `
 t0=$(date +%s)
 tether luks unlock -d /dev/vda -n data --timeout 20s
@@ -70,11 +75,17 @@ echo "@@CREATE-STATUS $?"
 tether luks unlock -d /tmp/c.img -n c && mount /dev/mapper/c /mnt && echo x > /mnt/x && echo "@@CREATE-WRITE $(cat /mnt/x)"
 umount /mnt
 cryptsetup close c
+# Encrypt a block device in place, then open it.
+tether luks encrypt -d /dev/vdc tang '` + cfg(port) + `' > /tmp/rec2
+echo "@@ENCRYPT-STATUS $?"
+tether luks unlock -d /dev/vdc -n enc && mount /dev/mapper/enc /mnt && echo "@@ENCRYPT-READ $(md5sum < /mnt/known.bin)"
+umount /mnt
+cryptsetup close enc
 `
 	mkfs := testenv.RequireCmd(t, "mkfs.ext4")
 	// cryptsetup open of an image file attaches a loop device.
 	vm.GuestModules = append(vm.GuestModules, "loop")
-	res := vm.Boot(t, vm.Config{Kernel: k, Script: script, Disks: []string{img, made}, Binaries: []string{mkfs}})
+	res := vm.Boot(t, vm.Config{Kernel: k, Script: script, Disks: []string{img, made, plain}, Binaries: []string{mkfs}})
 	t.Logf("guest ran for %s", res.Duration.Round(100*time.Millisecond))
 	if got := res.Markers("UNLOCK-STATUS"); len(got) == 0 || got[0] != "0" {
 		t.Errorf("unlock exit status %q", got)
@@ -94,6 +105,10 @@ cryptsetup close c
 	}
 	if got := res.Markers("CREATE-WRITE"); len(got) == 0 || got[0] != "x" {
 		t.Errorf("create with device-mapper: status %q, write %q", res.Markers("CREATE-STATUS"), got)
+	}
+	sum := fmt.Sprintf("%x", md5.Sum(known))
+	if got := res.Markers("ENCRYPT-READ"); len(got) == 0 || !strings.HasPrefix(got[0], sum) {
+		t.Errorf("encrypt of a block device: status %q, read md5 %q, want %s", res.Markers("ENCRYPT-STATUS"), got, sum)
 	}
 	if t.Failed() {
 		t.Logf("console:\n%s", res.Console)
