@@ -2,7 +2,10 @@ module github.com/tether-nbde/tether
 
 go 1.26.8
 
-require github.com/google/go-tpm v0.9.8
+require (
+	github.com/google/go-tpm v0.9.8
+	rsc.io/qr v0.2.0
+)
 
 require (
 	filippo.io/nistec v0.0.4 // indirect

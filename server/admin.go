@@ -73,10 +73,15 @@ func (m *Managed) adminRoutes(mux *http.ServeMux) {
 	mux.HandleFunc("GET /v1/admin/approvals", a(m.adminApprovals))
 	mux.HandleFunc("POST /v1/admin/approvals/{id}/{op}", a(m.adminApprovalOp))
 	mux.HandleFunc("GET /v1/admin/audit", a(m.adminAudit))
+	m.userRoutes(mux, a) // ui_users.go
 }
 
 func (m *Managed) adminRecord(ctx context.Context, r *audit.Record) error {
 	r.Actor, r.Decision = "admin", audit.OK
+	if a, ok := ctx.Value(actorKey{}).(uiActor); ok {
+		// A change made in the dashboard: who, and from where.
+		r.Actor, r.Source = a.name, a.source
+	}
 	return m.record(ctx, r)
 }
 

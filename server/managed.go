@@ -55,6 +55,8 @@ type ManagedConfig struct {
 	Ready func(net.Addr)
 	// Now is the clock (tests); nil means time.Now.
 	Now func() time.Time
+	// UI configures the dashboard at /ui/ (ui.go).
+	UI UIConfig
 	// Hostnames are the DNS names and IP addresses put in the managed
 	// API's self-signed certificate when it is first generated, so that
 	// clients that check names (libcurl for ZFS keylocation) accept it.
@@ -73,6 +75,7 @@ type Managed struct {
 	pin     string
 	limiter policy.Limiter
 	hooks   *webhooks
+	ui      *uiServer
 
 	wakeMu sync.Mutex
 	wake   chan struct{} // closed and replaced when an approval is decided here
@@ -130,6 +133,7 @@ func NewManaged(ctx context.Context, st store.Store, kek *KEK, cfg ManagedConfig
 		hooks: newWebhooks(cfg.Webhooks, log),
 		wake:  make(chan struct{}),
 	}
+	m.ui = newUIServer(m)
 	return m, tok, nil
 }
 
@@ -160,6 +164,7 @@ func (m *Managed) Handler() http.Handler {
 	mux.HandleFunc("POST /v1/heartbeat", m.handleHeartbeat)
 	mux.HandleFunc("GET /v1/zfs/{dataset...}", m.handleZFS) // managed_zfs.go
 	m.adminRoutes(mux)
+	m.ui.routes(mux)
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok\n") })
 	return mux
 }
@@ -774,6 +779,11 @@ func startManaged(ctx context.Context, cfg *Config, log *slog.Logger, tangH http
 			return nil, nil, fmt.Errorf("write admin credentials: %w", err)
 		}
 		log.Info("admin credentials written", "file", adminFile)
+	}
+	if err := m.startUI(ctx, cfg.DataDir, cfg.Curve, log); err != nil {
+		ln.Close()
+		st.Close()
+		return nil, nil, err
 	}
 	srv := &http.Server{
 		Handler:           m.Handler(),

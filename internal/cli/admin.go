@@ -34,10 +34,12 @@ func managedServerFlags(fs *flag.FlagSet) func() (server.ManagedConfig, error) {
 	tangAllow := fs.String("tang-allow", "", "")
 	approval := fs.Duration("approval-timeout", 5*time.Minute, "")
 	rate := fs.Int("unlock-rate", 30, "")
+	uiCfg := uiServerFlags(fs) // admin_user.go
 	hostnames := fs.String("managed-hostname", "", "")
 	return func() (server.ManagedConfig, error) {
 		mc := server.ManagedConfig{Listen: *listen, Store: *src, KEKFile: *kek, Webhooks: hooks,
 			ApprovalTimeout: *approval, UnlockRate: *rate}
+		mc.UI = uiCfg()
 		for _, h := range strings.Split(*hostnames, ",") {
 			if h = strings.TrimSpace(h); h != "" {
 				mc.Hostnames = append(mc.Hostnames, h)

@@ -209,6 +209,13 @@ Managed mode (docs/MANAGED.md; see tether enroll and tether admin):
   --approval-timeout D  how long an unlock waits for approval (default 5m)
   --unlock-rate N   unlocks per device per minute unless its policy says
                     otherwise (default 30; -1 = unlimited)
+  --ui=false        no dashboard. By default the managed listener also
+                    serves it at https://ADDR/ui/ (docs/DASHBOARD.md); the
+                    first start creates the account "admin" with a random
+                    password in DIR/ui-admin.txt (0600)
+  --ui-session-idle D  a dashboard session unused this long ends (default 30m)
+  --ui-session-max D   every dashboard session ends this long after
+                    sign-in (default 12h)
   --managed-hostname NAMES  DNS names and IP addresses (comma-separated)
                     for the self-signed certificate made on first start,
                     so that name-checking clients (ZFS keylocation via

@@ -1,0 +1,388 @@
+package server
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/subtle"
+	"embed"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"html/template"
+	"io/fs"
+	"log/slog"
+	"net/http"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/tether-nbde/tether/audit"
+	"github.com/tether-nbde/tether/internal/atomicfile"
+	"github.com/tether-nbde/tether/jose"
+	"github.com/tether-nbde/tether/store"
+)
+
+// The dashboard (docs/DASHBOARD.md): HTML, JS and CSS embedded in the
+// binary and served under /ui/ on the managed TLS listener, next to the
+// admin API it drives. Admins sign in with a name and password (argon2id);
+// a session is a random cookie whose hash is kept in the store, so every
+// replica honours it. Every change needs the session's CSRF token in a
+// header and an Origin of this very page, and is audited with the admin's
+// name as actor.
+
+//go:embed ui
+var uiFiles embed.FS
+
+// UIConfig configures the dashboard. The zero value serves it with the
+// defaults below.
+type UIConfig struct {
+	Off bool // no dashboard; the /ui/ paths answer 404
+	// SessionIdle ends a session not used for this long (default 30 min);
+	// SessionMax ends every session this long after sign-in (default 12 h).
+	SessionIdle time.Duration
+	SessionMax  time.Duration
+	// PasswordFile is where the first start writes the initial account's
+	// password (0600); "" = DATA/ui-admin.txt.
+	PasswordFile string
+	// KeyDir and Curve are the Tang key directory and the curve of new
+	// keys, for key rotation from the dashboard (set from the server's
+	// --data and --curve).
+	KeyDir string
+	Curve  *jose.Curve
+}
+
+const (
+	sessionCookie = "__Host-tether-session" // __Host-: Secure, Path=/, no Domain, by browser rule
+	csrfHeader    = "X-CSRF-Token"
+	// bgHeader marks a request the page makes by itself (a live refresh):
+	// it does not count as activity that keeps a session from idling out.
+	bgHeader = "X-Tether-Background"
+)
+
+type uiServer struct {
+	m        *Managed
+	us       store.UIStore // nil: the store cannot hold accounts
+	cfg      UIConfig
+	limiter  loginLimiter
+	argonSem chan struct{}
+	hub      *uiHub
+	login    *template.Template
+	static   fs.FS
+}
+
+func newUIServer(m *Managed) *uiServer {
+	cfg := m.cfg.UI
+	if cfg.SessionIdle <= 0 {
+		cfg.SessionIdle = 30 * time.Minute
+	}
+	if cfg.SessionMax <= 0 {
+		cfg.SessionMax = 12 * time.Hour
+	}
+	if cfg.Curve == nil {
+		cfg.Curve = jose.P521
+	}
+	u := &uiServer{m: m, cfg: cfg, argonSem: make(chan struct{}, 2)}
+	u.us, _ = m.st.(store.UIStore)
+	u.login = template.Must(template.ParseFS(uiFiles, "ui/login.html"))
+	u.static, _ = fs.Sub(uiFiles, "ui/static")
+	u.hub = newUIHub(m)
+	return u
+}
+
+// actorKey carries who makes an admin change through the dashboard, for
+// the audit record (adminRecord).
+type actorKey struct{}
+
+type uiActor struct{ name, source string }
+
+func (u *uiServer) routes(mux *http.ServeMux) {
+	if u.cfg.Off {
+		return
+	}
+	h := func(pattern string, f http.HandlerFunc) { mux.Handle(pattern, u.headers(f)) }
+	h("GET /ui", func(w http.ResponseWriter, r *http.Request) { http.Redirect(w, r, "/ui/", http.StatusSeeOther) })
+	h("GET /ui/{$}", u.index)
+	h("GET /ui/login", u.loginPage)
+	h("POST /ui/login", u.loginPost)
+	h("POST /ui/logout", u.authed(true, u.logout))
+	h("GET /ui/static/", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Cache-Control", "no-cache")
+		http.StripPrefix("/ui/static/", http.FileServerFS(u.static)).ServeHTTP(w, r)
+	})
+	h("GET /ui/api/state", u.authed(false, u.apiState))
+	h("GET /ui/api/audit", u.authed(false, u.apiAudit))
+	h("GET /ui/api/events", u.authed(false, u.apiEvents))
+	h("POST /ui/api/tokens", u.authed(true, u.apiToken))
+	h("POST /ui/api/devices/{id}/{op}", u.authed(true, u.m.adminDeviceOp))
+	h("POST /ui/api/approvals/{id}/{op}", u.authed(true, u.m.adminApprovalOp))
+	h("POST /ui/api/lockdown", u.authed(true, u.m.adminLockdown))
+	h("POST /ui/api/keys/rotate", u.authed(true, u.apiRotate))
+}
+
+// headers sets what every dashboard response carries: a strict content
+// security policy (no inline script, no framing, no foreign origins).
+func (u *uiServer) headers(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		hd := w.Header()
+		hd.Set("Content-Security-Policy", "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "+
+			"connect-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'; object-src 'none'")
+		hd.Set("X-Frame-Options", "DENY")
+		hd.Set("X-Content-Type-Options", "nosniff")
+		hd.Set("Referrer-Policy", "same-origin")
+		hd.Set("Cross-Origin-Opener-Policy", "same-origin")
+		hd.Set("Cross-Origin-Resource-Policy", "same-origin")
+		hd.Set("Strict-Transport-Security", "max-age=31536000")
+		next.ServeHTTP(w, r)
+	})
+}
+
+func sessionID(secret string) string {
+	h := sha256.Sum256([]byte(secret))
+	return hex.EncodeToString(h[:])
+}
+
+// session returns the request's live session, or nil. An expired session
+// is deleted. activity moves its idle clock.
+func (u *uiServer) session(r *http.Request, activity bool) (*store.Session, error) {
+	c, err := r.Cookie(sessionCookie)
+	if err != nil || c.Value == "" || u.us == nil {
+		return nil, nil
+	}
+	id := sessionID(c.Value)
+	s, err := u.us.Session(r.Context(), id)
+	if errors.Is(err, store.ErrNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	now := u.m.now()
+	if now.Sub(s.Created) > u.cfg.SessionMax || now.Sub(s.LastSeen) > u.cfg.SessionIdle {
+		u.us.DeleteSession(r.Context(), id)
+		return nil, nil
+	}
+	// Writing on every request would make each page view a store write;
+	// a coarse clock is enough for an idle timeout of minutes.
+	if activity && now.Sub(s.LastSeen) > min(time.Minute, u.cfg.SessionIdle/10) {
+		if err := u.us.TouchSession(r.Context(), id, now); err != nil {
+			return nil, err
+		}
+		s.LastSeen = now
+	}
+	return s, nil
+}
+
+// sameOrigin reports whether a request comes from a page of this server:
+// its Origin header (which scripts cannot forge) names this very host.
+// Browsers send Origin with every POST; a request without one is refused.
+func sameOrigin(r *http.Request) bool {
+	o := r.Header.Get("Origin")
+	if o == "" || o == "null" {
+		return false
+	}
+	return o == "https://"+r.Host
+}
+
+type ctxSession struct{}
+
+// authed wraps a dashboard API handler: it needs a live session, and for
+// a change (change=true) the same origin and the session's CSRF token.
+// The admin's name and address go into the context for the audit record.
+func (u *uiServer) authed(change bool, next http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Cache-Control", "no-store")
+		s, err := u.session(r, r.Header.Get(bgHeader) == "")
+		if err != nil {
+			writeError(w, http.StatusInternalServerError, "session store: %v", err)
+			return
+		}
+		if s == nil {
+			writeError(w, http.StatusUnauthorized, "not signed in, or the session expired: sign in again")
+			return
+		}
+		if change {
+			if !sameOrigin(r) {
+				u.refuse(r, s.User, "request from another origin ("+r.Header.Get("Origin")+")")
+				writeError(w, http.StatusForbidden, "cross-site request refused: it must come from this dashboard's page")
+				return
+			}
+			tok := r.Header.Get(csrfHeader)
+			if subtle.ConstantTimeCompare([]byte(tok), []byte(s.CSRF)) != 1 {
+				u.refuse(r, s.User, "missing or wrong CSRF token")
+				writeError(w, http.StatusForbidden, "request refused: missing or wrong CSRF token (reload the page)")
+				return
+			}
+		}
+		ctx := context.WithValue(r.Context(), actorKey{}, uiActor{name: s.User, source: sourceOf(r).String()})
+		ctx = context.WithValue(ctx, ctxSession{}, s)
+		next(w, r.WithContext(ctx))
+		if change {
+			u.hub.kick()
+		}
+	}
+}
+
+// refuse audits a refused dashboard request.
+func (u *uiServer) refuse(r *http.Request, user, reason string) {
+	u.m.record(r.Context(), &audit.Record{Action: "ui.refused", Actor: user,
+		Source: sourceOf(r).String(), Decision: audit.Deny, Reason: r.Method + " " + r.URL.Path + ": " + reason})
+}
+
+func (u *uiServer) index(w http.ResponseWriter, r *http.Request) {
+	s, err := u.session(r, true)
+	if err != nil {
+		http.Error(w, "session store unavailable", http.StatusInternalServerError)
+		return
+	}
+	if s == nil {
+		http.Redirect(w, r, "/ui/login", http.StatusSeeOther)
+		return
+	}
+	w.Header().Set("Cache-Control", "no-store")
+	w.Header().Set("Content-Type", "text/html; charset=utf-8")
+	b, _ := uiFiles.ReadFile("ui/index.html")
+	w.Write(b)
+}
+
+type loginView struct {
+	Error  string
+	Notice string
+	Name   string
+}
+
+func (u *uiServer) renderLogin(w http.ResponseWriter, code int, v loginView) {
+	w.Header().Set("Cache-Control", "no-store")
+	w.Header().Set("Content-Type", "text/html; charset=utf-8")
+	w.WriteHeader(code)
+	u.login.Execute(w, v)
+}
+
+func (u *uiServer) loginPage(w http.ResponseWriter, r *http.Request) {
+	v := loginView{}
+	switch r.URL.Query().Get("e") {
+	case "expired":
+		v.Notice = "Your session ended. Sign in again."
+	case "out":
+		v.Notice = "Signed out."
+	}
+	if u.us == nil {
+		v.Error = "This server's store cannot hold dashboard accounts."
+	}
+	u.renderLogin(w, http.StatusOK, v)
+}
+
+func (u *uiServer) loginPost(w http.ResponseWriter, r *http.Request) {
+	ctx := r.Context()
+	src := sourceOf(r).String()
+	if !sameOrigin(r) {
+		u.renderLogin(w, http.StatusForbidden, loginView{Error: "Sign-in refused: the form was not sent from this page."})
+		return
+	}
+	if u.us == nil {
+		u.renderLogin(w, http.StatusNotImplemented, loginView{Error: "This server's store cannot hold dashboard accounts."})
+		return
+	}
+	r.Body = http.MaxBytesReader(w, r.Body, 8<<10)
+	name, pw := strings.TrimSpace(r.PostFormValue("name")), r.PostFormValue("password")
+	if ok, wait := u.limiter.allow(name, src, u.m.now()); !ok {
+		secs := int(wait.Seconds()) + 1
+		w.Header().Set("Retry-After", fmt.Sprint(secs))
+		u.renderLogin(w, http.StatusTooManyRequests, loginView{Name: name,
+			Error: fmt.Sprintf("Too many failed sign-ins. Try again in %d s.", secs)})
+		return
+	}
+	select {
+	case u.argonSem <- struct{}{}:
+	case <-ctx.Done():
+		return
+	}
+	user, err := u.us.UIUser(ctx, name)
+	hash := dummyHash()
+	if err == nil {
+		hash = user.Hash
+	}
+	good := VerifyPassword(hash, pw) && err == nil
+	<-u.argonSem
+	if !good {
+		u.limiter.fail(name, src, u.m.now())
+		u.m.record(ctx, &audit.Record{Action: "ui.login", Actor: name, Source: src, Decision: audit.Deny, Reason: "wrong name or password"})
+		u.renderLogin(w, http.StatusUnauthorized, loginView{Name: name, Error: "Wrong name or password."})
+		return
+	}
+	secret := randomToken(32)
+	now := u.m.now()
+	s := &store.Session{ID: sessionID(secret), User: user.Name, CSRF: randomToken(32), Source: src, Created: now, LastSeen: now}
+	// Old sessions are swept here rather than by a timer: sign-ins are
+	// rare, and expired sessions are refused when used anyway.
+	u.us.DeleteSessionsBefore(ctx, now.Add(-u.cfg.SessionMax), now.Add(-u.cfg.SessionIdle))
+	if err := u.us.CreateSession(ctx, s); err != nil {
+		u.renderLogin(w, http.StatusInternalServerError, loginView{Error: "Cannot store the session: " + err.Error()})
+		return
+	}
+	if err := u.m.record(ctx, &audit.Record{Action: "ui.login", Actor: user.Name, Source: src, Decision: audit.OK}); err != nil {
+		u.us.DeleteSession(ctx, s.ID)
+		u.renderLogin(w, http.StatusInternalServerError, loginView{Error: "Cannot write the audit log."})
+		return
+	}
+	http.SetCookie(w, &http.Cookie{Name: sessionCookie, Value: secret, Path: "/", Secure: true, HttpOnly: true,
+		SameSite: http.SameSiteStrictMode})
+	http.Redirect(w, r, "/ui/", http.StatusSeeOther)
+}
+
+func (u *uiServer) logout(w http.ResponseWriter, r *http.Request) {
+	s := r.Context().Value(ctxSession{}).(*store.Session)
+	u.us.DeleteSession(r.Context(), s.ID)
+	u.m.record(r.Context(), &audit.Record{Action: "ui.logout", Actor: s.User, Source: sourceOf(r).String(), Decision: audit.OK})
+	http.SetCookie(w, &http.Cookie{Name: sessionCookie, Value: "", Path: "/", Secure: true, HttpOnly: true,
+		SameSite: http.SameSiteStrictMode, MaxAge: -1})
+	writeJSON(w, http.StatusOK, struct{}{})
+}
+
+// InitialAdminName is the account the first start creates.
+const InitialAdminName = "admin"
+
+// startUI runs at server start: it fills in the data-directory defaults
+// and, if no dashboard account exists yet, creates InitialAdminName with a
+// random password written 0600 to the password file (once: the first
+// replica to start wins, later starts never write it again).
+func (m *Managed) startUI(ctx context.Context, dataDir string, curve *jose.Curve, log *slog.Logger) error {
+	u := m.ui
+	if u.cfg.KeyDir == "" {
+		u.cfg.KeyDir = KeyDir(dataDir)
+	}
+	if curve != nil && m.cfg.UI.Curve == nil {
+		u.cfg.Curve = curve
+	}
+	if u.cfg.Off || u.us == nil {
+		return nil
+	}
+	users, err := u.us.UIUsers(ctx)
+	if err != nil || len(users) > 0 {
+		return err
+	}
+	pw := randomToken(18)
+	hash, err := HashPassword(pw)
+	if err != nil {
+		return err
+	}
+	now := m.now()
+	err = u.us.CreateUIUser(ctx, &store.UIUser{Name: InitialAdminName, Hash: hash, Created: now, Updated: now})
+	if errors.Is(err, store.ErrExists) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	file := u.cfg.PasswordFile
+	if file == "" {
+		file = filepath.Join(dataDir, "ui-admin.txt")
+	}
+	body := fmt.Sprintf("# tether dashboard: the first account (change it: tether admin user passwd %s)\nname: %s\npassword: %s\n",
+		InitialAdminName, InitialAdminName, pw)
+	if err := atomicfile.Write(file, []byte(body), 0o600); err != nil {
+		return fmt.Errorf("write the dashboard's initial password: %w", err)
+	}
+	m.record(ctx, &audit.Record{Action: "ui.user.add", Actor: "server", Decision: audit.OK, Reason: InitialAdminName + " (first start)"})
+	log.Info("dashboard account created", "name", InitialAdminName, "password_file", file)
+	return nil
+}

@@ -1,0 +1,284 @@
+// tether dashboard. No framework: one state object from /ui/api/state,
+// rendered into the page; server-sent events say when to fetch it again.
+// Every string from the server goes in with textContent, never as HTML.
+"use strict";
+
+let state = null;
+let auditTimer = null;
+const $ = (id) => document.getElementById(id);
+
+function el(tag, attrs, ...kids) {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (v === undefined || v === null || v === false) continue;
+    if (k === "class") e.className = v;
+    else if (k.startsWith("on")) e.addEventListener(k.slice(2), v);
+    else if (k === "dataset") Object.assign(e.dataset, v);
+    else e.setAttribute(k, v === true ? "" : v);
+  }
+  for (const k of kids.flat()) {
+    if (k === null || k === undefined || k === false) continue;
+    e.append(k instanceof Node ? k : document.createTextNode(String(k)));
+  }
+  return e;
+}
+
+// api calls the dashboard API. Changes carry the session's CSRF token;
+// background refreshes say so, so that they do not keep a session alive.
+async function api(method, path, body, background) {
+  const headers = { "Accept": "application/json" };
+  if (method !== "GET") {
+    headers["Content-Type"] = "application/json";
+    headers["X-CSRF-Token"] = state ? state.csrf : "";
+  }
+  if (background) headers["X-Tether-Background"] = "1";
+  const resp = await fetch(path, { method, headers, credentials: "same-origin", cache: "no-store",
+    body: body === undefined ? undefined : JSON.stringify(body) });
+  if (resp.status === 401) {
+    location.href = "/ui/login?e=expired";
+    throw new Error("session expired");
+  }
+  let data = {};
+  try { data = await resp.json(); } catch (_) { /* empty */ }
+  if (!resp.ok) throw new Error(data.error || resp.statusText);
+  return data;
+}
+
+// cell is a table cell whose content is one block, so that on a phone
+// (where rows become cards) the label and the content sit side by side.
+function cell(attrs, ...kids) {
+  return el("td", attrs, el("div", {}, ...kids));
+}
+
+function toast(msg, bad) {
+  const t = $("toast");
+  t.textContent = msg;
+  t.className = "toast" + (bad ? " bad" : "");
+  t.hidden = false;
+  clearTimeout(toast.timer);
+  toast.timer = setTimeout(() => { t.hidden = true; }, bad ? 8000 : 3500);
+}
+
+function ago(iso) {
+  if (!iso || iso.startsWith("0001")) return "never";
+  const t = new Date(iso), now = state ? new Date(state.now).getTime() + (Date.now() - state.fetched) : Date.now();
+  let s = Math.round((now - t.getTime()) / 1000);
+  if (s < 5) return "just now";
+  if (s < 60) return s + " s ago";
+  if (s < 3600) return Math.floor(s / 60) + " min ago";
+  if (s < 86400) return Math.floor(s / 3600) + " h ago";
+  return t.toLocaleDateString() + " " + t.toLocaleTimeString();
+}
+
+function stamp(iso) {
+  if (!iso || iso.startsWith("0001")) return "";
+  return new Date(iso).toLocaleString();
+}
+
+async function refresh(background) {
+  const s = await api("GET", "/ui/api/state", undefined, background);
+  s.fetched = Date.now();
+  state = s;
+  render();
+}
+
+function render() {
+  const s = state;
+  $("who").textContent = s.user;
+  $("lockbanner").hidden = !s.lockdown;
+  document.body.classList.toggle("locked", s.lockdown);
+  $("lockdown").checked = s.lockdown;
+  $("lock-label").textContent = s.lockdown ? "Lockdown is ON" : "Lockdown is off";
+  $("pin").textContent = s.pin;
+  renderApprovals(s);
+  renderDevices(s);
+  renderKeys(s);
+  const fd = $("f-device"), cur = fd.value;
+  fd.replaceChildren(el("option", { value: "" }, "all"),
+    ...s.devices.map((d) => el("option", { value: d.id }, (d.name || d.id))));
+  fd.value = cur;
+}
+
+function renderApprovals(s) {
+  $("approvals-box").hidden = s.approvals.length === 0;
+  const c = $("apr-count");
+  c.hidden = s.approvals.length === 0;
+  c.textContent = s.approvals.length;
+  $("approvals").replaceChildren(...s.approvals.map((a) => el("li", { class: "card approval", dataset: { approval: a.ID, device: a.Device } },
+    el("div", { class: "grow" },
+      el("strong", {}, a.name || a.Device), " wants to unlock",
+      el("div", { class: "muted" }, "from ", a.Source, " · asked ", ago(a.Created), " · expires ", new Date(a.Deadline).toLocaleTimeString())),
+    el("div", { class: "btns" },
+      el("button", { class: "primary", onclick: () => approvalOp(a, "approve") }, "Approve"),
+      el("button", { class: "danger", onclick: () => approvalOp(a, "deny") }, "Deny")))));
+}
+
+function renderDevices(s) {
+  const tb = $("devices").tBodies[0];
+  $("no-devices").hidden = s.devices.length > 0;
+  $("devices").hidden = s.devices.length === 0;
+  const n = (st) => s.devices.filter((d) => d.state === st).length;
+  $("dev-summary").textContent = s.devices.length ? `${n("enabled")} enabled · ${n("pending")} pending · ${n("disabled")} disabled · ${n("revoked")} revoked` : "";
+  tb.replaceChildren(...s.devices.map((d) => {
+    const btns = [];
+    if (d.state === "pending") btns.push(el("button", { class: "primary small", onclick: () => deviceOp(d, "approve") }, "Approve"));
+    if (d.state === "disabled") btns.push(el("button", { class: "small", onclick: () => deviceOp(d, "enable") }, "Enable"));
+    if (d.state === "enabled") btns.push(el("button", { class: "small", onclick: () => deviceOp(d, "disable") }, "Disable"));
+    if (d.state !== "revoked") btns.push(el("button", { class: "danger small", onclick: () => deviceOp(d, "revoke") }, "Revoke"));
+    const last = d.last_decision && d.last_decision !== "allow"
+      ? el("div", { class: "muted small-text" }, "last attempt ", ago(d.last_attempt), ": ", d.last_decision, d.last_reason ? " (" + d.last_reason + ")" : "") : null;
+    return el("tr", { id: "dev-" + d.id, class: "state-" + d.state, dataset: { state: d.state, name: d.name } },
+      cell({ "data-label": "Device" }, el("strong", {}, d.name || "(no name)"),
+        el("div", { class: "muted mono" }, d.id, d.group ? " · " + d.group : ""),
+        d.policy && d.policy.approval ? el("div", { class: "tag" }, "approval required") : null),
+      cell({ "data-label": "State" }, el("span", { class: "badge " + d.state }, d.state),
+        d.reason ? el("div", { class: "muted small-text" }, d.reason) : null),
+      cell({ "data-label": "Last heard", title: stamp(d.last_seen) }, ago(d.last_seen)),
+      cell({ "data-label": "Last unlock", class: "last-unlock", title: stamp(d.last_unlock) }, ago(d.last_unlock), last),
+      cell({ "data-label": "Source", class: "mono" }, d.last_source || "—"),
+      el("td", { class: "btns" }, btns));
+  }));
+}
+
+function renderKeys(s) {
+  $("keys").tBodies[0].replaceChildren(...s.keys.map((k) => el("tr", { class: k.advertised ? "" : "muted" },
+    cell({ "data-label": "State" }, k.advertised ? "advertised" : "retired"),
+    cell({ "data-label": "Use" }, k.use), cell({ "data-label": "Curve" }, k.curve),
+    cell({ "data-label": "Thumbprint", class: "mono" }, k.thumbprint))));
+}
+
+function confirmDialog(title, text, okLabel, danger, withReason) {
+  return new Promise((resolve) => {
+    const d = $("confirm");
+    $("confirm-title").textContent = title;
+    $("confirm-text").textContent = text;
+    $("confirm-ok").textContent = okLabel;
+    $("confirm-ok").className = danger ? "danger" : "primary";
+    $("confirm-reason").value = "";
+    $("confirm-reason-label").hidden = !withReason;
+    d.returnValue = "";
+    d.onclose = () => resolve(d.returnValue === "ok" ? { reason: $("confirm-reason").value } : null);
+    d.showModal();
+  });
+}
+
+const opText = {
+  approve: ["Approve enrolment", "The device becomes enabled and may unlock, subject to its policy."],
+  enable: ["Enable device", "The device may unlock again; its keep-alive clock restarts."],
+  disable: ["Disable device", "Every unlock of this device is refused until you enable it again. Reversible."],
+  revoke: ["Revoke device — forever", "Revocation is forever: the server destroys this device's key. No disk bound to it can ever be unlocked again, by anyone, even with the device itself. Use Disable for a reversible stop."],
+};
+
+async function deviceOp(d, op) {
+  const [title, text] = opText[op];
+  const ok = await confirmDialog(title + ": " + (d.name || d.id), text, op === "revoke" ? "Revoke forever" : title.split(" ")[0], op === "revoke" || op === "disable", true);
+  if (!ok) return;
+  try {
+    await api("POST", `/ui/api/devices/${encodeURIComponent(d.id)}/${op}`, { reason: ok.reason });
+    toast(`${d.name || d.id}: ${op} done`);
+    await refresh();
+  } catch (e) { toast(e.message, true); }
+}
+
+async function approvalOp(a, op) {
+  try {
+    await api("POST", `/ui/api/approvals/${encodeURIComponent(a.ID)}/${op}`, {});
+    toast(op === "approve" ? `Unlock of ${a.name} approved` : `Unlock of ${a.name} denied`);
+    await refresh();
+  } catch (e) { toast(e.message, true); }
+}
+
+async function setLockdown(on) {
+  if (on) {
+    const ok = await confirmDialog("Turn lockdown on", "Every managed unlock on every replica is refused until you turn it off.", "Lock down", true, false);
+    if (!ok) { $("lockdown").checked = false; return; }
+  }
+  try {
+    await api("POST", "/ui/api/lockdown", { on });
+    toast(on ? "Lockdown on" : "Lockdown off");
+    await refresh();
+  } catch (e) { toast(e.message, true); $("lockdown").checked = !on; }
+}
+
+async function loadAudit(background) {
+  const q = new URLSearchParams({ device: $("f-device").value, action: $("f-action").value, decision: $("f-decision").value, limit: "200" });
+  const a = await api("GET", "/ui/api/audit?" + q, undefined, background);
+  const ch = $("chain");
+  ch.className = "chain " + (a.verified ? "ok" : "bad");
+  ch.textContent = a.verified ? `✔ chain verified: ${a.total} records` : "✘ chain broken: " + a.error;
+  ch.title = a.head ? "head " + a.head : "";
+  $("audit-count").textContent = `${a.matched} matching records` + (a.matched > a.records.length ? `, newest ${a.records.length} shown` : "");
+  $("audit").tBodies[0].replaceChildren(...a.records.map((r) => el("tr", { class: "dec-" + r.decision },
+    cell({ "data-label": "#", class: "mono" }, r.seq),
+    cell({ "data-label": "Time", title: r.time }, stamp(r.time)),
+    cell({ "data-label": "Action" }, r.action),
+    cell({ "data-label": "Decision" }, el("span", { class: "badge d-" + r.decision }, r.decision)),
+    cell({ "data-label": "Device" }, r.device ? (a.names[r.device] || r.device) : ""),
+    cell({ "data-label": "By / from" }, [r.actor, r.source].filter(Boolean).join(" · ")),
+    cell({ "data-label": "Reason", class: "reason" }, r.reason || ""))));
+}
+
+function showView() {
+  const v = (location.hash || "#devices").slice(1);
+  for (const sec of document.querySelectorAll(".view")) sec.hidden = sec.id !== "view-" + v;
+  for (const a of document.querySelectorAll("#nav a")) a.classList.toggle("active", a.dataset.view === v);
+  if (v === "audit") loadAudit().catch((e) => toast(e.message, true));
+}
+
+function connectEvents() {
+  const es = new EventSource("/ui/api/events");
+  const live = $("live");
+  es.addEventListener("hello", () => { live.className = "live on"; });
+  es.addEventListener("change", () => {
+    refresh(true).catch(() => {});
+    if (location.hash === "#audit") {
+      clearTimeout(auditTimer);
+      auditTimer = setTimeout(() => loadAudit(true).catch(() => {}), 200);
+    }
+  });
+  es.addEventListener("expired", () => { es.close(); location.href = "/ui/login?e=expired"; });
+  es.onerror = () => {
+    live.className = "live off";
+    // A refused reconnect (session gone) closes the stream for good:
+    // check the session, which sends us to sign-in if it ended.
+    if (es.readyState === EventSource.CLOSED) {
+      refresh(true).then(() => setTimeout(connectEvents, 2000)).catch(() => {});
+    }
+  };
+}
+
+document.addEventListener("DOMContentLoaded", async () => {
+  $("logout").addEventListener("click", async () => {
+    try { await api("POST", "/ui/logout", {}); } catch (_) { /* gone anyway */ }
+    location.href = "/ui/login?e=out";
+  });
+  $("lockdown").addEventListener("change", (e) => setLockdown(e.target.checked));
+  $("lock-off-banner").addEventListener("click", () => setLockdown(false));
+  $("rotate").addEventListener("click", async () => {
+    const ok = await confirmDialog("Rotate Tang keys", "A new key pair is made and advertised; the current keys are retired but keep answering existing bindings.", "Rotate", false, false);
+    if (!ok) return;
+    try { const r = await api("POST", "/ui/api/keys/rotate", {}); toast(`New keys ${r.new.join(", ").slice(0, 24)}…; ${r.retired} retired`); await refresh(); }
+    catch (e) { toast(e.message, true); }
+  });
+  $("token-form").addEventListener("submit", async (e) => {
+    e.preventDefault();
+    try {
+      const t = await api("POST", "/ui/api/tokens", { group: $("token-group").value.trim(), ttl: $("token-ttl").value, note: $("token-note").value });
+      $("token-qr").src = t.qr;
+      $("token-cmd").textContent = t.command;
+      $("token-cmd").dataset.token = t.token;
+      $("token-exp").textContent = "expires " + new Date(t.expires).toLocaleString();
+      $("token-out").hidden = false;
+    } catch (err) { toast(err.message, true); }
+  });
+  $("token-copy").addEventListener("click", async () => {
+    try { await navigator.clipboard.writeText($("token-cmd").textContent); toast("Copied"); }
+    catch (_) { toast("Select the command and copy it", true); }
+  });
+  $("audit-filter").addEventListener("change", () => loadAudit().catch((e) => toast(e.message, true)));
+  window.addEventListener("hashchange", showView);
+  try { await refresh(); } catch (e) { toast(e.message, true); return; }
+  showView();
+  connectEvents();
+  setInterval(() => { if (state) { renderDevices(state); renderApprovals(state); } }, 10000);
+});

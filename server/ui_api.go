@@ -1,0 +1,327 @@
+package server
+
+import (
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"net/http"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"rsc.io/qr"
+
+	"github.com/tether-nbde/tether/audit"
+	"github.com/tether-nbde/tether/store"
+	"github.com/tether-nbde/tether/tang"
+)
+
+// The dashboard's JSON API (/ui/api/...). Reads are assembled here for
+// the page; changes reuse the admin API's handlers (admin.go), so the
+// dashboard can do nothing the admin API cannot, and both audit alike.
+
+// UIDevice is a device as the dashboard shows it: the store's record plus
+// what the audit log says about its last unlock and where it came from.
+type UIDevice struct {
+	AdminDevice
+	LastUnlock   time.Time `json:"last_unlock,omitzero"`
+	LastSource   string    `json:"last_source,omitempty"`
+	LastAttempt  time.Time `json:"last_attempt,omitzero"`
+	LastDecision string    `json:"last_decision,omitempty"`
+	LastReason   string    `json:"last_reason,omitempty"`
+}
+
+// UIApproval is a pending unlock with its device's name.
+type UIApproval struct {
+	store.Approval
+	Name string `json:"name"`
+}
+
+// UIKey is one Tang key of the server's key directory.
+type UIKey struct {
+	Thumbprint string `json:"thumbprint"`
+	Use        string `json:"use"`
+	Curve      string `json:"curve"`
+	Advertised bool   `json:"advertised"`
+}
+
+// UIState is everything the dashboard's main views show.
+type UIState struct {
+	User       string       `json:"user"`
+	CSRF       string       `json:"csrf"`
+	Lockdown   bool         `json:"lockdown"`
+	EnrollOpen bool         `json:"enroll_open"`
+	Pin        string       `json:"pin"`
+	Devices    []UIDevice   `json:"devices"`
+	Approvals  []UIApproval `json:"approvals"`
+	AuditSeq   int64        `json:"audit_seq"`
+	Keys       []UIKey      `json:"keys"`
+	KeysError  string       `json:"keys_error,omitempty"`
+	Now        time.Time    `json:"now"`
+	IdleLimit  string       `json:"idle_limit"`
+}
+
+func (u *uiServer) apiState(w http.ResponseWriter, r *http.Request) {
+	ctx := r.Context()
+	s := ctx.Value(ctxSession{}).(*store.Session)
+	act, seq, err := u.hub.activity(ctx)
+	if err != nil {
+		writeError(w, http.StatusInternalServerError, "audit: %v", err)
+		return
+	}
+	devs, err := u.m.st.Devices(ctx)
+	if err != nil {
+		writeError(w, http.StatusInternalServerError, "store: %v", err)
+		return
+	}
+	st := UIState{User: s.User, CSRF: s.CSRF, Pin: u.m.pin, AuditSeq: seq, Now: u.m.now(),
+		Devices: []UIDevice{}, Approvals: []UIApproval{}, Keys: []UIKey{}, IdleLimit: u.cfg.SessionIdle.String()}
+	names := map[string]string{}
+	for _, d := range devs {
+		names[d.ID] = d.Name
+		ud := UIDevice{AdminDevice: toAdmin(d)}
+		if a := act[d.ID]; a != nil {
+			ud.LastUnlock, ud.LastSource, ud.LastAttempt, ud.LastDecision, ud.LastReason =
+				a.lastUnlock, a.lastSource, a.lastAttempt, a.lastDecision, a.lastReason
+		}
+		st.Devices = append(st.Devices, ud)
+	}
+	as, err := u.m.st.PendingApprovals(ctx, u.m.now())
+	if err != nil {
+		writeError(w, http.StatusInternalServerError, "store: %v", err)
+		return
+	}
+	for _, a := range as {
+		st.Approvals = append(st.Approvals, UIApproval{Approval: *a, Name: names[a.Device]})
+	}
+	lock, _ := u.m.st.Setting(ctx, "lockdown")
+	open, _ := u.m.st.Setting(ctx, "enroll.open")
+	st.Lockdown, st.EnrollOpen = lock == "on", open != "off"
+	keys, err := tang.LoadKeyDir(u.cfg.KeyDir)
+	if err != nil {
+		st.KeysError = err.Error()
+	}
+	for _, k := range keys {
+		tp, _ := k.JWK.Thumbprint("S256")
+		use := "exchange"
+		if k.Signing() {
+			use = "signing"
+		}
+		st.Keys = append(st.Keys, UIKey{Thumbprint: tp, Use: use, Curve: k.JWK.Crv, Advertised: !k.Hidden})
+	}
+	sort.SliceStable(st.Keys, func(i, j int) bool { return st.Keys[i].Advertised && !st.Keys[j].Advertised })
+	writeJSON(w, http.StatusOK, st)
+}
+
+// UIAudit is a filtered page of the audit log and the chain's state.
+type UIAudit struct {
+	Records  []*audit.Record   `json:"records"` // newest first
+	Total    int64             `json:"total"`
+	Matched  int               `json:"matched"`
+	Verified bool              `json:"verified"`
+	Head     string            `json:"head,omitempty"`
+	Error    string            `json:"error,omitempty"`
+	Names    map[string]string `json:"names"`
+}
+
+// apiAudit verifies the whole chain (any edited, deleted or reordered
+// record shows) and returns the newest records matching the filters.
+func (u *uiServer) apiAudit(w http.ResponseWriter, r *http.Request) {
+	ctx := r.Context()
+	q := r.URL.Query()
+	dev, action, decision := q.Get("device"), q.Get("action"), q.Get("decision")
+	limit, _ := strconv.Atoi(q.Get("limit"))
+	if limit <= 0 || limit > 1000 {
+		limit = 200
+	}
+	out := UIAudit{Records: []*audit.Record{}, Names: map[string]string{}}
+	ch := audit.NewChain()
+	var matched []*audit.Record
+	for after := int64(0); ; {
+		recs, err := u.m.st.Audit(ctx, after, 5000)
+		if err != nil {
+			writeError(w, http.StatusInternalServerError, "audit: %v", err)
+			return
+		}
+		for _, rec := range recs {
+			if out.Error == "" {
+				if err := ch.Next(rec); err != nil {
+					out.Error = err.Error()
+				}
+			}
+			if (dev == "" || rec.Device == dev) && (decision == "" || rec.Decision == decision) &&
+				(action == "" || rec.Action == action || strings.HasPrefix(rec.Action, action+".")) {
+				matched = append(matched, rec)
+			}
+		}
+		if len(recs) < 5000 {
+			break
+		}
+		after = recs[len(recs)-1].Seq
+	}
+	out.Total, out.Verified, out.Matched = ch.Seq, out.Error == "", len(matched)
+	if out.Verified {
+		out.Head = ch.Head
+	}
+	for i := len(matched) - 1; i >= 0 && len(out.Records) < limit; i-- {
+		out.Records = append(out.Records, matched[i])
+	}
+	if devs, err := u.m.st.Devices(ctx); err == nil {
+		for _, d := range devs {
+			out.Names[d.ID] = d.Name
+		}
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+// UIToken is a new enrolment token with the command a device runs and
+// that command as a QR code (an SVG data: URL).
+type UIToken struct {
+	TokenReply
+	Command string `json:"command"`
+	QR      string `json:"qr"`
+}
+
+func (u *uiServer) apiToken(w http.ResponseWriter, r *http.Request) {
+	var req TokenRequest
+	if !readJSON(w, r, &req) {
+		return
+	}
+	ttl := time.Duration(req.TTL)
+	if ttl <= 0 {
+		ttl = 24 * time.Hour
+	}
+	if ttl > 30*24*time.Hour {
+		writeError(w, http.StatusBadRequest, "a token may live at most 30 days")
+		return
+	}
+	tok, hash, err := MakeToken(u.m.pin)
+	if err != nil {
+		writeError(w, http.StatusInternalServerError, "%v", err)
+		return
+	}
+	now := u.m.now()
+	t := &store.Token{Hash: hash, Group: req.Group, Note: req.Note, Created: now, Expires: now.Add(ttl)}
+	if err := u.m.st.CreateToken(r.Context(), t); err != nil {
+		writeError(w, http.StatusInternalServerError, "store: %v", err)
+		return
+	}
+	if err := u.m.adminRecord(r.Context(), &audit.Record{Action: "token.create",
+		Reason: "group " + strconv.Quote(req.Group) + ", expires " + t.Expires.Format(time.RFC3339)}); err != nil {
+		writeError(w, http.StatusInternalServerError, "audit: %v", err)
+		return
+	}
+	// The device reaches the server where the admin's browser does; the
+	// token pins the server's key, so a wrong host fails safe.
+	cmd := fmt.Sprintf("tether enroll --server https://%s --token %s", r.Host, tok)
+	svg, err := qrSVG(cmd)
+	if err != nil {
+		writeError(w, http.StatusInternalServerError, "QR code: %v", err)
+		return
+	}
+	writeJSON(w, http.StatusOK, UIToken{TokenReply: TokenReply{Token: tok, Expires: t.Expires}, Command: cmd,
+		QR: "data:image/svg+xml;base64," + base64.StdEncoding.EncodeToString([]byte(svg))})
+}
+
+// qrSVG renders text as a QR code (error correction M) in SVG, one path,
+// with the four-module quiet zone scanners need.
+func qrSVG(text string) (string, error) {
+	c, err := qr.Encode(text, qr.M)
+	if err != nil {
+		return "", err
+	}
+	const quiet = 4
+	n := c.Size + 2*quiet
+	var b strings.Builder
+	fmt.Fprintf(&b, `<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 %d %d" shape-rendering="crispEdges">`, n, n)
+	fmt.Fprintf(&b, `<rect width="%d" height="%d" fill="#fff"/><path fill="#000" d="`, n, n)
+	for y := 0; y < c.Size; y++ {
+		for x := 0; x < c.Size; x++ {
+			if c.Black(x, y) {
+				fmt.Fprintf(&b, "M%d %dh1v1h-1z", x+quiet, y+quiet)
+			}
+		}
+	}
+	b.WriteString(`"/></svg>`)
+	return b.String(), nil
+}
+
+func (u *uiServer) apiRotate(w http.ResponseWriter, r *http.Request) {
+	if u.cfg.KeyDir == "" {
+		writeError(w, http.StatusNotImplemented, "this server has no Tang key directory")
+		return
+	}
+	newKeys, hidden, err := tang.Rotate(u.cfg.KeyDir, u.cfg.Curve)
+	if err != nil {
+		writeError(w, http.StatusInternalServerError, "rotate keys: %v", err)
+		return
+	}
+	var tps []string
+	for _, k := range newKeys {
+		tp, _ := k.JWK.Thumbprint("S256")
+		tps = append(tps, tp)
+	}
+	reason := fmt.Sprintf("new keys %s; %d retired", strings.Join(tps, ", "), len(hidden))
+	if err := u.m.adminRecord(r.Context(), &audit.Record{Action: "tang.rotate", Reason: reason}); err != nil {
+		writeError(w, http.StatusInternalServerError, "audit: %v", err)
+		return
+	}
+	u.m.log.Warn("tang keys rotated from the dashboard", "new", tps, "retired", len(hidden))
+	u.hub.kick()
+	writeJSON(w, http.StatusOK, map[string]any{"new": tps, "retired": len(hidden)})
+}
+
+// apiEvents is a server-sent event stream: "change" whenever a device,
+// an approval, the lockdown or the audit log changes (on any replica: the
+// hub polls the store), "expired" when the session ends.
+func (u *uiServer) apiEvents(w http.ResponseWriter, r *http.Request) {
+	ctx := r.Context()
+	s := ctx.Value(ctxSession{}).(*store.Session)
+	rc := http.NewResponseController(w)
+	rc.SetWriteDeadline(time.Time{}) // the server's write timeout is for ordinary requests
+	w.Header().Set("Content-Type", "text/event-stream")
+	w.Header().Set("Cache-Control", "no-store")
+	w.Header().Set("X-Accel-Buffering", "no")
+	w.WriteHeader(http.StatusOK)
+	ch := u.hub.subscribe()
+	defer u.hub.unsubscribe(ch)
+	send := func(ev string) bool {
+		rc.SetWriteDeadline(time.Now().Add(10 * time.Second))
+		if _, err := fmt.Fprintf(w, "event: %s\ndata: {}\n\n", ev); err != nil {
+			return false
+		}
+		return rc.Flush() == nil
+	}
+	if !send("hello") {
+		return
+	}
+	check := time.NewTicker(5 * time.Second)
+	defer check.Stop()
+	quiet := 0
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-ch:
+			if !send("change") {
+				return
+			}
+		case <-check.C:
+			// The stream does not keep a session alive, and ends with it.
+			cur, err := u.us.Session(ctx, s.ID)
+			now := u.m.now()
+			if errors.Is(err, store.ErrNotFound) || (err == nil &&
+				(now.Sub(cur.Created) > u.cfg.SessionMax || now.Sub(cur.LastSeen) > u.cfg.SessionIdle)) {
+				send("expired")
+				return
+			}
+			if quiet++; quiet%3 == 0 {
+				rc.SetWriteDeadline(time.Now().Add(10 * time.Second))
+				if _, err := fmt.Fprint(w, ": keep-alive\n\n"); err != nil || rc.Flush() != nil {
+					return
+				}
+			}
+		}
+	}
+}

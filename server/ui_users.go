@@ -1,0 +1,165 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+	"unicode"
+
+	"github.com/tether-nbde/tether/audit"
+	"github.com/tether-nbde/tether/store"
+)
+
+// Dashboard accounts, managed through the admin API (tether admin user):
+// whoever holds the admin token decides who may sign in to the dashboard.
+// The password travels once, over the pinned TLS connection, and the
+// server keeps only its argon2id hash.
+
+// UserRequest sets an account's password.
+type UserRequest struct {
+	Password string `json:"password"`
+}
+
+// UserInfo is an account as listed (never with its hash).
+type UserInfo struct {
+	Name    string    `json:"name"`
+	Created time.Time `json:"created"`
+	Updated time.Time `json:"updated"`
+}
+
+func (m *Managed) userRoutes(mux *http.ServeMux, a func(http.HandlerFunc) http.HandlerFunc) {
+	mux.HandleFunc("GET /v1/admin/users", a(m.adminUsers))
+	mux.HandleFunc("POST /v1/admin/users/{name}", a(m.adminUserSet(false)))
+	mux.HandleFunc("PUT /v1/admin/users/{name}", a(m.adminUserSet(true)))
+	mux.HandleFunc("DELETE /v1/admin/users/{name}", a(m.adminUserDelete))
+}
+
+// ValidUserName checks an account name: 1–64 letters, digits, ".", "-",
+// "_" or "@".
+func ValidUserName(n string) error {
+	if n == "" || len(n) > 64 {
+		return errors.New("account name must be 1 to 64 characters")
+	}
+	for _, c := range n {
+		if !unicode.IsLetter(c) && !unicode.IsDigit(c) && !strings.ContainsRune(".-_@", c) {
+			return errors.New("account name may contain only letters, digits, '.', '-', '_' and '@'")
+		}
+	}
+	return nil
+}
+
+func (m *Managed) uiStore(w http.ResponseWriter) store.UIStore {
+	if m.ui.us == nil {
+		writeError(w, http.StatusNotImplemented, "this store cannot hold dashboard accounts")
+	}
+	return m.ui.us
+}
+
+func (m *Managed) adminUsers(w http.ResponseWriter, r *http.Request) {
+	us := m.uiStore(w)
+	if us == nil {
+		return
+	}
+	users, err := us.UIUsers(r.Context())
+	if err != nil {
+		writeError(w, http.StatusInternalServerError, "store: %v", err)
+		return
+	}
+	out := []UserInfo{}
+	for _, u := range users {
+		out = append(out, UserInfo{Name: u.Name, Created: u.Created, Updated: u.Updated})
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+// adminUserSet creates an account (POST) or changes its password (PUT,
+// which also ends its sessions).
+func (m *Managed) adminUserSet(change bool) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		us := m.uiStore(w)
+		if us == nil {
+			return
+		}
+		name := r.PathValue("name")
+		if err := ValidUserName(name); err != nil {
+			writeError(w, http.StatusBadRequest, "%v", err)
+			return
+		}
+		var req UserRequest
+		if !readJSON(w, r, &req) {
+			return
+		}
+		hash, err := HashPassword(req.Password)
+		if err != nil {
+			writeError(w, http.StatusBadRequest, "%v", err)
+			return
+		}
+		now := m.now()
+		action := "ui.user.add"
+		if change {
+			action = "ui.user.passwd"
+			err = us.SetUIUserHash(r.Context(), name, hash, now)
+		} else {
+			err = us.CreateUIUser(r.Context(), &store.UIUser{Name: name, Hash: hash, Created: now, Updated: now})
+		}
+		switch {
+		case errors.Is(err, store.ErrExists):
+			writeError(w, http.StatusConflict, "account %s exists", name)
+			return
+		case errors.Is(err, store.ErrNotFound):
+			writeError(w, http.StatusNotFound, "no account %s", name)
+			return
+		case err != nil:
+			writeError(w, http.StatusInternalServerError, "store: %v", err)
+			return
+		}
+		if err := m.adminRecord(r.Context(), &audit.Record{Action: action, Reason: name}); err != nil {
+			writeError(w, http.StatusInternalServerError, "audit: %v", err)
+			return
+		}
+		writeJSON(w, http.StatusOK, UserInfo{Name: name, Updated: now})
+	}
+}
+
+func (m *Managed) adminUserDelete(w http.ResponseWriter, r *http.Request) {
+	us := m.uiStore(w)
+	if us == nil {
+		return
+	}
+	name := r.PathValue("name")
+	err := us.DeleteUIUser(r.Context(), name)
+	if errors.Is(err, store.ErrNotFound) {
+		writeError(w, http.StatusNotFound, "no account %s", name)
+		return
+	}
+	if err != nil {
+		writeError(w, http.StatusInternalServerError, "store: %v", err)
+		return
+	}
+	m.adminRecord(r.Context(), &audit.Record{Action: "ui.user.remove", Reason: name})
+	writeJSON(w, http.StatusOK, struct{}{})
+}
+
+// Users lists the dashboard accounts.
+func (c *AdminClient) Users(ctx context.Context) ([]UserInfo, error) {
+	var r []UserInfo
+	return r, c.call(ctx, http.MethodGet, "/v1/admin/users", nil, &r)
+}
+
+// AddUser creates a dashboard account.
+func (c *AdminClient) AddUser(ctx context.Context, name, password string) error {
+	return c.call(ctx, http.MethodPost, "/v1/admin/users/"+url.PathEscape(name), UserRequest{Password: password}, nil)
+}
+
+// SetPassword changes an account's password and ends its sessions.
+func (c *AdminClient) SetPassword(ctx context.Context, name, password string) error {
+	return c.call(ctx, http.MethodPut, "/v1/admin/users/"+url.PathEscape(name), UserRequest{Password: password}, nil)
+}
+
+// RemoveUser deletes a dashboard account and ends its sessions.
+func (c *AdminClient) RemoveUser(ctx context.Context, name string) error {
+	return c.call(ctx, http.MethodDelete, "/v1/admin/users/"+url.PathEscape(name), nil, nil)
+}
