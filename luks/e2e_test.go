@@ -586,3 +586,52 @@ exec ` + real + ` "$@"
 		}
 	}
 }
+
+// TestRegenServerGone: when a binding's server is gone for good, regen
+// needs an existing passphrase and a new policy, and replaces the binding.
+func TestRegenServerGone(t *testing.T) {
+	g := newRig(t)
+	img := g.image("20M")
+	px := newSwitchProxy(t, strings.TrimPrefix(g.tang.URL, "http://"))
+	g.ok([]byte(testPass), "luks", "bind", "-d", img, "-k", "-", "-y", "tang", fmt.Sprintf(`{"url":%q}`, px.url))
+	old := g.newestBinding(img)
+	px.silence()
+	before := fileSum(t, img)
+	res := g.tether(nil, nil, "luks", "regen", "-d", img, "-s", strconv.Itoa(old), "--timeout", "1s")
+	if res.code == 0 || !strings.Contains(res.stderr, "-k") || fileSum(t, img) != before {
+		t.Fatalf("regen with the server gone and no key: %d %s", res.code, res.stderr)
+	}
+	g.ok([]byte(testPass+"\n"), "luks", "regen", "-d", img, "-s", strconv.Itoa(old), "-k", "-", "--timeout", "1s", "-y", "tang", g.tangCfg())
+	h := header(t, img)
+	if bs := luks.Bindings(h); len(bs) != 1 || bs[0].Slot == old || slotActive(h, old) {
+		t.Fatalf("after regen: bindings %+v slots %v", bs, h.Slots())
+	}
+	g.checkClean(img)
+}
+
+func slotActive(h *luks.Header, n int) bool { _, ok := h.Keyslot(n); return ok }
+
+// TestConcurrentBinds: tether's lock serialises changes to one volume.
+func TestConcurrentBinds(t *testing.T) {
+	g := newRig(t)
+	img := g.image("20M")
+	var wg sync.WaitGroup
+	codes := make([]int, 3)
+	for i := range codes {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			codes[i] = g.tether([]byte(testPass), nil, "luks", "bind", "-d", img, "-k", "-", "-y", "tang", g.tangCfg()).code
+		}()
+	}
+	wg.Wait()
+	for i, c := range codes {
+		if c != 0 {
+			t.Errorf("bind %d: exit %d", i, c)
+		}
+	}
+	if bs := luks.Bindings(header(t, img)); len(bs) != 3 {
+		t.Fatalf("%d bindings, want 3", len(bs))
+	}
+	g.checkClean(img)
+}

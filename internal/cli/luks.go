@@ -357,6 +357,9 @@ func init() {
 				if err != nil {
 					return luksError(err, v.Path)
 				}
+				if len(checks) == 0 {
+					fmt.Fprintf(env.Stderr, "tether: %s has no clevis or tether bindings\n", v.Path)
+				}
 				stale, unknown := 0, 0
 				for _, c := range checks {
 					state := "ok"
