@@ -1,0 +1,418 @@
+package server_test
+
+import (
+	"context"
+	"crypto/tls"
+	"database/sql"
+	"encoding/json"
+	"io"
+	"net/http"
+	"net/http/cookiejar"
+	"net/url"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/tether-nbde/tether/server"
+	"github.com/tether-nbde/tether/store"
+)
+
+// uiClient is a browser stand-in: a cookie jar, and the Origin and CSRF
+// headers the dashboard's page sends.
+type uiClient struct {
+	t    *testing.T
+	base string
+	c    *http.Client
+	csrf string
+}
+
+func (e *env) uiClient() *uiClient {
+	jar, _ := cookiejar.New(nil)
+	return &uiClient{t: e.t, base: e.url, c: &http.Client{Jar: jar,
+		Transport:     &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}},
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}}
+}
+
+func (e *env) addUser(name, pw string) {
+	e.t.Helper()
+	if err := e.admin.AddUser(context.Background(), name, pw); err != nil {
+		e.t.Fatal(err)
+	}
+}
+
+// login posts the sign-in form (from this origin unless origin says
+// otherwise) and returns the response.
+func (c *uiClient) login(name, pw, origin string) *http.Response {
+	c.t.Helper()
+	req, _ := http.NewRequest("POST", c.base+"/ui/login", strings.NewReader(url.Values{"name": {name}, "password": {pw}}.Encode()))
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	if origin == "" {
+		origin = c.base
+	}
+	if origin != "-" {
+		req.Header.Set("Origin", origin)
+	}
+	resp, err := c.c.Do(req)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	return resp
+}
+
+func (c *uiClient) mustLogin(name, pw string) {
+	c.t.Helper()
+	if r := c.login(name, pw, ""); r.StatusCode != http.StatusSeeOther {
+		c.t.Fatalf("sign-in: %s", r.Status)
+	}
+	var st server.UIState
+	if code := c.do("GET", "/ui/api/state", nil, nil, &st); code != 200 {
+		c.t.Fatalf("state after sign-in: %d", code)
+	}
+	c.csrf = st.CSRF
+}
+
+// do sends a request with the page's headers; hdr overrides them ("" =
+// leave the header out).
+func (c *uiClient) do(method, path string, body any, hdr map[string]string, out any) int {
+	c.t.Helper()
+	var rd io.Reader
+	if body != nil {
+		b, _ := json.Marshal(body)
+		rd = strings.NewReader(string(b))
+	}
+	req, _ := http.NewRequest(method, c.base+path, rd)
+	req.Header.Set("Content-Type", "application/json")
+	if method != "GET" {
+		req.Header.Set("Origin", c.base)
+		req.Header.Set("X-CSRF-Token", c.csrf)
+	}
+	for k, v := range hdr {
+		if v == "" {
+			req.Header.Del(k)
+		} else {
+			req.Header.Set(k, v)
+		}
+	}
+	resp, err := c.c.Do(req)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	if out != nil && resp.StatusCode < 300 {
+		if err := json.Unmarshal(b, out); err != nil {
+			c.t.Fatalf("%s %s: %v: %s", method, path, err, b)
+		}
+	}
+	return resp.StatusCode
+}
+
+func TestUIPasswordHash(t *testing.T) {
+	h, err := server.HashPassword("correct horse battery")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(h, "$argon2id$v=19$m=") || strings.Contains(h, "correct") {
+		t.Fatalf("hash %q", h)
+	}
+	if !server.VerifyPassword(h, "correct horse battery") || server.VerifyPassword(h, "correct horse batterz") {
+		t.Fatal("verify: wrong answers")
+	}
+	h2, _ := server.HashPassword("correct horse battery")
+	if h2 == h {
+		t.Fatal("no salt: the same password hashed twice gives the same hash")
+	}
+	// Tampered parameters (a cheaper cost, absurd memory) or garbage never verify.
+	for _, bad := range []string{strings.Replace(h, "t=2", "t=1", 1), strings.Replace(h, "m=19456", "m=99999999", 1),
+		"", "$argon2i$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA", "plaintext"} {
+		if server.VerifyPassword(bad, "correct horse battery") {
+			t.Fatalf("tampered hash %q verifies", bad)
+		}
+	}
+	if _, err := server.HashPassword("short"); err == nil {
+		t.Fatal("a 5-character password was accepted")
+	}
+}
+
+func TestUISessionCookieAndExpiry(t *testing.T) {
+	e := newEnv(t, server.ManagedConfig{UI: server.UIConfig{SessionIdle: 30 * time.Minute, SessionMax: 2 * time.Hour}})
+	e.addUser("alice", "alice-password-1")
+	c := e.uiClient()
+	r := c.login("alice", "wrong-password", "")
+	if r.StatusCode != http.StatusUnauthorized || len(r.Cookies()) != 0 {
+		t.Fatalf("wrong password: %s, cookies %v", r.Status, r.Cookies())
+	}
+	if code := c.do("GET", "/ui/api/state", nil, nil, nil); code != 401 {
+		t.Fatalf("state without a session: %d", code)
+	}
+	r = c.login("alice", "alice-password-1", "")
+	if r.StatusCode != http.StatusSeeOther || r.Header.Get("Location") != "/ui/" {
+		t.Fatalf("sign-in: %s", r.Status)
+	}
+	ck := r.Cookies()
+	if len(ck) != 1 || ck[0].Name != "__Host-tether-session" || !ck[0].Secure || !ck[0].HttpOnly ||
+		ck[0].SameSite != http.SameSiteStrictMode || ck[0].Path != "/" || ck[0].Domain != "" {
+		t.Fatalf("session cookie: %+v", ck)
+	}
+	// The store holds the cookie's hash, never the cookie.
+	var st server.UIState
+	if code := c.do("GET", "/ui/api/state", nil, nil, &st); code != 200 || st.User != "alice" || st.CSRF == "" {
+		t.Fatalf("state: %d %+v", code, st)
+	}
+	if _, err := e.st.(store.UIStore).Session(context.Background(), ck[0].Value); err == nil {
+		t.Fatal("the session is stored under the cookie's value in clear")
+	}
+
+	// Idle: used every 20 minutes it lives on; background refreshes do
+	// not count as use.
+	for i := 0; i < 4; i++ {
+		e.clock.Advance(20 * time.Minute)
+		if code := c.do("GET", "/ui/api/state", nil, nil, nil); code != 200 {
+			t.Fatalf("session in use died after %d min", (i+1)*20)
+		}
+	}
+	e.clock.Advance(20 * time.Minute)
+	c.do("GET", "/ui/api/state", nil, map[string]string{"X-Tether-Background": "1"}, nil)
+	e.clock.Advance(15 * time.Minute)
+	if code := c.do("GET", "/ui/api/state", nil, nil, nil); code != 401 {
+		t.Fatalf("idle session (35 min, background refresh only): %d, want 401", code)
+	}
+	// The page itself sends an expired session to sign-in.
+	resp, _ := c.c.Get(e.url + "/ui/")
+	if resp.StatusCode != http.StatusSeeOther || resp.Header.Get("Location") != "/ui/login" {
+		t.Fatalf("page with an expired session: %s", resp.Status)
+	}
+	resp.Body.Close()
+
+	// Absolute: however busy, a session ends SessionMax after sign-in.
+	c.mustLogin("alice", "alice-password-1")
+	for i := 0; i < 4; i++ {
+		e.clock.Advance(25 * time.Minute)
+		if code := c.do("GET", "/ui/api/state", nil, nil, nil); code != 200 {
+			t.Fatalf("busy session died after %d min", (i+1)*25)
+		}
+	}
+	e.clock.Advance(19 * time.Minute)
+	if code := c.do("GET", "/ui/api/state", nil, nil, nil); code != 200 {
+		t.Fatal("busy session died early (119 min)")
+	}
+	e.clock.Advance(2 * time.Minute)
+	if code := c.do("GET", "/ui/api/state", nil, nil, nil); code != 401 {
+		t.Fatalf("session past its absolute limit (121 min > 2 h): %d", code)
+	}
+
+	// Signing out ends the session on the server, not just the cookie.
+	c.mustLogin("alice", "alice-password-1")
+	jar := c.c.Jar.(*cookiejar.Jar)
+	u, _ := url.Parse(e.url)
+	saved := jar.Cookies(u)
+	if code := c.do("POST", "/ui/logout", struct{}{}, nil, nil); code != 200 {
+		t.Fatalf("sign out: %d", code)
+	}
+	jar.SetCookies(u, saved)
+	if code := c.do("GET", "/ui/api/state", nil, nil, nil); code != 401 {
+		t.Fatalf("replayed cookie after sign-out: %d", code)
+	}
+}
+
+func TestUICSRF(t *testing.T) {
+	e := newEnv(t, server.ManagedConfig{})
+	e.addUser("alice", "alice-password-1")
+	c := e.uiClient()
+	c.mustLogin("alice", "alice-password-1")
+	lockdown := func() string { v, _ := e.st.Setting(context.Background(), "lockdown"); return v }
+	for name, hdr := range map[string]map[string]string{
+		"no CSRF token":       {"X-CSRF-Token": ""},
+		"wrong CSRF token":    {"X-CSRF-Token": "AAAA" + c.csrf[4:]},
+		"cross-site origin":   {"Origin": "https://evil.example"},
+		"no origin":           {"Origin": ""},
+		"null origin":         {"Origin": "null"},
+		"http origin":         {"Origin": strings.Replace(e.url, "https:", "http:", 1)},
+		"token, wrong origin": {"Origin": "https://evil.example", "X-CSRF-Token": c.csrf},
+	} {
+		if code := c.do("POST", "/ui/api/lockdown", server.OnOff{On: true}, hdr, nil); code != http.StatusForbidden {
+			t.Errorf("%s: %d, want 403", name, code)
+		}
+		if lockdown() == "on" {
+			t.Fatalf("%s: lockdown was turned on", name)
+		}
+	}
+	// A forged sign-in (login CSRF) is refused too.
+	if r := e.uiClient().login("alice", "alice-password-1", "https://evil.example"); r.StatusCode != http.StatusForbidden {
+		t.Fatalf("cross-site sign-in: %s", r.Status)
+	}
+	if r := e.uiClient().login("alice", "alice-password-1", "-"); r.StatusCode != http.StatusForbidden {
+		t.Fatalf("sign-in without Origin: %s", r.Status)
+	}
+	// The page's own request works, and is audited with alice's name.
+	if code := c.do("POST", "/ui/api/lockdown", server.OnOff{On: true}, nil, nil); code != 200 || lockdown() != "on" {
+		t.Fatalf("lockdown from the page: %d, %q", code, lockdown())
+	}
+	recs, _ := e.st.Audit(context.Background(), 0, 1000)
+	var found, refused bool
+	for _, r := range recs {
+		if r.Action == "lockdown" && r.Actor == "alice" && r.Source == "127.0.0.1" && r.Reason == "on" {
+			found = true
+		}
+		if r.Action == "ui.refused" && r.Actor == "alice" && r.Decision == "deny" {
+			refused = true
+		}
+	}
+	if !found || !refused {
+		t.Fatalf("audit lacks alice's lockdown (%v) or the refused forgeries (%v)", found, refused)
+	}
+	e.verifyAudit()
+}
+
+func TestUILoginRateLimit(t *testing.T) {
+	e := newEnv(t, server.ManagedConfig{})
+	e.addUser("alice", "alice-password-1")
+	c := e.uiClient()
+	for i := 0; i < 5; i++ {
+		if r := c.login("alice", "guess-number-"+string(rune('a'+i)), ""); r.StatusCode != 401 {
+			t.Fatalf("guess %d: %s", i+1, r.Status)
+		}
+	}
+	// The account is braked: even the right password waits.
+	r := c.login("alice", "alice-password-1", "")
+	if r.StatusCode != http.StatusTooManyRequests || r.Header.Get("Retry-After") == "" {
+		t.Fatalf("6th attempt: %s", r.Status)
+	}
+	e.clock.Advance(61 * time.Second)
+	if r := c.login("alice", "alice-password-1", ""); r.StatusCode != http.StatusSeeOther {
+		t.Fatalf("after a minute: %s", r.Status)
+	}
+	// Per address: spraying many account names from one address is braked.
+	limited := false
+	for i := 0; i < 25 && !limited; i++ {
+		r := c.login("nobody"+string(rune('a'+i)), "whatever-password", "")
+		limited = r.StatusCode == http.StatusTooManyRequests
+	}
+	if !limited {
+		t.Fatal("25 failed sign-ins with different names from one address were never braked")
+	}
+}
+
+func TestUIAuthorization(t *testing.T) {
+	e := newEnv(t, server.ManagedConfig{})
+	e.addUser("alice", "alice-password-1")
+	anon := e.uiClient()
+	for _, p := range [][2]string{{"GET", "/ui/api/state"}, {"GET", "/ui/api/audit"}, {"GET", "/ui/api/events"},
+		{"POST", "/ui/api/tokens"}, {"POST", "/ui/api/devices/x/revoke"}, {"POST", "/ui/api/approvals/x/approve"},
+		{"POST", "/ui/api/lockdown"}, {"POST", "/ui/api/keys/rotate"}, {"POST", "/ui/logout"}} {
+		if code := anon.do(p[0], p[1], struct{}{}, nil, nil); code != 401 {
+			t.Errorf("%s %s without a session: %d", p[0], p[1], code)
+		}
+	}
+	c := e.uiClient()
+	c.mustLogin("alice", "alice-password-1")
+	// A dashboard session is not an admin token.
+	if code := c.do("GET", "/v1/admin/devices", nil, nil, nil); code != 401 {
+		t.Fatalf("admin API with a dashboard cookie: %d", code)
+	}
+	// Changing the password ends alice's sessions everywhere; so does
+	// removing her.
+	if err := e.admin.SetPassword(context.Background(), "alice", "alice-password-2"); err != nil {
+		t.Fatal(err)
+	}
+	if code := c.do("GET", "/ui/api/state", nil, nil, nil); code != 401 {
+		t.Fatalf("session after password change: %d", code)
+	}
+	c.mustLogin("alice", "alice-password-2")
+	if err := e.admin.RemoveUser(context.Background(), "alice"); err != nil {
+		t.Fatal(err)
+	}
+	if code := c.do("GET", "/ui/api/state", nil, nil, nil); code != 401 {
+		t.Fatalf("session after removal: %d", code)
+	}
+	if r := c.login("alice", "alice-password-2", ""); r.StatusCode != 401 {
+		t.Fatalf("removed account signs in: %s", r.Status)
+	}
+	if err := e.admin.AddUser(context.Background(), "bob", "short"); err == nil {
+		t.Fatal("short password accepted")
+	}
+	users, _ := e.admin.Users(context.Background())
+	if len(users) != 0 {
+		t.Fatalf("users: %+v", users)
+	}
+}
+
+// TestUIDeviceFlow drives the dashboard API through a device's life:
+// token with QR, enrolment, unlock (last unlock and source shown),
+// approval, revoke; every change audited with the admin's name.
+func TestUIDeviceFlow(t *testing.T) {
+	e := newEnv(t, server.ManagedConfig{})
+	e.addUser("alice", "alice-password-1")
+	c := e.uiClient()
+	c.mustLogin("alice", "alice-password-1")
+	var tok server.UIToken
+	if code := c.do("POST", "/ui/api/tokens", server.TokenRequest{Group: "nas"}, nil, &tok); code != 200 {
+		t.Fatalf("token: %d", code)
+	}
+	if !strings.HasPrefix(tok.QR, "data:image/svg+xml;base64,") || !strings.Contains(tok.Command, tok.Token) {
+		t.Fatalf("token reply: %+v", tok)
+	}
+	d := e.enroll(tok.Token, "127.0.0.1")
+	j := d.encrypt(t, "s3cret")
+	e.mustUnlock(d, j, "s3cret")
+	var st server.UIState
+	c.do("GET", "/ui/api/state", nil, nil, &st)
+	if len(st.Devices) != 1 || st.Devices[0].ID != d.id || st.Devices[0].LastUnlock.IsZero() ||
+		st.Devices[0].LastSource != "127.0.0.1" || st.Devices[0].State != "enabled" {
+		t.Fatalf("devices: %+v", st.Devices)
+	}
+	// Approval required: the unlock waits until alice approves it.
+	yes := true
+	e.admin.SetDevicePolicy(context.Background(), d.id, store.Policy{Approval: &yes})
+	done := make(chan error, 1)
+	go func() { _, err := d.decrypt(context.Background(), j); done <- err }()
+	var apr server.UIApproval
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		c.do("GET", "/ui/api/state", nil, nil, &st)
+		if len(st.Approvals) == 1 {
+			apr = st.Approvals[0]
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no pending approval shown")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if apr.Name != "host" || apr.Device != d.id {
+		t.Fatalf("approval: %+v", apr)
+	}
+	if code := c.do("POST", "/ui/api/approvals/"+apr.ID+"/approve", struct{}{}, nil, nil); code != 200 {
+		t.Fatalf("approve: %d", code)
+	}
+	if err := <-done; err != nil {
+		t.Fatalf("approved unlock: %v", err)
+	}
+	if code := c.do("POST", "/ui/api/devices/"+d.id+"/revoke", server.ChangeRequest{Reason: "stolen"}, nil, nil); code != 200 {
+		t.Fatalf("revoke: %d", code)
+	}
+	e.mustFail(d, j, "revoked")
+	var au server.UIAudit
+	c.do("GET", "/ui/api/audit?action=device.revoke&device="+d.id, nil, nil, &au)
+	if !au.Verified || len(au.Records) != 1 || au.Records[0].Action != "device.revoke" || au.Records[0].Actor != "alice" {
+		t.Fatalf("audit view: %+v", au)
+	}
+	c.do("GET", "/ui/api/audit?decision=allow", nil, nil, &au)
+	if len(au.Records) != 2 {
+		t.Fatalf("allowed unlocks in the audit view: %d, want 2", len(au.Records))
+	}
+	// An edited row shows as a broken chain.
+	db, err := sql.Open("sqlite", "file:"+e.dbPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	if _, err := db.Exec(`UPDATE audit SET reason='nothing to see' WHERE seq=2`); err != nil {
+		t.Fatal(err)
+	}
+	c.do("GET", "/ui/api/audit", nil, nil, &au)
+	if au.Verified || !strings.Contains(au.Error, "altered") {
+		t.Fatalf("audit view after an edit: verified=%v %q", au.Verified, au.Error)
+	}
+}
