@@ -162,6 +162,7 @@ func (v *Volume) resume(ctx context.Context, key []byte, offline bool, progress 
 	err := v.Runner.ResumeReencrypt(ctx, v.Path, v.stateDir(), 0, key, offline, progress)
 	var ce *CryptsetupError
 	if errors.As(err, &ce) && strings.Contains(ce.Stderr, "repair") {
+		v.logf("running cryptsetup's crash recovery (cryptsetup repair) first")
 		if err := v.Runner.Repair(ctx, v.Path, key); err != nil {
 			return fmt.Errorf("recover the interrupted encryption: %w", err)
 		}
