@@ -72,6 +72,7 @@ var GuestModules = []string{
 	"dm_mod", "dm_crypt", "xts", "ecb", "aesni_intel",
 	"af_alg", "algif_skcipher", "algif_hash",
 	"crc32c_generic", "libcrc32c", "ext4",
+	"loop", // cryptsetup open of an image file
 }
 
 // Config describes one guest boot.
