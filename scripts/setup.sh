@@ -15,6 +15,7 @@ test_pkgs=(
   samba smbclient openssl
   postgresql
   qemu-system-x86 linux-image-amd64 busybox-static
+  chromium nodejs
 )
 
 missing=()
@@ -25,6 +26,9 @@ if $want_test; then
   for p in "${test_pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
   done
+  # The dashboard's browser test (test/ui) needs npm: Debian packages it
+  # separately, NodeSource's nodejs bundles it.
+  command -v npm >/dev/null 2>&1 || missing+=(npm)
 fi
 
 if ((${#missing[@]})); then

@@ -5,6 +5,8 @@
 
 let state = null;
 let auditTimer = null;
+let events = null;
+let leaving = false; // signing out: a 401 now is expected
 const $ = (id) => document.getElementById(id);
 
 function el(tag, attrs, ...kids) {
@@ -35,7 +37,7 @@ async function api(method, path, body, background) {
   const resp = await fetch(path, { method, headers, credentials: "same-origin", cache: "no-store",
     body: body === undefined ? undefined : JSON.stringify(body) });
   if (resp.status === 401) {
-    location.href = "/ui/login?e=expired";
+    if (!leaving) location.href = "/ui/login?e=expired";
     throw new Error("session expired");
   }
   let data = {};
@@ -210,7 +212,7 @@ async function loadAudit(background) {
   $("audit-count").textContent = `${a.matched} matching records` + (a.matched > a.records.length ? `, newest ${a.records.length} shown` : "");
   $("audit").tBodies[0].replaceChildren(...a.records.map((r) => el("tr", { class: "dec-" + r.decision },
     cell({ "data-label": "#", class: "mono" }, r.seq),
-    cell({ "data-label": "Time", title: r.time }, stamp(r.time)),
+    cell({ "data-label": "Time", title: r.time, class: "time" }, stamp(r.time)),
     cell({ "data-label": "Action" }, r.action),
     cell({ "data-label": "Decision" }, el("span", { class: "badge d-" + r.decision }, r.decision)),
     cell({ "data-label": "Device" }, r.device ? (a.names[r.device] || r.device) : ""),
@@ -227,6 +229,7 @@ function showView() {
 
 function connectEvents() {
   const es = new EventSource("/ui/api/events");
+  events = es;
   const live = $("live");
   es.addEventListener("hello", () => { live.className = "live on"; });
   es.addEventListener("change", () => {
@@ -236,12 +239,12 @@ function connectEvents() {
       auditTimer = setTimeout(() => loadAudit(true).catch(() => {}), 200);
     }
   });
-  es.addEventListener("expired", () => { es.close(); location.href = "/ui/login?e=expired"; });
+  es.addEventListener("expired", () => { es.close(); if (!leaving) location.href = "/ui/login?e=expired"; });
   es.onerror = () => {
     live.className = "live off";
     // A refused reconnect (session gone) closes the stream for good:
     // check the session, which sends us to sign-in if it ended.
-    if (es.readyState === EventSource.CLOSED) {
+    if (es.readyState === EventSource.CLOSED && !leaving) {
       refresh(true).then(() => setTimeout(connectEvents, 2000)).catch(() => {});
     }
   };
@@ -249,6 +252,8 @@ function connectEvents() {
 
 document.addEventListener("DOMContentLoaded", async () => {
   $("logout").addEventListener("click", async () => {
+    leaving = true;
+    if (events) events.close();
     try { await api("POST", "/ui/logout", {}); } catch (_) { /* gone anyway */ }
     location.href = "/ui/login?e=out";
   });
