@@ -66,3 +66,16 @@ func BenchmarkScalarMult(b *testing.B) {
 		})
 	}
 }
+
+// TestRecReplyLayout checks the hand-written reply against encoding/json.
+func TestRecReplyLayout(t *testing.T) {
+	for _, c := range []*jose.Curve{jose.P256, jose.P384, jose.P521} {
+		_, p, _ := c.RandomScalar()
+		want := c.JWKFromPoint(p)
+		want.Alg, want.KeyOps = "ECMR", []string{"deriveKey"}
+		wb, _ := json.Marshal(want)
+		if got := recReply(c, p); string(got) != string(wb) {
+			t.Fatalf("%s:\n got %s\nwant %s", c.Name, got, wb)
+		}
+	}
+}

@@ -285,11 +285,21 @@ func recoverWith(c *jose.Curve, d []byte, body []byte) ([]byte, int) {
 	if err != nil {
 		return nil, http.StatusBadRequest
 	}
-	y := c.JWKFromPoint(yp)
-	y.Alg = "ECMR"
-	y.KeyOps = []string{"deriveKey"}
-	out, _ := json.Marshal(y)
-	return out, http.StatusOK
+	return recReply(c, yp), http.StatusOK
+}
+
+// recReply formats the reply JWK by hand: it is the hot path, and the
+// layout is fixed (keys sorted, as tangd and encoding/json write them).
+func recReply(c *jose.Curve, y []byte) []byte {
+	b64 := jose.B64
+	out := make([]byte, 0, 96+2*b64.EncodedLen(c.Size))
+	out = append(out, `{"alg":"ECMR","crv":"`...)
+	out = append(out, c.Name...)
+	out = append(out, `","key_ops":["deriveKey"],"kty":"EC","x":"`...)
+	out = b64.AppendEncode(out, y[1:1+c.Size])
+	out = append(out, `","y":"`...)
+	out = b64.AppendEncode(out, y[1+c.Size:])
+	return append(out, `"}`...)
 }
 
 type statusWriter struct {
