@@ -93,18 +93,13 @@ func (Pin) Encrypt(ctx context.Context, raw json.RawMessage, secret []byte, o pi
 		return nil, err
 	}
 	defer clear(material)
-	salt := remote.NewSalt()
-	key, err := remote.DeriveKey("smb", material, salt)
-	if err != nil {
-		return nil, err
-	}
-	defer clear(key)
-	h.Salt = jose.B64.EncodeToString(salt)
 	if h.Credentials, err = remote.SealCredentials(ctx, c, cfg.Protect, o); err != nil {
 		return nil, err
 	}
-	ch, _ := json.Marshal(clevisHeader{Pin: "smb", SMB: h})
-	return jose.Encrypt(jose.Header{Alg: "dir", Clevis: ch}, key, secret)
+	return remote.Encrypt("smb", material, secret, func(salt string) (json.RawMessage, error) {
+		h.Salt = salt
+		return json.Marshal(clevisHeader{Pin: "smb", SMB: h})
+	})
 }
 
 // Decrypt implements pin.Pin.
@@ -114,25 +109,11 @@ func (Pin) Decrypt(ctx context.Context, j *jose.JWE, o pin.Options) ([]byte, err
 		return nil, errors.New("JWE header clevis.smb is malformed")
 	}
 	h := &ch.SMB
-	salt, err := jose.B64.DecodeString(h.Salt)
-	if err != nil || len(salt) == 0 {
-		return nil, errors.New("JWE header clevis.smb.salt is malformed")
-	}
 	var c creds
 	if err := h.Credentials.Open(ctx, o, &c); err != nil {
 		return nil, err
 	}
-	material, err := fetch(ctx, h, c, o)
-	if err != nil {
-		return nil, err
-	}
-	defer clear(material)
-	key, err := remote.DeriveKey("smb", material, salt)
-	if err != nil {
-		return nil, err
-	}
-	defer clear(key)
-	return j.Decrypt(key)
+	return remote.Decrypt(ctx, "smb", j, h.Salt, func(ctx context.Context) ([]byte, error) { return fetch(ctx, h, c, o) })
 }
 
 // Describe implements pin.Describer.

@@ -162,3 +162,39 @@ func trimNewline(s string) string {
 	}
 	return s
 }
+
+// Encrypt encrypts secret under a key derived from material and a fresh
+// salt; header builds the pin's clevis header member given the salt.
+func Encrypt(pinName string, material, secret []byte, header func(salt string) (json.RawMessage, error)) (*jose.JWE, error) {
+	salt := NewSalt()
+	key, err := DeriveKey(pinName, material, salt)
+	if err != nil {
+		return nil, err
+	}
+	defer clear(key)
+	ch, err := header(jose.B64.EncodeToString(salt))
+	if err != nil {
+		return nil, err
+	}
+	return jose.Encrypt(jose.Header{Alg: "dir", Clevis: ch}, key, secret)
+}
+
+// Decrypt fetches the material again, derives the key with the JWE's salt
+// and decrypts j. The material is cleared as soon as the key is derived.
+func Decrypt(ctx context.Context, pinName string, j *jose.JWE, salt string, fetch func(context.Context) ([]byte, error)) ([]byte, error) {
+	s, err := jose.B64.DecodeString(salt)
+	if err != nil || len(s) == 0 {
+		return nil, fmt.Errorf("JWE header clevis.%s.salt is malformed", pinName)
+	}
+	material, err := fetch(ctx)
+	if err != nil {
+		return nil, err
+	}
+	key, err := DeriveKey(pinName, material, s)
+	clear(material)
+	if err != nil {
+		return nil, err
+	}
+	defer clear(key)
+	return j.Decrypt(key)
+}
