@@ -526,20 +526,8 @@ func (m *Managed) SweepKeepAlive(ctx context.Context) error {
 // that allowed it, if any.
 func (m *Managed) exchange(w http.ResponseWriter, r *http.Request, d *store.Device, req *recRequest, src netip.Addr, approval string) {
 	ctx := r.Context()
-	if d.ExchangeKey == nil {
-		writeError(w, http.StatusGone, "device has no exchange key")
-		return
-	}
-	sjson, err := m.kek.Unwrap("device-key:"+d.ID, d.ExchangeKey)
-	if err != nil {
-		m.log.Error("unwrap device key", "device", d.ID, "err", err)
-		writeError(w, http.StatusInternalServerError, "cannot unwrap the device's key")
-		return
-	}
-	defer clear(sjson)
-	var S jose.JWK
-	if err := json.Unmarshal(sjson, &S); err != nil {
-		writeError(w, http.StatusInternalServerError, "stored key is malformed")
+	S := m.exchangeKey(w, d)
+	if S == nil {
 		return
 	}
 	if !S.MatchesThumbprint(req.Kid) {
@@ -548,7 +536,7 @@ func (m *Managed) exchange(w http.ResponseWriter, r *http.Request, d *store.Devi
 		writeError(w, http.StatusNotFound, "kid %q does not name this device's exchange key", req.Kid)
 		return
 	}
-	y, err := tang.Exchange(&S, req.X)
+	y, err := tang.Exchange(S, req.X)
 	if err != nil {
 		writeError(w, http.StatusBadRequest, "bad request point: %v", err)
 		return
@@ -565,6 +553,28 @@ func (m *Managed) exchange(w http.ResponseWriter, r *http.Request, d *store.Devi
 	m.st.Touch(ctx, d.ID, m.now())
 	m.hooks.send(Event{Event: "unlock", Time: rec.Time, Seq: rec.Seq, Device: d.ID, Name: d.Name, Source: rec.Source, Reason: reason})
 	writeJSON(w, http.StatusOK, recReply{Y: y})
+}
+
+// exchangeKey unwraps the device's exchange key S_D. On failure it answers
+// the request and returns nil.
+func (m *Managed) exchangeKey(w http.ResponseWriter, d *store.Device) *jose.JWK {
+	if d.ExchangeKey == nil {
+		writeError(w, http.StatusGone, "device has no exchange key")
+		return nil
+	}
+	sjson, err := m.kek.Unwrap("device-key:"+d.ID, d.ExchangeKey)
+	if err != nil {
+		m.log.Error("unwrap device key", "device", d.ID, "err", err)
+		writeError(w, http.StatusInternalServerError, "cannot unwrap the device's key")
+		return nil
+	}
+	defer clear(sjson)
+	var S jose.JWK
+	if err := json.Unmarshal(sjson, &S); err != nil {
+		writeError(w, http.StatusInternalServerError, "stored key is malformed")
+		return nil
+	}
+	return &S
 }
 
 func (m *Managed) startApproval(w http.ResponseWriter, r *http.Request, d *store.Device, src netip.Addr) {

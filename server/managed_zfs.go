@@ -3,7 +3,6 @@ package server
 import (
 	"crypto/hkdf"
 	"crypto/sha256"
-	"encoding/json"
 	"net/http"
 	"strconv"
 	"strings"
@@ -54,20 +53,8 @@ func (m *Managed) handleZFS(w http.ResponseWriter, r *http.Request) {
 		m.deny(w, r, d, src, dec)
 		return
 	}
-	if d.ExchangeKey == nil {
-		writeError(w, http.StatusGone, "device has no key")
-		return
-	}
-	sjson, err := m.kek.Unwrap("device-key:"+d.ID, d.ExchangeKey)
-	if err != nil {
-		m.log.Error("unwrap device key", "device", d.ID, "err", err)
-		writeError(w, http.StatusInternalServerError, "cannot unwrap the device's key")
-		return
-	}
-	defer clear(sjson)
-	var S jose.JWK
-	if err := json.Unmarshal(sjson, &S); err != nil {
-		writeError(w, http.StatusInternalServerError, "stored key is malformed")
+	S := m.exchangeKey(w, d)
+	if S == nil {
 		return
 	}
 	c, err := jose.CurveByName(S.Crv)
@@ -75,7 +62,7 @@ func (m *Managed) handleZFS(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusInternalServerError, "stored key: %v", err)
 		return
 	}
-	scalar, err := c.Scalar(&S)
+	scalar, err := c.Scalar(S)
 	if err != nil {
 		writeError(w, http.StatusInternalServerError, "stored key: %v", err)
 		return
