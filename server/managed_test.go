@@ -52,6 +52,7 @@ type env struct {
 	m      *server.Managed
 	hooks  chan server.Event
 	bodies *bodyLog
+	stop   func() // takes the managed API down (the server is gone)
 }
 
 // bodyLog keeps every request body the server received.
@@ -111,6 +112,7 @@ func newEnv(t *testing.T, mc server.ManagedConfig) *env {
 		h.ServeHTTP(w, r)
 	}), TLSConfig: m.TLSConfig(), ErrorLog: log.New(io.Discard, "", 0)}
 	go srv.Serve(tlsListener(ln, srv))
+	e.stop = func() { srv.Close() }
 	t.Cleanup(func() {
 		srv.Close()
 		hs.Close()

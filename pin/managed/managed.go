@@ -51,12 +51,16 @@ type Pin struct {
 	LocalAddr string
 }
 
+// stateDir is the device state directory: the one the configuration (and
+// so the JWE) names, else $TETHER_DEVICE_DIR, else DefaultDir. An explicit
+// directory wins so that an sss policy over several enrolments (one state
+// directory each) finds each child's own identity.
 func stateDir(explicit string) string {
-	if d := os.Getenv("TETHER_DEVICE_DIR"); d != "" {
-		return d
-	}
 	if explicit != "" {
 		return explicit
+	}
+	if d := os.Getenv("TETHER_DEVICE_DIR"); d != "" {
+		return d
 	}
 	return DefaultDir
 }
