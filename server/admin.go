@@ -1,6 +1,7 @@
 package server
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
@@ -119,16 +120,34 @@ func toAdmin(d *store.Device) AdminDevice {
 }
 
 func (m *Managed) adminDevices(w http.ResponseWriter, r *http.Request) {
-	devs, err := m.st.Devices(r.Context())
+	// Streamed: a fleet of 100,000 devices is never all in memory.
+	w.Header().Set("Content-Type", "application/json")
+	bw := bufio.NewWriterSize(w, 32<<10)
+	enc := json.NewEncoder(bw)
+	n := 0
+	err := m.st.EachDevice(r.Context(), func(d *store.Device) error {
+		sep := ","
+		if n == 0 {
+			sep = "["
+		}
+		n++
+		bw.WriteString(sep)
+		return enc.Encode(toAdmin(d))
+	})
 	if err != nil {
-		writeError(w, http.StatusInternalServerError, "store: %v", err)
+		if n == 0 {
+			writeError(w, http.StatusInternalServerError, "store: %v", err)
+			return
+		}
+		// Headers are gone: cut the reply short so the client sees bad JSON.
+		m.log.Error("device list", "err", err)
 		return
 	}
-	out := []AdminDevice{}
-	for _, d := range devs {
-		out = append(out, toAdmin(d))
+	if n == 0 {
+		bw.WriteString("[")
 	}
-	writeJSON(w, http.StatusOK, out)
+	bw.WriteString("]\n")
+	bw.Flush()
 }
 
 // adminDeviceOp applies approve, enable, disable or revoke, as a

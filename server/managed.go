@@ -501,23 +501,29 @@ func (m *Managed) markQuiet(ctx context.Context, d *store.Device) {
 // SweepKeepAlive disables every enabled device whose keep-alive deadline
 // has passed. The server runs it periodically; unlocks check too.
 func (m *Managed) SweepKeepAlive(ctx context.Context) error {
-	devs, err := m.st.Devices(ctx)
-	if err != nil {
-		return err
-	}
 	groups, err := m.st.Groups(ctx)
 	if err != nil {
 		return err
 	}
 	now := m.now()
-	for _, d := range devs {
+	// Collect the (few) quiet devices while streaming, then disable them:
+	// the fleet is never all in memory, and no write runs inside the read.
+	var quiet []*store.Device
+	err = m.st.EachDevice(ctx, func(d *store.Device) error {
 		if d.State != store.Enabled {
-			continue
+			return nil
 		}
 		p := policy.Effective(groups[d.Group], d.Policy)
 		if ka := time.Duration(p.KeepAlive); ka > 0 && now.Sub(d.LastSeen) > ka {
-			m.markQuiet(ctx, d)
+			quiet = append(quiet, d)
 		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	for _, d := range quiet {
+		m.markQuiet(ctx, d)
 	}
 	return nil
 }

@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/tether-nbde/tether/audit"
+
+	"github.com/tether-nbde/tether/store"
 )
 
 // uiHub tells dashboards when something changed, and indexes the audit
@@ -100,12 +102,12 @@ func (h *uiHub) signature(ctx context.Context) (string, error) {
 	}
 	hs := sha256.New()
 	fmt.Fprintf(hs, "audit %d\n", seq)
-	devs, err := h.m.st.Devices(ctx)
+	err = h.m.st.EachDevice(ctx, func(d *store.Device) error {
+		fmt.Fprintf(hs, "dev %s %d %s %d\n", d.ID, d.Version, d.State, d.LastSeen.UnixNano())
+		return nil
+	})
 	if err != nil {
 		return "", err
-	}
-	for _, d := range devs {
-		fmt.Fprintf(hs, "dev %s %d %s %d\n", d.ID, d.Version, d.State, d.LastSeen.UnixNano())
 	}
 	as, err := h.m.st.PendingApprovals(ctx, h.m.now())
 	if err != nil {

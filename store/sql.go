@@ -90,20 +90,30 @@ func (s *sqlStore) DeviceByKey(ctx context.Context, keyID string) (*Device, erro
 }
 
 func (s *sqlStore) Devices(ctx context.Context) ([]*Device, error) {
+	var out []*Device
+	err := s.EachDevice(ctx, func(d *Device) error {
+		out = append(out, d)
+		return nil
+	})
+	return out, err
+}
+
+func (s *sqlStore) EachDevice(ctx context.Context, fn func(*Device) error) error {
 	rows, err := s.db.QueryContext(ctx, `SELECT `+deviceCols+` FROM devices ORDER BY created, id`)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	defer rows.Close()
-	var out []*Device
 	for rows.Next() {
 		d, err := scanDevice(rows)
 		if err != nil {
-			return nil, err
+			return err
 		}
-		out = append(out, d)
+		if err := fn(d); err != nil {
+			return err
+		}
 	}
-	return out, rows.Err()
+	return rows.Err()
 }
 
 func (s *sqlStore) UpdateDevice(ctx context.Context, d *Device) error {

@@ -123,6 +123,10 @@ type Store interface {
 	// this KeyID.
 	DeviceByKey(ctx context.Context, keyID string) (*Device, error)
 	Devices(ctx context.Context) ([]*Device, error)
+	// EachDevice calls fn for every device in creation order without
+	// holding them all in memory (a fleet may have 100,000). fn must not
+	// write to the store; an error from fn stops the iteration.
+	EachDevice(ctx context.Context, fn func(*Device) error) error
 	// UpdateDevice writes d if its stored version is still d.Version and
 	// the stored device is not revoked, and then increments d.Version.
 	// It returns ErrConflict or ErrRevoked otherwise.
