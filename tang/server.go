@@ -34,6 +34,8 @@ type Server struct {
 	mu      sync.Mutex
 	state   *keyState
 	modTime time.Time
+	dir     *os.File  // open handle on Dir: fstat costs less than stat per request
+	opened  time.Time // when dir was opened; reopened every second in case Dir was replaced
 }
 
 // keyState is everything precomputed from one read of the key directory.
@@ -101,7 +103,7 @@ func (s *Server) load() (*keyState, error) {
 func (s *Server) current() *keyState {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	fi, err := os.Stat(s.Dir)
+	fi, err := s.statDir()
 	if err == nil && (s.state == nil || !fi.ModTime().Equal(s.modTime)) {
 		st, err := s.load()
 		if err != nil {
@@ -113,6 +115,28 @@ func (s *Server) current() *keyState {
 		}
 	}
 	return s.state
+}
+
+// statDir returns the key directory's metadata. Renames and new files
+// change its mtime, which is how a rotation by another process shows.
+func (s *Server) statDir() (os.FileInfo, error) {
+	if s.dir != nil && time.Since(s.opened) > time.Second {
+		s.dir.Close()
+		s.dir = nil
+	}
+	if s.dir == nil {
+		f, err := os.Open(s.Dir)
+		if err != nil {
+			return nil, err
+		}
+		s.dir, s.opened = f, time.Now()
+	}
+	fi, err := s.dir.Stat()
+	if err != nil {
+		s.dir.Close()
+		s.dir = nil
+	}
+	return fi, err
 }
 
 func (s *Server) logger() *slog.Logger {
