@@ -131,11 +131,12 @@ m0=$(date +%s.%N)
 for _ in $(seq 100); do TETHER_DEVICE_DIR="$dev" "$T" decrypt < "$work/m.jwe" >/dev/null; done
 m1=$(date +%s.%N)
 managed_ms=$(awk -v a="$m0" -v b="$m1" 'BEGIN{printf "%.1f", (b-a)*1000/100}')
+rss0_mb=$(awk '/VmRSS/{printf "%.0f", $2/1024}' /proc/$mpid/status)
 "$T" admin device list > "$work/devlist.txt"
 ndev=$(grep -c dev- "$work/devlist.txt" || true)
 rss_mb=$(awk '/VmRSS/{printf "%.0f", $2/1024}' /proc/$mpid/status)
 hwm_mb=$(awk '/VmHWM/{printf "%.0f", $2/1024}' /proc/$mpid/status)
-echo "managed: $ndev devices listed; RSS $rss_mb MB, peak $hwm_mb MB; managed unlock (whole tether decrypt) $managed_ms ms" >&2
+echo "managed: RSS $rss0_mb MB after 100 unlocks; $ndev devices listed; RSS $rss_mb MB, peak $hwm_mb MB; managed unlock (whole tether decrypt) $managed_ms ms" >&2
 
 new_ratio=$(ratio "${R[tether.new.rps]}" "${R[tangd.new.rps]}")
 ka_ratio=$(ratio "${R[tether.keepalive.rps]}" "${R[tangd.keepalive.rps]}")
@@ -149,7 +150,8 @@ out=docs/BENCHMARKS.md
 cat <<EOT
 # Benchmarks
 
-Latest run: $(date -u +%Y-%m-%d), \`bench/run.sh\` (DUR=$DUR, $CONC clients). Machine: $(nproc) cores,
+Latest run: $(date -u +%Y-%m-%d), \`bench/run.sh\` (DUR=$DUR, $CONC clients; load generator \`bench/tangload\` with
+its minimal HTTP/1.1 client, the same for tangd and tether). Machine: $(nproc) cores,
 $(awk '/model name/{sub(/.*: /,""); print; exit}' /proc/cpuinfo), $(free -g | awk '/Mem:/{print $2}') GiB; Debian tang $(dpkg-query -W -f='${Version}' tang),
 clevis $(dpkg-query -W -f='${Version}' clevis), $(openssl version | cut -d' ' -f1-2). Load generator and servers share the machine.
 Reproduce with \`bench/run.sh\`; every figure below comes from that one run.
@@ -189,8 +191,9 @@ sss t=1 of 3 with the first server blackholed (accepts, never answers): decrypte
 
 ## Managed mode
 
-$ndev enrolled devices (SQLite store, filled by \`bench/devices\`), after 100 managed unlocks and one
-\`tether admin device list\` of all of them: server RSS **$rss_mb MB**, peak **$hwm_mb MB** (target ≤ 200 MB).
+$ndev enrolled devices (SQLite store, filled by \`bench/devices\`): server RSS **$rss0_mb MB** after 100 managed
+unlocks; **$rss_mb MB** after one \`tether admin device list\` of all of them (streamed); peak **$hwm_mb MB**
+(target ≤ 200 MB).
 One managed unlock (a whole \`tether decrypt\` process: mTLS handshake, policy, audit, blinded exchange): $managed_ms ms.
 EOT
 } > "$out"

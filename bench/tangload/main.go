@@ -10,6 +10,7 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -18,8 +19,10 @@ import (
 	"io"
 	"net"
 	"net/http"
+	neturl "net/url"
 	"os"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -36,6 +39,7 @@ func main() {
 	storm := flag.Int("storm", 0, "boot storm: this many clients each recover once, all at the same moment")
 	pool := flag.Int("pool", 256, "distinct request bodies to precompute")
 	jsonOut := flag.Bool("json", false, "print the result as JSON")
+	client := flag.String("client", "raw", "HTTP client: raw (a minimal HTTP/1.1 client, cheap for the load generator) or nethttp")
 	raw := flag.String("raw", "", "instead of load: measure raw scalar multiplications per second on this curve (P-256, P-384, P-521)")
 	flag.Parse()
 	if *raw != "" {
@@ -58,9 +62,9 @@ func main() {
 	}
 	var r result
 	if *storm > 0 {
-		r = runStorm(*url, kid, bodies, *storm)
+		r = runStorm(*client, *url, kid, bodies, *storm)
 	} else {
-		r = runLoad(*url, kid, bodies, *conc, *dur, *keepalive)
+		r = runLoad(*client, *url, kid, bodies, *conc, *dur, *keepalive)
 	}
 	if *jsonOut {
 		json.NewEncoder(os.Stdout).Encode(r)
@@ -115,6 +119,85 @@ type result struct {
 	FirstError string  `json:"first_error,omitempty"`
 }
 
+// poster sends one /rec request and checks the reply. Each client
+// goroutine has its own.
+type poster interface {
+	post(body []byte) error
+}
+
+// newPoster returns the client for one goroutine: net/http's, or a raw
+// HTTP/1.1 client that costs the load generator less CPU, leaving more of
+// the shared machine to the server under test (the same for every server).
+func newPoster(kind string, hc *http.Client, base, kid string, keepalive bool) poster {
+	if kind == "nethttp" {
+		return &httpPoster{c: hc, url: base + "/rec/" + kid}
+	}
+	u, _ := neturl.Parse(base)
+	return &rawPoster{addr: u.Host, path: strings.TrimRight(u.Path, "/") + "/rec/" + kid, keepalive: keepalive}
+}
+
+type httpPoster struct {
+	c   *http.Client
+	url string
+}
+
+func (p *httpPoster) post(body []byte) error { return post(p.c, p.url, body) }
+
+// rawPoster speaks just enough HTTP/1.1 for a Tang /rec request.
+type rawPoster struct {
+	addr, path string
+	keepalive  bool
+	conn       net.Conn
+	br         *bufio.Reader
+	req        []byte
+}
+
+func (p *rawPoster) post(body []byte) error {
+	if p.conn == nil {
+		c, err := net.DialTimeout("tcp", p.addr, 30*time.Second)
+		if err != nil {
+			return err
+		}
+		p.conn, p.br = c, bufio.NewReaderSize(c, 4096)
+	}
+	connHdr := "keep-alive"
+	if !p.keepalive {
+		connHdr = "close"
+	}
+	p.req = fmt.Appendf(p.req[:0], "POST %s HTTP/1.1\r\nHost: %s\r\nContent-Type: application/jwk+json\r\nContent-Length: %d\r\nConnection: %s\r\n\r\n",
+		p.path, p.addr, len(body), connHdr)
+	p.req = append(p.req, body...)
+	err := p.roundTrip()
+	if err != nil || !p.keepalive {
+		p.conn.Close()
+		p.conn = nil
+	}
+	return err
+}
+
+func (p *rawPoster) roundTrip() error {
+	p.conn.SetDeadline(time.Now().Add(120 * time.Second))
+	if _, err := p.conn.Write(p.req); err != nil {
+		return err
+	}
+	resp, err := http.ReadResponse(p.br, nil)
+	if err != nil {
+		return err
+	}
+	b, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil {
+		return err
+	}
+	if resp.StatusCode != 200 {
+		return fmt.Errorf("status %d", resp.StatusCode)
+	}
+	if !bytes.Contains(b, []byte(`"kty":"EC"`)) || !bytes.Contains(b, []byte(`"y":"`)) {
+		return fmt.Errorf("bad reply %q", b)
+	}
+	return nil
+}
+
 func newClient(keepalive bool, conns int) *http.Client {
 	tr := &http.Transport{
 		Proxy:               nil,
@@ -133,9 +216,9 @@ type recorder struct {
 	firstErr atomic.Value
 }
 
-func (r *recorder) do(c *http.Client, url string, body []byte) {
+func (r *recorder) do(p poster, body []byte) {
 	start := time.Now()
-	err := post(c, url, body)
+	err := p.post(body)
 	d := time.Since(start)
 	if err != nil {
 		r.fail.Add(1)
@@ -186,9 +269,8 @@ func (r *recorder) result(elapsed time.Duration) result {
 	return res
 }
 
-func runLoad(base, kid string, bodies [][]byte, conc int, dur time.Duration, keepalive bool) result {
+func runLoad(kind, base, kid string, bodies [][]byte, conc int, dur time.Duration, keepalive bool) result {
 	c := newClient(keepalive, conc)
-	url := base + "/rec/" + kid
 	var rec recorder
 	stop := time.Now().Add(dur)
 	var wg sync.WaitGroup
@@ -197,8 +279,9 @@ func runLoad(base, kid string, bodies [][]byte, conc int, dur time.Duration, kee
 		wg.Add(1)
 		go func(i int) {
 			defer wg.Done()
+			p := newPoster(kind, c, base, kid, keepalive)
 			for n := i; time.Now().Before(stop); n += conc {
-				rec.do(c, url, bodies[n%len(bodies)])
+				rec.do(p, bodies[n%len(bodies)])
 			}
 		}(i)
 	}
@@ -209,9 +292,8 @@ func runLoad(base, kid string, bodies [][]byte, conc int, dur time.Duration, kee
 // runStorm starts n clients that each recover once, released together:
 // every device of a site asking at the moment power comes back. The result's
 // Seconds is the time to the last success.
-func runStorm(base, kid string, bodies [][]byte, n int) result {
+func runStorm(kind, base, kid string, bodies [][]byte, n int) result {
 	c := newClient(false, n)
-	url := base + "/rec/" + kid
 	var rec recorder
 	var ready, wg sync.WaitGroup
 	gate := make(chan struct{})
@@ -220,9 +302,10 @@ func runStorm(base, kid string, bodies [][]byte, n int) result {
 		wg.Add(1)
 		go func(i int) {
 			defer wg.Done()
+			p := newPoster(kind, c, base, kid, false)
 			ready.Done()
 			<-gate
-			rec.do(c, url, bodies[i%len(bodies)])
+			rec.do(p, bodies[i%len(bodies)])
 		}(i)
 	}
 	ready.Wait()
