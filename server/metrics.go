@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"sort"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -29,7 +30,7 @@ func newMetrics() *metrics {
 }
 
 func (m *metrics) observe(endpoint string, code int, d time.Duration) {
-	key := [2]string{endpoint, fmt.Sprint(code)}
+	key := [2]string{endpoint, strconv.Itoa(code)}
 	m.mu.Lock()
 	c, ok := m.requests[key]
 	if !ok {

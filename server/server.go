@@ -15,6 +15,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/tether-nbde/tether/internal/httplite"
 	"github.com/tether-nbde/tether/jose"
 	"github.com/tether-nbde/tether/tang"
 )
@@ -77,14 +78,16 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 	defer stopManaged()
-	srv := &http.Server{
+	// The Tang port is served by httplite: Tang's small requests and
+	// replies cost a third less server CPU there than under net/http
+	// (docs/BENCHMARKS.md). The managed API keeps net/http.
+	srv := &httplite.Server{
 		Handler:           hh,
 		ReadHeaderTimeout: 10 * time.Second,
-		ReadTimeout:       30 * time.Second,
 		WriteTimeout:      30 * time.Second,
 		IdleTimeout:       120 * time.Second,
 		MaxHeaderBytes:    64 << 10,
-		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+		Log:               log,
 	}
 	ln, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {

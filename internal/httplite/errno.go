@@ -1,0 +1,5 @@
+package httplite
+
+import "syscall"
+
+var syscallEMFILE = syscall.EMFILE
