@@ -39,7 +39,9 @@ mkdir -p "$work/tang"; /usr/libexec/tangd-keygen "$work/tang"
 "$T" server keys import --data "$work/data521" "$work/tang" 2>/dev/null
 tport=$(freeport); systemd-socket-activate --inetd -a -l "127.0.0.1:$tport" /usr/libexec/tangd "$work/tang" 2>/dev/null & pids+=($!); tangd_pid=$!
 eport=$(freeport); "$T" server --listen "127.0.0.1:$eport" --data "$work/data521" --log-level warn & pids+=($!); tether_pid=$!
-p256port=$(freeport); "$T" server --listen "127.0.0.1:$p256port" --data "$work/data256" --curve P-256 --log-level warn & pids+=($!); p256_pid=$!
+# The P-256 server runs on CPU 0 and its load on CPU 1 (taskset): its CPU per request is
+# then measured without the load generator competing for the same core.
+p256port=$(freeport); taskset -c 0 "$T" server --listen "127.0.0.1:$p256port" --data "$work/data256" --curve P-256 --log-level warn & pids+=($!); p256_pid=$!
 TANGD=http://127.0.0.1:$tport; TETHER=http://127.0.0.1:$eport; TETHER256=http://127.0.0.1:$p256port
 waitup "$TANGD"; waitup "$TETHER"; waitup "$TETHER256"
 
@@ -48,7 +50,7 @@ measure() { # name url pid args...
   local name=$1 url=$2 pid=$3; shift 3
   local c0 c1 out
   c0=$(cpu_ticks "$pid")
-  out=$("$L" -url "$url" -json "$@")
+  out=$($L -url "$url" -json "$@")
   c1=$(cpu_ticks "$pid")
   R[$name.rps]=$(jq -r .per_second <<<"$out")
   R[$name.ok]=$(jq -r .ok <<<"$out")
@@ -68,8 +70,10 @@ measure tether.new "$TETHER" "$tether_pid" -c "$CONC" -d "$DUR"
 measure tangd.keepalive "$TANGD" "$tangd_pid" -c "$CONC" -d "$DUR" -keepalive
 measure tether.keepalive "$TETHER" "$tether_pid" -c "$CONC" -d "$DUR" -keepalive
 echo "== /rec, P-256 keys, keep-alive" >&2
+L_saved=$L; L="taskset -c 1 $L_saved"
 measure tether256.keepalive "$TETHER256" "$p256_pid" -c "$CONC" -d "$DUR" -keepalive
-raw256=$("$L" -raw P-256 -d 3s); raw521=$("$L" -raw P-521 -d 3s)
+L=$L_saved
+raw256=$(taskset -c 0 "$L" -raw P-256 -d 3s); raw521=$("$L" -raw P-521 -d 3s)
 openssl256=$(openssl speed -seconds 3 ecdhp256 2>/dev/null | awk '/nistp256/ && /ecdh/ {print $NF}' | tail -1)
 openssl256_us=$(awk -v n="$openssl256" 'BEGIN{ if (n>0) printf "%.0f", 1e6/n; else print "n/a" }')
 raw256_us=$(awk -v n="$raw256" 'BEGIN{printf "%.0f", 1e6/n}')
