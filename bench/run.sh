@@ -198,7 +198,6 @@ last success after ${R[storm.tether.secs]} s.
 |---|---|---|---|---|
 | decrypt, tang pin, server tangd, median | $(printf %.1f "$cdec") ms | $(printf %.1f "$tdec") ms | **$dec_ratio** | ≤ 0.1 |
 | decrypt, tang pin, server tether, median | $(printf %.1f "$cdec2") ms | $(printf %.1f "$tdec2") ms | **$dec_ratio2** | ≤ 0.1 |
-
 | unlock path of a bound volume (default argon2id image; clevis: \`clevis luks pass\` + \`cryptsetup open\` without a keyslot; tether: \`luks unlock --test\`), median | $(printf %.0f "$cluks") ms | $(printf %.0f "$tluks") ms | **$luks_ratio** | ≤ 0.1 |
 
 sss t=1 of 3 with the first server blackholed (accepts, never answers): decrypted in $sss_ms ms (target ≤ 2000 ms).
