@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"syscall"
 	"text/tabwriter"
 
@@ -52,6 +53,12 @@ func init() {
 					return usagef("--log-level: %v", err)
 				}
 				log := slog.New(slog.NewTextHandler(env.Stderr, &slog.HandlerOptions{Level: lvl}))
+				if env.Getenv("GOGC") == "" {
+					// The server's live heap is small (tens of MB even for a
+					// large fleet); collecting at 3x instead of 2x of it
+					// costs little memory and a share of GC CPU per request.
+					debug.SetGCPercent(200)
+				}
 				ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 				defer stop()
 				err = server.Run(ctx, server.Config{

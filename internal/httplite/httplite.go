@@ -53,6 +53,7 @@ type conn struct {
 	nc     net.Conn
 	remote string // nc.RemoteAddr().String(), formatted once per connection
 	idle   atomic.Bool
+	w      responseWriter // reused for each request of the connection
 }
 
 func (s *Server) init() {
@@ -220,7 +221,8 @@ func (s *Server) serveRequest(c *conn, br *bufio.Reader, bw *bufio.Writer) bool 
 	c.nc.SetDeadline(time.Now().Add(orDefault(s.WriteTimeout, 30*time.Second)))
 	req.Body = io.NopCloser(body)
 
-	w := &responseWriter{header: http.Header{}}
+	w := &c.w
+	w.reset()
 	s.handle(w, req)
 
 	// Whatever the handler left unread must be read (or the connection
@@ -272,8 +274,10 @@ func (s *Server) readRequest(c *conn, br *bufio.Reader) (*http.Request, int) {
 	if !ok1 || !ok2 || !ok3 || major != 1 || method == "" || uri == "" {
 		return nil, http.StatusBadRequest
 	}
-	u, err := url.ParseRequestURI(uri)
-	if err != nil {
+	var u *url.URL
+	if isPlainPath(uri) {
+		u = &url.URL{Path: uri} // what ParseRequestURI gives, without its work
+	} else if u, err = url.ParseRequestURI(uri); err != nil {
 		return nil, http.StatusBadRequest
 	}
 	hdr := http.Header{}
@@ -315,6 +319,24 @@ func (s *Server) readRequest(c *conn, br *bufio.Reader) (*http.Request, int) {
 	return req, 0
 }
 
+// isPlainPath reports whether uri is an absolute path made only of
+// unreserved characters and slashes (Tang's paths: base64url key IDs), for
+// which url.ParseRequestURI would just set Path.
+func isPlainPath(uri string) bool {
+	if len(uri) == 0 || uri[0] != '/' {
+		return false
+	}
+	for i := 0; i < len(uri); i++ {
+		switch c := uri[i]; {
+		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9':
+		case c == '/', c == '-', c == '.', c == '_', c == '~':
+		default:
+			return false
+		}
+	}
+	return true
+}
+
 func wantsKeepAlive(req *http.Request) bool {
 	conn := strings.ToLower(strings.Join(req.Header.Values("Connection"), ","))
 	if req.ProtoMinor == 0 {
@@ -354,7 +376,10 @@ func (w *responseWriter) Write(b []byte) (int, error) {
 }
 
 func (w *responseWriter) reset() {
-	w.header = http.Header{}
+	if w.header == nil {
+		w.header = http.Header{}
+	}
+	clear(w.header)
 	w.code = 0
 	w.body.Reset()
 }

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/url"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -268,4 +269,23 @@ func FuzzServeRequest(f *testing.F) {
 func isTimeout(err error) bool {
 	ne, ok := err.(net.Error)
 	return ok && ne.Timeout()
+}
+
+// TestPlainPathLikeParseRequestURI checks the shortcut against net/url.
+func TestPlainPathLikeParseRequestURI(t *testing.T) {
+	for _, uri := range []string{"/", "/adv", "//adv/", "/rec/abc-_DEF", "/a.b~c/d"} {
+		if !isPlainPath(uri) {
+			t.Errorf("%q: not plain", uri)
+			continue
+		}
+		u, err := url.ParseRequestURI(uri)
+		if err != nil || u.Path != uri || u.RawPath != "" || u.RawQuery != "" || u.Host != "" || u.Scheme != "" {
+			t.Errorf("%q: ParseRequestURI gives %+v, %v", uri, u, err)
+		}
+	}
+	for _, uri := range []string{"/a%20b", "/a?b", "/a#b", "*", "http://x/", "/a b", "", "/a;b", "/a'b"} {
+		if isPlainPath(uri) {
+			t.Errorf("%q taken as plain", uri)
+		}
+	}
 }
