@@ -22,7 +22,7 @@ const (
 
 // Server answers the Tang protocol from a key directory, the way tangd does
 // (see docs/PROTOCOL.md). It notices changes to the directory (a rotation
-// or an import by another process) on the next request.
+// or an import by another process) within 10 ms (see recheck).
 type Server struct {
 	Dir    string
 	Prefix string       // optional path prefix, e.g. "/tang"

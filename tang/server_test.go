@@ -488,8 +488,8 @@ func TestPrefix(t *testing.T) {
 	}
 }
 
-// TestReloadOnChange checks that a rotation by another process is served on
-// the next request, without a reload call.
+// TestReloadOnChange checks that a rotation by another process is served
+// (within the server's 10 ms recheck), without a reload call.
 func TestReloadOnChange(t *testing.T) {
 	t.Parallel()
 	kd := newKeyDir(t, jose.P256)

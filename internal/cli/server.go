@@ -185,7 +185,7 @@ The server never learns the keys it helps recover: clients blind every
 request. Keys are kept in DIR/tang in tangd's format (one JWK per file,
 rotated keys hidden with a leading "."), generated on first start.
 Changes to that directory (tether server keys rotate/import) are picked up
-on the next request without a restart.
+within 10 ms, without a restart.
 
 Options:
   --listen ADDR     address to listen on (default ":7500")
@@ -261,7 +261,7 @@ new keys, but they still answer recovery requests: every existing binding
 keeps working. Rebind clients (tether luks regen) and then delete the
 retired key files (DIR/tang/.*.jwk) to retire them for good.
 
-A running server picks the new keys up on its next request.
+A running server picks the new keys up within 10 ms.
 
 Options:
   --data DIR    the server's data directory (default /var/lib/tether)
