@@ -7,6 +7,7 @@ let state = null;
 let auditTimer = null;
 let events = null;
 let leaving = false; // signing out: a 401 now is expected
+let lockdownPending = false; // the lockdown switch's change is being confirmed or sent
 const $ = (id) => document.getElementById(id);
 
 function el(tag, attrs, ...kids) {
@@ -89,7 +90,9 @@ function render() {
   $("who").textContent = s.user;
   $("lockbanner").hidden = !s.lockdown;
   document.body.classList.toggle("locked", s.lockdown);
-  $("lockdown").checked = s.lockdown;
+  // A live refresh must not flip the switch back while its confirmation
+  // is open or its request in flight.
+  if (!lockdownPending) $("lockdown").checked = s.lockdown;
   $("lock-label").textContent = s.lockdown ? "Lockdown is ON" : "Lockdown is off";
   $("pin").textContent = s.pin;
   renderApprovals(s);
@@ -191,15 +194,20 @@ async function approvalOp(a, op) {
 }
 
 async function setLockdown(on) {
-  if (on) {
-    const ok = await confirmDialog("Turn lockdown on", "Every managed unlock on every replica is refused until you turn it off.", "Lock down", true, false);
-    if (!ok) { $("lockdown").checked = false; return; }
-  }
+  lockdownPending = true;
   try {
-    await api("POST", "/ui/api/lockdown", { on });
-    toast(on ? "Lockdown on" : "Lockdown off");
-    await refresh();
-  } catch (e) { toast(e.message, true); $("lockdown").checked = !on; }
+    if (on) {
+      const ok = await confirmDialog("Turn lockdown on", "Every managed unlock on every replica is refused until you turn it off.", "Lock down", true, false);
+      if (!ok) { $("lockdown").checked = false; return; }
+    }
+    try {
+      await api("POST", "/ui/api/lockdown", { on });
+      toast(on ? "Lockdown on" : "Lockdown off");
+    } catch (e) { toast(e.message, true); $("lockdown").checked = !on; }
+  } finally {
+    lockdownPending = false;
+  }
+  await refresh();
 }
 
 async function loadAudit(background) {
