@@ -290,7 +290,24 @@ func (v *Volume) Unbind(ctx context.Context, slot int) error {
 	if err != nil {
 		return err
 	}
+	// Record the intent first. luksKillSlot wipes the keyslot's key
+	// material before it rewrites the metadata, so a crash in between
+	// leaves a keyslot that nothing opens any more; the txn token tells
+	// repair to finish the removal. Without room for it (a full metadata
+	// area) unbind goes ahead unrecorded rather than refuse to free space.
+	txnID := -1
+	x, _ := json.Marshal(txn{Type: TypeTxn, Keyslots: []string{}, Op: "unbind", Slot: strconv.Itoa(slot)})
+	if ids := freeTokens(h, 1); len(ids) == 1 && h.JSONFree() > len(x)+100 {
+		if err := v.Runner.ImportToken(ctx, v.Path, ids[0], x, false); err != nil {
+			return err
+		}
+		txnID = ids[0]
+	}
+	crashpoint("unbind:txn")
 	if err := v.killSlot(ctx, h, slot); err != nil {
+		if txnID >= 0 {
+			v.Runner.RemoveToken(ctx, v.Path, txnID)
+		}
 		return err
 	}
 	crashpoint("unbind:killslot")
@@ -302,6 +319,12 @@ func (v *Volume) Unbind(ctx context.Context, slot int) error {
 	if t, ok := h.Token(b.Token); ok && len(t.Keyslots) == 0 {
 		if err := v.Runner.RemoveToken(ctx, v.Path, b.Token); err != nil {
 			return fmt.Errorf("keyslot %d is removed, but removing token %d failed: %w", slot, b.Token, err)
+		}
+	}
+	crashpoint("unbind:token")
+	if txnID >= 0 {
+		if err := v.Runner.RemoveToken(ctx, v.Path, txnID); err != nil {
+			return fmt.Errorf("keyslot %d is removed, but removing the intent token %d failed: %w", slot, txnID, err)
 		}
 	}
 	crashpoint("unbind:done")

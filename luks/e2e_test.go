@@ -275,7 +275,7 @@ func TestCrashAnywhere(t *testing.T) {
 		{"bind", "bind:token"}, {"bind", "bind:done"},
 		{"regen", "regen:backup"}, {"regen", "regen:txn"}, {"regen", "regen:addkey"}, {"regen", "regen:verified"},
 		{"regen", "regen:token"}, {"regen", "regen:killold"}, {"regen", "regen:removeold"}, {"regen", "regen:done"},
-		{"unbind", "unbind:killslot"}, {"unbind", "unbind:done"},
+		{"unbind", "unbind:txn"}, {"unbind", "unbind:killslot"}, {"unbind", "unbind:token"}, {"unbind", "unbind:done"},
 	}
 	for _, s := range steps {
 		t.Run(s.step, func(t *testing.T) {
@@ -634,4 +634,53 @@ func TestConcurrentBinds(t *testing.T) {
 		t.Fatalf("%d bindings, want 3", len(bs))
 	}
 	g.checkClean(img)
+}
+
+// TestUnbindFinishesWipedKeyslot reproduces what a crash inside
+// luksKillSlot can leave: the keyslot's key material wiped while the
+// metadata still lists the keyslot and its token. The unbind's intent
+// token makes repair finish the removal, so no binding is left that
+// nothing opens.
+func TestUnbindFinishesWipedKeyslot(t *testing.T) {
+	g := newRig(t)
+	img := g.image("20M")
+	slot := g.bind(img)
+	pass := []byte(g.ok(nil, "luks", "pass", "-d", img, "-s", strconv.Itoa(slot)))
+	if !g.opens(img, slot, pass) {
+		t.Fatal("fresh binding does not open")
+	}
+	ks, ok := header(t, img).Keyslot(slot)
+	if !ok {
+		t.Fatal("no keyslot")
+	}
+	// The intent, as Unbind writes it before luksKillSlot.
+	intent := fmt.Sprintf(`{"type":"tether-txn","keyslots":[],"op":"unbind","slot":"%d"}`, slot)
+	cs := testenv.RequireCmd(t, "cryptsetup")
+	if _, e, code := testenv.Run(t, []byte(intent), cs, "token", "import", "--token-id", "20", "--json-file", "-", img); code != 0 {
+		t.Fatalf("token import: %s", e)
+	}
+	// What luksKillSlot does first: wipe the key material.
+	f, err := os.OpenFile(img, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteAt(make([]byte, ks.Area.Size), int64(ks.Area.Offset)); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	if g.opens(img, slot, pass) {
+		t.Fatal("the wiped keyslot still opens: the test does not reproduce the crash")
+	}
+
+	g.ok(nil, "luks", "repair", "-d", img)
+	h := header(t, img)
+	if _, ok := h.Keyslot(slot); ok {
+		t.Fatalf("keyslot %d is still there after repair", slot)
+	}
+	if len(luks.Bindings(h)) != 0 || len(luks.Leftovers(h)) != 0 {
+		t.Fatalf("repair left bindings %v or leftovers %v", luks.Bindings(h), luks.Leftovers(h))
+	}
+	if !g.opens(img, 0, []byte(testPass)) {
+		t.Fatal("the original passphrase no longer opens")
+	}
 }

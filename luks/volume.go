@@ -187,7 +187,7 @@ func clevisKnows(name string, j *jose.JWE) bool {
 type txn struct {
 	Type     string   `json:"type"`
 	Keyslots []string `json:"keyslots"` // always empty: the token opens nothing
-	Op       string   `json:"op"`       // "bind" or "regen"
+	Op       string   `json:"op"`       // "bind", "regen" or "unbind"
 	Slot     string   `json:"slot"`     // the keyslot being added
 	OldSlot  string   `json:"old_slot,omitempty"`
 	OldToken string   `json:"old_token,omitempty"`
@@ -297,6 +297,15 @@ func (v *Volume) repair(ctx context.Context) (*Header, error) {
 		}
 		done := slotActive(h, slot) && hasBindingFor(h, slot)
 		switch {
+		case x.Op == "unbind":
+			// Finish the removal: the keyslot may already be wiped.
+			// Its binding token, left without a keyslot, goes below.
+			if slotActive(h, slot) {
+				if err := v.killSlot(ctx, h, slot); err != nil {
+					return nil, err
+				}
+			}
+			v.logf("finished an interrupted unbind of keyslot %d", slot)
 		case done && x.Op == "regen":
 			// The new binding is in place and was verified before its
 			// token was written: finish removing the old one.
