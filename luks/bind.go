@@ -295,6 +295,9 @@ func (v *Volume) Unbind(ctx context.Context, slot int) error {
 	// leaves a keyslot that nothing opens any more; the txn token tells
 	// repair to finish the removal. Without room for it (a full metadata
 	// area) unbind goes ahead unrecorded rather than refuse to free space.
+	if err := v.mayKill(h, slot); err != nil {
+		return err // before anything is written: the header stays as it was
+	}
 	txnID := -1
 	x, _ := json.Marshal(txn{Type: TypeTxn, Keyslots: []string{}, Op: "unbind", Slot: strconv.Itoa(slot)})
 	if ids := freeTokens(h, 1); len(ids) == 1 && h.JSONFree() > len(x)+100 {

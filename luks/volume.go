@@ -405,16 +405,20 @@ func hasBindingFor(h *Header, slot int) bool {
 // killSlot removes keyslot n, refusing to remove the last keyslot: tether
 // never leaves a volume without a way in.
 func (v *Volume) killSlot(ctx context.Context, h *Header, n int) error {
-	others := 0
-	for _, s := range h.Slots() {
-		if ks, _ := h.Keyslot(s); s != n && ks.Type == "luks2" {
-			others++
-		}
-	}
-	if others == 0 {
-		return fmt.Errorf("refusing to remove keyslot %d: it is the last keyslot of %s", n, v.Path)
+	if err := v.mayKill(h, n); err != nil {
+		return err
 	}
 	return v.Runner.KillSlot(ctx, v.Path, n)
+}
+
+// mayKill refuses to remove the last keyslot: the volume would be lost.
+func (v *Volume) mayKill(h *Header, n int) error {
+	for _, s := range h.Slots() {
+		if ks, _ := h.Keyslot(s); s != n && ks.Type == "luks2" {
+			return nil
+		}
+	}
+	return fmt.Errorf("refusing to remove keyslot %d: it is the last keyslot of %s", n, v.Path)
 }
 
 // checkedHeader reads the header and refuses volumes tether must not
