@@ -25,6 +25,26 @@ type luksFlags struct {
 	timeout  *time.Duration
 }
 
+// luksCommand registers a "tether luks ..." command: it declares the flags
+// every luks command has (-d, --state-dir, --timeout) and gives run the
+// volume they name.
+func luksCommand(name, summary, usage string, flags func(fs *flag.FlagSet) func(env *Env, v *luks.Volume, args []string) error) {
+	register(&command{
+		name: name, summary: summary, usage: usage,
+		flags: func(fs *flag.FlagSet) func(*Env, []string) error {
+			lf := addLuksFlags(fs)
+			run := flags(fs)
+			return func(env *Env, args []string) error {
+				v, err := lf.volume(env)
+				if err != nil {
+					return err
+				}
+				return run(env, v, args)
+			}
+		},
+	})
+}
+
 func addLuksFlags(fs *flag.FlagSet) *luksFlags {
 	return &luksFlags{
 		dev:      fs.String("d", "", ""),
@@ -145,21 +165,13 @@ func pinConfig(args []string) (string, json.RawMessage, error) {
 }
 
 func init() {
-	register(&command{
-		name:    "luks bind",
-		summary: "bind a LUKS2 volume to a pin (clevis compatible)",
-		usage:   luksBindUsage,
-		flags: func(fs *flag.FlagSet) func(*Env, []string) error {
-			lf := addLuksFlags(fs)
+	luksCommand("luks bind", "bind a LUKS2 volume to a pin (clevis compatible)", luksBindUsage,
+		func(fs *flag.FlagSet) func(*Env, *luks.Volume, []string) error {
 			keyFile := fs.String("k", "", "")
 			slot := slotFlag(fs, "s")
 			keySlot := slotFlag(fs, "key-slot")
 			trust := fs.Bool("y", false, "")
-			return func(env *Env, args []string) error {
-				v, err := lf.volume(env)
-				if err != nil {
-					return err
-				}
+			return func(env *Env, v *luks.Volume, args []string) error {
 				name, cfg, err := pinConfig(args)
 				if err != nil {
 					return err
@@ -181,20 +193,11 @@ func init() {
 				fmt.Fprintf(env.Stderr, "tether: bound keyslot %d of %s to %s\n", n, v.Path, name)
 				return nil
 			}
-		},
-	})
-	register(&command{
-		name:    "luks unbind",
-		summary: "remove a binding (its keyslot and token)",
-		usage:   luksUnbindUsage,
-		flags: func(fs *flag.FlagSet) func(*Env, []string) error {
-			lf := addLuksFlags(fs)
+		})
+	luksCommand("luks unbind", "remove a binding (its keyslot and token)", luksUnbindUsage,
+		func(fs *flag.FlagSet) func(*Env, *luks.Volume, []string) error {
 			slot := slotFlag(fs, "s")
-			return func(env *Env, args []string) error {
-				v, err := lf.volume(env)
-				if err != nil {
-					return err
-				}
+			return func(env *Env, v *luks.Volume, args []string) error {
 				if len(args) != 0 || *slot < 0 {
 					return usagef("want -d DEV -s SLOT and no arguments")
 				}
@@ -204,20 +207,11 @@ func init() {
 				fmt.Fprintf(env.Stderr, "tether: removed the binding of keyslot %d of %s\n", *slot, v.Path)
 				return nil
 			}
-		},
-	})
-	register(&command{
-		name:    "luks pass",
-		summary: "print the passphrase of a bound keyslot",
-		usage:   luksPassUsage,
-		flags: func(fs *flag.FlagSet) func(*Env, []string) error {
-			lf := addLuksFlags(fs)
+		})
+	luksCommand("luks pass", "print the passphrase of a bound keyslot", luksPassUsage,
+		func(fs *flag.FlagSet) func(*Env, *luks.Volume, []string) error {
 			slot := slotFlag(fs, "s")
-			return func(env *Env, args []string) error {
-				v, err := lf.volume(env)
-				if err != nil {
-					return err
-				}
+			return func(env *Env, v *luks.Volume, args []string) error {
 				if len(args) != 0 || *slot < 0 {
 					return usagef("want -d DEV -s SLOT and no arguments")
 				}
@@ -229,20 +223,11 @@ func init() {
 				_, err = env.Stdout.Write(pass)
 				return err
 			}
-		},
-	})
-	register(&command{
-		name:    "luks list",
-		summary: "list the bindings of a LUKS2 volume",
-		usage:   luksListUsage,
-		flags: func(fs *flag.FlagSet) func(*Env, []string) error {
-			lf := addLuksFlags(fs)
+		})
+	luksCommand("luks list", "list the bindings of a LUKS2 volume", luksListUsage,
+		func(fs *flag.FlagSet) func(*Env, *luks.Volume, []string) error {
 			slot := slotFlag(fs, "s")
-			return func(env *Env, args []string) error {
-				v, err := lf.volume(env)
-				if err != nil {
-					return err
-				}
+			return func(env *Env, v *luks.Volume, args []string) error {
 				if len(args) != 0 {
 					return usagef("list takes no arguments")
 				}
@@ -271,45 +256,28 @@ func init() {
 				}
 				return nil
 			}
-		},
-	})
-	register(&command{
-		name:    "luks repair",
-		summary: "finish or roll back interrupted binding changes",
-		usage:   luksRepairUsage,
-		flags: func(fs *flag.FlagSet) func(*Env, []string) error {
-			lf := addLuksFlags(fs)
-			return func(env *Env, args []string) error {
-				v, err := lf.volume(env)
-				if err != nil {
-					return err
-				}
+		})
+	luksCommand("luks repair", "finish or roll back interrupted binding changes", luksRepairUsage,
+		func(fs *flag.FlagSet) func(*Env, *luks.Volume, []string) error {
+			return func(env *Env, v *luks.Volume, args []string) error {
 				if len(args) != 0 {
 					return usagef("repair takes no arguments")
 				}
-				_, err = v.Repair(context.Background())
+				_, err := v.Repair(context.Background())
 				return luksError(err, v.Path)
 			}
-		},
-	})
-	register(&command{
-		name:    "luks regen",
-		summary: "rebind a keyslot with a fresh passphrase (after key rotation)",
-		usage:   luksRegenUsage,
-		flags: func(fs *flag.FlagSet) func(*Env, []string) error {
-			lf := addLuksFlags(fs)
+		})
+	luksCommand("luks regen", "rebind a keyslot with a fresh passphrase (after key rotation)", luksRegenUsage,
+		func(fs *flag.FlagSet) func(*Env, *luks.Volume, []string) error {
 			slot := slotFlag(fs, "s")
 			keyFile := fs.String("k", "", "")
 			trust := fs.Bool("y", false, "")
-			return func(env *Env, args []string) error {
-				v, err := lf.volume(env)
-				if err != nil {
-					return err
-				}
+			return func(env *Env, v *luks.Volume, args []string) error {
 				if *slot < 0 {
 					return usagef("which keyslot? give it with -s SLOT")
 				}
 				o := luks.RegenOptions{Slot: *slot}
+				var err error
 				if len(args) > 0 {
 					if o.Pin, o.Config, err = pinConfig(args); err != nil {
 						return err
@@ -333,19 +301,10 @@ func init() {
 				fmt.Fprintf(env.Stderr, "tether: keyslot %d of %s is rebound as keyslot %d\n", *slot, v.Path, n)
 				return nil
 			}
-		},
-	})
-	register(&command{
-		name:    "luks report",
-		summary: "report bindings that use rotated Tang keys",
-		usage:   luksReportUsage,
-		flags: func(fs *flag.FlagSet) func(*Env, []string) error {
-			lf := addLuksFlags(fs)
-			return func(env *Env, args []string) error {
-				v, err := lf.volume(env)
-				if err != nil {
-					return err
-				}
+		})
+	luksCommand("luks report", "report bindings that use rotated Tang keys", luksReportUsage,
+		func(fs *flag.FlagSet) func(*Env, *luks.Volume, []string) error {
+			return func(env *Env, v *luks.Volume, args []string) error {
 				if len(args) != 0 {
 					return usagef("report takes no arguments")
 				}
@@ -383,22 +342,13 @@ func init() {
 				}
 				return nil
 			}
-		},
-	})
-	register(&command{
-		name:    "luks unlock",
-		summary: "unlock a LUKS2 volume with its bindings, all tried at once",
-		usage:   luksUnlockUsage,
-		flags: func(fs *flag.FlagSet) func(*Env, []string) error {
-			lf := addLuksFlags(fs)
+		})
+	luksCommand("luks unlock", "unlock a LUKS2 volume with its bindings, all tried at once", luksUnlockUsage,
+		func(fs *flag.FlagSet) func(*Env, *luks.Volume, []string) error {
 			name := fs.String("n", "", "")
 			test := fs.Bool("test", false, "")
 			readonly := fs.Bool("readonly", false, "")
-			return func(env *Env, args []string) error {
-				v, err := lf.volume(env)
-				if err != nil {
-					return err
-				}
+			return func(env *Env, v *luks.Volume, args []string) error {
 				if len(args) != 0 {
 					return usagef("unlock takes no arguments")
 				}
@@ -430,24 +380,15 @@ func init() {
 				}
 				return nil
 			}
-		},
-	})
+		})
 }
 
 func init() {
-	register(&command{
-		name:    "luks encrypt",
-		summary: "encrypt a filesystem in place and bind it (resumable)",
-		usage:   luksEncryptUsage,
-		flags: func(fs *flag.FlagSet) func(*Env, []string) error {
-			lf := addLuksFlags(fs)
+	luksCommand("luks encrypt", "encrypt a filesystem in place and bind it (resumable)", luksEncryptUsage,
+		func(fs *flag.FlagSet) func(*Env, *luks.Volume, []string) error {
 			trust := fs.Bool("y", false, "")
 			force := fs.Bool("force", false, "")
-			return func(env *Env, args []string) error {
-				v, err := lf.volume(env)
-				if err != nil {
-					return err
-				}
+			return func(env *Env, v *luks.Volume, args []string) error {
 				name, cfg, err := pinConfig(args)
 				if err != nil {
 					return err
@@ -469,8 +410,7 @@ func init() {
 				fmt.Fprintf(env.Stderr, "tether: %s is encrypted and bound (keyslot %d); the recovery passphrase is on stdout: write it down, it is not shown again\n", v.Path, slot)
 				return nil
 			}
-		},
-	})
+		})
 	register(&command{
 		name:    "luks create",
 		summary: "create a new bound LUKS2 container file",
