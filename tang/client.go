@@ -1,6 +1,7 @@
 package tang
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -10,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 	"time"
 
@@ -21,10 +23,13 @@ type Client struct {
 	HTTP *http.Client
 }
 
+// dialer connects to key servers, for net/http and the direct path alike.
+var dialer = &net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}
+
 var defaultHTTP = &http.Client{
 	Transport: &http.Transport{
 		Proxy:               nil, // a key server is never reached through a proxy
-		DialContext:         (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+		DialContext:         dialer.DialContext,
 		TLSHandshakeTimeout: 5 * time.Second,
 		MaxIdleConnsPerHost: 4,
 	},
@@ -57,14 +62,23 @@ func (c *Client) Advertisement(ctx context.Context, base, thp string) ([]byte, e
 
 // Recover performs the recovery exchange for a JWE's epk with the server
 // exchange key s (identified by kid) and returns Z.
+//
+// With the default client and a plain http:// server, the exchange takes a
+// direct path (recoverDirect) that overlaps the network with the crypto.
 func (c *Client) Recover(ctx context.Context, base, kid string, epk, s *jose.JWK) ([]byte, error) {
+	u, err := url.Parse(strings.TrimRight(base, "/") + "/rec/" + url.PathEscape(kid))
+	if err != nil || u.Host == "" {
+		return nil, fmt.Errorf("bad server url %q", base)
+	}
+	if (c == nil || c.HTTP == nil) && u.Scheme == "http" {
+		return recoverDirect(ctx, u, base, epk, s)
+	}
 	r, err := NewRecovery(epk, s)
 	if err != nil {
 		return nil, err
 	}
 	body, _ := json.Marshal(r.Request)
-	u := strings.TrimRight(base, "/") + "/rec/" + url.PathEscape(kid)
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, u, bytes.NewReader(body))
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, u.String(), bytes.NewReader(body))
 	if err != nil {
 		return nil, fmt.Errorf("bad server url %q: %w", base, err)
 	}
@@ -73,6 +87,82 @@ func (c *Client) Recover(ctx context.Context, base, kid string, epk, s *jose.JWK
 	if err != nil {
 		return nil, err
 	}
+	return finish(r, reply, base)
+}
+
+// recoverDirect is Recover on one fresh TCP connection, without net/http's
+// transport: the request is written by hand and the reply read with
+// http.ReadResponse. It starts the connection before blinding, so a server
+// that starts a process per connection (stock tangd under systemd socket
+// activation) boots while we compute, and it computes the unblinding term
+// while the server works. A decrypt is one exchange, so nothing is lost by
+// not pooling connections.
+func recoverDirect(ctx context.Context, u *url.URL, base string, epk, s *jose.JWK) ([]byte, error) {
+	addr := u.Host
+	if u.Port() == "" {
+		addr = net.JoinHostPort(u.Hostname(), "80")
+	}
+	type dialed struct {
+		conn net.Conn
+		err  error
+	}
+	dc := make(chan dialed, 1)
+	go func() {
+		conn, err := dialer.DialContext(ctx, "tcp", addr)
+		dc <- dialed{conn, err}
+	}()
+	r, rerr := NewRecovery(epk, s)
+	d := <-dc
+	if d.err != nil {
+		if rerr != nil {
+			return nil, rerr
+		}
+		return nil, describeNetError(ctx, base, d.err)
+	}
+	conn := d.conn
+	defer conn.Close()
+	if rerr != nil {
+		return nil, rerr
+	}
+	// The context's deadline and cancellation reach the blocking reads and
+	// writes through the connection's deadline.
+	if dl, ok := ctx.Deadline(); ok {
+		conn.SetDeadline(dl)
+	}
+	stop := context.AfterFunc(ctx, func() { conn.SetDeadline(time.Unix(1, 0)) })
+	defer stop()
+
+	body, _ := json.Marshal(r.Request)
+	req := make([]byte, 0, 256+len(body))
+	req = append(req, "POST "...)
+	req = append(req, u.RequestURI()...)
+	req = append(req, " HTTP/1.1\r\nHost: "...)
+	req = append(req, u.Host...)
+	req = append(req, "\r\nContent-Type: application/jwk+json\r\nContent-Length: "...)
+	req = strconv.AppendInt(req, int64(len(body)), 10)
+	req = append(req, "\r\nConnection: close\r\n\r\n"...)
+	req = append(req, body...)
+	if _, err := conn.Write(req); err != nil {
+		return nil, describeNetError(ctx, base, err)
+	}
+	_ = r.precompute() // an error here comes back from Finish
+	resp, err := http.ReadResponse(bufio.NewReaderSize(conn, 4096), &http.Request{Method: http.MethodPost})
+	if err != nil {
+		return nil, describeNetError(ctx, base, err)
+	}
+	defer resp.Body.Close()
+	reply, err := io.ReadAll(io.LimitReader(resp.Body, maxReply))
+	if err != nil {
+		return nil, describeNetError(ctx, base, err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		return nil, &ServerError{URL: base, Code: resp.StatusCode}
+	}
+	return finish(r, reply, base)
+}
+
+// finish parses the server's reply to /rec and unblinds it.
+func finish(r *Recovery, reply []byte, base string) ([]byte, error) {
 	var y jose.JWK
 	if err := json.Unmarshal(reply, &y); err != nil {
 		return nil, fmt.Errorf("server %s sent an invalid reply: %v", base, err)
@@ -117,7 +207,7 @@ func describeNetError(ctx context.Context, base string, err error) error {
 	if errors.Is(err, context.DeadlineExceeded) || errors.Is(ctx.Err(), context.DeadlineExceeded) {
 		return fmt.Errorf("server %s did not answer in time", base)
 	}
-	if errors.Is(err, context.Canceled) {
+	if errors.Is(err, context.Canceled) || errors.Is(ctx.Err(), context.Canceled) {
 		return fmt.Errorf("request to %s canceled", base)
 	}
 	var op *net.OpError

@@ -41,6 +41,7 @@ type Recovery struct {
 	curve *jose.Curve
 	s     []byte // server exchange point
 	e     []byte // blinding scalar E
+	es    []byte // E·S, the unblinding term, once computed
 	// Request is x = c + e, the public JWK to POST to /rec/{kid}.
 	Request *jose.JWK
 }
@@ -77,15 +78,28 @@ func (r *Recovery) Finish(reply *jose.JWK) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("server reply: %w", err)
 	}
-	es, err := r.curve.ScalarMult(r.s, r.e)
-	if err != nil {
+	if err := r.precompute(); err != nil {
 		return nil, err
 	}
-	K, err := r.curve.Sub(yp, es)
+	K, err := r.curve.Sub(yp, r.es)
 	if err != nil {
 		return nil, errors.New("server reply gives the identity point")
 	}
 	return r.curve.X(K), nil
+}
+
+// precompute computes the unblinding term E·S, which does not depend on the
+// server's reply: a client can do it while the server works.
+func (r *Recovery) precompute() error {
+	if r.es != nil {
+		return nil
+	}
+	es, err := r.curve.ScalarMult(r.s, r.e)
+	if err != nil {
+		return err
+	}
+	r.es = es
+	return nil
 }
 
 // Exchange is the server step: y = S·x for the private exchange key S and
