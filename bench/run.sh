@@ -22,7 +22,7 @@ cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 
 trap cleanup EXIT
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 
-go build -o "$work/tether" ./cmd/tether
+CGO_ENABLED=0 go build -o "$work/tether" ./cmd/tether  # as it ships: static
 go build -o "$work/tangload" ./bench/tangload
 go build -o "$work/devices" ./bench/devices
 T="$work/tether"; L="$work/tangload"

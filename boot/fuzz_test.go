@@ -2,6 +2,7 @@ package boot_test
 
 import (
 	"bytes"
+	"regexp"
 	"strings"
 	"testing"
 
@@ -49,13 +50,25 @@ func FuzzParseAsk(f *testing.F) {
 }
 
 func FuzzVolumeFromPeer(f *testing.F) {
-	for _, s := range []string{"@1a2b3c4d5e6f7a8b/cryptsetup/data", "@1/cryptsetup/x/y", "@/cryptsetup/", "/tmp/sock", ""} {
+	for _, s := range []string{"@1a2b3c4d5e6f7a8b/cryptsetup/data", "@1/cryptsetup/x/y", "@/cryptsetup/", "/tmp/sock", "",
+		"@0123456789abcdefA/cryptsetup/v", "@1/cryptsetup/a\nb", "@1/cryptsetup/\xff", "1/cryptsetup/x", "@g/cryptsetup/x", "@1/cryptsetup/cryptsetup/x"} {
 		f.Add(s)
 	}
+	// The grammar as a regular expression: the hand parser must agree.
+	re := regexp.MustCompile(`^@[0-9a-fA-F]{1,16}/cryptsetup/(.+)$`)
 	f.Fuzz(func(t *testing.T, name string) {
 		v, err := boot.VolumeFromPeer(name)
 		if err == nil && (v == "" || !strings.HasSuffix(name, "/cryptsetup/"+v)) {
 			t.Fatalf("%q gave volume %q", name, v)
+		}
+		m := re.FindStringSubmatch(name)
+		switch {
+		case m == nil && err == nil:
+			t.Fatalf("%q accepted as volume %q, the grammar rejects it", name, v)
+		case m != nil && err != nil:
+			t.Fatalf("%q rejected (%v), the grammar gives volume %q", name, err, m[1])
+		case m != nil && m[1] != v:
+			t.Fatalf("%q gave volume %q, the grammar %q", name, v, m[1])
 		}
 	})
 }

@@ -6,7 +6,7 @@ import (
 	"fmt"
 	"log"
 	"net"
-	"regexp"
+	"strings"
 	"sync"
 	"time"
 
@@ -42,18 +42,19 @@ type KeyServer struct {
 // server does not stall the boot (it then falls back to the prompt).
 const DefaultDeadline = 90 * time.Second
 
-// systemd formats the random part with "%lx": usually 16 hex digits, but
-// fewer when the number has leading zeros.
-var peerName = regexp.MustCompile(`^@[0-9a-fA-F]{1,16}/cryptsetup/(.+)$`)
-
 // VolumeFromPeer extracts the volume name from the abstract socket name
-// systemd-cryptsetup binds its end to.
+// systemd-cryptsetup binds its end to: "@<random>/cryptsetup/<volume>".
+// systemd formats the random part with "%lx": usually 16 hex digits, but
+// fewer when the number has leading zeros. (Parsed by hand, not with a
+// regexp, which would cost every tether command its compile at start.)
 func VolumeFromPeer(name string) (string, error) {
-	m := peerName.FindStringSubmatch(name)
-	if m == nil {
+	random, volume, ok := strings.Cut(strings.TrimPrefix(name, "@"), "/cryptsetup/")
+	if !ok || !strings.HasPrefix(name, "@") || len(random) < 1 || len(random) > 16 ||
+		strings.TrimLeft(random, "0123456789abcdefABCDEF") != "" ||
+		volume == "" || strings.ContainsRune(volume, '\n') {
 		return "", fmt.Errorf("peer %q is not systemd-cryptsetup (want the abstract name @<hex>/cryptsetup/<volume>)", name)
 	}
-	return m[1], nil
+	return volume, nil
 }
 
 func (s *KeyServer) logf(format string, a ...any) {

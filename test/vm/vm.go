@@ -22,7 +22,6 @@ import (
 	"regexp"
 	"sort"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -121,33 +120,11 @@ func (r Result) Markers(name string) []string {
 // Has reports whether the guest printed marker NAME.
 func (r Result) Has(name string) bool { return len(r.Markers(name)) > 0 }
 
-var (
-	staticOnce sync.Once
-	staticBin  string
-	staticErr  error
-)
-
-// StaticTether builds tether without cgo, so it runs in any initramfs.
+// StaticTether returns the tether binary, which is static (built without
+// cgo), so it runs in any initramfs.
 func StaticTether(t testing.TB) string {
 	t.Helper()
-	staticOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "tether-static")
-		if err != nil {
-			staticErr = err
-			return
-		}
-		staticBin = filepath.Join(dir, "tether")
-		cmd := exec.Command("go", "build", "-o", staticBin, "./cmd/tether")
-		cmd.Dir = testenv.RepoRoot()
-		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-		if out, err := cmd.CombinedOutput(); err != nil {
-			staticErr = fmt.Errorf("go build (static): %v\n%s", err, out)
-		}
-	})
-	if staticErr != nil {
-		t.Fatal(staticErr)
-	}
-	return staticBin
+	return testenv.TetherBin(t)
 }
 
 const initScript = `#!/bin/busybox sh
