@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"testing"
 
 	"github.com/tether-nbde/tether/jose"
@@ -60,6 +61,37 @@ func FuzzParseJWK(f *testing.F) {
 			c.Point(k) // may fail (off curve), must not panic
 			if k.D != "" {
 				c.Scalar(k)
+			}
+		}
+	})
+}
+
+// FuzzUnmarshalJWK holds UnmarshalJWK's fast path to encoding/json: for any
+// input, into an empty JWK and into one with members set, both must give
+// the same JWK and agree on whether the input is valid.
+func FuzzUnmarshalJWK(f *testing.F) {
+	seeds(f, "*.jwk", "*.json")
+	for _, s := range []string{
+		`{"alg":"ECMR","crv":"P-521","key_ops":["deriveKey"],"kty":"EC","x":"AB","y":"CD"}`,
+		`{"kty":"EC","crv":"P-256","x":"a-_b","y":"c","alg":"ECMR"}`,
+		` { "kty" : "EC" , "key_ops" : [ ] } `, `{}`, `{"key_ops":[]}`, `{"key_ops":null}`,
+		`{"kty":"EC","kty":"oct"}`, `{"KTY":"EC"}`, `{"kty":"E\u0043"}`, `{"kty":"EC","use":"enc"}`,
+		`{"kty":"EC"} x`, `{"kty":"EC",}`, `{"kty":1}`, `{"x":"\xff"}`, `[]`, `null`, ``,
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		for _, start := range []jose.JWK{{}, {Alg: "A", Kty: "oct", KeyOps: []string{"sign"}, X: "old"}} {
+			want, got := start, start
+			want.KeyOps = slices.Clone(start.KeyOps)
+			got.KeyOps = slices.Clone(start.KeyOps)
+			werr := json.Unmarshal(data, &want)
+			gerr := jose.UnmarshalJWK(data, &got)
+			if (werr == nil) != (gerr == nil) {
+				t.Fatalf("%q: encoding/json says %v, UnmarshalJWK %v", data, werr, gerr)
+			}
+			if werr == nil && !reflect.DeepEqual(want, got) {
+				t.Fatalf("%q: encoding/json gives %#v, UnmarshalJWK %#v", data, want, got)
 			}
 		}
 	})

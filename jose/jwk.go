@@ -30,7 +30,7 @@ type JWK struct {
 // length. It does not check that the point is on the curve; Curve.Point does.
 func ParseJWK(data []byte) (*JWK, error) {
 	var k JWK
-	if err := json.Unmarshal(data, &k); err != nil {
+	if err := UnmarshalJWK(data, &k); err != nil {
 		return nil, fmt.Errorf("parse jwk: %w", err)
 	}
 	if err := k.Validate(); err != nil {

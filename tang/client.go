@@ -164,7 +164,7 @@ func recoverDirect(ctx context.Context, u *url.URL, base string, epk, s *jose.JW
 // finish parses the server's reply to /rec and unblinds it.
 func finish(r *Recovery, reply []byte, base string) ([]byte, error) {
 	var y jose.JWK
-	if err := json.Unmarshal(reply, &y); err != nil {
+	if err := jose.UnmarshalJWK(reply, &y); err != nil {
 		return nil, fmt.Errorf("server %s sent an invalid reply: %v", base, err)
 	}
 	return r.Finish(&y)

@@ -303,7 +303,7 @@ func Recover(S *jose.JWK, body []byte) ([]byte, int) {
 // the server's hot path.
 func recoverWith(c *jose.Curve, d []byte, body []byte) ([]byte, int) {
 	var x jose.JWK
-	if err := json.Unmarshal(body, &x); err != nil {
+	if err := jose.UnmarshalJWK(body, &x); err != nil {
 		return nil, http.StatusBadRequest
 	}
 	if x.Kty != "EC" || (x.Alg != "" && x.Alg != "ECMR") || x.Crv != c.Name || x.D != "" {
