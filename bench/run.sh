@@ -91,6 +91,12 @@ hyperfine -w 3 -r 30 --export-json "$work/hf.json" "$T decrypt < $work/t.jwe" "c
   "$T decrypt < $work/t2.jwe" "clevis decrypt < $work/t2.jwe" >/dev/null
 tdec=$(jq '.results[0].median*1000' "$work/hf.json"); cdec=$(jq '.results[1].median*1000' "$work/hf.json")
 tdec2=$(jq '.results[2].median*1000' "$work/hf.json"); cdec2=$(jq '.results[3].median*1000' "$work/hf.json")
+# The server's share of one decrypt: one client, a new connection per /rec, as a decrypt makes.
+measure tangd.one "$TANGD" "$tangd_pid" -c 1 -d 3s
+measure tether.one "$TETHER" "$tether_pid" -c 1 -d 3s
+own() { awk -v a="$1" -v b="$2" 'BEGIN{printf "%.1f", a-b}'; }
+cown=$(own "$cdec" "${R[tangd.one.p50]}"); town=$(own "$tdec" "${R[tangd.one.p50]}")
+cown2=$(own "$cdec2" "${R[tether.one.p50]}"); town2=$(own "$tdec2" "${R[tether.one.p50]}")
 
 echo "== sss t=1 of 3, first server blackholed" >&2
 bh=$(freeport); python3 -c "
@@ -153,6 +159,7 @@ ka_ratio=$(ratio "${R[tether.keepalive.rps]}" "${R[tangd.keepalive.rps]}")
 p256_ratio=$(ratio "${R[tether256.keepalive.cpu_us]}" "$raw256_us")
 dec_ratio=$(ratio "$tdec" "$cdec")
 dec_ratio2=$(ratio "$tdec2" "$cdec2")
+own_ratio=$(ratio "$town" "$cown"); own_ratio2=$(ratio "$town2" "$cown2")
 luks_ratio=$(ratio "$tluks" "$cluks")
 p521_ratio=$(ratio "$openssl521" "$raw521")
 
@@ -199,6 +206,16 @@ last success after ${R[storm.tether.secs]} s.
 | decrypt, tang pin, server tangd, median | $(printf %.1f "$cdec") ms | $(printf %.1f "$tdec") ms | **$dec_ratio** | ≤ 0.1 |
 | decrypt, tang pin, server tether, median | $(printf %.1f "$cdec2") ms | $(printf %.1f "$tdec2") ms | **$dec_ratio2** | ≤ 0.1 |
 | unlock path of a bound volume (default argon2id image; clevis: \`clevis luks pass\` + \`cryptsetup open\` without a keyslot; tether: \`luks unlock --test\`), median | $(printf %.0f "$cluks") ms | $(printf %.0f "$tluks") ms | **$luks_ratio** | ≤ 0.1 |
+
+Where the time goes: one /rec on a new connection, one client (tangload, p50), takes tangd
+${R[tangd.one.p50]} ms by itself — it starts a tangd process per connection, as its systemd socket
+does — and the tether server ${R[tether.one.p50]} ms. Against tangd that is most of tether's
+$(printf %.1f "$tdec") ms; the clients' own time (median wall time minus the server's p50):
+
+| server | clevis | tether | ratio |
+|---|---|---|---|
+| tangd | $cown ms | $town ms | $own_ratio |
+| tether | $cown2 ms | $town2 ms | $own_ratio2 |
 
 sss t=1 of 3 with the first server blackholed (accepts, never answers): decrypted in $sss_ms ms (target ≤ 2000 ms).
 
