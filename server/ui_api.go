@@ -4,7 +4,9 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"math"
 	"net/http"
+	"net/url"
 	"sort"
 	"strconv"
 	"strings"
@@ -53,7 +55,15 @@ type UIState struct {
 	Lockdown   bool         `json:"lockdown"`
 	EnrollOpen bool         `json:"enroll_open"`
 	Pin        string       `json:"pin"`
-	Devices    []UIDevice   `json:"devices"`
+	// Devices is one page of the devices that match the query's filters
+	// (?q= text in name, ID or group; ?state=; ?offset= and ?limit=, at
+	// most maxDevicePage): a fleet may have 100,000.
+	Devices       []UIDevice     `json:"devices"`
+	DeviceTotal   int            `json:"device_total"`
+	DeviceMatched int            `json:"device_matched"`
+	DeviceCounts  map[string]int `json:"device_counts"` // every device, by state
+	Offset        int            `json:"offset"`
+	Limit         int            `json:"limit"`
 	Approvals  []UIApproval `json:"approvals"`
 	AuditSeq   int64        `json:"audit_seq"`
 	Keys       []UIKey      `json:"keys"`
@@ -62,32 +72,104 @@ type UIState struct {
 	IdleLimit  string       `json:"idle_limit"`
 }
 
+// Device pages: the default and largest number of devices per page.
+const (
+	defaultDevicePage = 100
+	maxDevicePage     = 500
+)
+
+// deviceQuery is the device list's filters and page, from the query string.
+type deviceQuery struct {
+	text, state   string
+	offset, limit int
+}
+
+func parseDeviceQuery(q url.Values) (deviceQuery, error) {
+	dq := deviceQuery{text: strings.ToLower(strings.TrimSpace(q.Get("q"))), state: q.Get("state"), limit: defaultDevicePage}
+	switch store.State(dq.state) {
+	case "", store.Enabled, store.Pending, store.Disabled, store.Revoked:
+	default:
+		return dq, fmt.Errorf("unknown state %q", dq.state)
+	}
+	for _, p := range []struct {
+		name     string
+		dst      *int
+		min, max int
+	}{{"offset", &dq.offset, 0, math.MaxInt32}, {"limit", &dq.limit, 1, maxDevicePage}} {
+		if v := q.Get(p.name); v != "" {
+			n, err := strconv.Atoi(v)
+			if err != nil || n < p.min || n > p.max {
+				return dq, fmt.Errorf("%s must be a number from %d to %d", p.name, p.min, p.max)
+			}
+			*p.dst = n
+		}
+	}
+	return dq, nil
+}
+
+func (q deviceQuery) matches(d *store.Device) bool {
+	if q.state != "" && string(d.State) != q.state {
+		return false
+	}
+	if q.text == "" {
+		return true
+	}
+	for _, f := range []string{d.Name, d.ID, d.Group} {
+		if strings.Contains(strings.ToLower(f), q.text) {
+			return true
+		}
+	}
+	return false
+}
+
 func (u *uiServer) apiState(w http.ResponseWriter, r *http.Request) {
 	ctx := r.Context()
 	s := ctx.Value(ctxSession{}).(*store.Session)
+	dq, err := parseDeviceQuery(r.URL.Query())
+	if err != nil {
+		writeError(w, http.StatusBadRequest, "%v", err)
+		return
+	}
 	act, seq, err := u.hub.activity(ctx)
 	if err != nil {
 		writeError(w, http.StatusInternalServerError, "audit: %v", err)
 		return
 	}
-	devs, err := u.m.st.Devices(ctx)
+	as, err := u.m.st.PendingApprovals(ctx, u.m.now())
 	if err != nil {
 		writeError(w, http.StatusInternalServerError, "store: %v", err)
 		return
 	}
 	st := UIState{User: s.User, CSRF: s.CSRF, Pin: u.m.pin, AuditSeq: seq, Now: u.m.now(),
-		Devices: []UIDevice{}, Approvals: []UIApproval{}, Keys: []UIKey{}, IdleLimit: u.cfg.SessionIdle.String()}
+		Devices: []UIDevice{}, Approvals: []UIApproval{}, Keys: []UIKey{}, IdleLimit: u.cfg.SessionIdle.String(),
+		DeviceCounts: map[string]int{}, Offset: dq.offset, Limit: dq.limit}
+	// One pass over the devices, streamed: the counts, the page, and the
+	// names of the devices waiting for approval.
 	names := map[string]string{}
-	for _, d := range devs {
-		names[d.ID] = d.Name
+	for _, a := range as {
+		names[a.Device] = ""
+	}
+	err = u.m.st.EachDevice(ctx, func(d *store.Device) error {
+		st.DeviceTotal++
+		st.DeviceCounts[string(d.State)]++
+		if _, ok := names[d.ID]; ok {
+			names[d.ID] = d.Name
+		}
+		if !dq.matches(d) {
+			return nil
+		}
+		st.DeviceMatched++
+		if st.DeviceMatched <= dq.offset || len(st.Devices) >= dq.limit {
+			return nil
+		}
 		ud := UIDevice{AdminDevice: toAdmin(d)}
 		if a := act[d.ID]; a != nil {
 			ud.LastUnlock, ud.LastSource, ud.LastAttempt, ud.LastDecision, ud.LastReason =
 				a.lastUnlock, a.lastSource, a.lastAttempt, a.lastDecision, a.lastReason
 		}
 		st.Devices = append(st.Devices, ud)
-	}
-	as, err := u.m.st.PendingApprovals(ctx, u.m.now())
+		return nil
+	})
 	if err != nil {
 		writeError(w, http.StatusInternalServerError, "store: %v", err)
 		return

@@ -5,10 +5,12 @@ import (
 	"crypto/tls"
 	"database/sql"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/cookiejar"
 	"net/url"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -415,4 +417,89 @@ func TestUIDeviceFlow(t *testing.T) {
 	if au.Verified || !strings.Contains(au.Error, "altered") {
 		t.Fatalf("audit view after an edit: verified=%v %q", au.Verified, au.Error)
 	}
+}
+
+// TestUIDevicePages checks the device list's paging, search and state
+// filter, and the counts over every device, on a fleet of 1,203.
+func TestUIDevicePages(t *testing.T) {
+	e := newEnv(t, server.ManagedConfig{})
+	ctx := context.Background()
+	const n = 1203
+	for i := 0; i < n; i++ {
+		d := &store.Device{ID: fmt.Sprintf("dev-%04d", i), Name: fmt.Sprintf("node-%d", i), Group: "rack" + strconv.Itoa(i%3),
+			KeyID: fmt.Sprintf("k%d", i), PublicKey: []byte{1}, State: store.Enabled, ExchangeKey: []byte{1},
+			ExchangePub: `{"kty":"EC"}`, Created: time.Unix(int64(1e9+i), 0), Updated: time.Unix(1e9, 0), LastSeen: time.Unix(1e9, 0)}
+		switch {
+		case i%10 == 0:
+			d.State = store.Disabled
+		case i == 7:
+			d.State, d.ExchangeKey = store.Revoked, nil
+		}
+		if err := e.st.CreateDevice(ctx, d); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e.addUser("alice", "alice-password-1")
+	c := e.uiClient()
+	c.mustLogin("alice", "alice-password-1")
+	ids := func(st server.UIState) []string {
+		var out []string
+		for _, d := range st.Devices {
+			out = append(out, d.ID)
+		}
+		return out
+	}
+	for _, tc := range []struct {
+		query        string
+		matched      int
+		first, last  string
+		pageLen      int
+		wantedStatus int
+	}{
+		{"", n, "dev-0000", "dev-0099", 100, 200},
+		{"?offset=1200", n, "dev-1200", "dev-1202", 3, 200},
+		{"?offset=100&limit=500", n, "dev-0100", "dev-0599", 500, 200},
+		{"?offset=5000", n, "", "", 0, 200},
+		{"?state=disabled", 121, "dev-0000", "dev-0990", 100, 200},
+		{"?state=revoked", 1, "dev-0007", "dev-0007", 1, 200},
+		{"?q=NODE-119", 11, "dev-0119", "dev-1199", 11, 200}, // node-119, node-1190…1199: case-insensitive
+		{"?q=rack2&state=enabled&limit=1", 361, "dev-0002", "dev-0002", 1, 200},
+		{"?q=dev-1202", 1, "dev-1202", "dev-1202", 1, 200},
+		{"?state=sleeping", 0, "", "", 0, 400},
+		{"?limit=501", 0, "", "", 0, 400},
+		{"?offset=-1", 0, "", "", 0, 400},
+	} {
+		var st server.UIState
+		code := c.do("GET", "/ui/api/state"+tc.query, nil, nil, &st)
+		if code != tc.wantedStatus {
+			t.Errorf("%s: status %d, want %d", tc.query, code, tc.wantedStatus)
+			continue
+		}
+		if code != 200 {
+			continue
+		}
+		got := ids(st)
+		if st.DeviceTotal != n || st.DeviceMatched != tc.matched || len(got) != tc.pageLen ||
+			(tc.pageLen > 0 && (got[0] != tc.first || got[len(got)-1] != tc.last)) {
+			t.Errorf("%s: total %d matched %d page %d [%v … %v], want %d %d %d [%s … %s]", tc.query,
+				st.DeviceTotal, st.DeviceMatched, len(got), first(got), last(got), n, tc.matched, tc.pageLen, tc.first, tc.last)
+		}
+		if st.DeviceCounts["enabled"] != 1081 || st.DeviceCounts["disabled"] != 121 || st.DeviceCounts["revoked"] != 1 {
+			t.Errorf("%s: counts %v", tc.query, st.DeviceCounts)
+		}
+	}
+}
+
+func first(s []string) string {
+	if len(s) == 0 {
+		return ""
+	}
+	return s[0]
+}
+
+func last(s []string) string {
+	if len(s) == 0 {
+		return ""
+	}
+	return s[len(s)-1]
 }

@@ -141,6 +141,19 @@ func (s *sqlStore) UpdateDevice(ctx context.Context, d *Device) error {
 	return fmt.Errorf("update device %s: %w", d.ID, ErrConflict)
 }
 
+func (s *sqlStore) DeviceStamp(ctx context.Context) (string, error) {
+	// Devices are never deleted and every change bumps a version, so the
+	// count and the sum of versions change with every create and update;
+	// Touch moves a last_seen forward to "now", so the maximum changes too.
+	var n, versions, seen int64
+	err := s.db.QueryRowContext(ctx, `SELECT COUNT(*), COALESCE(SUM(version),0), COALESCE(MAX(last_seen),0) FROM devices`).
+		Scan(&n, &versions, &seen)
+	if err != nil {
+		return "", fmt.Errorf("device stamp: %w", err)
+	}
+	return fmt.Sprintf("%d/%d/%d", n, versions, seen), nil
+}
+
 func (s *sqlStore) Touch(ctx context.Context, id string, t time.Time) error {
 	_, err := s.db.ExecContext(ctx, `UPDATE devices SET last_seen=$1 WHERE id=$2 AND last_seen < $1`, nanos(t), id)
 	return err

@@ -127,6 +127,10 @@ type Store interface {
 	// holding them all in memory (a fleet may have 100,000). fn must not
 	// write to the store; an error from fn stops the iteration.
 	EachDevice(ctx context.Context, fn func(*Device) error) error
+	// DeviceStamp returns a value that changes whenever a device is
+	// created, changed or heard from (Touch): a cheap way to notice that
+	// something in the device list changed without reading every device.
+	DeviceStamp(ctx context.Context) (string, error)
 	// UpdateDevice writes d if its stored version is still d.Version and
 	// the stored device is not revoked, and then increments d.Version.
 	// It returns ErrConflict or ErrRevoked otherwise.

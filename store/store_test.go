@@ -141,6 +141,46 @@ func testStore(t *testing.T, open func(t *testing.T) Store) {
 			t.Fatalf("Devices: %v %v", list, err)
 		}
 	})
+	t.Run("device stamp", func(t *testing.T) {
+		s := open(t)
+		stamps := map[string]string{}
+		stamp := func(step string) {
+			t.Helper()
+			st, err := s.DeviceStamp(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for prev, other := range stamps {
+				if other == st {
+					t.Fatalf("after %s the stamp %q is the one after %s", step, st, prev)
+				}
+			}
+			stamps[step] = st
+		}
+		stamp("nothing")
+		d := newDevice("d1", "k1")
+		if err := s.CreateDevice(ctx, d); err != nil {
+			t.Fatal(err)
+		}
+		stamp("create")
+		d.State = Disabled
+		if err := s.UpdateDevice(ctx, d); err != nil {
+			t.Fatal(err)
+		}
+		stamp("update")
+		if err := s.Touch(ctx, "d1", t0.Add(time.Hour)); err != nil {
+			t.Fatal(err)
+		}
+		stamp("touch")
+		if err := s.CreateDevice(ctx, newDevice("d2", "k2")); err != nil {
+			t.Fatal(err)
+		}
+		stamp("second device")
+		again, _ := s.DeviceStamp(ctx)
+		if again != stamps["second device"] {
+			t.Fatalf("stamp changed without a change: %q, then %q", stamps["second device"], again)
+		}
+	})
 	t.Run("compare-and-swap", func(t *testing.T) {
 		s := open(t)
 		if err := s.CreateDevice(ctx, newDevice("d1", "k1")); err != nil {
