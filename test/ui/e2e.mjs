@@ -115,6 +115,22 @@ try {
   await page.locator("#confirm-ok").click();
   await page.locator(`#dev-${officeID}[data-state=enabled]`).waitFor();
 
+  step("search and filter the device list (done by the server)");
+  await page.fill("#dev-search", "OFFICE");
+  await row.waitFor({ state: "detached" });
+  await orow.waitFor();
+  assert.match(await page.textContent("#dev-summary"), /2 enabled/); // counts stay over every device
+  await page.fill("#dev-search", "no-such-device");
+  await page.locator("#no-match").waitFor();
+  assert.ok(await page.locator("#devices").isHidden(), "an empty device table is shown");
+  await page.fill("#dev-search", "");
+  await page.selectOption("#dev-state", "pending");
+  await page.locator("#no-match").waitFor();
+  await page.selectOption("#dev-state", "");
+  await row.waitFor();
+  await orow.waitFor();
+  assert.ok(await page.locator("#dev-pager").isHidden(), "a pager for two devices");
+
   step("approval required: the unlock waits for the page's Approve");
   await ok(["admin", "device", "policy", nasID, '{"approval":true}', "--config", env.ADMIN_CONFIG]);
   const waiting = tether(["decrypt", "--timeout", "60s"], jwe);

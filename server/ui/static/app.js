@@ -78,8 +78,24 @@ function stamp(iso) {
   return new Date(iso).toLocaleString();
 }
 
+// The device list's filters and page: the server filters and pages, since
+// a fleet may have 100,000 devices.
+const devQuery = { q: "", state: "", offset: 0, limit: 100 };
+
+let refreshSeq = 0;
+
 async function refresh(background) {
-  const s = await api("GET", "/ui/api/state", undefined, background);
+  const seq = ++refreshSeq;
+  const p = new URLSearchParams({ offset: devQuery.offset, limit: devQuery.limit });
+  if (devQuery.q) p.set("q", devQuery.q);
+  if (devQuery.state) p.set("state", devQuery.state);
+  const s = await api("GET", "/ui/api/state?" + p, undefined, background);
+  if (seq !== refreshSeq) return; // a newer refresh (another filter or page) is on its way
+  // Devices left the filter (or were revoked away): go to the last page.
+  if (s.devices.length === 0 && s.device_matched > 0 && devQuery.offset > 0) {
+    devQuery.offset = Math.floor((s.device_matched - 1) / devQuery.limit) * devQuery.limit;
+    return refresh(background);
+  }
   s.fetched = Date.now();
   state = s;
   render();
@@ -98,9 +114,12 @@ function render() {
   renderApprovals(s);
   renderDevices(s);
   renderKeys(s);
+  // The audit filter offers the devices on the current page (search to
+  // find others), and keeps its current choice.
   const fd = $("f-device"), cur = fd.value;
-  fd.replaceChildren(el("option", { value: "" }, "all"),
-    ...s.devices.map((d) => el("option", { value: d.id }, (d.name || d.id))));
+  const opts = s.devices.map((d) => el("option", { value: d.id }, (d.name || d.id)));
+  if (cur && !s.devices.some((d) => d.id === cur)) opts.unshift(el("option", { value: cur }, fd.selectedOptions[0]?.textContent || cur));
+  fd.replaceChildren(el("option", { value: "" }, "all"), ...opts);
   fd.value = cur;
 }
 
@@ -120,10 +139,17 @@ function renderApprovals(s) {
 
 function renderDevices(s) {
   const tb = $("devices").tBodies[0];
-  $("no-devices").hidden = s.devices.length > 0;
+  const total = s.device_total;
+  $("no-devices").hidden = total > 0;
+  $("dev-filters").hidden = total === 0;
+  $("no-match").hidden = total === 0 || s.device_matched > 0;
   $("devices").hidden = s.devices.length === 0;
-  const n = (st) => s.devices.filter((d) => d.state === st).length;
-  $("dev-summary").textContent = s.devices.length ? `${n("enabled")} enabled · ${n("pending")} pending · ${n("disabled")} disabled · ${n("revoked")} revoked` : "";
+  const n = (st) => s.device_counts[st] || 0;
+  $("dev-summary").textContent = total ? `${n("enabled")} enabled · ${n("pending")} pending · ${n("disabled")} disabled · ${n("revoked")} revoked` : "";
+  $("dev-pager").hidden = s.device_matched <= s.limit && s.offset === 0;
+  $("dev-range").textContent = s.devices.length ? `${s.offset + 1}–${s.offset + s.devices.length} of ${s.device_matched}` : "";
+  $("dev-prev").disabled = s.offset === 0;
+  $("dev-next").disabled = s.offset + s.devices.length >= s.device_matched;
   tb.replaceChildren(...s.devices.map((d) => {
     const btns = [];
     if (d.state === "pending") btns.push(el("button", { class: "primary small", onclick: () => deviceOp(d, "approve") }, "Approve"));
@@ -289,6 +315,19 @@ document.addEventListener("DOMContentLoaded", async () => {
     catch (_) { toast("Select the command and copy it", true); }
   });
   $("audit-filter").addEventListener("change", () => loadAudit().catch((e) => toast(e.message, true)));
+  const devFilter = () => {
+    devQuery.q = $("dev-search").value.trim();
+    devQuery.state = $("dev-state").value;
+    devQuery.offset = 0;
+    refresh().catch((e) => toast(e.message, true));
+  };
+  let searchTimer;
+  $("dev-search").addEventListener("input", () => { clearTimeout(searchTimer); searchTimer = setTimeout(devFilter, 250); });
+  $("dev-state").addEventListener("change", devFilter);
+  $("dev-filters").addEventListener("submit", (e) => { e.preventDefault(); clearTimeout(searchTimer); devFilter(); });
+  const page = (dir) => { devQuery.offset = Math.max(0, devQuery.offset + dir * devQuery.limit); refresh().catch((e) => toast(e.message, true)); };
+  $("dev-prev").addEventListener("click", () => page(-1));
+  $("dev-next").addEventListener("click", () => page(1));
   window.addEventListener("hashchange", showView);
   try { await refresh(); } catch (e) { toast(e.message, true); return; }
   showView();
