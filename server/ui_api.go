@@ -50,11 +50,11 @@ type UIKey struct {
 
 // UIState is everything the dashboard's main views show.
 type UIState struct {
-	User       string       `json:"user"`
-	CSRF       string       `json:"csrf"`
-	Lockdown   bool         `json:"lockdown"`
-	EnrollOpen bool         `json:"enroll_open"`
-	Pin        string       `json:"pin"`
+	User       string `json:"user"`
+	CSRF       string `json:"csrf"`
+	Lockdown   bool   `json:"lockdown"`
+	EnrollOpen bool   `json:"enroll_open"`
+	Pin        string `json:"pin"`
 	// Devices is one page of the devices that match the query's filters
 	// (?q= text in name, ID or group; ?state=; ?offset= and ?limit=, at
 	// most maxDevicePage): a fleet may have 100,000.
@@ -64,12 +64,12 @@ type UIState struct {
 	DeviceCounts  map[string]int `json:"device_counts"` // every device, by state
 	Offset        int            `json:"offset"`
 	Limit         int            `json:"limit"`
-	Approvals  []UIApproval `json:"approvals"`
-	AuditSeq   int64        `json:"audit_seq"`
-	Keys       []UIKey      `json:"keys"`
-	KeysError  string       `json:"keys_error,omitempty"`
-	Now        time.Time    `json:"now"`
-	IdleLimit  string       `json:"idle_limit"`
+	Approvals     []UIApproval   `json:"approvals"`
+	AuditSeq      int64          `json:"audit_seq"`
+	Keys          []UIKey        `json:"keys"`
+	KeysError     string         `json:"keys_error,omitempty"`
+	Now           time.Time      `json:"now"`
+	IdleLimit     string         `json:"idle_limit"`
 }
 
 // Device pages: the default and largest number of devices per page.

@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/tether-nbde/tether/audit"
-
 )
 
 // uiHub tells dashboards when something changed, and indexes the audit
