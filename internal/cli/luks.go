@@ -245,7 +245,10 @@ func init() {
 					}
 					name, cfg, err := luks.ConfigOf(b.JWE)
 					if err != nil {
-						fmt.Fprintf(env.Stdout, "%d: %s\n", b.Slot, b.Pin())
+						// Pins whose configuration is not rebuilt (it would
+						// need a password or a device identity) are described:
+						// where the key comes from, never a credential.
+						fmt.Fprintf(env.Stdout, "%d: %s\n", b.Slot, pin.Describe(b.JWE))
 						continue
 					}
 					fmt.Fprintf(env.Stdout, "%d: %s '%s'\n", b.Slot, name, cfg)
@@ -587,9 +590,11 @@ const luksListUsage = `Usage: tether luks list -d DEV [-s SLOT]
 
 List the bindings (clevis and tether tokens) of a LUKS2 volume, one line
 per keyslot, in clevis's format: SLOT: PIN 'CONFIG'. For tang the config
-names the thumbprint of the signing key the binding trusted. Interrupted
-changes are reported on stderr. list reads the header only: it needs no
-network and changes nothing.
+names the thumbprint of the signing key the binding trusted. Bindings
+whose configuration holds a credential (smb, https, managed) are shown as
+SLOT: PIN(WHERE) instead: where the key comes from, never the password or
+identity. Interrupted changes are reported on stderr. list reads the
+header only: it needs no network and changes nothing.
 
 Options:
   -s SLOT         list only this keyslot
@@ -597,6 +602,7 @@ Options:
 Example:
   $ tether luks list -d disk.img
   1: tang '{"thp":"9C8h...","url":"http://keys.lan"}'
+  2: smb(\\nas\keys\ha.key)
 `
 
 const luksRepairUsage = `Usage: tether luks repair -d DEV

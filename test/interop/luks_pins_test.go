@@ -115,6 +115,11 @@ func TestLUKSBindSMB(t *testing.T) {
 	if pinName != "smb" {
 		t.Fatalf("luks list shows pin %q", pinName)
 	}
+	// The list says where the key lives, and never the password.
+	list := string(mustEnv(t, env, nil, "luks", "list", "-d", img))
+	if !strings.Contains(list, `smb(\\127.0.0.1\`+s.Share+`\ha.key)`) || strings.Contains(list, s.Password) {
+		t.Fatalf("luks list of an smb binding:\n%s", list)
+	}
 	pass := mustEnv(t, env, nil, "luks", "pass", "-d", img, "-s", slot)
 	checkSlot(t, img, slot, pass)
 	mustEnv(t, env, nil, "luks", "unlock", "-d", img, "--test")
