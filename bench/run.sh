@@ -22,7 +22,7 @@ cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 
 trap cleanup EXIT
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 
-CGO_ENABLED=0 go build -o "$work/tether" ./cmd/tether  # as it ships: static
+CGO_ENABLED=0 go build -o "$work/" ./cmd/tether ./cmd/tether-server  # as they ship: static; tether runs tether-server for "server"
 go build -o "$work/tangload" ./bench/tangload
 go build -o "$work/devices" ./bench/devices
 T="$work/tether"; L="$work/tangload"

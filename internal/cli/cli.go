@@ -23,11 +23,12 @@ type Env struct {
 	Stdout io.Writer
 	Stderr io.Writer
 	Getenv func(string) string
+	real   bool // the process's own environment (StdEnv)
 }
 
 // StdEnv is the process's real environment.
 func StdEnv() *Env {
-	return &Env{Stdin: os.Stdin, Stdout: os.Stdout, Stderr: os.Stderr, Getenv: os.Getenv}
+	return &Env{Stdin: os.Stdin, Stdout: os.Stdout, Stderr: os.Stderr, Getenv: os.Getenv, real: true}
 }
 
 // command is one tether subcommand.
@@ -48,6 +49,26 @@ func register(c *command) {
 	}
 	commands[c.name] = c
 }
+
+// Command is a command registered from another package: the key server's
+// commands (internal/servercli), which are linked only into the
+// tether-server binary so that tether itself — the boot-time client —
+// stays small and starts fast (see forward.go).
+type Command struct {
+	Name, Summary, Usage string
+	Flags                func(fs *flag.FlagSet) func(env *Env, args []string) error
+}
+
+// Register adds c to the commands Run knows.
+func Register(c Command) {
+	register(&command{name: c.Name, summary: c.Summary, usage: c.Usage, flags: c.Flags})
+}
+
+// Usagef is an error for wrong use of a command (exit status 2).
+func Usagef(format string, a ...any) error { return usagef(format, a...) }
+
+// WithHint attaches advice for the person to err.
+func WithHint(err error, format string, a ...any) error { return withHint(err, format, a...) }
 
 // usageError marks an error as wrong use of the command (exit status 2).
 type usageError struct{ msg string }
@@ -76,7 +97,13 @@ func withHint(err error, format string, a ...any) error {
 // Run runs tether with args (without the program name) and returns the
 // exit status.
 func Run(args []string, env *Env) int {
+	if forwarded(args) {
+		return forward(env, args)
+	}
 	if len(args) == 0 || args[0] == "help" || args[0] == "-h" || args[0] == "--help" {
+		if len(args) > 1 && forwarded(args[1:]) {
+			return forward(env, append([]string{"help"}, args[1:]...))
+		}
 		if len(args) > 1 {
 			if c := find(args[1:]); c != nil {
 				fmt.Fprint(env.Stdout, c.usage)
@@ -205,13 +232,22 @@ Commands:
 
 func printOverview(w io.Writer) {
 	fmt.Fprint(w, overview)
-	var names []string
-	for n := range commands {
+	lines := map[string]string{}
+	for n, c := range commands {
+		lines[n] = c.summary
+	}
+	for g, summary := range serverGroups {
+		if forwarded([]string{g}) {
+			lines[g+" ..."] = summary
+		}
+	}
+	names := make([]string, 0, len(lines))
+	for n := range lines {
 		names = append(names, n)
 	}
 	sort.Strings(names)
 	for _, n := range names {
-		fmt.Fprintf(w, "  %-24s %s\n", n, commands[n].summary)
+		fmt.Fprintf(w, "  %-24s %s\n", n, lines[n])
 	}
 	fmt.Fprint(w, "\nRun \"tether help COMMAND\" or \"tether COMMAND --help\" for a command's manual.\n")
 }

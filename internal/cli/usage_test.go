@@ -6,6 +6,9 @@ import (
 	"testing"
 
 	"github.com/tether-nbde/tether/internal/cli"
+	// In process, the server's commands are linked in as in tether-server;
+	// forward_test.go runs the two binaries.
+	_ "github.com/tether-nbde/tether/internal/servercli"
 )
 
 // runCLI runs tether's CLI in-process.

@@ -63,9 +63,10 @@ var (
 	buildErr  error
 )
 
-// TetherBin builds the tether binary once per test process and returns its
-// path. It is built as it ships: without cgo, a static binary that starts
-// faster and runs in any initramfs.
+// TetherBin builds the tether and tether-server binaries once per test
+// process, into one directory, and returns tether's path. They are built as
+// they ship: without cgo, static binaries that start faster and run in any
+// initramfs.
 func TetherBin(t testing.TB) string {
 	t.Helper()
 	buildOnce.Do(func() {
@@ -75,7 +76,9 @@ func TetherBin(t testing.TB) string {
 			return
 		}
 		binPath = filepath.Join(dir, "tether")
-		cmd := exec.Command("go", "build", "-o", binPath, "./cmd/tether")
+		// Both binaries, side by side as they are installed: tether runs
+		// tether-server for "tether server" and "tether admin".
+		cmd := exec.Command("go", "build", "-o", dir+"/", "./cmd/tether", "./cmd/tether-server")
 		cmd.Dir = RepoRoot()
 		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 		if out, err := cmd.CombinedOutput(); err != nil {

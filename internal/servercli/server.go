@@ -1,10 +1,11 @@
-package cli
+package servercli
 
 import (
 	"context"
 	"errors"
 	"flag"
 	"fmt"
+	"github.com/tether-nbde/tether/internal/cli"
 	"log/slog"
 	"os"
 	"os/signal"
@@ -20,11 +21,11 @@ import (
 const defaultDataDir = "/var/lib/tether"
 
 func init() {
-	register(&command{
-		name:    "server",
-		summary: "run the key server (Tang protocol)",
-		usage:   serverUsage,
-		flags: func(fs *flag.FlagSet) func(*Env, []string) error {
+	cli.Register(cli.Command{
+		Name:    "server",
+		Summary: "run the key server (Tang protocol)",
+		Usage:   serverUsage,
+		Flags: func(fs *flag.FlagSet) func(*cli.Env, []string) error {
 			listen := fs.String("listen", ":7500", "")
 			data := fs.String("data", defaultDataDir, "")
 			prefix := fs.String("prefix", "", "")
@@ -33,9 +34,9 @@ func init() {
 			key := fs.String("tls-key", "", "")
 			logLevel := fs.String("log-level", "info", "")
 			managedCfg := managedServerFlags(fs) // admin.go
-			return func(env *Env, args []string) error {
+			return func(env *cli.Env, args []string) error {
 				if len(args) > 0 {
-					return usagef("unexpected argument %q", args[0])
+					return cli.Usagef("unexpected argument %q", args[0])
 				}
 				mc, err := managedCfg()
 				if err != nil {
@@ -43,14 +44,14 @@ func init() {
 				}
 				c, err := jose.CurveByName(*curve)
 				if err != nil {
-					return usagef("--curve: %v", err)
+					return cli.Usagef("--curve: %v", err)
 				}
 				if (*cert == "") != (*key == "") {
-					return usagef("--tls-cert and --tls-key go together")
+					return cli.Usagef("--tls-cert and --tls-key go together")
 				}
 				var lvl slog.Level
 				if err := lvl.UnmarshalText([]byte(*logLevel)); err != nil {
-					return usagef("--log-level: %v", err)
+					return cli.Usagef("--log-level: %v", err)
 				}
 				log := slog.New(slog.NewTextHandler(env.Stderr, &slog.HandlerOptions{Level: lvl}))
 				if env.Getenv("GOGC") == "" {
@@ -66,26 +67,26 @@ func init() {
 					TLSCert: *cert, TLSKey: *key, Log: log, Managed: mc,
 				})
 				if errors.Is(err, os.ErrPermission) {
-					return withHint(err, "choose a data directory you can write with --data DIR")
+					return cli.WithHint(err, "choose a data directory you can write with --data DIR")
 				}
 				return err
 			}
 		},
 	})
-	register(&command{
-		name:    "server keys list",
-		summary: "list the server's keys and their thumbprints",
-		usage:   keysListUsage,
-		flags: func(fs *flag.FlagSet) func(*Env, []string) error {
+	cli.Register(cli.Command{
+		Name:    "server keys list",
+		Summary: "list the server's keys and their thumbprints",
+		Usage:   keysListUsage,
+		Flags: func(fs *flag.FlagSet) func(*cli.Env, []string) error {
 			data := fs.String("data", defaultDataDir, "")
 			all := fs.Bool("all", false, "")
-			return func(env *Env, args []string) error {
+			return func(env *cli.Env, args []string) error {
 				if len(args) > 0 {
-					return usagef("unexpected argument %q", args[0])
+					return cli.Usagef("unexpected argument %q", args[0])
 				}
 				keys, err := tang.LoadKeyDir(server.KeyDir(*data))
 				if err != nil {
-					return withHint(err, "is --data %s the server's data directory?", *data)
+					return cli.WithHint(err, "is --data %s the server's data directory?", *data)
 				}
 				tw := tabwriter.NewWriter(env.Stdout, 0, 4, 2, ' ', 0)
 				fmt.Fprintln(tw, "STATE\tUSE\tCURVE\tTHUMBPRINT (S256)")
@@ -107,24 +108,24 @@ func init() {
 			}
 		},
 	})
-	register(&command{
-		name:    "server keys rotate",
-		summary: "generate new keys and retire the advertised ones",
-		usage:   keysRotateUsage,
-		flags: func(fs *flag.FlagSet) func(*Env, []string) error {
+	cli.Register(cli.Command{
+		Name:    "server keys rotate",
+		Summary: "generate new keys and retire the advertised ones",
+		Usage:   keysRotateUsage,
+		Flags: func(fs *flag.FlagSet) func(*cli.Env, []string) error {
 			data := fs.String("data", defaultDataDir, "")
 			curve := fs.String("curve", "P-521", "")
-			return func(env *Env, args []string) error {
+			return func(env *cli.Env, args []string) error {
 				if len(args) > 0 {
-					return usagef("unexpected argument %q", args[0])
+					return cli.Usagef("unexpected argument %q", args[0])
 				}
 				c, err := jose.CurveByName(*curve)
 				if err != nil {
-					return usagef("--curve: %v", err)
+					return cli.Usagef("--curve: %v", err)
 				}
 				dir := server.KeyDir(*data)
 				if _, err := os.Stat(dir); err != nil {
-					return withHint(err, "is --data %s the server's data directory?", *data)
+					return cli.WithHint(err, "is --data %s the server's data directory?", *data)
 				}
 				newKeys, hidden, err := tang.Rotate(dir, c)
 				if err != nil {
@@ -139,15 +140,15 @@ func init() {
 			}
 		},
 	})
-	register(&command{
-		name:    "server keys import",
-		summary: "take over the keys of a tangd key directory",
-		usage:   keysImportUsage,
-		flags: func(fs *flag.FlagSet) func(*Env, []string) error {
+	cli.Register(cli.Command{
+		Name:    "server keys import",
+		Summary: "take over the keys of a tangd key directory",
+		Usage:   keysImportUsage,
+		Flags: func(fs *flag.FlagSet) func(*cli.Env, []string) error {
 			data := fs.String("data", defaultDataDir, "")
-			return func(env *Env, args []string) error {
+			return func(env *cli.Env, args []string) error {
 				if len(args) != 1 {
-					return usagef("want exactly one argument, the tangd key directory")
+					return cli.Usagef("want exactly one argument, the tangd key directory")
 				}
 				imported, err := tang.Import(server.KeyDir(*data), args[0])
 				if err != nil {

@@ -1,4 +1,4 @@
-package cli
+package servercli
 
 import (
 	"bufio"
@@ -6,6 +6,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"github.com/tether-nbde/tether/internal/cli"
 	"io"
 	"os"
 	"strings"
@@ -29,7 +30,7 @@ func uiServerFlags(fs *flag.FlagSet) func() server.UIConfig {
 
 // readPassword reads a new password: from a prompt (twice, not echoed)
 // when stdin is a terminal, else the first line of stdin. Never from argv.
-func readPassword(env *Env, name string) (string, error) {
+func readPassword(env *cli.Env, name string) (string, error) {
 	if f, ok := env.Stdin.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
 		fmt.Fprintf(env.Stderr, "New password for %s: ", name)
 		a, err := term.ReadPassword(int(f.Fd()))
@@ -54,7 +55,7 @@ func readPassword(env *Env, name string) (string, error) {
 	}
 	pw := strings.TrimRight(line, "\r\n")
 	if pw == "" {
-		return "", withHint(errors.New("no password on stdin"), "pipe it in: tether admin user add %s < password-file", name)
+		return "", cli.WithHint(errors.New("no password on stdin"), "pipe it in: tether admin user add %s < password-file", name)
 	}
 	return pw, nil
 }
@@ -66,27 +67,27 @@ func init() {
 	} {
 		op := op
 		adminCmd("admin user "+op.name, op.summary, adminUserUsage,
-			func(fs *flag.FlagSet) func(*Env, *server.AdminClient, []string) error {
-				return func(env *Env, c *server.AdminClient, args []string) error {
+			func(fs *flag.FlagSet) func(*cli.Env, *server.AdminClient, []string) error {
+				return func(env *cli.Env, c *server.AdminClient, args []string) error {
 					if len(args) != 1 {
-						return usagef("want exactly one account name (the password comes from stdin or a prompt, never the command line)")
+						return cli.Usagef("want exactly one account name (the password comes from stdin or a prompt, never the command line)")
 					}
 					if err := server.ValidUserName(args[0]); err != nil {
-						return usagef("%v", err)
+						return cli.Usagef("%v", err)
 					}
 					pw, err := readPassword(env, args[0])
 					if err != nil {
 						return err
 					}
 					if len(pw) < server.MinPasswordLength {
-						return withHint(fmt.Errorf("password is shorter than %d characters", server.MinPasswordLength), "choose a longer one, e.g. four random words")
+						return cli.WithHint(fmt.Errorf("password is shorter than %d characters", server.MinPasswordLength), "choose a longer one, e.g. four random words")
 					}
 					ctx := context.Background()
 					if op.name == "add" {
 						err = c.AddUser(ctx, args[0], pw)
 						var ae *server.AdminError
 						if errors.As(err, &ae) && ae.Status == 409 {
-							return withHint(err, "change its password with tether admin user passwd %s", args[0])
+							return cli.WithHint(err, "change its password with tether admin user passwd %s", args[0])
 						}
 					} else {
 						err = c.SetPassword(ctx, args[0], pw)
@@ -100,10 +101,10 @@ func init() {
 			})
 	}
 	adminCmd("admin user list", "list dashboard accounts", adminUserUsage,
-		func(fs *flag.FlagSet) func(*Env, *server.AdminClient, []string) error {
-			return func(env *Env, c *server.AdminClient, args []string) error {
+		func(fs *flag.FlagSet) func(*cli.Env, *server.AdminClient, []string) error {
+			return func(env *cli.Env, c *server.AdminClient, args []string) error {
 				if len(args) > 0 {
-					return usagef("unexpected argument %q", args[0])
+					return cli.Usagef("unexpected argument %q", args[0])
 				}
 				us, err := c.Users(context.Background())
 				if err != nil {
@@ -118,10 +119,10 @@ func init() {
 			}
 		})
 	adminCmd("admin user remove", "remove a dashboard account (ends its sessions)", adminUserUsage,
-		func(fs *flag.FlagSet) func(*Env, *server.AdminClient, []string) error {
-			return func(env *Env, c *server.AdminClient, args []string) error {
+		func(fs *flag.FlagSet) func(*cli.Env, *server.AdminClient, []string) error {
+			return func(env *cli.Env, c *server.AdminClient, args []string) error {
 				if len(args) != 1 {
-					return usagef("want exactly one account name")
+					return cli.Usagef("want exactly one account name")
 				}
 				if err := c.RemoveUser(context.Background(), args[0]); err != nil {
 					return err

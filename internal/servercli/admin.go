@@ -1,4 +1,4 @@
-package cli
+package servercli
 
 import (
 	"context"
@@ -6,6 +6,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"github.com/tether-nbde/tether/internal/cli"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -51,12 +52,12 @@ func managedServerFlags(fs *flag.FlagSet) func() (server.ManagedConfig, error) {
 			}
 			p, err := netip.ParsePrefix(c)
 			if err != nil {
-				return mc, usagef("--tang-allow: %v", err)
+				return mc, cli.Usagef("--tang-allow: %v", err)
 			}
 			mc.TangAllow = append(mc.TangAllow, p)
 		}
 		if mc.Listen == "" && (mc.Store != "" || len(mc.Webhooks) > 0) {
-			return mc, usagef("--store and --webhook need managed mode: add --managed-listen ADDR")
+			return mc, cli.Usagef("--store and --webhook need managed mode: add --managed-listen ADDR")
 		}
 		return mc, nil
 	}
@@ -64,13 +65,13 @@ func managedServerFlags(fs *flag.FlagSet) func() (server.ManagedConfig, error) {
 
 // adminCmd registers one "tether admin" command; run gets a connected
 // admin client.
-func adminCmd(name, summary, usage string, extra func(fs *flag.FlagSet) func(env *Env, c *server.AdminClient, args []string) error) {
-	register(&command{
-		name: name, summary: summary, usage: usage + adminCommon,
-		flags: func(fs *flag.FlagSet) func(*Env, []string) error {
+func adminCmd(name, summary, usage string, extra func(fs *flag.FlagSet) func(env *cli.Env, c *server.AdminClient, args []string) error) {
+	cli.Register(cli.Command{
+		Name: name, Summary: summary, Usage: usage + adminCommon,
+		Flags: func(fs *flag.FlagSet) func(*cli.Env, []string) error {
 			cfgFile := fs.String("config", "", "")
 			run := extra(fs)
-			return func(env *Env, args []string) error {
+			return func(env *cli.Env, args []string) error {
 				path := *cfgFile
 				if path == "" {
 					path = env.Getenv("TETHER_ADMIN_CONFIG")
@@ -80,7 +81,7 @@ func adminCmd(name, summary, usage string, extra func(fs *flag.FlagSet) func(env
 				}
 				cfg, err := server.LoadAdminConfig(path)
 				if errors.Is(err, os.ErrNotExist) {
-					return withHint(err, "the server writes its admin credentials there on first start with --managed-listen; pass --config FILE if they are elsewhere")
+					return cli.WithHint(err, "the server writes its admin credentials there on first start with --managed-listen; pass --config FILE if they are elsewhere")
 				}
 				if err != nil {
 					return err
@@ -101,13 +102,13 @@ another host, and edit its url.
 
 func init() {
 	adminCmd("admin token create", "make a one-time enrolment token", adminTokenUsage,
-		func(fs *flag.FlagSet) func(*Env, *server.AdminClient, []string) error {
+		func(fs *flag.FlagSet) func(*cli.Env, *server.AdminClient, []string) error {
 			group := fs.String("group", "", "")
 			ttl := fs.Duration("ttl", 24*time.Hour, "")
 			note := fs.String("note", "", "")
-			return func(env *Env, c *server.AdminClient, args []string) error {
+			return func(env *cli.Env, c *server.AdminClient, args []string) error {
 				if len(args) > 0 {
-					return usagef("unexpected argument %q", args[0])
+					return cli.Usagef("unexpected argument %q", args[0])
 				}
 				r, err := c.CreateToken(context.Background(), server.TokenRequest{Group: *group, TTL: store.Duration(*ttl), Note: *note})
 				if err != nil {
@@ -119,9 +120,9 @@ func init() {
 			}
 		})
 	adminCmd("admin device list", "list enrolled devices", adminDeviceListUsage,
-		func(fs *flag.FlagSet) func(*Env, *server.AdminClient, []string) error {
+		func(fs *flag.FlagSet) func(*cli.Env, *server.AdminClient, []string) error {
 			asJSON := fs.Bool("json", false, "")
-			return func(env *Env, c *server.AdminClient, args []string) error {
+			return func(env *cli.Env, c *server.AdminClient, args []string) error {
 				devs, err := c.Devices(context.Background())
 				if err != nil {
 					return err
@@ -145,15 +146,15 @@ func init() {
 	} {
 		op := op
 		adminCmd("admin device "+op.name, op.summary, fmt.Sprintf(adminDeviceOpUsage, op.name, op.summary),
-			func(fs *flag.FlagSet) func(*Env, *server.AdminClient, []string) error {
+			func(fs *flag.FlagSet) func(*cli.Env, *server.AdminClient, []string) error {
 				reason := fs.String("reason", "", "")
 				yes := fs.Bool("yes", false, "")
-				return func(env *Env, c *server.AdminClient, args []string) error {
+				return func(env *cli.Env, c *server.AdminClient, args []string) error {
 					if len(args) != 1 {
-						return usagef("want exactly one device ID")
+						return cli.Usagef("want exactly one device ID")
 					}
 					if op.name == "revoke" && !*yes {
-						return withHint(errors.New("revocation is final: the device's exchange key is destroyed and every disk bound to it stays locked for good"),
+						return cli.WithHint(errors.New("revocation is final: the device's exchange key is destroyed and every disk bound to it stays locked for good"),
 							"add --yes if that is what you want; tether admin device disable is reversible")
 					}
 					d, err := c.DeviceOp(context.Background(), args[0], op.name, *reason)
@@ -166,10 +167,10 @@ func init() {
 			})
 	}
 	adminCmd("admin device policy", "set a device's policy", adminPolicyUsage,
-		func(fs *flag.FlagSet) func(*Env, *server.AdminClient, []string) error {
-			return func(env *Env, c *server.AdminClient, args []string) error {
+		func(fs *flag.FlagSet) func(*cli.Env, *server.AdminClient, []string) error {
+			return func(env *cli.Env, c *server.AdminClient, args []string) error {
 				if len(args) != 2 {
-					return usagef("want a device ID and a policy (JSON)")
+					return cli.Usagef("want a device ID and a policy (JSON)")
 				}
 				p, err := parsePolicy(args[1])
 				if err != nil {
@@ -179,10 +180,10 @@ func init() {
 			}
 		})
 	adminCmd("admin group set", "set a group's policy", adminPolicyUsage,
-		func(fs *flag.FlagSet) func(*Env, *server.AdminClient, []string) error {
-			return func(env *Env, c *server.AdminClient, args []string) error {
+		func(fs *flag.FlagSet) func(*cli.Env, *server.AdminClient, []string) error {
+			return func(env *cli.Env, c *server.AdminClient, args []string) error {
 				if len(args) != 2 {
-					return usagef("want a group name and a policy (JSON)")
+					return cli.Usagef("want a group name and a policy (JSON)")
 				}
 				p, err := parsePolicy(args[1])
 				if err != nil {
@@ -192,10 +193,10 @@ func init() {
 			}
 		})
 	adminCmd("admin lockdown", "refuse every unlock at once (on|off)", adminLockdownUsage,
-		func(fs *flag.FlagSet) func(*Env, *server.AdminClient, []string) error {
-			return func(env *Env, c *server.AdminClient, args []string) error {
+		func(fs *flag.FlagSet) func(*cli.Env, *server.AdminClient, []string) error {
+			return func(env *cli.Env, c *server.AdminClient, args []string) error {
 				if len(args) != 1 || (args[0] != "on" && args[0] != "off") {
-					return usagef("want on or off")
+					return cli.Usagef("want on or off")
 				}
 				if err := c.Lockdown(context.Background(), args[0] == "on"); err != nil {
 					return err
@@ -205,19 +206,19 @@ func init() {
 			}
 		})
 	adminCmd("admin audit verify", "check the audit log's hash chain", adminAuditUsage,
-		func(fs *flag.FlagSet) func(*Env, *server.AdminClient, []string) error {
-			return func(env *Env, c *server.AdminClient, args []string) error {
+		func(fs *flag.FlagSet) func(*cli.Env, *server.AdminClient, []string) error {
+			return func(env *cli.Env, c *server.AdminClient, args []string) error {
 				ch, err := c.VerifyAudit(context.Background())
 				if err != nil {
-					return withHint(err, "the audit log was changed behind the server's back; compare with an export")
+					return cli.WithHint(err, "the audit log was changed behind the server's back; compare with an export")
 				}
 				fmt.Fprintf(env.Stdout, "ok: %d records, head %s\n", ch.Seq, ch.Head)
 				return nil
 			}
 		})
 	adminCmd("admin audit export", "write the audit log as JSON lines", adminAuditUsage,
-		func(fs *flag.FlagSet) func(*Env, *server.AdminClient, []string) error {
-			return func(env *Env, c *server.AdminClient, args []string) error {
+		func(fs *flag.FlagSet) func(*cli.Env, *server.AdminClient, []string) error {
+			return func(env *cli.Env, c *server.AdminClient, args []string) error {
 				enc := json.NewEncoder(env.Stdout)
 				ch := audit.NewChain()
 				err := c.Audit(context.Background(), func(r *audit.Record) error {
@@ -227,14 +228,14 @@ func init() {
 					return enc.Encode(r)
 				})
 				if err != nil {
-					return withHint(err, "the records up to the broken link were written")
+					return cli.WithHint(err, "the records up to the broken link were written")
 				}
 				return nil
 			}
 		})
 	adminCmd("admin unlock list", "list unlocks waiting for approval", adminUnlockUsage,
-		func(fs *flag.FlagSet) func(*Env, *server.AdminClient, []string) error {
-			return func(env *Env, c *server.AdminClient, args []string) error {
+		func(fs *flag.FlagSet) func(*cli.Env, *server.AdminClient, []string) error {
+			return func(env *cli.Env, c *server.AdminClient, args []string) error {
 				as, err := c.Approvals(context.Background())
 				if err != nil {
 					return err
@@ -249,10 +250,10 @@ func init() {
 		})
 	for _, op := range []string{"approve", "deny"} {
 		adminCmd("admin unlock "+op, op+" a waiting unlock", adminUnlockUsage,
-			func(fs *flag.FlagSet) func(*Env, *server.AdminClient, []string) error {
-				return func(env *Env, c *server.AdminClient, args []string) error {
+			func(fs *flag.FlagSet) func(*cli.Env, *server.AdminClient, []string) error {
+				return func(env *cli.Env, c *server.AdminClient, args []string) error {
 					if len(args) != 1 {
-						return usagef("want exactly one approval ID (tether admin unlock list)")
+						return cli.Usagef("want exactly one approval ID (tether admin unlock list)")
 					}
 					return c.ApprovalOp(context.Background(), args[0], op)
 				}
@@ -265,7 +266,7 @@ func parsePolicy(s string) (store.Policy, error) {
 	dec := json.NewDecoder(strings.NewReader(s))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&p); err != nil {
-		return p, withHint(fmt.Errorf("policy is not valid: %v", err),
+		return p, cli.WithHint(fmt.Errorf("policy is not valid: %v", err),
 			`example: '{"cidrs":["10.0.0.0/8"],"keepalive":"5m","approval":false,"rate":10}'`)
 	}
 	return p, nil
