@@ -62,7 +62,7 @@ measure() { # name url pid args...
   printf '%-28s %8.0f req/s  p50 %7.1f ms  p99 %7.1f ms  cpu/rec %6s us  (%s ok, %s failed)\n' \
     "$name" "${R[$name.rps]}" "${R[$name.p50]}" "${R[$name.p99]}" "${R[$name.cpu_us]}" "${R[$name.ok]}" "${R[$name.fail]}" >&2
 }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN{ if (b>0) printf "%.2f", a/b; else print "n/a" }'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN{ if (b<=0) print "n/a"; else if (a/b < 1) printf "%.3f", a/b; else printf "%.2f", a/b }'; }  # 3 decimals below 1: 0.103 must not print as 0.10
 
 echo "== /rec throughput, P-521, $CONC clients, $DUR each" >&2
 measure tangd.new "$TANGD" "$tangd_pid" -c "$CONC" -d "$DUR"
