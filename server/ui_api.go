@@ -78,24 +78,20 @@ const (
 	maxDevicePage     = 500
 )
 
-// deviceQuery is the device list's filters and page, from the query string.
-type deviceQuery struct {
-	text, state   string
-	offset, limit int
-}
-
-func parseDeviceQuery(q url.Values) (deviceQuery, error) {
-	dq := deviceQuery{text: strings.ToLower(strings.TrimSpace(q.Get("q"))), state: q.Get("state"), limit: defaultDevicePage}
-	switch store.State(dq.state) {
+// parseDeviceQuery reads the device list's filters and page from the
+// query string.
+func parseDeviceQuery(q url.Values) (store.DeviceQuery, error) {
+	dq := store.DeviceQuery{Text: strings.TrimSpace(q.Get("q")), State: store.State(q.Get("state")), Limit: defaultDevicePage}
+	switch dq.State {
 	case "", store.Enabled, store.Pending, store.Disabled, store.Revoked:
 	default:
-		return dq, fmt.Errorf("unknown state %q", dq.state)
+		return dq, fmt.Errorf("unknown state %q", dq.State)
 	}
 	for _, p := range []struct {
 		name     string
 		dst      *int
 		min, max int
-	}{{"offset", &dq.offset, 0, math.MaxInt32}, {"limit", &dq.limit, 1, maxDevicePage}} {
+	}{{"offset", &dq.Offset, 0, math.MaxInt32}, {"limit", &dq.Limit, 1, maxDevicePage}} {
 		if v := q.Get(p.name); v != "" {
 			n, err := strconv.Atoi(v)
 			if err != nil || n < p.min || n > p.max {
@@ -105,21 +101,6 @@ func parseDeviceQuery(q url.Values) (deviceQuery, error) {
 		}
 	}
 	return dq, nil
-}
-
-func (q deviceQuery) matches(d *store.Device) bool {
-	if q.state != "" && string(d.State) != q.state {
-		return false
-	}
-	if q.text == "" {
-		return true
-	}
-	for _, f := range []string{d.Name, d.ID, d.Group} {
-		if strings.Contains(strings.ToLower(f), q.text) {
-			return true
-		}
-	}
-	return false
 }
 
 func (u *uiServer) apiState(w http.ResponseWriter, r *http.Request) {
@@ -140,39 +121,34 @@ func (u *uiServer) apiState(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusInternalServerError, "store: %v", err)
 		return
 	}
+	page, err := u.m.st.DevicePage(ctx, dq)
+	if err != nil {
+		writeError(w, http.StatusInternalServerError, "store: %v", err)
+		return
+	}
 	st := UIState{User: s.User, CSRF: s.CSRF, Pin: u.m.pin, AuditSeq: seq, Now: u.m.now(),
 		Devices: []UIDevice{}, Approvals: []UIApproval{}, Keys: []UIKey{}, IdleLimit: u.cfg.SessionIdle.String(),
-		DeviceCounts: map[string]int{}, Offset: dq.offset, Limit: dq.limit}
-	// One pass over the devices, streamed: the counts, the page, and the
-	// names of the devices waiting for approval.
-	names := map[string]string{}
-	for _, a := range as {
-		names[a.Device] = ""
+		DeviceCounts: map[string]int{}, DeviceMatched: page.Matched, Offset: dq.Offset, Limit: dq.Limit}
+	for state, n := range page.Counts {
+		st.DeviceCounts[string(state)] = n
+		st.DeviceTotal += n
 	}
-	err = u.m.st.EachDevice(ctx, func(d *store.Device) error {
-		st.DeviceTotal++
-		st.DeviceCounts[string(d.State)]++
-		if _, ok := names[d.ID]; ok {
-			names[d.ID] = d.Name
-		}
-		if !dq.matches(d) {
-			return nil
-		}
-		st.DeviceMatched++
-		if st.DeviceMatched <= dq.offset || len(st.Devices) >= dq.limit {
-			return nil
-		}
+	for _, d := range page.Devices {
 		ud := UIDevice{AdminDevice: toAdmin(d)}
 		if a := act[d.ID]; a != nil {
 			ud.LastUnlock, ud.LastSource, ud.LastAttempt, ud.LastDecision, ud.LastReason =
 				a.lastUnlock, a.lastSource, a.lastAttempt, a.lastDecision, a.lastReason
 		}
 		st.Devices = append(st.Devices, ud)
-		return nil
-	})
-	if err != nil {
-		writeError(w, http.StatusInternalServerError, "store: %v", err)
-		return
+	}
+	// The names of the devices waiting for approval (a few, at most).
+	names := map[string]string{}
+	for _, a := range as {
+		if _, ok := names[a.Device]; !ok {
+			if d, err := u.m.st.Device(ctx, a.Device); err == nil {
+				names[a.Device] = d.Name
+			}
+		}
 	}
 	for _, a := range as {
 		st.Approvals = append(st.Approvals, UIApproval{Approval: *a, Name: names[a.Device]})

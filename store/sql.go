@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/tether-nbde/tether/audit"
@@ -139,6 +140,58 @@ func (s *sqlStore) UpdateDevice(ctx context.Context, d *Device) error {
 		return fmt.Errorf("update device %s: %w", d.ID, ErrRevoked)
 	}
 	return fmt.Errorf("update device %s: %w", d.ID, ErrConflict)
+}
+
+func (s *sqlStore) DevicePage(ctx context.Context, q DeviceQuery) (*DevicePage, error) {
+	where, args := "TRUE", []any{}
+	if q.State != "" {
+		args = append(args, string(q.State))
+		where += fmt.Sprintf(" AND state = $%d", len(args))
+	}
+	if q.Text != "" {
+		// LIKE with the wildcards of the text escaped; lower() on both
+		// sides, since PostgreSQL's LIKE minds case and SQLite's does not.
+		esc := strings.NewReplacer(`\`, `\\`, `%`, `\%`, `_`, `\_`).Replace(strings.ToLower(q.Text))
+		args = append(args, "%"+esc+"%")
+		n := len(args)
+		where += fmt.Sprintf(` AND (lower(name) LIKE $%d ESCAPE '\' OR lower(id) LIKE $%d ESCAPE '\' OR lower(grp) LIKE $%d ESCAPE '\')`, n, n, n)
+	}
+	page := &DevicePage{Counts: map[State]int{}}
+	rows, err := s.db.QueryContext(ctx, `SELECT state, COUNT(*) FROM devices GROUP BY state`)
+	if err != nil {
+		return nil, fmt.Errorf("device counts: %w", err)
+	}
+	for rows.Next() {
+		var st string
+		var n int
+		if err := rows.Scan(&st, &n); err != nil {
+			rows.Close()
+			return nil, err
+		}
+		page.Counts[State(st)] = n
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	if err := s.db.QueryRowContext(ctx, `SELECT COUNT(*) FROM devices WHERE `+where, args...).Scan(&page.Matched); err != nil {
+		return nil, fmt.Errorf("device count: %w", err)
+	}
+	args = append(args, q.Limit, q.Offset)
+	rows, err = s.db.QueryContext(ctx, fmt.Sprintf(`SELECT `+deviceCols+` FROM devices WHERE %s ORDER BY created, id LIMIT $%d OFFSET $%d`,
+		where, len(args)-1, len(args)), args...)
+	if err != nil {
+		return nil, fmt.Errorf("device page: %w", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		d, err := scanDevice(rows)
+		if err != nil {
+			return nil, err
+		}
+		page.Devices = append(page.Devices, d)
+	}
+	return page, rows.Err()
 }
 
 func (s *sqlStore) DeviceStamp(ctx context.Context) (string, error) {
@@ -372,6 +425,7 @@ CREATE TABLE IF NOT EXISTS devices (
 	version {int} NOT NULL
 );
 CREATE UNIQUE INDEX IF NOT EXISTS devices_live_key ON devices (key_id) WHERE state <> 'revoked';
+CREATE INDEX IF NOT EXISTS devices_created ON devices (created, id);
 CREATE TABLE IF NOT EXISTS groups (name TEXT PRIMARY KEY, policy TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS tokens (
 	hash {blob} PRIMARY KEY, grp TEXT NOT NULL, note TEXT NOT NULL, created {int} NOT NULL, expires {int} NOT NULL

@@ -96,6 +96,22 @@ type Device struct {
 	Version     int64     // compare-and-swap counter
 }
 
+// DeviceQuery selects a page of devices.
+type DeviceQuery struct {
+	// Text matches devices whose name, ID or group contains it, ignoring
+	// the case of ASCII letters. Empty matches every device.
+	Text          string
+	State         State // empty: every state
+	Offset, Limit int
+}
+
+// DevicePage is one page of devices and the numbers around it.
+type DevicePage struct {
+	Devices []*Device
+	Matched int           // devices that match the query, on every page
+	Counts  map[State]int // every device, by state
+}
+
 // Token is an enrollment token, stored by hash.
 type Token struct {
 	Hash    []byte // SHA-256 of the token's secret
@@ -127,6 +143,11 @@ type Store interface {
 	// holding them all in memory (a fleet may have 100,000). fn must not
 	// write to the store; an error from fn stops the iteration.
 	EachDevice(ctx context.Context, fn func(*Device) error) error
+	// DevicePage returns the devices that match q, in creation order,
+	// from q.Offset, at most q.Limit of them; how many match in all; and
+	// how many devices there are in each state. The filtering is done by
+	// the database: a fleet may have 100,000 devices.
+	DevicePage(ctx context.Context, q DeviceQuery) (*DevicePage, error)
 	// DeviceStamp returns a value that changes whenever a device is
 	// created, changed or heard from (Touch): a cheap way to notice that
 	// something in the device list changed without reading every device.

@@ -141,6 +141,52 @@ func testStore(t *testing.T, open func(t *testing.T) Store) {
 			t.Fatalf("Devices: %v %v", list, err)
 		}
 	})
+	t.Run("device page", func(t *testing.T) {
+		s := open(t)
+		names := []string{"NAS-basement", "office_pc", "office-pc-2", "100%-uptime", `back\slash`, "Kitchen"}
+		for i, n := range names {
+			d := newDevice(fmt.Sprintf("d%d", i), fmt.Sprintf("k%d", i))
+			d.Name, d.Created = n, t0.Add(time.Duration(i)*time.Second)
+			if i%2 == 1 {
+				d.State = Disabled
+			}
+			if err := s.CreateDevice(ctx, d); err != nil {
+				t.Fatal(err)
+			}
+		}
+		for _, tc := range []struct {
+			q    DeviceQuery
+			want []string // IDs on the page
+			all  int      // matched
+		}{
+			{DeviceQuery{Limit: 10}, []string{"d0", "d1", "d2", "d3", "d4", "d5"}, 6},
+			{DeviceQuery{Limit: 2, Offset: 3}, []string{"d3", "d4"}, 6},
+			{DeviceQuery{Limit: 10, Offset: 6}, nil, 6},
+			{DeviceQuery{Text: "nas", Limit: 10}, []string{"d0"}, 1},     // case
+			{DeviceQuery{Text: "office_", Limit: 10}, []string{"d1"}, 1}, // _ is not a wildcard
+			{DeviceQuery{Text: "100%", Limit: 10}, []string{"d3"}, 1},    // % is not a wildcard
+			{DeviceQuery{Text: `k\s`, Limit: 10}, []string{"d4"}, 1},     // nor is the escape
+			{DeviceQuery{Text: "SERVERS", Limit: 1}, []string{"d0"}, 6},  // group
+			{DeviceQuery{Text: "D5", Limit: 10}, []string{"d5"}, 1},      // ID
+			{DeviceQuery{Text: "office", State: Disabled, Limit: 10}, []string{"d1"}, 1},
+			{DeviceQuery{State: Revoked, Limit: 10}, nil, 0},
+		} {
+			p, err := s.DevicePage(ctx, tc.q)
+			if err != nil {
+				t.Fatalf("%+v: %v", tc.q, err)
+			}
+			var got []string
+			for _, d := range p.Devices {
+				got = append(got, d.ID)
+			}
+			if fmt.Sprint(got) != fmt.Sprint(tc.want) || p.Matched != tc.all {
+				t.Errorf("%+v: page %v of %d, want %v of %d", tc.q, got, p.Matched, tc.want, tc.all)
+			}
+			if p.Counts[Enabled] != 3 || p.Counts[Disabled] != 3 || len(p.Counts) != 2 {
+				t.Errorf("%+v: counts %v", tc.q, p.Counts)
+			}
+		}
+	})
 	t.Run("device stamp", func(t *testing.T) {
 		s := open(t)
 		stamps := map[string]string{}
