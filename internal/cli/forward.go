@@ -28,6 +28,11 @@ var serverGroups = map[string]string{
 // ServerBinary is the name of the binary with the server's commands.
 const ServerBinary = "tether-server"
 
+// forwardedEnv marks a process that tether started for a server command, so
+// that a tether-server which is really tether (a copy, a link) fails instead
+// of starting itself over and over.
+const forwardedEnv = "TETHER_FORWARDED"
+
 // forwarded reports whether args name a command of tether-server that is
 // not linked into this binary.
 func forwarded(args []string) bool {
@@ -56,6 +61,13 @@ func serverBinary() (string, error) {
 // under another Env it runs as a child wired to that Env.
 func forward(env *Env, args []string) int {
 	bin, err := serverBinary()
+	if err == nil && os.Getenv(forwardedEnv) != "" {
+		// tether-server handed the command back: it is not tether-server
+		// but a copy or link of tether under that name.
+		return report(env, &command{name: args[0]}, withHint(
+			fmt.Errorf("%s does not have the server's commands (is it a copy of tether?)", bin),
+			"build it from ./cmd/%s", ServerBinary))
+	}
 	if err != nil {
 		dir := "the directory of tether"
 		if self, err := os.Executable(); err == nil {
@@ -65,11 +77,13 @@ func forward(env *Env, args []string) int {
 			fmt.Errorf("\"tether %s\" is in the %s binary, which is neither next to tether (%s) nor on PATH", args[0], ServerBinary, dir),
 			"install it next to tether: CGO_ENABLED=0 go build -o %s ./cmd/%s", filepath.Join(dir, ServerBinary), ServerBinary))
 	}
+	environ := append(os.Environ(), forwardedEnv+"=1")
 	if env.real {
-		err := syscall.Exec(bin, append([]string{bin}, args...), os.Environ())
+		err := syscall.Exec(bin, append([]string{bin}, args...), environ)
 		return report(env, &command{name: args[0]}, fmt.Errorf("run %s: %w", bin, err))
 	}
 	cmd := exec.Command(bin, args...)
+	cmd.Env = environ
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = env.Stdin, env.Stdout, env.Stderr
 	if err := cmd.Start(); err != nil {
 		return report(env, &command{name: args[0]}, fmt.Errorf("run %s: %w", bin, err))

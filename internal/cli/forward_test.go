@@ -66,6 +66,17 @@ func TestForwardToServerBinary(t *testing.T) {
 		!strings.Contains(string(out), "tether-server binary") || !strings.Contains(string(out), "go build -o "+filepath.Join(dir, "tether-server")) {
 		t.Fatalf("tether admin without tether-server: %v\n%s", err, out)
 	}
+	// A tether-server that is really tether (a copy or a link) fails once,
+	// rather than running itself over and over.
+	if err := os.Symlink(lone, filepath.Join(dir, "tether-server")); err != nil {
+		t.Fatal(err)
+	}
+	cmd = exec.Command(lone, "server", "keys", "list")
+	cmd.Env = []string{"PATH=" + dir}
+	out, err = cmd.CombinedOutput()
+	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 1 || !strings.Contains(string(out), "does not have the server's commands") {
+		t.Fatalf("tether with tether-server linked to itself: %v\n%s", err, out)
+	}
 	// Its own commands do not need tether-server.
 	if _, e, code := run(lone, "version"); code != 0 {
 		t.Fatalf("tether version alone: exit %d\n%s", code, e)
