@@ -4,9 +4,9 @@ package p521
 
 import "math/bits"
 
-// feMul sets out = a·b mod p. Inputs must be loose (every limb < 3·2^60);
-// the output is tight. out may alias a or b.
-func feMul(out, a, b *fe) {
+// feMulGeneric sets out = a·b mod p. Inputs must be loose (every limb
+// < 3·2^60); the output is tight. out may alias a or b.
+func feMulGeneric(out, a, b *fe) {
 	var d [9]uint64
 	d[1] = b[1] << 1
 	d[2] = b[2] << 1
@@ -383,9 +383,9 @@ func feMul(out, a, b *fe) {
 	out[8] = r8
 }
 
-// feSquare sets out = a² mod p. The input must be loose (every limb
-// < 3·2^60); the output is tight. out may alias a.
-func feSquare(out, a *fe) {
+// feSquareGeneric sets out = a² mod p. The input must be loose (every
+// limb < 3·2^60); the output is tight. out may alias a.
+func feSquareGeneric(out, a *fe) {
 	var t, f [9]uint64
 	t[1] = a[1] << 1
 	t[2] = a[2] << 1

@@ -127,6 +127,51 @@ func TestFieldArithmetic(t *testing.T) {
 	}
 }
 
+// TestFieldMulImplementations holds the assembly (where there is one) to
+// the generated Go code: the same limbs out for the same limbs in, up to
+// the loose bound, and with the output aliasing an input.
+func TestFieldMulImplementations(t *testing.T) {
+	if !hasMULX {
+		t.Log("no MULX here: feMul is the Go code itself")
+	}
+	r := rand.New(rand.NewPCG(3, 4))
+	for n := 0; n < 20000; n++ {
+		a, b := randLimbs(r, 61), randLimbs(r, 61)
+		var got, want fe
+		feMul(&got, &a, &b)
+		feMulGeneric(&want, &a, &b)
+		if got != want {
+			t.Fatalf("mul %x · %x: %x, Go code %x", a, b, got, want)
+		}
+		feSquare(&got, &a)
+		feSquareGeneric(&want, &a)
+		if got != want {
+			t.Fatalf("square %x: %x, Go code %x", a, got, want)
+		}
+		// Aliasing: out = a, out = b, a = b.
+		x, y := a, b
+		feMul(&x, &x, &b)
+		feMulGeneric(&want, &a, &b)
+		if x != want {
+			t.Fatalf("mul with out = a: %x, want %x", x, want)
+		}
+		feMul(&y, &a, &y)
+		if y != want {
+			t.Fatalf("mul with out = b: %x, want %x", y, want)
+		}
+		x = a
+		feSquare(&x, &x)
+		feSquareGeneric(&want, &a)
+		if x != want {
+			t.Fatalf("square in place: %x, want %x", x, want)
+		}
+		feMul(&got, &a, &a)
+		if got != want {
+			t.Fatalf("mul a·a %x, square %x", got, want)
+		}
+	}
+}
+
 func TestFieldEdge(t *testing.T) {
 	// p itself and 2p, 4p in various non-canonical forms are zero.
 	var p fe

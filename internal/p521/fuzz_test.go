@@ -104,7 +104,15 @@ func FuzzField(f *testing.F) {
 			la[i] %= 3 << 60
 			lb[i] %= 3 << 60
 		}
-		var got fe
+		var got, gen fe
+		feMul(&got, &la, &lb)
+		if feMulGeneric(&gen, &la, &lb); gen != got {
+			t.Fatalf("mul %x %x: %x, Go code %x", la, lb, got, gen)
+		}
+		feSquare(&got, &la)
+		if feSquareGeneric(&gen, &la); gen != got {
+			t.Fatalf("square %x: %x, Go code %x", la, got, gen)
+		}
 		feMul(&got, &la, &lb)
 		want := new(big.Int).Mul(feToBig(&la), feToBig(&lb))
 		if feToBig(&got).Cmp(want.Mod(want, bigP)) != 0 {

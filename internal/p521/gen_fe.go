@@ -25,7 +25,56 @@ import (
 	"os"
 )
 
+// term is one product x·y of a column: x and y name limbs of the Go
+// arrays a, b, d (= 2b), t (= 2a) and f (= 4a), as "a[3]".
 type term struct{ x, y string }
+
+// mulTerms lists the products of column k of a·b: a_i·b_j with i+j = k,
+// and a_i·2b_j with i+j = k+9 (2^522 ≡ 2 mod p).
+func mulTerms(k int) []term {
+	var t []term
+	for i := 0; i < 9; i++ {
+		if j := k - i; j >= 0 && j < 9 {
+			t = append(t, term{fmt.Sprintf("a[%d]", i), fmt.Sprintf("b[%d]", j)})
+		}
+	}
+	for i := 0; i < 9; i++ {
+		if j := k + 9 - i; j >= 0 && j < 9 {
+			t = append(t, term{fmt.Sprintf("a[%d]", i), fmt.Sprintf("d[%d]", j)})
+		}
+	}
+	return t
+}
+
+// sqrTerms lists the products of column k of a²: each cross term once,
+// with the other factor doubled (t = 2a), and quadrupled when it wraps
+// (f = 4a).
+func sqrTerms(k int) []term {
+	var t []term
+	for i := 0; i < 9; i++ {
+		j := k - i
+		if j < i || j >= 9 {
+			continue
+		}
+		if i == j {
+			t = append(t, term{fmt.Sprintf("a[%d]", i), fmt.Sprintf("a[%d]", i)})
+		} else {
+			t = append(t, term{fmt.Sprintf("a[%d]", i), fmt.Sprintf("t[%d]", j)})
+		}
+	}
+	for i := 0; i < 9; i++ {
+		j := k + 9 - i
+		if j < i || j >= 9 {
+			continue
+		}
+		if i == j {
+			t = append(t, term{fmt.Sprintf("a[%d]", i), fmt.Sprintf("t[%d]", j)})
+		} else {
+			t = append(t, term{fmt.Sprintf("a[%d]", i), fmt.Sprintf("f[%d]", j)})
+		}
+	}
+	return t
+}
 
 func main() {
 	var b bytes.Buffer
@@ -34,34 +83,21 @@ func main() {
 	w("package p521\n\nimport \"math/bits\"\n\n")
 
 	// Multiplication.
-	w("// feMul sets out = a·b mod p. Inputs must be loose (every limb < 3·2^60);\n")
-	w("// the output is tight. out may alias a or b.\n")
-	w("func feMul(out, a, b *fe) {\n")
+	w("// feMulGeneric sets out = a·b mod p. Inputs must be loose (every limb\n")
+	w("// < 3·2^60); the output is tight. out may alias a or b.\n")
+	w("func feMulGeneric(out, a, b *fe) {\n")
 	w("var d [9]uint64\n")
 	for j := 1; j < 9; j++ {
 		w("d[%d] = b[%d] << 1\n", j, j)
 	}
-	emitColumns(w, func(k int) []term {
-		var t []term
-		for i := 0; i < 9; i++ {
-			if j := k - i; j >= 0 && j < 9 {
-				t = append(t, term{fmt.Sprintf("a[%d]", i), fmt.Sprintf("b[%d]", j)})
-			}
-		}
-		for i := 0; i < 9; i++ {
-			if j := k + 9 - i; j >= 0 && j < 9 {
-				t = append(t, term{fmt.Sprintf("a[%d]", i), fmt.Sprintf("d[%d]", j)})
-			}
-		}
-		return t
-	})
+	emitColumns(w, mulTerms)
 	emitReduce(w)
 	w("}\n\n")
 
 	// Squaring: t = 2a (cross terms), f = 4a (wrapped cross terms).
-	w("// feSquare sets out = a² mod p. The input must be loose (every limb\n")
-	w("// < 3·2^60); the output is tight. out may alias a.\n")
-	w("func feSquare(out, a *fe) {\n")
+	w("// feSquareGeneric sets out = a² mod p. The input must be loose (every\n")
+	w("// limb < 3·2^60); the output is tight. out may alias a.\n")
+	w("func feSquareGeneric(out, a *fe) {\n")
 	w("var t, f [9]uint64\n")
 	for j := 1; j < 9; j++ {
 		w("t[%d] = a[%d] << 1\n", j, j)
@@ -69,32 +105,7 @@ func main() {
 	for j := 5; j < 9; j++ {
 		w("f[%d] = a[%d] << 2\n", j, j)
 	}
-	emitColumns(w, func(k int) []term {
-		var t []term
-		for i := 0; i < 9; i++ {
-			j := k - i
-			if j < i || j >= 9 {
-				continue
-			}
-			if i == j {
-				t = append(t, term{fmt.Sprintf("a[%d]", i), fmt.Sprintf("a[%d]", i)})
-			} else {
-				t = append(t, term{fmt.Sprintf("a[%d]", i), fmt.Sprintf("t[%d]", j)})
-			}
-		}
-		for i := 0; i < 9; i++ {
-			j := k + 9 - i
-			if j < i || j >= 9 {
-				continue
-			}
-			if i == j {
-				t = append(t, term{fmt.Sprintf("a[%d]", i), fmt.Sprintf("t[%d]", j)})
-			} else {
-				t = append(t, term{fmt.Sprintf("a[%d]", i), fmt.Sprintf("f[%d]", j)})
-			}
-		}
-		return t
-	})
+	emitColumns(w, sqrTerms)
 	emitReduce(w)
 	w("}\n")
 
@@ -106,6 +117,125 @@ func main() {
 	if err := os.WriteFile("fe_mul.go", src, 0o644); err != nil {
 		log.Fatal(err)
 	}
+	if err := os.WriteFile("fe_mul_amd64.s", emitAsm(), 0o644); err != nil {
+		log.Fatal(err)
+	}
+}
+
+// The amd64 assembly computes the same columns in the same order with the
+// same carries as the Go code, so the two give identical limbs, but it
+// keeps each column's sum in two registers (the Go compiler cannot be kept
+// from spilling) and multiplies with BMI2's MULX, which takes its
+// multiplier in DX and leaves the flags alone.
+//
+// Registers: SI = a, DI = b, DX = multiplier, R8:R9 and AX:BX = one
+// product, R10:R11 and R12:R13 = the column's two running sums (R10:R11
+// starts as the carry out of the previous column), CX = 2^58 − 1. The doubled operands
+// (d, t, f) and the output limbs (r) live in the frame: out may alias a or
+// b, so nothing is written to out before the last product.
+const (
+	asmT     = 0   // d[j] or t[j] at asmT + 8j (j = 1..8)
+	asmF     = 72  // f[j] at asmF + 8j (j = 5..8)
+	asmR     = 144 // r[k] at asmR + 8k
+	asmFrame = 216
+)
+
+// asmOperand turns a term's factor name ("a[3]", "d[4]", ...) into an
+// assembly memory operand.
+func asmOperand(name string) string {
+	var arr byte
+	var i int
+	fmt.Sscanf(name, "%c[%d]", &arr, &i)
+	switch arr {
+	case 'a':
+		return fmt.Sprintf("%d(SI)", 8*i)
+	case 'b':
+		return fmt.Sprintf("%d(DI)", 8*i)
+	case 'd', 't':
+		return fmt.Sprintf("%d(SP)", asmT+8*i)
+	case 'f':
+		return fmt.Sprintf("%d(SP)", asmF+8*i)
+	}
+	log.Fatalf("unknown operand %s", name)
+	return ""
+}
+
+func emitAsm() []byte {
+	var b bytes.Buffer
+	w := func(format string, args ...any) { fmt.Fprintf(&b, format, args...) }
+	w("// Code generated by gen_fe.go. DO NOT EDIT.\n\n")
+	w("//go:build amd64 && !purego\n\n")
+	w("#include \"textflag.h\"\n\n")
+
+	w("// func feMulMULX(out, a, b *fe)\n")
+	w("TEXT ·feMulMULX(SB), NOSPLIT, $%d-24\n", asmFrame)
+	w("\tMOVQ a+8(FP), SI\n\tMOVQ b+16(FP), DI\n")
+	for j := 1; j < 9; j++ {
+		w("\tMOVQ %d(DI), AX\n\tSHLQ $1, AX\n\tMOVQ AX, %d(SP)\n", 8*j, asmT+8*j)
+	}
+	emitAsmColumns(w, mulTerms)
+	w("\n// func feSquareMULX(out, a *fe)\n")
+	w("TEXT ·feSquareMULX(SB), NOSPLIT, $%d-16\n", asmFrame)
+	w("\tMOVQ a+8(FP), SI\n")
+	for j := 1; j < 9; j++ {
+		w("\tMOVQ %d(SI), AX\n\tSHLQ $1, AX\n\tMOVQ AX, %d(SP)\n", 8*j, asmT+8*j)
+	}
+	for j := 5; j < 9; j++ {
+		w("\tMOVQ %d(SI), AX\n\tSHLQ $2, AX\n\tMOVQ AX, %d(SP)\n", 8*j, asmF+8*j)
+	}
+	emitAsmColumns(w, sqrTerms)
+	return b.Bytes()
+}
+
+// emitAsmColumns emits the nine columns, the carries and the final fold
+// (as emitReduce does in Go), then writes out and returns.
+func emitAsmColumns(w func(string, ...any), terms func(k int) []term) {
+	w("\tMOVQ $0x3ffffffffffffff, CX\n")
+	for k := 0; k < 9; k++ {
+		w("\t// column %d\n", k)
+		// Two independent sums, so that the additions of one column run
+		// in parallel: even products into R10:R11 on the carry flag
+		// (ADCX), odd ones into R12:R13 on the overflow flag (ADOX). A
+		// high word never overflows (every partial sum is below the
+		// column's, < 2^128), so each chain's flag is clear again after
+		// each product; XORQ clears both at the start.
+		w("\tXORQ AX, AX\n")
+		for n, t := range terms(k) {
+			w("\tMOVQ %s, DX\n", asmOperand(t.x))
+			switch {
+			case n == 0 && k == 0:
+				w("\tMULXQ %s, R10, R11\n", asmOperand(t.y))
+			case n == 1:
+				w("\tMULXQ %s, R12, R13\n", asmOperand(t.y))
+			case n%2 == 0:
+				w("\tMULXQ %s, R8, R9\n", asmOperand(t.y))
+				w("\tADCXQ R8, R10\n\tADCXQ R9, R11\n")
+			default:
+				w("\tMULXQ %s, AX, BX\n", asmOperand(t.y))
+				w("\tADOXQ AX, R12\n\tADOXQ BX, R13\n")
+			}
+		}
+		if len(terms(k)) > 1 {
+			w("\tADDQ R12, R10\n\tADCQ R13, R11\n")
+		}
+		shift := 58
+		if k == 8 {
+			shift = 57
+			w("\tMOVQ $0x1ffffffffffffff, BX\n\tANDQ R10, BX\n")
+		} else {
+			w("\tMOVQ R10, BX\n\tANDQ CX, BX\n")
+		}
+		w("\tMOVQ BX, %d(SP)\n", asmR+8*k)
+		w("\tSHRQ $%d, R11, R10\n\tSHRQ $%d, R11\n", shift, shift)
+	}
+	// r0 += carry (128 bits); r1 += r0>>58; r0 &= 2^58 − 1.
+	w("\tMOVQ %d(SP), AX\n\tADDQ R10, AX\n\tADCQ $0, R11\n", asmR)
+	w("\tMOVQ AX, BX\n\tSHRQ $58, R11, BX\n\tADDQ %d(SP), BX\n\tANDQ CX, AX\n", asmR+8)
+	w("\tMOVQ out+0(FP), DI\n\tMOVQ AX, 0(DI)\n\tMOVQ BX, 8(DI)\n")
+	for k := 2; k < 9; k++ {
+		w("\tMOVQ %d(SP), AX\n\tMOVQ AX, %d(DI)\n", asmR+8*k, 8*k)
+	}
+	w("\tRET\n")
 }
 
 // emitColumns accumulates each column into acc[2k] (low) and acc[2k+1]
