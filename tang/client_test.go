@@ -120,8 +120,9 @@ func TestRecoverErrors(t *testing.T) {
 		t.Cleanup(ts.Close)
 		return ts.URL
 	}
-	// hangup reads the request and closes the connection without a reply.
-	hangup := func() string {
+	// raw reads the request, answers with reply (which is not HTTP, or
+	// nothing) and closes the connection.
+	raw := func(reply string) string {
 		l, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
 			t.Fatal(err)
@@ -134,26 +135,7 @@ func TestRecoverErrors(t *testing.T) {
 					return
 				}
 				c.Read(make([]byte, 4096))
-				c.Close()
-			}
-		}()
-		return "http://" + l.Addr().String()
-	}
-	// garbage answers with something that is not HTTP.
-	garbage := func() string {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { l.Close() })
-		go func() {
-			for {
-				c, err := l.Accept()
-				if err != nil {
-					return
-				}
-				c.Read(make([]byte, 4096))
-				c.Write([]byte("SSH-2.0-OpenSSH_9.2\r\n"))
+				c.Write([]byte(reply))
 				c.Close()
 			}
 		}()
@@ -175,8 +157,8 @@ func TestRecoverErrors(t *testing.T) {
 		{name: "500", base: status(500), want: "answered 500", code: 500},
 		{name: "refused", base: testenv.ClosedPort(t), want: "is unreachable"},
 		{name: "silent", base: testenv.Blackhole(t), timeout: 300 * time.Millisecond, want: "did not answer in time"},
-		{name: "hangup", base: hangup(), want: "EOF"},
-		{name: "not http", base: garbage(), want: "malformed HTTP"},
+		{name: "hangup", base: raw(""), want: "EOF"},
+		{name: "not http", base: raw("SSH-2.0-OpenSSH_9.2\r\n"), want: "malformed HTTP"},
 		{name: "not a key", base: notJSON.URL, want: "sent an invalid reply"},
 	} {
 		epk, _, err := tang.Bind(kd.exc)

@@ -1,11 +1,9 @@
 package cli
 
 import (
-	"errors"
 	"fmt"
 	"os"
 	"os/exec"
-	"os/signal"
 	"path/filepath"
 	"syscall"
 )
@@ -14,7 +12,7 @@ import (
 // tether-server (cmd/tether-server: every tether command plus these). tether
 // itself is what runs at boot, from an initramfs, on every unlock: without
 // the server's SQL engines, dashboard and store it is less than half the
-// size and starts about 1.5 ms sooner (docs/BENCHMARKS.md). "tether server
+// size and starts about 1.2 ms sooner (docs/DESIGN.md, "Client latency"). "tether server
 // ..." and "tether admin ..." still work: tether runs tether-server with
 // the same arguments.
 
@@ -56,15 +54,18 @@ func serverBinary() (string, error) {
 	return exec.LookPath(ServerBinary)
 }
 
-// forward runs tether-server with args. In the real process it replaces
-// this one (same PID, signals and exit status for a service manager);
-// under another Env it runs as a child wired to that Env.
+// forward replaces this process with tether-server running args (same PID,
+// stdio, signals and exit status, as a service manager expects). It only
+// returns on failure. (Run reaches it only in the tether binary, where the
+// Env is the process's own: where the server's commands are linked in,
+// nothing is forwarded.)
 func forward(env *Env, args []string) int {
+	c := &command{name: args[0]}
 	bin, err := serverBinary()
 	if err == nil && os.Getenv(forwardedEnv) != "" {
 		// tether-server handed the command back: it is not tether-server
 		// but a copy or link of tether under that name.
-		return report(env, &command{name: args[0]}, withHint(
+		return report(env, c, withHint(
 			fmt.Errorf("%s does not have the server's commands (is it a copy of tether?)", bin),
 			"build it from ./cmd/%s", ServerBinary))
 	}
@@ -73,37 +74,10 @@ func forward(env *Env, args []string) int {
 		if self, err := os.Executable(); err == nil {
 			dir = filepath.Dir(self)
 		}
-		return report(env, &command{name: args[0]}, withHint(
+		return report(env, c, withHint(
 			fmt.Errorf("\"tether %s\" is in the %s binary, which is neither next to tether (%s) nor on PATH", args[0], ServerBinary, dir),
 			"install it next to tether: CGO_ENABLED=0 go build -o %s ./cmd/%s", filepath.Join(dir, ServerBinary), ServerBinary))
 	}
-	environ := append(os.Environ(), forwardedEnv+"=1")
-	if env.real {
-		err := syscall.Exec(bin, append([]string{bin}, args...), environ)
-		return report(env, &command{name: args[0]}, fmt.Errorf("run %s: %w", bin, err))
-	}
-	cmd := exec.Command(bin, args...)
-	cmd.Env = environ
-	cmd.Stdin, cmd.Stdout, cmd.Stderr = env.Stdin, env.Stdout, env.Stderr
-	if err := cmd.Start(); err != nil {
-		return report(env, &command{name: args[0]}, fmt.Errorf("run %s: %w", bin, err))
-	}
-	sigs := make(chan os.Signal, 1)
-	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
-	go func() {
-		for s := range sigs {
-			cmd.Process.Signal(s)
-		}
-	}()
-	err = cmd.Wait()
-	signal.Stop(sigs)
-	close(sigs)
-	var ee *exec.ExitError
-	if errors.As(err, &ee) {
-		return ee.ExitCode()
-	}
-	if err != nil {
-		return report(env, &command{name: args[0]}, err)
-	}
-	return 0
+	err = syscall.Exec(bin, append([]string{bin}, args...), append(os.Environ(), forwardedEnv+"=1"))
+	return report(env, c, fmt.Errorf("run %s: %w", bin, err))
 }

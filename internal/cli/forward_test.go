@@ -18,17 +18,8 @@ func TestForwardToServerBinary(t *testing.T) {
 	data := t.TempDir()
 	run := func(bin string, args ...string) (string, string, int) {
 		t.Helper()
-		cmd := exec.Command(bin, args...)
-		var o, e strings.Builder
-		cmd.Stdout, cmd.Stderr = &o, &e
-		err := cmd.Run()
-		code := 0
-		if ee, ok := err.(*exec.ExitError); ok {
-			code = ee.ExitCode()
-		} else if err != nil {
-			t.Fatal(err)
-		}
-		return o.String(), e.String(), code
+		o, e, code := testenv.Run(t, nil, bin, args...)
+		return string(o), string(e), code
 	}
 	if err := os.Mkdir(filepath.Join(data, "tang"), 0o700); err != nil {
 		t.Fatal(err)
