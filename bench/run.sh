@@ -204,8 +204,8 @@ last success after ${R[storm.tether.secs]} s.
 
 | | clevis | tether | ratio (tether/clevis) | target |
 |---|---|---|---|---|
-| decrypt, tang pin, server tangd, median of 40 alternating runs (`bench/alternate`) | $(printf %.1f "$cdec") ms | $(printf %.1f "$tdec") ms | **$dec_ratio** | ≤ 0.1 |
-| decrypt, tang pin, server tether, median of 40 alternating runs (`bench/alternate`) | $(printf %.1f "$cdec2") ms | $(printf %.1f "$tdec2") ms | **$dec_ratio2** | ≤ 0.1 |
+| decrypt, tang pin, server tangd, median of 40 alternating runs (\`bench/alternate\`) | $(printf %.1f "$cdec") ms | $(printf %.1f "$tdec") ms | **$dec_ratio** | ≤ 0.1 |
+| decrypt, tang pin, server tether, median of 40 alternating runs (\`bench/alternate\`) | $(printf %.1f "$cdec2") ms | $(printf %.1f "$tdec2") ms | **$dec_ratio2** | ≤ 0.1 |
 | unlock path of a bound volume (default argon2id image; clevis: \`clevis luks pass\` + \`cryptsetup open\` without a keyslot; tether: \`luks unlock --test\`), median | $(printf %.0f "$cluks") ms | $(printf %.0f "$tluks") ms | **$luks_ratio** | ≤ 0.1 |
 
 Where the time goes: one /rec on a new connection, one client (tangload, p50), takes tangd
