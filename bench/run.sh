@@ -26,6 +26,7 @@ CGO_ENABLED=0 go build -o "$work/" ./cmd/tether ./cmd/tether-server  # as they s
 go build -o "$work/tangload" ./bench/tangload
 go build -o "$work/devices" ./bench/devices
 go build -o "$work/alternate" ./bench/alternate
+CGO_ENABLED=0 go build -o "$work/floor" ./bench/floor
 T="$work/tether"; L="$work/tangload"
 DEVICES=${DEVICES:-100000}
 
@@ -88,9 +89,16 @@ echo secret | "$T" encrypt tang "{\"url\":\"$TANGD\"}" -y > "$work/t.jwe"
 echo secret | "$T" encrypt tang "{\"url\":\"$TETHER\"}" -y > "$work/t2.jwe"
 # Both clients against the same server, their runs alternating (bench/alternate), so that both
 # see the same machine: first tangd (a process per connection), then the tether server.
-"$work/alternate" -n 40 -in "$work/t.jwe" "$T decrypt" "clevis decrypt" > "$work/dec1.json"
+# The floor (bench/floor) runs in the same batch: a static Go program that only sends a prepared
+# /rec (tangd's exchange key itself, a valid point) and reads the reply, the least any Go client pays.
+for k in "$work"/tang/*.jwk; do jq -e '.key_ops | index("deriveKey")' "$k" >/dev/null && xkey=$k; done
+jose jwk pub -i "$xkey" | jq -c '{kty, crv, x, y, alg: "ECMR"}' > "$work/x.jwk"
+"$work/floor" "127.0.0.1:$tport" "/rec/$(jose jwk thp -i "$xkey")" "$work/x.jwk" >/dev/null
+"$work/alternate" -n 40 -in "$work/t.jwe" "$T decrypt" "clevis decrypt" \
+  "$work/floor 127.0.0.1:$tport /rec/$(jose jwk thp -i "$xkey") $work/x.jwk" > "$work/dec1.json"
 "$work/alternate" -n 40 -in "$work/t2.jwe" "$T decrypt" "clevis decrypt" > "$work/dec2.json"
 tdec=$(jq '.[0].median_ms' "$work/dec1.json"); cdec=$(jq '.[1].median_ms' "$work/dec1.json")
+fdec=$(jq '.[2].median_ms' "$work/dec1.json")
 tdec2=$(jq '.[0].median_ms' "$work/dec2.json"); cdec2=$(jq '.[1].median_ms' "$work/dec2.json")
 # The server's share of one decrypt: one client, a new connection per /rec, as a decrypt makes.
 measure tangd.one "$TANGD" "$tangd_pid" -c 1 -d 3s
@@ -162,6 +170,7 @@ dec_ratio=$(ratio "$tdec" "$cdec")
 dec_ratio2=$(ratio "$tdec2" "$cdec2")
 own_ratio=$(ratio "$town" "$cown"); own_ratio2=$(ratio "$town2" "$cown2")
 luks_ratio=$(ratio "$tluks" "$cluks")
+floor_ratio=$(ratio "$fdec" "$cdec")
 p521_ratio=$(ratio "$openssl521" "$raw521")
 
 out=docs/BENCHMARKS.md
@@ -217,6 +226,12 @@ $(printf %.1f "$tdec") ms; the clients' own time (median wall time minus the ser
 |---|---|---|---|
 | tangd | $cown ms | $town ms | $own_ratio |
 | tether | $cown2 ms | $town2 ms | $own_ratio2 |
+
+The floor for any Go client against tangd: \`bench/floor\`, a static Go program that only connects,
+sends a prepared /rec and reads the reply (no JWE, no blinding, no decryption), timed in the same
+alternating runs, takes $(printf %.1f "$fdec") ms, **$floor_ratio** of \`clevis decrypt\`; \`tether decrypt\` spends
+$(own "$tdec" "$fdec") ms more than that for reading and parsing the JWE, blinding, unblinding, decrypting, and starting
+and exiting a larger program.
 
 sss t=1 of 3 with the first server blackholed (accepts, never answers): decrypted in $sss_ms ms (target ≤ 2000 ms).
 
