@@ -13,5 +13,13 @@ if [[ -n "$unformatted" ]]; then
   echo "gofmt would change: $unformatted" >&2
   exit 1
 fi
+echo "== cross builds: arm64 and 32-bit arm (Raspberry Pi), 386" >&2
+for arch in arm64 arm 386; do
+  GOOS=linux GOARCH=$arch GOARM=7 CGO_ENABLED=0 go build -o /dev/null ./cmd/tether
+  GOOS=linux GOARCH=$arch GOARM=7 CGO_ENABLED=0 go build -o /dev/null ./cmd/tether-server
+done
+echo "== P-521 and the tang exchange without assembly (purego), and on a 32-bit build (386)" >&2
+go test -count=1 -tags purego ./internal/p521 ./tang
+GOARCH=386 CGO_ENABLED=0 go test -count=1 -short ./internal/p521 ./jose ./tang ./pin/sss
 echo "== go test" >&2
 go test -count=1 -timeout 25m "$@" ./...
