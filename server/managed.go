@@ -506,24 +506,33 @@ func (m *Managed) SweepKeepAlive(ctx context.Context) error {
 		return err
 	}
 	now := m.now()
-	// Collect the (few) quiet devices while streaming, then disable them:
-	// the fleet is never all in memory, and no write runs inside the read.
-	var quiet []*store.Device
-	err = m.st.EachDevice(ctx, func(d *store.Device) error {
-		if d.State != store.Enabled {
-			return nil
-		}
-		p := policy.Effective(groups[d.Group], d.Policy)
-		if ka := time.Duration(p.KeepAlive); ka > 0 && now.Sub(d.LastSeen) > ka {
-			quiet = append(quiet, d)
+	overdue := func(group string, own store.Policy, lastSeen time.Time) bool {
+		ka := time.Duration(policy.Effective(groups[group], own).KeepAlive)
+		return ka > 0 && now.Sub(lastSeen) > ka
+	}
+	// Scan only what the deadline needs and collect the (few) quiet
+	// devices; then read each in full and disable it if it is still
+	// quiet. The fleet is never all in memory, and no write runs inside
+	// the read.
+	var quiet []string
+	err = m.st.EachKeepAlive(ctx, func(k store.KeepAliveInput) error {
+		if overdue(k.Group, k.Policy, k.LastSeen) {
+			quiet = append(quiet, k.ID)
 		}
 		return nil
 	})
 	if err != nil {
 		return err
 	}
-	for _, d := range quiet {
-		m.markQuiet(ctx, d)
+	for _, id := range quiet {
+		d, err := m.st.Device(ctx, id)
+		if err != nil {
+			return err
+		}
+		// A heartbeat or an admin may have come in since the scan.
+		if d.State == store.Enabled && overdue(d.Group, d.Policy, d.LastSeen) {
+			m.markQuiet(ctx, d)
+		}
 	}
 	return nil
 }

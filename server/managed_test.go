@@ -405,6 +405,31 @@ func TestKeepAlive(t *testing.T) {
 	}
 }
 
+// The sweep applies a group's keep-alive to its devices, and disables only
+// the quiet ones.
+func TestKeepAliveSweepGroups(t *testing.T) {
+	ctx := context.Background()
+	e := newEnv(t, server.ManagedConfig{})
+	e.admin.SetGroup(ctx, "field", store.Policy{KeepAlive: store.Duration(10 * time.Minute)})
+	alive, quiet := e.enroll(e.token("field"), ""), e.enroll(e.token("field"), "")
+	other := e.enroll(e.token("lab"), "") // no keep-alive
+	id, _ := managed.LoadIdentity(alive.dir)
+	c, _ := id.Client("")
+	e.clock.Advance(8 * time.Minute)
+	if _, err := c.Heartbeat(ctx); err != nil {
+		t.Fatal(err)
+	}
+	e.clock.Advance(3 * time.Minute)
+	if err := e.m.SweepKeepAlive(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for dev, want := range map[*device]store.State{alive: store.Enabled, quiet: store.Disabled, other: store.Enabled} {
+		if d, _ := e.st.Device(ctx, dev.id); d.State != want {
+			t.Errorf("%s: %s after the sweep, want %s", dev.id, d.State, want)
+		}
+	}
+}
+
 func TestApproval(t *testing.T) {
 	ctx := context.Background()
 	e := newEnv(t, server.ManagedConfig{ApprovalTimeout: 10 * time.Minute})

@@ -117,6 +117,37 @@ func (s *sqlStore) EachDevice(ctx context.Context, fn func(*Device) error) error
 	return rows.Err()
 }
 
+func (s *sqlStore) EachKeepAlive(ctx context.Context, fn func(KeepAliveInput) error) error {
+	rows, err := s.db.QueryContext(ctx, `SELECT id, grp, policy, last_seen FROM devices WHERE state = $1`, string(Enabled))
+	if err != nil {
+		return fmt.Errorf("keep-alive scan: %w", err)
+	}
+	defer rows.Close()
+	// Most devices carry the same few policies (often none of their own):
+	// decode each distinct one once.
+	policies := map[string]Policy{}
+	for rows.Next() {
+		var k KeepAliveInput
+		var pol string
+		var seen int64
+		if err := rows.Scan(&k.ID, &k.Group, &pol, &seen); err != nil {
+			return fmt.Errorf("keep-alive scan: %w", err)
+		}
+		p, ok := policies[pol]
+		if !ok {
+			if err := json.Unmarshal([]byte(pol), &p); err != nil {
+				return fmt.Errorf("device %s: stored policy: %w", k.ID, err)
+			}
+			policies[pol] = p
+		}
+		k.Policy, k.LastSeen = p, fromNanos(seen)
+		if err := fn(k); err != nil {
+			return err
+		}
+	}
+	return rows.Err()
+}
+
 func (s *sqlStore) UpdateDevice(ctx context.Context, d *Device) error {
 	var ek any = d.ExchangeKey
 	if d.ExchangeKey == nil {

@@ -96,6 +96,14 @@ type Device struct {
 	Version     int64     // compare-and-swap counter
 }
 
+// KeepAliveInput is what the keep-alive sweep reads of an enabled device.
+type KeepAliveInput struct {
+	ID       string
+	Group    string
+	Policy   Policy // the device's own policy (the group's applies on top)
+	LastSeen time.Time
+}
+
 // DeviceQuery selects a page of devices.
 type DeviceQuery struct {
 	// Text matches devices whose name, ID or group contains it, ignoring
@@ -143,6 +151,13 @@ type Store interface {
 	// holding them all in memory (a fleet may have 100,000). fn must not
 	// write to the store; an error from fn stops the iteration.
 	EachDevice(ctx context.Context, fn func(*Device) error) error
+	// EachKeepAlive calls fn with the keep-alive inputs of every enabled
+	// device, in no particular order: a plain scan of only the columns the
+	// keep-alive sweep needs, which runs every few seconds over the whole
+	// fleet. Devices with the same stored policy share one decoded Policy:
+	// fn must not modify it. fn must not write to the store; an error from
+	// fn stops the iteration.
+	EachKeepAlive(ctx context.Context, fn func(KeepAliveInput) error) error
 	// DevicePage returns the devices that match q, in creation order,
 	// from q.Offset, at most q.Limit of them; how many match in all; and
 	// how many devices there are in each state. The filtering is done by

@@ -187,6 +187,47 @@ func testStore(t *testing.T, open func(t *testing.T) Store) {
 			}
 		}
 	})
+	t.Run("each keep-alive", func(t *testing.T) {
+		s := open(t)
+		for i, st := range []State{Enabled, Disabled, Enabled, Revoked, Enabled} {
+			d := newDevice(fmt.Sprintf("d%d", i), fmt.Sprintf("k%d", i))
+			d.State, d.Group, d.LastSeen = st, fmt.Sprintf("g%d", i), t0.Add(time.Duration(i)*time.Minute)
+			if i == 4 {
+				d.Policy = Policy{}
+			}
+			if err := s.CreateDevice(ctx, d); err != nil {
+				t.Fatal(err)
+			}
+		}
+		got := map[string]KeepAliveInput{}
+		err := s.EachKeepAlive(ctx, func(k KeepAliveInput) error {
+			got[k.ID] = k
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(got) != 3 {
+			t.Fatalf("want the 3 enabled devices, got %v", got)
+		}
+		for _, i := range []int{0, 2, 4} {
+			k := got[fmt.Sprintf("d%d", i)]
+			if k.Group != fmt.Sprintf("g%d", i) || !k.LastSeen.Equal(t0.Add(time.Duration(i)*time.Minute)) {
+				t.Errorf("d%d: %+v", i, k)
+			}
+		}
+		if p := got["d0"].Policy; p.KeepAlive != Duration(5*time.Minute) || p.Rate != 3 || len(p.CIDRs) != 1 || p.Approval == nil {
+			t.Errorf("d0 policy %+v", p)
+		}
+		if p := got["d4"].Policy; p.KeepAlive != 0 || p.CIDRs != nil || p.Approval != nil {
+			t.Errorf("d4 has no policy of its own, got %+v", p)
+		}
+		stop := errors.New("stop")
+		n := 0
+		if err := s.EachKeepAlive(ctx, func(KeepAliveInput) error { n++; return stop }); err != stop || n != 1 {
+			t.Fatalf("an error from fn: iteration returned %v after %d calls", err, n)
+		}
+	})
 	t.Run("device stamp", func(t *testing.T) {
 		s := open(t)
 		stamps := map[string]string{}
