@@ -36,6 +36,10 @@ func SPKIPin(spki []byte) string {
 // ErrPin is returned when the server's TLS key does not match the pin.
 var ErrPin = errors.New("the server's TLS key does not match the pinned key: wrong server, or someone is in the middle")
 
+// handshakeCeiling bounds connecting and the TLS handshake when the
+// caller's context does not.
+const handshakeCeiling = 60 * time.Second
+
 // NewClient makes a client for the server at base, pinned to pin,
 // authenticating with id's key. localAddr, if set, is the source address
 // to connect from (tests, multi-homed hosts).
@@ -56,7 +60,12 @@ func NewClient(base, pin string, id *Identity, localAddr string) (*Client, error
 			return nil
 		},
 	}
-	d := &net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}
+	// The caller's context bounds connecting and the TLS handshake; the
+	// ceilings only catch a caller without a deadline. They are not
+	// short: when a whole fleet boots at once, a busy server takes a while
+	// to get to each handshake, and giving up early only wastes the work
+	// it did and queues the device again (docs/BENCHMARKS.md, managed storm).
+	d := &net.Dialer{Timeout: handshakeCeiling, KeepAlive: 30 * time.Second}
 	if localAddr != "" {
 		d.LocalAddr = &net.TCPAddr{IP: net.ParseIP(localAddr)}
 	}
@@ -64,7 +73,7 @@ func NewClient(base, pin string, id *Identity, localAddr string) (*Client, error
 		Base: strings.TrimRight(base, "/"),
 		http: &http.Client{Transport: &http.Transport{
 			Proxy: nil, DialContext: d.DialContext, TLSClientConfig: cfg,
-			TLSHandshakeTimeout: 5 * time.Second, ForceAttemptHTTP2: false,
+			TLSHandshakeTimeout: handshakeCeiling, ForceAttemptHTTP2: false,
 		}},
 	}, nil
 }
