@@ -10,11 +10,13 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/x509"
+	"encoding/base64"
 	"encoding/json"
 	"flag"
 	"fmt"
@@ -32,18 +34,19 @@ import (
 func main() {
 	data := flag.String("data", "", "server data directory (created)")
 	n := flag.Int("n", 100000, "devices to create")
+	keys := flag.String("keys", "", "also write the devices' keys to this file, for bench/mstorm")
 	flag.Parse()
 	if *data == "" {
 		fmt.Fprintln(os.Stderr, "devices: -data is required")
 		os.Exit(2)
 	}
-	if err := run(*data, *n); err != nil {
+	if err := run(*data, *n, *keys); err != nil {
 		fmt.Fprintln(os.Stderr, "devices:", err)
 		os.Exit(1)
 	}
 }
 
-func run(data string, n int) error {
+func run(data string, n int, keysPath string) error {
 	ctx := context.Background()
 	if err := os.MkdirAll(data, 0o700); err != nil {
 		return err
@@ -57,6 +60,13 @@ func run(data string, n int) error {
 		return err
 	}
 	defer st.Close()
+	var keys *fleetKeys
+	if keysPath != "" {
+		if keys, err = createFleetKeys(keysPath); err != nil {
+			return err
+		}
+		defer keys.close()
+	}
 	start := time.Now()
 	var done atomic.Int64
 	var firstErr atomic.Value
@@ -67,7 +77,7 @@ func run(data string, n int) error {
 		go func() {
 			defer wg.Done()
 			for i := range next {
-				if err := create(ctx, st, kek, i); err != nil {
+				if err := create(ctx, st, kek, keys, i); err != nil {
 					firstErr.CompareAndSwap(nil, err)
 				}
 				if c := done.Add(1); c%10000 == 0 {
@@ -85,10 +95,54 @@ func run(data string, n int) error {
 		return e
 	}
 	fmt.Fprintf(os.Stderr, "devices: %d created in %.1fs\n", n, time.Since(start).Seconds())
+	if keys != nil {
+		return keys.close()
+	}
 	return nil
 }
 
-func create(ctx context.Context, st store.Store, kek *server.KEK, i int) error {
+// fleetKeys is the -keys file: "ID<TAB>identity key (PKCS#8, base64)<TAB>
+// exchange public JWK" per line.
+type fleetKeys struct {
+	mu sync.Mutex
+	f  *os.File
+	w  *bufio.Writer
+}
+
+func createFleetKeys(path string) (*fleetKeys, error) {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	return &fleetKeys{f: f, w: bufio.NewWriter(f)}, nil
+}
+
+func (k *fleetKeys) add(id string, key *ecdsa.PrivateKey, exchangePub []byte) error {
+	der, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		return err
+	}
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	_, err = fmt.Fprintf(k.w, "%s\t%s\t%s\n", id, base64.StdEncoding.EncodeToString(der), exchangePub)
+	return err
+}
+
+func (k *fleetKeys) close() error {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if k.f == nil {
+		return nil
+	}
+	err := k.w.Flush()
+	if cerr := k.f.Close(); err == nil {
+		err = cerr
+	}
+	k.f = nil
+	return err
+}
+
+func create(ctx context.Context, st store.Store, kek *server.KEK, keys *fleetKeys, i int) error {
 	idKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return err
@@ -106,8 +160,12 @@ func create(ctx context.Context, st store.Store, kek *server.KEK, i int) error {
 	}
 	pub, _ := json.Marshal(S.Public())
 	now := time.Now()
-	return st.CreateDevice(ctx, &store.Device{
+	err = st.CreateDevice(ctx, &store.Device{
 		ID: id, Name: fmt.Sprintf("host-%d", i), Group: "fleet", KeyID: server.SPKIPin(spki), PublicKey: spki,
 		State: store.Enabled, ExchangeKey: wrapped, ExchangePub: string(pub), Created: now, Updated: now, LastSeen: now,
 	})
+	if err != nil || keys == nil {
+		return err
+	}
+	return keys.add(id, idKey, pub)
 }
