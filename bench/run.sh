@@ -165,13 +165,13 @@ hwm_mb=$(awk '/VmHWM/{printf "%.0f", $2/1024}' /proc/$mpid/status)
 echo "managed: RSS $rss0_mb MB after 100 unlocks; $ndev devices listed; RSS $rss_mb MB, peak $hwm_mb MB; managed unlock (whole tether decrypt) $managed_ms ms" >&2
 
 echo "== managed boot storm: $STORM enrolled devices unlock at once, each over its own mutual TLS" >&2
-"$work/devices" -data "$work/mstorm" -n "$STORM" -keys "$work/mstorm/fleet.keys" 2>&1 | tail -1 >&2
+"$work/devices" -data "$work/fleet" -n "$STORM" -keys "$work/fleet/fleet.keys" 2>&1 | tail -1 >&2
 sport=$(freeport); sport2=$(freeport)
-"$T" server --listen "127.0.0.1:$sport" --managed-listen "127.0.0.1:$sport2" --data "$work/mstorm" --curve P-256 --unlock-rate -1 --log-level warn & pids+=($!); spid=$!
+"$T" server --listen "127.0.0.1:$sport" --managed-listen "127.0.0.1:$sport2" --data "$work/fleet" --curve P-256 --unlock-rate -1 --log-level warn & pids+=($!); spid=$!
 waitup "http://127.0.0.1:$sport"
-for _ in $(seq 50); do [ -f "$work/mstorm/admin.json" ] && break; sleep 0.1; done
+for _ in $(seq 50); do [ -f "$work/fleet/admin.json" ] && break; sleep 0.1; done
 c0=$(cpu_ticks "$spid")
-ms_out=$("$work/mstorm" -data "$work/mstorm" -keys "$work/mstorm/fleet.keys" -json)
+ms_out=$("$work/mstorm" -data "$work/fleet" -keys "$work/fleet/fleet.keys" -json)
 c1=$(cpu_ticks "$spid")
 for k in ok failed p50_ms p99_ms secs; do R[mstorm.$k]=$(jq -r ".$k" <<<"$ms_out"); done
 R[mstorm.cpu_us]=$(awk -v t=$((c1 - c0)) -v hz="$hz" -v n="$STORM" 'BEGIN{printf "%.0f", t/hz*1e6/n}')
@@ -221,7 +221,7 @@ same run: $openssl256_us µs ($openssl256/s).
 
 $STORM devices recover at once (a new connection each) from one tether server (P-521):
 ${R[storm.tether.ok]} succeeded, ${R[storm.tether.fail]} failed; p50 ${R[storm.tether.p50]} ms, p99 ${R[storm.tether.p99]} ms,
-last success after ${R[storm.tether.secs]} s.
+last success after $(printf %.2f "${R[storm.tether.secs]}") s.
 
 ## Client
 
@@ -259,7 +259,7 @@ One managed unlock (a whole \`tether decrypt\` process: mTLS handshake, policy, 
 Boot storm in managed mode (\`bench/mstorm\`, fleet made by \`bench/devices -keys\`): $STORM enrolled devices
 unlock at once, each on its own mutually authenticated TLS 1.3 connection, and each unlock is checked against
 the device's state and policy, audited and recorded as last-seen: ${R[mstorm.ok]} succeeded, ${R[mstorm.failed]} failed;
-p50 $(printf %.0f "${R[mstorm.p50_ms]}") ms, p99 $(printf %.0f "${R[mstorm.p99_ms]}") ms, last success after ${R[mstorm.secs]} s. Server CPU ${R[mstorm.cpu_us]} µs per
+p50 $(printf %.0f "${R[mstorm.p50_ms]}") ms, p99 $(printf %.0f "${R[mstorm.p99_ms]}") ms, last success after $(printf %.2f "${R[mstorm.secs]}") s. Server CPU ${R[mstorm.cpu_us]} µs per
 unlock; the TLS handshake (hybrid X25519/ML-KEM key exchange, client certificate check) is about half of it, and
 the load generator, whose handshakes cost as much, shares the same cores.
 EOT
