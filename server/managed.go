@@ -771,12 +771,15 @@ func startManaged(ctx context.Context, cfg *Config, log *slog.Logger, tangH http
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, nil, err
 	}
-	kek, created, err := LoadOrCreateKEK(kekFile)
+	kek, created, err := LoadOrCreateKEK(ctx, kekFile)
 	if err != nil {
 		return nil, nil, err
 	}
 	if created {
 		log.Warn("created a new key-encryption key: back it up separately from the store", "file", kekFile)
+	}
+	if kek.SealedBy() != "" {
+		log.Info("key-encryption key unsealed", "file", kekFile, "policy", kek.SealedBy())
 	}
 	st, err := store.Open(ctx, src)
 	if err != nil {

@@ -1,17 +1,22 @@
 package server
 
 import (
+	"bytes"
+	"context"
 	"crypto/aes"
 	"crypto/cipher"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/base64"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
 	"strings"
 
 	"github.com/tether-nbde/tether/internal/atomicfile"
+	"github.com/tether-nbde/tether/jose"
+	"github.com/tether-nbde/tether/pin"
 )
 
 // KEK is the key-encryption key: every server secret the store holds (each
@@ -20,15 +25,21 @@ import (
 // wrapped key cannot be moved to another row. The KEK itself lives in a
 // root-only file outside the store: a copy of the database alone (a
 // backup, a PostgreSQL replica, a stolen disk image of the database host)
-// reveals no key.
-type KEK struct{ aead cipher.AEAD }
+// reveals no key. The file can itself be sealed to a TPM or to Tang
+// servers (SealKEK), so that the server's own disk is no better.
+type KEK struct {
+	aead     cipher.AEAD
+	sealedBy string // the pin policy the file was sealed under; empty if plain
+}
 
 const kekFileHeader = "tether-kek-v1:"
 
 // LoadOrCreateKEK reads the KEK file, or creates it (0600) with a fresh
-// random key if it does not exist. The file holds one line:
-// "tether-kek-v1:" followed by the base64 of 32 bytes.
-func LoadOrCreateKEK(path string) (*KEK, bool, error) {
+// random key if it does not exist. A plain KEK file holds one line:
+// "tether-kek-v1:" followed by the base64 of 32 bytes. A sealed one holds
+// that line encrypted under a pin's policy (SealKEK), and is unsealed here:
+// ctx bounds the pin's work (a TPM, Tang servers).
+func LoadOrCreateKEK(ctx context.Context, path string) (*KEK, bool, error) {
 	data, err := os.ReadFile(path)
 	created := false
 	if errors.Is(err, os.ErrNotExist) {
@@ -48,17 +59,135 @@ func LoadOrCreateKEK(path string) (*KEK, bool, error) {
 	if fi, err := os.Stat(path); err == nil && fi.Mode().Perm()&0o077 != 0 {
 		return nil, false, fmt.Errorf("key-encryption key %s is readable by others (mode %v): chmod 600 it", path, fi.Mode().Perm())
 	}
-	s := strings.TrimSpace(string(data))
+	text, sealedBy, err := kekText(ctx, path, data)
+	if err != nil {
+		return nil, false, err
+	}
+	defer clear(text)
+	k, err := parseKEK(path, text)
+	if err != nil {
+		return nil, false, err
+	}
+	k.sealedBy = sealedBy
+	return k, created, nil
+}
+
+// SealedBy describes the policy the KEK file was sealed under, such as
+// "tpm2(pcr 7)", or is empty for a plain file.
+func (k *KEK) SealedBy() string { return k.sealedBy }
+
+func parseKEK(path string, text []byte) (*KEK, error) {
+	s := strings.TrimSpace(string(text))
 	if !strings.HasPrefix(s, kekFileHeader) {
-		return nil, false, fmt.Errorf("key-encryption key %s: not a tether KEK file", path)
+		return nil, fmt.Errorf("key-encryption key %s: not a tether KEK file", path)
 	}
 	key, err := base64.StdEncoding.DecodeString(strings.TrimPrefix(s, kekFileHeader))
 	if err != nil || len(key) != 32 {
-		return nil, false, fmt.Errorf("key-encryption key %s: want base64 of 32 bytes", path)
+		return nil, fmt.Errorf("key-encryption key %s: want base64 of 32 bytes", path)
 	}
-	k, err := NewKEK(key)
-	clear(key)
-	return k, created, err
+	defer clear(key)
+	return NewKEK(key)
+}
+
+// sealedKEK returns the JWE of a sealed KEK file, or nil for a plain one.
+func sealedKEK(data []byte) *jose.JWE {
+	s := strings.TrimSpace(string(data))
+	if strings.HasPrefix(s, kekFileHeader) {
+		return nil
+	}
+	j, err := jose.ParseCompact(s)
+	if err != nil {
+		return nil
+	}
+	return j
+}
+
+// kekText returns the plain text of a KEK file's content, unsealing it if
+// it is sealed; sealedBy then describes the policy.
+func kekText(ctx context.Context, path string, data []byte) (text []byte, sealedBy string, err error) {
+	j := sealedKEK(data)
+	if j == nil {
+		return bytes.Clone(data), "", nil
+	}
+	sealedBy = pin.Describe(j)
+	text, err = pin.Decrypt(ctx, j, pin.Options{})
+	if err != nil {
+		return nil, "", fmt.Errorf("key-encryption key %s is sealed (%s) and could not be unsealed: %w", path, sealedBy, err)
+	}
+	return text, sealedBy, nil
+}
+
+// SealKEK encrypts the KEK file at path under the policy of pinName with
+// cfg (as tether encrypt does, with its options), so that the server can read it only where
+// that policy holds: on this machine's TPM, with its Tang servers reachable,
+// or both with sss. A sealed file is sealed again under the new policy.
+// The sealed file is decrypted back and compared before it replaces the
+// old one, atomically: a failure leaves the file as it was. It returns the
+// description of the new policy.
+func SealKEK(ctx context.Context, path, pinName string, cfg json.RawMessage, o pin.Options) (string, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return "", fmt.Errorf("read key-encryption key: %w", err)
+	}
+	text, _, err := kekText(ctx, path, data)
+	if err != nil {
+		return "", err
+	}
+	defer clear(text)
+	if _, err := parseKEK(path, text); err != nil {
+		return "", err
+	}
+	j, err := pin.Encrypt(ctx, pinName, cfg, text, o)
+	if err != nil {
+		return "", fmt.Errorf("seal key-encryption key: %w", err)
+	}
+	sealed := j.Compact()
+	back, err := jose.ParseCompact(sealed)
+	if err == nil {
+		var got []byte
+		if got, err = pin.Decrypt(ctx, back, pin.Options{}); err == nil && !bytes.Equal(got, text) {
+			err = errors.New("it decrypts to something else")
+		}
+		clear(got)
+	}
+	if err != nil {
+		return "", fmt.Errorf("the sealed key-encryption key does not unseal here (%v): %s is unchanged", err, path)
+	}
+	if err := atomicfile.Write(path, []byte(sealed+"\n"), 0o600); err != nil {
+		return "", fmt.Errorf("write sealed key-encryption key: %w", err)
+	}
+	return pin.Describe(j), nil
+}
+
+// UnsealKEK turns a sealed KEK file back into a plain one.
+func UnsealKEK(ctx context.Context, path string) error {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("read key-encryption key: %w", err)
+	}
+	if sealedKEK(data) == nil {
+		return fmt.Errorf("key-encryption key %s is not sealed", path)
+	}
+	text, _, err := kekText(ctx, path, data)
+	if err != nil {
+		return err
+	}
+	defer clear(text)
+	if _, err := parseKEK(path, text); err != nil {
+		return err
+	}
+	return atomicfile.Write(path, text, 0o600)
+}
+
+// KEKText returns the plain text of the KEK file at path (unsealing it if
+// sealed), for a backup copy. The caller must clear it.
+func KEKText(ctx context.Context, path string) ([]byte, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read key-encryption key: %w", err)
+	}
+	text, _, err := kekText(ctx, path, data)
+	return text, err
 }
 
 // NewKEK makes a KEK from 32 bytes.

@@ -51,7 +51,7 @@ func run(data string, n int, keysPath string) error {
 	if err := os.MkdirAll(data, 0o700); err != nil {
 		return err
 	}
-	kek, _, err := server.LoadOrCreateKEK(filepath.Join(data, "kek"))
+	kek, _, err := server.LoadOrCreateKEK(ctx, filepath.Join(data, "kek"))
 	if err != nil {
 		return err
 	}

@@ -209,7 +209,9 @@ Managed mode (docs/MANAGED.md; see tether enroll and tether admin):
   --store SRC       sqlite:PATH (default sqlite:DIR/tether.db) or a
                     postgres:// URL shared by several replicas
   --kek-file FILE   key-encryption key for keys at rest (default DIR/kek,
-                    created 0600); every replica needs the same one
+                    created 0600); every replica needs the same one. It
+                    can be sealed to the TPM or Tang servers (tether
+                    server kek seal); the server then unseals it at start
   --webhook URL     POST a JSON event for unlocks, denials, approvals,
                     quiet devices and revocations (repeatable)
   --tang-allow CIDR answer the Tang endpoints only from these networks

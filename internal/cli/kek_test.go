@@ -1,0 +1,98 @@
+package cli_test
+
+import (
+	"bytes"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/tether-nbde/tether/internal/testenv"
+	"github.com/tether-nbde/tether/internal/tpm"
+	"github.com/tether-nbde/tether/internal/tpm/tpmtest"
+)
+
+// TestServerKEKSealedToTPM drives the real binaries and a software TPM: a
+// managed server's KEK sealed to the TPM keeps every device unlocking; the
+// same data directory with another TPM does not start; unseal gives back
+// the plain file.
+func TestServerKEKSealedToTPM(t *testing.T) {
+	sw := tpmtest.Start(t)
+	t.Setenv(tpm.EnvTCTI, sw.TCTI) // for the server and the commands, which inherit it
+	data := t.TempDir()
+	maddr := testenv.FreePort(t)
+	srv := testenv.StartServer(t, data, "--managed-listen", maddr, "--curve", "P-256")
+	adminEnv := []string{"TETHER_ADMIN_CONFIG=" + filepath.Join(data, "admin.json")}
+	tok := strings.TrimSpace(mustTether(t, adminEnv, "", "admin", "token", "create"))
+	devEnv := []string{"TETHER_DEVICE_DIR=" + t.TempDir()}
+	mustTether(t, devEnv, tok, "enroll", "--server", "https://"+maddr, "--token-file", "-", "--key-store", "file")
+	jwe := mustTether(t, devEnv, "disk key", "encrypt", "managed", "{}")
+	stop := func(s *testenv.Server) {
+		s.Cmd.Process.Signal(syscall.SIGTERM)
+		s.Cmd.Wait()
+	}
+	stop(srv)
+
+	kek := filepath.Join(data, "kek")
+	plain, _ := os.ReadFile(kek)
+	if _, e, code := tether(t, nil, "", "server", "kek", "seal", "--data", data, "tpm2", "{}"); code != 2 || !strings.Contains(e, "--backup") {
+		t.Fatalf("seal without --backup or --no-backup: exit %d\n%s", code, e)
+	}
+	backup := filepath.Join(t.TempDir(), "kek.backup")
+	_, e, code := tether(t, nil, "", "server", "kek", "seal", "--data", data, "--backup", backup, "tpm2", `{"pcr_ids":"7"}`)
+	if code != 0 || !strings.Contains(e, "sealed: tpm2") {
+		t.Fatalf("seal: exit %d\n%s", code, e)
+	}
+	if b, _ := os.ReadFile(backup); !bytes.Equal(b, plain) {
+		t.Fatalf("backup holds %q, want the plain KEK", b)
+	}
+	if fi, _ := os.Stat(backup); fi.Mode().Perm() != 0o600 {
+		t.Fatalf("backup mode %v", fi.Mode().Perm())
+	}
+	if _, e, code := tether(t, nil, "", "server", "kek", "seal", "--data", data, "--backup", backup, "tpm2", "{}"); code == 0 || !strings.Contains(e, "already exists") {
+		t.Fatalf("seal over an existing backup: exit %d\n%s", code, e)
+	}
+	sealed, _ := os.ReadFile(kek)
+	if bytes.Contains(sealed, []byte("tether-kek-v1:")) {
+		t.Fatal("the sealed KEK file still holds the plain key")
+	}
+
+	srv = testenv.StartServer(t, data, "--managed-listen", maddr, "--curve", "P-256")
+	if got := mustTether(t, devEnv, jwe, "decrypt"); got != "disk key" {
+		t.Fatalf("decrypt with the sealed KEK gave %q", got)
+	}
+	if !strings.Contains(srv.Logs.String(), "key-encryption key unsealed") {
+		t.Errorf("the server did not log the unsealing:\n%s", srv.Logs.String())
+	}
+	stop(srv)
+
+	// The data directory on another machine (another TPM): no start.
+	other := tpmtest.Start(t)
+	cmd := exec.Command(testenv.TetherBin(t), "server", "--listen", testenv.FreePort(t), "--data", data,
+		"--managed-listen", testenv.FreePort(t))
+	cmd.Env = append(os.Environ(), tpm.EnvTCTI+"="+other.TCTI)
+	var logs bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &logs, &logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		if err == nil || !strings.Contains(logs.String(), "could not be unsealed") {
+			t.Fatalf("server with another TPM: %v\n%s", err, logs.String())
+		}
+	case <-time.After(30 * time.Second):
+		cmd.Process.Kill()
+		t.Fatalf("the server started with another TPM:\n%s", logs.String())
+	}
+
+	mustTether(t, nil, "", "server", "kek", "unseal", "--data", data)
+	if b, _ := os.ReadFile(kek); !bytes.Equal(b, plain) {
+		t.Fatalf("unsealed KEK %q, want the original", b)
+	}
+}

@@ -1,0 +1,171 @@
+package servercli
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/tether-nbde/tether/internal/cli"
+	"github.com/tether-nbde/tether/pin"
+	"github.com/tether-nbde/tether/server"
+)
+
+// The KEK commands: seal the managed server's key-encryption key file to a
+// TPM or Tang servers (any pin policy), and turn it back into a plain file.
+func init() {
+	cli.Register(cli.Command{
+		Name:    "server kek seal",
+		Summary: "seal the key-encryption key to this machine's TPM or to Tang servers",
+		Usage:   kekSealUsage,
+		Flags: func(fs *flag.FlagSet) func(*cli.Env, []string) error {
+			file := kekFileFlags(fs)
+			backup := fs.String("backup", "", "")
+			noBackup := fs.Bool("no-backup", false, "")
+			trust := fs.Bool("y", false, "")
+			timeout := fs.Duration("timeout", pin.DefaultTimeout, "")
+			return func(env *cli.Env, args []string) error {
+				if len(args) != 2 {
+					return cli.Usagef("want PIN and CONFIG, e.g. tpm2 '{\"pcr_ids\":\"7\"}'")
+				}
+				if (*backup == "") == !*noBackup {
+					return cli.WithHint(cli.Usagef("say where the plain copy goes (--backup FILE) or that you have one (--no-backup)"),
+						"a KEK sealed to a TPM is lost with the TPM, and every device key with it: keep a copy somewhere safe")
+				}
+				if !json.Valid([]byte(args[1])) {
+					return cli.Usagef("CONFIG is not valid JSON: %s", args[1])
+				}
+				path := file()
+				ctx, cancel := context.WithTimeout(context.Background(), 2**timeout)
+				defer cancel()
+				if *backup != "" {
+					if err := writeBackup(ctx, path, *backup); err != nil {
+						return err
+					}
+					fmt.Fprintf(env.Stderr, "plain copy of the key-encryption key written to %s: move it off this machine\n", *backup)
+				}
+				desc, err := server.SealKEK(ctx, path, args[0], json.RawMessage(args[1]), pin.Options{Trust: *trust, Timeout: *timeout})
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(env.Stderr, "%s is sealed: %s. The server unseals it when it starts.\n", path, desc)
+				return nil
+			}
+		},
+	})
+	cli.Register(cli.Command{
+		Name:    "server kek unseal",
+		Summary: "turn a sealed key-encryption key back into a plain file",
+		Usage:   kekUnsealUsage,
+		Flags: func(fs *flag.FlagSet) func(*cli.Env, []string) error {
+			file := kekFileFlags(fs)
+			timeout := fs.Duration("timeout", pin.DefaultTimeout, "")
+			return func(env *cli.Env, args []string) error {
+				if len(args) != 0 {
+					return cli.Usagef("unexpected argument %q", args[0])
+				}
+				path := file()
+				ctx, cancel := context.WithTimeout(context.Background(), *timeout)
+				defer cancel()
+				if err := server.UnsealKEK(ctx, path); err != nil {
+					return err
+				}
+				fmt.Fprintf(env.Stderr, "%s is a plain key-encryption key file again\n", path)
+				return nil
+			}
+		},
+	})
+}
+
+// kekFileFlags declares --data and --kek-file and returns the KEK file's
+// path as the server would use it.
+func kekFileFlags(fs *flag.FlagSet) func() string {
+	data := fs.String("data", defaultDataDir, "")
+	kek := fs.String("kek-file", "", "")
+	return func() string {
+		if *kek != "" {
+			return *kek
+		}
+		return filepath.Join(*data, "kek")
+	}
+}
+
+// writeBackup writes the plain KEK to a new file (0600); it never
+// overwrites one.
+func writeBackup(ctx context.Context, path, backup string) error {
+	text, err := server.KEKText(ctx, path)
+	if err != nil {
+		return err
+	}
+	defer clear(text)
+	f, err := os.OpenFile(backup, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if errors.Is(err, os.ErrExist) {
+		return fmt.Errorf("backup %s already exists: choose a new file", backup)
+	}
+	if err != nil {
+		return fmt.Errorf("backup: %w", err)
+	}
+	if _, err := f.Write(text); err != nil {
+		f.Close()
+		os.Remove(backup)
+		return fmt.Errorf("backup: %w", err)
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		os.Remove(backup)
+		return fmt.Errorf("backup: %w", err)
+	}
+	return f.Close()
+}
+
+const kekSealUsage = `Usage: tether server kek seal PIN CONFIG (--backup FILE | --no-backup)
+                             [-y] [--data DIR | --kek-file FILE] [--timeout D]
+
+Seal the managed server's key-encryption key (KEK) under a pin's policy, as
+"tether encrypt PIN CONFIG" would. The KEK protects every device's exchange
+key in the store; plain, it sits in a root-only file next to the store, so
+whoever copies the server's disk or its backup has both. Sealed, the file
+opens only where the policy holds: on this machine's TPM (tpm2, optionally
+with PCRs), while its Tang servers answer (tang), or both (sss). The server
+unseals it each time it starts, and refuses to start if it cannot.
+
+The sealed file replaces the plain one in place (atomically), and only after
+it has been unsealed again and compared: if anything fails, the file is as
+it was. A sealed file can be sealed again under another policy (it must
+still unseal). Every replica keeps its own copy of the KEK file, so each
+one seals its copy to its own TPM.
+
+A TPM that is cleared or replaced takes a KEK sealed to it alone with it,
+and with it every device's key. So seal says where a plain copy goes:
+  --backup FILE     write the plain KEK to FILE (new, 0600) first; move it
+                    off this machine, e.g. to an offline medium
+  --no-backup       you already keep a copy (the file as it was created)
+
+Options:
+  -y                trust Tang advertisements without a thumbprint
+  --data DIR        the server's data directory (default /var/lib/tether);
+                    the KEK file is DIR/kek
+  --kek-file FILE   the KEK file, if the server runs with --kek-file
+  --timeout D       time for each pin to answer (default 10s)
+
+Examples:
+  tether server kek seal tpm2 '{"pcr_ids":"7"}' --backup /media/usb/kek
+  tether server kek seal sss '{"t":1,"pins":{"tpm2":[{}],"tang":[{"url":"http://tang.lan"}]}}' \
+      --no-backup -y
+  tether server kek unseal
+`
+
+const kekUnsealUsage = `Usage: tether server kek unseal [--data DIR | --kek-file FILE] [--timeout D]
+
+Turn a KEK file sealed by "tether server kek seal" back into a plain one,
+in place (atomically), for example before moving the server to a machine
+with another TPM. It needs the sealing policy to hold, as the server does.
+
+Options:
+  --data DIR        the server's data directory (default /var/lib/tether)
+  --kek-file FILE   the KEK file, if the server runs with --kek-file
+  --timeout D       time for each pin to answer (default 10s)
+`
