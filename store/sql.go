@@ -20,6 +20,7 @@ type sqlStore struct {
 	// forUpdate is appended to the audit head SELECT: "FOR UPDATE" on
 	// PostgreSQL; empty on SQLite, whose single writer serialises anyway.
 	forUpdate string
+	group     groupCommit // the writes of every unlock: audit appends, Touch
 }
 
 const deviceCols = `id, name, grp, key_id, public_key, state, reason, exchange_key, exchange_pub, policy, created, updated, last_seen, version`
@@ -239,8 +240,10 @@ func (s *sqlStore) DeviceStamp(ctx context.Context) (string, error) {
 }
 
 func (s *sqlStore) Touch(ctx context.Context, id string, t time.Time) error {
-	_, err := s.db.ExecContext(ctx, `UPDATE devices SET last_seen=$1 WHERE id=$2 AND last_seen < $1`, nanos(t), id)
-	return err
+	return s.inGroup(func(tx *sql.Tx) error {
+		_, err := tx.Exec(`UPDATE devices SET last_seen=$1 WHERE id=$2 AND last_seen < $1`, nanos(t), id)
+		return err
+	})
 }
 
 func (s *sqlStore) PutGroup(ctx context.Context, name string, p Policy) error {
@@ -371,26 +374,23 @@ func (s *sqlStore) moveApproval(ctx context.Context, id, from, to string) error 
 }
 
 func (s *sqlStore) AppendAudit(ctx context.Context, r *audit.Record) error {
-	tx, err := s.db.BeginTx(ctx, nil)
-	if err != nil {
-		return err
-	}
-	defer tx.Rollback()
-	var seq int64
-	var head string
-	if err := tx.QueryRowContext(ctx, `SELECT seq, hash FROM audit_head WHERE id=1 `+s.forUpdate).Scan(&seq, &head); err != nil {
-		return fmt.Errorf("append audit record: read chain head: %w", err)
-	}
-	r.Seq, r.Prev = seq+1, head
-	r.Time = r.Time.UTC().Round(0)
-	if _, err := tx.ExecContext(ctx, `INSERT INTO audit (seq, time, device, action, source, decision, reason, actor, prev)
-		VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9)`, r.Seq, nanos(r.Time), r.Device, r.Action, r.Source, r.Decision, r.Reason, r.Actor, r.Prev); err != nil {
-		return fmt.Errorf("append audit record: %w", err)
-	}
-	if _, err := tx.ExecContext(ctx, `UPDATE audit_head SET seq=$1, hash=$2 WHERE id=1`, r.Seq, r.Hash()); err != nil {
-		return fmt.Errorf("append audit record: %w", err)
-	}
-	return tx.Commit()
+	return s.inGroup(func(tx *sql.Tx) error {
+		var seq int64
+		var head string
+		if err := tx.QueryRow(`SELECT seq, hash FROM audit_head WHERE id=1 ` + s.forUpdate).Scan(&seq, &head); err != nil {
+			return fmt.Errorf("append audit record: read chain head: %w", err)
+		}
+		r.Seq, r.Prev = seq+1, head
+		r.Time = r.Time.UTC().Round(0)
+		if _, err := tx.Exec(`INSERT INTO audit (seq, time, device, action, source, decision, reason, actor, prev)
+			VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9)`, r.Seq, nanos(r.Time), r.Device, r.Action, r.Source, r.Decision, r.Reason, r.Actor, r.Prev); err != nil {
+			return fmt.Errorf("append audit record: %w", err)
+		}
+		if _, err := tx.Exec(`UPDATE audit_head SET seq=$1, hash=$2 WHERE id=1`, r.Seq, r.Hash()); err != nil {
+			return fmt.Errorf("append audit record: %w", err)
+		}
+		return nil
+	})
 }
 
 func (s *sqlStore) Audit(ctx context.Context, after int64, limit int) ([]*audit.Record, error) {
