@@ -377,7 +377,7 @@ func (s *sqlStore) AppendAudit(ctx context.Context, r *audit.Record) error {
 	return s.inGroup(func(tx *sql.Tx) error {
 		var seq int64
 		var head string
-		if err := tx.QueryRow(`SELECT seq, hash FROM audit_head WHERE id=1 ` + s.forUpdate).Scan(&seq, &head); err != nil {
+		if err := tx.QueryRow(`SELECT seq, hash FROM audit_head WHERE id=1 `+s.forUpdate).Scan(&seq, &head); err != nil {
 			return fmt.Errorf("append audit record: read chain head: %w", err)
 		}
 		r.Seq, r.Prev = seq+1, head
