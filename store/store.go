@@ -172,7 +172,9 @@ type Store interface {
 	// It returns ErrConflict or ErrRevoked otherwise.
 	UpdateDevice(ctx context.Context, d *Device) error
 	// Touch records that the device was heard from at t (never moves
-	// LastSeen backwards; does not change Version).
+	// LastSeen backwards; does not change Version). Like AppendAudit it
+	// shares its transaction with concurrent writes (group commit) and
+	// returns once that has committed, whatever ctx says.
 	Touch(ctx context.Context, id string, t time.Time) error
 
 	PutGroup(ctx context.Context, name string, p Policy) error
@@ -195,7 +197,9 @@ type Store interface {
 
 	// AppendAudit sets r.Seq and r.Prev to extend the chain and stores r,
 	// atomically with respect to every other appender (also on other
-	// replicas).
+	// replicas). Appends that arrive together are committed together
+	// (store/group.go); it returns once r is committed or has failed,
+	// whatever ctx says.
 	AppendAudit(ctx context.Context, r *audit.Record) error
 	// Audit returns up to limit records with Seq > after, in order.
 	Audit(ctx context.Context, after int64, limit int) ([]*audit.Record, error)
