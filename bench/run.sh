@@ -260,7 +260,7 @@ Boot storm in managed mode (\`bench/mstorm\`, fleet made by \`bench/devices -key
 unlock at once, each on its own mutually authenticated TLS 1.3 connection, and each unlock is checked against
 the device's state and policy, audited and recorded as last-seen: ${R[mstorm.ok]} succeeded, ${R[mstorm.failed]} failed;
 p50 $(printf %.0f "${R[mstorm.p50_ms]}") ms, p99 $(printf %.0f "${R[mstorm.p99_ms]}") ms, last success after $(printf %.2f "${R[mstorm.secs]}") s. Server CPU ${R[mstorm.cpu_us]} µs per
-unlock; the TLS handshake (hybrid X25519/ML-KEM key exchange, client certificate check) is about half of it, and
+unlock; the TLS handshake (hybrid X25519/ML-KEM key exchange, client certificate check) is most of it, and
 the load generator, whose handshakes cost as much, shares the same cores.
 EOT
 } > "$out"
