@@ -788,6 +788,9 @@ func startManaged(ctx context.Context, cfg *Config, log *slog.Logger, tangH http
 	m, adminTok, err := NewManaged(ctx, st, kek, mc, log)
 	if err != nil {
 		st.Close()
+		if _, serr := os.Stat(kekFile + ".new"); errors.Is(err, ErrKEKMismatch) && serr == nil {
+			return nil, nil, fmt.Errorf("managed mode: %w; %s.new is there: a key-encryption key rotation was interrupted, run tether server kek rotate again to finish it", err, kekFile)
+		}
 		return nil, nil, fmt.Errorf("managed mode: %w", err)
 	}
 	ln, err := net.Listen("tcp", mc.Listen)

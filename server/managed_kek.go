@@ -17,6 +17,7 @@ import (
 	"github.com/tether-nbde/tether/internal/atomicfile"
 	"github.com/tether-nbde/tether/jose"
 	"github.com/tether-nbde/tether/pin"
+	"github.com/tether-nbde/tether/store"
 )
 
 // KEK is the key-encryption key: every server secret the store holds (each
@@ -236,6 +237,9 @@ func (k *KEK) check() (string, error) {
 	return base64.StdEncoding.EncodeToString(w), nil
 }
 
+// ErrKEKMismatch is returned when the store was set up with another KEK.
+var ErrKEKMismatch = errors.New("the store was set up with a different key-encryption key")
+
 func (k *KEK) verifyCheck(stored string) error {
 	w, err := base64.StdEncoding.DecodeString(stored)
 	if err == nil {
@@ -243,7 +247,113 @@ func (k *KEK) verifyCheck(stored string) error {
 	}
 	if err != nil {
 		h := sha256.Sum256([]byte(stored))
-		return fmt.Errorf("the store was set up with a different key-encryption key (check %x): every replica must use the same KEK file", h[:4])
+		return fmt.Errorf("%w (check %x): every replica must use the same KEK file", ErrKEKMismatch, h[:4])
 	}
 	return nil
+}
+
+// RotateKEK replaces the KEK at path by a new random one and rewraps every
+// key the store holds under it: each device's exchange key, the managed
+// TLS key, and the KEK check. Every server using the store must be stopped
+// first and started again afterwards (they hold the old KEK in memory).
+//
+// It never loses a key. The new KEK is written durably to path+".new"
+// before the store changes; the store changes in one transaction; then
+// path+".new" replaces path. If it stops between the transaction and the
+// rename, the servers refuse to start (the check no longer matches the old
+// file) and running RotateKEK again finishes the job: finished reports
+// that. A sealed KEK file must be unsealed first (and sealed again after).
+func RotateKEK(ctx context.Context, path string, st store.Store) (finished bool, err error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return false, fmt.Errorf("read key-encryption key: %w", err)
+	}
+	if sealedKEK(data) != nil {
+		return false, fmt.Errorf("key-encryption key %s is sealed: unseal it first (tether server kek unseal), rotate, then seal it again", path)
+	}
+	old, err := parseKEK(path, data)
+	if err != nil {
+		return false, err
+	}
+	check, err := st.Setting(ctx, "kek.check")
+	if err != nil {
+		return false, fmt.Errorf("the store has no KEK check (was managed mode ever started on it?): %w", err)
+	}
+	newPath := path + ".new"
+	if pending, err := os.ReadFile(newPath); err == nil {
+		if k, err := parseKEK(newPath, pending); err == nil && k.verifyCheck(check) == nil {
+			// The store is already under the new KEK: finish.
+			return true, atomicfile.Rename(newPath, path)
+		}
+	}
+	if err := old.verifyCheck(check); err != nil {
+		return false, fmt.Errorf("%s is not the store's key-encryption key: %w", path, err)
+	}
+	key := make([]byte, 32)
+	if _, err := rand.Read(key); err != nil {
+		return false, err
+	}
+	text := []byte(kekFileHeader + base64.StdEncoding.EncodeToString(key) + "\n")
+	fresh, err := NewKEK(key)
+	clear(key)
+	if err != nil {
+		return false, err
+	}
+	if err := atomicfile.Write(newPath, text, 0o600); err != nil {
+		clear(text)
+		return false, fmt.Errorf("write the new key-encryption key: %w", err)
+	}
+	clear(text)
+	settings := map[string]string{}
+	if settings["kek.check"], err = fresh.check(); err != nil {
+		return false, err
+	}
+	if tlsSetting, err := st.Setting(ctx, "managed.tls"); err == nil {
+		if settings["managed.tls"], err = rewrapTLS(tlsSetting, old, fresh); err != nil {
+			os.Remove(newPath)
+			return false, err
+		}
+	}
+	err = st.Rekey(ctx, func(id string, w []byte) ([]byte, error) {
+		purpose := "device-key:" + id
+		plain, err := old.Unwrap(purpose, w)
+		if err != nil {
+			return nil, err
+		}
+		defer clear(plain)
+		return fresh.Wrap(purpose, plain)
+	}, settings)
+	if err != nil {
+		os.Remove(newPath)
+		return false, err
+	}
+	// Old wrapped keys must not linger in SQLite's write-ahead log.
+	if c, ok := st.(store.Checkpointer); ok {
+		c.Checkpoint(ctx)
+	}
+	return false, atomicfile.Rename(newPath, path)
+}
+
+// rewrapTLS rewraps the managed TLS key in its stored setting.
+func rewrapTLS(setting string, old, fresh *KEK) (string, error) {
+	var s storedTLS
+	if err := json.Unmarshal([]byte(setting), &s); err != nil {
+		return "", fmt.Errorf("stored TLS certificate: %w", err)
+	}
+	w, err := base64.StdEncoding.DecodeString(s.Key)
+	if err != nil {
+		return "", fmt.Errorf("stored TLS certificate is malformed")
+	}
+	p8, err := old.Unwrap("managed-tls-key", w)
+	if err != nil {
+		return "", err
+	}
+	defer clear(p8)
+	nw, err := fresh.Wrap("managed-tls-key", p8)
+	if err != nil {
+		return "", err
+	}
+	s.Key = base64.StdEncoding.EncodeToString(nw)
+	b, err := json.Marshal(s)
+	return string(b), err
 }

@@ -4,16 +4,21 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
+	"io"
+	"log/slog"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/tether-nbde/tether/internal/testenv"
 	"github.com/tether-nbde/tether/jose"
 	"github.com/tether-nbde/tether/pin"
 	_ "github.com/tether-nbde/tether/pin/tang" // registers the tang pin
+	"github.com/tether-nbde/tether/store"
 	"github.com/tether-nbde/tether/tang"
 )
 
@@ -135,5 +140,112 @@ func TestSealKEK(t *testing.T) {
 	}
 	if err := UnsealKEK(ctx, p); err == nil || !strings.Contains(err.Error(), "not sealed") {
 		t.Fatalf("unseal of a plain file: %v", err)
+	}
+}
+
+// openManaged sets up managed mode on the store with the KEK at path, as a
+// server start does, and returns the TLS key pin.
+func openManaged(t *testing.T, st store.Store, path string) (string, error) {
+	t.Helper()
+	kek, _, err := LoadOrCreateKEK(context.Background(), path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, _, err := NewManaged(context.Background(), st, kek, ManagedConfig{}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		return "", err
+	}
+	m.Close()
+	return m.Pin(), nil
+}
+
+// Rotation rewraps every key under a new KEK; the old KEK no longer opens
+// the store; a device key that does not unwrap stops it with nothing
+// changed; an interrupted rotation is finished by running it again.
+func TestRotateKEK(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	path := filepath.Join(dir, "kek")
+	st, err := store.OpenSQLite(ctx, filepath.Join(dir, "tether.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	pin0, err := openManaged(t, st, path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	old, _, _ := LoadOrCreateKEK(ctx, path)
+	oldText, _ := os.ReadFile(path)
+	for _, id := range []string{"d1", "d2"} {
+		w, _ := old.Wrap("device-key:"+id, []byte("S of "+id))
+		d := &store.Device{ID: id, Name: id, KeyID: "k" + id, PublicKey: []byte{1}, State: store.Enabled,
+			ExchangeKey: w, ExchangePub: `{"kty":"EC"}`, Created: time.Unix(1e9, 0), Updated: time.Unix(1e9, 0), LastSeen: time.Unix(1e9, 0)}
+		if err := st.CreateDevice(ctx, d); err != nil {
+			t.Fatal(err)
+		}
+	}
+	opens := func(k *KEK) bool {
+		for _, id := range []string{"d1", "d2"} {
+			d, _ := st.Device(ctx, id)
+			if got, err := k.Unwrap("device-key:"+id, d.ExchangeKey); err != nil || string(got) != "S of "+id {
+				return false
+			}
+		}
+		return true
+	}
+
+	// A device key that does not unwrap: nothing changes.
+	bad := &store.Device{ID: "d3", Name: "d3", KeyID: "kd3", PublicKey: []byte{1}, State: store.Enabled,
+		ExchangeKey: []byte("not wrapped under this KEK at all"), ExchangePub: `{"kty":"EC"}`,
+		Created: time.Unix(1e9, 0), Updated: time.Unix(1e9, 0), LastSeen: time.Unix(1e9, 0)}
+	st.CreateDevice(ctx, bad)
+	if _, err := RotateKEK(ctx, path, st); err == nil || !strings.Contains(err.Error(), "d3") {
+		t.Fatalf("rotation over a key that does not unwrap: %v", err)
+	}
+	if now, _ := os.ReadFile(path); !bytes.Equal(now, oldText) || !opens(old) {
+		t.Fatal("a failed rotation changed the KEK file or the store")
+	}
+	if _, err := os.Stat(path + ".new"); err == nil {
+		t.Fatal("a failed rotation left its new KEK behind")
+	}
+	if _, err := openManaged(t, st, path); err != nil {
+		t.Fatalf("after a failed rotation: %v", err)
+	}
+	// Revoked: d3 no longer has a key to rewrap.
+	if err := st.UpdateDevice(ctx, &store.Device{ID: "d3", Name: "d3", State: store.Revoked, Version: 1}); err != nil {
+		t.Fatal(err)
+	}
+
+	finished, err := RotateKEK(ctx, path, st)
+	if err != nil || finished {
+		t.Fatalf("rotate: %v (finished %v)", err, finished)
+	}
+	fresh, _, _ := LoadOrCreateKEK(ctx, path)
+	if !opens(fresh) || opens(old) {
+		t.Fatal("the device keys are not under the new KEK alone")
+	}
+	pin1, err := openManaged(t, st, path)
+	if err != nil || pin1 != pin0 {
+		t.Fatalf("managed mode after rotation: %v; TLS pin %s, was %s", err, pin1, pin0)
+	}
+	newText, _ := os.ReadFile(path)
+	os.WriteFile(path, oldText, 0o600)
+	if _, err := openManaged(t, st, path); !errors.Is(err, ErrKEKMismatch) {
+		t.Fatalf("the old KEK still opens the store: %v", err)
+	}
+
+	// Interrupted after the store changed, before the new file replaced
+	// the old: running it again finishes.
+	os.WriteFile(path+".new", newText, 0o600)
+	finished, err = RotateKEK(ctx, path, st)
+	if err != nil || !finished {
+		t.Fatalf("finish an interrupted rotation: %v (finished %v)", err, finished)
+	}
+	if now, _ := os.ReadFile(path); !bytes.Equal(now, newText) {
+		t.Fatal("finishing did not install the new KEK")
+	}
+	if _, err := openManaged(t, st, path); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -373,6 +373,52 @@ func (s *sqlStore) moveApproval(ctx context.Context, id, from, to string) error 
 	return ErrConflict
 }
 
+func (s *sqlStore) Rekey(ctx context.Context, rewrap func(string, []byte) ([]byte, error), settings map[string]string) error {
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback()
+	type wrappedKey struct {
+		id  string
+		key []byte
+	}
+	// Read them all, then write: one connection cannot do both at once.
+	var keys []wrappedKey
+	rows, err := tx.QueryContext(ctx, `SELECT id, exchange_key FROM devices WHERE exchange_key IS NOT NULL`)
+	if err != nil {
+		return fmt.Errorf("rekey: %w", err)
+	}
+	for rows.Next() {
+		var k wrappedKey
+		if err := rows.Scan(&k.id, &k.key); err != nil {
+			rows.Close()
+			return fmt.Errorf("rekey: %w", err)
+		}
+		keys = append(keys, k)
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("rekey: %w", err)
+	}
+	for _, k := range keys {
+		w, err := rewrap(k.id, k.key)
+		if err != nil {
+			return fmt.Errorf("rekey device %s: %w", k.id, err)
+		}
+		if _, err := tx.ExecContext(ctx, `UPDATE devices SET exchange_key=$1 WHERE id=$2`, w, k.id); err != nil {
+			return fmt.Errorf("rekey device %s: %w", k.id, err)
+		}
+	}
+	for name, value := range settings {
+		if _, err := tx.ExecContext(ctx, `INSERT INTO settings (name, value) VALUES ($1,$2)
+			ON CONFLICT (name) DO UPDATE SET value = excluded.value`, name, value); err != nil {
+			return fmt.Errorf("rekey: setting %s: %w", name, err)
+		}
+	}
+	return tx.Commit()
+}
+
 func (s *sqlStore) AppendAudit(ctx context.Context, r *audit.Record) error {
 	return s.inGroup(func(tx *sql.Tx) error {
 		var seq int64

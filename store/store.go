@@ -195,6 +195,12 @@ type Store interface {
 	// releases one unlock. ErrConflict if it is not (or no longer) approved.
 	UseApproval(ctx context.Context, id string) error
 
+	// Rekey replaces every device's wrapped exchange key by what rewrap
+	// returns for it and sets settings, in one transaction: afterwards
+	// either all of it is under the new key-encryption key or nothing
+	// changed (tether server kek rotate).
+	Rekey(ctx context.Context, rewrap func(deviceID string, wrapped []byte) ([]byte, error), settings map[string]string) error
+
 	// AppendAudit sets r.Seq and r.Prev to extend the chain and stores r,
 	// atomically with respect to every other appender (also on other
 	// replicas). Appends that arrive together are committed together

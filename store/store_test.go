@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sort"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -226,6 +228,56 @@ func testStore(t *testing.T, open func(t *testing.T) Store) {
 		n := 0
 		if err := s.EachKeepAlive(ctx, func(KeepAliveInput) error { n++; return stop }); err != stop || n != 1 {
 			t.Fatalf("an error from fn: iteration returned %v after %d calls", err, n)
+		}
+	})
+	t.Run("rekey", func(t *testing.T) {
+		s := open(t)
+		for i, st := range []State{Enabled, Revoked, Disabled} {
+			d := newDevice(fmt.Sprintf("d%d", i), fmt.Sprintf("k%d", i))
+			d.State = st
+			if st == Revoked {
+				d.ExchangeKey = nil
+			}
+			if err := s.CreateDevice(ctx, d); err != nil {
+				t.Fatal(err)
+			}
+		}
+		s.SetSetting(ctx, "kek.check", "old")
+		var seen []string
+		err := s.Rekey(ctx, func(id string, w []byte) ([]byte, error) {
+			seen = append(seen, id)
+			return append([]byte("new:"), w...), nil
+		}, map[string]string{"kek.check": "new", "managed.tls": "rewrapped"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		sort.Strings(seen)
+		if fmt.Sprint(seen) != "[d0 d2]" {
+			t.Fatalf("rewrapped %v, want the devices with a key", seen)
+		}
+		for id, want := range map[string]string{"d0": "new:wrapped-d0", "d1": "", "d2": "new:wrapped-d2"} {
+			if d, _ := s.Device(ctx, id); string(d.ExchangeKey) != want {
+				t.Errorf("%s: key %q, want %q", id, d.ExchangeKey, want)
+			}
+		}
+		if v, _ := s.Setting(ctx, "kek.check"); v != "new" {
+			t.Errorf("kek.check %q", v)
+		}
+		// A device that does not rewrap: nothing changes at all.
+		err = s.Rekey(ctx, func(id string, w []byte) ([]byte, error) {
+			if id == "d2" {
+				return nil, errors.New("does not unwrap")
+			}
+			return []byte("newer"), nil
+		}, map[string]string{"kek.check": "newer"})
+		if err == nil || !strings.Contains(err.Error(), "d2") {
+			t.Fatalf("failed rekey: %v", err)
+		}
+		if d, _ := s.Device(ctx, "d0"); string(d.ExchangeKey) != "new:wrapped-d0" {
+			t.Errorf("a failed rekey changed d0's key to %q", d.ExchangeKey)
+		}
+		if v, _ := s.Setting(ctx, "kek.check"); v != "new" {
+			t.Errorf("a failed rekey changed kek.check to %q", v)
 		}
 	})
 	t.Run("device stamp", func(t *testing.T) {

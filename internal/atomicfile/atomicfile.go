@@ -47,3 +47,17 @@ func Write(path string, data []byte, perm os.FileMode) (err error) {
 	defer d.Close()
 	return d.Sync()
 }
+
+// Rename renames oldpath to newpath (replacing it atomically) and fsyncs
+// the directory, so the rename survives a crash.
+func Rename(oldpath, newpath string) error {
+	if err := os.Rename(oldpath, newpath); err != nil {
+		return err
+	}
+	d, err := os.Open(filepath.Dir(newpath))
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}

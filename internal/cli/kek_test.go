@@ -96,3 +96,44 @@ func TestServerKEKSealedToTPM(t *testing.T) {
 		t.Fatalf("unsealed KEK %q, want the original", b)
 	}
 }
+
+// TestServerKEKRotate drives the real binaries: after a rotation the
+// restarted server still unlocks an enrolled device and keeps its TLS key
+// (the admin client's pin holds), and the old KEK file no longer opens
+// the store.
+func TestServerKEKRotate(t *testing.T) {
+	data := t.TempDir()
+	maddr := testenv.FreePort(t)
+	srv := testenv.StartServer(t, data, "--managed-listen", maddr, "--curve", "P-256")
+	adminEnv := []string{"TETHER_ADMIN_CONFIG=" + filepath.Join(data, "admin.json")}
+	tok := strings.TrimSpace(mustTether(t, adminEnv, "", "admin", "token", "create"))
+	devEnv := []string{"TETHER_DEVICE_DIR=" + t.TempDir()}
+	mustTether(t, devEnv, tok, "enroll", "--server", "https://"+maddr, "--token-file", "-", "--key-store", "file")
+	jwe := mustTether(t, devEnv, "disk key", "encrypt", "managed", "{}")
+	srv.Cmd.Process.Signal(syscall.SIGTERM)
+	srv.Cmd.Wait()
+
+	kek := filepath.Join(data, "kek")
+	old, _ := os.ReadFile(kek)
+	if _, e, code := tether(t, nil, "", "server", "kek", "rotate", "--data", data); code != 2 || !strings.Contains(e, "--servers-stopped") {
+		t.Fatalf("rotate without --servers-stopped: exit %d\n%s", code, e)
+	}
+	mustTether(t, nil, "", "server", "kek", "rotate", "--data", data, "--servers-stopped")
+	if now, _ := os.ReadFile(kek); bytes.Equal(now, old) {
+		t.Fatal("the KEK file did not change")
+	}
+	srv = testenv.StartServer(t, data, "--managed-listen", maddr, "--curve", "P-256")
+	if got := mustTether(t, devEnv, jwe, "decrypt"); got != "disk key" {
+		t.Fatalf("decrypt after rotation gave %q", got)
+	}
+	mustTether(t, adminEnv, "", "admin", "device", "list")
+	srv.Cmd.Process.Signal(syscall.SIGTERM)
+	srv.Cmd.Wait()
+
+	os.WriteFile(kek, old, 0o600)
+	_, e, code := testenv.Run(t, nil, testenv.TetherBin(t), "server", "--listen", testenv.FreePort(t), "--data", data,
+		"--managed-listen", testenv.FreePort(t))
+	if code == 0 || !strings.Contains(string(e), "different key-encryption key") {
+		t.Fatalf("server with the old KEK: exit %d\n%s", code, e)
+	}
+}

@@ -12,6 +12,7 @@ import (
 	"github.com/tether-nbde/tether/internal/cli"
 	"github.com/tether-nbde/tether/pin"
 	"github.com/tether-nbde/tether/server"
+	"github.com/tether-nbde/tether/store"
 )
 
 // The KEK commands: seal the managed server's key-encryption key file to a
@@ -57,6 +58,47 @@ func init() {
 		},
 	})
 	cli.Register(cli.Command{
+		Name:    "server kek rotate",
+		Summary: "replace the key-encryption key and rewrap every key under the new one",
+		Usage:   kekRotateUsage,
+		Flags: func(fs *flag.FlagSet) func(*cli.Env, []string) error {
+			file, data := kekFlags(fs)
+			storeSrc := fs.String("store", "", "")
+			stopped := fs.Bool("servers-stopped", false, "")
+			return func(env *cli.Env, args []string) error {
+				if len(args) != 0 {
+					return cli.Usagef("unexpected argument %q", args[0])
+				}
+				if !*stopped {
+					return cli.WithHint(cli.Usagef("stop every server that uses the store first, then pass --servers-stopped"),
+						"a running server keeps the old key-encryption key and could not unwrap the rewrapped keys")
+				}
+				ctx := context.Background()
+				src := *storeSrc
+				if src == "" {
+					src = "sqlite:" + filepath.Join(*data, "tether.db")
+				}
+				st, err := store.Open(ctx, src)
+				if err != nil {
+					return fmt.Errorf("open store: %w", err)
+				}
+				defer st.Close()
+				path := file()
+				finished, err := server.RotateKEK(ctx, path, st)
+				if err != nil {
+					return err
+				}
+				if finished {
+					fmt.Fprintf(env.Stderr, "finished an interrupted rotation: %s is the store's key-encryption key\n", path)
+				} else {
+					fmt.Fprintf(env.Stderr, "%s is a new key-encryption key and every key in the store is rewrapped under it\n", path)
+				}
+				fmt.Fprintf(env.Stderr, "copy it to every replica, back it up (the old one no longer opens this store), then start the servers\n")
+				return nil
+			}
+		},
+	})
+	cli.Register(cli.Command{
 		Name:    "server kek unseal",
 		Summary: "turn a sealed key-encryption key back into a plain file",
 		Usage:   kekUnsealUsage,
@@ -83,14 +125,21 @@ func init() {
 // kekFileFlags declares --data and --kek-file and returns the KEK file's
 // path as the server would use it.
 func kekFileFlags(fs *flag.FlagSet) func() string {
-	data := fs.String("data", defaultDataDir, "")
+	file, _ := kekFlags(fs)
+	return file
+}
+
+// kekFlags declares --data and --kek-file and returns the KEK file's path
+// and the data directory.
+func kekFlags(fs *flag.FlagSet) (file func() string, data *string) {
+	data = fs.String("data", defaultDataDir, "")
 	kek := fs.String("kek-file", "", "")
 	return func() string {
 		if *kek != "" {
 			return *kek
 		}
 		return filepath.Join(*data, "kek")
-	}
+	}, data
 }
 
 // writeBackup writes the plain KEK to a new file (0600); it never
@@ -156,6 +205,35 @@ Examples:
   tether server kek seal sss '{"t":1,"pins":{"tpm2":[{}],"tang":[{"url":"http://tang.lan"}]}}' \
       --no-backup -y
   tether server kek unseal
+`
+
+const kekRotateUsage = `Usage: tether server kek rotate --servers-stopped [--data DIR | --kek-file FILE]
+                              [--store SRC]
+
+Replace the managed server's key-encryption key (KEK) with a new random
+one and rewrap every key the store holds under it: each device's exchange
+key, the managed TLS key and the KEK check. Rotate when the KEK file, or a
+backup holding it, may have been copied: the old KEK no longer opens the
+store (it still opens older backups of the store).
+
+Stop every server that uses the store first (all replicas): a running
+server holds the old KEK in memory. Afterwards copy the new KEK file to
+every replica, back it up, and start them.
+
+Nothing is lost if it stops part way. The new KEK is written to FILE.new
+before the store changes, the store changes in one transaction, and then
+FILE.new replaces FILE. If it stops between the two, the servers refuse to
+start and say so; run it again to finish. A sealed KEK file (tether server
+kek seal) must be unsealed first and sealed again afterwards. With SQLite,
+the write-ahead log is checkpointed so that no old wrapped key lingers.
+
+Options:
+  --servers-stopped  confirm that no server is using the store
+  --data DIR         the server's data directory (default /var/lib/tether):
+                     the KEK file is DIR/kek, the store sqlite:DIR/tether.db
+  --kek-file FILE    the KEK file, if the servers run with --kek-file
+  --store SRC        the store, if the servers run with --store (sqlite:PATH
+                     or a postgres:// URL)
 `
 
 const kekUnsealUsage = `Usage: tether server kek unseal [--data DIR | --kek-file FILE] [--timeout D]
