@@ -386,8 +386,13 @@ func TestKeepAlive(t *testing.T) {
 	if err := e.m.SweepKeepAlive(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if ev := e.waitHook("quiet"); ev.Device != d.id {
+	ev := e.waitHook("quiet")
+	if ev.Device != d.id {
 		t.Fatalf("quiet webhook: %+v", ev)
+	}
+	// The event carries its audit record's hash: an anchor for the log.
+	if recs, err := e.st.Audit(ctx, ev.Seq-1, 1); err != nil || len(recs) != 1 || recs[0].Hash() != ev.Hash {
+		t.Fatalf("quiet webhook hash %q does not match audit record %d: %v %v", ev.Hash, ev.Seq, recs, err)
 	}
 	e.mustFail(d, j, "keep-alive timeout")
 	// A late heartbeat does not undo it (Mandos semantics); an admin does.

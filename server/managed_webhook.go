@@ -12,13 +12,17 @@ import (
 // Event is the JSON body POSTed to webhooks. It is sent after its audit
 // record is committed; Seq names that record.
 type Event struct {
-	Event  string    `json:"event"` // unlock, deny, approval, quiet, revoke
-	Time   time.Time `json:"time"`
-	Seq    int64     `json:"seq"`
-	Device string    `json:"device,omitempty"`
-	Name   string    `json:"name,omitempty"`
-	Source string    `json:"source,omitempty"`
-	Reason string    `json:"reason,omitempty"`
+	Event string    `json:"event"` // unlock, deny, approval, quiet, revoke
+	Time  time.Time `json:"time"`
+	Seq   int64     `json:"seq"`
+	// Hash is the audit record's hash: a receiver that keeps it holds an
+	// anchor (tether admin audit verify --anchor SEQ:HASH) that detects a
+	// log rewritten or cut short later, even with every link recomputed.
+	Hash   string `json:"hash,omitempty"`
+	Device string `json:"device,omitempty"`
+	Name   string `json:"name,omitempty"`
+	Source string `json:"source,omitempty"`
+	Reason string `json:"reason,omitempty"`
 }
 
 // webhooks delivers events in order from one goroutine, so a slow

@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -207,12 +208,35 @@ func init() {
 		})
 	adminCmd("admin audit verify", "check the audit log's hash chain", adminAuditUsage,
 		func(fs *flag.FlagSet) func(*cli.Env, *server.AdminClient, []string) error {
+			var anchors anchorList
+			fs.Var(&anchors, "anchor", "")
 			return func(env *cli.Env, c *server.AdminClient, args []string) error {
-				ch, err := c.VerifyAudit(context.Background())
+				if len(args) != 0 {
+					return cli.Usagef("unexpected argument %q", args[0])
+				}
+				ch := audit.NewChain()
+				err := c.Audit(context.Background(), func(r *audit.Record) error {
+					if err := ch.Next(r); err != nil {
+						return err
+					}
+					if want, ok := anchors[r.Seq]; ok && want != ch.Head {
+						return fmt.Errorf("audit record %d has hash %s, but the anchor says %s: the log was rewritten", r.Seq, ch.Head, want)
+					}
+					return nil
+				})
 				if err != nil {
 					return cli.WithHint(err, "the audit log was changed behind the server's back; compare with an export")
 				}
+				for seq := range anchors {
+					if seq > ch.Seq {
+						return cli.WithHint(fmt.Errorf("the anchor names record %d, but the log ends at record %d: it was cut short", seq, ch.Seq),
+							"the audit log was changed behind the server's back; compare with an export")
+					}
+				}
 				fmt.Fprintf(env.Stdout, "ok: %d records, head %s\n", ch.Seq, ch.Head)
+				if len(anchors) > 0 {
+					fmt.Fprintf(env.Stdout, "%d anchors match\n", len(anchors))
+				}
 				return nil
 			}
 		})
@@ -331,16 +355,47 @@ Lockdown refuses every managed unlock at once, on every replica, until it
 is turned off. Nothing is destroyed. (Tang endpoints are not affected.)
 `
 
-const adminAuditUsage = `Usage: tether admin audit verify
+const adminAuditUsage = `Usage: tether admin audit verify [--anchor SEQ:HASH ...]
        tether admin audit export > audit.jsonl
 
 Every decision (enrolment, unlock allowed or denied and why, keep-alive
 timeouts) and every admin change is an audit record that carries the
 SHA-256 of the record before it. verify fetches the log and checks the
-chain: an edited, deleted or reordered record is reported. It prints the
-head hash: keep it elsewhere to detect a truncated log later. export
-writes the records as JSON lines (and stops at a broken link).
+chain: an edited, deleted or reordered record is reported. export writes
+the records as JSON lines (and stops at a broken link).
+
+Someone who can write the store could still rewrite the whole log with
+every link recomputed, or cut its end off. An anchor, a record's number
+and hash kept outside the store, detects both:
+  --anchor SEQ:HASH  record SEQ must have hash HASH (repeatable)
+verify prints the head (the last record's number and hash) to keep as an
+anchor, and every webhook event carries its record's "seq" and "hash", so
+a webhook receiver that keeps events holds anchors as they happen.
+
+Example:
+  tether admin audit verify --anchor 1200:3f9c…e1 --anchor 1532:77ab…04
 `
+
+// anchorList is the --anchor flag: record number → expected hash.
+type anchorList map[int64]string
+
+func (a anchorList) String() string { return fmt.Sprint(map[int64]string(a)) }
+
+func (a *anchorList) Set(v string) error {
+	seqText, hash, ok := strings.Cut(v, ":")
+	seq, err := strconv.ParseInt(seqText, 10, 64)
+	if !ok || err != nil || seq < 1 || len(hash) != 64 || strings.Trim(hash, "0123456789abcdef") != "" {
+		return fmt.Errorf("want SEQ:HASH, a record number and its 64 hex digit hash, got %q", v)
+	}
+	if *a == nil {
+		*a = anchorList{}
+	}
+	if prev, dup := (*a)[seq]; dup && prev != hash {
+		return fmt.Errorf("two anchors for record %d", seq)
+	}
+	(*a)[seq] = hash
+	return nil
+}
 
 const adminUnlockUsage = `Usage: tether admin unlock list
        tether admin unlock approve|deny ID
