@@ -479,24 +479,48 @@ func testStore(t *testing.T, open func(t *testing.T) Store) {
 	})
 	t.Run("audit chain", func(t *testing.T) {
 		s := open(t)
+		if err := s.CreateDevice(ctx, newDevice("d1", "k1")); err != nil {
+			t.Fatal(err)
+		}
+		// Appends and touches at once, as a boot storm makes them: they
+		// share transactions (group commit), and each append must still
+		// get its own place in one linear chain.
+		const n = 200
 		var wg sync.WaitGroup
-		for i := 0; i < 20; i++ {
-			wg.Add(1)
+		got := make([]*audit.Record, n)
+		for i := 0; i < n; i++ {
+			wg.Add(2)
 			go func(i int) {
 				defer wg.Done()
-				r := &audit.Record{Time: t0.Add(time.Duration(i)), Device: "d1", Action: "unlock", Decision: audit.Allow, Source: "127.0.0.1"}
+				r := &audit.Record{Time: t0.Add(time.Duration(i)), Device: "d1", Action: "unlock", Decision: audit.Allow, Source: "127.0.0.1",
+					Reason: fmt.Sprint("append ", i)}
 				if err := s.AppendAudit(ctx, r); err != nil {
+					t.Error(err)
+				}
+				got[i] = r
+			}(i)
+			go func(i int) {
+				defer wg.Done()
+				if err := s.Touch(ctx, "d1", t0.Add(time.Duration(i)*time.Second)); err != nil {
 					t.Error(err)
 				}
 			}(i)
 		}
 		wg.Wait()
+		if d, _ := s.Device(ctx, "d1"); !d.LastSeen.Equal(t0.Add((n - 1) * time.Second)) {
+			t.Errorf("last seen %v after concurrent touches, want the latest", d.LastSeen)
+		}
 		recs, err := s.Audit(ctx, 0, 1000)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if len(recs) != 20 {
-			t.Fatalf("%d records, want 20", len(recs))
+		if len(recs) != n {
+			t.Fatalf("%d records, want %d", len(recs), n)
+		}
+		for _, r := range got {
+			if stored := recs[r.Seq-1]; stored.Reason != r.Reason || stored.Prev != r.Prev {
+				t.Fatalf("append %q was told seq %d, which holds %q", r.Reason, r.Seq, stored.Reason)
+			}
 		}
 		c := audit.NewChain()
 		for _, r := range recs {
