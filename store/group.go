@@ -3,6 +3,8 @@ package store
 import (
 	"context"
 	"database/sql"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -34,8 +36,12 @@ type groupCommit struct {
 }
 
 // groupWrite is one write: fn runs inside the batch's transaction and must
-// use only tx.
+// use only tx. A batch runs its writes in the order of their keys (stable):
+// every batch, on every replica, takes its row locks in the same order
+// (the audit chain head first, then devices by ID), so that two batches on
+// PostgreSQL never wait for each other in a cycle.
 type groupWrite struct {
+	key  string
 	fn   func(tx *sql.Tx) error
 	err  error
 	done chan struct{} // closed when its transaction has committed or failed
@@ -49,10 +55,11 @@ const maxGroup = 1000
 // groupTimeout bounds one batch's transaction.
 const groupTimeout = 30 * time.Second
 
-// inGroup runs fn in a transaction shared with the writes around it.
-func (s *sqlStore) inGroup(fn func(tx *sql.Tx) error) error {
+// inGroup runs fn in a transaction shared with the writes around it; key
+// orders it in the batch.
+func (s *sqlStore) inGroup(key string, fn func(tx *sql.Tx) error) error {
 	g := &s.group
-	w := &groupWrite{fn: fn, done: make(chan struct{}), lead: make(chan struct{})}
+	w := &groupWrite{key: key, fn: fn, done: make(chan struct{}), lead: make(chan struct{})}
 	g.mu.Lock()
 	g.queue = append(g.queue, w)
 	if g.leading {
@@ -96,6 +103,8 @@ func (w *groupWrite) finished() bool {
 // gets its error and the rest go again without it; a failure to begin or
 // commit fails them all.
 func (s *sqlStore) commitGroup(batch []*groupWrite) {
+	batch = slices.Clone(batch)
+	slices.SortStableFunc(batch, func(a, b *groupWrite) int { return strings.Compare(a.key, b.key) })
 	for len(batch) > 0 {
 		bad, err := s.commitWrites(batch)
 		if err != nil && bad >= 0 {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"errors"
+	"fmt"
 	"path/filepath"
 	"sync"
 	"testing"
@@ -44,10 +45,10 @@ func TestGroupCommitBatchesAndIsolates(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			if i == 77 {
-				errs[i] = s.inGroup(func(tx *sql.Tx) error { return bad })
+				errs[i] = s.inGroup("w", func(tx *sql.Tx) error { return bad })
 				return
 			}
-			errs[i] = s.inGroup(insertN(i, time.Millisecond))
+			errs[i] = s.inGroup("w", insertN(i, time.Millisecond))
 		}()
 	}
 	wg.Wait()
@@ -85,7 +86,7 @@ func TestGroupCommitLeaderHandsOver(t *testing.T) {
 					return
 				default:
 				}
-				if err := s.inGroup(insertN(i, 2*time.Millisecond)); err != nil {
+				if err := s.inGroup("w", insertN(i, 2*time.Millisecond)); err != nil {
 					t.Error(err)
 					return
 				}
@@ -96,7 +97,7 @@ func TestGroupCommitLeaderHandsOver(t *testing.T) {
 	var worst time.Duration
 	for i := 0; i < 20; i++ {
 		start := time.Now()
-		if err := s.inGroup(insertN(-1, 2*time.Millisecond)); err != nil {
+		if err := s.inGroup("w", insertN(-1, 2*time.Millisecond)); err != nil {
 			t.Fatal(err)
 		}
 		worst = max(worst, time.Since(start))
@@ -107,5 +108,22 @@ func TestGroupCommitLeaderHandsOver(t *testing.T) {
 	// 2 × 9 writes × 2 ms here, not the whole stream.
 	if worst > 500*time.Millisecond {
 		t.Fatalf("a write under a steady stream took %v", worst)
+	}
+}
+
+// A batch runs its writes in key order, whatever order they came in.
+func TestGroupCommitKeyOrder(t *testing.T) {
+	s := openGroupStore(t)
+	var order []string
+	batch := []*groupWrite{}
+	for _, k := range []string{"touch:b", "audit", "touch:a", "audit"} {
+		batch = append(batch, &groupWrite{key: k, done: make(chan struct{}), fn: func(tx *sql.Tx) error {
+			order = append(order, k)
+			return nil
+		}})
+	}
+	s.commitGroup(batch)
+	if fmt.Sprint(order) != "[audit audit touch:a touch:b]" {
+		t.Fatalf("ran in order %v", order)
 	}
 }

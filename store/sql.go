@@ -240,7 +240,7 @@ func (s *sqlStore) DeviceStamp(ctx context.Context) (string, error) {
 }
 
 func (s *sqlStore) Touch(ctx context.Context, id string, t time.Time) error {
-	return s.inGroup(func(tx *sql.Tx) error {
+	return s.inGroup("touch:"+id, func(tx *sql.Tx) error {
 		_, err := tx.Exec(`UPDATE devices SET last_seen=$1 WHERE id=$2 AND last_seen < $1`, nanos(t), id)
 		return err
 	})
@@ -420,7 +420,7 @@ func (s *sqlStore) Rekey(ctx context.Context, rewrap func(string, []byte) ([]byt
 }
 
 func (s *sqlStore) AppendAudit(ctx context.Context, r *audit.Record) error {
-	return s.inGroup(func(tx *sql.Tx) error {
+	return s.inGroup("audit", func(tx *sql.Tx) error {
 		var seq int64
 		var head string
 		if err := tx.QueryRow(`SELECT seq, hash FROM audit_head WHERE id=1 `+s.forUpdate).Scan(&seq, &head); err != nil {
