@@ -61,6 +61,7 @@ func LoadOrCreateKEK(ctx context.Context, path string) (*KEK, bool, error) {
 		return nil, false, fmt.Errorf("key-encryption key %s is readable by others (mode %v): chmod 600 it", path, fi.Mode().Perm())
 	}
 	text, sealedBy, err := kekText(ctx, path, data)
+	clear(data)
 	if err != nil {
 		return nil, false, err
 	}
