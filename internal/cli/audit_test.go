@@ -3,6 +3,7 @@ package cli_test
 import (
 	"database/sql"
 	"fmt"
+	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -35,6 +36,13 @@ func TestAuditAnchors(t *testing.T) {
 	anchor := m[1] + ":" + m[2]
 	if out := mustTether(t, adminEnv, "", "admin", "audit", "verify", "--anchor", anchor); !strings.Contains(out, "1 anchors match") {
 		t.Fatalf("verify with its own head as anchor: %q", out)
+	}
+	// A webhook receiver's log, with lines that are not events.
+	events := filepath.Join(t.TempDir(), "events.jsonl")
+	os.WriteFile(events, []byte("not json\n{\"event\":\"ping\"}\n"+
+		`{"event":"unlock","seq":`+m[1]+`,"hash":"`+m[2]+`","device":"dev-x"}`+"\n"), 0o600)
+	if out := mustTether(t, adminEnv, "", "admin", "audit", "verify", "--anchors-from", events); !strings.Contains(out, "1 anchors match") {
+		t.Fatalf("verify --anchors-from: %q", out)
 	}
 	if _, e, code := tether(t, adminEnv, "", "admin", "audit", "verify", "--anchor", "12"); code != 2 || !strings.Contains(e, "SEQ:HASH") {
 		t.Fatalf("malformed anchor: exit %d\n%s", code, e)
@@ -85,5 +93,8 @@ func TestAuditAnchors(t *testing.T) {
 	}
 	if _, e, code := tether(t, adminEnv, "", "admin", "audit", "verify", "--anchor", anchor); code != 1 || !strings.Contains(e, "rewritten") {
 		t.Fatalf("rewritten log against the anchor: exit %d\n%s", code, e)
+	}
+	if _, e, code := tether(t, adminEnv, "", "admin", "audit", "verify", "--anchors-from", events); code != 1 || !strings.Contains(e, "rewritten") {
+		t.Fatalf("rewritten log against the webhook log: exit %d\n%s", code, e)
 	}
 }

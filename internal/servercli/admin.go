@@ -1,6 +1,7 @@
 package servercli
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
@@ -210,9 +211,15 @@ func init() {
 		func(fs *flag.FlagSet) func(*cli.Env, *server.AdminClient, []string) error {
 			var anchors anchorList
 			fs.Var(&anchors, "anchor", "")
+			from := fs.String("anchors-from", "", "")
 			return func(env *cli.Env, c *server.AdminClient, args []string) error {
 				if len(args) != 0 {
 					return cli.Usagef("unexpected argument %q", args[0])
+				}
+				if *from != "" {
+					if err := anchors.readEvents(*from); err != nil {
+						return err
+					}
 				}
 				ch := audit.NewChain()
 				err := c.Audit(context.Background(), func(r *audit.Record) error {
@@ -367,14 +374,42 @@ the records as JSON lines (and stops at a broken link).
 Someone who can write the store could still rewrite the whole log with
 every link recomputed, or cut its end off. An anchor, a record's number
 and hash kept outside the store, detects both:
-  --anchor SEQ:HASH  record SEQ must have hash HASH (repeatable)
+  --anchor SEQ:HASH    record SEQ must have hash HASH (repeatable)
+  --anchors-from FILE  every webhook event in FILE (JSON lines, as a
+                       receiver logged them) is an anchor
 verify prints the head (the last record's number and hash) to keep as an
 anchor, and every webhook event carries its record's "seq" and "hash", so
 a webhook receiver that keeps events holds anchors as they happen.
 
 Example:
   tether admin audit verify --anchor 1200:3f9c…e1 --anchor 1532:77ab…04
+  tether admin audit verify --anchors-from /var/log/tether-events.jsonl
 `
+
+// readEvents adds the anchors in a file of webhook events, one JSON object
+// per line; lines without "seq" and "hash" are skipped.
+func (a *anchorList) readEvents(path string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for line := 1; sc.Scan(); line++ {
+		var ev struct {
+			Seq  int64  `json:"seq"`
+			Hash string `json:"hash"`
+		}
+		if json.Unmarshal(sc.Bytes(), &ev) != nil || ev.Seq == 0 || ev.Hash == "" {
+			continue
+		}
+		if err := a.Set(fmt.Sprintf("%d:%s", ev.Seq, ev.Hash)); err != nil {
+			return fmt.Errorf("%s line %d: %w", path, line, err)
+		}
+	}
+	return sc.Err()
+}
 
 // anchorList is the --anchor flag: record number → expected hash.
 type anchorList map[int64]string
