@@ -118,6 +118,14 @@ func TestServerKEKRotate(t *testing.T) {
 	if _, e, code := tether(t, nil, "", "server", "kek", "rotate", "--data", data); code != 2 || !strings.Contains(e, "--servers-stopped") {
 		t.Fatalf("rotate without --servers-stopped: exit %d\n%s", code, e)
 	}
+	empty := t.TempDir()
+	os.WriteFile(filepath.Join(empty, "kek"), old, 0o600)
+	if _, e, code := tether(t, nil, "", "server", "kek", "rotate", "--data", empty, "--servers-stopped"); code != 1 || !strings.Contains(e, "tether.db") {
+		t.Fatalf("rotate in a directory without a store: exit %d\n%s", code, e)
+	}
+	if _, err := os.Stat(filepath.Join(empty, "tether.db")); err == nil {
+		t.Fatal("rotate in the wrong directory created a store there")
+	}
 	mustTether(t, nil, "", "server", "kek", "rotate", "--data", data, "--servers-stopped")
 	if now, _ := os.ReadFile(kek); bytes.Equal(now, old) {
 		t.Fatal("the KEK file did not change")

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"github.com/tether-nbde/tether/internal/cli"
 	"github.com/tether-nbde/tether/pin"
@@ -40,6 +41,9 @@ func init() {
 					return cli.Usagef("CONFIG is not valid JSON: %s", args[1])
 				}
 				path := file()
+				if _, err := os.Stat(path); err != nil {
+					return cli.WithHint(err, "is --data the server's data directory (or give --kek-file)?")
+				}
 				ctx, cancel := context.WithTimeout(context.Background(), 2**timeout)
 				defer cancel()
 				if *backup != "" {
@@ -74,16 +78,25 @@ func init() {
 						"a running server keeps the old key-encryption key and could not unwrap the rewrapped keys")
 				}
 				ctx := context.Background()
+				path := file()
+				if _, err := os.Stat(path); err != nil {
+					return cli.WithHint(err, "is --data %s the server's data directory (or give --kek-file)?", *data)
+				}
 				src := *storeSrc
 				if src == "" {
 					src = "sqlite:" + filepath.Join(*data, "tether.db")
+				}
+				// Opening a SQLite store creates it: make sure there is one.
+				if db, ok := strings.CutPrefix(src, "sqlite:"); ok {
+					if _, err := os.Stat(db); err != nil {
+						return cli.WithHint(err, "is --data %s the server's data directory (or give --store)?", *data)
+					}
 				}
 				st, err := store.Open(ctx, src)
 				if err != nil {
 					return fmt.Errorf("open store: %w", err)
 				}
 				defer st.Close()
-				path := file()
 				finished, err := server.RotateKEK(ctx, path, st)
 				if err != nil {
 					return err
