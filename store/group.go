@@ -18,8 +18,7 @@ import (
 // disk without a write cache) serves at most 100 unlocks a second, so a
 // fleet of 10,000 that boots at once would wait minutes. Here the writes
 // that arrive while a transaction commits wait for it to finish and then
-// go together in the next one, in arrival order: one commit for all of
-// them.
+// go together in the next one: one commit for all of them.
 //
 // The first writer to find no transaction running leads: it commits the
 // queue, batch by batch, until its own write is done, and then hands the
