@@ -87,7 +87,7 @@ func init() {
 					src = "sqlite:" + filepath.Join(*data, "tether.db")
 				}
 				// Opening a SQLite store creates it: make sure there is one.
-				if db, ok := strings.CutPrefix(src, "sqlite:"); ok {
+				if db, ok := strings.CutPrefix(src, "sqlite:"); ok || !strings.Contains(src, "://") {
 					if _, err := os.Stat(db); err != nil {
 						return cli.WithHint(err, "is --data %s the server's data directory (or give --store)?", *data)
 					}
