@@ -17,6 +17,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -52,7 +53,8 @@ type env struct {
 	m      *server.Managed
 	hooks  chan server.Event
 	bodies *bodyLog
-	stop   func() // takes the managed API down (the server is gone)
+	stop   func()       // takes the managed API down (the server is gone)
+	closed atomic.Int64 // connections the managed API has seen close
 }
 
 // bodyLog keeps every request body the server received.
@@ -110,7 +112,12 @@ func newEnv(t *testing.T, mc server.ManagedConfig) *env {
 		e.bodies.mu.Unlock()
 		r.Body = io.NopCloser(bytes.NewReader(b))
 		h.ServeHTTP(w, r)
-	}), TLSConfig: m.TLSConfig(), ErrorLog: log.New(io.Discard, "", 0)}
+	}), TLSConfig: m.TLSConfig(), ErrorLog: log.New(io.Discard, "", 0),
+		ConnState: func(_ net.Conn, s http.ConnState) {
+			if s == http.StateClosed {
+				e.closed.Add(1)
+			}
+		}}
 	go srv.Serve(tlsListener(ln, srv))
 	e.stop = func() { srv.Close() }
 	t.Cleanup(func() {
@@ -407,6 +414,33 @@ func TestKeepAlive(t *testing.T) {
 	e.mustFail(d, j, "keep-alive timeout")
 	if rec, _ := e.st.Device(ctx, d.id); rec.State != store.Disabled {
 		t.Fatalf("state after missed keep-alive: %s", rec.State)
+	}
+}
+
+// A heartbeat client keeps its connection between beats unless it closes
+// it (tether agent --close), and then the server sees it go.
+func TestHeartbeatConnection(t *testing.T) {
+	ctx := context.Background()
+	e := newEnv(t, server.ManagedConfig{})
+	d := e.enroll(e.token(""), "")
+	id, _ := managed.LoadIdentity(d.dir)
+	c, _ := id.Client("")
+	closedAfter := func() int64 {
+		time.Sleep(200 * time.Millisecond)
+		return e.closed.Load()
+	}
+	base := closedAfter()
+	for i := 0; i < 3; i++ {
+		if _, err := c.Heartbeat(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := closedAfter(); n != base {
+		t.Fatalf("%d connections closed between kept-alive heartbeats", n-base)
+	}
+	c.CloseIdle()
+	if n := closedAfter(); n != base+1 {
+		t.Fatalf("CloseIdle: %d connections closed, want 1", n-base)
 	}
 }
 

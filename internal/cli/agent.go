@@ -20,6 +20,7 @@ func init() {
 		flags: func(fs *flag.FlagSet) func(*Env, []string) error {
 			state := fs.String("state", "", "")
 			interval := fs.Duration("interval", time.Minute, "")
+			closeConn := fs.Bool("close", false, "")
 			once := fs.Bool("once", false, "")
 			return func(env *Env, args []string) error {
 				if len(args) > 0 {
@@ -39,6 +40,9 @@ func init() {
 				beat := func(ctx context.Context) error {
 					ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 					defer cancel()
+					if *closeConn {
+						defer c.CloseIdle()
+					}
 					info, err := c.Heartbeat(ctx)
 					if err != nil {
 						return err
@@ -72,7 +76,7 @@ func init() {
 	})
 }
 
-const agentUsage = `Usage: tether agent [--state DIR] [--interval D] [--once]
+const agentUsage = `Usage: tether agent [--state DIR] [--interval D] [--once] [--close]
 
 Send heartbeats to the managed server this machine enrolled with, every
 --interval (default 1m), until SIGTERM. A device whose policy sets a
@@ -89,4 +93,10 @@ Options:
                   /etc/tether/device)
   --interval D    time between heartbeats (default 1m)
   --once          send one heartbeat and exit (status 1 if it failed)
+  --close         close the connection after each heartbeat. By default it
+                  stays open, and the next beat skips the TLS handshake,
+                  but each open connection costs the server about 56 KB.
+                  For fleets of tens of thousands of devices, --close
+                  trades that memory for one handshake per beat
+                  (docs/MANAGED.md, boot storms)
 `

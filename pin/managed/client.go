@@ -146,6 +146,10 @@ func (c *Client) Device(ctx context.Context) (*DeviceInfo, error) {
 	return &d, err
 }
 
+// CloseIdle closes the client's idle connection to the server, so that it
+// holds none between requests (tether agent --close).
+func (c *Client) CloseIdle() { c.http.CloseIdleConnections() }
+
 // Heartbeat tells the server the device is alive.
 func (c *Client) Heartbeat(ctx context.Context) (*DeviceInfo, error) {
 	var d DeviceInfo
