@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"database/sql"
+	"fmt"
 	"slices"
 	"strings"
 	"sync"
@@ -131,7 +132,7 @@ func (s *sqlStore) commitWrites(ws []*groupWrite) (bad int, err error) {
 	}
 	defer tx.Rollback()
 	for i, w := range ws {
-		if err := w.fn(tx); err != nil {
+		if err := runWrite(w, tx); err != nil {
 			return i, err
 		}
 	}
@@ -140,4 +141,16 @@ func (s *sqlStore) commitWrites(ws []*groupWrite) (bad int, err error) {
 	}
 	s.group.commits.Add(1)
 	return -1, nil
+}
+
+// runWrite runs one write's fn. A panic in it becomes that write's error:
+// it must not leave the group without a leader, with every later write
+// waiting for ever.
+func runWrite(w *groupWrite, tx *sql.Tx) (err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			err = fmt.Errorf("write panicked: %v", p)
+		}
+	}()
+	return w.fn(tx)
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -125,5 +126,24 @@ func TestGroupCommitKeyOrder(t *testing.T) {
 	s.commitGroup(batch)
 	if fmt.Sprint(order) != "[audit audit touch:a touch:b]" {
 		t.Fatalf("ran in order %v", order)
+	}
+}
+
+// A write that panics fails alone, and the group keeps working.
+func TestGroupCommitPanickingWrite(t *testing.T) {
+	s := openGroupStore(t)
+	err := s.inGroup("w", func(tx *sql.Tx) error { panic("boom") })
+	if err == nil || !strings.Contains(err.Error(), "boom") {
+		t.Fatalf("panicking write: %v", err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- s.inGroup("w", insertN(1, 0)) }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the group is wedged after a panicking write")
 	}
 }
