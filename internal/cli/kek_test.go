@@ -95,6 +95,28 @@ func TestServerKEKSealedToTPM(t *testing.T) {
 	if b, _ := os.ReadFile(kek); !bytes.Equal(b, plain) {
 		t.Fatalf("unsealed KEK %q, want the original", b)
 	}
+
+	// sss: this TPM or a Tang server. With another TPM, the Tang server
+	// alone lets the server start.
+	tang := testenv.StartServer(t, "")
+	policy := `{"t":1,"pins":{"tpm2":[{}],"tang":[{"url":"` + tang.URL + `"}]}}`
+	mustTether(t, nil, "", "server", "kek", "seal", "--data", data, "--no-backup", "-y", "sss", policy)
+	cmd = exec.Command(testenv.TetherBin(t), "server", "--listen", testenv.FreePort(t), "--data", data,
+		"--managed-listen", maddr, "--curve", "P-256")
+	cmd.Env = append(os.Environ(), tpm.EnvTCTI+"="+other.TCTI)
+	slogs := &testenv.SyncBuffer{}
+	cmd.Stdout, cmd.Stderr = slogs, slogs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	testenv.WaitTCP(t, maddr)
+	if got := mustTether(t, devEnv, jwe, "decrypt"); got != "disk key" {
+		t.Fatalf("decrypt with the KEK unsealed through Tang: %q", got)
+	}
+	if !strings.Contains(slogs.String(), "sss(") {
+		t.Errorf("the server did not log the sss policy:\n%s", slogs.String())
+	}
 }
 
 // TestServerKEKRotate drives the real binaries: after a rotation the
