@@ -7,24 +7,20 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
 	_ "modernc.org/sqlite"
 
 	"github.com/tether-nbde/tether/audit"
-	"github.com/tether-nbde/tether/internal/testenv"
 )
 
 // TestAuditAnchors: someone with write access to the store rewrites the
 // audit log with every link recomputed, so that the chain alone checks
 // out; an anchor kept from before catches it, and catches a log cut short.
 func TestAuditAnchors(t *testing.T) {
-	data := t.TempDir()
-	maddr := testenv.FreePort(t)
-	srv := testenv.StartServer(t, data, "--managed-listen", maddr, "--curve", "P-256")
-	adminEnv := []string{"TETHER_ADMIN_CONFIG=" + filepath.Join(data, "admin.json")}
+	f := startManagedFixture(t)
+	adminEnv := f.adminEnv
 	for i := 0; i < 3; i++ {
 		mustTether(t, adminEnv, "", "admin", "token", "create", "--note", fmt.Sprint("token ", i))
 	}
@@ -53,9 +49,8 @@ func TestAuditAnchors(t *testing.T) {
 
 	// Forge record 1 and recompute every link after it, behind the
 	// server's back.
-	srv.Cmd.Process.Signal(syscall.SIGTERM)
-	srv.Cmd.Wait()
-	db, err := sql.Open("sqlite", "file:"+filepath.Join(data, "tether.db"))
+	f.stop()
+	db, err := sql.Open("sqlite", "file:"+filepath.Join(f.data, "tether.db"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -87,7 +82,7 @@ func TestAuditAnchors(t *testing.T) {
 	}
 	db.Close()
 
-	testenv.StartServer(t, data, "--managed-listen", maddr, "--curve", "P-256")
+	f.start(t)
 	if out := mustTether(t, adminEnv, "", "admin", "audit", "verify"); !strings.HasPrefix(out, "ok: ") {
 		t.Fatalf("the recomputed chain should check out on its own: %q", out)
 	}

@@ -3,12 +3,9 @@ package cli_test
 import (
 	"bytes"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
-	"time"
 
 	"github.com/tether-nbde/tether/internal/testenv"
 	"github.com/tether-nbde/tether/internal/tpm"
@@ -22,19 +19,9 @@ import (
 func TestServerKEKSealedToTPM(t *testing.T) {
 	sw := tpmtest.Start(t)
 	t.Setenv(tpm.EnvTCTI, sw.TCTI) // for the server and the commands, which inherit it
-	data := t.TempDir()
-	maddr := testenv.FreePort(t)
-	srv := testenv.StartServer(t, data, "--managed-listen", maddr, "--curve", "P-256")
-	adminEnv := []string{"TETHER_ADMIN_CONFIG=" + filepath.Join(data, "admin.json")}
-	tok := strings.TrimSpace(mustTether(t, adminEnv, "", "admin", "token", "create"))
-	devEnv := []string{"TETHER_DEVICE_DIR=" + t.TempDir()}
-	mustTether(t, devEnv, tok, "enroll", "--server", "https://"+maddr, "--token-file", "-", "--key-store", "file")
-	jwe := mustTether(t, devEnv, "disk key", "encrypt", "managed", "{}")
-	stop := func(s *testenv.Server) {
-		s.Cmd.Process.Signal(syscall.SIGTERM)
-		s.Cmd.Wait()
-	}
-	stop(srv)
+	f := startManagedFixture(t)
+	f.stop()
+	data := f.data
 
 	kek := filepath.Join(data, "kek")
 	plain, _ := os.ReadFile(kek)
@@ -60,35 +47,17 @@ func TestServerKEKSealedToTPM(t *testing.T) {
 		t.Fatal("the sealed KEK file still holds the plain key")
 	}
 
-	srv = testenv.StartServer(t, data, "--managed-listen", maddr, "--curve", "P-256")
-	if got := mustTether(t, devEnv, jwe, "decrypt"); got != "disk key" {
-		t.Fatalf("decrypt with the sealed KEK gave %q", got)
+	f.start(t)
+	f.mustDecrypt(t, "with the sealed KEK")
+	if !strings.Contains(f.srv.Logs.String(), "key-encryption key unsealed") {
+		t.Errorf("the server did not log the unsealing:\n%s", f.srv.Logs.String())
 	}
-	if !strings.Contains(srv.Logs.String(), "key-encryption key unsealed") {
-		t.Errorf("the server did not log the unsealing:\n%s", srv.Logs.String())
-	}
-	stop(srv)
+	f.stop()
 
 	// The data directory on another machine (another TPM): no start.
 	other := tpmtest.Start(t)
-	cmd := exec.Command(testenv.TetherBin(t), "server", "--listen", testenv.FreePort(t), "--data", data,
-		"--managed-listen", testenv.FreePort(t))
-	cmd.Env = append(os.Environ(), tpm.EnvTCTI+"="+other.TCTI)
-	var logs bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &logs, &logs
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
-	select {
-	case err := <-done:
-		if err == nil || !strings.Contains(logs.String(), "could not be unsealed") {
-			t.Fatalf("server with another TPM: %v\n%s", err, logs.String())
-		}
-	case <-time.After(30 * time.Second):
-		cmd.Process.Kill()
-		t.Fatalf("the server started with another TPM:\n%s", logs.String())
+	if code, out := serverMustNotStart(t, data, []string{tpm.EnvTCTI + "=" + other.TCTI}); code == 0 || !strings.Contains(out, "could not be unsealed") {
+		t.Fatalf("server with another TPM: exit %d\n%s", code, out)
 	}
 
 	mustTether(t, nil, "", "server", "kek", "unseal", "--data", data)
@@ -101,21 +70,11 @@ func TestServerKEKSealedToTPM(t *testing.T) {
 	tang := testenv.StartServer(t, "")
 	policy := `{"t":1,"pins":{"tpm2":[{}],"tang":[{"url":"` + tang.URL + `"}]}}`
 	mustTether(t, nil, "", "server", "kek", "seal", "--data", data, "--no-backup", "-y", "sss", policy)
-	cmd = exec.Command(testenv.TetherBin(t), "server", "--listen", testenv.FreePort(t), "--data", data,
-		"--managed-listen", maddr, "--curve", "P-256")
-	cmd.Env = append(os.Environ(), tpm.EnvTCTI+"="+other.TCTI)
-	slogs := &testenv.SyncBuffer{}
-	cmd.Stdout, cmd.Stderr = slogs, slogs
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	testenv.WaitTCP(t, maddr)
-	if got := mustTether(t, devEnv, jwe, "decrypt"); got != "disk key" {
-		t.Fatalf("decrypt with the KEK unsealed through Tang: %q", got)
-	}
-	if !strings.Contains(slogs.String(), "sss(") {
-		t.Errorf("the server did not log the sss policy:\n%s", slogs.String())
+	t.Setenv(tpm.EnvTCTI, other.TCTI)
+	f.start(t)
+	f.mustDecrypt(t, "with the KEK unsealed through Tang")
+	if !strings.Contains(f.srv.Logs.String(), "sss(") {
+		t.Errorf("the server did not log the sss policy:\n%s", f.srv.Logs.String())
 	}
 }
 
@@ -124,16 +83,9 @@ func TestServerKEKSealedToTPM(t *testing.T) {
 // (the admin client's pin holds), and the old KEK file no longer opens
 // the store.
 func TestServerKEKRotate(t *testing.T) {
-	data := t.TempDir()
-	maddr := testenv.FreePort(t)
-	srv := testenv.StartServer(t, data, "--managed-listen", maddr, "--curve", "P-256")
-	adminEnv := []string{"TETHER_ADMIN_CONFIG=" + filepath.Join(data, "admin.json")}
-	tok := strings.TrimSpace(mustTether(t, adminEnv, "", "admin", "token", "create"))
-	devEnv := []string{"TETHER_DEVICE_DIR=" + t.TempDir()}
-	mustTether(t, devEnv, tok, "enroll", "--server", "https://"+maddr, "--token-file", "-", "--key-store", "file")
-	jwe := mustTether(t, devEnv, "disk key", "encrypt", "managed", "{}")
-	srv.Cmd.Process.Signal(syscall.SIGTERM)
-	srv.Cmd.Wait()
+	f := startManagedFixture(t)
+	f.stop()
+	data := f.data
 
 	kek := filepath.Join(data, "kek")
 	old, _ := os.ReadFile(kek)
@@ -152,18 +104,13 @@ func TestServerKEKRotate(t *testing.T) {
 	if now, _ := os.ReadFile(kek); bytes.Equal(now, old) {
 		t.Fatal("the KEK file did not change")
 	}
-	srv = testenv.StartServer(t, data, "--managed-listen", maddr, "--curve", "P-256")
-	if got := mustTether(t, devEnv, jwe, "decrypt"); got != "disk key" {
-		t.Fatalf("decrypt after rotation gave %q", got)
-	}
-	mustTether(t, adminEnv, "", "admin", "device", "list")
-	srv.Cmd.Process.Signal(syscall.SIGTERM)
-	srv.Cmd.Wait()
+	f.start(t)
+	f.mustDecrypt(t, "after rotation")
+	mustTether(t, f.adminEnv, "", "admin", "device", "list")
+	f.stop()
 
 	os.WriteFile(kek, old, 0o600)
-	_, e, code := testenv.Run(t, nil, testenv.TetherBin(t), "server", "--listen", testenv.FreePort(t), "--data", data,
-		"--managed-listen", testenv.FreePort(t))
-	if code == 0 || !strings.Contains(string(e), "different key-encryption key") {
-		t.Fatalf("server with the old KEK: exit %d\n%s", code, e)
+	if code, out := serverMustNotStart(t, data, nil); code == 0 || !strings.Contains(out, "different key-encryption key") {
+		t.Fatalf("server with the old KEK: exit %d\n%s", code, out)
 	}
 }
