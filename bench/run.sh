@@ -173,9 +173,9 @@ for _ in $(seq 50); do [ -f "$work/fleet/admin.json" ] && break; sleep 0.1; done
 c0=$(cpu_ticks "$spid")
 ms_out=$("$work/mstorm" -data "$work/fleet" -keys "$work/fleet/fleet.keys" -json)
 c1=$(cpu_ticks "$spid")
-for k in ok failed p50_ms p99_ms secs; do R[mstorm.$k]=$(jq -r ".$k" <<<"$ms_out"); done
+for k in ok failed p50_ms p99_ms seconds; do R[mstorm.$k]=$(jq -r ".$k" <<<"$ms_out"); done
 R[mstorm.cpu_us]=$(awk -v t=$((c1 - c0)) -v hz="$hz" -v n="$STORM" 'BEGIN{printf "%.0f", t/hz*1e6/n}')
-echo "managed storm: ${R[mstorm.ok]} ok, ${R[mstorm.failed]} failed; p50 ${R[mstorm.p50_ms]} ms, p99 ${R[mstorm.p99_ms]} ms, last after ${R[mstorm.secs]} s; server CPU ${R[mstorm.cpu_us]} us per unlock" >&2
+echo "managed storm: ${R[mstorm.ok]} ok, ${R[mstorm.failed]} failed; p50 ${R[mstorm.p50_ms]} ms, p99 ${R[mstorm.p99_ms]} ms, last after ${R[mstorm.seconds]} s; server CPU ${R[mstorm.cpu_us]} us per unlock" >&2
 
 new_ratio=$(ratio "${R[tether.new.rps]}" "${R[tangd.new.rps]}")
 ka_ratio=$(ratio "${R[tether.keepalive.rps]}" "${R[tangd.keepalive.rps]}")
@@ -259,7 +259,7 @@ One managed unlock (a whole \`tether decrypt\` process: mTLS handshake, policy, 
 Boot storm in managed mode (\`bench/mstorm\`, fleet made by \`bench/devices -keys\`): $STORM enrolled devices
 unlock at once, each on its own mutually authenticated TLS 1.3 connection, and each unlock is checked against
 the device's state and policy, audited and recorded as last-seen: ${R[mstorm.ok]} succeeded, ${R[mstorm.failed]} failed;
-p50 $(printf %.0f "${R[mstorm.p50_ms]}") ms, p99 $(printf %.0f "${R[mstorm.p99_ms]}") ms, last success after $(printf %.2f "${R[mstorm.secs]}") s. Server CPU ${R[mstorm.cpu_us]} µs per
+p50 $(printf %.0f "${R[mstorm.p50_ms]}") ms, p99 $(printf %.0f "${R[mstorm.p99_ms]}") ms, last success after $(printf %.2f "${R[mstorm.seconds]}") s. Server CPU ${R[mstorm.cpu_us]} µs per
 unlock; the TLS handshake (hybrid X25519/ML-KEM key exchange, client certificate check) is most of it, and
 the load generator, whose handshakes cost as much, shares the same cores.
 EOT

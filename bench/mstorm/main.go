@@ -27,27 +27,14 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"sort"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
+	"github.com/tether-nbde/tether/bench/internal/loadstat"
 	"github.com/tether-nbde/tether/jose"
 	"github.com/tether-nbde/tether/pin/managed"
 )
-
-type result struct {
-	Requests   int     `json:"requests"`
-	OK         int64   `json:"ok"`
-	Failed     int64   `json:"failed"`
-	Seconds    float64 `json:"secs"`
-	PerSecond  float64 `json:"per_second"`
-	P50ms      float64 `json:"p50_ms"`
-	P99ms      float64 `json:"p99_ms"`
-	MaxMs      float64 `json:"max_ms"`
-	FirstError string  `json:"first_error,omitempty"`
-}
 
 // device is one simulated machine, ready to unlock.
 type device struct {
@@ -76,11 +63,7 @@ func main() {
 		json.NewEncoder(os.Stdout).Encode(r)
 		return
 	}
-	fmt.Printf("%d devices: ok %d failed %d; p50 %.1f ms p99 %.1f ms; last after %.2f s\n",
-		r.Requests, r.OK, r.Failed, r.P50ms, r.P99ms, r.Seconds)
-	if r.FirstError != "" {
-		fmt.Println("first error:", r.FirstError)
-	}
+	fmt.Println(r)
 }
 
 func prepare(data, keysPath string, n int) ([]*device, error) {
@@ -152,55 +135,32 @@ func newDevice(url, pin, line string) (*device, error) {
 }
 
 // storm releases every device at once and times each unlock from the
-// release.
-func storm(devs []*device) result {
-	var (
-		ok, failed atomic.Int64
-		firstErr   atomic.Value
-		mu         sync.Mutex
-		lat        []time.Duration
-		wg         sync.WaitGroup
-	)
-	lat = make([]time.Duration, 0, len(devs))
-	start := make(chan struct{})
-	var t0 time.Time
+// release; Seconds is the time to the last answer.
+func storm(devs []*device) loadstat.Result {
+	var rec loadstat.Recorder
+	var ready, wg sync.WaitGroup
+	gate := make(chan struct{})
 	for _, d := range devs {
+		ready.Add(1)
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			<-start
+			ready.Done()
+			<-gate
 			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 			defer cancel()
-			y, err := d.client.Rec(ctx, d.kid, d.x, nil)
-			if err == nil && y.X == "" {
-				err = errors.New("reply has no point")
-			}
-			if err != nil {
-				failed.Add(1)
-				firstErr.CompareAndSwap(nil, err.Error())
-				return
-			}
-			el := time.Since(t0)
-			ok.Add(1)
-			mu.Lock()
-			lat = append(lat, el)
-			mu.Unlock()
+			rec.Do(func() error {
+				y, err := d.client.Rec(ctx, d.kid, d.x, nil)
+				if err == nil && y.X == "" {
+					err = errors.New("reply has no point")
+				}
+				return err
+			})
 		}()
 	}
-	time.Sleep(200 * time.Millisecond) // every goroutine waiting
-	t0 = time.Now()
-	close(start)
+	ready.Wait()
+	start := time.Now()
+	close(gate)
 	wg.Wait()
-	r := result{Requests: len(devs), OK: ok.Load(), Failed: failed.Load()}
-	if e, isStr := firstErr.Load().(string); isStr {
-		r.FirstError = e
-	}
-	if len(lat) > 0 {
-		sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
-		ms := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
-		r.P50ms, r.P99ms, r.MaxMs = ms(lat[len(lat)/2]), ms(lat[len(lat)*99/100]), ms(lat[len(lat)-1])
-		r.Seconds = lat[len(lat)-1].Seconds()
-		r.PerSecond = float64(len(lat)) / r.Seconds
-	}
-	return r
+	return rec.Result(time.Since(start))
 }

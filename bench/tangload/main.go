@@ -21,12 +21,11 @@ import (
 	"net/http"
 	neturl "net/url"
 	"os"
-	"sort"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
+	"github.com/tether-nbde/tether/bench/internal/loadstat"
 	"github.com/tether-nbde/tether/jose"
 	"github.com/tether-nbde/tether/tang"
 )
@@ -60,7 +59,7 @@ func main() {
 		fmt.Fprintln(os.Stderr, "tangload:", err)
 		os.Exit(1)
 	}
-	var r result
+	var r loadstat.Result
 	if *storm > 0 {
 		r = runStorm(*client, *url, kid, bodies, *storm)
 	} else {
@@ -70,11 +69,7 @@ func main() {
 		json.NewEncoder(os.Stdout).Encode(r)
 		return
 	}
-	fmt.Printf("requests %d ok %d failed %d in %.2fs: %.0f req/s; p50 %.1fms p99 %.1fms max %.1fms\n",
-		r.Requests, r.OK, r.Failed, r.Seconds, r.PerSecond, r.P50ms, r.P99ms, r.MaxMs)
-	if r.Failed > 0 {
-		fmt.Println("first error:", r.FirstError)
-	}
+	fmt.Println(r)
 }
 
 // prepare fetches the advertisement and precomputes request bodies.
@@ -105,18 +100,6 @@ func prepare(url string, n int) (string, [][]byte, error) {
 		bodies[i], _ = json.Marshal(k)
 	}
 	return kid, bodies, nil
-}
-
-type result struct {
-	Requests   int64   `json:"requests"`
-	OK         int64   `json:"ok"`
-	Failed     int64   `json:"failed"`
-	Seconds    float64 `json:"seconds"`
-	PerSecond  float64 `json:"per_second"`
-	P50ms      float64 `json:"p50_ms"`
-	P99ms      float64 `json:"p99_ms"`
-	MaxMs      float64 `json:"max_ms"`
-	FirstError string  `json:"first_error,omitempty"`
 }
 
 // poster sends one /rec request and checks the reply. Each client
@@ -209,28 +192,6 @@ func newClient(keepalive bool, conns int) *http.Client {
 	return &http.Client{Transport: tr, Timeout: 120 * time.Second}
 }
 
-type recorder struct {
-	mu       sync.Mutex
-	lat      []time.Duration
-	ok, fail atomic.Int64
-	firstErr atomic.Value
-}
-
-func (r *recorder) do(p poster, body []byte) {
-	start := time.Now()
-	err := p.post(body)
-	d := time.Since(start)
-	if err != nil {
-		r.fail.Add(1)
-		r.firstErr.CompareAndSwap(nil, err.Error())
-		return
-	}
-	r.ok.Add(1)
-	r.mu.Lock()
-	r.lat = append(r.lat, d)
-	r.mu.Unlock()
-}
-
 func post(c *http.Client, url string, body []byte) error {
 	resp, err := c.Post(url, "application/jwk+json", bytes.NewReader(body))
 	if err != nil {
@@ -251,27 +212,9 @@ func post(c *http.Client, url string, body []byte) error {
 	return nil
 }
 
-func (r *recorder) result(elapsed time.Duration) result {
-	sort.Slice(r.lat, func(i, j int) bool { return r.lat[i] < r.lat[j] })
-	pct := func(p float64) float64 {
-		if len(r.lat) == 0 {
-			return 0
-		}
-		i := int(p * float64(len(r.lat)-1))
-		return float64(r.lat[i].Microseconds()) / 1000
-	}
-	res := result{OK: r.ok.Load(), Failed: r.fail.Load(), Seconds: elapsed.Seconds(), P50ms: pct(0.5), P99ms: pct(0.99), MaxMs: pct(1)}
-	res.Requests = res.OK + res.Failed
-	res.PerSecond = float64(res.OK) / elapsed.Seconds()
-	if e, ok := r.firstErr.Load().(string); ok {
-		res.FirstError = e
-	}
-	return res
-}
-
-func runLoad(kind, base, kid string, bodies [][]byte, conc int, dur time.Duration, keepalive bool) result {
+func runLoad(kind, base, kid string, bodies [][]byte, conc int, dur time.Duration, keepalive bool) loadstat.Result {
 	c := newClient(keepalive, conc)
-	var rec recorder
+	var rec loadstat.Recorder
 	stop := time.Now().Add(dur)
 	var wg sync.WaitGroup
 	start := time.Now()
@@ -281,20 +224,21 @@ func runLoad(kind, base, kid string, bodies [][]byte, conc int, dur time.Duratio
 			defer wg.Done()
 			p := newPoster(kind, c, base, kid, keepalive)
 			for n := i; time.Now().Before(stop); n += conc {
-				rec.do(p, bodies[n%len(bodies)])
+				body := bodies[n%len(bodies)]
+				rec.Do(func() error { return p.post(body) })
 			}
 		}(i)
 	}
 	wg.Wait()
-	return rec.result(time.Since(start))
+	return rec.Result(time.Since(start))
 }
 
 // runStorm starts n clients that each recover once, released together:
 // every device of a site asking at the moment power comes back. The result's
 // Seconds is the time to the last success.
-func runStorm(kind, base, kid string, bodies [][]byte, n int) result {
+func runStorm(kind, base, kid string, bodies [][]byte, n int) loadstat.Result {
 	c := newClient(false, n)
-	var rec recorder
+	var rec loadstat.Recorder
 	var ready, wg sync.WaitGroup
 	gate := make(chan struct{})
 	for i := 0; i < n; i++ {
@@ -305,14 +249,14 @@ func runStorm(kind, base, kid string, bodies [][]byte, n int) result {
 			p := newPoster(kind, c, base, kid, false)
 			ready.Done()
 			<-gate
-			rec.do(p, bodies[i%len(bodies)])
+			rec.Do(func() error { return p.post(bodies[i%len(bodies)]) })
 		}(i)
 	}
 	ready.Wait()
 	start := time.Now()
 	close(gate)
 	wg.Wait()
-	return rec.result(time.Since(start))
+	return rec.Result(time.Since(start))
 }
 
 // rawScalarMults measures one core's variable-base scalar multiplications
