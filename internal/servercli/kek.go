@@ -24,7 +24,7 @@ func init() {
 		Summary: "seal the key-encryption key to this machine's TPM or to Tang servers",
 		Usage:   kekSealUsage,
 		Flags: func(fs *flag.FlagSet) func(*cli.Env, []string) error {
-			file := kekFileFlags(fs)
+			file, _ := kekFlags(fs)
 			backup := fs.String("backup", "", "")
 			noBackup := fs.Bool("no-backup", false, "")
 			trust := fs.Bool("y", false, "")
@@ -116,7 +116,7 @@ func init() {
 		Summary: "turn a sealed key-encryption key back into a plain file",
 		Usage:   kekUnsealUsage,
 		Flags: func(fs *flag.FlagSet) func(*cli.Env, []string) error {
-			file := kekFileFlags(fs)
+			file, _ := kekFlags(fs)
 			timeout := fs.Duration("timeout", pin.DefaultTimeout, "")
 			return func(env *cli.Env, args []string) error {
 				if len(args) != 0 {
@@ -133,13 +133,6 @@ func init() {
 			}
 		},
 	})
-}
-
-// kekFileFlags declares --data and --kek-file and returns the KEK file's
-// path as the server would use it.
-func kekFileFlags(fs *flag.FlagSet) func() string {
-	file, _ := kekFlags(fs)
-	return file
 }
 
 // kekFlags declares --data and --kek-file and returns the KEK file's path
