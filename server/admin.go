@@ -222,7 +222,7 @@ func (m *Managed) adminDeviceOp(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		if op == "revoke" {
-			m.hooks.send(Event{Event: "revoke", Time: rec.Time, Seq: rec.Seq, Hash: rec.Hash(), Device: id, Name: d.Name, Reason: req.Reason})
+			m.hooks.send(Event{Event: "revoke", Device: id, Name: d.Name, Reason: req.Reason}, rec)
 		}
 		m.log.Info("device changed by admin", "device", id, "op", op)
 		writeJSON(w, http.StatusOK, toAdmin(d))

@@ -471,7 +471,7 @@ func (m *Managed) deny(w http.ResponseWriter, r *http.Request, d *store.Device, 
 		writeError(w, http.StatusInternalServerError, "audit: %v", err)
 		return
 	}
-	m.hooks.send(Event{Event: "deny", Time: rec.Time, Seq: rec.Seq, Hash: rec.Hash(), Device: d.ID, Name: d.Name, Source: rec.Source, Reason: dec.Reason})
+	m.hooks.send(Event{Event: "deny", Device: d.ID, Name: d.Name, Source: rec.Source, Reason: dec.Reason}, rec)
 	code := http.StatusForbidden
 	if dec.Gone {
 		code = http.StatusGone
@@ -493,7 +493,7 @@ func (m *Managed) markQuiet(ctx context.Context, d *store.Device) {
 	rec := &audit.Record{Action: "keepalive", Device: d.ID, Decision: audit.Deny,
 		Reason: "disabled: not heard from since " + d.LastSeen.Format(time.RFC3339)}
 	if m.record(ctx, rec) == nil {
-		m.hooks.send(Event{Event: "quiet", Time: rec.Time, Seq: rec.Seq, Hash: rec.Hash(), Device: d.ID, Name: d.Name, Reason: rec.Reason})
+		m.hooks.send(Event{Event: "quiet", Device: d.ID, Name: d.Name, Reason: rec.Reason}, rec)
 	}
 	m.log.Warn("device went quiet: disabled", "device", d.ID, "name", d.Name, "last_seen", d.LastSeen)
 }
@@ -566,7 +566,7 @@ func (m *Managed) exchange(w http.ResponseWriter, r *http.Request, d *store.Devi
 		return
 	}
 	m.st.Touch(ctx, d.ID, m.now())
-	m.hooks.send(Event{Event: "unlock", Time: rec.Time, Seq: rec.Seq, Hash: rec.Hash(), Device: d.ID, Name: d.Name, Source: rec.Source, Reason: reason})
+	m.hooks.send(Event{Event: "unlock", Device: d.ID, Name: d.Name, Source: rec.Source, Reason: reason}, rec)
 	writeJSON(w, http.StatusOK, recReply{Y: y})
 }
 
@@ -606,7 +606,7 @@ func (m *Managed) startApproval(w http.ResponseWriter, r *http.Request, d *store
 		writeError(w, http.StatusInternalServerError, "audit: %v", err)
 		return
 	}
-	m.hooks.send(Event{Event: "approval", Time: rec.Time, Seq: rec.Seq, Hash: rec.Hash(), Device: d.ID, Name: d.Name, Source: a.Source, Reason: a.ID})
+	m.hooks.send(Event{Event: "approval", Device: d.ID, Name: d.Name, Source: a.Source, Reason: a.ID}, rec)
 	writeJSON(w, http.StatusAccepted, recReply{Approval: a.ID, Deadline: a.Deadline})
 }
 

@@ -7,6 +7,8 @@ import (
 	"net/http"
 	"sync"
 	"time"
+
+	"github.com/tether-nbde/tether/audit"
 )
 
 // Event is the JSON body POSTed to webhooks. It is sent after its audit
@@ -32,33 +34,45 @@ type Event struct {
 type webhooks struct {
 	urls   []string
 	log    *slog.Logger
-	q      chan Event
+	q      chan queuedEvent
 	done   chan struct{}
 	client *http.Client
 	once   sync.Once
 }
 
 func newWebhooks(urls []string, log *slog.Logger) *webhooks {
-	w := &webhooks{urls: urls, log: log, q: make(chan Event, 1024), done: make(chan struct{}),
+	w := &webhooks{urls: urls, log: log, q: make(chan queuedEvent, 1024), done: make(chan struct{}),
 		client: &http.Client{Timeout: 5 * time.Second}}
 	go w.run()
 	return w
 }
 
-func (w *webhooks) send(e Event) {
+// queuedEvent is an event and the audit record it reports, which gives
+// it its time, seq and hash.
+type queuedEvent struct {
+	e   Event
+	rec *audit.Record
+}
+
+// send queues e, about the committed audit record rec. The record's hash
+// is worked out by the sender goroutine, and only if anyone listens: not
+// on the request's path.
+func (w *webhooks) send(e Event, rec *audit.Record) {
 	if len(w.urls) == 0 {
 		return
 	}
 	select {
-	case w.q <- e:
+	case w.q <- queuedEvent{e, rec}:
 	default:
-		w.log.Warn("webhook queue full: event dropped", "event", e.Event, "seq", e.Seq)
+		w.log.Warn("webhook queue full: event dropped", "event", e.Event, "seq", rec.Seq)
 	}
 }
 
 func (w *webhooks) run() {
 	defer close(w.done)
-	for e := range w.q {
+	for q := range w.q {
+		e := q.e
+		e.Time, e.Seq, e.Hash = q.rec.Time, q.rec.Seq, q.rec.Hash()
 		body, _ := json.Marshal(e)
 		for _, u := range w.urls {
 			for attempt := 0; attempt < 3; attempt++ {

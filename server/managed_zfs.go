@@ -80,7 +80,7 @@ func (m *Managed) handleZFS(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	m.st.Touch(ctx, d.ID, m.now())
-	m.hooks.send(Event{Event: "unlock", Time: rec.Time, Seq: rec.Seq, Hash: rec.Hash(), Device: d.ID, Name: d.Name, Source: rec.Source, Reason: rec.Reason})
+	m.hooks.send(Event{Event: "unlock", Device: d.ID, Name: d.Name, Source: rec.Source, Reason: rec.Reason}, rec)
 	w.Header().Set("Content-Type", "application/octet-stream")
 	w.Header().Set("Content-Length", strconv.Itoa(len(key)))
 	w.Header().Set("Cache-Control", "no-store")
