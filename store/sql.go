@@ -411,8 +411,7 @@ func (s *sqlStore) Rekey(ctx context.Context, rewrap func(string, []byte) ([]byt
 		}
 	}
 	for name, value := range settings {
-		if _, err := tx.ExecContext(ctx, `INSERT INTO settings (name, value) VALUES ($1,$2)
-			ON CONFLICT (name) DO UPDATE SET value = excluded.value`, name, value); err != nil {
+		if _, err := tx.ExecContext(ctx, setSetting, name, value); err != nil {
 			return fmt.Errorf("rekey: setting %s: %w", name, err)
 		}
 	}
@@ -468,9 +467,12 @@ func (s *sqlStore) Setting(ctx context.Context, name string) (string, error) {
 	return v, err
 }
 
+// setSetting is SetSetting's statement, also run inside Rekey's transaction.
+const setSetting = `INSERT INTO settings (name, value) VALUES ($1,$2)
+	ON CONFLICT (name) DO UPDATE SET value = excluded.value`
+
 func (s *sqlStore) SetSetting(ctx context.Context, name, value string) error {
-	_, err := s.db.ExecContext(ctx, `INSERT INTO settings (name, value) VALUES ($1,$2)
-		ON CONFLICT (name) DO UPDATE SET value = excluded.value`, name, value)
+	_, err := s.db.ExecContext(ctx, setSetting, name, value)
 	return err
 }
 
