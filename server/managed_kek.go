@@ -127,18 +127,11 @@ func kekText(ctx context.Context, path string, data []byte) (text []byte, sealed
 // old one, atomically: a failure leaves the file as it was. It returns the
 // description of the new policy.
 func SealKEK(ctx context.Context, path, pinName string, cfg json.RawMessage, o pin.Options) (string, error) {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return "", fmt.Errorf("read key-encryption key: %w", err)
-	}
-	text, _, err := kekText(ctx, path, data)
+	text, _, err := KEKText(ctx, path)
 	if err != nil {
 		return "", err
 	}
 	defer clear(text)
-	if _, err := parseKEK(path, text); err != nil {
-		return "", err
-	}
 	j, err := pin.Encrypt(ctx, pinName, cfg, text, o)
 	if err != nil {
 		return "", fmt.Errorf("seal key-encryption key: %w", err)
@@ -163,33 +156,35 @@ func SealKEK(ctx context.Context, path, pinName string, cfg json.RawMessage, o p
 
 // UnsealKEK turns a sealed KEK file back into a plain one.
 func UnsealKEK(ctx context.Context, path string) error {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return fmt.Errorf("read key-encryption key: %w", err)
-	}
-	if sealedKEK(data) == nil {
-		return fmt.Errorf("key-encryption key %s is not sealed", path)
-	}
-	text, _, err := kekText(ctx, path, data)
+	text, sealed, err := KEKText(ctx, path)
 	if err != nil {
 		return err
 	}
 	defer clear(text)
-	if _, err := parseKEK(path, text); err != nil {
-		return err
+	if !sealed {
+		return fmt.Errorf("key-encryption key %s is not sealed", path)
 	}
 	return atomicfile.Write(path, text, 0o600)
 }
 
-// KEKText returns the plain text of the KEK file at path (unsealing it if
-// sealed), for a backup copy. The caller must clear it.
-func KEKText(ctx context.Context, path string) ([]byte, error) {
+// KEKText returns the plain text of the KEK file at path, unsealing it if
+// it is sealed (sealed says so), and checks that it is a KEK. The caller
+// must clear it.
+func KEKText(ctx context.Context, path string) (text []byte, sealed bool, err error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
-		return nil, fmt.Errorf("read key-encryption key: %w", err)
+		return nil, false, fmt.Errorf("read key-encryption key: %w", err)
 	}
-	text, _, err := kekText(ctx, path, data)
-	return text, err
+	defer clear(data)
+	text, sealedBy, err := kekText(ctx, path, data)
+	if err != nil {
+		return nil, false, err
+	}
+	if _, err := parseKEK(path, text); err != nil {
+		clear(text)
+		return nil, false, err
+	}
+	return text, sealedBy != "", nil
 }
 
 // NewKEK makes a KEK from 32 bytes.

@@ -151,7 +151,7 @@ func kekFlags(fs *flag.FlagSet) (file func() string, data *string) {
 // writeBackup writes the plain KEK to a new file (0600); it never
 // overwrites one.
 func writeBackup(ctx context.Context, path, backup string) error {
-	text, err := server.KEKText(ctx, path)
+	text, _, err := server.KEKText(ctx, path)
 	if err != nil {
 		return err
 	}
