@@ -92,37 +92,28 @@ func (c *Client) Recover(ctx context.Context, base, kid string, epk, s *jose.JWK
 
 // recoverDirect is Recover on one fresh TCP connection, without net/http's
 // transport: the request is written by hand and the reply read with
-// http.ReadResponse. It starts the connection before blinding, so a server
-// that starts a process per connection (stock tangd under systemd socket
+// http.ReadResponse. It connects first and blinds after, so a server that
+// starts a process per connection (stock tangd under systemd socket
 // activation) boots while we compute, and it computes the unblinding term
 // while the server works. A decrypt is one exchange, so nothing is lost by
 // not pooling connections.
+//
+// The connection is made on the calling goroutine: a goroutine started to
+// dial waits for a free thread while this one computes, which in a fresh
+// process (tether decrypt) delays the connection by the whole blinding.
 func recoverDirect(ctx context.Context, u *url.URL, base string, epk, s *jose.JWK) ([]byte, error) {
 	addr := u.Host
 	if u.Port() == "" {
 		addr = net.JoinHostPort(u.Hostname(), "80")
 	}
-	type dialed struct {
-		conn net.Conn
-		err  error
+	conn, err := dialer.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, describeNetError(ctx, base, err)
 	}
-	dc := make(chan dialed, 1)
-	go func() {
-		conn, err := dialer.DialContext(ctx, "tcp", addr)
-		dc <- dialed{conn, err}
-	}()
-	r, rerr := NewRecovery(epk, s)
-	d := <-dc
-	if d.err != nil {
-		if rerr != nil {
-			return nil, rerr
-		}
-		return nil, describeNetError(ctx, base, d.err)
-	}
-	conn := d.conn
 	defer conn.Close()
-	if rerr != nil {
-		return nil, rerr
+	r, err := NewRecovery(epk, s)
+	if err != nil {
+		return nil, err
 	}
 	// The context's deadline and cancellation reach the blocking reads and
 	// writes through the connection's deadline.
