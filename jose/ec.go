@@ -2,13 +2,10 @@ package jose
 
 import (
 	"crypto/ecdh"
-	"crypto/elliptic"
 	"crypto/rand"
 	"errors"
 	"fmt"
 	"math/big"
-	"sync"
-	"sync/atomic"
 
 	"filippo.io/nistec"
 
@@ -33,7 +30,7 @@ var (
 	P384 = &Curve{Name: "P-384", Size: 48, Alg: "ES384", ecdh: ecdh.P384(), ops: nistOps[*nistec.P384Point]{nistec.NewP384Point}}
 	// P-521 uses tether's own constant-time implementation, several times
 	// faster than nistec's (docs/P521.md): it is the default Tang curve.
-	P521 = &Curve{Name: "P-521", Size: 66, Alg: "ES512", ecdh: ecdh.P521(), ops: p521Ops{}, baseMult: p521BaseMult}
+	P521 = &Curve{Name: "P-521", Size: 66, Alg: "ES512", ecdh: ecdh.P521(), ops: p521Ops{}, baseMult: p521.ScalarBaseMult}
 )
 
 // CurveByName returns the curve with the given JOSE name.
@@ -166,31 +163,6 @@ func (c *Curve) Sub(a, b []byte) ([]byte, error) { return c.ops.add(a, b, true) 
 
 // X returns the x coordinate of an uncompressed point.
 func (c *Curve) X(p []byte) []byte { return p[1 : 1+c.Size] }
-
-// p521BaseMult is scalar·G. internal/p521's fixed-base multiplication is
-// 3x faster than a variable-base one but builds a 240 KB table first
-// (about 3.5 ms, nine variable-base multiplications' worth). A one-shot
-// command (tether decrypt) multiplies G once or twice, so the first few
-// calls use the variable-base path and only a process that keeps going
-// builds the table.
-func p521BaseMult(scalar []byte) ([]byte, error) {
-	if p521BaseCalls.Add(1) <= 8 {
-		return p521.ScalarMult(p521Generator(), scalar)
-	}
-	return p521.ScalarBaseMult(scalar)
-}
-
-var (
-	p521BaseCalls atomic.Int64
-	p521Generator = sync.OnceValue(func() []byte {
-		params := elliptic.P521().Params()
-		g := make([]byte, 1+2*66)
-		g[0] = 4
-		params.Gx.FillBytes(g[1:67])
-		params.Gy.FillBytes(g[67:])
-		return g
-	})
-)
 
 // p521Ops is P-521 arithmetic with internal/p521. It accepts only
 // uncompressed points (as JWKs carry them) and reports the identity as an

@@ -26,7 +26,7 @@ func BenchmarkScalarMult(b *testing.B) {
 
 func BenchmarkScalarBaseMult(b *testing.B) {
 	_, s := benchInputs(b)
-	ScalarBaseMult(s) // build the table outside the timing
+	ScalarBaseMult(s) // page the embedded table in outside the timing
 	b.ReportAllocs()
 	b.ResetTimer()
 	for b.Loop() {
