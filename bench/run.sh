@@ -22,7 +22,7 @@ cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 
 trap cleanup EXIT
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 
-CGO_ENABLED=0 go build -o "$work/" ./cmd/tether ./cmd/tether-server  # as they ship: static; tether runs tether-server for "server"
+CGO_ENABLED=0 go build -o "$work/" ./cmd/tether ./cmd/tether-server ./cmd/tether-smb  # as they ship: static; tether runs tether-server for "server"
 go build -o "$work/tangload" ./bench/tangload
 go build -o "$work/devices" ./bench/devices
 go build -o "$work/mstorm" ./bench/mstorm

@@ -32,13 +32,16 @@ func Plan(target, bin string, volumes []string) ([]InstallFile, error) {
 	if !filepath.IsAbs(bin) {
 		return nil, fmt.Errorf("the tether binary's path must be absolute, not %q", bin)
 	}
+	// The smb pin's helper, installed next to tether: the initramfs gets it
+	// too when it is there.
+	smbHelper := filepath.Join(filepath.Dir(bin), "tether-smb")
 	var out []InstallFile
 	add := func(src, dst string, mode os.FileMode) error {
 		data, err := fs.ReadFile(files, "files/"+src)
 		if err != nil {
 			return err
 		}
-		data = []byte(strings.ReplaceAll(string(data), "@BIN@", bin))
+		data = []byte(strings.NewReplacer("@BIN@", bin, "@SMB@", smbHelper).Replace(string(data)))
 		out = append(out, InstallFile{Path: dst, Mode: mode, Data: data})
 		return nil
 	}

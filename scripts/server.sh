@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds tether and tether-server into bin/ and runs the key server with its
+# Builds tether, tether-server and tether-smb into bin/ and runs the key server with its
 # data (keys) in ./tether-data, created on first start. Extra arguments go to
 # "tether server".
 set -euo pipefail
@@ -8,5 +8,5 @@ scripts/setup.sh
 export PATH="/usr/local/go/bin:$PATH"
 mkdir -p bin
 # Without cgo: static binaries, which start faster and run in any initramfs.
-CGO_ENABLED=0 go build -o bin/ ./cmd/tether ./cmd/tether-server
+CGO_ENABLED=0 go build -o bin/ ./cmd/tether ./cmd/tether-server ./cmd/tether-smb
 exec bin/tether-server server --listen "${TETHER_LISTEN:-:7500}" --data "${TETHER_DATA:-./tether-data}" "$@"

@@ -17,6 +17,7 @@ echo "== cross builds: arm64 and 32-bit arm (Raspberry Pi), 386" >&2
 for arch in arm64 arm 386; do
   GOOS=linux GOARCH=$arch GOARM=7 CGO_ENABLED=0 go build -o /dev/null ./cmd/tether
   GOOS=linux GOARCH=$arch GOARM=7 CGO_ENABLED=0 go build -o /dev/null ./cmd/tether-server
+  GOOS=linux GOARCH=$arch GOARM=7 CGO_ENABLED=0 go build -o /dev/null ./cmd/tether-smb
 done
 echo "== P-521 and the tang exchange without assembly (purego), and on a 32-bit build (386)" >&2
 go test -count=1 -tags purego ./internal/p521 ./tang

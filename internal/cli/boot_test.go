@@ -53,7 +53,8 @@ func TestInstallSystemdUnitsVerify(t *testing.T) {
 }
 
 // TestInstallInitramfsScripts: the dracut module and the initramfs-tools
-// scripts are valid shell, executable, and run this tether.
+// scripts are valid shell, executable, run this tether, and put the smb
+// pin's helper from next to it in the initramfs.
 func TestInstallInitramfsScripts(t *testing.T) {
 	bin := testenv.TetherBin(t)
 	for _, target := range []string{"dracut", "initramfs-tools"} {
@@ -62,15 +63,17 @@ func TestInstallInitramfsScripts(t *testing.T) {
 		if code != 0 {
 			t.Fatalf("install %s: %s", target, errOut)
 		}
+		helper := false
 		for _, f := range strings.Fields(string(out)) {
 			fi, err := os.Stat(f)
 			if err != nil {
 				t.Fatal(err)
 			}
 			data, _ := os.ReadFile(f)
-			if strings.Contains(string(data), "@BIN@") {
-				t.Errorf("%s: @BIN@ not replaced", f)
+			if strings.Contains(string(data), "@BIN@") || strings.Contains(string(data), "@SMB@") {
+				t.Errorf("%s: @BIN@ or @SMB@ not replaced", f)
 			}
+			helper = helper || strings.Contains(string(data), "/usr/bin/tether-smb")
 			if !strings.HasPrefix(string(data), "#!") {
 				continue
 			}
@@ -84,6 +87,9 @@ func TestInstallInitramfsScripts(t *testing.T) {
 			if out, err := exec.Command(shell, "-n", f).CombinedOutput(); err != nil {
 				t.Errorf("%s -n %s: %v\n%s", shell, f, err, out)
 			}
+		}
+		if !helper {
+			t.Errorf("%s: no file installs /usr/bin/tether-smb", target)
 		}
 	}
 	if _, errOut, code := testenv.Run(t, nil, bin, "install", "grub"); code != 2 || !strings.Contains(string(errOut), "unknown command") && !strings.Contains(string(errOut), "needs a subcommand") {

@@ -63,8 +63,8 @@ var (
 	buildErr  error
 )
 
-// TetherBin builds the tether and tether-server binaries once per test
-// process, into one directory, and returns tether's path. They are built as
+// TetherBin builds the tether, tether-server and tether-smb binaries once
+// per test process, into one directory, and returns tether's path. They are built as
 // they ship: without cgo, static binaries that start faster and run in any
 // initramfs.
 func TetherBin(t testing.TB) string {
@@ -76,9 +76,10 @@ func TetherBin(t testing.TB) string {
 			return
 		}
 		binPath = filepath.Join(dir, "tether")
-		// Both binaries, side by side as they are installed: tether runs
-		// tether-server for "tether server" and "tether admin".
-		cmd := exec.Command("go", "build", "-o", dir+"/", "./cmd/tether", "./cmd/tether-server")
+		// Side by side as they are installed: tether runs tether-server
+		// for "tether server" and "tether admin", and tether-smb for the
+		// smb pin.
+		cmd := exec.Command("go", "build", "-o", dir+"/", "./cmd/tether", "./cmd/tether-server", "./cmd/tether-smb")
 		cmd.Dir = RepoRoot()
 		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 		if out, err := cmd.CombinedOutput(); err != nil {

@@ -2,22 +2,29 @@
 // an SMB2/3 share — a FRITZ!Box or any other NAS — read with a Go SMB
 // client, without a kernel CIFS mount and its mount-option pitfalls.
 //
+// The SMB client runs in a helper binary, tether-smb (cmd/tether-smb,
+// package share), installed next to tether: linking it into tether would
+// add its package initialisation, about 0.4 ms, to every tether start. The
+// pin sends the helper the request, password included, on stdin.
+//
 // Deleting the file on the share revokes every binding made with it. See
 // docs/REMOTE-PINS.md for the format and for what a thief holding the whole
 // device can do.
 package smb
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
-
-	"github.com/hirochachacha/go-smb2"
+	"time"
 
 	"github.com/tether-nbde/tether/jose"
 	"github.com/tether-nbde/tether/pin"
@@ -129,121 +136,115 @@ func cleanPath(p string) string {
 	return strings.TrimLeft(strings.ReplaceAll(p, "/", `\`), `\`)
 }
 
-// NTSTATUS codes we explain.
-const (
-	statusAccessDenied       = 0xC0000022
-	statusObjectNameNotFound = 0xC0000034
-	statusObjectPathNotFound = 0xC000003A
-	statusLogonFailure       = 0xC000006D
-	statusBadNetworkName     = 0xC00000CC
-)
+// MaxMaterial is the largest key file the pin reads.
+const MaxMaterial = 64 << 10
 
-const maxMaterial = 64 << 10
+// Request is what tether sends tether-smb on stdin: the file to read and
+// the credentials to read it with.
+type Request struct {
+	Addr      string `json:"addr"` // host:port
+	Share     string `json:"share"`
+	Path      string `json:"path"` // backslash-separated, relative to the share
+	User      string `json:"user"`
+	Domain    string `json:"domain,omitempty"`
+	Password  string `json:"password,omitempty"`
+	TimeoutMS int64  `json:"timeout_ms"` // for the whole exchange
+}
+
+// Reply is tether-smb's answer on stdout: the file, or an error that is
+// one line for a person, and whether retrying can help.
+type Reply struct {
+	Data      []byte `json:"data,omitempty"`
+	Error     string `json:"error,omitempty"`
+	Permanent bool   `json:"permanent,omitempty"`
+}
+
+// HelperEnv names the tether-smb binary to run instead of the one next to
+// the running executable (tests, unusual installs).
+const HelperEnv = "TETHER_SMB_HELPER"
+
+// helperPath finds tether-smb: $TETHER_SMB_HELPER, then next to the running
+// executable (as installed, and in the initramfs), then on PATH.
+func helperPath() (string, error) {
+	if p := os.Getenv(HelperEnv); p != "" {
+		return p, nil
+	}
+	if exe, err := os.Executable(); err == nil {
+		p := filepath.Join(filepath.Dir(exe), "tether-smb")
+		if _, err := os.Stat(p); err == nil {
+			return p, nil
+		}
+	}
+	if p, err := exec.LookPath("tether-smb"); err == nil {
+		return p, nil
+	}
+	return "", errors.New("the smb pin needs the tether-smb helper, which is installed next to tether, and it is not there or on PATH")
+}
 
 func fetch(ctx context.Context, h *header, c creds, o pin.Options) ([]byte, error) {
-	where := fmt.Sprintf(`\\%s\%s\%s`, h.Server, h.Share, h.Path)
-	addr := net.JoinHostPort(h.Server, strconv.Itoa(h.Port))
+	user := h.User
+	if user == "" {
+		user = "guest"
+	}
+	req := Request{Addr: net.JoinHostPort(h.Server, strconv.Itoa(h.Port)), Share: h.Share, Path: h.Path,
+		User: user, Domain: h.Domain, Password: c.Password}
 	attempts := h.Attempts
 	if attempts == 0 {
 		attempts = 3
 	}
 	return remote.Fetch(ctx, attempts, o.PerTry(), func(ctx context.Context) ([]byte, error) {
-		var d net.Dialer
-		conn, err := d.DialContext(ctx, "tcp", addr)
-		if err != nil {
-			if ctx.Err() != nil {
-				return nil, fmt.Errorf("SMB server %s did not answer in time", addr)
-			}
-			return nil, fmt.Errorf("SMB server %s is unreachable: %v", addr, unwrapOp(err))
-		}
-		defer conn.Close()
-		if dl, ok := ctx.Deadline(); ok {
-			conn.SetDeadline(dl)
-		}
-		user := h.User
-		if user == "" {
-			user = "guest"
-		}
-		dialer := &smb2.Dialer{Initiator: &smb2.NTLMInitiator{User: user, Password: c.Password, Domain: h.Domain}}
-		s, err := dialer.DialContext(ctx, conn)
-		if err != nil {
-			return nil, explain(ctx, addr, where, user, err)
-		}
-		defer s.Logoff()
-		fs, err := s.WithContext(ctx).Mount(h.Share)
-		if err != nil {
-			return nil, explain(ctx, addr, where, user, err)
-		}
-		defer fs.Umount()
-		f, err := fs.Open(h.Path)
-		if err != nil {
-			return nil, explain(ctx, addr, where, user, err)
-		}
-		defer f.Close()
-		st, err := f.Stat()
-		if err != nil {
-			return nil, explain(ctx, addr, where, user, err)
-		}
-		if st.Size() > maxMaterial {
-			return nil, remote.Permanent(fmt.Errorf("%s is larger than %d KiB: not a key file", where, maxMaterial>>10))
-		}
-		buf := make([]byte, st.Size())
-		n, err := readFull(f, buf)
-		if err != nil {
-			clear(buf)
-			return nil, explain(ctx, addr, where, user, err)
-		}
-		return buf[:n], nil
+		return runHelper(ctx, req)
 	})
 }
 
-func readFull(f *smb2.File, buf []byte) (int, error) {
-	n := 0
-	for n < len(buf) {
-		m, err := f.Read(buf[n:])
-		n += m
-		if err != nil {
-			if n == len(buf) {
-				return n, nil
-			}
-			return n, err
-		}
-		if m == 0 {
-			break
-		}
+// runHelper reads the key file through tether-smb, within ctx.
+func runHelper(ctx context.Context, req Request) ([]byte, error) {
+	path, err := helperPath()
+	if err != nil {
+		return nil, remote.Permanent(err)
 	}
-	return n, nil
+	dl, ok := ctx.Deadline()
+	if !ok {
+		dl = time.Now().Add(pin.DefaultTimeout)
+	}
+	req.TimeoutMS = max(time.Until(dl).Milliseconds(), 1)
+	in, err := json.Marshal(req)
+	if err != nil {
+		return nil, err
+	}
+	defer clear(in)
+	var out, stderr bytes.Buffer
+	cmd := exec.CommandContext(ctx, path)
+	cmd.Stdin = bytes.NewReader(in)
+	cmd.Stdout = &out
+	cmd.Stderr = &stderr
+	cmd.WaitDelay = time.Second
+	runErr := cmd.Run()
+	defer clear(out.Bytes())
+	var rep Reply
+	if jerr := json.Unmarshal(out.Bytes(), &rep); jerr != nil || runErr != nil {
+		if ctx.Err() != nil {
+			return nil, fmt.Errorf("SMB server %s did not answer in time", req.Addr)
+		}
+		if runErr == nil {
+			runErr = jerr
+		}
+		return nil, fmt.Errorf("%s failed: %v%s", path, runErr, stderrLine(stderr.String()))
+	}
+	if rep.Error != "" {
+		clear(rep.Data)
+		if rep.Permanent {
+			return nil, remote.Permanent(errors.New(rep.Error))
+		}
+		return nil, errors.New(rep.Error)
+	}
+	return rep.Data, nil
 }
 
-// explain turns SMB errors into one actionable line; errors that retrying
-// cannot fix are marked permanent.
-func explain(ctx context.Context, addr, where, user string, err error) error {
-	var re *smb2.ResponseError
-	if errors.As(err, &re) {
-		switch re.Code {
-		case statusLogonFailure:
-			return remote.Permanent(fmt.Errorf("SMB server %s refused user %q: wrong user or password", addr, user))
-		case statusAccessDenied:
-			return remote.Permanent(fmt.Errorf("SMB access to %s denied for user %q", where, user))
-		case statusObjectNameNotFound, statusObjectPathNotFound:
-			return remote.Permanent(fmt.Errorf("key file %s does not exist: it was deleted, so this binding is revoked", where))
-		case statusBadNetworkName:
-			return remote.Permanent(fmt.Errorf("SMB server %s has no share %q", addr, strings.Split(where, `\`)[3]))
-		}
+func stderrLine(s string) string {
+	s = strings.TrimSpace(s)
+	if s == "" {
+		return ""
 	}
-	if errors.Is(err, os.ErrNotExist) {
-		return remote.Permanent(fmt.Errorf("key file %s does not exist: it was deleted, so this binding is revoked", where))
-	}
-	if ctx.Err() != nil {
-		return fmt.Errorf("SMB server %s did not answer in time", addr)
-	}
-	return fmt.Errorf("SMB %s: %v", where, err)
-}
-
-func unwrapOp(err error) error {
-	var op *net.OpError
-	if errors.As(err, &op) {
-		return op.Err
-	}
-	return err
+	return ": " + strings.SplitN(s, "\n", 2)[0]
 }

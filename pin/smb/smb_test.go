@@ -13,8 +13,14 @@ import (
 	"github.com/tether-nbde/tether/internal/testenv"
 	"github.com/tether-nbde/tether/jose"
 	"github.com/tether-nbde/tether/pin"
-	_ "github.com/tether-nbde/tether/pin/smb"
+	"github.com/tether-nbde/tether/pin/smb"
 )
+
+// useHelper points the pin at a freshly built tether-smb: a test binary has
+// none next to it.
+func useHelper(t *testing.T) {
+	t.Setenv(smb.HelperEnv, filepath.Join(filepath.Dir(testenv.TetherBin(t)), "tether-smb"))
+}
 
 func config(t *testing.T, s *testenv.SMBD, path, password string) json.RawMessage {
 	pw := filepath.Join(t.TempDir(), "pw")
@@ -32,6 +38,7 @@ var opts = pin.Options{Timeout: 3 * time.Second}
 // password), then checks each failure: wrong password, missing file,
 // share down, and that deleting the key file revokes the binding.
 func TestAgainstSmbd(t *testing.T) {
+	useHelper(t)
 	s := testenv.StartSMBD(t)
 	material := make([]byte, 64)
 	rand.Read(material)
@@ -107,5 +114,38 @@ func TestConfigErrors(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("%s: got %v, want %q", cfg, err, want)
 		}
+	}
+}
+
+// TestHelperMissing: without tether-smb the pin says what is missing, at
+// once (no retries), instead of a bare exec error.
+func TestHelperMissing(t *testing.T) {
+	t.Setenv(smb.HelperEnv, filepath.Join(t.TempDir(), "tether-smb"))
+	cfg := json.RawMessage(`{"server":"127.0.0.1","share":"s","path":"k","attempts":3}`)
+	start := time.Now()
+	_, err := pin.Encrypt(context.Background(), "smb", cfg, []byte("x"), opts)
+	if err == nil || !strings.Contains(err.Error(), "tether-smb") {
+		t.Fatalf("got %v", err)
+	}
+	if d := time.Since(start); d > time.Second {
+		t.Fatalf("took %v: a missing helper was retried", d)
+	}
+}
+
+// TestHelperHonoursTimeout: a share that accepts but never answers fails
+// within the per-attempt timeout, through the helper, with a message that
+// says so.
+func TestHelperHonoursTimeout(t *testing.T) {
+	useHelper(t)
+	addr := strings.TrimPrefix(testenv.Blackhole(t), "http://")
+	host, port, _ := strings.Cut(addr, ":")
+	cfg := json.RawMessage(`{"server":"` + host + `","port":` + port + `,"share":"s","path":"k","attempts":1}`)
+	start := time.Now()
+	_, err := pin.Encrypt(context.Background(), "smb", cfg, []byte("x"), pin.Options{Timeout: time.Second})
+	if err == nil || !strings.Contains(err.Error(), "did not answer in time") {
+		t.Fatalf("got %v", err)
+	}
+	if d := time.Since(start); d > 3*time.Second {
+		t.Fatalf("took %v with a 1s timeout", d)
 	}
 }

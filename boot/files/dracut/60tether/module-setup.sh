@@ -20,6 +20,8 @@ cmdline() {
 
 install() {
     inst_multiple @BIN@ cryptsetup
+    # The smb pin's helper, if installed.
+    inst_multiple -o @SMB@
     # Name resolution for server names in bindings (Go reads these files).
     inst_multiple -o /etc/hosts /etc/nsswitch.conf
     mkdir -p "${initdir}/etc/cmdline.d"

@@ -1,0 +1,34 @@
+package main
+
+import (
+	"os/exec"
+	"strings"
+	"testing"
+)
+
+// TestStartupDeps guards tether's start-up time. Every package a binary
+// links runs its initialisation on every start, so on every boot unlock;
+// these are kept out of tether on purpose (docs/DESIGN.md, "Client
+// latency").
+func TestStartupDeps(t *testing.T) {
+	out, err := exec.Command("go", "list", "-deps", ".").Output()
+	if err != nil {
+		t.Fatalf("go list: %v", err)
+	}
+	deps := map[string]bool{}
+	for _, p := range strings.Fields(string(out)) {
+		deps[p] = true
+	}
+	if !deps["github.com/tether-nbde/tether/pin/smb"] {
+		t.Fatal("go list output does not list the smb pin: this test checks nothing")
+	}
+	for p, why := range map[string]string{
+		"github.com/hirochachacha/go-smb2":             "the SMB client (about 0.4 ms of init) belongs in tether-smb",
+		"github.com/tether-nbde/tether/pin/smb/share": "the SMB transport belongs in tether-smb",
+		"golang.org/x/sys/cpu":                        "its init traps to the hypervisor a dozen times; internal/p521 asks CPUID itself",
+	} {
+		if deps[p] {
+			t.Errorf("tether links %s: %s", p, why)
+		}
+	}
+}
