@@ -105,14 +105,18 @@ func (k *JWK) Thumbprint(alg string) (string, error) {
 	}
 	for _, h := range thumbprintHashes {
 		if h.name == alg {
-			// RFC 7638: required members only, lexicographic order, no spaces.
-			canon := `{"crv":` + quote(k.Crv) + `,"kty":"EC","x":` + quote(k.X) + `,"y":` + quote(k.Y) + `}`
 			d := h.new()
-			d.Write([]byte(canon))
+			d.Write(k.thumbprintInput())
 			return B64.EncodeToString(d.Sum(nil)), nil
 		}
 	}
 	return "", fmt.Errorf("jwk: unknown thumbprint hash %q", alg)
+}
+
+// thumbprintInput is what an EC key's thumbprint hashes (RFC 7638): the
+// required members only, in lexicographic order, without spaces.
+func (k *JWK) thumbprintInput() []byte {
+	return []byte(`{"crv":` + quote(k.Crv) + `,"kty":"EC","x":` + quote(k.X) + `,"y":` + quote(k.Y) + `}`)
 }
 
 // Thumbprints returns the key's thumbprints under every hash Tang accepts.
@@ -128,14 +132,40 @@ func (k *JWK) Thumbprints() []string {
 }
 
 // MatchesThumbprint reports whether tp is a thumbprint of k under any of the
-// hashes Tang accepts.
+// hashes Tang accepts. Only the hash whose digest has tp's length is
+// computed.
 func (k *JWK) MatchesThumbprint(tp string) bool {
-	return slices.Contains(k.Thumbprints(), tp)
+	if k.Kty != "EC" {
+		return false
+	}
+	var in []byte
+	for _, h := range thumbprintHashes {
+		d := h.new()
+		if B64.EncodedLen(d.Size()) != len(tp) {
+			continue
+		}
+		if in == nil {
+			in = k.thumbprintInput()
+		}
+		d.Write(in)
+		if B64.EncodeToString(d.Sum(nil)) == tp {
+			return true
+		}
+	}
+	return false
 }
 
+// quote is s as a JSON string, as json.Marshal writes it. Key members are
+// base64url or curve names, which need no escaping, so the common case
+// skips encoding/json (whose first use in a process costs tens of µs).
 func quote(s string) string {
-	b, _ := json.Marshal(s)
-	return string(b)
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c > 0x7e || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' {
+			b, _ := json.Marshal(s)
+			return string(b)
+		}
+	}
+	return `"` + s + `"`
 }
 
 // KeySet is a JWK Set: the payload of a Tang advertisement.

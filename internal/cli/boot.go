@@ -12,7 +12,6 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
-	"regexp"
 	"strings"
 	"syscall"
 	"time"
@@ -227,7 +226,7 @@ func init() {
 				}
 				n := *name
 				if n == "" {
-					n = "tether-run-" + regexp.MustCompile(`[^A-Za-z0-9_.-]`).ReplaceAllString(filepath.Base(*dev), "_")
+					n = "tether-run-" + unitSafe(filepath.Base(*dev))
 				}
 				sigs := make(chan os.Signal, 4)
 				signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
@@ -459,3 +458,14 @@ unlocked (the message says which).
 Example:
   $ tether luks run -d /dev/disk/by-label/offsite --mount /mnt/offsite -- rsync -a /srv/ /mnt/offsite/
 `
+
+// unitSafe replaces every character outside [A-Za-z0-9_.-] with "_", so
+// that s can be part of a unit name.
+func unitSafe(s string) string {
+	return strings.Map(func(r rune) rune {
+		if 'a' <= r && r <= 'z' || 'A' <= r && r <= 'Z' || '0' <= r && r <= '9' || r == '_' || r == '.' || r == '-' {
+			return r
+		}
+		return '_'
+	}, s)
+}
