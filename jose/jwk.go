@@ -175,9 +175,12 @@ type KeySet struct {
 
 // ParseKeySet parses and validates a JWK Set.
 func ParseKeySet(data []byte) (*KeySet, error) {
-	var ks KeySet
-	if err := json.Unmarshal(data, &ks); err != nil {
-		return nil, fmt.Errorf("parse key set: %w", err)
+	ks, ok := DecodeKeySet(data)
+	if !ok {
+		ks = new(KeySet)
+		if err := json.Unmarshal(data, ks); err != nil {
+			return nil, fmt.Errorf("parse key set: %w", err)
+		}
 	}
 	if ks.Keys == nil {
 		return nil, errors.New("parse key set: no \"keys\" array")
@@ -190,7 +193,7 @@ func ParseKeySet(data []byte) (*KeySet, error) {
 			return nil, fmt.Errorf("parse key set: key %d: %w", i, err)
 		}
 	}
-	return &ks, nil
+	return ks, nil
 }
 
 // WithOp returns the keys of the set that list op in key_ops, in order.
