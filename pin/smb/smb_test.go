@@ -149,3 +149,15 @@ func TestHelperHonoursTimeout(t *testing.T) {
 		t.Fatalf("took %v with a 1s timeout", d)
 	}
 }
+
+// TestHelperUsage: run by hand, tether-smb explains itself instead of
+// waiting on stdin.
+func TestHelperUsage(t *testing.T) {
+	helper := filepath.Join(filepath.Dir(testenv.TetherBin(t)), "tether-smb")
+	for arg, code := range map[string]int{"--help": 0, "bogus": 2} {
+		out, errOut, c := testenv.Run(t, nil, helper, arg)
+		if c != code || len(out) != 0 || !strings.Contains(string(errOut), "Usage: tether-smb") {
+			t.Errorf("tether-smb %s: exit %d, stdout %q, stderr %q", arg, c, out, errOut)
+		}
+	}
+}
