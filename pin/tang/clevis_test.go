@@ -40,4 +40,3 @@ func FuzzParseClevis(f *testing.F) {
 		}
 	})
 }
-
