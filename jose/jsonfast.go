@@ -61,12 +61,8 @@ func decodeObject(data []byte, names []string, set func(i int, raw []byte) bool)
 			}
 			seen |= 1 << field
 		}
-		switch p.next() {
-		case ',':
-		case '}':
-			return p.end()
-		default:
-			return false
+		if more, ok := p.sep('}'); !more {
+			return ok
 		}
 	}
 }
@@ -147,14 +143,23 @@ func decodeArray(data []byte, f func(raw []byte) bool) bool {
 		if !ok || !f(raw) {
 			return false
 		}
-		switch p.next() {
-		case ',':
-		case ']':
-			return p.end()
-		default:
-			return false
+		if more, ok := p.sep(']'); !more {
+			return ok
 		}
 	}
+}
+
+// sep reads what follows a member or an element: "," when more follow,
+// or the closing byte of the outermost container, after which only space
+// may be left (ok).
+func (p *jwkScanner) sep(close byte) (more, ok bool) {
+	switch p.next() {
+	case ',':
+		return true, true
+	case close:
+		return false, p.end()
+	}
+	return false, false
 }
 
 // value returns the next JSON value's bytes, without surrounding space.

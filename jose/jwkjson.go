@@ -69,12 +69,8 @@ func parseJWKFast(data []byte, k *JWK) bool {
 		} else if !p.strArray(&k.KeyOps) {
 			return false
 		}
-		switch p.next() {
-		case ',':
-		case '}':
-			return p.end()
-		default:
-			return false
+		if more, ok := p.sep('}'); !more {
+			return ok
 		}
 	}
 }
