@@ -27,6 +27,9 @@ func DecodeObject(data []byte, names []string, set func(i int, raw []byte) bool)
 
 // decodeObject is DecodeObject for data known to be valid JSON.
 func decodeObject(data []byte, names []string, set func(i int, raw []byte) bool) bool {
+	if len(names) > 32 { // seen has 32 bits
+		return false
+	}
 	p := jwkScanner{data: data}
 	if !p.byte('{') {
 		return false
