@@ -95,8 +95,23 @@ echo secret | "$T" encrypt tang "{\"url\":\"$TETHER\"}" -y > "$work/t2.jwe"
 for k in "$work"/tang/*.jwk; do jq -e '.key_ops | index("deriveKey")' "$k" >/dev/null && xkey=$k; done
 jose jwk pub -i "$xkey" | jq -c '{kty, crv, x, y, alg: "ECMR"}' > "$work/x.jwk"
 "$work/floor" "127.0.0.1:$tport" "/rec/$(jose jwk thp -i "$xkey")" "$work/x.jwk" >/dev/null
-"$work/alternate" -n 40 -in "$work/t.jwe" "$T decrypt" "clevis decrypt" \
-  "$work/floor 127.0.0.1:$tport /rec/$(jose jwk thp -i "$xkey") $work/x.jwk" > "$work/dec1.json"
+# Against tangd the ratio sits close to its target and moves with the machine's state from
+# batch to batch, so there are DECBATCHES batches: the table shows the one with the median
+# ratio, and the text lists every batch's ratio.
+DECBATCHES=${DECBATCHES:-3}
+dec_runs=()
+for b in $(seq "$DECBATCHES"); do
+  "$work/alternate" -n 40 -in "$work/t.jwe" "$T decrypt" "clevis decrypt" \
+    "$work/floor 127.0.0.1:$tport /rec/$(jose jwk thp -i "$xkey") $work/x.jwk" > "$work/dec1-$b.json"
+  dec_runs+=("$(jq -r '.[0].median_ms / .[1].median_ms' "$work/dec1-$b.json") $b")
+done
+mid=$(printf '%s\n' "${dec_runs[@]}" | sort -g | awk -v n="$DECBATCHES" 'NR == int((n + 1) / 2) {print $2}')
+cp "$work/dec1-$mid.json" "$work/dec1.json"
+batch_ratios() { # column: 0 tether, 2 floor; each batch's ratio to clevis, in batch order
+  for b in $(seq "$DECBATCHES"); do ratio "$(jq ".[$1].median_ms" "$work/dec1-$b.json")" "$(jq '.[1].median_ms' "$work/dec1-$b.json")"; done | paste -sd, | sed 's/,/, /g'
+}
+dec_batches=$(batch_ratios 0); floor_batches=$(batch_ratios 2)
+echo "decrypt against tangd, ratio to clevis per batch: $dec_batches (floor: $floor_batches)" >&2
 "$work/alternate" -n 40 -in "$work/t2.jwe" "$T decrypt" "clevis decrypt" > "$work/dec2.json"
 tdec=$(jq '.[0].median_ms' "$work/dec1.json"); cdec=$(jq '.[1].median_ms' "$work/dec1.json")
 fdec=$(jq '.[2].median_ms' "$work/dec1.json")
@@ -227,9 +242,12 @@ last success after $(printf %.2f "${R[storm.tether.secs]}") s.
 
 | | clevis | tether | ratio (tether/clevis) | target |
 |---|---|---|---|---|
-| decrypt, tang pin, server tangd, median of 40 alternating runs (\`bench/alternate\`) | $(printf %.1f "$cdec") ms | $(printf %.1f "$tdec") ms | **$dec_ratio** | ≤ 0.1 |
+| decrypt, tang pin, server tangd, medians of 40 alternating runs (\`bench/alternate\`), the batch with the median ratio of $DECBATCHES | $(printf %.1f "$cdec") ms | $(printf %.1f "$tdec") ms | **$dec_ratio** | ≤ 0.1 |
 | decrypt, tang pin, server tether, median of 40 alternating runs (\`bench/alternate\`) | $(printf %.1f "$cdec2") ms | $(printf %.1f "$tdec2") ms | **$dec_ratio2** | ≤ 0.1 |
 | unlock path of a bound volume (default argon2id image; clevis: \`clevis luks pass\` + \`cryptsetup open\` without a keyslot; tether: \`luks unlock --test\`), median | $(printf %.0f "$cluks") ms | $(printf %.0f "$tluks") ms | **$luks_ratio** | ≤ 0.1 |
+
+Against tangd, the ratio of each of the $DECBATCHES batches, in order: $dec_batches (the floor below:
+$floor_batches). It moves with the machine's state from batch to batch by a few thousandths.
 
 Where the time goes: one /rec on a new connection, one client (tangload, p50), takes tangd
 ${R[tangd.one.p50]} ms by itself — it starts a tangd process per connection, as its systemd socket
