@@ -108,7 +108,7 @@ done
 mid=$(printf '%s\n' "${dec_runs[@]}" | sort -g | awk -v n="$DECBATCHES" 'NR == int((n + 1) / 2) {print $2}')
 cp "$work/dec1-$mid.json" "$work/dec1.json"
 batch_ratios() { # column: 0 tether, 2 floor; each batch's ratio to clevis, in batch order
-  for b in $(seq "$DECBATCHES"); do ratio "$(jq ".[$1].median_ms" "$work/dec1-$b.json")" "$(jq '.[1].median_ms' "$work/dec1-$b.json")"; done | paste -sd, | sed 's/,/, /g'
+  for b in $(seq "$DECBATCHES"); do echo "$(ratio "$(jq ".[$1].median_ms" "$work/dec1-$b.json")" "$(jq '.[1].median_ms' "$work/dec1-$b.json")")"; done | paste -sd, | sed 's/,/, /g'
 }
 dec_batches=$(batch_ratios 0); floor_batches=$(batch_ratios 2)
 echo "decrypt against tangd, ratio to clevis per batch: $dec_batches (floor: $floor_batches)" >&2
