@@ -1,13 +1,13 @@
 package jose
 
 import (
-	"crypto/sha1"
-	"crypto/sha256"
-	"crypto/sha512"
+	"crypto"
+	_ "crypto/sha1" // registers the hashes of thumbprintHashes
+	_ "crypto/sha256"
+	_ "crypto/sha512"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"hash"
 	"slices"
 )
 
@@ -85,13 +85,13 @@ func (k *JWK) Public() *JWK {
 // Thumbprint hash names, as jose(1) and Tang name them.
 var thumbprintHashes = []struct {
 	name string
-	new  func() hash.Hash
+	hash crypto.Hash
 }{
-	{"S1", sha1.New},
-	{"S224", sha256.New224},
-	{"S256", sha256.New},
-	{"S384", sha512.New384},
-	{"S512", sha512.New},
+	{"S1", crypto.SHA1},
+	{"S224", crypto.SHA224},
+	{"S256", crypto.SHA256},
+	{"S384", crypto.SHA384},
+	{"S512", crypto.SHA512},
 }
 
 // ThumbprintAlgs lists the thumbprint hashes Tang accepts as key IDs.
@@ -105,7 +105,7 @@ func (k *JWK) Thumbprint(alg string) (string, error) {
 	}
 	for _, h := range thumbprintHashes {
 		if h.name == alg {
-			d := h.new()
+			d := h.hash.New()
 			d.Write(k.thumbprintInput())
 			return B64.EncodeToString(d.Sum(nil)), nil
 		}
@@ -132,25 +132,19 @@ func (k *JWK) Thumbprints() []string {
 }
 
 // MatchesThumbprint reports whether tp is a thumbprint of k under any of the
-// hashes Tang accepts. Only the hash whose digest has tp's length is
-// computed.
+// hashes Tang accepts. The digests' lengths all differ, so only the hash
+// whose digest has tp's length is computed.
 func (k *JWK) MatchesThumbprint(tp string) bool {
 	if k.Kty != "EC" {
 		return false
 	}
-	var in []byte
 	for _, h := range thumbprintHashes {
-		d := h.new()
-		if B64.EncodedLen(d.Size()) != len(tp) {
+		if B64.EncodedLen(h.hash.Size()) != len(tp) {
 			continue
 		}
-		if in == nil {
-			in = k.thumbprintInput()
-		}
-		d.Write(in)
-		if B64.EncodeToString(d.Sum(nil)) == tp {
-			return true
-		}
+		d := h.hash.New()
+		d.Write(k.thumbprintInput())
+		return B64.EncodeToString(d.Sum(nil)) == tp
 	}
 	return false
 }
