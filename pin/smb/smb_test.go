@@ -67,7 +67,7 @@ func TestAgainstSmbd(t *testing.T) {
 	})
 	t.Run("missing file", func(t *testing.T) {
 		_, err := pin.Encrypt(ctx, "smb", config(t, s, "nope.key", s.Password), []byte("x"), opts)
-		if err == nil || !strings.Contains(err.Error(), "does not exist") {
+		if err == nil || !strings.Contains(err.Error(), "does not exist") || !strings.Contains(err.Error(), `\\127.0.0.1\`+s.Share+`\nope.key`) {
 			t.Fatalf("got %v", err)
 		}
 	})

@@ -76,7 +76,11 @@ const (
 // Read returns the contents of the file r names, at most smb.MaxMaterial
 // bytes. Errors are one line a person can act on.
 func Read(ctx context.Context, r *smb.Request) ([]byte, error) {
-	where := `\\` + r.Addr + `\` + r.Share + `\` + r.Path
+	host, _, err := net.SplitHostPort(r.Addr)
+	if err != nil {
+		host = r.Addr
+	}
+	where := `\\` + host + `\` + r.Share + `\` + r.Path // a UNC path, as the share's users know it
 	var d net.Dialer
 	conn, err := d.DialContext(ctx, "tcp", r.Addr)
 	if err != nil {
