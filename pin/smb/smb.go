@@ -167,6 +167,9 @@ const HelperEnv = "TETHER_SMB_HELPER"
 // executable (as installed, and in the initramfs), then on PATH.
 func helperPath() (string, error) {
 	if p := os.Getenv(HelperEnv); p != "" {
+		if _, err := os.Stat(p); err != nil {
+			return "", fmt.Errorf("%s names %s: %v", HelperEnv, p, errors.Unwrap(err))
+		}
 		return p, nil
 	}
 	if exe, err := os.Executable(); err == nil {
@@ -226,10 +229,12 @@ func runHelper(ctx context.Context, req Request) ([]byte, error) {
 		if ctx.Err() != nil {
 			return nil, fmt.Errorf("SMB server %s did not answer in time", req.Addr)
 		}
+		// Retrying cannot mend a helper that does not run or does not
+		// answer as tether-smb.
 		if runErr == nil {
-			runErr = jerr
+			return nil, remote.Permanent(fmt.Errorf("%s gave no reply tether understands: is it tether-smb from this tether's build?", path))
 		}
-		return nil, fmt.Errorf("%s failed: %v%s", path, runErr, stderrLine(stderr.String()))
+		return nil, remote.Permanent(fmt.Errorf("%s failed: %v%s", path, runErr, stderrLine(stderr.String())))
 	}
 	if rep.Error != "" {
 		clear(rep.Data)

@@ -161,3 +161,18 @@ func TestHelperUsage(t *testing.T) {
 		}
 	}
 }
+
+// TestHelperNotTetherSMB: a helper that answers nothing tether reads fails
+// at once with a message saying so, not after retries.
+func TestHelperNotTetherSMB(t *testing.T) {
+	t.Setenv(smb.HelperEnv, testenv.RequireCmd(t, "true"))
+	cfg := json.RawMessage(`{"server":"127.0.0.1","share":"s","path":"k","attempts":3}`)
+	start := time.Now()
+	_, err := pin.Encrypt(context.Background(), "smb", cfg, []byte("x"), opts)
+	if err == nil || !strings.Contains(err.Error(), "gave no reply") {
+		t.Fatalf("got %v", err)
+	}
+	if d := time.Since(start); d > time.Second {
+		t.Fatalf("took %v: a helper that is not tether-smb was retried", d)
+	}
+}
