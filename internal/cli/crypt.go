@@ -130,7 +130,8 @@ Pins:
   https  the key is derived from material fetched from an HTTPS URL.
          CONFIG: {"url":URL, "pin_sha256":PIN | "ca_file":FILE,
                   "cert_file":FILE, "key_file":FILE, "token_file":FILE}
-  smb    the key is derived from a key file on an SMB2/3 share.
+  smb    the key is derived from a key file on an SMB2/3 share, read
+         through the tether-smb helper (installed next to tether).
          CONFIG: {"server":HOST, "share":NAME, "path":FILE, "user":USER,
                   "password_file":FILE}
          https and smb take "protect":{"pin":..,"config":..} to encrypt
