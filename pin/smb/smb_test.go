@@ -117,21 +117,6 @@ func TestConfigErrors(t *testing.T) {
 	}
 }
 
-// TestHelperMissing: without tether-smb the pin says what is missing, at
-// once (no retries), instead of a bare exec error.
-func TestHelperMissing(t *testing.T) {
-	t.Setenv(smb.HelperEnv, filepath.Join(t.TempDir(), "tether-smb"))
-	cfg := json.RawMessage(`{"server":"127.0.0.1","share":"s","path":"k","attempts":3}`)
-	start := time.Now()
-	_, err := pin.Encrypt(context.Background(), "smb", cfg, []byte("x"), opts)
-	if err == nil || !strings.Contains(err.Error(), "tether-smb") {
-		t.Fatalf("got %v", err)
-	}
-	if d := time.Since(start); d > time.Second {
-		t.Fatalf("took %v: a missing helper was retried", d)
-	}
-}
-
 // TestHelperHonoursTimeout: a share that accepts but never answers fails
 // within the per-attempt timeout, through the helper, with a message that
 // says so.
@@ -162,17 +147,23 @@ func TestHelperUsage(t *testing.T) {
 	}
 }
 
-// TestHelperNotTetherSMB: a helper that answers nothing tether reads fails
-// at once with a message saying so, not after retries.
-func TestHelperNotTetherSMB(t *testing.T) {
-	t.Setenv(smb.HelperEnv, testenv.RequireCmd(t, "true"))
-	cfg := json.RawMessage(`{"server":"127.0.0.1","share":"s","path":"k","attempts":3}`)
-	start := time.Now()
-	_, err := pin.Encrypt(context.Background(), "smb", cfg, []byte("x"), opts)
-	if err == nil || !strings.Contains(err.Error(), "gave no reply") {
-		t.Fatalf("got %v", err)
-	}
-	if d := time.Since(start); d > time.Second {
-		t.Fatalf("took %v: a helper that is not tether-smb was retried", d)
+// TestHelperFailsAtOnce: without tether-smb, or with a helper that answers
+// nothing tether reads, the pin says what is wrong at once (no retries)
+// instead of a bare exec or JSON error.
+func TestHelperFailsAtOnce(t *testing.T) {
+	for helper, want := range map[string]string{
+		filepath.Join(t.TempDir(), "tether-smb"): "tether-smb",
+		testenv.RequireCmd(t, "true"):            "gave no reply",
+	} {
+		t.Setenv(smb.HelperEnv, helper)
+		cfg := json.RawMessage(`{"server":"127.0.0.1","share":"s","path":"k","attempts":3}`)
+		start := time.Now()
+		_, err := pin.Encrypt(context.Background(), "smb", cfg, []byte("x"), opts)
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Fatalf("helper %s: got %v, want %q", helper, err, want)
+		}
+		if d := time.Since(start); d > time.Second {
+			t.Fatalf("helper %s: took %v: it was retried", helper, d)
+		}
 	}
 }
