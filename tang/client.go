@@ -15,6 +15,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/tether-nbde/tether/internal/earlydial"
 	"github.com/tether-nbde/tether/jose"
 )
 
@@ -101,27 +102,28 @@ func (c *Client) Recover(ctx context.Context, base, kid string, epk, s *jose.JWK
 // The connection is made on the calling goroutine: a goroutine started to
 // dial waits for a free thread while this one computes, which in a fresh
 // process (tether decrypt) delays the connection by the whole blinding.
+// Sooner still, tether decrypt's init may have started the connection
+// before main ran (internal/earlydial): then that one is used.
 func recoverDirect(ctx context.Context, u *url.URL, base string, epk, s *jose.JWK) ([]byte, error) {
 	addr := u.Host
 	if u.Port() == "" {
 		addr = net.JoinHostPort(u.Hostname(), "80")
 	}
-	conn, err := dialer.DialContext(ctx, "tcp", addr)
-	if err != nil {
-		return nil, describeNetError(ctx, base, err)
+	early := earlyConn(addr)
+	conn := early
+	if conn == nil {
+		c, err := dialer.DialContext(ctx, "tcp", addr)
+		if err != nil {
+			return nil, describeNetError(ctx, base, err)
+		}
+		conn = c
 	}
-	defer conn.Close()
+	unwatch := watch(ctx, conn)
+	defer func() { unwatch(); conn.Close() }()
 	r, err := NewRecovery(epk, s)
 	if err != nil {
 		return nil, err
 	}
-	// The context's deadline and cancellation reach the blocking reads and
-	// writes through the connection's deadline.
-	if dl, ok := ctx.Deadline(); ok {
-		conn.SetDeadline(dl)
-	}
-	stop := context.AfterFunc(ctx, func() { conn.SetDeadline(time.Unix(1, 0)) })
-	defer stop()
 
 	body, _ := json.Marshal(r.Request)
 	req := make([]byte, 0, 256+len(body))
@@ -133,7 +135,20 @@ func recoverDirect(ctx context.Context, u *url.URL, base string, epk, s *jose.JW
 	req = strconv.AppendInt(req, int64(len(body)), 10)
 	req = append(req, "\r\nConnection: close\r\n\r\n"...)
 	req = append(req, body...)
-	if _, err := conn.Write(req); err != nil {
+	_, err = conn.Write(req)
+	if err != nil && early != nil && ctx.Err() == nil {
+		// The early connect failed, and this write is the first to hear of
+		// it: dial as if it had never been made, for the usual outcome.
+		var c net.Conn
+		if c, err = dialer.DialContext(ctx, "tcp", addr); err != nil {
+			return nil, describeNetError(ctx, base, err)
+		}
+		unwatch()
+		conn.Close()
+		conn, unwatch = c, watch(ctx, c)
+		_, err = conn.Write(req)
+	}
+	if err != nil {
 		return nil, describeNetError(ctx, base, err)
 	}
 	_ = r.precompute() // an error here comes back from Finish
@@ -150,6 +165,31 @@ func recoverDirect(ctx context.Context, u *url.URL, base string, epk, s *jose.JW
 		return nil, &ServerError{URL: base, Code: resp.StatusCode}
 	}
 	return finish(r, reply, base)
+}
+
+// watch makes ctx's deadline and cancellation reach conn's blocking reads
+// and writes, through the connection's deadline, until the returned
+// function is called.
+func watch(ctx context.Context, conn net.Conn) (unwatch func() bool) {
+	if dl, ok := ctx.Deadline(); ok {
+		conn.SetDeadline(dl)
+	}
+	return context.AfterFunc(ctx, func() { conn.SetDeadline(time.Unix(1, 0)) })
+}
+
+// earlyConn returns the connection to addr that tether decrypt started
+// before main (internal/earlydial), or nil.
+func earlyConn(addr string) net.Conn {
+	f := earlydial.Take(addr)
+	if f == nil {
+		return nil
+	}
+	defer f.Close()
+	conn, err := net.FileConn(f)
+	if err != nil {
+		return nil
+	}
+	return conn
 }
 
 // finish parses the server's reply to /rec and unblinds it.
