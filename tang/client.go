@@ -109,17 +109,24 @@ func recoverDirect(ctx context.Context, u *url.URL, base string, epk, s *jose.JW
 	if u.Port() == "" {
 		addr = net.JoinHostPort(u.Hostname(), "80")
 	}
-	early := earlyConn(addr)
-	conn := early
-	if conn == nil {
+	conn := earlyConn(addr)
+	early := conn != nil
+	if !early {
 		c, err := dialer.DialContext(ctx, "tcp", addr)
 		if err != nil {
 			return nil, describeNetError(ctx, base, err)
 		}
 		conn = c
 	}
-	unwatch := watch(ctx, conn)
-	defer func() { unwatch(); conn.Close() }()
+	defer conn.Close()
+	// The context's deadline and cancellation reach the blocking reads and
+	// writes through the connection's deadline.
+	dl, hasDeadline := ctx.Deadline()
+	if hasDeadline {
+		conn.SetDeadline(dl)
+	}
+	stop := context.AfterFunc(ctx, func() { conn.SetDeadline(time.Unix(1, 0)) })
+	defer stop()
 	r, err := NewRecovery(epk, s)
 	if err != nil {
 		return nil, err
@@ -135,20 +142,22 @@ func recoverDirect(ctx context.Context, u *url.URL, base string, epk, s *jose.JW
 	req = strconv.AppendInt(req, int64(len(body)), 10)
 	req = append(req, "\r\nConnection: close\r\n\r\n"...)
 	req = append(req, body...)
-	_, err = conn.Write(req)
-	if err != nil && early != nil && ctx.Err() == nil {
-		// The early connect failed, and this write is the first to hear of
-		// it: dial as if it had never been made, for the usual outcome.
-		var c net.Conn
-		if c, err = dialer.DialContext(ctx, "tcp", addr); err != nil {
-			return nil, describeNetError(ctx, base, err)
+	if early {
+		// The connect started before main has no timeout of its own. This
+		// first write waits for it to finish, so it gets the dialer's.
+		if connectBy := time.Now().Add(dialer.Timeout); !hasDeadline || connectBy.Before(dl) {
+			conn.SetWriteDeadline(connectBy)
+			if ctx.Err() != nil { // canceled just before: keep the past deadline
+				conn.SetDeadline(time.Unix(1, 0))
+			}
 		}
-		unwatch()
-		conn.Close()
-		conn, unwatch = c, watch(ctx, c)
-		_, err = conn.Write(req)
 	}
-	if err != nil {
+	if _, err := conn.Write(req); err != nil {
+		var op *net.OpError
+		if early && ctx.Err() == nil && errors.As(err, &op) {
+			// The write is the first to hear that the connect failed.
+			err = &net.OpError{Op: "dial", Net: "tcp", Addr: op.Addr, Err: op.Err}
+		}
 		return nil, describeNetError(ctx, base, err)
 	}
 	_ = r.precompute() // an error here comes back from Finish
@@ -165,16 +174,6 @@ func recoverDirect(ctx context.Context, u *url.URL, base string, epk, s *jose.JW
 		return nil, &ServerError{URL: base, Code: resp.StatusCode}
 	}
 	return finish(r, reply, base)
-}
-
-// watch makes ctx's deadline and cancellation reach conn's blocking reads
-// and writes, through the connection's deadline, until the returned
-// function is called.
-func watch(ctx context.Context, conn net.Conn) (unwatch func() bool) {
-	if dl, ok := ctx.Deadline(); ok {
-		conn.SetDeadline(dl)
-	}
-	return context.AfterFunc(ctx, func() { conn.SetDeadline(time.Unix(1, 0)) })
 }
 
 // earlyConn returns the connection to addr that tether decrypt started

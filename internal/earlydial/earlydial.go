@@ -9,7 +9,7 @@
 // needed to know where to connect. So this package's init, which runs
 // before all of them (it imports nothing that needs them: keep it so,
 // TestEarlyInit checks), does the first steps of a decrypt itself when the
-// command line is exactly `tether decrypt`:
+// command line is `tether decrypt` (with at most --timeout):
 //
 //   - it reads stdin, as decrypt would (Stdin hands the bytes to decrypt);
 //   - if the JWE's protected header is a tang pin whose server URL names an
@@ -49,9 +49,28 @@ var (
 )
 
 func init() {
-	if len(os.Args) == 2 && os.Args[1] == "decrypt" {
+	if isDecrypt(os.Args[1:]) {
 		start(os.Stdin)
 	}
+}
+
+// isDecrypt reports whether args (without the program name) are a decrypt
+// command that reads stdin: "decrypt", optionally with --timeout D. Any
+// other argument (--help, a mistake) may stop decrypt before it reads, so
+// init leaves stdin alone.
+func isDecrypt(args []string) bool {
+	if len(args) == 0 || args[0] != "decrypt" {
+		return false
+	}
+	switch args = args[1:]; len(args) {
+	case 0:
+		return true
+	case 1:
+		return hasPrefix(args[0], "--timeout=") || hasPrefix(args[0], "-timeout=")
+	case 2:
+		return args[0] == "--timeout" || args[0] == "-timeout"
+	}
+	return false
 }
 
 // start reads stdin (unless it is a terminal, which decrypt refuses with
@@ -115,7 +134,8 @@ func connect(ip [4]byte, port int) int {
 
 // tangServer finds the server of a tang-pin JWE: the "url" in its
 // protected header's clevis member, when that member is exactly
-// {"pin":"tang","tang":{...}} and the header holds one "url". It returns
+// {"pin":"tang","tang":{...}} and the header holds one "url" (in any case)
+// and no escape. It returns
 // the URL's host with an explicit port, and the address to connect to; ok
 // is false for anything else — including a host that is not an IPv4
 // address, which would need the resolver.
@@ -133,6 +153,17 @@ func tangServer(jwe []byte) (hostport string, ip [4]byte, port int, ok bool) {
 		return "", ip, 0, false
 	}
 	hdr = hdr[:n]
+	// JSON escapes, and member names in another case (which encoding/json
+	// matches too), could make the decrypt read another URL than this
+	// finds: none in tether's or clevis's headers, so none here.
+	for j, c := range hdr {
+		if c == '\\' {
+			return "", ip, 0, false
+		}
+		if 'A' <= c && c <= 'Z' {
+			hdr[j] = c + 'a' - 'A'
+		}
+	}
 	const pinTang, url, httpURL = `"clevis":{"pin":"tang","tang":{`, `"url":`, `"url":"http://`
 	i, u := index(hdr, pinTang), index(hdr, url)
 	if i < 0 || u < i || index(hdr[u+1:], url) >= 0 || index(hdr[u:], httpURL) != 0 {
@@ -202,6 +233,10 @@ func number(s []byte, max int) (int, bool) {
 		}
 	}
 	return v, true
+}
+
+func hasPrefix(s, prefix string) bool {
+	return len(s) >= len(prefix) && s[:len(prefix)] == prefix
 }
 
 // index is bytes.Index, which this package does without: see the package

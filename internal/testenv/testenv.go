@@ -278,6 +278,39 @@ func ClosedPort(t testing.TB) string {
 	return fmt.Sprintf("http://127.0.0.1:%d", sa.(*syscall.SockaddrInet4).Port)
 }
 
+// HostDown returns a URL on loopback where a connect never completes, as
+// for a machine that is powered off: a listener whose accept queue (of
+// one) is full, so that the kernel drops every further SYN.
+func HostDown(t testing.TB) string {
+	t.Helper()
+	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { syscall.Close(fd) })
+	if err := syscall.Bind(fd, &syscall.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Listen(fd, 0); err != nil {
+		t.Fatal(err)
+	}
+	sa, err := syscall.Getsockname(fd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := fmt.Sprintf("127.0.0.1:%d", sa.(*syscall.SockaddrInet4).Port)
+	filler, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { filler.Close() })
+	if c, err := net.DialTimeout("tcp", addr, 200*time.Millisecond); err == nil {
+		c.Close()
+		t.Fatal("HostDown: the kernel accepted a connection over a full queue")
+	}
+	return "http://" + addr
+}
+
 // Run runs a command with stdin and returns stdout, stderr and the exit
 // code. It fails the test only if the command could not be started.
 func Run(t testing.TB, stdin []byte, name string, args ...string) (stdout, stderr []byte, code int) {

@@ -139,10 +139,12 @@ func TestErrorPaths(t *testing.T) {
 	srv := startTether(t, "", "")
 	closed := testenv.ClosedPort(t)
 	hole := testenv.Blackhole(t)
+	down := testenv.HostDown(t)
 	good := mustTether(t, secret, "encrypt", "tang", cfg(map[string]string{"url": srv.URL, "thp": "any"}))
 	adv := saveAdv(t, srv.URL)
 	toClosed := mustTether(t, secret, "encrypt", "tang", cfg(map[string]string{"url": closed, "adv": adv}))
 	toHole := mustTether(t, secret, "encrypt", "tang", cfg(map[string]string{"url": hole, "adv": adv}))
+	toDown := mustTether(t, secret, "encrypt", "tang", cfg(map[string]string{"url": down, "adv": adv}))
 	// Tamper with the ciphertext (fourth part) of a good JWE.
 	parts := strings.Split(string(good), ".")
 	ct := []byte(parts[3])
@@ -167,6 +169,9 @@ func TestErrorPaths(t *testing.T) {
 		{"encrypt silent", secret, []string{"encrypt", "tang", cfg(map[string]string{"url": hole}), "-y", "--timeout", "1s"}, "did not answer", 20 * time.Second},
 		{"decrypt unreachable", toClosed, []string{"decrypt"}, "unreachable", 0},
 		{"decrypt silent", toHole, []string{"decrypt", "--timeout", "1s"}, "did not answer", 20 * time.Second},
+		// The connect starts during init, with no timeout of its own: the
+		// dialer's 5 s still bounds it, before the pin's 10 s.
+		{"decrypt host down", toDown, []string{"decrypt"}, "unreachable", 8 * time.Second},
 		{"wrong thp", secret, []string{"encrypt", "tang", cfg(map[string]string{"url": srv.URL, "thp": "nope"})}, "nope", 0},
 		{"tampered ciphertext", tampered, []string{"decrypt"}, "tampered", 0},
 		{"tampered header", hdrTampered, []string{"decrypt"}, "tampered", 0},
@@ -191,7 +196,7 @@ func TestErrorPaths(t *testing.T) {
 				t.Errorf("error line does not mention %q: %s", tc.want, line)
 			}
 			if tc.maxD > 0 && time.Since(start) > tc.maxD {
-				t.Errorf("took %v with --timeout 1s", time.Since(start))
+				t.Errorf("took %v, more than %v", time.Since(start), tc.maxD)
 			}
 		})
 	}
