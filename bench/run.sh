@@ -261,9 +261,11 @@ $(printf %.1f "$tdec") ms; the clients' own time (median wall time minus the ser
 
 The floor for any Go client against tangd: \`bench/floor\`, a static Go program that only connects,
 sends a prepared /rec and reads the reply (no JWE, no blinding, no decryption), timed in the same
-alternating runs, takes $(printf %.1f "$fdec") ms, **$floor_ratio** of \`clevis decrypt\`; \`tether decrypt\` spends
-$(own "$tdec" "$fdec") ms more than that for reading and parsing the JWE, blinding, unblinding, decrypting, and starting
-and exiting a larger program.
+alternating runs, takes $(printf %.1f "$fdec") ms, **$floor_ratio** of \`clevis decrypt\`. \`tether decrypt\` connects during
+its package initialisation (\`internal/earlydial\`), so reading and checking the JWE, blinding and the rest of its
+start overlap tangd's; it spends $(own "$tdec" "$fdec") ms more than the floor in reaching its connect later (a larger
+program's runtime start and first package inits), unblinding and decrypting after the reply, and exiting a larger
+program (docs/DESIGN.md, "Client latency").
 
 sss t=1 of 3 with the first server blackholed (accepts, never answers): decrypted in $sss_ms ms (target ≤ 2000 ms).
 
