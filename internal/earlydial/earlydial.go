@@ -155,10 +155,9 @@ func connect(ip [4]byte, port int) int {
 // tangServer finds the server of a tang-pin JWE: the "url" in its
 // protected header's clevis member, when that member is exactly
 // {"pin":"tang","tang":{...}} and the header holds one "url" (in any case)
-// and no escape. It returns
-// the URL's host with an explicit port, and the address to connect to; ok
-// is false for anything else — including a host that is not an IPv4
-// address, which would need the resolver.
+// and no escape. It returns the URL's host with an explicit port, and the
+// address to connect to; ok is false for anything else — including a host
+// that is not an IPv4 address, which would need the resolver.
 func tangServer(jwe []byte) (hostport string, ip [4]byte, port int, ok bool) {
 	end := 0
 	for end < len(jwe) && jwe[end] != '.' {
@@ -255,15 +254,17 @@ func number(s []byte, max int) (int, bool) {
 	return v, true
 }
 
+// hasPrefix is strings.HasPrefix, which this package does without: see
+// the package comment.
 func hasPrefix(s, prefix string) bool {
 	return len(s) >= len(prefix) && s[:len(prefix)] == prefix
 }
 
-// index is bytes.Index, which this package does without: see the package
-// comment.
+// index is bytes.Index for a sub that is not empty, which this package
+// does without: see the package comment.
 func index(s []byte, sub string) int {
 	for i := 0; i+len(sub) <= len(s); i++ {
-		if string(s[i:i+len(sub)]) == sub {
+		if s[i] == sub[0] && string(s[i:i+len(sub)]) == sub {
 			return i
 		}
 	}
