@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -155,8 +156,14 @@ func recoverDirect(ctx context.Context, u *url.URL, base string, epk, s *jose.JW
 	if _, err := conn.Write(req); err != nil {
 		var op *net.OpError
 		if early && ctx.Err() == nil && errors.As(err, &op) {
-			// The write is the first to hear that the connect failed.
-			err = &net.OpError{Op: "dial", Net: "tcp", Addr: op.Addr, Err: op.Err}
+			// The write is the first to hear that the connect failed: say
+			// so as a failed dial would ("connect: connection refused").
+			cause := op.Err
+			var se *os.SyscallError
+			if errors.As(cause, &se) {
+				cause = &os.SyscallError{Syscall: "connect", Err: se.Err}
+			}
+			err = &net.OpError{Op: "dial", Net: "tcp", Addr: op.Addr, Err: cause}
 		}
 		return nil, describeNetError(ctx, base, err)
 	}

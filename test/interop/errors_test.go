@@ -167,7 +167,7 @@ func TestErrorPaths(t *testing.T) {
 	}{
 		{"encrypt unreachable", secret, []string{"encrypt", "tang", cfg(map[string]string{"url": closed}), "-y"}, "unreachable", 0},
 		{"encrypt silent", secret, []string{"encrypt", "tang", cfg(map[string]string{"url": hole}), "-y", "--timeout", "1s"}, "did not answer", 20 * time.Second},
-		{"decrypt unreachable", toClosed, []string{"decrypt"}, "unreachable", 0},
+		{"decrypt unreachable", toClosed, []string{"decrypt"}, "unreachable: connect: connection refused", 0},
 		{"decrypt silent", toHole, []string{"decrypt", "--timeout", "1s"}, "did not answer", 20 * time.Second},
 		// The connect starts during init, with no timeout of its own: the
 		// dialer's 5 s still bounds it, before the pin's 10 s.
