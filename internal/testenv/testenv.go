@@ -61,14 +61,33 @@ var (
 	buildOnce sync.Once
 	binPath   string
 	buildErr  error
+	inMain    bool // Main is running the tests
 )
 
+// Main runs a package's tests, then removes the binaries TetherBin built
+// for them. Every package whose tests call TetherBin runs its tests
+// through it:
+//
+//	func TestMain(m *testing.M) { testenv.Main(m) }
+func Main(m *testing.M) {
+	inMain = true
+	code := m.Run()
+	if binPath != "" {
+		os.RemoveAll(filepath.Dir(binPath))
+	}
+	os.Exit(code)
+}
+
 // TetherBin builds the tether, tether-server and tether-smb binaries once
-// per test process, into one directory, and returns tether's path. They are built as
+// per test process, into one temporary directory that Main removes, and
+// returns tether's path. They are built as
 // they ship: without cgo, static binaries that start faster and run in any
 // initramfs.
 func TetherBin(t testing.TB) string {
 	t.Helper()
+	if !inMain {
+		t.Fatal("testenv.TetherBin: run the package's tests through testenv.Main (func TestMain(m *testing.M) { testenv.Main(m) }), which removes the binaries afterwards")
+	}
 	buildOnce.Do(func() {
 		dir, err := os.MkdirTemp("", "tether-bin")
 		if err != nil {
