@@ -170,8 +170,8 @@ func TestErrorPaths(t *testing.T) {
 		{"decrypt unreachable", toClosed, []string{"decrypt"}, "unreachable: connect: connection refused", 0},
 		{"decrypt silent", toHole, []string{"decrypt", "--timeout", "1s"}, "did not answer", 20 * time.Second},
 		// The connect starts during init, with no timeout of its own: the
-		// dialer's 5 s still bounds it, before the pin's 10 s.
-		{"decrypt host down", toDown, []string{"decrypt"}, "unreachable", 8 * time.Second},
+		// dialer's 5 s must still bound it, well before the pin's 60 s.
+		{"decrypt host down", toDown, []string{"decrypt", "--timeout", "60s"}, "unreachable", 30 * time.Second},
 		{"wrong thp", secret, []string{"encrypt", "tang", cfg(map[string]string{"url": srv.URL, "thp": "nope"})}, "nope", 0},
 		{"tampered ciphertext", tampered, []string{"decrypt"}, "tampered", 0},
 		{"tampered header", hdrTampered, []string{"decrypt"}, "tampered", 0},
