@@ -143,6 +143,8 @@ func TestErrorPaths(t *testing.T) {
 	good := mustTether(t, secret, "encrypt", "tang", cfg(map[string]string{"url": srv.URL, "thp": "any"}))
 	adv := saveAdv(t, srv.URL)
 	toClosed := mustTether(t, secret, "encrypt", "tang", cfg(map[string]string{"url": closed, "adv": adv}))
+	// By name: no connection during init (internal/earlydial), the dial in main.
+	toClosedByName := mustTether(t, secret, "encrypt", "tang", cfg(map[string]string{"url": strings.Replace(closed, "127.0.0.1", "localhost", 1), "adv": adv}))
 	toHole := mustTether(t, secret, "encrypt", "tang", cfg(map[string]string{"url": hole, "adv": adv}))
 	toDown := mustTether(t, secret, "encrypt", "tang", cfg(map[string]string{"url": down, "adv": adv}))
 	// Tamper with the ciphertext (fourth part) of a good JWE.
@@ -168,6 +170,7 @@ func TestErrorPaths(t *testing.T) {
 		{"encrypt unreachable", secret, []string{"encrypt", "tang", cfg(map[string]string{"url": closed}), "-y"}, "unreachable", 0},
 		{"encrypt silent", secret, []string{"encrypt", "tang", cfg(map[string]string{"url": hole}), "-y", "--timeout", "1s"}, "did not answer", 20 * time.Second},
 		{"decrypt unreachable", toClosed, []string{"decrypt"}, "unreachable: connect: connection refused", 0},
+		{"decrypt unreachable by name", toClosedByName, []string{"decrypt"}, "unreachable: connect: connection refused", 0},
 		{"decrypt silent", toHole, []string{"decrypt", "--timeout", "1s"}, "did not answer", 20 * time.Second},
 		// The connect starts during init, with no timeout of its own: the
 		// dialer's 5 s must still bound it, well before the pin's 60 s.
