@@ -27,6 +27,7 @@ import (
 	"encoding/base64"
 	"io"
 	"os"
+	"strconv"
 	"sync"
 	"syscall"
 )
@@ -79,7 +80,7 @@ func start(stdin *os.File) {
 	if fi, err := stdin.Stat(); err != nil || fi.Mode()&os.ModeCharDevice != 0 {
 		return
 	}
-	data, err := readAll(stdin, MaxInput+1)
+	data, err := io.ReadAll(io.LimitReader(stdin, MaxInput+1))
 	input.data, input.err, input.read = data, err, true
 	if err != nil || len(data) > MaxInput {
 		return
@@ -89,26 +90,6 @@ func start(stdin *os.File) {
 		return
 	}
 	fd, addr = connect(ip, port), a
-}
-
-// readAll is io.ReadAll(io.LimitReader(f, limit)), with a first buffer
-// that holds a JWE whole: one read instead of io.ReadAll's five or so.
-func readAll(f *os.File, limit int) ([]byte, error) {
-	buf := make([]byte, 0, 16<<10)
-	for len(buf) < limit {
-		if len(buf) == cap(buf) {
-			buf = append(buf, 0)[:len(buf)] // grow
-		}
-		n, err := f.Read(buf[len(buf):min(cap(buf), limit)])
-		buf = buf[:len(buf)+n]
-		if err == io.EOF {
-			return buf, nil
-		}
-		if err != nil {
-			return buf, err
-		}
-	}
-	return buf, nil
 }
 
 // Stdin returns what init read from stdin, all of it up to MaxInput+1
@@ -200,7 +181,7 @@ func tangServer(jwe []byte) (hostport string, ip [4]byte, port int, ok bool) {
 	port = 80
 	c := index(host, ":")
 	if c >= 0 {
-		if port, ok = number(host[c+1:], 65535); !ok || port == 0 {
+		if port, ok = number(host[c+1:], 16); !ok || port == 0 {
 			return "", ip, 0, false
 		}
 		hostport = string(host)
@@ -225,7 +206,7 @@ func ipv4(s []byte) (ip [4]byte, ok bool) {
 		if (i < 3) != (end < len(s)) {
 			return ip, false
 		}
-		v, ok := number(s[:end], 255)
+		v, ok := number(s[:end], 8)
 		if !ok {
 			return ip, false
 		}
@@ -237,31 +218,23 @@ func ipv4(s []byte) (ip [4]byte, ok bool) {
 	return ip, true
 }
 
-// number parses a decimal number up to max: digits only, no leading zero.
-func number(s []byte, max int) (int, bool) {
-	if len(s) == 0 || len(s) > 1 && s[0] == '0' {
+// number parses a decimal number of at most bits bits: digits only, no
+// leading zero.
+func number(s []byte, bits int) (int, bool) {
+	if len(s) > 1 && s[0] == '0' { // ParseUint takes "080"; Go's resolver does not
 		return 0, false
 	}
-	v := 0
-	for _, c := range s {
-		if c < '0' || c > '9' {
-			return 0, false
-		}
-		if v = v*10 + int(c-'0'); v > max {
-			return 0, false
-		}
-	}
-	return v, true
+	v, err := strconv.ParseUint(string(s), 10, bits)
+	return int(v), err == nil
 }
 
-// hasPrefix is strings.HasPrefix, which this package does without: see
-// the package comment.
+// hasPrefix is strings.HasPrefix. Importing strings (or bytes) would put
+// this package's init after some 40 more packages' (TestEarlyInit).
 func hasPrefix(s, prefix string) bool {
 	return len(s) >= len(prefix) && s[:len(prefix)] == prefix
 }
 
-// index is bytes.Index for a sub that is not empty, which this package
-// does without: see the package comment.
+// index is bytes.Index for a sub that is not empty: see hasPrefix.
 func index(s []byte, sub string) int {
 	for i := 0; i+len(sub) <= len(s); i++ {
 		if s[i] == sub[0] && string(s[i:i+len(sub)]) == sub {
