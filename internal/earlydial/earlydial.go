@@ -221,7 +221,7 @@ func ipv4(s []byte) (ip [4]byte, ok bool) {
 // number parses a decimal number of at most bits bits: digits only, no
 // leading zero.
 func number(s []byte, bits int) (int, bool) {
-	if len(s) > 1 && s[0] == '0' { // ParseUint takes "080"; Go's resolver does not
+	if len(s) > 1 && s[0] == '0' { // ParseUint takes "080", Go's IPv4 parser does not
 		return 0, false
 	}
 	v, err := strconv.ParseUint(string(s), 10, bits)
