@@ -6,8 +6,6 @@ import (
 	"crypto/sha256"
 	"encoding/json"
 	"fmt"
-	"io"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -440,10 +438,10 @@ func TestUnlockSkipsArgon2(t *testing.T) {
 func TestUnlockParallel(t *testing.T) {
 	g := newRig(t)
 	img := g.image("20M")
-	px := newSwitchProxy(t, strings.TrimPrefix(g.tang.URL, "http://"))
-	g.ok([]byte(testPass), "luks", "bind", "-d", img, "-k", "-", "-y", "tang", fmt.Sprintf(`{"url":%q}`, px.url))
+	px := testenv.StartProxy(t, strings.TrimPrefix(g.tang.URL, "http://"))
+	g.ok([]byte(testPass), "luks", "bind", "-d", img, "-k", "-", "-y", "tang", fmt.Sprintf(`{"url":%q}`, px.URL))
 	g.bind(img)
-	px.silence()
+	px.Silence()
 	start := time.Now()
 	res := g.tether(nil, nil, "luks", "unlock", "-d", img, "--test", "--timeout", "5s")
 	if took := time.Since(start); res.code != 0 || took > 3*time.Second {
@@ -456,64 +454,6 @@ func TestUnlockParallel(t *testing.T) {
 	if took := time.Since(start); res.code != 1 || took > 4*time.Second || !strings.Contains(res.stderr, "no binding unlocked") {
 		t.Fatalf("unlock with a silent server only: exit %d in %v: %s", res.code, took, res.stderr)
 	}
-}
-
-// switchProxy forwards TCP connections to a target until silence is
-// called; from then on it accepts connections and never answers.
-type switchProxy struct {
-	url    string
-	mu     sync.Mutex
-	silent bool
-}
-
-func newSwitchProxy(t *testing.T, target string) *switchProxy {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &switchProxy{url: "http://" + l.Addr().String()}
-	var held []net.Conn
-	t.Cleanup(func() {
-		l.Close()
-		p.mu.Lock()
-		for _, c := range held {
-			c.Close()
-		}
-		p.mu.Unlock()
-	})
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			p.mu.Lock()
-			silent := p.silent
-			held = append(held, c)
-			p.mu.Unlock()
-			if silent {
-				continue
-			}
-			go func() {
-				u, err := net.Dial("tcp", target)
-				if err != nil {
-					c.Close()
-					return
-				}
-				go io.Copy(u, c)
-				io.Copy(c, u)
-				c.Close()
-				u.Close()
-			}()
-		}
-	}()
-	return p
-}
-
-func (p *switchProxy) silence() {
-	p.mu.Lock()
-	p.silent = true
-	p.mu.Unlock()
 }
 
 func TestListJSONUnchanged(t *testing.T) {
@@ -592,10 +532,10 @@ exec ` + real + ` "$@"
 func TestRegenServerGone(t *testing.T) {
 	g := newRig(t)
 	img := g.image("20M")
-	px := newSwitchProxy(t, strings.TrimPrefix(g.tang.URL, "http://"))
-	g.ok([]byte(testPass), "luks", "bind", "-d", img, "-k", "-", "-y", "tang", fmt.Sprintf(`{"url":%q}`, px.url))
+	px := testenv.StartProxy(t, strings.TrimPrefix(g.tang.URL, "http://"))
+	g.ok([]byte(testPass), "luks", "bind", "-d", img, "-k", "-", "-y", "tang", fmt.Sprintf(`{"url":%q}`, px.URL))
 	old := g.newestBinding(img)
-	px.silence()
+	px.Silence()
 	before := fileSum(t, img)
 	res := g.tether(nil, nil, "luks", "regen", "-d", img, "-s", strconv.Itoa(old), "--timeout", "1s")
 	if res.code == 0 || !strings.Contains(res.stderr, "-k") || fileSum(t, img) != before {

@@ -8,6 +8,7 @@ package testenv
 import (
 	"bytes"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -274,6 +275,89 @@ func Blackhole(t testing.TB) string {
 		mu.Unlock()
 	})
 	return "http://" + l.Addr().String()
+}
+
+// Proxy forwards loopback TCP connections to a server, and counts them.
+// After Silence it accepts connections and never answers: a server that
+// has hung.
+type Proxy struct {
+	URL  string // http://ADDR
+	Addr string
+
+	mu       sync.Mutex
+	silent   bool
+	accepted int
+	conns    []net.Conn
+}
+
+// StartProxy starts a Proxy to target ("host:port"), stopped when the test
+// ends.
+func StartProxy(t testing.TB, target string) *Proxy {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &Proxy{URL: "http://" + l.Addr().String(), Addr: l.Addr().String()}
+	t.Cleanup(func() {
+		l.Close()
+		p.mu.Lock()
+		for _, c := range p.conns {
+			c.Close()
+		}
+		p.mu.Unlock()
+	})
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			p.mu.Lock()
+			p.accepted++
+			p.conns = append(p.conns, c)
+			silent := p.silent
+			p.mu.Unlock()
+			if !silent {
+				go p.forward(c, target)
+			}
+		}
+	}()
+	return p
+}
+
+// forward copies c to and from a new connection to target.
+func (p *Proxy) forward(c net.Conn, target string) {
+	defer c.Close()
+	u, err := net.Dial("tcp", target)
+	if err != nil {
+		return
+	}
+	defer u.Close()
+	p.mu.Lock()
+	p.conns = append(p.conns, u)
+	p.mu.Unlock()
+	go func() {
+		io.Copy(u, c)
+		u.(*net.TCPConn).CloseWrite()
+	}()
+	io.Copy(c, u)
+}
+
+// Silence makes the proxy answer no new connection.
+func (p *Proxy) Silence() {
+	p.mu.Lock()
+	p.silent = true
+	p.mu.Unlock()
+}
+
+// Accepted returns how many connections the proxy has accepted. A client's
+// connection is accepted before the client can have its answer, so the
+// count is exact once the client has finished.
+func (p *Proxy) Accepted() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.accepted
 }
 
 // ClosedPort returns a URL on a loopback port where nothing listens. The
