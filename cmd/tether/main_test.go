@@ -6,10 +6,11 @@ import (
 	"net"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/tether-nbde/tether/internal/testenv"
 )
 
 // TestStartupDeps guards tether's start-up time. Every package a binary
@@ -45,12 +46,7 @@ func TestStartupDeps(t *testing.T) {
 // internal/earlydial. The JWE lacks its epk, so decrypt fails before it
 // would dial: the connection the server sees is the early one.
 func TestEarlyInit(t *testing.T) {
-	bin := filepath.Join(t.TempDir(), "tether")
-	build := exec.Command("go", "build", "-o", bin, ".")
-	build.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
+	bin := testenv.TetherBin(t)
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
