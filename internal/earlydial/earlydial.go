@@ -166,7 +166,8 @@ func tangServer(jwe []byte) (hostport string, ip [4]byte, port int, ok bool) {
 	}
 	const pinTang, url, httpURL = `"clevis":{"pin":"tang","tang":{`, `"url":`, `"url":"http://`
 	i, u := index(hdr, pinTang), index(hdr, url)
-	if i < 0 || u < i || index(hdr[u+1:], url) >= 0 || index(hdr[u:], httpURL) != 0 {
+	if i < 0 || u < i || index(hdr[u+1:], url) >= 0 ||
+		len(hdr)-u < len(httpURL) || string(hdr[u:u+len(httpURL)]) != httpURL {
 		return "", ip, 0, false
 	}
 	rest := hdr[u+len(httpURL):]
