@@ -1,0 +1,524 @@
+package realboot
+
+import (
+	"archive/tar"
+	"bytes"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/tether-nbde/tether/internal/testenv"
+)
+
+// Fixed addresses at which guests reach the host's key servers: QEMU
+// forwards each to a loopback port chosen per run (Options.Forward), and
+// the guest can reach nothing else (user networking with restrict=on), so
+// an address with no forward is a server that never answers.
+const (
+	ServerAddr  = "10.0.2.100:7500"
+	Server2Addr = "10.0.2.101:7500"
+)
+
+// Passphrase is the root volume's keyslot-0 passphrase, the one typed at
+// the prompt when no binding can open it.
+const Passphrase = "guest-recovery-passphrase"
+
+// Guest is one test's copy of a base tree and the disk images built from
+// it. Tree changes (Write, Chroot) take effect at the next MakeDisks;
+// once the disks exist, the guest changes them itself when booted.
+type Guest struct {
+	t       testing.TB
+	Flavor  Flavor
+	Dir     string // everything of this guest
+	Tree    string // the root filesystem tree
+	BootImg string // /boot: ext4, plain (vda)
+	RootImg string // /: LUKS2 (vdb)
+	Tether  string // host tether binary (the same one installed in the tree)
+}
+
+// New copies the base tree of flavor and installs tether, tether-smb and
+// tether-server in its /usr/bin, as the packages place them.
+func New(t testing.TB, flavor Flavor) *Guest {
+	t.Helper()
+	Require(t)
+	base := Base(t, flavor)
+	dir := t.TempDir()
+	g := &Guest{t: t, Flavor: flavor, Dir: dir, Tree: filepath.Join(dir, "tree"),
+		BootImg: filepath.Join(dir, "boot.img"), RootImg: filepath.Join(dir, "root.img"),
+		Tether: testenv.TetherBin(t)}
+	if out, err := exec.Command("cp", "-a", base, g.Tree).CombinedOutput(); err != nil {
+		t.Fatalf("copy base tree: %v\n%s", err, out)
+	}
+	for _, b := range []string{"tether", "tether-smb", "tether-server"} {
+		data, err := os.ReadFile(filepath.Join(filepath.Dir(g.Tether), b))
+		if err != nil {
+			t.Fatal(err)
+		}
+		g.Write("/usr/bin/"+b, data, 0o755)
+	}
+	// The root is /dev/vdb; "initramfs" makes cryptroot take the line
+	// as written (in a chroot it cannot resolve devices), as Debian
+	// documents for volumes the initramfs must open.
+	g.Write("/etc/crypttab", []byte("root /dev/vdb none luks,initramfs\n"), 0o644)
+	g.Write("/etc/fstab", []byte("/dev/mapper/root / ext4 defaults 0 1\n/dev/vda /boot ext4 defaults 0 2\n"), 0o644)
+	return g
+}
+
+// Write writes a file into the tree.
+func (g *Guest) Write(path string, data []byte, mode os.FileMode) {
+	g.t.Helper()
+	full := filepath.Join(g.Tree, path)
+	if err := os.MkdirAll(filepath.Dir(full), 0o755); err != nil {
+		g.t.Fatal(err)
+	}
+	if err := os.WriteFile(full, data, mode); err != nil {
+		g.t.Fatal(err)
+	}
+	os.Chmod(full, mode)
+}
+
+// Chroot runs script with /bin/sh inside the tree, with /proc, /sys and
+// /dev mounted in a private mount namespace (nothing leaks to the host's
+// mounts), and returns its combined output.
+func (g *Guest) Chroot(script string) string {
+	g.t.Helper()
+	t := g.Tree
+	mounts := fmt.Sprintf("mount -t proc proc %[1]s/proc && mount -t sysfs sys %[1]s/sys && mount --bind /dev %[1]s/dev && mount -t tmpfs tmpfs %[1]s/run && exec chroot %[1]s /bin/sh -es", t)
+	cmd := exec.Command("unshare", "--mount", "--propagation", "private", "sh", "-c", mounts)
+	cmd.Stdin = strings.NewReader(script)
+	cmd.Env = []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin", "LANG=C", "HOME=/root"}
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		g.t.Fatalf("in the guest tree: %v\nscript:\n%s\noutput:\n%s", err, script, tail(out, 6000))
+	}
+	return string(out)
+}
+
+// MakeDisks builds boot.img from the tree's /boot and root.img from the
+// whole tree, then encrypts root.img in place (LUKS2, keyslot 0 opened by
+// Passphrase with PBKDF2, fast under emulation).
+func (g *Guest) MakeDisks() {
+	g.t.Helper()
+	run := func(name string, args ...string) {
+		g.t.Helper()
+		if out, err := exec.Command(name, args...).CombinedOutput(); err != nil {
+			g.t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
+		}
+	}
+	os.Remove(g.BootImg)
+	os.Remove(g.RootImg)
+	run("truncate", "-s", "320M", g.BootImg)
+	run("mkfs.ext4", "-q", "-F", "-L", "boot", "-d", filepath.Join(g.Tree, "boot"), g.BootImg)
+	run("truncate", "-s", "2G", g.RootImg)
+	// The filesystem leaves the 32 MiB the LUKS2 header takes.
+	run("mkfs.ext4", "-q", "-F", "-L", "root", "-d", g.Tree, g.RootImg, "1984M")
+	pass := filepath.Join(g.Dir, "passphrase")
+	if err := os.WriteFile(pass, []byte(Passphrase), 0o600); err != nil {
+		g.t.Fatal(err)
+	}
+	run("cryptsetup", "reencrypt", "-q", "--encrypt", "--type", "luks2", "--reduce-device-size", "32M",
+		"--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000", "--key-file", pass, g.RootImg)
+}
+
+// PassphraseFile is a file holding Passphrase, for -k.
+func (g *Guest) PassphraseFile() string { return filepath.Join(g.Dir, "passphrase") }
+
+// Host runs the host's tether with args (stdin given) and fails the test
+// if it fails; it returns stdout.
+func (g *Guest) Host(stdin string, args ...string) string {
+	g.t.Helper()
+	cmd := exec.Command(g.Tether, args...)
+	cmd.Stdin = strings.NewReader(stdin)
+	cmd.Env = append(os.Environ(), "TETHER_LUKS_STATE_DIR="+filepath.Join(g.Dir, "luks-state"))
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		g.t.Fatalf("tether %s: %v\n%s", strings.Join(args, " "), err, stderr.String())
+	}
+	return stdout.String()
+}
+
+// bootFiles reads boot.img's listing and returns the newest kernel that
+// has an initramfs: what a bootloader's default entry would start.
+func (g *Guest) bootFiles() (kernel, initrd string) {
+	g.t.Helper()
+	out, err := exec.Command("debugfs", "-R", "ls -p /", g.BootImg).Output()
+	if err != nil {
+		g.t.Fatalf("debugfs ls %s: %v", g.BootImg, err)
+	}
+	names := map[string]bool{}
+	for _, line := range strings.Split(string(out), "\n") {
+		// /inode/mode/uid/gid/name/size/
+		if f := strings.Split(line, "/"); len(f) >= 6 {
+			names[f[5]] = true
+		}
+	}
+	var versions []string
+	for n := range names {
+		if v, ok := strings.CutPrefix(n, "vmlinuz-"); ok && names["initrd.img-"+v] {
+			versions = append(versions, v)
+		}
+	}
+	if len(versions) == 0 {
+		g.t.Fatalf("boot.img has no kernel with an initramfs: %v", names)
+	}
+	sort.Slice(versions, func(i, j int) bool { return versionLess(versions[i], versions[j]) })
+	v := versions[len(versions)-1]
+	dir := g.t.TempDir()
+	kernel, initrd = filepath.Join(dir, "vmlinuz"), filepath.Join(dir, "initrd.img")
+	for src, dst := range map[string]string{"/vmlinuz-" + v: kernel, "/initrd.img-" + v: initrd} {
+		if out, err := exec.Command("debugfs", "-R", "dump "+src+" "+dst, g.BootImg).CombinedOutput(); err != nil {
+			g.t.Fatalf("debugfs dump %s: %v\n%s", src, err, out)
+		}
+	}
+	return kernel, initrd
+}
+
+var digits = regexp.MustCompile(`\d+|\D+`)
+
+// versionLess orders kernel versions numerically part by part
+// (6.1.0-9 < 6.1.0-50).
+func versionLess(a, b string) bool {
+	pa, pb := digits.FindAllString(a, -1), digits.FindAllString(b, -1)
+	for i := 0; i < len(pa) && i < len(pb); i++ {
+		if pa[i] == pb[i] {
+			continue
+		}
+		var na, nb int
+		if _, err := fmt.Sscan(pa[i], &na); err == nil {
+			if _, err := fmt.Sscan(pb[i], &nb); err == nil {
+				return na < nb
+			}
+		}
+		return pa[i] < pb[i]
+	}
+	return len(pa) < len(pb)
+}
+
+// NIC is the guest's network card.
+type NIC int
+
+const (
+	NICUser   NIC = iota // QEMU user networking: DHCP, and the forwards
+	NICNone              // no network card
+	NICNoDHCP            // a card with nothing behind it: link, no DHCP
+)
+
+// Options is one boot.
+type Options struct {
+	// Forward maps guest addresses (ServerAddr, ...) to host loopback
+	// addresses, host:port.
+	Forward map[string]string
+	NIC     NIC
+	// Append is added to the kernel command line.
+	Append string
+	// Script, if set, runs as root in the booted system (run.sh on the
+	// script disk, with Files beside it) once multi-user.target is
+	// reached; the guest powers off after it unless it creates
+	// /run/test/keep-running.
+	Script string
+	Files  map[string][]byte
+	// Disks are extra raw images: vdc, vdd, ...
+	Disks []string
+	// TPM is the socket of an swtpm (--ctrl type=unixio) for a tpm-crb.
+	TPM string
+	// Log names the console log file kept in the guest's directory.
+	Log string
+}
+
+// Machine is a running guest.
+type Machine struct {
+	t       testing.TB
+	cmd     *exec.Cmd
+	stdin   io.WriteCloser
+	start   time.Time
+	mu      sync.Mutex
+	console bytes.Buffer
+	lines   []consoleLine
+	// partial is the last line while it has no newline yet: a prompt
+	// waiting for input is matched as it stands.
+	partial   string
+	partialAt time.Duration
+	changed   chan struct{}
+	exited    chan struct{}
+	waitErr   error
+}
+
+type consoleLine struct {
+	at   time.Duration
+	text string
+}
+
+// Boot starts the guest from its disks. The machine is killed when the
+// test ends if it is still running.
+func (g *Guest) Boot(o Options) *Machine {
+	g.t.Helper()
+	kernel, initrd := g.bootFiles()
+	appendLine := "root=/dev/mapper/root ro console=ttyS0 panic=-1 " + o.Append
+	if o.NIC == NICUser && !strings.Contains(o.Append, "ip=") {
+		appendLine += " ip=dhcp"
+	}
+	args := []string{
+		"-M", "q35,accel=tcg", "-cpu", "max", "-m", "1536", "-smp", "2",
+		"-display", "none", "-serial", "stdio", "-monitor", "none", "-no-reboot",
+		"-kernel", kernel, "-initrd", initrd, "-append", appendLine,
+		"-drive", "file=" + g.BootImg + ",if=virtio,format=raw,cache=unsafe",
+		"-drive", "file=" + g.RootImg + ",if=virtio,format=raw,cache=unsafe",
+	}
+	for _, d := range o.Disks {
+		args = append(args, "-drive", "file="+d+",if=virtio,format=raw,cache=unsafe")
+	}
+	switch o.NIC {
+	case NICUser:
+		nd := "user,id=n0,restrict=on"
+		keys := make([]string, 0, len(o.Forward))
+		for k := range o.Forward {
+			keys = append(keys, k)
+		}
+		sort.Strings(keys)
+		for _, guest := range keys {
+			nd += fmt.Sprintf(",guestfwd=tcp:%s-cmd:socat - TCP:%s", guest, o.Forward[guest])
+		}
+		args = append(args, "-netdev", nd, "-device", "virtio-net-pci,netdev=n0")
+	case NICNoDHCP:
+		args = append(args, "-netdev", "hubport,id=n0,hubid=0", "-device", "virtio-net-pci,netdev=n0")
+	case NICNone:
+		args = append(args, "-nic", "none")
+	}
+	if o.Script != "" {
+		disk := filepath.Join(g.t.TempDir(), "script.tar")
+		if err := writeTar(disk, o.Script, o.Files); err != nil {
+			g.t.Fatal(err)
+		}
+		args = append(args, "-drive", "file="+disk+",if=none,format=raw,id=script,readonly=on",
+			"-device", "virtio-blk-pci,drive=script,serial=testscript")
+	}
+	if o.TPM != "" {
+		args = append(args, "-chardev", "socket,id=chrtpm,path="+o.TPM,
+			"-tpmdev", "emulator,id=tpm0,chardev=chrtpm", "-device", "tpm-crb,tpmdev=tpm0")
+	}
+	m := &Machine{t: g.t, changed: make(chan struct{}), exited: make(chan struct{})}
+	m.cmd = exec.Command("qemu-system-x86_64", args...)
+	stdin, err := m.cmd.StdinPipe()
+	if err != nil {
+		g.t.Fatal(err)
+	}
+	m.stdin = stdin
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		g.t.Fatal(err)
+	}
+	m.cmd.Stdout, m.cmd.Stderr = pw, pw
+	m.start = time.Now()
+	if err := m.cmd.Start(); err != nil {
+		g.t.Fatalf("start qemu: %v", err)
+	}
+	pw.Close()
+	logName := o.Log
+	if logName == "" {
+		logName = "console.log"
+	}
+	logPath := filepath.Join(g.Dir, logName)
+	go m.read(pr, logPath)
+	go func() {
+		m.waitErr = m.cmd.Wait()
+		close(m.exited)
+	}()
+	g.t.Cleanup(func() {
+		m.Kill()
+		if g.t.Failed() {
+			g.t.Logf("console of %s:\n%s", logName, tail([]byte(m.Console()), 12000))
+		}
+	})
+	return m
+}
+
+func (m *Machine) read(r io.Reader, logPath string) {
+	log, _ := os.Create(logPath)
+	if log != nil {
+		defer log.Close()
+	}
+	buf := make([]byte, 4096)
+	for {
+		n, err := r.Read(buf)
+		if n > 0 {
+			chunk := buf[:n]
+			if log != nil {
+				log.Write(chunk)
+			}
+			m.mu.Lock()
+			m.console.Write(chunk)
+			m.partial += string(chunk)
+			for {
+				i := strings.IndexByte(m.partial, '\n')
+				if i < 0 {
+					break
+				}
+				m.lines = append(m.lines, consoleLine{at: time.Since(m.start), text: strings.TrimRight(m.partial[:i], "\r")})
+				m.partial = m.partial[i+1:]
+			}
+			m.partialAt = time.Since(m.start)
+			close(m.changed)
+			m.changed = make(chan struct{})
+			m.mu.Unlock()
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
+// Console is everything the guest printed so far.
+func (m *Machine) Console() string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.console.String()
+}
+
+// Since is the time since QEMU started.
+func (m *Machine) Since() time.Duration { return time.Since(m.start) }
+
+// WaitFor waits until a console line matches re (from the line after
+// index from) and returns the line, its index and when it came (since
+// QEMU started). It fails the test on timeout or if the guest stops.
+func (m *Machine) WaitFor(re string, from int, timeout time.Duration) (string, int, time.Duration) {
+	m.t.Helper()
+	line, idx, at, err := m.Expect(re, from, timeout)
+	if err != nil {
+		m.t.Fatal(err)
+	}
+	return line, idx, at
+}
+
+// Expect is WaitFor that returns an error instead of failing.
+func (m *Machine) Expect(re string, from int, timeout time.Duration) (string, int, time.Duration, error) {
+	rx := regexp.MustCompile(re)
+	deadline := time.After(timeout)
+	for {
+		m.mu.Lock()
+		line, idx, at, ok := m.match(rx, from)
+		from = max(from, len(m.lines))
+		ch := m.changed
+		m.mu.Unlock()
+		if ok {
+			return line, idx, at, nil
+		}
+		select {
+		case <-ch:
+		case <-m.exited:
+			// Read what is left, then one last look.
+			time.Sleep(200 * time.Millisecond)
+			m.mu.Lock()
+			line, idx, at, ok := m.match(rx, from)
+			m.mu.Unlock()
+			if ok {
+				return line, idx, at, nil
+			}
+			return "", 0, 0, fmt.Errorf("guest stopped before printing %q", re)
+		case <-deadline:
+			return "", 0, 0, fmt.Errorf("no console line matching %q within %s", re, timeout)
+		}
+	}
+}
+
+// match looks for rx in the lines from index from on, then in the line
+// still being printed (whose index is len(lines)). m.mu is held.
+func (m *Machine) match(rx *regexp.Regexp, from int) (string, int, time.Duration, bool) {
+	for i := from; i < len(m.lines); i++ {
+		if rx.MatchString(m.lines[i].text) {
+			return m.lines[i].text, i, m.lines[i].at, true
+		}
+	}
+	if m.partial != "" && rx.MatchString(m.partial) {
+		return m.partial, len(m.lines), m.partialAt, true
+	}
+	return "", 0, 0, false
+}
+
+// Type sends text to the serial console, as a person at the keyboard.
+func (m *Machine) Type(text string) {
+	m.t.Helper()
+	if _, err := io.WriteString(m.stdin, text); err != nil {
+		m.t.Fatalf("type on the console: %v", err)
+	}
+}
+
+// WaitExit waits for the guest to power off.
+func (m *Machine) WaitExit(timeout time.Duration) {
+	m.t.Helper()
+	select {
+	case <-m.exited:
+	case <-time.After(timeout):
+		m.t.Fatalf("guest did not power off within %s", timeout)
+	}
+}
+
+// Kill pulls the plug: QEMU is killed, whatever the guest was doing. What
+// the guest had written reached the image files; what it had not is lost,
+// as in a power cut.
+func (m *Machine) Kill() {
+	select {
+	case <-m.exited:
+		return
+	default:
+	}
+	m.cmd.Process.Kill()
+	<-m.exited
+}
+
+// Markers returns the rest of every "@@NAME ..." line so far.
+func (m *Machine) Markers(name string) []string {
+	var out []string
+	for _, l := range strings.Split(m.Console(), "\n") {
+		l = strings.TrimRight(l, "\r")
+		if i := strings.Index(l, "@@"+name); i >= 0 {
+			rest := l[i+2+len(name):]
+			if rest == "" || rest[0] == ' ' {
+				out = append(out, strings.TrimSpace(rest))
+			}
+		}
+	}
+	return out
+}
+
+// writeTar writes the script disk: run.sh and files, as a tar padded to
+// whole sectors.
+func writeTar(path, script string, files map[string][]byte) error {
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	add := func(name string, data []byte, mode int64) error {
+		if err := tw.WriteHeader(&tar.Header{Name: name, Mode: mode, Size: int64(len(data)), Typeflag: tar.TypeReg}); err != nil {
+			return err
+		}
+		_, err := tw.Write(data)
+		return err
+	}
+	if err := add("run.sh", []byte(script), 0o755); err != nil {
+		return err
+	}
+	names := make([]string, 0, len(files))
+	for n := range files {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		if err := add(n, files[n], 0o644); err != nil {
+			return err
+		}
+	}
+	if err := tw.Close(); err != nil {
+		return err
+	}
+	if pad := buf.Len() % 4096; pad != 0 {
+		buf.Write(make([]byte, 4096-pad))
+	}
+	return os.WriteFile(path, buf.Bytes(), 0o644)
+}
