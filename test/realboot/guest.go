@@ -64,6 +64,9 @@ func New(t testing.TB, flavor Flavor) *Guest {
 		}
 		g.Write("/usr/bin/"+b, data, 0o755)
 	}
+	if err := os.WriteFile(g.PassphraseFile(), []byte(Passphrase), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	// The root is /dev/vdb; "initramfs" makes cryptroot take the line
 	// as written (in a chroot it cannot resolve devices), as Debian
 	// documents for volumes the initramfs must open.
@@ -120,12 +123,8 @@ func (g *Guest) MakeDisks() {
 	run("truncate", "-s", "2G", g.RootImg)
 	// The filesystem leaves the 32 MiB the LUKS2 header takes.
 	run("mkfs.ext4", "-q", "-F", "-L", "root", "-d", g.Tree, g.RootImg, "1984M")
-	pass := filepath.Join(g.Dir, "passphrase")
-	if err := os.WriteFile(pass, []byte(Passphrase), 0o600); err != nil {
-		g.t.Fatal(err)
-	}
 	run("cryptsetup", "reencrypt", "-q", "--encrypt", "--type", "luks2", "--reduce-device-size", "32M",
-		"--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000", "--key-file", pass, g.RootImg)
+		"--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000", "--key-file", g.PassphraseFile(), g.RootImg)
 }
 
 // PassphraseFile is a file holding Passphrase, for -k.

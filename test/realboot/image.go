@@ -53,7 +53,10 @@ var commonPackages = []string{
 
 var flavorPackages = map[Flavor][]string{
 	InitramfsTools: {"cryptsetup-initramfs", "initramfs-tools"},
-	Dracut:         {"dracut", "dracut-network"},
+	// dracut's network module takes systemd-networkd, which needs dbus in
+	// the initramfs: without the dbus package "dracut -f" refuses every
+	// module that needs the network.
+	Dracut: {"dracut", "dracut-network", "dbus"},
 }
 
 // harnessVersion is part of the cache key: bump it when Base changes what

@@ -1,0 +1,63 @@
+package realboot
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/tether-nbde/tether/internal/testenv"
+)
+
+// installDracut runs tether's own install and Debian's dracut in the
+// tree. The image is generic (--no-hostonly): a chroot cannot show dracut
+// the root device it would detect on the machine itself, so the root is
+// named on the kernel command line (rd.luks.name=), as a generic image's
+// bootloader entry does.
+func installDracut(g *Guest) {
+	g.t.Helper()
+	out := g.Chroot(`tether install dracut
+kver=$(ls /lib/modules | sort -V | tail -1)
+dracut -q -f --no-hostonly --kver "$kver" --add "crypt tether" --add-drivers "virtio_blk virtio_pci virtio_net dm_crypt" 2>&1 | grep -v 'could not be found' || true
+lsinitrd /boot/initrd.img-$kver | grep -E 'bin/tether$|tether-askpass' || true
+`)
+	for _, want := range []string{"usr/bin/tether", "tether-askpass.path"} {
+		if !strings.Contains(out, want) {
+			g.t.Fatalf("the dracut initramfs has no %s:\n%s", want, out)
+		}
+	}
+}
+
+// TestDracut boots a real Debian 12 whose initramfs was built by Debian's
+// dracut (systemd inside the initramfs) with tether's module: the root
+// volume, bound to a tether server, is opened by tether's password agent
+// with nothing typed; with the server down, systemd's prompt is answered
+// on the console and the boot completes.
+func TestDracut(t *testing.T) {
+	g := New(t, Dracut)
+	installDracut(g)
+	g.MakeDisks()
+	srv := testenv.StartServer(t, "")
+	adv := fetchAdv(t, srv.URL)
+	fwd := map[string]string{ServerAddr: hostPort(srv.URL)}
+	g.Host("", "luks", "bind", "-d", g.RootImg, "-k", g.PassphraseFile(), "tang", tangConfig(ServerAddr, adv))
+	cmdline := "rd.luks.name=" + luksUUID(t, g.RootImg) + "=root"
+
+	t.Run("tang", func(t *testing.T) {
+		m := g.Boot(Options{Forward: fwd, Append: cmdline, Log: "dracut-tang.log"})
+		line, _, ready := m.WaitFor(`@@READY`, 0, 8*time.Minute)
+		if !strings.Contains(line, "root=/dev/mapper/root") {
+			t.Errorf("root is not the unlocked volume: %s", line)
+		}
+		m.WaitExit(2 * time.Minute)
+		t.Logf("multi-user.target at %s, nothing typed", ready.Round(time.Second))
+	})
+
+	t.Run("down", func(t *testing.T) {
+		m := g.Boot(Options{Append: cmdline, Log: "dracut-down.log"})
+		_, idx, prompt := m.WaitFor(`Please enter passphrase for disk`, 0, 6*time.Minute)
+		m.Type(Passphrase + "\n")
+		m.WaitFor(`@@READY .*root=/dev/mapper/root`, idx, 6*time.Minute)
+		m.WaitExit(2 * time.Minute)
+		t.Logf("with the server down the prompt came %s after power-on", prompt.Round(time.Second))
+	})
+}

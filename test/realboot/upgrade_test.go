@@ -1,0 +1,113 @@
+package realboot
+
+import (
+	"math/rand"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/tether-nbde/tether/internal/testenv"
+)
+
+// TestUpgradeAndPowerCut boots a real Debian whose root is bound to a
+// tether server through the initramfs-tools hook, then changes it the
+// ways that break hand-made setups, and boots it again after each:
+//
+//   - kernel: a newer kernel package is installed with dpkg inside the
+//     running guest; Debian's own postinst hook builds its initramfs
+//     (with tether's hook), and the guest boots the new kernel
+//     unattended;
+//   - reinstall: systemd and cryptsetup are reinstalled (their
+//     triggers rebuild the initramfs again), systemctl daemon-reload, and
+//     the next boot is still unattended;
+//   - powercut: QEMU is killed at random moments during boot and during
+//     a tether luks regen in the guest; every next boot still unlocks
+//     unattended.
+func TestUpgradeAndPowerCut(t *testing.T) {
+	g := New(t, InitramfsTools)
+	installInitramfsTools(g)
+	g.MakeDisks()
+	srv := testenv.StartServer(t, "")
+	adv := fetchAdv(t, srv.URL)
+	fwd := map[string]string{ServerAddr: hostPort(srv.URL)}
+	g.Host("", "luks", "bind", "-d", g.RootImg, "-k", g.PassphraseFile(), "tang", tangConfig(ServerAddr, adv))
+
+	unattended := func(t *testing.T, log string) *Machine {
+		t.Helper()
+		m := g.Boot(Options{Forward: fwd, Log: log})
+		m.WaitFor(`tether: opened /dev/vdb as /dev/mapper/root`, 0, 5*time.Minute)
+		m.WaitFor(`@@READY .*root=/dev/mapper/root`, 0, 5*time.Minute)
+		m.WaitExit(2 * time.Minute)
+		return m
+	}
+
+	t.Run("kernel", func(t *testing.T) {
+		kpkg := KernelPackage(t)
+		debs := Debs(t, kpkg)
+		m := g.Boot(Options{Forward: fwd, Files: debs, Log: "kernel-install.log", Script: `
+uname -r
+dpkg -i ./linux-image-*.deb 2>&1 | tail -5
+systemctl daemon-reload
+echo "@@BOOT $(ls /boot | tr '\n' ' ')"
+lsinitramfs /boot/initrd.img-` + strings.TrimPrefix(kpkg, "linux-image-") + ` | grep -c 'sbin/tether$' | sed 's/^/@@HOOK /'
+sync
+`})
+		m.WaitFor(`@@DONE`, 0, 15*time.Minute)
+		m.WaitExit(2 * time.Minute)
+		ver := strings.TrimPrefix(kpkg, "linux-image-")
+		if b := m.Markers("BOOT"); len(b) == 0 || !strings.Contains(b[0], "initrd.img-"+ver) {
+			t.Fatalf("no initramfs for %s after installing %s: %v", ver, kpkg, b)
+		}
+		if h := m.Markers("HOOK"); len(h) == 0 || h[0] != "1" {
+			t.Fatalf("the new kernel's initramfs has no tether: %v", h)
+		}
+		m = unattended(t, "kernel-boot.log")
+		if !strings.Contains(m.Console(), "Linux version "+ver) {
+			t.Errorf("the guest did not boot the new kernel %s", ver)
+		}
+	})
+
+	t.Run("reinstall", func(t *testing.T) {
+		debs := Debs(t, "systemd", "systemd-sysv", "udev", "libsystemd0", "libsystemd-shared", "libudev1",
+			"cryptsetup", "cryptsetup-bin", "cryptsetup-initramfs", "libcryptsetup12")
+		m := g.Boot(Options{Forward: fwd, Files: debs, Log: "reinstall.log", Script: `
+dpkg -i ./*.deb 2>&1 | tail -5
+systemctl daemon-reload
+echo "@@REINSTALLED $?"
+sync
+`})
+		m.WaitFor(`@@DONE 0`, 0, 15*time.Minute)
+		m.WaitExit(2 * time.Minute)
+		unattended(t, "reinstall-boot.log")
+	})
+
+	t.Run("powercut", func(t *testing.T) {
+		rng := rand.New(rand.NewSource(time.Now().UnixNano()))
+		// During boot: anywhere from the kernel to multi-user.target.
+		for i := 0; i < 2; i++ {
+			m := g.Boot(Options{Forward: fwd, Log: "cut-boot.log"})
+			at := time.Duration(5+rng.Intn(70)) * time.Second
+			time.Sleep(at)
+			m.Kill()
+			t.Logf("power cut %s after power-on", at)
+			unattended(t, "after-cut-boot.log")
+		}
+		// During regen: it rewrites the binding (keyslot and token)
+		// in a loop until the power goes.
+		m := g.Boot(Options{Forward: fwd, Log: "cut-regen.log", Script: `
+touch /run/test/keep-running
+i=0
+while true; do
+    i=$((i+1))
+    slot=$(tether luks list -d /dev/vdb | sed -n 's/^\([0-9]*\): tang.*/\1/p' | head -1)
+    tether luks regen -d /dev/vdb -s "$slot" >/dev/null 2>&1 </dev/null
+    echo "@@REGEN $i $?"
+done
+`})
+		m.WaitFor(`@@REGEN 2 0`, 0, 8*time.Minute)
+		time.Sleep(time.Duration(rng.Intn(3000)) * time.Millisecond)
+		m.Kill()
+		t.Logf("power cut after %d regen runs", len(m.Markers("REGEN")))
+		unattended(t, "after-cut-regen.log")
+	})
+}
