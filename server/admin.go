@@ -55,7 +55,7 @@ func (m *Managed) adminRoutes(mux *http.ServeMux) {
 	a := func(h http.HandlerFunc) http.HandlerFunc {
 		return func(w http.ResponseWriter, r *http.Request) {
 			tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-			stored, err := m.st.Setting(r.Context(), "admin.token.sha256")
+			stored, err := m.st.Setting(r.Context(), adminTokenSetting)
 			if !ok || err != nil || !constantTimeEqualHex(tok, stored) {
 				writeError(w, http.StatusUnauthorized, "admin API: missing or wrong admin token")
 				return

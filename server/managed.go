@@ -22,7 +22,6 @@ import (
 	"time"
 
 	"github.com/tether-nbde/tether/audit"
-	"github.com/tether-nbde/tether/internal/atomicfile"
 	"github.com/tether-nbde/tether/jose"
 	"github.com/tether-nbde/tether/policy"
 	"github.com/tether-nbde/tether/store"
@@ -61,6 +60,42 @@ type ManagedConfig struct {
 	// API's self-signed certificate when it is first generated, so that
 	// clients that check names (libcurl for ZFS keylocation) accept it.
 	Hostnames []string
+	// SaveAdmin, if set, receives the admin token that NewManaged creates
+	// on first start, before the store records its hash, and must keep it
+	// (startManaged writes the admin file). A start that fails at any
+	// point thus leaves either no admin credential in the store (the next
+	// start makes one) or one that was handed over: never a token nobody
+	// holds.
+	SaveAdmin func(token string) error
+}
+
+// adminTokenSetting holds the SHA-256 (hex) of the admin API's token.
+const adminTokenSetting = "admin.token.sha256"
+
+// initAdminToken creates the admin token if the store has none. It
+// returns the new token, or "" if one existed (or another replica made it
+// first, in which case what save received is void).
+func initAdminToken(ctx context.Context, st store.Store, save func(string) error) (string, error) {
+	if _, err := st.Setting(ctx, adminTokenSetting); err == nil {
+		return "", nil
+	} else if !errors.Is(err, store.ErrNotFound) {
+		return "", err
+	}
+	tok := randomToken(32)
+	if save != nil {
+		if err := save(tok); err != nil {
+			return "", err
+		}
+	}
+	h := sha256.Sum256([]byte(tok))
+	stored, err := st.InitSetting(ctx, adminTokenSetting, hex.EncodeToString(h[:]))
+	if err != nil {
+		return "", err
+	}
+	if stored != hex.EncodeToString(h[:]) {
+		return "", nil
+	}
+	return tok, nil
 }
 
 // Managed is the managed-mode server: the device API (enrol, key, unlock,
@@ -118,14 +153,9 @@ func NewManaged(ctx context.Context, st store.Store, kek *KEK, cfg ManagedConfig
 	if err != nil {
 		return nil, "", err
 	}
-	tok := randomToken(32)
-	h := sha256.Sum256([]byte(tok))
-	storedHash, err := st.InitSetting(ctx, "admin.token.sha256", hex.EncodeToString(h[:]))
+	tok, err := initAdminToken(ctx, st, cfg.SaveAdmin)
 	if err != nil {
 		return nil, "", err
-	}
-	if storedHash != hex.EncodeToString(h[:]) {
-		tok = ""
 	}
 	m = &Managed{
 		st: st, kek: kek, log: log, cfg: cfg, now: now, cert: cert,
@@ -768,9 +798,30 @@ func startManaged(ctx context.Context, cfg *Config, log *slog.Logger, tangH http
 	if kekFile == "" {
 		kekFile = filepath.Join(cfg.DataDir, "kek")
 	}
+	// Listen before anything is created: a busy port is the likeliest
+	// failure of a first start, and it should leave nothing behind.
+	ln, err := net.Listen("tcp", mc.Listen)
+	if err != nil {
+		return nil, nil, listenError("the managed API", mc.Listen, "--managed-listen", err)
+	}
+	closeLn := true
+	defer func() {
+		if closeLn {
+			ln.Close()
+		}
+	}()
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, nil, err
 	}
+	unlock, err := lockDataDir(cfg.DataDir)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer func() {
+		if closeLn {
+			unlock()
+		}
+	}()
 	kek, created, err := LoadOrCreateKEK(ctx, kekFile)
 	if err != nil {
 		return nil, nil, err
@@ -785,6 +836,24 @@ func startManaged(ctx context.Context, cfg *Config, log *slog.Logger, tangH http
 	if err != nil {
 		return nil, nil, fmt.Errorf("open store: %w", err)
 	}
+	adminFile := mc.AdminFile
+	if adminFile == "" {
+		adminFile = filepath.Join(cfg.DataDir, "admin.json")
+	}
+	saved := false
+	mc.SaveAdmin = func(tok string) error {
+		// The pin is the stored certificate's, which NewManaged has
+		// settled before it makes the token.
+		pin, err := StoredPin(ctx, st)
+		if err != nil {
+			return err
+		}
+		if err := WriteAdminConfig(adminFile, AdminConfig{URL: "https://" + localAddr(ln.Addr()), Pin: pin, Token: tok}); err != nil {
+			return fmt.Errorf("write admin credentials: %w", err)
+		}
+		saved = true
+		return nil
+	}
 	m, adminTok, err := NewManaged(ctx, st, kek, mc, log)
 	if err != nil {
 		st.Close()
@@ -793,26 +862,18 @@ func startManaged(ctx context.Context, cfg *Config, log *slog.Logger, tangH http
 		}
 		return nil, nil, fmt.Errorf("managed mode: %w", err)
 	}
-	ln, err := net.Listen("tcp", mc.Listen)
-	if err != nil {
-		st.Close()
-		return nil, nil, fmt.Errorf("listen on %s: %w", mc.Listen, err)
-	}
-	if adminTok != "" {
-		adminFile := mc.AdminFile
-		if adminFile == "" {
-			adminFile = filepath.Join(cfg.DataDir, "admin.json")
-		}
-		b, _ := json.MarshalIndent(AdminConfig{URL: "https://" + localAddr(ln.Addr()), Pin: m.Pin(), Token: adminTok}, "", "  ")
-		if err := atomicfile.Write(adminFile, append(b, '\n'), 0o600); err != nil {
-			ln.Close()
-			st.Close()
-			return nil, nil, fmt.Errorf("write admin credentials: %w", err)
-		}
+	switch {
+	case adminTok != "":
 		log.Info("admin credentials written", "file", adminFile)
+	case saved:
+		// Another replica made the admin token first: ours is void.
+		os.Remove(adminFile)
+	default:
+		if _, err := os.Stat(adminFile); errors.Is(err, os.ErrNotExist) {
+			log.Warn("no admin credentials file here: copy it from where the server first started, or reissue it with tether admin reset-credentials", "file", adminFile)
+		}
 	}
 	if err := m.startUI(ctx, cfg.DataDir, cfg.Curve, log); err != nil {
-		ln.Close()
 		st.Close()
 		return nil, nil, err
 	}
@@ -846,6 +907,7 @@ func startManaged(ctx context.Context, cfg *Config, log *slog.Logger, tangH http
 			}
 		}
 	}()
+	closeLn = false
 	stop = func() {
 		cancelSweep()
 		c, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -855,6 +917,7 @@ func startManaged(ctx context.Context, cfg *Config, log *slog.Logger, tangH http
 		}
 		m.Close()
 		st.Close()
+		unlock()
 	}
 	return h, stop, nil
 }

@@ -91,7 +91,7 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	ln, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
-		return fmt.Errorf("listen on %s: %w", cfg.Listen, err)
+		return listenError("the Tang endpoints", cfg.Listen, "--listen", err)
 	}
 	scheme := "http"
 	if cfg.TLSCert != "" || cfg.TLSKey != "" {

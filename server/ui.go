@@ -12,6 +12,7 @@ import (
 	"io/fs"
 	"log/slog"
 	"net/http"
+	"os"
 	"path/filepath"
 	"strings"
 	"time"
@@ -365,22 +366,25 @@ func (m *Managed) startUI(ctx context.Context, dataDir string, curve *jose.Curve
 	if err != nil {
 		return err
 	}
-	now := m.now()
-	err = u.us.CreateUIUser(ctx, &store.UIUser{Name: InitialAdminName, Hash: hash, Created: now, Updated: now})
-	if errors.Is(err, store.ErrExists) {
-		return nil
-	}
-	if err != nil {
-		return err
-	}
 	file := u.cfg.PasswordFile
 	if file == "" {
 		file = filepath.Join(dataDir, "ui-admin.txt")
 	}
+	// The password is written before the account exists, so that a failed
+	// start never leaves an account whose password nobody has.
 	body := fmt.Sprintf("# tether dashboard: the first account (change it: tether admin user passwd %s)\nname: %s\npassword: %s\n",
 		InitialAdminName, InitialAdminName, pw)
 	if err := atomicfile.Write(file, []byte(body), 0o600); err != nil {
 		return fmt.Errorf("write the dashboard's initial password: %w", err)
+	}
+	now := m.now()
+	err = u.us.CreateUIUser(ctx, &store.UIUser{Name: InitialAdminName, Hash: hash, Created: now, Updated: now})
+	if errors.Is(err, store.ErrExists) {
+		os.Remove(file) // another replica made it first: this password is void
+		return nil
+	}
+	if err != nil {
+		return err
 	}
 	m.record(ctx, &audit.Record{Action: "ui.user.add", Actor: "server", Decision: audit.OK, Reason: InitialAdminName + " (first start)"})
 	log.Info("dashboard account created", "name", InitialAdminName, "password_file", file)

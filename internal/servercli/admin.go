@@ -83,7 +83,7 @@ func adminCmd(name, summary, usage string, extra func(fs *flag.FlagSet) func(env
 				}
 				cfg, err := server.LoadAdminConfig(path)
 				if errors.Is(err, os.ErrNotExist) {
-					return cli.WithHint(err, "the server writes its admin credentials there on first start with --managed-listen; pass --config FILE if they are elsewhere")
+					return cli.WithHint(err, "the server writes its admin credentials there on first start with --managed-listen; pass --config FILE if they are elsewhere, or reissue them with tether admin reset-credentials")
 				}
 				if err != nil {
 					return err
@@ -291,6 +291,95 @@ func init() {
 			})
 	}
 }
+
+func init() {
+	cli.Register(cli.Command{
+		Name:    "admin reset-credentials",
+		Summary: "reissue the admin credentials (as root, with the server stopped)",
+		Usage:   adminResetUsage,
+		Flags: func(fs *flag.FlagSet) func(*cli.Env, []string) error {
+			data := fs.String("data", defaultDataDir, "")
+			storeSrc := fs.String("store", "", "")
+			out := fs.String("config", "", "")
+			url := fs.String("url", "", "")
+			return func(env *cli.Env, args []string) error {
+				if len(args) != 0 {
+					return cli.Usagef("unexpected argument %q", args[0])
+				}
+				ctx := context.Background()
+				file := *out
+				if file == "" {
+					file = filepath.Join(*data, "admin.json")
+				}
+				u := *url
+				if u == "" {
+					// The old file's URL, even if the rest of it is gone.
+					var old server.AdminConfig
+					if b, err := os.ReadFile(file); err == nil && json.Unmarshal(b, &old) == nil {
+						u = old.URL
+					}
+				}
+				if u == "" {
+					return cli.Usagef("no URL for the admin API: %s has none; pass --url https://HOST:PORT (the server's --managed-listen address)", file)
+				}
+				unlock, err := server.LockDataDirOffline(*data)
+				if errors.Is(err, server.ErrServerRunning) {
+					return cli.WithHint(fmt.Errorf("reset admin credentials: %w", err),
+						"stop the server, run this again, then start the server")
+				}
+				if err != nil {
+					return cli.WithHint(fmt.Errorf("reset admin credentials: %w", err), "is --data %s the server's data directory?", *data)
+				}
+				defer unlock()
+				src := *storeSrc
+				if src == "" {
+					src = "sqlite:" + filepath.Join(*data, "tether.db")
+				}
+				// Opening a SQLite store creates it: make sure there is one.
+				if db, ok := strings.CutPrefix(src, "sqlite:"); ok || !strings.Contains(src, "://") {
+					if _, err := os.Stat(db); err != nil {
+						return cli.WithHint(fmt.Errorf("reset admin credentials: %w", err), "is --data %s the server's data directory (or give --store)?", *data)
+					}
+				}
+				st, err := store.Open(ctx, src)
+				if err != nil {
+					return fmt.Errorf("reset admin credentials: open store: %w", err)
+				}
+				defer st.Close()
+				if _, err := server.ResetAdminCredentials(ctx, st, u, file); err != nil {
+					return fmt.Errorf("reset admin credentials: %w", err)
+				}
+				fmt.Fprintf(env.Stderr, "new admin credentials written to %s (0600); the old admin token no longer works\n", file)
+				return nil
+			}
+		},
+	})
+}
+
+const adminResetUsage = `Usage: tether admin reset-credentials [--data DIR] [--store SRC]
+                                     [--config FILE] [--url URL]
+
+Reissue the admin credentials of a managed server whose admin.json is lost
+(or was exposed): make a new admin token, write it with the server's URL
+and TLS key pin to FILE (0600), and replace the token in the store. The old
+token stops working. The change is recorded in the audit log (actor root).
+
+Run it as root on the server's machine with the server stopped: it works
+on the store directly, and refuses while a server runs on DIR. (Replicas
+on other machines sharing a PostgreSQL store are not detected: the new
+token is valid for all of them at once.)
+
+Options:
+  --data DIR     the server's data directory (default /var/lib/tether)
+  --store SRC    the store, if the server runs with --store (default
+                 sqlite:DIR/tether.db)
+  --config FILE  where to write the credentials (default DIR/admin.json)
+  --url URL      the admin API's URL, https://HOST:PORT of --managed-listen
+                 (default: the url of the existing FILE)
+
+Example (after stopping the server):
+  # tether admin reset-credentials --data /var/lib/tether
+`
 
 func parsePolicy(s string) (store.Policy, error) {
 	var p store.Policy
