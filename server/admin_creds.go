@@ -31,6 +31,19 @@ func WriteAdminConfig(path string, c AdminConfig) error {
 	return atomicfile.Write(path, append(b, '\n'), 0o600)
 }
 
+// AdminConfigModeWarning returns a warning if the admin credentials file
+// at path can be read by anyone but its owner, and "" otherwise. A reader
+// warns rather than refuses: the token may already have leaked, and
+// refusing would only keep the administrator from rotating it.
+func AdminConfigModeWarning(path string) string {
+	fi, err := os.Stat(path)
+	if err != nil || fi.Mode().Perm()&0o077 == 0 {
+		return ""
+	}
+	return fmt.Sprintf("%s holds the admin token and is readable by others (mode %04o): run chmod 600 %s, and if others could log in here, reissue the token with tether admin reset-credentials",
+		path, fi.Mode().Perm(), path)
+}
+
 // StoredPin returns the pin of the managed API's TLS key as the store
 // holds it (the certificate is public; no key-encryption key is needed).
 func StoredPin(ctx context.Context, st store.Store) (string, error) {

@@ -871,6 +871,8 @@ func startManaged(ctx context.Context, cfg *Config, log *slog.Logger, tangH http
 	default:
 		if _, err := os.Stat(adminFile); errors.Is(err, os.ErrNotExist) {
 			log.Warn("no admin credentials file here: copy it from where the server first started, or reissue it with tether admin reset-credentials", "file", adminFile)
+		} else if w := AdminConfigModeWarning(adminFile); w != "" {
+			log.Warn(w)
 		}
 	}
 	if err := m.startUI(ctx, cfg.DataDir, cfg.Curve, log); err != nil {

@@ -91,3 +91,35 @@ func TestResetCredentials(t *testing.T) {
 	}
 }
 
+// TestAdminConfigMode: admin.json readable by others is not accepted
+// silently: the server warns at start and tether admin at every use, each
+// naming the chmod that fixes it; a reissued file is 0600 again.
+func TestAdminConfigMode(t *testing.T) {
+	data := t.TempDir()
+	maddr := testenv.FreePort(t)
+	srv := testenv.StartServer(t, data, "--managed-listen", maddr, "--curve", "P-256")
+	file := filepath.Join(data, "admin.json")
+	adminEnv := []string{"TETHER_ADMIN_CONFIG=" + file}
+	if _, e, code := tether(t, adminEnv, "", "admin", "device", "list"); code != 0 || strings.Contains(e, "warning") {
+		t.Fatalf("0600 admin.json: exit %d\n%s", code, e)
+	}
+	if err := os.Chmod(file, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_, e, code := tether(t, adminEnv, "", "admin", "device", "list")
+	if code != 0 || !strings.Contains(e, "warning") || !strings.Contains(e, "chmod 600 "+file) {
+		t.Fatalf("0644 admin.json: exit %d\n%s", code, e)
+	}
+	srv.Cmd.Process.Signal(syscall.SIGTERM)
+	srv.Cmd.Wait()
+	srv = testenv.StartServer(t, data, "--managed-listen", maddr, "--curve", "P-256")
+	if !strings.Contains(srv.Logs.String(), "chmod 600 "+file) {
+		t.Fatalf("the server starts silently beside a 0644 admin.json:\n%s", srv.Logs.String())
+	}
+	srv.Cmd.Process.Signal(syscall.SIGTERM)
+	srv.Cmd.Wait()
+	mustTether(t, nil, "", "admin", "reset-credentials", "--data", data)
+	if fi, err := os.Stat(file); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("reissued admin.json: %v %v", err, fi.Mode())
+	}
+}

@@ -88,6 +88,9 @@ func adminCmd(name, summary, usage string, extra func(fs *flag.FlagSet) func(env
 				if err != nil {
 					return err
 				}
+				if w := server.AdminConfigModeWarning(path); w != "" {
+					fmt.Fprintf(env.Stderr, "tether: warning: %s\n", w)
+				}
 				return run(env, server.NewAdminClient(cfg), args)
 			}
 		},
