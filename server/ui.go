@@ -285,7 +285,9 @@ func (u *uiServer) loginPost(w http.ResponseWriter, r *http.Request) {
 	}
 	r.Body = http.MaxBytesReader(w, r.Body, 8<<10)
 	name, pw := strings.TrimSpace(r.PostFormValue("name")), r.PostFormValue("password")
-	if ok, wait := u.limiter.allow(name, src, u.m.now()); !ok {
+	// The attempt is reserved before the password is verified, so that
+	// concurrent guesses cannot all pass the check before any counts.
+	if ok, wait := u.limiter.reserve(name, src, u.m.now()); !ok {
 		secs := int(wait.Seconds()) + 1
 		w.Header().Set("Retry-After", fmt.Sprint(secs))
 		u.renderLogin(w, http.StatusTooManyRequests, loginView{Name: name,
@@ -295,6 +297,7 @@ func (u *uiServer) loginPost(w http.ResponseWriter, r *http.Request) {
 	select {
 	case u.argonSem <- struct{}{}:
 	case <-ctx.Done():
+		u.limiter.release(name, src)
 		return
 	}
 	user, err := u.us.UIUser(ctx, name)
@@ -304,8 +307,8 @@ func (u *uiServer) loginPost(w http.ResponseWriter, r *http.Request) {
 	}
 	good := VerifyPassword(hash, pw) && err == nil
 	<-u.argonSem
+	u.limiter.done(name, src, good, u.m.now())
 	if !good {
-		u.limiter.fail(name, src, u.m.now())
 		u.m.record(ctx, &audit.Record{Action: "ui.login", Actor: name, Source: src, Decision: audit.Deny, Reason: "wrong name or password"})
 		u.renderLogin(w, http.StatusUnauthorized, loginView{Name: name, Error: "Wrong name or password."})
 		return

@@ -42,6 +42,7 @@ func TestFirstStartPortBusy(t *testing.T) {
 	testenv.StartServer(t, data, "--managed-listen", maddr, "--curve", "P-256")
 	adminEnv := []string{"TETHER_ADMIN_CONFIG=" + filepath.Join(data, "admin.json")}
 	mustTether(t, adminEnv, "", "admin", "device", "list")
+	mustTether(t, adminEnv, "", "admin", "user", "unlock", "admin") // the dashboard account the first start made
 }
 
 // TestResetCredentials: root reissues lost admin credentials offline; the
