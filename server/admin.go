@@ -323,7 +323,7 @@ func (m *Managed) adminLockdown(w http.ResponseWriter, r *http.Request) {
 }
 
 func (m *Managed) adminEnrollOpen(w http.ResponseWriter, r *http.Request) {
-	m.adminSwitch(w, r, "enroll.open", "enroll.open")
+	m.adminSwitch(w, r, enrollOpenSetting, "enroll.open")
 }
 
 func (m *Managed) adminApprovals(w http.ResponseWriter, r *http.Request) {

@@ -67,6 +67,9 @@ type ManagedConfig struct {
 	// start makes one) or one that was handed over: never a token nobody
 	// holds.
 	SaveAdmin func(token string) error
+	// MaxPending caps the devices waiting for approval that enrolment
+	// without a token may create (default 100).
+	MaxPending int
 }
 
 // adminTokenSetting holds the SHA-256 (hex) of the admin API's token.
@@ -109,6 +112,8 @@ type Managed struct {
 	cert    tls.Certificate
 	pin     string
 	limiter policy.Limiter
+	enrolls enrollLimiter // tokenless enrolments per address
+	pendMu  sync.Mutex    // serialises the pending cap's count and create
 	hooks   *webhooks
 	ui      *uiServer
 
@@ -130,6 +135,9 @@ func NewManaged(ctx context.Context, st store.Store, kek *KEK, cfg ManagedConfig
 	}
 	if cfg.UnlockRate == 0 {
 		cfg.UnlockRate = 30
+	}
+	if cfg.MaxPending <= 0 {
+		cfg.MaxPending = 100
 	}
 	if cfg.Sweep <= 0 {
 		cfg.Sweep = 10 * time.Second
@@ -354,10 +362,12 @@ func (m *Managed) handleEnroll(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		state, group, how = store.Enabled, tok.Group, "with a token"
-	} else if v, _ := m.st.Setting(ctx, "enroll.open"); v == "off" {
-		m.record(ctx, &audit.Record{Action: "enroll", Source: src, Decision: audit.Deny, Reason: "enrolment without a token is turned off"})
-		writeError(w, http.StatusForbidden, "this server only enrols devices with a token")
-		return
+	} else {
+		release, ok := m.admitTokenless(w, r, &req, src) // managed_enroll.go
+		if !ok {
+			return
+		}
+		defer release()
 	}
 	id := "dev-" + randomToken(9)
 	S, err := jose.P256.GenerateKey("ECMR", "deriveKey")

@@ -8,6 +8,7 @@ import (
 	"database/sql"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"log"
 	"log/slog"
@@ -264,6 +265,9 @@ func TestTokenIsOneTimeAndPinned(t *testing.T) {
 
 func TestPendingEnrollmentNeedsApproval(t *testing.T) {
 	e := newEnv(t, server.ManagedConfig{})
+	if err := e.admin.EnrollOpen(context.Background(), true); err != nil {
+		t.Fatal(err)
+	}
 	d := e.enroll("", "")
 	j := d.encrypt(t, "s")
 	e.mustFail(d, j, "pending")
@@ -277,6 +281,64 @@ func TestPendingEnrollmentNeedsApproval(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "only enrols devices with a token") {
 		t.Fatalf("tokenless enrolment with open enrolment off: %v", err)
 	}
+}
+
+// TestTokenlessEnrollment: off unless turned on; when on, a few per
+// address, a cap on pending devices (also under concurrency), and host
+// names only.
+func TestTokenlessEnrollment(t *testing.T) {
+	ctx := context.Background()
+	e := newEnv(t, server.ManagedConfig{MaxPending: 5})
+	try := func(from, name string) error {
+		_, _, err := managed.Enroll(ctx, managed.EnrollOptions{Server: e.url, Pin: e.m.Pin(), Dir: t.TempDir(), Name: name, LocalAddr: from})
+		return err
+	}
+	if err := try("127.0.0.2", "host-a"); err == nil || !strings.Contains(err.Error(), "only enrols devices with a token") {
+		t.Fatalf("tokenless enrolment on a fresh server: %v", err)
+	}
+	if err := e.admin.EnrollOpen(ctx, true); err != nil {
+		t.Fatal(err)
+	}
+	for _, bad := range []string{"host a", "hоst" /* Cyrillic o */, strings.Repeat("x", 65), "a[2Jb"} {
+		if err := try("127.0.0.3", bad); err == nil || !strings.Contains(err.Error(), "name") {
+			t.Fatalf("tokenless enrolment named %q: %v", bad, err)
+		}
+	}
+	// Per address: 3 (the refusals above counted against 127.0.0.3).
+	ok := 0
+	for i := 0; i < 6; i++ {
+		err := try("127.0.0.4", fmt.Sprintf("host-%d", i))
+		if err == nil {
+			ok++
+		} else if !strings.Contains(err.Error(), "too many enrolments") {
+			t.Fatalf("enrolment %d from 127.0.0.4: %v", i, err)
+		}
+	}
+	if ok != 3 {
+		t.Fatalf("6 tokenless enrolments from one address: %d accepted, want 3", ok)
+	}
+	// The pending cap (5) holds under a concurrent burst from many addresses.
+	var wg sync.WaitGroup
+	for i := 0; i < 20; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			try(fmt.Sprintf("127.0.1.%d", i+1), fmt.Sprintf("burst-%d", i))
+		}()
+	}
+	wg.Wait()
+	page, err := e.st.DevicePage(ctx, store.DeviceQuery{State: store.Pending, Limit: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := page.Counts[store.Pending]; n != 5 {
+		t.Fatalf("%d devices pending, want the cap of 5", n)
+	}
+	if err := try("127.0.2.1", "one-more"); err == nil || !strings.Contains(err.Error(), "wait for approval") {
+		t.Fatalf("enrolment beyond the pending cap: %v", err)
+	}
+	// A token still enrols.
+	e.enroll(e.token(""), "127.0.2.1")
 }
 
 func TestRevokeIsForever(t *testing.T) {

@@ -210,6 +210,19 @@ func init() {
 				return nil
 			}
 		})
+	adminCmd("admin enroll-open", "allow enrolment without a token (on|off)", adminEnrollOpenUsage,
+		func(fs *flag.FlagSet) func(*cli.Env, *server.AdminClient, []string) error {
+			return func(env *cli.Env, c *server.AdminClient, args []string) error {
+				if len(args) != 1 || (args[0] != "on" && args[0] != "off") {
+					return cli.Usagef("want on or off")
+				}
+				if err := c.EnrollOpen(context.Background(), args[0] == "on"); err != nil {
+					return err
+				}
+				fmt.Fprintf(env.Stderr, "enrolment without a token: %s\n", args[0])
+				return nil
+			}
+		})
 	adminCmd("admin audit verify", "check the audit log's hash chain", adminAuditUsage,
 		func(fs *flag.FlagSet) func(*cli.Env, *server.AdminClient, []string) error {
 			var anchors anchorList
@@ -452,6 +465,18 @@ const adminLockdownUsage = `Usage: tether admin lockdown on|off
 
 Lockdown refuses every managed unlock at once, on every replica, until it
 is turned off. Nothing is destroyed. (Tang endpoints are not affected.)
+`
+
+const adminEnrollOpenUsage = `Usage: tether admin enroll-open on|off
+
+Allow (on) or refuse (off, the default) enrolment without a token
+(tether enroll --pin). Such a device is "pending" and unlocks nothing until
+an admin approves it (tether admin device approve), but anyone who reaches
+the managed port can ask, so while it is on the server limits it: 3 per
+source address (IPv6: per /64), then one per 10 minutes; at most 100
+devices pending at once; names of 1 to 64 ASCII letters, digits, ".", "-"
+and "_". Prefer tokens (tether admin token create). The setting is in the
+store: it applies to every replica.
 `
 
 const adminAuditUsage = `Usage: tether admin audit verify [--anchor SEQ:HASH ...]
