@@ -305,9 +305,18 @@ func (m *Managed) authDevice(w http.ResponseWriter, r *http.Request, action stri
 	}
 	d, err := m.st.DeviceByKey(r.Context(), kid)
 	if errors.Is(err, store.ErrNotFound) {
+		// A revoked device is named in the audit record (so the device's
+		// history and the dashboard show the attempt) and in the answer.
+		if revoked, _ := m.st.RevokedByKey(r.Context(), kid); len(revoked) > 0 {
+			rd := revoked[0]
+			m.record(r.Context(), &audit.Record{Action: action, Device: rd.ID, Source: sourceOf(r).String(), Decision: audit.Deny,
+				Reason: "device is revoked"})
+			writeError(w, http.StatusGone, "%s", revokedMessage(rd))
+			return nil
+		}
 		m.record(r.Context(), &audit.Record{Action: action, Source: sourceOf(r).String(), Decision: audit.Deny,
-			Reason: "identity key " + kid[:12] + "… is not enrolled (or its device was revoked)"})
-		writeError(w, http.StatusForbidden, "this identity key is not enrolled, or its device was revoked")
+			Reason: "identity key " + kid[:12] + "… is not enrolled"})
+		writeError(w, http.StatusForbidden, "this identity key is not enrolled: enrol the machine (tether enroll)")
 		return nil
 	}
 	if err != nil {
@@ -586,6 +595,14 @@ func (m *Managed) exchange(w http.ResponseWriter, r *http.Request, d *store.Devi
 		return
 	}
 	if !S.MatchesThumbprint(req.Kid) {
+		// A JWE of this machine from before a revocation (it enrolled
+		// again since): say so, and put it in the revoked device's record.
+		if rd := m.revokedOwner(ctx, d, req.Kid); rd != nil {
+			m.record(ctx, &audit.Record{Action: "unlock", Device: rd.ID, Source: src.String(), Decision: audit.Deny,
+				Reason: "device is revoked (asked by its successor " + d.ID + ")"})
+			writeError(w, http.StatusGone, "%s", revokedMessage(rd))
+			return
+		}
 		m.record(ctx, &audit.Record{Action: "unlock", Device: d.ID, Source: src.String(), Decision: audit.Deny,
 			Reason: "kid does not name this device's exchange key"})
 		writeError(w, http.StatusNotFound, "kid %q does not name this device's exchange key", req.Kid)
@@ -608,6 +625,31 @@ func (m *Managed) exchange(w http.ResponseWriter, r *http.Request, d *store.Devi
 	m.st.Touch(ctx, d.ID, m.now())
 	m.hooks.send(Event{Event: "unlock", Device: d.ID, Name: d.Name, Source: rec.Source, Reason: reason}, rec)
 	writeJSON(w, http.StatusOK, recReply{Y: y})
+}
+
+// revokedMessage is the answer to a revoked device: revocation is final.
+func revokedMessage(d *store.Device) string {
+	msg := "device " + d.ID + " was revoked"
+	if d.Reason != "" {
+		msg += " (" + d.Reason + ")"
+	}
+	return msg + ": its key is destroyed, so nothing bound to it can be decrypted again; use another unlock method (a passphrase), then enrol again and rebind"
+}
+
+// revokedOwner returns the revoked device, with the same identity key as
+// d, whose exchange key kid names, or nil.
+func (m *Managed) revokedOwner(ctx context.Context, d *store.Device, kid string) *store.Device {
+	revoked, err := m.st.RevokedByKey(ctx, d.KeyID)
+	if err != nil {
+		return nil
+	}
+	for _, rd := range revoked {
+		var k jose.JWK
+		if json.Unmarshal([]byte(rd.ExchangePub), &k) == nil && k.MatchesThumbprint(kid) {
+			return rd
+		}
+	}
+	return nil
 }
 
 // exchangeKey unwraps the device's exchange key S_D. On failure it answers

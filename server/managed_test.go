@@ -352,7 +352,12 @@ func TestRevokeIsForever(t *testing.T) {
 	if _, err := e.admin.DeviceOp(ctx, d.id, "revoke", "stolen"); err != nil {
 		t.Fatal(err)
 	}
-	e.mustFail(d, j, "not enrolled, or its device was revoked")
+	e.mustFail(d, j, "device "+d.id+" was revoked (stolen)")
+	// The attempt is in the revoked device's own record.
+	recs, _ := e.st.Audit(ctx, 0, 1000)
+	if last := recs[len(recs)-1]; last.Action != "unlock" || last.Device != d.id || last.Decision != "deny" {
+		t.Fatalf("a revoked device's unlock is audited as %+v, want an unlock denied for %s", last, d.id)
+	}
 	rec, _ := e.st.Device(ctx, d.id)
 	if rec.State != store.Revoked || rec.ExchangeKey != nil {
 		t.Fatalf("after revoke: state %s, key present %v", rec.State, rec.ExchangeKey != nil)
@@ -380,7 +385,14 @@ func TestRevokeIsForever(t *testing.T) {
 	b, _ := json.Marshal(st)
 	os.WriteFile(filepath.Join(d.dir, "device.json"), b, 0o600)
 	hdr := rewriteDevice(t, j, info.Device)
-	e.mustFail(d, hdr, "does not name this device's exchange key")
+	e.mustFail(d, hdr, "device "+d.id+" was revoked")
+	recs, _ = e.st.Audit(ctx, 0, 1000)
+	if last := recs[len(recs)-1]; last.Device != d.id || last.Decision != "deny" {
+		t.Fatalf("an old JWE's unlock after re-enrolment is audited as %+v, want denied for %s", last, d.id)
+	}
+	// The old JWE as it is names the old device: the client says what
+	// that may mean.
+	e.mustFail(d, j, "before it was revoked")
 	e.verifyAudit()
 }
 
