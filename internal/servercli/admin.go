@@ -150,7 +150,11 @@ func init() {
 		{"revoke", "destroy a device's key: its disks never unlock again"},
 	} {
 		op := op
-		adminCmd("admin device "+op.name, op.summary, fmt.Sprintf(adminDeviceOpUsage, op.name, op.summary),
+		yesFlag := ""
+		if op.name == "revoke" {
+			yesFlag = " --yes"
+		}
+		adminCmd("admin device "+op.name, op.summary, fmt.Sprintf(adminDeviceOpUsage, op.name, op.summary, yesFlag),
 			func(fs *flag.FlagSet) func(*cli.Env, *server.AdminClient, []string) error {
 				reason := fs.String("reason", "", "")
 				yes := fs.Bool("yes", false, "")
@@ -282,10 +286,20 @@ func init() {
 		})
 	adminCmd("admin unlock list", "list unlocks waiting for approval", adminUnlockUsage,
 		func(fs *flag.FlagSet) func(*cli.Env, *server.AdminClient, []string) error {
+			asJSON := fs.Bool("json", false, "")
 			return func(env *cli.Env, c *server.AdminClient, args []string) error {
+				if len(args) > 0 {
+					return cli.Usagef("unexpected argument %q", args[0])
+				}
 				as, err := c.Approvals(context.Background())
 				if err != nil {
 					return err
+				}
+				if *asJSON {
+					if as == nil {
+						as = []store.Approval{}
+					}
+					return json.NewEncoder(env.Stdout).Encode(as)
 				}
 				tw := tabwriter.NewWriter(env.Stdout, 0, 4, 2, ' ', 0)
 				fmt.Fprintln(tw, "ID\tDEVICE\tSOURCE\tDEADLINE")
@@ -302,7 +316,16 @@ func init() {
 					if len(args) != 1 {
 						return cli.Usagef("want exactly one approval ID (tether admin unlock list)")
 					}
-					return c.ApprovalOp(context.Background(), args[0], op)
+					a, err := c.ApprovalOp(context.Background(), args[0], op)
+					if err != nil {
+						return err
+					}
+					what := "approved: the device's waiting unlock goes ahead"
+					if op == "deny" {
+						what = "denied: the device's waiting unlock is refused"
+					}
+					fmt.Fprintf(env.Stderr, "unlock %s of device %s %s\n", a.ID, a.Device, what)
+					return nil
 				}
 			})
 	}
@@ -430,7 +453,7 @@ List enrolled devices with their state (pending, enabled, disabled,
 revoked), the reason for it, and when each was last heard from.
 `
 
-const adminDeviceOpUsage = `Usage: tether admin device %[1]s [--reason TEXT] ID
+const adminDeviceOpUsage = `Usage: tether admin device %[1]s [--reason TEXT]%[3]s ID
 
 %[2]s.
 
@@ -442,7 +465,10 @@ const adminDeviceOpUsage = `Usage: tether admin device %[1]s [--reason TEXT] ID
             JWE bound to the device can never be unlocked again, by
             anyone, even with the device's identity key. Needs --yes.
 
-The reason is shown in device list and recorded in the audit log.
+Options:
+  --reason TEXT  shown in device list and recorded in the audit log
+  --yes          revoke only: confirm that the device's disks stay locked
+                 for good
 `
 
 const adminPolicyUsage = `Usage: tether admin device policy ID POLICY
@@ -549,9 +575,11 @@ func (a *anchorList) Set(v string) error {
 	return nil
 }
 
-const adminUnlockUsage = `Usage: tether admin unlock list
+const adminUnlockUsage = `Usage: tether admin unlock list [--json]
        tether admin unlock approve|deny ID
 
 A device whose policy has "approval":true waits at each unlock until an
 admin approves or denies it, or the server's --approval-timeout passes.
+list shows the waiting unlocks (--json: as JSON, with every field);
+approve and deny say on stderr what they decided.
 `
