@@ -836,7 +836,7 @@ type AdminConfig struct {
 // startManaged is Run's hook: it filters the Tang handler by network and,
 // if managed mode is configured, starts the managed listener. stop shuts
 // it down.
-func startManaged(ctx context.Context, cfg *Config, log *slog.Logger, tangH http.Handler) (h http.Handler, stop func(), err error) {
+func startManaged(ctx context.Context, cfg *Config, log *slog.Logger, tangH http.Handler, met *metrics, conns connBudget) (h http.Handler, stop func(), err error) {
 	mc := cfg.Managed
 	h = tangFilter(mc.TangAllow, cfg.Prefix, tangH)
 	if mc.Listen == "" {
@@ -941,11 +941,13 @@ func startManaged(ctx context.Context, cfg *Config, log *slog.Logger, tangH http
 		MaxHeaderBytes:    64 << 10,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
 	}
-	log.Info("managed API listening", "url", "https://"+ln.Addr().String(), "pin", m.Pin())
+	log.Info("managed API listening", "url", "https://"+ln.Addr().String(), "pin", m.Pin(), "max_connections", conns.Managed)
 	if mc.Ready != nil {
 		mc.Ready(ln.Addr())
 	}
-	go srv.Serve(tls.NewListener(ln, srv.TLSConfig))
+	capped := newCapListener(ln, "managed", conns.Managed, log)
+	met.addListener(capped)
+	go srv.Serve(tls.NewListener(capped, srv.TLSConfig))
 	sctx, cancelSweep := context.WithCancel(context.Background())
 	go func() {
 		t := time.NewTicker(m.cfg.Sweep)
