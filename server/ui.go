@@ -285,9 +285,15 @@ func (u *uiServer) loginPost(w http.ResponseWriter, r *http.Request) {
 	}
 	r.Body = http.MaxBytesReader(w, r.Body, 8<<10)
 	name, pw := strings.TrimSpace(r.PostFormValue("name")), r.PostFormValue("password")
+	// Names no account can have share one limiter key: an 8 KB name
+	// must not become an 8 KB table entry.
+	key := name
+	if ValidUserName(name) != nil {
+		key = "\x00invalid"
+	}
 	// The attempt is reserved before the password is verified, so that
 	// concurrent guesses cannot all pass the check before any counts.
-	if ok, wait := u.limiter.reserve(name, src, u.m.now()); !ok {
+	if ok, wait := u.limiter.reserve(key, src, u.m.now()); !ok {
 		secs := int(wait.Seconds()) + 1
 		w.Header().Set("Retry-After", fmt.Sprint(secs))
 		u.renderLogin(w, http.StatusTooManyRequests, loginView{Name: name,
@@ -297,7 +303,7 @@ func (u *uiServer) loginPost(w http.ResponseWriter, r *http.Request) {
 	select {
 	case u.argonSem <- struct{}{}:
 	case <-ctx.Done():
-		u.limiter.release(name, src)
+		u.limiter.release(key, src)
 		return
 	}
 	user, err := u.us.UIUser(ctx, name)
@@ -307,7 +313,7 @@ func (u *uiServer) loginPost(w http.ResponseWriter, r *http.Request) {
 	}
 	good := VerifyPassword(hash, pw) && err == nil
 	<-u.argonSem
-	u.limiter.done(name, src, good, u.m.now())
+	u.limiter.done(key, src, good, u.m.now())
 	if !good {
 		u.m.record(ctx, &audit.Record{Action: "ui.login", Actor: name, Source: src, Decision: audit.Deny, Reason: "wrong name or password"})
 		u.renderLogin(w, http.StatusUnauthorized, loginView{Name: name, Error: "Wrong name or password."})
