@@ -55,7 +55,7 @@ func (m *Managed) adminRoutes(mux *http.ServeMux) {
 	a := func(h http.HandlerFunc) http.HandlerFunc {
 		return func(w http.ResponseWriter, r *http.Request) {
 			tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-			stored, err := m.st.Setting(r.Context(), "admin.token.sha256")
+			stored, err := m.st.Setting(r.Context(), adminTokenSetting)
 			if !ok || err != nil || !constantTimeEqualHex(tok, stored) {
 				writeError(w, http.StatusUnauthorized, "admin API: missing or wrong admin token")
 				return
@@ -323,7 +323,7 @@ func (m *Managed) adminLockdown(w http.ResponseWriter, r *http.Request) {
 }
 
 func (m *Managed) adminEnrollOpen(w http.ResponseWriter, r *http.Request) {
-	m.adminSwitch(w, r, "enroll.open", "enroll.open")
+	m.adminSwitch(w, r, enrollOpenSetting, "enroll.open")
 }
 
 func (m *Managed) adminApprovals(w http.ResponseWriter, r *http.Request) {

@@ -141,8 +141,9 @@ func (c *AdminClient) Approvals(ctx context.Context) ([]store.Approval, error) {
 }
 
 // ApprovalOp is approve or deny.
-func (c *AdminClient) ApprovalOp(ctx context.Context, id, op string) error {
-	return c.call(ctx, http.MethodPost, "/v1/admin/approvals/"+url.PathEscape(id)+"/"+op, struct{}{}, nil)
+func (c *AdminClient) ApprovalOp(ctx context.Context, id, op string) (*store.Approval, error) {
+	var a store.Approval
+	return &a, c.call(ctx, http.MethodPost, "/v1/admin/approvals/"+url.PathEscape(id)+"/"+op, struct{}{}, &a)
 }
 
 // Audit calls fn for every audit record in order, fetching in pages.

@@ -22,7 +22,6 @@ import (
 	"time"
 
 	"github.com/tether-nbde/tether/audit"
-	"github.com/tether-nbde/tether/internal/atomicfile"
 	"github.com/tether-nbde/tether/jose"
 	"github.com/tether-nbde/tether/policy"
 	"github.com/tether-nbde/tether/store"
@@ -61,6 +60,45 @@ type ManagedConfig struct {
 	// API's self-signed certificate when it is first generated, so that
 	// clients that check names (libcurl for ZFS keylocation) accept it.
 	Hostnames []string
+	// SaveAdmin, if set, receives the admin token that NewManaged creates
+	// on first start, before the store records its hash, and must keep it
+	// (startManaged writes the admin file). A start that fails at any
+	// point thus leaves either no admin credential in the store (the next
+	// start makes one) or one that was handed over: never a token nobody
+	// holds.
+	SaveAdmin func(token string) error
+	// MaxPending caps the devices waiting for approval that enrolment
+	// without a token may create (default 100).
+	MaxPending int
+}
+
+// adminTokenSetting holds the SHA-256 (hex) of the admin API's token.
+const adminTokenSetting = "admin.token.sha256"
+
+// initAdminToken creates the admin token if the store has none. It
+// returns the new token, or "" if one existed (or another replica made it
+// first, in which case what save received is void).
+func initAdminToken(ctx context.Context, st store.Store, save func(string) error) (string, error) {
+	if _, err := st.Setting(ctx, adminTokenSetting); err == nil {
+		return "", nil
+	} else if !errors.Is(err, store.ErrNotFound) {
+		return "", err
+	}
+	tok := randomToken(32)
+	if save != nil {
+		if err := save(tok); err != nil {
+			return "", err
+		}
+	}
+	h := sha256.Sum256([]byte(tok))
+	stored, err := st.InitSetting(ctx, adminTokenSetting, hex.EncodeToString(h[:]))
+	if err != nil {
+		return "", err
+	}
+	if stored != hex.EncodeToString(h[:]) {
+		return "", nil
+	}
+	return tok, nil
 }
 
 // Managed is the managed-mode server: the device API (enrol, key, unlock,
@@ -74,6 +112,8 @@ type Managed struct {
 	cert    tls.Certificate
 	pin     string
 	limiter policy.Limiter
+	enrolls enrollLimiter // tokenless enrolments per address
+	pendMu  sync.Mutex    // serialises the pending cap's count and create
 	hooks   *webhooks
 	ui      *uiServer
 
@@ -95,6 +135,9 @@ func NewManaged(ctx context.Context, st store.Store, kek *KEK, cfg ManagedConfig
 	}
 	if cfg.UnlockRate == 0 {
 		cfg.UnlockRate = 30
+	}
+	if cfg.MaxPending <= 0 {
+		cfg.MaxPending = 100
 	}
 	if cfg.Sweep <= 0 {
 		cfg.Sweep = 10 * time.Second
@@ -118,14 +161,9 @@ func NewManaged(ctx context.Context, st store.Store, kek *KEK, cfg ManagedConfig
 	if err != nil {
 		return nil, "", err
 	}
-	tok := randomToken(32)
-	h := sha256.Sum256([]byte(tok))
-	storedHash, err := st.InitSetting(ctx, "admin.token.sha256", hex.EncodeToString(h[:]))
+	tok, err := initAdminToken(ctx, st, cfg.SaveAdmin)
 	if err != nil {
 		return nil, "", err
-	}
-	if storedHash != hex.EncodeToString(h[:]) {
-		tok = ""
 	}
 	m = &Managed{
 		st: st, kek: kek, log: log, cfg: cfg, now: now, cert: cert,
@@ -267,9 +305,18 @@ func (m *Managed) authDevice(w http.ResponseWriter, r *http.Request, action stri
 	}
 	d, err := m.st.DeviceByKey(r.Context(), kid)
 	if errors.Is(err, store.ErrNotFound) {
+		// A revoked device is named in the audit record (so the device's
+		// history and the dashboard show the attempt) and in the answer.
+		if revoked, _ := m.st.RevokedByKey(r.Context(), kid); len(revoked) > 0 {
+			rd := revoked[0]
+			m.record(r.Context(), &audit.Record{Action: action, Device: rd.ID, Source: sourceOf(r).String(), Decision: audit.Deny,
+				Reason: "device is revoked"})
+			writeError(w, http.StatusGone, "%s", revokedMessage(rd))
+			return nil
+		}
 		m.record(r.Context(), &audit.Record{Action: action, Source: sourceOf(r).String(), Decision: audit.Deny,
-			Reason: "identity key " + kid[:12] + "… is not enrolled (or its device was revoked)"})
-		writeError(w, http.StatusForbidden, "this identity key is not enrolled, or its device was revoked")
+			Reason: "identity key " + kid[:12] + "… is not enrolled"})
+		writeError(w, http.StatusForbidden, "this identity key is not enrolled: enrol the machine (tether enroll)")
 		return nil
 	}
 	if err != nil {
@@ -324,10 +371,12 @@ func (m *Managed) handleEnroll(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		state, group, how = store.Enabled, tok.Group, "with a token"
-	} else if v, _ := m.st.Setting(ctx, "enroll.open"); v == "off" {
-		m.record(ctx, &audit.Record{Action: "enroll", Source: src, Decision: audit.Deny, Reason: "enrolment without a token is turned off"})
-		writeError(w, http.StatusForbidden, "this server only enrols devices with a token")
-		return
+	} else {
+		release, ok := m.admitTokenless(w, r, &req, src) // managed_enroll.go
+		if !ok {
+			return
+		}
+		defer release()
 	}
 	id := "dev-" + randomToken(9)
 	S, err := jose.P256.GenerateKey("ECMR", "deriveKey")
@@ -546,6 +595,14 @@ func (m *Managed) exchange(w http.ResponseWriter, r *http.Request, d *store.Devi
 		return
 	}
 	if !S.MatchesThumbprint(req.Kid) {
+		// A JWE of this machine from before a revocation (it enrolled
+		// again since): say so, and put it in the revoked device's record.
+		if rd := m.revokedOwner(ctx, d, req.Kid); rd != nil {
+			m.record(ctx, &audit.Record{Action: "unlock", Device: rd.ID, Source: src.String(), Decision: audit.Deny,
+				Reason: "device is revoked (asked by its successor " + d.ID + ")"})
+			writeError(w, http.StatusGone, "%s", revokedMessage(rd))
+			return
+		}
 		m.record(ctx, &audit.Record{Action: "unlock", Device: d.ID, Source: src.String(), Decision: audit.Deny,
 			Reason: "kid does not name this device's exchange key"})
 		writeError(w, http.StatusNotFound, "kid %q does not name this device's exchange key", req.Kid)
@@ -568,6 +625,31 @@ func (m *Managed) exchange(w http.ResponseWriter, r *http.Request, d *store.Devi
 	m.st.Touch(ctx, d.ID, m.now())
 	m.hooks.send(Event{Event: "unlock", Device: d.ID, Name: d.Name, Source: rec.Source, Reason: reason}, rec)
 	writeJSON(w, http.StatusOK, recReply{Y: y})
+}
+
+// revokedMessage is the answer to a revoked device: revocation is final.
+func revokedMessage(d *store.Device) string {
+	msg := "device " + d.ID + " was revoked"
+	if d.Reason != "" {
+		msg += " (" + d.Reason + ")"
+	}
+	return msg + ": its key is destroyed, so nothing bound to it can be decrypted again; use another unlock method (a passphrase), then enrol again and rebind"
+}
+
+// revokedOwner returns the revoked device, with the same identity key as
+// d, whose exchange key kid names, or nil.
+func (m *Managed) revokedOwner(ctx context.Context, d *store.Device, kid string) *store.Device {
+	revoked, err := m.st.RevokedByKey(ctx, d.KeyID)
+	if err != nil {
+		return nil
+	}
+	for _, rd := range revoked {
+		var k jose.JWK
+		if json.Unmarshal([]byte(rd.ExchangePub), &k) == nil && k.MatchesThumbprint(kid) {
+			return rd
+		}
+	}
+	return nil
 }
 
 // exchangeKey unwraps the device's exchange key S_D. On failure it answers
@@ -754,7 +836,7 @@ type AdminConfig struct {
 // startManaged is Run's hook: it filters the Tang handler by network and,
 // if managed mode is configured, starts the managed listener. stop shuts
 // it down.
-func startManaged(ctx context.Context, cfg *Config, log *slog.Logger, tangH http.Handler) (h http.Handler, stop func(), err error) {
+func startManaged(ctx context.Context, cfg *Config, log *slog.Logger, tangH http.Handler, met *metrics, conns connBudget) (h http.Handler, stop func(), err error) {
 	mc := cfg.Managed
 	h = tangFilter(mc.TangAllow, cfg.Prefix, tangH)
 	if mc.Listen == "" {
@@ -768,9 +850,30 @@ func startManaged(ctx context.Context, cfg *Config, log *slog.Logger, tangH http
 	if kekFile == "" {
 		kekFile = filepath.Join(cfg.DataDir, "kek")
 	}
+	// Listen before anything is created: a busy port is the likeliest
+	// failure of a first start, and it should leave nothing behind.
+	ln, err := net.Listen("tcp", mc.Listen)
+	if err != nil {
+		return nil, nil, listenError("the managed API", mc.Listen, "--managed-listen", err)
+	}
+	closeLn := true
+	defer func() {
+		if closeLn {
+			ln.Close()
+		}
+	}()
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, nil, err
 	}
+	unlock, err := lockDataDir(cfg.DataDir)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer func() {
+		if closeLn {
+			unlock()
+		}
+	}()
 	kek, created, err := LoadOrCreateKEK(ctx, kekFile)
 	if err != nil {
 		return nil, nil, err
@@ -785,6 +888,24 @@ func startManaged(ctx context.Context, cfg *Config, log *slog.Logger, tangH http
 	if err != nil {
 		return nil, nil, fmt.Errorf("open store: %w", err)
 	}
+	adminFile := mc.AdminFile
+	if adminFile == "" {
+		adminFile = filepath.Join(cfg.DataDir, "admin.json")
+	}
+	saved := false
+	mc.SaveAdmin = func(tok string) error {
+		// The pin is the stored certificate's, which NewManaged has
+		// settled before it makes the token.
+		pin, err := StoredPin(ctx, st)
+		if err != nil {
+			return err
+		}
+		if err := WriteAdminConfig(adminFile, AdminConfig{URL: "https://" + localAddr(ln.Addr()), Pin: pin, Token: tok}); err != nil {
+			return fmt.Errorf("write admin credentials: %w", err)
+		}
+		saved = true
+		return nil
+	}
 	m, adminTok, err := NewManaged(ctx, st, kek, mc, log)
 	if err != nil {
 		st.Close()
@@ -793,26 +914,20 @@ func startManaged(ctx context.Context, cfg *Config, log *slog.Logger, tangH http
 		}
 		return nil, nil, fmt.Errorf("managed mode: %w", err)
 	}
-	ln, err := net.Listen("tcp", mc.Listen)
-	if err != nil {
-		st.Close()
-		return nil, nil, fmt.Errorf("listen on %s: %w", mc.Listen, err)
-	}
-	if adminTok != "" {
-		adminFile := mc.AdminFile
-		if adminFile == "" {
-			adminFile = filepath.Join(cfg.DataDir, "admin.json")
-		}
-		b, _ := json.MarshalIndent(AdminConfig{URL: "https://" + localAddr(ln.Addr()), Pin: m.Pin(), Token: adminTok}, "", "  ")
-		if err := atomicfile.Write(adminFile, append(b, '\n'), 0o600); err != nil {
-			ln.Close()
-			st.Close()
-			return nil, nil, fmt.Errorf("write admin credentials: %w", err)
-		}
+	switch {
+	case adminTok != "":
 		log.Info("admin credentials written", "file", adminFile)
+	case saved:
+		// Another replica made the admin token first: ours is void.
+		os.Remove(adminFile)
+	default:
+		if _, err := os.Stat(adminFile); errors.Is(err, os.ErrNotExist) {
+			log.Warn("no admin credentials file here: copy it from where the server first started, or reissue it with tether admin reset-credentials", "file", adminFile)
+		} else if w := AdminConfigModeWarning(adminFile); w != "" {
+			log.Warn(w)
+		}
 	}
 	if err := m.startUI(ctx, cfg.DataDir, cfg.Curve, log); err != nil {
-		ln.Close()
 		st.Close()
 		return nil, nil, err
 	}
@@ -826,11 +941,13 @@ func startManaged(ctx context.Context, cfg *Config, log *slog.Logger, tangH http
 		MaxHeaderBytes:    64 << 10,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
 	}
-	log.Info("managed API listening", "url", "https://"+ln.Addr().String(), "pin", m.Pin())
+	log.Info("managed API listening", "url", "https://"+ln.Addr().String(), "pin", m.Pin(), "max_connections", conns.Managed)
 	if mc.Ready != nil {
 		mc.Ready(ln.Addr())
 	}
-	go srv.Serve(tls.NewListener(ln, srv.TLSConfig))
+	capped := newCapListener(ln, "managed", conns.Managed, log)
+	met.addListener(capped)
+	go srv.Serve(tls.NewListener(capped, srv.TLSConfig))
 	sctx, cancelSweep := context.WithCancel(context.Background())
 	go func() {
 		t := time.NewTicker(m.cfg.Sweep)
@@ -846,6 +963,7 @@ func startManaged(ctx context.Context, cfg *Config, log *slog.Logger, tangH http
 			}
 		}
 	}()
+	closeLn = false
 	stop = func() {
 		cancelSweep()
 		c, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -855,6 +973,7 @@ func startManaged(ctx context.Context, cfg *Config, log *slog.Logger, tangH http
 		}
 		m.Close()
 		st.Close()
+		unlock()
 	}
 	return h, stop, nil
 }

@@ -8,6 +8,7 @@ import (
 	"database/sql"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"log"
 	"log/slog"
@@ -264,6 +265,9 @@ func TestTokenIsOneTimeAndPinned(t *testing.T) {
 
 func TestPendingEnrollmentNeedsApproval(t *testing.T) {
 	e := newEnv(t, server.ManagedConfig{})
+	if err := e.admin.EnrollOpen(context.Background(), true); err != nil {
+		t.Fatal(err)
+	}
 	d := e.enroll("", "")
 	j := d.encrypt(t, "s")
 	e.mustFail(d, j, "pending")
@@ -279,6 +283,64 @@ func TestPendingEnrollmentNeedsApproval(t *testing.T) {
 	}
 }
 
+// TestTokenlessEnrollment: off unless turned on; when on, a few per
+// address, a cap on pending devices (also under concurrency), and host
+// names only.
+func TestTokenlessEnrollment(t *testing.T) {
+	ctx := context.Background()
+	e := newEnv(t, server.ManagedConfig{MaxPending: 5})
+	try := func(from, name string) error {
+		_, _, err := managed.Enroll(ctx, managed.EnrollOptions{Server: e.url, Pin: e.m.Pin(), Dir: t.TempDir(), Name: name, LocalAddr: from})
+		return err
+	}
+	if err := try("127.0.0.2", "host-a"); err == nil || !strings.Contains(err.Error(), "only enrols devices with a token") {
+		t.Fatalf("tokenless enrolment on a fresh server: %v", err)
+	}
+	if err := e.admin.EnrollOpen(ctx, true); err != nil {
+		t.Fatal(err)
+	}
+	for _, bad := range []string{"host a", "hоst" /* Cyrillic o */, strings.Repeat("x", 65), "a[2Jb"} {
+		if err := try("127.0.0.3", bad); err == nil || !strings.Contains(err.Error(), "name") {
+			t.Fatalf("tokenless enrolment named %q: %v", bad, err)
+		}
+	}
+	// Per address: 3 (the refusals above counted against 127.0.0.3).
+	ok := 0
+	for i := 0; i < 6; i++ {
+		err := try("127.0.0.4", fmt.Sprintf("host-%d", i))
+		if err == nil {
+			ok++
+		} else if !strings.Contains(err.Error(), "too many enrolments") {
+			t.Fatalf("enrolment %d from 127.0.0.4: %v", i, err)
+		}
+	}
+	if ok != 3 {
+		t.Fatalf("6 tokenless enrolments from one address: %d accepted, want 3", ok)
+	}
+	// The pending cap (5) holds under a concurrent burst from many addresses.
+	var wg sync.WaitGroup
+	for i := 0; i < 20; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			try(fmt.Sprintf("127.0.1.%d", i+1), fmt.Sprintf("burst-%d", i))
+		}()
+	}
+	wg.Wait()
+	page, err := e.st.DevicePage(ctx, store.DeviceQuery{State: store.Pending, Limit: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := page.Counts[store.Pending]; n != 5 {
+		t.Fatalf("%d devices pending, want the cap of 5", n)
+	}
+	if err := try("127.0.2.1", "one-more"); err == nil || !strings.Contains(err.Error(), "wait for approval") {
+		t.Fatalf("enrolment beyond the pending cap: %v", err)
+	}
+	// A token still enrols.
+	e.enroll(e.token(""), "127.0.2.1")
+}
+
 func TestRevokeIsForever(t *testing.T) {
 	ctx := context.Background()
 	e := newEnv(t, server.ManagedConfig{})
@@ -290,7 +352,12 @@ func TestRevokeIsForever(t *testing.T) {
 	if _, err := e.admin.DeviceOp(ctx, d.id, "revoke", "stolen"); err != nil {
 		t.Fatal(err)
 	}
-	e.mustFail(d, j, "not enrolled, or its device was revoked")
+	e.mustFail(d, j, "device "+d.id+" was revoked (stolen)")
+	// The attempt is in the revoked device's own record.
+	recs, _ := e.st.Audit(ctx, 0, 1000)
+	if last := recs[len(recs)-1]; last.Action != "unlock" || last.Device != d.id || last.Decision != "deny" {
+		t.Fatalf("a revoked device's unlock is audited as %+v, want an unlock denied for %s", last, d.id)
+	}
 	rec, _ := e.st.Device(ctx, d.id)
 	if rec.State != store.Revoked || rec.ExchangeKey != nil {
 		t.Fatalf("after revoke: state %s, key present %v", rec.State, rec.ExchangeKey != nil)
@@ -318,7 +385,14 @@ func TestRevokeIsForever(t *testing.T) {
 	b, _ := json.Marshal(st)
 	os.WriteFile(filepath.Join(d.dir, "device.json"), b, 0o600)
 	hdr := rewriteDevice(t, j, info.Device)
-	e.mustFail(d, hdr, "does not name this device's exchange key")
+	e.mustFail(d, hdr, "device "+d.id+" was revoked")
+	recs, _ = e.st.Audit(ctx, 0, 1000)
+	if last := recs[len(recs)-1]; last.Device != d.id || last.Decision != "deny" {
+		t.Fatalf("an old JWE's unlock after re-enrolment is audited as %+v, want denied for %s", last, d.id)
+	}
+	// The old JWE as it is names the old device: the client says what
+	// that may mean.
+	e.mustFail(d, j, "before it was revoked")
 	e.verifyAudit()
 }
 

@@ -21,6 +21,13 @@ type metrics struct {
 	recCount   atomic.Uint64
 	recSumNs   atomic.Uint64
 	start      time.Time
+	listeners  []*capListener // connection caps (connlimit.go); set before serving
+}
+
+func (m *metrics) addListener(l *capListener) {
+	m.mu.Lock()
+	m.listeners = append(m.listeners, l)
+	m.mu.Unlock()
 }
 
 var recBounds = [...]float64{0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1}
@@ -79,4 +86,8 @@ func (m *metrics) write(w io.Writer) {
 	fmt.Fprintln(w, "# HELP tether_uptime_seconds Seconds since the server started.")
 	fmt.Fprintln(w, "# TYPE tether_uptime_seconds gauge")
 	fmt.Fprintf(w, "tether_uptime_seconds %g\n", time.Since(m.start).Seconds())
+	m.mu.Lock()
+	ls := append([]*capListener(nil), m.listeners...)
+	m.mu.Unlock()
+	writeConnMetrics(w, ls)
 }

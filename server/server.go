@@ -53,6 +53,7 @@ func Run(ctx context.Context, cfg Config) error {
 		return fmt.Errorf("prepare keys in %s: %w", dir, err)
 	}
 	m := newMetrics()
+	conns := budget(fileLimit(), cfg.Managed.Listen != "")
 	ts := &tang.Server{Dir: dir, Prefix: cfg.Prefix, Log: log, Observe: m.observe}
 	if err := ts.Load(); err != nil {
 		return fmt.Errorf("load keys from %s: %w", dir, err)
@@ -73,7 +74,7 @@ func Run(ctx context.Context, cfg Config) error {
 			ts.ServeHTTP(w, r)
 		}
 	})
-	hh, stopManaged, err := startManaged(ctx, &cfg, log, h)
+	hh, stopManaged, err := startManaged(ctx, &cfg, log, h, m, conns)
 	if err != nil {
 		return err
 	}
@@ -91,8 +92,11 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	ln, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
-		return fmt.Errorf("listen on %s: %w", cfg.Listen, err)
+		return listenError("the Tang endpoints", cfg.Listen, "--listen", err)
 	}
+	capped := newCapListener(ln, "tang", conns.Tang, log)
+	m.addListener(capped)
+	ln = capped
 	scheme := "http"
 	if cfg.TLSCert != "" || cfg.TLSKey != "" {
 		cert, err := tls.LoadX509KeyPair(cfg.TLSCert, cfg.TLSKey)
@@ -103,7 +107,8 @@ func Run(ctx context.Context, cfg Config) error {
 		ln = tls.NewListener(ln, &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12})
 		scheme = "https"
 	}
-	log.Info("tether server listening", "url", scheme+"://"+ln.Addr().String()+prefix, "keys", dir)
+	log.Info("tether server listening", "url", scheme+"://"+ln.Addr().String()+prefix, "keys", dir,
+		"max_connections", conns.Tang, "open_files_limit", conns.NoFile)
 	if cfg.Ready != nil {
 		cfg.Ready(ln.Addr())
 	}

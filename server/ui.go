@@ -12,6 +12,7 @@ import (
 	"io/fs"
 	"log/slog"
 	"net/http"
+	"os"
 	"path/filepath"
 	"strings"
 	"time"
@@ -284,7 +285,15 @@ func (u *uiServer) loginPost(w http.ResponseWriter, r *http.Request) {
 	}
 	r.Body = http.MaxBytesReader(w, r.Body, 8<<10)
 	name, pw := strings.TrimSpace(r.PostFormValue("name")), r.PostFormValue("password")
-	if ok, wait := u.limiter.allow(name, src, u.m.now()); !ok {
+	// Names no account can have share one limiter key: an 8 KB name
+	// must not become an 8 KB table entry.
+	key := name
+	if ValidUserName(name) != nil {
+		key = "\x00invalid"
+	}
+	// The attempt is reserved before the password is verified, so that
+	// concurrent guesses cannot all pass the check before any counts.
+	if ok, wait := u.limiter.reserve(key, src, u.m.now()); !ok {
 		secs := int(wait.Seconds()) + 1
 		w.Header().Set("Retry-After", fmt.Sprint(secs))
 		u.renderLogin(w, http.StatusTooManyRequests, loginView{Name: name,
@@ -294,6 +303,7 @@ func (u *uiServer) loginPost(w http.ResponseWriter, r *http.Request) {
 	select {
 	case u.argonSem <- struct{}{}:
 	case <-ctx.Done():
+		u.limiter.release(key, src)
 		return
 	}
 	user, err := u.us.UIUser(ctx, name)
@@ -303,8 +313,8 @@ func (u *uiServer) loginPost(w http.ResponseWriter, r *http.Request) {
 	}
 	good := VerifyPassword(hash, pw) && err == nil
 	<-u.argonSem
+	u.limiter.done(key, src, good, u.m.now())
 	if !good {
-		u.limiter.fail(name, src, u.m.now())
 		u.m.record(ctx, &audit.Record{Action: "ui.login", Actor: name, Source: src, Decision: audit.Deny, Reason: "wrong name or password"})
 		u.renderLogin(w, http.StatusUnauthorized, loginView{Name: name, Error: "Wrong name or password."})
 		return
@@ -365,22 +375,25 @@ func (m *Managed) startUI(ctx context.Context, dataDir string, curve *jose.Curve
 	if err != nil {
 		return err
 	}
-	now := m.now()
-	err = u.us.CreateUIUser(ctx, &store.UIUser{Name: InitialAdminName, Hash: hash, Created: now, Updated: now})
-	if errors.Is(err, store.ErrExists) {
-		return nil
-	}
-	if err != nil {
-		return err
-	}
 	file := u.cfg.PasswordFile
 	if file == "" {
 		file = filepath.Join(dataDir, "ui-admin.txt")
 	}
+	// The password is written before the account exists, so that a failed
+	// start never leaves an account whose password nobody has.
 	body := fmt.Sprintf("# tether dashboard: the first account (change it: tether admin user passwd %s)\nname: %s\npassword: %s\n",
 		InitialAdminName, InitialAdminName, pw)
 	if err := atomicfile.Write(file, []byte(body), 0o600); err != nil {
 		return fmt.Errorf("write the dashboard's initial password: %w", err)
+	}
+	now := m.now()
+	err = u.us.CreateUIUser(ctx, &store.UIUser{Name: InitialAdminName, Hash: hash, Created: now, Updated: now})
+	if errors.Is(err, store.ErrExists) {
+		os.Remove(file) // another replica made it first: this password is void
+		return nil
+	}
+	if err != nil {
+		return err
 	}
 	m.record(ctx, &audit.Record{Action: "ui.user.add", Actor: "server", Decision: audit.OK, Reason: InitialAdminName + " (first start)"})
 	log.Info("dashboard account created", "name", InitialAdminName, "password_file", file)

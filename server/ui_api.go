@@ -154,8 +154,8 @@ func (u *uiServer) apiState(w http.ResponseWriter, r *http.Request) {
 		st.Approvals = append(st.Approvals, UIApproval{Approval: *a, Name: names[a.Device]})
 	}
 	lock, _ := u.m.st.Setting(ctx, "lockdown")
-	open, _ := u.m.st.Setting(ctx, "enroll.open")
-	st.Lockdown, st.EnrollOpen = lock == "on", open != "off"
+	open, _ := u.m.st.Setting(ctx, enrollOpenSetting)
+	st.Lockdown, st.EnrollOpen = lock == "on", open == "on"
 	keys, err := tang.LoadKeyDir(u.cfg.KeyDir)
 	if err != nil {
 		st.KeysError = err.Error()

@@ -7,11 +7,13 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/cookiejar"
 	"net/url"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -33,6 +35,16 @@ func (e *env) uiClient() *uiClient {
 	return &uiClient{t: e.t, base: e.url, c: &http.Client{Jar: jar,
 		Transport:     &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}},
 		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}}
+}
+
+// uiClientFrom is a browser at a loopback address of its own (127.0.0.2,
+// ...: all of 127/8 is loopback), so that the server sees distinct
+// client addresses.
+func (e *env) uiClientFrom(local string) *uiClient {
+	c := e.uiClient()
+	d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(local)}}
+	c.c.Transport.(*http.Transport).DialContext = d.DialContext
+	return c
 }
 
 func (e *env) addUser(name, pw string) {
@@ -295,6 +307,96 @@ func TestUILoginRateLimit(t *testing.T) {
 	if !limited {
 		t.Fatal("25 failed sign-ins with different names from one address were never braked")
 	}
+}
+
+// TestUILoginConcurrentGuesses: 200 wrong passwords sent at once from one
+// address check no more passwords than the limit, and do not keep the
+// owner out: she signs in at once from an address that has not failed.
+func TestUILoginConcurrentGuesses(t *testing.T) {
+	e := newEnv(t, server.ManagedConfig{})
+	e.addUser("alice", "alice-password-1")
+	stranger := e.uiClientFrom("127.0.0.2")
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	codes := map[int]int{}
+	for i := 0; i < 200; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r := stranger.login("alice", fmt.Sprintf("wrong-guess-%03d", i), "")
+			mu.Lock()
+			codes[r.StatusCode]++
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	denied := 0
+	recs, _ := e.st.Audit(context.Background(), 0, 10000)
+	for _, r := range recs {
+		if r.Action == "ui.login" && r.Decision == "deny" {
+			denied++
+		}
+	}
+	t.Logf("200 concurrent wrong passwords: %v, %d audited as checked", codes, denied)
+	if codes[401] > 5 || denied > 5 || codes[401]+codes[429] != 200 {
+		t.Fatalf("200 concurrent wrong passwords from one address: %v (%d checked and audited), want at most 5 checked", codes, denied)
+	}
+	owner := e.uiClientFrom("127.0.0.3")
+	owner.mustLogin("alice", "alice-password-1")
+}
+
+// TestUILoginAccountBrake: guesses spread over many addresses brake the
+// account with a short, growing delay — not a lockout: the owner's known
+// address passes, the delay is at most a minute, and an administrator
+// clears it.
+func TestUILoginAccountBrake(t *testing.T) {
+	ctx := context.Background()
+	e := newEnv(t, server.ManagedConfig{})
+	e.addUser("alice", "alice-password-1")
+	e.uiClientFrom("127.0.0.3").mustLogin("alice", "alice-password-1") // her usual address
+	checked, braked := 0, 0
+	for a := 10; a < 20; a++ {
+		c := e.uiClientFrom(fmt.Sprintf("127.0.0.%d", a))
+		for i := 0; i < 5; i++ {
+			switch r := c.login("alice", "wrong-password-x", ""); r.StatusCode {
+			case 401:
+				checked++
+			case 429:
+				braked++
+				if s, _ := strconv.Atoi(r.Header.Get("Retry-After")); s < 1 || s > 61 {
+					t.Fatalf("account brake: Retry-After %q, want 1 to 61 s", r.Header.Get("Retry-After"))
+				}
+			default:
+				t.Fatalf("guess: %s", r.Status)
+			}
+		}
+	}
+	if checked > 11 || braked == 0 {
+		t.Fatalf("50 guesses from 10 addresses: %d checked, %d braked; want the account braked after 10", checked, braked)
+	}
+	fresh := e.uiClientFrom("127.0.0.50")
+	r := fresh.login("alice", "alice-password-1", "")
+	if r.StatusCode != http.StatusTooManyRequests {
+		t.Fatalf("right password from a new address while braked: %s", r.Status)
+	}
+	e.uiClientFrom("127.0.0.3").mustLogin("alice", "alice-password-1")
+	// A delay, not a lockout.
+	secs, _ := strconv.Atoi(r.Header.Get("Retry-After"))
+	e.clock.Advance(time.Duration(secs) * time.Second)
+	fresh.mustLogin("alice", "alice-password-1")
+
+	// More guesses brake it again; the administrator clears the brake.
+	for a := 20; a < 30; a++ {
+		e.uiClientFrom(fmt.Sprintf("127.0.0.%d", a)).login("alice", "wrong-password-y", "")
+	}
+	other := e.uiClientFrom("127.0.0.51")
+	if r := other.login("alice", "alice-password-1", ""); r.StatusCode != http.StatusTooManyRequests {
+		t.Fatalf("right password from a new address while braked again: %s", r.Status)
+	}
+	if _, err := e.admin.UnlockUser(ctx, "alice"); err != nil {
+		t.Fatal(err)
+	}
+	other.mustLogin("alice", "alice-password-1")
 }
 
 func TestUIAuthorization(t *testing.T) {

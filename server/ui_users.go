@@ -35,6 +35,24 @@ func (m *Managed) userRoutes(mux *http.ServeMux, a func(http.HandlerFunc) http.H
 	mux.HandleFunc("POST /v1/admin/users/{name}", a(m.adminUserSet(false)))
 	mux.HandleFunc("PUT /v1/admin/users/{name}", a(m.adminUserSet(true)))
 	mux.HandleFunc("DELETE /v1/admin/users/{name}", a(m.adminUserDelete))
+	mux.HandleFunc("POST /v1/admin/users/{name}/unlock", a(m.adminUserUnlock))
+}
+
+// adminUserUnlock clears the sign-in brakes on an account (on the replica
+// that serves the request: they live in its memory).
+func (m *Managed) adminUserUnlock(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name")
+	n := m.ui.limiter.clear(name)
+	if err := m.adminRecord(r.Context(), &audit.Record{Action: "ui.user.unlock", Reason: name}); err != nil {
+		writeError(w, http.StatusInternalServerError, "audit: %v", err)
+		return
+	}
+	writeJSON(w, http.StatusOK, UnlockReply{Cleared: n})
+}
+
+// UnlockReply says how many sign-in brakes were cleared.
+type UnlockReply struct {
+	Cleared int `json:"cleared"`
 }
 
 // ValidUserName checks an account name: 1–64 letters, digits, ".", "-",
@@ -162,4 +180,11 @@ func (c *AdminClient) SetPassword(ctx context.Context, name, password string) er
 // RemoveUser deletes a dashboard account and ends its sessions.
 func (c *AdminClient) RemoveUser(ctx context.Context, name string) error {
 	return c.call(ctx, http.MethodDelete, "/v1/admin/users/"+url.PathEscape(name), nil, nil)
+}
+
+// UnlockUser clears the sign-in brakes on a dashboard account.
+func (c *AdminClient) UnlockUser(ctx context.Context, name string) (int, error) {
+	var r UnlockReply
+	err := c.call(ctx, http.MethodPost, "/v1/admin/users/"+url.PathEscape(name)+"/unlock", struct{}{}, &r)
+	return r.Cleared, err
 }

@@ -91,6 +91,23 @@ func (s *sqlStore) DeviceByKey(ctx context.Context, keyID string) (*Device, erro
 	return scanDevice(s.db.QueryRowContext(ctx, `SELECT `+deviceCols+` FROM devices WHERE key_id = $1 AND state <> 'revoked'`, keyID))
 }
 
+func (s *sqlStore) RevokedByKey(ctx context.Context, keyID string) ([]*Device, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT `+deviceCols+` FROM devices WHERE key_id = $1 AND state = 'revoked' ORDER BY updated DESC, id LIMIT 16`, keyID)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []*Device
+	for rows.Next() {
+		d, err := scanDevice(rows)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, d)
+	}
+	return out, rows.Err()
+}
+
 func (s *sqlStore) Devices(ctx context.Context) ([]*Device, error) {
 	var out []*Device
 	err := s.EachDevice(ctx, func(d *Device) error {
@@ -504,6 +521,7 @@ CREATE TABLE IF NOT EXISTS devices (
 	version {int} NOT NULL
 );
 CREATE UNIQUE INDEX IF NOT EXISTS devices_live_key ON devices (key_id) WHERE state <> 'revoked';
+CREATE INDEX IF NOT EXISTS devices_key ON devices (key_id);
 CREATE INDEX IF NOT EXISTS devices_created ON devices (created, id);
 CREATE TABLE IF NOT EXISTS groups (name TEXT PRIMARY KEY, policy TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS tokens (

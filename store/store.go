@@ -146,6 +146,10 @@ type Store interface {
 	// DeviceByKey returns the device, not revoked, whose identity key has
 	// this KeyID.
 	DeviceByKey(ctx context.Context, keyID string) (*Device, error)
+	// RevokedByKey returns the revoked devices whose identity key has
+	// this KeyID, the most recently changed first (none: empty, no
+	// error), so that a refusal can name the device it refuses.
+	RevokedByKey(ctx context.Context, keyID string) ([]*Device, error)
 	Devices(ctx context.Context) ([]*Device, error)
 	// EachDevice calls fn for every device in creation order without
 	// holding them all in memory (a fleet may have 100,000). fn must not

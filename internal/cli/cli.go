@@ -104,6 +104,14 @@ func Run(args []string, env *Env) int {
 			return forward(env, append([]string{"help"}, args[1:]...))
 		}
 		if len(args) > 1 {
+			if c := find(args[1:]); c != nil && len(strings.Fields(c.name)) == len(args)-1 {
+				fmt.Fprint(env.Stdout, c.usage)
+				return 0
+			}
+			if group := groupOf(args[1:]); len(group) > 0 {
+				printGroup(env.Stdout, args[1:], group)
+				return 0
+			}
 			if c := find(args[1:]); c != nil {
 				fmt.Fprint(env.Stdout, c.usage)
 				return 0
@@ -124,6 +132,11 @@ func Run(args []string, env *Env) int {
 	}
 	for n := min(len(args), 3); n > matched; n-- {
 		if group := groupOf(args[:n]); len(group) > 0 {
+			if len(args) > n && (args[n] == "-h" || args[n] == "--help" || args[n] == "help") {
+				// "tether admin --help": the group's commands are its manual.
+				printGroup(env.Stdout, args[:n], group)
+				return 0
+			}
 			fmt.Fprintf(env.Stderr, "tether: error: %q needs a subcommand:\n", strings.Join(args[:n], " "))
 			for _, g := range group {
 				fmt.Fprintf(env.Stderr, "  tether %-22s %s\n", g.name, g.summary)
@@ -165,6 +178,16 @@ func report(env *Env, c *command, err error) int {
 		return 2
 	}
 	return 1
+}
+
+// printGroup lists the commands of a group, as its manual.
+func printGroup(w io.Writer, words []string, group []*command) {
+	name := strings.Join(words, " ")
+	fmt.Fprintf(w, "Usage: tether %s COMMAND [OPTIONS] [ARGS]\n\nCommands:\n", name)
+	for _, g := range group {
+		fmt.Fprintf(w, "  tether %-28s %s\n", g.name, g.summary)
+	}
+	fmt.Fprintf(w, "\nRun \"tether help %s COMMAND\" or \"tether %s COMMAND --help\" for a command's manual.\n", name, name)
 }
 
 // find returns the command whose name is the longest prefix of args.

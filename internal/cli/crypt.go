@@ -137,6 +137,12 @@ Pins:
          The TPM is /dev/tpmrm0 unless TETHER_TPM_TCTI or TPM2TOOLS_TCTI
          names another (e.g. swtpm:host=127.0.0.1,port=2321); see
          docs/TPM2.md.
+  managed  the key is recovered from a tether server in managed mode,
+         with this machine's own key there, under the server's policy
+         (approval, networks, keep-alive, revocation); enrol first with
+         tether enroll. CONFIG: {} or {"state":DIR} (the enrolment's
+         state directory; default $TETHER_DEVICE_DIR, else
+         /etc/tether/device). See docs/MANAGED.md.
   https  the key is derived from material fetched from an HTTPS URL.
          CONFIG: {"url":URL, "pin_sha256":PIN | "ca_file":FILE,
                   "cert_file":FILE, "key_file":FILE, "token_file":FILE}
@@ -158,6 +164,7 @@ Options:
 Examples:
   $ tether encrypt tang '{"url":"http://keys.lan:7500","thp":"9C8h..."}' < secret > secret.jwe
   $ tether encrypt sss '{"t":2,"pins":{"tang":[{"url":"http://a"},{"url":"http://b"},{"url":"http://c"}]}}' -y < secret > secret.jwe
+  $ tether encrypt managed '{}' < secret > secret.jwe
 `
 
 const decryptUsage = `Usage: tether decrypt [--timeout D] < JWE > SECRET

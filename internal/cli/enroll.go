@@ -103,7 +103,9 @@ The token (tether admin token create) is single-use and expiring, and
 carries the fingerprint of the server's TLS key: the server is
 authenticated from the token alone. Without a token, --pin gives that
 fingerprint (tether admin's config shows it) and the enrolment waits as
-"pending" until an admin approves it. Prefer --token-file (or "-" for
+"pending" until an admin approves it; the server refuses that unless an
+admin allowed it (tether admin enroll-open on), and then takes a few per
+address and names of ASCII letters, digits, ".", "-" and "_" only. Prefer --token-file (or "-" for
 stdin) over --token: command lines are visible to other local users.
 
 Running enroll again with the same state directory reuses the identity

@@ -83,10 +83,13 @@ func adminCmd(name, summary, usage string, extra func(fs *flag.FlagSet) func(env
 				}
 				cfg, err := server.LoadAdminConfig(path)
 				if errors.Is(err, os.ErrNotExist) {
-					return cli.WithHint(err, "the server writes its admin credentials there on first start with --managed-listen; pass --config FILE if they are elsewhere")
+					return cli.WithHint(err, "the server writes its admin credentials there on first start with --managed-listen; pass --config FILE if they are elsewhere, or reissue them with tether admin reset-credentials")
 				}
 				if err != nil {
 					return err
+				}
+				if w := server.AdminConfigModeWarning(path); w != "" {
+					fmt.Fprintf(env.Stderr, "tether: warning: %s\n", w)
 				}
 				return run(env, server.NewAdminClient(cfg), args)
 			}
@@ -147,7 +150,11 @@ func init() {
 		{"revoke", "destroy a device's key: its disks never unlock again"},
 	} {
 		op := op
-		adminCmd("admin device "+op.name, op.summary, fmt.Sprintf(adminDeviceOpUsage, op.name, op.summary),
+		yesFlag := ""
+		if op.name == "revoke" {
+			yesFlag = " --yes"
+		}
+		adminCmd("admin device "+op.name, op.summary, fmt.Sprintf(adminDeviceOpUsage, op.name, op.summary, yesFlag),
 			func(fs *flag.FlagSet) func(*cli.Env, *server.AdminClient, []string) error {
 				reason := fs.String("reason", "", "")
 				yes := fs.Bool("yes", false, "")
@@ -204,6 +211,19 @@ func init() {
 					return err
 				}
 				fmt.Fprintf(env.Stderr, "lockdown %s\n", args[0])
+				return nil
+			}
+		})
+	adminCmd("admin enroll-open", "allow enrolment without a token (on|off)", adminEnrollOpenUsage,
+		func(fs *flag.FlagSet) func(*cli.Env, *server.AdminClient, []string) error {
+			return func(env *cli.Env, c *server.AdminClient, args []string) error {
+				if len(args) != 1 || (args[0] != "on" && args[0] != "off") {
+					return cli.Usagef("want on or off")
+				}
+				if err := c.EnrollOpen(context.Background(), args[0] == "on"); err != nil {
+					return err
+				}
+				fmt.Fprintf(env.Stderr, "enrolment without a token: %s\n", args[0])
 				return nil
 			}
 		})
@@ -266,10 +286,20 @@ func init() {
 		})
 	adminCmd("admin unlock list", "list unlocks waiting for approval", adminUnlockUsage,
 		func(fs *flag.FlagSet) func(*cli.Env, *server.AdminClient, []string) error {
+			asJSON := fs.Bool("json", false, "")
 			return func(env *cli.Env, c *server.AdminClient, args []string) error {
+				if len(args) > 0 {
+					return cli.Usagef("unexpected argument %q", args[0])
+				}
 				as, err := c.Approvals(context.Background())
 				if err != nil {
 					return err
+				}
+				if *asJSON {
+					if as == nil {
+						as = []store.Approval{}
+					}
+					return json.NewEncoder(env.Stdout).Encode(as)
 				}
 				tw := tabwriter.NewWriter(env.Stdout, 0, 4, 2, ' ', 0)
 				fmt.Fprintln(tw, "ID\tDEVICE\tSOURCE\tDEADLINE")
@@ -286,11 +316,109 @@ func init() {
 					if len(args) != 1 {
 						return cli.Usagef("want exactly one approval ID (tether admin unlock list)")
 					}
-					return c.ApprovalOp(context.Background(), args[0], op)
+					a, err := c.ApprovalOp(context.Background(), args[0], op)
+					if err != nil {
+						return err
+					}
+					what := "approved: the device's waiting unlock goes ahead"
+					if op == "deny" {
+						what = "denied: the device's waiting unlock is refused"
+					}
+					fmt.Fprintf(env.Stderr, "unlock %s of device %s %s\n", a.ID, a.Device, what)
+					return nil
 				}
 			})
 	}
 }
+
+func init() {
+	cli.Register(cli.Command{
+		Name:    "admin reset-credentials",
+		Summary: "reissue the admin credentials (as root, with the server stopped)",
+		Usage:   adminResetUsage,
+		Flags: func(fs *flag.FlagSet) func(*cli.Env, []string) error {
+			data := fs.String("data", defaultDataDir, "")
+			storeSrc := fs.String("store", "", "")
+			out := fs.String("config", "", "")
+			url := fs.String("url", "", "")
+			return func(env *cli.Env, args []string) error {
+				if len(args) != 0 {
+					return cli.Usagef("unexpected argument %q", args[0])
+				}
+				ctx := context.Background()
+				file := *out
+				if file == "" {
+					file = filepath.Join(*data, "admin.json")
+				}
+				u := *url
+				if u == "" {
+					// The old file's URL, even if the rest of it is gone.
+					var old server.AdminConfig
+					if b, err := os.ReadFile(file); err == nil && json.Unmarshal(b, &old) == nil {
+						u = old.URL
+					}
+				}
+				if u == "" {
+					return cli.Usagef("no URL for the admin API: %s has none; pass --url https://HOST:PORT (the server's --managed-listen address)", file)
+				}
+				unlock, err := server.LockDataDirOffline(*data)
+				if errors.Is(err, server.ErrServerRunning) {
+					return cli.WithHint(fmt.Errorf("reset admin credentials: %w", err),
+						"stop the server, run this again, then start the server")
+				}
+				if err != nil {
+					return cli.WithHint(fmt.Errorf("reset admin credentials: %w", err), "is --data %s the server's data directory?", *data)
+				}
+				defer unlock()
+				src := *storeSrc
+				if src == "" {
+					src = "sqlite:" + filepath.Join(*data, "tether.db")
+				}
+				// Opening a SQLite store creates it: make sure there is one.
+				if db, ok := strings.CutPrefix(src, "sqlite:"); ok || !strings.Contains(src, "://") {
+					if _, err := os.Stat(db); err != nil {
+						return cli.WithHint(fmt.Errorf("reset admin credentials: %w", err), "is --data %s the server's data directory (or give --store)?", *data)
+					}
+				}
+				st, err := store.Open(ctx, src)
+				if err != nil {
+					return fmt.Errorf("reset admin credentials: open store: %w", err)
+				}
+				defer st.Close()
+				if _, err := server.ResetAdminCredentials(ctx, st, u, file); err != nil {
+					return fmt.Errorf("reset admin credentials: %w", err)
+				}
+				fmt.Fprintf(env.Stderr, "new admin credentials written to %s (0600); the old admin token no longer works\n", file)
+				return nil
+			}
+		},
+	})
+}
+
+const adminResetUsage = `Usage: tether admin reset-credentials [--data DIR] [--store SRC]
+                                     [--config FILE] [--url URL]
+
+Reissue the admin credentials of a managed server whose admin.json is lost
+(or was exposed): make a new admin token, write it with the server's URL
+and TLS key pin to FILE (0600), and replace the token in the store. The old
+token stops working. The change is recorded in the audit log (actor root).
+
+Run it as root on the server's machine with the server stopped: it works
+on the store directly, and refuses while a server runs on DIR. (Replicas
+on other machines sharing a PostgreSQL store are not detected: the new
+token is valid for all of them at once.)
+
+Options:
+  --data DIR     the server's data directory (default /var/lib/tether)
+  --store SRC    the store, if the server runs with --store (default
+                 sqlite:DIR/tether.db)
+  --config FILE  where to write the credentials (default DIR/admin.json)
+  --url URL      the admin API's URL, https://HOST:PORT of --managed-listen
+                 (default: the url of the existing FILE)
+
+Example (after stopping the server):
+  # tether admin reset-credentials --data /var/lib/tether
+`
 
 func parsePolicy(s string) (store.Policy, error) {
 	var p store.Policy
@@ -325,7 +453,7 @@ List enrolled devices with their state (pending, enabled, disabled,
 revoked), the reason for it, and when each was last heard from.
 `
 
-const adminDeviceOpUsage = `Usage: tether admin device %[1]s [--reason TEXT] ID
+const adminDeviceOpUsage = `Usage: tether admin device %[1]s [--reason TEXT]%[3]s ID
 
 %[2]s.
 
@@ -337,7 +465,10 @@ const adminDeviceOpUsage = `Usage: tether admin device %[1]s [--reason TEXT] ID
             JWE bound to the device can never be unlocked again, by
             anyone, even with the device's identity key. Needs --yes.
 
-The reason is shown in device list and recorded in the audit log.
+Options:
+  --reason TEXT  shown in device list and recorded in the audit log
+  --yes          revoke only: confirm that the device's disks stay locked
+                 for good
 `
 
 const adminPolicyUsage = `Usage: tether admin device policy ID POLICY
@@ -360,6 +491,18 @@ const adminLockdownUsage = `Usage: tether admin lockdown on|off
 
 Lockdown refuses every managed unlock at once, on every replica, until it
 is turned off. Nothing is destroyed. (Tang endpoints are not affected.)
+`
+
+const adminEnrollOpenUsage = `Usage: tether admin enroll-open on|off
+
+Allow (on) or refuse (off, the default) enrolment without a token
+(tether enroll --pin). Such a device is "pending" and unlocks nothing until
+an admin approves it (tether admin device approve), but anyone who reaches
+the managed port can ask, so while it is on the server limits it: 3 per
+source address (IPv6: per /64), then one per 10 minutes; at most 100
+devices pending at once; names of 1 to 64 ASCII letters, digits, ".", "-"
+and "_". Prefer tokens (tether admin token create). The setting is in the
+store: it applies to every replica.
 `
 
 const adminAuditUsage = `Usage: tether admin audit verify [--anchor SEQ:HASH ...]
@@ -432,9 +575,11 @@ func (a *anchorList) Set(v string) error {
 	return nil
 }
 
-const adminUnlockUsage = `Usage: tether admin unlock list
+const adminUnlockUsage = `Usage: tether admin unlock list [--json]
        tether admin unlock approve|deny ID
 
 A device whose policy has "approval":true waits at each unlock until an
 admin approves or denies it, or the server's --approval-timeout passes.
+list shows the waiting unlocks (--json: as JSON, with every field);
+approve and deny say on stderr what they decided.
 `

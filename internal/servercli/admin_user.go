@@ -118,6 +118,20 @@ func init() {
 				return tw.Flush()
 			}
 		})
+	adminCmd("admin user unlock", "clear the sign-in brakes on a dashboard account", adminUserUsage,
+		func(fs *flag.FlagSet) func(*cli.Env, *server.AdminClient, []string) error {
+			return func(env *cli.Env, c *server.AdminClient, args []string) error {
+				if len(args) != 1 {
+					return cli.Usagef("want exactly one account name")
+				}
+				n, err := c.UnlockUser(context.Background(), args[0])
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(env.Stderr, "account %s: %d sign-in brakes cleared on the server that answered\n", args[0], n)
+				return nil
+			}
+		})
 	adminCmd("admin user remove", "remove a dashboard account (ends its sessions)", adminUserUsage,
 		func(fs *flag.FlagSet) func(*cli.Env, *server.AdminClient, []string) error {
 			return func(env *cli.Env, c *server.AdminClient, args []string) error {
@@ -137,6 +151,7 @@ const adminUserUsage = `Usage: tether admin user add NAME < PASSWORD
        tether admin user passwd NAME < PASSWORD
        tether admin user list
        tether admin user remove NAME
+       tether admin user unlock NAME
 
 Manage the accounts that sign in to the dashboard (https://SERVER/ui/ on
 the managed listener, docs/DASHBOARD.md). The password is read from a
@@ -144,6 +159,11 @@ prompt when stdin is a terminal, else from the first line of stdin; never
 from the command line. It must be at least 10 characters. The server
 stores only its argon2id hash. passwd and remove end the account's
 sessions on every replica.
+
+unlock clears the sign-in limits that failed sign-ins put on the account
+(docs/DASHBOARD.md, "Sign-in rate limits"): its account-wide delay and its
+per-address limits. They live in each replica's memory: behind a load
+balancer, run it against each replica (--config with each one's URL).
 
 On first start the server creates the account "admin" and writes its
 random password 0600 to DATA/ui-admin.txt.

@@ -236,6 +236,15 @@ ZFS: enrolled devices fetch raw 32-byte dataset keys at
 with their identity key as client certificate, under the same policy as
 managed unlocks (see tether zfs setup).
 
+Connections: each listener has a cap of open connections, sized from the
+open-files limit (RLIMIT_NOFILE, raised to its hard limit at start): 256
+descriptors stay for the store and files, the managed listener gets an
+eighth of the rest (at least 64), the Tang port what remains. So idle
+connections to the Tang port can never take the managed API's share.
+A connection over a cap is closed at once, counted in /metrics
+(tether_connections_refused_total) and logged at most every 10 s. Raise
+the limit (LimitNOFILE= in a systemd unit) to raise the caps.
+
 The server stops gracefully on SIGTERM or SIGINT: it stops accepting and
 lets requests in flight finish. Logs go to stderr and never contain key
 material or request bodies.

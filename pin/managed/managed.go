@@ -143,7 +143,8 @@ func (p Pin) Decrypt(ctx context.Context, j *jose.JWE, o pin.Options) ([]byte, e
 		return nil, err
 	}
 	if id.State.Device != h.Device {
-		return nil, fmt.Errorf("the JWE is bound to device %s, but this machine is enrolled as %s", h.Device, id.State.Device)
+		return nil, fmt.Errorf("the JWE is bound to device %s, but this machine is enrolled as %s: if %s was this machine before it was revoked, its key is destroyed and the JWE can never be decrypted (rebind with another unlock method); otherwise decrypt it on the machine enrolled as %s",
+			h.Device, id.State.Device, h.Device, h.Device)
 	}
 	// The JWE names the server; the pin in the JWE (made when the device
 	// was enrolled) authenticates it.

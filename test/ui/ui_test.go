@@ -63,6 +63,12 @@ func TestDashboardInChromium(t *testing.T) {
 	managed := testenv.FreePort(t)
 	s := testenv.StartServer(t, "", "--managed-listen", managed, "--curve", "P-256")
 	testenv.WaitTCP(t, managed)
+	// The page shows a device that enrols without a token: allow that.
+	open := exec.Command(bin, "admin", "enroll-open", "on")
+	open.Env = append(os.Environ(), "TETHER_ADMIN_CONFIG="+filepath.Join(s.Data, "admin.json"))
+	if out, err := open.CombinedOutput(); err != nil {
+		t.Fatalf("tether admin enroll-open on: %v\n%s", err, out)
+	}
 	managed2 := testenv.FreePort(t)
 	s2 := testenv.StartServer(t, "", "--managed-listen", managed2, "--curve", "P-256", "--ui-session-idle", "3s")
 	testenv.WaitTCP(t, managed2)
