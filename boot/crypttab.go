@@ -44,6 +44,35 @@ func (e CrypttabEntry) String() string {
 	return fmt.Sprintf("%s\t%s\t%s\t%s", e.Name, e.Device, key, opts)
 }
 
+// typeOptions are crypttab's options that say what kind of volume it is;
+// a volume has one.
+var typeOptions = map[string]bool{"luks": true, "plain": true, "tcrypt": true, "bitlk": true, "fvault2": true}
+
+// MergeOptions returns the options of a line that tether rewrites: the
+// options tether needs (want), then the old line's others in their order
+// (nofail, headless=, keyfile-timeout= are the user's choices). An old
+// type option other than want's (plain on a volume now known to be LUKS)
+// is dropped.
+func MergeOptions(want, old []string) []string {
+	name := func(o string) string { k, _, _ := strings.Cut(o, "="); return k }
+	has := map[string]bool{}
+	typed := false
+	out := append([]string(nil), want...)
+	for _, o := range want {
+		has[name(o)] = true
+		typed = typed || typeOptions[name(o)]
+	}
+	for _, o := range old {
+		n := name(o)
+		if o == "" || has[n] || typed && typeOptions[n] {
+			continue
+		}
+		has[n] = true
+		out = append(out, o)
+	}
+	return out
+}
+
 // ParseCrypttab reads crypttab lines; comments and blank lines are skipped.
 func ParseCrypttab(r io.Reader) ([]CrypttabEntry, error) {
 	var out []CrypttabEntry

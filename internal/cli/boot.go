@@ -181,7 +181,15 @@ func init() {
 					fmt.Fprintln(env.Stdout, e.String())
 					return nil
 				}
-				return writeCrypttab(*write, e)
+				line, err := writeCrypttab(*write, e)
+				if err != nil {
+					return err
+				}
+				fmt.Fprintln(env.Stdout, line.String())
+				if _, ok := line.Option("keyfile-offset"); ok && !*askpass && !*root {
+					fmt.Fprintf(env.Stderr, "tether: warning: volume %q keeps keyfile-offset=, which makes systemd-cryptsetup read the socket %s as a plain file: remove keyfile-offset= from its line in %s\n", line.Name, line.KeyFile, *write)
+				}
+				return nil
 			}
 		},
 	})
@@ -273,18 +281,35 @@ func crypttabEntry(dev, name, socket string, askpass, root bool) (boot.CrypttabE
 		e.KeyFile, e.Options = socket, []string{"luks", "_netdev"}
 	}
 	if !strings.HasPrefix(dev, "/dev/") {
-		// An image file: let systemd-cryptsetup find it by path.
-		e.Device = dev
+		// An image file: let systemd-cryptsetup find it by path, which
+		// crypttab wants absolute (it is read from / at boot, not from
+		// wherever this command ran).
+		abs, err := filepath.Abs(dev)
+		if err != nil {
+			return boot.CrypttabEntry{}, err
+		}
+		if strings.ContainsAny(abs, " \t\n") {
+			return boot.CrypttabEntry{}, withHint(fmt.Errorf("crypttab cannot name %q: its fields are separated by blanks", abs),
+				"move the image to a path without blanks, or link it from one (ln -s)")
+		}
+		e.Device = abs
 	}
 	return e, nil
 }
 
-// writeCrypttab replaces the line of e.Name in file (or appends one),
-// keeping every other line and comment as it was.
-func writeCrypttab(file string, e boot.CrypttabEntry) error {
+// writeCrypttab puts e into file: it replaces the line of e.Name (or
+// appends one), keeping every other line and comment as it was. The
+// options of the line it replaces are kept (headless=, nofail,
+// keyfile-timeout= are the user's choices) and e's are added to them. The
+// file is replaced atomically, through a symbolic link if it is one. It
+// returns the line written.
+func writeCrypttab(file string, e boot.CrypttabEntry) (boot.CrypttabEntry, error) {
+	if p, err := filepath.EvalSymlinks(file); err == nil {
+		file = p
+	}
 	old, err := os.ReadFile(file)
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
-		return err
+		return e, err
 	}
 	var out []string
 	replaced := false
@@ -295,6 +320,9 @@ func writeCrypttab(file string, e boot.CrypttabEntry) error {
 		f := strings.Fields(line)
 		if len(f) > 0 && !strings.HasPrefix(f[0], "#") && f[0] == e.Name {
 			if !replaced {
+				if ents, err := boot.ParseCrypttab(strings.NewReader(line)); err == nil && len(ents) == 1 {
+					e.Options = boot.MergeOptions(e.Options, ents[0].Options)
+				}
 				out = append(out, e.String()+"\n")
 				replaced = true
 			}
@@ -312,7 +340,7 @@ func writeCrypttab(file string, e boot.CrypttabEntry) error {
 	if fi, err := os.Stat(file); err == nil {
 		mode = fi.Mode().Perm()
 	}
-	return atomicfile.Write(file, []byte(strings.Join(out, "")), mode)
+	return e, atomicfile.Write(file, []byte(strings.Join(out, "")), mode)
 }
 
 var installSummary = map[string]string{
@@ -408,8 +436,11 @@ See docs/BOOT.md for the ordering and what happens when a server is down.
 const crypttabUsage = `Usage: tether crypttab -d DEV -n NAME [--write FILE] [--askpass | --root] [--socket PATH]
 
 Print the crypttab line for a bound volume, or with --write put it into
-FILE (replacing the line of NAME, keeping the rest). The device is named by
-its LUKS UUID (an image file by its path).
+FILE and print the line written. --write replaces the line of NAME and keeps
+its options (nofail, headless=true, keyfile-timeout= stay; the ones below
+are added), every other line and every comment; the file is replaced
+atomically. The device is named by its LUKS UUID (an image file by its
+absolute path).
 
   default    the key comes from tether keyd:  NAME UUID=.. /run/tether/keyd.sock luks,_netdev
   --askpass  the key field stays none; tether askpass answers the prompt

@@ -206,3 +206,72 @@ func TestCrypttabWrite(t *testing.T) {
 		t.Errorf("missing device: exit %d %s", code, errOut)
 	}
 }
+
+// TestCrypttabWriteKeepsOptions: --write on a volume that already has a
+// line keeps that line's options (the user's nofail, headless=,
+// keyfile-timeout=) and adds tether's; a relative image path is written
+// absolute; a crypttab that is a symbolic link stays one; nothing is left
+// behind but the new file.
+func TestCrypttabWriteKeepsOptions(t *testing.T) {
+	testenv.RequireCmd(t, "cryptsetup")
+	bin := testenv.TetherBin(t)
+	dir := t.TempDir()
+	img := filepath.Join(dir, "cloud_container.img")
+	os.WriteFile(img, nil, 0o600)
+	os.Truncate(img, 20<<20)
+	if _, e, c := testenv.Run(t, []byte("x"), "cryptsetup", "luksFormat", "--type", "luks2", "--batch-mode",
+		"--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000", "--key-file", "-", img); c != 0 {
+		t.Fatal(string(e))
+	}
+	etc := filepath.Join(dir, "etc")
+	os.Mkdir(etc, 0o755)
+	real := filepath.Join(etc, "crypttab.real")
+	tab := filepath.Join(etc, "crypttab")
+	os.WriteFile(real, []byte("# comment\n\ncloud /old/path.img none plain,headless=true,nofail,keyfile-timeout=10\nswap /dev/sdb2 /dev/urandom swap"), 0o640)
+	if err := os.Symlink("crypttab.real", tab); err != nil {
+		t.Fatal(err)
+	}
+	// Relative to the directory the command runs in.
+	cmd := exec.Command(bin, "crypttab", "-d", "cloud_container.img", "-n", "cloud", "--write", tab)
+	cmd.Dir = dir
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("crypttab --write: %v", err)
+	}
+	line := "cloud\t" + img + "\t/run/tether/keyd.sock\tluks,_netdev,headless=true,nofail,keyfile-timeout=10"
+	if strings.TrimSpace(string(out)) != line {
+		t.Errorf("printed %q, want %q", out, line)
+	}
+	got, _ := os.ReadFile(tab)
+	want := "# comment\n\n" + line + "\nswap /dev/sdb2 /dev/urandom swap\n"
+	if string(got) != want {
+		t.Errorf("crypttab:\n%s\nwant:\n%s", got, want)
+	}
+	if fi, err := os.Lstat(tab); err != nil || fi.Mode()&os.ModeSymlink == 0 {
+		t.Errorf("%s is no longer a symbolic link: %v", tab, err)
+	}
+	if fi, _ := os.Stat(real); fi.Mode().Perm() != 0o640 {
+		t.Errorf("mode changed to %v", fi.Mode())
+	}
+	if ents, _ := os.ReadDir(etc); len(ents) != 2 {
+		t.Errorf("left behind in %s: %v", etc, ents)
+	}
+	// Again, now for the password agent: the options stay, nothing doubles.
+	if _, errOut, code := testenv.Run(t, nil, bin, "crypttab", "-d", img, "-n", "cloud", "--askpass", "--write", tab); code != 0 {
+		t.Fatal(string(errOut))
+	}
+	got, _ = os.ReadFile(tab)
+	if !strings.Contains(string(got), "cloud\t"+img+"\tnone\tluks,_netdev,headless=true,nofail,keyfile-timeout=10\n") {
+		t.Errorf("after --askpass:\n%s", got)
+	}
+	// A path crypttab cannot hold.
+	blank := filepath.Join(dir, "my disk.img")
+	os.Link(img, blank)
+	if _, errOut, code := testenv.Run(t, nil, bin, "crypttab", "-d", blank, "-n", "x", "--write", tab); code != 1 ||
+		!strings.Contains(string(errOut), "blanks") || !strings.Contains(string(errOut), "hint:") {
+		t.Errorf("image path with a blank: exit %d: %s", code, errOut)
+	}
+	if again, _ := os.ReadFile(tab); string(again) != string(got) {
+		t.Errorf("a refused write changed the file:\n%s", again)
+	}
+}
