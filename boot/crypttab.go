@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -133,19 +134,31 @@ var ErrNoDevice = errors.New("no such device")
 
 // ResolveDevice turns crypttab's field 2 into a path: UUID=, PARTUUID=,
 // LABEL= and PARTLABEL= through /dev/disk/by-* (what udev made) or blkid,
-// anything else as a path.
+// anything else as a path. A missing device node or tag may still appear
+// (udev is slow, a disk spins up): that error is ErrNoDevice, worth a
+// retry. A missing container file will not (systemd mounts the file system
+// it is on before it sets the volume up): that error is permanent and says
+// so.
 func ResolveDevice(spec string) (string, error) {
 	tag, val, ok := strings.Cut(spec, "=")
 	if !ok || strings.HasPrefix(spec, "/") {
-		if _, err := os.Stat(spec); err != nil {
-			return "", fmt.Errorf("device %s: %w", spec, ErrNoDevice)
+		_, err := os.Stat(spec)
+		switch {
+		case err == nil:
+			return spec, nil
+		case errors.Is(err, fs.ErrNotExist) && strings.HasPrefix(spec, "/dev/"):
+			return "", fmt.Errorf("device %s does not exist (yet): %w", spec, ErrNoDevice)
+		case errors.Is(err, fs.ErrNotExist):
+			return "", &PermanentError{fmt.Errorf("container file %s does not exist: check the device (field 2) of its crypttab line; "+
+				"if the file is there, tether runs where it cannot see it (a unit with ProtectHome=, PrivateTmp= or a private mount namespace)", spec)}
+		default:
+			return "", &PermanentError{fmt.Errorf("device %s: %w", spec, err)}
 		}
-		return spec, nil
 	}
 	dirs := map[string]string{"UUID": "by-uuid", "PARTUUID": "by-partuuid", "LABEL": "by-label", "PARTLABEL": "by-partlabel"}
 	dir, known := dirs[strings.ToUpper(tag)]
 	if !known {
-		return "", fmt.Errorf("device %s: unknown tag %s (want UUID=, PARTUUID=, LABEL=, PARTLABEL= or a path)", spec, tag)
+		return "", &PermanentError{fmt.Errorf("device %s: unknown tag %s (want UUID=, PARTUUID=, LABEL=, PARTLABEL= or a path)", spec, tag)}
 	}
 	val = strings.Trim(val, `"`)
 	link := filepath.Join("/dev/disk", dir, val)

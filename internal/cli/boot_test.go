@@ -2,6 +2,7 @@ package cli_test
 
 import (
 	"context"
+	"encoding/json"
 	"net"
 	"os"
 	"os/exec"
@@ -273,5 +274,62 @@ func TestCrypttabWriteKeepsOptions(t *testing.T) {
 	}
 	if again, _ := os.ReadFile(tab); string(again) != string(got) {
 		t.Errorf("a refused write changed the file:\n%s", again)
+	}
+}
+
+// TestServiceSandboxHidesNoVolume: systemd's own parser (systemd-analyze
+// security --offline) reads the installed keyd and askpass services and
+// finds none of the settings that hide or replace paths, devices or the
+// network a key comes through (ProtectHome= made keyd blind to
+// /home/haadmin/cloud_container.img; PrivateTmp= hides /tmp images and
+// orders the unit after /var/tmp's mount), while the hardening that
+// hides nothing is still there.
+func TestServiceSandboxHidesNoVolume(t *testing.T) {
+	sa := testenv.RequireCmd(t, "systemd-analyze")
+	bin := testenv.TetherBin(t)
+	root := t.TempDir()
+	if _, errOut, code := testenv.Run(t, nil, bin, "install", "systemd", "--root", root, "--bin", bin); code != 0 {
+		t.Fatalf("install: %s", errOut)
+	}
+	hiding := []string{"RootDirectory=/RootImage=", "PrivateDevices=", "PrivateMounts=", "PrivateTmp=", "ProtectHome=",
+		"ProtectSystem=", "DeviceAllow=", "PrivateNetwork=", "PrivateUsers="}
+	kept := []string{"NoNewPrivileges=", "RestrictSUIDSGID=", "LockPersonality=", "RestrictRealtime=", "SystemCallArchitectures="}
+	for _, unit := range []string{"tether-keyd.service", "tether-askpass.service"} {
+		path := filepath.Join(root, "etc/systemd/system", unit)
+		out, err := exec.Command(sa, "security", "--offline=true", "--json=short", path).Output()
+		if err != nil && len(out) == 0 {
+			t.Fatalf("systemd-analyze security %s: %v", unit, err)
+		}
+		var checks []struct {
+			Name string `json:"name"`
+			Set  *bool  `json:"set"`
+		}
+		if err := json.Unmarshal(out, &checks); err != nil {
+			t.Fatalf("%s: %v\n%s", unit, err, out)
+		}
+		set := map[string]bool{}
+		for _, c := range checks {
+			set[c.Name] = c.Set != nil && *c.Set
+		}
+		for _, h := range hiding {
+			if _, ok := set[h]; !ok {
+				t.Errorf("%s: systemd-analyze reports nothing on %s", unit, h)
+			}
+			if set[h] {
+				t.Errorf("%s sets %s: it hides volumes or what reaches their keys", unit, h)
+			}
+		}
+		for _, k := range kept {
+			if !set[k] {
+				t.Errorf("%s lost the hardening %s", unit, k)
+			}
+		}
+		// Path settings systemd-analyze security does not score.
+		data, _ := os.ReadFile(path)
+		for _, d := range []string{"InaccessiblePaths=", "TemporaryFileSystem=", "BindPaths=", "BindReadOnlyPaths=", "ReadOnlyPaths=", "ProtectHome=", "PrivateTmp="} {
+			if strings.Contains(string(data), "\n"+d) {
+				t.Errorf("%s sets %s", unit, d)
+			}
+		}
 	}
 }
