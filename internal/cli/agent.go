@@ -88,6 +88,13 @@ unlock. Choose an interval well below the timeout.
 A heartbeat does not re-enable a device that was disabled. Failures are
 reported on stderr and retried at the next interval.
 
+tether install systemd installs it as tether-agent.service (the default
+state directory; started at boot after network-online.target once the
+machine is enrolled, restarted if it fails to start) and
+tether-agent@.service for another state directory, named by the instance:
+  $ systemctl enable --now tether-agent.service
+  $ systemctl enable --now "tether-agent@$(systemd-escape --path /etc/tether/device-b).service"
+
 Options:
   --state DIR     state directory (default $TETHER_DEVICE_DIR, else
                   /etc/tether/device)

@@ -423,7 +423,10 @@ Every file written is printed; running it again replaces them.
                    systemd-cryptsetup@.service drop-in that orders volumes
                    after the socket, and remote-cryptsetup.target enabled
                    so that _netdev volumes are set up. --volume NAME adds a
-                   socket /run/cryptsetup-keys.d/NAME.key.
+                   socket /run/cryptsetup-keys.d/NAME.key. Also
+                   tether-agent.service (managed-mode keep-alive, enabled;
+                   it runs once the machine is enrolled) and
+                   tether-agent@.service for other state directories.
   dracut           /usr/lib/dracut/modules.d/60tether (network on with
                    rd.neednet=1; the password agent in a systemd initramfs,
                    an initqueue hook otherwise)

@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -331,5 +332,97 @@ func TestServiceSandboxHidesNoVolume(t *testing.T) {
 				t.Errorf("%s sets %s", unit, d)
 			}
 		}
+	}
+}
+
+// TestAgentUnits: tether install systemd installs tether-agent.service
+// (enabled, after network-online.target, restarted on failure) and its
+// template for other state directories; systemd-analyze verifies both;
+// and the template's ExecStart, run as systemd would for an enrolment,
+// sends heartbeats to a real managed server and exits 0 on SIGTERM (so
+// Restart=on-failure does not restart a clean stop).
+func TestAgentUnits(t *testing.T) {
+	sa := testenv.RequireCmd(t, "systemd-analyze")
+	bin := testenv.TetherBin(t)
+	root := t.TempDir()
+	if _, errOut, code := testenv.Run(t, nil, bin, "install", "systemd", "--root", root, "--bin", bin); code != 0 {
+		t.Fatalf("install: %s", errOut)
+	}
+	dir := filepath.Join(root, "etc/systemd/system")
+	for _, f := range []string{"tether-agent.service", "tether-agent@.service"} {
+		data, err := os.ReadFile(filepath.Join(dir, f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, want := range []string{"\nWants=network-online.target\n", "\nAfter=network-online.target\n", "\nRestart=on-failure\n", "\nConditionPathExists="} {
+			if !strings.Contains(string(data), want) {
+				t.Errorf("%s lacks %q", f, strings.TrimSpace(want))
+			}
+		}
+	}
+	if to, err := os.Readlink(filepath.Join(dir, "multi-user.target.wants/tether-agent.service")); err != nil || to != "/etc/systemd/system/tether-agent.service" {
+		t.Errorf("tether-agent.service is not enabled: %q %v", to, err)
+	}
+	state := t.TempDir()
+	esc, err := exec.Command("systemd-escape", "--path", state).Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	instance := "tether-agent@" + strings.TrimSpace(string(esc)) + ".service"
+	os.Symlink("tether-agent@.service", filepath.Join(dir, instance))
+	cmd := exec.Command(sa, "verify", "tether-agent.service", instance)
+	cmd.Dir = dir
+	if out, err := cmd.CombinedOutput(); err != nil || len(strings.TrimSpace(string(out))) > 0 {
+		t.Errorf("systemd-analyze verify: %v\n%s", err, out)
+	}
+
+	// Enrol into the instance's state directory, then run its ExecStart.
+	f := startManagedFixture(t)
+	tok := strings.TrimSpace(mustTether(t, f.adminEnv, "", "admin", "token", "create"))
+	id := strings.TrimSpace(mustTether(t, nil, tok, "enroll", "--server", "https://"+f.addr, "--token-file", "-", "--state", state, "--key-store", "file"))
+	lastSeen := func() string {
+		var devs []struct {
+			ID       string `json:"id"`
+			LastSeen string `json:"last_seen"`
+		}
+		json.Unmarshal([]byte(mustTether(t, f.adminEnv, "", "admin", "device", "list", "--json")), &devs)
+		for _, d := range devs {
+			if d.ID == id {
+				return d.LastSeen
+			}
+		}
+		t.Fatalf("device %s is not listed", id)
+		return ""
+	}
+	before := lastSeen()
+	time.Sleep(1100 * time.Millisecond)
+	unit, _ := os.ReadFile(filepath.Join(dir, "tether-agent@.service"))
+	var exec_ []string
+	for _, l := range strings.Split(string(unit), "\n") {
+		if v, ok := strings.CutPrefix(l, "ExecStart="); ok {
+			exec_ = strings.Fields(strings.ReplaceAll(v, "%f", state))
+		}
+	}
+	if len(exec_) == 0 || exec_[0] != bin {
+		t.Fatalf("ExecStart of tether-agent@.service: %q", exec_)
+	}
+	var logs testenv.SyncBuffer
+	agent := exec.Command(exec_[0], exec_[1:]...)
+	agent.Stdout, agent.Stderr = &logs, &logs
+	if err := agent.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- agent.Wait() }()
+	t.Cleanup(func() { agent.Process.Kill() })
+	waitFor(t, func() bool { return lastSeen() != before }, logs.String)
+	agent.Process.Signal(syscall.SIGTERM)
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("agent stopped by SIGTERM: %v (Restart=on-failure would restart it)\n%s", err, logs.String())
+		}
+	case <-time.After(10 * time.Second):
+		t.Errorf("agent did not stop on SIGTERM\n%s", logs.String())
 	}
 }
