@@ -260,7 +260,7 @@ func (a *Agent) device(target string) (string, error) {
 		if strings.Contains(target, "=") {
 			return ResolveDevice(target) // UUID=... named directly
 		}
-		return "", &PermanentError{err}
+		return "", &PermanentError{Err: err}
 	}
 	return ResolveDevice(ent.Device)
 }

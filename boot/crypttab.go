@@ -149,16 +149,16 @@ func ResolveDevice(spec string) (string, error) {
 		case errors.Is(err, fs.ErrNotExist) && strings.HasPrefix(spec, "/dev/"):
 			return "", fmt.Errorf("device %s does not exist (yet): %w", spec, ErrNoDevice)
 		case errors.Is(err, fs.ErrNotExist):
-			return "", &PermanentError{fmt.Errorf("container file %s does not exist: check the device (field 2) of its crypttab line; "+
+			return "", &PermanentError{Err: fmt.Errorf("container file %s does not exist: check the device (field 2) of its crypttab line; "+
 				"if the file is there, tether runs where it cannot see it (a unit with ProtectHome=, PrivateTmp= or a private mount namespace)", spec)}
 		default:
-			return "", &PermanentError{fmt.Errorf("device %s: %w", spec, err)}
+			return "", &PermanentError{Err: fmt.Errorf("device %s: %w", spec, err)}
 		}
 	}
 	dirs := map[string]string{"UUID": "by-uuid", "PARTUUID": "by-partuuid", "LABEL": "by-label", "PARTLABEL": "by-partlabel"}
 	dir, known := dirs[strings.ToUpper(tag)]
 	if !known {
-		return "", &PermanentError{fmt.Errorf("device %s: unknown tag %s (want UUID=, PARTUUID=, LABEL=, PARTLABEL= or a path)", spec, tag)}
+		return "", &PermanentError{Err: fmt.Errorf("device %s: unknown tag %s (want UUID=, PARTUUID=, LABEL=, PARTLABEL= or a path)", spec, tag)}
 	}
 	val = strings.Trim(val, `"`)
 	link := filepath.Join("/dev/disk", dir, val)

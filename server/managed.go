@@ -269,7 +269,10 @@ func (m *Managed) authDevice(w http.ResponseWriter, r *http.Request, action stri
 	if errors.Is(err, store.ErrNotFound) {
 		m.record(r.Context(), &audit.Record{Action: action, Source: sourceOf(r).String(), Decision: audit.Deny,
 			Reason: "identity key " + kid[:12] + "… is not enrolled (or its device was revoked)"})
-		writeError(w, http.StatusForbidden, "this identity key is not enrolled, or its device was revoked")
+		// 410, not 403: the device can never be served again with this
+		// key, so a booting machine stops asking (a 403 — lockdown, a
+		// disabled or pending device — may be lifted by an admin).
+		writeError(w, http.StatusGone, "this identity key is not enrolled, or its device was revoked")
 		return nil
 	}
 	if err != nil {
