@@ -431,7 +431,13 @@ Every file written is printed; running it again replaces them.
                    rd.neednet=1; the password agent in a systemd initramfs,
                    an initqueue hook otherwise)
   initramfs-tools  /etc/initramfs-tools/hooks/tether and scripts/local-top/
-                   tether (network up, bound volumes opened before cryptroot)
+                   tether (network up, bound volumes opened before cryptroot),
+                   and conf.d/tether (UMASK=0077: the image is root-only)
+
+Both initramfs targets copy, besides tether and cryptsetup, the TPM drivers,
+the system's CA bundle, and the managed-mode device identity of every state
+directory under /etc/tether (its private key, when it is in a file: keep
+the initramfs readable by root only).
 
 See docs/BOOT.md for the ordering and what happens when a server is down.
 `
