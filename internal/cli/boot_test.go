@@ -1,6 +1,7 @@
 package cli_test
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"net"
@@ -424,5 +425,72 @@ func TestAgentUnits(t *testing.T) {
 		}
 	case <-time.After(10 * time.Second):
 		t.Errorf("agent did not stop on SIGTERM\n%s", logs.String())
+	}
+}
+
+// TestKeydHomeHidden: the defect of ProtectHome=, reproduced with a real
+// mount namespace (what systemd builds for it: an empty file system over
+// /home): keyd there cannot see a container file that exists, and says so
+// at once, naming the likely cause, instead of retrying "no such device"
+// for the whole deadline. The same keyd outside the namespace serves the
+// key.
+func TestKeydHomeHidden(t *testing.T) {
+	testenv.RequireRoot(t)
+	unshare := testenv.RequireCmd(t, "unshare")
+	testenv.RequireCmd(t, "cryptsetup")
+	bin := testenv.TetherBin(t)
+	srv := testenv.StartServer(t, "")
+	dir := t.TempDir()
+	home := filepath.Join(dir, "home")
+	os.MkdirAll(filepath.Join(home, "haadmin"), 0o755)
+	img := filepath.Join(home, "haadmin", "cloud_container.img")
+	os.WriteFile(img, nil, 0o600)
+	os.Truncate(img, 20<<20)
+	if _, e, c := testenv.Run(t, []byte("recovery"), "cryptsetup", "luksFormat", "--type", "luks2", "--batch-mode",
+		"--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000", "--key-file", "-", img); c != 0 {
+		t.Fatal(string(e))
+	}
+	vm.BindTang(t, bin, img, "recovery", srv.URL, vm.FetchAdv(t, srv.URL), 1)
+	tab := filepath.Join(dir, "crypttab")
+	os.WriteFile(tab, []byte("cloud "+img+" /run/tether/keyd.sock luks,_netdev\n"), 0o644)
+
+	serve := func(hidden bool) (key []byte, took time.Duration, log string) {
+		sock := filepath.Join(t.TempDir(), "keyd.sock")
+		var logs testenv.SyncBuffer
+		script := `exec "$0" keyd --socket "$1" --crypttab "$2" --deadline 30s`
+		if hidden {
+			script = `mount -t tmpfs -o mode=755 tmpfs "$3" && ` + script
+		}
+		cmd := exec.Command(unshare, "--mount", "--propagation", "private", "sh", "-c", script, bin, sock, tab, home)
+		cmd.Stdout, cmd.Stderr = &logs, &logs
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		defer func() { cmd.Process.Signal(syscall.SIGTERM); cmd.Wait() }()
+		waitFor(t, func() bool { _, err := os.Stat(sock); return err == nil }, logs.String)
+		start := time.Now()
+		c, err := net.DialUnix("unix", &net.UnixAddr{Name: "@00c0ffee/cryptsetup/cloud", Net: "unix"}, &net.UnixAddr{Name: sock, Net: "unix"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.CloseWrite()
+		c.SetReadDeadline(time.Now().Add(time.Minute))
+		var b bytes.Buffer
+		b.ReadFrom(c)
+		took = time.Since(start)
+		waitFor(t, func() bool { return strings.Contains(logs.String(), `volume "cloud": `) }, logs.String)
+		return b.Bytes(), took, logs.String()
+	}
+	key, took, log := serve(true)
+	if len(key) != 0 || took > 3*time.Second {
+		t.Errorf("/home hidden: key %d bytes after %v; want none, at once", len(key), took)
+	}
+	if !strings.Contains(log, "container file "+img+" does not exist") || !strings.Contains(log, "ProtectHome=") {
+		t.Errorf("/home hidden: the log does not say what is wrong:\n%s", log)
+	}
+	key, _, log = serve(false)
+	if _, e, c := testenv.Run(t, key, "cryptsetup", "open", "--test-passphrase", "--key-slot", "1", "--key-file", "-", img); c != 0 {
+		t.Errorf("/home visible: served key does not open the image: %s\n%s", e, log)
 	}
 }
