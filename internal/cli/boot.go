@@ -369,7 +369,11 @@ finds its device in crypttab (UUID=, PARTUUID=, LABEL=, a path), recovers
 the key and writes it. While the network comes up or a server restarts,
 keyd holds the connection and retries with backoff; when --deadline passes
 it closes the connection without a key, and systemd-cryptsetup falls back
-to its next method (the password prompt). Each volume is served on its own:
+to its next method (the password prompt). A refusal that cannot change
+(a revoked or unknown managed device, a missing container file, every
+binding refusing for good) ends the wait at once; a lockdown or a disabled
+or pending device is waited for, since an admin may lift it. Each volume is
+served on its own:
 one dead server never delays another volume. One log line per volume says
 what happened; a failure says what was waited for and why keyd gave up.
 
@@ -397,7 +401,8 @@ whose Id= is "cryptsetup:<device>", recovers the volume's key from its
 bindings and answers with one datagram "+passphrase" on the request's
 Socket=. Other requests, and volumes without bindings, are left to the other
 agents (the console, plymouth). Each request is bounded by --deadline and by
-its own NotAfter=; a volume that asks again after two answers is left to
+its own NotAfter=, and given up at once on a refusal that cannot change (a
+revoked managed device, every binding refusing for good); a volume that asks again after two answers is left to
 the prompt (the key it got did not open it).
 
 Use it when crypttab's key field stays "none" (tether-askpass.path starts
@@ -466,8 +471,9 @@ Example:
 const crypttabOpenUsage = `Usage: tether crypttab open [--crypttab FILE] [--deadline D] [--timeout D] [NAME]...
 
 Open every volume of FILE (or those named) that has bindings and is not open
-yet, all at once, each bounded by --deadline: what the initramfs scripts run
-before their own prompt. Volumes without bindings are skipped quietly. One
+yet, all at once, each bounded by --deadline (a refusal that cannot change,
+such as a revoked managed device, ends the wait at once): what the initramfs
+scripts run before their own prompt. Volumes without bindings are skipped quietly. One
 line per volume says what happened; the exit status is 1 if a bound volume
 was left closed.
 
