@@ -426,6 +426,21 @@ func TestAgentUnits(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Errorf("agent did not stop on SIGTERM\n%s", logs.String())
 	}
+
+	// Revoked: the agent stops with the status the unit does not restart.
+	if !strings.Contains(string(unit), "\nRestartPreventExitStatus=3\n") {
+		t.Errorf("tether-agent@.service does not keep a revoked device's agent stopped:\n%s", unit)
+	}
+	mustTether(t, f.adminEnv, "", "admin", "device", "revoke", "--yes", id)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	again := exec.CommandContext(ctx, exec_[0], exec_[1:]...)
+	var errOut bytes.Buffer
+	again.Stderr = &errOut
+	err = again.Run()
+	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 3 || !strings.Contains(errOut.String(), "revoked") || !strings.Contains(errOut.String(), "hint:") {
+		t.Errorf("agent of a revoked device: %v (want exit status 3 at once, naming the revocation)\n%s", err, errOut.String())
+	}
 }
 
 // TestKeydHomeHidden: the defect of ProtectHome=, reproduced with a real
