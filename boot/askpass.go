@@ -255,8 +255,12 @@ func (a *Agent) device(target string) (string, error) {
 	if tab == "" {
 		tab = "/etc/crypttab"
 	}
-	if ent, err := LookupVolume(tab, target); err == nil {
-		return ResolveDevice(ent.Device)
+	ent, err := LookupVolume(tab, target)
+	if err != nil {
+		if strings.Contains(target, "=") {
+			return ResolveDevice(target) // UUID=... named directly
+		}
+		return "", &PermanentError{Err: err}
 	}
-	return ResolveDevice(target)
+	return ResolveDevice(ent.Device)
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -42,6 +43,35 @@ func (e CrypttabEntry) String() string {
 		opts = "luks"
 	}
 	return fmt.Sprintf("%s\t%s\t%s\t%s", e.Name, e.Device, key, opts)
+}
+
+// typeOptions are crypttab's options that say what kind of volume it is;
+// a volume has one.
+var typeOptions = map[string]bool{"luks": true, "plain": true, "tcrypt": true, "bitlk": true, "fvault2": true}
+
+// MergeOptions returns the options of a line that tether rewrites: the
+// options tether needs (want), then the old line's others in their order
+// (nofail, headless=, keyfile-timeout= are the user's choices). An old
+// type option other than want's (plain on a volume now known to be LUKS)
+// is dropped.
+func MergeOptions(want, old []string) []string {
+	name := func(o string) string { k, _, _ := strings.Cut(o, "="); return k }
+	has := map[string]bool{}
+	typed := false
+	out := append([]string(nil), want...)
+	for _, o := range want {
+		has[name(o)] = true
+		typed = typed || typeOptions[name(o)]
+	}
+	for _, o := range old {
+		n := name(o)
+		if o == "" || has[n] || typed && typeOptions[n] {
+			continue
+		}
+		has[n] = true
+		out = append(out, o)
+	}
+	return out
 }
 
 // ParseCrypttab reads crypttab lines; comments and blank lines are skipped.
@@ -104,19 +134,31 @@ var ErrNoDevice = errors.New("no such device")
 
 // ResolveDevice turns crypttab's field 2 into a path: UUID=, PARTUUID=,
 // LABEL= and PARTLABEL= through /dev/disk/by-* (what udev made) or blkid,
-// anything else as a path.
+// anything else as a path. A missing device node or tag may still appear
+// (udev is slow, a disk spins up): that error is ErrNoDevice, worth a
+// retry. A missing container file will not (systemd mounts the file system
+// it is on before it sets the volume up): that error is permanent and says
+// so.
 func ResolveDevice(spec string) (string, error) {
 	tag, val, ok := strings.Cut(spec, "=")
 	if !ok || strings.HasPrefix(spec, "/") {
-		if _, err := os.Stat(spec); err != nil {
-			return "", fmt.Errorf("device %s: %w", spec, ErrNoDevice)
+		_, err := os.Stat(spec)
+		switch {
+		case err == nil:
+			return spec, nil
+		case errors.Is(err, fs.ErrNotExist) && strings.HasPrefix(spec, "/dev/"):
+			return "", fmt.Errorf("device %s does not exist (yet): %w", spec, ErrNoDevice)
+		case errors.Is(err, fs.ErrNotExist):
+			return "", &PermanentError{Err: fmt.Errorf("container file %s does not exist: check the device (field 2) of its crypttab line; "+
+				"if the file is there, tether runs where it cannot see it (a unit with ProtectHome=, PrivateTmp= or a private mount namespace)", spec)}
+		default:
+			return "", &PermanentError{Err: fmt.Errorf("device %s: %w", spec, err)}
 		}
-		return spec, nil
 	}
 	dirs := map[string]string{"UUID": "by-uuid", "PARTUUID": "by-partuuid", "LABEL": "by-label", "PARTLABEL": "by-partlabel"}
 	dir, known := dirs[strings.ToUpper(tag)]
 	if !known {
-		return "", fmt.Errorf("device %s: unknown tag %s (want UUID=, PARTUUID=, LABEL=, PARTLABEL= or a path)", spec, tag)
+		return "", &PermanentError{Err: fmt.Errorf("device %s: unknown tag %s (want UUID=, PARTUUID=, LABEL=, PARTLABEL= or a path)", spec, tag)}
 	}
 	val = strings.Trim(val, `"`)
 	link := filepath.Join("/dev/disk", dir, val)

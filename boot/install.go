@@ -57,7 +57,8 @@ func Plan(target, bin string, volumes []string) ([]InstallFile, error) {
 	const etc = "/etc/systemd/system/"
 	switch target {
 	case "systemd":
-		for _, u := range []string{"tether-keyd.socket", "tether-keyd.service", "tether-askpass.path", "tether-askpass.service"} {
+		for _, u := range []string{"tether-keyd.socket", "tether-keyd.service", "tether-askpass.path", "tether-askpass.service",
+			"tether-agent.service", "tether-agent@.service"} {
 			must(add("systemd/"+u, etc+u, 0o644))
 		}
 		must(add("systemd/tether-cryptsetup.conf", etc+"systemd-cryptsetup@.service.d/tether.conf", 0o644))
@@ -66,6 +67,8 @@ func Plan(target, bin string, volumes []string) ([]InstallFile, error) {
 		link(etc+"remote-cryptsetup.target.wants/tether-keyd.socket", etc+"tether-keyd.socket")
 		link(etc+"cryptsetup.target.wants/tether-askpass.path", etc+"tether-askpass.path")
 		link(etc+"remote-cryptsetup.target.wants/tether-askpass.path", etc+"tether-askpass.path")
+		// Skipped by its condition until the machine is enrolled.
+		link(etc+"multi-user.target.wants/tether-agent.service", etc+"tether-agent.service")
 		// _netdev volumes hang off remote-cryptsetup.target, which is
 		// only reached if something wants it.
 		link(etc+"multi-user.target.wants/remote-cryptsetup.target", "/lib/systemd/system/remote-cryptsetup.target")
@@ -89,6 +92,7 @@ func Plan(target, bin string, volumes []string) ([]InstallFile, error) {
 	case "initramfs-tools":
 		must(add("initramfs-tools/hooks/tether", "/etc/initramfs-tools/hooks/tether", 0o755))
 		must(add("initramfs-tools/scripts/local-top/tether", "/etc/initramfs-tools/scripts/local-top/tether", 0o755))
+		must(add("initramfs-tools/conf.d/tether", "/etc/initramfs-tools/conf.d/tether", 0o644))
 	default:
 		return nil, fmt.Errorf("unknown target %q (want one of %s)", target, strings.Join(Targets, ", "))
 	}

@@ -146,7 +146,7 @@ func (s *KeyServer) tryOnce(ctx context.Context, vol string) (Key, error) {
 	}
 	ent, err := LookupVolume(tab, vol)
 	if err != nil {
-		return Key{}, &PermanentError{err}
+		return Key{}, &PermanentError{Err: err}
 	}
 	resolve := s.Resolve
 	if resolve == nil {

@@ -267,3 +267,47 @@ func TestKeyServerStopsWhenAskerLeaves(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// TestKeyServerMissingContainerFile: a crypttab container file that is
+// not there (or that keyd cannot see: ProtectHome= once hid /home from
+// it) is reported at once, saying the file does not exist, instead of
+// being retried until the deadline as "no such device". A missing /dev
+// node may still appear and is waited for, and the log says what for.
+func TestKeyServerMissingContainerFile(t *testing.T) {
+	dir := t.TempDir()
+	home := filepath.Join(dir, "home", "haadmin")
+	os.MkdirAll(home, 0o700)
+	img := filepath.Join(home, "cloud_container.img")
+	tab := filepath.Join(dir, "crypttab")
+	os.WriteFile(tab, []byte("cloud "+img+" /run/tether/keyd.sock luks,_netdev\n"+
+		"late /dev/tether-test-not-yet /run/tether/keyd.sock luks,_netdev\n"), 0o644)
+	var logs testenv.SyncBuffer
+	const deadline = 20 * time.Second
+	s := &boot.KeyServer{Crypttab: tab, Deadline: deadline, Log: log.New(&logs, "", 0)}
+	sock := startKeyd(t, s)
+	start := time.Now()
+	key, err := askKey(t, sock, "cloud")
+	took := time.Since(start)
+	if err != nil || len(key) != 0 {
+		t.Fatalf("got key %q, err %v; want EOF without a key", key, err)
+	}
+	if took > 10*time.Second {
+		t.Errorf("took %v: a missing container file must be reported at once, not waited for (deadline %v)", took, deadline)
+	}
+	if l := logs.String(); !strings.Contains(l, "gave up at once") || !strings.Contains(l, "container file "+img+" does not exist") {
+		t.Errorf("log does not say plainly that the file is missing:\n%s", l)
+	}
+
+	short := &boot.KeyServer{Crypttab: tab, Deadline: 1500 * time.Millisecond, Log: log.New(&logs, "", 0)}
+	sock = startKeyd(t, short)
+	start = time.Now()
+	if key, err := askKey(t, sock, "late"); err != nil || len(key) != 0 {
+		t.Fatalf("late: got key %q, err %v", key, err)
+	}
+	if took := time.Since(start); took < short.Deadline {
+		t.Errorf("a missing /dev node was given up after %v, before the deadline %v", took, short.Deadline)
+	}
+	if l := logs.String(); !strings.Contains(l, "device /dev/tether-test-not-yet does not exist (yet)") || !strings.Contains(l, "deadline passed") {
+		t.Errorf("log for the missing /dev node:\n%s", l)
+	}
+}

@@ -27,19 +27,14 @@ type Recoverer interface {
 	Recover(ctx context.Context, device string) (Key, error)
 }
 
-// PermanentError marks a failure that retrying will not fix (the device is
-// not LUKS2, it has no bindings), so a caller with a deadline gives up at
-// once instead of waiting it out.
-type PermanentError struct{ Err error }
+// PermanentError marks a failure that retrying will not fix (the device
+// is not LUKS2, it has no bindings, every binding was refused for good),
+// so a caller with a deadline gives up at once instead of waiting it out.
+// It is the pins' own type: a pin's definitive refusal is one.
+type PermanentError = pin.PermanentError
 
-func (e *PermanentError) Error() string { return e.Err.Error() }
-func (e *PermanentError) Unwrap() error { return e.Err }
-
-// IsPermanent reports whether err is a PermanentError.
-func IsPermanent(err error) bool {
-	var p *PermanentError
-	return errors.As(err, &p)
-}
+// IsPermanent reports whether err is, or wraps, a PermanentError.
+func IsPermanent(err error) bool { return pin.IsPermanent(err) }
 
 // ErrNotBound means a device has no tether or clevis bindings.
 var ErrNotBound = errors.New("no clevis or tether bindings in the LUKS2 header")
@@ -59,10 +54,10 @@ func (r TokenRecoverer) Bindings(ctx context.Context, device string) ([]luks.Bin
 		if errors.Is(err, fs.ErrNotExist) {
 			return nil, err // it may still appear
 		}
-		return nil, &PermanentError{fmt.Errorf("read LUKS2 header: %w", err)}
+		return nil, &PermanentError{Err: fmt.Errorf("read LUKS2 header: %w", err)}
 	}
 	if h.Reencrypting() {
-		return nil, &PermanentError{fmt.Errorf("%s: %w", device, luks.ErrReencrypting)}
+		return nil, &PermanentError{Err: fmt.Errorf("%s: %w", device, luks.ErrReencrypting)}
 	}
 	var out []luks.Binding
 	for _, b := range luks.Bindings(h) {
@@ -80,7 +75,7 @@ func (r TokenRecoverer) Recover(ctx context.Context, device string) (Key, error)
 		return Key{Slot: -1, Token: -1}, err
 	}
 	if len(bs) == 0 {
-		return Key{Slot: -1, Token: -1}, &PermanentError{fmt.Errorf("%s: %w", device, ErrNotBound)}
+		return Key{Slot: -1, Token: -1}, &PermanentError{Err: fmt.Errorf("%s: %w", device, ErrNotBound)}
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -97,13 +92,21 @@ func (r TokenRecoverer) Recover(ctx context.Context, device string) (Key, error)
 		}()
 	}
 	var errs []string
+	final := 0
 	for range bs {
 		res := <-ch
 		if res.err == nil {
 			return Key{Passphrase: res.key, Slot: res.b.Slot, Token: res.b.Token}, nil
 		}
+		if IsPermanent(res.err) {
+			final++
+		}
 		errs = append(errs, fmt.Sprintf("token %d (%s): %v", res.b.Token, pin.Describe(res.b.JWE), res.err))
 	}
 	sort.Strings(errs)
+	if final == len(bs) {
+		// Every binding said a definitive no: waiting changes nothing.
+		return Key{Slot: -1, Token: -1}, &PermanentError{Err: fmt.Errorf("every binding of %s refused for good: %s", device, strings.Join(errs, "; "))}
+	}
 	return Key{Slot: -1, Token: -1}, fmt.Errorf("no binding of %s answered: %s", device, strings.Join(errs, "; "))
 }

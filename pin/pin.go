@@ -11,6 +11,7 @@ package pin
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"sort"
 	"sync"
@@ -37,6 +38,32 @@ func (o Options) PerTry() time.Duration {
 		return o.Timeout
 	}
 	return DefaultTimeout
+}
+
+// PermanentError is a definitive refusal: asking again will not change
+// the answer (the device was revoked or is unknown to the server, the
+// credentials were withdrawn, the JWE names another machine). Callers
+// that retry until a deadline — keyd, the password agent, the initramfs —
+// give up at once instead of waiting it out on every boot. A refusal an
+// administrator may lift (lockdown, approval pending, a disabled device)
+// or a server that does not answer is not permanent.
+type PermanentError struct{ Err error }
+
+func (e *PermanentError) Error() string { return e.Err.Error() }
+func (e *PermanentError) Unwrap() error { return e.Err }
+
+// Permanent marks err as a PermanentError; nil stays nil.
+func Permanent(err error) error {
+	if err == nil {
+		return nil
+	}
+	return &PermanentError{err}
+}
+
+// IsPermanent reports whether err is, or wraps, a PermanentError.
+func IsPermanent(err error) bool {
+	var p *PermanentError
+	return errors.As(err, &p)
 }
 
 // Pin encrypts and decrypts secrets under one kind of policy.

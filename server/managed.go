@@ -316,7 +316,10 @@ func (m *Managed) authDevice(w http.ResponseWriter, r *http.Request, action stri
 		}
 		m.record(r.Context(), &audit.Record{Action: action, Source: sourceOf(r).String(), Decision: audit.Deny,
 			Reason: "identity key " + kid[:12] + "… is not enrolled"})
-		writeError(w, http.StatusForbidden, "this identity key is not enrolled: enrol the machine (tether enroll)")
+		// 410, not 403: the device can never be served with this key, so
+		// a booting machine stops asking (a 403 — lockdown, a disabled or
+		// pending device — may be lifted by an admin).
+		writeError(w, http.StatusGone, "this identity key is not enrolled: enrol the machine (tether enroll)")
 		return nil
 	}
 	if err != nil {

@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"os"
@@ -44,6 +45,13 @@ func init() {
 						defer c.CloseIdle()
 					}
 					info, err := c.Heartbeat(ctx)
+					var se *managed.ServerError
+					if errors.As(err, &se) && se.Gone() {
+						// Nothing is left to keep alive, and nothing will
+						// be: stop, with a status the unit does not restart.
+						return exitError{agentGone, withHint(fmt.Errorf("heartbeat: %w; stopping", err),
+							"this device is revoked or unknown to the server: enrol again (tether enroll), then start the agent again")}
+					}
 					if err != nil {
 						return err
 					}
@@ -60,7 +68,12 @@ func init() {
 				t := time.NewTicker(*interval)
 				defer t.Stop()
 				for {
-					if err := beat(ctx); err != nil && ctx.Err() == nil {
+					err := beat(ctx)
+					var gone exitError
+					if errors.As(err, &gone) {
+						return err
+					}
+					if err != nil && ctx.Err() == nil {
 						// Keep going: a missed beat is what keep-alive is for;
 						// the next one may get through.
 						fmt.Fprintf(env.Stderr, "tether agent: heartbeat failed: %v\n", err)
@@ -76,6 +89,10 @@ func init() {
 	})
 }
 
+// agentGone is tether agent's exit status when the server no longer knows
+// the device (tether-agent.service: RestartPreventExitStatus=).
+const agentGone = 3
+
 const agentUsage = `Usage: tether agent [--state DIR] [--interval D] [--once] [--close]
 
 Send heartbeats to the managed server this machine enrolled with, every
@@ -86,7 +103,16 @@ Mandos): a machine that was stolen and switched off cannot come back and
 unlock. Choose an interval well below the timeout.
 
 A heartbeat does not re-enable a device that was disabled. Failures are
-reported on stderr and retried at the next interval.
+reported on stderr and retried at the next interval, except one: when the
+server answers that it does not know the device (revoked, or enrolled
+elsewhere), the agent stops with exit status 3.
+
+tether install systemd installs it as tether-agent.service (the default
+state directory; started at boot after network-online.target once the
+machine is enrolled, restarted if it fails to start) and
+tether-agent@.service for another state directory, named by the instance:
+  $ systemctl enable --now tether-agent.service
+  $ systemctl enable --now "tether-agent@$(systemd-escape --path /etc/tether/device-b).service"
 
 Options:
   --state DIR     state directory (default $TETHER_DEVICE_DIR, else

@@ -181,7 +181,15 @@ func init() {
 					fmt.Fprintln(env.Stdout, e.String())
 					return nil
 				}
-				return writeCrypttab(*write, e)
+				line, err := writeCrypttab(*write, e)
+				if err != nil {
+					return err
+				}
+				fmt.Fprintln(env.Stdout, line.String())
+				if _, ok := line.Option("keyfile-offset"); ok && !*askpass && !*root {
+					fmt.Fprintf(env.Stderr, "tether: warning: volume %q keeps keyfile-offset=, which makes systemd-cryptsetup read the socket %s as a plain file: remove keyfile-offset= from its line in %s\n", line.Name, line.KeyFile, *write)
+				}
+				return nil
 			}
 		},
 	})
@@ -273,18 +281,35 @@ func crypttabEntry(dev, name, socket string, askpass, root bool) (boot.CrypttabE
 		e.KeyFile, e.Options = socket, []string{"luks", "_netdev"}
 	}
 	if !strings.HasPrefix(dev, "/dev/") {
-		// An image file: let systemd-cryptsetup find it by path.
-		e.Device = dev
+		// An image file: let systemd-cryptsetup find it by path, which
+		// crypttab wants absolute (it is read from / at boot, not from
+		// wherever this command ran).
+		abs, err := filepath.Abs(dev)
+		if err != nil {
+			return boot.CrypttabEntry{}, err
+		}
+		if strings.ContainsAny(abs, " \t\n") {
+			return boot.CrypttabEntry{}, withHint(fmt.Errorf("crypttab cannot name %q: its fields are separated by blanks", abs),
+				"move the image to a path without blanks, or link it from one (ln -s)")
+		}
+		e.Device = abs
 	}
 	return e, nil
 }
 
-// writeCrypttab replaces the line of e.Name in file (or appends one),
-// keeping every other line and comment as it was.
-func writeCrypttab(file string, e boot.CrypttabEntry) error {
+// writeCrypttab puts e into file: it replaces the line of e.Name (or
+// appends one), keeping every other line and comment as it was. The
+// options of the line it replaces are kept (headless=, nofail,
+// keyfile-timeout= are the user's choices) and e's are added to them. The
+// file is replaced atomically, through a symbolic link if it is one. It
+// returns the line written.
+func writeCrypttab(file string, e boot.CrypttabEntry) (boot.CrypttabEntry, error) {
+	if p, err := filepath.EvalSymlinks(file); err == nil {
+		file = p
+	}
 	old, err := os.ReadFile(file)
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
-		return err
+		return e, err
 	}
 	var out []string
 	replaced := false
@@ -295,6 +320,9 @@ func writeCrypttab(file string, e boot.CrypttabEntry) error {
 		f := strings.Fields(line)
 		if len(f) > 0 && !strings.HasPrefix(f[0], "#") && f[0] == e.Name {
 			if !replaced {
+				if ents, err := boot.ParseCrypttab(strings.NewReader(line)); err == nil && len(ents) == 1 {
+					e.Options = boot.MergeOptions(e.Options, ents[0].Options)
+				}
 				out = append(out, e.String()+"\n")
 				replaced = true
 			}
@@ -312,7 +340,7 @@ func writeCrypttab(file string, e boot.CrypttabEntry) error {
 	if fi, err := os.Stat(file); err == nil {
 		mode = fi.Mode().Perm()
 	}
-	return atomicfile.Write(file, []byte(strings.Join(out, "")), mode)
+	return e, atomicfile.Write(file, []byte(strings.Join(out, "")), mode)
 }
 
 var installSummary = map[string]string{
@@ -341,7 +369,11 @@ finds its device in crypttab (UUID=, PARTUUID=, LABEL=, a path), recovers
 the key and writes it. While the network comes up or a server restarts,
 keyd holds the connection and retries with backoff; when --deadline passes
 it closes the connection without a key, and systemd-cryptsetup falls back
-to its next method (the password prompt). Each volume is served on its own:
+to its next method (the password prompt). A refusal that cannot change
+(a revoked or unknown managed device, a missing container file, every
+binding refusing for good) ends the wait at once; a lockdown or a disabled
+or pending device is waited for, since an admin may lift it. Each volume is
+served on its own:
 one dead server never delays another volume. One log line per volume says
 what happened; a failure says what was waited for and why keyd gave up.
 
@@ -369,7 +401,8 @@ whose Id= is "cryptsetup:<device>", recovers the volume's key from its
 bindings and answers with one datagram "+passphrase" on the request's
 Socket=. Other requests, and volumes without bindings, are left to the other
 agents (the console, plymouth). Each request is bounded by --deadline and by
-its own NotAfter=; a volume that asks again after two answers is left to
+its own NotAfter=, and given up at once on a refusal that cannot change (a
+revoked managed device, every binding refusing for good); a volume that asks again after two answers is left to
 the prompt (the key it got did not open it).
 
 Use it when crypttab's key field stays "none" (tether-askpass.path starts
@@ -395,12 +428,21 @@ Every file written is printed; running it again replaces them.
                    systemd-cryptsetup@.service drop-in that orders volumes
                    after the socket, and remote-cryptsetup.target enabled
                    so that _netdev volumes are set up. --volume NAME adds a
-                   socket /run/cryptsetup-keys.d/NAME.key.
+                   socket /run/cryptsetup-keys.d/NAME.key. Also
+                   tether-agent.service (managed-mode keep-alive, enabled;
+                   it runs once the machine is enrolled) and
+                   tether-agent@.service for other state directories.
   dracut           /usr/lib/dracut/modules.d/60tether (network on with
                    rd.neednet=1; the password agent in a systemd initramfs,
                    an initqueue hook otherwise)
   initramfs-tools  /etc/initramfs-tools/hooks/tether and scripts/local-top/
-                   tether (network up, bound volumes opened before cryptroot)
+                   tether (network up, bound volumes opened before cryptroot),
+                   and conf.d/tether (UMASK=0077: the image is root-only)
+
+Both initramfs targets copy, besides tether and cryptsetup, the TPM drivers,
+the system's CA bundle, and the managed-mode device identity of every state
+directory under /etc/tether (its private key, when it is in a file: keep
+the initramfs readable by root only).
 
 See docs/BOOT.md for the ordering and what happens when a server is down.
 `
@@ -408,8 +450,11 @@ See docs/BOOT.md for the ordering and what happens when a server is down.
 const crypttabUsage = `Usage: tether crypttab -d DEV -n NAME [--write FILE] [--askpass | --root] [--socket PATH]
 
 Print the crypttab line for a bound volume, or with --write put it into
-FILE (replacing the line of NAME, keeping the rest). The device is named by
-its LUKS UUID (an image file by its path).
+FILE and print the line written. --write replaces the line of NAME and keeps
+its options (nofail, headless=true, keyfile-timeout= stay; the ones below
+are added), every other line and every comment; the file is replaced
+atomically. The device is named by its LUKS UUID (an image file by its
+absolute path).
 
   default    the key comes from tether keyd:  NAME UUID=.. /run/tether/keyd.sock luks,_netdev
   --askpass  the key field stays none; tether askpass answers the prompt
@@ -426,8 +471,9 @@ Example:
 const crypttabOpenUsage = `Usage: tether crypttab open [--crypttab FILE] [--deadline D] [--timeout D] [NAME]...
 
 Open every volume of FILE (or those named) that has bindings and is not open
-yet, all at once, each bounded by --deadline: what the initramfs scripts run
-before their own prompt. Volumes without bindings are skipped quietly. One
+yet, all at once, each bounded by --deadline (a refusal that cannot change,
+such as a revoked managed device, ends the wait at once): what the initramfs
+scripts run before their own prompt. Volumes without bindings are skipped quietly. One
 line per volume says what happened; the exit status is 1 if a bound volume
 was left closed.
 

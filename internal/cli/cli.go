@@ -85,6 +85,17 @@ type hintError struct {
 func (e hintError) Error() string { return e.err.Error() }
 func (e hintError) Unwrap() error { return e.err }
 
+// exitError makes a command exit with its own status instead of 1, for
+// a failure a supervisor must tell apart (systemd's
+// RestartPreventExitStatus=).
+type exitError struct {
+	code int
+	err  error
+}
+
+func (e exitError) Error() string { return e.err.Error() }
+func (e exitError) Unwrap() error { return e.err }
+
 // withHint attaches a hint to err.
 func withHint(err error, format string, a ...any) error {
 	if err == nil {
@@ -176,6 +187,10 @@ func report(env *Env, c *command, err error) int {
 	if errors.As(err, &u) {
 		fmt.Fprintf(env.Stderr, "tether: hint: run \"tether %s --help\" for usage\n", c.name)
 		return 2
+	}
+	var x exitError
+	if errors.As(err, &x) {
+		return x.code
 	}
 	return 1
 }

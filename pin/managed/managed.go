@@ -17,6 +17,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/http"
 	"os"
 
 	"github.com/tether-nbde/tether/jose"
@@ -132,19 +133,26 @@ func parse(j *jose.JWE) (*header, error) {
 	return h, nil
 }
 
-// Decrypt implements pin.Pin.
+// Decrypt implements pin.Pin. The refusals that cannot change are
+// pin.PermanentErrors: a revoked or unknown device (410), an exchange key
+// the server does not hold for it (404), a JWE made for another
+// enrolment, a machine that is not enrolled. A lockdown, a pending or
+// disabled device (403) and an unreachable server are not: an
+// administrator may act, the network may come.
 func (p Pin) Decrypt(ctx context.Context, j *jose.JWE, o pin.Options) ([]byte, error) {
 	h, err := parse(j)
 	if err != nil {
-		return nil, err
+		return nil, pin.Permanent(err)
 	}
-	id, err := LoadIdentity(stateDir(h.State))
+	dir := stateDir(h.State)
+	id, err := LoadIdentity(dir)
 	if err != nil {
-		return nil, err
+		// No enrolment here does not come by itself at boot.
+		return nil, pin.Permanent(err)
 	}
 	if id.State.Device != h.Device {
-		return nil, fmt.Errorf("the JWE is bound to device %s, but this machine is enrolled as %s: if %s was this machine before it was revoked, its key is destroyed and the JWE can never be decrypted (rebind with another unlock method); otherwise decrypt it on the machine enrolled as %s",
-			h.Device, id.State.Device, h.Device, h.Device)
+		return nil, pin.Permanent(fmt.Errorf("the JWE is bound to device %s, but this machine (%s) is enrolled as %s: if %s was this machine before it was revoked, its key is destroyed and the JWE can never be decrypted (rebind with another unlock method); otherwise decrypt it on the machine enrolled as %s",
+			h.Device, dir, id.State.Device, h.Device, h.Device))
 	}
 	// The JWE names the server; the pin in the JWE (made when the device
 	// was enrolled) authenticates it.
@@ -160,7 +168,13 @@ func (p Pin) Decrypt(ctx context.Context, j *jose.JWE, o pin.Options) ([]byte, e
 	// than one exchange: the per-try timeout bounds each request, the
 	// server's approval deadline bounds the whole.
 	y, err := c.Rec(ctx, j.Header.Kid, rec.Request, nil)
-	if err != nil {
+	var se *ServerError
+	switch {
+	case errors.As(err, &se) && se.Gone():
+		return nil, pin.Permanent(fmt.Errorf("%w: device %s can never unlock this binding again; unlock with a passphrase or another binding, enrol again (tether enroll) and bind anew", err, h.Device))
+	case errors.As(err, &se) && se.Status == http.StatusNotFound:
+		return nil, pin.Permanent(fmt.Errorf("%w: the server no longer holds the key this binding was made with; unlock with a passphrase or another binding and bind again", err))
+	case err != nil:
 		return nil, err
 	}
 	z, err := rec.Finish(y)

@@ -194,15 +194,22 @@ func parse(j *jose.JWE) (*header, *big.Int, error) {
 }
 
 // ChildError reports why children failed when fewer than t succeeded.
+// Final counts the children that refused for good (pin.PermanentError);
+// when more than N−t did, the sss JWE can never be decrypted and Decrypt
+// wraps the ChildError in a pin.PermanentError.
 type ChildError struct {
-	T, Got int
-	Errs   []error
+	T, Got   int
+	Errs     []error
+	Final, N int
 }
 
 func (e *ChildError) Error() string {
 	var msgs []string
 	for _, err := range e.Errs {
 		msgs = append(msgs, err.Error())
+	}
+	if e.Final > e.N-e.T && e.N > 0 {
+		return fmt.Sprintf("%d of the %d pins refused for good, so fewer than the %d required can ever decrypt: %s", e.Final, e.N, e.T, strings.Join(msgs, "; "))
 	}
 	return fmt.Sprintf("only %d of the %d required pins could decrypt: %s", e.Got, e.T, strings.Join(msgs, "; "))
 }
@@ -224,7 +231,7 @@ func (Pin) Decrypt(ctx context.Context, j *jose.JWE, o pin.Options) ([]byte, err
 		go func() {
 			cj, err := jose.ParseCompact(c)
 			if err != nil {
-				results <- result{err: fmt.Errorf("child %d: %v", i+1, err)}
+				results <- result{err: pin.Permanent(fmt.Errorf("child %d: %v", i+1, err))}
 				return
 			}
 			pt, err := pin.Decrypt(ctx, cj, o)
@@ -233,7 +240,7 @@ func (Pin) Decrypt(ctx context.Context, j *jose.JWE, o pin.Options) ([]byte, err
 				return
 			}
 			if len(pt) != 2*pointSize {
-				results <- result{err: fmt.Errorf("child %d: decrypted share is %d bytes, want %d", i+1, len(pt), 2*pointSize)}
+				results <- result{err: pin.Permanent(fmt.Errorf("child %d: decrypted share is %d bytes, want %d", i+1, len(pt), 2*pointSize))}
 				return
 			}
 			results <- result{x: new(big.Int).SetBytes(pt[:pointSize]), y: new(big.Int).SetBytes(pt[pointSize:])}
@@ -242,10 +249,19 @@ func (Pin) Decrypt(ctx context.Context, j *jose.JWE, o pin.Options) ([]byte, err
 	}
 	var xs, ys []*big.Int
 	var errs []error
+	final := 0
 	for range h.JWE {
 		r := <-results
 		if r.err != nil {
 			errs = append(errs, r.err)
+			if pin.IsPermanent(r.err) {
+				final++
+			}
+			if final > len(h.JWE)-h.T {
+				// Fewer than t children can still succeed, whatever
+				// the others (a server down, slow) answer later.
+				return nil, pin.Permanent(&ChildError{T: h.T, Got: len(xs), Errs: errs, Final: final, N: len(h.JWE)})
+			}
 			continue
 		}
 		dup := false
@@ -261,7 +277,7 @@ func (Pin) Decrypt(ctx context.Context, j *jose.JWE, o pin.Options) ([]byte, err
 		}
 	}
 	if len(xs) < h.T {
-		return nil, &ChildError{T: h.T, Got: len(xs), Errs: errs}
+		return nil, &ChildError{T: h.T, Got: len(xs), Errs: errs, Final: final, N: len(h.JWE)}
 	}
 	secret := interpolate0(xs, ys, p)
 	if secret == nil {

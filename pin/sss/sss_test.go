@@ -27,7 +27,7 @@ import (
 type fakePin struct{}
 
 type fakeCfg struct {
-	Mode string `json:"mode"` // "", "fail" or "hang"
+	Mode string `json:"mode"` // "", "fail", "final" (pin.Permanent) or "hang"
 	ID   string `json:"id,omitempty"`
 }
 
@@ -53,6 +53,8 @@ func (fakePin) Decrypt(ctx context.Context, j *jose.JWE, o pin.Options) ([]byte,
 	switch h.Fake.Mode {
 	case "fail":
 		return nil, fmt.Errorf("fake child %s failed", h.Fake.ID)
+	case "final":
+		return nil, pin.Permanent(fmt.Errorf("fake child %s refused for good", h.Fake.ID))
 	case "hang":
 		ctx, cancel := context.WithTimeout(ctx, o.PerTry())
 		defer cancel()
@@ -178,6 +180,59 @@ func TestDecryptThresholds(t *testing.T) {
 			// minute per-child timeout, success comes long before.
 			if tc.timeout == time.Minute && elapsed > 20*time.Second {
 				t.Errorf("took %v: waited for the hanging child", elapsed)
+			}
+		})
+	}
+}
+
+// TestDecryptPermanent: sss gives up for good (pin.PermanentError) as
+// soon as the children that refused for good leave fewer than t that can
+// still succeed, without waiting for a hanging child; while enough
+// children might still answer, its failure is not permanent.
+func TestDecryptPermanent(t *testing.T) {
+	t.Parallel()
+	s := newShares(t, 2)
+	ok1 := fakeChild(t, "", "1", s.at(1))
+	final := fakeChild(t, "final", "R", s.at(2))
+	final2 := fakeChild(t, "final", "Q", s.at(3))
+	fail := fakeChild(t, "fail", "F", s.at(4))
+	hang := fakeChild(t, "hang", "H", s.at(5))
+	tests := []struct {
+		name      string
+		children  []string
+		timeout   time.Duration
+		permanent bool
+	}{
+		// ok1 and the hanging child could still make 2: waited for.
+		{"final and hang leave two", []string{final, hang, ok1}, 300 * time.Millisecond, false},
+		{"two final of three", []string{final, final2, hang}, time.Minute, true},
+		{"final of two", []string{final, hang}, time.Minute, true},
+		{"final and a transient failure", []string{final, fail, ok1}, 0, false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+			defer cancel()
+			start := time.Now()
+			_, err := pin.Decrypt(ctx, s.jwe(t, []byte("x"), tc.children...), pin.Options{Timeout: tc.timeout})
+			took := time.Since(start)
+			switch {
+			case err == nil:
+				t.Fatal("decrypt succeeded")
+			case pin.IsPermanent(err) != tc.permanent:
+				t.Errorf("permanent = %v, want %v: %v", pin.IsPermanent(err), tc.permanent, err)
+			}
+			if !tc.permanent && tc.timeout > 0 && took < tc.timeout {
+				t.Errorf("gave up after %v, before the hanging child's timeout %v", took, tc.timeout)
+			}
+			if tc.permanent {
+				if took > 5*time.Second {
+					t.Errorf("took %v: waited for the hanging child although it could not help", took)
+				}
+				if !strings.Contains(err.Error(), "refused for good") {
+					t.Errorf("error does not say why it gave up: %v", err)
+				}
 			}
 		})
 	}

@@ -256,6 +256,12 @@ func (p Pin) Decrypt(ctx context.Context, j *jose.JWE, _ pin.Options) ([]byte, e
 	data, err := t.Unseal(pub, priv, o)
 	t.Close()
 	tpmMu.Unlock()
+	var pm *tpm.PCRMismatchError
+	if errors.As(err, &pm) {
+		// PCRs only move forward until the next reboot: during this boot
+		// the policy can never hold again.
+		return nil, pin.Permanent(err)
+	}
 	if err != nil {
 		return nil, err
 	}

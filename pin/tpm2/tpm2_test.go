@@ -150,6 +150,10 @@ func TestPCRPolicy(t *testing.T) {
 	if !strings.Contains(err.Error(), "sha256 PCR 16 changed") {
 		t.Errorf("error does not name the PCR: %v", err)
 	}
+	// A boot path (keyd, the initramfs) stops asking: PCRs do not go back.
+	if !pin.IsPermanent(err) {
+		t.Errorf("a PCR mismatch is not a pin.PermanentError: %v", err)
+	}
 	_, err = decrypt(p, two)
 	if !errors.As(err, &pm) || pm.Exact || tpm.FormatPCRs(pm.PCRs) != "0,16" {
 		t.Fatalf("policy on 0,16: err = %v, want a PCRMismatchError naming 0,16", err)

@@ -13,7 +13,6 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"os"
 	"time"
@@ -43,19 +42,10 @@ func NewSalt() []byte {
 	return s
 }
 
-// permanent marks an error that retrying cannot fix (wrong password, file
-// missing, certificate mismatch).
-type permanent struct{ error }
-
-func (p permanent) Unwrap() error { return p.error }
-
-// Permanent wraps err so that Fetch does not retry it.
-func Permanent(err error) error {
-	if err == nil {
-		return nil
-	}
-	return permanent{err}
-}
+// Permanent marks err as a refusal that retrying cannot fix (wrong
+// password, file missing, certificate mismatch): Fetch does not retry it,
+// and neither do the boot paths (pin.PermanentError).
+func Permanent(err error) error { return pin.Permanent(err) }
 
 // Fetch calls get until it succeeds, fails permanently, attempts run out or
 // ctx ends. Each attempt gets timeout; waits between attempts double from
@@ -74,8 +64,7 @@ func Fetch(ctx context.Context, attempts int, timeout time.Duration, get func(co
 		if err == nil {
 			return b, nil
 		}
-		var p permanent
-		if errors.As(err, &p) || i == attempts-1 {
+		if pin.IsPermanent(err) || i == attempts-1 {
 			break
 		}
 		select {

@@ -18,12 +18,34 @@ cmdline() {
     echo "rd.neednet=1"
 }
 
+# TPM drivers, for tpm2 bindings and TPM-held device identities: tpm_crb
+# and tpm_tis are built into some kernels (Debian's) and modules in others;
+# SPI and I2C TPMs are modules everywhere.
+installkernel() {
+    hostonly='' instmods tpm_crb tpm_tis "=drivers/char/tpm"
+}
+
 install() {
     inst_multiple @BIN@ cryptsetup
     # The smb pin's helper, if installed.
     inst_multiple -o @SMB@
     # Name resolution for server names in bindings (Go reads these files).
     inst_multiple -o /etc/hosts /etc/nsswitch.conf
+    # CA certificates, for https bindings that trust the system's CAs: the
+    # bundles Go's crypto/x509 looks for on Linux, whichever exist.
+    inst_multiple -o /etc/ssl/certs/ca-certificates.crt /etc/pki/tls/certs/ca-bundle.crt \
+        /etc/ssl/ca-bundle.pem /etc/pki/tls/cacert.pem \
+        /etc/pki/ca-trust/extracted/pem/tls-ca-bundle.pem /etc/ssl/cert.pem
+    # Managed mode: the enrolment (device.json) and identity key (or, in a
+    # TPM, what loads it) of every state directory under /etc/tether; the
+    # default one from $TETHER_DEVICE_DIR when that is set at build time.
+    # The identity's private key is then in the initramfs, which dracut
+    # writes readable by root only (umask 077); see docs/BOOT.md.
+    tether_copy_device "${TETHER_DEVICE_DIR:-/etc/tether/device}" /etc/tether/device
+    local d
+    for d in /etc/tether/*; do
+        [[ $d == /etc/tether/device ]] || tether_copy_device "$d" "$d"
+    done
     mkdir -p "${initdir}/etc/cmdline.d"
     cmdline > "${initdir}/etc/cmdline.d/60tether.conf"
 
@@ -39,4 +61,13 @@ install() {
         inst_hook initqueue/online 60 "$moddir/tether-hook.sh"
         inst_hook initqueue/settled 60 "$moddir/tether-hook.sh"
     fi
+}
+
+tether_copy_device() {
+    local f
+    [[ -f $1/device.json ]] || return 0
+    for f in "$1"/*; do
+        [[ -f $f ]] && inst_simple "$f" "$2/${f##*/}"
+    done
+    chmod 0700 "${initdir}$2"
 }
