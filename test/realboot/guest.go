@@ -12,6 +12,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -269,11 +270,17 @@ func (g *Guest) Boot(o Options) *Machine {
 		"-M", "q35,accel=tcg", "-cpu", "max", "-m", "1536", "-smp", "2",
 		"-display", "none", "-serial", "stdio", "-monitor", "none", "-no-reboot",
 		"-kernel", kernel, "-initrd", initrd, "-append", appendLine,
-		"-drive", "file=" + g.BootImg + ",if=virtio,format=raw,cache=unsafe",
-		"-drive", "file=" + g.RootImg + ",if=virtio,format=raw,cache=unsafe",
 	}
-	for _, d := range o.Disks {
-		args = append(args, "-drive", "file="+d+",if=virtio,format=raw,cache=unsafe")
+	// Every disk is an explicit device, in order, so the kernel names
+	// them vda, vdb, ... in this order whatever else is attached.
+	disk := func(id, file, extra string) {
+		args = append(args, "-drive", "file="+file+",if=none,format=raw,cache=unsafe,id="+id+extra,
+			"-device", "virtio-blk-pci,drive="+id)
+	}
+	disk("boot", g.BootImg, "")
+	disk("root", g.RootImg, "")
+	for i, d := range o.Disks {
+		disk(fmt.Sprintf("extra%d", i), d, "")
 	}
 	switch o.NIC {
 	case NICUser:
@@ -293,11 +300,11 @@ func (g *Guest) Boot(o Options) *Machine {
 		args = append(args, "-nic", "none")
 	}
 	if o.Script != "" {
-		disk := filepath.Join(g.t.TempDir(), "script.tar")
-		if err := writeTar(disk, o.Script, o.Files); err != nil {
+		script := filepath.Join(g.t.TempDir(), "script.tar")
+		if err := writeTar(script, o.Script, o.Files); err != nil {
 			g.t.Fatal(err)
 		}
-		args = append(args, "-drive", "file="+disk+",if=none,format=raw,id=script,readonly=on",
+		args = append(args, "-drive", "file="+script+",if=none,format=raw,id=script,readonly=on",
 			"-device", "virtio-blk-pci,drive=script,serial=testscript")
 	}
 	if o.TPM != "" {
@@ -306,6 +313,8 @@ func (g *Guest) Boot(o Options) *Machine {
 	}
 	m := &Machine{t: g.t, changed: make(chan struct{}), exited: make(chan struct{})}
 	m.cmd = exec.Command("qemu-system-x86_64", args...)
+	// A test binary that is killed takes its guests with it.
+	m.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	stdin, err := m.cmd.StdinPipe()
 	if err != nil {
 		g.t.Fatal(err)
