@@ -203,6 +203,8 @@ floor_ratio=$(ratio "$fdec" "$cdec")
 p521_ratio=$(ratio "$openssl521" "$raw521")
 
 out=docs/BENCHMARKS.md
+# The Boot section is bench/boot.sh's (real-Debian guests, ~25 minutes): kept as it is.
+boot_section=$(sed -n '/<!-- boot:begin/,/<!-- boot:end -->/p' "$out" 2>/dev/null || true)
 {
 cat <<EOT
 # Benchmarks
@@ -283,6 +285,7 @@ p50 $(printf %.0f "${R[mstorm.p50_ms]}") ms, p99 $(printf %.0f "${R[mstorm.p99_m
 unlock; the TLS handshake (hybrid X25519/ML-KEM key exchange, client certificate check) is most of it, and
 the load generator, whose handshakes cost as much, shares the same cores.
 EOT
+[[ -n "$boot_section" ]] && printf '\n%s\n' "$boot_section"
 } > "$out"
 echo "wrote $out" >&2
 cat "$out"

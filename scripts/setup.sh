@@ -16,6 +16,7 @@ test_pkgs=(
   postgresql
   qemu-system-x86 linux-image-amd64 busybox-static
   initramfs-tools dracut-core cpio
+  mmdebstrap
   chromium nodejs
 )
 

@@ -232,6 +232,9 @@ type Options struct {
 	TPM string
 	// Log names the console log file kept in the guest's directory.
 	Log string
+	// Initrd, if set, is a host file booted instead of boot.img's
+	// initramfs (to compare two initramfs images of one tree).
+	Initrd string
 }
 
 // Machine is a running guest.
@@ -262,6 +265,9 @@ type consoleLine struct {
 func (g *Guest) Boot(o Options) *Machine {
 	g.t.Helper()
 	kernel, initrd := g.bootFiles()
+	if o.Initrd != "" {
+		initrd = o.Initrd
+	}
 	appendLine := "root=/dev/mapper/root ro console=ttyS0 panic=-1 " + o.Append
 	if o.NIC == NICUser && !strings.Contains(o.Append, "ip=") {
 		appendLine += " ip=dhcp"

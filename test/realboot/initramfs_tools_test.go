@@ -59,9 +59,9 @@ func installInitramfsTools(g *Guest) {
 //   - tang: bound to a tether server, the guest reaches multi-user.target
 //     with nothing typed, root on /dev/mapper/root;
 //   - sss: bound to any 1 of 2 servers, the first one down (it never
-//     answers), the same;
-//   - down: the only server is down: cryptroot's prompt appears, the test
-//     types the passphrase on the serial console, the boot completes.
+//     answers), the same.
+//
+// The server-down fallback to cryptroot's prompt is TestDataVolumes/down.
 func TestInitramfsTools(t *testing.T) {
 	g := New(t, InitramfsTools)
 	installInitramfsTools(g)
@@ -92,16 +92,5 @@ func TestInitramfsTools(t *testing.T) {
 		m.WaitFor(`@@READY .*root=/dev/mapper/root`, 0, 4*time.Minute)
 		m.WaitExit(time.Minute)
 		t.Logf("root unlocked %s after power-on with the first server down", opened.Round(time.Second))
-	})
-
-	t.Run("down", func(t *testing.T) {
-		// No forward at all: every server is down. The sss binding of
-		// the subtest before is still there.
-		m := g.Boot(Options{Log: "down.log"})
-		_, idx, prompt := m.WaitFor(`Please unlock disk root`, 0, 5*time.Minute)
-		m.Type(Passphrase + "\n")
-		m.WaitFor(`@@READY .*root=/dev/mapper/root`, idx, 4*time.Minute)
-		m.WaitExit(time.Minute)
-		t.Logf("with the server down the prompt came %s after power-on", prompt.Round(time.Second))
 	})
 }
