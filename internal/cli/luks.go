@@ -391,15 +391,30 @@ func init() {
 		func(fs *flag.FlagSet) func(*Env, *luks.Volume, []string) error {
 			trust := fs.Bool("y", false, "")
 			force := fs.Bool("force", false, "")
+			recoveryFile := fs.String("recovery-file", "", "")
+			noRecovery := fs.Bool("no-recovery", false, "")
 			return func(env *Env, v *luks.Volume, args []string) error {
 				name, cfg, err := pinConfig(args)
 				if err != nil {
 					return err
 				}
+				if *noRecovery && *recoveryFile != "" {
+					return usagef("--no-recovery and --recovery-file exclude each other")
+				}
 				v.PinOptions.Trust = *trust
-				slot, err := v.Encrypt(context.Background(), luks.EncryptOptions{
-					Pin: name, Config: cfg, Force: *force, Recovery: env.Stdout, Progress: env.Stderr,
-				})
+				o := luks.EncryptOptions{
+					Pin: name, Config: cfg, Force: *force, Progress: env.Stderr,
+					RecoveryFile: *recoveryFile, NoRecovery: *noRecovery,
+				}
+				if !*noRecovery && *recoveryFile == "" {
+					o.Recovery = env.Stdout
+				}
+				slot, err := v.Encrypt(context.Background(), o)
+				var done *luks.AlreadyBoundError
+				if errors.As(err, &done) {
+					fmt.Fprintf(env.Stderr, "tether: %s is %v\n", v.Path, err)
+					return nil
+				}
 				if err != nil {
 					var ne *luks.NotEncryptableError
 					if errors.As(err, &ne) && ne.Hint != "" {
@@ -410,7 +425,15 @@ func init() {
 					}
 					return luksError(err, v.Path)
 				}
-				fmt.Fprintf(env.Stderr, "tether: %s is encrypted and bound (keyslot %d); the recovery passphrase is on stdout: write it down, it is not shown again\n", v.Path, slot)
+				switch {
+				case *noRecovery:
+					fmt.Fprintf(env.Stderr, "tether: %s is encrypted and bound (keyslot %d); it has no recovery passphrase: the binding is the only way in\n", v.Path, slot)
+				case *recoveryFile != "":
+					fmt.Fprintf(env.Stderr, "tether: %s is encrypted and bound (keyslot %d); the recovery passphrase is in %s (cryptsetup --key-file takes it as it is)\n", v.Path, slot, *recoveryFile)
+				default:
+					endLineOnTerminal(env)
+					fmt.Fprintf(env.Stderr, "tether: %s is encrypted and bound (keyslot %d); the recovery passphrase is on stdout: write it down, it is not shown again\n", v.Path, slot)
+				}
 				return nil
 			}
 		})
@@ -453,11 +476,21 @@ func init() {
 					}
 					return luksError(err, v.Path)
 				}
+				endLineOnTerminal(env)
 				fmt.Fprintf(env.Stderr, "tether: created %s, bound in keyslot %d; the recovery passphrase is on stdout: write it down, it is not shown again\n", v.Path, slot)
 				return nil
 			}
 		},
 	})
+}
+
+// endLineOnTerminal ends the line of a recovery passphrase printed on a
+// terminal. Redirected, stdout holds the bare passphrase, which cryptsetup
+// --key-file takes byte for byte (a newline would be part of it).
+func endLineOnTerminal(env *Env) {
+	if f, ok := env.Stdout.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
+		fmt.Fprintln(env.Stdout)
+	}
 }
 
 // parseSize parses sizes like 4096, 512K, 128M, 1G, 2T (powers of 1024;
@@ -674,36 +707,55 @@ Examples:
   $ tether luks unlock -d disk.img --test
 `
 
-const luksEncryptUsage = `Usage: tether luks encrypt -d DEV [-y] [--force] PIN CONFIG
+const luksEncryptUsage = `Usage: tether luks encrypt -d DEV [-y] [--force] [--recovery-file PATH | --no-recovery] PIN CONFIG
 
 Encrypt an existing filesystem or partition in place and bind it: tether
 runs cryptsetup reencrypt --encrypt --reduce-device-size 32M under a
-temporary key, adds a recovery passphrase, binds the volume to PIN, removes
-the temporary key and prints the recovery passphrase on stdout, once.
-Progress goes to stderr.
+temporary key, adds a recovery passphrase, binds the volume to PIN and
+removes the temporary key. Progress goes to stderr.
+
+The recovery passphrase (160 random bits) is, by default, printed on
+stdout once, at the end, without a newline when stdout is not a terminal
+(so "> FILE" gives a file cryptsetup --key-file takes as it is); until then
+it is kept in the state directory. --recovery-file PATH writes it to PATH
+instead (mode 0600, the bare passphrase), before its keyslot is added, so
+an interrupted run never loses it; PATH must not exist. --no-recovery adds
+none: the binding (TPM, network) is then the only way in, and losing it
+loses the data.
 
 The last 32 MiB of DEV must be unused (the data moves to make room for the
-LUKS2 header): for ext2/3/4 tether checks it and says how to shrink the
-filesystem (resize2fs); other content needs --force after you made room.
-DEV must not be mounted.
+LUKS2 header): for ext2/3/4 tether checks it and says how to make room (an
+image file grows with truncate; a partition's filesystem shrinks with
+resize2fs); other content needs --force after you made room. DEV must not
+be mounted and must be at least 48 MiB.
 
-Resumable: if the encryption is interrupted (power loss, kill), run the
-same command again: it resumes the encryption (running cryptsetup's crash
-recovery when needed) or finishes the remaining steps. Until then the
-temporary key and the recovery passphrase are kept in the state directory
-(root only) and removed when done.
+Resumable at any point: if the run is interrupted (power loss, kill -9),
+run the same command again. It starts over if cryptsetup had not yet
+written the LUKS2 header (nothing is encrypted before that), resumes the
+encryption (running cryptsetup's crash recovery when needed, and
+completing the header itself where cryptsetup 2.6 cannot), or finishes the
+remaining steps.
+
+Security: while the run is unfinished, the temporary key is stored in the
+LUKS2 header in clear (its subsystem label, "tether-encrypt:KEY"), so that
+it survives a power cut with the data it opens: whoever can read the
+device can read the key, as they can read the data not yet encrypted.
+The key is also briefly in cryptsetup's command line (--subsystem). At the
+end its keyslot is wiped and the label cleared (docs/LUKS.md). Keep a
+backup: on SSDs and thin storage old blocks (plaintext, the old keyslot)
+may survive in-place encryption.
 
 Options:
-  -y              trust the Tang advertisement without a thumbprint
-  --force         do not check that the last 32 MiB are free
+  -y                   trust the Tang advertisement without a thumbprint
+  --force              do not check that the last 32 MiB are free
+  --recovery-file PATH write the recovery passphrase to PATH (0600)
+  --no-recovery        no recovery passphrase: the binding only
 ` + luksCommon + `
-Security: keep a backup. The recovery passphrase has 160 random bits; it
-gets a PBKDF2 keyslot like the machine keys (its entropy makes stretching
-pointless), so keep it as secret as the data.
-
 Examples:
-  $ sudo e2fsck -f /dev/sdb1 && sudo resize2fs /dev/sdb1 900M   # a 1 GiB partition
-  $ sudo tether luks encrypt -d /dev/sdb1 tang '{"url":"http://keys.lan","thp":"9C8h..."}' > recovery.txt
+  $ sudo tether luks encrypt -d /dev/sdb1 --recovery-file /media/usb/sdb1.key tang '{"url":"http://keys.lan","thp":"9C8h..."}'
+  $ sudo cryptsetup open --test-passphrase --key-file /media/usb/sdb1.key /dev/sdb1
+  $ sudo tether luks encrypt -d data.img --no-recovery tpm2 '{"pcr_ids":"7"}'
+  $ truncate -s +32M data.img   # an image file whose filesystem fills it
 `
 
 const luksCreateUsage = `Usage: tether luks create FILE --size SIZE [--fs ext4] [-y] PIN CONFIG
