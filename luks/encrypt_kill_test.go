@@ -89,7 +89,7 @@ func TestEncryptKill(t *testing.T) {
 				temp = []byte(k)
 			}
 			switch {
-			case h.Reencrypting() && len(h.Metadata.Segments) == 4 && h.Metadata.Segments["0"].Type == "crypt":
+			case finalStep(h):
 				state = "cryptsetup's final step"
 			case h.Reencrypting():
 				state = "encrypting"
@@ -119,7 +119,18 @@ func TestEncryptKill(t *testing.T) {
 			continue
 		}
 		finished++
-		t.Logf("trial %d: %s killed after %v (%s): rerun finished, data intact", i, who, delay.Round(time.Millisecond), state)
+		how := "finished the remaining steps"
+		switch {
+		case strings.Contains(res.stderr, "completing the header"):
+			how = "completed cryptsetup's final step"
+		case strings.Contains(res.stderr, "resuming"):
+			how = "resumed the encryption"
+		case strings.Contains(res.stderr, "in place"):
+			how = "started over"
+		case strings.Contains(res.stderr, "nothing to do"):
+			how = "found it done"
+		}
+		t.Logf("trial %d: %s killed after %v (%s): rerun %s, data intact", i, who, delay.Round(time.Millisecond), state, how)
 	}
 	var names []string
 	for s := range states {
