@@ -212,9 +212,13 @@ func (v *Volume) Encrypt(ctx context.Context, o EncryptOptions) (int, error) {
 	}
 	switch {
 	case !ours && h.Reencrypting():
+		resume := "cryptsetup reencrypt --resume-only "
+		if offline {
+			resume += "--force-offline-reencrypt " // cryptsetup refuses image files without it
+		}
 		return -1, &NotEncryptableError{
 			Reason: "the volume's encryption or reencryption is unfinished, and tether did not start it",
-			Hint:   "finish it with cryptsetup reencrypt --resume-only " + v.Path,
+			Hint:   "finish it with " + resume + v.Path,
 		}
 	case !ours && !h.Reencrypting() && len(Bindings(h)) > 0:
 		return Bindings(h)[0].Slot, &AlreadyBoundError{Slot: Bindings(h)[0].Slot}

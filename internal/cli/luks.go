@@ -92,7 +92,11 @@ func luksError(err error, dev string) error {
 	case errors.Is(err, luks.ErrWrongKey):
 		return withHint(err, "check the passphrase or key file; with a key file, trailing newlines count")
 	case errors.Is(err, luks.ErrReencrypting):
-		return withHint(err, "finish it first: \"tether luks encrypt -d %s ...\" resumes an interrupted tether encryption, \"cryptsetup reencrypt --resume-only %s\" any other", dev, dev)
+		resume := "cryptsetup reencrypt --resume-only "
+		if fi, serr := os.Stat(dev); serr == nil && fi.Mode().IsRegular() {
+			resume += "--force-offline-reencrypt " // cryptsetup refuses image files without it
+		}
+		return withHint(err, "finish it first: \"tether luks encrypt -d %s ...\" (the same command as before) resumes an interrupted tether encryption, \"%s%s\" any other", dev, resume, dev)
 	case errors.As(err, &full):
 		return withHint(err, "remove tokens you no longer need (tether luks list, cryptsetup token remove), or choose a smaller policy (fewer sss children)")
 	case errors.Is(err, os.ErrNotExist):
@@ -761,8 +765,10 @@ Examples:
 const luksCreateUsage = `Usage: tether luks create FILE --size SIZE [--fs ext4] [-y] PIN CONFIG
 
 Create a new LUKS2 container file of SIZE bytes (suffixes K, M, G, T),
-bound to PIN, with a recovery passphrase printed on stdout, once. FILE
-must not exist; it is created with mode 0600.
+bound to PIN, with a recovery passphrase printed on stdout, once (without
+a newline when stdout is not a terminal: "> FILE" gives a file cryptsetup
+--key-file takes as it is). FILE must not exist; it is created with mode
+0600.
 
 With --fs ext4 the container gets an ext4 filesystem. With device-mapper
 tether opens the new volume and runs mkfs.ext4 inside; without it (some
