@@ -86,6 +86,13 @@ func tempKeyOf(h *Header) ([]byte, bool) {
 	return []byte(k), true
 }
 
+// EncryptUnfinished reports whether h belongs to an unfinished tether
+// luks encrypt: its temporary key is still in the header.
+func EncryptUnfinished(h *Header) bool {
+	_, ok := tempKeyOf(h)
+	return ok
+}
+
 // encryptState is kept in the state directory (root only, 0600) while a
 // recovery passphrase waits to be printed at the end. It holds no
 // temporary key: that is in the header.

@@ -220,6 +220,12 @@ func TestEncryptCrashSteps(t *testing.T) {
 				t.Fatalf("not killed at %s: %d %s", step, res.code, res.stderr)
 			}
 			printed := res.stdout
+			// While the temporary key is in the header, list says so.
+			if h, err := luks.ReadHeaderFile(img); err == nil && luks.EncryptUnfinished(h) && !h.Reencrypting() {
+				if l := g.tether(nil, nil, "luks", "list", "-d", img); !strings.Contains(l.stderr, "temporary key is in the header") {
+					t.Errorf("list during an unfinished encrypt: %d %s", l.code, l.stderr)
+				}
+			}
 			res = g.tether(nil, nil, "luks", "encrypt", "-d", img, "-y", "tang", g.tangCfg())
 			if res.code != 0 {
 				t.Fatalf("rerun: %d %s", res.code, res.stderr)
@@ -260,6 +266,11 @@ func TestEncryptRecoveryChoices(t *testing.T) {
 	img, fs, _ := plainFS(t, "48M", "16M")
 	keyFile := filepath.Join(dir, "sub", "img.key")
 	os.Mkdir(filepath.Dir(keyFile), 0o755)
+	// What killed atomic writes leave (secrets) goes on the next run.
+	staleState := filepath.Join(g.state, ".encrypt-0f0f.json.tmp123")
+	staleKey := filepath.Join(filepath.Dir(keyFile), ".img.key.tmp456")
+	os.WriteFile(staleState, []byte(`{"recovery":"x"}`), 0o600)
+	os.WriteFile(staleKey, []byte("x"), 0o600)
 	res := g.tether(nil, nil, "luks", "encrypt", "-d", img, "--recovery-file", keyFile, "-y", "tang", g.tangCfg())
 	if res.code != 0 || res.stdout != "" || !strings.Contains(res.stderr, keyFile) {
 		t.Fatalf("--recovery-file: %d %q %s", res.code, res.stdout, res.stderr)
@@ -281,6 +292,9 @@ func TestEncryptRecoveryChoices(t *testing.T) {
 	}
 	if left, _ := os.ReadDir(filepath.Dir(keyFile)); len(left) != 1 {
 		t.Errorf("files beside the recovery file: %v", left)
+	}
+	if _, err := os.Stat(staleState); err == nil {
+		t.Error("a temporary state file of a killed run is left")
 	}
 	// It never overwrites an existing file.
 	img2, _, _ := plainFS(t, "48M", "16M")

@@ -535,6 +535,10 @@ func withListHint(err error, dev string) error {
 }
 
 func printLeftovers(env *Env, h *luks.Header, dev string) {
+	if luks.EncryptUnfinished(h) {
+		fmt.Fprintf(env.Stderr, "tether: warning: %s: an in-place encryption by tether luks encrypt is unfinished; its temporary key is in the header in clear (the subsystem label) until it is\n", dev)
+		fmt.Fprintf(env.Stderr, "tether: hint: run the same \"tether luks encrypt -d %s ...\" command again: it finishes the job and removes the key\n", dev)
+	}
 	lo := luks.Leftovers(h)
 	for _, l := range lo {
 		fmt.Fprintf(env.Stderr, "tether: warning: interrupted change: %s\n", l.What)
