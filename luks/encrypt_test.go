@@ -437,3 +437,35 @@ func TestCreate(t *testing.T) {
 		t.Errorf("failed create: exit %d, file left: %v", res.code, err == nil)
 	}
 }
+
+// TestEncryptRefusesBlockDevice: on a block device (a loop device here)
+// the filesystem, not the device, must shrink: the hint's resize2fs
+// command, run as printed, makes the same encrypt command work.
+func TestEncryptRefusesBlockDevice(t *testing.T) {
+	g := newRig(t)
+	testenv.RequireCmd(t, "losetup")
+	testenv.RequireCmd(t, "resize2fs")
+	img, _, _ := plainFS(t, "72M", "72M")
+	out, _, code := testenv.Run(t, nil, "losetup", "-f", "--show", img)
+	if code != 0 {
+		t.Skip("no loop device available")
+	}
+	dev := strings.TrimSpace(string(out))
+	t.Cleanup(func() { testenv.Run(t, nil, "losetup", "-d", dev) })
+	args := []string{"luks", "encrypt", "-d", dev, "--no-recovery", "-y", "tang", g.tangCfg()}
+	res := g.tether(nil, nil, args...)
+	_, hint, _ := strings.Cut(res.stderr, "tether: hint: ")
+	_, cmdline, _ := strings.Cut(strings.TrimSpace(hint), ": ")
+	if res.code == 0 || !strings.HasPrefix(cmdline, "e2fsck -f "+dev+" && resize2fs "+dev+" ") {
+		t.Fatalf("want a resize2fs hint: %d %s", res.code, res.stderr)
+	}
+	run(t, nil, "sh", "-c", cmdline)
+	res = g.tether(nil, nil, args...)
+	if res.code != 0 {
+		t.Fatalf("after %q: %d %s", cmdline, res.code, res.stderr)
+	}
+	h := header(t, dev)
+	if h.Reencrypting() || h.Subsystem != "" || len(luks.Bindings(h)) != 1 {
+		t.Fatalf("after encrypt: reencrypting %v subsystem %q bindings %v", h.Reencrypting(), h.Subsystem, luks.Bindings(h))
+	}
+}
