@@ -576,7 +576,7 @@ func checkEncryptable(dev string, force bool) error {
 	case fsSize > limit:
 		e := &NotEncryptableError{
 			Reason: fmt.Sprintf("the %s filesystem on %s fills it: the last 32 MiB must be free for the LUKS2 header", kind, dev),
-			Hint:   fmt.Sprintf("shrink the filesystem first: e2fsck -f %s && resize2fs %s %dK", dev, dev, limit>>10),
+			Hint:   fmt.Sprintf("shrink the filesystem first: e2fsck -f -p %s && resize2fs %s %dK", dev, dev, limit>>10),
 		}
 		if regular {
 			e.Hint = fmt.Sprintf("make the image file larger (the filesystem stays as it is): truncate -s %dM %s", grow, dev)

@@ -456,7 +456,7 @@ func TestEncryptRefusesBlockDevice(t *testing.T) {
 	res := g.tether(nil, nil, args...)
 	_, hint, _ := strings.Cut(res.stderr, "tether: hint: ")
 	_, cmdline, _ := strings.Cut(strings.TrimSpace(hint), ": ")
-	if res.code == 0 || !strings.HasPrefix(cmdline, "e2fsck -f "+dev+" && resize2fs "+dev+" ") {
+	if res.code == 0 || !strings.HasPrefix(cmdline, "e2fsck -f -p "+dev+" && resize2fs "+dev+" ") {
 		t.Fatalf("want a resize2fs hint: %d %s", res.code, res.stderr)
 	}
 	run(t, nil, "sh", "-c", cmdline)
