@@ -26,13 +26,24 @@ import (
 // decrypted data is the original filesystem byte for byte, the volume
 // unlocks with its binding, and no temporary key is left in a keyslot, the
 // header or the state directory. TETHER_KILL_TRIALS sets the number of
-// trials (default 40).
+// trials (default 40, 10 with -short).
 func TestEncryptKill(t *testing.T) {
 	g := newRig(t)
 	trials := 40
+	if testing.Short() {
+		trials = 10
+	}
 	if s := os.Getenv("TETHER_KILL_TRIALS"); s != "" {
 		trials, _ = strconv.Atoi(s)
 	}
+	// The delays come from a logged seed (TETHER_KILL_SEED repeats them;
+	// the moments they hit still vary with the machine's speed).
+	seed := uint64(time.Now().UnixNano())
+	if s := os.Getenv("TETHER_KILL_SEED"); s != "" {
+		seed, _ = strconv.ParseUint(s, 10, 64)
+	}
+	rng := rand.New(rand.NewPCG(seed, 0))
+	t.Logf("TETHER_KILL_SEED=%d", seed)
 	tmpl, fs, _ := plainFS(t, "48M", "16M")
 	fsSum := sha256.Sum256(fs)
 	dir := t.TempDir()
@@ -62,7 +73,7 @@ func TestEncryptKill(t *testing.T) {
 		}
 		args = append(append(args, mode...), "-y", "tang", g.tangCfg())
 		group := i%2 == 1
-		delay := time.Duration(rand.Int64N(int64(whole)))
+		delay := time.Duration(rng.Int64N(int64(whole)))
 
 		cmd := exec.Command(g.bin, args...)
 		cmd.Env = append(os.Environ(), "TETHER_LUKS_STATE_DIR="+g.state)
