@@ -155,7 +155,7 @@ func (v *Volume) Encrypt(ctx context.Context, o EncryptOptions) (int, error) {
 	// header file): give it an absolute path.
 	v.Path = abs
 	work := v.encryptWorkDir(abs)
-	v.removeSecretLeftovers(o.RecoveryFile)
+	v.removeSecretLeftovers(work, o.RecoveryFile)
 	fi, err := os.Stat(v.Path)
 	if err != nil {
 		return -1, err
@@ -171,7 +171,7 @@ func (v *Volume) Encrypt(ctx context.Context, o EncryptOptions) (int, error) {
 		// (keyslot 0 and the key) and state go first.
 		os.RemoveAll(work)
 		if st, f, err := v.findEncryptState(abs, nil); err == nil && st != nil {
-			os.Remove(f)
+			os.Remove(f) // a state file of an older tether, in the state directory
 		}
 		if err := checkEncryptable(v.Path, o.Force); err != nil {
 			return -1, err
@@ -192,7 +192,7 @@ func (v *Volume) Encrypt(ctx context.Context, o EncryptOptions) (int, error) {
 		if o.Recovery != nil && !o.NoRecovery {
 			st := encryptState{Device: abs, UUID: uuid, Recovery: string(NewRecoveryPassphrase())}
 			data, _ := json.Marshal(st)
-			if err := atomicfile.Write(v.statePath(uuid), data, 0o600); err != nil {
+			if err := atomicfile.Write(statePath(work), data, 0o600); err != nil {
 				return -1, fmt.Errorf("save the encryption state: %w", err)
 			}
 		}
@@ -210,6 +210,9 @@ func (v *Volume) Encrypt(ctx context.Context, o EncryptOptions) (int, error) {
 		return -1, herr
 	}
 	st, stPath, err := v.findEncryptState(abs, h)
+	if st == nil {
+		st, stPath = readEncryptState(statePath(work), h.UUID)
+	}
 	if err != nil {
 		return -1, err
 	}
@@ -238,7 +241,7 @@ func (v *Volume) Encrypt(ctx context.Context, o EncryptOptions) (int, error) {
 		}
 	}
 	crashpoint("encrypt:encrypted")
-	slot, err := v.finishEncrypt(ctx, key, st, o)
+	slot, err := v.finishEncrypt(ctx, key, st, work, o)
 	if err != nil {
 		return -1, err
 	}
@@ -275,15 +278,19 @@ func (v *Volume) encryptWorkDir(abs string) string {
 	return filepath.Join(v.stateDir(), "encrypt-"+hex.EncodeToString(sum[:8])+".d")
 }
 
-func (v *Volume) statePath(uuid string) string {
-	return filepath.Join(v.stateDir(), "encrypt-"+uuid+".json")
-}
+// statePath is the state file of an encryption, in its work directory:
+// one device's files never collide with another's.
+func statePath(work string) string { return filepath.Join(work, "state.json") }
 
 // removeSecretLeftovers deletes the temporary files of atomic writes a
-// killed run left behind: they may hold a recovery passphrase. Writers
-// hold the volume's lock, so none of them is in use.
-func (v *Volume) removeSecretLeftovers(recoveryFile string) {
-	pats := []string{filepath.Join(v.stateDir(), ".encrypt-*.json.tmp*")}
+// killed run left behind: they may hold a recovery passphrase (or, made
+// by older tether versions, in the state directory itself, the temporary
+// key). Their writers hold the volume's lock, so none of them is in use.
+func (v *Volume) removeSecretLeftovers(work, recoveryFile string) {
+	pats := []string{
+		filepath.Join(v.stateDir(), ".encrypt-*.json.tmp*"),
+		filepath.Join(work, ".state.json.tmp*"),
+	}
 	if recoveryFile != "" {
 		pats = append(pats, filepath.Join(filepath.Dir(recoveryFile), "."+filepath.Base(recoveryFile)+".tmp*"))
 	}
@@ -355,7 +362,7 @@ func (v *Volume) resume(ctx context.Context, h *Header, key []byte, offline bool
 // from the header. Each step checks whether an earlier run did it. The
 // temporary keyslot goes only after the recovery passphrase was handed
 // over, so a volume without it has everything else done.
-func (v *Volume) finishEncrypt(ctx context.Context, temp []byte, st *encryptState, o EncryptOptions) (int, error) {
+func (v *Volume) finishEncrypt(ctx context.Context, temp []byte, st *encryptState, work string, o EncryptOptions) (int, error) {
 	h, err := v.repair(ctx)
 	if err != nil {
 		return -1, err
@@ -364,7 +371,7 @@ func (v *Volume) finishEncrypt(ctx context.Context, temp []byte, st *encryptStat
 	if tempLive {
 		var recovery []byte
 		if !o.NoRecovery {
-			if recovery, err = v.recoveryPassphrase(h, st, o); err != nil {
+			if recovery, err = v.recoveryPassphrase(h, st, work, o); err != nil {
 				return -1, err
 			}
 			defer clear(recovery)
@@ -413,7 +420,7 @@ func (v *Volume) finishEncrypt(ctx context.Context, temp []byte, st *encryptStat
 // recoveryPassphrase returns the recovery passphrase of this run: the one
 // an earlier run wrote to the recovery file or kept in the state, or a
 // new one, saved before it is used (to the recovery file, or in the state).
-func (v *Volume) recoveryPassphrase(h *Header, st *encryptState, o EncryptOptions) ([]byte, error) {
+func (v *Volume) recoveryPassphrase(h *Header, st *encryptState, work string, o EncryptOptions) ([]byte, error) {
 	if o.RecoveryFile != "" {
 		if b, err := os.ReadFile(o.RecoveryFile); err == nil && len(b) > 0 {
 			return b, nil
@@ -433,7 +440,10 @@ func (v *Volume) recoveryPassphrase(h *Header, st *encryptState, o EncryptOption
 	rec := NewRecoveryPassphrase()
 	if o.Recovery != nil {
 		data, _ := json.Marshal(encryptState{Device: v.Path, UUID: h.UUID, Recovery: string(rec)})
-		if err := atomicfile.Write(v.statePath(h.UUID), data, 0o600); err != nil {
+		if err := os.MkdirAll(work, 0o700); err != nil {
+			return nil, fmt.Errorf("create the work directory: %w", err)
+		}
+		if err := atomicfile.Write(statePath(work), data, 0o600); err != nil {
 			return nil, fmt.Errorf("save the encryption state: %w", err)
 		}
 	}
@@ -505,8 +515,23 @@ func writeSecretFile(path string, data []byte) error {
 	return err
 }
 
-// findEncryptState returns the saved state of an unfinished encryption of
-// this device: by UUID once it has a LUKS2 header, else by path.
+// readEncryptState reads the state file f if it belongs to the volume
+// with this UUID.
+func readEncryptState(f, uuid string) (*encryptState, string) {
+	data, err := os.ReadFile(f)
+	if err != nil {
+		return nil, ""
+	}
+	var st encryptState
+	if json.Unmarshal(data, &st) != nil || st.UUID != uuid {
+		return nil, ""
+	}
+	return &st, f
+}
+
+// findEncryptState returns the state an older tether kept in the state
+// directory for an unfinished encryption of this device: by UUID once it
+// has a LUKS2 header, else by path.
 func (v *Volume) findEncryptState(abs string, h *Header) (*encryptState, string, error) {
 	files, _ := filepath.Glob(filepath.Join(v.stateDir(), "encrypt-*.json"))
 	for _, f := range files {
@@ -673,9 +698,7 @@ func (v *Volume) Create(ctx context.Context, o CreateOptions) (slot int, err err
 		if err != nil {
 			os.Remove(v.Path)
 			if abs, aerr := filepath.Abs(v.Path); aerr == nil {
-				if _, f, _ := v.findEncryptState(abs, nil); f != "" {
-					os.Remove(f)
-				}
+				os.RemoveAll(v.encryptWorkDir(abs)) // its recovery passphrase
 			}
 		}
 	}()

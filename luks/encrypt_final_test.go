@@ -210,3 +210,42 @@ func TestEncryptOrphanFinishes(t *testing.T) {
 		t.Fatal("the decrypted data differs from the original filesystem")
 	}
 }
+
+// TestEncryptLegacyState: a run of an older tether, which kept the
+// temporary key only in encrypt-UUID.json in the state directory (and
+// none in the header), still finishes with the new one; afterwards the
+// old state file is gone.
+func TestEncryptLegacyState(t *testing.T) {
+	g := newRig(t)
+	img, fs, _ := plainFS(t, "48M", "16M")
+	const uuid, temp, recovery = "0c2c4f1e-5a3b-4c1d-8e2f-123456789abc", "legacy-temporary-key", "aaaa-bbbb-cccc-dddd-eeee-ffff-gggg-hhhh"
+	dir := t.TempDir()
+	cmd := exec.Command("cryptsetup", "reencrypt", "--encrypt", "--type", "luks2", "--reduce-device-size", "32M",
+		"--key-slot", "0", "--key-file", "-", "--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000", "--uuid", uuid, img)
+	cmd.Dir, cmd.Stdin = dir, strings.NewReader(temp)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("cryptsetup: %v\n%s", err, out)
+	}
+	state := filepath.Join(g.state, "encrypt-"+uuid+".json")
+	os.WriteFile(state, []byte(`{"device":"`+img+`","uuid":"`+uuid+`","temp_key":"`+temp+`","recovery":"`+recovery+`"}`), 0o600)
+	res := g.tether(nil, nil, "luks", "encrypt", "-d", img, "-y", "tang", g.tangCfg())
+	if res.code != 0 || res.stdout != recovery {
+		t.Fatalf("rerun: %d %q %s", res.code, res.stdout, res.stderr)
+	}
+	h := header(t, img)
+	if len(h.Slots()) != 2 || len(luks.Bindings(h)) != 1 || g.opens(img, 0, []byte(temp)) {
+		t.Fatalf("slots %v bindings %v", h.Slots(), luks.Bindings(h))
+	}
+	rec := -1
+	for _, s := range h.Slots() {
+		if g.opens(img, s, []byte(recovery)) {
+			rec = s
+		}
+	}
+	if rec < 0 || !bytes.Equal(decryptData(t, img, rec, []byte(recovery), len(fs)), fs) {
+		t.Fatal("the recovery passphrase does not open the original data")
+	}
+	if _, err := os.Stat(state); err == nil {
+		t.Error("the old state file is left")
+	}
+}
