@@ -183,6 +183,13 @@ func (v *Volume) Encrypt(ctx context.Context, o EncryptOptions) (int, error) {
 					Hint:   "tether never overwrites it: choose a new file name with --recovery-file",
 				}
 			}
+			// Found out now, not after the whole device is encrypted.
+			if fi, err := os.Stat(filepath.Dir(o.RecoveryFile)); err != nil || !fi.IsDir() {
+				return -1, &NotEncryptableError{
+					Reason: "the directory of the recovery file " + o.RecoveryFile + " does not exist",
+					Hint:   "create it first (mkdir -p " + filepath.Dir(o.RecoveryFile) + "), or mount the medium it is on",
+				}
+			}
 		}
 		if err := os.Mkdir(work, 0o700); err != nil {
 			return -1, fmt.Errorf("create the work directory: %w", err)

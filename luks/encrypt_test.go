@@ -296,9 +296,17 @@ func TestEncryptRecoveryChoices(t *testing.T) {
 	if _, err := os.Stat(staleState); err == nil {
 		t.Error("a temporary state file of a killed run is left")
 	}
+	// A recovery file in a directory that does not exist is refused
+	// before anything is encrypted.
+	imgNoDir, _, _ := plainFS(t, "48M", "16M")
+	before := fileSum(t, imgNoDir)
+	res = g.tether(nil, nil, "luks", "encrypt", "-d", imgNoDir, "--recovery-file", filepath.Join(dir, "nodir", "k"), "-y", "tang", g.tangCfg())
+	if res.code == 0 || !strings.Contains(res.stderr, "mkdir -p") || fileSum(t, imgNoDir) != before {
+		t.Errorf("recovery file in a missing directory: %d %s", res.code, res.stderr)
+	}
 	// It never overwrites an existing file.
 	img2, _, _ := plainFS(t, "48M", "16M")
-	before := fileSum(t, img2)
+	before = fileSum(t, img2)
 	res = g.tether(nil, nil, "luks", "encrypt", "-d", img2, "--recovery-file", keyFile, "-y", "tang", g.tangCfg())
 	if res.code == 0 || !strings.Contains(res.stderr, "already exists") || fileSum(t, img2) != before {
 		t.Errorf("existing recovery file: %d %s", res.code, res.stderr)
