@@ -748,8 +748,10 @@ Security: while the run is unfinished, the temporary key is stored in the
 LUKS2 header in clear (its subsystem label, "tether-encrypt:KEY"), so that
 it survives a power cut with the data it opens: whoever can read the
 device can read the key, as they can read the data not yet encrypted.
-The key is also briefly in cryptsetup's command line (--subsystem). At the
-end its keyslot is wiped and the label cleared (docs/LUKS.md). Keep a
+The key is also in cryptsetup's command line (--subsystem) while it runs,
+and in blkid's world-readable cache if root runs blkid meanwhile; it opens
+only keyslot 0 of that header. At the end its keyslot is wiped and the
+label cleared (docs/LUKS.md). Keep a
 backup: on SSDs and thin storage old blocks (plaintext, the old keyslot)
 may survive in-place encryption.
 
