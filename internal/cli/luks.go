@@ -725,7 +725,10 @@ removes the temporary key. Progress goes to stderr.
 The recovery passphrase (160 random bits) is, by default, printed on
 stdout once, at the end, without a newline when stdout is not a terminal
 (so "> FILE" gives a file cryptsetup --key-file takes as it is); until then
-it is kept in the state directory. --recovery-file PATH writes it to PATH
+it is kept in the state directory (if that is lost, as a tmpfs in a power
+cut, the rerun makes a new one: only the last one printed is valid; use
+--recovery-file or --no-recovery for unattended runs). --recovery-file PATH
+writes it to PATH
 instead (mode 0600, the bare passphrase), before its keyslot is added, so
 an interrupted run never loses it; PATH must not exist. --no-recovery adds
 none: the binding (TPM, network) is then the only way in, and losing it
@@ -751,9 +754,8 @@ device can read the key, as they can read the data not yet encrypted.
 The key is also in cryptsetup's command line (--subsystem) while it runs,
 and in blkid's world-readable cache if root runs blkid meanwhile; it opens
 only keyslot 0 of that header. At the end its keyslot is wiped and the
-label cleared (docs/LUKS.md). Keep a
-backup: on SSDs and thin storage old blocks (plaintext, the old keyslot)
-may survive in-place encryption.
+label cleared (docs/LUKS.md). Keep a backup: on SSDs and thin storage old
+blocks (plaintext, the old keyslot) may survive in-place encryption.
 
 Options:
   -y                   trust the Tang advertisement without a thumbprint
