@@ -727,10 +727,11 @@ stdout once, at the end, without a newline when stdout is not a terminal
 (so "> FILE" gives a file cryptsetup --key-file takes as it is); until then
 it is kept in the state directory (if that is lost, as a tmpfs in a power
 cut, the rerun makes a new one: only the last one printed is valid; use
---recovery-file or --no-recovery for unattended runs). --recovery-file PATH
-writes it to PATH
-instead (mode 0600, the bare passphrase), before its keyslot is added, so
-an interrupted run never loses it; PATH must not exist. --no-recovery adds
+--recovery-file or --no-recovery for unattended runs).
+
+--recovery-file PATH writes it to PATH instead (mode 0600, the bare
+passphrase), before its keyslot is added, so an interrupted run never
+loses it; PATH must not exist, its directory must. --no-recovery adds
 none: the binding (TPM, network) is then the only way in, and losing it
 loses the data.
 
