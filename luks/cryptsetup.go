@@ -11,6 +11,9 @@ import (
 	"os/exec"
 	"strconv"
 	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // Runner executes cryptsetup. Secrets are handed over on stdin or on a
@@ -68,6 +71,13 @@ func (r *Runner) run(ctx context.Context, stdin, fd3 []byte, progress io.Writer,
 
 // runIn is run in working directory dir (reencrypt writes temporary
 // header files into its working directory).
+//
+// cryptsetup's stdout and stderr are anonymous files, not pipes: when
+// tether is killed while cryptsetup runs on, a pipe would kill cryptsetup
+// with SIGPIPE at its next progress line, perhaps in the middle of its
+// final header update. A file the context names (see withInherited, the
+// volume's lock) is inherited too, so that the lock is held until
+// cryptsetup exits even if tether dies first.
 func (r *Runner) runIn(ctx context.Context, dir string, stdin, fd3 []byte, progress io.Writer, args ...string) ([]byte, error) {
 	cmd := exec.CommandContext(ctx, r.path(), args...)
 	cmd.Dir = dir
@@ -75,12 +85,17 @@ func (r *Runner) runIn(ctx context.Context, dir string, stdin, fd3 []byte, progr
 	if stdin != nil {
 		cmd.Stdin = bytes.NewReader(stdin)
 	}
-	var out, errb bytes.Buffer
-	cmd.Stdout = &out
-	cmd.Stderr = &errb
-	if progress != nil && !isNilProgress(progress) {
-		cmd.Stdout = io.MultiWriter(&out, progress)
+	outf, err := anonFile("cryptsetup-stdout")
+	if err != nil {
+		return nil, err
 	}
+	defer outf.Close()
+	errf, err := anonFile("cryptsetup-stderr")
+	if err != nil {
+		return nil, err
+	}
+	defer errf.Close()
+	cmd.Stdout, cmd.Stderr = outf, errf
 	var pw *os.File
 	if fd3 != nil {
 		pr, w, err := os.Pipe()
@@ -90,6 +105,12 @@ func (r *Runner) runIn(ctx context.Context, dir string, stdin, fd3 []byte, progr
 		defer pr.Close()
 		pw = w
 		cmd.ExtraFiles = []*os.File{pr}
+	}
+	if f := inherited(ctx); f != nil {
+		if len(cmd.ExtraFiles) == 0 {
+			cmd.ExtraFiles = []*os.File{nil} // fd 3 stays the key pipe's place
+		}
+		cmd.ExtraFiles = append(cmd.ExtraFiles, f)
 	}
 	if err := cmd.Start(); err != nil {
 		if pw != nil {
@@ -105,11 +126,31 @@ func (r *Runner) runIn(ctx context.Context, dir string, stdin, fd3 []byte, progr
 			pw.Close()
 		}()
 	}
-	err := cmd.Wait()
+	var out bytes.Buffer
+	follow := progress != nil && !isNilProgress(progress)
+	done := make(chan struct{})
+	followed := make(chan struct{})
+	go func() {
+		defer close(followed)
+		var off int64
+		for {
+			select {
+			case <-done:
+				off = copyFrom(outf, off, &out, progress, follow)
+				return
+			case <-time.After(200 * time.Millisecond):
+				off = copyFrom(outf, off, &out, progress, follow)
+			}
+		}
+	}()
+	err = cmd.Wait()
+	close(done)
+	<-followed
+	errb, _ := io.ReadAll(io.NewSectionReader(errf, 0, 1<<20))
 	if err != nil {
 		var ee *exec.ExitError
 		if errors.As(err, &ee) && ee.ExitCode() >= 0 {
-			return out.Bytes(), &CryptsetupError{Args: args, Code: ee.ExitCode(), Stderr: errb.String()}
+			return out.Bytes(), &CryptsetupError{Args: args, Code: ee.ExitCode(), Stderr: string(errb)}
 		}
 		if ctx.Err() != nil {
 			return nil, fmt.Errorf("cryptsetup %s: %w", args[0], ctx.Err())
@@ -117,6 +158,53 @@ func (r *Runner) runIn(ctx context.Context, dir string, stdin, fd3 []byte, progr
 		return nil, fmt.Errorf("cryptsetup %s: %w", args[0], err)
 	}
 	return out.Bytes(), nil
+}
+
+// copyFrom appends what f holds from off on to out (and to progress when
+// follow is set) and returns the new offset.
+func copyFrom(f *os.File, off int64, out *bytes.Buffer, progress io.Writer, follow bool) int64 {
+	buf := make([]byte, 32<<10)
+	for {
+		n, _ := f.ReadAt(buf, off)
+		if n == 0 {
+			return off
+		}
+		out.Write(buf[:n])
+		if follow {
+			progress.Write(buf[:n])
+		}
+		off += int64(n)
+	}
+}
+
+// anonFile returns a file with no name (memfd), or an unlinked temporary
+// file where memfd is missing.
+func anonFile(name string) (*os.File, error) {
+	if fd, err := unix.MemfdCreate(name, unix.MFD_CLOEXEC); err == nil {
+		return os.NewFile(uintptr(fd), name), nil
+	}
+	f, err := os.CreateTemp("", name)
+	if err != nil {
+		return nil, err
+	}
+	os.Remove(f.Name())
+	return f, nil
+}
+
+type inheritKey struct{}
+
+// withInherited makes cryptsetup runs under ctx inherit f (as a file
+// descriptor above 3).
+func withInherited(ctx context.Context, f *os.File) context.Context {
+	if f == nil {
+		return ctx
+	}
+	return context.WithValue(ctx, inheritKey{}, f)
+}
+
+func inherited(ctx context.Context) *os.File {
+	f, _ := ctx.Value(inheritKey{}).(*os.File)
+	return f
 }
 
 // TestKey checks key against keyslot slot only (so that no expensive
@@ -230,6 +318,8 @@ type FormatOptions struct {
 	UUID       string
 	Label      string
 	SectorSize int
+	// Subsystem is the header's subsystem label (48 bytes with its NUL).
+	Subsystem string
 }
 
 func (o FormatOptions) args() []string {
@@ -239,6 +329,9 @@ func (o FormatOptions) args() []string {
 	}
 	if o.Label != "" {
 		a = append(a, "--label", o.Label)
+	}
+	if o.Subsystem != "" {
+		a = append(a, "--subsystem", o.Subsystem)
 	}
 	if o.SectorSize > 0 {
 		a = append(a, "--sector-size", strconv.Itoa(o.SectorSize))
@@ -279,6 +372,12 @@ func (r *Runner) ResumeReencrypt(ctx context.Context, dev, dir string, slot int,
 	pw := newProgress(progress)
 	_, err := r.runIn(ctx, dir, key, nil, pw, append(args, dev)...)
 	pw.Flush()
+	return err
+}
+
+// SetSubsystem sets the header's subsystem label ("" clears it).
+func (r *Runner) SetSubsystem(ctx context.Context, dev, subsystem string) error {
+	_, err := r.run(ctx, nil, nil, nil, "config", "--batch-mode", "--subsystem", subsystem, dev)
 	return err
 }
 

@@ -4,7 +4,9 @@ import (
 	"bufio"
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/base32"
+	"encoding/base64"
 	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
@@ -26,6 +28,11 @@ import (
 // encrypted. cryptsetup's documentation uses the same value.
 const ReduceSize = 32 << 20
 
+// MinEncryptSize is the smallest device tether luks encrypt takes: the
+// 32 MiB it gives up, and at least the 16 MiB cryptsetup moves to the end
+// first (smaller ones work with cryptsetup 2.6 too, but are not tested).
+const MinEncryptSize = ReduceSize + 16<<20
+
 // NewRecoveryPassphrase returns a recovery passphrase for a person to
 // write down: 160 random bits as eight groups of four lowercase base32
 // characters. Its entropy makes key stretching pointless, so, like the
@@ -46,14 +53,56 @@ func NewRecoveryPassphrase() []byte {
 	return out
 }
 
-// encryptState is what a resumed tether luks encrypt needs: it is written
-// (root only) before cryptsetup starts and removed when the volume is bound
-// and the temporary key is gone.
+// The temporary key of an unfinished tether luks encrypt lives in the
+// LUKS2 header itself, in clear, as the subsystem label
+// "tether-encrypt:KEY": cryptsetup writes it with the very first header
+// write, and it stays wherever the partly encrypted data goes, across
+// power cuts, whatever happens to the state directory (a tmpfs in an
+// initramfs). cryptsetup refuses every metadata change (tokens included)
+// while an encryption is unfinished, so the subsystem label, set when the
+// header is made, is the one place that is there from the start. The
+// key protects nothing while it is there (the data is partly plaintext,
+// and whoever reads the header reads the key); the final step removes
+// keyslot 0 and then clears the label. docs/LUKS.md says so to the user.
+const tempKeyPrefix = "tether-encrypt:"
+
+// newTempKey returns 192 random bits as 32 base64url characters: with
+// the prefix, the 47 characters the 48-byte subsystem field holds.
+func newTempKey() []byte {
+	b := make([]byte, 24)
+	rand.Read(b)
+	out := []byte(base64.RawURLEncoding.EncodeToString(b))
+	clear(b)
+	return out
+}
+
+// tempKeyOf returns the temporary key kept in h by an unfinished tether
+// luks encrypt.
+func tempKeyOf(h *Header) ([]byte, bool) {
+	k, ok := strings.CutPrefix(h.Subsystem, tempKeyPrefix)
+	if !ok || k == "" {
+		return nil, false
+	}
+	return []byte(k), true
+}
+
+// EncryptUnfinished reports whether h belongs to an unfinished tether
+// luks encrypt: its temporary key is still in the header.
+func EncryptUnfinished(h *Header) bool {
+	_, ok := tempKeyOf(h)
+	return ok
+}
+
+// encryptState is kept in the state directory (root only, 0600) while a
+// recovery passphrase waits to be printed at the end. It holds no
+// temporary key: that is in the header.
 type encryptState struct {
 	Device   string `json:"device"`
 	UUID     string `json:"uuid"`
-	TempKey  string `json:"temp_key"`
-	Recovery string `json:"recovery"`
+	Recovery string `json:"recovery,omitempty"`
+	// TempKey is only read: tether versions before the key moved into
+	// the header kept it here, and their runs must still finish.
+	TempKey string `json:"temp_key,omitempty"`
 }
 
 // EncryptOptions are the inputs of Encrypt.
@@ -63,8 +112,14 @@ type EncryptOptions struct {
 	// Force skips the check that the last 32 MiB of the device are free
 	// (for content tether cannot measure; only ext2/3/4 is measured).
 	Force bool
-	// Recovery receives the recovery passphrase, once, at the end.
-	Recovery io.Writer
+	// The recovery passphrase: written to RecoveryFile (mode 0600, the
+	// bare passphrase, usable as a cryptsetup --key-file) before its
+	// keyslot is added; or none with NoRecovery (the binding is the only
+	// way in); or else written to Recovery at the end, kept in the state
+	// directory until then.
+	RecoveryFile string
+	NoRecovery   bool
+	Recovery     io.Writer
 	// Progress receives cryptsetup's progress lines.
 	Progress io.Writer
 }
@@ -76,184 +131,414 @@ func (e *NotEncryptableError) Error() string { return e.Reason }
 
 // Encrypt encrypts the existing data of a device or image file in place
 // (cryptsetup reencrypt --encrypt --reduce-device-size 32M) under a
-// temporary key, then adds a recovery passphrase, binds the volume to the
-// pin, removes the temporary key and writes the recovery passphrase to
-// o.Recovery. Run again after an interruption at any point, it carries on
-// where it stopped. It returns the bound keyslot.
+// temporary key, then adds a recovery passphrase (unless o.NoRecovery),
+// binds the volume to the pin and removes the temporary key. Run again
+// after an interruption at any point, it carries on where it stopped. It
+// returns the bound keyslot.
 func (v *Volume) Encrypt(ctx context.Context, o EncryptOptions) (int, error) {
+	if o.NoRecovery && (o.RecoveryFile != "" || o.Recovery != nil) {
+		return -1, errors.New("encrypt: no recovery passphrase and a recovery passphrase were both asked for")
+	}
 	unlock, err := v.lock()
 	if err != nil {
 		return -1, err
 	}
 	defer unlock()
+	// A cryptsetup that outlives a killed tether keeps the lock until
+	// it exits, so a rerun waits for it instead of tripping over it.
+	ctx = withInherited(ctx, v.held)
 	abs, err := filepath.Abs(v.Path)
 	if err != nil {
 		return -1, err
 	}
-	// cryptsetup reencrypt runs in the state directory (for its temporary
+	// cryptsetup reencrypt runs in the work directory (for its temporary
 	// header file): give it an absolute path.
 	v.Path = abs
-	h, herr := v.Header()
-	st, stPath, err := v.findEncryptState(abs, h)
-	if err != nil {
-		return -1, err
-	}
+	work := v.encryptWorkDir(abs)
+	v.removeSecretLeftovers(work, o.RecoveryFile)
 	fi, err := os.Stat(v.Path)
 	if err != nil {
 		return -1, err
 	}
 	offline := fi.Mode().IsRegular()
+	h, herr := v.Header()
 	switch {
 	case errors.Is(herr, ErrNotLUKS):
-		if st == nil {
-			if err := checkEncryptable(v.Path, o.Force); err != nil {
-				return -1, err
+		// cryptsetup copies the first 16 MiB to the free end of the
+		// device, then writes the header over the start, and only then
+		// encrypts: without a header nothing is encrypted yet, so a run
+		// killed before that starts over. Its temporary header file
+		// (keyslot 0 and the key) and state go first.
+		os.RemoveAll(work)
+		if st, f, err := v.findEncryptState(abs, nil); err == nil && st != nil {
+			os.Remove(f) // a state file of an older tether, in the state directory
+		}
+		if err := checkEncryptable(v.Path, o.Force); err != nil {
+			return -1, err
+		}
+		if o.RecoveryFile != "" {
+			if _, err := os.Lstat(o.RecoveryFile); err == nil {
+				return -1, &NotEncryptableError{
+					Reason: "the recovery file " + o.RecoveryFile + " already exists",
+					Hint:   "tether never overwrites it: choose a new file name with --recovery-file",
+				}
 			}
-			st = &encryptState{Device: abs, UUID: newUUID(), TempKey: string(NewPassphrase()), Recovery: string(NewRecoveryPassphrase())}
-			stPath = filepath.Join(v.stateDir(), "encrypt-"+st.UUID+".json")
+			// Found out now, not after the whole device is encrypted.
+			if fi, err := os.Stat(filepath.Dir(o.RecoveryFile)); err != nil || !fi.IsDir() {
+				return -1, &NotEncryptableError{
+					Reason: "the directory of the recovery file " + o.RecoveryFile + " does not exist",
+					Hint:   "create it first (mkdir -p " + filepath.Dir(o.RecoveryFile) + "), or mount the medium it is on",
+				}
+			}
+		}
+		if err := os.Mkdir(work, 0o700); err != nil {
+			return -1, fmt.Errorf("create the work directory: %w", err)
+		}
+		uuid, key := newUUID(), newTempKey()
+		defer clear(key)
+		if o.Recovery != nil && !o.NoRecovery {
+			st := encryptState{Device: abs, UUID: uuid, Recovery: string(NewRecoveryPassphrase())}
 			data, _ := json.Marshal(st)
-			if err := atomicfile.Write(stPath, data, 0o600); err != nil {
+			if err := atomicfile.Write(statePath(work), data, 0o600); err != nil {
 				return -1, fmt.Errorf("save the encryption state: %w", err)
 			}
-			crashpoint("encrypt:state")
-		} else {
-			v.logf("restarting an encryption of %s that was interrupted before it changed anything", v.Path)
 		}
+		crashpoint("encrypt:state")
 		v.logf("encrypting %s in place; this rewrites all of it", v.Path)
-		err := v.Runner.EncryptInPlace(ctx, v.Path, v.stateDir(), []byte(st.TempKey), fmt.Sprint(ReduceSize),
-			FormatOptions{KDF: MachineKDF(""), UUID: st.UUID}, o.Progress)
+		err := v.Runner.EncryptInPlace(ctx, v.Path, work, key, fmt.Sprint(ReduceSize),
+			FormatOptions{KDF: MachineKDF(""), UUID: uuid, Subsystem: tempKeyPrefix + string(key)}, o.Progress)
 		if err != nil {
 			return -1, fmt.Errorf("encrypt %s: %w", v.Path, err)
 		}
-	case herr != nil:
-		return -1, herr
-	case st == nil && h.Reencrypting():
-		return -1, &NotEncryptableError{
-			Reason: "the volume's encryption or reencryption is unfinished, and tether did not start it (no state in " + v.stateDir() + ")",
-			Hint:   "finish it with cryptsetup reencrypt --resume-only " + v.Path,
-		}
-	case st == nil:
-		return -1, &NotEncryptableError{Reason: v.Path + " is already a LUKS2 volume", Hint: "bind it with tether luks bind -d " + v.Path + " PIN CONFIG"}
-	case h.Reencrypting():
-		v.logf("resuming the interrupted encryption of %s", v.Path)
-		if err := v.resume(ctx, []byte(st.TempKey), offline, o.Progress); err != nil {
+		if h, err = v.Header(); err != nil {
 			return -1, err
 		}
+	case herr != nil:
+		return -1, herr
 	}
-	os.Remove(filepath.Join(v.stateDir(), "LUKS2-temp-"+st.UUID+".new"))
-	crashpoint("encrypt:encrypted")
-	slot, err := v.finishEncrypt(ctx, st, o)
+	st, stPath, err := v.findEncryptState(abs, h)
+	if st == nil {
+		st, stPath = readEncryptState(statePath(work), h.UUID)
+	}
 	if err != nil {
 		return -1, err
 	}
-	if o.Recovery != nil {
-		if _, err := io.WriteString(o.Recovery, st.Recovery+"\n"); err != nil {
-			return slot, err
+	key, ours := tempKeyOf(h)
+	if !ours && st != nil && st.TempKey != "" {
+		key, ours = []byte(st.TempKey), true
+	}
+	switch {
+	case !ours && h.Reencrypting():
+		resume := "cryptsetup reencrypt --resume-only "
+		if offline {
+			resume += "--force-offline-reencrypt " // cryptsetup refuses image files without it
+		}
+		return -1, &NotEncryptableError{
+			Reason: "the volume's encryption or reencryption is unfinished, and tether did not start it",
+			Hint:   "finish it with " + resume + v.Path,
+		}
+	case !ours && !h.Reencrypting() && len(Bindings(h)) > 0:
+		return Bindings(h)[0].Slot, &AlreadyBoundError{Slot: Bindings(h)[0].Slot}
+	case !ours:
+		return -1, &NotEncryptableError{Reason: v.Path + " is already a LUKS2 volume", Hint: "bind it with tether luks bind -d " + v.Path + " PIN CONFIG"}
+	case h.Reencrypting():
+		v.logf("resuming the interrupted encryption of %s", v.Path)
+		if err := v.resume(ctx, h, key, offline, work, o.Progress); err != nil {
+			return -1, err
 		}
 	}
-	crashpoint("encrypt:printed")
-	os.Remove(stPath)
+	crashpoint("encrypt:encrypted")
+	slot, err := v.finishEncrypt(ctx, key, st, work, o)
+	if err != nil {
+		return -1, err
+	}
+	// The files go before the key leaves the header: clearing the label
+	// is the last step, and a run that finds it cleared has nothing left
+	// to do.
+	if stPath != "" {
+		os.Remove(stPath)
+	}
+	os.RemoveAll(work)
+	crashpoint("encrypt:files")
+	if h.Subsystem != "" {
+		if err := v.Runner.SetSubsystem(ctx, v.Path, ""); err != nil {
+			return -1, fmt.Errorf("clear the temporary key from the header: %w", err)
+		}
+	}
 	return slot, nil
 }
 
-// resume finishes an interrupted reencryption, running cryptsetup's crash
-// recovery first when it asks for it.
-func (v *Volume) resume(ctx context.Context, key []byte, offline bool, progress io.Writer) error {
-	err := v.Runner.ResumeReencrypt(ctx, v.Path, v.stateDir(), 0, key, offline, progress)
+// AlreadyBoundError is returned by Encrypt for a volume that is encrypted
+// and bound already: a rerun of a run that had finished (or a volume
+// bound otherwise). Nothing was changed.
+type AlreadyBoundError struct{ Slot int }
+
+func (e *AlreadyBoundError) Error() string {
+	return fmt.Sprintf("already encrypted and bound (keyslot %d): nothing to do", e.Slot)
+}
+
+// encryptWorkDir is where cryptsetup keeps its temporary header while it
+// encrypts abs: one directory per device, so that a rerun can clear what
+// a killed run left without touching another device's run.
+func (v *Volume) encryptWorkDir(abs string) string {
+	sum := sha256.Sum256([]byte(abs))
+	return filepath.Join(v.stateDir(), "encrypt-"+hex.EncodeToString(sum[:8])+".d")
+}
+
+// statePath is the state file of an encryption, in its work directory:
+// one device's files never collide with another's.
+func statePath(work string) string { return filepath.Join(work, "state.json") }
+
+// removeSecretLeftovers deletes the temporary files of atomic writes a
+// killed run left behind: they may hold a recovery passphrase (or, made
+// by older tether versions, in the state directory itself, the temporary
+// key). Their writers hold the volume's lock, so none of them is in use.
+func (v *Volume) removeSecretLeftovers(work, recoveryFile string) {
+	pats := []string{
+		filepath.Join(v.stateDir(), ".encrypt-*.json.tmp*"),
+		filepath.Join(work, ".state.json.tmp*"),
+	}
+	if recoveryFile != "" {
+		pats = append(pats, filepath.Join(filepath.Dir(recoveryFile), "."+filepath.Base(recoveryFile)+".tmp*"))
+	}
+	for _, p := range pats {
+		files, _ := filepath.Glob(p)
+		for _, f := range files {
+			os.Remove(f)
+		}
+	}
+}
+
+// resume finishes an interrupted encryption: it rewrites a header whose
+// write was cut short, runs cryptsetup's crash recovery when cryptsetup
+// asks for it, and completes the metadata itself when cryptsetup was
+// killed in its final step.
+func (v *Volume) resume(ctx context.Context, h *Header, key []byte, offline bool, work string, progress io.Writer) error {
+	// A new boot may have a fresh (tmpfs) state directory.
+	if err := os.MkdirAll(work, 0o700); err != nil {
+		return fmt.Errorf("create the work directory: %w", err)
+	}
+	if err := v.Runner.TestKey(ctx, v.Path, 0, key); err != nil {
+		// Killed while cryptsetup copied its temporary header onto the
+		// device: the header is there, its keyslot not all of it. Nothing
+		// is encrypted yet; write the header again.
+		tmp := filepath.Join(work, "LUKS2-temp-"+h.UUID+".new")
+		if _, serr := os.Stat(tmp); serr != nil {
+			return fmt.Errorf("the temporary key in the header of %s does not open keyslot 0: %w", v.Path, err)
+		}
+		v.logf("the header write of the interrupted run was cut short: writing the header again")
+		if err := v.Runner.HeaderRestore(ctx, v.Path, tmp); err != nil {
+			return fmt.Errorf("write the header again: %w", err)
+		}
+		if err := v.Runner.TestKey(ctx, v.Path, 0, key); err != nil {
+			return fmt.Errorf("the temporary key does not open keyslot 0 of %s: %w", v.Path, err)
+		}
+	}
+	if _, err := finishedEncryptionJSON(h); err == nil {
+		v.logf("all data is encrypted; completing the header cryptsetup was killed writing")
+		return v.completeEncryption(ctx, h, key, work)
+	}
+	err := v.Runner.ResumeReencrypt(ctx, v.Path, work, 0, key, offline, progress)
 	var ce *CryptsetupError
 	if errors.As(err, &ce) && strings.Contains(ce.Stderr, "repair") {
 		v.logf("running cryptsetup's crash recovery (cryptsetup repair) first")
 		if err := v.Runner.Repair(ctx, v.Path, key); err != nil {
 			return fmt.Errorf("recover the interrupted encryption: %w", err)
 		}
-		err = v.Runner.ResumeReencrypt(ctx, v.Path, v.stateDir(), 0, key, offline, progress)
+		err = v.Runner.ResumeReencrypt(ctx, v.Path, work, 0, key, offline, progress)
 	}
-	if err != nil {
-		if h, herr := v.Header(); herr == nil && !h.Reencrypting() {
-			return nil // recovery finished it
-		}
-		if errors.As(err, &ce) && strings.Contains(ce.Stderr, "Failed to set device segments") {
-			// Seen with cryptsetup 2.6.1 offline: killed after the last
-			// chunk was written but before the header was finalised. All
-			// data is encrypted; only cryptsetup can clear the mark.
-			return &NotEncryptableError{
-				Reason: fmt.Sprintf("cryptsetup cannot resume the encryption of %s: it was interrupted in its final step, which this cryptsetup version cannot redo offline (%s)", v.Path, strings.TrimSpace(ce.Stderr)),
-				Hint:   "all data is encrypted under the temporary key kept in " + v.stateDir() + ": do not delete it; a newer cryptsetup may finish the step (then run this command again to bind)",
-			}
-		}
+	if err == nil {
+		return nil
+	}
+	h2, herr := v.Header()
+	if herr != nil {
 		return fmt.Errorf("resume the encryption of %s: %w", v.Path, err)
 	}
-	return nil
+	if !h2.Reencrypting() {
+		return nil // recovery finished it
+	}
+	if _, ferr := finishedEncryptionJSON(h2); ferr == nil {
+		v.logf("all data is encrypted; completing the header cryptsetup could not finish")
+		return v.completeEncryption(ctx, h2, key, work)
+	}
+	return fmt.Errorf("resume the encryption of %s: %w", v.Path, err)
 }
 
-// finishEncrypt adds the recovery keyslot, binds, and removes the
-// temporary keyslot 0. Each step checks whether an earlier run did it.
-func (v *Volume) finishEncrypt(ctx context.Context, st *encryptState, o EncryptOptions) (int, error) {
+// finishEncrypt adds the recovery keyslot, binds, hands the recovery
+// passphrase over, removes the temporary keyslot 0 and clears the key
+// from the header. Each step checks whether an earlier run did it. The
+// temporary keyslot goes only after the recovery passphrase was handed
+// over, so a volume without it has everything else done.
+func (v *Volume) finishEncrypt(ctx context.Context, temp []byte, st *encryptState, work string, o EncryptOptions) (int, error) {
 	h, err := v.repair(ctx)
 	if err != nil {
 		return -1, err
 	}
-	temp, recovery := []byte(st.TempKey), []byte(st.Recovery)
 	tempLive := slotActive(h, 0) && v.Runner.TestKey(ctx, v.Path, 0, temp) == nil
-	bound := map[int]bool{}
-	for _, b := range Bindings(h) {
-		bound[b.Slot] = true
-	}
-	recSlot := -1
-	for _, s := range h.Slots() {
-		if !bound[s] && v.Runner.TestKey(ctx, v.Path, s, recovery) == nil {
-			recSlot = s
-			break
+	if tempLive {
+		var recovery []byte
+		if !o.NoRecovery {
+			if recovery, err = v.recoveryPassphrase(h, st, work, o); err != nil {
+				return -1, err
+			}
+			defer clear(recovery)
+			if err := v.addRecovery(ctx, h, temp, recovery); err != nil {
+				return -1, err
+			}
+			if h, err = v.Header(); err != nil {
+				return -1, err
+			}
 		}
-	}
-	if recSlot < 0 {
-		if !tempLive {
-			return -1, errors.New("neither the temporary key nor the recovery passphrase opens the volume any more")
+		if len(Bindings(h)) == 0 {
+			pass := NewPassphrase()
+			defer clear(pass)
+			j, err := pin.Encrypt(ctx, o.Pin, o.Config, pass, v.PinOptions)
+			if err != nil {
+				return -1, err
+			}
+			if _, err := v.bind(ctx, h, bindStep{key: temp, keySlot: 0, slot: -1, pass: pass, jwe: j, op: "bind"}); err != nil {
+				return -1, err
+			}
+			if h, err = v.Header(); err != nil {
+				return -1, err
+			}
 		}
-		if recSlot = h.FreeSlot(); recSlot < 0 {
-			return -1, errors.New("all 32 keyslots are in use")
+		if o.Recovery != nil && recovery != nil && o.RecoveryFile == "" {
+			if _, err := o.Recovery.Write(recovery); err != nil {
+				return -1, err
+			}
 		}
-		if err := v.Runner.AddKey(ctx, v.Path, 0, temp, recSlot, recovery, MachineKDF(h.VolumeHash())); err != nil {
-			return -1, fmt.Errorf("add the recovery keyslot: %w", err)
-		}
-		if err := v.Runner.TestKey(ctx, v.Path, recSlot, recovery); err != nil {
-			return -1, fmt.Errorf("the recovery keyslot does not open: %w", err)
-		}
-		crashpoint("encrypt:recovery")
-		if h, err = v.Header(); err != nil {
-			return -1, err
-		}
-	}
-	slot := -1
-	if bs := Bindings(h); len(bs) > 0 {
-		slot = bs[0].Slot
-	} else {
-		// Bind with the recovery passphrase: the temporary key may be
-		// gone already if an earlier run died after removing it.
-		pass := NewPassphrase()
-		defer clear(pass)
-		j, err := pin.Encrypt(ctx, o.Pin, o.Config, pass, v.PinOptions)
-		if err != nil {
-			return -1, err
-		}
-		if slot, err = v.bind(ctx, h, bindStep{key: recovery, keySlot: recSlot, slot: -1, pass: pass, jwe: j, op: "bind"}); err != nil {
-			return -1, err
-		}
-		if h, err = v.Header(); err != nil {
-			return -1, err
-		}
-	}
-	if tempLive && recSlot != 0 {
+		crashpoint("encrypt:printed")
 		if err := v.killSlot(ctx, h, 0); err != nil {
 			return -1, fmt.Errorf("remove the temporary keyslot 0: %w", err)
 		}
 		crashpoint("encrypt:killtemp")
+		if h, err = v.Header(); err != nil {
+			return -1, err
+		}
 	}
-	return slot, nil
+	bs := Bindings(h)
+	if len(bs) == 0 {
+		return -1, errors.New("the temporary key no longer opens the volume, and it has no binding")
+	}
+	return bs[0].Slot, nil
 }
 
-// findEncryptState returns the saved state of an unfinished encryption of
-// this device: by UUID once it has a LUKS2 header, else by path.
+// recoveryPassphrase returns the recovery passphrase of this run: the one
+// an earlier run wrote to the recovery file or kept in the state, or a
+// new one, saved before it is used (to the recovery file, or in the state).
+func (v *Volume) recoveryPassphrase(h *Header, st *encryptState, work string, o EncryptOptions) ([]byte, error) {
+	if o.RecoveryFile != "" {
+		if b, err := os.ReadFile(o.RecoveryFile); err == nil && len(b) > 0 {
+			return b, nil
+		}
+		rec := NewRecoveryPassphrase()
+		if err := writeSecretFile(o.RecoveryFile, rec); err != nil {
+			return nil, fmt.Errorf("write the recovery passphrase to %s: %w", o.RecoveryFile, err)
+		}
+		return rec, nil
+	}
+	if st != nil && st.Recovery != "" {
+		return []byte(st.Recovery), nil
+	}
+	// The state is gone (a state directory on tmpfs, lost in a power
+	// cut): a new passphrase replaces any recovery keyslot of the
+	// earlier run (addRecovery).
+	rec := NewRecoveryPassphrase()
+	if o.Recovery != nil {
+		data, _ := json.Marshal(encryptState{Device: v.Path, UUID: h.UUID, Recovery: string(rec)})
+		if err := os.MkdirAll(work, 0o700); err != nil {
+			return nil, fmt.Errorf("create the work directory: %w", err)
+		}
+		if err := atomicfile.Write(statePath(work), data, 0o600); err != nil {
+			return nil, fmt.Errorf("save the encryption state: %w", err)
+		}
+	}
+	return rec, nil
+}
+
+// addRecovery makes sure that recovery opens a keyslot of its own. While
+// the temporary key is in the header the volume is tether's alone, so an
+// unbound keyslot other than 0 that recovery does not open is a recovery
+// keyslot of an earlier run whose passphrase was lost: it is replaced.
+func (v *Volume) addRecovery(ctx context.Context, h *Header, temp, recovery []byte) error {
+	bound := map[int]bool{}
+	for _, b := range Bindings(h) {
+		bound[b.Slot] = true
+	}
+	var stale []int
+	for _, s := range h.Slots() {
+		if s == 0 || bound[s] {
+			continue
+		}
+		if v.Runner.TestKey(ctx, v.Path, s, recovery) == nil {
+			return nil
+		}
+		stale = append(stale, s)
+	}
+	for _, s := range stale {
+		v.logf("removing keyslot %d: a recovery passphrase of the interrupted run that is no longer known", s)
+		if err := v.killSlot(ctx, h, s); err != nil {
+			return err
+		}
+	}
+	slot := h.FreeSlot()
+	if slot < 0 {
+		return errors.New("all 32 keyslots are in use")
+	}
+	if err := v.Runner.AddKey(ctx, v.Path, 0, temp, slot, recovery, MachineKDF(h.VolumeHash())); err != nil {
+		return fmt.Errorf("add the recovery keyslot: %w", err)
+	}
+	if err := v.Runner.TestKey(ctx, v.Path, slot, recovery); err != nil {
+		return fmt.Errorf("the recovery keyslot does not open: %w", err)
+	}
+	crashpoint("encrypt:recovery")
+	return nil
+}
+
+// writeSecretFile writes a secret atomically (temporary file, fsync,
+// rename) with mode 0600 from the start. No chmod: on a vfat stick, where
+// modes do not exist, it would fail.
+func writeSecretFile(path string, data []byte) error {
+	dir := filepath.Dir(path)
+	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp*")
+	if err != nil {
+		return err
+	}
+	tmp := f.Name()
+	_, err = f.Write(data)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = atomicfile.Rename(tmp, path)
+	}
+	if err != nil {
+		os.Remove(tmp)
+	}
+	return err
+}
+
+// readEncryptState reads the state file f if it belongs to the volume
+// with this UUID.
+func readEncryptState(f, uuid string) (*encryptState, string) {
+	data, err := os.ReadFile(f)
+	if err != nil {
+		return nil, ""
+	}
+	var st encryptState
+	if json.Unmarshal(data, &st) != nil || st.UUID != uuid {
+		return nil, ""
+	}
+	return &st, f
+}
+
+// findEncryptState returns the state an older tether kept in the state
+// directory for an unfinished encryption of this device: by UUID once it
+// has a LUKS2 header, else by path.
 func (v *Volume) findEncryptState(abs string, h *Header) (*encryptState, string, error) {
 	files, _ := filepath.Glob(filepath.Join(v.stateDir(), "encrypt-*.json"))
 	for _, f := range files {
@@ -282,36 +567,62 @@ func newUUID() string {
 }
 
 // checkEncryptable makes sure that encrypting dev in place loses nothing:
-// it must not be mounted, and its last 32 MiB must be unused.
+// it must not be mounted, and its last 32 MiB must be unused. Its hints
+// name a command that makes room on that very input: an image file grows
+// (resize2fs would shrink the file along with the filesystem, and the
+// file would then be too small), a block device's filesystem shrinks.
 func checkEncryptable(dev string, force bool) error {
 	f, err := os.Open(dev)
 	if err != nil {
 		return err
 	}
 	defer f.Close()
-	size, err := f.Seek(0, io.SeekEnd)
+	fi, err := f.Stat()
 	if err != nil {
 		return err
 	}
-	if size < 2*ReduceSize {
-		return &NotEncryptableError{Reason: fmt.Sprintf("%s is too small to encrypt in place (%d MiB; at least 64 MiB)", dev, size>>20)}
+	regular := fi.Mode().IsRegular()
+	size, err := f.Seek(0, io.SeekEnd)
+	if err != nil {
+		return err
 	}
 	if m := mountedAt(dev); m != "" {
 		return &NotEncryptableError{Reason: fmt.Sprintf("%s is mounted on %s", dev, m), Hint: "unmount it first (encrypt the root filesystem from an initramfs or a rescue system)"}
 	}
 	fsSize, kind := filesystemSize(f)
+	// grow is the size an image file needs: its content plus 32 MiB, at
+	// least MinEncryptSize, in whole MiB.
+	grow := (max(fsSize+ReduceSize, MinEncryptSize) + 1<<20 - 1) >> 20
+	if size < MinEncryptSize {
+		e := &NotEncryptableError{
+			Reason: fmt.Sprintf("%s is too small to encrypt in place (%d MiB; at least %d MiB)", dev, size>>20, MinEncryptSize>>20),
+			Hint:   fmt.Sprintf("use a partition of at least %d MiB", MinEncryptSize>>20),
+		}
+		if regular {
+			e.Hint = fmt.Sprintf("make the image file larger (its content stays as it is): truncate -s %dM %s", grow, dev)
+		}
+		return e
+	}
 	limit := size - ReduceSize
 	switch {
 	case fsSize > limit:
-		return &NotEncryptableError{
+		e := &NotEncryptableError{
 			Reason: fmt.Sprintf("the %s filesystem on %s fills it: the last 32 MiB must be free for the LUKS2 header", kind, dev),
-			Hint:   fmt.Sprintf("shrink it first: e2fsck -f %s && resize2fs %s %dK", dev, dev, limit>>10),
+			Hint:   fmt.Sprintf("shrink the filesystem first: e2fsck -f -p %s && resize2fs %s %dK", dev, dev, limit>>10),
 		}
+		if regular {
+			e.Hint = fmt.Sprintf("make the image file larger (the filesystem stays as it is): truncate -s %dM %s", grow, dev)
+		}
+		return e
 	case fsSize == 0 && !force:
-		return &NotEncryptableError{
+		e := &NotEncryptableError{
 			Reason: fmt.Sprintf("cannot tell whether the last 32 MiB of %s are unused (only ext2/3/4 filesystems are measured)", dev),
 			Hint:   "shrink what is on it by 32 MiB, then run again with --force",
 		}
+		if regular {
+			e.Hint = fmt.Sprintf("if its content ends before the last 32 MiB, run again with --force; else grow the file first: truncate -s +32M %s", dev)
+		}
+		return e
 	}
 	return nil
 }
@@ -394,9 +705,7 @@ func (v *Volume) Create(ctx context.Context, o CreateOptions) (slot int, err err
 		if err != nil {
 			os.Remove(v.Path)
 			if abs, aerr := filepath.Abs(v.Path); aerr == nil {
-				if _, f, _ := v.findEncryptState(abs, nil); f != "" {
-					os.Remove(f)
-				}
+				os.RemoveAll(v.encryptWorkDir(abs)) // its recovery passphrase
 			}
 		}
 	}()
@@ -451,7 +760,7 @@ func (v *Volume) Create(ctx context.Context, o CreateOptions) (slot int, err err
 		}
 	}
 	if o.Recovery != nil {
-		if _, err := fmt.Fprintf(o.Recovery, "%s\n", recovery); err != nil {
+		if _, err := o.Recovery.Write(recovery); err != nil {
 			return slot, err
 		}
 	}

@@ -45,14 +45,17 @@ var ErrLUKS1 = errors.New("this is a LUKS1 volume; tether supports LUKS2 only")
 // Header is a parsed LUKS2 header: the binary header fields tether needs
 // and the JSON metadata.
 type Header struct {
-	Version  int
-	HdrSize  int64 // binary header + JSON area, per copy
-	SeqID    uint64
-	Label    string
-	UUID     string
-	CsumAlg  string
-	JSON     []byte // the JSON metadata text, without padding
-	Metadata Metadata
+	Version int
+	HdrSize int64 // binary header + JSON area, per copy
+	SeqID   uint64
+	Label   string
+	UUID    string
+	// Subsystem is the binary header's subsystem label. tether luks
+	// encrypt keeps its temporary key there while it runs (docs/LUKS.md).
+	Subsystem string
+	CsumAlg   string
+	JSON      []byte // the JSON metadata text, without padding
+	Metadata  Metadata
 	// Warnings lists problems found that did not stop parsing, such as a
 	// damaged secondary copy.
 	Warnings []string
@@ -248,6 +251,7 @@ func readCopy(r io.ReaderAt, off int64, magic []byte) (*Header, error) {
 	h.Label = cstring(bin[24:72])
 	h.CsumAlg = cstring(bin[72:104])
 	h.UUID = cstring(bin[168:208])
+	h.Subsystem = cstring(bin[208:256])
 	if hdrOff := binary.BigEndian.Uint64(bin[256:264]); hdrOff != uint64(off) {
 		return nil, fmt.Errorf("header copy at %d says it is at %d", off, hdrOff)
 	}

@@ -49,6 +49,9 @@ type Volume struct {
 	Log io.Writer
 	// PinOptions are used for every pin encryption and decryption.
 	PinOptions pin.Options
+
+	// held is the lock file while the volume is locked.
+	held *os.File
 }
 
 func (v *Volume) stateDir() string {
@@ -224,7 +227,8 @@ func (v *Volume) lock() (unlock func(), err error) {
 		f.Close()
 		return nil, fmt.Errorf("lock %s: %w", v.Path, err)
 	}
-	return func() { f.Close() }, nil
+	v.held = f
+	return func() { v.held = nil; f.Close() }, nil
 }
 
 // Leftover is something an interrupted change left in the header.

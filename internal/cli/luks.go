@@ -92,7 +92,11 @@ func luksError(err error, dev string) error {
 	case errors.Is(err, luks.ErrWrongKey):
 		return withHint(err, "check the passphrase or key file; with a key file, trailing newlines count")
 	case errors.Is(err, luks.ErrReencrypting):
-		return withHint(err, "finish it first: \"tether luks encrypt -d %s ...\" resumes an interrupted tether encryption, \"cryptsetup reencrypt --resume-only %s\" any other", dev, dev)
+		resume := "cryptsetup reencrypt --resume-only "
+		if fi, serr := os.Stat(dev); serr == nil && fi.Mode().IsRegular() {
+			resume += "--force-offline-reencrypt " // cryptsetup refuses image files without it
+		}
+		return withHint(err, "finish it first: \"tether luks encrypt -d %s ...\" (the same command as before) resumes an interrupted tether encryption, \"%s%s\" any other", dev, resume, dev)
 	case errors.As(err, &full):
 		return withHint(err, "remove tokens you no longer need (tether luks list, cryptsetup token remove), or choose a smaller policy (fewer sss children)")
 	case errors.Is(err, os.ErrNotExist):
@@ -391,15 +395,30 @@ func init() {
 		func(fs *flag.FlagSet) func(*Env, *luks.Volume, []string) error {
 			trust := fs.Bool("y", false, "")
 			force := fs.Bool("force", false, "")
+			recoveryFile := fs.String("recovery-file", "", "")
+			noRecovery := fs.Bool("no-recovery", false, "")
 			return func(env *Env, v *luks.Volume, args []string) error {
 				name, cfg, err := pinConfig(args)
 				if err != nil {
 					return err
 				}
+				if *noRecovery && *recoveryFile != "" {
+					return usagef("--no-recovery and --recovery-file exclude each other")
+				}
 				v.PinOptions.Trust = *trust
-				slot, err := v.Encrypt(context.Background(), luks.EncryptOptions{
-					Pin: name, Config: cfg, Force: *force, Recovery: env.Stdout, Progress: env.Stderr,
-				})
+				o := luks.EncryptOptions{
+					Pin: name, Config: cfg, Force: *force, Progress: env.Stderr,
+					RecoveryFile: *recoveryFile, NoRecovery: *noRecovery,
+				}
+				if !*noRecovery && *recoveryFile == "" {
+					o.Recovery = env.Stdout
+				}
+				slot, err := v.Encrypt(context.Background(), o)
+				var done *luks.AlreadyBoundError
+				if errors.As(err, &done) {
+					fmt.Fprintf(env.Stderr, "tether: %s is %v\n", v.Path, err)
+					return nil
+				}
 				if err != nil {
 					var ne *luks.NotEncryptableError
 					if errors.As(err, &ne) && ne.Hint != "" {
@@ -410,7 +429,15 @@ func init() {
 					}
 					return luksError(err, v.Path)
 				}
-				fmt.Fprintf(env.Stderr, "tether: %s is encrypted and bound (keyslot %d); the recovery passphrase is on stdout: write it down, it is not shown again\n", v.Path, slot)
+				switch {
+				case *noRecovery:
+					fmt.Fprintf(env.Stderr, "tether: %s is encrypted and bound (keyslot %d); it has no recovery passphrase: the binding is the only way in\n", v.Path, slot)
+				case *recoveryFile != "":
+					fmt.Fprintf(env.Stderr, "tether: %s is encrypted and bound (keyslot %d); the recovery passphrase is in %s (cryptsetup --key-file takes it as it is)\n", v.Path, slot, *recoveryFile)
+				default:
+					endLineOnTerminal(env)
+					fmt.Fprintf(env.Stderr, "tether: %s is encrypted and bound (keyslot %d); the recovery passphrase is on stdout: write it down, it is not shown again\n", v.Path, slot)
+				}
 				return nil
 			}
 		})
@@ -453,11 +480,21 @@ func init() {
 					}
 					return luksError(err, v.Path)
 				}
+				endLineOnTerminal(env)
 				fmt.Fprintf(env.Stderr, "tether: created %s, bound in keyslot %d; the recovery passphrase is on stdout: write it down, it is not shown again\n", v.Path, slot)
 				return nil
 			}
 		},
 	})
+}
+
+// endLineOnTerminal ends the line of a recovery passphrase printed on a
+// terminal. Redirected, stdout holds the bare passphrase, which cryptsetup
+// --key-file takes byte for byte (a newline would be part of it).
+func endLineOnTerminal(env *Env) {
+	if f, ok := env.Stdout.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
+		fmt.Fprintln(env.Stdout)
+	}
 }
 
 // parseSize parses sizes like 4096, 512K, 128M, 1G, 2T (powers of 1024;
@@ -498,6 +535,10 @@ func withListHint(err error, dev string) error {
 }
 
 func printLeftovers(env *Env, h *luks.Header, dev string) {
+	if luks.EncryptUnfinished(h) {
+		fmt.Fprintf(env.Stderr, "tether: warning: %s: an in-place encryption by tether luks encrypt is unfinished; its temporary key is in the header in clear (the subsystem label) until it is\n", dev)
+		fmt.Fprintf(env.Stderr, "tether: hint: run the same \"tether luks encrypt -d %s ...\" command again: it finishes the job and removes the key\n", dev)
+	}
 	lo := luks.Leftovers(h)
 	for _, l := range lo {
 		fmt.Fprintf(env.Stderr, "tether: warning: interrupted change: %s\n", l.What)
@@ -674,43 +715,69 @@ Examples:
   $ tether luks unlock -d disk.img --test
 `
 
-const luksEncryptUsage = `Usage: tether luks encrypt -d DEV [-y] [--force] PIN CONFIG
+const luksEncryptUsage = `Usage: tether luks encrypt -d DEV [-y] [--force] [--recovery-file PATH | --no-recovery] PIN CONFIG
 
 Encrypt an existing filesystem or partition in place and bind it: tether
 runs cryptsetup reencrypt --encrypt --reduce-device-size 32M under a
-temporary key, adds a recovery passphrase, binds the volume to PIN, removes
-the temporary key and prints the recovery passphrase on stdout, once.
-Progress goes to stderr.
+temporary key, adds a recovery passphrase, binds the volume to PIN and
+removes the temporary key. Progress goes to stderr.
+
+The recovery passphrase (160 random bits) is, by default, printed on
+stdout once, at the end, without a newline when stdout is not a terminal
+(so "> FILE" gives a file cryptsetup --key-file takes as it is); until then
+it is kept in the state directory (if that is lost, as a tmpfs in a power
+cut, the rerun makes a new one: only the last one printed is valid; use
+--recovery-file or --no-recovery for unattended runs).
+
+--recovery-file PATH writes it to PATH instead (mode 0600, the bare
+passphrase), before its keyslot is added, so an interrupted run never
+loses it; PATH must not exist, its directory must. --no-recovery adds
+none: the binding (TPM, network) is then the only way in, and losing it
+loses the data.
 
 The last 32 MiB of DEV must be unused (the data moves to make room for the
-LUKS2 header): for ext2/3/4 tether checks it and says how to shrink the
-filesystem (resize2fs); other content needs --force after you made room.
-DEV must not be mounted.
+LUKS2 header): for ext2/3/4 tether checks it and says how to make room (an
+image file grows with truncate; a partition's filesystem shrinks with
+resize2fs); other content needs --force after you made room. DEV must not
+be mounted and must be at least 48 MiB.
 
-Resumable: if the encryption is interrupted (power loss, kill), run the
-same command again: it resumes the encryption (running cryptsetup's crash
-recovery when needed) or finishes the remaining steps. Until then the
-temporary key and the recovery passphrase are kept in the state directory
-(root only) and removed when done.
+Resumable at any point: if the run is interrupted (power loss, kill -9),
+run the same command again. It starts over if cryptsetup had not yet
+written the LUKS2 header (nothing is encrypted before that), resumes the
+encryption (running cryptsetup's crash recovery when needed, and
+completing the header itself where cryptsetup 2.6 cannot), or finishes the
+remaining steps.
+
+Security: while the run is unfinished, the temporary key is stored in the
+LUKS2 header in clear (its subsystem label, "tether-encrypt:KEY"), so that
+it survives a power cut with the data it opens: whoever can read the
+device can read the key, as they can read the data not yet encrypted.
+The key is also in cryptsetup's command line (--subsystem) while it runs,
+and in blkid's world-readable cache if root runs blkid meanwhile; it opens
+only keyslot 0 of that header. At the end its keyslot is wiped and the
+label cleared (docs/LUKS.md). Keep a backup: on SSDs and thin storage old
+blocks (plaintext, the old keyslot) may survive in-place encryption.
 
 Options:
-  -y              trust the Tang advertisement without a thumbprint
-  --force         do not check that the last 32 MiB are free
+  -y                   trust the Tang advertisement without a thumbprint
+  --force              do not check that the last 32 MiB are free
+  --recovery-file PATH write the recovery passphrase to PATH (0600)
+  --no-recovery        no recovery passphrase: the binding only
 ` + luksCommon + `
-Security: keep a backup. The recovery passphrase has 160 random bits; it
-gets a PBKDF2 keyslot like the machine keys (its entropy makes stretching
-pointless), so keep it as secret as the data.
-
 Examples:
-  $ sudo e2fsck -f /dev/sdb1 && sudo resize2fs /dev/sdb1 900M   # a 1 GiB partition
-  $ sudo tether luks encrypt -d /dev/sdb1 tang '{"url":"http://keys.lan","thp":"9C8h..."}' > recovery.txt
+  $ sudo tether luks encrypt -d /dev/sdb1 --recovery-file /media/usb/sdb1.key tang '{"url":"http://keys.lan","thp":"9C8h..."}'
+  $ sudo cryptsetup open --test-passphrase --key-file /media/usb/sdb1.key /dev/sdb1
+  $ sudo tether luks encrypt -d data.img --no-recovery tpm2 '{"pcr_ids":"7"}'
+  $ truncate -s +32M data.img   # an image file whose filesystem fills it
 `
 
 const luksCreateUsage = `Usage: tether luks create FILE --size SIZE [--fs ext4] [-y] PIN CONFIG
 
 Create a new LUKS2 container file of SIZE bytes (suffixes K, M, G, T),
-bound to PIN, with a recovery passphrase printed on stdout, once. FILE
-must not exist; it is created with mode 0600.
+bound to PIN, with a recovery passphrase printed on stdout, once (without
+a newline when stdout is not a terminal: "> FILE" gives a file cryptsetup
+--key-file takes as it is). FILE must not exist; it is created with mode
+0600.
 
 With --fs ext4 the container gets an ext4 filesystem. With device-mapper
 tether opens the new volume and runs mkfs.ext4 inside; without it (some
