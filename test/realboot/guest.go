@@ -65,6 +65,14 @@ func New(t testing.TB, flavor Flavor) *Guest {
 		}
 		g.Write("/usr/bin/"+b, data, 0o755)
 	}
+	// No login prompt on the serial console: a getty starting hangs up
+	// the terminal (vhangup), which kills the test runner's script and
+	// loses its output.
+	getty := filepath.Join(g.Tree, "etc/systemd/system/serial-getty@ttyS0.service")
+	os.Remove(getty)
+	if err := os.Symlink("/dev/null", getty); err != nil {
+		t.Fatal(err)
+	}
 	if err := os.WriteFile(g.PassphraseFile(), []byte(Passphrase), 0o600); err != nil {
 		t.Fatal(err)
 	}
