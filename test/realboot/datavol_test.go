@@ -4,6 +4,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -122,7 +123,7 @@ cat /etc/crypttab
 sync
 `})
 		m.WaitExit(8 * time.Minute)
-		if !strings.Contains(m.Console(), "cloud /home/haadmin/cloud_container.img none") {
+		if !regexp.MustCompile(`cloud\s+/home/haadmin/cloud_container.img\s+none\s`).MatchString(m.Console()) {
 			t.Fatalf("crypttab was not rewritten for askpass")
 		}
 		m = g.Boot(Options{Forward: fwd, Disks: []string{blk}, Script: mountScript, Log: "askpass.log"})
