@@ -46,9 +46,11 @@ type Config struct {
 	CertFile  string `json:"cert_file,omitempty"`  // client certificate (PEM)
 	KeyFile   string `json:"key_file,omitempty"`   // its private key (PEM)
 	TokenFile string `json:"token_file,omitempty"` // bearer token
-	// Protect encrypts the client key and token with another pin.
-	Protect  *remote.Protect `json:"protect,omitempty"`
-	Attempts int             `json:"attempts,omitempty"` // default 3
+	// Protect encrypts the client key and token with another pin; without
+	// it they are stored in the clear only if AllowPlainCredentials.
+	Protect               *remote.Protect `json:"protect,omitempty"`
+	AllowPlainCredentials bool            `json:"allow_plain_credentials,omitempty"`
+	Attempts              int             `json:"attempts,omitempty"` // default 3
 }
 
 // header is clevis.https in the JWE.
@@ -71,6 +73,17 @@ type creds struct {
 	Token string `json:"token,omitempty"`
 	Cert  string `json:"cert,omitempty"`
 	Key   string `json:"key,omitempty"`
+}
+
+// what names the credentials for messages.
+func (c creds) what() string {
+	switch {
+	case c.Token != "" && c.Key != "":
+		return "the bearer token and the client key"
+	case c.Token != "":
+		return "the bearer token"
+	}
+	return "the client key"
 }
 
 // Encrypt implements pin.Pin.
@@ -110,12 +123,17 @@ func (Pin) Encrypt(ctx context.Context, raw json.RawMessage, secret []byte, o pi
 			return nil, err
 		}
 	}
+	seal := remote.Seal{Pin: "https", What: c.what(), Where: h.URL, Protect: cfg.Protect, AllowPlain: cfg.AllowPlainCredentials}
+	// Refuse before the share or server is asked anything.
+	if err := seal.Check(c); err != nil {
+		return nil, err
+	}
 	material, err := fetch(ctx, &h, c, o)
 	if err != nil {
 		return nil, err
 	}
 	defer clear(material)
-	if h.Credentials, err = remote.SealCredentials(ctx, c, cfg.Protect, o); err != nil {
+	if h.Credentials, err = remote.SealCredentials(ctx, c, seal, o); err != nil {
 		return nil, err
 	}
 	return remote.Encrypt("https", material, secret, func(salt string) (json.RawMessage, error) {
@@ -144,7 +162,7 @@ func (Pin) Describe(j *jose.JWE) string {
 	if json.Unmarshal(j.Header.Clevis, &ch) != nil {
 		return "https(?)"
 	}
-	return "https(" + ch.HTTPS.URL + ")"
+	return "https(" + ch.HTTPS.URL + ch.HTTPS.Credentials.Describe() + ")"
 }
 
 // maxMaterial bounds the fetched key material.

@@ -39,15 +39,18 @@ type Pin struct{}
 // Config is the pin's configuration. The password is named by file so
 // that it never appears on a command line.
 type Config struct {
-	Server       string          `json:"server"`
-	Port         int             `json:"port,omitempty"` // default 445
-	Share        string          `json:"share"`
-	Path         string          `json:"path"`
-	User         string          `json:"user,omitempty"` // default: guest
-	Domain       string          `json:"domain,omitempty"`
-	PasswordFile string          `json:"password_file,omitempty"`
-	Protect      *remote.Protect `json:"protect,omitempty"`
-	Attempts     int             `json:"attempts,omitempty"` // default 3
+	Server       string `json:"server"`
+	Port         int    `json:"port,omitempty"` // default 445
+	Share        string `json:"share"`
+	Path         string `json:"path"`
+	User         string `json:"user,omitempty"` // default: guest
+	Domain       string `json:"domain,omitempty"`
+	PasswordFile string `json:"password_file,omitempty"`
+	// Protect encrypts the password with another pin; without it the
+	// password is stored in the clear only if AllowPlainCredentials.
+	Protect               *remote.Protect `json:"protect,omitempty"`
+	AllowPlainCredentials bool            `json:"allow_plain_credentials,omitempty"`
+	Attempts              int             `json:"attempts,omitempty"` // default 3
 }
 
 type header struct {
@@ -95,12 +98,18 @@ func (Pin) Encrypt(ctx context.Context, raw json.RawMessage, secret []byte, o pi
 	if c.Password, err = remote.ReadSecretFile("password", cfg.PasswordFile); err != nil {
 		return nil, err
 	}
+	seal := remote.Seal{Pin: "smb", What: "the share password", Where: `\\` + h.Server + `\` + h.Share,
+		Protect: cfg.Protect, AllowPlain: cfg.AllowPlainCredentials}
+	// Refuse before the share or server is asked anything.
+	if err := seal.Check(c); err != nil {
+		return nil, err
+	}
 	material, err := fetch(ctx, &h, c, o)
 	if err != nil {
 		return nil, err
 	}
 	defer clear(material)
-	if h.Credentials, err = remote.SealCredentials(ctx, c, cfg.Protect, o); err != nil {
+	if h.Credentials, err = remote.SealCredentials(ctx, c, seal, o); err != nil {
 		return nil, err
 	}
 	return remote.Encrypt("smb", material, secret, func(salt string) (json.RawMessage, error) {
@@ -129,7 +138,7 @@ func (Pin) Describe(j *jose.JWE) string {
 	if json.Unmarshal(j.Header.Clevis, &ch) != nil {
 		return "smb(?)"
 	}
-	return `smb(\\` + ch.SMB.Server + `\` + ch.SMB.Share + `\` + ch.SMB.Path + ")"
+	return `smb(\\` + ch.SMB.Server + `\` + ch.SMB.Share + `\` + ch.SMB.Path + ch.SMB.Credentials.Describe() + ")"
 }
 
 func cleanPath(p string) string {
