@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"encoding/json"
 	"errors"
+	"io"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -235,5 +236,81 @@ func TestPasswordProtected(t *testing.T) {
 				t.Fatalf("decrypt without the protecting pin: %v", err)
 			}
 		})
+	}
+}
+
+// rewriteHeader returns j with its protected header's clevis.smb changed
+// by edit, as someone with write access to the disk could: the JWE no
+// longer authenticates, but everything before that step still runs.
+func rewriteHeader(t *testing.T, j *jose.JWE, edit func(m map[string]any)) *jose.JWE {
+	t.Helper()
+	var hdr map[string]any
+	if err := json.Unmarshal([]byte(header(t, j)), &hdr); err != nil {
+		t.Fatal(err)
+	}
+	edit(hdr["clevis"].(map[string]any)["smb"].(map[string]any))
+	b, _ := json.Marshal(hdr)
+	parts := strings.Split(j.Compact(), ".")
+	parts[0] = jose.B64.EncodeToString(b)
+	j2, err := jose.ParseCompact(strings.Join(parts, "."))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return j2
+}
+
+// TestProtectedPasswordStaysWithItsShare: whoever can rewrite the LUKS
+// header can point the binding at a server of their own. Protected
+// credentials are sealed with the server, share and account they are for,
+// and are refused before any connection when the header names another.
+// Credentials protected before that (no audience sealed) still unlock.
+func TestProtectedPasswordStaysWithItsShare(t *testing.T) {
+	s := shareWithKey(t)
+	ctx := context.Background()
+	td := startTangd(t)
+	o := pin.Options{Timeout: 3 * time.Second, Trust: true, Warn: io.Discard}
+	cfg := withFields(t, config(t, s, "ha.key", s.Password), map[string]any{"allow_plain_credentials": nil,
+		"protect": map[string]any{"pin": "tang", "config": map[string]any{"url": td.url}}})
+	j, err := pin.Encrypt(ctx, "smb", cfg, []byte("secret"), o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The attacker's "server": a relay to the real share, which would
+	// see the whole authentication.
+	relay := testenv.StartProxy(t, "127.0.0.1:"+itoa(s.Port))
+	_, port, _ := strings.Cut(relay.Addr, ":")
+	for name, edit := range map[string]func(map[string]any){
+		"server":  func(m map[string]any) { m["port"], _ = strconv.Atoi(port) },
+		"account": func(m map[string]any) { m["user"] = "administrator" },
+	} {
+		_, err := pin.Decrypt(ctx, rewriteHeader(t, j, edit), o)
+		if err == nil || !strings.Contains(err.Error(), "refusing to send them there") {
+			t.Fatalf("%s rewritten: %v", name, err)
+		}
+	}
+	if n := relay.Accepted(); n != 0 {
+		t.Fatalf("the rewritten header's server got %d connections", n)
+	}
+	if got, err := pin.Decrypt(ctx, j, o); err != nil || string(got) != "secret" {
+		t.Fatalf("the unaltered JWE: %q %v", got, err)
+	}
+
+	// Sealed as before audiences: the password alone in the tang JWE.
+	old, err := pin.Encrypt(ctx, "tang", json.RawMessage(`{"url":"`+td.url+`"}`), []byte(`{"password":"`+s.Password+`"}`), o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	material := make([]byte, 64)
+	rand.Read(material)
+	s.WriteKey(t, "old.key", material)
+	oj, err := remote.Encrypt("smb", material, []byte("old secret"), func(salt string) (json.RawMessage, error) {
+		return json.RawMessage(`{"pin":"smb","smb":{"server":"127.0.0.1","port":` + itoa(s.Port) + `,"share":"` + s.Share +
+			`","path":"old.key","user":"` + s.User + `","salt":"` + salt + `","cred_jwe":"` + old.Compact() + `"}}`), nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := pin.Decrypt(ctx, oj, o); err != nil || string(got) != "old secret" {
+		t.Fatalf("credentials protected before audiences: %q %v", got, err)
 	}
 }

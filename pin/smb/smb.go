@@ -99,7 +99,7 @@ func (Pin) Encrypt(ctx context.Context, raw json.RawMessage, secret []byte, o pi
 		return nil, err
 	}
 	seal := remote.Seal{Pin: "smb", What: "the share password", Where: `\\` + h.Server + `\` + h.Share,
-		Protect: cfg.Protect, AllowPlain: cfg.AllowPlainCredentials}
+		Audience: h.audience(), Protect: cfg.Protect, AllowPlain: cfg.AllowPlainCredentials}
 	// Refuse before the share or server is asked anything.
 	if err := seal.Check(c); err != nil {
 		return nil, err
@@ -118,15 +118,41 @@ func (Pin) Encrypt(ctx context.Context, raw json.RawMessage, secret []byte, o pi
 	})
 }
 
-// Decrypt implements pin.Pin.
-func (Pin) Decrypt(ctx context.Context, j *jose.JWE, o pin.Options) ([]byte, error) {
+// audience is where the password may be sent: the server, the share and
+// the account (docs/REMOTE-PINS.md).
+func (h *header) audience() string {
+	b, _ := json.Marshal(struct {
+		Server string `json:"server"`
+		Port   int    `json:"port"`
+		Share  string `json:"share"`
+		User   string `json:"user,omitempty"`
+		Domain string `json:"domain,omitempty"`
+	}{h.Server, h.Port, h.Share, h.User, h.Domain})
+	return string(b)
+}
+
+// parseHeader reads clevis.smb from a JWE header, which comes from a disk
+// and is not trusted.
+func parseHeader(clevis json.RawMessage) (*header, error) {
 	var ch clevisHeader
-	if err := json.Unmarshal(j.Header.Clevis, &ch); err != nil || ch.SMB.Server == "" || ch.SMB.Share == "" || ch.SMB.Path == "" {
+	if err := json.Unmarshal(clevis, &ch); err != nil || ch.SMB.Server == "" || ch.SMB.Share == "" || ch.SMB.Path == "" ||
+		ch.SMB.Port <= 0 || ch.SMB.Port > 65535 {
 		return nil, errors.New("JWE header clevis.smb is malformed")
 	}
-	h := &ch.SMB
+	if _, err := ch.SMB.Credentials.Parse(); err != nil {
+		return nil, fmt.Errorf("JWE header clevis.smb: %w", err)
+	}
+	return &ch.SMB, nil
+}
+
+// Decrypt implements pin.Pin.
+func (Pin) Decrypt(ctx context.Context, j *jose.JWE, o pin.Options) ([]byte, error) {
+	h, err := parseHeader(j.Header.Clevis)
+	if err != nil {
+		return nil, err
+	}
 	var c creds
-	if err := h.Credentials.Open(ctx, o, &c); err != nil {
+	if err := h.Credentials.Open(ctx, o, h.audience(), &c); err != nil {
 		return nil, err
 	}
 	return remote.Decrypt(ctx, "smb", j, h.Salt, func(ctx context.Context) ([]byte, error) { return fetch(ctx, h, c, o) })
@@ -134,11 +160,11 @@ func (Pin) Decrypt(ctx context.Context, j *jose.JWE, o pin.Options) ([]byte, err
 
 // Describe implements pin.Describer.
 func (Pin) Describe(j *jose.JWE) string {
-	var ch clevisHeader
-	if json.Unmarshal(j.Header.Clevis, &ch) != nil {
+	h, err := parseHeader(j.Header.Clevis)
+	if err != nil {
 		return "smb(?)"
 	}
-	return `smb(\\` + ch.SMB.Server + `\` + ch.SMB.Share + `\` + ch.SMB.Path + ch.SMB.Credentials.Describe() + ")"
+	return `smb(\\` + h.Server + `\` + h.Share + `\` + h.Path + h.Credentials.Describe() + ")"
 }
 
 func cleanPath(p string) string {

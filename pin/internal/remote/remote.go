@@ -109,6 +109,12 @@ type Seal struct {
 	Pin   string // the pin storing them: "smb"
 	What  string // what they are, for messages: "the share password"
 	Where string // where they are used, for the warning: `\\nas\keys`
+	// Audience says where the credentials may be sent (server, share,
+	// user; URL and trust anchors). It is sealed with protected
+	// credentials and checked before they are used, so that whoever
+	// rewrites the header cannot point the device at another server and
+	// have it hand over the unlocked credentials there.
+	Audience string
 	// Protect is the pin that encrypts them; nil stores them in the clear
 	// if AllowPlain, else refuses.
 	Protect    *Protect
@@ -157,6 +163,17 @@ func SealCredentials(ctx context.Context, creds any, s Seal, o pin.Options) (Cre
 	if len(cfg) == 0 {
 		cfg = json.RawMessage("{}")
 	}
+	var m map[string]json.RawMessage
+	if err := json.Unmarshal(b, &m); err != nil {
+		clear(b)
+		return Credentials{}, err
+	}
+	clear(b)
+	m[audienceKey], _ = json.Marshal(s.Audience)
+	b, _ = json.Marshal(m)
+	for _, v := range m {
+		clear(v)
+	}
 	j, err := pin.Encrypt(ctx, s.Protect.Pin, cfg, b, o)
 	clear(b)
 	if err != nil {
@@ -182,18 +199,58 @@ func (c Credentials) Describe() string {
 	return ""
 }
 
-// Open returns the credentials into v, decrypting them if a pin protects them.
-func (c Credentials) Open(ctx context.Context, o pin.Options, v any) error {
-	raw := []byte(c.Cred)
-	if c.CredJWE != "" {
-		j, err := jose.ParseCompact(c.CredJWE)
-		if err != nil {
-			return fmt.Errorf("protected credentials: %w", err)
+// audienceKey is the member of sealed credentials that holds Seal.Audience.
+const audienceKey = "aud"
+
+// Parse checks the header's credentials without using them: cred, if
+// present, is a JSON object, and cred_jwe a compact JWE of a known pin.
+func (c Credentials) Parse() (*jose.JWE, error) {
+	if len(c.Cred) > 0 {
+		var m map[string]json.RawMessage
+		if err := json.Unmarshal(c.Cred, &m); err != nil {
+			return nil, errors.New("credentials are malformed")
 		}
+	}
+	if c.CredJWE == "" {
+		return nil, nil
+	}
+	j, err := jose.ParseCompact(c.CredJWE)
+	if err != nil {
+		return nil, fmt.Errorf("protected credentials: %w", err)
+	}
+	if _, err := j.Header.Pin(); err != nil {
+		return nil, fmt.Errorf("protected credentials: %w", err)
+	}
+	return j, nil
+}
+
+// Open returns the credentials into v, decrypting them if a pin protects
+// them. Protected credentials sealed for another audience than this
+// header's (the header was rewritten to point elsewhere) are refused
+// before anything is sent; those sealed before audiences existed carry
+// none and are used as they are.
+func (c Credentials) Open(ctx context.Context, o pin.Options, audience string, v any) error {
+	j, err := c.Parse()
+	if err != nil {
+		return err
+	}
+	raw := []byte(c.Cred)
+	if j != nil {
 		if raw, err = pin.Decrypt(ctx, j, o); err != nil {
 			return fmt.Errorf("unlock credentials: %w", err)
 		}
 		defer clear(raw)
+		var m map[string]json.RawMessage
+		if err := json.Unmarshal(raw, &m); err != nil {
+			return errors.New("protected credentials are malformed")
+		}
+		if a, ok := m[audienceKey]; ok {
+			var got string
+			if json.Unmarshal(a, &got) != nil || got != audience {
+				return fmt.Errorf("the credentials were sealed for %s, but the JWE header now names %s: "+
+					"refusing to send them there (the header was altered; bind again)", got, audience)
+			}
+		}
 	}
 	if len(raw) == 0 {
 		return nil
