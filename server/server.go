@@ -83,7 +83,7 @@ func Run(ctx context.Context, cfg Config) error {
 	// replies cost less server CPU there than under net/http (about 7% per
 	// P-256 /rec, measured when httplite had a parser of its own; it now
 	// parses with net/http's, which costs 1–2 µs more per request in
-	// BenchmarkServeRec-style runs, so that it frames every request as
+	// BenchmarkServeRec (internal/httplite), so that it frames every request as
 	// net/http does). The managed API keeps net/http.
 	srv := &httplite.Server{
 		Handler:           hh,
