@@ -624,3 +624,52 @@ func TestUnbindFinishesWipedKeyslot(t *testing.T) {
 		t.Fatal("the original passphrase no longer opens")
 	}
 }
+
+// TestRepairHostileTxn: a disk's header is not trusted. A txn token
+// planted in it that names a file outside tether's state directory as its
+// "backup" must not make luks repair (which every change runs first, as
+// root) delete that file; a txn naming no keyslot id is refused with the
+// header unchanged.
+func TestRepairHostileTxn(t *testing.T) {
+	g := newRig(t)
+	img := g.image("20M")
+	victim := filepath.Join(t.TempDir(), "victim")
+	if err := os.WriteFile(victim, []byte("keep me"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cs := testenv.RequireCmd(t, "cryptsetup")
+	plant := func(id int, tok string) {
+		if _, e, code := testenv.Run(t, []byte(tok), cs, "token", "import", "--token-id", strconv.Itoa(id), "--json-file", "-", img); code != 0 {
+			t.Fatalf("token import: %s", e)
+		}
+	}
+	uuid := header(t, img).UUID
+	for _, backup := range []string{victim, g.state + "/../" + uuid + "-x.header", g.state + "/" + uuid + "-x.header/../../victim"} {
+		plant(20, fmt.Sprintf(`{"type":"tether-txn","keyslots":[],"op":"bind","slot":"5","backup":%q}`, backup))
+		res := g.tether(nil, nil, "luks", "repair", "-d", img)
+		if res.code != 0 || !strings.Contains(res.stderr, "not deleted") {
+			t.Fatalf("repair with backup %s: exit %d\n%s", backup, res.code, res.stderr)
+		}
+		if b, err := os.ReadFile(victim); err != nil || string(b) != "keep me" {
+			t.Fatalf("repair deleted %s, named by a txn token on the disk: %v", victim, err)
+		}
+		g.checkClean(img)
+	}
+	// The backup tether itself would have written is still deleted.
+	own := filepath.Join(g.state, uuid+"-20260101T000000.000000000.header")
+	os.WriteFile(own, []byte("old header"), 0o600)
+	plant(20, fmt.Sprintf(`{"type":"tether-txn","keyslots":[],"op":"bind","slot":"5","backup":%q}`, own))
+	g.ok(nil, "luks", "repair", "-d", img)
+	if _, err := os.Stat(own); !os.IsNotExist(err) {
+		t.Fatalf("tether's own backup %s is left: %v", own, err)
+	}
+	// A slot that is no keyslot id: refused, nothing changed.
+	plant(20, `{"type":"tether-txn","keyslots":[],"op":"unbind","slot":"0x1"}`)
+	before := fileSum(t, img)
+	if res := g.tether(nil, nil, "luks", "repair", "-d", img); res.code == 0 || !strings.Contains(res.stderr, "token 20") {
+		t.Fatalf("repair of a txn with slot 0x1: exit %d\n%s", res.code, res.stderr)
+	}
+	if fileSum(t, img) != before || !g.opens(img, 0, []byte(testPass)) {
+		t.Fatal("a refused repair changed the image")
+	}
+}

@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"syscall"
 
 	"github.com/tether-nbde/tether/jose"
@@ -197,6 +198,34 @@ type txn struct {
 	Backup   string   `json:"backup,omitempty"` // header backup to delete when done
 }
 
+// parseTxn reads a txn token. The header is not trusted (a disk can come
+// from anyone): the keyslots it names must be ids, and the backup it asks
+// to delete must be one tether made for this volume — a file named
+// UUID-*.header directly in stateDir — else it is not deleted (ok false
+// says so; the rest of the token still counts).
+func parseTxn(raw []byte, stateDir, uuid string) (x txn, backupOK bool, err error) {
+	if err := json.Unmarshal(raw, &x); err != nil {
+		return txn{}, false, err
+	}
+	if _, err := slotID(x.Slot); err != nil {
+		return txn{}, false, fmt.Errorf("slot: %w", err)
+	}
+	if x.Op == "regen" {
+		if _, err := slotID(x.OldSlot); err != nil {
+			return txn{}, false, fmt.Errorf("old slot: %w", err)
+		}
+	}
+	if x.Backup == "" {
+		return x, true, nil
+	}
+	dir, base := filepath.Split(x.Backup)
+	if uuid == "" || filepath.Clean(dir) != filepath.Clean(stateDir) || filepath.Clean(x.Backup) != x.Backup ||
+		!strings.HasPrefix(base, uuid+"-") || !strings.HasSuffix(base, ".header") {
+		return x, false, nil
+	}
+	return x, true, nil
+}
+
 // lock serialises tether's changes to one volume. cryptsetup has its own
 // locks for each command; this one covers tether's multi-step changes.
 func (v *Volume) lock() (unlock func(), err error) {
@@ -291,14 +320,15 @@ func (v *Volume) repair(ctx context.Context) (*Header, error) {
 		if t.Type != TypeTxn {
 			continue
 		}
-		var x txn
-		if err := json.Unmarshal(t.Raw, &x); err != nil {
+		x, backupOK, err := parseTxn(t.Raw, v.stateDir(), h.UUID)
+		if err != nil {
 			return nil, fmt.Errorf("token %d: %w", id, err)
 		}
-		slot, err := slotID(x.Slot)
-		if err != nil {
-			return nil, fmt.Errorf("token %d: slot: %w", id, err)
+		if !backupOK {
+			v.logf("token %d names %q as its header backup, which is not one tether makes in %s: not deleted", id, x.Backup, v.stateDir())
+			x.Backup = ""
 		}
+		slot, _ := slotID(x.Slot)
 		done := slotActive(h, slot) && hasBindingFor(h, slot)
 		switch {
 		case x.Op == "unbind":
@@ -313,10 +343,7 @@ func (v *Volume) repair(ctx context.Context) (*Header, error) {
 		case done && x.Op == "regen":
 			// The new binding is in place and was verified before its
 			// token was written: finish removing the old one.
-			old, err := slotID(x.OldSlot)
-			if err != nil {
-				return nil, fmt.Errorf("token %d: old slot: %w", id, err)
-			}
+			old, _ := slotID(x.OldSlot)
 			if slotActive(h, old) && old != slot {
 				if err := v.killSlot(ctx, h, old); err != nil {
 					return nil, err

@@ -13,6 +13,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"os"
 	"sort"
 	"sync"
 	"time"
@@ -27,6 +29,32 @@ type Options struct {
 	// Timeout bounds each network exchange or child pin. Zero means
 	// DefaultTimeout.
 	Timeout time.Duration
+	// Warn receives warnings for the person running the command, such as
+	// credentials stored in the clear; nil means os.Stderr.
+	Warn io.Writer
+}
+
+// Warnf writes one warning line to o.Warn.
+func (o Options) Warnf(format string, args ...any) {
+	w := o.Warn
+	if w == nil {
+		w = os.Stderr
+	}
+	fmt.Fprintf(w, "tether: warning: "+format+"\n", args...)
+}
+
+// PlainCredentialsError is what a pin that fetches key material with
+// credentials (https, smb) returns when those credentials would be stored
+// in the clear in the JWE header and the configuration neither protects
+// them with another pin nor accepts the risk.
+type PlainCredentialsError struct {
+	Pin  string // "smb", "https"
+	What string // "the share password"
+}
+
+func (e *PlainCredentialsError) Error() string {
+	return e.What + ` would be stored in the clear in the JWE header, where anyone holding the disk can read it; ` +
+		`protect it with another pin ("protect") or accept that with "allow_plain_credentials":true`
 }
 
 // DefaultTimeout bounds one network exchange when Options.Timeout is zero.

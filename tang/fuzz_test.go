@@ -92,3 +92,59 @@ func FuzzVerifyAdvertisement(f *testing.F) {
 		}
 	})
 }
+
+// FuzzClientReply feeds the client's unblinding what a server (or anyone
+// on the path: Tang is plain HTTP) may answer to /rec. It must never
+// panic; a reply the client accepts is a point on the key's curve; and
+// the true reply gives the key the binding made.
+func FuzzClientReply(f *testing.F) {
+	S, err := jose.ParseJWK([]byte(fuzzKey))
+	if err != nil {
+		f.Fatal(err)
+	}
+	c, _ := jose.CurveByName(S.Crv)
+	epk, z, err := tang.Bind(S.Public())
+	if err != nil {
+		f.Fatal(err)
+	}
+	r, err := tang.NewRecovery(epk, S.Public())
+	if err != nil {
+		f.Fatal(err)
+	}
+	body, _ := json.Marshal(r.Request)
+	good, code := tang.Recover(S, body)
+	if code != http.StatusOK {
+		f.Fatalf("seed reply: %d", code)
+	}
+	if got, err := r.Finish(mustParseJWK(f, good)); err != nil || string(got) != string(z) {
+		f.Fatalf("the true reply does not give the bound key: %v", err)
+	}
+	f.Add(good)
+	f.Add([]byte(mustJSON(offCurve(S))))
+	f.Add([]byte(`{"alg":"ECMR","crv":"P-521","kty":"EC","x":"AA","y":"AA"}`))
+	f.Add([]byte(mustJSON(S.Public()))) // the server's own public key
+	f.Fuzz(func(t *testing.T, reply []byte) {
+		var y jose.JWK
+		if jose.UnmarshalJWK(reply, &y) != nil {
+			return
+		}
+		r, err := tang.NewRecovery(epk, S.Public())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := r.Finish(&y); err != nil {
+			return
+		}
+		if _, err := c.Point(&y); err != nil {
+			t.Fatalf("accepted a reply off the curve: %s", reply)
+		}
+	})
+}
+
+func mustParseJWK(t testing.TB, b []byte) *jose.JWK {
+	k, err := jose.ParseJWK(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
+}

@@ -40,6 +40,12 @@ func TestAuditAnchors(t *testing.T) {
 	if out := mustTether(t, adminEnv, "", "admin", "audit", "verify", "--anchors-from", events); !strings.Contains(out, "1 anchors match") {
 		t.Fatalf("verify --anchors-from: %q", out)
 	}
+	// A file with no anchor in it would check nothing: refused.
+	empty := filepath.Join(t.TempDir(), "other.jsonl")
+	os.WriteFile(empty, []byte("{\"event\":\"ping\"}\n"), 0o600)
+	if _, e, code := tether(t, adminEnv, "", "admin", "audit", "verify", "--anchors-from", empty); code != 1 || !strings.Contains(e, "holds no audit anchor") {
+		t.Fatalf("verify --anchors-from a file without anchors: exit %d\n%s", code, e)
+	}
 	if _, e, code := tether(t, adminEnv, "", "admin", "audit", "verify", "--anchor", "12"); code != 2 || !strings.Contains(e, "SEQ:HASH") {
 		t.Fatalf("malformed anchor: exit %d\n%s", code, e)
 	}

@@ -1,8 +1,10 @@
 package cli
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -46,9 +48,9 @@ func init() {
 				}
 				defer clear(secret)
 				ctx := context.Background()
-				j, err := pin.Encrypt(ctx, args[0], cfg, secret, pin.Options{Trust: *trust, Timeout: *timeout})
+				j, err := pin.Encrypt(ctx, args[0], cfg, secret, pin.Options{Trust: *trust, Timeout: *timeout, Warn: env.Stderr})
 				if err != nil {
-					return err
+					return plainCredentialsHint(err, "tether encrypt", args[0], cfg)
 				}
 				_, err = io.WriteString(env.Stdout, j.Compact())
 				return err
@@ -150,8 +152,12 @@ Pins:
          through the tether-smb helper (installed next to tether).
          CONFIG: {"server":HOST, "share":NAME, "path":FILE, "user":USER,
                   "password_file":FILE}
-         https and smb take "protect":{"pin":..,"config":..} to encrypt
-         their credentials with another pin (docs/REMOTE-PINS.md).
+         The password, token or client key of https and smb must be
+         protected by another pin you have:
+           "protect":{"pin":"tang","config":{"url":URL}}  (or tpm2, sss,
+         managed); a thief with the disk then cannot read it. Stored in
+         the clear it is refused unless "allow_plain_credentials":true
+         (docs/REMOTE-PINS.md says what a thief can do in each case).
 
 Trust: without "thp" or "adv", tether fetches the advertisement, shows the
 thumbprints of its signing keys and refuses; -y trusts the advertisement
@@ -165,6 +171,7 @@ Examples:
   $ tether encrypt tang '{"url":"http://keys.lan:7500","thp":"9C8h..."}' < secret > secret.jwe
   $ tether encrypt sss '{"t":2,"pins":{"tang":[{"url":"http://a"},{"url":"http://b"},{"url":"http://c"}]}}' -y < secret > secret.jwe
   $ tether encrypt managed '{}' < secret > secret.jwe
+  $ tether encrypt smb '{"server":"nas","share":"keys","path":"ha.key","user":"pi","password_file":"/root/nas.pw","protect":{"pin":"tang","config":{"url":"http://keys.lan:7500","thp":"9C8h..."}}}' < secret > secret.jwe
 `
 
 const decryptUsage = `Usage: tether decrypt [--timeout D] < JWE > SECRET
@@ -181,3 +188,29 @@ Options:
 Example:
   $ tether decrypt < secret.jwe > secret
 `
+
+// plainCredentialsHint gives a refusal to store remote-pin credentials in
+// the clear a hint: the same command with the credentials protected by a
+// Tang server, or the opt-in. cmd is the command up to the pin name
+// ("tether luks bind -d /dev/sdb"); other errors pass through.
+func plainCredentialsHint(err error, cmd, name string, cfg json.RawMessage) error {
+	var pe *pin.PlainCredentialsError
+	if !errors.As(err, &pe) {
+		return err
+	}
+	var m map[string]json.RawMessage
+	if name != pe.Pin || json.Unmarshal(cfg, &m) != nil {
+		// Nested (an sss child): the fix goes inside, where we cannot point.
+		return withHint(err, `add "protect":{"pin":"tang","config":{"url":"http://YOUR-TANG-SERVER"}} to the %s configuration inside %s, and run the command again (docs/REMOTE-PINS.md)`, pe.Pin, name)
+	}
+	m["protect"] = json.RawMessage(`{"pin":"tang","config":{"url":"http://YOUR-TANG-SERVER"}}`)
+	fixed, _ := json.Marshal(m)
+	delete(m, "protect")
+	m["allow_plain_credentials"] = json.RawMessage("true")
+	plain, _ := json.Marshal(m)
+	if bytes.ContainsRune(fixed, '\'') {
+		return withHint(err, `add "protect":{"pin":"tang","config":{"url":"http://YOUR-TANG-SERVER"}} to the configuration and run the command again (docs/REMOTE-PINS.md)`)
+	}
+	return withHint(err, "protect it with your Tang server (or a tpm2, sss or managed pin; docs/REMOTE-PINS.md):\n"+
+		"  %s %s '%s'\nor store it in the clear knowingly:\n  %s %s '%s'", cmd, name, fixed, cmd, name, plain)
+}

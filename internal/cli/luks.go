@@ -65,7 +65,7 @@ func (f *luksFlags) volume(env *Env) (*luks.Volume, error) {
 		Path:       *f.dev,
 		StateDir:   dir,
 		Log:        prefixWriter{env.Stderr},
-		PinOptions: pin.Options{Timeout: *f.timeout},
+		PinOptions: pin.Options{Timeout: *f.timeout, Warn: env.Stderr},
 	}, nil
 }
 
@@ -192,7 +192,11 @@ func init() {
 				defer clear(key)
 				n, err := v.Bind(context.Background(), luks.BindOptions{Pin: name, Config: cfg, Key: key, KeySlot: *keySlot, Slot: *slot})
 				if err != nil {
-					return luksError(err, v.Path)
+					cmd := "tether luks bind -d " + v.Path
+					if *keyFile != "" {
+						cmd += " -k " + *keyFile
+					}
+					return plainCredentialsHint(luksError(err, v.Path), cmd, name, cfg)
 				}
 				fmt.Fprintf(env.Stderr, "tether: bound keyslot %d of %s to %s\n", n, v.Path, name)
 				return nil
@@ -299,6 +303,9 @@ func init() {
 				}
 				n, err := v.Regen(context.Background(), o)
 				if err != nil {
+					if _, ok := errors.AsType[*pin.PlainCredentialsError](err); ok {
+						return plainCredentialsHint(err, fmt.Sprintf("tether luks regen -d %s -s %d", v.Path, *slot), o.Pin, o.Config)
+					}
 					err = luksError(err, v.Path)
 					if _, ok := err.(hintError); !ok {
 						err = withHint(err, "if the binding's server is gone for good, give an existing passphrase with -k and a new PIN CONFIG")
@@ -420,6 +427,11 @@ func init() {
 					return nil
 				}
 				if err != nil {
+					if _, ok := errors.AsType[*pin.PlainCredentialsError](err); ok {
+						// Nothing was lost: the same command with a fixed
+						// configuration resumes and binds.
+						return plainCredentialsHint(err, "tether luks encrypt -d "+v.Path, name, cfg)
+					}
 					var ne *luks.NotEncryptableError
 					if errors.As(err, &ne) && ne.Hint != "" {
 						return withHint(err, "%s", ne.Hint)
@@ -475,6 +487,13 @@ func init() {
 					Size: n, FS: *fsType, Pin: name, Config: cfg, Recovery: env.Stdout, Progress: env.Stderr,
 				})
 				if err != nil {
+					if _, ok := errors.AsType[*pin.PlainCredentialsError](err); ok {
+						cmd := "tether luks create --size " + *size
+						if *fsType != "" {
+							cmd += " --fs " + *fsType
+						}
+						return plainCredentialsHint(err, cmd+" "+v.Path, name, cfg)
+					}
 					if errors.Is(err, os.ErrExist) {
 						return withHint(err, "create never overwrites: choose a new file name, or bind an existing volume with tether luks bind")
 					}
@@ -633,8 +652,9 @@ List the bindings (clevis and tether tokens) of a LUKS2 volume, one line
 per keyslot, in clevis's format: SLOT: PIN 'CONFIG'. For tang the config
 names the thumbprint of the signing key the binding trusted. Bindings
 whose configuration holds a credential (smb, https, managed) are shown as
-SLOT: PIN(WHERE) instead: where the key comes from, never the password or
-identity. Interrupted changes are reported on stderr. list reads the
+SLOT: PIN(WHERE) instead: where the key comes from, and for smb and https
+whether their credentials are in the clear or which pin protects them,
+never the password or identity. Interrupted changes are reported on stderr. list reads the
 header only: it needs no network and changes nothing.
 
 Options:
@@ -643,7 +663,7 @@ Options:
 Example:
   $ tether luks list -d disk.img
   1: tang '{"thp":"9C8h...","url":"http://keys.lan"}'
-  2: smb(\\nas\keys\ha.key)
+  2: smb(\\nas\keys\ha.key, credentials protected by tang(http://keys.lan))
 `
 
 const luksRepairUsage = `Usage: tether luks repair -d DEV

@@ -6,6 +6,9 @@
 //
 // It implements what Tang clients use: keep-alive and pipelining,
 // Content-Length and chunked request bodies, Expect: 100-continue, HEAD.
+// Requests are parsed by net/http's own parser (http.ReadRequest) and
+// accepted or refused by the rules of net/http's server, so a byte stream
+// means the same requests here as there; FuzzDifferential checks it.
 // Responses are buffered in full (Tang replies are a few KiB) and sent
 // with Content-Length. Not for large or streaming responses.
 package httplite
@@ -18,11 +21,10 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"math"
 	"net"
 	"net/http"
-	"net/http/httputil"
 	"net/textproto"
-	"net/url"
 	"strconv"
 	"strings"
 	"sync"
@@ -147,22 +149,30 @@ func (s *Server) serveConn(c *conn) {
 		delete(s.conns, c)
 		s.mu.Unlock()
 	}()
-	maxLine := orDefault(s.MaxRequestLine, 4<<10)
-	br := bufio.NewReaderSize(c.nc, maxLine+2)
+	cr := &connReader{nc: c.nc, remain: noLimit}
+	br := bufio.NewReaderSize(cr, 4<<10)
 	bw := bufio.NewWriterSize(c.nc, 4<<10)
-	for {
+	lastMethod := ""
+	for first := true; ; first = false {
 		c.idle.Store(true)
 		if s.closing.Load() {
 			return
 		}
 		c.nc.SetReadDeadline(time.Now().Add(orDefault(s.IdleTimeout, 120*time.Second)))
-		if _, err := br.Peek(1); err != nil {
+		// As net/http: the first request starts with its first byte; a
+		// later one is awaited with four (shorter leftovers before EOF
+		// end the connection without an answer).
+		peek := 4
+		if first {
+			peek = 1
+		}
+		if _, err := br.Peek(peek); err != nil {
 			return
 		}
 		// A request has begun: it is finished even during a shutdown.
 		s.active.Add(1)
 		c.idle.Store(false)
-		keep := s.serveRequest(c, br, bw)
+		keep := s.serveRequest(c, cr, br, bw, &lastMethod)
 		s.active.Done()
 		if !keep {
 			return
@@ -170,79 +180,240 @@ func (s *Server) serveConn(c *conn) {
 	}
 }
 
+// noLimit is connReader's remain when no request head is being read.
+const noLimit = math.MaxInt64
+
+// connReader is the connection as the parser reads it: while a request
+// head is read, at most remain bytes (as net/http's connReader), so that
+// a client cannot make the header parser buffer without end.
+//
+// It also keeps a copy of what it reads while recording: the bytes of
+// the request head, for the one question http.ReadRequest leaves open
+// (was there a Host line at all; see hostHeader).
+type connReader struct {
+	nc        net.Conn
+	remain    int64
+	recording bool
+	rec       []byte
+}
+
+func (r *connReader) Read(p []byte) (int, error) {
+	if r.remain <= 0 {
+		return 0, io.EOF
+	}
+	if int64(len(p)) > r.remain {
+		p = p[:r.remain]
+	}
+	n, err := r.nc.Read(p)
+	r.remain -= int64(n)
+	if r.recording {
+		r.rec = append(r.rec, p[:n]...)
+	}
+	return n, err
+}
+
+// maxPostHandlerRead is how much of a body the handler left unread is
+// read away to keep the connection, as net/http's maxPostHandlerReadBytes.
+const maxPostHandlerRead = 256 << 10
+
 // serveRequest reads one request, runs the handler and writes the reply.
 // It reports whether the connection may carry another request.
-func (s *Server) serveRequest(c *conn, br *bufio.Reader, bw *bufio.Writer) bool {
+//
+// Parsing and framing are net/http's own (http.ReadRequest) and the
+// checks and keep-alive rules around it are those of net/http's server,
+// so that every byte stream is split into the same requests, accepted or
+// refused alike (FuzzDifferential holds the two side by side). What
+// differs are limits: MaxRequestLine (414), MaxHeaderBytes (431) and
+// MaxBodyBytes (413).
+func (s *Server) serveRequest(c *conn, cr *connReader, br *bufio.Reader, bw *bufio.Writer, lastMethod *string) bool {
 	c.nc.SetReadDeadline(time.Now().Add(orDefault(s.ReadHeaderTimeout, 10*time.Second)))
-	req, status := s.readRequest(c, br)
-	if status != 0 {
+	if *lastMethod == http.MethodPost {
+		// RFC 7230 section 3 tolerance for clients that end a POST body
+		// with an extra CRLF, as net/http has.
+		peek, _ := br.Peek(4)
+		n := 0
+		for n < len(peek) && (peek[n] == '\r' || peek[n] == '\n') {
+			n++
+		}
+		br.Discard(n)
+	}
+	cr.remain = int64(orDefault(s.MaxHeaderBytes, 64<<10))
+	// The head is what is buffered now plus what the parser reads, less
+	// what it leaves buffered.
+	pre, _ := br.Peek(br.Buffered())
+	cr.rec = append(cr.rec[:0], pre...)
+	cr.recording = true
+	req, err := http.ReadRequest(br)
+	cr.recording = false
+	head := cr.rec[:len(cr.rec)-br.Buffered()]
+	if cap(cr.rec) > 4<<10 {
+		cr.rec = nil // a rare large head is not kept for the connection's life
+	}
+	hitLimit := cr.remain <= 0
+	cr.remain = noLimit
+	if err != nil {
+		var ne net.Error
+		var oe *net.OpError
+		switch {
+		case hitLimit:
+			s.writeError(c, bw, http.StatusRequestHeaderFieldsTooLarge)
+		case unsupportedTE(err):
+			s.writeError(c, bw, http.StatusNotImplemented)
+		case err == io.EOF, errors.As(err, &ne) && ne.Timeout(), errors.As(err, &oe) && oe.Op == "read":
+			// The client went away or stayed silent: nobody to answer.
+		default:
+			s.writeError(c, bw, http.StatusBadRequest)
+		}
+		return false
+	}
+	*lastMethod = req.Method
+	if status := s.check(req, head); status != 0 {
 		s.writeError(c, bw, status)
 		return false
 	}
-	keep := wantsKeepAlive(req)
-
-	// The body.
-	var body io.Reader = http.NoBody
-	chunked := false
-	if te := req.Header.Get("Transfer-Encoding"); te != "" {
-		if !strings.EqualFold(te, "chunked") || req.Header.Get("Content-Length") != "" {
-			s.writeError(c, bw, http.StatusBadRequest)
-			return false
-		}
-		chunked = true
-		req.ContentLength = -1
-	} else if cl := req.Header.Get("Content-Length"); cl != "" {
-		n, err := strconv.ParseInt(cl, 10, 64)
-		if err != nil || n < 0 || len(req.Header.Values("Content-Length")) > 1 {
-			s.writeError(c, bw, http.StatusBadRequest)
-			return false
-		}
-		req.ContentLength = n
+	delete(req.Header, "Host")
+	req.RemoteAddr = c.remote
+	if tc, ok := c.nc.(*tls.Conn); ok {
+		cs := tc.ConnectionState()
+		req.TLS = &cs
 	}
+	keep := keepAlive(req)
+
 	maxBody := orDefault(s.MaxBodyBytes, 1<<20)
 	if req.ContentLength > maxBody {
 		s.writeError(c, bw, http.StatusRequestEntityTooLarge)
 		return false
 	}
-	if (req.ContentLength > 0 || chunked) && strings.EqualFold(req.Header.Get("Expect"), "100-continue") {
-		bw.WriteString("HTTP/1.1 100 Continue\r\n\r\n")
-		if bw.Flush() != nil {
-			return false
+	var body io.Reader = req.Body // net/http's own body reader: Content-Length or chunked, trailers included
+	var cont *continueReader
+	if hasToken(req.Header.Get("Expect"), "100-continue") {
+		if req.ProtoAtLeast(1, 1) && req.ContentLength != 0 {
+			cont = &continueReader{r: body, bw: bw}
+			body = cont
 		}
-	}
-	switch {
-	case chunked:
-		// One byte over the limit lets the handler see that it is too large.
-		body = io.LimitReader(httputil.NewChunkedReader(br), maxBody+1)
-	case req.ContentLength > 0:
-		body = io.LimitReader(br, req.ContentLength)
+	} else if req.Header.Get("Expect") != "" {
+		s.writeError(c, bw, http.StatusExpectationFailed)
+		return false
 	}
 	// One deadline covers reading the body, the handler and the reply.
 	c.nc.SetDeadline(time.Now().Add(orDefault(s.WriteTimeout, 30*time.Second)))
-	req.Body = io.NopCloser(body)
+	// One byte over the limit lets the handler see that it is too large.
+	req.Body = io.NopCloser(io.LimitReader(body, maxBody+1))
 
 	w := &c.w
 	w.reset()
 	s.handle(w, req)
+	if w.header.Get("Connection") == "close" {
+		keep = false
+	}
 
-	// Whatever the handler left unread must be read (or the connection
-	// closed) before the next request.
-	if body != http.NoBody {
-		if n, err := io.Copy(io.Discard, io.LimitReader(body, maxBody+1)); err != nil || n > maxBody || chunked && !drained(body) {
+	// Whatever the handler left unread is read away (or the connection
+	// closed) before the next request, as net/http does.
+	if req.ContentLength != 0 && keep {
+		if cont != nil {
+			keep = cont.sawEOF
+		} else if _, err := io.CopyN(io.Discard, body, maxPostHandlerRead+1); err != io.EOF {
 			keep = false
 		}
 	}
 	if s.closing.Load() {
 		keep = false
 	}
-	w.writeTo(bw, req.Method == http.MethodHead, keep)
+	w.writeTo(bw, req.Method == http.MethodHead, keep, req.ProtoMinor == 0)
 	return bw.Flush() == nil && keep
 }
 
-func drained(r io.Reader) bool {
-	var b [1]byte
-	n, err := r.Read(b[:])
-	return n == 0 && err == io.EOF
+// check applies what net/http's server checks after parsing; a non-zero
+// status refuses the request. head is the request's head as read.
+func (s *Server) check(req *http.Request, head []byte) int {
+	// net/http passes on "PRI * HTTP/2.0", the HTTP/2 preface, for a
+	// handler that would take the connection over; then it closes.
+	pri := req.ProtoMajor == 2 && req.ProtoMinor == 0 && req.Method == "PRI" && req.RequestURI == "*"
+	if req.ProtoMajor != 1 && !pri {
+		return http.StatusHTTPVersionNotSupported
+	}
+	if len(req.Method)+len(req.RequestURI)+len(req.Proto)+2 > orDefault(s.MaxRequestLine, 4<<10) {
+		return http.StatusRequestURITooLong
+	}
+	hosts, haveHost := hostHeader(req, head)
+	h2Upgrade := pri && len(req.Header) == 0 && req.URL.Path == "*"
+	if req.ProtoAtLeast(1, 1) && (!haveHost || len(hosts) == 0) && !h2Upgrade && req.Method != http.MethodConnect {
+		return http.StatusBadRequest
+	}
+	if len(hosts) == 1 && !validHostHeader(hosts[0]) {
+		return http.StatusBadRequest
+	}
+	for k, vv := range req.Header {
+		if !validHeaderFieldName(k) {
+			return http.StatusBadRequest
+		}
+		for _, v := range vv {
+			if !validHeaderFieldValue(v) {
+				return http.StatusBadRequest
+			}
+		}
+	}
+	return 0
+}
+
+// hostHeader returns the request's Host header lines, which
+// http.ReadRequest removes from req.Header. When the request target has no
+// host and Host is not empty, req.Host is that one line (ReadRequest
+// refuses two); otherwise — no Host line, an empty one, or a target with a
+// host — the head is parsed again to tell, as rarely happens.
+func hostHeader(req *http.Request, head []byte) ([]string, bool) {
+	if req.URL.Host == "" && req.Host != "" {
+		return []string{req.Host}, true
+	}
+	tp := textproto.NewReader(bufio.NewReader(bytes.NewReader(head)))
+	if _, err := tp.ReadLine(); err != nil {
+		return nil, false
+	}
+	h, _ := tp.ReadMIMEHeader()
+	hosts, ok := h["Host"]
+	return hosts, ok
+}
+
+// keepAlive is net/http's rule for keeping the connection after the
+// reply (which always has a Content-Length here).
+func keepAlive(req *http.Request) bool {
+	conn := req.Header.Get("Connection")
+	if req.ProtoMajor == 1 && req.ProtoMinor == 0 {
+		return hasToken(conn, "keep-alive")
+	}
+	return !req.Close && !hasToken(conn, "close")
+}
+
+// unsupportedTE reports whether http.ReadRequest refused the request for
+// its Transfer-Encoding, which net/http answers 501. The error type is not
+// exported; TestStatusLikeNetHTTP notices if its text changes.
+func unsupportedTE(err error) bool {
+	m := err.Error()
+	return strings.HasPrefix(m, "unsupported transfer encoding") || strings.HasPrefix(m, "too many transfer encodings")
+}
+
+// continueReader sends "100 Continue" when the handler first reads the
+// body, as net/http does, and notes whether the body was read to its end.
+type continueReader struct {
+	r      io.Reader
+	bw     *bufio.Writer
+	sent   bool
+	sawEOF bool
+}
+
+func (c *continueReader) Read(p []byte) (int, error) {
+	if !c.sent {
+		c.sent = true
+		c.bw.WriteString("HTTP/1.1 100 Continue\r\n\r\n")
+		if err := c.bw.Flush(); err != nil {
+			return 0, err
+		}
+	}
+	n, err := c.r.Read(p)
+	if err == io.EOF {
+		c.sawEOF = true
+	}
+	return n, err
 }
 
 func (s *Server) handle(w *responseWriter, req *http.Request) {
@@ -258,98 +429,11 @@ func (s *Server) handle(w *responseWriter, req *http.Request) {
 	s.Handler.ServeHTTP(w, req)
 }
 
-// readRequest parses the request line and headers. A non-zero status
-// means the request is malformed and gets that answer.
-func (s *Server) readRequest(c *conn, br *bufio.Reader) (*http.Request, int) {
-	line, err := br.ReadSlice('\n')
-	if errors.Is(err, bufio.ErrBufferFull) {
-		return nil, http.StatusRequestURITooLong
-	}
-	if err != nil {
-		return nil, http.StatusBadRequest
-	}
-	method, rest, ok1 := strings.Cut(strings.TrimRight(string(line), "\r\n"), " ")
-	uri, proto, ok2 := strings.Cut(rest, " ")
-	major, minor, ok3 := http.ParseHTTPVersion(proto)
-	if !ok1 || !ok2 || !ok3 || major != 1 || method == "" || uri == "" {
-		return nil, http.StatusBadRequest
-	}
-	var u *url.URL
-	if isPlainPath(uri) {
-		u = &url.URL{Path: uri} // what ParseRequestURI gives, without its work
-	} else if u, err = url.ParseRequestURI(uri); err != nil {
-		return nil, http.StatusBadRequest
-	}
-	hdr := http.Header{}
-	size := 0
-	maxHdr := orDefault(s.MaxHeaderBytes, 64<<10)
-	for {
-		l, err := br.ReadSlice('\n')
-		if errors.Is(err, bufio.ErrBufferFull) {
-			return nil, http.StatusRequestHeaderFieldsTooLarge
-		}
-		if err != nil {
-			return nil, http.StatusBadRequest
-		}
-		if size += len(l); size > maxHdr {
-			return nil, http.StatusRequestHeaderFieldsTooLarge
-		}
-		l = bytes.TrimRight(l, "\r\n")
-		if len(l) == 0 {
-			break
-		}
-		if l[0] == ' ' || l[0] == '\t' {
-			return nil, http.StatusBadRequest // obsolete line folding
-		}
-		k, v, ok := bytes.Cut(l, []byte(":"))
-		if !ok || len(k) == 0 || bytes.ContainsAny(k, " \t") {
-			return nil, http.StatusBadRequest
-		}
-		key := textproto.CanonicalMIMEHeaderKey(string(k))
-		hdr[key] = append(hdr[key], string(bytes.TrimSpace(v)))
-	}
-	req := &http.Request{
-		Method: method, URL: u, Proto: proto, ProtoMajor: major, ProtoMinor: minor,
-		Header: hdr, Host: hdr.Get("Host"), RemoteAddr: c.remote, RequestURI: uri,
-	}
-	if tc, ok := c.nc.(*tls.Conn); ok {
-		cs := tc.ConnectionState()
-		req.TLS = &cs
-	}
-	return req, 0
-}
-
-// isPlainPath reports whether uri is an absolute path made only of
-// unreserved characters and slashes (Tang's paths: base64url key IDs), for
-// which url.ParseRequestURI would just set Path.
-func isPlainPath(uri string) bool {
-	if len(uri) == 0 || uri[0] != '/' {
-		return false
-	}
-	for i := 0; i < len(uri); i++ {
-		switch c := uri[i]; {
-		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9':
-		case c == '/', c == '-', c == '.', c == '_', c == '~':
-		default:
-			return false
-		}
-	}
-	return true
-}
-
-func wantsKeepAlive(req *http.Request) bool {
-	conn := strings.ToLower(strings.Join(req.Header.Values("Connection"), ","))
-	if req.ProtoMinor == 0 {
-		return strings.Contains(conn, "keep-alive")
-	}
-	return !strings.Contains(conn, "close")
-}
-
 func (s *Server) writeError(c *conn, bw *bufio.Writer, status int) {
 	w := &responseWriter{header: http.Header{}}
 	http.Error(w, http.StatusText(status), status)
 	c.nc.SetWriteDeadline(time.Now().Add(orDefault(s.WriteTimeout, 30*time.Second)))
-	w.writeTo(bw, false, false)
+	w.writeTo(bw, false, false, false)
 	bw.Flush()
 }
 
@@ -384,7 +468,7 @@ func (w *responseWriter) reset() {
 	w.body.Reset()
 }
 
-func (w *responseWriter) writeTo(bw *bufio.Writer, head, keep bool) {
+func (w *responseWriter) writeTo(bw *bufio.Writer, head, keep, http10 bool) {
 	code := w.code
 	if code == 0 {
 		code = http.StatusOK
@@ -398,20 +482,31 @@ func (w *responseWriter) writeTo(bw *bufio.Writer, head, keep bool) {
 	w.header.Del("Transfer-Encoding")
 	w.header.Del("Connection")
 	for k, vs := range w.header {
+		// As net/http's Header.Write: a name that is not a token is
+		// dropped, CR and LF in a value become spaces, so that no
+		// handler can split the response.
+		if !validHeaderFieldName(k) {
+			continue
+		}
 		for _, v := range vs {
 			bw.WriteString(k)
 			bw.WriteString(": ")
-			bw.WriteString(v)
+			bw.WriteString(textproto.TrimString(headerNewlineToSpace.Replace(v)))
 			bw.WriteString("\r\n")
 		}
 	}
 	bw.WriteString("Content-Length: ")
 	bw.WriteString(strconv.Itoa(w.body.Len()))
-	if !keep {
+	switch {
+	case !keep:
 		bw.WriteString("\r\nConnection: close")
+	case http10:
+		bw.WriteString("\r\nConnection: keep-alive")
 	}
 	bw.WriteString("\r\n\r\n")
 	if !head {
 		bw.Write(w.body.Bytes())
 	}
 }
+
+var headerNewlineToSpace = strings.NewReplacer("\n", " ", "\r", " ")

@@ -8,6 +8,7 @@ import (
 	"flag"
 	"fmt"
 	"github.com/tether-nbde/tether/internal/cli"
+	"io"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -519,7 +520,8 @@ every link recomputed, or cut its end off. An anchor, a record's number
 and hash kept outside the store, detects both:
   --anchor SEQ:HASH    record SEQ must have hash HASH (repeatable)
   --anchors-from FILE  every webhook event in FILE (JSON lines, as a
-                       receiver logged them) is an anchor
+                       receiver logged them) is an anchor; a FILE with
+                       none is refused, as it would check nothing
 verify prints the head (the last record's number and hash) to keep as an
 anchor, and every webhook event carries its record's "seq" and "hash", so
 a webhook receiver that keeps events holds anchors as they happen.
@@ -530,16 +532,38 @@ Example:
 `
 
 // readEvents adds the anchors in a file of webhook events, one JSON object
-// per line; lines without "seq" and "hash" are skipped.
+// per line; lines without "seq" and "hash" are skipped. A file with no
+// anchor at all is refused: verifying against it would check nothing.
 func (a *anchorList) readEvents(path string) error {
 	f, err := os.Open(path)
 	if err != nil {
-		return err
+		return cli.WithHint(fmt.Errorf("read the anchors: %w", err), "give --anchors-from the file your webhook receiver writes the events to")
 	}
 	defer f.Close()
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for line := 1; sc.Scan(); line++ {
+	n, err := a.parseEvents(f, path)
+	if err != nil {
+		return err
+	}
+	if n == 0 {
+		return cli.WithHint(fmt.Errorf("%s holds no audit anchor (a webhook event with \"seq\" and \"hash\")", path),
+			"check that it is the webhook receiver's log of events; anchors can also be given with --anchor SEQ:HASH")
+	}
+	return nil
+}
+
+// maxEventLine bounds one line of a webhook events file.
+const maxEventLine = 1 << 20
+
+// parseEvents adds the anchors of the webhook events in r (named name in
+// errors) and returns how many lines held one. The file is not trusted:
+// malformed lines are skipped, but an anchor that is malformed, or that
+// contradicts another for the same record, is an error.
+func (a *anchorList) parseEvents(r io.Reader, name string) (int, error) {
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 64<<10), maxEventLine)
+	n := 0
+	line := 1
+	for ; sc.Scan(); line++ {
 		var ev struct {
 			Seq  int64  `json:"seq"`
 			Hash string `json:"hash"`
@@ -548,10 +572,17 @@ func (a *anchorList) readEvents(path string) error {
 			continue
 		}
 		if err := a.Set(fmt.Sprintf("%d:%s", ev.Seq, ev.Hash)); err != nil {
-			return fmt.Errorf("%s line %d: %w", path, line, err)
+			return n, fmt.Errorf("%s line %d: %w", name, line, err)
 		}
+		n++
 	}
-	return sc.Err()
+	if errors.Is(sc.Err(), bufio.ErrTooLong) {
+		return n, fmt.Errorf("%s line %d is longer than %d MiB: it is not a webhook event", name, line, maxEventLine>>20)
+	}
+	if sc.Err() != nil {
+		return n, fmt.Errorf("read %s: %w", name, sc.Err())
+	}
+	return n, nil
 }
 
 // anchorList is the --anchor flag: record number → expected hash.

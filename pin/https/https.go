@@ -46,9 +46,11 @@ type Config struct {
 	CertFile  string `json:"cert_file,omitempty"`  // client certificate (PEM)
 	KeyFile   string `json:"key_file,omitempty"`   // its private key (PEM)
 	TokenFile string `json:"token_file,omitempty"` // bearer token
-	// Protect encrypts the client key and token with another pin.
-	Protect  *remote.Protect `json:"protect,omitempty"`
-	Attempts int             `json:"attempts,omitempty"` // default 3
+	// Protect encrypts the client key and token with another pin; without
+	// it they are stored in the clear only if AllowPlainCredentials.
+	Protect               *remote.Protect `json:"protect,omitempty"`
+	AllowPlainCredentials bool            `json:"allow_plain_credentials,omitempty"`
+	Attempts              int             `json:"attempts,omitempty"` // default 3
 }
 
 // header is clevis.https in the JWE.
@@ -71,6 +73,17 @@ type creds struct {
 	Token string `json:"token,omitempty"`
 	Cert  string `json:"cert,omitempty"`
 	Key   string `json:"key,omitempty"`
+}
+
+// what names the credentials for messages.
+func (c creds) what() string {
+	switch {
+	case c.Token != "" && c.Key != "":
+		return "the bearer token and the client key"
+	case c.Token != "":
+		return "the bearer token"
+	}
+	return "the client key"
 }
 
 // Encrypt implements pin.Pin.
@@ -110,12 +123,17 @@ func (Pin) Encrypt(ctx context.Context, raw json.RawMessage, secret []byte, o pi
 			return nil, err
 		}
 	}
+	seal := remote.Seal{Pin: "https", What: c.what(), Where: h.URL, Audience: h.audience(), Protect: cfg.Protect, AllowPlain: cfg.AllowPlainCredentials}
+	// Refuse before the share or server is asked anything.
+	if err := seal.Check(c); err != nil {
+		return nil, err
+	}
 	material, err := fetch(ctx, &h, c, o)
 	if err != nil {
 		return nil, err
 	}
 	defer clear(material)
-	if h.Credentials, err = remote.SealCredentials(ctx, c, cfg.Protect, o); err != nil {
+	if h.Credentials, err = remote.SealCredentials(ctx, c, seal, o); err != nil {
 		return nil, err
 	}
 	return remote.Encrypt("https", material, secret, func(salt string) (json.RawMessage, error) {
@@ -124,15 +142,39 @@ func (Pin) Encrypt(ctx context.Context, raw json.RawMessage, secret []byte, o pi
 	})
 }
 
-// Decrypt implements pin.Pin.
-func (Pin) Decrypt(ctx context.Context, j *jose.JWE, o pin.Options) ([]byte, error) {
+// audience is where the token and client key may be sent: the URL and
+// what the server is trusted by (docs/REMOTE-PINS.md).
+func (h *header) audience() string {
+	ca := sha256.Sum256([]byte(h.CA))
+	b, _ := json.Marshal(struct {
+		URL       string `json:"url"`
+		PinSHA256 string `json:"pin_sha256,omitempty"`
+		CA        string `json:"ca_sha256,omitempty"`
+	}{h.URL, h.PinSHA256, base64.StdEncoding.EncodeToString(ca[:])})
+	return string(b)
+}
+
+// parseHeader reads clevis.https from a JWE header, which comes from a
+// disk and is not trusted.
+func parseHeader(clevis json.RawMessage) (*header, error) {
 	var ch clevisHeader
-	if err := json.Unmarshal(j.Header.Clevis, &ch); err != nil || ch.HTTPS.URL == "" {
+	if err := json.Unmarshal(clevis, &ch); err != nil || !strings.HasPrefix(ch.HTTPS.URL, "https://") {
 		return nil, errors.New("JWE header clevis.https is malformed")
 	}
-	h := &ch.HTTPS
+	if _, err := ch.HTTPS.Credentials.Parse(); err != nil {
+		return nil, fmt.Errorf("JWE header clevis.https: %w", err)
+	}
+	return &ch.HTTPS, nil
+}
+
+// Decrypt implements pin.Pin.
+func (Pin) Decrypt(ctx context.Context, j *jose.JWE, o pin.Options) ([]byte, error) {
+	h, err := parseHeader(j.Header.Clevis)
+	if err != nil {
+		return nil, err
+	}
 	var c creds
-	if err := h.Credentials.Open(ctx, o, &c); err != nil {
+	if err := h.Credentials.Open(ctx, o, h.audience(), &c); err != nil {
 		return nil, err
 	}
 	return remote.Decrypt(ctx, "https", j, h.Salt, func(ctx context.Context) ([]byte, error) { return fetch(ctx, h, c, o) })
@@ -140,11 +182,11 @@ func (Pin) Decrypt(ctx context.Context, j *jose.JWE, o pin.Options) ([]byte, err
 
 // Describe implements pin.Describer.
 func (Pin) Describe(j *jose.JWE) string {
-	var ch clevisHeader
-	if json.Unmarshal(j.Header.Clevis, &ch) != nil {
+	h, err := parseHeader(j.Header.Clevis)
+	if err != nil {
 		return "https(?)"
 	}
-	return "https(" + ch.HTTPS.URL + ")"
+	return "https(" + h.URL + h.Credentials.Describe() + ")"
 }
 
 // maxMaterial bounds the fetched key material.

@@ -10,6 +10,8 @@ import (
 	"crypto/x509/pkix"
 	"encoding/json"
 	"encoding/pem"
+	"errors"
+	"io"
 	"math/big"
 	"net"
 	"net/http"
@@ -128,7 +130,7 @@ func cfgJSON(t *testing.T, v map[string]any) json.RawMessage {
 	return b
 }
 
-var opts = pin.Options{Timeout: 2 * time.Second}
+var opts = pin.Options{Timeout: 2 * time.Second, Warn: io.Discard}
 
 func roundTrip(t *testing.T, cfg json.RawMessage) (*jose.JWE, error) {
 	t.Helper()
@@ -221,7 +223,7 @@ func TestClientCertificate(t *testing.T) {
 	_, certPEM, keyPEM := clientCA.issue(t, true)
 	pinv := https.SPKIPin(ks.leaf)
 	cfg := cfgJSON(t, map[string]any{"url": ks.URL, "pin_sha256": pinv,
-		"cert_file": writeFile(t, "c.pem", certPEM), "key_file": writeFile(t, "k.pem", keyPEM)})
+		"cert_file": writeFile(t, "c.pem", certPEM), "key_file": writeFile(t, "k.pem", keyPEM), "allow_plain_credentials": true})
 	if _, err := roundTrip(t, cfg); err != nil {
 		t.Fatal(err)
 	}
@@ -237,14 +239,71 @@ func TestBearerToken(t *testing.T) {
 	ks := startKeyServer(t, c, nil)
 	ks.token = "s3cret-token"
 	pinv := https.SPKIPin(ks.leaf)
-	good := cfgJSON(t, map[string]any{"url": ks.URL, "pin_sha256": pinv, "token_file": writeFile(t, "tok", []byte("s3cret-token\n"))})
+	good := cfgJSON(t, map[string]any{"url": ks.URL, "pin_sha256": pinv, "token_file": writeFile(t, "tok", []byte("s3cret-token\n")),
+		"allow_plain_credentials": true})
 	if _, err := roundTrip(t, good); err != nil {
 		t.Fatal(err)
 	}
-	bad := cfgJSON(t, map[string]any{"url": ks.URL, "pin_sha256": pinv, "token_file": writeFile(t, "tok", []byte("wrong"))})
+	bad := cfgJSON(t, map[string]any{"url": ks.URL, "pin_sha256": pinv, "token_file": writeFile(t, "tok", []byte("wrong")),
+		"allow_plain_credentials": true})
 	_, err := pin.Encrypt(context.Background(), "https", bad, []byte("x"), opts)
 	if err == nil || !strings.Contains(err.Error(), "refused the credentials") {
 		t.Fatalf("wrong token: %v", err)
+	}
+}
+
+// TestPlainCredentialsRefused: a token or client key is not written into
+// the header in the clear unless the configuration accepts it, and the
+// server is not asked first; accepted, it comes with a warning.
+func TestPlainCredentialsRefused(t *testing.T) {
+	c := newCA(t)
+	clientCA := newCA(t)
+	_, certPEM, keyPEM := clientCA.issue(t, true)
+	ks := startKeyServer(t, c, nil)
+	ks.token = "s3cret-token"
+	tok := writeFile(t, "tok", []byte("s3cret-token"))
+	for _, tc := range []struct {
+		cfg  map[string]any
+		what string
+	}{
+		{map[string]any{"token_file": tok}, "the bearer token"},
+		{map[string]any{"cert_file": writeFile(t, "c.pem", certPEM), "key_file": writeFile(t, "k.pem", keyPEM)}, "the client key"},
+		{map[string]any{"token_file": tok, "cert_file": writeFile(t, "c.pem", certPEM), "key_file": writeFile(t, "k.pem", keyPEM)},
+			"the bearer token and the client key"},
+	} {
+		tc.cfg["url"], tc.cfg["pin_sha256"] = ks.URL, https.SPKIPin(ks.leaf)
+		_, err := pin.Encrypt(context.Background(), "https", cfgJSON(t, tc.cfg), []byte("x"), opts)
+		var pe *pin.PlainCredentialsError
+		if !errors.As(err, &pe) || pe.Pin != "https" || !strings.HasPrefix(err.Error(), "https: "+tc.what+" would be stored in the clear") {
+			t.Errorf("%v: got %v", tc.cfg, err)
+		}
+	}
+	if n := ks.hits.Load(); n != 0 {
+		t.Fatalf("the server was asked %d times before the refusal", n)
+	}
+	var warn strings.Builder
+	o := opts
+	o.Warn = &warn
+	j, err := pin.Encrypt(context.Background(), "https", cfgJSON(t, map[string]any{"url": ks.URL, "pin_sha256": https.SPKIPin(ks.leaf),
+		"token_file": tok, "allow_plain_credentials": true}), []byte("x"), o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hdr, _ := jose.B64.DecodeString(j.Protected)
+	if !strings.Contains(string(hdr), "s3cret-token") || !strings.Contains(warn.String(), "tether: warning: https: the bearer token is stored in the clear") ||
+		!strings.Contains(warn.String(), ks.URL) {
+		t.Fatalf("opt-in: header %s\nwarning %q", hdr, warn.String())
+	}
+	// No credentials: nothing to protect, nothing stored, no warning.
+	warn.Reset()
+	ks.token = ""
+	j, err = pin.Encrypt(context.Background(), "https", cfgJSON(t, map[string]any{"url": ks.URL, "pin_sha256": https.SPKIPin(ks.leaf)}), []byte("x"), o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hdr, _ = jose.B64.DecodeString(j.Protected)
+	if strings.Contains(string(hdr), `"cred`) || warn.Len() != 0 {
+		t.Fatalf("no credentials: header %s, warning %q", hdr, warn.String())
 	}
 }
 

@@ -1,10 +1,17 @@
 package managed
 
 import (
+	"bytes"
+	"context"
 	"encoding/json"
+	"errors"
+	"io"
+	"net/http"
 	"testing"
+	"time"
 
 	"github.com/tether-nbde/tether/jose"
+	tangproto "github.com/tether-nbde/tether/tang"
 )
 
 // FuzzParseHeader feeds the managed pin's JWE header parser what a
@@ -50,4 +57,68 @@ func mustJSON(v any) []byte {
 		panic(err)
 	}
 	return b
+}
+
+// replyTransport answers every request with one status and body, as a
+// hostile or broken server would, and stops answering after a few
+// requests (Rec asks again while the server says to wait).
+type replyTransport struct {
+	status int
+	body   []byte
+	calls  int
+}
+
+func (rt *replyTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	if rt.calls++; rt.calls > 3 {
+		return nil, errors.New("no more answers")
+	}
+	return &http.Response{StatusCode: rt.status, Body: io.NopCloser(bytes.NewReader(rt.body)), Header: http.Header{}, Request: req}, nil
+}
+
+// FuzzClientReply feeds the managed client what a server may answer to
+// /v1/rec and /v1/device — the reply JSON, errors, approvals — and the
+// unblinding what it accepts. Nothing may panic; an accepted y is a key,
+// and one the unblinding takes is a point on the curve.
+func FuzzClientReply(f *testing.F) {
+	c := jose.P256
+	S, err := c.GenerateKey("ECMR", "deriveKey")
+	if err != nil {
+		f.Fatal(err)
+	}
+	epk, _, err := tangproto.Bind(S.Public())
+	if err != nil {
+		f.Fatal(err)
+	}
+	r, _ := tangproto.NewRecovery(epk, S.Public())
+	y, err := tangproto.Exchange(S, r.Request)
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add(200, mustJSON(map[string]any{"y": y}))
+	f.Add(202, []byte(`{"approval":"ap-1","deadline":"2026-12-03T15:00:00Z"}`))
+	f.Add(410, []byte(`{"error":"device D was revoked"}`))
+	f.Add(403, []byte("not json"))
+	f.Add(200, mustJSON(DeviceInfo{Device: "dev-1", Name: "pi", State: "enabled", Key: S.Public()}))
+	f.Add(200, []byte(`{"y":{"kty":"EC","crv":"P-256","x":"AA","y":"AA"}}`))
+	f.Fuzz(func(t *testing.T, status int, body []byte) {
+		if status < 100 || status > 999 {
+			return
+		}
+		cl := &Client{Base: "https://manager.test", http: &http.Client{Transport: &replyTransport{status: status, body: body}}}
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		if y, err := cl.Rec(ctx, "kid", r.Request, nil); err == nil {
+			if y == nil {
+				t.Fatal("Rec accepted a reply without a key")
+			}
+			rec, _ := tangproto.NewRecovery(epk, S.Public())
+			if _, err := rec.Finish(y); err == nil {
+				if _, err := c.Point(y); err != nil {
+					t.Fatalf("unblinded a reply off the curve: %s", body)
+				}
+			}
+		}
+		cl.http.Transport = &replyTransport{status: status, body: body}
+		_, _ = cl.Device(ctx)
+	})
 }

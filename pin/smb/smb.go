@@ -39,15 +39,18 @@ type Pin struct{}
 // Config is the pin's configuration. The password is named by file so
 // that it never appears on a command line.
 type Config struct {
-	Server       string          `json:"server"`
-	Port         int             `json:"port,omitempty"` // default 445
-	Share        string          `json:"share"`
-	Path         string          `json:"path"`
-	User         string          `json:"user,omitempty"` // default: guest
-	Domain       string          `json:"domain,omitempty"`
-	PasswordFile string          `json:"password_file,omitempty"`
-	Protect      *remote.Protect `json:"protect,omitempty"`
-	Attempts     int             `json:"attempts,omitempty"` // default 3
+	Server       string `json:"server"`
+	Port         int    `json:"port,omitempty"` // default 445
+	Share        string `json:"share"`
+	Path         string `json:"path"`
+	User         string `json:"user,omitempty"` // default: guest
+	Domain       string `json:"domain,omitempty"`
+	PasswordFile string `json:"password_file,omitempty"`
+	// Protect encrypts the password with another pin; without it the
+	// password is stored in the clear only if AllowPlainCredentials.
+	Protect               *remote.Protect `json:"protect,omitempty"`
+	AllowPlainCredentials bool            `json:"allow_plain_credentials,omitempty"`
+	Attempts              int             `json:"attempts,omitempty"` // default 3
 }
 
 type header struct {
@@ -95,12 +98,18 @@ func (Pin) Encrypt(ctx context.Context, raw json.RawMessage, secret []byte, o pi
 	if c.Password, err = remote.ReadSecretFile("password", cfg.PasswordFile); err != nil {
 		return nil, err
 	}
+	seal := remote.Seal{Pin: "smb", What: "the share password", Where: `\\` + h.Server + `\` + h.Share,
+		Audience: h.audience(), Protect: cfg.Protect, AllowPlain: cfg.AllowPlainCredentials}
+	// Refuse before the share or server is asked anything.
+	if err := seal.Check(c); err != nil {
+		return nil, err
+	}
 	material, err := fetch(ctx, &h, c, o)
 	if err != nil {
 		return nil, err
 	}
 	defer clear(material)
-	if h.Credentials, err = remote.SealCredentials(ctx, c, cfg.Protect, o); err != nil {
+	if h.Credentials, err = remote.SealCredentials(ctx, c, seal, o); err != nil {
 		return nil, err
 	}
 	return remote.Encrypt("smb", material, secret, func(salt string) (json.RawMessage, error) {
@@ -109,15 +118,41 @@ func (Pin) Encrypt(ctx context.Context, raw json.RawMessage, secret []byte, o pi
 	})
 }
 
-// Decrypt implements pin.Pin.
-func (Pin) Decrypt(ctx context.Context, j *jose.JWE, o pin.Options) ([]byte, error) {
+// audience is where the password may be sent: the server, the share and
+// the account (docs/REMOTE-PINS.md).
+func (h *header) audience() string {
+	b, _ := json.Marshal(struct {
+		Server string `json:"server"`
+		Port   int    `json:"port"`
+		Share  string `json:"share"`
+		User   string `json:"user,omitempty"`
+		Domain string `json:"domain,omitempty"`
+	}{h.Server, h.Port, h.Share, h.User, h.Domain})
+	return string(b)
+}
+
+// parseHeader reads clevis.smb from a JWE header, which comes from a disk
+// and is not trusted.
+func parseHeader(clevis json.RawMessage) (*header, error) {
 	var ch clevisHeader
-	if err := json.Unmarshal(j.Header.Clevis, &ch); err != nil || ch.SMB.Server == "" || ch.SMB.Share == "" || ch.SMB.Path == "" {
+	if err := json.Unmarshal(clevis, &ch); err != nil || ch.SMB.Server == "" || ch.SMB.Share == "" || ch.SMB.Path == "" ||
+		ch.SMB.Port <= 0 || ch.SMB.Port > 65535 {
 		return nil, errors.New("JWE header clevis.smb is malformed")
 	}
-	h := &ch.SMB
+	if _, err := ch.SMB.Credentials.Parse(); err != nil {
+		return nil, fmt.Errorf("JWE header clevis.smb: %w", err)
+	}
+	return &ch.SMB, nil
+}
+
+// Decrypt implements pin.Pin.
+func (Pin) Decrypt(ctx context.Context, j *jose.JWE, o pin.Options) ([]byte, error) {
+	h, err := parseHeader(j.Header.Clevis)
+	if err != nil {
+		return nil, err
+	}
 	var c creds
-	if err := h.Credentials.Open(ctx, o, &c); err != nil {
+	if err := h.Credentials.Open(ctx, o, h.audience(), &c); err != nil {
 		return nil, err
 	}
 	return remote.Decrypt(ctx, "smb", j, h.Salt, func(ctx context.Context) ([]byte, error) { return fetch(ctx, h, c, o) })
@@ -125,11 +160,11 @@ func (Pin) Decrypt(ctx context.Context, j *jose.JWE, o pin.Options) ([]byte, err
 
 // Describe implements pin.Describer.
 func (Pin) Describe(j *jose.JWE) string {
-	var ch clevisHeader
-	if json.Unmarshal(j.Header.Clevis, &ch) != nil {
+	h, err := parseHeader(j.Header.Clevis)
+	if err != nil {
 		return "smb(?)"
 	}
-	return `smb(\\` + ch.SMB.Server + `\` + ch.SMB.Share + `\` + ch.SMB.Path + ")"
+	return `smb(\\` + h.Server + `\` + h.Share + `\` + h.Path + h.Credentials.Describe() + ")"
 }
 
 func cleanPath(p string) string {

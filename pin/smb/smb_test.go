@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/json"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -22,17 +23,19 @@ func useHelper(t *testing.T) {
 	t.Setenv(smb.HelperEnv, filepath.Join(filepath.Dir(testenv.TetherBin(t)), "tether-smb"))
 }
 
+// config is a binding of the key file path with the password in the clear
+// (allowed explicitly): the tests of fetching need no protecting pin.
 func config(t *testing.T, s *testenv.SMBD, path, password string) json.RawMessage {
 	pw := filepath.Join(t.TempDir(), "pw")
 	if err := os.WriteFile(pw, []byte(password+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	b, _ := json.Marshal(map[string]any{"server": "127.0.0.1", "port": s.Port, "share": s.Share, "path": path,
-		"user": s.User, "password_file": pw, "attempts": 2})
+		"user": s.User, "password_file": pw, "attempts": 2, "allow_plain_credentials": true})
 	return b
 }
 
-var opts = pin.Options{Timeout: 3 * time.Second}
+var opts = pin.Options{Timeout: 3 * time.Second, Warn: io.Discard}
 
 // TestAgainstSmbd binds and unlocks against a real smbd (SMB3, user and
 // password), then checks each failure: wrong password, missing file,

@@ -105,19 +105,40 @@ func TestLUKSBindSMB(t *testing.T) {
 	s.WriteKey(t, "ha.key", material)
 	pw := filepath.Join(t.TempDir(), "pw")
 	os.WriteFile(pw, []byte(s.Password), 0o600)
-	cfg, _ := json.Marshal(map[string]any{"server": "127.0.0.1", "port": s.Port, "share": s.Share,
-		"path": "ha.key", "user": s.User, "password_file": pw, "attempts": 1})
+	cfg := map[string]any{"server": "127.0.0.1", "port": s.Port, "share": s.Share,
+		"path": "ha.key", "user": s.User, "password_file": pw, "attempts": 1}
 
 	img := luksImage(t)
 	env := luksEnv(t)
-	mustEnv(t, env, []byte(oldPass+"\n"), "luks", "bind", "-d", img, "-k", "-", "smb", string(cfg))
+	before := luksDump(t, img)
+	// The password in the clear is refused, the header is left as it was,
+	// and the hint names the bind command with the password protected.
+	plain, _ := json.Marshal(cfg)
+	_, e, code := runEnv(t, env, []byte(oldPass+"\n"), "luks", "bind", "-d", img, "-k", "-", "smb", string(plain))
+	if code != 1 || !strings.Contains(string(e), "the share password would be stored in the clear") ||
+		!strings.Contains(string(e), "tether luks bind -d "+img+" -k - smb '") {
+		t.Fatalf("bind with the password in the clear: exit %d\n%s", code, e)
+	}
+	if after := luksDump(t, img); after != before {
+		t.Fatalf("a refused bind changed the header:\n%s", after)
+	}
+
+	// Protected by a stock tangd: the header holds no password.
+	td := testenv.StartTangd(t)
+	cfg["protect"] = map[string]any{"pin": "tang", "config": map[string]any{"url": td.URL}}
+	protected, _ := json.Marshal(cfg)
+	mustEnv(t, env, []byte(oldPass+"\n"), "luks", "bind", "-d", img, "-k", "-", "-y", "smb", string(protected))
 	slot, pinName := boundSlot(t, env, img)
 	if pinName != "smb" {
 		t.Fatalf("luks list shows pin %q", pinName)
 	}
-	// The list says where the key lives, and never the password.
+	if dump := luksDump(t, img); strings.Contains(dump, s.Password) {
+		t.Fatal("the share password is in the LUKS header")
+	}
+	// The list says where the key lives and what guards the password,
+	// and never the password.
 	list := string(mustEnv(t, env, nil, "luks", "list", "-d", img))
-	if !strings.Contains(list, `smb(\\127.0.0.1\`+s.Share+`\ha.key)`) || strings.Contains(list, s.Password) {
+	if !strings.Contains(list, `smb(\\127.0.0.1\`+s.Share+`\ha.key, credentials protected by tang(`+td.URL+`))`) || strings.Contains(list, s.Password) {
 		t.Fatalf("luks list of an smb binding:\n%s", list)
 	}
 	pass := mustEnv(t, env, nil, "luks", "pass", "-d", img, "-s", slot)
@@ -127,11 +148,21 @@ func TestLUKSBindSMB(t *testing.T) {
 	// Deleting the key file on the share revokes: the volume stays locked,
 	// and the old passphrase still opens it.
 	os.Remove(filepath.Join(s.Dir, "ha.key"))
-	_, e, code := runEnv(t, env, nil, "luks", "unlock", "-d", img, "--test", "--timeout", "3s")
+	_, e, code = runEnv(t, env, nil, "luks", "unlock", "-d", img, "--test", "--timeout", "3s")
 	if code == 0 || !strings.Contains(string(e), "revoked") {
 		t.Fatalf("unlock after deleting the key file: exit %d\n%s", code, e)
 	}
 	checkSlot(t, img, "0", []byte(oldPass))
+}
+
+// luksDump is the image's LUKS2 JSON metadata, tokens included.
+func luksDump(t *testing.T, img string) string {
+	t.Helper()
+	out, e, code := testenv.Run(t, nil, testenv.RequireCmd(t, "cryptsetup"), "luksDump", "--dump-json-metadata", img)
+	if code != 0 {
+		t.Fatalf("luksDump: %s", e)
+	}
+	return string(out)
 }
 
 func TestLUKSBindTPM2(t *testing.T) {

@@ -13,6 +13,7 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"time"
@@ -77,54 +78,169 @@ func Fetch(ctx context.Context, attempts int, timeout time.Duration, get func(co
 	return nil, err
 }
 
-// Protect names another pin that encrypts the credentials (for example
-// tpm2, so that a pulled disk does not reveal the share password).
+// Protect names another pin that encrypts the credentials: any pin the
+// user has (tang, sss, tpm2, managed), so that a pulled disk does not
+// reveal the share password or token.
 type Protect struct {
 	Pin    string          `json:"pin"`
 	Config json.RawMessage `json:"config"`
 }
 
 // Credentials is how credentials sit in a JWE header: in the clear (Cred)
-// or encrypted by another pin (CredJWE).
+// or encrypted by another pin (CredJWE). Headers with neither are of
+// bindings that need no credentials (a guest share, a public URL).
 type Credentials struct {
 	Cred    json.RawMessage `json:"cred,omitempty"`
 	CredJWE string          `json:"cred_jwe,omitempty"`
 }
 
-// SealCredentials stores creds (JSON) in the clear, or encrypted with the
-// protecting pin when one is given.
-func SealCredentials(ctx context.Context, creds any, p *Protect, o pin.Options) (Credentials, error) {
+// Seal says how a pin wants its credentials stored.
+type Seal struct {
+	Pin   string // the pin storing them: "smb"
+	What  string // what they are, for messages: "the share password"
+	Where string // where they are used, for the warning: `\\nas\keys`
+	// Audience says where the credentials may be sent (server, share,
+	// user; URL and trust anchors). It is sealed with protected
+	// credentials and checked before they are used, so that whoever
+	// rewrites the header cannot point the device at another server and
+	// have it hand over the unlocked credentials there.
+	Audience string
+	// Protect is the pin that encrypts them; nil stores them in the clear
+	// if AllowPlain, else refuses.
+	Protect    *Protect
+	AllowPlain bool
+}
+
+// Check refuses, before anything is fetched, what SealCredentials would
+// refuse: a protect without a pin, or credentials in the clear that the
+// configuration does not accept (a *pin.PlainCredentialsError).
+func (s Seal) Check(creds any) error {
+	if s.Protect != nil && s.Protect.Pin == "" {
+		return errors.New(`"protect" needs "pin": the pin that encrypts the credentials, e.g. {"pin":"tang","config":{"url":...}}`)
+	}
+	b, err := json.Marshal(creds)
+	if err != nil {
+		return err
+	}
+	defer clear(b)
+	if string(b) != "{}" && s.Protect == nil && !s.AllowPlain {
+		return &pin.PlainCredentialsError{Pin: s.Pin, What: s.What}
+	}
+	return nil
+}
+
+// SealCredentials stores creds (a struct whose fields are all omitempty)
+// encrypted with the protecting pin. In the clear they are stored only when
+// the configuration accepts it, with a warning; otherwise the answer is a
+// *pin.PlainCredentialsError. Empty credentials are not stored at all.
+func SealCredentials(ctx context.Context, creds any, s Seal, o pin.Options) (Credentials, error) {
+	if err := s.Check(creds); err != nil {
+		return Credentials{}, err
+	}
 	b, err := json.Marshal(creds)
 	if err != nil {
 		return Credentials{}, err
 	}
-	if p == nil || p.Pin == "" {
+	if string(b) == "{}" {
+		return Credentials{}, nil
+	}
+	if s.Protect == nil {
+		o.Warnf("%s: %s is stored in the clear in the JWE header (\"allow_plain_credentials\"): anyone holding the disk "+
+			"can read it, and use it wherever %s answers; protect it with another pin instead (docs/REMOTE-PINS.md)", s.Pin, s.What, s.Where)
 		return Credentials{Cred: b}, nil
 	}
-	cfg := p.Config
+	cfg := s.Protect.Config
 	if len(cfg) == 0 {
 		cfg = json.RawMessage("{}")
 	}
-	j, err := pin.Encrypt(ctx, p.Pin, cfg, b, o)
+	var m map[string]json.RawMessage
+	if err := json.Unmarshal(b, &m); err != nil {
+		clear(b)
+		return Credentials{}, err
+	}
+	clear(b)
+	m[audienceKey], _ = json.Marshal(s.Audience)
+	b, _ = json.Marshal(m)
+	for _, v := range m {
+		clear(v)
+	}
+	j, err := pin.Encrypt(ctx, s.Protect.Pin, cfg, b, o)
 	clear(b)
 	if err != nil {
-		return Credentials{}, fmt.Errorf("protect credentials: %w", err)
+		return Credentials{}, fmt.Errorf("protect %s with the %s pin: %w", s.What, s.Protect.Pin, err)
 	}
 	return Credentials{CredJWE: j.Compact()}, nil
 }
 
-// Open returns the credentials into v, decrypting them if a pin protects them.
-func (c Credentials) Open(ctx context.Context, o pin.Options, v any) error {
-	raw := []byte(c.Cred)
-	if c.CredJWE != "" {
+// Describe says how the credentials are kept, for pin.Describer: "" when
+// there are none, else ", credentials in the clear" or ", credentials
+// protected by tang(http://keys.lan)".
+func (c Credentials) Describe() string {
+	switch {
+	case c.CredJWE != "":
 		j, err := jose.ParseCompact(c.CredJWE)
 		if err != nil {
-			return fmt.Errorf("protected credentials: %w", err)
+			return ", credentials protected by ?"
 		}
+		return ", credentials protected by " + pin.Describe(j)
+	case len(c.Cred) > 0 && string(c.Cred) != "{}" && string(c.Cred) != "null":
+		return ", credentials in the clear"
+	}
+	return ""
+}
+
+// audienceKey is the member of sealed credentials that holds Seal.Audience.
+const audienceKey = "aud"
+
+// Parse checks the header's credentials without using them: cred, if
+// present, is a JSON object, and cred_jwe a compact JWE of a known pin.
+func (c Credentials) Parse() (*jose.JWE, error) {
+	if len(c.Cred) > 0 {
+		var m map[string]json.RawMessage
+		if err := json.Unmarshal(c.Cred, &m); err != nil {
+			return nil, errors.New("credentials are malformed")
+		}
+	}
+	if c.CredJWE == "" {
+		return nil, nil
+	}
+	j, err := jose.ParseCompact(c.CredJWE)
+	if err != nil {
+		return nil, fmt.Errorf("protected credentials: %w", err)
+	}
+	if _, err := j.Header.Pin(); err != nil {
+		return nil, fmt.Errorf("protected credentials: %w", err)
+	}
+	return j, nil
+}
+
+// Open returns the credentials into v, decrypting them if a pin protects
+// them. Protected credentials sealed for another audience than this
+// header's (the header was rewritten to point elsewhere) are refused
+// before anything is sent; those sealed before audiences existed carry
+// none and are used as they are.
+func (c Credentials) Open(ctx context.Context, o pin.Options, audience string, v any) error {
+	j, err := c.Parse()
+	if err != nil {
+		return err
+	}
+	raw := []byte(c.Cred)
+	if j != nil {
 		if raw, err = pin.Decrypt(ctx, j, o); err != nil {
 			return fmt.Errorf("unlock credentials: %w", err)
 		}
 		defer clear(raw)
+		var m map[string]json.RawMessage
+		if err := json.Unmarshal(raw, &m); err != nil {
+			return errors.New("protected credentials are malformed")
+		}
+		if a, ok := m[audienceKey]; ok {
+			var got string
+			if json.Unmarshal(a, &got) != nil || got != audience {
+				return fmt.Errorf("the credentials were sealed for %s, but the JWE header now names %s: "+
+					"refusing to send them there (the header was altered; bind again)", got, audience)
+			}
+		}
 	}
 	if len(raw) == 0 {
 		return nil
