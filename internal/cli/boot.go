@@ -276,9 +276,9 @@ func crypttabEntry(dev, name, socket string, askpass, root bool) (boot.CrypttabE
 		// or the password agent in a systemd initramfs).
 		e.KeyFile, e.Options = "none", []string{"luks", "initramfs"}
 	case askpass:
-		e.KeyFile, e.Options = "none", []string{"luks", "_netdev"}
+		e.KeyFile, e.Options = "none", []string{"luks", "_netdev", "nofail"}
 	default:
-		e.KeyFile, e.Options = socket, []string{"luks", "_netdev"}
+		e.KeyFile, e.Options = socket, []string{"luks", "_netdev", "nofail"}
 	}
 	if !strings.HasPrefix(dev, "/dev/") {
 		// An image file: let systemd-cryptsetup find it by path, which
@@ -361,7 +361,7 @@ Serve volume keys to systemd-cryptsetup. A crypttab volume whose key file
 (field 3) is keyd's socket gets its key from its own bindings (the clevis
 tokens in its LUKS2 header) at boot, with nothing stored on disk:
 
-  data  UUID=...  /run/tether/keyd.sock  luks,_netdev
+  data  UUID=...  /run/tether/keyd.sock  luks,_netdev,nofail
 
 systemd-cryptsetup (systemd 248 or later) connects from an abstract socket
 named @<random>/cryptsetup/<volume>; keyd takes the volume from that name,
@@ -456,13 +456,16 @@ are added), every other line and every comment; the file is replaced
 atomically. The device is named by its LUKS UUID (an image file by its
 absolute path).
 
-  default    the key comes from tether keyd:  NAME UUID=.. /run/tether/keyd.sock luks,_netdev
+  default    the key comes from tether keyd:  NAME UUID=.. /run/tether/keyd.sock luks,_netdev,nofail
   --askpass  the key field stays none; tether askpass answers the prompt
   --root     a volume the initramfs opens: none, luks,initramfs
 
 _netdev puts the volume under remote-cryptsetup.target, set up after the
-local file systems, so its key server may wait for the network without
-holding up the boot of everything else.
+local file systems, so its key server may wait for the network. nofail
+keeps the boot from waiting for it: without it, a server that is down holds
+multi-user.target until someone types the volume's passphrase at the
+console prompt systemd-cryptsetup falls back to — forever, on a machine
+without a keyboard. Mount such volumes with _netdev,nofail in fstab too.
 
 Example:
   $ tether crypttab -d /dev/sdb1 -n backup --write /etc/crypttab

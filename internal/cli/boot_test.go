@@ -194,7 +194,7 @@ func TestCrypttabWrite(t *testing.T) {
 		t.Fatalf("%s", errOut)
 	}
 	got, _ := os.ReadFile(tab)
-	want := "# keep me\nswap /dev/sdb2 /dev/urandom swap\ndata\t" + img + "\t/run/tether/keyd.sock\tluks,_netdev\nother UUID=1 none luks\n"
+	want := "# keep me\nswap /dev/sdb2 /dev/urandom swap\ndata\t" + img + "\t/run/tether/keyd.sock\tluks,_netdev,nofail\nother UUID=1 none luks\n"
 	if string(got) != want {
 		t.Errorf("crypttab:\n%s\nwant:\n%s", got, want)
 	}
@@ -241,7 +241,7 @@ func TestCrypttabWriteKeepsOptions(t *testing.T) {
 	if err != nil {
 		t.Fatalf("crypttab --write: %v", err)
 	}
-	line := "cloud\t" + img + "\t/run/tether/keyd.sock\tluks,_netdev,headless=true,nofail,keyfile-timeout=10"
+	line := "cloud\t" + img + "\t/run/tether/keyd.sock\tluks,_netdev,nofail,headless=true,keyfile-timeout=10"
 	if strings.TrimSpace(string(out)) != line {
 		t.Errorf("printed %q, want %q", out, line)
 	}
@@ -264,7 +264,7 @@ func TestCrypttabWriteKeepsOptions(t *testing.T) {
 		t.Fatal(string(errOut))
 	}
 	got, _ = os.ReadFile(tab)
-	if !strings.Contains(string(got), "cloud\t"+img+"\tnone\tluks,_netdev,headless=true,nofail,keyfile-timeout=10\n") {
+	if !strings.Contains(string(got), "cloud\t"+img+"\tnone\tluks,_netdev,nofail,headless=true,keyfile-timeout=10\n") {
 		t.Errorf("after --askpass:\n%s", got)
 	}
 	// A path crypttab cannot hold.

@@ -90,7 +90,7 @@ func TestDataVolumes(t *testing.T) {
 	os.MkdirAll(filepath.Join(g.Tree, "mnt/blk"), 0o755)
 	g.Chroot(`tether install systemd
 tether crypttab -d /home/haadmin/cloud_container.img -n cloud --write /etc/crypttab
-echo "blk UUID=` + blkUUID + ` /run/tether/keyd.sock luks,_netdev" >> /etc/crypttab
+echo "blk UUID=` + blkUUID + ` /run/tether/keyd.sock luks,_netdev,nofail" >> /etc/crypttab
 cat /etc/crypttab
 `)
 	installInitramfsTools(g)

@@ -357,7 +357,11 @@ func (g *Guest) Boot(o Options) *Machine {
 	g.t.Cleanup(func() {
 		m.Kill()
 		if g.t.Failed() {
-			g.t.Logf("console of %s:\n%s", logName, tail([]byte(m.Console()), 12000))
+			// The guest's directory goes with the test: keep its console.
+			keep := filepath.Join(os.TempDir(), "realboot-logs", strings.ReplaceAll(g.t.Name(), "/", "_"))
+			os.MkdirAll(keep, 0o755)
+			os.WriteFile(filepath.Join(keep, logName), []byte(m.Console()), 0o644)
+			g.t.Logf("console of %s (whole: %s):\n%s", logName, filepath.Join(keep, logName), tail([]byte(m.Console()), 6000))
 		}
 	})
 	return m
