@@ -12,10 +12,12 @@ import (
 	"fmt"
 	"os"
 
+	"github.com/tether-nbde/tether/internal/version"
 	"github.com/tether-nbde/tether/pin/smb/share"
 )
 
 const usage = `Usage: tether-smb < REQUEST > REPLY
+       tether-smb --version
 
 tether-smb is the helper through which tether's smb pin reads its key file
 from an SMB2/3 share. tether runs it; there is nothing to run by hand. It
@@ -29,6 +31,10 @@ hooks of "tether install" copy it when it is there. See docs/REMOTE-PINS.md.
 `
 
 func main() {
+	if len(os.Args) == 2 && (os.Args[1] == "--version" || os.Args[1] == "version") {
+		fmt.Print(version.Get().String("tether-smb"))
+		os.Exit(0)
+	}
 	if len(os.Args) > 1 {
 		fmt.Fprint(os.Stderr, usage)
 		if os.Args[1] == "-h" || os.Args[1] == "--help" || os.Args[1] == "help" {
