@@ -188,6 +188,24 @@ func TestZshFishCompletion(t *testing.T) {
 		if out, err := exec.Command(zsh, "-n", filepath.Join(dir, "zsh/_tether")).CombinedOutput(); err != nil {
 			t.Errorf("zsh -n: %v\n%s", err, out)
 		}
+		// The function's logic, with zsh's completion builtins replaced by
+		// functions that print what they were given.
+		script := `compadd() { shift; print -r -- "add $*"; }
+_describe() { local -a d; d=("${(@P)4}"); print -r -- describe ${(@)d%%:*}; }
+_files() { print -r -- files; }
+c() { words=("$@"); CURRENT=$#; _tether; }
+words=(tether); CURRENT=2; source ` + filepath.Join(dir, "zsh/_tether") + `
+c tether luks b; c tether adv --; c tether server ''; c tether luks bind -d ''
+`
+		out, err := exec.Command(zsh, "-f", "-c", script).CombinedOutput()
+		want := "describe admin adv agent askpass crypttab decrypt encrypt enroll install keyd luks server version zfs help\n" +
+			"describe bind create encrypt list pass regen repair report run unbind unlock\n" +
+			"add --json --thp --timeout --help\n" +
+			"describe kek keys\nfiles\n" +
+			"files\n"
+		if err != nil || string(out) != want {
+			t.Errorf("zsh completion: %v\n%s\nwant\n%s", err, out, want)
+		}
 	} else {
 		testenv.Require(t, false, "zsh is not installed")
 	}
@@ -203,13 +221,18 @@ func TestZshFishCompletion(t *testing.T) {
 		"tether luks bind --t":        {"--timeout"},
 		"tether adv --":               {"--json", "--thp", "--timeout"},
 		"tether-server server keys l": {"list"},
+		"tether luks bind -d ":        nil, // a flag's value: files, and no error
+		"tether server ":              {"keys", "kek"},
 	} {
 		prog, _, _ := strings.Cut(line, " ")
 		cmd := exec.Command(fish, "--no-config", "-c", fmt.Sprintf("source %q; complete -C %q", filepath.Join(dir, "fish", prog+".fish"), line))
 		cmd.Env = append(os.Environ(), "HOME="+t.TempDir())
-		out, err := cmd.CombinedOutput()
-		if err != nil {
-			t.Fatalf("fish complete -C %q: %v\n%s", line, err, out)
+		cmd.Dir = t.TempDir()
+		var stderr strings.Builder
+		cmd.Stderr = &stderr
+		out, err := cmd.Output()
+		if err != nil || stderr.Len() > 0 {
+			t.Fatalf("fish complete -C %q: %v\n%s", line, err, stderr.String())
 		}
 		var got []string
 		for _, l := range strings.Split(string(out), "\n") {

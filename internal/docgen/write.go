@@ -8,12 +8,15 @@ import (
 )
 
 // Write puts the man pages and completions into dir: man1/ (the tether
-// package's pages), server/man1/ (tether-server's), bash/, zsh/, fish/.
+// package's pages), server/man1/ (tether-server's), and in bash/, zsh/ and
+// fish/ one completion file per program, named as each shell looks for it.
 // Pages are written uncompressed; the packager compresses them.
 func Write(dir string, cmds []cli.Doc, version, smbUsage string) error {
 	files := map[string]string{
 		"bash/tether":             Bash(cmds),
-		"zsh/_tether":             Zsh(cmds),
+		"bash/tether-server":      Bash(cmds),
+		"zsh/_tether":             Zsh(cmds, "tether"),
+		"zsh/_tether-server":      Zsh(cmds, "tether-server"),
 		"fish/tether.fish":        Fish(cmds, "tether"),
 		"fish/tether-server.fish": Fish(cmds, "tether-server"),
 	}

@@ -4,8 +4,8 @@
 //
 //	go run ./internal/docgen/gen -version 1.2.3 OUT
 //
-//	OUT/man1/*.1.gz ... (tether package; the server's under OUT/server/man1)
-//	OUT/bash/tether, OUT/zsh/_tether, OUT/fish/tether.fish, OUT/fish/tether-server.fish
+//	OUT/man1/*.1 (the tether package's pages; tether-server's in OUT/server/man1)
+//	OUT/bash/tether, OUT/zsh/_tether, OUT/fish/tether.fish, and the same for tether-server
 //
 // scripts/package.sh runs it; nothing it makes is committed, so nothing can
 // drift from --help.
