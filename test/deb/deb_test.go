@@ -194,7 +194,7 @@ for f in /usr/share/initramfs-tools/hooks/tether /usr/share/initramfs-tools/scri
     /usr/share/doc/tether/copyright /usr/share/doc/tether-server/README.Debian; do
     [ -f "$f" ] || fail "missing $f"
 done
-zcat /usr/share/man/man1/tether-adv.1.gz | grep -q '^tether\\-adv \\\\- ' || fail "tether-adv(1) has no NAME line"
+zcat /usr/share/man/man1/tether-adv.1.gz | grep -qF 'tether\-adv \- show' || fail "tether-adv(1) has no NAME line"
 bash -c '. /usr/share/bash-completion/completions/tether; COMP_WORDS=(tether luks b); COMP_CWORD=2; _tether; [ "${COMPREPLY[*]}" = bind ]' ||
     fail "bash completion of the installed script"
 
