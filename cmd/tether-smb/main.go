@@ -22,11 +22,11 @@ func main() {
 		os.Exit(0)
 	}
 	if len(os.Args) > 1 {
+		// stderr even for --help: stdout is where tether reads replies.
+		fmt.Fprint(os.Stderr, share.Usage)
 		if os.Args[1] == "-h" || os.Args[1] == "--help" || os.Args[1] == "help" {
-			fmt.Print(share.Usage)
 			os.Exit(0)
 		}
-		fmt.Fprint(os.Stderr, share.Usage)
 		os.Exit(2)
 	}
 	os.Exit(share.Serve(os.Stdin, os.Stdout))
