@@ -17,6 +17,7 @@ test_pkgs=(
   qemu-system-x86 linux-image-amd64 busybox-static
   initramfs-tools dracut-core cpio
   mmdebstrap
+  lintian zsh fish groff-base man-db
   chromium nodejs
 )
 

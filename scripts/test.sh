@@ -19,6 +19,10 @@ for arch in arm64 arm 386; do
   GOOS=linux GOARCH=$arch GOARM=7 CGO_ENABLED=0 go build -o /dev/null ./cmd/tether-server
   GOOS=linux GOARCH=$arch GOARM=7 CGO_ENABLED=0 go build -o /dev/null ./cmd/tether-smb
 done
+echo "== Debian packages for arm64 and armhf (amd64: go test ./test/deb installs them)" >&2
+pkgdir=$(mktemp -d)
+scripts/package.sh -a arm64,armhf -o "$pkgdir" $(command -v lintian >/dev/null && echo --lintian)
+rm -rf "$pkgdir"
 echo "== P-521 and the tang exchange without assembly (purego), and on a 32-bit build (386)" >&2
 go test -count=1 -tags purego ./internal/p521 ./tang
 GOARCH=386 CGO_ENABLED=0 go test -count=1 -short ./internal/p521 ./jose ./tang ./pin/sss

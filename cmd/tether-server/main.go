@@ -12,5 +12,6 @@ import (
 )
 
 func main() {
+	cli.Program = "tether-server"
 	os.Exit(cli.Run(os.Args[1:], cli.StdEnv()))
 }

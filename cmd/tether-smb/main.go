@@ -12,25 +12,18 @@ import (
 	"fmt"
 	"os"
 
+	"github.com/tether-nbde/tether/internal/version"
 	"github.com/tether-nbde/tether/pin/smb/share"
 )
 
-const usage = `Usage: tether-smb < REQUEST > REPLY
-
-tether-smb is the helper through which tether's smb pin reads its key file
-from an SMB2/3 share. tether runs it; there is nothing to run by hand. It
-reads one JSON request on stdin (server address, share, path, user and
-password, time limit) and writes one JSON reply on stdout: the file's
-contents, or an error.
-
-Install it next to tether (or on PATH): "tether encrypt smb", "tether luks
-bind ... smb" and every unlock of an smb binding need it, and the initramfs
-hooks of "tether install" copy it when it is there. See docs/REMOTE-PINS.md.
-`
-
 func main() {
+	if len(os.Args) == 2 && (os.Args[1] == "--version" || os.Args[1] == "version") {
+		fmt.Print(version.Get().String("tether-smb"))
+		os.Exit(0)
+	}
 	if len(os.Args) > 1 {
-		fmt.Fprint(os.Stderr, usage)
+		// stderr even for --help: stdout is where tether reads replies.
+		fmt.Fprint(os.Stderr, share.Usage)
 		if os.Args[1] == "-h" || os.Args[1] == "--help" || os.Args[1] == "help" {
 			os.Exit(0)
 		}

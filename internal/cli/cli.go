@@ -15,6 +15,8 @@ import (
 	"os"
 	"sort"
 	"strings"
+
+	"github.com/tether-nbde/tether/internal/version"
 )
 
 // Env is what a command may touch of the outside world.
@@ -107,6 +109,9 @@ func withHint(err error, format string, a ...any) error {
 // Run runs tether with args (without the program name) and returns the
 // exit status.
 func Run(args []string, env *Env) int {
+	if len(args) > 0 && args[0] == "--version" {
+		args = append([]string{"version"}, args[1:]...)
+	}
 	if forwarded(args) {
 		return forward(env, args)
 	}
@@ -289,17 +294,32 @@ func printOverview(w io.Writer) {
 	fmt.Fprint(w, "\nRun \"tether help COMMAND\" or \"tether COMMAND --help\" for a command's manual.\n")
 }
 
-// Version is set at build time with -ldflags "-X ...cli.Version=v1.2.3".
-var Version = "dev"
+// Program is the binary's name in "--version": cmd/tether-server sets it.
+var Program = "tether"
+
+const versionUsage = `Usage: tether version
+       tether --version
+
+Print the version this binary was packaged as ("devel" for a plain go
+build) and how it was built: the Go toolchain and platform, the git
+commit and its time. The first line is "tether VERSION", for scripts.
+tether-server and tether-smb take --version too.
+
+Example:
+  $ tether --version
+`
 
 func init() {
 	register(&command{
 		name:    "version",
-		summary: "print tether's version",
-		usage:   "Usage: tether version\n\nPrint tether's version.\n",
+		summary: "print tether's version and build",
+		usage:   versionUsage,
 		flags: func(fs *flag.FlagSet) func(*Env, []string) error {
 			return func(env *Env, args []string) error {
-				fmt.Fprintln(env.Stdout, "tether", Version)
+				if len(args) > 0 {
+					return usagef("unexpected argument %q", args[0])
+				}
+				fmt.Fprint(env.Stdout, version.Get().String(Program))
 				return nil
 			}
 		},

@@ -125,8 +125,9 @@ Pins:
   tang   the key is recovered with the help of a Tang server (tangd or
          tether server). CONFIG: {"url":URL, "thp":THUMBPRINT}
            url  the server's base URL (required)
-           thp  thumbprint of a trusted signing key (tether server keys
-                list, or jose jwk thp -i KEY.jwk on the tangd host)
+           thp  thumbprint of a trusted signing key: "tether adv URL"
+                prints it, to compare with "tether server keys list"
+                or tang-show-keys on the server
            adv  a trusted advertisement: a file name or the JWS object;
                 no network access is needed to encrypt then
   sss    Shamir's secret sharing: any t of the child pins decrypt.

@@ -28,6 +28,7 @@ var manuals = map[string]string{
 	"encrypt":            "Usage: tether encrypt ",
 	"decrypt":            "Usage: tether decrypt ",
 	"version":            "Usage: tether version",
+	"adv":                "Usage: tether adv ",
 }
 
 func TestHelp(t *testing.T) {

@@ -54,7 +54,7 @@ type UntrustedError struct {
 
 func (e *UntrustedError) Error() string {
 	return fmt.Sprintf("advertisement of %s is not trusted: it is signed by %s; "+
-		"check the thumbprint on the server (tether server keys list, or jose jwk thp -i KEY.jwk) "+
+		"check the thumbprint on the server (tether server keys list, or tang-show-keys; tether adv URL prints the line to bind with) "+
 		"and pass it as \"thp\" in the config, or use -y to trust it blindly",
 		e.URL, strings.Join(e.Thumbprints, ", "))
 }

@@ -157,3 +157,19 @@ func unwrapOp(err error) error {
 	}
 	return err
 }
+
+// Usage is tether-smb's manual: its --help and its man page
+// (internal/docgen).
+const Usage = `Usage: tether-smb < REQUEST > REPLY
+       tether-smb --version
+
+tether-smb is the helper through which tether's smb pin reads its key file
+from an SMB2/3 share. tether runs it; there is nothing to run by hand. It
+reads one JSON request on stdin (server address, share, path, user and
+password, time limit) and writes one JSON reply on stdout: the file's
+contents, or an error.
+
+Install it next to tether (or on PATH): "tether encrypt smb", "tether luks
+bind ... smb" and every unlock of an smb binding need it, and the initramfs
+hooks of "tether install" copy it when it is there. See docs/REMOTE-PINS.md.
+`
