@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io/fs"
 	"sort"
-	"strings"
 
 	"github.com/tether-nbde/tether/luks"
 	"github.com/tether-nbde/tether/pin"
@@ -96,14 +95,14 @@ func (r TokenRecoverer) Recover(ctx context.Context, device string) (Key, error)
 			ch <- result{b, key, err}
 		}()
 	}
-	var errs []string
+	re := &RecoverError{Device: device}
 	for range bs {
 		res := <-ch
 		if res.err == nil {
 			return Key{Passphrase: res.key, Slot: res.b.Slot, Token: res.b.Token}, nil
 		}
-		errs = append(errs, fmt.Sprintf("token %d (%s): %v", res.b.Token, pin.Describe(res.b.JWE), res.err))
+		re.Errs = append(re.Errs, &BindingError{Token: res.b.Token, Desc: pin.Describe(res.b.JWE), Err: res.err})
 	}
-	sort.Strings(errs)
-	return Key{Slot: -1, Token: -1}, fmt.Errorf("no binding of %s answered: %s", device, strings.Join(errs, "; "))
+	sort.Slice(re.Errs, func(i, j int) bool { return re.Errs[i].Token < re.Errs[j].Token })
+	return Key{Slot: -1, Token: -1}, re
 }

@@ -122,12 +122,19 @@ func init() {
 				bin := fs.String("bin", "", "")
 				var vols listFlag
 				fs.Var(&vols, "volume", "")
+				deadline := fs.String("deadline", "", "")
+				retry := fs.String("retry", "", "")
+				ip := fs.String("ip", "", "")
 				return func(env *Env, args []string) error {
 					if len(args) != 0 {
 						return usagef("install %s takes no arguments", target)
 					}
 					if len(vols) > 0 && target != "systemd" {
 						return usagef("--volume is for install systemd")
+					}
+					settings := *deadline != "" || *retry != "" || *ip != ""
+					if settings && target == "systemd" {
+						return usagef("--deadline, --retry and --ip are for install initramfs-tools and install dracut")
 					}
 					b := *bin
 					if b == "" {
@@ -142,6 +149,13 @@ func init() {
 					plan, err := boot.Plan(target, b, vols)
 					if err != nil {
 						return err
+					}
+					if settings {
+						f, err := initramfsSettings(*root, *deadline, *retry, *ip)
+						if err != nil {
+							return err
+						}
+						plan = append(plan, f)
 					}
 					if err := boot.Install(*root, plan); err != nil {
 						return withHint(err, "run as root, or give --root DIR to install into an image")
@@ -323,8 +337,8 @@ var installSummary = map[string]string{
 
 var installNext = map[string]string{
 	"systemd":         "run \"systemctl daemon-reload\", then point crypttab at the socket (tether crypttab -d DEV -n NAME --write /etc/crypttab)",
-	"dracut":          "rebuild the initramfs: dracut -f (the module is included with crypt; -a tether forces it)",
-	"initramfs-tools": "rebuild the initramfs: update-initramfs -u",
+	"dracut":          "rebuild the initramfs: dracut -f (the module is included with crypt; -a tether forces it; boot settings: /etc/tether/initramfs.conf)",
+	"initramfs-tools": "rebuild the initramfs: update-initramfs -u (boot settings: /etc/tether/initramfs.conf, or tether.deadline=, tether.retry=, ip= on the kernel command line)",
 }
 
 const keydUsage = `Usage: tether keyd [--socket PATH]... [--crypttab FILE] [--deadline D] [--timeout D]

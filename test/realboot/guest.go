@@ -297,8 +297,11 @@ func (g *Guest) Boot(o Options) *Machine {
 		if err := writeTar(disk, o.Script, o.Files); err != nil {
 			g.t.Fatal(err)
 		}
+		// A fixed slot after every other card: without it the script disk
+		// can take a lower slot (with no NIC it did) and become vda,
+		// renaming the boot and root disks.
 		args = append(args, "-drive", "file="+disk+",if=none,format=raw,id=script,readonly=on",
-			"-device", "virtio-blk-pci,drive=script,serial=testscript")
+			"-device", "virtio-blk-pci,drive=script,serial=testscript,addr=0x10")
 	}
 	if o.TPM != "" {
 		args = append(args, "-chardev", "socket,id=chrtpm,path="+o.TPM,
