@@ -42,9 +42,12 @@ type EarlyUnlock struct {
 	Network *NetStarter
 	// ResolvConf is written from the leases ("" means /etc/resolv.conf).
 	ResolvConf string
-	Proc       string                            // "" means /proc
-	Mapper     string                            // "" means /dev/mapper
-	Resolve    func(spec string) (string, error) // nil means ResolveDevice
+	// Check, if set, verifies a key before it goes to a prompt: cryptroot
+	// counts a wrong key as one of the person's tries.
+	Check   func(ctx context.Context, device string, key Key) error
+	Proc    string                            // "" means /proc
+	Mapper  string                            // "" means /dev/mapper
+	Resolve func(spec string) (string, error) // nil means ResolveDevice
 }
 
 // Pending is a bound volume left closed by the first phase.
@@ -271,6 +274,13 @@ func (u *EarlyUnlock) retryOne(ctx context.Context, p Pending) {
 		}
 		u.writeResolv()
 		key, err := u.Recoverer.Recover(ctx, p.Device)
+		if err == nil && u.Check != nil {
+			if cerr := u.Check(ctx, p.Device, key); cerr != nil && ctx.Err() == nil {
+				clear(key.Passphrase)
+				u.Console.Say("tether: %s: the key its binding gave does not open keyslot %d (%v); only the passphrase opens it now", p.Name, key.Slot, cerr)
+				return
+			}
+		}
 		if err == nil {
 			done, ferr := u.feed(ctx, p, key, fed, start)
 			clear(key.Passphrase)
@@ -321,8 +331,10 @@ func (u *EarlyUnlock) feed(ctx context.Context, p Pending, key Key, fed map[int]
 			return true, nil
 		}
 		if a, ok := FindAsker(u.Proc, p.Name, p.Device); ok && !fed[a.PID] {
-			if len(fed) >= 2 {
-				u.Console.Say("tether: %s: the key its binding gave was refused twice; only the passphrase opens it now", p.Name)
+			// Once only: if cryptroot asks again, the key did not open
+			// the volume, and each wrong key costs the person a try.
+			if len(fed) > 0 {
+				u.Console.Say("tether: %s: the key its binding gave was refused; only the passphrase opens it now", p.Name)
 				return true, nil
 			}
 			fed[a.PID] = true

@@ -237,3 +237,38 @@ func TestRetryPermanent(t *testing.T) {
 		t.Errorf("console:\n%s", console.String())
 	}
 }
+
+// TestRetryChecksTheKey: a key that does not open its keyslot never
+// reaches the prompt (cryptroot would count it as one of the person's
+// tries); the retry says so and ends.
+func TestRetryChecksTheKey(t *testing.T) {
+	dir := t.TempDir()
+	_, out, fifo := startAsker(t, dir, "root", "/dev/vdb")
+	var console bytes.Buffer
+	u := &boot.EarlyUnlock{
+		Config:    boot.InitramfsConfig{Deadline: time.Second, Retry: -1},
+		Recoverer: &flakyRecoverer{okAt: 1, key: "stale-key"},
+		Check: func(ctx context.Context, dev string, k boot.Key) error {
+			return errors.New("no key available with this passphrase")
+		},
+		Console: &boot.Console{Out: &console},
+		Mapper:  t.TempDir(),
+	}
+	done := make(chan struct{})
+	go func() {
+		u.Retry(context.Background(), []boot.Pending{{Name: "root", Device: "/dev/vdb"}})
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the retry went on after a key that does not open the volume")
+	}
+	if !strings.Contains(console.String(), "does not open keyslot 1") {
+		t.Errorf("console:\n%s", console.String())
+	}
+	// The prompt is still waiting and got nothing.
+	if a, ok := boot.FindAsker("", "root", ""); !ok || a.FIFO == "" || out.Len() != 0 {
+		t.Errorf("the prompt was fed or ended: %q (fifo %s)", out.String(), fifo)
+	}
+}

@@ -78,6 +78,7 @@ func earlyUnlock(env *Env, tab, config, cmdline string) (*boot.EarlyUnlock, erro
 	u := &boot.EarlyUnlock{
 		Crypttab: ents, Config: cfg,
 		Recoverer: r, Bindings: r, Opener: boot.Cryptsetup{},
+		Check:   boot.Cryptsetup{}.TestKey,
 		Console: c,
 	}
 	// A network someone else configured (ip= for an NFS root, dropbear)
