@@ -210,6 +210,17 @@ func (u *EarlyUnlock) first(ctx context.Context, e CrypttabEntry, start time.Tim
 	}
 }
 
+// sameReason is a reason without its numbers (times, counts, ports of the
+// moment), so a reason that only counts on is not printed again.
+func sameReason(r string) string {
+	return strings.Map(func(c rune) rune {
+		if c >= '0' && c <= '9' {
+			return '#'
+		}
+		return c
+	}, r)
+}
+
 func isPermanentRecover(err error) bool {
 	var re *RecoverError
 	return errors.As(err, &re) && re.Permanent()
@@ -300,7 +311,7 @@ func (u *EarlyUnlock) retryOne(ctx context.Context, p Pending) {
 			return
 		}
 		if err != nil {
-			if r := u.reason(p, err); r != last {
+			if r := u.reason(p, err); sameReason(r) != sameReason(last) {
 				last = r
 				u.Console.Say("tether: %s: still not unlocked (%s); retrying", p.Name, r)
 			}

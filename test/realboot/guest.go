@@ -284,7 +284,7 @@ func (g *Guest) Boot(o Options) *Machine {
 		}
 		sort.Strings(keys)
 		for _, guest := range keys {
-			nd += fmt.Sprintf(",guestfwd=tcp:%s-cmd:socat - TCP:%s", guest, o.Forward[guest])
+			nd += fmt.Sprintf(",guestfwd=tcp:%s-cmd:socat -lf /dev/null - TCP:%s", guest, o.Forward[guest])
 		}
 		args = append(args, "-netdev", nd, "-device", "virtio-net-pci,netdev=n0")
 	case NICNoDHCP:
