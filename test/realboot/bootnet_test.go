@@ -141,6 +141,12 @@ func TestBootNetwork(t *testing.T) {
 	// cryptroot's own start, a few seconds after tether's deadline.
 	const slack = 15 * time.Second
 
+	// On a loaded machine udev can start so late in the booted system that
+	// systemd's 90 s wait for the disks runs out (emergency mode): give
+	// every wait the time emulation needs. tether's own times are
+	// unaffected.
+	const slowSystemd = "systemd.default_timeout_start_sec=600"
+
 	checkAfter := func(t *testing.T, m *Machine) {
 		t.Helper()
 		procs := m.Markers("PROCS")
@@ -154,7 +160,7 @@ func TestBootNetwork(t *testing.T) {
 
 	t.Run("late-server", func(t *testing.T) {
 		late := newLateServer(t, hostPort(srv.URL))
-		m := g.Boot(Options{Forward: map[string]string{ServerAddr: late.addr}, Script: afterBoot, Log: "late.log"})
+		m := g.Boot(Options{Forward: map[string]string{ServerAddr: late.addr}, Script: afterBoot, Log: "late.log", Append: slowSystemd})
 		_, i0, start := waitFor(t, m, `tether: unlocking bound volumes`, 0, 10*time.Minute)
 		line, _, _ := waitFor(t, m, reasonLine, i0, 2*time.Minute)
 		_, idx, prompt := waitFor(t, m, `Please unlock disk root`, i0, 2*time.Minute)
@@ -184,6 +190,7 @@ func TestBootNetwork(t *testing.T) {
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			c.opts.Log = c.name + ".log"
+			c.opts.Append = slowSystemd
 			c.opts.Script = afterBoot
 			m := g.Boot(c.opts)
 			_, i0, start := waitFor(t, m, `tether: unlocking bound volumes`, 0, 10*time.Minute)
@@ -210,7 +217,7 @@ func TestBootNetwork(t *testing.T) {
 
 	t.Run("passphrase-only", func(t *testing.T) {
 		g.Host("", "luks", "unbind", "-d", g.RootImg, "-s", "1")
-		m := g.Boot(Options{Script: afterBoot, Log: "plain.log"})
+		m := g.Boot(Options{Script: afterBoot, Log: "plain.log", Append: slowSystemd})
 		_, idx, prompt := waitFor(t, m, `Please unlock disk root`, 0, 10*time.Minute)
 		m.Type(Passphrase + "\n")
 		waitFor(t, m, `@@READY .*root=/dev/mapper/root`, idx, 10*time.Minute)
