@@ -125,6 +125,22 @@ func TestReason(t *testing.T) {
 	if got := boot.Reason(rec("http://"+bh.Addr().String(), 500*time.Millisecond)); got != bh.Addr().String()+" did not answer" {
 		t.Errorf("silent server: %q", got)
 	}
+	// A server that accepts and hangs up (what a proxy with no server
+	// behind it does).
+	hup, _ := net.Listen("tcp", "127.0.0.1:0")
+	defer hup.Close()
+	go func() {
+		for {
+			c, err := hup.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	if got := boot.Reason(rec("http://"+hup.Addr().String(), 2*time.Second)); !strings.HasPrefix(got, hup.Addr().String()+" closed the connection without answering") {
+		t.Errorf("hang-up: %q", got)
+	}
 	// A server that answers 403 and 404.
 	for code, want := range map[int]string{403: "answered 403 (refused: device revoked or not allowed)", 404: "answered 404 (its key was rotated away or deleted)"} {
 		srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(code) })}

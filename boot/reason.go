@@ -3,6 +3,7 @@ package boot
 import (
 	"context"
 	"errors"
+	"io"
 	"net"
 	"strconv"
 	"strings"
@@ -116,6 +117,8 @@ func reasonOne(err error) string {
 		return "cannot resolve " + dns.Name
 	case errors.Is(err, syscall.ECONNREFUSED):
 		return addrOf(err, op) + " refused the connection (server down?)"
+	case errors.Is(err, syscall.ECONNRESET) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF):
+		return addrOf(err, op) + " closed the connection without answering (server starting, or a proxy with no server behind it)"
 	case errors.Is(err, syscall.ENETUNREACH) || errors.Is(err, syscall.EHOSTUNREACH):
 		return "no route to " + addrOf(err, op)
 	case errors.Is(err, context.DeadlineExceeded) || isTimeout(err) || strings.Contains(err.Error(), "did not answer"):
