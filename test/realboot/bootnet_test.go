@@ -74,6 +74,20 @@ func (s *lateServer) Stop() {
 	}
 }
 
+// kmsgRunner is testRunner with every line also written to the kernel log.
+const kmsgRunner = `#!/bin/sh
+say() { echo "$1"; echo "$1" > /dev/kmsg; }
+say "@@READY $(cut -d' ' -f1 /proc/uptime) root=$(findmnt -no SOURCE /)"
+disk=/dev/disk/by-id/virtio-testscript
+if [ -e "$disk" ]; then
+    mkdir -p /run/test
+    tar -xf "$disk" -C /run/test
+    (cd /run/test && sh ./run.sh 2>&1; echo "@@RC $?") | while IFS= read -r l; do say "$l"; done
+    say "@@DONE $(cut -d' ' -f1 /proc/uptime)"
+fi
+[ -e /run/test/keep-running ] || systemctl poweroff
+`
+
 // afterBoot is run in the booted guest: is anything of tether's (or the
 // initramfs' DHCP client) still running, did the initramfs bring the
 // network up, and did the kernel log keep tether's lines.
@@ -113,6 +127,10 @@ type bootCase struct {
 // no binding starts no network at all.
 func TestBootNetwork(t *testing.T) {
 	g := New(t, InitramfsTools)
+	// The serial getty starts with the test runner and can swallow what
+	// it prints (TESTBED.md): this guest's runner also puts each marker
+	// in the kernel log, which the kernel prints on the console itself.
+	g.Write("/usr/local/sbin/tether-test-run", []byte(kmsgRunner), 0o755)
 	// The consoles outlive the test (its directory does not) for the
 	// measurements in docs/BOOT.md; TETHER_TEST_KEEP names where.
 	if keep := os.Getenv("TETHER_TEST_KEEP"); keep != "" {
