@@ -48,10 +48,17 @@ func askpassHelper(fifo string) int {
 	return 0
 }
 
+// fileOut is what an askpass stand-in printed.
+type fileOut struct{ path string }
+
+func (o *fileOut) String() string { b, _ := os.ReadFile(o.path); return string(b) }
+func (o *fileOut) Bytes() []byte  { return []byte(o.String()) }
+func (o *fileOut) Len() int       { return len(o.String()) }
+
 // startAsker starts an askpass stand-in for volume name on a FIFO under
 // dir/cryptsetup/passfifo, as cryptroot would (CRYPTTAB_* in its
 // environment), and waits until it holds the FIFO.
-func startAsker(t *testing.T, dir, name, source string) (*exec.Cmd, *bytes.Buffer, string) {
+func startAsker(t *testing.T, dir, name, source string) (*exec.Cmd, *fileOut, string) {
 	t.Helper()
 	fifo := filepath.Join(dir, "cryptsetup", "passfifo")
 	os.MkdirAll(filepath.Dir(fifo), 0o700)
@@ -60,8 +67,15 @@ func startAsker(t *testing.T, dir, name, source string) (*exec.Cmd, *bytes.Buffe
 	}
 	cmd := exec.Command(os.Args[0])
 	cmd.Env = append(os.Environ(), "TETHER_TEST_ASKPASS="+fifo, "CRYPTTAB_NAME="+name, "CRYPTTAB_SOURCE="+source, "CRYPTTAB_TRIED=0")
-	out := &bytes.Buffer{}
-	cmd.Stdout = out
+	// A file, not a pipe: Wait then never waits on a copy.
+	f, err := os.Create(filepath.Join(dir, "askpass-"+name+".out"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	out := &fileOut{path: f.Name()}
+	cmd.Stdout = f
+	cmd.WaitDelay = time.Second
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
