@@ -93,6 +93,7 @@ func Plan(target, bin string, volumes []string) ([]InstallFile, error) {
 		must(add("initramfs-tools/hooks/tether", "/etc/initramfs-tools/hooks/tether", 0o755))
 		must(add("initramfs-tools/scripts/local-top/tether", "/etc/initramfs-tools/scripts/local-top/tether", 0o755))
 		must(add("initramfs-tools/conf.d/tether", "/etc/initramfs-tools/conf.d/tether", 0o644))
+		must(add("initramfs-tools/scripts/local-bottom/tether", "/etc/initramfs-tools/scripts/local-bottom/tether", 0o755))
 	default:
 		return nil, fmt.Errorf("unknown target %q (want one of %s)", target, strings.Join(Targets, ", "))
 	}

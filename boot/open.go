@@ -46,3 +46,13 @@ func (c Cryptsetup) Open(ctx context.Context, device, name string, key Key) erro
 func (c Cryptsetup) Close(ctx context.Context, name string) error {
 	return c.run(ctx, nil, "close", name)
 }
+
+// TestKey checks that key opens its keyslot of device without opening
+// anything (no device-mapper needed).
+func (c Cryptsetup) TestKey(ctx context.Context, device string, key Key) error {
+	args := []string{"open", "--test-passphrase", "--key-file", "-"}
+	if key.Slot >= 0 {
+		args = append(args, "--key-slot", strconv.Itoa(key.Slot))
+	}
+	return c.run(ctx, key.Passphrase, append(args, device)...)
+}

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io/fs"
 	"sort"
-	"strings"
 
 	"github.com/tether-nbde/tether/luks"
 	"github.com/tether-nbde/tether/pin"
@@ -91,22 +90,18 @@ func (r TokenRecoverer) Recover(ctx context.Context, device string) (Key, error)
 			ch <- result{b, key, err}
 		}()
 	}
-	var errs []string
-	final := 0
+	re := &RecoverError{Device: device}
 	for range bs {
 		res := <-ch
 		if res.err == nil {
 			return Key{Passphrase: res.key, Slot: res.b.Slot, Token: res.b.Token}, nil
 		}
-		if IsPermanent(res.err) {
-			final++
-		}
-		errs = append(errs, fmt.Sprintf("token %d (%s): %v", res.b.Token, pin.Describe(res.b.JWE), res.err))
+		re.Errs = append(re.Errs, &BindingError{Token: res.b.Token, Desc: pin.Describe(res.b.JWE), Err: res.err})
 	}
-	sort.Strings(errs)
-	if final == len(bs) {
+	sort.Slice(re.Errs, func(i, j int) bool { return re.Errs[i].Token < re.Errs[j].Token })
+	if re.Permanent() {
 		// Every binding said a definitive no: waiting changes nothing.
-		return Key{Slot: -1, Token: -1}, &PermanentError{Err: fmt.Errorf("every binding of %s refused for good: %s", device, strings.Join(errs, "; "))}
+		return Key{Slot: -1, Token: -1}, &PermanentError{Err: re}
 	}
-	return Key{Slot: -1, Token: -1}, fmt.Errorf("no binding of %s answered: %s", device, strings.Join(errs, "; "))
+	return Key{Slot: -1, Token: -1}, re
 }

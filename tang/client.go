@@ -241,22 +241,38 @@ func (c *Client) do(req *http.Request, base string) ([]byte, error) {
 
 // describeNetError turns transport errors into one line a person can act on.
 func describeNetError(ctx context.Context, base string, err error) error {
-	if errors.Is(err, context.DeadlineExceeded) || errors.Is(ctx.Err(), context.DeadlineExceeded) {
-		return fmt.Errorf("server %s did not answer in time", base)
+	msg := fmt.Sprintf("server %s: %v", base, err)
+	switch {
+	case errors.Is(err, context.DeadlineExceeded) || errors.Is(ctx.Err(), context.DeadlineExceeded):
+		msg = fmt.Sprintf("server %s did not answer in time", base)
+		if !errors.Is(err, context.DeadlineExceeded) {
+			err = fmt.Errorf("%w: %w", context.DeadlineExceeded, err)
+		}
+	case errors.Is(err, context.Canceled) || errors.Is(ctx.Err(), context.Canceled):
+		msg = fmt.Sprintf("request to %s canceled", base)
+	default:
+		var op *net.OpError
+		var ne net.Error
+		if errors.As(err, &op) && op.Op == "dial" {
+			msg = fmt.Sprintf("server %s is unreachable: %v", base, op.Err)
+		} else if errors.As(err, &ne) && ne.Timeout() {
+			msg = fmt.Sprintf("server %s did not answer in time", base)
+		}
 	}
-	if errors.Is(err, context.Canceled) || errors.Is(ctx.Err(), context.Canceled) {
-		return fmt.Errorf("request to %s canceled", base)
-	}
-	var op *net.OpError
-	if errors.As(err, &op) && op.Op == "dial" {
-		return fmt.Errorf("server %s is unreachable: %v", base, op.Err)
-	}
-	var ne net.Error
-	if errors.As(err, &ne) && ne.Timeout() {
-		return fmt.Errorf("server %s did not answer in time", base)
-	}
-	return fmt.Errorf("server %s: %v", base, err)
+	return &NetError{URL: base, msg: msg, Err: err}
 }
+
+// NetError is a failure to reach a Tang server. It keeps the cause, so a
+// caller can tell a refused connection from a name that does not resolve.
+type NetError struct {
+	URL string
+	msg string
+	Err error
+}
+
+func (e *NetError) Error() string     { return e.msg }
+func (e *NetError) Unwrap() error     { return e.Err }
+func (e *NetError) ServerURL() string { return e.URL }
 
 // VerifyAdvertisement parses a signed advertisement and checks that every
 // verify key it lists has signed it, as clevis does. It returns the key set

@@ -122,12 +122,20 @@ func init() {
 				bin := fs.String("bin", "", "")
 				var vols listFlag
 				fs.Var(&vols, "volume", "")
+				deadline := fs.String("deadline", "", "")
+				retry := fs.String("retry", "", "")
+				ip := fs.String("ip", "", "")
 				return func(env *Env, args []string) error {
 					if len(args) != 0 {
 						return usagef("install %s takes no arguments", target)
 					}
 					if len(vols) > 0 && target != "systemd" {
 						return usagef("--volume is for install systemd")
+					}
+					settings := *deadline != "" || *retry != "" || *ip != ""
+					if settings && target != "initramfs-tools" {
+						// dracut's module does not read them yet.
+						return usagef("--deadline, --retry and --ip are for install initramfs-tools")
 					}
 					b := *bin
 					if b == "" {
@@ -142,6 +150,13 @@ func init() {
 					plan, err := boot.Plan(target, b, vols)
 					if err != nil {
 						return err
+					}
+					if settings {
+						f, err := initramfsSettings(*root, *deadline, *retry, *ip)
+						if err != nil {
+							return err
+						}
+						plan = append(plan, f)
 					}
 					if err := boot.Install(*root, plan); err != nil {
 						return withHint(err, "run as root, or give --root DIR to install into an image")
@@ -352,7 +367,7 @@ var installSummary = map[string]string{
 var installNext = map[string]string{
 	"systemd":         "run \"systemctl daemon-reload\", then point crypttab at the socket (tether crypttab -d DEV -n NAME --write /etc/crypttab)",
 	"dracut":          "rebuild the initramfs: dracut -f (the module is included with crypt; -a tether forces it)",
-	"initramfs-tools": "rebuild the initramfs: update-initramfs -u",
+	"initramfs-tools": "rebuild the initramfs: update-initramfs -u (boot settings: /etc/tether/initramfs.conf, or tether.deadline=, tether.retry=, ip= on the kernel command line)",
 }
 
 const keydUsage = `Usage: tether keyd [--socket PATH]... [--crypttab FILE] [--deadline D] [--timeout D]
@@ -418,6 +433,7 @@ Options:
 `
 
 const installUsage = `Usage: tether install systemd|dracut|initramfs-tools [--root DIR] [--bin PATH] [--volume NAME]...
+       tether install initramfs-tools [--deadline D] [--retry R] [--ip SPEC]
 
 Write tether's boot integration into the system (or the tree at --root),
 with PATH (default: this binary) as the tether the units and scripts run.
@@ -435,14 +451,27 @@ Every file written is printed; running it again replaces them.
   dracut           /usr/lib/dracut/modules.d/60tether (network on with
                    rd.neednet=1; the password agent in a systemd initramfs,
                    an initqueue hook otherwise)
-  initramfs-tools  /etc/initramfs-tools/hooks/tether and scripts/local-top/
-                   tether (network up, bound volumes opened before cryptroot),
+  initramfs-tools  /etc/initramfs-tools/hooks/tether, scripts/local-top/tether
+                   (bound volumes opened before cryptroot, the network
+                   brought up only if a binding needs it, retries behind
+                   the prompt), scripts/local-bottom/tether (stops them)
                    and conf.d/tether (UMASK=0077: the image is root-only)
 
 Both initramfs targets copy, besides tether and cryptsetup, the TPM drivers,
 the system's CA bundle, and the managed-mode device identity of every state
 directory under /etc/tether (its private key, when it is in a file: keep
 the initramfs readable by root only).
+
+Boot settings (initramfs-tools), written to
+/etc/tether/initramfs.conf, which the initramfs reads (rebuild it after):
+  --deadline D     how long the boot waits, network included, before the
+                   passphrase prompt appears (default 30s)
+  --retry R        how long tether keeps trying behind the prompt: forever
+                   (default), no, or a duration such as 10m
+  --ip SPEC        the initramfs network when the kernel command line has
+                   no ip=: initramfs-tools' syntax, e.g. dhcp, or
+                   CLIENT::GATEWAY:NETMASK::IFACE:off:DNS for a static one
+The kernel command line wins: tether.deadline=, tether.retry=, ip=.
 
 See docs/BOOT.md for the ordering and what happens when a server is down.
 `

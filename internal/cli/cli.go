@@ -78,6 +78,12 @@ func (e usageError) Error() string { return e.msg }
 
 func usagef(format string, a ...any) error { return usageError{fmt.Sprintf(format, a...)} }
 
+// silentExit is an exit status that is an answer, not an error (a test
+// such as "needs-network" says no): nothing is printed.
+type silentExit int
+
+func (e silentExit) Error() string { return fmt.Sprintf("exit status %d", int(e)) }
+
 // hintError carries advice for the person after the error itself.
 type hintError struct {
 	err  error
@@ -182,6 +188,10 @@ func Run(args []string, env *Env) int {
 func report(env *Env, c *command, err error) int {
 	if err == nil {
 		return 0
+	}
+	var se silentExit
+	if errors.As(err, &se) {
+		return int(se)
 	}
 	fmt.Fprintf(env.Stderr, "tether: error: %v\n", err)
 	var h hintError

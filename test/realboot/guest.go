@@ -305,7 +305,7 @@ func (g *Guest) Boot(o Options) *Machine {
 		}
 		sort.Strings(keys)
 		for _, guest := range keys {
-			nd += fmt.Sprintf(",guestfwd=tcp:%s-cmd:socat - TCP:%s", guest, o.Forward[guest])
+			nd += fmt.Sprintf(",guestfwd=tcp:%s-cmd:socat -lf /dev/null - TCP:%s", guest, o.Forward[guest])
 		}
 		args = append(args, "-netdev", nd, "-device", "virtio-net-pci,netdev=n0")
 	case NICNoDHCP:
@@ -318,8 +318,11 @@ func (g *Guest) Boot(o Options) *Machine {
 		if err := writeTar(script, o.Script, o.Files); err != nil {
 			g.t.Fatal(err)
 		}
+		// A fixed slot after every other card: without it the script disk
+		// can take a lower slot (with no NIC it did) and become vda,
+		// renaming the boot and root disks.
 		args = append(args, "-drive", "file="+script+",if=none,format=raw,id=script,readonly=on",
-			"-device", "virtio-blk-pci,drive=script,serial=testscript")
+			"-device", "virtio-blk-pci,drive=script,serial=testscript,addr=0x10")
 	}
 	if o.TPM != "" {
 		args = append(args, "-chardev", "socket,id=chrtpm,path="+o.TPM,
