@@ -207,6 +207,7 @@ func TestFirstBoot(t *testing.T) {
 		t.Logf("first boot (encrypt %d MiB, bind, boot on) took %s", firstBootRootMiB, time.Since(start).Round(time.Second))
 		noTemporaryKey(t, g, 2)
 		recoveryOpens(t)
+		noTPMObjects(t, tpmState)
 		verify(t, boot(t, "second-boot.log"), false)
 	})
 
@@ -303,4 +304,42 @@ func rootState(g *Guest) string {
 func textDump(g *Guest) []byte {
 	out, _ := exec.Command("cryptsetup", "luksDump", g.RootImg).Output()
 	return out
+}
+
+// noTPMObjects checks that the guest's TPM holds no persistent object and
+// no NV index: tether's tpm2 pin seals into the JWE and keeps nothing in
+// the TPM, and the temporary key never goes there.
+func noTPMObjects(t *testing.T, state string) {
+	t.Helper()
+	if _, err := exec.LookPath("tpm2_getcap"); err != nil {
+		t.Log("tpm2_getcap not installed: the TPM's handles are not checked")
+		return
+	}
+	addr := testenv.FreePort(t)
+	port, _ := strconv.Atoi(addr[strings.LastIndex(addr, ":")+1:])
+	cmd := exec.Command("swtpm", "socket", "--tpm2", "--tpmstate", "dir="+state,
+		"--server", fmt.Sprintf("type=tcp,port=%d,bindaddr=127.0.0.1", port),
+		"--ctrl", fmt.Sprintf("type=tcp,port=%d,bindaddr=127.0.0.1", port+1), "--flags", "startup-clear")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { cmd.Process.Kill(); cmd.Wait() }()
+	tcti := fmt.Sprintf("swtpm:host=127.0.0.1,port=%d", port)
+	for _, what := range []string{"handles-persistent", "handles-nv-index"} {
+		var out []byte
+		var err error
+		for i := 0; i < 50; i++ {
+			c := exec.Command("tpm2_getcap", "-T", tcti, what)
+			if out, err = c.CombinedOutput(); err == nil {
+				break
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		if err != nil {
+			t.Fatalf("tpm2_getcap %s: %v\n%s", what, err, out)
+		}
+		if strings.TrimSpace(string(out)) != "" {
+			t.Errorf("the TPM holds %s after the first boot:\n%s", what, out)
+		}
+	}
 }
