@@ -134,10 +134,10 @@ func noTemporaryKey(t *testing.T, g *Guest, wantSlots int) {
 //
 //   - unattended: no interruption;
 //   - power-cuts: QEMU is killed at random moments of the first-boot
-//     encryption (0–12 s after it starts: before or during the header write, during the encryption, during the
-//     bind and the removal of the temporary key), several times per image;
-//     the next boot finishes each time. Rounds (fresh images):
-//     $TETHER_FIRSTBOOT_ROUNDS (default 1), 4 cuts each.
+//     encryption (0–12 s after it starts: before or during the header
+//     write; at random percentages; in the bind and the removal of the
+//     temporary key), up to 6 times per image; each next boot carries on.
+//     Rounds (fresh images): $TETHER_FIRSTBOOT_ROUNDS (default 1).
 func TestFirstBoot(t *testing.T) {
 	testenv.RequireCmd(t, "swtpm")
 	g := New(t, InitramfsTools)
