@@ -220,6 +220,10 @@ func TestFirstBoot(t *testing.T) {
 		cuts := 0
 		for r := 0; r < rounds; r++ {
 			fresh()
+			// The progress a cut during the encryption reached: the next
+			// cut of this image falls later, so that each one interrupts
+			// the encryption again.
+			done := 0
 			// As the encryption starts (before or during the header
 			// write), during the encryption, and in the bind and the
 			// removal of the temporary key.
@@ -236,8 +240,8 @@ func TestFirstBoot(t *testing.T) {
 				case phase == "start":
 					// Under load the header write comes 5–10 s after the line.
 					wait = time.Duration(rng.Intn(12000)) * time.Millisecond
-				case phase == "encrypting" && before != "LUKS, data encrypted, temporary key still in the header (bind/cleanup unfinished)":
-					waitPercent(t, m, idx, 5+rng.Intn(90))
+				case phase == "encrypting" && done < 90 && before != "LUKS, data encrypted, temporary key still in the header (bind/cleanup unfinished)":
+					waitPercent(t, m, idx, done+1+rng.Intn(95-done))
 				case before == "no LUKS header" || before == "LUKS, encryption unfinished":
 					m.WaitFor(`tether: encrypting: 100%|all data is encrypted`, idx, 20*time.Minute)
 					wait = time.Duration(rng.Intn(8000)) * time.Millisecond
@@ -247,6 +251,9 @@ func TestFirstBoot(t *testing.T) {
 				time.Sleep(wait)
 				last := lastTetherLine(m.Console())
 				m.Kill()
+				if p := lastPercent(m.Console()); p > done {
+					done = p
+				}
 				cuts++
 				t.Logf("round %d cut %d (%s, +%s; root before: %s): power cut after %q; root after: %s", r, i, phase, wait, before, last, rootState(g))
 			}
@@ -344,4 +351,18 @@ func noTPMObjects(t *testing.T, state string) {
 			t.Errorf("the TPM holds %s after the first boot:\n%s", what, out)
 		}
 	}
+}
+
+// lastPercent is the progress of the last "tether: encrypting: N%" line.
+func lastPercent(console string) int {
+	i := strings.LastIndex(console, "tether: encrypting:")
+	if i < 0 {
+		return 0
+	}
+	f := strings.Fields(console[i+len("tether: encrypting:"):])
+	if len(f) == 0 {
+		return 0
+	}
+	n, _ := strconv.Atoi(strings.TrimSuffix(f[0], "%"))
+	return n
 }
