@@ -16,6 +16,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
+	"strconv"
 	"strings"
 
 	"github.com/tether-nbde/tether/internal/atomicfile"
@@ -162,6 +164,21 @@ func (v *Volume) Encrypt(ctx context.Context, o EncryptOptions) (int, error) {
 	}
 	offline := fi.Mode().IsRegular()
 	h, herr := v.Header()
+	if herr == nil {
+		if h, herr, err = v.undoTornHeader(ctx, h, work); err != nil {
+			return -1, err
+		}
+	} else if !errors.Is(herr, ErrNotLUKS) && tornOurs(v.Path) {
+		// Both header copies fail their checksums but the binary header
+		// carries our label: a cut in cryptsetup's first header write
+		// (one write of both copies, before anything is encrypted) or in
+		// undoTornHeader's putting back. The moved chunk is at the end.
+		v.logf("the header of the interrupted run is damaged (%v): putting back the %d MiB it replaced, then starting over", herr, ReduceSize>>21)
+		if err := putBackFromEnd(v.Path); err != nil {
+			return -1, fmt.Errorf("put back the start of %s: %w", v.Path, err)
+		}
+		h, herr = v.Header()
+	}
 	switch {
 	case errors.Is(herr, ErrNotLUKS):
 		// cryptsetup copies the first 16 MiB to the free end of the
@@ -307,6 +324,113 @@ func (v *Volume) removeSecretLeftovers(work, recoveryFile string) {
 			os.Remove(f)
 		}
 	}
+}
+
+// undoTornHeader handles a run cut while cryptsetup wrote its header over
+// the start of the device when cryptsetup's temporary header file, which
+// resume would write again, is gone with the work directory (a tmpfs in
+// an initramfs): keyslot 0 does not open, and every data segment in use
+// is still plain. cryptsetup had copied the first chunk of the data to
+// the free end of the device before (the header's backup-moved-segment),
+// so putting that copy back gives the device as it was, and the run
+// starts over. Otherwise h is returned as it is.
+func (v *Volume) undoTornHeader(ctx context.Context, h *Header, work string) (*Header, error, error) {
+	key, ours := tempKeyOf(h)
+	if !ours || !h.Reencrypting() {
+		return h, nil, nil
+	}
+	if _, err := os.Stat(filepath.Join(work, "LUKS2-temp-"+h.UUID+".new")); err == nil {
+		return h, nil, nil // resume writes the header again from it
+	}
+	var moved *Segment
+	for _, sg := range h.Metadata.Segments {
+		sg := sg
+		if len(sg.Flags) == 0 && sg.Type != "linear" {
+			return h, nil, nil // something is encrypted already
+		}
+		if slices.Contains(sg.Flags, "backup-moved-segment") && sg.Type == "linear" {
+			moved = &sg
+		}
+	}
+	if moved == nil {
+		return h, nil, nil
+	}
+	if err := v.Runner.TestKey(ctx, v.Path, 0, key); err == nil {
+		return h, nil, nil // the header is whole: resume goes on
+	}
+	size, err := strconv.ParseUint(moved.Size, 10, 64)
+	if err != nil || size == 0 || size > 64<<20 || uint64(moved.Offset) < size {
+		return nil, nil, fmt.Errorf("the header write of the interrupted encryption of %s was cut short, and its moved data segment (%s at %d) is not one tether can put back: restore the first %s bytes from offset %d by hand, then run the same command again", v.Path, moved.Size, moved.Offset, moved.Size, moved.Offset)
+	}
+	v.logf("the header write of the interrupted run was cut short, and cryptsetup's copy of the header is gone: putting back the %d MiB it replaced, then starting over", size>>20)
+	if err := putBack(v.Path, int64(moved.Offset), int64(size)); err != nil {
+		return nil, nil, fmt.Errorf("put back the start of %s: %w", v.Path, err)
+	}
+	h, herr := v.Header()
+	return h, herr, nil
+}
+
+// tornOurs reports whether dev starts with a LUKS2 binary header whose
+// subsystem label is an unfinished tether luks encrypt's.
+func tornOurs(dev string) bool {
+	f, err := os.Open(dev)
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	bin := make([]byte, 512)
+	if _, err := f.ReadAt(bin, 0); err != nil {
+		return false
+	}
+	return string(bin[:6]) == "LUKS\xba\xbe" && strings.HasPrefix(cstring(bin[208:256]), tempKeyPrefix)
+}
+
+// putBackFromEnd puts back the chunk cryptsetup reencrypt --encrypt
+// --reduce-device-size moves first: the first ReduceSize/2 bytes, copied
+// to the last ReduceSize/2 of the device (seen with cryptsetup 2.6.1; the
+// header's backup-moved-segment says so when the header can be read).
+func putBackFromEnd(dev string) error {
+	f, err := os.Open(dev)
+	if err != nil {
+		return err
+	}
+	end, err := f.Seek(0, io.SeekEnd)
+	f.Close()
+	if err != nil {
+		return err
+	}
+	const n = ReduceSize / 2
+	if end < MinEncryptSize {
+		return fmt.Errorf("%s is too small to hold a moved chunk", dev)
+	}
+	return putBack(dev, end-n, n)
+}
+
+// putBack copies size bytes at off to the start of dev. The first 4 KiB
+// (the LUKS2 binary header's magic, and an ext4 superblock) go last, after
+// the rest is on the disk: a cut during the copy leaves the torn header
+// in place, and the next run does the same again.
+func putBack(dev string, off, size int64) error {
+	f, err := os.OpenFile(dev, os.O_RDWR, 0)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	buf := make([]byte, size)
+	if _, err := f.ReadAt(buf, off); err != nil {
+		return err
+	}
+	const first = 4096
+	if _, err := f.WriteAt(buf[first:], first); err != nil {
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		return err
+	}
+	if _, err := f.WriteAt(buf[:first], 0); err != nil {
+		return err
+	}
+	return f.Sync()
 }
 
 // resume finishes an interrupted encryption: it rewrites a header whose

@@ -125,8 +125,24 @@ func init() {
 				deadline := fs.String("deadline", "", "")
 				retry := fs.String("retry", "", "")
 				ip := fs.String("ip", "", "")
+				fbDev := fs.String("first-boot", "", "")
+				fbName := fs.String("first-boot-name", "root", "")
+				fbRecovery := fs.String("first-boot-recovery", "", "")
 				return func(env *Env, args []string) error {
-					if len(args) != 0 {
+					var fb *boot.FirstBoot
+					switch {
+					case *fbDev != "" && target != "initramfs-tools":
+						return usagef("--first-boot is for install initramfs-tools")
+					case *fbDev != "" && len(args) != 2:
+						return usagef("--first-boot DEV takes the policy to bind: PIN CONFIG")
+					case *fbDev != "" && *fbRecovery == "":
+						return usagef("--first-boot needs --first-boot-recovery DEV:PATH (a file on a removable medium) or none (the binding is the only way in)")
+					case *fbDev != "":
+						fb = &boot.FirstBoot{Device: *fbDev, Name: *fbName, Pin: args[0], Config: args[1], Recovery: *fbRecovery}
+						if err := fb.Validate(); err != nil {
+							return err
+						}
+					case len(args) != 0:
 						return usagef("install %s takes no arguments", target)
 					}
 					if len(vols) > 0 && target != "systemd" {
@@ -157,6 +173,13 @@ func init() {
 							return err
 						}
 						plan = append(plan, f)
+					}
+					if fb != nil {
+						more, err := fb.Files()
+						if err != nil {
+							return err
+						}
+						plan = append(plan, more...)
 					}
 					if err := boot.Install(*root, plan); err != nil {
 						return withHint(err, "run as root, or give --root DIR to install into an image")
@@ -434,6 +457,7 @@ Options:
 
 const installUsage = `Usage: tether install systemd|dracut|initramfs-tools [--root DIR] [--bin PATH] [--volume NAME]...
        tether install initramfs-tools [--deadline D] [--retry R] [--ip SPEC]
+       tether install initramfs-tools --first-boot DEV --first-boot-recovery DEV:PATH|none [--first-boot-name NAME] PIN CONFIG
 
 Write tether's boot integration into the system (or the tree at --root),
 with PATH (default: this binary) as the tether the units and scripts run.
@@ -457,6 +481,21 @@ Every file written is printed; running it again replaces them.
                    the prompt), scripts/local-bottom/tether (stops them)
                    and conf.d/tether (UMASK=0077: the image is root-only)
 
+--first-boot DEV (initramfs-tools) prepares a factory image whose root is
+not encrypted yet: at its first boot the initramfs encrypts DEV in place
+(tether luks encrypt), binds it to PIN CONFIG, removes the temporary key
+and opens it as /dev/mapper/NAME (--first-boot-name, default root), so that
+boot goes on from the encrypted root. A power cut at any moment is finished
+by the next boot. DEV is the partition's path, PARTUUID= or PARTLABEL= (a
+filesystem's UUID= or LABEL= disappears under the LUKS header). The
+filesystem must leave DEV's last 32 MiB free (resize2fs), and the image
+must already boot with root=/dev/mapper/NAME and that name in /etc/fstab.
+--first-boot-recovery says where the recovery passphrase goes: DEV:PATH,
+a file on a removable medium (LABEL=KEYS:/root.key; the medium must be in
+at the first boot), or none (the binding is the only way in). The settings
+go to /etc/tether/first-boot.conf (root only), with the local-top script
+tether-first-boot; update-initramfs -u puts them into the initramfs.
+
 Both initramfs targets copy, besides tether and cryptsetup, the TPM drivers,
 the system's CA bundle, and the managed-mode device identity of every state
 directory under /etc/tether (its private key, when it is in a file: keep
@@ -472,6 +511,11 @@ Boot settings (initramfs-tools), written to
                    no ip=: initramfs-tools' syntax, e.g. dhcp, or
                    CLIENT::GATEWAY:NETMASK::IFACE:off:DNS for a static one
 The kernel command line wins: tether.deadline=, tether.retry=, ip=.
+Example (a factory image: sss of the TPM's PCR 7 and a Tang server; the
+recovery passphrase on the USB stick labelled KEYS):
+  $ tether install initramfs-tools --first-boot PARTLABEL=root --first-boot-recovery LABEL=KEYS:/root.key \
+      sss '{"t":1,"pins":{"tpm2":[{"pcr_ids":"7"}],"tang":[{"url":"http://keys.lan","thp":"9C8h..."}]}}'
+  $ update-initramfs -u
 
 See docs/BOOT.md for the ordering and what happens when a server is down.
 `

@@ -136,6 +136,26 @@ func (g *Guest) MakeDisks() {
 		"--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000", "--key-file", g.PassphraseFile(), g.RootImg)
 }
 
+// MakePlainDisks builds boot.img like MakeDisks and root.img of size
+// (truncate's syntax) holding the tree as a plain ext4 filesystem that
+// leaves the last 32 MiB free, as a factory image prepared for an
+// encryption in place at its first boot must.
+func (g *Guest) MakePlainDisks(sizeMiB int) {
+	g.t.Helper()
+	run := func(name string, args ...string) {
+		g.t.Helper()
+		if out, err := exec.Command(name, args...).CombinedOutput(); err != nil {
+			g.t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
+		}
+	}
+	os.Remove(g.BootImg)
+	os.Remove(g.RootImg)
+	run("truncate", "-s", "320M", g.BootImg)
+	run("mkfs.ext4", "-q", "-F", "-L", "boot", "-d", filepath.Join(g.Tree, "boot"), g.BootImg)
+	run("truncate", "-s", fmt.Sprintf("%dM", sizeMiB), g.RootImg)
+	run("mkfs.ext4", "-q", "-F", "-L", "root", "-d", g.Tree, g.RootImg, fmt.Sprintf("%dM", sizeMiB-32))
+}
+
 // PassphraseFile is a file holding Passphrase, for -k.
 func (g *Guest) PassphraseFile() string { return filepath.Join(g.Dir, "passphrase") }
 

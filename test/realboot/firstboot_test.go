@@ -1,0 +1,381 @@
+package realboot
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"math/rand"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/tether-nbde/tether/internal/testenv"
+)
+
+// firstBootRootMiB is the root image of the first-boot tests: small, since
+// the guest encrypts all of it under emulation.
+const firstBootRootMiB = 512
+
+// trimTree removes from the tree what a server does not need (documents,
+// translations, drivers for hardware QEMU does not have), after the
+// initramfs was built, so that the root fits firstBootRootMiB.
+func trimTree(t *testing.T, g *Guest) {
+	t.Helper()
+	for _, p := range []string{"usr/share/doc", "usr/share/man", "usr/share/locale", "usr/share/info"} {
+		os.RemoveAll(filepath.Join(g.Tree, p))
+	}
+	mods, _ := filepath.Glob(filepath.Join(g.Tree, "usr/lib/modules/*/kernel"))
+	for _, k := range mods {
+		for _, p := range []string{"sound", "drivers/gpu", "drivers/media", "drivers/infiniband", "drivers/iio",
+			"drivers/net/wireless", "drivers/net/ethernet", "drivers/scsi", "drivers/staging", "drivers/bluetooth",
+			"drivers/input/touchscreen", "drivers/hid", "net/wireless", "net/mac80211", "net/bluetooth", "fs/ocfs2",
+			"fs/xfs", "fs/btrfs", "fs/nfs", "fs/cifs", "fs/smb"} {
+			os.RemoveAll(filepath.Join(k, p))
+		}
+	}
+}
+
+// writeSums puts a data file into the tree and returns sha256sum -c input
+// for it and every file under /usr/bin and /usr/lib/x86_64-linux-gnu:
+// files nothing changes at boot, checked in the booted guest.
+func writeSums(t *testing.T, g *Guest) []byte {
+	t.Helper()
+	blob := make([]byte, 24<<20)
+	rand.New(rand.NewSource(17)).Read(blob)
+	g.Write("/var/lib/first-boot-data/blob", blob, 0o644)
+	var b strings.Builder
+	for _, dir := range []string{"var/lib/first-boot-data", "usr/bin", "usr/lib/x86_64-linux-gnu"} {
+		filepath.Walk(filepath.Join(g.Tree, dir), func(p string, fi os.FileInfo, err error) error {
+			if err != nil || !fi.Mode().IsRegular() {
+				return nil
+			}
+			f, err := os.Open(p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			h := sha256.New()
+			io.Copy(h, f)
+			f.Close()
+			fmt.Fprintf(&b, "%s  /%s\n", hex.EncodeToString(h.Sum(nil)), strings.TrimPrefix(p, g.Tree+"/"))
+			return nil
+		})
+	}
+	if strings.Count(b.String(), "\n") < 100 {
+		t.Fatalf("too few files to check:\n%s", b.String())
+	}
+	return []byte(b.String())
+}
+
+// firstBootCheck runs in the booted guest: the checksums, the root's
+// source and its bindings.
+const firstBootCheck = `
+# Each marker also goes to the kernel log (level 2, always on the console):
+# a getty starting on ttyS0 at the same moment can swallow this unit's output.
+say() { echo "$1"; echo "<2>$1" > /dev/kmsg; }
+say "@@ROOT $(findmnt -no SOURCE /)"
+cd /
+if sha256sum -c --quiet /run/test/sums; then say "@@SUMS ok $(wc -l < /run/test/sums)"; else say "@@SUMS bad"; fi
+tether luks list -d /dev/vdb 2>&1 | while read -r l; do say "@@LIST $l"; done
+`
+
+// noTemporaryKey checks on the host that a finished first boot left no
+// trace of the temporary key in the header: no label, no keyslot beyond
+// the binding and the recovery passphrase, no token but the binding.
+func noTemporaryKey(t *testing.T, g *Guest, wantSlots int) {
+	t.Helper()
+	out, err := exec.Command("cryptsetup", "luksDump", "--dump-json-metadata", g.RootImg).Output()
+	if err != nil {
+		t.Fatalf("luksDump: %v", err)
+	}
+	var md struct {
+		Keyslots map[string]json.RawMessage             `json:"keyslots"`
+		Tokens   map[string]struct{ Type string }       `json:"tokens"`
+		Config   map[string]json.RawMessage             `json:"config"`
+		Segments map[string]struct{ Type string }       `json:"segments"`
+		Digests  map[string]struct{ Keyslots []string } `json:"digests"`
+	}
+	if err := json.Unmarshal(out, &md); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(string(out), "reencrypt") {
+		t.Errorf("the header still has the reencryption:\n%s", out)
+	}
+	if len(md.Keyslots) != wantSlots {
+		t.Errorf("want %d keyslots, have %d:\n%s", wantSlots, len(md.Keyslots), out)
+	}
+	if _, ok := md.Keyslots["0"]; ok {
+		t.Errorf("keyslot 0 (the temporary key's) is still there:\n%s", out)
+	}
+	for id, tok := range md.Tokens {
+		if tok.Type != "clevis" {
+			t.Errorf("token %s is %q, want only the clevis binding", id, tok.Type)
+		}
+	}
+	if len(md.Tokens) != 1 {
+		t.Errorf("want one token (the binding), have %d", len(md.Tokens))
+	}
+	// The label is in the binary header, not in the JSON.
+	dump, _ := exec.Command("cryptsetup", "luksDump", g.RootImg).Output()
+	if strings.Contains(string(dump), "tether-encrypt") || !strings.Contains(string(dump), "(no subsystem)") {
+		t.Errorf("the subsystem label is not cleared:\n%s", dump)
+	}
+}
+
+// TestFirstBoot boots a real Debian 12 whose root is a plain ext4
+// filesystem and whose initramfs has tether's first-boot mode (tether
+// install initramfs-tools --first-boot): the initramfs encrypts the root
+// in place, binds it to sss(t=1) of the guest's TPM (swtpm, PCR 7) and a
+// Tang server, writes the recovery passphrase to a "USB stick" (an ext4
+// disk labelled FBKEYS), removes the temporary key and boots on from
+// /dev/mapper/root; the next boot unlocks it unattended. Every checked
+// file is byte-identical in the booted system both times.
+//
+//   - unattended: no interruption;
+//   - power-cuts: QEMU is killed at random moments of the first-boot
+//     encryption (0–12 s after it starts: before or during the header
+//     write; at random percentages; in the bind and the removal of the
+//     temporary key), up to 6 times per image; each next boot carries on.
+//     Rounds (fresh images): $TETHER_FIRSTBOOT_ROUNDS (default 1).
+func TestFirstBoot(t *testing.T) {
+	testenv.RequireCmd(t, "swtpm")
+	g := New(t, InitramfsTools)
+	srv := testenv.StartServer(t, "")
+	adv := fetchAdv(t, srv.URL)
+	fwd := map[string]string{ServerAddr: hostPort(srv.URL)}
+	policy := fmt.Sprintf(`{"t":1,"pins":{"tpm2":[{"pcr_ids":"7"}],"tang":[%s]}}`, tangConfig(ServerAddr, adv))
+	out := g.Chroot("tether install initramfs-tools --first-boot /dev/vdb --first-boot-recovery LABEL=FBKEYS:/root.key sss '" + policy + "'\n" +
+		"update-initramfs -u -k all\nlsinitramfs /boot/initrd.img-* | grep -E 'local-top/tether-first-boot$|etc/tether/first-boot.conf$'\n")
+	for _, want := range []string{"scripts/local-top/tether-first-boot", "etc/tether/first-boot.conf"} {
+		if !strings.Contains(out, want) {
+			t.Fatalf("the initramfs has no %s:\n%s", want, out)
+		}
+	}
+	trimTree(t, g)
+	sums := writeSums(t, g)
+	keys := filepath.Join(g.Dir, "keys.img")
+	fresh := func() {
+		g.MakePlainDisks(firstBootRootMiB)
+		os.Remove(keys)
+		for _, c := range [][]string{{"truncate", "-s", "16M", keys}, {"mkfs.ext4", "-q", "-F", "-L", "FBKEYS", keys}} {
+			if out, err := exec.Command(c[0], c[1:]...).CombinedOutput(); err != nil {
+				t.Fatalf("%v: %v\n%s", c, err, out)
+			}
+		}
+	}
+	tpmState := t.TempDir()
+	boot := func(t *testing.T, log string) *Machine {
+		// loglevel=4: fewer kernel lines to interleave with the markers;
+		// no_timer_check: under TCG on a loaded host the kernel's IO-APIC
+		// timer check can fail and panic ("IO-APIC + timer doesn't work").
+		return g.Boot(Options{Forward: fwd, TPM: startSWTPM(t, tpmState), Disks: []string{keys}, Append: "loglevel=4 no_timer_check",
+			Script: firstBootCheck, Files: map[string][]byte{"sums": sums}, Log: log})
+	}
+	// verify is a boot that must end in the booted system with every file
+	// intact; encrypts says whether the initramfs is to do (or finish) the
+	// first-boot work in it.
+	verify := func(t *testing.T, m *Machine, encrypts bool) {
+		t.Helper()
+		if encrypts {
+			m.WaitFor(`tether: first boot: /dev/vdb is encrypted and bound`, 0, 12*time.Minute)
+		}
+		_, _, opened := m.WaitFor(`tether: opened /dev/vdb as /dev/mapper/root`, 0, 12*time.Minute)
+		// Kernel messages on the same serial console can split a marker
+		// line: the root is printed twice, and the test ends on power-off.
+		m.Expect(`@@SUMS`, 0, 8*time.Minute)
+		m.WaitExit(2 * time.Minute)
+		if r := append(m.Markers("READY"), m.Markers("ROOT")...); !slices.ContainsFunc(r, func(s string) bool { return strings.Contains(s, "/dev/mapper/root") }) {
+			t.Fatalf("the booted root is not /dev/mapper/root: READY %v ROOT %v", m.Markers("READY"), m.Markers("ROOT"))
+		}
+		s := m.Markers("SUMS")
+		if len(s) == 0 || slices.ContainsFunc(s, func(x string) bool { return !strings.HasPrefix(x, "ok") }) {
+			t.Fatalf("files on the root differ from before: %v", s)
+		}
+		if !encrypts && strings.Contains(m.Console(), "first boot: encrypting") {
+			t.Errorf("the finished root was encrypted again")
+		}
+		t.Logf("root opened %s after power-on; bindings: %v", opened.Round(time.Second), m.Markers("LIST"))
+	}
+	recoveryOpens := func(t *testing.T) {
+		t.Helper()
+		rec := filepath.Join(t.TempDir(), "root.key")
+		if out, err := exec.Command("debugfs", "-R", "dump /root.key "+rec, keys).CombinedOutput(); err != nil {
+			t.Fatalf("read the recovery file from the medium: %v\n%s", err, out)
+		}
+		if out, err := exec.Command("cryptsetup", "open", "--test-passphrase", "--key-file", rec, g.RootImg).CombinedOutput(); err != nil {
+			t.Fatalf("the recovery passphrase on the medium does not open the root: %v\n%s", err, out)
+		}
+	}
+
+	t.Run("unattended", func(t *testing.T) {
+		fresh()
+		start := time.Now()
+		verify(t, boot(t, "first-boot.log"), true)
+		t.Logf("first boot (encrypt %d MiB, bind, boot on) took %s", firstBootRootMiB, time.Since(start).Round(time.Second))
+		noTemporaryKey(t, g, 2)
+		recoveryOpens(t)
+		noTPMObjects(t, tpmState)
+		verify(t, boot(t, "second-boot.log"), false)
+	})
+
+	t.Run("power-cuts", func(t *testing.T) {
+		rounds := 1
+		if n, err := strconv.Atoi(os.Getenv("TETHER_FIRSTBOOT_ROUNDS")); err == nil && n > 0 {
+			rounds = n
+		}
+		rng := rand.New(rand.NewSource(time.Now().UnixNano()))
+		cuts := 0
+		for r := 0; r < rounds; r++ {
+			fresh()
+			// The progress a cut during the encryption reached: the next
+			// cut of this image falls later, so that each one interrupts
+			// the encryption again.
+			done := 0
+			// As the encryption starts (before or during the header
+			// write), during the encryption, and in the bind and the
+			// removal of the temporary key.
+			for i, phase := range []string{"start", "encrypting", "encrypting", "encrypting", "bind", "bind"} {
+				before := rootState(g)
+				if before == "LUKS, finished" {
+					t.Logf("round %d: finished before cut %d; no more cuts", r, i)
+					break
+				}
+				m := boot(t, fmt.Sprintf("cut-%d-%d.log", r, i))
+				_, idx, _ := m.WaitFor(`tether: first boot: encrypting /dev/vdb`, 0, 10*time.Minute)
+				var wait time.Duration
+				switch {
+				case phase == "start":
+					// Under load the header write comes 5–10 s after the line.
+					wait = time.Duration(rng.Intn(12000)) * time.Millisecond
+				case phase == "encrypting" && done < 90 && before != "LUKS, data encrypted, temporary key still in the header (bind/cleanup unfinished)":
+					waitPercent(t, m, idx, done+1+rng.Intn(95-done))
+				case before == "no LUKS header" || before == "LUKS, encryption unfinished":
+					m.WaitFor(`tether: encrypting: 100%|all data is encrypted`, idx, 20*time.Minute)
+					wait = time.Duration(rng.Intn(8000)) * time.Millisecond
+				default:
+					wait = time.Duration(rng.Intn(8000)) * time.Millisecond
+				}
+				time.Sleep(wait)
+				last := lastTetherLine(m.Console())
+				m.Kill()
+				if p := lastPercent(m.Console()); p > done {
+					done = p
+				}
+				cuts++
+				t.Logf("round %d cut %d (%s, +%s; root before: %s): power cut after %q; root after: %s", r, i, phase, wait, before, last, rootState(g))
+			}
+			verify(t, boot(t, fmt.Sprintf("cut-%d-done.log", r)), rootState(g) != "LUKS, finished")
+			noTemporaryKey(t, g, 2)
+			recoveryOpens(t)
+			noTPMObjects(t, tpmState)
+		}
+		t.Logf("%d power cuts in %d rounds; every next boot finished the job with the files intact", cuts, rounds)
+	})
+}
+
+// lastTetherLine is the last console line of tether's, where a cut fell.
+func lastTetherLine(console string) string {
+	lines := strings.Split(console, "\n")
+	for i := len(lines) - 1; i >= 0; i-- {
+		if strings.Contains(lines[i], "tether") {
+			return strings.TrimSpace(lines[i])
+		}
+	}
+	return ""
+}
+
+// waitPercent waits for a progress line of at least pct percent.
+func waitPercent(t *testing.T, m *Machine, from, pct int) {
+	t.Helper()
+	for {
+		line, idx, _ := m.WaitFor(`tether: encrypting: +[0-9]+%|first boot: /dev/vdb is encrypted|first boot: encrypting .* failed`, from, 20*time.Minute)
+		if !strings.Contains(line, "tether: encrypting:") {
+			return // no progress lines left in this run
+		}
+		f := strings.Fields(line[strings.Index(line, "encrypting:")+len("encrypting:"):])
+		if n, err := strconv.Atoi(strings.TrimSuffix(f[0], "%")); err == nil && n >= pct {
+			return
+		}
+		from = idx + 1
+	}
+}
+
+// rootState says what a cut left on the root image: no header yet, an
+// unfinished encryption, or a finished one still holding the temporary
+// key, or done.
+func rootState(g *Guest) string {
+	out, err := exec.Command("cryptsetup", "luksDump", "--dump-json-metadata", g.RootImg).Output()
+	switch {
+	case err != nil:
+		return "no LUKS header"
+	case strings.Contains(string(out), "online-reencrypt"):
+		return "LUKS, encryption unfinished"
+	case strings.Contains(string(textDump(g)), "tether-encrypt"):
+		return "LUKS, data encrypted, temporary key still in the header (bind/cleanup unfinished)"
+	default:
+		return "LUKS, finished"
+	}
+}
+
+func textDump(g *Guest) []byte {
+	out, _ := exec.Command("cryptsetup", "luksDump", g.RootImg).Output()
+	return out
+}
+
+// noTPMObjects checks that the guest's TPM holds no persistent object and
+// no NV index: tether's tpm2 pin seals into the JWE and keeps nothing in
+// the TPM, and the temporary key never goes there.
+func noTPMObjects(t *testing.T, state string) {
+	t.Helper()
+	if _, err := exec.LookPath("tpm2_getcap"); err != nil {
+		t.Log("tpm2_getcap not installed: the TPM's handles are not checked")
+		return
+	}
+	addr := testenv.FreePort(t)
+	port, _ := strconv.Atoi(addr[strings.LastIndex(addr, ":")+1:])
+	cmd := exec.Command("swtpm", "socket", "--tpm2", "--tpmstate", "dir="+state,
+		"--server", fmt.Sprintf("type=tcp,port=%d,bindaddr=127.0.0.1", port),
+		"--ctrl", fmt.Sprintf("type=tcp,port=%d,bindaddr=127.0.0.1", port+1), "--flags", "startup-clear")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { cmd.Process.Kill(); cmd.Wait() }()
+	tcti := fmt.Sprintf("swtpm:host=127.0.0.1,port=%d", port)
+	for _, what := range []string{"handles-persistent", "handles-nv-index"} {
+		var out []byte
+		var err error
+		for i := 0; i < 50; i++ {
+			c := exec.Command("tpm2_getcap", "-T", tcti, what)
+			if out, err = c.CombinedOutput(); err == nil {
+				break
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		if err != nil {
+			t.Fatalf("tpm2_getcap %s: %v\n%s", what, err, out)
+		}
+		if strings.TrimSpace(string(out)) != "" {
+			t.Errorf("the TPM holds %s after the first boot:\n%s", what, out)
+		}
+	}
+}
+
+// lastPercent is the progress of the last "tether: encrypting: N%" line.
+func lastPercent(console string) int {
+	i := strings.LastIndex(console, "tether: encrypting:")
+	if i < 0 {
+		return 0
+	}
+	f := strings.Fields(console[i+len("tether: encrypting:"):])
+	if len(f) == 0 {
+		return 0
+	}
+	n, _ := strconv.Atoi(strings.TrimSuffix(f[0], "%"))
+	return n
+}
