@@ -548,15 +548,18 @@ const crypttabOpenUsage = `Usage: tether crypttab open [--crypttab FILE] [--dead
 
 Open every volume of FILE (or those named) that has bindings and is not open
 yet, all at once, each bounded by --deadline (a refusal that cannot change,
-such as a revoked managed device, ends the wait at once): what the initramfs
-scripts run before their own prompt. Volumes without bindings are skipped quietly. One
+such as a revoked managed device, ends the wait at once): what dracut's
+initqueue hook runs before its prompt. Volumes without bindings are skipped quietly. One
 line per volume says what happened; the exit status is 1 if a bound volume
 was left closed.
 
 Options:
-  --crypttab FILE  default /etc/crypttab (in initramfs-tools: /cryptroot/crypttab)
+  --crypttab FILE  default /etc/crypttab
   --deadline D     per volume (default 60s)
   --timeout D      bound for each network exchange (default 10s)
+
+initramfs-tools uses "tether initramfs local-top" instead, which also
+retries behind the prompt.
 `
 
 const luksRunUsage = `Usage: tether luks run -d DEV --mount DIR [-n NAME] [-o OPTS] [--deadline D] -- CMD [ARG]...
