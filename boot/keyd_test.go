@@ -168,7 +168,7 @@ func TestKeyServerProtocol(t *testing.T) {
 	}
 	l := logs.String()
 	for _, want := range []string{
-		`volume "down": no key sent after 1.5`,
+		`volume "down": no key sent after 1.`, // 1.5 s and what a loaded machine adds
 		"gave up because the deadline passed; last error: tang(http://10.9.9.9): connection refused",
 		`volume "plain": no key sent`, "no clevis or tether bindings",
 		`volume "stranger": no key sent`, "is not in " + tab,
