@@ -119,41 +119,32 @@ func (g *Guest) Chroot(script string) string {
 // Passphrase with PBKDF2, fast under emulation).
 func (g *Guest) MakeDisks() {
 	g.t.Helper()
-	run := func(name string, args ...string) {
-		g.t.Helper()
-		if out, err := exec.Command(name, args...).CombinedOutput(); err != nil {
-			g.t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
-		}
-	}
-	os.Remove(g.BootImg)
-	os.Remove(g.RootImg)
-	run("truncate", "-s", "320M", g.BootImg)
-	run("mkfs.ext4", "-q", "-F", "-L", "boot", "-d", filepath.Join(g.Tree, "boot"), g.BootImg)
-	run("truncate", "-s", "2G", g.RootImg)
-	// The filesystem leaves the 32 MiB the LUKS2 header takes.
-	run("mkfs.ext4", "-q", "-F", "-L", "root", "-d", g.Tree, g.RootImg, "1984M")
-	run("cryptsetup", "reencrypt", "-q", "--encrypt", "--type", "luks2", "--reduce-device-size", "32M",
+	g.MakePlainDisks(2048)
+	g.run("cryptsetup", "reencrypt", "-q", "--encrypt", "--type", "luks2", "--reduce-device-size", "32M",
 		"--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000", "--key-file", g.PassphraseFile(), g.RootImg)
 }
 
-// MakePlainDisks builds boot.img like MakeDisks and root.img of size
-// (truncate's syntax) holding the tree as a plain ext4 filesystem that
-// leaves the last 32 MiB free, as a factory image prepared for an
-// encryption in place at its first boot must.
+// MakePlainDisks builds boot.img from the tree's /boot and root.img of
+// sizeMiB holding the tree as a plain ext4 filesystem that leaves the last
+// 32 MiB free: what an encryption in place needs for the LUKS2 header
+// (MakeDisks, or a factory image encrypted at its first boot).
 func (g *Guest) MakePlainDisks(sizeMiB int) {
 	g.t.Helper()
-	run := func(name string, args ...string) {
-		g.t.Helper()
-		if out, err := exec.Command(name, args...).CombinedOutput(); err != nil {
-			g.t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
-		}
-	}
 	os.Remove(g.BootImg)
 	os.Remove(g.RootImg)
-	run("truncate", "-s", "320M", g.BootImg)
-	run("mkfs.ext4", "-q", "-F", "-L", "boot", "-d", filepath.Join(g.Tree, "boot"), g.BootImg)
-	run("truncate", "-s", fmt.Sprintf("%dM", sizeMiB), g.RootImg)
-	run("mkfs.ext4", "-q", "-F", "-L", "root", "-d", g.Tree, g.RootImg, fmt.Sprintf("%dM", sizeMiB-32))
+	g.run("truncate", "-s", "320M", g.BootImg)
+	g.run("mkfs.ext4", "-q", "-F", "-L", "boot", "-d", filepath.Join(g.Tree, "boot"), g.BootImg)
+	g.run("truncate", "-s", fmt.Sprintf("%dM", sizeMiB), g.RootImg)
+	g.run("mkfs.ext4", "-q", "-F", "-L", "root", "-d", g.Tree, g.RootImg, fmt.Sprintf("%dM", sizeMiB-32))
+}
+
+// run runs a host command for the guest's images and fails the test if it
+// fails.
+func (g *Guest) run(name string, args ...string) {
+	g.t.Helper()
+	if out, err := exec.Command(name, args...).CombinedOutput(); err != nil {
+		g.t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
+	}
 }
 
 // PassphraseFile is a file holding Passphrase, for -k.
