@@ -3,11 +3,11 @@ package realboot
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 
 	"github.com/tether-nbde/tether/internal/testenv"
@@ -22,34 +22,23 @@ func Debs(t testing.TB, names ...string) map[string][]byte {
 	t.Helper()
 	testenv.RequireCmd(t, "apt-get")
 	sum := sha256.Sum256([]byte(strings.Join(names, ",")))
-	dir := filepath.Join(CacheDir(), "debs-"+hex.EncodeToString(sum[:8]))
-	if err := os.MkdirAll(CacheDir(), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	lock, err := os.OpenFile(dir+".lock", os.O_CREATE|os.O_RDWR, 0o600)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer lock.Close()
-	syscall.Flock(int(lock.Fd()), syscall.LOCK_EX)
-	if _, err := os.Stat(filepath.Join(dir, ".complete")); err != nil {
-		os.RemoveAll(dir)
-		os.MkdirAll(dir, 0o755)
-		cmd := exec.Command("apt-get", append([]string{"download", "-q"}, names...)...)
-		cmd.Dir = dir
-		if out, err := cmd.CombinedOutput(); err != nil {
+	dir := cached(t, "debs-"+hex.EncodeToString(sum[:8]), func(tmp string) error {
+		download := func() ([]byte, error) {
+			cmd := exec.Command("apt-get", append([]string{"download", "-q"}, names...)...)
+			cmd.Dir = tmp
+			return cmd.CombinedOutput()
+		}
+		if _, err := download(); err != nil {
 			// The package lists may be missing on a fresh machine.
-			if up, err2 := exec.Command("apt-get", "update", "-q").CombinedOutput(); err2 != nil {
-				t.Fatalf("apt-get update: %v\n%s", err2, up)
+			if up, err := exec.Command("apt-get", "update", "-q").CombinedOutput(); err != nil {
+				return fmt.Errorf("apt-get update: %v\n%s", err, up)
 			}
-			cmd = exec.Command("apt-get", append([]string{"download", "-q"}, names...)...)
-			cmd.Dir = dir
-			if out, err = cmd.CombinedOutput(); err != nil {
-				t.Fatalf("apt-get download %s: %v\n%s", strings.Join(names, " "), err, out)
+			if out, err := download(); err != nil {
+				return fmt.Errorf("apt-get download %s: %v\n%s", strings.Join(names, " "), err, out)
 			}
 		}
-		os.WriteFile(filepath.Join(dir, ".complete"), nil, 0o644)
-	}
+		return nil
+	})
 	ents, err := os.ReadDir(dir)
 	if err != nil {
 		t.Fatal(err)

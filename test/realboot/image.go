@@ -110,14 +110,29 @@ func Require(t testing.TB) {
 }
 
 // Base returns the cached base tree of flavor, building it first if it is
-// not there. Concurrent test processes wait for one build (flock).
+// not there.
 func Base(t testing.TB, flavor Flavor) string {
 	t.Helper()
 	pkgs := append(append([]string{}, commonPackages...), flavorPackages[flavor]...)
 	mirror := Mirror()
 	sum := sha256.Sum256([]byte(strings.Join([]string{harnessVersion, Suite, mirror, strings.Join(pkgs, ",")}, "\n")))
-	key := hex.EncodeToString(sum[:8])
-	dir := filepath.Join(CacheDir(), fmt.Sprintf("base-%s-%s", flavor, key))
+	name := fmt.Sprintf("base-%s-%s", flavor, hex.EncodeToString(sum[:8]))
+	return cached(t, name, func(tmp string) error {
+		t.Logf("building the %s base image with mmdebstrap from %s (once; cached in %s)", flavor, mirror, CacheDir())
+		cmd := exec.Command("mmdebstrap", "--variant=minbase", "--include="+strings.Join(pkgs, ","), Suite, tmp, mirror)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			return fmt.Errorf("mmdebstrap: %v\n%s", err, tail(out, 4000))
+		}
+		return prepareBase(tmp)
+	})
+}
+
+// cached returns CacheDir/name, made first by build (into a temporary
+// folder renamed into place when build succeeds) if an earlier run has not
+// made it. Concurrent test processes wait for one build (flock).
+func cached(t testing.TB, name string, build func(tmp string) error) string {
+	t.Helper()
+	dir := filepath.Join(CacheDir(), name)
 	if err := os.MkdirAll(CacheDir(), 0o755); err != nil {
 		t.Fatal(err)
 	}
@@ -134,13 +149,10 @@ func Base(t testing.TB, flavor Flavor) string {
 	}
 	tmp := dir + ".building"
 	os.RemoveAll(tmp)
-	t.Logf("building the %s base image with mmdebstrap from %s (once; cached in %s)", flavor, mirror, dir)
-	cmd := exec.Command("mmdebstrap", "--variant=minbase", "--include="+strings.Join(pkgs, ","), Suite, tmp, mirror)
-	if out, err := cmd.CombinedOutput(); err != nil {
-		os.RemoveAll(tmp)
-		t.Fatalf("mmdebstrap: %v\n%s", err, tail(out, 4000))
+	if err := os.MkdirAll(tmp, 0o755); err != nil {
+		t.Fatal(err)
 	}
-	if err := prepareBase(tmp); err != nil {
+	if err := build(tmp); err != nil {
 		os.RemoveAll(tmp)
 		t.Fatal(err)
 	}
