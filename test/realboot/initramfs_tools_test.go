@@ -73,8 +73,8 @@ func TestInitramfsTools(t *testing.T) {
 	t.Run("tang", func(t *testing.T) {
 		g.Host("", "luks", "bind", "-d", g.RootImg, "-k", g.PassphraseFile(), "tang", tangConfig(ServerAddr, adv))
 		m := g.Boot(Options{Forward: fwd, Log: "tang.log"})
-		_, _, opened := m.WaitFor(`tether: opened /dev/vdb as /dev/mapper/root`, 0, 4*time.Minute)
-		line, _, ready := m.WaitFor(`@@READY`, 0, 4*time.Minute)
+		_, _, opened := m.WaitFor(`tether: opened /dev/vdb as /dev/mapper/root`, 0, 10*time.Minute)
+		line, _, ready := m.WaitFor(`@@READY`, 0, 10*time.Minute)
 		if !strings.Contains(line, "root=/dev/mapper/root") {
 			t.Errorf("root is not the unlocked volume: %s", line)
 		}
@@ -88,8 +88,8 @@ func TestInitramfsTools(t *testing.T) {
 		cfg := fmt.Sprintf(`{"t":1,"pins":{"tang":[%s,%s]}}`, tangConfig(Server2Addr, adv), tangConfig(ServerAddr, adv))
 		g.Host("", "luks", "bind", "-d", g.RootImg, "-k", g.PassphraseFile(), "sss", cfg)
 		m := g.Boot(Options{Forward: fwd, Log: "sss.log"})
-		_, _, opened := m.WaitFor(`tether: opened /dev/vdb as /dev/mapper/root`, 0, 4*time.Minute)
-		m.WaitFor(`@@READY .*root=/dev/mapper/root`, 0, 4*time.Minute)
+		_, _, opened := m.WaitFor(`tether: opened /dev/vdb as /dev/mapper/root`, 0, 10*time.Minute)
+		m.WaitFor(`@@READY .*root=/dev/mapper/root`, 0, 10*time.Minute)
 		m.WaitExit(time.Minute)
 		t.Logf("root unlocked %s after power-on with the first server down", opened.Round(time.Second))
 	})
