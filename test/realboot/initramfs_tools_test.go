@@ -78,7 +78,7 @@ func TestInitramfsTools(t *testing.T) {
 		if !strings.Contains(line, "root=/dev/mapper/root") {
 			t.Errorf("root is not the unlocked volume: %s", line)
 		}
-		m.WaitExit(time.Minute)
+		m.WaitExit(3 * time.Minute)
 		t.Logf("root unlocked %s after power-on, multi-user.target at %s", opened.Round(time.Second), ready.Round(time.Second))
 		g.Host("", "luks", "unbind", "-d", g.RootImg, "-s", "1")
 	})
@@ -90,7 +90,7 @@ func TestInitramfsTools(t *testing.T) {
 		m := g.Boot(Options{Forward: fwd, Log: "sss.log"})
 		_, _, opened := m.WaitFor(`tether: opened /dev/vdb as /dev/mapper/root`, 0, 10*time.Minute)
 		m.WaitFor(`@@READY .*root=/dev/mapper/root`, 0, 10*time.Minute)
-		m.WaitExit(time.Minute)
+		m.WaitExit(3 * time.Minute)
 		t.Logf("root unlocked %s after power-on with the first server down", opened.Round(time.Second))
 	})
 }
