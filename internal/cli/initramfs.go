@@ -219,7 +219,7 @@ func init() {
 	})
 }
 
-const initramfsLocalTopUsage = `Usage: tether initramfs local-top [--crypttab FILE] [--config FILE] [NAME]...
+const initramfsLocalTopUsage = `Usage: tether initramfs local-top [--crypttab FILE] [--config FILE] [--cmdline FILE] [NAME]...
 
 What initramfs-tools' scripts/local-top/tether runs before cryptroot. For
 every bound volume of FILE that is still closed, at once:
@@ -242,9 +242,10 @@ tether.retry=forever|no|10m, ip= (initramfs-tools' syntax).
 Options:
   --crypttab FILE  default /cryptroot/crypttab
   --config FILE    default /etc/tether/initramfs.conf
+  --cmdline FILE   the kernel command line (default /proc/cmdline)
 `
 
-const initramfsRetryUsage = `Usage: tether initramfs retry [--crypttab FILE] [--config FILE]
+const initramfsRetryUsage = `Usage: tether initramfs retry [--crypttab FILE] [--config FILE] [--cmdline FILE]
 
 Started by "tether initramfs local-top" for the volumes it left closed:
 retries with backoff (capped at 30s) behind cryptroot's prompt and gives a
@@ -252,6 +253,8 @@ recovered key to the askpass process asking for that volume. It ends when
 every volume is open (by its key or the typed passphrase), when a binding
 refuses for good, or when tether.retry= passes; "tether initramfs
 local-bottom" stops it in any case before the real system starts.
+
+Options: --crypttab, --config and --cmdline as for "tether initramfs local-top".
 `
 
 const initramfsLocalBottomUsage = `Usage: tether initramfs local-bottom
