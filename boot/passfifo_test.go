@@ -210,18 +210,10 @@ func TestRetryStopsWhenTyped(t *testing.T) {
 		Console:   &boot.Console{Out: &console},
 		Mapper:    mapper,
 	}
-	done := make(chan struct{})
-	go func() {
-		u.Retry(context.Background(), []boot.Pending{{Name: "root", Device: "/dev/vdb"}})
-		close(done)
-	}()
+	done := startRetry(u)
 	time.Sleep(1500 * time.Millisecond)
 	os.WriteFile(filepath.Join(mapper, "root"), nil, 0o644)
-	select {
-	case <-done:
-	case <-time.After(3 * time.Second):
-		t.Fatal("the retry went on after the passphrase opened root")
-	}
+	waitRetry(t, done, 3*time.Second, "the retry went on after the passphrase opened root")
 	if !strings.Contains(console.String(), "root was opened at the prompt") {
 		t.Errorf("console:\n%s", console.String())
 	}
@@ -237,16 +229,7 @@ func TestRetryPermanent(t *testing.T) {
 		Console:   &boot.Console{Out: &console},
 		Mapper:    t.TempDir(),
 	}
-	done := make(chan struct{})
-	go func() {
-		u.Retry(context.Background(), []boot.Pending{{Name: "root", Device: "/dev/vdb"}})
-		close(done)
-	}()
-	select {
-	case <-done:
-	case <-time.After(5 * time.Second):
-		t.Fatal("the retry went on after a permanent refusal")
-	}
+	waitRetry(t, startRetry(u), 5*time.Second, "the retry went on after a permanent refusal")
 	if !strings.Contains(console.String(), "refused for good: device revoked") {
 		t.Errorf("console:\n%s", console.String())
 	}
@@ -268,21 +251,33 @@ func TestRetryChecksTheKey(t *testing.T) {
 		Console: &boot.Console{Out: &console},
 		Mapper:  t.TempDir(),
 	}
-	done := make(chan struct{})
-	go func() {
-		u.Retry(context.Background(), []boot.Pending{{Name: "root", Device: "/dev/vdb"}})
-		close(done)
-	}()
-	select {
-	case <-done:
-	case <-time.After(5 * time.Second):
-		t.Fatal("the retry went on after a key that does not open the volume")
-	}
+	waitRetry(t, startRetry(u), 5*time.Second, "the retry went on after a key that does not open the volume")
 	if !strings.Contains(console.String(), "does not open keyslot 1") {
 		t.Errorf("console:\n%s", console.String())
 	}
 	// The prompt is still waiting and got nothing.
 	if a, ok := boot.FindAsker("", "root", ""); !ok || a.FIFO == "" || out.Len() != 0 {
 		t.Errorf("the prompt was fed or ended: %q (fifo %s)", out.String(), fifo)
+	}
+}
+
+// startRetry runs u's retry for the volume root (/dev/vdb) and returns a
+// channel closed when it ends.
+func startRetry(u *boot.EarlyUnlock) <-chan struct{} {
+	done := make(chan struct{})
+	go func() {
+		u.Retry(context.Background(), []boot.Pending{{Name: "root", Device: "/dev/vdb"}})
+		close(done)
+	}()
+	return done
+}
+
+// waitRetry fails the test with why unless the retry ends within d.
+func waitRetry(t *testing.T, done <-chan struct{}, d time.Duration, why string) {
+	t.Helper()
+	select {
+	case <-done:
+	case <-time.After(d):
+		t.Fatal(why)
 	}
 }
