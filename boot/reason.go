@@ -120,7 +120,10 @@ func reasonOne(err error) string {
 		return "cannot resolve " + dns.Name
 	case errors.Is(err, syscall.ECONNREFUSED):
 		return addrOf(err, op) + " refused the connection (server down?)"
-	case errors.Is(err, syscall.ECONNRESET) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF):
+	case errors.Is(err, syscall.ECONNRESET) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) ||
+		// net/http's unexported errServerClosedIdle: the server hung up
+		// before the request went out, which it reports instead of EOF.
+		strings.Contains(err.Error(), "server closed idle connection"):
 		return addrOf(err, op) + " closed the connection without answering (server starting, or a proxy with no server behind it)"
 	case errors.Is(err, syscall.ENETUNREACH) || errors.Is(err, syscall.EHOSTUNREACH):
 		return "no route to " + addrOf(err, op)
