@@ -87,6 +87,7 @@ func Plan(target, bin string, volumes []string) ([]InstallFile, error) {
 		const dir = "/usr/lib/dracut/modules.d/60tether/"
 		must(add("dracut/60tether/module-setup.sh", dir+"module-setup.sh", 0o755))
 		must(add("dracut/60tether/tether-hook.sh", dir+"tether-hook.sh", 0o755))
+		must(add("dracut/60tether/99-tether-dhcp.network", dir+"99-tether-dhcp.network", 0o644))
 		must(add("systemd/tether-askpass.path", dir+"tether-askpass.path", 0o644))
 		must(add("systemd/tether-askpass.service", dir+"tether-askpass.service", 0o644))
 	case "initramfs-tools":

@@ -78,6 +78,8 @@ func New(t testing.TB, flavor Flavor) *Guest {
 			t.Fatal(err)
 		}
 	}
+	g.Write("/etc/systemd/system/tether-test.service", []byte(testUnit), 0o644)
+	g.Write("/usr/local/sbin/tether-test-run", []byte(testRunner), 0o755)
 	if err := os.WriteFile(g.PassphraseFile(), []byte(Passphrase), 0o600); err != nil {
 		t.Fatal(err)
 	}

@@ -167,16 +167,15 @@ func cached(t testing.TB, name string, build func(tmp string) error) string {
 }
 
 // prepareBase makes the settings every guest shares: DHCP by
-// systemd-networkd, the ciphers the initramfs must hold (a chroot cannot
-// read the root's LUKS header, so the cryptroot hook cannot find them),
-// and the unit that runs a test's script once the system is up.
+// systemd-networkd and the ciphers the initramfs must hold (a chroot
+// cannot read the root's LUKS header, so the cryptroot hook cannot find
+// them). The test runner is written by New, so that changing it needs no
+// new base.
 func prepareBase(tree string) error {
 	files := map[string]string{
 		"etc/hostname":                           "guest\n",
 		"etc/systemd/network/50-dhcp.network":    "[Match]\nName=en* eth*\n\n[Network]\nDHCP=ipv4\n",
 		"etc/initramfs-tools/modules":            "dm_crypt\nxts\naesni_intel\naes_generic\nalgif_skcipher\n",
-		"etc/systemd/system/tether-test.service": testUnit,
-		"usr/local/sbin/tether-test-run":         testRunner,
 	}
 	for p, data := range files {
 		full := filepath.Join(tree, p)
@@ -226,7 +225,11 @@ WantedBy=multi-user.target
 // testRunner is what tether-test.service runs: the script disk (a tar
 // attached with serial "testscript") holds run.sh; with no script disk the
 // guest powers off once up.
+//
+// dmesg -n 1 first: kernel messages printed on the console in the middle
+// of a marker line split it.
 const testRunner = `#!/bin/sh
+dmesg -n 1 2>/dev/null
 echo "@@READY $(cut -d' ' -f1 /proc/uptime) root=$(findmnt -no SOURCE /)"
 disk=/dev/disk/by-id/virtio-testscript
 if [ -e "$disk" ]; then

@@ -46,6 +46,9 @@ install() {
     for d in /etc/tether/*; do
         [[ $d == /etc/tether/device ]] || tether_copy_device "$d" "$d"
     done
+    if dracut_module_included "systemd-networkd"; then
+        inst_simple "$moddir/99-tether-dhcp.network" /etc/systemd/network/99-tether-dhcp.network
+    fi
     mkdir -p "${initdir}/etc/cmdline.d"
     cmdline > "${initdir}/etc/cmdline.d/60tether.conf"
 
@@ -55,6 +58,11 @@ install() {
         inst_simple "$moddir/tether-askpass.path" "$systemdsystemunitdir/tether-askpass.path"
         inst_simple "$moddir/tether-askpass.service" "$systemdsystemunitdir/tether-askpass.service"
         $SYSTEMCTL -q --root "$initdir" add-wants cryptsetup.target tether-askpass.path
+        # The agent's lines (answered, or why not) on the console too: in
+        # the initramfs that is where the person at the prompt looks.
+        mkdir -p "${initdir}$systemdsystemunitdir/tether-askpass.service.d"
+        printf '[Service]\nStandardOutput=journal+console\nStandardError=journal+console\n' \
+            > "${initdir}$systemdsystemunitdir/tether-askpass.service.d/console.conf"
     else
         # No systemd: once the network is up, open every bound crypttab
         # volume that is still closed; crypt's own prompt handles the rest.
