@@ -92,6 +92,13 @@ type Agent struct {
 	// Idle makes Run return after that long without any ask file (so a
 	// path unit can start the agent again); 0 means never.
 	Idle time.Duration
+	// Behind, when not zero, keeps a request going after Deadline: the
+	// reason it was not answered is logged once, and tether tries again,
+	// waiting up to MaxRetryBackoff between attempts, while the request
+	// is still there (the prompt beside it not answered) and for at most
+	// Behind; negative is for as long as the request lasts. It is the
+	// initramfs's "race the prompt" (tether.retry=).
+	Behind time.Duration
 	Log  *log.Logger
 
 	mu       sync.Mutex
@@ -197,6 +204,7 @@ func (a *Agent) answer(ctx context.Context, file string) {
 	if !q.NotAfter.IsZero() && q.NotAfter.Before(until) {
 		until = q.NotAfter
 	}
+	parent := ctx
 	ctx, cancel := context.WithDeadline(ctx, until)
 	defer cancel()
 	// Stop when the request goes away (answered by another agent, timed out).
@@ -210,7 +218,7 @@ func (a *Agent) answer(ctx context.Context, file string) {
 		}
 	}()
 	start := time.Now()
-	key, err := Retry(ctx, 0, 0, func(ctx context.Context) (Key, error) {
+	try := func(ctx context.Context) (Key, error) {
 		dev, err := a.device(target)
 		if err != nil {
 			return Key{}, err
@@ -220,7 +228,31 @@ func (a *Agent) answer(ctx context.Context, file string) {
 			r = TokenRecoverer{}
 		}
 		return r.Recover(ctx, dev)
-	})
+	}
+	key, err := Retry(ctx, 0, 0, try)
+	if err != nil && a.Behind != 0 && !IsPermanent(err) && ctx.Err() != nil && parent.Err() == nil && exists(file) {
+		a.logf("askpass: %s: not opened unattended within %s: %s; still trying behind the prompt", q.ID, deadline, Reason(err))
+		bctx, bcancel := context.WithCancel(parent)
+		if a.Behind > 0 {
+			bctx, bcancel = context.WithTimeout(parent, a.Behind)
+		}
+		defer bcancel()
+		if !q.NotAfter.IsZero() {
+			var c context.CancelFunc
+			bctx, c = context.WithDeadline(bctx, q.NotAfter)
+			defer c()
+		}
+		go func() {
+			for bctx.Err() == nil {
+				if !exists(file) {
+					bcancel()
+					return
+				}
+				time.Sleep(200 * time.Millisecond)
+			}
+		}()
+		key, err = Retry(bctx, time.Second, MaxRetryBackoff, try)
+	}
 	if err != nil {
 		if _, serr := os.Stat(file); serr != nil {
 			a.logf("askpass: %s: request withdrawn after %s (answered elsewhere or timed out)", q.ID, time.Since(start).Round(time.Millisecond))
@@ -263,4 +295,9 @@ func (a *Agent) device(target string) (string, error) {
 		return "", &PermanentError{Err: err}
 	}
 	return ResolveDevice(ent.Device)
+}
+
+func exists(file string) bool {
+	_, err := os.Stat(file)
+	return err == nil
 }

@@ -157,3 +157,97 @@ func TestAgentAnswers(t *testing.T) {
 		t.Errorf("log:\n%s", l)
 	}
 }
+
+// TestAgentBehindPrompt: with Behind set, a request the server cannot
+// answer within the deadline is not dropped. The reason is logged once,
+// the agent keeps trying while the request stands, and it answers once the
+// server is back. A request withdrawn meanwhile (the passphrase was typed)
+// stops it.
+func TestAgentBehindPrompt(t *testing.T) {
+	dir := t.TempDir()
+	srv := testenv.StartServer(t, "")
+	adv := vm.FetchAdv(t, srv.URL)
+	proxy := testenv.StartProxy(t, strings.TrimPrefix(srv.URL, "http://"))
+	img := newImage(t, dir, "root.img")
+	vm.BindTang(t, testenv.TetherBin(t), img, "recovery", proxy.URL, adv, 2)
+	askDir := filepath.Join(dir, "ask-password")
+	os.Mkdir(askDir, 0o755)
+	ask := func(name string) (*net.UnixConn, string) {
+		sock := filepath.Join(dir, "sck."+name)
+		c, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sock, Net: "unixgram"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		file := filepath.Join(askDir, "ask."+name)
+		body := fmt.Sprintf("[Ask]\nPID=1\nSocket=%s\nNotAfter=0\nId=cryptsetup:%s\n", sock, img)
+		if err := os.WriteFile(file, []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return c, file
+	}
+	run := func(logs *testenv.SyncBuffer) chan error {
+		a := &boot.Agent{Dir: askDir, Deadline: time.Second, Behind: -1, Log: log.New(logs, "", 0),
+			Recoverer: boot.TokenRecoverer{Options: pin.Options{Timeout: 300 * time.Millisecond}}}
+		done := make(chan error, 1)
+		go func() { done <- a.Run(context.Background(), true) }()
+		return done
+	}
+	waitLog := func(logs *testenv.SyncBuffer, want string) {
+		t.Helper()
+		for i := 0; i < 100 && !strings.Contains(logs.String(), want); i++ {
+			time.Sleep(100 * time.Millisecond)
+		}
+		if !strings.Contains(logs.String(), want) {
+			t.Fatalf("no %q in the agent's log:\n%s", want, logs.String())
+		}
+	}
+
+	t.Run("server-returns", func(t *testing.T) {
+		proxy.Silence()
+		c, file := ask("back")
+		var logs testenv.SyncBuffer
+		done := run(&logs)
+		waitLog(&logs, "still trying behind the prompt")
+		if !strings.Contains(logs.String(), proxy.Addr+" did not answer") {
+			t.Errorf("the log does not say why:\n%s", logs.String())
+		}
+		time.Sleep(2 * time.Second) // well past the deadline
+		proxy.Resume()
+		back := time.Now()
+		buf := make([]byte, 512)
+		c.SetReadDeadline(time.Now().Add(20 * time.Second))
+		n, err := c.Read(buf)
+		if err != nil {
+			t.Fatalf("no answer after the server came back: %v\n%s", err, logs.String())
+		}
+		t.Logf("answered %s after the server came back", time.Since(back).Round(100*time.Millisecond))
+		testKey(t, img, 2, buf[1:n])
+		os.Remove(file)
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+	})
+
+	t.Run("typed-meanwhile", func(t *testing.T) {
+		proxy.Silence()
+		c, file := ask("typed")
+		var logs testenv.SyncBuffer
+		done := run(&logs)
+		waitLog(&logs, "still trying behind the prompt")
+		os.Remove(file) // what systemd does once the prompt is answered
+		select {
+		case <-done:
+		case <-time.After(5 * time.Second):
+			t.Fatalf("the agent kept going after the request was withdrawn:\n%s", logs.String())
+		}
+		proxy.Resume()
+		c.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
+		if n, err := c.Read(make([]byte, 512)); err == nil {
+			t.Errorf("an answer (%d bytes) was sent for a withdrawn request", n)
+		}
+		if !strings.Contains(logs.String(), "request withdrawn") {
+			t.Errorf("log:\n%s", logs.String())
+		}
+	})
+}

@@ -94,15 +94,33 @@ func init() {
 			timeout := fs.Duration("timeout", pin.DefaultTimeout, "")
 			once := fs.Bool("once", false, "")
 			idle := fs.Duration("idle", 0, "")
+			retry := fs.String("retry", "no", "")
+			initramfs := fs.Bool("initramfs", false, "")
 			return func(env *Env, args []string) error {
 				if len(args) != 0 {
 					return usagef("askpass takes no arguments")
+				}
+				behind, err := boot.ParseRetry(*retry)
+				if err != nil {
+					return usagef("--retry: %v", err)
+				}
+				dl := *deadline
+				if *initramfs {
+					// The settings "tether install dracut" wrote, then
+					// tether.deadline= and tether.retry= on the kernel
+					// command line.
+					cfg := boot.LoadInitramfsConfig(boot.InitramfsConfigPath, "/proc/cmdline")
+					for _, w := range cfg.Warnings {
+						fmt.Fprintf(env.Stderr, "tether: warning: %s\n", w)
+					}
+					dl, behind = cfg.Deadline, cfg.Retry
 				}
 				a := &boot.Agent{
 					Dir:       *dir,
 					Crypttab:  *tab,
 					Recoverer: boot.TokenRecoverer{Options: pin.Options{Timeout: *timeout}},
-					Deadline:  *deadline,
+					Deadline:  dl,
+					Behind:    behind,
 					Log:       bootLogger(env),
 					Idle:      *idle,
 				}
@@ -149,9 +167,13 @@ func init() {
 						return usagef("--volume is for install systemd")
 					}
 					settings := *deadline != "" || *retry != "" || *ip != ""
-					if settings && target != "initramfs-tools" {
-						// dracut's module does not read them yet.
-						return usagef("--deadline, --retry and --ip are for install initramfs-tools")
+					switch {
+					case settings && target == "systemd":
+						return usagef("--deadline, --retry and --ip are for install initramfs-tools and dracut")
+					case *ip != "" && target == "dracut":
+						// systemd-network-generator in dracut's initramfs
+						// reads the kernel command line only.
+						return usagef("--ip is for install initramfs-tools; with dracut put ip= on the kernel command line (e.g. ip=192.0.2.10::192.0.2.1:255.255.255.0::eth0:none), or let dracut copy this machine's network settings (hostonly)")
 					}
 					b := *bin
 					if b == "" {
@@ -432,7 +454,8 @@ Examples:
   $ tether keyd --socket /run/tether/keyd.sock --deadline 30s
 `
 
-const askpassUsage = `Usage: tether askpass [--dir DIR] [--crypttab FILE] [--deadline D] [--once] [--idle D]
+const askpassUsage = `Usage: tether askpass [--dir DIR] [--crypttab FILE] [--deadline D] [--retry R] [--once] [--idle D]
+       tether askpass --initramfs [--crypttab FILE]
 
 A systemd password agent for bound volumes. It watches DIR for ask.* files
 whose Id= is "cryptsetup:<device>", recovers the volume's key from its
@@ -450,6 +473,19 @@ Options:
   --dir DIR        the request directory (default /run/systemd/ask-password)
   --crypttab FILE  for requests that name a volume (default /etc/crypttab)
   --deadline D     bound for one request (default 90s)
+  --retry R        after the deadline, keep trying behind the prompt while
+                   the request stands: "no" (default), "forever", or a
+                   duration such as 10m. The reason the volume was not
+                   opened is logged once; attempts are then at most 30s
+                   apart, so a server that comes back is used within
+                   about that long. A passphrase typed meanwhile withdraws
+                   the request, and the agent stops trying.
+  --initramfs      take --deadline and --retry from the initramfs
+                   settings: /etc/tether/initramfs.conf (written by "tether
+                   install dracut --deadline D --retry R"), then
+                   tether.deadline= and tether.retry= on the kernel command
+                   line (defaults 30s and forever). The dracut module runs
+                   the agent this way.
   --timeout D      bound for each network exchange (default 10s)
   --once           answer the requests present now, then exit
   --idle D         exit after D without any request (default: never)
@@ -457,6 +493,7 @@ Options:
 
 const installUsage = `Usage: tether install systemd|dracut|initramfs-tools [--root DIR] [--bin PATH] [--volume NAME]...
        tether install initramfs-tools [--deadline D] [--retry R] [--ip SPEC]
+       tether install dracut [--deadline D] [--retry R]
        tether install initramfs-tools --first-boot DEV --first-boot-recovery DEV:PATH|none [--first-boot-name NAME] PIN CONFIG
 
 Write tether's boot integration into the system (or the tree at --root),
@@ -472,9 +509,12 @@ Every file written is printed; running it again replaces them.
                    tether-agent.service (managed-mode keep-alive, enabled;
                    it runs once the machine is enrolled) and
                    tether-agent@.service for other state directories.
-  dracut           /usr/lib/dracut/modules.d/60tether (network on with
-                   rd.neednet=1; the password agent in a systemd initramfs,
-                   an initqueue hook otherwise)
+  dracut           /usr/lib/dracut/modules.d/60tether: in a systemd
+                   initramfs, tether's password agent (tether askpass
+                   --initramfs: answers within the deadline, then keeps
+                   trying behind the prompt) and a DHCP fallback for
+                   systemd-networkd; otherwise an initqueue hook, with the
+                   network on (rd.neednet=1)
   initramfs-tools  /etc/initramfs-tools/hooks/tether, scripts/local-top/tether
                    (bound volumes opened before cryptroot, the network
                    brought up only if a binding needs it, retries behind
@@ -501,8 +541,9 @@ the system's CA bundle, and the managed-mode device identity of every state
 directory under /etc/tether (its private key, when it is in a file: keep
 the initramfs readable by root only).
 
-Boot settings (initramfs-tools), written to
-/etc/tether/initramfs.conf, which the initramfs reads (rebuild it after):
+Boot settings (initramfs-tools; dracut takes --deadline and --retry),
+written to /etc/tether/initramfs.conf, which the initramfs reads (rebuild
+it after):
   --deadline D     how long the boot waits, network included, before the
                    passphrase prompt appears (default 30s)
   --retry R        how long tether keeps trying behind the prompt: forever

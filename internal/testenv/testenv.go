@@ -351,6 +351,14 @@ func (p *Proxy) Silence() {
 	p.mu.Unlock()
 }
 
+// Resume makes a silenced proxy forward new connections again: the
+// server is back.
+func (p *Proxy) Resume() {
+	p.mu.Lock()
+	p.silent = false
+	p.mu.Unlock()
+}
+
 // Accepted returns how many connections the proxy has accepted. A client's
 // connection is accepted before the client can have its answer, so the
 // count is exact once the client has finished.

@@ -30,8 +30,10 @@ lsinitrd /boot/initrd.img-$kver | grep -E 'bin/tether$|tether-askpass' || true
 // TestDracut boots a real Debian 12 whose initramfs was built by Debian's
 // dracut (systemd inside the initramfs) with tether's module: the root
 // volume, bound to a tether server, is opened by tether's password agent
-// with nothing typed; with the server down, systemd's prompt is answered
-// on the console and the boot completes.
+// with nothing typed; with the server hanging at power-on and back after
+// the deadline, the agent, still trying behind the prompt, opens it with
+// nothing typed; with the server down, systemd's prompt is answered on the
+// console and the boot completes.
 func TestDracut(t *testing.T) {
 	g := New(t, Dracut)
 	installDracut(g)
@@ -50,6 +52,28 @@ func TestDracut(t *testing.T) {
 		}
 		m.WaitExit(2 * time.Minute)
 		t.Logf("multi-user.target at %s, nothing typed", ready.Round(time.Second))
+	})
+
+	t.Run("late-server", func(t *testing.T) {
+		// The server hangs at power-on and comes back after the
+		// deadline: the prompt is on screen, nothing is typed, and
+		// tether's agent, still trying behind it, opens the root.
+		proxy := testenv.StartProxy(t, hostPort(srv.URL))
+		proxy.Silence()
+		m := g.Boot(Options{Forward: map[string]string{ServerAddr: proxy.Addr}, Append: cmdline + " tether.deadline=20s", Log: "dracut-late.log"})
+		_, idx, _ := m.WaitFor(`still trying behind the prompt`, 0, 8*time.Minute)
+		if !strings.Contains(m.Console(), "Please enter passphrase for disk") {
+			t.Errorf("no passphrase prompt on the console while tether retries")
+		}
+		if !strings.Contains(m.Console(), ServerAddr+" did not answer") {
+			t.Errorf("the console does not say why the root was not opened")
+		}
+		proxy.Resume()
+		back := m.Since()
+		_, _, opened := m.WaitFor(`askpass: .*: answered`, idx, 3*time.Minute)
+		m.WaitFor(`@@READY .*root=/dev/mapper/root`, idx, 6*time.Minute)
+		m.WaitExit(3 * time.Minute)
+		t.Logf("root opened %s after the server came back, nothing typed", (opened - back).Round(time.Second))
 	})
 
 	t.Run("down", func(t *testing.T) {

@@ -14,8 +14,12 @@ depends() {
     return 0
 }
 
+# Without systemd in the initramfs, dracut brings the network up only when
+# told to. With systemd, systemd-networkd runs in any case and tether's
+# password agent waits for the network within its own deadline, so a root
+# that needs no network (tpm2 only, or no binding) waits for nothing.
 cmdline() {
-    echo "rd.neednet=1"
+    dracut_module_included "systemd" || echo "rd.neednet=1"
 }
 
 # TPM drivers, for tpm2 bindings and TPM-held device identities: tpm_crb
@@ -31,6 +35,8 @@ install() {
     inst_multiple -o @SMB@
     # Name resolution for server names in bindings (Go reads these files).
     inst_multiple -o /etc/hosts /etc/nsswitch.conf
+    # The boot settings of "tether install dracut --deadline/--retry".
+    inst_multiple -o /etc/tether/initramfs.conf
     # CA certificates, for https bindings that trust the system's CAs: the
     # bundles Go's crypto/x509 looks for on Linux, whichever exist.
     inst_multiple -o /etc/ssl/certs/ca-certificates.crt /etc/pki/tls/certs/ca-bundle.crt \
@@ -49,8 +55,10 @@ install() {
     if dracut_module_included "systemd-networkd"; then
         inst_simple "$moddir/99-tether-dhcp.network" /etc/systemd/network/99-tether-dhcp.network
     fi
-    mkdir -p "${initdir}/etc/cmdline.d"
-    cmdline > "${initdir}/etc/cmdline.d/60tether.conf"
+    if ! dracut_module_included "systemd"; then
+        mkdir -p "${initdir}/etc/cmdline.d"
+        cmdline > "${initdir}/etc/cmdline.d/60tether.conf"
+    fi
 
     if dracut_module_included "systemd"; then
         # systemd in the initramfs: systemd-cryptsetup asks for the
@@ -60,9 +68,13 @@ install() {
         $SYSTEMCTL -q --root "$initdir" add-wants cryptsetup.target tether-askpass.path
         # The agent's lines (answered, or why not) on the console too: in
         # the initramfs that is where the person at the prompt looks.
+        # --initramfs: the deadline before the prompt matters, and past it
+        # the agent keeps trying behind the prompt (tether.deadline=,
+        # tether.retry=, /etc/tether/initramfs.conf).
         mkdir -p "${initdir}$systemdsystemunitdir/tether-askpass.service.d"
-        printf '[Service]\nStandardOutput=journal+console\nStandardError=journal+console\n' \
-            > "${initdir}$systemdsystemunitdir/tether-askpass.service.d/console.conf"
+        printf '[Service]\nStandardOutput=journal+console\nStandardError=journal+console\nExecStart=\nExecStart=%s\n' \
+            "@BIN@ askpass --crypttab /etc/crypttab --initramfs" \
+            > "${initdir}$systemdsystemunitdir/tether-askpass.service.d/initramfs.conf"
     else
         # No systemd: once the network is up, open every bound crypttab
         # volume that is still closed; crypt's own prompt handles the rest.
