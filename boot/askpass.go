@@ -99,7 +99,7 @@ type Agent struct {
 	// Behind; negative is for as long as the request lasts. It is the
 	// initramfs's "race the prompt" (tether.retry=).
 	Behind time.Duration
-	Log  *log.Logger
+	Log    *log.Logger
 
 	mu       sync.Mutex
 	seen     map[string]bool // ask files taken up

@@ -173,9 +173,9 @@ func cached(t testing.TB, name string, build func(tmp string) error) string {
 // new base.
 func prepareBase(tree string) error {
 	files := map[string]string{
-		"etc/hostname":                           "guest\n",
-		"etc/systemd/network/50-dhcp.network":    "[Match]\nName=en* eth*\n\n[Network]\nDHCP=ipv4\n",
-		"etc/initramfs-tools/modules":            "dm_crypt\nxts\naesni_intel\naes_generic\nalgif_skcipher\n",
+		"etc/hostname":                        "guest\n",
+		"etc/systemd/network/50-dhcp.network": "[Match]\nName=en* eth*\n\n[Network]\nDHCP=ipv4\n",
+		"etc/initramfs-tools/modules":         "dm_crypt\nxts\naesni_intel\naes_generic\nalgif_skcipher\n",
 	}
 	for p, data := range files {
 		full := filepath.Join(tree, p)
