@@ -90,7 +90,7 @@ done
 		for i := 0; i < runs; i++ {
 			for _, who := range []string{"clevis", "tether"} {
 				m := g.Boot(Options{Forward: fwd, Initrd: initrds[who], Log: fmt.Sprintf("bench-%d-%s-%d.log", ci, who, i)})
-				m.WaitFor(`@@READY .*root=/dev/mapper/root`, 0, 12*time.Minute)
+				m.WaitReady(0, 12*time.Minute, "/dev/mapper/root")
 				m.WaitExit(2 * time.Minute)
 				d, err := rootMounted(m)
 				if err != nil {

@@ -46,10 +46,7 @@ func TestDracut(t *testing.T) {
 
 	t.Run("tang", func(t *testing.T) {
 		m := g.Boot(Options{Forward: fwd, Append: cmdline, Log: "dracut-tang.log"})
-		line, _, ready := m.WaitFor(`@@READY`, 0, 8*time.Minute)
-		if !strings.Contains(line, "root=/dev/mapper/root") {
-			t.Errorf("root is not the unlocked volume: %s", line)
-		}
+		_, ready := m.WaitReady(0, 8*time.Minute, "/dev/mapper/root")
 		m.WaitExit(2 * time.Minute)
 		t.Logf("multi-user.target at %s, nothing typed", ready.Round(time.Second))
 	})
@@ -71,7 +68,7 @@ func TestDracut(t *testing.T) {
 		proxy.Resume()
 		back := m.Since()
 		_, _, opened := m.WaitFor(`askpass: .*: answered`, idx, 3*time.Minute)
-		m.WaitFor(`@@READY .*root=/dev/mapper/root`, idx, 6*time.Minute)
+		m.WaitReady(idx, 6*time.Minute, "/dev/mapper/root")
 		m.WaitExit(3 * time.Minute)
 		t.Logf("root opened %s after the server came back, nothing typed", (opened - back).Round(time.Second))
 	})
@@ -80,7 +77,7 @@ func TestDracut(t *testing.T) {
 		m := g.Boot(Options{Append: cmdline, Log: "dracut-down.log"})
 		_, idx, prompt := m.WaitFor(`Please enter passphrase for disk`, 0, 6*time.Minute)
 		m.Type(Passphrase + "\n")
-		m.WaitFor(`@@READY .*root=/dev/mapper/root`, idx, 6*time.Minute)
+		m.WaitReady(idx, 6*time.Minute, "/dev/mapper/root")
 		m.WaitExit(2 * time.Minute)
 		t.Logf("with the server down the prompt came %s after power-on", prompt.Round(time.Second))
 	})

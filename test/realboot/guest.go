@@ -447,6 +447,24 @@ func (m *Machine) WaitFor(re string, from int, timeout time.Duration) (string, i
 	return line, idx, at
 }
 
+// WaitReady waits for the READY marker (multi-user.target reached) from
+// line from on, and checks that the root filesystem is on root (a device
+// path such as /dev/mapper/root). The runner prints the root twice, in a
+// ROOT marker and on the READY line: a console line can be split by
+// another writer (systemd's status lines, the kernel), and one intact copy
+// is enough.
+func (m *Machine) WaitReady(from int, timeout time.Duration, root string) (int, time.Duration) {
+	m.t.Helper()
+	_, idx, at := m.WaitFor(`@@READY`, from, timeout)
+	for _, l := range append(m.Markers("ROOT"), m.Markers("READY")...) {
+		if strings.HasSuffix(l, " "+root) || l == root || strings.HasSuffix(l, "root="+root) {
+			return idx, at
+		}
+	}
+	m.t.Fatalf("the booted root is not %s: ROOT %q, READY %q", root, m.Markers("ROOT"), m.Markers("READY"))
+	return idx, at
+}
+
 // Expect is WaitFor that returns an error instead of failing.
 func (m *Machine) Expect(re string, from int, timeout time.Duration) (string, int, time.Duration, error) {
 	rx := regexp.MustCompile(re)

@@ -230,7 +230,9 @@ WantedBy=multi-user.target
 // of a marker line split it.
 const testRunner = `#!/bin/sh
 dmesg -n 1 2>/dev/null
-echo "@@READY $(cut -d' ' -f1 /proc/uptime) root=$(findmnt -no SOURCE /)"
+root=$(findmnt -no SOURCE /)
+echo "@@ROOT $root"
+echo "@@READY $(cut -d' ' -f1 /proc/uptime) root=$root"
 disk=/dev/disk/by-id/virtio-testscript
 if [ -e "$disk" ]; then
     mkdir -p /run/test

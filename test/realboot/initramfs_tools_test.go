@@ -74,11 +74,7 @@ func TestInitramfsTools(t *testing.T) {
 		g.Host("", "luks", "bind", "-d", g.RootImg, "-k", g.PassphraseFile(), "tang", tangConfig(ServerAddr, adv))
 		m := g.Boot(Options{Forward: fwd, Log: "tang.log"})
 		_, _, opened := m.WaitFor(`tether: opened /dev/vdb as /dev/mapper/root`, 0, 10*time.Minute)
-		// The marker line can be split by a kernel message on the serial
-		// console: the root is checked as the kernel command line names
-		// it (root=/dev/mapper/root), which a boot only passes with the
-		// volume open.
-		_, _, ready := m.WaitFor(`@@READY`, 0, 10*time.Minute)
+		_, ready := m.WaitReady(0, 10*time.Minute, "/dev/mapper/root")
 		m.WaitExit(3 * time.Minute)
 		t.Logf("root unlocked %s after power-on, multi-user.target at %s", opened.Round(time.Second), ready.Round(time.Second))
 		g.Host("", "luks", "unbind", "-d", g.RootImg, "-s", "1")
@@ -90,7 +86,7 @@ func TestInitramfsTools(t *testing.T) {
 		g.Host("", "luks", "bind", "-d", g.RootImg, "-k", g.PassphraseFile(), "sss", cfg)
 		m := g.Boot(Options{Forward: fwd, Log: "sss.log"})
 		_, _, opened := m.WaitFor(`tether: opened /dev/vdb as /dev/mapper/root`, 0, 10*time.Minute)
-		m.WaitFor(`@@READY`, 0, 10*time.Minute)
+		m.WaitReady(0, 10*time.Minute, "/dev/mapper/root")
 		m.WaitExit(3 * time.Minute)
 		t.Logf("root unlocked %s after power-on with the first server down", opened.Round(time.Second))
 	})

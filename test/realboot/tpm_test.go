@@ -85,7 +85,7 @@ sync
 		// The tang server is down: no forward.
 		m = g.Boot(Options{TPM: startSWTPM(t, tpmState), Log: "tpm-unlock.log"})
 		_, _, opened := m.WaitFor(`tether: opened /dev/vdb as /dev/mapper/root`, 0, 6*time.Minute)
-		m.WaitFor(`@@READY .*root=/dev/mapper/root`, 0, 6*time.Minute)
+		m.WaitReady(0, 6*time.Minute, "/dev/mapper/root")
 		m.WaitExit(2 * time.Minute)
 		t.Logf("the TPM alone opened the root %s after power-on", opened.Round(time.Second))
 	})
@@ -123,7 +123,7 @@ sync
 		// Only the managed API is reachable; no TPM either.
 		m = g.Boot(Options{Forward: map[string]string{ManagedAddr: managed}, Log: "managed-unlock.log"})
 		_, _, opened := m.WaitFor(`tether: opened /dev/vdb as /dev/mapper/root`, 0, 6*time.Minute)
-		m.WaitFor(`@@READY .*root=/dev/mapper/root`, 0, 6*time.Minute)
+		m.WaitReady(0, 6*time.Minute, "/dev/mapper/root")
 		m.WaitExit(2 * time.Minute)
 		t.Logf("the managed API opened the root %s after power-on", opened.Round(time.Second))
 	})

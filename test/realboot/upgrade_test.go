@@ -36,7 +36,7 @@ func TestUpgradeAndPowerCut(t *testing.T) {
 		t.Helper()
 		m := g.Boot(Options{Forward: fwd, Log: log})
 		m.WaitFor(`tether: opened /dev/vdb as /dev/mapper/root`, 0, 5*time.Minute)
-		m.WaitFor(`@@READY .*root=/dev/mapper/root`, 0, 5*time.Minute)
+		m.WaitReady(0, 5*time.Minute, "/dev/mapper/root")
 		m.WaitExit(2 * time.Minute)
 		return m
 	}
