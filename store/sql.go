@@ -502,8 +502,12 @@ func (s *sqlStore) InitSetting(ctx context.Context, name, value string) (string,
 
 func (s *sqlStore) Close() error { return s.db.Close() }
 
-// schema is shared; the dialects substitute {blob} and {int}.
-const schema = `
+// schemaV1 is migration 1: the tables as the releases before schema
+// versions made them on every start. It must stay as it is (IF NOT
+// EXISTS, ON CONFLICT DO NOTHING): it is also what completes and adopts a
+// store made by one of those releases. Change the schema by adding a
+// migration (store/migrate.go), never by editing this.
+const schemaV1 = `
 CREATE TABLE IF NOT EXISTS devices (
 	id TEXT PRIMARY KEY,
 	name TEXT NOT NULL,
