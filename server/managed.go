@@ -1,6 +1,7 @@
 package server
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
@@ -785,12 +786,16 @@ func MakeToken(pin string) (token string, secretHash []byte, err error) {
 	if _, err := rand.Read(secret); err != nil {
 		return "", nil, err
 	}
+	return makeToken(secret, pin)
+}
+
+func makeToken(secret []byte, pin string) (token string, secretHash []byte, err error) {
 	p, err := jose.B64.DecodeString(pin)
 	if err != nil || len(p) != 32 {
 		return "", nil, errors.New("bad server pin")
 	}
 	h := sha256.Sum256(secret)
-	return jose.B64.EncodeToString(append(secret, p...)), h[:], nil
+	return jose.B64.EncodeToString(append(bytes.Clone(secret), p...)), h[:], nil
 }
 
 // ParseToken splits an enrolment token into its secret and the server pin.
