@@ -66,6 +66,9 @@ func TestVectorParse(t *testing.T) {
 	if err := h.Credentials.Open(context.Background(), pin.Options{}, h.audience(), &c); err != nil || c.Token != "bearer-token-for-vectors" || c.Key != "" {
 		t.Fatalf("credentials %+v, %v", c, err)
 	}
+	if got, want := h.audience(), string(readVector(t, "audience.json")); got != want {
+		t.Errorf("audience %s, want %s", got, want)
+	}
 	if d := (Pin{}).Describe(j); d != "https(https://keys.example:8443/disk-1.key, credentials in the clear)" {
 		t.Errorf("Describe = %q", d)
 	}

@@ -21,6 +21,11 @@ printf '{"kty":"oct","k":"%s"}\n' "$(printf '%s' "$key" | xxd -r -p | b64url)" >
 
 # The header as the pin writes it with a bearer token stored in the clear
 # (allow_plain_credentials).
+# The audience the token would be sealed for if it were protected: URL,
+# pin and the hash of the (here empty) CA.
+ca=$(printf '' | openssl dgst -sha256 -binary | base64 -w0)
+printf '{"url":"https://keys.example:8443/disk-1.key","pin_sha256":"ik1SO+u8bQg9QnMqTWdm5V5JkvCyqps3xpMyNzhYKpA=","ca_sha256":"%s"}' "$ca" > audience.json
+
 salt64=$(printf '%s' "$salt" | xxd -r -p | b64url)
 clevis='{"pin":"https","https":{"url":"https://keys.example:8443/disk-1.key","pin_sha256":"ik1SO+u8bQg9QnMqTWdm5V5JkvCyqps3xpMyNzhYKpA=","salt":"'$salt64'","attempts":5,"cred":{"token":"bearer-token-for-vectors"}}}'
 jose jwe enc -i '{"protected":{"alg":"dir","enc":"A256GCM","clevis":'"$clevis"'}}' \
