@@ -45,7 +45,7 @@ func SchemaVersion() int { return migrations[len(migrations)-1].version }
 
 // ErrSchemaTooNew is wrapped by the error that refuses a store made by a
 // newer build.
-var ErrSchemaTooNew = errors.New("store schema is newer than this build")
+var ErrSchemaTooNew = errors.New("made by a newer tether")
 
 // dialect is what differs between the databases when migrating.
 type dialect struct {
@@ -73,7 +73,7 @@ func (d dialect) ddl(s string) string {
 func migrate(ctx context.Context, db *sql.DB, d dialect, name string, steps []migration) error {
 	c, err := db.Conn(ctx)
 	if err != nil {
-		return fmt.Errorf("open store %s: %w", name, err)
+		return fmt.Errorf("store %s: %w", name, err)
 	}
 	defer c.Close()
 	for _, stmt := range d.begin {
@@ -81,7 +81,7 @@ func migrate(ctx context.Context, db *sql.DB, d dialect, name string, steps []mi
 			if stmt != d.begin[0] {
 				c.ExecContext(context.Background(), "ROLLBACK")
 			}
-			return fmt.Errorf("open store %s: lock the schema: %w", name, err)
+			return fmt.Errorf("store %s: lock the schema: %w", name, err)
 		}
 	}
 	done := false
@@ -93,19 +93,19 @@ func migrate(ctx context.Context, db *sql.DB, d dialect, name string, steps []mi
 		}
 	}()
 	if _, err := c.ExecContext(ctx, d.ddl(`CREATE TABLE IF NOT EXISTS schema_version (id {int} PRIMARY KEY, version {int} NOT NULL)`)); err != nil {
-		return fmt.Errorf("open store %s: read the schema version: %w", name, err)
+		return fmt.Errorf("store %s: read the schema version: %w", name, err)
 	}
 	var have int
 	switch err := c.QueryRowContext(ctx, `SELECT version FROM schema_version WHERE id = 1`).Scan(&have); {
 	case errors.Is(err, sql.ErrNoRows):
 		have = 0
 	case err != nil:
-		return fmt.Errorf("open store %s: read the schema version: %w", name, err)
+		return fmt.Errorf("store %s: read the schema version: %w", name, err)
 	}
 	want := steps[len(steps)-1].version
 	if have > want {
-		return fmt.Errorf("open store %s: its schema is version %d, but this tether knows versions up to %d (%w): "+
-			"a newer tether upgraded it; run that version, or restore a backup from before the upgrade", name, have, want, ErrSchemaTooNew)
+		return fmt.Errorf("store %s: %w: its schema is version %d, but this tether knows versions up to %d; "+
+			"run the tether that upgraded it, or restore a backup from before the upgrade", name, ErrSchemaTooNew, have, want)
 	}
 	if have == want {
 		return nil
@@ -115,20 +115,20 @@ func migrate(ctx context.Context, db *sql.DB, d dialect, name string, steps []mi
 			continue
 		}
 		if _, err := c.ExecContext(ctx, d.ddl(m.sql)); err != nil {
-			return fmt.Errorf("open store %s: upgrade the schema from version %d to %d: %w; the store is unchanged at version %d", name, have, m.version, err, have)
+			return fmt.Errorf("store %s: upgrade the schema from version %d to %d: %w; the store is unchanged at version %d", name, have, m.version, err, have)
 		}
 		if m.run != nil {
 			if err := m.run(ctx, c); err != nil {
-				return fmt.Errorf("open store %s: upgrade the schema from version %d to %d: %w; the store is unchanged at version %d", name, have, m.version, err, have)
+				return fmt.Errorf("store %s: upgrade the schema from version %d to %d: %w; the store is unchanged at version %d", name, have, m.version, err, have)
 			}
 		}
 	}
 	if _, err := c.ExecContext(ctx, `INSERT INTO schema_version (id, version) VALUES (1, $1)
 		ON CONFLICT (id) DO UPDATE SET version = excluded.version`, want); err != nil {
-		return fmt.Errorf("open store %s: record schema version %d: %w; the store is unchanged at version %d", name, want, err, have)
+		return fmt.Errorf("store %s: record schema version %d: %w; the store is unchanged at version %d", name, want, err, have)
 	}
 	if _, err := c.ExecContext(ctx, "COMMIT"); err != nil {
-		return fmt.Errorf("open store %s: upgrade the schema from version %d to %d: commit: %w", name, have, want, err)
+		return fmt.Errorf("store %s: upgrade the schema from version %d to %d: commit: %w", name, have, want, err)
 	}
 	done = true
 	return nil
