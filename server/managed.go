@@ -896,6 +896,12 @@ func startManaged(ctx context.Context, cfg *Config, log *slog.Logger, tangH http
 	if err != nil {
 		return nil, nil, fmt.Errorf("open store: %w", err)
 	}
+	if u, ok := st.(store.Upgraded); ok {
+		if from, to, up := u.SchemaUpgrade(); up {
+			// Irreversible for a later migration: say so where the operator looks.
+			log.Info("store schema upgraded", "from", from, "to", to)
+		}
+	}
 	adminFile := mc.AdminFile
 	if adminFile == "" {
 		adminFile = filepath.Join(cfg.DataDir, "admin.json")

@@ -68,12 +68,23 @@ func (d dialect) ddl(s string) string {
 	return strings.NewReplacer("{blob}", d.blob, "{int}", d.int).Replace(s)
 }
 
-// migrate brings the store in db to SchemaVersion, or refuses it. name
-// says which store for errors (never a DSN: it may hold a password).
-func migrate(ctx context.Context, db *sql.DB, d dialect, name string, steps []migration) error {
+// Upgraded is implemented by the SQL stores: whether opening the store
+// upgraded its schema, and from which version, so the server can log it.
+type Upgraded interface {
+	SchemaUpgrade() (from, to int, upgraded bool)
+}
+
+func (s *sqlStore) SchemaUpgrade() (from, to int, upgraded bool) {
+	return s.schemaFrom, SchemaVersion(), s.schemaFrom != SchemaVersion()
+}
+
+// migrate brings the store in db to SchemaVersion, or refuses it, and
+// returns the version it found. name says which store for errors (never a
+// DSN: it may hold a password).
+func migrate(ctx context.Context, db *sql.DB, d dialect, name string, steps []migration) (have int, err error) {
 	c, err := db.Conn(ctx)
 	if err != nil {
-		return fmt.Errorf("store %s: %w", name, err)
+		return have, fmt.Errorf("store %s: %w", name, err)
 	}
 	defer c.Close()
 	for _, stmt := range d.begin {
@@ -81,7 +92,7 @@ func migrate(ctx context.Context, db *sql.DB, d dialect, name string, steps []mi
 			if stmt != d.begin[0] {
 				c.ExecContext(context.Background(), "ROLLBACK")
 			}
-			return fmt.Errorf("store %s: lock the schema: %w", name, err)
+			return have, fmt.Errorf("store %s: lock the schema: %w", name, err)
 		}
 	}
 	done := false
@@ -93,43 +104,42 @@ func migrate(ctx context.Context, db *sql.DB, d dialect, name string, steps []mi
 		}
 	}()
 	if _, err := c.ExecContext(ctx, d.ddl(`CREATE TABLE IF NOT EXISTS schema_version (id {int} PRIMARY KEY, version {int} NOT NULL)`)); err != nil {
-		return fmt.Errorf("store %s: read the schema version: %w", name, err)
+		return have, fmt.Errorf("store %s: read the schema version: %w", name, err)
 	}
-	var have int
 	switch err := c.QueryRowContext(ctx, `SELECT version FROM schema_version WHERE id = 1`).Scan(&have); {
 	case errors.Is(err, sql.ErrNoRows):
 		have = 0
 	case err != nil:
-		return fmt.Errorf("store %s: read the schema version: %w", name, err)
+		return have, fmt.Errorf("store %s: read the schema version: %w", name, err)
 	}
 	want := steps[len(steps)-1].version
 	if have > want {
-		return fmt.Errorf("store %s: %w: its schema is version %d, but this tether knows versions up to %d; "+
+		return have, fmt.Errorf("store %s: %w: its schema is version %d, but this tether knows versions up to %d; "+
 			"run the tether that upgraded it, or restore a backup from before the upgrade", name, ErrSchemaTooNew, have, want)
 	}
 	if have == want {
-		return nil
+		return have, nil
 	}
 	for _, m := range steps {
 		if m.version <= have {
 			continue
 		}
 		if _, err := c.ExecContext(ctx, d.ddl(m.sql)); err != nil {
-			return fmt.Errorf("store %s: upgrade the schema from version %d to %d: %w; the store is unchanged at version %d", name, have, m.version, err, have)
+			return have, fmt.Errorf("store %s: upgrade the schema from version %d to %d: %w; the store is unchanged at version %d", name, have, m.version, err, have)
 		}
 		if m.run != nil {
 			if err := m.run(ctx, c); err != nil {
-				return fmt.Errorf("store %s: upgrade the schema from version %d to %d: %w; the store is unchanged at version %d", name, have, m.version, err, have)
+				return have, fmt.Errorf("store %s: upgrade the schema from version %d to %d: %w; the store is unchanged at version %d", name, have, m.version, err, have)
 			}
 		}
 	}
 	if _, err := c.ExecContext(ctx, `INSERT INTO schema_version (id, version) VALUES (1, $1)
 		ON CONFLICT (id) DO UPDATE SET version = excluded.version`, want); err != nil {
-		return fmt.Errorf("store %s: record schema version %d: %w; the store is unchanged at version %d", name, want, err, have)
+		return have, fmt.Errorf("store %s: record schema version %d: %w; the store is unchanged at version %d", name, want, err, have)
 	}
 	if _, err := c.ExecContext(ctx, "COMMIT"); err != nil {
-		return fmt.Errorf("store %s: upgrade the schema from version %d to %d: commit: %w", name, have, want, err)
+		return have, fmt.Errorf("store %s: upgrade the schema from version %d to %d: commit: %w", name, have, want, err)
 	}
 	done = true
-	return nil
+	return have, nil
 }

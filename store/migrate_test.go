@@ -148,12 +148,18 @@ func TestUpgradeSQLiteFixture(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s.Close()
+	if from, to, up := s.(Upgraded).SchemaUpgrade(); from != 0 || to != SchemaVersion() || !up {
+		t.Errorf("SchemaUpgrade() = %d, %d, %v; want 0, %d, true", from, to, up, SchemaVersion())
+	}
 	checkUpgraded(t, s, s.(*sqliteStore).db, want, false)
 	s.Close()
 	// A second open finds nothing to do.
 	s, err = OpenSQLite(ctx, p)
 	if err != nil {
 		t.Fatalf("reopen an upgraded store: %v", err)
+	}
+	if from, _, up := s.(Upgraded).SchemaUpgrade(); from != SchemaVersion() || up {
+		t.Errorf("reopened store: SchemaUpgrade() = %d, _, %v; want %d, false", from, up, SchemaVersion())
 	}
 	s.Close()
 }
@@ -182,6 +188,9 @@ func TestUpgradePostgresFixture(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s.Close()
+	if from, _, up := s.(Upgraded).SchemaUpgrade(); from != 0 || !up {
+		t.Errorf("SchemaUpgrade() = %d, _, %v; want 0, _, true", from, up)
+	}
 	checkUpgraded(t, s, s.(*sqlStore).db, want, true)
 }
 
@@ -282,7 +291,7 @@ func TestFailedUpgradeLeavesOldVersion(t *testing.T) {
 		p := copyFixture(t)
 		db := rawSQLite(t, p)
 		want := dumpRows(t, db)
-		err := migrate(ctx, db, sqliteDialect, p, steps)
+		_, err := migrate(ctx, db, sqliteDialect, p, steps)
 		if err == nil || !strings.Contains(err.Error(), "from version 0 to 3") || !strings.Contains(err.Error(), "unchanged at version 0") {
 			t.Fatalf("failing migration: %v", err)
 		}
@@ -297,7 +306,7 @@ func TestFailedUpgradeLeavesOldVersion(t *testing.T) {
 		dsn := pg.Load(t, "fixture", dump)
 		db := rawPostgres(t, dsn)
 		want := dumpRows(t, db)
-		err = migrate(ctx, db, postgresDialect, "fixture", steps)
+		_, err = migrate(ctx, db, postgresDialect, "fixture", steps)
 		if err == nil || !strings.Contains(err.Error(), "from version 0 to 3") {
 			t.Fatalf("failing migration: %v", err)
 		}
@@ -362,7 +371,7 @@ func killedUpgrade(target string) {
 			syscall.Kill(os.Getpid(), syscall.SIGKILL)
 			select {}
 		}}
-	err := migrate(context.Background(), db, d, target, append(append([]migration{}, migrations...), kill))
+	_, err := migrate(context.Background(), db, d, target, append(append([]migration{}, migrations...), kill))
 	fmt.Println("upgrade returned:", err)
 	os.Exit(1)
 }
