@@ -54,14 +54,19 @@ type dialect struct {
 	// two processes (replicas, or a server and tether server admin) from
 	// migrating at once: both read the version under it.
 	begin []string
+	// hasDevices counts the devices tables (0 or 1): at version 0 it tells
+	// an empty database from a store made before schema versions.
+	hasDevices string
 }
 
 var (
 	// IMMEDIATE takes SQLite's write lock at BEGIN: with a deferred BEGIN
 	// two openers could both read version 0 and one fail at its first write.
-	sqliteDialect = dialect{blob: "BLOB", int: "INTEGER", begin: []string{"BEGIN IMMEDIATE"}}
+	sqliteDialect = dialect{blob: "BLOB", int: "INTEGER", begin: []string{"BEGIN IMMEDIATE"},
+		hasDevices: `SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'devices'`}
 	// The advisory lock is released by COMMIT or ROLLBACK.
-	postgresDialect = dialect{blob: "BYTEA", int: "BIGINT", begin: []string{"BEGIN", "SELECT pg_advisory_xact_lock(7500)"}}
+	postgresDialect = dialect{blob: "BYTEA", int: "BIGINT", begin: []string{"BEGIN", "SELECT pg_advisory_xact_lock(7500)"},
+		hasDevices: `SELECT count(*) FROM information_schema.tables WHERE table_schema = current_schema() AND table_name = 'devices'`}
 )
 
 func (d dialect) ddl(s string) string {
@@ -69,22 +74,25 @@ func (d dialect) ddl(s string) string {
 }
 
 // Upgraded is implemented by the SQL stores: whether opening the store
-// upgraded its schema, and from which version, so the server can log it.
+// upgraded the schema of an existing store, and from which version (0:
+// made before schema versions), so the server can log it. A new store is
+// not upgraded.
 type Upgraded interface {
 	SchemaUpgrade() (from, to int, upgraded bool)
 }
 
 func (s *sqlStore) SchemaUpgrade() (from, to int, upgraded bool) {
-	return s.schemaFrom, SchemaVersion(), s.schemaFrom != SchemaVersion()
+	return s.schemaFrom, SchemaVersion(), !s.schemaNew && s.schemaFrom != SchemaVersion()
 }
 
 // migrate brings the store in db to SchemaVersion, or refuses it, and
-// returns the version it found. name says which store for errors (never a
-// DSN: it may hold a password).
-func migrate(ctx context.Context, db *sql.DB, d dialect, name string, steps []migration) (have int, err error) {
+// returns the version it found and whether the store was empty (created,
+// not upgraded). name says which store for errors (never a DSN: it may
+// hold a password).
+func migrate(ctx context.Context, db *sql.DB, d dialect, name string, steps []migration) (have int, created bool, err error) {
 	c, err := db.Conn(ctx)
 	if err != nil {
-		return have, fmt.Errorf("store %s: %w", name, err)
+		return have, false, fmt.Errorf("store %s: %w", name, err)
 	}
 	defer c.Close()
 	for _, stmt := range d.begin {
@@ -92,7 +100,7 @@ func migrate(ctx context.Context, db *sql.DB, d dialect, name string, steps []mi
 			if stmt != d.begin[0] {
 				c.ExecContext(context.Background(), "ROLLBACK")
 			}
-			return have, fmt.Errorf("store %s: lock the schema: %w", name, err)
+			return have, false, fmt.Errorf("store %s: lock the schema: %w", name, err)
 		}
 	}
 	done := false
@@ -104,42 +112,47 @@ func migrate(ctx context.Context, db *sql.DB, d dialect, name string, steps []mi
 		}
 	}()
 	if _, err := c.ExecContext(ctx, d.ddl(`CREATE TABLE IF NOT EXISTS schema_version (id {int} PRIMARY KEY, version {int} NOT NULL)`)); err != nil {
-		return have, fmt.Errorf("store %s: read the schema version: %w", name, err)
+		return have, false, fmt.Errorf("store %s: read the schema version: %w", name, err)
 	}
 	switch err := c.QueryRowContext(ctx, `SELECT version FROM schema_version WHERE id = 1`).Scan(&have); {
 	case errors.Is(err, sql.ErrNoRows):
-		have = 0
+		// Version 0: empty, or made before schema versions.
+		var n int
+		if err := c.QueryRowContext(ctx, d.hasDevices).Scan(&n); err != nil {
+			return 0, false, fmt.Errorf("store %s: read the schema version: %w", name, err)
+		}
+		have, created = 0, n == 0
 	case err != nil:
-		return have, fmt.Errorf("store %s: read the schema version: %w", name, err)
+		return have, false, fmt.Errorf("store %s: read the schema version: %w", name, err)
 	}
 	want := steps[len(steps)-1].version
 	if have > want {
-		return have, fmt.Errorf("store %s: %w: its schema is version %d, but this tether knows versions up to %d; "+
+		return have, false, fmt.Errorf("store %s: %w: its schema is version %d, but this tether knows versions up to %d; "+
 			"run the tether that upgraded it, or restore a backup from before the upgrade", name, ErrSchemaTooNew, have, want)
 	}
 	if have == want {
-		return have, nil
+		return have, false, nil
 	}
 	for _, m := range steps {
 		if m.version <= have {
 			continue
 		}
 		if _, err := c.ExecContext(ctx, d.ddl(m.sql)); err != nil {
-			return have, fmt.Errorf("store %s: upgrade the schema from version %d to %d: %w; the store is unchanged at version %d", name, have, m.version, err, have)
+			return have, false, fmt.Errorf("store %s: upgrade the schema from version %d to %d: %w; the store is unchanged at version %d", name, have, m.version, err, have)
 		}
 		if m.run != nil {
 			if err := m.run(ctx, c); err != nil {
-				return have, fmt.Errorf("store %s: upgrade the schema from version %d to %d: %w; the store is unchanged at version %d", name, have, m.version, err, have)
+				return have, false, fmt.Errorf("store %s: upgrade the schema from version %d to %d: %w; the store is unchanged at version %d", name, have, m.version, err, have)
 			}
 		}
 	}
 	if _, err := c.ExecContext(ctx, `INSERT INTO schema_version (id, version) VALUES (1, $1)
 		ON CONFLICT (id) DO UPDATE SET version = excluded.version`, want); err != nil {
-		return have, fmt.Errorf("store %s: record schema version %d: %w; the store is unchanged at version %d", name, want, err, have)
+		return have, false, fmt.Errorf("store %s: record schema version %d: %w; the store is unchanged at version %d", name, want, err, have)
 	}
 	if _, err := c.ExecContext(ctx, "COMMIT"); err != nil {
-		return have, fmt.Errorf("store %s: upgrade the schema from version %d to %d: commit: %w", name, have, want, err)
+		return have, false, fmt.Errorf("store %s: upgrade the schema from version %d to %d: commit: %w", name, have, want, err)
 	}
 	done = true
-	return have, nil
+	return have, created, nil
 }

@@ -136,6 +136,9 @@ func TestUpgradeSQLiteFixture(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer fresh.Close()
+	if from, _, up := fresh.(Upgraded).SchemaUpgrade(); from != 0 || up {
+		t.Errorf("new store: SchemaUpgrade() = %d, _, %v; want 0, _, false", from, up)
+	}
 	fillFixture(t, fresh)
 	want := dumpRows(t, fresh.(*sqliteStore).db)
 
@@ -172,6 +175,9 @@ func TestUpgradePostgresFixture(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer fresh.Close()
+	if _, _, up := fresh.(Upgraded).SchemaUpgrade(); up {
+		t.Error("new store: SchemaUpgrade() says upgraded")
+	}
 	fillFixture(t, fresh)
 	want := dumpRows(t, fresh.(*sqlStore).db)
 
@@ -291,7 +297,7 @@ func TestFailedUpgradeLeavesOldVersion(t *testing.T) {
 		p := copyFixture(t)
 		db := rawSQLite(t, p)
 		want := dumpRows(t, db)
-		_, err := migrate(ctx, db, sqliteDialect, p, steps)
+		_, _, err := migrate(ctx, db, sqliteDialect, p, steps)
 		if err == nil || !strings.Contains(err.Error(), "from version 0 to 3") || !strings.Contains(err.Error(), "unchanged at version 0") {
 			t.Fatalf("failing migration: %v", err)
 		}
@@ -306,7 +312,7 @@ func TestFailedUpgradeLeavesOldVersion(t *testing.T) {
 		dsn := pg.Load(t, "fixture", dump)
 		db := rawPostgres(t, dsn)
 		want := dumpRows(t, db)
-		_, err = migrate(ctx, db, postgresDialect, "fixture", steps)
+		_, _, err = migrate(ctx, db, postgresDialect, "fixture", steps)
 		if err == nil || !strings.Contains(err.Error(), "from version 0 to 3") {
 			t.Fatalf("failing migration: %v", err)
 		}
@@ -371,7 +377,7 @@ func killedUpgrade(target string) {
 			syscall.Kill(os.Getpid(), syscall.SIGKILL)
 			select {}
 		}}
-	_, err := migrate(context.Background(), db, d, target, append(append([]migration{}, migrations...), kill))
+	_, _, err := migrate(context.Background(), db, d, target, append(append([]migration{}, migrations...), kill))
 	fmt.Println("upgrade returned:", err)
 	os.Exit(1)
 }

@@ -26,12 +26,12 @@ func OpenPostgres(ctx context.Context, dsn string) (Store, error) {
 	}
 	// Two replicas starting at once both migrate; the first takes the
 	// lock and the second then finds nothing left to do.
-	from, err := migrate(ctx, db, postgresDialect, pgName(dsn), migrations)
+	from, created, err := migrate(ctx, db, postgresDialect, pgName(dsn), migrations)
 	if err != nil {
 		db.Close()
 		return nil, err
 	}
-	return &sqlStore{db: db, forUpdate: "FOR UPDATE", schemaFrom: from}, nil
+	return &sqlStore{db: db, forUpdate: "FOR UPDATE", schemaFrom: from, schemaNew: created}, nil
 }
 
 // pgName names the database for errors without the DSN's password.

@@ -21,8 +21,10 @@ type sqlStore struct {
 	// PostgreSQL; empty on SQLite, whose single writer serialises anyway.
 	forUpdate string
 	group     groupCommit // the writes of every unlock: audit appends, Touch
-	// schemaFrom is the schema version the store had when opened.
+	// schemaFrom is the schema version the store had when opened;
+	// schemaNew says it was empty.
 	schemaFrom int
+	schemaNew  bool
 }
 
 const deviceCols = `id, name, grp, key_id, public_key, state, reason, exchange_key, exchange_pub, policy, created, updated, last_seen, version`

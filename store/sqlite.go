@@ -40,12 +40,12 @@ func OpenSQLite(ctx context.Context, path string) (Store, error) {
 	// connection makes every transaction (the audit append above all)
 	// serial without busy retries.
 	db.SetMaxOpenConns(1)
-	from, err := migrate(ctx, db, sqliteDialect, path, migrations)
+	from, created, err := migrate(ctx, db, sqliteDialect, path, migrations)
 	if err != nil {
 		db.Close()
 		return nil, err
 	}
-	return &sqliteStore{sqlStore{db: db, schemaFrom: from}}, nil
+	return &sqliteStore{sqlStore{db: db, schemaFrom: from, schemaNew: created}}, nil
 }
 
 type sqliteStore struct{ sqlStore }

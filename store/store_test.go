@@ -550,7 +550,7 @@ func testStore(t *testing.T, open func(t *testing.T) Store) {
 		want := strings.Fields(string(hashes))
 		for i, line := range strings.Split(strings.TrimSpace(string(lines)), "\n") {
 			var v struct {
-				Time                                                int64
+				Time                                                  int64
 				Device, Action, Source, Decision, Reason, Actor, Prev string
 			}
 			if err := json.Unmarshal([]byte(line), &v); err != nil {
