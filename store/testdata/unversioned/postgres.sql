@@ -2,7 +2,6 @@
 -- PostgreSQL database dump
 --
 
-\restrict nqCiiDWfeip0nQIaEzPvp9FFyy2frnz1s50hZQexhXaju7FwHKWyKJAWb5LyQVT
 
 -- Dumped from database version 15.18 (Debian 15.18-0+deb12u1)
 -- Dumped by pg_dump version 15.18 (Debian 15.18-0+deb12u1)
@@ -334,5 +333,4 @@ CREATE UNIQUE INDEX devices_live_key ON public.devices USING btree (key_id) WHER
 -- PostgreSQL database dump complete
 --
 
-\unrestrict nqCiiDWfeip0nQIaEzPvp9FFyy2frnz1s50hZQexhXaju7FwHKWyKJAWb5LyQVT
 
