@@ -46,7 +46,12 @@ func metadataSeeds(t testing.TB) [][]byte {
 	}
 	m["tokens"] = json.RawMessage(`{"0":` + string(tok) + `,"1":` + string(x) + `,"5":{"type":"example-foreign","keyslots":[]}}`)
 	withTokens, _ := json.Marshal(m)
-	return [][]byte{h.JSON, withTokens}
+	// The token vectors as cryptsetup stored them (testdata/tokens).
+	vh, err := ReadHeaderFile(filepath.Join("testdata", "tokens", "header.bin"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return [][]byte{h.JSON, withTokens, vh.JSON}
 }
 
 // FuzzTokens parses hostile metadata as the header reader does, then runs

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
@@ -785,12 +786,16 @@ func MakeToken(pin string) (token string, secretHash []byte, err error) {
 	if _, err := rand.Read(secret); err != nil {
 		return "", nil, err
 	}
+	return makeToken(secret, pin)
+}
+
+func makeToken(secret []byte, pin string) (token string, secretHash []byte, err error) {
 	p, err := jose.B64.DecodeString(pin)
 	if err != nil || len(p) != 32 {
 		return "", nil, errors.New("bad server pin")
 	}
 	h := sha256.Sum256(secret)
-	return jose.B64.EncodeToString(append(secret, p...)), h[:], nil
+	return jose.B64.EncodeToString(append(bytes.Clone(secret), p...)), h[:], nil
 }
 
 // ParseToken splits an enrolment token into its secret and the server pin.
@@ -890,6 +895,12 @@ func startManaged(ctx context.Context, cfg *Config, log *slog.Logger, tangH http
 	st, err := store.Open(ctx, src)
 	if err != nil {
 		return nil, nil, fmt.Errorf("open store: %w", err)
+	}
+	if u, ok := st.(store.Upgraded); ok {
+		if from, to, up := u.SchemaUpgrade(); up {
+			// Irreversible for a later migration: say so where the operator looks.
+			log.Info("store schema upgraded", "from", from, "to", to)
+		}
 	}
 	adminFile := mc.AdminFile
 	if adminFile == "" {

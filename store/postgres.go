@@ -4,14 +4,14 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
-	"strings"
 
+	"github.com/jackc/pgx/v5"
 	_ "github.com/jackc/pgx/v5/stdlib" // PostgreSQL driver, name "pgx"
 )
 
 // OpenPostgres opens the store in a PostgreSQL database (a pgx connection
-// string or URL) and creates its tables if needed. Several tether servers
-// may share one database: device changes are compare-and-swap, tokens and
+// string or URL), creating its tables or bringing them up to date
+// (store/migrate.go). Several tether servers may share one database: device changes are compare-and-swap, tokens and
 // approvals change with single conditional statements, and audit appends
 // lock the chain head row (SELECT ... FOR UPDATE), so the chain stays
 // linear across replicas.
@@ -24,24 +24,21 @@ func OpenPostgres(ctx context.Context, dsn string) (Store, error) {
 		db.Close()
 		return nil, fmt.Errorf("connect to PostgreSQL: %w", err)
 	}
-	ddl := strings.NewReplacer("{blob}", "BYTEA", "{int}", "BIGINT").Replace(schema)
-	// Two replicas starting at once both run CREATE ... IF NOT EXISTS;
-	// an advisory lock keeps them from racing on the catalog.
-	conn, err := db.Conn(ctx)
+	// Two replicas starting at once both migrate; the first takes the
+	// lock and the second then finds nothing left to do.
+	from, created, err := migrate(ctx, db, postgresDialect, pgName(dsn), migrations)
 	if err != nil {
 		db.Close()
 		return nil, err
 	}
-	defer conn.Close()
-	if _, err := conn.ExecContext(ctx, `SELECT pg_advisory_lock(7500)`); err != nil {
-		db.Close()
-		return nil, err
+	return &sqlStore{db: db, forUpdate: "FOR UPDATE", schemaFrom: from, schemaNew: created}, nil
+}
+
+// pgName names the database for errors without the DSN's password.
+func pgName(dsn string) string {
+	cfg, err := pgx.ParseConfig(dsn)
+	if err != nil || cfg.Database == "" {
+		return "in PostgreSQL"
 	}
-	_, err = conn.ExecContext(ctx, ddl)
-	conn.ExecContext(ctx, `SELECT pg_advisory_unlock(7500)`)
-	if err != nil {
-		db.Close()
-		return nil, fmt.Errorf("create schema: %w", err)
-	}
-	return &sqlStore{db: db, forUpdate: "FOR UPDATE"}, nil
+	return fmt.Sprintf("in PostgreSQL database %q", cfg.Database)
 }

@@ -21,6 +21,10 @@ type sqlStore struct {
 	// PostgreSQL; empty on SQLite, whose single writer serialises anyway.
 	forUpdate string
 	group     groupCommit // the writes of every unlock: audit appends, Touch
+	// schemaFrom is the schema version the store had when opened;
+	// schemaNew says it was empty.
+	schemaFrom int
+	schemaNew  bool
 }
 
 const deviceCols = `id, name, grp, key_id, public_key, state, reason, exchange_key, exchange_pub, policy, created, updated, last_seen, version`
@@ -502,8 +506,12 @@ func (s *sqlStore) InitSetting(ctx context.Context, name, value string) (string,
 
 func (s *sqlStore) Close() error { return s.db.Close() }
 
-// schema is shared; the dialects substitute {blob} and {int}.
-const schema = `
+// schemaV1 is migration 1: the tables as the releases before schema
+// versions made them on every start. It must stay as it is (IF NOT
+// EXISTS, ON CONFLICT DO NOTHING): it is also what completes and adopts a
+// store made by one of those releases. Change the schema by adding a
+// migration (store/migrate.go), never by editing this.
+const schemaV1 = `
 CREATE TABLE IF NOT EXISTS devices (
 	id TEXT PRIMARY KEY,
 	name TEXT NOT NULL,

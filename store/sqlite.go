@@ -7,13 +7,13 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
-	"strings"
 
 	_ "modernc.org/sqlite" // pure Go SQLite, driver name "sqlite"
 )
 
-// OpenSQLite opens (creating if needed) the SQLite store at path. The file
-// is created 0600: it holds wrapped keys and the audit log.
+// OpenSQLite opens (creating if needed) the SQLite store at path and
+// brings its schema up to date (store/migrate.go). The file is created
+// 0600: it holds wrapped keys and the audit log.
 //
 // Durability: WAL with synchronous=FULL, so a write the server has
 // acknowledged survives kill -9 and power loss. secure_delete overwrites
@@ -40,12 +40,12 @@ func OpenSQLite(ctx context.Context, path string) (Store, error) {
 	// connection makes every transaction (the audit append above all)
 	// serial without busy retries.
 	db.SetMaxOpenConns(1)
-	ddl := strings.NewReplacer("{blob}", "BLOB", "{int}", "INTEGER").Replace(schema)
-	if _, err := db.ExecContext(ctx, ddl); err != nil {
+	from, created, err := migrate(ctx, db, sqliteDialect, path, migrations)
+	if err != nil {
 		db.Close()
-		return nil, fmt.Errorf("open store %s: create schema: %w", path, err)
+		return nil, err
 	}
-	return &sqliteStore{sqlStore{db: db}}, nil
+	return &sqliteStore{sqlStore{db: db, schemaFrom: from, schemaNew: created}}, nil
 }
 
 type sqliteStore struct{ sqlStore }

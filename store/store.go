@@ -8,6 +8,9 @@
 // compare-and-swap on its version, and a revoked device can never change
 // again, so two replicas cannot undo each other's revocation.
 //
+// The schema is versioned (store/migrate.go): opening a store upgrades it
+// in one transaction, and a store made by a newer build is refused.
+//
 // The store never sees a secret in the clear: exchange keys arrive wrapped
 // under the key-encryption key (package kek's job is the server's), and
 // tokens and admin credentials are stored as hashes.

@@ -27,6 +27,14 @@ func FuzzHeader(f *testing.F) {
 	} {
 		f.Add(s)
 	}
+	// The vector's header (testdata/gen.sh, made by José).
+	if vb, err := os.ReadFile("testdata/https.jwe"); err != nil {
+		f.Fatal(err)
+	} else if vj, err := jose.ParseCompact(strings.TrimSpace(string(vb))); err != nil {
+		f.Fatal(err)
+	} else {
+		f.Add(string(vj.Header.Clevis))
+	}
 	f.Fuzz(func(t *testing.T, clevis string) {
 		h, err := parseHeader(json.RawMessage(clevis))
 		if err == nil {

@@ -208,17 +208,26 @@ type EnrollOptions struct {
 	LocalAddr string
 }
 
+// tokenPin returns the server pin an enrolment token carries:
+// base64url(secret[32] ‖ SHA-256(server SPKI)[32]) (docs/MANAGED.md).
+func tokenPin(tok string) (string, error) {
+	b, err := jose.B64.DecodeString(strings.TrimSpace(tok))
+	if err != nil || len(b) != 64 {
+		return "", errors.New("malformed enrolment token: want 86 characters of base64url")
+	}
+	return jose.B64.EncodeToString(b[32:]), nil
+}
+
 // Enroll creates the device's identity key (or reuses the one already in
 // Dir), enrols it with the server and writes the state file. The reply's
 // State is "enabled", or "pending" until an administrator approves.
 func Enroll(ctx context.Context, o EnrollOptions) (*Identity, *DeviceInfo, error) {
 	pin := o.Pin
 	if o.Token != "" {
-		b, err := jose.B64.DecodeString(strings.TrimSpace(o.Token))
-		if err != nil || len(b) != 64 {
-			return nil, nil, errors.New("malformed enrolment token: want 86 characters of base64url")
+		tp, err := tokenPin(o.Token)
+		if err != nil {
+			return nil, nil, err
 		}
-		tp := jose.B64.EncodeToString(b[32:])
 		if pin != "" && pin != tp {
 			return nil, nil, errors.New("the token's server pin differs from --pin")
 		}

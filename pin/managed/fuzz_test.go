@@ -7,6 +7,8 @@ import (
 	"errors"
 	"io"
 	"net/http"
+	"os"
+	"strings"
 	"testing"
 	"time"
 
@@ -36,6 +38,12 @@ func FuzzParseHeader(f *testing.F) {
 	}
 	f.Add(j.Compact())
 	f.Add("e30..AAAAAAAAAAAAAAAA.AA.AAAAAAAAAAAAAAAAAAAAAA")
+	// The vector made by José (testdata/gen.sh).
+	if vb, err := os.ReadFile("testdata/managed.jwe"); err != nil {
+		f.Fatal(err)
+	} else {
+		f.Add(strings.TrimSpace(string(vb)))
+	}
 	f.Fuzz(func(t *testing.T, s string) {
 		j, err := jose.ParseCompact(s)
 		if err != nil {

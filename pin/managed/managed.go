@@ -93,18 +93,22 @@ func (p Pin) Encrypt(ctx context.Context, raw json.RawMessage, secret []byte, o 
 	if err := info.Key.Validate(); err != nil {
 		return nil, fmt.Errorf("server exchange key: %w", err)
 	}
-	kid, err := info.Key.Thumbprint("S256")
+	return seal(header{URL: id.State.Server, Pin: id.State.Pin, Device: info.Device, Key: info.Key, State: cfg.State}, secret)
+}
+
+// seal binds secret to the device's exchange key hdr.Key exactly as tang
+// binds to a tang key; the rest of hdr names the server and the device.
+func seal(hdr header, secret []byte) (*jose.JWE, error) {
+	kid, err := hdr.Key.Thumbprint("S256")
 	if err != nil {
 		return nil, err
 	}
-	epk, z, err := tangproto.Bind(info.Key)
+	epk, z, err := tangproto.Bind(hdr.Key)
 	if err != nil {
 		return nil, err
 	}
 	defer clear(z)
-	ch, _ := json.Marshal(clevisHeader{Pin: "managed", Managed: header{
-		URL: id.State.Server, Pin: id.State.Pin, Device: info.Device, Key: info.Key, State: cfg.State,
-	}})
+	ch, _ := json.Marshal(clevisHeader{Pin: "managed", Managed: hdr})
 	h := jose.Header{Alg: "ECDH-ES", Clevis: ch, Epk: epk, Kid: kid}
 	return jose.Encrypt(h, jose.ConcatKDF(z, "A256GCM"), secret)
 }

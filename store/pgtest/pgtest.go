@@ -5,6 +5,7 @@
 package pgtest
 
 import (
+	"bytes"
 	"fmt"
 	"net"
 	"os"
@@ -51,6 +52,35 @@ func (s *Server) CreateDB(t testing.TB, name string) string {
 		t.Fatalf("createdb %s: %v\n%s", name, err, out)
 	}
 	return s.DSN(name)
+}
+
+// Dump returns database db as plain SQL (pg_dump without owners or
+// grants, so that it loads into any server).
+func (s *Server) Dump(t testing.TB, db string) []byte {
+	t.Helper()
+	cmd := s.run(filepath.Join(s.bin, "pg_dump"), "-h", s.Sock, "-p", strconv.Itoa(s.Port), "-U", "postgres",
+		"--no-owner", "--no-privileges", db)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("pg_dump %s: %v\n%s", db, err, stderr.Bytes())
+	}
+	return out
+}
+
+// Load creates database name from a plain SQL dump and returns its DSN.
+// Any error in the dump fails the test.
+func (s *Server) Load(t testing.TB, name string, dump []byte) string {
+	t.Helper()
+	dsn := s.CreateDB(t, name)
+	cmd := s.run(filepath.Join(s.bin, "psql"), "-h", s.Sock, "-p", strconv.Itoa(s.Port), "-U", "postgres",
+		"-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", name)
+	cmd.Stdin = bytes.NewReader(dump)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("psql: load dump into %s: %v\n%s", name, err, out)
+	}
+	return dsn
 }
 
 // Start starts a PostgreSQL server that is stopped when the test ends.

@@ -1,0 +1,152 @@
+// Package layers checks that imports only point down the layers of
+// docs/DESIGN.md. Every package of the module (but the benchmarks and the
+// test harnesses, which sit on top and may import anything) has a rank;
+// a package may import only packages of a lower rank. A new package
+// needs a rank here, and a new upward import fails the test — unless it
+// is one of the known violations below, each waiting for its fix.
+package layers
+
+import (
+	"bufio"
+	"bytes"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"sort"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/tether-nbde/tether/internal/testenv"
+)
+
+const module = "github.com/tether-nbde/tether/"
+
+// ranks places every package. Client: cmd → cli → boot/luks → pin/* →
+// pin → tang → jose. Server: cmd → servercli → server → store → policy →
+// audit: the domain types belong to policy (pure decisions), and the
+// store persists them, so store may import policy and never the reverse
+// (issue 19). Plumbing used by all (p521, atomicfile, ...) is at the bottom.
+var ranks = map[string]int{
+	"internal/p521":       0,
+	"internal/atomicfile": 0,
+	"internal/version":    0,
+	"internal/httplite":   0,
+	"internal/testenv":    0,
+
+	"jose":         10,
+	"audit":        10,
+	"internal/tpm": 10, // the TPM transport (issue 19: under pin/tpm2's care)
+
+	"tang":   20,
+	"policy": 20,
+
+	"pin":   30, // the Pin interface and registry
+	"store": 30,
+
+	"pin/internal/remote": 35,
+
+	"pin/https":   40,
+	"pin/smb":     40,
+	"pin/sss":     40,
+	"pin/tang":    40,
+	"pin/tpm2":    40,
+	"pin/managed": 40,
+
+	"pin/smb/share":        45,
+	"internal/tpm/tpmtest": 45,
+	"store/pgtest":         45,
+
+	"luks": 50,
+	"boot": 55,
+
+	"server": 60,
+
+	"internal/cli":        70,
+	"internal/servercli":  75, // uses internal/cli's command framework
+	"internal/docgen":     80,
+	"internal/docgen/gen": 85,
+
+	"cmd/tether":        90,
+	"cmd/tether-server": 90,
+	"cmd/tether-smb":    90,
+	// earlydial's init reads stdin and dials before main: a start-up trick
+	// that belongs to cmd/tether alone (issue 19).
+	"internal/earlydial": 90,
+}
+
+// unranked are trees that sit above every layer.
+var unranked = []string{"bench/", "test/"}
+
+// knownViolations are today's upward imports, each to be removed by its
+// fix (issue 19). The test fails when one disappears, so that the list
+// shrinks with the code.
+var knownViolations = map[string]string{
+	"tang -> internal/earlydial": "the public tang package reaches the start-up trick, whose init reads " +
+		"stdin in any program with os.Args[1]==\"decrypt\"; the hook belongs in cmd/tether",
+	"internal/cli -> internal/earlydial": "same trick, held by the CLI instead of cmd/tether",
+	"policy -> store": "policy takes its types (Device, Policy, State) from store, so importing the pure " +
+		"decisions links pgx and SQLite; the types belong in policy and store should import them",
+}
+
+func TestImportsPointDown(t *testing.T) {
+	goCmd := filepath.Join(runtime.GOROOT(), "bin", "go")
+	cmd := exec.Command(goCmd, "list", "-f", `{{.ImportPath}}{{range .Imports}} {{.}}{{end}}`, "./...")
+	cmd.Dir = testenv.RepoRoot()
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("go list: %v\n%s", err, stderr.Bytes())
+	}
+	seen := map[string]bool{}
+	var bad []string
+	sc := bufio.NewScanner(bytes.NewReader(out))
+	sc.Buffer(nil, 1<<20)
+	for sc.Scan() {
+		f := strings.Fields(sc.Text())
+		pkg, ok := strings.CutPrefix(f[0], module)
+		if !ok || isUnranked(pkg) {
+			continue
+		}
+		from, ok := ranks[pkg]
+		if !ok {
+			bad = append(bad, pkg+" has no layer: give it a rank in test/layers/layers_test.go (and docs/DESIGN.md)")
+			continue
+		}
+		for _, imp := range f[1:] {
+			dep, ok := strings.CutPrefix(imp, module)
+			if !ok {
+				continue
+			}
+			to, ok := ranks[dep]
+			if !ok || to < from {
+				continue // an unranked package is reported on its own line
+			}
+			edge := pkg + " -> " + dep
+			if _, known := knownViolations[edge]; known {
+				seen[edge] = true
+				continue
+			}
+			bad = append(bad, edge+": imports upward (rank "+strconv.Itoa(from)+" imports rank "+strconv.Itoa(to)+"); move the shared part down, or pass it in")
+		}
+	}
+	for edge := range knownViolations {
+		if !seen[edge] {
+			bad = append(bad, edge+" is listed as a known violation but no longer happens: remove it from knownViolations")
+		}
+	}
+	sort.Strings(bad)
+	for _, b := range bad {
+		t.Error(b)
+	}
+}
+
+func isUnranked(pkg string) bool {
+	for _, p := range unranked {
+		if strings.HasPrefix(pkg, p) {
+			return true
+		}
+	}
+	return false
+}
