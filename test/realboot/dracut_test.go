@@ -65,6 +65,9 @@ func TestDracut(t *testing.T) {
 		if !strings.Contains(m.Console(), ServerAddr+" did not answer") {
 			t.Errorf("the console does not say why the root was not opened")
 		}
+		// Down a while longer behind the prompt: the attempts now in
+		// flight fail too, and the one that succeeds is a retry.
+		time.Sleep(15 * time.Second)
 		proxy.Resume()
 		back := m.Since()
 		_, _, opened := m.WaitFor(`askpass: .*: answered`, idx, 3*time.Minute)
