@@ -163,6 +163,7 @@ func (v *Volume) Encrypt(ctx context.Context, o EncryptOptions) (int, error) {
 		return -1, err
 	}
 	offline := fi.Mode().IsRegular()
+	var pre *bindStep // the binding made before a fresh encryption
 	h, herr := v.Header()
 	if herr == nil {
 		if h, herr, err = v.undoTornHeader(ctx, h, work); err != nil {
@@ -208,6 +209,18 @@ func (v *Volume) Encrypt(ctx context.Context, o EncryptOptions) (int, error) {
 				}
 			}
 		}
+		// The binding is made now, before anything is written: a server
+		// that is down, a config the pin refuses (credentials in the
+		// clear), a TPM that is missing are found out in a second, not
+		// after the whole device is encrypted. It is used below unless a
+		// cut intervenes; a rerun makes a new one.
+		pass := NewPassphrase()
+		defer clear(pass)
+		j, err := pin.Encrypt(ctx, o.Pin, o.Config, pass, v.PinOptions)
+		if err != nil {
+			return -1, &BindFirstError{Err: err}
+		}
+		pre = &bindStep{pass: pass, jwe: j}
 		if err := os.Mkdir(work, 0o700); err != nil {
 			return -1, fmt.Errorf("create the work directory: %w", err)
 		}
@@ -222,7 +235,7 @@ func (v *Volume) Encrypt(ctx context.Context, o EncryptOptions) (int, error) {
 		}
 		crashpoint("encrypt:state")
 		v.logf("encrypting %s in place; this rewrites all of it", v.Path)
-		err := v.Runner.EncryptInPlace(ctx, v.Path, work, key, fmt.Sprint(ReduceSize),
+		err = v.Runner.EncryptInPlace(ctx, v.Path, work, key, fmt.Sprint(ReduceSize),
 			FormatOptions{KDF: MachineKDF(""), UUID: uuid, Subsystem: tempKeyPrefix + string(key)}, o.Progress)
 		if err != nil {
 			return -1, fmt.Errorf("encrypt %s: %w", v.Path, err)
@@ -265,7 +278,7 @@ func (v *Volume) Encrypt(ctx context.Context, o EncryptOptions) (int, error) {
 		}
 	}
 	crashpoint("encrypt:encrypted")
-	slot, err := v.finishEncrypt(ctx, key, st, work, o)
+	slot, err := v.finishEncrypt(ctx, key, st, work, o, pre)
 	if err != nil {
 		return -1, err
 	}
@@ -284,6 +297,13 @@ func (v *Volume) Encrypt(ctx context.Context, o EncryptOptions) (int, error) {
 	}
 	return slot, nil
 }
+
+// BindFirstError is returned by Encrypt when the binding, made before a
+// fresh encryption starts, fails: the device was not touched.
+type BindFirstError struct{ Err error }
+
+func (e *BindFirstError) Error() string { return "nothing was changed: " + e.Err.Error() }
+func (e *BindFirstError) Unwrap() error { return e.Err }
 
 // AlreadyBoundError is returned by Encrypt for a volume that is encrypted
 // and bound already: a rerun of a run that had finished (or a volume
@@ -493,7 +513,7 @@ func (v *Volume) resume(ctx context.Context, h *Header, key []byte, offline bool
 // from the header. Each step checks whether an earlier run did it. The
 // temporary keyslot goes only after the recovery passphrase was handed
 // over, so a volume without it has everything else done.
-func (v *Volume) finishEncrypt(ctx context.Context, temp []byte, st *encryptState, work string, o EncryptOptions) (int, error) {
+func (v *Volume) finishEncrypt(ctx context.Context, temp []byte, st *encryptState, work string, o EncryptOptions, pre *bindStep) (int, error) {
 	h, err := v.repair(ctx)
 	if err != nil {
 		return -1, err
@@ -514,12 +534,16 @@ func (v *Volume) finishEncrypt(ctx context.Context, temp []byte, st *encryptStat
 			}
 		}
 		if len(Bindings(h)) == 0 {
-			pass := NewPassphrase()
-			defer clear(pass)
-			j, err := pin.Encrypt(ctx, o.Pin, o.Config, pass, v.PinOptions)
-			if err != nil {
-				return -1, err
+			if pre == nil {
+				pass := NewPassphrase()
+				defer clear(pass)
+				j, err := pin.Encrypt(ctx, o.Pin, o.Config, pass, v.PinOptions)
+				if err != nil {
+					return -1, err
+				}
+				pre = &bindStep{pass: pass, jwe: j}
 			}
+			pass, j := pre.pass, pre.jwe
 			if _, err := v.bind(ctx, h, bindStep{key: temp, keySlot: 0, slot: -1, pass: pass, jwe: j, op: "bind"}); err != nil {
 				return -1, err
 			}

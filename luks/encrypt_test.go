@@ -383,10 +383,28 @@ func TestEncryptRefuses(t *testing.T) {
 			t.Errorf("after %q: the data differs", cmdline)
 		}
 	}
+	// The binding fails (the server is down): found before anything is
+	// written, and the same command works once the server is there.
+	ok, okFS, _ := plainFS(t, "80M", "48M")
+	before := fileSum(t, ok)
+	res := g.tether(nil, nil, "luks", "encrypt", "-d", ok, "--no-recovery", "-y", "tang", `{"url":"`+testenv.ClosedPort(t)+`"}`)
+	if res.code == 0 || !strings.Contains(res.stderr, "nothing was changed") || !strings.Contains(res.stderr, ok+" is untouched") {
+		t.Errorf("server down: %d %s", res.code, res.stderr)
+	}
+	if strings.Contains(res.stderr, "encrypting") || fileSum(t, ok) != before {
+		t.Errorf("server down: the image was changed:\n%s", res.stderr)
+	}
+	if res := g.tether(nil, nil, "luks", "encrypt", "-d", ok, "--no-recovery", "-y", "tang", g.tangCfg()); res.code != 0 {
+		t.Fatalf("with the server up: %d %s", res.code, res.stderr)
+	}
+	slot := luks.Bindings(header(t, ok))[0].Slot
+	if !bytes.Equal(decryptData(t, ok, slot, []byte(g.ok(nil, "luks", "pass", "-d", ok, "-s", strconv.Itoa(slot))), len(okFS)), okFS) {
+		t.Error("with the server up: the data differs")
+	}
 	// Unknown content without --force.
 	blob := filepath.Join(t.TempDir(), "blob.img")
 	run(t, nil, "truncate", "-s", "72M", blob)
-	res := g.tether(nil, nil, "luks", "encrypt", "-d", blob, "-y", "tang", g.tangCfg())
+	res = g.tether(nil, nil, "luks", "encrypt", "-d", blob, "-y", "tang", g.tangCfg())
 	if res.code == 0 || !strings.Contains(res.stderr, "cannot tell") || !strings.Contains(res.stderr, "--force") {
 		t.Errorf("unknown content: %d %s", res.code, res.stderr)
 	}

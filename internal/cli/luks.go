@@ -432,6 +432,9 @@ func init() {
 						// configuration resumes and binds.
 						return plainCredentialsHint(err, "tether luks encrypt -d "+v.Path, name, cfg)
 					}
+					if _, ok := errors.AsType[*luks.BindFirstError](err); ok {
+						return withHint(err, "%s is untouched: make the binding work (is the server up? tether adv URL checks a tang or tether server) and run the same command again", v.Path)
+					}
 					var ne *luks.NotEncryptableError
 					if errors.As(err, &ne) && ne.Hint != "" {
 						return withHint(err, "%s", ne.Hint)
@@ -740,7 +743,9 @@ const luksEncryptUsage = `Usage: tether luks encrypt -d DEV [-y] [--force] [--re
 Encrypt an existing filesystem or partition in place and bind it: tether
 runs cryptsetup reencrypt --encrypt --reduce-device-size 32M under a
 temporary key, adds a recovery passphrase, binds the volume to PIN and
-removes the temporary key. Progress goes to stderr.
+removes the temporary key. Progress goes to stderr. The binding is made
+first, before anything is written: a server that is down or a
+configuration the pin refuses stops the command with the device untouched.
 
 The recovery passphrase (160 random bits) is, by default, printed on
 stdout once, at the end, without a newline when stdout is not a terminal

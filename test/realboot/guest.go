@@ -504,7 +504,11 @@ func (m *Machine) match(rx *regexp.Regexp, from int) (string, int, time.Duration
 			return m.lines[i].text, i, m.lines[i].at, true
 		}
 	}
-	if m.partial != "" && rx.MatchString(m.partial) {
+	// The line still being printed matches too, for prompts that end
+	// without a newline; but not a marker (a pattern starting with @@):
+	// the test reads what follows it, which may not have arrived yet (a
+	// READY line was matched as "@@READY" with its root still on the way).
+	if m.partial != "" && !strings.HasPrefix(rx.String(), "@@") && rx.MatchString(m.partial) {
 		return m.partial, len(m.lines), m.partialAt, true
 	}
 	return "", 0, 0, false
