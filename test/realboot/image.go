@@ -227,18 +227,24 @@ WantedBy=multi-user.target
 // guest powers off once up.
 //
 // dmesg -n 1 first: kernel messages printed on the console in the middle
-// of a marker line split it.
+// of a marker line split it. Every line opens the console anew: a password
+// prompt on the console (systemd-ask-password-console.service) hangs the
+// terminal up as it starts (vhangup), which revokes the descriptors open
+// then, and a runner writing on its old one printed nothing more.
 const testRunner = `#!/bin/sh
+say() { printf '%s\n' "$1" > /dev/ttyS0; }
 dmesg -n 1 2>/dev/null
 root=$(findmnt -no SOURCE /)
-echo "@@ROOT $root"
-echo "@@READY $(cut -d' ' -f1 /proc/uptime) root=$root"
+say "@@ROOT $root"
+say "@@READY $(cut -d' ' -f1 /proc/uptime) root=$root"
 disk=/dev/disk/by-id/virtio-testscript
 if [ -e "$disk" ]; then
     mkdir -p /run/test
     tar -xf "$disk" -C /run/test
-    cd /run/test && sh ./run.sh
-    echo "@@DONE $? $(cut -d' ' -f1 /proc/uptime)"
+    (cd /run/test && sh ./run.sh 2>&1; echo "@@RC $?") | while IFS= read -r l; do
+        case $l in "@@RC "*) echo "${l#@@RC }" > /run/test-rc ;; *) say "$l" ;; esac
+    done
+    say "@@DONE $(cat /run/test-rc 2>/dev/null) $(cut -d' ' -f1 /proc/uptime)"
 fi
 [ -e /run/test/keep-running ] || systemctl poweroff
 `
