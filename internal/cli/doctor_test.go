@@ -29,6 +29,14 @@ const recoveryPass = "recovery passphrase"
 
 func newDoctorBed(t *testing.T) *doctorBed {
 	t.Helper()
+	b := newBed(t)
+	b.run(nil, "tether", "install", "systemd", "--root", b.root, "--bin", "/usr/bin/tether")
+	return b
+}
+
+// newBed is a doctorBed with nothing installed yet.
+func newBed(t *testing.T) *doctorBed {
+	t.Helper()
 	testenv.RequireCmd(t, "cryptsetup")
 	testenv.RequireRoot(t)
 	b := &doctorBed{t: t, bin: testenv.TetherBin(t), dir: t.TempDir()}
@@ -46,7 +54,6 @@ func newDoctorBed(t *testing.T) *doctorBed {
 		}
 	}
 	b.env = append(os.Environ(), "PATH="+pathDir+":"+os.Getenv("PATH"), "TETHER_LUKS_STATE_DIR="+b.state)
-	b.run(nil, "tether", "install", "systemd", "--root", b.root, "--bin", "/usr/bin/tether")
 	return b
 }
 
