@@ -305,6 +305,22 @@ func TestDoctor(t *testing.T) {
 		}
 	})
 
+	t.Run("managed server down", func(t *testing.T) {
+		f := startManagedFixture(t)
+		b, _ := dataBed(t)
+		b.env = append(b.env, f.devEnv...)
+		img := b.image("managed")
+		b.bind(img, "managed", "{}")
+		b.crypttab(img, "managed")
+		b.healthy()
+		f.stop()
+		const what = "does not answer now"
+		fix := b.expect(what)[what]
+		if want := "curl -sk https://" + f.addr + "/healthz  # "; !strings.HasPrefix(fix, want) {
+			t.Fatalf("fix %q, want it to start with %q", fix, want)
+		}
+	})
+
 	t.Run("tpm PCR changed", func(t *testing.T) {
 		sw := tpmtest.Start(t)
 		b, _ := dataBed(t)

@@ -55,7 +55,8 @@ Nothing is changed before the last confirmation, and a wrong answer (a
 mounted device, a server that does not answer, a wrong share password)
 is explained and asked again. A mounted device and the device of the
 running root are refused. Run it again to add a key source to a volume
-that already has one: the new binding is added, the others stay.
+that already has one (the new binding is added, the others stay), or
+to replace one.
 
 Key sources (the flag form, for scripts and factories):
   --server URL           a tether or Tang server; with --thp THP (its
@@ -90,6 +91,9 @@ Options:
                          (_netdev,nofail: the boot does not wait for it)
   --recovery-file PATH   where the new recovery passphrase goes (mode
                          0600; default: printed on stdout, once)
+  --replace SLOT         replace the binding of keyslot SLOT (tether luks
+                         list shows them) instead of adding one; the new
+                         one is verified before the old one is removed
   --confirm DEV          confirm encrypting DEV in place
   --root DIR             write crypttab, fstab and the units into the
                          system under DIR instead of /
@@ -126,6 +130,7 @@ type setupPlan struct {
 	size     int64
 	luks     bool // dev is LUKS2 already
 	bound    int  // bindings it has
+	replace  int  // the keyslot whose binding the new one replaces, or -1
 	name     string
 	mount    string
 	key      []byte
@@ -168,11 +173,12 @@ func init() {
 			pcr := fs.String("pcr", "7", "")
 			need := fs.String("need", "all", "")
 			plain := fs.Bool("allow-plain-credentials", false, "")
+			replace := fs.Int("replace", -1, "")
 			return func(env *Env, args []string) error {
 				if len(args) != 0 {
 					return usagef("setup takes no arguments (see the flags)")
 				}
-				p := &setupPlan{root: *root, bin: *bin, name: *name, mount: *mount, recovery: *recovery, need: *need, plain: *plain, timeout: *timeout}
+				p := &setupPlan{replace: *replace, root: *root, bin: *bin, name: *name, mount: *mount, recovery: *recovery, need: *need, plain: *plain, timeout: *timeout}
 				tmp, err := os.MkdirTemp("", "tether-setup")
 				if err != nil {
 					return err
@@ -202,6 +208,11 @@ func init() {
 					p.dev = *dev
 					if err := p.checkDevice(); err != nil {
 						return err
+					}
+					if *replace >= 0 {
+						if err := p.checkReplace(); err != nil {
+							return err
+						}
 					}
 					if !p.luks && *confirm != p.dev {
 						return withHint(fmt.Errorf("%s is not encrypted yet: setup would encrypt it in place", p.dev),
@@ -334,6 +345,21 @@ func (p *setupPlan) checkDevice() error {
 	}
 	if p.name == "" {
 		p.name = volumeName(dev)
+	}
+	return nil
+}
+
+// checkReplace checks that the keyslot to replace is bound.
+func (p *setupPlan) checkReplace() error {
+	if !p.luks {
+		return usagef("--replace is for a LUKS2 volume that has bindings")
+	}
+	h, err := luks.ReadHeaderFile(p.dev)
+	if err != nil {
+		return luksError(err, p.dev)
+	}
+	if _, err := luks.BindingFor(h, p.replace); err != nil {
+		return withListHint(fmt.Errorf("replace keyslot %d of %s: %w", p.replace, p.dev, err), p.dev)
 	}
 	return nil
 }
@@ -574,6 +600,13 @@ func (p *setupPlan) run(ctx context.Context, env *Env) error {
 			return luksError(err, p.dev)
 		}
 		recoveryWhere = where
+	case p.luks && p.replace >= 0:
+		// regen adds the new binding and verifies it before the old one
+		// goes; the passphrase serves if the old source is gone.
+		if _, err := v.Regen(ctx, luks.RegenOptions{Slot: p.replace, Pin: name, Config: cfg, Key: p.key}); err != nil {
+			return luksError(err, p.dev)
+		}
+		recoveryWhere = "your existing passphrase of " + p.dev + " still opens it"
 	case p.luks:
 		if _, err := v.Bind(ctx, luks.BindOptions{Pin: name, Config: cfg, Key: p.key, KeySlot: -1, Slot: -1}); err != nil {
 			return luksError(err, p.dev)

@@ -7,9 +7,11 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 
 	"github.com/tether-nbde/tether/luks"
+	"github.com/tether-nbde/tether/pin"
 )
 
 // setupInteractive asks the person, step by step, and then runs the plan.
@@ -17,6 +19,7 @@ import (
 // asked again. Nothing is written before the last confirmation.
 func setupInteractive(env *Env, p *setupPlan) error {
 	r := newLineReader(env)
+	defer func() { clear(p.key) }()
 	if r.fd < 0 {
 		return withHint(errors.New("setup asks its questions on a terminal, and stdin is not one"),
 			"run it in a terminal, or give the answers as flags (tether setup --help shows them)")
@@ -177,6 +180,8 @@ func setupInteractive(env *Env, p *setupPlan) error {
 	switch {
 	case p.create:
 		fmt.Fprintf(w, "  create %s (%d MiB, ext4 inside)\n", p.dev, p.size>>20)
+	case p.luks && p.replace >= 0:
+		fmt.Fprintf(w, "  replace the binding of keyslot %d of %s (its passphrases keep working)\n", p.replace, p.dev)
 	case p.luks:
 		fmt.Fprintf(w, "  add a key to the LUKS2 volume %s (its passphrases keep working)\n", p.dev)
 	default:
@@ -241,7 +246,7 @@ func askDevice(r *lineReader, p *setupPlan) error {
 		if err != nil {
 			return err
 		}
-		p.dev, p.name, p.luks, p.bound = d, "", false, 0
+		p.dev, p.name, p.luks, p.bound, p.replace = d, "", false, 0, -1
 		if err := p.checkDevice(); err != nil {
 			explain(w, err)
 			continue
@@ -251,7 +256,36 @@ func askDevice(r *lineReader, p *setupPlan) error {
 			return nil
 		}
 		if p.bound > 0 {
-			fmt.Fprintf(w, "%s is encrypted and already has %d binding(s): setup adds a new one, the others stay.\n", p.dev, p.bound)
+			fmt.Fprintf(w, "%s is encrypted and already has these bindings:\n", p.dev)
+			h, err := luks.ReadHeaderFile(p.dev)
+			if err != nil {
+				return err
+			}
+			for _, b := range luks.Bindings(h) {
+				desc := "unreadable"
+				if b.Err == nil {
+					desc = pin.Describe(b.JWE)
+				}
+				fmt.Fprintf(w, "  keyslot %d: %s\n", b.Slot, desc)
+			}
+			for {
+				c, err := r.ask("Add a new key source (the others stay), or replace one? add, or a keyslot number [add]: ")
+				if err != nil {
+					return err
+				}
+				if c == "" || c == "add" {
+					p.replace = -1
+					break
+				}
+				n, err := strconv.Atoi(c)
+				if err == nil {
+					p.replace = n
+					if err = p.checkReplace(); err == nil {
+						break
+					}
+				}
+				fmt.Fprintln(w, "Please type add, or the number of a keyslot listed above.")
+			}
 		} else {
 			fmt.Fprintf(w, "%s is encrypted (LUKS2): setup adds a key to it; its passphrase keeps working.\n", p.dev)
 		}

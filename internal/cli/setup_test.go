@@ -101,6 +101,26 @@ func TestSetupFlags(t *testing.T) {
 		t.Errorf("the second run changed the crypttab line:\n%s", tab2)
 	}
 	b.healthy()
+
+	// A third time, replacing the tang binding (its keyslot from the
+	// list) with a TPM binding to PCR 7.
+	slot := ""
+	for _, l := range strings.Split(list, "\n") {
+		if n, rest, ok := strings.Cut(l, ": "); ok && strings.HasPrefix(rest, "tang ") {
+			slot = n
+		}
+	}
+	if out, errOut, code := b.setup(recKey, "-d", img, "-k", "-", "--replace", slot, "--tpm"); code != 0 {
+		t.Fatalf("setup --replace %s: exit %d\n%s%s", slot, code, out, errOut)
+	}
+	list = b.run(nil, "tether", "luks", "list", "-d", img)
+	if strings.Contains(list, "tang") || strings.Count(list, "tpm2") != 2 || !strings.Contains(list, `"pcr_ids":"7"`) {
+		t.Errorf("after --replace %s the volume has:\n%s", slot, list)
+	}
+	b.healthy()
+	if _, errOut, code := b.setup(recKey, "-d", img, "-k", "-", "--replace", "9", "--tpm"); code != 1 || !strings.Contains(errOut, "replace keyslot 9") {
+		t.Errorf("--replace of an unbound keyslot: exit %d: %s", code, errOut)
+	}
 }
 
 func advThp(t *testing.T, b *doctorBed, url string) string {

@@ -19,6 +19,8 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"net"
+	"net/url"
 	"os"
 	"path/filepath"
 	"sort"
@@ -512,6 +514,7 @@ func (d *doctor) checkBindings(ctx context.Context, v *volume) {
 				d.checkTPM(ctx, subject, v, b, l)
 			case "managed":
 				managed = true
+				d.checkManaged(ctx, subject, l)
 			}
 		}
 		if len(d.problems) > before || managed {
@@ -634,6 +637,39 @@ func (d *doctor) checkTang(ctx context.Context, subject string, v *volume, b luk
 	}
 	d.problem(subject, fmt.Sprintf("tether luks regen -d %s -s %d -k -  # with a passphrase of the volume (the recovery passphrase) on stdin", shellQuote(v.dev), b.Slot),
 		"tang server %s no longer has the keys this binding was made with: it cannot unlock through this server", url)
+}
+
+// checkManaged checks that a managed binding's server accepts
+// connections. It asks nothing more: an unlock request is an event on the
+// server (audited, maybe waiting for approval).
+func (d *doctor) checkManaged(ctx context.Context, subject string, l *jose.JWE) {
+	var ch struct {
+		Managed struct {
+			URL string `json:"url"`
+		} `json:"managed"`
+	}
+	json.Unmarshal(l.Header.Clevis, &ch)
+	u, err := url.Parse(ch.Managed.URL)
+	if err != nil || u.Host == "" {
+		d.problem(subject, "tether luks list  # shows the binding; bind it again", "its managed binding has no server URL")
+		return
+	}
+	host := u.Host
+	if u.Port() == "" {
+		port := "80"
+		if u.Scheme == "https" {
+			port = "443"
+		}
+		host = net.JoinHostPort(u.Hostname(), port)
+	}
+	c, err := (&net.Dialer{Timeout: d.o.Timeout}).DialContext(ctx, "tcp", host)
+	if err != nil {
+		d.problem(subject, "curl -sk "+shellQuote(u.String())+"/healthz  # answers once the server runs and the network reaches it",
+			"managed server %s does not answer now: %s", u, oneLine(err))
+		return
+	}
+	c.Close()
+	d.ok(subject, "managed server %s accepts connections (not asked to unlock: that is an event on the server)", u)
 }
 
 // checkTPM checks one tpm2 leaf against this machine's TPM.
