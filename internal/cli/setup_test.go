@@ -6,6 +6,8 @@ import (
 	"crypto/sha256"
 	"encoding/json"
 	"fmt"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -121,6 +123,34 @@ func TestSetupFlags(t *testing.T) {
 	if _, errOut, code := b.setup(recKey, "-d", img, "-k", "-", "--replace", "9", "--tpm"); code != 1 || !strings.Contains(errOut, "replace keyslot 9") {
 		t.Errorf("--replace of an unbound keyslot: exit %d: %s", code, errOut)
 	}
+}
+
+// TestSetupHTTPS: an HTTPS endpoint's key is shown, pinned, and the
+// container unlocks from it; a wrong pin is refused before anything is
+// written.
+func TestSetupHTTPS(t *testing.T) {
+	material := make([]byte, 64)
+	rand.Read(material)
+	ts := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.Write(material) }))
+	defer ts.Close()
+	b := newBed(t)
+	img := filepath.Join(b.dir, "web.img")
+	out, errOut, code := b.setup(nil, "--create", img, "--size", "80M", "--https", ts.URL+"/key", "--https-pin", "AAAA")
+	if code != 1 || !strings.Contains(errOut, "shows the key ") || out != "" {
+		t.Fatalf("wrong pin: exit %d\n%s%s", code, out, errOut)
+	}
+	if _, err := os.Stat(img); err == nil {
+		t.Fatal("a refused setup created the container")
+	}
+	out, errOut, code = b.setup(nil, "--create", img, "--size", "80M", "--https", ts.URL+"/key", "--trust-https")
+	if code != 0 || !strings.Contains(errOut, "(--trust-https)") {
+		t.Fatalf("setup: exit %d\n%s%s", code, out, errOut)
+	}
+	if out == "" {
+		t.Error("no recovery passphrase on stdout")
+	}
+	b.run([]byte(out), "cryptsetup", "open", "--test-passphrase", "--key-file", "-", img)
+	b.healthy()
 }
 
 func advThp(t *testing.T, b *doctorBed, url string) string {
