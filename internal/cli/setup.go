@@ -139,7 +139,7 @@ type setupPlan struct {
 	need     string // all or any
 	plain    bool   // credentials may be stored in the clear
 	timeout  time.Duration
-	tmpDir   string // password files, removed at the end
+	closers  []io.Closer // memory files of passwords, closed at the end
 }
 
 func init() {
@@ -179,12 +179,12 @@ func init() {
 					return usagef("setup takes no arguments (see the flags)")
 				}
 				p := &setupPlan{replace: *replace, root: *root, bin: *bin, name: *name, mount: *mount, recovery: *recovery, need: *need, plain: *plain, timeout: *timeout}
-				tmp, err := os.MkdirTemp("", "tether-setup")
-				if err != nil {
-					return err
-				}
-				defer os.RemoveAll(tmp)
-				p.tmpDir = tmp
+				defer func() {
+					for _, c := range p.closers {
+						c.Close()
+					}
+				}()
+				var err error
 				if *dev == "" && *create == "" {
 					return setupInteractive(env, p)
 				}

@@ -85,7 +85,7 @@ func setupInteractive(env *Env, p *setupPlan) error {
 		case "1":
 			src, err = askServer(ctx, r, p)
 		case "2":
-			src, err = askShare(ctx, r, p, i)
+			src, err = askShare(ctx, r, p)
 		case "3":
 			src, err = askHTTPS(ctx, r, p)
 		case "4":
@@ -368,7 +368,7 @@ func askServer(ctx context.Context, r *lineReader, p *setupPlan) (keySource, err
 	}
 }
 
-func askShare(ctx context.Context, r *lineReader, p *setupPlan, i int) (keySource, error) {
+func askShare(ctx context.Context, r *lineReader, p *setupPlan) (keySource, error) {
 	w := r.env.Stdout
 	for {
 		a, err := r.ask("Share address of the key file (for example //fritz.box/NAS/keys/ha.key): ")
@@ -392,9 +392,9 @@ func askShare(ctx context.Context, r *lineReader, p *setupPlan, i int) (keySourc
 				if err != nil {
 					return keySource{}, err
 				}
-				// The pin reads the password from a file, never argv.
-				pwFile = filepath.Join(p.tmpDir, fmt.Sprintf("smb-password-%d", i))
-				err = os.WriteFile(pwFile, pw, 0o600)
+				// The pin reads the password from a file, never argv; this
+				// one lives in memory only.
+				pwFile, err = p.memFile(pw)
 				clear(pw)
 				if err != nil {
 					return keySource{}, err

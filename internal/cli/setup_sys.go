@@ -12,6 +12,24 @@ import (
 	"github.com/tether-nbde/tether/internal/atomicfile"
 )
 
+// memFile puts a secret into an anonymous memory file (memfd) and
+// returns a path that opens it, for a pin configuration that names a
+// password file: the password never touches a disk. The file is closed
+// when setup ends.
+func (p *setupPlan) memFile(data []byte) (string, error) {
+	fd, err := unix.MemfdCreate("tether-setup-secret", unix.MFD_CLOEXEC)
+	if err != nil {
+		return "", fmt.Errorf("keep the password in memory: %w", err)
+	}
+	f := os.NewFile(uintptr(fd), "tether-setup-secret")
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return "", err
+	}
+	p.closers = append(p.closers, f)
+	return fmt.Sprintf("/proc/self/fd/%d", fd), nil
+}
+
 func atomicWrite(file string, data []byte, mode os.FileMode) error {
 	return atomicfile.Write(file, data, mode)
 }

@@ -213,6 +213,7 @@ func TestSetupRefuses(t *testing.T) {
 			"--server", tangd.URL, "--thp", thp}, "password"},
 		{"existing file", []string{"--create", img, "--size", "80M", "--server", tangd.URL, "--thp", thp}, "exists already"},
 		{"unencrypted without confirm", []string{"-d", filepath.Join(b.dir, "plain2.img"), "--server", tangd.URL, "--thp", thp}, "is not encrypted yet"},
+		{"no terminal, no flags", nil, "setup asks its questions on a terminal, and stdin is not one"},
 		{"password in the clear", []string{"-d", img, "-k", "-", "--smb", share, "--smb-user", smbd.User, "--smb-password-file", rightPw}, "would be stored in the clear"},
 	}
 	if strings.HasPrefix(rootDev, "/dev/") {
