@@ -27,6 +27,7 @@ import (
 	"github.com/tether-nbde/tether/boot"
 	"github.com/tether-nbde/tether/luks"
 	"github.com/tether-nbde/tether/pin"
+	smbpin "github.com/tether-nbde/tether/pin/smb"
 )
 
 const setupUsage = `Usage: tether setup
@@ -65,7 +66,9 @@ Key sources (the flag form, for scripts and factories):
   --smb //HOST[:PORT]/SHARE/PATH
                          a key file on an SMB share, read as --smb-user
                          (default guest) with the password in
-                         --smb-password-file FILE
+                         --smb-password-file FILE; --smb-create makes
+                         the key file first (64 random bytes; an
+                         existing file is never replaced)
   --https URL            an endpoint that answers with the key material;
                          --https-pin SHA256 (base64 SHA-256 of its public
                          key) or --trust-https (accept the key it shows)
@@ -166,6 +169,7 @@ func init() {
 			smbURL := fs.String("smb", "", "")
 			smbUser := fs.String("smb-user", "", "")
 			smbPass := fs.String("smb-password-file", "", "")
+			smbCreate := fs.Bool("smb-create", false, "")
 			httpsURL := fs.String("https", "", "")
 			httpsPin := fs.String("https-pin", "", "")
 			trustHTTPS := fs.Bool("trust-https", false, "")
@@ -236,6 +240,12 @@ func init() {
 					src, err := smbSource(*smbURL, *smbUser, *smbPass)
 					if err != nil {
 						return err
+					}
+					if *smbCreate {
+						if err := createShareKey(ctx, src, *timeout); err != nil {
+							return err
+						}
+						fmt.Fprintf(env.Stderr, "tether: created %s with 64 random bytes\n", src.desc)
 					}
 					p.sources = append(p.sources, src)
 				}
@@ -481,6 +491,16 @@ func httpsKey(ctx context.Context, u *url.URL, timeout time.Duration) (string, s
 func spkiPin(c *x509.Certificate) string {
 	sum := sha256.Sum256(c.RawSubjectPublicKeyInfo)
 	return base64.StdEncoding.EncodeToString(sum[:])
+}
+
+// createShareKey creates the key file of an smb source on its share (64
+// random bytes; an existing file is never replaced).
+func createShareKey(ctx context.Context, s keySource, timeout time.Duration) error {
+	raw, _ := json.Marshal(s.cfg)
+	if err := smbpin.CreateKeyFile(ctx, raw, pin.Options{Timeout: timeout, Warn: io.Discard}); err != nil {
+		return fmt.Errorf("create %s: %v", s.desc, err)
+	}
+	return nil
 }
 
 func tpmSource(pcrs string) keySource {

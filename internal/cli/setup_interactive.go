@@ -403,7 +403,21 @@ func askShare(ctx context.Context, r *lineReader, p *setupPlan) (keySource, erro
 				src.secret = true
 			}
 			fmt.Fprintf(w, "Reading the key file from the share...\n")
-			if err := trySource(ctx, src, p.timeout); err != nil {
+			err := trySource(ctx, src, p.timeout)
+			if err != nil && strings.Contains(err.Error(), "does not exist") {
+				fmt.Fprintf(w, "The key file %s is not there yet.\n", strings.TrimPrefix(src.desc, "the key file "))
+				ok, aerr := r.yes("Create it now on the share, with 64 random bytes? [y/N]: ", false)
+				if aerr != nil {
+					return keySource{}, aerr
+				}
+				if ok {
+					if err = createShareKey(ctx, src, p.timeout); err == nil {
+						fmt.Fprintf(w, "Created. Keep it there: deleting it locks the disk (that is how you revoke it).\n")
+						err = trySource(ctx, src, p.timeout)
+					}
+				}
+			}
+			if err != nil {
 				explain(w, err)
 				if user != "" && strings.Contains(strings.ToLower(err.Error()), "password") {
 					continue // ask the password again

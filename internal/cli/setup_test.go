@@ -213,6 +213,8 @@ func TestSetupRefuses(t *testing.T) {
 			"--server", tangd.URL, "--thp", thp}, "password"},
 		{"existing file", []string{"--create", img, "--size", "80M", "--server", tangd.URL, "--thp", thp}, "exists already"},
 		{"unencrypted without confirm", []string{"-d", filepath.Join(b.dir, "plain2.img"), "--server", tangd.URL, "--thp", thp}, "is not encrypted yet"},
+		{"smb-create over a key file", []string{"-d", img, "-k", "-", "--smb", share, "--smb-user", smbd.User, "--smb-password-file", rightPw,
+			"--smb-create", "--server", tangd.URL, "--thp", thp}, "exists already: it is not replaced"},
 		{"no terminal, no flags", nil, "setup asks its questions on a terminal, and stdin is not one"},
 		{"password in the clear", []string{"-d", img, "-k", "-", "--smb", share, "--smb-user", smbd.User, "--smb-password-file", rightPw}, "would be stored in the clear"},
 	}
@@ -227,9 +229,10 @@ func TestSetupRefuses(t *testing.T) {
 	os.WriteFile(p2, nil, 0o600)
 	os.Truncate(p2, 64<<20)
 	b.run(nil, "mkfs.ext4", "-q", "-F", p2, "30M")
+	smbd.MakeWritable(t)
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			before := b.snapshot(img, plainImg, p2)
+			before := b.snapshot(img, plainImg, p2, filepath.Join(smbd.Dir, "ha.key"))
 			out, errOut, code := b.setup([]byte(recoveryPass), c.args...)
 			if code != 1 || !strings.Contains(errOut, c.want) || out != "" {
 				t.Fatalf("exit %d, want 1 and %q\nstdout: %s\nstderr: %s", code, c.want, out, errOut)
@@ -237,7 +240,7 @@ func TestSetupRefuses(t *testing.T) {
 			if !strings.Contains(errOut, "tether: error: ") {
 				t.Errorf("no error line: %s", errOut)
 			}
-			if after := b.snapshot(img, plainImg, p2); after != before {
+			if after := b.snapshot(img, plainImg, p2, filepath.Join(smbd.Dir, "ha.key")); after != before {
 				t.Errorf("setup changed something although it failed")
 			}
 		})
@@ -309,15 +312,13 @@ func (m *tmuxTerm) answer(s string) {
 
 // TestSetupInteractive drives the Home Assistant journey through the
 // screens: an existing container file whose key is a file on an SMB share
-// (a real smbd), with a tether server as the second source that must
-// answer too. On the way it gives the wrong answers a person gives — a
+// (a real smbd; setup creates the file), with a tether server as the
+// second source that must answer too. On the way it gives the wrong answers a person gives — a
 // mounted device, a server that does not answer, a wrong share password —
 // and checks that each is explained and asked again.
 func TestSetupInteractive(t *testing.T) {
 	smbd := testenv.StartSMBD(t)
-	key := make([]byte, 64)
-	rand.Read(key)
-	smbd.WriteKey(t, "ha.key", key)
+	smbd.MakeWritable(t) // setup creates the key file
 	srv := testenv.StartServer(t, "")
 	b := newBed(t)
 	img := b.image("cloud_container")
@@ -371,6 +372,13 @@ func TestSetupInteractive(t *testing.T) {
 		t.Errorf("a wrong share password is not explained:\n%s", s)
 	}
 	term.answer(smbd.Password)
+	term.waitFor(`The key file \\127.0.0.1\keys\ha.key is not there yet.`, 1)
+	term.waitFor("Create it now on the share, with 64 random bytes? [y/N]: ", 1)
+	term.answer("y")
+	term.waitFor("Created. Keep it there", 1)
+	if key, err := os.ReadFile(filepath.Join(smbd.Dir, "ha.key")); err != nil || len(key) != 64 {
+		t.Fatalf("the key file on the share: %d bytes, %v", len(key), err)
+	}
 	term.waitFor("Key source 2 of 2", 1)
 	term.waitFor("Server address", 1)
 	term.answer(closed)
