@@ -397,6 +397,19 @@ func TestDoctor(t *testing.T) {
 			}
 		}
 	})
+	t.Run("initramfs without network", func(t *testing.T) {
+		img := map[string]string{}
+		for k, v := range full {
+			if k != "usr/lib/klibc/bin/ipconfig" {
+				img[k] = v
+			}
+		}
+		b := rootBed(t, img)
+		const what = "ipconfig is not in it: the root volume's bindings need the network"
+		if fix := b.expect(what)[what]; fix != "chroot "+b.root+" update-initramfs -u -k 6.1.0-test" {
+			t.Fatalf("fix %q", fix)
+		}
+	})
 	t.Run("initramfs hook not installed", func(t *testing.T) {
 		b := rootBed(t, full)
 		os.Remove(filepath.Join(b.root, "etc/initramfs-tools/hooks/tether"))
