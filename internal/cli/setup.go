@@ -355,8 +355,34 @@ func (p *setupPlan) checkDevice() error {
 	}
 	if p.name == "" {
 		p.name = volumeName(dev)
+		if p.luks {
+			// A volume crypttab already names keeps its name: a second
+			// line would set the same device up twice.
+			if n := p.crypttabName(); n != "" {
+				p.name = n
+			}
+		}
 	}
 	return nil
+}
+
+// crypttabName returns the name of the crypttab line that names p.dev
+// (by path or by LUKS UUID), or "".
+func (p *setupPlan) crypttabName() string {
+	ents, err := boot.ReadCrypttab(filepath.Join(p.root, "etc/crypttab"))
+	if err != nil {
+		return ""
+	}
+	h, err := luks.ReadHeaderFile(p.dev)
+	if err != nil {
+		return ""
+	}
+	for _, e := range ents {
+		if e.Device == p.dev || strings.EqualFold(strings.Trim(strings.TrimPrefix(e.Device, "UUID="), `"`), h.UUID) {
+			return e.Name
+		}
+	}
+	return ""
 }
 
 // checkReplace checks that the keyslot to replace is bound.
@@ -670,8 +696,12 @@ func (p *setupPlan) run(ctx context.Context, env *Env) error {
 		return withHint(fmt.Errorf("the volume is bound, but installing the units failed: %w", err), "run tether install systemd as root, then tether setup again")
 	}
 	if live := p.root == "/" || p.root == ""; live && exists("/run/systemd/system") {
-		if out, err := exec.Command("systemctl", "daemon-reload").CombinedOutput(); err != nil {
-			fmt.Fprintf(env.Stderr, "tether: warning: systemctl daemon-reload: %v: %s\n", err, strings.TrimSpace(string(out)))
+		// The socket now, not only at the next boot: the volume can be
+		// started at once (systemctl start systemd-cryptsetup@NAME).
+		for _, args := range [][]string{{"daemon-reload"}, {"start", "tether-keyd.socket"}} {
+			if out, err := exec.Command("systemctl", args...).CombinedOutput(); err != nil {
+				fmt.Fprintf(env.Stderr, "tether: warning: systemctl %s: %v: %s\n", strings.Join(args, " "), err, strings.TrimSpace(string(out)))
+			}
 		}
 	}
 	e, err := crypttabEntry(p.dev, p.name, "/run/tether/keyd.sock", false, false)

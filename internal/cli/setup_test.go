@@ -63,7 +63,7 @@ func TestSetupFlags(t *testing.T) {
 	rec := filepath.Join(b.dir, "recovery.key")
 	thp := advThp(t, b, tangd.URL)
 	out, errOut, code := b.setup(nil, "--create", img, "--size", "80M", "--server", tangd.URL, "--thp", thp,
-		"--mount", "/srv/cloud", "--recovery-file", rec)
+		"--mount", "/srv/cloud", "--recovery-file", rec, "-n", "vault")
 	if code != 0 {
 		t.Fatalf("setup: exit %d\n%s%s", code, out, errOut)
 	}
@@ -73,11 +73,11 @@ func TestSetupFlags(t *testing.T) {
 		}
 	}
 	tab, _ := os.ReadFile(filepath.Join(b.root, "etc/crypttab"))
-	if want := "# mine\nold UUID=1234 none luks\ncloud_container\t" + img + "\t/run/tether/keyd.sock\tluks,_netdev,nofail\n"; string(tab) != want {
+	if want := "# mine\nold UUID=1234 none luks\nvault\t" + img + "\t/run/tether/keyd.sock\tluks,_netdev,nofail\n"; string(tab) != want {
 		t.Errorf("crypttab:\n%s\nwant\n%s", tab, want)
 	}
 	fstab, _ := os.ReadFile(filepath.Join(b.root, "etc/fstab"))
-	if want := "UUID=abcd / ext4 defaults 0 1\n/dev/mapper/cloud_container\t/srv/cloud\tauto\t_netdev,nofail\t0\t2\n"; string(fstab) != want {
+	if want := "UUID=abcd / ext4 defaults 0 1\n/dev/mapper/vault\t/srv/cloud\tauto\t_netdev,nofail\t0\t2\n"; string(fstab) != want {
 		t.Errorf("fstab:\n%s\nwant\n%s", fstab, want)
 	}
 	// The recovery passphrase opens it; the binding unlocks it.
@@ -100,7 +100,7 @@ func TestSetupFlags(t *testing.T) {
 		t.Errorf("after the second run the volume has:\n%s", list)
 	}
 	if tab2, _ := os.ReadFile(filepath.Join(b.root, "etc/crypttab")); string(tab2) != string(tab) {
-		t.Errorf("the second run changed the crypttab line:\n%s", tab2)
+		t.Errorf("the second run changed the crypttab line (it must keep the volume's name):\n%s", tab2)
 	}
 	b.healthy()
 
