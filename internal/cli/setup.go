@@ -61,8 +61,9 @@ to replace one.
 
 Key sources (the flag form, for scripts and factories):
   --server URL           a tether or Tang server; with --thp THP (its
-                         signing key's thumbprint: tether adv URL) or
-                         --trust-server (accept the key it shows)
+                         signing key's thumbprint: tether adv URL; one
+                         per --server, in order) or --trust-server
+                         (accept the key it shows)
   --smb //HOST[:PORT]/SHARE/PATH
                          a key file on an SMB share, read as --smb-user
                          (default guest) with the password in
@@ -164,7 +165,8 @@ func init() {
 			timeout := fs.Duration("timeout", pin.DefaultTimeout, "")
 			var servers listFlag
 			fs.Var(&servers, "server", "")
-			thp := fs.String("thp", "", "")
+			var thps listFlag
+			fs.Var(&thps, "thp", "")
 			trustServer := fs.Bool("trust-server", false, "")
 			smbURL := fs.String("smb", "", "")
 			smbUser := fs.String("smb-user", "", "")
@@ -190,6 +192,9 @@ func init() {
 				}()
 				var err error
 				if *dev == "" && *create == "" {
+					if len(servers) > 0 || *smbURL != "" || *httpsURL != "" || *useTPM {
+						return usagef("which disk? give -d DEV or --create FILE --size SIZE with the key sources (or no flags at all, at a terminal, to be asked)")
+					}
 					return setupInteractive(env, p)
 				}
 				ctx := context.Background()
@@ -226,12 +231,19 @@ func init() {
 				if *need != "all" && *need != "any" {
 					return usagef("--need is all or any, not %q", *need)
 				}
-				for _, s := range servers {
-					src, err := serverSource(ctx, s, *thp, *trustServer, *timeout)
+				if len(thps) > len(servers) {
+					return usagef("%d --thp for %d --server: give one thumbprint per server, in the same order", len(thps), len(servers))
+				}
+				for i, s := range servers {
+					thp := ""
+					if i < len(thps) {
+						thp = thps[i]
+					}
+					src, err := serverSource(ctx, s, thp, *trustServer, *timeout)
 					if err != nil {
 						return err
 					}
-					if *thp == "" {
+					if thp == "" {
 						fmt.Fprintf(env.Stderr, "tether: trusting %s as %s (--trust-server)\n", s, src.cfg["thp"])
 					}
 					p.sources = append(p.sources, src)
@@ -240,12 +252,6 @@ func init() {
 					src, err := smbSource(*smbURL, *smbUser, *smbPass)
 					if err != nil {
 						return err
-					}
-					if *smbCreate {
-						if err := createShareKey(ctx, src, *timeout); err != nil {
-							return err
-						}
-						fmt.Fprintf(env.Stderr, "tether: created %s with 64 random bytes\n", src.desc)
 					}
 					p.sources = append(p.sources, src)
 				}
@@ -275,6 +281,13 @@ func init() {
 					return err
 				}
 				for _, s := range p.sources {
+					if s.pin == "smb" && *smbCreate {
+						// The one change before the bind, asked for by name.
+						if err := createShareKey(ctx, s, *timeout); err != nil {
+							return err
+						}
+						fmt.Fprintf(env.Stderr, "tether: created %s with 64 random bytes\n", s.desc)
+					}
 					if err := trySource(ctx, s, p.timeout); err != nil {
 						return err
 					}

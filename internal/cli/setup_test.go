@@ -229,6 +229,13 @@ func TestSetupRefuses(t *testing.T) {
 	os.WriteFile(p2, nil, 0o600)
 	os.Truncate(p2, 64<<20)
 	b.run(nil, "mkfs.ext4", "-q", "-F", p2, "30M")
+	// Key sources without a disk, and thumbprints without servers: wrong
+	// use, exit 2.
+	for _, args := range [][]string{{"--server", tangd.URL, "--thp", thp}, {"-d", img, "-k", "-", "--server", tangd.URL, "--thp", thp, "--thp", thp}} {
+		if out, errOut, code := b.setup([]byte(recoveryPass), args...); code != 2 || out != "" {
+			t.Errorf("setup %s: exit %d, want 2\n%s", strings.Join(args, " "), code, errOut)
+		}
+	}
 	smbd.MakeWritable(t)
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
