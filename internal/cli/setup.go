@@ -708,15 +708,6 @@ func (p *setupPlan) run(ctx context.Context, env *Env) error {
 	if err := boot.Install(p.root, plan); err != nil {
 		return withHint(fmt.Errorf("the volume is bound, but installing the units failed: %w", err), "run tether install systemd as root, then tether setup again")
 	}
-	if live := p.root == "/" || p.root == ""; live && exists("/run/systemd/system") {
-		// The socket now, not only at the next boot: the volume can be
-		// started at once (systemctl start systemd-cryptsetup@NAME).
-		for _, args := range [][]string{{"daemon-reload"}, {"start", "tether-keyd.socket"}} {
-			if out, err := exec.Command("systemctl", args...).CombinedOutput(); err != nil {
-				fmt.Fprintf(env.Stderr, "tether: warning: systemctl %s: %v: %s\n", strings.Join(args, " "), err, strings.TrimSpace(string(out)))
-			}
-		}
-	}
 	e, err := crypttabEntry(p.dev, p.name, "/run/tether/keyd.sock", false, false)
 	if err != nil {
 		return err
@@ -738,6 +729,18 @@ func (p *setupPlan) run(ctx context.Context, env *Env) error {
 		fmt.Fprintf(env.Stderr, "tether: %s: %s\n", fstab, fl)
 	}
 
+	live := (p.root == "/" || p.root == "") && exists("/run/systemd/system")
+	if live {
+		// After crypttab and fstab: systemd's generators read them at
+		// daemon-reload. The socket now, not only at the next boot: the
+		// volume can be started at once.
+		for _, args := range [][]string{{"daemon-reload"}, {"start", "tether-keyd.socket"}} {
+			if out, err := exec.Command("systemctl", args...).CombinedOutput(); err != nil {
+				fmt.Fprintf(env.Stderr, "tether: warning: systemctl %s: %v: %s\n", strings.Join(args, " "), err, strings.TrimSpace(string(out)))
+			}
+		}
+	}
+
 	// The proof: the new binding opens the volume, now.
 	u, err := v.Unlock(ctx, luks.UnlockOptions{})
 	if err != nil {
@@ -755,6 +758,18 @@ func (p *setupPlan) run(ctx context.Context, env *Env) error {
 	fmt.Fprintf(w, "                     passphrase: cryptsetup open %s %s\n", p.dev, p.name)
 	if recoveryWhere != "" {
 		fmt.Fprintf(w, "  Recovery passphrase: %s\n", recoveryWhere)
+	}
+	if live {
+		unit := "systemd-cryptsetup@" + p.name
+		if strings.Contains(p.name, "-") {
+			// systemd escapes "-" in instance names.
+			unit = `"systemd-cryptsetup@$(systemd-escape ` + p.name + `)"`
+		}
+		fmt.Fprintf(w, "  Open it now:       systemctl start %s", unit)
+		if p.mount != "" {
+			fmt.Fprintf(w, " && mount %s", p.mount)
+		}
+		fmt.Fprintln(w)
 	}
 	fmt.Fprintf(w, "  Check it any time: tether doctor\n")
 	return nil
