@@ -340,6 +340,27 @@ func TestDoctor(t *testing.T) {
 		b.healthy()
 	})
 
+	t.Run("tpm of another machine", func(t *testing.T) {
+		sealer, here := tpmtest.Start(t), tpmtest.Start(t)
+		b, _ := dataBed(t)
+		env := b.env
+		b.env = append(env, "TPM2TOOLS_TCTI="+sealer.TCTI, "TETHER_TPM_TCTI=")
+		img := b.image("vault")
+		b.bind(img, "tpm2", `{}`)
+		b.crypttab(img, "vault", "--askpass")
+		b.healthy()
+		// The disk moved to another machine (or its TPM was cleared).
+		b.env = append(env, "TPM2TOOLS_TCTI="+here.TCTI, "TETHER_TPM_TCTI=")
+		const what = "tpm2 was sealed by another TPM"
+		fix := b.expect(what)[what]
+		cmd, _, _ := strings.Cut(fix, "  # ")
+		if want := "tether luks regen -d " + img + " -s 1 -k -"; cmd != want {
+			t.Fatalf("fix %q, want %q", fix, want)
+		}
+		b.fix(cmd, []byte(recoveryPass))
+		b.healthy()
+	})
+
 	t.Run("unreadable token", func(t *testing.T) {
 		b, img := dataBed(t)
 		// A second keyslot whose clevis token holds no JWE.
