@@ -440,3 +440,23 @@ func TestSetupInteractive(t *testing.T) {
 		t.Error("the volume unlocks without the server, though both must answer")
 	}
 }
+
+// TestSetupEither: two servers with --need any make an sss policy of
+// t=1: the volume still unlocks when one of them is gone.
+func TestSetupEither(t *testing.T) {
+	tangd := testenv.StartTangd(t)
+	srv := testenv.StartServer(t, "")
+	b := newBed(t)
+	img := b.image("either")
+	out, errOut, code := b.setup([]byte(recoveryPass), "-d", img, "-k", "-", "--server", srv.URL, "--thp", advThp(t, b, srv.URL),
+		"--server", tangd.URL, "--thp", advThp(t, b, tangd.URL), "--need", "any")
+	if code != 0 || !strings.Contains(errOut, "(either one is enough)") {
+		t.Fatalf("setup: exit %d\n%s%s", code, out, errOut)
+	}
+	if list := b.run(nil, "tether", "luks", "list", "-d", img); !strings.Contains(list, `sss '{"pins":{"tang":[`) || !strings.Contains(list, `"t":1`) {
+		t.Errorf("binding: %s", list)
+	}
+	srv.Cmd.Process.Kill()
+	srv.Cmd.Wait()
+	b.run(nil, "tether", "luks", "unlock", "-d", img, "--test", "--timeout", "2s")
+}
