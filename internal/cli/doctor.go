@@ -34,9 +34,11 @@ clevis bindings or asks tether's socket for its key (and every -d DEV):
     keys the binding was made with and a signing key it trusted (else
     the binding was made before a key rotation: regen it); each tpm2
     binding's sealed object loads on this TPM and its PCR policy still
-    holds (checked against the PCRs' values, nothing is unsealed); every
-    binding that is not managed decrypts and opens its keyslot
-    (cryptsetup --test-passphrase, as tether luks unlock --test)
+    holds (checked against the PCRs' values, nothing is unsealed); a
+    managed binding's server accepts connections (it is not asked to
+    unlock: that is an event on the server); every other binding
+    decrypts and opens its keyslot (cryptsetup --test-passphrase, as
+    tether luks unlock --test)
   - the root volume (the one / is mounted from in fstab, or a crypttab
     line with the initramfs option): tether's initramfs-tools hook or
     dracut module is installed, and every initramfs image in /boot holds
