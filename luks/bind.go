@@ -288,7 +288,17 @@ func (v *Volume) Unbind(ctx context.Context, slot int) error {
 	}
 	b, err := BindingFor(h, slot)
 	if err != nil {
-		return err
+		// A token that cannot be parsed still binds its keyslot, and
+		// unbind is the way out of it (tether doctor says so).
+		for _, u := range Bindings(h) {
+			if u.Slot == slot && u.Err != nil {
+				b, err = &u, nil
+				break
+			}
+		}
+		if err != nil {
+			return err
+		}
 	}
 	// Record the intent first. luksKillSlot wipes the keyslot's key
 	// material before it rewrites the metadata, so a crash in between

@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -246,9 +247,6 @@ func init() {
 					return err
 				}
 				fmt.Fprintln(env.Stdout, line.String())
-				if _, ok := line.Option("keyfile-offset"); ok && !*askpass && !*root {
-					fmt.Fprintf(env.Stderr, "tether: warning: volume %q keeps keyfile-offset=, which makes systemd-cryptsetup read the socket %s as a plain file: remove keyfile-offset= from its line in %s\n", line.Name, line.KeyFile, *write)
-				}
 				return nil
 			}
 		},
@@ -382,6 +380,9 @@ func writeCrypttab(file string, e boot.CrypttabEntry) (boot.CrypttabEntry, error
 			if !replaced {
 				if ents, err := boot.ParseCrypttab(strings.NewReader(line)); err == nil && len(ents) == 1 {
 					e.Options = boot.MergeOptions(e.Options, ents[0].Options)
+					if e.KeyFile != "none" {
+						e.Options = dropSocketBreakers(e.Options)
+					}
 				}
 				out = append(out, e.String()+"\n")
 				replaced = true
@@ -401,6 +402,24 @@ func writeCrypttab(file string, e boot.CrypttabEntry) (boot.CrypttabEntry, error
 		mode = fi.Mode().Perm()
 	}
 	return e, atomicfile.Write(file, []byte(strings.Join(out, "")), mode)
+}
+
+// socketBreakers are crypttab options that stop systemd-cryptsetup from
+// reading its key from a socket: keyfile-offset= makes it seek (a socket
+// cannot), keyfile-erase makes it delete the key file (the socket every
+// other volume uses too).
+var socketBreakers = []string{"keyfile-offset", "keyfile-erase"}
+
+// dropSocketBreakers removes socketBreakers from opts.
+func dropSocketBreakers(opts []string) []string {
+	var out []string
+	for _, o := range opts {
+		k, _, _ := strings.Cut(o, "=")
+		if !slices.Contains(socketBreakers, k) {
+			out = append(out, o)
+		}
+	}
+	return out
 }
 
 var installSummary = map[string]string{
@@ -566,7 +585,9 @@ const crypttabUsage = `Usage: tether crypttab -d DEV -n NAME [--write FILE] [--a
 Print the crypttab line for a bound volume, or with --write put it into
 FILE and print the line written. --write replaces the line of NAME and keeps
 its options (nofail, headless=true, keyfile-timeout= stay; the ones below
-are added), every other line and every comment; the file is replaced
+are added; in the default mode keyfile-offset= and keyfile-erase are
+dropped: systemd-cryptsetup cannot seek in a socket, and would delete
+it), every other line and every comment; the file is replaced
 atomically. The device is named by its LUKS UUID (an image file by its
 absolute path).
 

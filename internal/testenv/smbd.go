@@ -113,3 +113,12 @@ func (s *SMBD) WriteKey(t testing.TB, name string, data []byte) {
 		t.Fatal(err)
 	}
 }
+
+// MakeWritable lets the share user create files in the share's directory
+// (smbd writes as that Unix account; the directory is root's).
+func (s *SMBD) MakeWritable(t testing.TB) {
+	t.Helper()
+	if out, err := exec.Command("chown", SMBUser, s.Dir).CombinedOutput(); err != nil {
+		t.Fatalf("chown %s: %v\n%s", s.Dir, err, out)
+	}
+}

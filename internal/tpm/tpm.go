@@ -513,3 +513,55 @@ func (t *TPM) diagnose(public *tpm2.TPMTPublic, o SealOpts, cause error) error {
 	}
 	return &PCRMismatchError{Bank: o.Bank, PCRs: slices.Clone(o.PCRs), Exact: len(o.PCRs) == 1}
 }
+
+// CheckSealed tells, without unsealing, whether Unseal would succeed now:
+// the object loads on this TPM (else ErrWrongTPM) and, with a PCR policy,
+// the policy digest of the PCRs' current values is the one the object was
+// sealed to (else a *PCRMismatchError). tether doctor asks this on every
+// run, so it must not bring the secret out of the TPM.
+func (t *TPM) CheckSealed(pub, priv []byte, o SealOpts) error {
+	inPub, err := tpm2.Unmarshal[tpm2.TPM2BPublic](pub)
+	if err != nil {
+		return fmt.Errorf("sealed object: public area is malformed: %v", err)
+	}
+	public, err := inPub.Contents()
+	if err != nil {
+		return fmt.Errorf("sealed object: public area is malformed: %v", err)
+	}
+	inPriv, err := tpm2.Unmarshal[tpm2.TPM2BPrivate](priv)
+	if err != nil {
+		return fmt.Errorf("sealed object: private area is malformed: %v", err)
+	}
+	p, flush, err := t.createPrimary(o.Hash, o.Key)
+	if err != nil {
+		return err
+	}
+	defer flush()
+	lr, err := tpm2.Load{
+		ParentHandle: tpm2.AuthHandle{Handle: p.handle.Handle, Name: p.handle.Name, Auth: tpm2.PasswordAuth(nil)},
+		InPrivate:    *inPriv,
+		InPublic:     *inPub,
+	}.Execute(t.tr)
+	if err != nil {
+		if errors.Is(err, tpm2.TPMRCIntegrity) || errors.Is(err, tpm2.TPMRCBinding) || errors.Is(err, tpm2.TPMRCSize) {
+			return fmt.Errorf("%w (TPM: %v)", ErrWrongTPM, err)
+		}
+		return fmt.Errorf("load the sealed object: %w", err)
+	}
+	t.flush(lr.ObjectHandle)
+	if len(o.PCRs) == 0 {
+		return nil
+	}
+	vals, err := t.ReadPCRs(o.Bank, o.PCRs)
+	if err != nil {
+		return err
+	}
+	now, err := PolicyPCRDigest(o.Hash, o.Bank, o.PCRs, vals)
+	if err != nil {
+		return err
+	}
+	if string(now) != string(public.AuthPolicy.Buffer) {
+		return &PCRMismatchError{Bank: o.Bank, PCRs: slices.Clone(o.PCRs), Exact: len(o.PCRs) == 1}
+	}
+	return nil
+}

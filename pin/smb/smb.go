@@ -15,6 +15,7 @@ package smb
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -184,6 +185,11 @@ type Request struct {
 	Domain    string `json:"domain,omitempty"`
 	Password  string `json:"password,omitempty"`
 	TimeoutMS int64  `json:"timeout_ms"` // for the whole exchange
+	// Create, if set, is written as the file first, only if no file of
+	// that name exists (tether setup makes a new key file this way): an
+	// existing key file is never replaced, which would revoke every
+	// binding made with it.
+	Create []byte `json:"create,omitempty"`
 }
 
 // Reply is tether-smb's answer on stdout: the file, or an error that is
@@ -233,6 +239,49 @@ func fetch(ctx context.Context, h *header, c creds, o pin.Options) ([]byte, erro
 	return remote.Fetch(ctx, attempts, o.PerTry(), func(ctx context.Context) ([]byte, error) {
 		return runHelper(ctx, req)
 	})
+}
+
+// CreateKeyFile creates the key file a configuration names on its share,
+// with 64 random bytes, and fails if a file of that name exists. It is
+// how tether setup gives a person a key file without a computer that
+// mounts the share.
+func CreateKeyFile(ctx context.Context, raw json.RawMessage, o pin.Options) error {
+	var cfg Config
+	if err := json.Unmarshal(raw, &cfg); err != nil {
+		return fmt.Errorf("configuration is malformed: %v", err)
+	}
+	if cfg.Server == "" || cfg.Share == "" || cfg.Path == "" {
+		return errors.New(`configuration needs "server", "share" and "path"`)
+	}
+	if cfg.Port == 0 {
+		cfg.Port = 445
+	}
+	pw, err := remote.ReadSecretFile("password", cfg.PasswordFile)
+	if err != nil {
+		return err
+	}
+	user := cfg.User
+	if user == "" {
+		user = "guest"
+	}
+	material := make([]byte, 64)
+	if _, err := rand.Read(material); err != nil {
+		return err
+	}
+	defer clear(material)
+	req := Request{Addr: net.JoinHostPort(cfg.Server, strconv.Itoa(cfg.Port)), Share: strings.Trim(cfg.Share, `\/`), Path: cleanPath(cfg.Path),
+		User: user, Domain: cfg.Domain, Password: pw, Create: material}
+	ctx, cancel := context.WithTimeout(ctx, o.PerTry())
+	defer cancel()
+	got, err := runHelper(ctx, req)
+	if err != nil {
+		return err
+	}
+	defer clear(got)
+	if !bytes.Equal(got, material) {
+		return fmt.Errorf(`key file \\%s\%s\%s reads back other bytes than were written`, cfg.Server, req.Share, req.Path)
+	}
+	return nil
 }
 
 // runHelper reads the key file through tether-smb, within ctx.

@@ -170,3 +170,40 @@ func TestHelperFailsAtOnce(t *testing.T) {
 		}
 	}
 }
+
+// TestCreateKeyFile: tether setup's way to a key file: 64 random bytes
+// written through the share, read back, usable by a binding; an existing
+// file is never replaced (that would revoke its bindings).
+func TestCreateKeyFile(t *testing.T) {
+	useHelper(t)
+	s := testenv.StartSMBD(t)
+	s.MakeWritable(t)
+	ctx := context.Background()
+	cfg := config(t, s, `keys\new.key`, s.Password)
+	os.Mkdir(filepath.Join(s.Dir, "keys"), 0o755)
+	testenv.Run(t, nil, "chown", testenv.SMBUser, filepath.Join(s.Dir, "keys"))
+	if err := smb.CreateKeyFile(ctx, cfg, opts); err != nil {
+		t.Fatal(err)
+	}
+	data, err := os.ReadFile(filepath.Join(s.Dir, "keys", "new.key"))
+	if err != nil || len(data) != 64 {
+		t.Fatalf("key file: %d bytes, %v", len(data), err)
+	}
+	j, err := pin.Encrypt(ctx, "smb", cfg, []byte("secret"), opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := pin.Decrypt(ctx, j, opts); err != nil || string(got) != "secret" {
+		t.Fatalf("decrypt with the new key file: %q %v", got, err)
+	}
+	err = smb.CreateKeyFile(ctx, cfg, opts)
+	if err == nil || !strings.Contains(err.Error(), "exists already") {
+		t.Fatalf("second create: %v", err)
+	}
+	if again, _ := os.ReadFile(filepath.Join(s.Dir, "keys", "new.key")); string(again) != string(data) {
+		t.Fatal("an existing key file was replaced")
+	}
+	if err := smb.CreateKeyFile(ctx, config(t, s, "x.key", "not-it"), opts); err == nil || !strings.Contains(err.Error(), "wrong user or password") {
+		t.Fatalf("wrong password: %v", err)
+	}
+}

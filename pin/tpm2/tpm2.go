@@ -302,3 +302,30 @@ func (Pin) Describe(j *jose.JWE) string {
 	}
 	return "tpm2(" + h.PCRBank + ":" + h.PCRIDs + ")"
 }
+
+// Check tells whether this machine's TPM could decrypt j now, without
+// unsealing anything: the sealed object loads (tpm.ErrWrongTPM if not)
+// and its PCR policy holds (*tpm.PCRMismatchError if not). A missing TPM
+// is a tpm.NoTPMError.
+func (p Pin) Check(ctx context.Context, j *jose.JWE) error {
+	h, o, err := parse(j)
+	if err != nil {
+		return err
+	}
+	pub, err := decodeB64(h.JWKPub)
+	if err != nil {
+		return errors.New("JWE header clevis.tpm2.jwk_pub is not base64url")
+	}
+	priv, err := decodeB64(h.JWKPriv)
+	if err != nil {
+		return errors.New("JWE header clevis.tpm2.jwk_priv is not base64url")
+	}
+	tpmMu.Lock()
+	defer tpmMu.Unlock()
+	t, err := p.open(ctx)
+	if err != nil {
+		return err
+	}
+	defer t.Close()
+	return t.CheckSealed(pub, priv, o)
+}

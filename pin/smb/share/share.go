@@ -74,7 +74,8 @@ const (
 )
 
 // Read returns the contents of the file r names, at most smb.MaxMaterial
-// bytes. Errors are one line a person can act on.
+// bytes, after creating it with r.Create if that is set. Errors are one
+// line a person can act on.
 func Read(ctx context.Context, r *smb.Request) ([]byte, error) {
 	host, _, err := net.SplitHostPort(r.Addr)
 	if err != nil {
@@ -104,6 +105,17 @@ func Read(ctx context.Context, r *smb.Request) ([]byte, error) {
 		return nil, explain(ctx, r, where, err)
 	}
 	defer fs.Umount()
+	if len(r.Create) > 0 {
+		if len(r.Create) > smb.MaxMaterial {
+			return nil, permanent(errors.New("the key file to create is too large"))
+		}
+		if err := create(fs, r.Path, r.Create); err != nil {
+			if errors.Is(err, os.ErrExist) {
+				return nil, permanent(fmt.Errorf("key file %s exists already: it is not replaced (that would revoke every binding made with it)", where))
+			}
+			return nil, explain(ctx, r, where, err)
+		}
+	}
 	f, err := fs.Open(r.Path)
 	if err != nil {
 		return nil, explain(ctx, r, where, err)
@@ -123,6 +135,20 @@ func Read(ctx context.Context, r *smb.Request) ([]byte, error) {
 		return nil, explain(ctx, r, where, err)
 	}
 	return buf[:n], nil
+}
+
+// create writes a new file, failing if one of that name exists.
+func create(fs *smb2.Share, path string, data []byte) error {
+	f, err := fs.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		fs.Remove(path)
+		return err
+	}
+	return f.Close()
 }
 
 // explain turns SMB errors into one actionable line; errors that retrying
@@ -166,8 +192,9 @@ const Usage = `Usage: tether-smb < REQUEST > REPLY
 tether-smb is the helper through which tether's smb pin reads its key file
 from an SMB2/3 share. tether runs it; there is nothing to run by hand. It
 reads one JSON request on stdin (server address, share, path, user and
-password, time limit) and writes one JSON reply on stdout: the file's
-contents, or an error.
+password, time limit; for tether setup, the contents of a new key file to
+create first, never replacing one) and writes one JSON reply on stdout:
+the file's contents, or an error.
 
 Install it next to tether (or on PATH): "tether encrypt smb", "tether luks
 bind ... smb" and every unlock of an smb binding need it, and the initramfs

@@ -1,0 +1,77 @@
+package realboot
+
+import (
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/tether-nbde/tether/internal/testenv"
+)
+
+// TestSetupBoot: in a real Debian (systemd, initramfs-tools, the root
+// bound too), "tether setup" in its flag form creates a container file
+// bound to a tether server, installs the units and writes crypttab and
+// fstab; the volume opens at once, and after a reboot it is opened and
+// mounted by itself, and "tether doctor" finds nothing wrong with the
+// running system (its real units, crypttab and initramfs).
+func TestSetupBoot(t *testing.T) {
+	g := New(t, InitramfsTools)
+	srv := testenv.StartServer(t, "")
+	adv := fetchAdv(t, srv.URL)
+	fwd := map[string]string{ServerAddr: hostPort(srv.URL)}
+	out, errOut, code := testenv.Run(t, nil, g.Tether, "adv", "--json", srv.URL)
+	if code != 0 {
+		t.Fatalf("tether adv: %s", errOut)
+	}
+	var a struct {
+		Config struct{ Thp string } `json:"config"`
+	}
+	if err := json.Unmarshal(out, &a); err != nil || a.Config.Thp == "" {
+		t.Fatalf("tether adv --json: %v", err)
+	}
+	os.MkdirAll(filepath.Join(g.Tree, "home/haadmin"), 0o755)
+	installInitramfsTools(g)
+	g.MakeDisks()
+	g.Host("", "luks", "bind", "-d", g.RootImg, "-k", g.PassphraseFile(), "tang", tangConfig(ServerAddr, adv))
+
+	m := g.Boot(Options{Forward: fwd, Log: "setup.log", Script: `
+tether setup --create /home/haadmin/cloud_container.img --size 96M -n cloud --mount /mnt/cloud \
+    --server http://` + ServerAddr + ` --thp ` + a.Config.Thp + ` --recovery-file /root/cloud.key
+echo "@@SETUP exit=$?"
+cat /etc/crypttab /etc/fstab
+systemctl start systemd-cryptsetup@cloud.service && mount /mnt/cloud && echo setup-data > /mnt/cloud/hello.txt
+echo "@@NOW $(cat /mnt/cloud/hello.txt)"
+umount /mnt/cloud; systemctl stop systemd-cryptsetup@cloud.service
+sync
+`})
+	line, _, _ := m.WaitFor(`@@SETUP exit=`, 0, 10*time.Minute)
+	if !strings.Contains(line, "exit=0") {
+		t.Fatalf("tether setup failed in the guest: %s", line)
+	}
+	if line, _, _ := m.WaitFor(`@@NOW`, 0, 3*time.Minute); !strings.Contains(line, "setup-data") {
+		t.Fatalf("the volume did not open right after setup: %s", line)
+	}
+	m.WaitExit(3 * time.Minute)
+
+	m = g.Boot(Options{Forward: fwd, Log: "setup-reboot.log", Script: `
+for i in $(seq 1 150); do findmnt /mnt/cloud >/dev/null && break; sleep 1; done
+echo "@@MOUNT $(findmnt -no SOURCE /mnt/cloud) $(cat /mnt/cloud/hello.txt)"
+tether doctor -v --timeout 20s
+echo "@@DOCTOR exit=$?"
+`})
+	if line, _, _ := m.WaitFor(`@@MOUNT`, 0, 10*time.Minute); !strings.Contains(line, "/dev/mapper/cloud setup-data") {
+		t.Errorf("after the reboot the volume is not mounted: %s", line)
+	}
+	if line, _, _ := m.WaitFor(`@@DOCTOR exit=`, 0, 3*time.Minute); !strings.Contains(line, "exit=0") {
+		t.Errorf("tether doctor found problems in the set-up system (see setup-reboot.log): %s", line)
+	}
+	for _, want := range []string{"ok: volume cloud keyslot", "ok: volume root keyslot", "ok: initramfs /boot/initrd.img-"} {
+		if !strings.Contains(m.Console(), want) {
+			t.Errorf("doctor did not check %q", want)
+		}
+	}
+	m.WaitExit(3 * time.Minute)
+}
