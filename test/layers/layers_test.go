@@ -59,6 +59,8 @@ var ranks = map[string]int{
 
 	"luks": 50,
 	"boot": 55,
+	// doctor checks what boot installs and what luks and the pins hold.
+	"internal/doctor": 58,
 
 	"server": 60,
 
