@@ -3,6 +3,7 @@ package realboot
 import (
 	"encoding/json"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -12,7 +13,9 @@ import (
 )
 
 // TestSetupBoot: in a real Debian (systemd, initramfs-tools, the root
-// bound too), "tether setup" in its flag form creates a container file
+// bound too) with tether installed from its Debian package (built by
+// scripts/package.sh, installed with dpkg -i in place of the harness's
+// binaries), "tether setup" in its flag form creates a container file
 // bound to a tether server, installs the units and writes crypttab and
 // fstab; the volume opens at once, and after a reboot it is opened and
 // mounted by itself, and "tether doctor" finds nothing wrong with the
@@ -33,6 +36,7 @@ func TestSetupBoot(t *testing.T) {
 		t.Fatalf("tether adv --json: %v", err)
 	}
 	os.MkdirAll(filepath.Join(g.Tree, "home/haadmin"), 0o755)
+	installPackage(t, g)
 	installInitramfsTools(g)
 	g.MakeDisks()
 	g.Host("", "luks", "bind", "-d", g.RootImg, "-k", g.PassphraseFile(), "tang", tangConfig(ServerAddr, adv))
@@ -74,4 +78,31 @@ echo "@@DOCTOR exit=$?"
 		}
 	}
 	m.WaitExit(3 * time.Minute)
+}
+
+// installPackage builds tether's amd64 package from this checkout and
+// installs it in the guest's tree with dpkg, in place of the binaries New
+// copied in: the guest then runs what a user who installs the package
+// gets (its units, hooks and man pages included).
+func installPackage(t *testing.T, g *Guest) {
+	t.Helper()
+	out := t.TempDir()
+	cmd := exec.Command(filepath.Join(testenv.RepoRoot(), "scripts/package.sh"), "-a", "amd64", "-v", "9.9.9~realboot1", "-o", out)
+	cmd.Dir = testenv.RepoRoot()
+	if b, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("scripts/package.sh: %v\n%s", err, b)
+	}
+	deb, err := os.ReadFile(filepath.Join(out, "tether_9.9.9~realboot1_amd64.deb"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	g.Write("/root/tether.deb", deb, 0o644)
+	res := g.Chroot(`rm -f /usr/bin/tether /usr/bin/tether-smb /usr/bin/tether-server
+DEBIAN_FRONTEND=noninteractive dpkg -i /root/tether.deb
+rm /root/tether.deb
+dpkg-query -W -f='@@PKG ${Package} ${Version} ${Status}\n' tether
+`)
+	if !strings.Contains(res, "@@PKG tether 9.9.9~realboot1 install ok installed") {
+		t.Fatalf("the package did not install:\n%s", res)
+	}
 }
