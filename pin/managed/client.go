@@ -169,6 +169,9 @@ type recReply struct {
 	Deadline time.Time `json:"deadline"`
 }
 
+// minPoll is the least time between two requests for a pending approval.
+const minPoll = 2 * time.Second
+
 // Rec sends the blinded point x for the exchange key kid and returns
 // y = S_D·x. When the server holds the unlock for an administrator's
 // approval, Rec keeps asking (each request long-polls on the server) until
@@ -178,6 +181,7 @@ func (c *Client) Rec(ctx context.Context, kid string, x *jose.JWK, waiting func(
 	req := recRequest{Kid: kid, X: x}
 	for {
 		var rep recReply
+		start := time.Now()
 		code, err := c.call(ctx, http.MethodPost, "/v1/rec", req, &rep)
 		if err != nil {
 			return nil, err
@@ -187,6 +191,19 @@ func (c *Client) Rec(ctx context.Context, kid string, x *jose.JWK, waiting func(
 				waiting(rep.Approval, rep.Deadline)
 			}
 			req.Approval = rep.Approval
+			// The server holds each request until the approval is
+			// decided or a poll interval passes; one that answers at
+			// once (a proxy's timeout, an older server) must not be
+			// asked again in a tight loop.
+			if wait := minPoll - time.Since(start); wait > 0 {
+				t := time.NewTimer(wait)
+				select {
+				case <-ctx.Done():
+					t.Stop()
+					return nil, ctx.Err()
+				case <-t.C:
+				}
+			}
 			continue
 		}
 		if rep.Y == nil {
