@@ -3,6 +3,7 @@ package cli_test
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -23,7 +24,16 @@ func keydClient(t *testing.T, sock, volume string) ([]byte, time.Duration) {
 	t.Helper()
 	start := time.Now()
 	laddr := &net.UnixAddr{Name: fmt.Sprintf("@%016x/cryptsetup/%s", time.Now().UnixNano(), volume), Net: "unix"}
-	c, err := net.DialUnix("unix", laddr, &net.UnixAddr{Name: sock, Net: "unix"})
+	// The socket file appears at bind(), a moment before listen(): on a
+	// loaded machine a dial in between is refused.
+	var c *net.UnixConn
+	var err error
+	for i := 0; i < 100; i++ {
+		if c, err = net.DialUnix("unix", laddr, &net.UnixAddr{Name: sock, Net: "unix"}); !errors.Is(err, syscall.ECONNREFUSED) {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 	if err != nil {
 		t.Fatal(err)
 	}
