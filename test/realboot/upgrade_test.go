@@ -52,7 +52,7 @@ echo "@@BOOT $(ls /boot | tr '\n' ' ')"
 lsinitramfs /boot/initrd.img-` + strings.TrimPrefix(kpkg, "linux-image-") + ` | grep -c 'sbin/tether$' | sed 's/^/@@HOOK /'
 sync
 `})
-		m.WaitFor(`@@DONE`, 0, 15*time.Minute)
+		m.WaitFor(`@@DONE`, 0, 30*time.Minute)
 		m.WaitExit(2 * time.Minute)
 		ver := strings.TrimPrefix(kpkg, "linux-image-")
 		if b := m.Markers("BOOT"); len(b) == 0 || !strings.Contains(b[0], "initrd.img-"+ver) {
