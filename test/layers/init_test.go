@@ -19,7 +19,6 @@ import (
 	_ "github.com/tether-nbde/tether/internal/atomicfile"
 	_ "github.com/tether-nbde/tether/internal/cli"
 	_ "github.com/tether-nbde/tether/internal/docgen"
-	_ "github.com/tether-nbde/tether/internal/httplite"
 	_ "github.com/tether-nbde/tether/internal/p521"
 	_ "github.com/tether-nbde/tether/internal/servercli"
 	_ "github.com/tether-nbde/tether/internal/tpm"

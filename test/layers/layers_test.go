@@ -31,7 +31,6 @@ var ranks = map[string]int{
 	"internal/p521":       0,
 	"internal/atomicfile": 0,
 	"internal/version":    0,
-	"internal/httplite":   0,
 	"internal/testenv":    0,
 
 	"jose":         10,
