@@ -1,6 +1,3 @@
-// Package server is tether's key server process: the Tang protocol
-// endpoints, health and metrics, TLS, and graceful shutdown. The protocol
-// itself lives in package tang; this package wires it to the network.
 package server
 
 import (
