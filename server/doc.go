@@ -1,13 +1,13 @@
-// Package server is tether's key server process. It does four jobs, each
-// in its own files (a split into packages is the open part of issue 19):
+// Package server is tether's key server process. It does four jobs; the
+// first has packages of its own, the other three are still this package's
+// files (splitting them is the open part of issue 19):
 //
-//   - The Tang port (server.go, metrics.go, connlimit.go): the Tang
+//   - The Tang port (server/tangport, with server/connlimit): the Tang
 //     protocol endpoints of package tang (GET /adv, POST /rec/{kid}) plus
-//     /healthz and /metrics, on plain HTTP or TLS, served by net/http. It
-//     promises tangd's endpoints, status codes and limits (docs/PROTOCOL.md),
-//     unchanged by managed mode; keys in tangd's directory format; and
-//     that a flood of connections to it cannot starve the managed API of
-//     file descriptors (connection caps per listener).
+//     /healthz and /metrics, on plain HTTP or TLS. It promises tangd's
+//     endpoints, status codes and limits (docs/PROTOCOL.md), unchanged by
+//     managed mode, and that a flood of connections to it cannot starve
+//     the managed API of file descriptors.
 //   - The managed API (managed*.go, on --managed-listen, TLS with client
 //     certificates): enrolment, per-device exchange keys, unlock with
 //     policy and approval, heartbeats, ZFS keys, webhooks. Every decision
@@ -25,6 +25,6 @@
 //     operations for people, with named users, password hashing, sessions,
 //     CSRF checks and login rate limits (docs/DASHBOARD.md).
 //
-// Run starts the Tang port and, when ManagedConfig.Listen is set, the
-// managed listener with the other three.
+// Run (server.go) starts the Tang port and, when ManagedConfig.Listen is
+// set, the managed listener with the other three.
 package server

@@ -36,6 +36,8 @@ import (
 	_ "github.com/tether-nbde/tether/pin/tpm2"
 	_ "github.com/tether-nbde/tether/policy"
 	_ "github.com/tether-nbde/tether/server"
+	_ "github.com/tether-nbde/tether/server/connlimit"
+	_ "github.com/tether-nbde/tether/server/tangport"
 	_ "github.com/tether-nbde/tether/store"
 	_ "github.com/tether-nbde/tether/store/pgtest"
 	_ "github.com/tether-nbde/tether/tang"

@@ -59,7 +59,9 @@ var ranks = map[string]int{
 	"luks": 50,
 	"boot": 55,
 
-	"server": 60,
+	"server/connlimit": 56, // descriptor caps of the server's listeners
+	"server/tangport":  58, // the Tang port: tang's endpoints on net/http
+	"server":           60, // managed API, admin API, dashboard; Run wires all
 
 	"internal/cli":        70,
 	"internal/servercli":  75, // uses internal/cli's command framework

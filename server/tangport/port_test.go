@@ -1,55 +1,47 @@
-package server_test
+package tangport_test
 
 import (
 	"bufio"
-	"context"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/tether-nbde/tether/jose"
-	"github.com/tether-nbde/tether/server"
+	"github.com/tether-nbde/tether/server/tangport"
 	"github.com/tether-nbde/tether/tang"
 )
 
-// startTangPort runs server.Run on a free loopback port with three visible
-// key pairs, so that an advertisement is larger than the 2 KiB under which
-// net/http would add a Content-Length by itself.
-func startTangPort(t *testing.T) string {
+// startTangPort serves the Tang port on a free loopback port with three
+// visible key pairs, so that an advertisement is larger than the 2 KiB
+// under which net/http would add a Content-Length by itself.
+func startTangPort(t *testing.T, allow ...netip.Prefix) string {
 	t.Helper()
-	data := t.TempDir()
+	dir := t.TempDir()
 	for range 3 {
-		if _, err := tang.GenerateKeys(server.KeyDir(data), jose.P521); err != nil {
+		if _, err := tang.GenerateKeys(dir, jose.P521); err != nil {
 			t.Fatal(err)
 		}
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	ready := make(chan net.Addr, 1)
-	done := make(chan error, 1)
-	go func() {
-		done <- server.Run(ctx, server.Config{Listen: "127.0.0.1:0", DataDir: data,
-			Log: slog.New(slog.NewTextHandler(io.Discard, nil)), Ready: func(a net.Addr) { ready <- a }})
-	}()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("server.Run: %v", err)
-		}
-	})
-	select {
-	case a := <-ready:
-		return a.String()
-	case err := <-done:
-		t.Fatalf("server.Run: %v", err)
-	case <-time.After(30 * time.Second):
-		t.Fatal("server did not start in 30 s")
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	m := tangport.NewMetrics()
+	ts := &tang.Server{Dir: dir, Log: log, Observe: m.Observe}
+	if err := ts.Load(); err != nil {
+		t.Fatal(err)
 	}
-	return ""
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := tangport.NewServer(tangport.Handler(tangport.Config{Tang: ts, Allow: allow, Metrics: m, Log: log}), log)
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	return ln.Addr().String()
 }
 
 // exchange sends raw bytes on a new connection and reads one response.
@@ -72,11 +64,11 @@ func exchange(t *testing.T, addr, raw string) (resp *http.Response, body []byte,
 	return resp, body, bodyErr
 }
 
-// TestTangPortReplies: the Tang port answers as it did before net/http
-// served it (internal/httplite, issue 19): every reply with a
+// TestReplies: the Tang port answers as it did before net/http served it
+// (internal/httplite, issue 19): every reply with a
 // Content-Length, none with a Date, and the limits of docs/PROTOCOL.md
 // for every path, not only the tang handler's.
-func TestTangPortReplies(t *testing.T) {
+func TestReplies(t *testing.T) {
 	addr := startTangPort(t)
 	for _, path := range []string{"/adv", "/healthz", "/metrics"} {
 		resp, body, err := exchange(t, addr, "GET "+path+" HTTP/1.1\r\nHost: k\r\n\r\n")
@@ -110,6 +102,22 @@ func TestTangPortReplies(t *testing.T) {
 		resp, _, _ := exchange(t, addr, c.raw)
 		if resp.StatusCode != c.want {
 			t.Errorf("%s: %s, want %d", c.name, resp.Status, c.want)
+		}
+	}
+}
+
+// TestAllow: with Allow, the Tang endpoints refuse other source networks
+// and /healthz and /metrics stay open for monitoring.
+func TestAllow(t *testing.T) {
+	addr := startTangPort(t, netip.MustParsePrefix("127.0.0.2/32"))
+	for path, want := range map[string]int{"/adv": 403, "/rec/x": 403, "/healthz": 200, "/metrics": 200} {
+		method := "GET"
+		if path == "/rec/x" {
+			method = "POST"
+		}
+		resp, _, _ := exchange(t, addr, method+" "+path+" HTTP/1.1\r\nHost: k\r\nContent-Length: 0\r\n\r\n")
+		if resp.StatusCode != want {
+			t.Errorf("%s %s from 127.0.0.1, Allow 127.0.0.2/32: %s, want %d", method, path, resp.Status, want)
 		}
 	}
 }
