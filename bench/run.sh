@@ -205,6 +205,8 @@ p521_ratio=$(ratio "$openssl521" "$raw521")
 out=docs/BENCHMARKS.md
 # The Boot section is bench/boot.sh's (real-Debian guests, ~25 minutes): kept as it is.
 boot_section=$(sed -n '/<!-- boot:begin/,/<!-- boot:end -->/p' "$out" 2>/dev/null || true)
+# So is the record of single changes measured old against new (bench/ab-*.sh): their old code is gone.
+issue19_section=$(sed -n '/<!-- issue19:begin/,/<!-- issue19:end -->/p' "$out" 2>/dev/null || true)
 {
 cat <<EOT
 # Benchmarks
@@ -263,11 +265,10 @@ $(printf %.1f "$tdec") ms; the clients' own time (median wall time minus the ser
 
 The floor for any Go client against tangd: \`bench/floor\`, a static Go program that only connects,
 sends a prepared /rec and reads the reply (no JWE, no blinding, no decryption), timed in the same
-alternating runs, takes $(printf %.1f "$fdec") ms, **$floor_ratio** of \`clevis decrypt\`. \`tether decrypt\` connects during
-its package initialisation (\`internal/earlydial\`), so reading and checking the JWE, blinding and the rest of its
-start overlap tangd's; it spends $(own "$tdec" "$fdec") ms more than the floor in reaching its connect later (a larger
-program's runtime start and first package inits), unblinding and decrypting after the reply, and exiting a larger
-program (docs/DESIGN.md, "Client latency").
+alternating runs, takes $(printf %.1f "$fdec") ms, **$floor_ratio** of \`clevis decrypt\`. \`tether decrypt\` connects first
+thing in its exchange, so blinding and the unblinding term overlap tangd's start; it spends $(own "$tdec" "$fdec") ms more than
+the floor in reaching its connect later (a larger program's runtime start and package inits, reading and parsing
+the JWE), unblinding and decrypting after the reply, and exiting a larger program (docs/DESIGN.md, "Client latency").
 
 sss t=1 of 3 with the first server blackholed (accepts, never answers): decrypted in $sss_ms ms (target ≤ 2000 ms).
 
@@ -286,6 +287,7 @@ unlock; the TLS handshake (hybrid X25519/ML-KEM key exchange, client certificate
 the load generator, whose handshakes cost as much, shares the same cores.
 EOT
 [[ -n "$boot_section" ]] && printf '\n%s\n' "$boot_section"
+[[ -n "$issue19_section" ]] && printf '\n%s\n' "$issue19_section"
 } > "$out"
 echo "wrote $out" >&2
 cat "$out"

@@ -25,6 +25,8 @@ import (
 	"github.com/tether-nbde/tether/audit"
 	"github.com/tether-nbde/tether/jose"
 	"github.com/tether-nbde/tether/policy"
+	"github.com/tether-nbde/tether/server/connlimit"
+	"github.com/tether-nbde/tether/server/tangport"
 	"github.com/tether-nbde/tether/store"
 	"github.com/tether-nbde/tether/tang"
 )
@@ -807,32 +809,6 @@ func ParseToken(tok string) (secret []byte, pin string, err error) {
 	return b[:32], jose.B64.EncodeToString(b[32:]), nil
 }
 
-// tangFilter answers 403 to Tang requests from outside the allowed
-// networks. /healthz and /metrics stay reachable for monitoring.
-func tangFilter(allowed []netip.Prefix, prefix string, next http.Handler) http.Handler {
-	if len(allowed) == 0 {
-		return next
-	}
-	prefix = "/" + strings.Trim(prefix, "/")
-	if prefix == "/" {
-		prefix = ""
-	}
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path == prefix+"/healthz" || r.URL.Path == prefix+"/metrics" {
-			next.ServeHTTP(w, r)
-			return
-		}
-		src := sourceOf(r)
-		for _, p := range allowed {
-			if p.Contains(src) {
-				next.ServeHTTP(w, r)
-				return
-			}
-		}
-		http.Error(w, "forbidden: source network not allowed", http.StatusForbidden)
-	})
-}
-
 // AdminConfig is what "tether admin" needs to reach the admin API: written
 // 0600 to DATA/admin.json on first start.
 type AdminConfig struct {
@@ -841,14 +817,12 @@ type AdminConfig struct {
 	Token string `json:"token"`
 }
 
-// startManaged is Run's hook: it filters the Tang handler by network and,
-// if managed mode is configured, starts the managed listener. stop shuts
-// it down.
-func startManaged(ctx context.Context, cfg *Config, log *slog.Logger, tangH http.Handler, met *metrics, conns connBudget) (h http.Handler, stop func(), err error) {
+// startManaged is Run's hook: if managed mode is configured, it starts the
+// managed listener. stop shuts it down.
+func startManaged(ctx context.Context, cfg *Config, log *slog.Logger, met *tangport.Metrics, conns connlimit.Budget) (stop func(), err error) {
 	mc := cfg.Managed
-	h = tangFilter(mc.TangAllow, cfg.Prefix, tangH)
 	if mc.Listen == "" {
-		return h, func() {}, nil
+		return func() {}, nil
 	}
 	src := mc.Store
 	if src == "" {
@@ -862,7 +836,7 @@ func startManaged(ctx context.Context, cfg *Config, log *slog.Logger, tangH http
 	// failure of a first start, and it should leave nothing behind.
 	ln, err := net.Listen("tcp", mc.Listen)
 	if err != nil {
-		return nil, nil, listenError("the managed API", mc.Listen, "--managed-listen", err)
+		return nil, listenError("the managed API", mc.Listen, "--managed-listen", err)
 	}
 	closeLn := true
 	defer func() {
@@ -871,11 +845,11 @@ func startManaged(ctx context.Context, cfg *Config, log *slog.Logger, tangH http
 		}
 	}()
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	unlock, err := lockDataDir(cfg.DataDir)
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	defer func() {
 		if closeLn {
@@ -884,7 +858,7 @@ func startManaged(ctx context.Context, cfg *Config, log *slog.Logger, tangH http
 	}()
 	kek, created, err := LoadOrCreateKEK(ctx, kekFile)
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	if created {
 		log.Warn("created a new key-encryption key: back it up separately from the store", "file", kekFile)
@@ -894,7 +868,7 @@ func startManaged(ctx context.Context, cfg *Config, log *slog.Logger, tangH http
 	}
 	st, err := store.Open(ctx, src)
 	if err != nil {
-		return nil, nil, fmt.Errorf("open store: %w", err)
+		return nil, fmt.Errorf("open store: %w", err)
 	}
 	if u, ok := st.(store.Upgraded); ok {
 		if from, to, up := u.SchemaUpgrade(); up {
@@ -924,9 +898,9 @@ func startManaged(ctx context.Context, cfg *Config, log *slog.Logger, tangH http
 	if err != nil {
 		st.Close()
 		if _, serr := os.Stat(kekFile + ".new"); errors.Is(err, ErrKEKMismatch) && serr == nil {
-			return nil, nil, fmt.Errorf("managed mode: %w; %s.new is there: a key-encryption key rotation was interrupted, run tether server kek rotate again to finish it", err, kekFile)
+			return nil, fmt.Errorf("managed mode: %w; %s.new is there: a key-encryption key rotation was interrupted, run tether server kek rotate again to finish it", err, kekFile)
 		}
-		return nil, nil, fmt.Errorf("managed mode: %w", err)
+		return nil, fmt.Errorf("managed mode: %w", err)
 	}
 	switch {
 	case adminTok != "":
@@ -943,7 +917,7 @@ func startManaged(ctx context.Context, cfg *Config, log *slog.Logger, tangH http
 	}
 	if err := m.startUI(ctx, cfg.DataDir, cfg.Curve, log); err != nil {
 		st.Close()
-		return nil, nil, err
+		return nil, err
 	}
 	srv := &http.Server{
 		Handler:           m.Handler(),
@@ -959,8 +933,8 @@ func startManaged(ctx context.Context, cfg *Config, log *slog.Logger, tangH http
 	if mc.Ready != nil {
 		mc.Ready(ln.Addr())
 	}
-	capped := newCapListener(ln, "managed", conns.Managed, log)
-	met.addListener(capped)
+	capped := connlimit.New(ln, "managed", conns.Managed, log)
+	met.AddListener(capped)
 	go srv.Serve(tls.NewListener(capped, srv.TLSConfig))
 	sctx, cancelSweep := context.WithCancel(context.Background())
 	go func() {
@@ -989,7 +963,7 @@ func startManaged(ctx context.Context, cfg *Config, log *slog.Logger, tangH http
 		st.Close()
 		unlock()
 	}
-	return h, stop, nil
+	return stop, nil
 }
 
 // localAddr turns a listener address into one to connect to: an

@@ -1,6 +1,3 @@
-// Package server is tether's key server process: the Tang protocol
-// endpoints, health and metrics, TLS, and graceful shutdown. The protocol
-// itself lives in package tang; this package wires it to the network.
 package server
 
 import (
@@ -15,8 +12,9 @@ import (
 	"strings"
 	"time"
 
-	"github.com/tether-nbde/tether/internal/httplite"
 	"github.com/tether-nbde/tether/jose"
+	"github.com/tether-nbde/tether/server/connlimit"
+	"github.com/tether-nbde/tether/server/tangport"
 	"github.com/tether-nbde/tether/tang"
 )
 
@@ -52,53 +50,26 @@ func Run(ctx context.Context, cfg Config) error {
 	if _, err := tang.EnsureKeys(dir, cfg.Curve); err != nil {
 		return fmt.Errorf("prepare keys in %s: %w", dir, err)
 	}
-	m := newMetrics()
-	conns := budget(fileLimit(), cfg.Managed.Listen != "")
-	ts := &tang.Server{Dir: dir, Prefix: cfg.Prefix, Log: log, Observe: m.observe}
+	m := tangport.NewMetrics()
+	conns := connlimit.Share(connlimit.FileLimit(), cfg.Managed.Listen != "")
+	ts := &tang.Server{Dir: dir, Prefix: cfg.Prefix, Log: log, Observe: m.Observe}
 	if err := ts.Load(); err != nil {
 		return fmt.Errorf("load keys from %s: %w", dir, err)
 	}
-	prefix := "/" + strings.Trim(cfg.Prefix, "/")
-	if prefix == "/" {
-		prefix = ""
-	}
-	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		switch r.URL.Path {
-		case prefix + "/healthz":
-			w.Header().Set("Content-Type", "text/plain")
-			fmt.Fprintln(w, "ok")
-		case prefix + "/metrics":
-			w.Header().Set("Content-Type", "text/plain; version=0.0.4")
-			m.write(w)
-		default:
-			ts.ServeHTTP(w, r)
-		}
-	})
-	hh, stopManaged, err := startManaged(ctx, &cfg, log, h, m, conns)
+	stopManaged, err := startManaged(ctx, &cfg, log, m, conns)
 	if err != nil {
 		return err
 	}
 	defer stopManaged()
-	// The Tang port is served by httplite: Tang's small requests and
-	// replies cost less server CPU there than under net/http (about 7% per
-	// P-256 /rec, measured when httplite had a parser of its own; it now
-	// parses with net/http's, which costs 1–2 µs more per request in
-	// BenchmarkServeRec (internal/httplite), so that it frames every request as
-	// net/http does). The managed API keeps net/http.
-	srv := &httplite.Server{
-		Handler:           hh,
-		ReadHeaderTimeout: 10 * time.Second,
-		WriteTimeout:      30 * time.Second,
-		IdleTimeout:       120 * time.Second,
-		MaxHeaderBytes:    64 << 10,
-		Log:               log,
-	}
+	srv := tangport.NewServer(tangport.Handler(tangport.Config{
+		Tang: ts, Prefix: cfg.Prefix, Allow: cfg.Managed.TangAllow, Metrics: m, Log: log,
+	}), log)
 	ln, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
 		return listenError("the Tang endpoints", cfg.Listen, "--listen", err)
 	}
-	capped := newCapListener(ln, "tang", conns.Tang, log)
-	m.addListener(capped)
+	capped := connlimit.New(ln, "tang", conns.Tang, log)
+	m.AddListener(capped)
 	ln = capped
 	scheme := "http"
 	if cfg.TLSCert != "" || cfg.TLSKey != "" {
@@ -109,6 +80,10 @@ func Run(ctx context.Context, cfg Config) error {
 		}
 		ln = tls.NewListener(ln, &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12})
 		scheme = "https"
+	}
+	prefix := "/" + strings.Trim(cfg.Prefix, "/")
+	if prefix == "/" {
+		prefix = ""
 	}
 	log.Info("tether server listening", "url", scheme+"://"+ln.Addr().String()+prefix, "keys", dir,
 		"max_connections", conns.Tang, "open_files_limit", conns.NoFile)

@@ -11,12 +11,10 @@ import (
 	"net"
 	"net/http"
 	"net/url"
-	"os"
 	"strconv"
 	"strings"
 	"time"
 
-	"github.com/tether-nbde/tether/internal/earlydial"
 	"github.com/tether-nbde/tether/jose"
 )
 
@@ -103,21 +101,14 @@ func (c *Client) Recover(ctx context.Context, base, kid string, epk, s *jose.JWK
 // The connection is made on the calling goroutine: a goroutine started to
 // dial waits for a free thread while this one computes, which in a fresh
 // process (tether decrypt) delays the connection by the whole blinding.
-// Sooner still, tether decrypt's init may have started the connection
-// before main ran (internal/earlydial): then that one is used.
 func recoverDirect(ctx context.Context, u *url.URL, base string, epk, s *jose.JWK) ([]byte, error) {
 	addr := u.Host
 	if u.Port() == "" {
 		addr = net.JoinHostPort(u.Hostname(), "80")
 	}
-	conn := earlyConn(addr)
-	early := conn != nil
-	if !early {
-		c, err := dialer.DialContext(ctx, "tcp", addr)
-		if err != nil {
-			return nil, describeNetError(ctx, base, err)
-		}
-		conn = c
+	conn, err := dialer.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, describeNetError(ctx, base, err)
 	}
 	defer conn.Close()
 	// The context's deadline and cancellation reach the blocking reads and
@@ -143,28 +134,7 @@ func recoverDirect(ctx context.Context, u *url.URL, base string, epk, s *jose.JW
 	req = strconv.AppendInt(req, int64(len(body)), 10)
 	req = append(req, "\r\nConnection: close\r\n\r\n"...)
 	req = append(req, body...)
-	if early {
-		// The connect started before main has no timeout of its own. This
-		// first write waits for it to finish, so it gets the dialer's.
-		if connectBy := time.Now().Add(dialer.Timeout); !hasDeadline || connectBy.Before(dl) {
-			conn.SetWriteDeadline(connectBy)
-			if ctx.Err() != nil { // canceled just before: keep the past deadline
-				conn.SetDeadline(time.Unix(1, 0))
-			}
-		}
-	}
 	if _, err := conn.Write(req); err != nil {
-		var op *net.OpError
-		if early && ctx.Err() == nil && errors.As(err, &op) {
-			// The write is the first to hear that the connect failed: say
-			// so as a failed dial would ("connect: connection refused").
-			cause := op.Err
-			var se *os.SyscallError
-			if errors.As(cause, &se) {
-				cause = &os.SyscallError{Syscall: "connect", Err: se.Err}
-			}
-			err = &net.OpError{Op: "dial", Net: "tcp", Addr: op.Addr, Err: cause}
-		}
 		return nil, describeNetError(ctx, base, err)
 	}
 	_ = r.precompute() // an error here comes back from Finish
@@ -181,21 +151,6 @@ func recoverDirect(ctx context.Context, u *url.URL, base string, epk, s *jose.JW
 		return nil, &ServerError{URL: base, Code: resp.StatusCode}
 	}
 	return finish(r, reply, base)
-}
-
-// earlyConn returns the connection to addr that tether decrypt started
-// before main (internal/earlydial), or nil.
-func earlyConn(addr string) net.Conn {
-	f := earlydial.Take(addr)
-	if f == nil {
-		return nil
-	}
-	defer f.Close()
-	conn, err := net.FileConn(f)
-	if err != nil {
-		return nil
-	}
-	return conn
 }
 
 // finish parses the server's reply to /rec and unblinds it.
@@ -242,7 +197,12 @@ func (c *Client) do(req *http.Request, base string) ([]byte, error) {
 // describeNetError turns transport errors into one line a person can act on.
 func describeNetError(ctx context.Context, base string, err error) error {
 	msg := fmt.Sprintf("server %s: %v", base, err)
+	var op *net.OpError
 	switch {
+	case ctx.Err() == nil && errors.As(err, &op) && op.Op == "dial":
+		// Before the timeout check: the dialer's own connect bound (a host
+		// that is down) is a timeout too, but the server was never reached.
+		msg = fmt.Sprintf("server %s is unreachable: %v", base, op.Err)
 	case errors.Is(err, context.DeadlineExceeded) || errors.Is(ctx.Err(), context.DeadlineExceeded):
 		msg = fmt.Sprintf("server %s did not answer in time", base)
 		if !errors.Is(err, context.DeadlineExceeded) {
@@ -251,11 +211,8 @@ func describeNetError(ctx context.Context, base string, err error) error {
 	case errors.Is(err, context.Canceled) || errors.Is(ctx.Err(), context.Canceled):
 		msg = fmt.Sprintf("request to %s canceled", base)
 	default:
-		var op *net.OpError
 		var ne net.Error
-		if errors.As(err, &op) && op.Op == "dial" {
-			msg = fmt.Sprintf("server %s is unreachable: %v", base, op.Err)
-		} else if errors.As(err, &ne) && ne.Timeout() {
+		if errors.As(err, &ne) && ne.Timeout() {
 			msg = fmt.Sprintf("server %s did not answer in time", base)
 		}
 	}

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net/http"
 	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -247,6 +248,8 @@ func (s *Server) adv(w http.ResponseWriter, kid string) {
 		body = b.([]byte)
 	}
 	w.Header().Set("Content-Type", "application/jose+json")
+	// Explicit: net/http would send a reply over 2 KiB chunked.
+	w.Header().Set("Content-Length", strconv.Itoa(len(body)))
 	w.Write(body)
 }
 
@@ -280,6 +283,7 @@ func (s *Server) rec(w http.ResponseWriter, r *http.Request, kid string) {
 		return
 	}
 	w.Header().Set("Content-Type", "application/jwk+json")
+	w.Header().Set("Content-Length", strconv.Itoa(len(reply)))
 	w.Write(reply)
 }
 

@@ -11,7 +11,6 @@ import (
 	"os"
 	"time"
 
-	"github.com/tether-nbde/tether/internal/earlydial"
 	"github.com/tether-nbde/tether/jose"
 	"github.com/tether-nbde/tether/pin"
 	_ "github.com/tether-nbde/tether/pin/https"   // registers the https pin
@@ -22,8 +21,9 @@ import (
 	_ "github.com/tether-nbde/tether/pin/tpm2"    // registers the tpm2 pin
 )
 
-// maxInput bounds what encrypt and decrypt read from stdin.
-const maxInput = earlydial.MaxInput
+// maxInput bounds what encrypt and decrypt read from stdin: pins protect
+// small secrets (passphrases, keys), and a JWE of one is a few KiB.
+const maxInput = 16 << 20
 
 func init() {
 	register(&command{
@@ -90,12 +90,6 @@ func init() {
 }
 
 func readInput(r io.Reader) ([]byte, error) {
-	if r == os.Stdin {
-		// tether decrypt: the program's init may have read stdin already.
-		if data, err, read := earlydial.Stdin(); read {
-			return checkInput(data, err)
-		}
-	}
 	if f, ok := r.(*os.File); ok {
 		if fi, err := f.Stat(); err == nil && fi.Mode()&os.ModeCharDevice != 0 {
 			return nil, withHint(fmt.Errorf("stdin is a terminal"), "pipe the input in: tether encrypt ... < secret > secret.jwe")

@@ -143,7 +143,7 @@ func TestErrorPaths(t *testing.T) {
 	good := mustTether(t, secret, "encrypt", "tang", cfg(map[string]string{"url": srv.URL, "thp": "any"}))
 	adv := saveAdv(t, srv.URL)
 	toClosed := mustTether(t, secret, "encrypt", "tang", cfg(map[string]string{"url": closed, "adv": adv}))
-	// By name: no connection during init (internal/earlydial), the dial in main.
+	// By name: the dial goes through the resolver.
 	toClosedByName := mustTether(t, secret, "encrypt", "tang", cfg(map[string]string{"url": strings.Replace(closed, "127.0.0.1", "localhost", 1), "adv": adv}))
 	toHole := mustTether(t, secret, "encrypt", "tang", cfg(map[string]string{"url": hole, "adv": adv}))
 	toDown := mustTether(t, secret, "encrypt", "tang", cfg(map[string]string{"url": down, "adv": adv}))
@@ -172,8 +172,8 @@ func TestErrorPaths(t *testing.T) {
 		{"decrypt unreachable", toClosed, []string{"decrypt"}, "unreachable: connect: connection refused", 0},
 		{"decrypt unreachable by name", toClosedByName, []string{"decrypt"}, "unreachable: connect: connection refused", 0},
 		{"decrypt silent", toHole, []string{"decrypt", "--timeout", "1s"}, "did not answer", 20 * time.Second},
-		// The connect starts during init, with no timeout of its own: the
-		// dialer's 5 s must still bound it, well before the pin's 60 s.
+		// The dialer's 5 s connect bound ends it, well before the pin's
+		// 60 s, and says the server was not reached.
 		{"decrypt host down", toDown, []string{"decrypt", "--timeout", "60s"}, "unreachable", 30 * time.Second},
 		{"wrong thp", secret, []string{"encrypt", "tang", cfg(map[string]string{"url": srv.URL, "thp": "nope"})}, "nope", 0},
 		{"tampered ciphertext", tampered, []string{"decrypt"}, "tampered", 0},

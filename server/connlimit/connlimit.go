@@ -1,4 +1,14 @@
-package server
+// Package connlimit shares the process's file descriptors out between the
+// key server's listeners and caps each one.
+//
+// Every open connection costs a file descriptor, and the Tang port and the
+// managed listener share the process's limit. Without caps, idle
+// connections to the (unauthenticated, often public) Tang port could use
+// every descriptor, and the managed API — enrolled devices' unlocks and
+// the admin API — would then refuse everyone. So each listener gets a cap,
+// sized from RLIMIT_NOFILE, and the managed listener's share is one the
+// Tang port can never take.
+package connlimit
 
 import (
 	"fmt"
@@ -11,30 +21,22 @@ import (
 	"time"
 )
 
-// Every open connection costs a file descriptor, and the Tang port and the
-// managed listener share the process's limit. Without caps, idle
-// connections to the (unauthenticated, often public) Tang port could use
-// every descriptor, and the managed API — enrolled devices' unlocks and
-// the admin API — would then refuse everyone. So each listener gets a cap,
-// sized from RLIMIT_NOFILE, and the managed listener's share is one the
-// Tang port can never take.
-
-// connBudget is how the descriptor limit is shared out.
-type connBudget struct {
+// Budget is how the descriptor limit is shared out.
+type Budget struct {
 	NoFile  uint64 // the process's (soft) RLIMIT_NOFILE
 	Tang    int64  // cap of the Tang listener
 	Managed int64  // cap of the managed listener (0 without managed mode)
 }
 
-// filesReserved are descriptors kept for everything but client
-// connections: the store, key files, logs, webhooks, Tang key reloads.
-const filesReserved = 256
+// Reserved are descriptors kept for everything but client connections:
+// the store, key files, logs, webhooks, Tang key reloads.
+const Reserved = 256
 
-// budget shares out limit: the managed listener gets an eighth (at least
-// 64) when managed mode is on, the Tang port the rest after filesReserved.
-func budget(limit uint64, managed bool) connBudget {
-	b := connBudget{NoFile: limit}
-	usable := int64(limit) - filesReserved
+// Share shares out limit: the managed listener gets an eighth (at least
+// 64) when managed mode is on, the Tang port the rest after Reserved.
+func Share(limit uint64, managed bool) Budget {
+	b := Budget{NoFile: limit}
+	usable := int64(limit) - Reserved
 	if usable < 128 {
 		usable = 128 // a tiny limit: caps still bound the Tang port
 	}
@@ -46,10 +48,10 @@ func budget(limit uint64, managed bool) connBudget {
 	return b
 }
 
-// fileLimit returns the soft descriptor limit. The Go runtime has already
+// FileLimit returns the soft descriptor limit. The Go runtime has already
 // raised it to the hard limit at start (os package, since Go 1.19); this
 // raises it again in case something lowered it, and reads it.
-func fileLimit() uint64 {
+func FileLimit() uint64 {
 	var rl syscall.Rlimit
 	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl); err != nil {
 		return 1024
@@ -63,11 +65,11 @@ func fileLimit() uint64 {
 	return rl.Cur
 }
 
-// capListener accepts at most max connections at once. A connection over
+// Listener accepts at most max connections at once. A connection over
 // the cap is accepted and closed at once (leaving it in the kernel's
 // backlog would keep the client waiting and the queue full), counted, and
 // logged at most every 10 s.
-type capListener struct {
+type Listener struct {
 	net.Listener
 	name    string
 	max     int64
@@ -79,11 +81,13 @@ type capListener struct {
 	logN    uint64
 }
 
-func newCapListener(ln net.Listener, name string, max int64, log *slog.Logger) *capListener {
-	return &capListener{Listener: ln, name: name, max: max, log: log}
+// New caps ln at max open connections; name labels its log lines and
+// metrics ("tang", "managed").
+func New(ln net.Listener, name string, max int64, log *slog.Logger) *Listener {
+	return &Listener{Listener: ln, name: name, max: max, log: log}
 }
 
-func (l *capListener) Accept() (net.Conn, error) {
+func (l *Listener) Accept() (net.Conn, error) {
 	for {
 		c, err := l.Listener.Accept()
 		if err != nil {
@@ -99,7 +103,7 @@ func (l *capListener) Accept() (net.Conn, error) {
 	}
 }
 
-func (l *capListener) noteRefused() {
+func (l *Listener) noteRefused() {
 	n := l.refused.Add(1)
 	l.logMu.Lock()
 	defer l.logMu.Unlock()
@@ -114,7 +118,7 @@ func (l *capListener) noteRefused() {
 // called).
 type capConn struct {
 	net.Conn
-	l    *capListener
+	l    *Listener
 	once sync.Once
 }
 
@@ -124,8 +128,9 @@ func (c *capConn) Close() error {
 	return err
 }
 
-// connMetrics writes the listeners' gauges and counters.
-func writeConnMetrics(w io.Writer, ls []*capListener) {
+// WriteMetrics writes the listeners' gauges and counters in the
+// Prometheus text format.
+func WriteMetrics(w io.Writer, ls []*Listener) {
 	if len(ls) == 0 {
 		return
 	}

@@ -7,10 +7,10 @@ import (
 	"github.com/tether-nbde/tether/internal/testenv"
 )
 
-// TestDecryptConnectsOnce: `tether decrypt` of a tang JWE whose server is
-// an IPv4 address opens its connection during init (internal/earlydial);
-// the exchange must then go over that connection, not a second one, with
-// and without --timeout, against stock tangd.
+// TestDecryptConnectsOnce: `tether decrypt` of a tang JWE makes its
+// exchange with stock tangd on one connection (tang/client.go's direct
+// path), with and without --timeout: a second connection would make a
+// socket-activated tangd start a second process.
 func TestDecryptConnectsOnce(t *testing.T) {
 	t.Parallel()
 	td := startTangd(t, "", t.TempDir(), true)

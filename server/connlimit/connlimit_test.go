@@ -1,4 +1,4 @@
-package server
+package connlimit
 
 import "testing"
 
@@ -13,12 +13,12 @@ func TestConnBudget(t *testing.T) {
 		{1024, true, 672, 96},
 		{100, true, 64, 64}, // a tiny limit still caps both
 	} {
-		b := budget(c.limit, c.managed)
+		b := Share(c.limit, c.managed)
 		if b.Tang != c.tang || b.Managed != c.managd {
-			t.Errorf("budget(%d, %v) = tang %d, managed %d; want %d, %d", c.limit, c.managed, b.Tang, b.Managed, c.tang, c.managd)
+			t.Errorf("Share(%d, %v) = tang %d, managed %d; want %d, %d", c.limit, c.managed, b.Tang, b.Managed, c.tang, c.managd)
 		}
-		if c.limit > 1000 && uint64(b.Tang+b.Managed) > c.limit-filesReserved {
-			t.Errorf("budget(%d): the caps take the reserved descriptors", c.limit)
+		if c.limit > 1000 && uint64(b.Tang+b.Managed) > c.limit-Reserved {
+			t.Errorf("Share(%d): the caps take the reserved descriptors", c.limit)
 		}
 	}
 }

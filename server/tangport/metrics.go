@@ -1,4 +1,4 @@
-package server
+package tangport
 
 import (
 	"fmt"
@@ -8,12 +8,14 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/tether-nbde/tether/server/connlimit"
 )
 
-// metrics counts requests per endpoint and status, and their latency, in
+// Metrics counts requests per endpoint and status, and their latency, in
 // the Prometheus text exposition format. A handful of counters do not
 // justify the Prometheus client library.
-type metrics struct {
+type Metrics struct {
 	mu       sync.Mutex
 	requests map[[2]string]*atomic.Uint64 // {endpoint, code} -> count
 	// latency histogram of /rec, in seconds
@@ -21,10 +23,11 @@ type metrics struct {
 	recCount   atomic.Uint64
 	recSumNs   atomic.Uint64
 	start      time.Time
-	listeners  []*capListener // connection caps (connlimit.go); set before serving
+	listeners  []*connlimit.Listener // connection caps; added before serving
 }
 
-func (m *metrics) addListener(l *capListener) {
+// AddListener adds a capped listener's figures to the metrics.
+func (m *Metrics) AddListener(l *connlimit.Listener) {
 	m.mu.Lock()
 	m.listeners = append(m.listeners, l)
 	m.mu.Unlock()
@@ -32,11 +35,14 @@ func (m *metrics) addListener(l *capListener) {
 
 var recBounds = [...]float64{0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1}
 
-func newMetrics() *metrics {
-	return &metrics{requests: map[[2]string]*atomic.Uint64{}, start: time.Now()}
+// NewMetrics starts the metrics of a server; its uptime counts from now.
+func NewMetrics() *Metrics {
+	return &Metrics{requests: map[[2]string]*atomic.Uint64{}, start: time.Now()}
 }
 
-func (m *metrics) observe(endpoint string, code int, d time.Duration) {
+// Observe counts one request to endpoint ("adv", "rec", "other") answered
+// with code after d; tang.Server.Observe takes it.
+func (m *Metrics) Observe(endpoint string, code int, d time.Duration) {
 	key := [2]string{endpoint, strconv.Itoa(code)}
 	m.mu.Lock()
 	c, ok := m.requests[key]
@@ -58,7 +64,8 @@ func (m *metrics) observe(endpoint string, code int, d time.Duration) {
 	}
 }
 
-func (m *metrics) write(w io.Writer) {
+// Write writes the metrics in the Prometheus text format.
+func (m *Metrics) Write(w io.Writer) {
 	fmt.Fprintln(w, "# HELP tether_http_requests_total Tang protocol requests by endpoint and status code.")
 	fmt.Fprintln(w, "# TYPE tether_http_requests_total counter")
 	m.mu.Lock()
@@ -87,7 +94,7 @@ func (m *metrics) write(w io.Writer) {
 	fmt.Fprintln(w, "# TYPE tether_uptime_seconds gauge")
 	fmt.Fprintf(w, "tether_uptime_seconds %g\n", time.Since(m.start).Seconds())
 	m.mu.Lock()
-	ls := append([]*capListener(nil), m.listeners...)
+	ls := append([]*connlimit.Listener(nil), m.listeners...)
 	m.mu.Unlock()
-	writeConnMetrics(w, ls)
+	connlimit.WriteMetrics(w, ls)
 }

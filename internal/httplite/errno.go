@@ -1,5 +1,0 @@
-package httplite
-
-import "syscall"
-
-var syscallEMFILE = syscall.EMFILE
