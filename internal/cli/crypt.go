@@ -137,6 +137,9 @@ Pins:
          pulled disk or a changed boot chain gets nothing.
          CONFIG: {"pcr_bank":"sha256","pcr_ids":"0,7"} (both optional;
          the bank defaults to sha256; {} seals without PCR policy).
+         "pcr_digest": base64url of the PCRs' values after an update
+         (what tpm2_pcrread -o writes) seals to that state instead of
+         the current one, as clevis does.
          The TPM is /dev/tpmrm0 unless TETHER_TPM_TCTI or TPM2TOOLS_TCTI
          names another (e.g. swtpm:host=127.0.0.1,port=2321); see
          docs/TPM2.md.

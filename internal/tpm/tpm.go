@@ -90,9 +90,9 @@ func (e *PCRMismatchError) Error() string {
 	ids := FormatPCRs(e.PCRs)
 	var what string
 	if e.Exact {
-		what = fmt.Sprintf("%s PCR %s changed since the secret was sealed", e.Bank, ids)
+		what = fmt.Sprintf("%s PCR %s changed since the secret was sealed (or has not reached the value pcr_digest predicted)", e.Bank, ids)
 	} else {
-		what = fmt.Sprintf("%s PCRs %s are not all in the state the secret was sealed to: at least one of them changed "+
+		what = fmt.Sprintf("%s PCRs %s are not all in the state the secret was sealed to: at least one of them changed (or has not reached the value pcr_digest predicted) "+
 			"(the TPM keeps one digest over all of them, so it cannot say which; compare tpm2_pcrread %s:%s with the boot event log)",
 			e.Bank, ids, e.Bank, ids)
 	}
@@ -364,6 +364,34 @@ type SealOpts struct {
 	Key  string // primary key type: "ecc" or "rsa"
 	Bank string // PCR bank of the policy ("sha256"); unused without PCRs
 	PCRs []int  // PCRs of the policy, sorted; none means no policy
+	// PCRValues, if set, are the values the policy expects, one per PCR
+	// in the order of PCRs, instead of the current ones: sealing to a
+	// state the machine will be in after an update (clevis's
+	// pcr_digest). See SplitPCRValues.
+	PCRValues [][]byte
+}
+
+// SplitPCRValues cuts the concatenated values of pcrs in bank — what
+// "tpm2_pcrread BANK:IDS -o FILE" writes and clevis's pcr_digest holds —
+// into one value per PCR, checking the length.
+func SplitPCRValues(bank string, pcrs []int, concat []byte) ([][]byte, error) {
+	alg, err := HashAlg(bank)
+	if err != nil {
+		return nil, err
+	}
+	size := hashOf(alg).Size()
+	if len(pcrs) == 0 {
+		return nil, errors.New("no PCRs to give values for")
+	}
+	if len(concat) != size*len(pcrs) {
+		return nil, fmt.Errorf("%d bytes, want %d: the %s values (%d bytes each) of PCRs %s concatenated in index order, "+
+			"as tpm2_pcrread %s:%s -o FILE writes them", len(concat), size*len(pcrs), bank, size, FormatPCRs(pcrs), bank, FormatPCRs(pcrs))
+	}
+	out := make([][]byte, len(pcrs))
+	for i := range pcrs {
+		out[i] = slices.Clone(concat[i*size : (i+1)*size])
+	}
+	return out, nil
 }
 
 // Seal seals data (at most 128 bytes) into a keyedhash object under the
@@ -381,8 +409,12 @@ func (t *TPM) Seal(data []byte, o SealOpts) (pub, priv []byte, err error) {
 	attrs := tpm2.TPMAObject{FixedTPM: true, FixedParent: true, NoDA: true, AdminWithPolicy: true}
 	var policy []byte
 	if len(o.PCRs) > 0 {
-		vals, err := t.ReadPCRs(o.Bank, o.PCRs)
-		if err != nil {
+		vals := o.PCRValues
+		if vals == nil {
+			if vals, err = t.ReadPCRs(o.Bank, o.PCRs); err != nil {
+				return nil, nil, err
+			}
+		} else if err := checkPCRValues(o); err != nil {
 			return nil, nil, err
 		}
 		if policy, err = PolicyPCRDigest(o.Hash, o.Bank, o.PCRs, vals); err != nil {
@@ -416,6 +448,22 @@ func (t *TPM) Seal(data []byte, o SealOpts) (pub, priv []byte, err error) {
 		return nil, nil, fmt.Errorf("seal: create the sealed object: %w", err)
 	}
 	return tpm2.Marshal(rsp.OutPublic), tpm2.Marshal(rsp.OutPrivate), nil
+}
+
+func checkPCRValues(o SealOpts) error {
+	alg, err := HashAlg(o.Bank)
+	if err != nil {
+		return err
+	}
+	if len(o.PCRValues) != len(o.PCRs) {
+		return fmt.Errorf("seal: %d PCR values given for %d PCRs", len(o.PCRValues), len(o.PCRs))
+	}
+	for i, v := range o.PCRValues {
+		if len(v) != hashOf(alg).Size() {
+			return fmt.Errorf("seal: the value given for %s PCR %d has %d bytes, want %d", o.Bank, o.PCRs[i], len(v), hashOf(alg).Size())
+		}
+	}
+	return nil
 }
 
 // Unseal loads a sealed object made by Seal or by clevis and returns its

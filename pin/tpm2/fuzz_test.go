@@ -33,7 +33,8 @@ func FuzzHeader(f *testing.F) {
 }
 
 func FuzzConfig(f *testing.F) {
-	for _, s := range []string{`{}`, `{"pcr_ids":"0,7"}`, `{"pcr_ids":[0,"7"]}`, `{"hash":"sha1","key":"rsa"}`, `null`, `[]`} {
+	for _, s := range []string{`{}`, `{"pcr_ids":"0,7"}`, `{"pcr_ids":[0,"7"]}`, `{"hash":"sha1","key":"rsa"}`, `null`, `[]`,
+		`{"pcr_ids":"7","pcr_digest":"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"}`, `{"pcr_ids":"7,8","pcr_digest":"AA=="}`} {
 		f.Add(s)
 	}
 	p := tpm2.Pin{TCTI: "device:/dev/no-such-tpm"}

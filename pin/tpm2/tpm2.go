@@ -13,6 +13,7 @@ package tpm2
 import (
 	"context"
 	"crypto/rand"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -109,8 +110,17 @@ func parseConfig(raw json.RawMessage) (tpm.SealOpts, error) {
 		return tpm.SealOpts{}, fmt.Errorf(`configuration "pcr_ids": %v`, err)
 	}
 	if cfg.PCRDigest != "" {
-		return tpm.SealOpts{}, errors.New(`configuration "pcr_digest" (sealing to PCR values other than the current ones) ` +
-			`is not supported by tether yet; seal in the target state, or use clevis for this`)
+		if len(o.PCRs) == 0 {
+			return tpm.SealOpts{}, errors.New(`configuration "pcr_digest" needs "pcr_ids": the PCRs whose values it holds`)
+		}
+		raw, err := decodeAnyB64(cfg.PCRDigest)
+		if err != nil {
+			return tpm.SealOpts{}, errors.New(`configuration "pcr_digest" is not base64url (encode the file tpm2_pcrread -o writes ` +
+				`with: basenc --base64url -w0 FILE | tr -d =)`)
+		}
+		if o.PCRValues, err = tpm.SplitPCRValues(o.Bank, o.PCRs, raw); err != nil {
+			return tpm.SealOpts{}, fmt.Errorf(`configuration "pcr_digest": %v`, err)
+		}
 	}
 	return o, nil
 }
@@ -227,6 +237,17 @@ func parse(j *jose.JWE) (*header, tpm.SealOpts, error) {
 		return nil, tpm.SealOpts{}, errors.New("JWE header clevis.tpm2 has pcr_ids but no pcr_bank")
 	}
 	return h, o, nil
+}
+
+// decodeAnyB64 takes base64url, as clevis's pcr_digest is, and also
+// standard base64 with or without padding, which people paste from
+// base64(1).
+func decodeAnyB64(s string) ([]byte, error) {
+	s = strings.TrimRight(strings.TrimSpace(s), "=")
+	if b, err := jose.B64.DecodeString(s); err == nil {
+		return b, nil
+	}
+	return base64.RawStdEncoding.DecodeString(s)
 }
 
 func decodeB64(s string) ([]byte, error) {
