@@ -73,6 +73,7 @@ func ConfigOf(j *jose.JWE) (string, json.RawMessage, error) {
 			Key     string `json:"key"`
 			PCRBank string `json:"pcr_bank,omitempty"`
 			PCRIDs  string `json:"pcr_ids,omitempty"`
+			WithPIN bool   `json:"with_pin,omitempty"`
 		}
 		if err := json.Unmarshal(body, &t); err != nil {
 			return "", nil, fmt.Errorf("tpm2 JWE: %w", err)

@@ -357,6 +357,62 @@ func PolicyPCRDigest(nameAlg, bank string, pcrs []int, values [][]byte) ([]byte,
 	return calc.Hash().Digest, nil
 }
 
+// PolicyDigest computes the policy a sealed object gets: TPM2_PolicyPCR
+// over o's PCRs holding values (if any), then TPM2_PolicyAuthValue if the
+// object has a PIN (o.Auth). Without a PIN this is PolicyPCRDigest,
+// clevis's policy.
+func PolicyDigest(o SealOpts, values [][]byte) ([]byte, error) {
+	na, err := HashAlg(o.Hash)
+	if err != nil {
+		return nil, err
+	}
+	calc, err := tpm2.NewPolicyCalculator(na)
+	if err != nil {
+		return nil, err
+	}
+	if len(o.PCRs) > 0 {
+		ba, err := HashAlg(o.Bank)
+		if err != nil {
+			return nil, err
+		}
+		h := hashOf(na).New()
+		for _, v := range values {
+			h.Write(v)
+		}
+		cmd := tpm2.PolicyPCR{PcrDigest: tpm2.TPM2BDigest{Buffer: h.Sum(nil)}, Pcrs: selection(ba, o.PCRs)}
+		if err := cmd.Update(calc); err != nil {
+			return nil, err
+		}
+	}
+	if o.Auth != nil {
+		if err := (tpm2.PolicyAuthValue{}).Update(calc); err != nil {
+			return nil, err
+		}
+	}
+	return calc.Hash().Digest, nil
+}
+
+// PINAuth turns a PIN into the auth value of a sealed object whose name
+// algorithm is nameAlg: the hash of the PIN, so every PIN fits the TPM's
+// size limit. Trailing zero bytes are cut, as the TPM cuts them (Part 1,
+// 19.6.5), so that what tether sends always equals what the TPM compares.
+func PINAuth(nameAlg string, pin []byte) ([]byte, error) {
+	na, err := HashAlg(nameAlg)
+	if err != nil {
+		return nil, err
+	}
+	h := hashOf(na).New()
+	h.Write(pin)
+	a := h.Sum(nil)
+	for len(a) > 0 && a[len(a)-1] == 0 {
+		a = a[:len(a)-1]
+	}
+	if a == nil {
+		a = []byte{}
+	}
+	return a, nil
+}
+
 // SealOpts says how to seal: which primary key to seal under and which
 // PCR policy to bind to. It is the tpm2 pin's configuration.
 type SealOpts struct {
@@ -369,6 +425,10 @@ type SealOpts struct {
 	// state the machine will be in after an update (clevis's
 	// pcr_digest). See SplitPCRValues.
 	PCRValues [][]byte
+	// Auth, if not nil, is the object's auth value (see PINAuth): unseal
+	// then needs it as well as the PCRs (TPM2_PolicyAuthValue), and wrong
+	// guesses count against the TPM's dictionary-attack lockout.
+	Auth []byte
 }
 
 // SplitPCRValues cuts the concatenated values of pcrs in bank — what
@@ -408,20 +468,31 @@ func (t *TPM) Seal(data []byte, o SealOpts) (pub, priv []byte, err error) {
 	}
 	attrs := tpm2.TPMAObject{FixedTPM: true, FixedParent: true, NoDA: true, AdminWithPolicy: true}
 	var policy []byte
-	if len(o.PCRs) > 0 {
-		vals := o.PCRValues
-		if vals == nil {
-			if vals, err = t.ReadPCRs(o.Bank, o.PCRs); err != nil {
+	if len(o.PCRs) > 0 || o.Auth != nil {
+		var vals [][]byte
+		if len(o.PCRs) > 0 {
+			vals = o.PCRValues
+			if vals == nil {
+				if vals, err = t.ReadPCRs(o.Bank, o.PCRs); err != nil {
+					return nil, nil, err
+				}
+			} else if err := checkPCRValues(o); err != nil {
 				return nil, nil, err
 			}
-		} else if err := checkPCRValues(o); err != nil {
-			return nil, nil, err
 		}
-		if policy, err = PolicyPCRDigest(o.Hash, o.Bank, o.PCRs, vals); err != nil {
+		if policy, err = PolicyDigest(o, vals); err != nil {
 			return nil, nil, err
 		}
 	} else {
 		attrs.UserWithAuth = true
+	}
+	if o.Auth != nil {
+		// Wrong PINs must count against the dictionary-attack lockout:
+		// that, not the PIN's length, is what stops guessing.
+		attrs.NoDA = false
+		if len(o.Auth) > hashOf(nameAlg).Size() {
+			return nil, nil, fmt.Errorf("seal: the auth value is longer than a %s digest", o.Hash)
+		}
 	}
 	p, flush, err := t.createPrimary(o.Hash, o.Key)
 	if err != nil {
@@ -431,7 +502,8 @@ func (t *TPM) Seal(data []byte, o SealOpts) (pub, priv []byte, err error) {
 	rsp, err := tpm2.Create{
 		ParentHandle: tpm2.AuthHandle{Handle: p.handle.Handle, Name: p.handle.Name, Auth: tpm2.PasswordAuth(nil)},
 		InSensitive: tpm2.TPM2BSensitiveCreate{Sensitive: &tpm2.TPMSSensitiveCreate{
-			Data: tpm2.NewTPMUSensitiveCreate(&tpm2.TPM2BSensitiveData{Buffer: data}),
+			UserAuth: tpm2.TPM2BAuth{Buffer: o.Auth},
+			Data:     tpm2.NewTPMUSensitiveCreate(&tpm2.TPM2BSensitiveData{Buffer: data}),
 		}},
 		InPublic: tpm2.New2B(tpm2.TPMTPublic{
 			Type:             tpm2.TPMAlgKeyedHash,
@@ -503,27 +575,44 @@ func (t *TPM) Unseal(pub, priv []byte, o SealOpts) ([]byte, error) {
 		if errors.Is(err, tpm2.TPMRCIntegrity) || errors.Is(err, tpm2.TPMRCBinding) || errors.Is(err, tpm2.TPMRCSize) {
 			return nil, fmt.Errorf("%w (TPM: %v)", ErrWrongTPM, err)
 		}
+		if errors.Is(err, tpm2.TPMRCLockout) {
+			// The primary (tpm2-tools' template, which clevis needs)
+			// is not noDA: in lockout nothing loads under it.
+			return nil, &LockoutError{DA: t.daState()}
+		}
 		return nil, fmt.Errorf("load the sealed object: %w", err)
 	}
 	defer t.flush(lr.ObjectHandle)
 	item := tpm2.AuthHandle{Handle: lr.ObjectHandle, Name: lr.Name, Auth: tpm2.PasswordAuth(nil)}
 	enc := t.encSession(p, encOut)
-	if len(o.PCRs) > 0 {
+	if len(o.PCRs) > 0 || o.Auth != nil {
 		if public.NameAlg != nameAlg {
 			return nil, fmt.Errorf("sealed object: name algorithm is %v, header says %s", public.NameAlg, o.Hash)
 		}
-		bank, err := HashAlg(o.Bank)
-		if err != nil {
-			return nil, err
+		opts := []tpm2.AuthOption{tpm2.Salted(p.handle.Handle, p.public), tpm2.AESEncryption(128, tpm2.EncryptOut)}
+		if o.Auth != nil {
+			// An HMAC keyed with the auth value proves the PIN: the
+			// PIN itself never crosses the bus.
+			opts = append(opts, tpm2.Auth(o.Auth))
 		}
-		sess, closeSess, err := tpm2.PolicySession(t.tr, nameAlg, 16,
-			tpm2.Salted(p.handle.Handle, p.public), tpm2.AESEncryption(128, tpm2.EncryptOut))
+		sess, closeSess, err := tpm2.PolicySession(t.tr, nameAlg, 16, opts...)
 		if err != nil {
 			return nil, fmt.Errorf("start a policy session: %w", err)
 		}
 		defer closeSess()
-		if _, err := (tpm2.PolicyPCR{PolicySession: sess.Handle(), Pcrs: selection(bank, o.PCRs)}).Execute(t.tr); err != nil {
-			return nil, fmt.Errorf("policy PCR %s:%s: %w", o.Bank, FormatPCRs(o.PCRs), err)
+		if len(o.PCRs) > 0 {
+			bank, err := HashAlg(o.Bank)
+			if err != nil {
+				return nil, err
+			}
+			if _, err := (tpm2.PolicyPCR{PolicySession: sess.Handle(), Pcrs: selection(bank, o.PCRs)}).Execute(t.tr); err != nil {
+				return nil, fmt.Errorf("policy PCR %s:%s: %w", o.Bank, FormatPCRs(o.PCRs), err)
+			}
+		}
+		if o.Auth != nil {
+			if _, err := (tpm2.PolicyAuthValue{PolicySession: sess.Handle()}).Execute(t.tr); err != nil {
+				return nil, fmt.Errorf("policy auth value: %w", err)
+			}
 		}
 		item.Auth, enc = sess, nil
 	}
@@ -534,8 +623,13 @@ func (t *TPM) Unseal(pub, priv []byte, o SealOpts) ([]byte, error) {
 		rsp, err = tpm2.Unseal{ItemHandle: item}.Execute(t.tr)
 	}
 	if err != nil {
-		if errors.Is(err, tpm2.TPMRCPolicyFail) && len(o.PCRs) > 0 {
+		switch {
+		case errors.Is(err, tpm2.TPMRCPolicyFail) && len(o.PCRs) > 0:
 			return nil, t.diagnose(public, o, err)
+		case errors.Is(err, tpm2.TPMRCAuthFail) && o.Auth != nil:
+			return nil, &WrongPINError{DA: t.daState()}
+		case errors.Is(err, tpm2.TPMRCLockout):
+			return nil, &LockoutError{DA: t.daState()}
 		}
 		return nil, fmt.Errorf("unseal: %w", err)
 	}
@@ -550,7 +644,7 @@ func (t *TPM) diagnose(public *tpm2.TPMTPublic, o SealOpts, cause error) error {
 	if err != nil {
 		return fmt.Errorf("unseal: %w (and reading the PCRs to explain why failed: %v)", cause, err)
 	}
-	now, err := PolicyPCRDigest(o.Hash, o.Bank, o.PCRs, vals)
+	now, err := PolicyDigest(o, vals)
 	if err != nil {
 		return fmt.Errorf("unseal: %w", cause)
 	}

@@ -48,6 +48,10 @@ type Config struct {
 	PCRBank   string          `json:"pcr_bank"`
 	PCRIDs    json.RawMessage `json:"pcr_ids"`
 	PCRDigest string          `json:"pcr_digest"`
+	// WithPIN seals so that unsealing also needs a PIN
+	// (TPM2_PolicyAuthValue), as systemd-cryptenroll --tpm2-with-pin.
+	// A tether extension: clevis cannot decrypt such JWEs.
+	WithPIN bool `json:"with_pin"`
 }
 
 // header is clevis.tpm2 in the JWE protected header (keys in clevis's
@@ -59,6 +63,7 @@ type header struct {
 	Key     string `json:"key"`
 	PCRBank string `json:"pcr_bank,omitempty"`
 	PCRIDs  string `json:"pcr_ids,omitempty"`
+	WithPIN bool   `json:"with_pin,omitempty"`
 }
 
 type clevisHeader struct {
@@ -78,7 +83,17 @@ const (
 var tpmMu sync.Mutex
 
 // parseConfig checks a configuration and turns it into seal options.
-func parseConfig(raw json.RawMessage) (tpm.SealOpts, error) {
+func parseConfig(raw json.RawMessage) (tpm.SealOpts, bool, error) {
+	o, err := parseSealConfig(raw)
+	if err != nil {
+		return o, false, err
+	}
+	var cfg Config
+	json.Unmarshal(raw, &cfg)
+	return o, cfg.WithPIN, nil
+}
+
+func parseSealConfig(raw json.RawMessage) (tpm.SealOpts, error) {
 	var cfg Config
 	if err := json.Unmarshal(raw, &cfg); err != nil {
 		return tpm.SealOpts{}, fmt.Errorf("configuration is malformed: %v", err)
@@ -175,10 +190,16 @@ type jwk struct {
 }
 
 // Encrypt implements pin.Pin.
-func (p Pin) Encrypt(ctx context.Context, raw json.RawMessage, secret []byte, _ pin.Options) (*jose.JWE, error) {
-	o, err := parseConfig(raw)
+func (p Pin) Encrypt(ctx context.Context, raw json.RawMessage, secret []byte, po pin.Options) (*jose.JWE, error) {
+	o, withPIN, err := parseConfig(raw)
 	if err != nil {
 		return nil, err
+	}
+	if withPIN {
+		if o.Auth, err = askPIN(po, o.Hash, "New PIN for the TPM-sealed secret", true); err != nil {
+			return nil, err
+		}
+		defer clear(o.Auth)
 	}
 	if len(o.PCRs) > 0 && o.Bank == "sha1" {
 		p.warn("tpm2: the sha1 PCR bank is weak (SHA-1 collisions are practical) and is measured independently of "+
@@ -209,6 +230,7 @@ func (p Pin) Encrypt(ctx context.Context, raw json.RawMessage, secret []byte, _ 
 	if len(o.PCRs) > 0 {
 		h.PCRBank, h.PCRIDs = o.Bank, tpm.FormatPCRs(o.PCRs)
 	}
+	h.WithPIN = withPIN
 	ch, _ := json.Marshal(clevisHeader{Pin: "tpm2", TPM2: h})
 	return jose.Encrypt(jose.Header{Alg: "dir", Clevis: ch}, key, secret)
 }
@@ -254,11 +276,66 @@ func decodeB64(s string) ([]byte, error) {
 	return jose.B64.DecodeString(strings.TrimRight(strings.TrimSpace(s), "="))
 }
 
+// askPIN asks for the PIN and returns the auth value it makes.
+func askPIN(po pin.Options, nameAlg, prompt string, confirm bool) ([]byte, error) {
+	if po.PIN == nil {
+		return nil, pin.ErrNoPIN
+	}
+	p, err := po.PIN(prompt, confirm)
+	if err != nil {
+		return nil, err
+	}
+	defer clear(p)
+	if len(p) == 0 {
+		return nil, errors.New("the PIN is empty: a TPM PIN needs at least one character")
+	}
+	return tpm.PINAuth(nameAlg, p)
+}
+
+// NeedsPIN reports whether decrypting j asks for a PIN: it is, or has
+// among its sss children, a tpm2 JWE sealed "with_pin". Callers that bound
+// decryption by a deadline ask before the clock starts.
+func NeedsPIN(j *jose.JWE) bool {
+	name, err := j.Header.Pin()
+	if err != nil {
+		return false
+	}
+	switch name {
+	case "tpm2":
+		h, _, err := parse(j)
+		return err == nil && h.WithPIN
+	case "sss":
+		var ch struct {
+			SSS struct {
+				JWE []string `json:"jwe"`
+			} `json:"sss"`
+		}
+		if json.Unmarshal(j.Header.Clevis, &ch) != nil {
+			return false
+		}
+		for _, c := range ch.SSS.JWE {
+			if cj, err := jose.ParseCompact(c); err == nil && NeedsPIN(cj) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
 // Decrypt implements pin.Pin.
-func (p Pin) Decrypt(ctx context.Context, j *jose.JWE, _ pin.Options) ([]byte, error) {
+func (p Pin) Decrypt(ctx context.Context, j *jose.JWE, po pin.Options) ([]byte, error) {
 	h, o, err := parse(j)
 	if err != nil {
 		return nil, err
+	}
+	if h.WithPIN {
+		if o.Auth, err = askPIN(po, o.Hash, "PIN of the TPM-sealed secret", false); err != nil {
+			if errors.Is(err, pin.ErrNoPIN) {
+				return nil, pin.Permanent(err)
+			}
+			return nil, err
+		}
+		defer clear(o.Auth)
 	}
 	pub, err := decodeB64(h.JWKPub)
 	if err != nil {
@@ -277,7 +354,14 @@ func (p Pin) Decrypt(ctx context.Context, j *jose.JWE, _ pin.Options) ([]byte, e
 	data, err := t.Unseal(pub, priv, o)
 	t.Close()
 	tpmMu.Unlock()
-	var pm *tpm.PCRMismatchError
+	var (
+		pm *tpm.PCRMismatchError
+		wp *tpm.WrongPINError
+		lo *tpm.LockoutError
+	)
+	if h.WithPIN && (errors.As(err, &wp) || errors.As(err, &lo)) {
+		return nil, pinError{err}
+	}
 	if errors.As(err, &pm) {
 		// PCRs only move forward until the next reboot: during this boot
 		// the policy can never hold again.
@@ -294,6 +378,13 @@ func (p Pin) Decrypt(ctx context.Context, j *jose.JWE, _ pin.Options) ([]byte, e
 	defer clear(key)
 	return j.Decrypt(key)
 }
+
+// pinError marks the TPM's refusal of a PIN as pin.ErrWrongPIN.
+type pinError struct{ err error }
+
+func (e pinError) Error() string        { return e.err.Error() }
+func (e pinError) Unwrap() error        { return e.err }
+func (e pinError) Is(target error) bool { return target == pin.ErrWrongPIN }
 
 // parseJWK extracts the A256GCM key from the unsealed JWK. clevis seals it
 // with a trailing newline.
@@ -318,8 +409,15 @@ func (Pin) Describe(j *jose.JWE) string {
 	if err != nil {
 		return "tpm2(?)"
 	}
-	if h.PCRIDs == "" {
+	var what []string
+	if h.PCRIDs != "" {
+		what = append(what, h.PCRBank+":"+h.PCRIDs)
+	}
+	if h.WithPIN {
+		what = append(what, "PIN")
+	}
+	if len(what) == 0 {
 		return "tpm2"
 	}
-	return "tpm2(" + h.PCRBank + ":" + h.PCRIDs + ")"
+	return "tpm2(" + strings.Join(what, "+") + ")"
 }
