@@ -471,7 +471,9 @@ Every file written is printed; running it again replaces them.
                    socket /run/cryptsetup-keys.d/NAME.key. Also
                    tether-agent.service (managed-mode keep-alive, enabled;
                    it runs once the machine is enrolled) and
-                   tether-agent@.service for other state directories.
+                   tether-agent@.service for other state directories,
+                   and tether-secret@.service (tether secret open at boot,
+                   for each /etc/tether/secrets/NAME.jwe you enable).
   dracut           /usr/lib/dracut/modules.d/60tether (network on with
                    rd.neednet=1; the password agent in a systemd initramfs,
                    an initqueue hook otherwise)

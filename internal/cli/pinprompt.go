@@ -71,13 +71,17 @@ func readPINFile(name string) ([]byte, error) {
 	return b, nil
 }
 
+// errNoTerminal: a PIN is needed and neither a terminal nor --pin-file
+// gives it. Under a service manager that will not change by retrying.
+var errNoTerminal = errors.New("a PIN is needed and there is no terminal to ask it on")
+
 func readPINTerminal(env *Env, prompt string, confirm bool) ([]byte, error) {
 	tty, err := os.OpenFile("/dev/tty", os.O_RDWR, 0)
 	if err != nil || !term.IsTerminal(int(tty.Fd())) {
 		if tty != nil {
 			tty.Close()
 		}
-		return nil, withHint(errors.New("a PIN is needed and there is no terminal to ask it on"),
+		return nil, withHint(errNoTerminal,
 			"give it with --pin-file FILE (a file holding only the PIN, or /dev/fd/N for a pipe)")
 	}
 	defer tty.Close()

@@ -1,0 +1,235 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/user"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/tether-nbde/tether/jose"
+	"github.com/tether-nbde/tether/pin"
+)
+
+// secretRefused is tether secret open's exit status for a permanent
+// refusal (a PCR policy that cannot hold until the next boot, a revoked
+// device): tether-secret@.service does not restart on it.
+const secretRefused = 3
+
+func init() {
+	register(&command{
+		name:    "secret open",
+		summary: "decrypt a sealed secret file (any pin) into place, e.g. under /run at boot",
+		usage:   secretOpenUsage,
+		flags: func(fs *flag.FlagSet) func(*Env, []string) error {
+			owner := fs.String("owner", "", "")
+			mode := fs.String("mode", "0400", "")
+			timeout := fs.Duration("timeout", pin.DefaultTimeout, "")
+			pinFile := fs.String("pin-file", "", "")
+			return func(env *Env, args []string) error {
+				if len(args) != 2 {
+					return usagef("want JWE and OUT: the sealed file and where its secret goes")
+				}
+				in, out := args[0], args[1]
+				perm, err := strconv.ParseUint(*mode, 8, 32)
+				if err != nil || perm&^0o777 != 0 {
+					return usagef("--mode %q: want octal permission bits such as 0400 or 0440", *mode)
+				}
+				if perm&0o007 != 0 {
+					return usagef("--mode %s lets every user read the secret; give the reader --owner USER[:GROUP] and a mode such as 0400 or 0440", *mode)
+				}
+				uid, gid, err := lookupOwner(*owner)
+				if err != nil {
+					return err
+				}
+				data, err := os.ReadFile(in)
+				if err != nil {
+					return withHint(fmt.Errorf("read the sealed secret: %w", err),
+						"make it with: tether encrypt PIN CONFIG < secret > %s", in)
+				}
+				if len(data) > maxInput {
+					return fmt.Errorf("read the sealed secret %s: larger than %d MiB", in, maxInput>>20)
+				}
+				j, err := jose.ParseCompact(strings.TrimSpace(string(data)))
+				if err != nil {
+					return withHint(fmt.Errorf("%s: %w", in, err), "give a compact JWE as tether encrypt or clevis encrypt write it")
+				}
+				o := pin.Options{Timeout: *timeout, PIN: pinAsker(env, *pinFile)}
+				if err := askFirst(o, j); err != nil {
+					if errors.Is(err, errNoTerminal) {
+						return exitError{secretRefused, err}
+					}
+					return err
+				}
+				ctx, cancel := context.WithTimeout(context.Background(), *timeout+time.Second)
+				defer cancel()
+				secret, err := pin.Decrypt(ctx, j, o)
+				if err != nil {
+					err = fmt.Errorf("decrypt %s (%s): %w", in, pin.Describe(j), err)
+					if pin.IsPermanent(err) {
+						return exitError{secretRefused, err}
+					}
+					return err
+				}
+				defer clear(secret)
+				if err := writeSecret(out, secret, os.FileMode(perm), uid, gid); err != nil {
+					return fmt.Errorf("write the secret to %s: %w; nothing was written there", out, err)
+				}
+				who := "root"
+				if *owner != "" {
+					who = *owner
+				}
+				fmt.Fprintf(env.Stderr, "tether: decrypted %s (%s) into %s (owner %s, mode %04o)\n", in, pin.Describe(j), out, who, perm)
+				return nil
+			}
+		},
+	})
+	register(&command{
+		name:    "secret close",
+		summary: "remove a secret tether secret open wrote",
+		usage:   secretCloseUsage,
+		flags: func(fs *flag.FlagSet) func(*Env, []string) error {
+			return func(env *Env, args []string) error {
+				if len(args) != 1 {
+					return usagef("want OUT: the file tether secret open wrote")
+				}
+				if err := os.Remove(args[0]); err != nil && !errors.Is(err, os.ErrNotExist) {
+					return fmt.Errorf("remove the secret %s: %w", args[0], err)
+				}
+				return nil
+			}
+		},
+	})
+}
+
+// lookupOwner resolves USER[:GROUP] (names or numbers); the group
+// defaults to the user's primary group, the empty string to root.
+func lookupOwner(s string) (uid, gid int, err error) {
+	if s == "" {
+		return 0, 0, nil
+	}
+	name, group, hasGroup := strings.Cut(s, ":")
+	u, err := user.Lookup(name)
+	if err != nil {
+		if u, err = user.LookupId(name); err != nil {
+			return 0, 0, usagef("--owner %s: no user %q on this system (getent passwd %s)", s, name, name)
+		}
+	}
+	uid, _ = strconv.Atoi(u.Uid)
+	gid, _ = strconv.Atoi(u.Gid)
+	if hasGroup {
+		g, err := user.LookupGroup(group)
+		if err != nil {
+			if g, err = user.LookupGroupId(group); err != nil {
+				return 0, 0, usagef("--owner %s: no group %q on this system (getent group %s)", s, group, group)
+			}
+		}
+		gid, _ = strconv.Atoi(g.Gid)
+	}
+	return uid, gid, nil
+}
+
+// writeSecret writes data to path for its reader only: a temporary file
+// in the same directory that nobody else can open (0600, root) gets its
+// owner and mode before the secret is written into it, then replaces path
+// atomically. The directory is made (0711: others may pass, not list) if
+// missing.
+func writeSecret(path string, data []byte, perm os.FileMode, uid, gid int) (err error) {
+	dir := filepath.Dir(path)
+	if err := os.MkdirAll(dir, 0o711); err != nil {
+		return err
+	}
+	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp*")
+	if err != nil {
+		return err
+	}
+	tmp := f.Name()
+	defer func() {
+		if err != nil {
+			f.Close()
+			os.Remove(tmp)
+		}
+	}()
+	if err = f.Chmod(perm); err != nil {
+		return err
+	}
+	if err = f.Chown(uid, gid); err != nil {
+		return err
+	}
+	if _, err = f.Write(data); err != nil {
+		return err
+	}
+	if err = f.Sync(); err != nil {
+		return err
+	}
+	if err = f.Close(); err != nil {
+		return err
+	}
+	if err = os.Rename(tmp, path); err != nil {
+		return err
+	}
+	if d, derr := os.Open(dir); derr == nil {
+		d.Sync()
+		d.Close()
+	}
+	return nil
+}
+
+const secretOpenUsage = `Usage: tether secret open [--owner USER[:GROUP]] [--mode MODE] [--timeout D] [--pin-file F] JWE OUT
+
+Decrypt the sealed secret JWE (a file made by tether encrypt or clevis
+encrypt, with any pin: tpm2, tang, sss, managed...) and write it to OUT,
+readable by its owner only: root, or USER (and GROUP with --mode 0440).
+The file is written atomically: it gets its owner and mode before the
+secret goes in, and replaces OUT only when complete; on any failure OUT is
+left as it was. OUT's directory is made (mode 0711) if missing. Nothing
+of the secret reaches argv, stdout or the log.
+
+This is what tether-secret@NAME.service runs at boot, for files such as
+TrueNAS's pwenc_secret that a service needs in the clear while the disk
+only holds them sealed:
+  /etc/tether/secrets/NAME.jwe   the sealed file
+  /etc/tether/secrets/NAME.conf  optional: OPTIONS=--owner USER --mode 0400
+  /run/tether/secrets/NAME       the secret, while the unit is active
+A service that needs it orders itself after the unit, or lets systemd hand
+it over as a credential, readable by that service alone:
+  [Unit]
+  Requires=tether-secret@NAME.service
+  After=tether-secret@NAME.service
+  [Service]
+  LoadCredential=NAME:/run/tether/secrets/NAME
+  (the service reads $CREDENTIALS_DIRECTORY/NAME)
+
+Exit status: 0 written; 1 failed (a server not answering: try again);
+2 wrong use; 3 refused for good (a PCR policy that does not hold in this
+boot, a revoked device, a PIN needed with nobody to ask): the unit does
+not restart on it.
+
+Options:
+  --owner U[:G]   owner of OUT (name or number; default root, group: U's)
+  --mode MODE     permission bits of OUT, octal (default 0400); bits for
+                  other users are refused
+  --timeout D     bound for each network exchange (default 10s)
+  --pin-file F    the PIN of a tpm2 pin sealed "with_pin" (first line;
+                  /dev/fd/N for a pipe); default: asked on the terminal
+
+Examples (as root):
+  # mkdir -p /etc/tether/secrets
+  # tether encrypt tpm2 '{"pcr_ids":"7"}' < /data/pwenc_secret > /etc/tether/secrets/pwenc_secret.jwe
+  # tether secret open --owner www-data /etc/tether/secrets/pwenc_secret.jwe /run/tether/secrets/pwenc_secret
+  # systemctl enable --now tether-secret@pwenc_secret.service
+`
+
+const secretCloseUsage = `Usage: tether secret close OUT
+
+Remove a secret tether secret open wrote (a missing file is not an
+error). tether-secret@NAME.service runs it when stopped.
+
+Example:
+  $ sudo tether secret close /run/tether/secrets/pwenc_secret
+`
