@@ -166,7 +166,10 @@ Pins:
          docs/TPM2.md. "with_pin":true also needs a PIN to decrypt
          (asked twice on the terminal now, or read from --pin-file);
          wrong PINs count against the TPM's lockout. clevis cannot
-         decrypt such a JWE.
+         decrypt such a JWE. "pcr_pubkey":FILE.pem with
+         "pcr_signed_ids":"11" allows any values of those PCRs that the
+         key signed (tether tpm sign-pcrs), so updates need a signature,
+         not a reseal (tether only).
   managed  the key is recovered from a tether server in managed mode,
          with this machine's own key there, under the server's policy
          (approval, networks, keep-alive, revocation); enrol first with

@@ -357,10 +357,11 @@ func PolicyPCRDigest(nameAlg, bank string, pcrs []int, values [][]byte) ([]byte,
 	return calc.Hash().Digest, nil
 }
 
-// PolicyDigest computes the policy a sealed object gets: TPM2_PolicyPCR
-// over o's PCRs holding values (if any), then TPM2_PolicyAuthValue if the
-// object has a PIN (o.Auth). Without a PIN this is PolicyPCRDigest,
-// clevis's policy.
+// PolicyDigest computes the policy a sealed object gets:
+// TPM2_PolicyAuthorize by o.Signed's key (if any), TPM2_PolicyPCR over o's
+// PCRs holding values (if any), then TPM2_PolicyAuthValue if the object
+// has a PIN (o.Auth) — the order systemd-cryptenroll uses. With PCRs
+// alone this is PolicyPCRDigest, clevis's policy.
 func PolicyDigest(o SealOpts, values [][]byte) ([]byte, error) {
 	na, err := HashAlg(o.Hash)
 	if err != nil {
@@ -369,6 +370,16 @@ func PolicyDigest(o SealOpts, values [][]byte) ([]byte, error) {
 	calc, err := tpm2.NewPolicyCalculator(na)
 	if err != nil {
 		return nil, err
+	}
+	if o.Signed != nil {
+		// First: TPM2_PolicyAuthorize replaces whatever came before it.
+		name, err := o.Signed.Key.Name()
+		if err != nil {
+			return nil, err
+		}
+		if err := (tpm2.PolicyAuthorize{KeySign: name}).Update(calc); err != nil {
+			return nil, err
+		}
 	}
 	if len(o.PCRs) > 0 {
 		ba, err := HashAlg(o.Bank)
@@ -429,6 +440,10 @@ type SealOpts struct {
 	// then needs it as well as the PCRs (TPM2_PolicyAuthValue), and wrong
 	// guesses count against the TPM's dictionary-attack lockout.
 	Auth []byte
+	// Signed, if set, also requires the PCRs it names to hold values its
+	// key has signed (TPM2_PolicyAuthorize); PCRs then lists the PCRs
+	// bound to literal values, if any. Needs Hash sha256.
+	Signed *SignedPolicy
 }
 
 // SplitPCRValues cuts the concatenated values of pcrs in bank — what
@@ -468,7 +483,10 @@ func (t *TPM) Seal(data []byte, o SealOpts) (pub, priv []byte, err error) {
 	}
 	attrs := tpm2.TPMAObject{FixedTPM: true, FixedParent: true, NoDA: true, AdminWithPolicy: true}
 	var policy []byte
-	if len(o.PCRs) > 0 || o.Auth != nil {
+	if o.Signed != nil && nameAlg != tpm2.TPMAlgSHA256 {
+		return nil, nil, errors.New(`seal: a signed PCR policy needs "hash":"sha256"`)
+	}
+	if len(o.PCRs) > 0 || o.Auth != nil || o.Signed != nil {
 		var vals [][]byte
 		if len(o.PCRs) > 0 {
 			vals = o.PCRValues
@@ -585,7 +603,7 @@ func (t *TPM) Unseal(pub, priv []byte, o SealOpts) ([]byte, error) {
 	defer t.flush(lr.ObjectHandle)
 	item := tpm2.AuthHandle{Handle: lr.ObjectHandle, Name: lr.Name, Auth: tpm2.PasswordAuth(nil)}
 	enc := t.encSession(p, encOut)
-	if len(o.PCRs) > 0 || o.Auth != nil {
+	if len(o.PCRs) > 0 || o.Auth != nil || o.Signed != nil {
 		if public.NameAlg != nameAlg {
 			return nil, fmt.Errorf("sealed object: name algorithm is %v, header says %s", public.NameAlg, o.Hash)
 		}
@@ -600,6 +618,15 @@ func (t *TPM) Unseal(pub, priv []byte, o SealOpts) ([]byte, error) {
 			return nil, fmt.Errorf("start a policy session: %w", err)
 		}
 		defer closeSess()
+		if o.Signed != nil {
+			bank, err := HashAlg(o.Bank)
+			if err != nil {
+				return nil, err
+			}
+			if err := t.authorize(sess, bank, o); err != nil {
+				return nil, err
+			}
+		}
 		if len(o.PCRs) > 0 {
 			bank, err := HashAlg(o.Bank)
 			if err != nil {

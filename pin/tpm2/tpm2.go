@@ -15,10 +15,13 @@ import (
 	"crypto/rand"
 	"encoding/base64"
 	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -52,7 +55,19 @@ type Config struct {
 	// (TPM2_PolicyAuthValue), as systemd-cryptenroll --tpm2-with-pin.
 	// A tether extension: clevis cannot decrypt such JWEs.
 	WithPIN bool `json:"with_pin"`
+	// PCRPubkey, PCRSignedIDs and PCRSignatures make a signed PCR policy
+	// (TPM2_PolicyAuthorize): PCRSignedIDs may hold any values signed by
+	// the key PCRPubkey (a PEM file, or base64url PKIX DER), the
+	// signatures being read from PCRSignatures when decrypting. A tether
+	// extension, like WithPIN.
+	PCRPubkey     string          `json:"pcr_pubkey"`
+	PCRSignedIDs  json.RawMessage `json:"pcr_signed_ids"`
+	PCRSignatures string          `json:"pcr_signatures"`
 }
+
+// DefaultSignatures is where a signed PCR policy looks for its signatures
+// unless "pcr_signatures" names another file.
+const DefaultSignatures = "/etc/tether/pcr-signatures.json"
 
 // header is clevis.tpm2 in the JWE protected header (keys in clevis's
 // order, which is sorted).
@@ -64,6 +79,11 @@ type header struct {
 	PCRBank string `json:"pcr_bank,omitempty"`
 	PCRIDs  string `json:"pcr_ids,omitempty"`
 	WithPIN bool   `json:"with_pin,omitempty"`
+	// Signed PCR policy: the key (base64url PKIX DER), its PCRs and the
+	// signature file.
+	PCRPubkey     string `json:"pcr_pubkey,omitempty"`
+	PCRSignedIDs  string `json:"pcr_signed_ids,omitempty"`
+	PCRSignatures string `json:"pcr_signatures,omitempty"`
 }
 
 type clevisHeader struct {
@@ -124,6 +144,41 @@ func parseSealConfig(raw json.RawMessage) (tpm.SealOpts, error) {
 	if o.PCRs, err = tpm.ParsePCRs(ids); err != nil {
 		return tpm.SealOpts{}, fmt.Errorf(`configuration "pcr_ids": %v`, err)
 	}
+	signedIDs, err := pcrIDs(cfg.PCRSignedIDs)
+	if err != nil {
+		return tpm.SealOpts{}, fmt.Errorf(`configuration "pcr_signed_ids": %v`, err)
+	}
+	signed, err := tpm.ParsePCRs(signedIDs)
+	if err != nil {
+		return tpm.SealOpts{}, fmt.Errorf(`configuration "pcr_signed_ids": %v`, err)
+	}
+	switch {
+	case cfg.PCRPubkey != "" && len(signed) == 0:
+		return tpm.SealOpts{}, errors.New(`configuration "pcr_pubkey" needs "pcr_signed_ids": the PCRs whose values the key signs`)
+	case cfg.PCRPubkey == "" && (len(signed) > 0 || cfg.PCRSignatures != ""):
+		return tpm.SealOpts{}, errors.New(`configuration "pcr_signed_ids" and "pcr_signatures" need "pcr_pubkey": the public key that signs PCR values`)
+	case cfg.PCRPubkey != "":
+		if o.Hash != "sha256" {
+			return tpm.SealOpts{}, errors.New(`configuration: a signed PCR policy ("pcr_pubkey") needs "hash":"sha256"`)
+		}
+		for _, p := range signed {
+			if slices.Contains(o.PCRs, p) {
+				return tpm.SealOpts{}, fmt.Errorf(`configuration: PCR %d is in both "pcr_ids" (its value now) and "pcr_signed_ids" (any signed value): choose one`, p)
+			}
+		}
+		key, err := readPolicyKey(cfg.PCRPubkey)
+		if err != nil {
+			return tpm.SealOpts{}, fmt.Errorf(`configuration "pcr_pubkey": %v`, err)
+		}
+		where := cfg.PCRSignatures
+		if where == "" {
+			where = DefaultSignatures
+		}
+		if !filepath.IsAbs(where) {
+			return tpm.SealOpts{}, fmt.Errorf(`configuration "pcr_signatures": %q is not an absolute path (it is read at every decryption, from wherever that runs)`, where)
+		}
+		o.Signed = signedPolicy(key, signed, where)
+	}
 	if cfg.PCRDigest != "" {
 		if len(o.PCRs) == 0 {
 			return tpm.SealOpts{}, errors.New(`configuration "pcr_digest" needs "pcr_ids": the PCRs whose values it holds`)
@@ -138,6 +193,45 @@ func parseSealConfig(raw json.RawMessage) (tpm.SealOpts, error) {
 		}
 	}
 	return o, nil
+}
+
+// readPolicyKey reads the public key of a signed PCR policy: base64url
+// PKIX DER (as the JWE header holds it, so that regen can pass it on), or
+// the name of a PEM file.
+func readPolicyKey(v string) (tpm.PolicyKey, error) {
+	if der, err := jose.B64.DecodeString(v); err == nil {
+		if k, err := tpm.ParsePolicyKey(der); err == nil {
+			return k, nil
+		}
+	}
+	data, err := os.ReadFile(v)
+	if err != nil {
+		return tpm.PolicyKey{}, fmt.Errorf("read the policy public key: %v", err)
+	}
+	b, _ := pem.Decode(data)
+	if b == nil || b.Type != "PUBLIC KEY" {
+		return tpm.PolicyKey{}, fmt.Errorf("%s is not a PEM public key (openssl pkey -in KEY.pem -pubout -out %s)", v, v)
+	}
+	return tpm.ParsePolicyKey(b.Bytes)
+}
+
+// signedPolicy is the signed part of a policy, its signatures read from
+// the file where when unsealing. A missing file holds no signature.
+func signedPolicy(key tpm.PolicyKey, pcrs []int, where string) *tpm.SignedPolicy {
+	return &tpm.SignedPolicy{Key: key, PCRs: pcrs, Where: where, Signatures: func() ([]tpm.PCRSignature, error) {
+		data, err := os.ReadFile(where)
+		if errors.Is(err, os.ErrNotExist) {
+			return nil, nil
+		}
+		if err != nil {
+			return nil, fmt.Errorf("read the PCR signatures: %w", err)
+		}
+		sigs, err := tpm.ParseSignatures(data)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", where, err)
+		}
+		return sigs, nil
+	}}
 }
 
 // pcrIDs accepts "0,7", ["0","7"] and [0,7], as clevis does.
@@ -201,7 +295,7 @@ func (p Pin) Encrypt(ctx context.Context, raw json.RawMessage, secret []byte, po
 		}
 		defer clear(o.Auth)
 	}
-	if len(o.PCRs) > 0 && o.Bank == "sha1" {
+	if (len(o.PCRs) > 0 || o.Signed != nil) && o.Bank == "sha1" {
 		p.warn("tpm2: the sha1 PCR bank is weak (SHA-1 collisions are practical) and is measured independently of "+
 			"the sha256 bank: a policy on sha1 PCRs %s ignores changes recorded only in sha256; prefer \"pcr_bank\":\"sha256\"",
 			tpm.FormatPCRs(o.PCRs))
@@ -230,6 +324,12 @@ func (p Pin) Encrypt(ctx context.Context, raw json.RawMessage, secret []byte, po
 	if len(o.PCRs) > 0 {
 		h.PCRBank, h.PCRIDs = o.Bank, tpm.FormatPCRs(o.PCRs)
 	}
+	if o.Signed != nil {
+		h.PCRBank = o.Bank
+		h.PCRPubkey = jose.B64.EncodeToString(o.Signed.Key.DER())
+		h.PCRSignedIDs = tpm.FormatPCRs(o.Signed.PCRs)
+		h.PCRSignatures = o.Signed.Where
+	}
 	h.WithPIN = withPIN
 	ch, _ := json.Marshal(clevisHeader{Pin: "tpm2", TPM2: h})
 	return jose.Encrypt(jose.Header{Alg: "dir", Clevis: ch}, key, secret)
@@ -257,6 +357,24 @@ func parse(j *jose.JWE) (*header, tpm.SealOpts, error) {
 	}
 	if len(o.PCRs) > 0 && o.Bank == "" {
 		return nil, tpm.SealOpts{}, errors.New("JWE header clevis.tpm2 has pcr_ids but no pcr_bank")
+	}
+	if h.PCRPubkey != "" {
+		der, err := decodeB64(h.PCRPubkey)
+		if err != nil {
+			return nil, tpm.SealOpts{}, errors.New("JWE header clevis.tpm2.pcr_pubkey is not base64url")
+		}
+		key, err := tpm.ParsePolicyKey(der)
+		if err != nil {
+			return nil, tpm.SealOpts{}, fmt.Errorf("JWE header clevis.tpm2.pcr_pubkey: %v", err)
+		}
+		signed, err := tpm.ParsePCRs(h.PCRSignedIDs)
+		if err != nil || len(signed) == 0 {
+			return nil, tpm.SealOpts{}, errors.New("JWE header clevis.tpm2 has pcr_pubkey but no valid pcr_signed_ids")
+		}
+		if o.Bank == "" || !filepath.IsAbs(h.PCRSignatures) {
+			return nil, tpm.SealOpts{}, errors.New("JWE header clevis.tpm2 has pcr_pubkey but no pcr_bank or no absolute pcr_signatures")
+		}
+		o.Signed = signedPolicy(key, signed, h.PCRSignatures)
 	}
 	return h, o, nil
 }
@@ -412,6 +530,9 @@ func (Pin) Describe(j *jose.JWE) string {
 	var what []string
 	if h.PCRIDs != "" {
 		what = append(what, h.PCRBank+":"+h.PCRIDs)
+	}
+	if h.PCRSignedIDs != "" {
+		what = append(what, "signed "+h.PCRBank+":"+h.PCRSignedIDs)
 	}
 	if h.WithPIN {
 		what = append(what, "PIN")
