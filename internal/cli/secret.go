@@ -12,7 +12,9 @@ import (
 	"strings"
 	"time"
 
+	"github.com/tether-nbde/tether/internal/atomicfile"
 	"github.com/tether-nbde/tether/jose"
+	"github.com/tether-nbde/tether/luks"
 	"github.com/tether-nbde/tether/pin"
 )
 
@@ -90,6 +92,23 @@ func init() {
 		},
 	})
 	register(&command{
+		name:    "secret regen",
+		summary: "re-encrypt a sealed secret file under its own policy, e.g. after an update",
+		usage:   secretRegenUsage,
+		flags: func(fs *flag.FlagSet) func(*Env, []string) error {
+			trust := fs.Bool("y", false, "")
+			timeout := fs.Duration("timeout", pin.DefaultTimeout, "")
+			pinFile := fs.String("pin-file", "", "")
+			return func(env *Env, args []string) error {
+				if len(args) != 1 {
+					return usagef("want JWE: the sealed file to re-encrypt")
+				}
+				return secretRegen(env, args[0], pin.Options{Trust: *trust, Timeout: *timeout, Warn: env.Stderr,
+					PIN: pinAsker(env, *pinFile)})
+			}
+		},
+	})
+	register(&command{
 		name:    "secret close",
 		summary: "remove a secret tether secret open wrote",
 		usage:   secretCloseUsage,
@@ -105,6 +124,62 @@ func init() {
 			}
 		},
 	})
+}
+
+// secretRegen decrypts the JWE file at path, encrypts the secret again
+// under the policy rebuilt from it (luks regen's rules), checks that the
+// new JWE decrypts to the same secret, and replaces the file atomically,
+// keeping its mode.
+func secretRegen(env *Env, path string, o pin.Options) error {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return fmt.Errorf("regen %s: %w", path, err)
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("regen %s: %w", path, err)
+	}
+	if len(data) > maxInput {
+		return fmt.Errorf("regen %s: larger than %d MiB", path, maxInput>>20)
+	}
+	j, err := jose.ParseCompact(strings.TrimSpace(string(data)))
+	if err != nil {
+		return withHint(fmt.Errorf("%s: %w", path, err), "give a compact JWE as tether encrypt or clevis encrypt write it")
+	}
+	if err := askFirst(o, j); err != nil {
+		return err
+	}
+	ctx := context.Background()
+	dctx, cancel := context.WithTimeout(ctx, o.PerTry()+time.Second)
+	secret, err := pin.Decrypt(dctx, j, o)
+	cancel()
+	if err != nil {
+		return withHint(fmt.Errorf("decrypt %s (%s): %w", path, pin.Describe(j), err),
+			"if no pin of its policy can decrypt it any more, encrypt the secret again from its source: tether encrypt PIN CONFIG < SECRET > %s", path)
+	}
+	defer clear(secret)
+	name, cfg, err := luks.RegenConfig(ctx, j, o.PerTry())
+	if err != nil {
+		return withHint(fmt.Errorf("rebuild the policy of %s: %w", path, err),
+			"encrypt the secret again with an explicit policy: tether decrypt < %s | tether encrypt PIN CONFIG > NEW.jwe", path)
+	}
+	nj, err := pin.Encrypt(ctx, name, cfg, secret, o)
+	if err != nil {
+		return plainCredentialsHint(err, "tether encrypt", name, cfg)
+	}
+	vctx, cancel := context.WithTimeout(ctx, o.PerTry()+time.Second)
+	check, err := pin.Decrypt(vctx, nj, o)
+	cancel()
+	if err != nil || string(check) != string(secret) {
+		clear(check)
+		return fmt.Errorf("the re-encrypted %s does not decrypt to the same secret (%v); %s is unchanged", path, err, path)
+	}
+	clear(check)
+	if err := atomicfile.Write(path, []byte(nj.Compact()), fi.Mode().Perm()); err != nil {
+		return fmt.Errorf("replace %s: %w; it is unchanged", path, err)
+	}
+	fmt.Fprintf(env.Stderr, "tether: %s is re-encrypted (%s)\n", path, pin.Describe(nj))
+	return nil
 }
 
 // lookupOwner resolves USER[:GROUP] (names or numbers); the group
@@ -223,6 +298,28 @@ Examples (as root):
   # tether encrypt tpm2 '{"pcr_ids":"7"}' < /data/pwenc_secret > /etc/tether/secrets/pwenc_secret.jwe
   # tether secret open --owner www-data /etc/tether/secrets/pwenc_secret.jwe /run/tether/secrets/pwenc_secret
   # systemctl enable --now tether-secret@pwenc_secret.service
+`
+
+const secretRegenUsage = `Usage: tether secret regen [-y] [--timeout D] [--pin-file F] JWE
+
+Re-encrypt the sealed file JWE under its own policy, rebuilt from it as
+tether luks regen does: every tpm2 part, also inside sss, is sealed to the
+PCR values of now (run it after booting into the updated state), a tang
+part to its server's current keys (trusted through the old signing key,
+or with -y). The secret must still decrypt: inside sss another pin (tang)
+does it when the tpm2 part no longer matches its PCRs. The new JWE must
+decrypt to the same secret before it replaces JWE, atomically, with the
+same mode; otherwise JWE is left as it was. A tpm2 part made "with_pin"
+keeps its PIN.
+
+Options:
+  -y             trust a Tang advertisement without a thumbprint
+  --timeout D    bound for each network exchange (default 10s)
+  --pin-file F   the PIN of a tpm2 part made "with_pin" (first line;
+                 /dev/fd/N for a pipe); default: asked on the terminal
+
+Example (as root, after a kernel update and a reboot that tang unlocked):
+  # tether secret regen /etc/tether/secrets/pwenc_secret.jwe
 `
 
 const secretCloseUsage = `Usage: tether secret close OUT

@@ -2,6 +2,9 @@ package cli_test
 
 import (
 	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -12,6 +15,9 @@ import (
 	"github.com/tether-nbde/tether/internal/testenv"
 	"github.com/tether-nbde/tether/internal/tpm"
 	"github.com/tether-nbde/tether/internal/tpm/tpmtest"
+	"github.com/tether-nbde/tether/jose"
+	"github.com/tether-nbde/tether/pin"
+	"github.com/tether-nbde/tether/pin/tpm2"
 )
 
 // secretDir returns a directory other users can traverse (t.TempDir is
@@ -220,5 +226,89 @@ func TestSecretUnitVerify(t *testing.T) {
 	cmd.Dir = dir
 	if out, err := cmd.CombinedOutput(); err != nil || len(strings.TrimSpace(string(out))) > 0 {
 		t.Errorf("systemd-analyze verify: %v\n%s", err, out)
+	}
+}
+
+// TestSecretRegen: after the PCR a file's tpm2 part is sealed to changes,
+// secret regen (the tang part decrypting) seals the tpm2 part inside sss to
+// the values of now, keeping the file's mode; a file whose only pin no
+// longer decrypts is left as it was, with a hint.
+func TestSecretRegen(t *testing.T) {
+	sw := tpmtest.Start(t)
+	t.Setenv(tpm.EnvTools, sw.TCTI)
+	t.Setenv(tpm.EnvTCTI, "")
+	bin := testenv.TetherBin(t)
+	tang := testenv.StartTangd(t)
+	secret := []byte("pwenc 1122334455")
+	dir := t.TempDir()
+	sssFile, tpmFile := filepath.Join(dir, "sss.jwe"), filepath.Join(dir, "tpm.jwe")
+	cfg := `{"t":1,"pins":{"tang":[{"url":"` + tang.URL + `"}],"tpm2":[{"pcr_ids":"16"}]}}`
+	for f, c := range map[string][]string{sssFile: {"sss", cfg, "-y"}, tpmFile: {"tpm2", `{"pcr_ids":"16"}`}} {
+		out, errb, code := testenv.Run(t, secret, bin, append([]string{"encrypt"}, c...)...)
+		if code != 0 {
+			t.Fatalf("encrypt %v: %s", c, errb)
+		}
+		os.WriteFile(f, out, 0o640)
+	}
+	tpmPart := func(file string) error {
+		t.Helper()
+		data, _ := os.ReadFile(file)
+		j, err := jose.ParseCompact(string(data))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var ch struct {
+			SSS struct {
+				JWE []string `json:"jwe"`
+			} `json:"sss"`
+		}
+		json.Unmarshal(j.Header.Clevis, &ch)
+		for _, c := range ch.SSS.JWE {
+			cj, _ := jose.ParseCompact(c)
+			if n, _ := cj.Header.Pin(); n == "tpm2" {
+				got, err := (tpm2.Pin{TCTI: sw.TCTI}).Decrypt(context.Background(), cj, pin.Options{})
+				if err == nil && len(got) == 0 {
+					t.Fatal("empty share")
+				}
+				return err
+			}
+		}
+		t.Fatalf("%s has no tpm2 part", file)
+		return nil
+	}
+	if err := tpmPart(sssFile); err != nil {
+		t.Fatalf("before the update: %v", err)
+	}
+	sw.Extend(t, "sha256", 16)
+	var pm *tpm.PCRMismatchError
+	if err := tpmPart(sssFile); !errors.As(err, &pm) {
+		t.Fatalf("after the update: err = %v, want a PCR mismatch", err)
+	}
+	before, _ := os.ReadFile(sssFile)
+	if _, errb, code := testenv.Run(t, nil, bin, "secret", "regen", sssFile); code != 0 {
+		t.Fatalf("secret regen: %s", errb)
+	}
+	after, _ := os.ReadFile(sssFile)
+	if bytes.Equal(before, after) {
+		t.Fatal("secret regen left the file as it was")
+	}
+	if err := tpmPart(sssFile); err != nil {
+		t.Fatalf("the tpm2 part inside sss after regen: %v", err)
+	}
+	if fi, _ := os.Stat(sssFile); fi.Mode().Perm() != 0o640 {
+		t.Errorf("mode after regen: %v", fi.Mode())
+	}
+	if out, errb, code := testenv.Run(t, after, bin, "decrypt"); code != 0 || !bytes.Equal(out, secret) {
+		t.Fatalf("decrypt after regen = %q: %s", out, errb)
+	}
+
+	// tpm2 alone, PCR changed: nothing decrypts it, nothing changes.
+	before, _ = os.ReadFile(tpmFile)
+	_, errb, code := testenv.Run(t, nil, bin, "secret", "regen", tpmFile)
+	if code != 1 || !strings.Contains(string(errb), "sha256 PCR 16 changed") || !strings.Contains(string(errb), "encrypt the secret again") {
+		t.Fatalf("secret regen of a tpm2 file whose PCR changed: exit %d: %s", code, errb)
+	}
+	if after, _ := os.ReadFile(tpmFile); !bytes.Equal(before, after) {
+		t.Fatal("a failed regen changed the file")
 	}
 }
