@@ -102,21 +102,12 @@ const (
 // tpm2 children at once, and swtpm serves one connection at a time.
 var tpmMu sync.Mutex
 
-// parseConfig checks a configuration and turns it into seal options.
+// parseConfig checks a configuration and turns it into seal options,
+// and says whether it asks for a PIN.
 func parseConfig(raw json.RawMessage) (tpm.SealOpts, bool, error) {
-	o, err := parseSealConfig(raw)
-	if err != nil {
-		return o, false, err
-	}
-	var cfg Config
-	json.Unmarshal(raw, &cfg)
-	return o, cfg.WithPIN, nil
-}
-
-func parseSealConfig(raw json.RawMessage) (tpm.SealOpts, error) {
 	var cfg Config
 	if err := json.Unmarshal(raw, &cfg); err != nil {
-		return tpm.SealOpts{}, fmt.Errorf("configuration is malformed: %v", err)
+		return tpm.SealOpts{}, false, fmt.Errorf("configuration is malformed: %v", err)
 	}
 	o := tpm.SealOpts{Hash: strings.ToLower(cfg.Hash), Key: strings.ToLower(cfg.Key), Bank: strings.ToLower(cfg.PCRBank)}
 	if o.Hash == "" {
@@ -129,70 +120,70 @@ func parseSealConfig(raw json.RawMessage) (tpm.SealOpts, error) {
 		o.Bank = DefaultBank
 	}
 	if _, err := tpm.HashAlg(o.Hash); err != nil {
-		return tpm.SealOpts{}, fmt.Errorf(`configuration "hash": %v`, err)
+		return tpm.SealOpts{}, false, fmt.Errorf(`configuration "hash": %v`, err)
 	}
 	if _, err := tpm.PrimaryTemplate(o.Hash, o.Key); err != nil {
-		return tpm.SealOpts{}, fmt.Errorf(`configuration "key": %v`, err)
+		return tpm.SealOpts{}, false, fmt.Errorf(`configuration "key": %v`, err)
 	}
 	if _, err := tpm.HashAlg(o.Bank); err != nil {
-		return tpm.SealOpts{}, fmt.Errorf(`configuration "pcr_bank": %v`, err)
+		return tpm.SealOpts{}, false, fmt.Errorf(`configuration "pcr_bank": %v`, err)
 	}
 	ids, err := pcrIDs(cfg.PCRIDs)
 	if err != nil {
-		return tpm.SealOpts{}, fmt.Errorf(`configuration "pcr_ids": %v`, err)
+		return tpm.SealOpts{}, false, fmt.Errorf(`configuration "pcr_ids": %v`, err)
 	}
 	if o.PCRs, err = tpm.ParsePCRs(ids); err != nil {
-		return tpm.SealOpts{}, fmt.Errorf(`configuration "pcr_ids": %v`, err)
+		return tpm.SealOpts{}, false, fmt.Errorf(`configuration "pcr_ids": %v`, err)
 	}
 	signedIDs, err := pcrIDs(cfg.PCRSignedIDs)
 	if err != nil {
-		return tpm.SealOpts{}, fmt.Errorf(`configuration "pcr_signed_ids": %v`, err)
+		return tpm.SealOpts{}, false, fmt.Errorf(`configuration "pcr_signed_ids": %v`, err)
 	}
 	signed, err := tpm.ParsePCRs(signedIDs)
 	if err != nil {
-		return tpm.SealOpts{}, fmt.Errorf(`configuration "pcr_signed_ids": %v`, err)
+		return tpm.SealOpts{}, false, fmt.Errorf(`configuration "pcr_signed_ids": %v`, err)
 	}
 	switch {
 	case cfg.PCRPubkey != "" && len(signed) == 0:
-		return tpm.SealOpts{}, errors.New(`configuration "pcr_pubkey" needs "pcr_signed_ids": the PCRs whose values the key signs`)
+		return tpm.SealOpts{}, false, errors.New(`configuration "pcr_pubkey" needs "pcr_signed_ids": the PCRs whose values the key signs`)
 	case cfg.PCRPubkey == "" && (len(signed) > 0 || cfg.PCRSignatures != ""):
-		return tpm.SealOpts{}, errors.New(`configuration "pcr_signed_ids" and "pcr_signatures" need "pcr_pubkey": the public key that signs PCR values`)
+		return tpm.SealOpts{}, false, errors.New(`configuration "pcr_signed_ids" and "pcr_signatures" need "pcr_pubkey": the public key that signs PCR values`)
 	case cfg.PCRPubkey != "":
 		if o.Hash != "sha256" {
-			return tpm.SealOpts{}, errors.New(`configuration: a signed PCR policy ("pcr_pubkey") needs "hash":"sha256"`)
+			return tpm.SealOpts{}, false, errors.New(`configuration: a signed PCR policy ("pcr_pubkey") needs "hash":"sha256"`)
 		}
 		for _, p := range signed {
 			if slices.Contains(o.PCRs, p) {
-				return tpm.SealOpts{}, fmt.Errorf(`configuration: PCR %d is in both "pcr_ids" (its value now) and "pcr_signed_ids" (any signed value): choose one`, p)
+				return tpm.SealOpts{}, false, fmt.Errorf(`configuration: PCR %d is in both "pcr_ids" (its value now) and "pcr_signed_ids" (any signed value): choose one`, p)
 			}
 		}
 		key, err := readPolicyKey(cfg.PCRPubkey)
 		if err != nil {
-			return tpm.SealOpts{}, fmt.Errorf(`configuration "pcr_pubkey": %v`, err)
+			return tpm.SealOpts{}, false, fmt.Errorf(`configuration "pcr_pubkey": %v`, err)
 		}
 		where := cfg.PCRSignatures
 		if where == "" {
 			where = DefaultSignatures
 		}
 		if !filepath.IsAbs(where) {
-			return tpm.SealOpts{}, fmt.Errorf(`configuration "pcr_signatures": %q is not an absolute path (it is read at every decryption, from wherever that runs)`, where)
+			return tpm.SealOpts{}, false, fmt.Errorf(`configuration "pcr_signatures": %q is not an absolute path (it is read at every decryption, from wherever that runs)`, where)
 		}
 		o.Signed = signedPolicy(key, signed, where)
 	}
 	if cfg.PCRDigest != "" {
 		if len(o.PCRs) == 0 {
-			return tpm.SealOpts{}, errors.New(`configuration "pcr_digest" needs "pcr_ids": the PCRs whose values it holds`)
+			return tpm.SealOpts{}, false, errors.New(`configuration "pcr_digest" needs "pcr_ids": the PCRs whose values it holds`)
 		}
 		raw, err := decodeAnyB64(cfg.PCRDigest)
 		if err != nil {
-			return tpm.SealOpts{}, errors.New(`configuration "pcr_digest" is not base64url (encode the file tpm2_pcrread -o writes ` +
+			return tpm.SealOpts{}, false, errors.New(`configuration "pcr_digest" is not base64url (encode the file tpm2_pcrread -o writes ` +
 				`with: basenc --base64url -w0 FILE | tr -d =)`)
 		}
 		if o.PCRValues, err = tpm.SplitPCRValues(o.Bank, o.PCRs, raw); err != nil {
-			return tpm.SealOpts{}, fmt.Errorf(`configuration "pcr_digest": %v`, err)
+			return tpm.SealOpts{}, false, fmt.Errorf(`configuration "pcr_digest": %v`, err)
 		}
 	}
-	return o, nil
+	return o, cfg.WithPIN, nil
 }
 
 // readPolicyKey reads the public key of a signed PCR policy: base64url
@@ -296,9 +287,14 @@ func (p Pin) Encrypt(ctx context.Context, raw json.RawMessage, secret []byte, po
 		defer clear(o.Auth)
 	}
 	if (len(o.PCRs) > 0 || o.Signed != nil) && o.Bank == "sha1" {
+		all := slices.Clone(o.PCRs)
+		if o.Signed != nil {
+			all = append(all, o.Signed.PCRs...)
+			slices.Sort(all)
+		}
 		p.warn("tpm2: the sha1 PCR bank is weak (SHA-1 collisions are practical) and is measured independently of "+
 			"the sha256 bank: a policy on sha1 PCRs %s ignores changes recorded only in sha256; prefer \"pcr_bank\":\"sha256\"",
-			tpm.FormatPCRs(o.PCRs))
+			tpm.FormatPCRs(all))
 	}
 	key := make([]byte, 32)
 	if _, err := rand.Read(key); err != nil {
