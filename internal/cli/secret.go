@@ -85,6 +85,10 @@ func init() {
 				who := "root"
 				if *owner != "" {
 					who = *owner
+					if fi, err := os.Stat(filepath.Dir(out)); err == nil && uid != 0 && fi.Mode().Perm()&0o001 == 0 {
+						fmt.Fprintf(env.Stderr, "tether: warning: %s cannot reach %s: its directory is mode %04o; chmod o+x %s\n",
+							*owner, out, fi.Mode().Perm(), filepath.Dir(out))
+					}
 				}
 				fmt.Fprintf(env.Stderr, "tether: decrypted %s (%s) into %s (owner %s, mode %04o)\n", in, pin.Describe(j), out, who, perm)
 				return nil
@@ -216,8 +220,22 @@ func lookupOwner(s string) (uid, gid int, err error) {
 // missing.
 func writeSecret(path string, data []byte, perm os.FileMode, uid, gid int) (err error) {
 	dir := filepath.Dir(path)
+	var made []string
+	for d := dir; ; d = filepath.Dir(d) {
+		if _, err := os.Stat(d); !errors.Is(err, os.ErrNotExist) || d == filepath.Dir(d) {
+			break
+		}
+		made = append(made, d)
+	}
 	if err := os.MkdirAll(dir, 0o711); err != nil {
 		return err
+	}
+	// Whatever the umask (the unit's is 0077): the owner must reach the
+	// file through every directory made for it.
+	for _, d := range made {
+		if err := os.Chmod(d, 0o711); err != nil {
+			return err
+		}
 	}
 	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp*")
 	if err != nil {
@@ -262,8 +280,9 @@ encrypt, with any pin: tpm2, tang, sss, managed...) and write it to OUT,
 readable by its owner only: root, or USER (and GROUP with --mode 0440).
 The file is written atomically: it gets its owner and mode before the
 secret goes in, and replaces OUT only when complete; on any failure OUT is
-left as it was. OUT's directory is made (mode 0711) if missing. Nothing
-of the secret reaches argv, stdout or the log.
+left as it was. OUT's directory is made (mode 0711, whatever the umask)
+if missing; if it exists and USER cannot pass it, a warning says so.
+Nothing of the secret reaches argv, stdout or the log.
 
 This is what tether-secret@NAME.service runs at boot, for files such as
 TrueNAS's pwenc_secret that a service needs in the clear while the disk

@@ -116,6 +116,26 @@ func TestSecretOpen(t *testing.T) {
 		t.Logf("%v: %s", args, strings.TrimSpace(string(stderr)))
 	}
 
+	// Under the unit's umask (0077) the directory made is still 0711; a
+	// directory the owner cannot pass is warned about.
+	umaskDir := filepath.Join(run, "umask", "secrets")
+	if _, errb, code := testenv.Run(t, nil, "sh", "-c", `umask 077 && exec "$0" "$@"`, bin, "secret", "open", "--owner", "nobody",
+		tangJWE, filepath.Join(umaskDir, "s")); code != 0 {
+		t.Fatalf("secret open under umask 077: %s", errb)
+	}
+	if d, _ := os.Stat(umaskDir); d.Mode().Perm() != 0o711 {
+		t.Errorf("under umask 077 the directory made is %v, want 0711", d.Mode())
+	}
+	if _, ok := readAs(t, "nobody", "nogroup", filepath.Join(umaskDir, "s")); !ok {
+		t.Error("under umask 077 the owner cannot read the secret")
+	}
+	closed := filepath.Join(run, "closed")
+	os.Mkdir(closed, 0o700)
+	if _, errb, code := testenv.Run(t, nil, bin, "secret", "open", "--owner", "nobody", tangJWE, filepath.Join(closed, "s")); code != 0 ||
+		!strings.Contains(string(errb), "nobody cannot reach") {
+		t.Errorf("a directory the owner cannot pass: exit %d, %s", code, errb)
+	}
+
 	// The PCR the secret is sealed to changes: refused for good (exit 3),
 	// the file from before stays as it was, nothing else appears.
 	dst := filepath.Join(run, "secrets", "other")
