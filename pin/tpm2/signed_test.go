@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -153,5 +154,50 @@ func TestSignedPolicyBadConfig(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("%s: err = %v, want it to mention %s", cfg, err, want)
 		}
+	}
+}
+
+// TestSignPCRsUsage: tether tpm sign-pcrs refuses what it cannot sign with,
+// before touching the signature file.
+func TestSignPCRsUsage(t *testing.T) {
+	testenv.RequireCmd(t, "openssl")
+	bin := testenv.TetherBin(t)
+	dir := t.TempDir()
+	rsa, ec := filepath.Join(dir, "rsa.pem"), filepath.Join(dir, "ec.pem")
+	for _, args := range [][]string{
+		{"genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", rsa},
+		{"genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", ec},
+	} {
+		if out, err := exec.Command("openssl", args...).CombinedOutput(); err != nil {
+			t.Fatalf("openssl %v: %v\n%s", args, err, out)
+		}
+	}
+	bad := filepath.Join(dir, "bad.json")
+	os.WriteFile(bad, []byte(`{"type":"something else"}`), 0o644)
+	thirtyTwo := b64url(make([]byte, 32))
+	for _, c := range []struct {
+		args []string
+		code int
+		want string
+	}{
+		{[]string{"--pcr-ids", "11"}, 2, "--key"},
+		{[]string{"--key", ec}, 2, "--pcr-ids"},
+		{[]string{"--key", ec, "--pcr-ids", "x"}, 2, "--pcr-ids"},
+		{[]string{"--key", rsa, "--pcr-ids", "11", "--pcr-digest", thirtyTwo}, 1, "not an ECDSA P-256 key"},
+		{[]string{"--key", ec, "--pcr-ids", "11,12", "--pcr-digest", thirtyTwo}, 2, "32 bytes, want 64"},
+		{[]string{"--key", ec, "--pcr-ids", "11", "--pcr-digest", thirtyTwo, "--out", bad}, 1, "move it away"},
+	} {
+		_, stderr, code := testenv.Run(t, nil, bin, append([]string{"tpm", "sign-pcrs"}, c.args...)...)
+		if code != c.code || !strings.Contains(string(stderr), c.want) {
+			t.Errorf("%v: exit %d: %s (want %d, %q)", c.args, code, stderr, c.code, c.want)
+		}
+	}
+	if data, _ := os.ReadFile(bad); string(data) != `{"type":"something else"}` {
+		t.Errorf("a refused signature changed the file: %s", data)
+	}
+	// Values given, no TPM needed: a valid file on stdout.
+	out, stderr, code := testenv.Run(t, nil, bin, "tpm", "sign-pcrs", "--key", ec, "--pcr-ids", "11", "--pcr-digest", thirtyTwo)
+	if code != 0 || !strings.Contains(string(out), `"type": "tether-pcr-signatures-v1"`) {
+		t.Fatalf("sign-pcrs to stdout: exit %d %s\n%s", code, stderr, out)
 	}
 }
