@@ -136,3 +136,46 @@ func TestSignedPolicy(t *testing.T) {
 		}
 	}
 }
+
+// TestSignedPolicyWithPIN: signature, literal PCR and PIN together (the
+// order systemd uses: PolicyAuthorize, PolicyPCR, PolicyAuthValue). All
+// three are needed.
+func TestSignedPolicyWithPIN(t *testing.T) {
+	sw := tpmtest.Start(t)
+	tp := sw.Open(t)
+	key, pub := policyKey(t)
+	var sigs []tpm.PCRSignature
+	auth, err := tpm.PINAuth("sha256", []byte("1379"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	o := tpm.SealOpts{Hash: "sha256", Key: "ecc", Bank: "sha256", PCRs: []int{23}, Auth: auth,
+		Signed: &tpm.SignedPolicy{Key: pub, PCRs: []int{16}, Where: "the test's list",
+			Signatures: func() ([]tpm.PCRSignature, error) { return sigs, nil }}}
+	data := []byte("all three")
+	pubB, privB, err := tp.Seal(data, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sigs = append(sigs, signNow(t, tp, key, 16))
+	if got, err := tp.Unseal(pubB, privB, o); err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("signature, PCR and PIN right: unseal = %q, %v", got, err)
+	}
+	wrong := o
+	wrong.Auth, _ = tpm.PINAuth("sha256", []byte("1378"))
+	var wp *tpm.WrongPINError
+	if _, err := tp.Unseal(pubB, privB, wrong); !errors.As(err, &wp) {
+		t.Fatalf("wrong PIN: err = %v, want a WrongPINError", err)
+	}
+	if err := tp.ExtendPCR("sha256", 16, []byte("update")); err != nil {
+		t.Fatal(err)
+	}
+	var ns *tpm.NoSignatureError
+	if _, err := tp.Unseal(pubB, privB, o); !errors.As(err, &ns) {
+		t.Fatalf("PCR 16 changed, PIN right: err = %v, want a NoSignatureError", err)
+	}
+	sigs = append(sigs, signNow(t, tp, key, 16))
+	if got, err := tp.Unseal(pubB, privB, o); err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("new value signed, PIN right: unseal = %q, %v", got, err)
+	}
+}
