@@ -13,7 +13,8 @@ import (
 // TestSecretUnit: a pwenc_secret-like file sealed in the guest to its TPM
 // (swtpm on tpm-crb, PCR 7) is decrypted at the next boot by
 // tether-secret@pwenc_secret.service into /run/tether/secrets, owned by
-// the user its .conf names, mode 0400, and the secret is in no log.
+// the user its .conf names, mode 0400, and the secret is in no log; a
+// service of another user gets it through LoadCredential=.
 func TestSecretUnit(t *testing.T) {
 	testenv.RequireCmd(t, "swtpm")
 	g := New(t, InitramfsTools)
@@ -57,6 +58,25 @@ stat -c '@@STAT %U %a' /run/tether/secrets/pwenc_secret
 echo "@@SUM $(sha256sum < /run/tether/secrets/pwenc_secret | cut -d' ' -f1)"
 setpriv --reuid=nobody --regid=nogroup --clear-groups cat /run/tether/secrets/pwenc_secret >/dev/null && echo "@@NOBODY-READS"
 setpriv --reuid=daemon --regid=daemon --clear-groups cat /run/tether/secrets/pwenc_secret >/dev/null 2>&1 || echo "@@DAEMON-REFUSED"
+# The credential hand-over docs/SECRETS.md recommends: a service of
+# another user gets its own copy. (A unit file, not systemd-run: the
+# minimal guest has no D-Bus.)
+cat > /run/systemd/system/cred-test.service <<'UNIT'
+[Unit]
+Requires=tether-secret@pwenc_secret.service
+After=tether-secret@pwenc_secret.service
+[Service]
+Type=oneshot
+User=daemon
+LoadCredential=pw:/run/tether/secrets/pwenc_secret
+StandardOutput=file:/run/test/cred.out
+StandardError=file:/run/test/cred.out
+ExecStart=/bin/sh -c 'sha256sum < "$CREDENTIALS_DIRECTORY/pw"'
+UNIT
+systemctl daemon-reload
+systemctl start cred-test.service > /run/test/cred.err 2>&1
+echo "@@CRED $(cut -d' ' -f1 /run/test/cred.out | head -1)"
+sed 's/^/@@CREDLOG /' /run/test/cred.out /run/test/cred.err
 echo "@@LOGHITS $(journalctl -b --no-pager | grep -c ` + secret + `)"
 journalctl -b -u $u --no-pager | tail -3 | sed 's/^/@@LOG /'
 `})
@@ -74,6 +94,10 @@ journalctl -b -u $u --no-pager | tail -3 | sed 's/^/@@LOG /'
 	check("NOBODY-READS", "")
 	check("DAEMON-REFUSED", "")
 	check("LOGHITS", "0")
+	check("CRED", hex.EncodeToString(sum[:]))
+	for _, l := range m.Markers("CREDLOG") {
+		t.Logf("a unit of user daemon with LoadCredential=: %s", l)
+	}
 	for _, l := range m.Markers("LOG") {
 		t.Logf("guest journal: %s", l)
 	}
