@@ -58,7 +58,7 @@ func Plan(target, bin string, volumes []string) ([]InstallFile, error) {
 	switch target {
 	case "systemd":
 		for _, u := range []string{"tether-keyd.socket", "tether-keyd.service", "tether-askpass.path", "tether-askpass.service",
-			"tether-agent.service", "tether-agent@.service"} {
+			"tether-agent.service", "tether-agent@.service", "tether-secret@.service"} {
 			must(add("systemd/"+u, etc+u, 0o644))
 		}
 		must(add("systemd/tether-cryptsetup.conf", etc+"systemd-cryptsetup@.service.d/tether.conf", 0o644))

@@ -395,6 +395,11 @@ func (v *Volume) Regen(ctx context.Context, o RegenOptions) (int, error) {
 		}
 	}
 	if derr != nil {
+		if errors.Is(derr, pin.ErrWrongPIN) {
+			// The PIN asked for would seal the new binding too: never
+			// with one the TPM just refused.
+			return -1, fmt.Errorf("decrypt the binding of keyslot %d: %w", o.Slot, derr)
+		}
 		if o.Key == nil {
 			return -1, fmt.Errorf("decrypt the binding of keyslot %d: %w", o.Slot, derr)
 		}

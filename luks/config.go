@@ -73,6 +73,12 @@ func ConfigOf(j *jose.JWE) (string, json.RawMessage, error) {
 			Key     string `json:"key"`
 			PCRBank string `json:"pcr_bank,omitempty"`
 			PCRIDs  string `json:"pcr_ids,omitempty"`
+			WithPIN bool   `json:"with_pin,omitempty"`
+			// A signed policy: the key travels as base64url DER,
+			// which the pin's configuration takes as well as a file.
+			PCRPubkey     string `json:"pcr_pubkey,omitempty"`
+			PCRSignedIDs  string `json:"pcr_signed_ids,omitempty"`
+			PCRSignatures string `json:"pcr_signatures,omitempty"`
 		}
 		if err := json.Unmarshal(body, &t); err != nil {
 			return "", nil, fmt.Errorf("tpm2 JWE: %w", err)

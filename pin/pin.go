@@ -32,7 +32,22 @@ type Options struct {
 	// Warn receives warnings for the person running the command, such as
 	// credentials stored in the clear; nil means os.Stderr.
 	Warn io.Writer
+	// PIN asks the person for the PIN of a secret sealed with one (the
+	// tpm2 pin's "with_pin"). prompt says what it is for; confirm asks
+	// for a new PIN, twice. nil means nobody can be asked (a boot
+	// service): such secrets then fail with ErrNoPIN.
+	PIN func(prompt string, confirm bool) ([]byte, error)
 }
+
+// ErrWrongPIN is matched (errors.Is) by refusals because of the PIN: it
+// was wrong, or the TPM refuses PINs for now. Asking again with the same
+// PIN is pointless, and the PIN must not be reused for a new binding.
+var ErrWrongPIN = errors.New("wrong PIN")
+
+// ErrNoPIN is returned for a secret that needs a PIN when Options.PIN is
+// nil.
+var ErrNoPIN = errors.New("this secret needs a PIN and nobody can be asked for it here; " +
+	"decrypt it on a terminal (tether decrypt asks), or give the PIN with --pin-file FILE")
 
 // Warnf writes one warning line to o.Warn.
 func (o Options) Warnf(format string, args ...any) {

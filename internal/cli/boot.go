@@ -527,7 +527,9 @@ Every file written is printed; running it again replaces them.
                    socket /run/cryptsetup-keys.d/NAME.key. Also
                    tether-agent.service (managed-mode keep-alive, enabled;
                    it runs once the machine is enrolled) and
-                   tether-agent@.service for other state directories.
+                   tether-agent@.service for other state directories,
+                   and tether-secret@.service (tether secret open at boot,
+                   for each /etc/tether/secrets/NAME.jwe you enable).
   dracut           /usr/lib/dracut/modules.d/60tether: in a systemd
                    initramfs, tether's password agent (tether askpass
                    --initramfs: answers within the deadline, then keeps

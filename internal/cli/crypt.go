@@ -18,7 +18,7 @@ import (
 	_ "github.com/tether-nbde/tether/pin/smb"     // registers the smb pin
 	_ "github.com/tether-nbde/tether/pin/sss"     // registers the sss pin
 	_ "github.com/tether-nbde/tether/pin/tang"    // registers the tang pin
-	_ "github.com/tether-nbde/tether/pin/tpm2"    // registers the tpm2 pin
+	"github.com/tether-nbde/tether/pin/tpm2"      // registers the tpm2 pin
 )
 
 // maxInput bounds what encrypt and decrypt read from stdin: pins protect
@@ -33,6 +33,7 @@ func init() {
 		flags: func(fs *flag.FlagSet) func(*Env, []string) error {
 			trust := fs.Bool("y", false, "")
 			timeout := fs.Duration("timeout", pin.DefaultTimeout, "")
+			pinFile := fs.String("pin-file", "", "")
 			return func(env *Env, args []string) error {
 				if len(args) != 2 {
 					return usagef("want PIN and CONFIG")
@@ -48,7 +49,8 @@ func init() {
 				}
 				defer clear(secret)
 				ctx := context.Background()
-				j, err := pin.Encrypt(ctx, args[0], cfg, secret, pin.Options{Trust: *trust, Timeout: *timeout, Warn: env.Stderr})
+				j, err := pin.Encrypt(ctx, args[0], cfg, secret, pin.Options{Trust: *trust, Timeout: *timeout, Warn: env.Stderr,
+					PIN: pinAsker(env, *pinFile)})
 				if err != nil {
 					return plainCredentialsHint(err, "tether encrypt", args[0], cfg)
 				}
@@ -63,6 +65,7 @@ func init() {
 		usage:   decryptUsage,
 		flags: func(fs *flag.FlagSet) func(*Env, []string) error {
 			timeout := fs.Duration("timeout", pin.DefaultTimeout, "")
+			pinFile := fs.String("pin-file", "", "")
 			return func(env *Env, args []string) error {
 				if len(args) != 0 {
 					return usagef("decrypt takes no arguments: the JWE comes on stdin")
@@ -75,9 +78,13 @@ func init() {
 				if err != nil {
 					return withHint(err, "give decrypt a compact JWE as written by tether encrypt or clevis encrypt")
 				}
+				o := pin.Options{Timeout: *timeout, PIN: pinAsker(env, *pinFile)}
+				if err := askFirst(o, j); err != nil {
+					return err
+				}
 				ctx, cancel := context.WithTimeout(context.Background(), *timeout+time.Second)
 				defer cancel()
-				secret, err := pin.Decrypt(ctx, j, pin.Options{Timeout: *timeout})
+				secret, err := pin.Decrypt(ctx, j, o)
 				if err != nil {
 					return err
 				}
@@ -87,6 +94,20 @@ func init() {
 			}
 		},
 	})
+}
+
+// askFirst asks for the PIN a JWE needs before decryption starts, so
+// that the time a person takes to type it does not count against the
+// deadline of the network pins beside it.
+func askFirst(o pin.Options, jwes ...*jose.JWE) error {
+	for _, j := range jwes {
+		if tpm2.NeedsPIN(j) {
+			p, err := o.PIN("PIN of the TPM-sealed secret", false)
+			clear(p)
+			return err
+		}
+	}
+	return nil
 }
 
 func readInput(r io.Reader) ([]byte, error) {
@@ -109,7 +130,7 @@ func checkInput(data []byte, err error) ([]byte, error) {
 	return data, nil
 }
 
-const encryptUsage = `Usage: tether encrypt PIN CONFIG [-y] [--timeout D] < SECRET > JWE
+const encryptUsage = `Usage: tether encrypt PIN CONFIG [-y] [--timeout D] [--pin-file F] < SECRET > JWE
 
 Encrypt SECRET (stdin) under the policy of PIN and write a compact JWE to
 stdout. The JWE is in Clevis's format: "clevis decrypt" and "tether
@@ -131,9 +152,18 @@ Pins:
          pulled disk or a changed boot chain gets nothing.
          CONFIG: {"pcr_bank":"sha256","pcr_ids":"0,7"} (both optional;
          the bank defaults to sha256; {} seals without PCR policy).
+         "pcr_digest": base64url of the PCRs' values after an update
+         (what tpm2_pcrread -o writes) seals to that state instead of
+         the current one, as clevis does.
          The TPM is /dev/tpmrm0 unless TETHER_TPM_TCTI or TPM2TOOLS_TCTI
          names another (e.g. swtpm:host=127.0.0.1,port=2321); see
-         docs/TPM2.md.
+         docs/TPM2.md. "with_pin":true also needs a PIN to decrypt
+         (asked twice on the terminal now, or read from --pin-file);
+         wrong PINs count against the TPM's lockout. clevis cannot
+         decrypt such a JWE. "pcr_pubkey":FILE.pem with
+         "pcr_signed_ids":"11" allows any values of those PCRs that the
+         key signed (tether tpm sign-pcrs), so updates need a signature,
+         not a reseal (tether only).
   managed  the key is recovered from a tether server in managed mode,
          with this machine's own key there, under the server's policy
          (approval, networks, keep-alive, revocation); enrol first with
@@ -161,6 +191,8 @@ blindly (only on a network you trust).
 Options:
   -y             trust advertisements without a thumbprint
   --timeout D    bound for each network exchange (default 10s)
+  --pin-file F   read the PIN of a "with_pin" tpm2 pin from F (its first
+                 line; /dev/fd/N for a pipe) instead of the terminal
 
 Examples:
   $ tether encrypt tang '{"url":"http://keys.lan:7500","thp":"9C8h..."}' < secret > secret.jwe
@@ -169,7 +201,7 @@ Examples:
   $ tether encrypt smb '{"server":"nas","share":"keys","path":"ha.key","user":"pi","password_file":"/root/nas.pw","protect":{"pin":"tang","config":{"url":"http://keys.lan:7500","thp":"9C8h..."}}}' < secret > secret.jwe
 `
 
-const decryptUsage = `Usage: tether decrypt [--timeout D] < JWE > SECRET
+const decryptUsage = `Usage: tether decrypt [--timeout D] [--pin-file F] < JWE > SECRET
 
 Decrypt a JWE made by tether encrypt or clevis encrypt. The JWE says which
 pin made it and where its servers are; no configuration is needed. For sss,
@@ -177,11 +209,20 @@ every child is tried at once and decryption finishes as soon as enough have
 answered: a dead or silent server costs at most --timeout, and nothing when
 enough others answer.
 
+A tpm2 JWE sealed "with_pin" needs its PIN: tether asks on the terminal
+(/dev/tty; stdin carries the JWE), or reads --pin-file. The TPM counts
+wrong PINs and, after a few (tpm2_getcap properties-variable:
+TPM2_PT_MAX_AUTH_FAIL), refuses all PINs for a while; the error says how
+long.
+
 Options:
   --timeout D    bound for each network exchange (default 10s)
+  --pin-file F   read the PIN from F (its first line; /dev/fd/N for a
+                 pipe) instead of the terminal
 
-Example:
+Examples:
   $ tether decrypt < secret.jwe > secret
+  $ tether decrypt --pin-file /dev/fd/3 < secret.jwe 3< <(systemd-ask-password "TPM PIN:") > secret
 `
 
 // plainCredentialsHint gives a refusal to store remote-pin credentials in

@@ -14,6 +14,7 @@ import (
 
 	"golang.org/x/term"
 
+	"github.com/tether-nbde/tether/jose"
 	"github.com/tether-nbde/tether/luks"
 	"github.com/tether-nbde/tether/pin"
 )
@@ -175,12 +176,14 @@ func init() {
 			slot := slotFlag(fs, "s")
 			keySlot := slotFlag(fs, "key-slot")
 			trust := fs.Bool("y", false, "")
+			pinFile := fs.String("pin-file", "", "")
 			return func(env *Env, v *luks.Volume, args []string) error {
 				name, cfg, err := pinConfig(args)
 				if err != nil {
 					return err
 				}
 				v.PinOptions.Trust = *trust
+				v.PinOptions.PIN = pinAsker(env, *pinFile)
 				// Check the device before asking for a passphrase.
 				if _, err := v.Header(); err != nil {
 					return luksError(err, v.Path)
@@ -219,10 +222,12 @@ func init() {
 	luksCommand("luks pass", "print the passphrase of a bound keyslot", luksPassUsage,
 		func(fs *flag.FlagSet) func(*Env, *luks.Volume, []string) error {
 			slot := slotFlag(fs, "s")
+			pinFile := fs.String("pin-file", "", "")
 			return func(env *Env, v *luks.Volume, args []string) error {
 				if len(args) != 0 || *slot < 0 {
 					return usagef("want -d DEV -s SLOT and no arguments")
 				}
+				v.PinOptions.PIN = pinAsker(env, *pinFile)
 				pass, err := v.Passphrase(context.Background(), *slot)
 				if err != nil {
 					return withListHint(luksError(err, v.Path), v.Path)
@@ -283,10 +288,12 @@ func init() {
 			slot := slotFlag(fs, "s")
 			keyFile := fs.String("k", "", "")
 			trust := fs.Bool("y", false, "")
+			pinFile := fs.String("pin-file", "", "")
 			return func(env *Env, v *luks.Volume, args []string) error {
 				if *slot < 0 {
 					return usagef("which keyslot? give it with -s SLOT")
 				}
+				v.PinOptions.PIN = pinAsker(env, *pinFile)
 				o := luks.RegenOptions{Slot: *slot}
 				var err error
 				if len(args) > 0 {
@@ -362,6 +369,7 @@ func init() {
 			name := fs.String("n", "", "")
 			test := fs.Bool("test", false, "")
 			readonly := fs.Bool("readonly", false, "")
+			pinFile := fs.String("pin-file", "", "")
 			return func(env *Env, v *luks.Volume, args []string) error {
 				if len(args) != 0 {
 					return usagef("unlock takes no arguments")
@@ -369,6 +377,18 @@ func init() {
 				h, err := v.Header()
 				if err != nil {
 					return luksError(err, v.Path)
+				}
+				// Every binding is tried at once, each against its own
+				// deadline: a PIN is asked for before they start.
+				v.PinOptions.PIN = pinAsker(env, *pinFile)
+				var jwes []*jose.JWE
+				for _, b := range luks.Bindings(h) {
+					if b.Err == nil {
+						jwes = append(jwes, b.JWE)
+					}
+				}
+				if err := askFirst(v.PinOptions, jwes...); err != nil {
+					return err
 				}
 				o := luks.UnlockOptions{}
 				if !*test {
@@ -577,7 +597,7 @@ const luksCommon = `  -d DEV          the LUKS2 device or image file (required)
   --timeout D     bound for each pin's network exchange (default 10s)
 `
 
-const luksBindUsage = `Usage: tether luks bind -d DEV [-k KEYFILE|-] [-s SLOT] [--key-slot N] [-y] PIN CONFIG
+const luksBindUsage = `Usage: tether luks bind -d DEV [-k KEYFILE|-] [-s SLOT] [--key-slot N] [-y] [--pin-file F] PIN CONFIG
 
 Bind a LUKS2 volume to a pin: add a keyslot with a new random passphrase
 and store the passphrase, encrypted by the pin, in a LUKS2 token. The volume
@@ -609,6 +629,8 @@ Options:
   --key-slot N    the keyslot the existing passphrase opens (default:
                   tried slot by slot, unbound slots first)
   -y              trust the Tang advertisement without a thumbprint
+  --pin-file F    the PIN of a tpm2 binding made "with_pin" (its first
+                  line; /dev/fd/N for a pipe); default: asked on the terminal
 ` + luksCommon + `
 Security: the new passphrase never touches argv or disk unencrypted; it
 goes to cryptsetup on a pipe. The header backup holds every keyslot of
@@ -634,13 +656,15 @@ Example:
   $ sudo tether luks unbind -d /dev/sda2 -s 1
 `
 
-const luksPassUsage = `Usage: tether luks pass -d DEV -s SLOT
+const luksPassUsage = `Usage: tether luks pass -d DEV -s SLOT [--pin-file F]
 
 Decrypt the passphrase of a bound keyslot (made by tether or by clevis)
 and write it to stdout, without a newline, like clevis luks pass.
 
 Options:
   -s SLOT         the bound keyslot
+  --pin-file F    the PIN of a tpm2 binding made "with_pin" (its first
+                  line; /dev/fd/N for a pipe); default: asked on the terminal
 ` + luksCommon + `
 Security: stdout is the passphrase: pipe it into a command, do not let it
 land in a terminal's scrollback or a file.
@@ -680,7 +704,7 @@ by themselves; list and report only show what is left.
 Options:
 ` + luksCommon
 
-const luksRegenUsage = `Usage: tether luks regen -d DEV -s SLOT [-k KEYFILE|-] [-y] [PIN CONFIG]
+const luksRegenUsage = `Usage: tether luks regen -d DEV -s SLOT [-k KEYFILE|-] [-y] [--pin-file F] [PIN CONFIG]
 
 Rebind keyslot SLOT with a fresh passphrase, for example after the Tang
 server rotated its keys. The binding's passphrase is decrypted, a new
@@ -690,13 +714,17 @@ another keyslot number; regen prints it.
 
 Without PIN CONFIG the policy is rebuilt from the old binding; for tang the
 new advertisement is trusted because the old signing key (kept hidden by
-the server after rotation) signs it when asked by its thumbprint.
+the server after rotation) signs it when asked by its thumbprint. A tpm2
+part is sealed again to the PCR values of now, also inside sss; one made
+"with_pin" keeps its PIN (asked once, to decrypt the old binding).
 
 Options:
   -s SLOT         the bound keyslot to regenerate
   -k KEYFILE      an existing passphrase to use if the old binding can no
                   longer be decrypted ("-": stdin)
   -y              trust the Tang advertisement without a thumbprint
+  --pin-file F    the PIN of a tpm2 binding made "with_pin" (its first
+                  line; /dev/fd/N for a pipe); default: asked on the terminal
 ` + luksCommon + `
 Example:
   $ sudo tether luks report -d /dev/sda2 || sudo tether luks regen -d /dev/sda2 -s 1
@@ -719,7 +747,7 @@ Example:
   1: tang(http://keys.lan): rotated key at http://keys.lan
 `
 
-const luksUnlockUsage = `Usage: tether luks unlock -d DEV [-n NAME] [--test] [--readonly]
+const luksUnlockUsage = `Usage: tether luks unlock -d DEV [-n NAME] [--test] [--readonly] [--pin-file F]
 
 Unlock a LUKS2 volume with its bindings. Every binding is tried at once,
 each bounded by --timeout, so one dead server costs nothing when another
@@ -732,6 +760,8 @@ Options:
   --test          only check that a binding opens the volume (cryptsetup
                   open --test-passphrase); needs no device-mapper
   --readonly      open read-only
+  --pin-file F    the PIN of a tpm2 binding made "with_pin" (its first
+                  line; /dev/fd/N for a pipe); default: asked on the terminal
 ` + luksCommon + `
 Examples:
   $ sudo tether luks unlock -d /dev/sda2 -n data && mount /dev/mapper/data /srv

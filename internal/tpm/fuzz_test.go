@@ -1,6 +1,7 @@
 package tpm_test
 
 import (
+	"reflect"
 	"testing"
 
 	"github.com/tether-nbde/tether/internal/tpm"
@@ -48,6 +49,27 @@ func FuzzParseTCTI(f *testing.F) {
 		again, err := tpm.ParseTCTI(tc.String())
 		if err != nil || again != tc {
 			t.Fatalf("%q: round trip %v -> %v, %v", s, tc, again, err)
+		}
+	})
+}
+
+func FuzzParseSignatures(f *testing.F) {
+	f.Add([]byte(`{"type":"tether-pcr-signatures-v1","signatures":[{"bank":"sha256","pcr_ids":"11","policy":"` +
+		`AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA","key":"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA","sig":"MEQCIA"}]}`))
+	f.Add([]byte(`{"type":"tether-pcr-signatures-v1","signatures":[]}`))
+	f.Add([]byte(`{"type":"x"}`))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		sigs, err := tpm.ParseSignatures(data)
+		if err != nil {
+			return
+		}
+		out, err := tpm.MarshalSignatures(sigs)
+		if err != nil {
+			t.Fatal(err)
+		}
+		again, err := tpm.ParseSignatures(out)
+		if err != nil || !reflect.DeepEqual(again, sigs) {
+			t.Fatalf("round trip: %v -> %v, %v", sigs, again, err)
 		}
 	})
 }

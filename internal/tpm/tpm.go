@@ -90,9 +90,9 @@ func (e *PCRMismatchError) Error() string {
 	ids := FormatPCRs(e.PCRs)
 	var what string
 	if e.Exact {
-		what = fmt.Sprintf("%s PCR %s changed since the secret was sealed", e.Bank, ids)
+		what = fmt.Sprintf("%s PCR %s changed since the secret was sealed (or has not reached the value pcr_digest predicted)", e.Bank, ids)
 	} else {
-		what = fmt.Sprintf("%s PCRs %s are not all in the state the secret was sealed to: at least one of them changed "+
+		what = fmt.Sprintf("%s PCRs %s are not all in the state the secret was sealed to: at least one of them changed (or has not reached the value pcr_digest predicted) "+
 			"(the TPM keeps one digest over all of them, so it cannot say which; compare tpm2_pcrread %s:%s with the boot event log)",
 			e.Bank, ids, e.Bank, ids)
 	}
@@ -357,6 +357,73 @@ func PolicyPCRDigest(nameAlg, bank string, pcrs []int, values [][]byte) ([]byte,
 	return calc.Hash().Digest, nil
 }
 
+// PolicyDigest computes the policy a sealed object gets:
+// TPM2_PolicyAuthorize by o.Signed's key (if any), TPM2_PolicyPCR over o's
+// PCRs holding values (if any), then TPM2_PolicyAuthValue if the object
+// has a PIN (o.Auth) — the order systemd-cryptenroll uses. With PCRs
+// alone this is PolicyPCRDigest, clevis's policy.
+func PolicyDigest(o SealOpts, values [][]byte) ([]byte, error) {
+	na, err := HashAlg(o.Hash)
+	if err != nil {
+		return nil, err
+	}
+	calc, err := tpm2.NewPolicyCalculator(na)
+	if err != nil {
+		return nil, err
+	}
+	if o.Signed != nil {
+		// First: TPM2_PolicyAuthorize replaces whatever came before it.
+		name, err := o.Signed.Key.Name()
+		if err != nil {
+			return nil, err
+		}
+		if err := (tpm2.PolicyAuthorize{KeySign: name}).Update(calc); err != nil {
+			return nil, err
+		}
+	}
+	if len(o.PCRs) > 0 {
+		ba, err := HashAlg(o.Bank)
+		if err != nil {
+			return nil, err
+		}
+		h := hashOf(na).New()
+		for _, v := range values {
+			h.Write(v)
+		}
+		cmd := tpm2.PolicyPCR{PcrDigest: tpm2.TPM2BDigest{Buffer: h.Sum(nil)}, Pcrs: selection(ba, o.PCRs)}
+		if err := cmd.Update(calc); err != nil {
+			return nil, err
+		}
+	}
+	if o.Auth != nil {
+		if err := (tpm2.PolicyAuthValue{}).Update(calc); err != nil {
+			return nil, err
+		}
+	}
+	return calc.Hash().Digest, nil
+}
+
+// PINAuth turns a PIN into the auth value of a sealed object whose name
+// algorithm is nameAlg: the hash of the PIN, so every PIN fits the TPM's
+// size limit. Trailing zero bytes are cut, as the TPM cuts them (Part 1,
+// 19.6.5), so that what tether sends always equals what the TPM compares.
+func PINAuth(nameAlg string, pin []byte) ([]byte, error) {
+	na, err := HashAlg(nameAlg)
+	if err != nil {
+		return nil, err
+	}
+	h := hashOf(na).New()
+	h.Write(pin)
+	a := h.Sum(nil)
+	for len(a) > 0 && a[len(a)-1] == 0 {
+		a = a[:len(a)-1]
+	}
+	if a == nil {
+		a = []byte{}
+	}
+	return a, nil
+}
+
 // SealOpts says how to seal: which primary key to seal under and which
 // PCR policy to bind to. It is the tpm2 pin's configuration.
 type SealOpts struct {
@@ -364,6 +431,42 @@ type SealOpts struct {
 	Key  string // primary key type: "ecc" or "rsa"
 	Bank string // PCR bank of the policy ("sha256"); unused without PCRs
 	PCRs []int  // PCRs of the policy, sorted; none means no policy
+	// PCRValues, if set, are the values the policy expects, one per PCR
+	// in the order of PCRs, instead of the current ones: sealing to a
+	// state the machine will be in after an update (clevis's
+	// pcr_digest). See SplitPCRValues.
+	PCRValues [][]byte
+	// Auth, if not nil, is the object's auth value (see PINAuth): unseal
+	// then needs it as well as the PCRs (TPM2_PolicyAuthValue), and wrong
+	// guesses count against the TPM's dictionary-attack lockout.
+	Auth []byte
+	// Signed, if set, also requires the PCRs it names to hold values its
+	// key has signed (TPM2_PolicyAuthorize); PCRs then lists the PCRs
+	// bound to literal values, if any. Needs Hash sha256.
+	Signed *SignedPolicy
+}
+
+// SplitPCRValues cuts the concatenated values of pcrs in bank — what
+// "tpm2_pcrread BANK:IDS -o FILE" writes and clevis's pcr_digest holds —
+// into one value per PCR, checking the length.
+func SplitPCRValues(bank string, pcrs []int, concat []byte) ([][]byte, error) {
+	alg, err := HashAlg(bank)
+	if err != nil {
+		return nil, err
+	}
+	size := hashOf(alg).Size()
+	if len(pcrs) == 0 {
+		return nil, errors.New("no PCRs to give values for")
+	}
+	if len(concat) != size*len(pcrs) {
+		return nil, fmt.Errorf("%d bytes, want %d: the %s values (%d bytes each) of PCRs %s concatenated in index order, "+
+			"as tpm2_pcrread %s:%s -o FILE writes them", len(concat), size*len(pcrs), bank, size, FormatPCRs(pcrs), bank, FormatPCRs(pcrs))
+	}
+	out := make([][]byte, len(pcrs))
+	for i := range pcrs {
+		out[i] = slices.Clone(concat[i*size : (i+1)*size])
+	}
+	return out, nil
 }
 
 // Seal seals data (at most 128 bytes) into a keyedhash object under the
@@ -380,16 +483,34 @@ func (t *TPM) Seal(data []byte, o SealOpts) (pub, priv []byte, err error) {
 	}
 	attrs := tpm2.TPMAObject{FixedTPM: true, FixedParent: true, NoDA: true, AdminWithPolicy: true}
 	var policy []byte
-	if len(o.PCRs) > 0 {
-		vals, err := t.ReadPCRs(o.Bank, o.PCRs)
-		if err != nil {
-			return nil, nil, err
+	if o.Signed != nil && nameAlg != tpm2.TPMAlgSHA256 {
+		return nil, nil, errors.New(`seal: a signed PCR policy needs "hash":"sha256"`)
+	}
+	if len(o.PCRs) > 0 || o.Auth != nil || o.Signed != nil {
+		var vals [][]byte
+		if len(o.PCRs) > 0 {
+			vals = o.PCRValues
+			if vals == nil {
+				if vals, err = t.ReadPCRs(o.Bank, o.PCRs); err != nil {
+					return nil, nil, err
+				}
+			} else if err := checkPCRValues(o); err != nil {
+				return nil, nil, err
+			}
 		}
-		if policy, err = PolicyPCRDigest(o.Hash, o.Bank, o.PCRs, vals); err != nil {
+		if policy, err = PolicyDigest(o, vals); err != nil {
 			return nil, nil, err
 		}
 	} else {
 		attrs.UserWithAuth = true
+	}
+	if o.Auth != nil {
+		// Wrong PINs must count against the dictionary-attack lockout:
+		// that, not the PIN's length, is what stops guessing.
+		attrs.NoDA = false
+		if len(o.Auth) > hashOf(nameAlg).Size() {
+			return nil, nil, fmt.Errorf("seal: the auth value is longer than a %s digest", o.Hash)
+		}
 	}
 	p, flush, err := t.createPrimary(o.Hash, o.Key)
 	if err != nil {
@@ -399,7 +520,8 @@ func (t *TPM) Seal(data []byte, o SealOpts) (pub, priv []byte, err error) {
 	rsp, err := tpm2.Create{
 		ParentHandle: tpm2.AuthHandle{Handle: p.handle.Handle, Name: p.handle.Name, Auth: tpm2.PasswordAuth(nil)},
 		InSensitive: tpm2.TPM2BSensitiveCreate{Sensitive: &tpm2.TPMSSensitiveCreate{
-			Data: tpm2.NewTPMUSensitiveCreate(&tpm2.TPM2BSensitiveData{Buffer: data}),
+			UserAuth: tpm2.TPM2BAuth{Buffer: o.Auth},
+			Data:     tpm2.NewTPMUSensitiveCreate(&tpm2.TPM2BSensitiveData{Buffer: data}),
 		}},
 		InPublic: tpm2.New2B(tpm2.TPMTPublic{
 			Type:             tpm2.TPMAlgKeyedHash,
@@ -416,6 +538,22 @@ func (t *TPM) Seal(data []byte, o SealOpts) (pub, priv []byte, err error) {
 		return nil, nil, fmt.Errorf("seal: create the sealed object: %w", err)
 	}
 	return tpm2.Marshal(rsp.OutPublic), tpm2.Marshal(rsp.OutPrivate), nil
+}
+
+func checkPCRValues(o SealOpts) error {
+	alg, err := HashAlg(o.Bank)
+	if err != nil {
+		return err
+	}
+	if len(o.PCRValues) != len(o.PCRs) {
+		return fmt.Errorf("seal: %d PCR values given for %d PCRs", len(o.PCRValues), len(o.PCRs))
+	}
+	for i, v := range o.PCRValues {
+		if len(v) != hashOf(alg).Size() {
+			return fmt.Errorf("seal: the value given for %s PCR %d has %d bytes, want %d", o.Bank, o.PCRs[i], len(v), hashOf(alg).Size())
+		}
+	}
+	return nil
 }
 
 // Unseal loads a sealed object made by Seal or by clevis and returns its
@@ -455,27 +593,53 @@ func (t *TPM) Unseal(pub, priv []byte, o SealOpts) ([]byte, error) {
 		if errors.Is(err, tpm2.TPMRCIntegrity) || errors.Is(err, tpm2.TPMRCBinding) || errors.Is(err, tpm2.TPMRCSize) {
 			return nil, fmt.Errorf("%w (TPM: %v)", ErrWrongTPM, err)
 		}
+		if errors.Is(err, tpm2.TPMRCLockout) {
+			// The primary (tpm2-tools' template, which clevis needs)
+			// is not noDA: in lockout nothing loads under it.
+			return nil, &LockoutError{DA: t.daState()}
+		}
 		return nil, fmt.Errorf("load the sealed object: %w", err)
 	}
 	defer t.flush(lr.ObjectHandle)
 	item := tpm2.AuthHandle{Handle: lr.ObjectHandle, Name: lr.Name, Auth: tpm2.PasswordAuth(nil)}
 	enc := t.encSession(p, encOut)
-	if len(o.PCRs) > 0 {
+	if len(o.PCRs) > 0 || o.Auth != nil || o.Signed != nil {
 		if public.NameAlg != nameAlg {
 			return nil, fmt.Errorf("sealed object: name algorithm is %v, header says %s", public.NameAlg, o.Hash)
 		}
-		bank, err := HashAlg(o.Bank)
-		if err != nil {
-			return nil, err
+		opts := []tpm2.AuthOption{tpm2.Salted(p.handle.Handle, p.public), tpm2.AESEncryption(128, tpm2.EncryptOut)}
+		if o.Auth != nil {
+			// An HMAC keyed with the auth value proves the PIN: the
+			// PIN itself never crosses the bus.
+			opts = append(opts, tpm2.Auth(o.Auth))
 		}
-		sess, closeSess, err := tpm2.PolicySession(t.tr, nameAlg, 16,
-			tpm2.Salted(p.handle.Handle, p.public), tpm2.AESEncryption(128, tpm2.EncryptOut))
+		sess, closeSess, err := tpm2.PolicySession(t.tr, nameAlg, 16, opts...)
 		if err != nil {
 			return nil, fmt.Errorf("start a policy session: %w", err)
 		}
 		defer closeSess()
-		if _, err := (tpm2.PolicyPCR{PolicySession: sess.Handle(), Pcrs: selection(bank, o.PCRs)}).Execute(t.tr); err != nil {
-			return nil, fmt.Errorf("policy PCR %s:%s: %w", o.Bank, FormatPCRs(o.PCRs), err)
+		if o.Signed != nil {
+			bank, err := HashAlg(o.Bank)
+			if err != nil {
+				return nil, err
+			}
+			if err := t.authorize(sess, bank, o); err != nil {
+				return nil, err
+			}
+		}
+		if len(o.PCRs) > 0 {
+			bank, err := HashAlg(o.Bank)
+			if err != nil {
+				return nil, err
+			}
+			if _, err := (tpm2.PolicyPCR{PolicySession: sess.Handle(), Pcrs: selection(bank, o.PCRs)}).Execute(t.tr); err != nil {
+				return nil, fmt.Errorf("policy PCR %s:%s: %w", o.Bank, FormatPCRs(o.PCRs), err)
+			}
+		}
+		if o.Auth != nil {
+			if _, err := (tpm2.PolicyAuthValue{PolicySession: sess.Handle()}).Execute(t.tr); err != nil {
+				return nil, fmt.Errorf("policy auth value: %w", err)
+			}
 		}
 		item.Auth, enc = sess, nil
 	}
@@ -486,8 +650,13 @@ func (t *TPM) Unseal(pub, priv []byte, o SealOpts) ([]byte, error) {
 		rsp, err = tpm2.Unseal{ItemHandle: item}.Execute(t.tr)
 	}
 	if err != nil {
-		if errors.Is(err, tpm2.TPMRCPolicyFail) && len(o.PCRs) > 0 {
+		switch {
+		case errors.Is(err, tpm2.TPMRCPolicyFail) && len(o.PCRs) > 0:
 			return nil, t.diagnose(public, o, err)
+		case errors.Is(err, tpm2.TPMRCAuthFail) && o.Auth != nil:
+			return nil, &WrongPINError{DA: t.daState()}
+		case errors.Is(err, tpm2.TPMRCLockout):
+			return nil, &LockoutError{DA: t.daState()}
 		}
 		return nil, fmt.Errorf("unseal: %w", err)
 	}
@@ -502,7 +671,7 @@ func (t *TPM) diagnose(public *tpm2.TPMTPublic, o SealOpts, cause error) error {
 	if err != nil {
 		return fmt.Errorf("unseal: %w (and reading the PCRs to explain why failed: %v)", cause, err)
 	}
-	now, err := PolicyPCRDigest(o.Hash, o.Bank, o.PCRs, vals)
+	now, err := PolicyDigest(o, vals)
 	if err != nil {
 		return fmt.Errorf("unseal: %w", cause)
 	}

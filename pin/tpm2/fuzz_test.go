@@ -16,6 +16,9 @@ func FuzzHeader(f *testing.F) {
 	f.Add(`{"pin":"tpm2","tpm2":{"hash":"sha256","key":"ecc","jwk_pub":"AE4ACAAL","jwk_priv":"AJ4AIP","pcr_bank":"sha256","pcr_ids":"0,7"}}`)
 	f.Add(`{"pin":"tpm2","tpm2":{"hash":"md5","key":"x","jwk_pub":"!","jwk_priv":"","pcr_ids":"99"}}`)
 	f.Add(`{"pin":"tpm2","tpm2":[]}`)
+	f.Add(`{"pin":"tpm2","tpm2":{"hash":"sha256","key":"ecc","jwk_pub":"AE4ACAAL","jwk_priv":"AJ4AIP","with_pin":true}}`)
+	f.Add(`{"pin":"tpm2","tpm2":{"hash":"sha256","key":"ecc","jwk_pub":"AE4ACAAL","jwk_priv":"AJ4AIP","pcr_bank":"sha256",` +
+		`"pcr_pubkey":"MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE","pcr_signed_ids":"11","pcr_signatures":"/etc/tether/pcr-signatures.json"}}`)
 	p := tpm2.Pin{TCTI: "device:/dev/no-such-tpm"}
 	f.Fuzz(func(t *testing.T, clevis string) {
 		if !json.Valid([]byte(clevis)) {
@@ -33,7 +36,8 @@ func FuzzHeader(f *testing.F) {
 }
 
 func FuzzConfig(f *testing.F) {
-	for _, s := range []string{`{}`, `{"pcr_ids":"0,7"}`, `{"pcr_ids":[0,"7"]}`, `{"hash":"sha1","key":"rsa"}`, `null`, `[]`} {
+	for _, s := range []string{`{}`, `{"pcr_ids":"0,7"}`, `{"pcr_ids":[0,"7"]}`, `{"hash":"sha1","key":"rsa"}`, `null`, `[]`,
+		`{"pcr_ids":"7","pcr_digest":"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"}`, `{"pcr_ids":"7,8","pcr_digest":"AA=="}`, `{"with_pin":true,"pcr_ids":"7"}`} {
 		f.Add(s)
 	}
 	p := tpm2.Pin{TCTI: "device:/dev/no-such-tpm"}

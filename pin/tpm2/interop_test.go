@@ -171,3 +171,47 @@ func TestSSSWithTang(t *testing.T) {
 		t.Fatalf("t=1 with the server down: decrypt = %q, %v", got, err)
 	}
 }
+
+// TestPCRDigestInterop: a secret sealed with pcr_digest to a predicted
+// state, by tether and by clevis, is refused by both before that state and
+// decrypted by both in it.
+func TestPCRDigestInterop(t *testing.T) {
+	requireClevisTPM2(t)
+	sw := tpmtest.Start(t)
+	bin := testenv.TetherBin(t)
+	cur := pcrsNow(t, sw, "sha256", 7, 16)
+	cfg := `{"pcr_bank":"sha256","pcr_ids":"7,16","pcr_digest":"` + b64url(cur[0], afterExtend(cur[1], 16)) + `"}`
+	byTether, stderr, ok := run(t, sw, secret, bin, "encrypt", "tpm2", cfg)
+	if !ok {
+		t.Fatalf("tether encrypt tpm2 %s: %s", cfg, stderr)
+	}
+	byClevis, stderr, ok := run(t, sw, secret, "clevis", "encrypt", "tpm2", cfg)
+	if !ok {
+		t.Fatalf("clevis encrypt tpm2 %s: %s", cfg, stderr)
+	}
+	for _, c := range []struct {
+		who string
+		jwe []byte
+	}{{"tether's", byTether}, {"clevis's", byClevis}} {
+		if got, _, ok := run(t, sw, c.jwe, "clevis", "decrypt"); ok {
+			t.Fatalf("clevis decrypted %s JWE before the predicted state: %q", c.who, got)
+		}
+		if got, stderr, ok := run(t, sw, c.jwe, bin, "decrypt"); ok {
+			t.Fatalf("tether decrypted %s JWE before the predicted state: %q", c.who, got)
+		} else if !strings.Contains(stderr, "PCRs 7,16 are not all in the state") {
+			t.Errorf("tether decrypt of %s JWE before the predicted state: %s", c.who, stderr)
+		}
+	}
+	sw.Extend(t, "sha256", 16)
+	for _, c := range []struct {
+		who string
+		jwe []byte
+	}{{"tether's", byTether}, {"clevis's", byClevis}} {
+		if got, stderr, ok := run(t, sw, c.jwe, "clevis", "decrypt"); !ok || !bytes.Equal(got, secret) {
+			t.Fatalf("clevis decrypt of %s JWE in the predicted state = %q: %s", c.who, got, stderr)
+		}
+		if got, stderr, ok := run(t, sw, c.jwe, bin, "decrypt"); !ok || !bytes.Equal(got, secret) {
+			t.Fatalf("tether decrypt of %s JWE in the predicted state = %q: %s", c.who, got, stderr)
+		}
+	}
+}

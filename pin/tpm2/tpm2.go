@@ -13,11 +13,15 @@ package tpm2
 import (
 	"context"
 	"crypto/rand"
+	"encoding/base64"
 	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -47,7 +51,23 @@ type Config struct {
 	PCRBank   string          `json:"pcr_bank"`
 	PCRIDs    json.RawMessage `json:"pcr_ids"`
 	PCRDigest string          `json:"pcr_digest"`
+	// WithPIN seals so that unsealing also needs a PIN
+	// (TPM2_PolicyAuthValue), as systemd-cryptenroll --tpm2-with-pin.
+	// A tether extension: clevis cannot decrypt such JWEs.
+	WithPIN bool `json:"with_pin"`
+	// PCRPubkey, PCRSignedIDs and PCRSignatures make a signed PCR policy
+	// (TPM2_PolicyAuthorize): PCRSignedIDs may hold any values signed by
+	// the key PCRPubkey (a PEM file, or base64url PKIX DER), the
+	// signatures being read from PCRSignatures when decrypting. A tether
+	// extension, like WithPIN.
+	PCRPubkey     string          `json:"pcr_pubkey"`
+	PCRSignedIDs  json.RawMessage `json:"pcr_signed_ids"`
+	PCRSignatures string          `json:"pcr_signatures"`
 }
+
+// DefaultSignatures is where a signed PCR policy looks for its signatures
+// unless "pcr_signatures" names another file.
+const DefaultSignatures = "/etc/tether/pcr-signatures.json"
 
 // header is clevis.tpm2 in the JWE protected header (keys in clevis's
 // order, which is sorted).
@@ -58,6 +78,12 @@ type header struct {
 	Key     string `json:"key"`
 	PCRBank string `json:"pcr_bank,omitempty"`
 	PCRIDs  string `json:"pcr_ids,omitempty"`
+	WithPIN bool   `json:"with_pin,omitempty"`
+	// Signed PCR policy: the key (base64url PKIX DER), its PCRs and the
+	// signature file.
+	PCRPubkey     string `json:"pcr_pubkey,omitempty"`
+	PCRSignedIDs  string `json:"pcr_signed_ids,omitempty"`
+	PCRSignatures string `json:"pcr_signatures,omitempty"`
 }
 
 type clevisHeader struct {
@@ -76,11 +102,12 @@ const (
 // tpm2 children at once, and swtpm serves one connection at a time.
 var tpmMu sync.Mutex
 
-// parseConfig checks a configuration and turns it into seal options.
-func parseConfig(raw json.RawMessage) (tpm.SealOpts, error) {
+// parseConfig checks a configuration and turns it into seal options,
+// and says whether it asks for a PIN.
+func parseConfig(raw json.RawMessage) (tpm.SealOpts, bool, error) {
 	var cfg Config
 	if err := json.Unmarshal(raw, &cfg); err != nil {
-		return tpm.SealOpts{}, fmt.Errorf("configuration is malformed: %v", err)
+		return tpm.SealOpts{}, false, fmt.Errorf("configuration is malformed: %v", err)
 	}
 	o := tpm.SealOpts{Hash: strings.ToLower(cfg.Hash), Key: strings.ToLower(cfg.Key), Bank: strings.ToLower(cfg.PCRBank)}
 	if o.Hash == "" {
@@ -93,26 +120,109 @@ func parseConfig(raw json.RawMessage) (tpm.SealOpts, error) {
 		o.Bank = DefaultBank
 	}
 	if _, err := tpm.HashAlg(o.Hash); err != nil {
-		return tpm.SealOpts{}, fmt.Errorf(`configuration "hash": %v`, err)
+		return tpm.SealOpts{}, false, fmt.Errorf(`configuration "hash": %v`, err)
 	}
 	if _, err := tpm.PrimaryTemplate(o.Hash, o.Key); err != nil {
-		return tpm.SealOpts{}, fmt.Errorf(`configuration "key": %v`, err)
+		return tpm.SealOpts{}, false, fmt.Errorf(`configuration "key": %v`, err)
 	}
 	if _, err := tpm.HashAlg(o.Bank); err != nil {
-		return tpm.SealOpts{}, fmt.Errorf(`configuration "pcr_bank": %v`, err)
+		return tpm.SealOpts{}, false, fmt.Errorf(`configuration "pcr_bank": %v`, err)
 	}
 	ids, err := pcrIDs(cfg.PCRIDs)
 	if err != nil {
-		return tpm.SealOpts{}, fmt.Errorf(`configuration "pcr_ids": %v`, err)
+		return tpm.SealOpts{}, false, fmt.Errorf(`configuration "pcr_ids": %v`, err)
 	}
 	if o.PCRs, err = tpm.ParsePCRs(ids); err != nil {
-		return tpm.SealOpts{}, fmt.Errorf(`configuration "pcr_ids": %v`, err)
+		return tpm.SealOpts{}, false, fmt.Errorf(`configuration "pcr_ids": %v`, err)
+	}
+	signedIDs, err := pcrIDs(cfg.PCRSignedIDs)
+	if err != nil {
+		return tpm.SealOpts{}, false, fmt.Errorf(`configuration "pcr_signed_ids": %v`, err)
+	}
+	signed, err := tpm.ParsePCRs(signedIDs)
+	if err != nil {
+		return tpm.SealOpts{}, false, fmt.Errorf(`configuration "pcr_signed_ids": %v`, err)
+	}
+	switch {
+	case cfg.PCRPubkey != "" && len(signed) == 0:
+		return tpm.SealOpts{}, false, errors.New(`configuration "pcr_pubkey" needs "pcr_signed_ids": the PCRs whose values the key signs`)
+	case cfg.PCRPubkey == "" && (len(signed) > 0 || cfg.PCRSignatures != ""):
+		return tpm.SealOpts{}, false, errors.New(`configuration "pcr_signed_ids" and "pcr_signatures" need "pcr_pubkey": the public key that signs PCR values`)
+	case cfg.PCRPubkey != "":
+		if o.Hash != "sha256" {
+			return tpm.SealOpts{}, false, errors.New(`configuration: a signed PCR policy ("pcr_pubkey") needs "hash":"sha256"`)
+		}
+		for _, p := range signed {
+			if slices.Contains(o.PCRs, p) {
+				return tpm.SealOpts{}, false, fmt.Errorf(`configuration: PCR %d is in both "pcr_ids" (its value now) and "pcr_signed_ids" (any signed value): choose one`, p)
+			}
+		}
+		key, err := readPolicyKey(cfg.PCRPubkey)
+		if err != nil {
+			return tpm.SealOpts{}, false, fmt.Errorf(`configuration "pcr_pubkey": %v`, err)
+		}
+		where := cfg.PCRSignatures
+		if where == "" {
+			where = DefaultSignatures
+		}
+		if !filepath.IsAbs(where) {
+			return tpm.SealOpts{}, false, fmt.Errorf(`configuration "pcr_signatures": %q is not an absolute path (it is read at every decryption, from wherever that runs)`, where)
+		}
+		o.Signed = signedPolicy(key, signed, where)
 	}
 	if cfg.PCRDigest != "" {
-		return tpm.SealOpts{}, errors.New(`configuration "pcr_digest" (sealing to PCR values other than the current ones) ` +
-			`is not supported by tether yet; seal in the target state, or use clevis for this`)
+		if len(o.PCRs) == 0 {
+			return tpm.SealOpts{}, false, errors.New(`configuration "pcr_digest" needs "pcr_ids": the PCRs whose values it holds`)
+		}
+		raw, err := decodeAnyB64(cfg.PCRDigest)
+		if err != nil {
+			return tpm.SealOpts{}, false, errors.New(`configuration "pcr_digest" is not base64url (encode the file tpm2_pcrread -o writes ` +
+				`with: basenc --base64url -w0 FILE | tr -d =)`)
+		}
+		if o.PCRValues, err = tpm.SplitPCRValues(o.Bank, o.PCRs, raw); err != nil {
+			return tpm.SealOpts{}, false, fmt.Errorf(`configuration "pcr_digest": %v`, err)
+		}
 	}
-	return o, nil
+	return o, cfg.WithPIN, nil
+}
+
+// readPolicyKey reads the public key of a signed PCR policy: base64url
+// PKIX DER (as the JWE header holds it, so that regen can pass it on), or
+// the name of a PEM file.
+func readPolicyKey(v string) (tpm.PolicyKey, error) {
+	if der, err := jose.B64.DecodeString(v); err == nil {
+		if k, err := tpm.ParsePolicyKey(der); err == nil {
+			return k, nil
+		}
+	}
+	data, err := os.ReadFile(v)
+	if err != nil {
+		return tpm.PolicyKey{}, fmt.Errorf("read the policy public key: %v", err)
+	}
+	b, _ := pem.Decode(data)
+	if b == nil || b.Type != "PUBLIC KEY" {
+		return tpm.PolicyKey{}, fmt.Errorf("%s is not a PEM public key (openssl pkey -in KEY.pem -pubout -out %s)", v, v)
+	}
+	return tpm.ParsePolicyKey(b.Bytes)
+}
+
+// signedPolicy is the signed part of a policy, its signatures read from
+// the file where when unsealing. A missing file holds no signature.
+func signedPolicy(key tpm.PolicyKey, pcrs []int, where string) *tpm.SignedPolicy {
+	return &tpm.SignedPolicy{Key: key, PCRs: pcrs, Where: where, Signatures: func() ([]tpm.PCRSignature, error) {
+		data, err := os.ReadFile(where)
+		if errors.Is(err, os.ErrNotExist) {
+			return nil, nil
+		}
+		if err != nil {
+			return nil, fmt.Errorf("read the PCR signatures: %w", err)
+		}
+		sigs, err := tpm.ParseSignatures(data)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", where, err)
+		}
+		return sigs, nil
+	}}
 }
 
 // pcrIDs accepts "0,7", ["0","7"] and [0,7], as clevis does.
@@ -165,15 +275,26 @@ type jwk struct {
 }
 
 // Encrypt implements pin.Pin.
-func (p Pin) Encrypt(ctx context.Context, raw json.RawMessage, secret []byte, _ pin.Options) (*jose.JWE, error) {
-	o, err := parseConfig(raw)
+func (p Pin) Encrypt(ctx context.Context, raw json.RawMessage, secret []byte, po pin.Options) (*jose.JWE, error) {
+	o, withPIN, err := parseConfig(raw)
 	if err != nil {
 		return nil, err
 	}
-	if len(o.PCRs) > 0 && o.Bank == "sha1" {
+	if withPIN {
+		if o.Auth, err = askPIN(po, o.Hash, "New PIN for the TPM-sealed secret", true); err != nil {
+			return nil, err
+		}
+		defer clear(o.Auth)
+	}
+	if (len(o.PCRs) > 0 || o.Signed != nil) && o.Bank == "sha1" {
+		all := slices.Clone(o.PCRs)
+		if o.Signed != nil {
+			all = append(all, o.Signed.PCRs...)
+			slices.Sort(all)
+		}
 		p.warn("tpm2: the sha1 PCR bank is weak (SHA-1 collisions are practical) and is measured independently of "+
 			"the sha256 bank: a policy on sha1 PCRs %s ignores changes recorded only in sha256; prefer \"pcr_bank\":\"sha256\"",
-			tpm.FormatPCRs(o.PCRs))
+			tpm.FormatPCRs(all))
 	}
 	key := make([]byte, 32)
 	if _, err := rand.Read(key); err != nil {
@@ -199,6 +320,13 @@ func (p Pin) Encrypt(ctx context.Context, raw json.RawMessage, secret []byte, _ 
 	if len(o.PCRs) > 0 {
 		h.PCRBank, h.PCRIDs = o.Bank, tpm.FormatPCRs(o.PCRs)
 	}
+	if o.Signed != nil {
+		h.PCRBank = o.Bank
+		h.PCRPubkey = jose.B64.EncodeToString(o.Signed.Key.DER())
+		h.PCRSignedIDs = tpm.FormatPCRs(o.Signed.PCRs)
+		h.PCRSignatures = o.Signed.Where
+	}
+	h.WithPIN = withPIN
 	ch, _ := json.Marshal(clevisHeader{Pin: "tpm2", TPM2: h})
 	return jose.Encrypt(jose.Header{Alg: "dir", Clevis: ch}, key, secret)
 }
@@ -226,18 +354,102 @@ func parse(j *jose.JWE) (*header, tpm.SealOpts, error) {
 	if len(o.PCRs) > 0 && o.Bank == "" {
 		return nil, tpm.SealOpts{}, errors.New("JWE header clevis.tpm2 has pcr_ids but no pcr_bank")
 	}
+	if h.PCRPubkey != "" {
+		der, err := decodeB64(h.PCRPubkey)
+		if err != nil {
+			return nil, tpm.SealOpts{}, errors.New("JWE header clevis.tpm2.pcr_pubkey is not base64url")
+		}
+		key, err := tpm.ParsePolicyKey(der)
+		if err != nil {
+			return nil, tpm.SealOpts{}, fmt.Errorf("JWE header clevis.tpm2.pcr_pubkey: %v", err)
+		}
+		signed, err := tpm.ParsePCRs(h.PCRSignedIDs)
+		if err != nil || len(signed) == 0 {
+			return nil, tpm.SealOpts{}, errors.New("JWE header clevis.tpm2 has pcr_pubkey but no valid pcr_signed_ids")
+		}
+		if o.Bank == "" || !filepath.IsAbs(h.PCRSignatures) {
+			return nil, tpm.SealOpts{}, errors.New("JWE header clevis.tpm2 has pcr_pubkey but no pcr_bank or no absolute pcr_signatures")
+		}
+		o.Signed = signedPolicy(key, signed, h.PCRSignatures)
+	}
 	return h, o, nil
+}
+
+// decodeAnyB64 takes base64url, as clevis's pcr_digest is, and also
+// standard base64 with or without padding, which people paste from
+// base64(1).
+func decodeAnyB64(s string) ([]byte, error) {
+	s = strings.TrimRight(strings.TrimSpace(s), "=")
+	if b, err := jose.B64.DecodeString(s); err == nil {
+		return b, nil
+	}
+	return base64.RawStdEncoding.DecodeString(s)
 }
 
 func decodeB64(s string) ([]byte, error) {
 	return jose.B64.DecodeString(strings.TrimRight(strings.TrimSpace(s), "="))
 }
 
+// askPIN asks for the PIN and returns the auth value it makes.
+func askPIN(po pin.Options, nameAlg, prompt string, confirm bool) ([]byte, error) {
+	if po.PIN == nil {
+		return nil, pin.ErrNoPIN
+	}
+	p, err := po.PIN(prompt, confirm)
+	if err != nil {
+		return nil, err
+	}
+	defer clear(p)
+	if len(p) == 0 {
+		return nil, errors.New("the PIN is empty: a TPM PIN needs at least one character")
+	}
+	return tpm.PINAuth(nameAlg, p)
+}
+
+// NeedsPIN reports whether decrypting j asks for a PIN: it is, or has
+// among its sss children, a tpm2 JWE sealed "with_pin". Callers that bound
+// decryption by a deadline ask before the clock starts.
+func NeedsPIN(j *jose.JWE) bool {
+	name, err := j.Header.Pin()
+	if err != nil {
+		return false
+	}
+	switch name {
+	case "tpm2":
+		h, _, err := parse(j)
+		return err == nil && h.WithPIN
+	case "sss":
+		var ch struct {
+			SSS struct {
+				JWE []string `json:"jwe"`
+			} `json:"sss"`
+		}
+		if json.Unmarshal(j.Header.Clevis, &ch) != nil {
+			return false
+		}
+		for _, c := range ch.SSS.JWE {
+			if cj, err := jose.ParseCompact(c); err == nil && NeedsPIN(cj) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
 // Decrypt implements pin.Pin.
-func (p Pin) Decrypt(ctx context.Context, j *jose.JWE, _ pin.Options) ([]byte, error) {
+func (p Pin) Decrypt(ctx context.Context, j *jose.JWE, po pin.Options) ([]byte, error) {
 	h, o, err := parse(j)
 	if err != nil {
 		return nil, err
+	}
+	if h.WithPIN {
+		if o.Auth, err = askPIN(po, o.Hash, "PIN of the TPM-sealed secret", false); err != nil {
+			if errors.Is(err, pin.ErrNoPIN) {
+				return nil, pin.Permanent(err)
+			}
+			return nil, err
+		}
+		defer clear(o.Auth)
 	}
 	pub, err := decodeB64(h.JWKPub)
 	if err != nil {
@@ -256,7 +468,14 @@ func (p Pin) Decrypt(ctx context.Context, j *jose.JWE, _ pin.Options) ([]byte, e
 	data, err := t.Unseal(pub, priv, o)
 	t.Close()
 	tpmMu.Unlock()
-	var pm *tpm.PCRMismatchError
+	var (
+		pm *tpm.PCRMismatchError
+		wp *tpm.WrongPINError
+		lo *tpm.LockoutError
+	)
+	if h.WithPIN && (errors.As(err, &wp) || errors.As(err, &lo)) {
+		return nil, pinError{err}
+	}
 	if errors.As(err, &pm) {
 		// PCRs only move forward until the next reboot: during this boot
 		// the policy can never hold again.
@@ -273,6 +492,13 @@ func (p Pin) Decrypt(ctx context.Context, j *jose.JWE, _ pin.Options) ([]byte, e
 	defer clear(key)
 	return j.Decrypt(key)
 }
+
+// pinError marks the TPM's refusal of a PIN as pin.ErrWrongPIN.
+type pinError struct{ err error }
+
+func (e pinError) Error() string        { return e.err.Error() }
+func (e pinError) Unwrap() error        { return e.err }
+func (e pinError) Is(target error) bool { return target == pin.ErrWrongPIN }
 
 // parseJWK extracts the A256GCM key from the unsealed JWK. clevis seals it
 // with a trailing newline.
@@ -297,10 +523,20 @@ func (Pin) Describe(j *jose.JWE) string {
 	if err != nil {
 		return "tpm2(?)"
 	}
-	if h.PCRIDs == "" {
+	var what []string
+	if h.PCRIDs != "" {
+		what = append(what, h.PCRBank+":"+h.PCRIDs)
+	}
+	if h.PCRSignedIDs != "" {
+		what = append(what, "signed "+h.PCRBank+":"+h.PCRSignedIDs)
+	}
+	if h.WithPIN {
+		what = append(what, "PIN")
+	}
+	if len(what) == 0 {
 		return "tpm2"
 	}
-	return "tpm2(" + h.PCRBank + ":" + h.PCRIDs + ")"
+	return "tpm2(" + strings.Join(what, "+") + ")"
 }
 
 // Check tells whether this machine's TPM could decrypt j now, without

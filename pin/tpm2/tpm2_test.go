@@ -3,8 +3,13 @@ package tpm2_test
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"io"
+	"slices"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -95,7 +100,7 @@ func TestBadConfig(t *testing.T) {
 		`{"pcr_ids":"24"}`:        `"pcr_ids"`,
 		`{"pcr_ids":{"a":1}}`:     `"pcr_ids"`,
 		`{"pcr_ids":"7,x"}`:       `"pcr_ids"`,
-		`{"pcr_digest":"AAAA"}`:   `"pcr_digest"`,
+		`{"pcr_digest":"AAAA"}`:   `"pcr_digest"`, // without pcr_ids
 		`[1]`:                     `malformed`,
 		`{"pcr_ids":[true]}`:      `"pcr_ids"`,
 		`{"pcr_ids":"0","x":"y"}`: `no TPM`, // unknown keys are ignored, as clevis does
@@ -207,4 +212,94 @@ func TestNoTPM(t *testing.T) {
 		t.Errorf("stderr = %q", errb.String())
 	}
 	t.Logf("tether decrypt: %s", errb.String())
+}
+
+// pcrsNow reads the current values of pcrs in bank, on a connection of its
+// own that is closed before returning (swtpm serves one at a time).
+func pcrsNow(t *testing.T, sw *tpmtest.SWTPM, bank string, pcrs ...int) [][]byte {
+	t.Helper()
+	tp, err := tpm.Open(context.Background(), sw.TCTI)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tp.Close()
+	vals, err := tp.ReadPCRs(bank, pcrs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return vals
+}
+
+// afterExtend predicts the sha256 value of a PCR holding cur once
+// tpmtest.SWTPM.Extend has extended it: Extend measures
+// "tpmtest <pcr>", and the TPM computes H(cur || H(data)).
+func afterExtend(cur []byte, pcr int) []byte {
+	d := sha256.Sum256([]byte("tpmtest " + strconv.Itoa(pcr)))
+	v := sha256.Sum256(append(slices.Clone(cur), d[:]...))
+	return v[:]
+}
+
+func b64url(parts ...[]byte) string {
+	return base64.RawURLEncoding.EncodeToString(bytes.Join(parts, nil))
+}
+
+// TestPCRDigest: with pcr_digest the secret is sealed to given PCR values
+// (a state after an update), not the current ones: it does not unseal now
+// and unseals once the PCRs reach those values.
+func TestPCRDigest(t *testing.T) {
+	sw := tpmtest.Start(t)
+	p := tpm2.Pin{TCTI: sw.TCTI}
+	cur := pcrsNow(t, sw, "sha256", 7, 16)
+	// PCR 7 stays as it is, PCR 16 is predicted after one extend.
+	future := encrypt(t, p, `{"pcr_ids":"16,7","pcr_digest":"`+b64url(cur[0], afterExtend(cur[1], 16))+`"}`)
+	// The current values given explicitly: the same as sealing without
+	// pcr_digest. Standard base64 with padding is taken too.
+	now := encrypt(t, p, `{"pcr_ids":"7,16","pcr_digest":"`+base64.StdEncoding.EncodeToString(bytes.Join(cur, nil))+`"}`)
+	if h := clevisHeader(t, future); h["pcr_ids"] != "7,16" || h["pcr_digest"] != nil {
+		t.Errorf("header = %v, want pcr_ids 7,16 and no pcr_digest (clevis records none)", h)
+	}
+
+	if got, err := decrypt(p, now); err != nil || !bytes.Equal(got, secret) {
+		t.Fatalf("sealed to the current values: decrypt = %q, %v", got, err)
+	}
+	_, err := decrypt(p, future)
+	var pm *tpm.PCRMismatchError
+	if !errors.As(err, &pm) {
+		t.Fatalf("before the predicted state: err = %v, want a PCRMismatchError", err)
+	}
+	t.Logf("before the predicted state: %v", err)
+
+	sw.Extend(t, "sha256", 16)
+	if got, err := decrypt(p, future); err != nil || !bytes.Equal(got, secret) {
+		t.Fatalf("in the predicted state: decrypt = %q, %v", got, err)
+	}
+	if _, err := decrypt(p, now); !errors.As(err, &pm) {
+		t.Fatalf("sealed to the old values, after the extend: err = %v, want a PCRMismatchError", err)
+	}
+	// One step past the prediction: refused again.
+	sw.Extend(t, "sha256", 16)
+	if _, err := decrypt(p, future); !errors.As(err, &pm) {
+		t.Fatalf("past the predicted state: err = %v, want a PCRMismatchError", err)
+	}
+}
+
+func TestPCRDigestBadConfig(t *testing.T) {
+	p := tpm2.Pin{TCTI: "device:/dev/no-such-tpm", Warn: io.Discard}
+	thirtyTwo := b64url(make([]byte, 32))
+	for cfg, want := range map[string]string{
+		`{"pcr_digest":"` + thirtyTwo + `"}`:                                                `needs "pcr_ids"`,
+		`{"pcr_ids":"7","pcr_digest":"!!!"}`:                                                `not base64url`,
+		`{"pcr_ids":"7,11","pcr_digest":"` + thirtyTwo + `"}`:                               `32 bytes, want 64`,
+		`{"pcr_ids":"7","pcr_bank":"sha1","pcr_digest":"` + thirtyTwo + `"}`:                `want 20`,
+		`{"pcr_ids":"7","pcr_digest":"` + b64url(make([]byte, 20)) + `"}`:                   `tpm2_pcrread sha256:7 -o`,
+		`{"pcr_ids":"7","pcr_bank":"sha384","pcr_digest":"` + thirtyTwo + `"}`:              `want 48`,
+		`{"pcr_ids":"7","pcr_digest":"` + thirtyTwo + `"}`:                                  `no TPM`, // valid: fails only at the TPM
+		`{"pcr_ids":"7,7","pcr_digest":"` + thirtyTwo + `"}`:                                `no TPM`, // one PCR, as tpm2-tools take it
+		`{"pcr_ids":"7","pcr_bank":"sha1","pcr_digest":"` + b64url(make([]byte, 20)) + `"}`: `no TPM`,
+	} {
+		_, err := p.Encrypt(context.Background(), json.RawMessage(cfg), secret, pin.Options{})
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%s: err = %v, want it to mention %s", cfg, err, want)
+		}
+	}
 }

@@ -171,7 +171,7 @@ tether version | grep -q "revision: [0-9a-f]\{40\}" || fail "tether version: no 
 
 echo "== units, hooks, manuals, completions in place; nothing enabled"
 for u in tether-keyd.socket tether-keyd.service tether-askpass.path tether-askpass.service \
-    tether-agent.service tether-agent@.service tether-server.service; do
+    tether-agent.service tether-agent@.service tether-secret@.service tether-server.service; do
     [ -f /lib/systemd/system/$u ] || fail "missing unit $u"
 done
 grep -q '^ExecStart=/usr/bin/tether keyd' /lib/systemd/system/tether-keyd.service || fail "keyd unit does not run /usr/bin/tether"
