@@ -30,7 +30,7 @@ echo "== go test" >&2
 # The real-Debian guests that run by default: those proven stable under
 # emulation on a loaded 2-core machine. The rest (docs/BOOT.md says which)
 # run with REALBOOT=. or by name.
-REALBOOT_DEFAULT='^(TestInitramfsTools)$'
+REALBOOT_DEFAULT='^(TestInitramfsTools|TestDataVolumes|TestDracut|TestSetupBoot)$'
 # The real-Debian guests (test/realboot) boot under emulation for most of
 # the run: they start first and run beside the rest of the suite.
 # REALBOOT picks which of them (a go test -run pattern; "." for all).
