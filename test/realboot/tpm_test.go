@@ -106,12 +106,16 @@ for s in $(tether luks list -d /dev/vdb | sed -n 's/^\([0-9]*\): \(tang\|sss\).*
     tether luks unbind -d /dev/vdb -s "$s"
 done
 tether luks list -d /dev/vdb | sed 's/^/@@LIST /'
+` + modulesDep + `
+t0=$(date +%s)
 update-initramfs -u 2>&1 | tail -2
+echo "@@SECONDS $(( $(date +%s) - t0 ))"
 sync
 `})
 		// update-initramfs under emulation takes minutes.
 		m.WaitFor(`@@DONE`, 0, 25*time.Minute)
 		m.WaitExit(2 * time.Minute)
+		t.Logf("update-initramfs took %v s in the guest", m.Markers("SECONDS"))
 		for _, want := range []string{"@@ENROLLED", "@@BOUND"} {
 			if !strings.Contains(m.Console(), want) {
 				t.Fatalf("no %s in the guest", want)

@@ -46,7 +46,10 @@ func TestUpgradeAndPowerCut(t *testing.T) {
 		debs := Debs(t, kpkg)
 		m := g.Boot(Options{Forward: fwd, Files: debs, Log: "kernel-install.log", Script: `
 uname -r
+` + modulesDep + `
+t0=$(date +%s)
 dpkg -i ./linux-image-*.deb 2>&1 | tail -5
+echo "@@SECONDS $(( $(date +%s) - t0 ))"
 systemctl daemon-reload
 echo "@@BOOT $(ls /boot | tr '\n' ' ')"
 lsinitramfs /boot/initrd.img-` + strings.TrimPrefix(kpkg, "linux-image-") + ` | grep -c 'sbin/tether$' | sed 's/^/@@HOOK /'
@@ -54,6 +57,7 @@ sync
 `})
 		m.WaitFor(`@@DONE`, 0, 30*time.Minute)
 		m.WaitExit(2 * time.Minute)
+		t.Logf("dpkg -i %s took %v s in the guest", kpkg, m.Markers("SECONDS"))
 		ver := strings.TrimPrefix(kpkg, "linux-image-")
 		if b := m.Markers("BOOT"); len(b) == 0 || !strings.Contains(b[0], "initrd.img-"+ver) {
 			t.Fatalf("no initramfs for %s after installing %s: %v", ver, kpkg, b)
@@ -71,13 +75,15 @@ sync
 		debs := Debs(t, "systemd", "systemd-sysv", "udev", "libsystemd0", "libsystemd-shared", "libudev1",
 			"cryptsetup", "cryptsetup-bin", "cryptsetup-initramfs", "libcryptsetup12")
 		m := g.Boot(Options{Forward: fwd, Files: debs, Log: "reinstall.log", Script: `
+t0=$(date +%s)
 dpkg -i ./*.deb 2>&1 | tail -5
 systemctl daemon-reload
-echo "@@REINSTALLED $?"
+echo "@@SECONDS $(( $(date +%s) - t0 ))"
 sync
 `})
-		m.WaitFor(`@@DONE 0`, 0, 15*time.Minute)
+		m.WaitFor(`@@DONE 0`, 0, 20*time.Minute)
 		m.WaitExit(2 * time.Minute)
+		t.Logf("reinstalling systemd and cryptsetup took %v s in the guest", m.Markers("SECONDS"))
 		unattended(t, "reinstall-boot.log")
 	})
 
