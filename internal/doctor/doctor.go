@@ -23,6 +23,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -794,6 +795,11 @@ func (d *doctor) checkInitramfs(vols []*volume) {
 			if gen == "initramfs-tools" && !has("bin/ipconfig") {
 				missing("ipconfig", "the root volume's bindings need the network, and nothing brings it up", fix)
 			}
+			for _, m := range d.netDrivers() {
+				if !hasModule(names, m) && !d.builtin(img.kver, m) {
+					missing("the network card's driver "+m, "the root volume's bindings need the network, and the card has no driver there (MODULES=dep leaves it out; tether's hook adds it)", fix)
+				}
+			}
 		}
 		if pins["managed"] && exists(d.path("/etc/tether/device/device.json")) && !has("etc/tether/device/device.json") {
 			missing("the managed device identity (/etc/tether/device)", "the root volume's managed binding cannot identify this machine", fix)
@@ -834,6 +840,56 @@ func (d *doctor) tpmDriver(names []string, kver string) bool {
 		data, err := os.ReadFile(d.path(filepath.Join(dir, kver, "modules.builtin")))
 		if err == nil && (strings.Contains(string(data), "tpm_crb.ko") || strings.Contains(string(data), "tpm_tis.ko")) {
 			return true
+		}
+	}
+	return false
+}
+
+// netDrivers are the kernel modules that drive this machine's network
+// cards (only on the running system: a tree under --root has no cards).
+func (d *doctor) netDrivers() []string {
+	if !d.live() {
+		return nil
+	}
+	links, _ := filepath.Glob("/sys/class/net/*/device/driver/module")
+	var out []string
+	for _, l := range links {
+		if t, err := filepath.EvalSymlinks(l); err == nil && !slices.Contains(out, filepath.Base(t)) {
+			out = append(out, filepath.Base(t))
+		}
+	}
+	return out
+}
+
+// moduleName is a module file's name as the kernel names the module:
+// without the extension, '-' read as '_'.
+func moduleName(path string) string {
+	b := filepath.Base(path)
+	b, _, _ = strings.Cut(b, ".ko")
+	return strings.ReplaceAll(b, "-", "_")
+}
+
+// hasModule reports whether an initramfs listing holds module m.
+func hasModule(names []string, m string) bool {
+	for _, n := range names {
+		if strings.Contains(n, ".ko") && moduleName(n) == m {
+			return true
+		}
+	}
+	return false
+}
+
+// builtin reports whether module m is built into kernel kver.
+func (d *doctor) builtin(kver, m string) bool {
+	for _, dir := range []string{"/lib/modules", "/usr/lib/modules"} {
+		data, err := os.ReadFile(d.path(filepath.Join(dir, kver, "modules.builtin")))
+		if err != nil {
+			continue
+		}
+		for _, line := range strings.Split(string(data), "\n") {
+			if line != "" && moduleName(line) == m {
+				return true
+			}
 		}
 	}
 	return false

@@ -106,3 +106,37 @@ func FuzzCpioNames(f *testing.F) {
 		cpioNames(bytes.NewReader(data), nil)
 	})
 }
+
+// TestNetworkDriverInImage: the check that catches an initramfs without
+// the network card's driver (MODULES=dep without tether's hook adding
+// it) reads module file names as the kernel names modules, and knows a
+// driver built into the kernel needs no file.
+func TestNetworkDriverInImage(t *testing.T) {
+	names := []string{
+		"usr/lib/modules/6.1.0-28-amd64/kernel/drivers/net/virtio_net.ko",
+		"usr/lib/modules/6.1.0-28-amd64/kernel/drivers/net/usb/smsc95xx.ko.xz",
+		"usr/lib/modules/6.1.0-28-amd64/kernel/drivers/net/ethernet/realtek/r8169.ko.zst",
+		"usr/lib/modules/6.1.0-28-amd64/kernel/drivers/net/usb/lan78xx-compat.ko",
+		"etc/virtio_net.conf",
+	}
+	for m, want := range map[string]bool{"virtio_net": true, "smsc95xx": true, "r8169": true, "lan78xx_compat": true, "e1000e": false, "virtio": false} {
+		if got := hasModule(names, m); got != want {
+			t.Errorf("hasModule(%s) = %v, want %v", m, got, want)
+		}
+	}
+	root := t.TempDir()
+	dir := filepath.Join(root, "lib/modules/6.1.0-28-amd64")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "modules.builtin"), []byte("kernel/drivers/net/ethernet/intel/e1000.ko\nkernel/drivers/char/tpm/tpm_crb.ko\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	d := &doctor{o: Options{Root: root}}
+	if !d.builtin("6.1.0-28-amd64", "e1000") || d.builtin("6.1.0-28-amd64", "e1000e") || d.builtin("6.1.0-29-amd64", "e1000") {
+		t.Error("builtin does not read modules.builtin of the image's kernel")
+	}
+	if d.netDrivers() != nil {
+		t.Error("a system under --root has no network cards to check")
+	}
+}
