@@ -54,10 +54,19 @@ terminal, it asks in plain words, one step at a time:
 
 Nothing is changed before the last confirmation, and a wrong answer (a
 mounted device, a server that does not answer, a wrong share password)
-is explained and asked again. A mounted device and the device of the
-running root are refused. Run it again to add a key source to a volume
-that already has one (the new binding is added, the others stay), or
-to replace one.
+is explained and asked again. A mounted device is refused. Run it again
+to add a key source to a volume that already has one (the new binding is
+added, the others stay), or to replace one.
+
+The root volume: given the LUKS2 volume the running system is on, setup
+binds it like any other (its passphrases keep working), then installs
+tether's initramfs-tools or dracut integration (whichever builds this
+system's initramfs) instead of the units, marks the root's crypttab line
+for the initramfs (keeping its options), rebuilds the initramfs
+(update-initramfs -u -k all, or dracut -f --regenerate-all) and checks
+that the new images hold tether and what the binding needs. A root that
+is not encrypted yet is refused: encrypt it at the next boot with tether
+install initramfs-tools --first-boot (docs/BOOT.md).
 
 Key sources (the flag form, for scripts and factories):
   --server URL           a tether or Tang server; with --thp THP (its
@@ -132,9 +141,11 @@ type setupPlan struct {
 	dev      string // device or file
 	create   bool
 	size     int64
-	luks     bool // dev is LUKS2 already
-	bound    int  // bindings it has
-	replace  int  // the keyslot whose binding the new one replaces, or -1
+	luks     bool   // dev is LUKS2 already
+	rootVol  bool   // dev holds the running root: the initramfs opens it
+	gen      string // with rootVol: initramfs-tools or dracut
+	bound    int    // bindings it has
+	replace  int    // the keyslot whose binding the new one replaces, or -1
 	name     string
 	mount    string
 	key      []byte
@@ -346,11 +357,12 @@ func (p *setupPlan) checkDevice() error {
 		return withHint(fmt.Errorf("%s does not exist", dev), "check the name (lsblk -f lists disks and partitions)")
 	}
 	p.dev = dev
-	if holds, what := holdsRunningRoot(dev); holds {
-		return withHint(fmt.Errorf("%s holds the running system (%s): setup does not encrypt or bind the disk it runs from", dev, what),
-			"choose another disk; for the root volume use tether install initramfs-tools --first-boot (docs/BOOT.md)")
+	holds, what := holdsRunningRoot(dev)
+	if holds && !openAsLUKS2(dev) {
+		// Refused from what the kernel says, without reading the disk.
+		return p.checkRootVolume(what)
 	}
-	if at := mountedWhere(dev, fi); at != "" {
+	if at := mountedWhere(dev, fi); at != "" && !holds {
 		return withHint(fmt.Errorf("%s is mounted on %s: setup does not touch a mounted device", dev, at),
 			"unmount it first (umount %s), or choose another one", at)
 	}
@@ -365,6 +377,11 @@ func (p *setupPlan) checkDevice() error {
 		}
 	default:
 		return luksError(err, dev)
+	}
+	if holds {
+		// Only the LUKS2 volume itself: binding adds a keyslot and
+		// changes nothing else; the disk it runs from is never encrypted.
+		return p.checkRootVolume(what)
 	}
 	if p.name == "" {
 		p.name = volumeName(dev)
@@ -701,6 +718,12 @@ func (p *setupPlan) run(ctx context.Context, env *Env) error {
 			return err
 		}
 	}
+	if p.rootVol {
+		if err := p.finishRoot(ctx, env, bin); err != nil {
+			return err
+		}
+		return p.proveAndSummarize(ctx, env, v, recoveryWhere, false)
+	}
 	plan, err := boot.Plan("systemd", bin, nil)
 	if err != nil {
 		return err
@@ -741,7 +764,13 @@ func (p *setupPlan) run(ctx context.Context, env *Env) error {
 		}
 	}
 
-	// The proof: the new binding opens the volume, now.
+	return p.proveAndSummarize(ctx, env, v, recoveryWhere, live)
+}
+
+// proveAndSummarize tests that the new binding opens the volume, now,
+// and says what was done: what unlocks it, what happens at boot and when
+// the key source is gone, where the recovery passphrase is.
+func (p *setupPlan) proveAndSummarize(ctx context.Context, env *Env, v *luks.Volume, recoveryWhere string, live bool) error {
 	u, err := v.Unlock(ctx, luks.UnlockOptions{})
 	if err != nil {
 		return withHint(fmt.Errorf("the volume is bound and set up, but the unlock test failed: %w", err), "run tether doctor: it says what is wrong and how to fix it")
@@ -749,6 +778,16 @@ func (p *setupPlan) run(ctx context.Context, env *Env) error {
 	w := env.Stderr
 	fmt.Fprintf(w, "\nDone. %s unlocks with its binding (keyslot %d tested).\n\n", p.dev, u.Slot)
 	fmt.Fprintf(w, "  What unlocks it:   %s\n", describePolicy(p.sources, p.need))
+	if p.rootVol {
+		fmt.Fprintf(w, "  At boot:           the initramfs (%s, rebuilt with tether in it) opens it as\n", p.gen)
+		fmt.Fprintf(w, "                     /dev/mapper/%s before the root is mounted, nothing typed\n", p.name)
+		fmt.Fprintf(w, "  If the key source is gone: the console asks for the passphrase, as before, while\n")
+		fmt.Fprintf(w, "                     tether keeps trying behind the prompt (tether.deadline= and\n")
+		fmt.Fprintf(w, "                     /etc/tether/initramfs.conf set how long it waits first)\n")
+		fmt.Fprintf(w, "  Recovery passphrase: %s\n", recoveryWhere)
+		fmt.Fprintf(w, "  Check it any time: tether doctor\n")
+		return nil
+	}
 	fmt.Fprintf(w, "  At boot:           it is opened as /dev/mapper/%s once the network is up", p.name)
 	if p.mount != "" {
 		fmt.Fprintf(w, " and mounted on %s", p.mount)

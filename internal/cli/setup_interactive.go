@@ -129,7 +129,10 @@ func setupInteractive(env *Env, p *setupPlan) error {
 
 	// Step 3: the rest, and the confirmation.
 	fmt.Fprintf(w, "\nStep 3 of 4: at boot\n")
-	for {
+	if p.rootVol {
+		fmt.Fprintf(w, "%s holds this running system: the initramfs will open it as /dev/mapper/%s,\nso setup installs tether's %s integration and rebuilds the initramfs.\n", p.dev, p.name, p.gen)
+	}
+	for !p.rootVol {
 		n, err := r.ask(fmt.Sprintf("Name of the unlocked volume, /dev/mapper/NAME [%s]: ", p.name))
 		if err != nil {
 			return err
@@ -144,7 +147,7 @@ func setupInteractive(env *Env, p *setupPlan) error {
 		p.name = n
 		break
 	}
-	for {
+	for !p.rootVol {
 		m, err := r.ask("Mount it at boot on which directory? (empty: do not mount): ")
 		if err != nil {
 			return err
@@ -192,7 +195,11 @@ func setupInteractive(env *Env, p *setupPlan) error {
 	if p.mount != "" {
 		fmt.Fprintf(w, ", mounted on %s", p.mount)
 	}
-	fmt.Fprintf(w, "\n  tether's units installed, lines added to %s", filepath.Join(p.root, "etc/crypttab"))
+	if p.rootVol {
+		fmt.Fprintf(w, "\n  tether's %s integration installed, the root's line in %s kept (marked for the initramfs),\n  the initramfs rebuilt (%s)", p.gen, filepath.Join(p.root, "etc/crypttab"), strings.Join(rebuildCmd[p.gen], " "))
+	} else {
+		fmt.Fprintf(w, "\n  tether's units installed, lines added to %s", filepath.Join(p.root, "etc/crypttab"))
+	}
 	if p.mount != "" {
 		fmt.Fprintf(w, " and %s", filepath.Join(p.root, "etc/fstab"))
 	}

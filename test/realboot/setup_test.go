@@ -12,18 +12,22 @@ import (
 	"github.com/tether-nbde/tether/internal/testenv"
 )
 
-// TestSetupBoot: in a real Debian (systemd, initramfs-tools, the root
-// bound too) with tether installed from its Debian package (built by
-// scripts/package.sh, installed with dpkg -i in place of the harness's
-// binaries), "tether setup" in its flag form creates a container file
-// bound to a tether server, installs the units and writes crypttab and
-// fstab; the volume opens at once, and after a reboot it is opened and
-// mounted by itself, and "tether doctor" finds nothing wrong with the
-// running system (its real units, crypttab and initramfs).
+// TestSetupBoot: in a real Debian (systemd, initramfs-tools, the root on
+// LUKS2 opened by its passphrase) with tether installed from its Debian
+// package (built by scripts/package.sh, installed with dpkg -i in place of
+// the harness's binaries), "tether setup" in its flag form
+//
+//   - binds the running root to a tether server, and rebuilds the
+//     initramfs (inside the guest, with the package's hook);
+//   - creates a container file bound to the same server, installs the
+//     units and writes crypttab and fstab; the volume opens at once.
+//
+// After a reboot the root opens with nothing typed, the container is
+// opened and mounted by itself, and "tether doctor" finds nothing wrong
+// with the running system (its real units, crypttab and initramfs).
 func TestSetupBoot(t *testing.T) {
 	g := New(t, InitramfsTools)
 	srv := testenv.StartServer(t, "")
-	adv := fetchAdv(t, srv.URL)
 	fwd := map[string]string{ServerAddr: hostPort(srv.URL)}
 	out, errOut, code := testenv.Run(t, nil, g.Tether, "adv", "--json", srv.URL)
 	if code != 0 {
@@ -37,11 +41,13 @@ func TestSetupBoot(t *testing.T) {
 	}
 	os.MkdirAll(filepath.Join(g.Tree, "home/haadmin"), 0o755)
 	installPackage(t, g)
-	installInitramfsTools(g)
 	g.MakeDisks()
-	g.Host("", "luks", "bind", "-d", g.RootImg, "-k", g.PassphraseFile(), "tang", tangConfig(ServerAddr, adv))
 
-	m := g.Boot(Options{Forward: fwd, Log: "setup.log", Script: `
+	// The root is not bound yet: its passphrase is typed at the prompt.
+	m := g.Boot(Options{Forward: fwd, Files: map[string][]byte{"pass": []byte(Passphrase)}, Log: "setup.log", Script: modulesDep + `
+tether setup -d /dev/vdb -k ./pass --server http://` + ServerAddr + ` --thp ` + a.Config.Thp + `
+echo "@@ROOTSETUP exit=$?"
+grep -v '^#' /etc/crypttab
 tether setup --create /home/haadmin/cloud_container.img --size 96M -n cloud --mount /mnt/cloud \
     --server http://` + ServerAddr + ` --thp ` + a.Config.Thp + ` --recovery-file /root/cloud.key
 echo "@@SETUP exit=$?"
@@ -51,6 +57,19 @@ echo "@@NOW $(cat /mnt/cloud/hello.txt)"
 umount /mnt/cloud; systemctl stop systemd-cryptsetup@cloud.service
 sync
 `})
+	m.WaitFor(`Please unlock disk root`, 0, 5*time.Minute)
+	m.Type(Passphrase + "\n")
+	// The rebuild of the initramfs in the guest takes minutes under
+	// emulation.
+	if line, _, _ := m.WaitFor(`@@ROOTSETUP exit=`, 0, 20*time.Minute); !strings.Contains(line, "exit=0") {
+		t.Fatalf("tether setup of the root failed in the guest: %s", line)
+	}
+	for _, want := range []string{"tether: /dev/vdb is bound (1 binding(s))", "tether's initramfs-tools integration is installed (/usr/share/initramfs-tools/hooks/tether)",
+		"the initramfs (initramfs-tools, rebuilt with tether in it) opens it as"} {
+		if !strings.Contains(m.Console(), want) {
+			t.Errorf("no %q from setup of the root", want)
+		}
+	}
 	line, _, _ := m.WaitFor(`@@SETUP exit=`, 0, 10*time.Minute)
 	if !strings.Contains(line, "exit=0") {
 		t.Fatalf("tether setup failed in the guest: %s", line)
@@ -66,6 +85,7 @@ echo "@@MOUNT $(findmnt -no SOURCE /mnt/cloud) $(cat /mnt/cloud/hello.txt)"
 tether doctor -v --timeout 20s
 echo "@@DOCTOR exit=$?"
 `})
+	m.WaitFor(`tether: opened /dev/vdb as /dev/mapper/root`, 0, 5*time.Minute)
 	if line, _, _ := m.WaitFor(`@@MOUNT`, 0, 10*time.Minute); !strings.Contains(line, "/dev/mapper/cloud setup-data") {
 		t.Errorf("after the reboot the volume is not mounted: %s", line)
 	}
