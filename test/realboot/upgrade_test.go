@@ -1,6 +1,7 @@
 package realboot
 
 import (
+	"fmt"
 	"math/rand"
 	"strings"
 	"testing"
@@ -14,15 +15,15 @@ import (
 // ways that break hand-made setups, and boots it again after each:
 //
 //   - kernel: a newer kernel package is installed with dpkg inside the
-//     running guest; Debian's own postinst hook builds its initramfs
-//     (with tether's hook), and the guest boots the new kernel
+//     running guest (MODULES=dep); Debian's own postinst hook builds its
+//     initramfs (with tether's hook), and the guest boots the new kernel
 //     unattended;
 //   - reinstall: systemd and cryptsetup are reinstalled (their
 //     triggers rebuild the initramfs again), systemctl daemon-reload, and
 //     the next boot is still unattended;
-//   - powercut: QEMU is killed at random moments during boot and during
-//     a tether luks regen in the guest; every next boot still unlocks
-//     unattended.
+//   - powercut: QEMU is killed during a tether luks regen in the guest,
+//     and twice in a row at random moments of boot; each boot after
+//     them unlocks unattended.
 func TestUpgradeAndPowerCut(t *testing.T) {
 	g := New(t, InitramfsTools)
 	installInitramfsTools(g)
@@ -32,19 +33,47 @@ func TestUpgradeAndPowerCut(t *testing.T) {
 	fwd := map[string]string{ServerAddr: hostPort(srv.URL)}
 	g.Host("", "luks", "bind", "-d", g.RootImg, "-k", g.PassphraseFile(), "tang", tangConfig(ServerAddr, adv))
 
-	unattended := func(t *testing.T, log string) *Machine {
+	// unattended boots the guest with the server reachable and waits for
+	// the root opened by tether and multi-user.target; the caller waits
+	// for o.Script, if any, and the power-off. Each boot that checks a
+	// step also carries the next step's script, so the story takes six
+	// boots, not ten.
+	unattended := func(t *testing.T, o Options) *Machine {
 		t.Helper()
-		m := g.Boot(Options{Forward: fwd, Log: log})
+		o.Forward = fwd
+		m := g.Boot(o)
 		m.WaitFor(`tether: opened /dev/vdb as /dev/mapper/root`, 0, 5*time.Minute)
 		m.WaitReady(0, 5*time.Minute, "/dev/mapper/root")
-		m.WaitExit(2 * time.Minute)
 		return m
 	}
+	reinstallDebs := Debs(t, "systemd", "systemd-sysv", "udev", "libsystemd0", "libsystemd-shared", "libudev1",
+		"cryptsetup", "cryptsetup-bin", "cryptsetup-initramfs", "libcryptsetup12")
+	const reinstall = `
+t0=$(date +%s)
+dpkg -i ./*.deb 2>&1 | tail -5
+systemctl daemon-reload
+echo "@@SECONDS $(( $(date +%s) - t0 ))"
+sync
+`
+	// regen rewrites the binding (keyslot and token) in a loop until the
+	// power goes.
+	const regen = `
+touch /run/test/keep-running
+i=0
+while true; do
+    i=$((i+1))
+    slot=$(tether luks list -d /dev/vdb | sed -n 's/^\([0-9]*\): tang.*/\1/p' | head -1)
+    tether luks regen -d /dev/vdb -s "$slot" >/dev/null 2>&1 </dev/null
+    echo "@@REGEN $i $?"
+done
+`
+	// next is the booted guest that checks one step and runs the next
+	// step's script.
+	var next *Machine
 
 	t.Run("kernel", func(t *testing.T) {
 		kpkg := KernelPackage(t)
-		debs := Debs(t, kpkg)
-		m := g.Boot(Options{Forward: fwd, Files: debs, Log: "kernel-install.log", Script: `
+		m := g.Boot(Options{Forward: fwd, Files: Debs(t, kpkg), Log: "kernel-install.log", Script: `
 uname -r
 ` + modulesDep + `
 t0=$(date +%s)
@@ -65,55 +94,50 @@ sync
 		if h := m.Markers("HOOK"); len(h) == 0 || h[0] != "1" {
 			t.Fatalf("the new kernel's initramfs has no tether: %v", h)
 		}
-		m = unattended(t, "kernel-boot.log")
-		if !strings.Contains(m.Console(), "Linux version "+ver) {
-			t.Errorf("the guest did not boot the new kernel %s", ver)
+		// The new kernel boots unattended; the same boot reinstalls
+		// systemd and cryptsetup (the next step).
+		next = unattended(t, Options{Files: reinstallDebs, Script: reinstall, Log: "kernel-boot.log"})
+		if !strings.Contains(next.Console(), "Linux version "+ver) {
+			t.Fatalf("the guest did not boot the new kernel %s", ver)
 		}
 	})
+	if next == nil {
+		return
+	}
 
 	t.Run("reinstall", func(t *testing.T) {
-		debs := Debs(t, "systemd", "systemd-sysv", "udev", "libsystemd0", "libsystemd-shared", "libudev1",
-			"cryptsetup", "cryptsetup-bin", "cryptsetup-initramfs", "libcryptsetup12")
-		m := g.Boot(Options{Forward: fwd, Files: debs, Log: "reinstall.log", Script: `
-t0=$(date +%s)
-dpkg -i ./*.deb 2>&1 | tail -5
-systemctl daemon-reload
-echo "@@SECONDS $(( $(date +%s) - t0 ))"
-sync
-`})
+		m := next
+		next = nil
 		m.WaitFor(`@@DONE 0`, 0, 20*time.Minute)
 		m.WaitExit(2 * time.Minute)
 		t.Logf("reinstalling systemd and cryptsetup took %v s in the guest", m.Markers("SECONDS"))
-		unattended(t, "reinstall-boot.log")
+		// Unattended after the reinstall; the same boot then runs
+		// regen in a loop for the power cut.
+		next = unattended(t, Options{Script: regen, Log: "reinstall-boot.log"})
 	})
+	if next == nil {
+		return
+	}
 
 	t.Run("powercut", func(t *testing.T) {
 		rng := rand.New(rand.NewSource(time.Now().UnixNano()))
-		// During boot: anywhere from the kernel to multi-user.target.
-		for i := 0; i < 2; i++ {
-			m := g.Boot(Options{Forward: fwd, Log: "cut-boot.log"})
-			at := time.Duration(5+rng.Intn(70)) * time.Second
-			time.Sleep(at)
-			m.Kill()
-			t.Logf("power cut %s after power-on", at)
-			unattended(t, "after-cut-boot.log")
-		}
-		// During regen: it rewrites the binding (keyslot and token)
-		// in a loop until the power goes.
-		m := g.Boot(Options{Forward: fwd, Log: "cut-regen.log", Script: `
-touch /run/test/keep-running
-i=0
-while true; do
-    i=$((i+1))
-    slot=$(tether luks list -d /dev/vdb | sed -n 's/^\([0-9]*\): tang.*/\1/p' | head -1)
-    tether luks regen -d /dev/vdb -s "$slot" >/dev/null 2>&1 </dev/null
-    echo "@@REGEN $i $?"
-done
-`})
+		m := next
 		m.WaitFor(`@@REGEN 2 0`, 0, 8*time.Minute)
 		time.Sleep(time.Duration(rng.Intn(3000)) * time.Millisecond)
 		m.Kill()
 		t.Logf("power cut after %d regen runs", len(m.Markers("REGEN")))
-		unattended(t, "after-cut-regen.log")
+		m = unattended(t, Options{Log: "after-cut-regen.log"})
+		m.WaitExit(2 * time.Minute)
+		// During boot: anywhere from the kernel to multi-user.target,
+		// twice in a row, then a boot that must unlock.
+		for i := 0; i < 2; i++ {
+			m := g.Boot(Options{Forward: fwd, Log: fmt.Sprintf("cut-boot-%d.log", i)})
+			at := time.Duration(5+rng.Intn(70)) * time.Second
+			time.Sleep(at)
+			m.Kill()
+			t.Logf("power cut %s after power-on", at)
+		}
+		m = unattended(t, Options{Log: "after-cut-boot.log"})
+		m.WaitExit(2 * time.Minute)
 	})
 }
