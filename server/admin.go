@@ -21,23 +21,23 @@ import (
 
 // AdminDevice is a device as the admin API lists it.
 type AdminDevice struct {
-	ID       string       `json:"id"`
-	Name     string       `json:"name"`
-	Group    string       `json:"group,omitempty"`
-	State    string       `json:"state"`
-	Reason   string       `json:"reason,omitempty"`
-	KeyID    string       `json:"key_id"`
-	Policy   store.Policy `json:"policy"`
-	Created  time.Time    `json:"created"`
-	LastSeen time.Time    `json:"last_seen"`
-	Version  int64        `json:"version"`
+	ID       string        `json:"id"`
+	Name     string        `json:"name"`
+	Group    string        `json:"group,omitempty"`
+	State    string        `json:"state"`
+	Reason   string        `json:"reason,omitempty"`
+	KeyID    string        `json:"key_id"`
+	Policy   policy.Policy `json:"policy"`
+	Created  time.Time     `json:"created"`
+	LastSeen time.Time     `json:"last_seen"`
+	Version  int64         `json:"version"`
 }
 
 // TokenRequest asks for an enrolment token.
 type TokenRequest struct {
-	Group string         `json:"group,omitempty"`
-	TTL   store.Duration `json:"ttl,omitempty"` // default 24h
-	Note  string         `json:"note,omitempty"`
+	Group string          `json:"group,omitempty"`
+	TTL   policy.Duration `json:"ttl,omitempty"` // default 24h
+	Note  string          `json:"note,omitempty"`
 }
 
 // TokenReply carries a new enrolment token; it is shown once.
@@ -114,7 +114,7 @@ func (m *Managed) adminToken(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, TokenReply{Token: tok, Expires: t.Expires})
 }
 
-func toAdmin(d *store.Device) AdminDevice {
+func toAdmin(d *policy.Device) AdminDevice {
 	return AdminDevice{ID: d.ID, Name: d.Name, Group: d.Group, State: string(d.State), Reason: d.Reason, KeyID: d.KeyID,
 		Policy: d.Policy, Created: d.Created, LastSeen: d.LastSeen, Version: d.Version}
 }
@@ -125,7 +125,7 @@ func (m *Managed) adminDevices(w http.ResponseWriter, r *http.Request) {
 	bw := bufio.NewWriterSize(w, 32<<10)
 	enc := json.NewEncoder(bw)
 	n := 0
-	err := m.st.EachDevice(r.Context(), func(d *store.Device) error {
+	err := m.st.EachDevice(r.Context(), func(d *policy.Device) error {
 		sep := ","
 		if n == 0 {
 			sep = "["
@@ -170,26 +170,26 @@ func (m *Managed) adminDeviceOp(w http.ResponseWriter, r *http.Request) {
 			writeError(w, http.StatusInternalServerError, "store: %v", err)
 			return
 		}
-		if d.State == store.Revoked {
+		if d.State == policy.Revoked {
 			writeError(w, http.StatusConflict, "device %s is revoked: revocation is final", id)
 			return
 		}
 		touch := false
 		switch op {
 		case "approve":
-			if d.State != store.Pending {
+			if d.State != policy.Pending {
 				writeError(w, http.StatusConflict, "device %s is %s, not pending", id, d.State)
 				return
 			}
-			d.State, d.Reason, touch = store.Enabled, req.Reason, true
+			d.State, d.Reason, touch = policy.Enabled, req.Reason, true
 		case "enable":
-			d.State, d.Reason, touch = store.Enabled, req.Reason, true
+			d.State, d.Reason, touch = policy.Enabled, req.Reason, true
 		case "disable":
-			d.State, d.Reason = store.Disabled, req.Reason
+			d.State, d.Reason = policy.Disabled, req.Reason
 		case "revoke":
 			// Destroying S_D is the revocation: every JWE bound to this
 			// device becomes undecryptable, for good.
-			d.State, d.Reason, d.ExchangeKey = store.Revoked, req.Reason, nil
+			d.State, d.Reason, d.ExchangeKey = policy.Revoked, req.Reason, nil
 		default:
 			writeError(w, http.StatusNotFound, "unknown device operation %q (approve, enable, disable, revoke)", op)
 			return
@@ -233,7 +233,7 @@ func (m *Managed) adminDeviceOp(w http.ResponseWriter, r *http.Request) {
 func (m *Managed) adminDevicePolicy(w http.ResponseWriter, r *http.Request) {
 	ctx := r.Context()
 	id := r.PathValue("id")
-	var p store.Policy
+	var p policy.Policy
 	if !readJSON(w, r, &p) {
 		return
 	}
@@ -263,13 +263,13 @@ func (m *Managed) adminDevicePolicy(w http.ResponseWriter, r *http.Request) {
 	writeError(w, http.StatusConflict, "device %s keeps changing; try again", id)
 }
 
-func policyString(p store.Policy) string {
+func policyString(p policy.Policy) string {
 	b, _ := json.Marshal(p)
 	return string(b)
 }
 
 func (m *Managed) adminGroup(w http.ResponseWriter, r *http.Request) {
-	var p store.Policy
+	var p policy.Policy
 	if !readJSON(w, r, &p) {
 		return
 	}

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/tether-nbde/tether/audit"
+	"github.com/tether-nbde/tether/policy"
 	"github.com/tether-nbde/tether/store"
 )
 
@@ -114,16 +115,16 @@ func (c *AdminClient) DeviceOp(ctx context.Context, id, op, reason string) (*Adm
 	return &r, c.call(ctx, http.MethodPost, "/v1/admin/devices/"+url.PathEscape(id)+"/"+op, ChangeRequest{Reason: reason}, &r)
 }
 
-func (c *AdminClient) SetDevicePolicy(ctx context.Context, id string, p store.Policy) error {
+func (c *AdminClient) SetDevicePolicy(ctx context.Context, id string, p policy.Policy) error {
 	return c.call(ctx, http.MethodPut, "/v1/admin/devices/"+url.PathEscape(id)+"/policy", p, nil)
 }
 
-func (c *AdminClient) SetGroup(ctx context.Context, name string, p store.Policy) error {
+func (c *AdminClient) SetGroup(ctx context.Context, name string, p policy.Policy) error {
 	return c.call(ctx, http.MethodPut, "/v1/admin/groups/"+url.PathEscape(name), p, nil)
 }
 
-func (c *AdminClient) Groups(ctx context.Context) (map[string]store.Policy, error) {
-	var r map[string]store.Policy
+func (c *AdminClient) Groups(ctx context.Context) (map[string]policy.Policy, error) {
+	var r map[string]policy.Policy
 	return r, c.call(ctx, http.MethodGet, "/v1/admin/groups", nil, &r)
 }
 

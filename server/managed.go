@@ -300,7 +300,7 @@ func (m *Managed) record(ctx context.Context, r *audit.Record) error {
 
 // authDevice finds the device of the client certificate. On failure it
 // answers the request (and audits the refusal) and returns nil.
-func (m *Managed) authDevice(w http.ResponseWriter, r *http.Request, action string) *store.Device {
+func (m *Managed) authDevice(w http.ResponseWriter, r *http.Request, action string) *policy.Device {
 	kid := peerKeyID(r)
 	if kid == "" {
 		writeError(w, http.StatusUnauthorized, "a client certificate with the device's identity key is required")
@@ -354,7 +354,7 @@ func (m *Managed) handleEnroll(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	now := m.now()
-	state, group, how := store.Pending, "", "without a token: pending approval"
+	state, group, how := policy.Pending, "", "without a token: pending approval"
 	if req.Token != "" {
 		secret, pin, err := ParseToken(req.Token)
 		if err != nil {
@@ -376,7 +376,7 @@ func (m *Managed) handleEnroll(w http.ResponseWriter, r *http.Request) {
 			writeError(w, http.StatusInternalServerError, "store: %v", err)
 			return
 		}
-		state, group, how = store.Enabled, tok.Group, "with a token"
+		state, group, how = policy.Enabled, tok.Group, "with a token"
 	} else {
 		release, ok := m.admitTokenless(w, r, &req, src) // managed_enroll.go
 		if !ok {
@@ -398,7 +398,7 @@ func (m *Managed) handleEnroll(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	pub, _ := json.Marshal(S.Public())
-	d := &store.Device{
+	d := &policy.Device{
 		ID: id, Name: req.Name, Group: group, KeyID: kid, PublicKey: r.TLS.PeerCertificates[0].RawSubjectPublicKeyInfo,
 		State: state, ExchangeKey: wrapped, ExchangePub: string(pub), Created: now, Updated: now, LastSeen: now,
 	}
@@ -427,9 +427,9 @@ func validName(n string) error {
 	return nil
 }
 
-func (m *Managed) replyDevice(w http.ResponseWriter, d *store.Device) {
+func (m *Managed) replyDevice(w http.ResponseWriter, d *policy.Device) {
 	rep := deviceReply{Device: d.ID, Name: d.Name, State: string(d.State), Reason: d.Reason}
-	if d.State != store.Revoked {
+	if d.State != policy.Revoked {
 		var k jose.JWK
 		if json.Unmarshal([]byte(d.ExchangePub), &k) == nil {
 			rep.Key = &k
@@ -459,8 +459,8 @@ func (m *Managed) handleHeartbeat(w http.ResponseWriter, r *http.Request) {
 }
 
 // decide runs the policy for d now.
-func (m *Managed) decide(ctx context.Context, d *store.Device, src netip.Addr) (policy.Decision, error) {
-	var gp store.Policy
+func (m *Managed) decide(ctx context.Context, d *policy.Device, src netip.Addr) (policy.Decision, error) {
+	var gp policy.Policy
 	if d.Group != "" {
 		p, err := m.st.Group(ctx, d.Group)
 		if err != nil && !errors.Is(err, store.ErrNotFound) {
@@ -516,7 +516,7 @@ func (m *Managed) handleRec(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-func (m *Managed) deny(w http.ResponseWriter, r *http.Request, d *store.Device, src netip.Addr, dec policy.Decision) {
+func (m *Managed) deny(w http.ResponseWriter, r *http.Request, d *policy.Device, src netip.Addr, dec policy.Decision) {
 	ctx := r.Context()
 	if dec.Quiet {
 		m.markQuiet(ctx, d)
@@ -535,9 +535,9 @@ func (m *Managed) deny(w http.ResponseWriter, r *http.Request, d *store.Device, 
 }
 
 // markQuiet disables a device that missed its keep-alive deadline.
-func (m *Managed) markQuiet(ctx context.Context, d *store.Device) {
+func (m *Managed) markQuiet(ctx context.Context, d *policy.Device) {
 	cur := *d
-	cur.State, cur.Reason, cur.Updated = store.Disabled, "keep-alive timeout", m.now()
+	cur.State, cur.Reason, cur.Updated = policy.Disabled, "keep-alive timeout", m.now()
 	if err := m.st.UpdateDevice(ctx, &cur); err != nil {
 		// Someone changed the device first (another replica disabled it
 		// too, or an admin acted): their change stands.
@@ -561,7 +561,7 @@ func (m *Managed) SweepKeepAlive(ctx context.Context) error {
 		return err
 	}
 	now := m.now()
-	overdue := func(group string, own store.Policy, lastSeen time.Time) bool {
+	overdue := func(group string, own policy.Policy, lastSeen time.Time) bool {
 		ka := time.Duration(policy.Effective(groups[group], own).KeepAlive)
 		return ka > 0 && now.Sub(lastSeen) > ka
 	}
@@ -585,7 +585,7 @@ func (m *Managed) SweepKeepAlive(ctx context.Context) error {
 			return err
 		}
 		// A heartbeat or an admin may have come in since the scan.
-		if d.State == store.Enabled && overdue(d.Group, d.Policy, d.LastSeen) {
+		if d.State == policy.Enabled && overdue(d.Group, d.Policy, d.LastSeen) {
 			m.markQuiet(ctx, d)
 		}
 	}
@@ -594,7 +594,7 @@ func (m *Managed) SweepKeepAlive(ctx context.Context) error {
 
 // exchange performs y = S_D·x and answers. approval names the approval
 // that allowed it, if any.
-func (m *Managed) exchange(w http.ResponseWriter, r *http.Request, d *store.Device, req *recRequest, src netip.Addr, approval string) {
+func (m *Managed) exchange(w http.ResponseWriter, r *http.Request, d *policy.Device, req *recRequest, src netip.Addr, approval string) {
 	ctx := r.Context()
 	S := m.exchangeKey(w, d)
 	if S == nil {
@@ -634,7 +634,7 @@ func (m *Managed) exchange(w http.ResponseWriter, r *http.Request, d *store.Devi
 }
 
 // revokedMessage is the answer to a revoked device: revocation is final.
-func revokedMessage(d *store.Device) string {
+func revokedMessage(d *policy.Device) string {
 	msg := "device " + d.ID + " was revoked"
 	if d.Reason != "" {
 		msg += " (" + d.Reason + ")"
@@ -644,7 +644,7 @@ func revokedMessage(d *store.Device) string {
 
 // revokedOwner returns the revoked device, with the same identity key as
 // d, whose exchange key kid names, or nil.
-func (m *Managed) revokedOwner(ctx context.Context, d *store.Device, kid string) *store.Device {
+func (m *Managed) revokedOwner(ctx context.Context, d *policy.Device, kid string) *policy.Device {
 	revoked, err := m.st.RevokedByKey(ctx, d.KeyID)
 	if err != nil {
 		return nil
@@ -660,7 +660,7 @@ func (m *Managed) revokedOwner(ctx context.Context, d *store.Device, kid string)
 
 // exchangeKey unwraps the device's exchange key S_D. On failure it answers
 // the request and returns nil.
-func (m *Managed) exchangeKey(w http.ResponseWriter, d *store.Device) *jose.JWK {
+func (m *Managed) exchangeKey(w http.ResponseWriter, d *policy.Device) *jose.JWK {
 	if d.ExchangeKey == nil {
 		writeError(w, http.StatusGone, "device has no exchange key")
 		return nil
@@ -680,7 +680,7 @@ func (m *Managed) exchangeKey(w http.ResponseWriter, d *store.Device) *jose.JWK 
 	return &S
 }
 
-func (m *Managed) startApproval(w http.ResponseWriter, r *http.Request, d *store.Device, src netip.Addr) {
+func (m *Managed) startApproval(w http.ResponseWriter, r *http.Request, d *policy.Device, src netip.Addr) {
 	ctx := r.Context()
 	now := m.now()
 	a := &store.Approval{ID: "apr-" + randomToken(9), Device: d.ID, Source: src.String(), Created: now,
@@ -702,7 +702,7 @@ func (m *Managed) startApproval(w http.ResponseWriter, r *http.Request, d *store
 // before the device is told to ask again.
 const longPoll = 20 * time.Second
 
-func (m *Managed) continueApproval(w http.ResponseWriter, r *http.Request, d *store.Device, req *recRequest, src netip.Addr) {
+func (m *Managed) continueApproval(w http.ResponseWriter, r *http.Request, d *policy.Device, req *recRequest, src netip.Addr) {
 	ctx := r.Context()
 	wait, cancel := context.WithTimeout(ctx, longPoll)
 	defer cancel()

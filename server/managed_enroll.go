@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/tether-nbde/tether/audit"
+	"github.com/tether-nbde/tether/policy"
 	"github.com/tether-nbde/tether/store"
 )
 
@@ -113,13 +114,13 @@ func (m *Managed) admitTokenless(w http.ResponseWriter, r *http.Request, req *en
 		return nil, false
 	}
 	m.pendMu.Lock()
-	page, err := m.st.DevicePage(ctx, store.DeviceQuery{State: store.Pending, Limit: 1})
+	page, err := m.st.DevicePage(ctx, store.DeviceQuery{State: policy.Pending, Limit: 1})
 	if err != nil {
 		m.pendMu.Unlock()
 		writeError(w, http.StatusInternalServerError, "store: %v", err)
 		return nil, false
 	}
-	if n := page.Counts[store.Pending]; n >= m.cfg.MaxPending {
+	if n := page.Counts[policy.Pending]; n >= m.cfg.MaxPending {
 		m.pendMu.Unlock()
 		m.record(ctx, &audit.Record{Action: "enroll", Source: src, Decision: audit.Deny,
 			Reason: fmt.Sprintf("%d devices already wait for approval (the limit)", n)})

@@ -25,6 +25,7 @@ import (
 	"github.com/tether-nbde/tether/jose"
 	"github.com/tether-nbde/tether/pin"
 	"github.com/tether-nbde/tether/pin/managed"
+	"github.com/tether-nbde/tether/policy"
 	"github.com/tether-nbde/tether/server"
 	"github.com/tether-nbde/tether/store"
 )
@@ -327,11 +328,11 @@ func TestTokenlessEnrollment(t *testing.T) {
 		}()
 	}
 	wg.Wait()
-	page, err := e.st.DevicePage(ctx, store.DeviceQuery{State: store.Pending, Limit: 1})
+	page, err := e.st.DevicePage(ctx, store.DeviceQuery{State: policy.Pending, Limit: 1})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if n := page.Counts[store.Pending]; n != 5 {
+	if n := page.Counts[policy.Pending]; n != 5 {
 		t.Fatalf("%d devices pending, want the cap of 5", n)
 	}
 	if err := try("127.0.2.1", "one-more"); err == nil || !strings.Contains(err.Error(), "wait for approval") {
@@ -359,7 +360,7 @@ func TestRevokeIsForever(t *testing.T) {
 		t.Fatalf("a revoked device's unlock is audited as %+v, want an unlock denied for %s", last, d.id)
 	}
 	rec, _ := e.st.Device(ctx, d.id)
-	if rec.State != store.Revoked || rec.ExchangeKey != nil {
+	if rec.State != policy.Revoked || rec.ExchangeKey != nil {
 		t.Fatalf("after revoke: state %s, key present %v", rec.State, rec.ExchangeKey != nil)
 	}
 	// Nothing brings it back: not enable, not a re-enrolment of the same
@@ -430,19 +431,19 @@ func TestSourceNetworks(t *testing.T) {
 	e := newEnv(t, server.ManagedConfig{})
 	in := e.enroll(e.token(""), "127.0.0.1")
 	j := in.encrypt(t, "s")
-	e.admin.SetDevicePolicy(ctx, in.id, store.Policy{CIDRs: []string{"127.0.0.1/32"}})
+	e.admin.SetDevicePolicy(ctx, in.id, policy.Policy{CIDRs: []string{"127.0.0.1/32"}})
 	e.mustUnlock(in, j, "s")
 	// The same device from a second loopback address is outside.
 	out := *in
 	out.from, out.pin = "127.0.0.2", managed.Pin{LocalAddr: "127.0.0.2"}
 	e.mustFail(&out, j, "source 127.0.0.2 is not in the allowed networks")
 	// A group policy applies when the device sets none.
-	e.admin.SetDevicePolicy(ctx, in.id, store.Policy{})
+	e.admin.SetDevicePolicy(ctx, in.id, policy.Policy{})
 	e.mustUnlock(&out, j, "s")
-	e.admin.SetGroup(ctx, "", store.Policy{}) // no effect: device has no group
+	e.admin.SetGroup(ctx, "", policy.Policy{}) // no effect: device has no group
 	d2 := e.enroll(e.token("lab"), "127.0.0.2")
 	j2 := d2.encrypt(t, "t")
-	e.admin.SetGroup(ctx, "lab", store.Policy{CIDRs: []string{"10.0.0.0/8"}})
+	e.admin.SetGroup(ctx, "lab", policy.Policy{CIDRs: []string{"10.0.0.0/8"}})
 	e.mustFail(d2, j2, "not in the allowed networks")
 }
 
@@ -451,7 +452,7 @@ func TestKeepAlive(t *testing.T) {
 	e := newEnv(t, server.ManagedConfig{})
 	d := e.enroll(e.token(""), "")
 	j := d.encrypt(t, "s")
-	e.admin.SetDevicePolicy(ctx, d.id, store.Policy{KeepAlive: store.Duration(5 * time.Minute)})
+	e.admin.SetDevicePolicy(ctx, d.id, policy.Policy{KeepAlive: policy.Duration(5 * time.Minute)})
 	id, _ := managed.LoadIdentity(d.dir)
 	c, _ := id.Client("")
 	// Heartbeats keep it alive.
@@ -486,7 +487,7 @@ func TestKeepAlive(t *testing.T) {
 	// Without the sweep, an unlock itself notices the missed deadline.
 	e.clock.Advance(6 * time.Minute)
 	e.mustFail(d, j, "keep-alive timeout")
-	if rec, _ := e.st.Device(ctx, d.id); rec.State != store.Disabled {
+	if rec, _ := e.st.Device(ctx, d.id); rec.State != policy.Disabled {
 		t.Fatalf("state after missed keep-alive: %s", rec.State)
 	}
 }
@@ -523,7 +524,7 @@ func TestHeartbeatConnection(t *testing.T) {
 func TestKeepAliveSweepGroups(t *testing.T) {
 	ctx := context.Background()
 	e := newEnv(t, server.ManagedConfig{})
-	e.admin.SetGroup(ctx, "field", store.Policy{KeepAlive: store.Duration(10 * time.Minute)})
+	e.admin.SetGroup(ctx, "field", policy.Policy{KeepAlive: policy.Duration(10 * time.Minute)})
 	alive, quiet := e.enroll(e.token("field"), ""), e.enroll(e.token("field"), "")
 	other := e.enroll(e.token("lab"), "") // no keep-alive
 	id, _ := managed.LoadIdentity(alive.dir)
@@ -536,7 +537,7 @@ func TestKeepAliveSweepGroups(t *testing.T) {
 	if err := e.m.SweepKeepAlive(ctx); err != nil {
 		t.Fatal(err)
 	}
-	for dev, want := range map[*device]store.State{alive: store.Enabled, quiet: store.Disabled, other: store.Enabled} {
+	for dev, want := range map[*device]policy.State{alive: policy.Enabled, quiet: policy.Disabled, other: policy.Enabled} {
 		if d, _ := e.st.Device(ctx, dev.id); d.State != want {
 			t.Errorf("%s: %s after the sweep, want %s", dev.id, d.State, want)
 		}
@@ -549,7 +550,7 @@ func TestApproval(t *testing.T) {
 	d := e.enroll(e.token(""), "")
 	j := d.encrypt(t, "s")
 	yes := true
-	e.admin.SetDevicePolicy(ctx, d.id, store.Policy{Approval: &yes})
+	e.admin.SetDevicePolicy(ctx, d.id, policy.Policy{Approval: &yes})
 
 	// pending returns the one pending approval, waiting until it exists.
 	pending := func() string {
@@ -621,7 +622,7 @@ func TestRateLimit(t *testing.T) {
 	e := newEnv(t, server.ManagedConfig{})
 	d := e.enroll(e.token(""), "")
 	j := d.encrypt(t, "s")
-	e.admin.SetDevicePolicy(ctx, d.id, store.Policy{Rate: 2})
+	e.admin.SetDevicePolicy(ctx, d.id, policy.Policy{Rate: 2})
 	e.mustUnlock(d, j, "s")
 	e.mustUnlock(d, j, "s")
 	e.mustFail(d, j, "rate limit")

@@ -15,6 +15,7 @@ import (
 	"rsc.io/qr"
 
 	"github.com/tether-nbde/tether/audit"
+	"github.com/tether-nbde/tether/policy"
 	"github.com/tether-nbde/tether/store"
 	"github.com/tether-nbde/tether/tang"
 )
@@ -81,9 +82,9 @@ const (
 // parseDeviceQuery reads the device list's filters and page from the
 // query string.
 func parseDeviceQuery(q url.Values) (store.DeviceQuery, error) {
-	dq := store.DeviceQuery{Text: strings.TrimSpace(q.Get("q")), State: store.State(q.Get("state")), Limit: defaultDevicePage}
+	dq := store.DeviceQuery{Text: strings.TrimSpace(q.Get("q")), State: policy.State(q.Get("state")), Limit: defaultDevicePage}
 	switch dq.State {
-	case "", store.Enabled, store.Pending, store.Disabled, store.Revoked:
+	case "", policy.Enabled, policy.Pending, policy.Disabled, policy.Revoked:
 	default:
 		return dq, fmt.Errorf("unknown state %q", dq.State)
 	}

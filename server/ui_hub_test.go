@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tether-nbde/tether/policy"
 	"github.com/tether-nbde/tether/store"
 )
 
@@ -75,8 +76,8 @@ func TestStampPacer(t *testing.T) {
 func TestUIHubPacesSlowDeviceStamp(t *testing.T) {
 	h, slow, ch := newHubWithStore(t, 40*time.Millisecond)
 	start := time.Now()
-	d := &store.Device{ID: "dev-other-replica", Name: "n", Group: "g", KeyID: "k", PublicKey: []byte{1},
-		State: store.Enabled, ExchangeKey: []byte{1}, ExchangePub: `{"kty":"EC"}`,
+	d := &policy.Device{ID: "dev-other-replica", Name: "n", Group: "g", KeyID: "k", PublicKey: []byte{1},
+		State: policy.Enabled, ExchangeKey: []byte{1}, ExchangePub: `{"kty":"EC"}`,
 		Created: time.Unix(1e9, 0), Updated: time.Unix(1e9, 0), LastSeen: time.Unix(1e9, 0)}
 	time.Sleep(50 * time.Millisecond) // after the first stamp
 	if err := slow.Store.CreateDevice(context.Background(), d); err != nil {

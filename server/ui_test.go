@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tether-nbde/tether/policy"
 	"github.com/tether-nbde/tether/server"
 	"github.com/tether-nbde/tether/store"
 )
@@ -469,7 +470,7 @@ func TestUIDeviceFlow(t *testing.T) {
 	}
 	// Approval required: the unlock waits until alice approves it.
 	yes := true
-	e.admin.SetDevicePolicy(context.Background(), d.id, store.Policy{Approval: &yes})
+	e.admin.SetDevicePolicy(context.Background(), d.id, policy.Policy{Approval: &yes})
 	done := make(chan error, 1)
 	go func() { _, err := d.decrypt(context.Background(), j); done <- err }()
 	var apr server.UIApproval
@@ -528,14 +529,14 @@ func TestUIDevicePages(t *testing.T) {
 	ctx := context.Background()
 	const n = 1203
 	for i := 0; i < n; i++ {
-		d := &store.Device{ID: fmt.Sprintf("dev-%04d", i), Name: fmt.Sprintf("node-%d", i), Group: "rack" + strconv.Itoa(i%3),
-			KeyID: fmt.Sprintf("k%d", i), PublicKey: []byte{1}, State: store.Enabled, ExchangeKey: []byte{1},
+		d := &policy.Device{ID: fmt.Sprintf("dev-%04d", i), Name: fmt.Sprintf("node-%d", i), Group: "rack" + strconv.Itoa(i%3),
+			KeyID: fmt.Sprintf("k%d", i), PublicKey: []byte{1}, State: policy.Enabled, ExchangeKey: []byte{1},
 			ExchangePub: `{"kty":"EC"}`, Created: time.Unix(int64(1e9+i), 0), Updated: time.Unix(1e9, 0), LastSeen: time.Unix(1e9, 0)}
 		switch {
 		case i%10 == 0:
-			d.State = store.Disabled
+			d.State = policy.Disabled
 		case i == 7:
-			d.State, d.ExchangeKey = store.Revoked, nil
+			d.State, d.ExchangeKey = policy.Revoked, nil
 		}
 		if err := e.st.CreateDevice(ctx, d); err != nil {
 			t.Fatal(err)

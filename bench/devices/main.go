@@ -27,6 +27,7 @@ import (
 	"time"
 
 	"github.com/tether-nbde/tether/jose"
+	"github.com/tether-nbde/tether/policy"
 	"github.com/tether-nbde/tether/server"
 	"github.com/tether-nbde/tether/store"
 )
@@ -160,9 +161,9 @@ func create(ctx context.Context, st store.Store, kek *server.KEK, keys *fleetKey
 	}
 	pub, _ := json.Marshal(S.Public())
 	now := time.Now()
-	err = st.CreateDevice(ctx, &store.Device{
+	err = st.CreateDevice(ctx, &policy.Device{
 		ID: id, Name: fmt.Sprintf("host-%d", i), Group: "fleet", KeyID: server.SPKIPin(spki), PublicKey: spki,
-		State: store.Enabled, ExchangeKey: wrapped, ExchangePub: string(pub), Created: now, Updated: now, LastSeen: now,
+		State: policy.Enabled, ExchangeKey: wrapped, ExchangePub: string(pub), Created: now, Updated: now, LastSeen: now,
 	})
 	if err != nil || keys == nil {
 		return err

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/tether-nbde/tether/audit"
+	"github.com/tether-nbde/tether/policy"
 	"github.com/tether-nbde/tether/server"
 	"github.com/tether-nbde/tether/store"
 )
@@ -116,7 +117,7 @@ func init() {
 				if len(args) > 0 {
 					return cli.Usagef("unexpected argument %q", args[0])
 				}
-				r, err := c.CreateToken(context.Background(), server.TokenRequest{Group: *group, TTL: store.Duration(*ttl), Note: *note})
+				r, err := c.CreateToken(context.Background(), server.TokenRequest{Group: *group, TTL: policy.Duration(*ttl), Note: *note})
 				if err != nil {
 					return err
 				}
@@ -421,8 +422,8 @@ Example (after stopping the server):
   # tether admin reset-credentials --data /var/lib/tether
 `
 
-func parsePolicy(s string) (store.Policy, error) {
-	var p store.Policy
+func parsePolicy(s string) (policy.Policy, error) {
+	var p policy.Policy
 	dec := json.NewDecoder(strings.NewReader(s))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&p); err != nil {
