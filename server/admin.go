@@ -12,6 +12,8 @@ import (
 
 	"github.com/tether-nbde/tether/audit"
 	"github.com/tether-nbde/tether/policy"
+	"github.com/tether-nbde/tether/server/internal/wire"
+	"github.com/tether-nbde/tether/server/managed"
 	"github.com/tether-nbde/tether/store"
 )
 
@@ -57,7 +59,7 @@ func (m *Managed) adminRoutes(mux *http.ServeMux) {
 			tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
 			stored, err := m.st.Setting(r.Context(), adminTokenSetting)
 			if !ok || err != nil || !constantTimeEqualHex(tok, stored) {
-				writeError(w, http.StatusUnauthorized, "admin API: missing or wrong admin token")
+				wire.WriteError(w, http.StatusUnauthorized, "admin API: missing or wrong admin token")
 				return
 			}
 			h(w, r)
@@ -88,30 +90,30 @@ func (m *Managed) adminRecord(ctx context.Context, r *audit.Record) error {
 
 func (m *Managed) adminToken(w http.ResponseWriter, r *http.Request) {
 	var req TokenRequest
-	if !readJSON(w, r, &req) {
+	if !wire.ReadJSON(w, r, &req) {
 		return
 	}
 	ttl := time.Duration(req.TTL)
 	if ttl <= 0 {
 		ttl = 24 * time.Hour
 	}
-	tok, hash, err := MakeToken(m.pin)
+	tok, hash, err := managed.MakeToken(m.pin)
 	if err != nil {
-		writeError(w, http.StatusInternalServerError, "%v", err)
+		wire.WriteError(w, http.StatusInternalServerError, "%v", err)
 		return
 	}
 	now := m.now()
 	t := &store.Token{Hash: hash, Group: req.Group, Note: req.Note, Created: now, Expires: now.Add(ttl)}
 	if err := m.st.CreateToken(r.Context(), t); err != nil {
-		writeError(w, http.StatusInternalServerError, "store: %v", err)
+		wire.WriteError(w, http.StatusInternalServerError, "store: %v", err)
 		return
 	}
 	if err := m.adminRecord(r.Context(), &audit.Record{Action: "token.create",
 		Reason: "group " + strconv.Quote(req.Group) + ", expires " + t.Expires.Format(time.RFC3339)}); err != nil {
-		writeError(w, http.StatusInternalServerError, "audit: %v", err)
+		wire.WriteError(w, http.StatusInternalServerError, "audit: %v", err)
 		return
 	}
-	writeJSON(w, http.StatusOK, TokenReply{Token: tok, Expires: t.Expires})
+	wire.WriteJSON(w, http.StatusOK, TokenReply{Token: tok, Expires: t.Expires})
 }
 
 func toAdmin(d *policy.Device) AdminDevice {
@@ -136,7 +138,7 @@ func (m *Managed) adminDevices(w http.ResponseWriter, r *http.Request) {
 	})
 	if err != nil {
 		if n == 0 {
-			writeError(w, http.StatusInternalServerError, "store: %v", err)
+			wire.WriteError(w, http.StatusInternalServerError, "store: %v", err)
 			return
 		}
 		// Headers are gone: cut the reply short so the client sees bad JSON.
@@ -157,28 +159,28 @@ func (m *Managed) adminDeviceOp(w http.ResponseWriter, r *http.Request) {
 	ctx := r.Context()
 	id, op := r.PathValue("id"), r.PathValue("op")
 	var req ChangeRequest
-	if !readJSON(w, r, &req) {
+	if !wire.ReadJSON(w, r, &req) {
 		return
 	}
 	for attempt := 0; ; attempt++ {
 		d, err := m.st.Device(ctx, id)
 		if errors.Is(err, store.ErrNotFound) {
-			writeError(w, http.StatusNotFound, "no device %q", id)
+			wire.WriteError(w, http.StatusNotFound, "no device %q", id)
 			return
 		}
 		if err != nil {
-			writeError(w, http.StatusInternalServerError, "store: %v", err)
+			wire.WriteError(w, http.StatusInternalServerError, "store: %v", err)
 			return
 		}
 		if d.State == policy.Revoked {
-			writeError(w, http.StatusConflict, "device %s is revoked: revocation is final", id)
+			wire.WriteError(w, http.StatusConflict, "device %s is revoked: revocation is final", id)
 			return
 		}
 		touch := false
 		switch op {
 		case "approve":
 			if d.State != policy.Pending {
-				writeError(w, http.StatusConflict, "device %s is %s, not pending", id, d.State)
+				wire.WriteError(w, http.StatusConflict, "device %s is %s, not pending", id, d.State)
 				return
 			}
 			d.State, d.Reason, touch = policy.Enabled, req.Reason, true
@@ -191,7 +193,7 @@ func (m *Managed) adminDeviceOp(w http.ResponseWriter, r *http.Request) {
 			// device becomes undecryptable, for good.
 			d.State, d.Reason, d.ExchangeKey = policy.Revoked, req.Reason, nil
 		default:
-			writeError(w, http.StatusNotFound, "unknown device operation %q (approve, enable, disable, revoke)", op)
+			wire.WriteError(w, http.StatusNotFound, "unknown device operation %q (approve, enable, disable, revoke)", op)
 			return
 		}
 		d.Updated = m.now()
@@ -200,11 +202,11 @@ func (m *Managed) adminDeviceOp(w http.ResponseWriter, r *http.Request) {
 			continue
 		}
 		if errors.Is(err, store.ErrRevoked) {
-			writeError(w, http.StatusConflict, "device %s is revoked: revocation is final", id)
+			wire.WriteError(w, http.StatusConflict, "device %s is revoked: revocation is final", id)
 			return
 		}
 		if err != nil {
-			writeError(w, http.StatusInternalServerError, "store: %v", err)
+			wire.WriteError(w, http.StatusInternalServerError, "store: %v", err)
 			return
 		}
 		if touch {
@@ -218,14 +220,14 @@ func (m *Managed) adminDeviceOp(w http.ResponseWriter, r *http.Request) {
 		}
 		rec := &audit.Record{Action: "device." + op, Device: id, Reason: req.Reason}
 		if err := m.adminRecord(ctx, rec); err != nil {
-			writeError(w, http.StatusInternalServerError, "audit: %v", err)
+			wire.WriteError(w, http.StatusInternalServerError, "audit: %v", err)
 			return
 		}
 		if op == "revoke" {
-			m.hooks.send(Event{Event: "revoke", Device: id, Name: d.Name, Reason: req.Reason}, rec)
+			m.dev.Notify(managed.Event{Event: "revoke", Device: id, Name: d.Name, Reason: req.Reason}, rec)
 		}
 		m.log.Info("device changed by admin", "device", id, "op", op)
-		writeJSON(w, http.StatusOK, toAdmin(d))
+		wire.WriteJSON(w, http.StatusOK, toAdmin(d))
 		return
 	}
 }
@@ -234,17 +236,17 @@ func (m *Managed) adminDevicePolicy(w http.ResponseWriter, r *http.Request) {
 	ctx := r.Context()
 	id := r.PathValue("id")
 	var p policy.Policy
-	if !readJSON(w, r, &p) {
+	if !wire.ReadJSON(w, r, &p) {
 		return
 	}
 	if err := policy.Validate(p); err != nil {
-		writeError(w, http.StatusBadRequest, "%v", err)
+		wire.WriteError(w, http.StatusBadRequest, "%v", err)
 		return
 	}
 	for attempt := 0; attempt < 5; attempt++ {
 		d, err := m.st.Device(ctx, id)
 		if err != nil {
-			writeError(w, http.StatusNotFound, "no device %q", id)
+			wire.WriteError(w, http.StatusNotFound, "no device %q", id)
 			return
 		}
 		d.Policy, d.Updated = p, m.now()
@@ -253,14 +255,14 @@ func (m *Managed) adminDevicePolicy(w http.ResponseWriter, r *http.Request) {
 			continue
 		}
 		if err != nil {
-			writeError(w, http.StatusConflict, "%v", err)
+			wire.WriteError(w, http.StatusConflict, "%v", err)
 			return
 		}
 		m.adminRecord(ctx, &audit.Record{Action: "device.policy", Device: id, Reason: policyString(p)})
-		writeJSON(w, http.StatusOK, toAdmin(d))
+		wire.WriteJSON(w, http.StatusOK, toAdmin(d))
 		return
 	}
-	writeError(w, http.StatusConflict, "device %s keeps changing; try again", id)
+	wire.WriteError(w, http.StatusConflict, "device %s keeps changing; try again", id)
 }
 
 func policyString(p policy.Policy) string {
@@ -270,29 +272,29 @@ func policyString(p policy.Policy) string {
 
 func (m *Managed) adminGroup(w http.ResponseWriter, r *http.Request) {
 	var p policy.Policy
-	if !readJSON(w, r, &p) {
+	if !wire.ReadJSON(w, r, &p) {
 		return
 	}
 	if err := policy.Validate(p); err != nil {
-		writeError(w, http.StatusBadRequest, "%v", err)
+		wire.WriteError(w, http.StatusBadRequest, "%v", err)
 		return
 	}
 	name := r.PathValue("name")
 	if err := m.st.PutGroup(r.Context(), name, p); err != nil {
-		writeError(w, http.StatusInternalServerError, "store: %v", err)
+		wire.WriteError(w, http.StatusInternalServerError, "store: %v", err)
 		return
 	}
 	m.adminRecord(r.Context(), &audit.Record{Action: "group.policy", Reason: name + " " + policyString(p)})
-	writeJSON(w, http.StatusOK, p)
+	wire.WriteJSON(w, http.StatusOK, p)
 }
 
 func (m *Managed) adminGroups(w http.ResponseWriter, r *http.Request) {
 	g, err := m.st.Groups(r.Context())
 	if err != nil {
-		writeError(w, http.StatusInternalServerError, "store: %v", err)
+		wire.WriteError(w, http.StatusInternalServerError, "store: %v", err)
 		return
 	}
-	writeJSON(w, http.StatusOK, g)
+	wire.WriteJSON(w, http.StatusOK, g)
 }
 
 // OnOff is the body of a switch: lockdown, open enrolment.
@@ -302,20 +304,20 @@ type OnOff struct {
 
 func (m *Managed) adminSwitch(w http.ResponseWriter, r *http.Request, setting, action string) {
 	var req OnOff
-	if !readJSON(w, r, &req) {
+	if !wire.ReadJSON(w, r, &req) {
 		return
 	}
 	v := map[bool]string{true: "on", false: "off"}[req.On]
 	if err := m.st.SetSetting(r.Context(), setting, v); err != nil {
-		writeError(w, http.StatusInternalServerError, "store: %v", err)
+		wire.WriteError(w, http.StatusInternalServerError, "store: %v", err)
 		return
 	}
 	if err := m.adminRecord(r.Context(), &audit.Record{Action: action, Reason: v}); err != nil {
-		writeError(w, http.StatusInternalServerError, "audit: %v", err)
+		wire.WriteError(w, http.StatusInternalServerError, "audit: %v", err)
 		return
 	}
 	m.log.Warn(action+" changed by admin", "value", v)
-	writeJSON(w, http.StatusOK, req)
+	wire.WriteJSON(w, http.StatusOK, req)
 }
 
 func (m *Managed) adminLockdown(w http.ResponseWriter, r *http.Request) {
@@ -323,41 +325,41 @@ func (m *Managed) adminLockdown(w http.ResponseWriter, r *http.Request) {
 }
 
 func (m *Managed) adminEnrollOpen(w http.ResponseWriter, r *http.Request) {
-	m.adminSwitch(w, r, enrollOpenSetting, "enroll.open")
+	m.adminSwitch(w, r, managed.EnrollOpenSetting, "enroll.open")
 }
 
 func (m *Managed) adminApprovals(w http.ResponseWriter, r *http.Request) {
 	as, err := m.st.PendingApprovals(r.Context(), m.now())
 	if err != nil {
-		writeError(w, http.StatusInternalServerError, "store: %v", err)
+		wire.WriteError(w, http.StatusInternalServerError, "store: %v", err)
 		return
 	}
 	if as == nil {
 		as = []*store.Approval{}
 	}
-	writeJSON(w, http.StatusOK, as)
+	wire.WriteJSON(w, http.StatusOK, as)
 }
 
 func (m *Managed) adminApprovalOp(w http.ResponseWriter, r *http.Request) {
 	id, op := r.PathValue("id"), r.PathValue("op")
 	state := map[string]string{"approve": "approved", "deny": "denied"}[op]
 	if state == "" {
-		writeError(w, http.StatusNotFound, "unknown approval operation %q (approve, deny)", op)
+		wire.WriteError(w, http.StatusNotFound, "unknown approval operation %q (approve, deny)", op)
 		return
 	}
 	a, err := m.st.Approval(r.Context(), id)
 	if err != nil {
-		writeError(w, http.StatusNotFound, "no approval %q", id)
+		wire.WriteError(w, http.StatusNotFound, "no approval %q", id)
 		return
 	}
 	if err := m.st.DecideApproval(r.Context(), id, state); err != nil {
-		writeError(w, http.StatusConflict, "approval %s was already decided", id)
+		wire.WriteError(w, http.StatusConflict, "approval %s was already decided", id)
 		return
 	}
 	m.adminRecord(r.Context(), &audit.Record{Action: "approval." + op, Device: a.Device, Reason: id})
 	m.wakeWaiters()
 	a.State = state
-	writeJSON(w, http.StatusOK, a)
+	wire.WriteJSON(w, http.StatusOK, a)
 }
 
 func (m *Managed) adminAudit(w http.ResponseWriter, r *http.Request) {
@@ -368,11 +370,11 @@ func (m *Managed) adminAudit(w http.ResponseWriter, r *http.Request) {
 	}
 	recs, err := m.st.Audit(r.Context(), after, limit)
 	if err != nil {
-		writeError(w, http.StatusInternalServerError, "store: %v", err)
+		wire.WriteError(w, http.StatusInternalServerError, "store: %v", err)
 		return
 	}
 	if recs == nil {
 		recs = []*audit.Record{}
 	}
-	writeJSON(w, http.StatusOK, recs)
+	wire.WriteJSON(w, http.StatusOK, recs)
 }

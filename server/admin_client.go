@@ -16,6 +16,8 @@ import (
 
 	"github.com/tether-nbde/tether/audit"
 	"github.com/tether-nbde/tether/policy"
+	"github.com/tether-nbde/tether/server/internal/wire"
+	"github.com/tether-nbde/tether/server/managed"
 	"github.com/tether-nbde/tether/store"
 )
 
@@ -48,7 +50,7 @@ func NewAdminClient(cfg AdminConfig) *AdminClient {
 		MinVersion:         tls.VersionTLS13,
 		InsecureSkipVerify: true, // the pin below replaces CA verification
 		VerifyConnection: func(cs tls.ConnectionState) error {
-			if len(cs.PeerCertificates) == 0 || SPKIPin(cs.PeerCertificates[0].RawSubjectPublicKeyInfo) != cfg.Pin {
+			if len(cs.PeerCertificates) == 0 || managed.SPKIPin(cs.PeerCertificates[0].RawSubjectPublicKeyInfo) != cfg.Pin {
 				return errors.New("the server's TLS key does not match the pin in the admin configuration")
 			}
 			return nil
@@ -79,7 +81,7 @@ func (c *AdminClient) call(ctx context.Context, method, path string, in, out any
 		return err
 	}
 	if resp.StatusCode >= 300 {
-		var e errorReply
+		var e wire.ErrorReply
 		if json.Unmarshal(data, &e) != nil || e.Error == "" {
 			e.Error = strings.TrimSpace(string(data))
 		}

@@ -3,10 +3,8 @@ package server
 import (
 	"context"
 	"crypto/sha256"
-	"crypto/x509"
 	"encoding/hex"
 	"encoding/json"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -16,6 +14,8 @@ import (
 
 	"github.com/tether-nbde/tether/audit"
 	"github.com/tether-nbde/tether/internal/atomicfile"
+	"github.com/tether-nbde/tether/server/internal/wire"
+	"github.com/tether-nbde/tether/server/managed"
 	"github.com/tether-nbde/tether/store"
 )
 
@@ -44,41 +44,16 @@ func AdminConfigModeWarning(path string) string {
 		path, fi.Mode().Perm(), path)
 }
 
-// StoredPin returns the pin of the managed API's TLS key as the store
-// holds it (the certificate is public; no key-encryption key is needed).
-func StoredPin(ctx context.Context, st store.Store) (string, error) {
-	v, err := st.Setting(ctx, "managed.tls")
-	if errors.Is(err, store.ErrNotFound) {
-		return "", errors.New("the store holds no managed TLS certificate: the server has never started in managed mode with it")
-	}
-	if err != nil {
-		return "", err
-	}
-	var s storedTLS
-	if err := json.Unmarshal([]byte(v), &s); err != nil {
-		return "", fmt.Errorf("stored TLS certificate: %w", err)
-	}
-	blk, _ := pem.Decode([]byte(s.Cert))
-	if blk == nil {
-		return "", errors.New("stored TLS certificate is malformed")
-	}
-	cert, err := x509.ParseCertificate(blk.Bytes)
-	if err != nil {
-		return "", fmt.Errorf("stored TLS certificate: %w", err)
-	}
-	return SPKIPin(cert.RawSubjectPublicKeyInfo), nil
-}
-
 // ResetAdminCredentials replaces the admin token in the store by a new
 // one, which it writes with url and the stored pin to file first (so a
 // failure leaves the old token valid, or the new one written), and audits
 // the change. The old token stops working at once, on every replica.
 func ResetAdminCredentials(ctx context.Context, st store.Store, url, file string) (AdminConfig, error) {
-	pin, err := StoredPin(ctx, st)
+	pin, err := managed.StoredPin(ctx, st)
 	if err != nil {
 		return AdminConfig{}, err
 	}
-	c := AdminConfig{URL: url, Pin: pin, Token: randomToken(32)}
+	c := AdminConfig{URL: url, Pin: pin, Token: wire.RandomToken(32)}
 	if err := WriteAdminConfig(file, c); err != nil {
 		return AdminConfig{}, fmt.Errorf("write admin credentials: %w", err)
 	}

@@ -20,6 +20,7 @@ import (
 	"github.com/tether-nbde/tether/audit"
 	"github.com/tether-nbde/tether/internal/atomicfile"
 	"github.com/tether-nbde/tether/jose"
+	"github.com/tether-nbde/tether/server/internal/wire"
 	"github.com/tether-nbde/tether/store"
 )
 
@@ -86,7 +87,7 @@ func newUIServer(m *Managed) *uiServer {
 	u.us, _ = m.st.(store.UIStore)
 	u.login = template.Must(template.ParseFS(uiFiles, "ui/login.html"))
 	u.static, _ = fs.Sub(uiFiles, "ui/static")
-	u.hub = newUIHub(m)
+	u.hub = newUIHub(m.st, m.log, m.now)
 	return u
 }
 
@@ -194,27 +195,27 @@ func (u *uiServer) authed(change bool, next http.HandlerFunc) http.HandlerFunc {
 		w.Header().Set("Cache-Control", "no-store")
 		s, err := u.session(r, r.Header.Get(bgHeader) == "")
 		if err != nil {
-			writeError(w, http.StatusInternalServerError, "session store: %v", err)
+			wire.WriteError(w, http.StatusInternalServerError, "session store: %v", err)
 			return
 		}
 		if s == nil {
-			writeError(w, http.StatusUnauthorized, "not signed in, or the session expired: sign in again")
+			wire.WriteError(w, http.StatusUnauthorized, "not signed in, or the session expired: sign in again")
 			return
 		}
 		if change {
 			if !sameOrigin(r) {
 				u.refuse(r, s.User, "request from another origin ("+r.Header.Get("Origin")+")")
-				writeError(w, http.StatusForbidden, "cross-site request refused: it must come from this dashboard's page")
+				wire.WriteError(w, http.StatusForbidden, "cross-site request refused: it must come from this dashboard's page")
 				return
 			}
 			tok := r.Header.Get(csrfHeader)
 			if subtle.ConstantTimeCompare([]byte(tok), []byte(s.CSRF)) != 1 {
 				u.refuse(r, s.User, "missing or wrong CSRF token")
-				writeError(w, http.StatusForbidden, "request refused: missing or wrong CSRF token (reload the page)")
+				wire.WriteError(w, http.StatusForbidden, "request refused: missing or wrong CSRF token (reload the page)")
 				return
 			}
 		}
-		ctx := context.WithValue(r.Context(), actorKey{}, uiActor{name: s.User, source: sourceOf(r).String()})
+		ctx := context.WithValue(r.Context(), actorKey{}, uiActor{name: s.User, source: wire.Source(r).String()})
 		ctx = context.WithValue(ctx, ctxSession{}, s)
 		next(w, r.WithContext(ctx))
 		if change {
@@ -226,7 +227,7 @@ func (u *uiServer) authed(change bool, next http.HandlerFunc) http.HandlerFunc {
 // refuse audits a refused dashboard request.
 func (u *uiServer) refuse(r *http.Request, user, reason string) {
 	u.m.record(r.Context(), &audit.Record{Action: "ui.refused", Actor: user,
-		Source: sourceOf(r).String(), Decision: audit.Deny, Reason: r.Method + " " + r.URL.Path + ": " + reason})
+		Source: wire.Source(r).String(), Decision: audit.Deny, Reason: r.Method + " " + r.URL.Path + ": " + reason})
 }
 
 func (u *uiServer) index(w http.ResponseWriter, r *http.Request) {
@@ -274,7 +275,7 @@ func (u *uiServer) loginPage(w http.ResponseWriter, r *http.Request) {
 
 func (u *uiServer) loginPost(w http.ResponseWriter, r *http.Request) {
 	ctx := r.Context()
-	src := sourceOf(r).String()
+	src := wire.Source(r).String()
 	if !sameOrigin(r) {
 		u.renderLogin(w, http.StatusForbidden, loginView{Error: "Sign-in refused: the form was not sent from this page."})
 		return
@@ -319,9 +320,9 @@ func (u *uiServer) loginPost(w http.ResponseWriter, r *http.Request) {
 		u.renderLogin(w, http.StatusUnauthorized, loginView{Name: name, Error: "Wrong name or password."})
 		return
 	}
-	secret := randomToken(32)
+	secret := wire.RandomToken(32)
 	now := u.m.now()
-	s := &store.Session{ID: sessionID(secret), User: user.Name, CSRF: randomToken(32), Source: src, Created: now, LastSeen: now}
+	s := &store.Session{ID: sessionID(secret), User: user.Name, CSRF: wire.RandomToken(32), Source: src, Created: now, LastSeen: now}
 	// Old sessions are swept here rather than by a timer: sign-ins are
 	// rare, and expired sessions are refused when used anyway.
 	u.us.DeleteSessionsBefore(ctx, now.Add(-u.cfg.SessionMax), now.Add(-u.cfg.SessionIdle))
@@ -342,10 +343,10 @@ func (u *uiServer) loginPost(w http.ResponseWriter, r *http.Request) {
 func (u *uiServer) logout(w http.ResponseWriter, r *http.Request) {
 	s := r.Context().Value(ctxSession{}).(*store.Session)
 	u.us.DeleteSession(r.Context(), s.ID)
-	u.m.record(r.Context(), &audit.Record{Action: "ui.logout", Actor: s.User, Source: sourceOf(r).String(), Decision: audit.OK})
+	u.m.record(r.Context(), &audit.Record{Action: "ui.logout", Actor: s.User, Source: wire.Source(r).String(), Decision: audit.OK})
 	http.SetCookie(w, &http.Cookie{Name: sessionCookie, Value: "", Path: "/", Secure: true, HttpOnly: true,
 		SameSite: http.SameSiteStrictMode, MaxAge: -1})
-	writeJSON(w, http.StatusOK, struct{}{})
+	wire.WriteJSON(w, http.StatusOK, struct{}{})
 }
 
 // InitialAdminName is the account the first start creates.
@@ -370,7 +371,7 @@ func (m *Managed) startUI(ctx context.Context, dataDir string, curve *jose.Curve
 	if err != nil || len(users) > 0 {
 		return err
 	}
-	pw := randomToken(18)
+	pw := wire.RandomToken(18)
 	hash, err := HashPassword(pw)
 	if err != nil {
 		return err

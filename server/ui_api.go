@@ -12,12 +12,13 @@ import (
 	"strings"
 	"time"
 
-	"rsc.io/qr"
-
 	"github.com/tether-nbde/tether/audit"
 	"github.com/tether-nbde/tether/policy"
+	"github.com/tether-nbde/tether/server/internal/wire"
+	"github.com/tether-nbde/tether/server/managed"
 	"github.com/tether-nbde/tether/store"
 	"github.com/tether-nbde/tether/tang"
+	"rsc.io/qr"
 )
 
 // The dashboard's JSON API (/ui/api/...). Reads are assembled here for
@@ -109,22 +110,22 @@ func (u *uiServer) apiState(w http.ResponseWriter, r *http.Request) {
 	s := ctx.Value(ctxSession{}).(*store.Session)
 	dq, err := parseDeviceQuery(r.URL.Query())
 	if err != nil {
-		writeError(w, http.StatusBadRequest, "%v", err)
+		wire.WriteError(w, http.StatusBadRequest, "%v", err)
 		return
 	}
 	act, seq, err := u.hub.activity(ctx)
 	if err != nil {
-		writeError(w, http.StatusInternalServerError, "audit: %v", err)
+		wire.WriteError(w, http.StatusInternalServerError, "audit: %v", err)
 		return
 	}
 	as, err := u.m.st.PendingApprovals(ctx, u.m.now())
 	if err != nil {
-		writeError(w, http.StatusInternalServerError, "store: %v", err)
+		wire.WriteError(w, http.StatusInternalServerError, "store: %v", err)
 		return
 	}
 	page, err := u.m.st.DevicePage(ctx, dq)
 	if err != nil {
-		writeError(w, http.StatusInternalServerError, "store: %v", err)
+		wire.WriteError(w, http.StatusInternalServerError, "store: %v", err)
 		return
 	}
 	st := UIState{User: s.User, CSRF: s.CSRF, Pin: u.m.pin, AuditSeq: seq, Now: u.m.now(),
@@ -155,7 +156,7 @@ func (u *uiServer) apiState(w http.ResponseWriter, r *http.Request) {
 		st.Approvals = append(st.Approvals, UIApproval{Approval: *a, Name: names[a.Device]})
 	}
 	lock, _ := u.m.st.Setting(ctx, "lockdown")
-	open, _ := u.m.st.Setting(ctx, enrollOpenSetting)
+	open, _ := u.m.st.Setting(ctx, managed.EnrollOpenSetting)
 	st.Lockdown, st.EnrollOpen = lock == "on", open == "on"
 	keys, err := tang.LoadKeyDir(u.cfg.KeyDir)
 	if err != nil {
@@ -170,7 +171,7 @@ func (u *uiServer) apiState(w http.ResponseWriter, r *http.Request) {
 		st.Keys = append(st.Keys, UIKey{Thumbprint: tp, Use: use, Curve: k.JWK.Crv, Advertised: !k.Hidden})
 	}
 	sort.SliceStable(st.Keys, func(i, j int) bool { return st.Keys[i].Advertised && !st.Keys[j].Advertised })
-	writeJSON(w, http.StatusOK, st)
+	wire.WriteJSON(w, http.StatusOK, st)
 }
 
 // UIAudit is a filtered page of the audit log and the chain's state.
@@ -200,7 +201,7 @@ func (u *uiServer) apiAudit(w http.ResponseWriter, r *http.Request) {
 	for after := int64(0); ; {
 		recs, err := u.m.st.Audit(ctx, after, 5000)
 		if err != nil {
-			writeError(w, http.StatusInternalServerError, "audit: %v", err)
+			wire.WriteError(w, http.StatusInternalServerError, "audit: %v", err)
 			return
 		}
 		for _, rec := range recs {
@@ -231,7 +232,7 @@ func (u *uiServer) apiAudit(w http.ResponseWriter, r *http.Request) {
 			out.Names[d.ID] = d.Name
 		}
 	}
-	writeJSON(w, http.StatusOK, out)
+	wire.WriteJSON(w, http.StatusOK, out)
 }
 
 // UIToken is a new enrolment token with the command a device runs and
@@ -244,7 +245,7 @@ type UIToken struct {
 
 func (u *uiServer) apiToken(w http.ResponseWriter, r *http.Request) {
 	var req TokenRequest
-	if !readJSON(w, r, &req) {
+	if !wire.ReadJSON(w, r, &req) {
 		return
 	}
 	ttl := time.Duration(req.TTL)
@@ -252,23 +253,23 @@ func (u *uiServer) apiToken(w http.ResponseWriter, r *http.Request) {
 		ttl = 24 * time.Hour
 	}
 	if ttl > 30*24*time.Hour {
-		writeError(w, http.StatusBadRequest, "a token may live at most 30 days")
+		wire.WriteError(w, http.StatusBadRequest, "a token may live at most 30 days")
 		return
 	}
-	tok, hash, err := MakeToken(u.m.pin)
+	tok, hash, err := managed.MakeToken(u.m.pin)
 	if err != nil {
-		writeError(w, http.StatusInternalServerError, "%v", err)
+		wire.WriteError(w, http.StatusInternalServerError, "%v", err)
 		return
 	}
 	now := u.m.now()
 	t := &store.Token{Hash: hash, Group: req.Group, Note: req.Note, Created: now, Expires: now.Add(ttl)}
 	if err := u.m.st.CreateToken(r.Context(), t); err != nil {
-		writeError(w, http.StatusInternalServerError, "store: %v", err)
+		wire.WriteError(w, http.StatusInternalServerError, "store: %v", err)
 		return
 	}
 	if err := u.m.adminRecord(r.Context(), &audit.Record{Action: "token.create",
 		Reason: "group " + strconv.Quote(req.Group) + ", expires " + t.Expires.Format(time.RFC3339)}); err != nil {
-		writeError(w, http.StatusInternalServerError, "audit: %v", err)
+		wire.WriteError(w, http.StatusInternalServerError, "audit: %v", err)
 		return
 	}
 	// The device reaches the server where the admin's browser does; the
@@ -276,10 +277,10 @@ func (u *uiServer) apiToken(w http.ResponseWriter, r *http.Request) {
 	cmd := fmt.Sprintf("tether enroll --server https://%s --token %s", r.Host, tok)
 	svg, err := qrSVG(cmd)
 	if err != nil {
-		writeError(w, http.StatusInternalServerError, "QR code: %v", err)
+		wire.WriteError(w, http.StatusInternalServerError, "QR code: %v", err)
 		return
 	}
-	writeJSON(w, http.StatusOK, UIToken{TokenReply: TokenReply{Token: tok, Expires: t.Expires}, Command: cmd,
+	wire.WriteJSON(w, http.StatusOK, UIToken{TokenReply: TokenReply{Token: tok, Expires: t.Expires}, Command: cmd,
 		QR: "data:image/svg+xml;base64," + base64.StdEncoding.EncodeToString([]byte(svg))})
 }
 
@@ -308,12 +309,12 @@ func qrSVG(text string) (string, error) {
 
 func (u *uiServer) apiRotate(w http.ResponseWriter, r *http.Request) {
 	if u.cfg.KeyDir == "" {
-		writeError(w, http.StatusNotImplemented, "this server has no Tang key directory")
+		wire.WriteError(w, http.StatusNotImplemented, "this server has no Tang key directory")
 		return
 	}
 	newKeys, hidden, err := tang.Rotate(u.cfg.KeyDir, u.cfg.Curve)
 	if err != nil {
-		writeError(w, http.StatusInternalServerError, "rotate keys: %v", err)
+		wire.WriteError(w, http.StatusInternalServerError, "rotate keys: %v", err)
 		return
 	}
 	var tps []string
@@ -323,12 +324,12 @@ func (u *uiServer) apiRotate(w http.ResponseWriter, r *http.Request) {
 	}
 	reason := fmt.Sprintf("new keys %s; %d retired", strings.Join(tps, ", "), len(hidden))
 	if err := u.m.adminRecord(r.Context(), &audit.Record{Action: "tang.rotate", Reason: reason}); err != nil {
-		writeError(w, http.StatusInternalServerError, "audit: %v", err)
+		wire.WriteError(w, http.StatusInternalServerError, "audit: %v", err)
 		return
 	}
 	u.m.log.Warn("tang keys rotated from the dashboard", "new", tps, "retired", len(hidden))
 	u.hub.kick()
-	writeJSON(w, http.StatusOK, map[string]any{"new": tps, "retired": len(hidden)})
+	wire.WriteJSON(w, http.StatusOK, map[string]any{"new": tps, "retired": len(hidden)})
 }
 
 // apiEvents is a server-sent event stream: "change" whenever a device,

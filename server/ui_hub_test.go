@@ -35,7 +35,7 @@ func newHubWithStore(t *testing.T, delay time.Duration) (*uiHub, *slowStamp, cha
 		t.Fatal(err)
 	}
 	slow := &slowStamp{Store: st, delay: delay}
-	h := newUIHub(&Managed{st: slow, log: slog.New(slog.NewTextHandler(io.Discard, nil)), now: time.Now})
+	h := newUIHub(slow, slog.New(slog.NewTextHandler(io.Discard, nil)), time.Now)
 	ch := h.subscribe()
 	t.Cleanup(func() {
 		h.unsubscribe(ch)

@@ -10,6 +10,7 @@ import (
 	"unicode"
 
 	"github.com/tether-nbde/tether/audit"
+	"github.com/tether-nbde/tether/server/internal/wire"
 	"github.com/tether-nbde/tether/store"
 )
 
@@ -44,10 +45,10 @@ func (m *Managed) adminUserUnlock(w http.ResponseWriter, r *http.Request) {
 	name := r.PathValue("name")
 	n := m.ui.limiter.clear(name)
 	if err := m.adminRecord(r.Context(), &audit.Record{Action: "ui.user.unlock", Reason: name}); err != nil {
-		writeError(w, http.StatusInternalServerError, "audit: %v", err)
+		wire.WriteError(w, http.StatusInternalServerError, "audit: %v", err)
 		return
 	}
-	writeJSON(w, http.StatusOK, UnlockReply{Cleared: n})
+	wire.WriteJSON(w, http.StatusOK, UnlockReply{Cleared: n})
 }
 
 // UnlockReply says how many sign-in brakes were cleared.
@@ -71,7 +72,7 @@ func ValidUserName(n string) error {
 
 func (m *Managed) uiStore(w http.ResponseWriter) store.UIStore {
 	if m.ui.us == nil {
-		writeError(w, http.StatusNotImplemented, "this store cannot hold dashboard accounts")
+		wire.WriteError(w, http.StatusNotImplemented, "this store cannot hold dashboard accounts")
 	}
 	return m.ui.us
 }
@@ -83,14 +84,14 @@ func (m *Managed) adminUsers(w http.ResponseWriter, r *http.Request) {
 	}
 	users, err := us.UIUsers(r.Context())
 	if err != nil {
-		writeError(w, http.StatusInternalServerError, "store: %v", err)
+		wire.WriteError(w, http.StatusInternalServerError, "store: %v", err)
 		return
 	}
 	out := []UserInfo{}
 	for _, u := range users {
 		out = append(out, UserInfo{Name: u.Name, Created: u.Created, Updated: u.Updated})
 	}
-	writeJSON(w, http.StatusOK, out)
+	wire.WriteJSON(w, http.StatusOK, out)
 }
 
 // adminUserSet creates an account (POST) or changes its password (PUT,
@@ -103,16 +104,16 @@ func (m *Managed) adminUserSet(change bool) http.HandlerFunc {
 		}
 		name := r.PathValue("name")
 		if err := ValidUserName(name); err != nil {
-			writeError(w, http.StatusBadRequest, "%v", err)
+			wire.WriteError(w, http.StatusBadRequest, "%v", err)
 			return
 		}
 		var req UserRequest
-		if !readJSON(w, r, &req) {
+		if !wire.ReadJSON(w, r, &req) {
 			return
 		}
 		hash, err := HashPassword(req.Password)
 		if err != nil {
-			writeError(w, http.StatusBadRequest, "%v", err)
+			wire.WriteError(w, http.StatusBadRequest, "%v", err)
 			return
 		}
 		now := m.now()
@@ -125,20 +126,20 @@ func (m *Managed) adminUserSet(change bool) http.HandlerFunc {
 		}
 		switch {
 		case errors.Is(err, store.ErrExists):
-			writeError(w, http.StatusConflict, "account %s exists", name)
+			wire.WriteError(w, http.StatusConflict, "account %s exists", name)
 			return
 		case errors.Is(err, store.ErrNotFound):
-			writeError(w, http.StatusNotFound, "no account %s", name)
+			wire.WriteError(w, http.StatusNotFound, "no account %s", name)
 			return
 		case err != nil:
-			writeError(w, http.StatusInternalServerError, "store: %v", err)
+			wire.WriteError(w, http.StatusInternalServerError, "store: %v", err)
 			return
 		}
 		if err := m.adminRecord(r.Context(), &audit.Record{Action: action, Reason: name}); err != nil {
-			writeError(w, http.StatusInternalServerError, "audit: %v", err)
+			wire.WriteError(w, http.StatusInternalServerError, "audit: %v", err)
 			return
 		}
-		writeJSON(w, http.StatusOK, UserInfo{Name: name, Updated: now})
+		wire.WriteJSON(w, http.StatusOK, UserInfo{Name: name, Updated: now})
 	}
 }
 
@@ -150,15 +151,15 @@ func (m *Managed) adminUserDelete(w http.ResponseWriter, r *http.Request) {
 	name := r.PathValue("name")
 	err := us.DeleteUIUser(r.Context(), name)
 	if errors.Is(err, store.ErrNotFound) {
-		writeError(w, http.StatusNotFound, "no account %s", name)
+		wire.WriteError(w, http.StatusNotFound, "no account %s", name)
 		return
 	}
 	if err != nil {
-		writeError(w, http.StatusInternalServerError, "store: %v", err)
+		wire.WriteError(w, http.StatusInternalServerError, "store: %v", err)
 		return
 	}
 	m.adminRecord(r.Context(), &audit.Record{Action: "ui.user.remove", Reason: name})
-	writeJSON(w, http.StatusOK, struct{}{})
+	wire.WriteJSON(w, http.StatusOK, struct{}{})
 }
 
 // Users lists the dashboard accounts.

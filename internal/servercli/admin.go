@@ -7,7 +7,6 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"github.com/tether-nbde/tether/internal/cli"
 	"io"
 	"net/netip"
 	"os"
@@ -18,8 +17,10 @@ import (
 	"time"
 
 	"github.com/tether-nbde/tether/audit"
+	"github.com/tether-nbde/tether/internal/cli"
 	"github.com/tether-nbde/tether/policy"
 	"github.com/tether-nbde/tether/server"
+	"github.com/tether-nbde/tether/server/managed"
 	"github.com/tether-nbde/tether/store"
 )
 
@@ -42,8 +43,8 @@ func managedServerFlags(fs *flag.FlagSet) func() (server.ManagedConfig, error) {
 	uiCfg := uiServerFlags(fs) // admin_user.go
 	hostnames := fs.String("managed-hostname", "", "")
 	return func() (server.ManagedConfig, error) {
-		mc := server.ManagedConfig{Listen: *listen, Store: *src, KEKFile: *kek, Webhooks: hooks,
-			ApprovalTimeout: *approval, UnlockRate: *rate}
+		mc := server.ManagedConfig{Listen: *listen, Store: *src, KEKFile: *kek,
+			Config: managed.Config{Webhooks: hooks, ApprovalTimeout: *approval, UnlockRate: *rate}}
 		mc.UI = uiCfg()
 		for _, h := range strings.Split(*hostnames, ",") {
 			if h = strings.TrimSpace(h); h != "" {

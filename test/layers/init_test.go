@@ -37,6 +37,8 @@ import (
 	_ "github.com/tether-nbde/tether/policy"
 	_ "github.com/tether-nbde/tether/server"
 	_ "github.com/tether-nbde/tether/server/connlimit"
+	_ "github.com/tether-nbde/tether/server/managed"
+	_ "github.com/tether-nbde/tether/server/servertest"
 	_ "github.com/tether-nbde/tether/server/tangport"
 	_ "github.com/tether-nbde/tether/store"
 	_ "github.com/tether-nbde/tether/store/pgtest"

@@ -61,9 +61,13 @@ var ranks = map[string]int{
 	// doctor checks what boot installs and what luks and the pins hold.
 	"internal/doctor": 58,
 
-	"server/connlimit": 56, // descriptor caps of the server's listeners
-	"server/tangport":  58, // the Tang port: tang's endpoints on net/http
-	"server":           60, // managed API, admin API, dashboard; Run wires all
+	"server/connlimit":     56, // descriptor caps of the server's listeners
+	"server/internal/wire": 56, // JSON replies and requests the server's APIs share
+	"server/managed":       57, // the managed (device) API, its KEK, TLS key and webhooks
+	"server/tangport":      58, // the Tang port: tang's endpoints on net/http
+	"server":               60, // Run wires the Tang port and the managed listener
+	// A test harness: the whole managed listener, for the tests of its parts.
+	"server/servertest": 62,
 
 	"internal/cli":        70,
 	"internal/servercli":  75, // uses internal/cli's command framework

@@ -1,4 +1,4 @@
-package server
+package managed
 
 import (
 	"bytes"
@@ -152,7 +152,7 @@ func openManaged(t *testing.T, st store.Store, path string) (string, error) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	m, _, err := NewManaged(context.Background(), st, kek, ManagedConfig{}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	m, err := New(context.Background(), st, kek, Config{}, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	if err != nil {
 		return "", err
 	}
