@@ -2,10 +2,7 @@ package server
 
 import (
 	"context"
-	"crypto/sha256"
-	"crypto/subtle"
 	"crypto/tls"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -18,8 +15,8 @@ import (
 	"time"
 
 	"github.com/tether-nbde/tether/audit"
+	"github.com/tether-nbde/tether/server/admin"
 	"github.com/tether-nbde/tether/server/connlimit"
-	"github.com/tether-nbde/tether/server/internal/wire"
 	"github.com/tether-nbde/tether/server/managed"
 	"github.com/tether-nbde/tether/server/tangport"
 	"github.com/tether-nbde/tether/store"
@@ -56,12 +53,13 @@ type ManagedConfig struct {
 // Managed is what the managed listener serves: the device API (package
 // managed), the admin API and the dashboard, on one mux.
 type Managed struct {
-	dev *managed.Server
-	st  store.Store
-	log *slog.Logger
-	cfg ManagedConfig
-	pin string
-	ui  *uiServer
+	dev   *managed.Server
+	st    store.Store
+	log   *slog.Logger
+	cfg   ManagedConfig
+	pin   string
+	admin *admin.API
+	ui    *uiServer
 }
 
 // NewManaged sets up managed mode on a store (managed.New) and, on first
@@ -76,12 +74,12 @@ func NewManaged(ctx context.Context, st store.Store, kek *managed.KEK, cfg Manag
 	if err != nil {
 		return nil, "", err
 	}
-	tok, err := initAdminToken(ctx, st, cfg.SaveAdmin)
+	tok, err := admin.InitToken(ctx, st, cfg.SaveAdmin)
 	if err != nil {
 		dev.Close()
 		return nil, "", err
 	}
-	m = &Managed{dev: dev, st: st, log: log, cfg: cfg, pin: dev.Pin()}
+	m = &Managed{dev: dev, st: st, log: log, cfg: cfg, pin: dev.Pin(), admin: admin.New(dev)}
 	m.ui = newUIServer(m)
 	return m, tok, nil
 }
@@ -107,55 +105,11 @@ func (m *Managed) Close() { m.dev.Close() }
 func (m *Managed) Handler() http.Handler {
 	mux := http.NewServeMux()
 	m.dev.Routes(mux)
-	m.adminRoutes(mux)
+	m.admin.Routes(mux)
+	m.userRoutes(mux, m.admin.Authed) // ui_users.go
 	m.ui.routes(mux)
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok\n") })
 	return mux
-}
-
-// adminTokenSetting holds the SHA-256 (hex) of the admin API's token.
-const adminTokenSetting = "admin.token.sha256"
-
-// initAdminToken creates the admin token if the store has none. It
-// returns the new token, or "" if one existed (or another replica made it
-// first, in which case what save received is void).
-func initAdminToken(ctx context.Context, st store.Store, save func(string) error) (string, error) {
-	if _, err := st.Setting(ctx, adminTokenSetting); err == nil {
-		return "", nil
-	} else if !errors.Is(err, store.ErrNotFound) {
-		return "", err
-	}
-	tok := wire.RandomToken(32)
-	if save != nil {
-		if err := save(tok); err != nil {
-			return "", err
-		}
-	}
-	h := sha256.Sum256([]byte(tok))
-	stored, err := st.InitSetting(ctx, adminTokenSetting, hex.EncodeToString(h[:]))
-	if err != nil {
-		return "", err
-	}
-	if stored != hex.EncodeToString(h[:]) {
-		return "", nil
-	}
-	return tok, nil
-}
-
-// constantTimeEqualHex compares a presented secret's hash with a stored
-// hex hash.
-func constantTimeEqualHex(secret, storedHex string) bool {
-	h := sha256.Sum256([]byte(secret))
-	want, err := hex.DecodeString(storedHex)
-	return err == nil && subtle.ConstantTimeCompare(h[:], want) == 1
-}
-
-// AdminConfig is what "tether admin" needs to reach the admin API: written
-// 0600 to DATA/admin.json on first start.
-type AdminConfig struct {
-	URL   string `json:"url"`
-	Pin   string `json:"pin"`
-	Token string `json:"token"`
 }
 
 // startManaged is Run's hook: if managed mode is configured, it starts the
@@ -229,7 +183,7 @@ func startManaged(ctx context.Context, cfg *Config, log *slog.Logger, met *tangp
 		if err != nil {
 			return err
 		}
-		if err := WriteAdminConfig(adminFile, AdminConfig{URL: "https://" + localAddr(ln.Addr()), Pin: pin, Token: tok}); err != nil {
+		if err := admin.WriteCredentials(adminFile, admin.Credentials{URL: "https://" + localAddr(ln.Addr()), Pin: pin, Token: tok}); err != nil {
 			return fmt.Errorf("write admin credentials: %w", err)
 		}
 		saved = true
@@ -252,7 +206,7 @@ func startManaged(ctx context.Context, cfg *Config, log *slog.Logger, met *tangp
 	default:
 		if _, err := os.Stat(adminFile); errors.Is(err, os.ErrNotExist) {
 			log.Warn("no admin credentials file here: copy it from where the server first started, or reissue it with tether admin reset-credentials", "file", adminFile)
-		} else if w := AdminConfigModeWarning(adminFile); w != "" {
+		} else if w := admin.CredentialsModeWarning(adminFile); w != "" {
 			log.Warn(w)
 		}
 	}

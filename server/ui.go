@@ -20,6 +20,7 @@ import (
 	"github.com/tether-nbde/tether/audit"
 	"github.com/tether-nbde/tether/internal/atomicfile"
 	"github.com/tether-nbde/tether/jose"
+	"github.com/tether-nbde/tether/server/admin"
 	"github.com/tether-nbde/tether/server/internal/wire"
 	"github.com/tether-nbde/tether/store"
 )
@@ -91,12 +92,6 @@ func newUIServer(m *Managed) *uiServer {
 	return u
 }
 
-// actorKey carries who makes an admin change through the dashboard, for
-// the audit record (adminRecord).
-type actorKey struct{}
-
-type uiActor struct{ name, source string }
-
 func (u *uiServer) routes(mux *http.ServeMux) {
 	if u.cfg.Off {
 		return
@@ -115,9 +110,9 @@ func (u *uiServer) routes(mux *http.ServeMux) {
 	h("GET /ui/api/audit", u.authed(false, u.apiAudit))
 	h("GET /ui/api/events", u.authed(false, u.apiEvents))
 	h("POST /ui/api/tokens", u.authed(true, u.apiToken))
-	h("POST /ui/api/devices/{id}/{op}", u.authed(true, u.m.adminDeviceOp))
-	h("POST /ui/api/approvals/{id}/{op}", u.authed(true, u.m.adminApprovalOp))
-	h("POST /ui/api/lockdown", u.authed(true, u.m.adminLockdown))
+	h("POST /ui/api/devices/{id}/{op}", u.authed(true, u.m.admin.DeviceOp))
+	h("POST /ui/api/approvals/{id}/{op}", u.authed(true, u.m.admin.ApprovalOp))
+	h("POST /ui/api/lockdown", u.authed(true, u.m.admin.Lockdown))
 	h("POST /ui/api/keys/rotate", u.authed(true, u.apiRotate))
 }
 
@@ -215,7 +210,7 @@ func (u *uiServer) authed(change bool, next http.HandlerFunc) http.HandlerFunc {
 				return
 			}
 		}
-		ctx := context.WithValue(r.Context(), actorKey{}, uiActor{name: s.User, source: wire.Source(r).String()})
+		ctx := admin.WithActor(r.Context(), s.User, wire.Source(r).String())
 		ctx = context.WithValue(ctx, ctxSession{}, s)
 		next(w, r.WithContext(ctx))
 		if change {

@@ -14,6 +14,7 @@ import (
 
 	"github.com/tether-nbde/tether/audit"
 	"github.com/tether-nbde/tether/policy"
+	"github.com/tether-nbde/tether/server/admin"
 	"github.com/tether-nbde/tether/server/internal/wire"
 	"github.com/tether-nbde/tether/server/managed"
 	"github.com/tether-nbde/tether/store"
@@ -28,7 +29,7 @@ import (
 // UIDevice is a device as the dashboard shows it: the store's record plus
 // what the audit log says about its last unlock and where it came from.
 type UIDevice struct {
-	AdminDevice
+	admin.Device
 	LastUnlock   time.Time `json:"last_unlock,omitzero"`
 	LastSource   string    `json:"last_source,omitempty"`
 	LastAttempt  time.Time `json:"last_attempt,omitzero"`
@@ -136,7 +137,7 @@ func (u *uiServer) apiState(w http.ResponseWriter, r *http.Request) {
 		st.DeviceTotal += n
 	}
 	for _, d := range page.Devices {
-		ud := UIDevice{AdminDevice: toAdmin(d)}
+		ud := UIDevice{Device: admin.ToDevice(d)}
 		if a := act[d.ID]; a != nil {
 			ud.LastUnlock, ud.LastSource, ud.LastAttempt, ud.LastDecision, ud.LastReason =
 				a.lastUnlock, a.lastSource, a.lastAttempt, a.lastDecision, a.lastReason
@@ -238,13 +239,13 @@ func (u *uiServer) apiAudit(w http.ResponseWriter, r *http.Request) {
 // UIToken is a new enrolment token with the command a device runs and
 // that command as a QR code (an SVG data: URL).
 type UIToken struct {
-	TokenReply
+	admin.TokenReply
 	Command string `json:"command"`
 	QR      string `json:"qr"`
 }
 
 func (u *uiServer) apiToken(w http.ResponseWriter, r *http.Request) {
-	var req TokenRequest
+	var req admin.TokenRequest
 	if !wire.ReadJSON(w, r, &req) {
 		return
 	}
@@ -267,7 +268,7 @@ func (u *uiServer) apiToken(w http.ResponseWriter, r *http.Request) {
 		wire.WriteError(w, http.StatusInternalServerError, "store: %v", err)
 		return
 	}
-	if err := u.m.adminRecord(r.Context(), &audit.Record{Action: "token.create",
+	if err := u.m.admin.Record(r.Context(), &audit.Record{Action: "token.create",
 		Reason: "group " + strconv.Quote(req.Group) + ", expires " + t.Expires.Format(time.RFC3339)}); err != nil {
 		wire.WriteError(w, http.StatusInternalServerError, "audit: %v", err)
 		return
@@ -280,7 +281,7 @@ func (u *uiServer) apiToken(w http.ResponseWriter, r *http.Request) {
 		wire.WriteError(w, http.StatusInternalServerError, "QR code: %v", err)
 		return
 	}
-	wire.WriteJSON(w, http.StatusOK, UIToken{TokenReply: TokenReply{Token: tok, Expires: t.Expires}, Command: cmd,
+	wire.WriteJSON(w, http.StatusOK, UIToken{TokenReply: admin.TokenReply{Token: tok, Expires: t.Expires}, Command: cmd,
 		QR: "data:image/svg+xml;base64," + base64.StdEncoding.EncodeToString([]byte(svg))})
 }
 
@@ -323,7 +324,7 @@ func (u *uiServer) apiRotate(w http.ResponseWriter, r *http.Request) {
 		tps = append(tps, tp)
 	}
 	reason := fmt.Sprintf("new keys %s; %d retired", strings.Join(tps, ", "), len(hidden))
-	if err := u.m.adminRecord(r.Context(), &audit.Record{Action: "tang.rotate", Reason: reason}); err != nil {
+	if err := u.m.admin.Record(r.Context(), &audit.Record{Action: "tang.rotate", Reason: reason}); err != nil {
 		wire.WriteError(w, http.StatusInternalServerError, "audit: %v", err)
 		return
 	}

@@ -19,6 +19,7 @@ import (
 
 	"github.com/tether-nbde/tether/policy"
 	"github.com/tether-nbde/tether/server"
+	"github.com/tether-nbde/tether/server/admin"
 	"github.com/tether-nbde/tether/server/servertest"
 	"github.com/tether-nbde/tether/store"
 )
@@ -254,7 +255,7 @@ func TestUICSRF(t *testing.T) {
 		"http origin":         {"Origin": strings.Replace(e.URL, "https:", "http:", 1)},
 		"token, wrong origin": {"Origin": "https://evil.example", "X-CSRF-Token": c.csrf},
 	} {
-		if code := c.do("POST", "/ui/api/lockdown", server.OnOff{On: true}, hdr, nil); code != http.StatusForbidden {
+		if code := c.do("POST", "/ui/api/lockdown", admin.OnOff{On: true}, hdr, nil); code != http.StatusForbidden {
 			t.Errorf("%s: %d, want 403", name, code)
 		}
 		if lockdown() == "on" {
@@ -269,7 +270,7 @@ func TestUICSRF(t *testing.T) {
 		t.Fatalf("sign-in without Origin: %s", r.Status)
 	}
 	// The page's own request works, and is audited with alice's name.
-	if code := c.do("POST", "/ui/api/lockdown", server.OnOff{On: true}, nil, nil); code != 200 || lockdown() != "on" {
+	if code := c.do("POST", "/ui/api/lockdown", admin.OnOff{On: true}, nil, nil); code != 200 || lockdown() != "on" {
 		t.Fatalf("lockdown from the page: %d, %q", code, lockdown())
 	}
 	recs, _ := e.St.Audit(context.Background(), 0, 1000)
@@ -460,7 +461,7 @@ func TestUIDeviceFlow(t *testing.T) {
 	c := e.uiClient()
 	c.mustLogin("alice", "alice-password-1")
 	var tok server.UIToken
-	if code := c.do("POST", "/ui/api/tokens", server.TokenRequest{Group: "nas"}, nil, &tok); code != 200 {
+	if code := c.do("POST", "/ui/api/tokens", admin.TokenRequest{Group: "nas"}, nil, &tok); code != 200 {
 		t.Fatalf("token: %d", code)
 	}
 	if !strings.HasPrefix(tok.QR, "data:image/svg+xml;base64,") || !strings.Contains(tok.Command, tok.Token) {
@@ -501,7 +502,7 @@ func TestUIDeviceFlow(t *testing.T) {
 	if err := <-done; err != nil {
 		t.Fatalf("approved unlock: %v", err)
 	}
-	if code := c.do("POST", "/ui/api/devices/"+d.ID+"/revoke", server.ChangeRequest{Reason: "stolen"}, nil, nil); code != 200 {
+	if code := c.do("POST", "/ui/api/devices/"+d.ID+"/revoke", admin.ChangeRequest{Reason: "stolen"}, nil, nil); code != 200 {
 		t.Fatalf("revoke: %d", code)
 	}
 	e.MustFail(d, j, "revoked")

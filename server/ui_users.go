@@ -1,15 +1,13 @@
 package server
 
 import (
-	"context"
 	"errors"
 	"net/http"
-	"net/url"
 	"strings"
-	"time"
 	"unicode"
 
 	"github.com/tether-nbde/tether/audit"
+	"github.com/tether-nbde/tether/server/admin"
 	"github.com/tether-nbde/tether/server/internal/wire"
 	"github.com/tether-nbde/tether/store"
 )
@@ -18,18 +16,6 @@ import (
 // whoever holds the admin token decides who may sign in to the dashboard.
 // The password travels once, over the pinned TLS connection, and the
 // server keeps only its argon2id hash.
-
-// UserRequest sets an account's password.
-type UserRequest struct {
-	Password string `json:"password"`
-}
-
-// UserInfo is an account as listed (never with its hash).
-type UserInfo struct {
-	Name    string    `json:"name"`
-	Created time.Time `json:"created"`
-	Updated time.Time `json:"updated"`
-}
 
 func (m *Managed) userRoutes(mux *http.ServeMux, a func(http.HandlerFunc) http.HandlerFunc) {
 	mux.HandleFunc("GET /v1/admin/users", a(m.adminUsers))
@@ -44,16 +30,11 @@ func (m *Managed) userRoutes(mux *http.ServeMux, a func(http.HandlerFunc) http.H
 func (m *Managed) adminUserUnlock(w http.ResponseWriter, r *http.Request) {
 	name := r.PathValue("name")
 	n := m.ui.limiter.clear(name)
-	if err := m.adminRecord(r.Context(), &audit.Record{Action: "ui.user.unlock", Reason: name}); err != nil {
+	if err := m.admin.Record(r.Context(), &audit.Record{Action: "ui.user.unlock", Reason: name}); err != nil {
 		wire.WriteError(w, http.StatusInternalServerError, "audit: %v", err)
 		return
 	}
-	wire.WriteJSON(w, http.StatusOK, UnlockReply{Cleared: n})
-}
-
-// UnlockReply says how many sign-in brakes were cleared.
-type UnlockReply struct {
-	Cleared int `json:"cleared"`
+	wire.WriteJSON(w, http.StatusOK, admin.UnlockReply{Cleared: n})
 }
 
 // ValidUserName checks an account name: 1–64 letters, digits, ".", "-",
@@ -87,9 +68,9 @@ func (m *Managed) adminUsers(w http.ResponseWriter, r *http.Request) {
 		wire.WriteError(w, http.StatusInternalServerError, "store: %v", err)
 		return
 	}
-	out := []UserInfo{}
+	out := []admin.UserInfo{}
 	for _, u := range users {
-		out = append(out, UserInfo{Name: u.Name, Created: u.Created, Updated: u.Updated})
+		out = append(out, admin.UserInfo{Name: u.Name, Created: u.Created, Updated: u.Updated})
 	}
 	wire.WriteJSON(w, http.StatusOK, out)
 }
@@ -107,7 +88,7 @@ func (m *Managed) adminUserSet(change bool) http.HandlerFunc {
 			wire.WriteError(w, http.StatusBadRequest, "%v", err)
 			return
 		}
-		var req UserRequest
+		var req admin.UserRequest
 		if !wire.ReadJSON(w, r, &req) {
 			return
 		}
@@ -135,11 +116,11 @@ func (m *Managed) adminUserSet(change bool) http.HandlerFunc {
 			wire.WriteError(w, http.StatusInternalServerError, "store: %v", err)
 			return
 		}
-		if err := m.adminRecord(r.Context(), &audit.Record{Action: action, Reason: name}); err != nil {
+		if err := m.admin.Record(r.Context(), &audit.Record{Action: action, Reason: name}); err != nil {
 			wire.WriteError(w, http.StatusInternalServerError, "audit: %v", err)
 			return
 		}
-		wire.WriteJSON(w, http.StatusOK, UserInfo{Name: name, Updated: now})
+		wire.WriteJSON(w, http.StatusOK, admin.UserInfo{Name: name, Updated: now})
 	}
 }
 
@@ -158,34 +139,6 @@ func (m *Managed) adminUserDelete(w http.ResponseWriter, r *http.Request) {
 		wire.WriteError(w, http.StatusInternalServerError, "store: %v", err)
 		return
 	}
-	m.adminRecord(r.Context(), &audit.Record{Action: "ui.user.remove", Reason: name})
+	m.admin.Record(r.Context(), &audit.Record{Action: "ui.user.remove", Reason: name})
 	wire.WriteJSON(w, http.StatusOK, struct{}{})
-}
-
-// Users lists the dashboard accounts.
-func (c *AdminClient) Users(ctx context.Context) ([]UserInfo, error) {
-	var r []UserInfo
-	return r, c.call(ctx, http.MethodGet, "/v1/admin/users", nil, &r)
-}
-
-// AddUser creates a dashboard account.
-func (c *AdminClient) AddUser(ctx context.Context, name, password string) error {
-	return c.call(ctx, http.MethodPost, "/v1/admin/users/"+url.PathEscape(name), UserRequest{Password: password}, nil)
-}
-
-// SetPassword changes an account's password and ends its sessions.
-func (c *AdminClient) SetPassword(ctx context.Context, name, password string) error {
-	return c.call(ctx, http.MethodPut, "/v1/admin/users/"+url.PathEscape(name), UserRequest{Password: password}, nil)
-}
-
-// RemoveUser deletes a dashboard account and ends its sessions.
-func (c *AdminClient) RemoveUser(ctx context.Context, name string) error {
-	return c.call(ctx, http.MethodDelete, "/v1/admin/users/"+url.PathEscape(name), nil, nil)
-}
-
-// UnlockUser clears the sign-in brakes on a dashboard account.
-func (c *AdminClient) UnlockUser(ctx context.Context, name string) (int, error) {
-	var r UnlockReply
-	err := c.call(ctx, http.MethodPost, "/v1/admin/users/"+url.PathEscape(name)+"/unlock", struct{}{}, &r)
-	return r.Cleared, err
 }

@@ -6,16 +6,16 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"github.com/tether-nbde/tether/internal/cli"
 	"io"
 	"os"
 	"strings"
 	"text/tabwriter"
 	"time"
 
-	"golang.org/x/term"
-
+	"github.com/tether-nbde/tether/internal/cli"
 	"github.com/tether-nbde/tether/server"
+	"github.com/tether-nbde/tether/server/admin"
+	"golang.org/x/term"
 )
 
 // uiServerFlags declares the dashboard flags of "tether server".
@@ -67,8 +67,8 @@ func init() {
 	} {
 		op := op
 		adminCmd("admin user "+op.name, op.summary, adminUserUsage,
-			func(fs *flag.FlagSet) func(*cli.Env, *server.AdminClient, []string) error {
-				return func(env *cli.Env, c *server.AdminClient, args []string) error {
+			func(fs *flag.FlagSet) func(*cli.Env, *admin.Client, []string) error {
+				return func(env *cli.Env, c *admin.Client, args []string) error {
 					if len(args) != 1 {
 						return cli.Usagef("want exactly one account name (the password comes from stdin or a prompt, never the command line)")
 					}
@@ -85,7 +85,7 @@ func init() {
 					ctx := context.Background()
 					if op.name == "add" {
 						err = c.AddUser(ctx, args[0], pw)
-						var ae *server.AdminError
+						var ae *admin.Error
 						if errors.As(err, &ae) && ae.Status == 409 {
 							return cli.WithHint(err, "change its password with tether admin user passwd %s", args[0])
 						}
@@ -101,8 +101,8 @@ func init() {
 			})
 	}
 	adminCmd("admin user list", "list dashboard accounts", adminUserUsage,
-		func(fs *flag.FlagSet) func(*cli.Env, *server.AdminClient, []string) error {
-			return func(env *cli.Env, c *server.AdminClient, args []string) error {
+		func(fs *flag.FlagSet) func(*cli.Env, *admin.Client, []string) error {
+			return func(env *cli.Env, c *admin.Client, args []string) error {
 				if len(args) > 0 {
 					return cli.Usagef("unexpected argument %q", args[0])
 				}
@@ -119,8 +119,8 @@ func init() {
 			}
 		})
 	adminCmd("admin user unlock", "clear the sign-in brakes on a dashboard account", adminUserUsage,
-		func(fs *flag.FlagSet) func(*cli.Env, *server.AdminClient, []string) error {
-			return func(env *cli.Env, c *server.AdminClient, args []string) error {
+		func(fs *flag.FlagSet) func(*cli.Env, *admin.Client, []string) error {
+			return func(env *cli.Env, c *admin.Client, args []string) error {
 				if len(args) != 1 {
 					return cli.Usagef("want exactly one account name")
 				}
@@ -133,8 +133,8 @@ func init() {
 			}
 		})
 	adminCmd("admin user remove", "remove a dashboard account (ends its sessions)", adminUserUsage,
-		func(fs *flag.FlagSet) func(*cli.Env, *server.AdminClient, []string) error {
-			return func(env *cli.Env, c *server.AdminClient, args []string) error {
+		func(fs *flag.FlagSet) func(*cli.Env, *admin.Client, []string) error {
+			return func(env *cli.Env, c *admin.Client, args []string) error {
 				if len(args) != 1 {
 					return cli.Usagef("want exactly one account name")
 				}

@@ -19,6 +19,7 @@ import (
 	managedpin "github.com/tether-nbde/tether/pin/managed"
 	"github.com/tether-nbde/tether/policy"
 	"github.com/tether-nbde/tether/server"
+	"github.com/tether-nbde/tether/server/admin"
 	"github.com/tether-nbde/tether/server/managed"
 	"github.com/tether-nbde/tether/server/servertest"
 	"github.com/tether-nbde/tether/store"
@@ -468,7 +469,7 @@ func TestUnauthenticatedAndTamperedRequests(t *testing.T) {
 	tj.Ciphertext[0] ^= 1
 	e.MustFail(d, &tj, "authentication failed")
 	// The admin API refuses a wrong token.
-	bad := server.NewAdminClient(server.AdminConfig{URL: e.URL, Pin: e.M.Pin(), Token: "wrong"})
+	bad := admin.NewClient(admin.Credentials{URL: e.URL, Pin: e.M.Pin(), Token: "wrong"})
 	if _, err := bad.Devices(ctx); err == nil {
 		t.Fatal("admin API accepted a wrong token")
 	}

@@ -16,6 +16,7 @@ import (
 	"github.com/tether-nbde/tether/audit"
 	managedpin "github.com/tether-nbde/tether/pin/managed"
 	"github.com/tether-nbde/tether/server"
+	"github.com/tether-nbde/tether/server/admin"
 	"github.com/tether-nbde/tether/server/managed"
 	"github.com/tether-nbde/tether/server/servertest"
 	"github.com/tether-nbde/tether/store"
@@ -28,7 +29,7 @@ type replica struct {
 	srv   *http.Server
 	addr  string
 	st    store.Store
-	admin *server.AdminClient
+	admin *admin.Client
 }
 
 func startReplica(t *testing.T, dsn string, kek *managed.KEK, adminTok *string) *replica {
@@ -122,11 +123,11 @@ func TestTwoReplicasOnPostgres(t *testing.T) {
 
 	lb := newBalancer(t, a.addr)
 	url := "https://" + lb.ln.Addr().String()
-	adminA := server.NewAdminClient(server.AdminConfig{URL: "https://" + a.addr, Pin: a.m.Pin(), Token: adminTok})
-	adminB := server.NewAdminClient(server.AdminConfig{URL: "https://" + b.addr, Pin: b.m.Pin(), Token: adminTok})
+	adminA := admin.NewClient(admin.Credentials{URL: "https://" + a.addr, Pin: a.m.Pin(), Token: adminTok})
+	adminB := admin.NewClient(admin.Credentials{URL: "https://" + b.addr, Pin: b.m.Pin(), Token: adminTok})
 
 	enroll := func() *servertest.Device {
-		tok, err := adminB.CreateToken(ctx, server.TokenRequest{})
+		tok, err := adminB.CreateToken(ctx, admin.TokenRequest{})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -29,6 +29,7 @@ import (
 	"github.com/tether-nbde/tether/pin"
 	managedpin "github.com/tether-nbde/tether/pin/managed"
 	"github.com/tether-nbde/tether/server"
+	"github.com/tether-nbde/tether/server/admin"
 	"github.com/tether-nbde/tether/server/managed"
 	"github.com/tether-nbde/tether/store"
 )
@@ -51,7 +52,7 @@ func (c *Clock) Advance(d time.Duration) {
 type Env struct {
 	T      *testing.T
 	URL    string
-	Admin  *server.AdminClient
+	Admin  *admin.Client
 	Clock  *Clock
 	DBPath string
 	St     store.Store
@@ -135,7 +136,7 @@ func New(t *testing.T, mc server.ManagedConfig) *Env {
 		st.Close()
 	})
 	e.URL = "https://" + ln.Addr().String()
-	e.Admin = server.NewAdminClient(server.AdminConfig{URL: e.URL, Pin: m.Pin(), Token: adminTok})
+	e.Admin = admin.NewClient(admin.Credentials{URL: e.URL, Pin: m.Pin(), Token: adminTok})
 	return e
 }
 
@@ -149,7 +150,7 @@ type Device struct {
 
 func (e *Env) Token(group string) string {
 	e.T.Helper()
-	tok, err := e.Admin.CreateToken(context.Background(), server.TokenRequest{Group: group})
+	tok, err := e.Admin.CreateToken(context.Background(), admin.TokenRequest{Group: group})
 	if err != nil {
 		e.T.Fatal(err)
 	}

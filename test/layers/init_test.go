@@ -36,6 +36,7 @@ import (
 	_ "github.com/tether-nbde/tether/pin/tpm2"
 	_ "github.com/tether-nbde/tether/policy"
 	_ "github.com/tether-nbde/tether/server"
+	_ "github.com/tether-nbde/tether/server/admin"
 	_ "github.com/tether-nbde/tether/server/connlimit"
 	_ "github.com/tether-nbde/tether/server/managed"
 	_ "github.com/tether-nbde/tether/server/servertest"

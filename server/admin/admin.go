@@ -1,10 +1,11 @@
-package server
+package admin
 
 import (
 	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
+	"log/slog"
 	"net/http"
 	"strconv"
 	"strings"
@@ -21,8 +22,8 @@ import (
 // bearer token of DATA/admin.json (stored as a SHA-256 hash). Every change
 // is audited with actor "admin".
 
-// AdminDevice is a device as the admin API lists it.
-type AdminDevice struct {
+// Device is a device as the admin API lists it.
+type Device struct {
 	ID       string        `json:"id"`
 	Name     string        `json:"name"`
 	Group    string        `json:"group,omitempty"`
@@ -53,42 +54,73 @@ type ChangeRequest struct {
 	Reason string `json:"reason,omitempty"`
 }
 
-func (m *Managed) adminRoutes(mux *http.ServeMux) {
-	a := func(h http.HandlerFunc) http.HandlerFunc {
-		return func(w http.ResponseWriter, r *http.Request) {
-			tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-			stored, err := m.st.Setting(r.Context(), adminTokenSetting)
-			if !ok || err != nil || !constantTimeEqualHex(tok, stored) {
-				wire.WriteError(w, http.StatusUnauthorized, "admin API: missing or wrong admin token")
-				return
-			}
-			h(w, r)
+// API is the admin API of a managed server.
+type API struct {
+	m   *managed.Server
+	st  store.Store
+	log *slog.Logger
+}
+
+// New returns the admin API of m.
+func New(m *managed.Server) *API {
+	return &API{m: m, st: m.Store(), log: m.Log()}
+}
+
+// Authed wraps an admin API handler: it runs only for a request with the
+// admin token.
+func (a *API) Authed(h http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+		stored, err := a.st.Setting(r.Context(), tokenSetting)
+		if !ok || err != nil || !constantTimeEqualHex(tok, stored) {
+			wire.WriteError(w, http.StatusUnauthorized, "admin API: missing or wrong admin token")
+			return
 		}
+		h(w, r)
 	}
-	mux.HandleFunc("POST /v1/admin/tokens", a(m.adminToken))
-	mux.HandleFunc("GET /v1/admin/devices", a(m.adminDevices))
-	mux.HandleFunc("POST /v1/admin/devices/{id}/{op}", a(m.adminDeviceOp))
-	mux.HandleFunc("PUT /v1/admin/devices/{id}/policy", a(m.adminDevicePolicy))
-	mux.HandleFunc("PUT /v1/admin/groups/{name}", a(m.adminGroup))
-	mux.HandleFunc("GET /v1/admin/groups", a(m.adminGroups))
-	mux.HandleFunc("PUT /v1/admin/lockdown", a(m.adminLockdown))
-	mux.HandleFunc("PUT /v1/admin/settings/enroll-open", a(m.adminEnrollOpen))
-	mux.HandleFunc("GET /v1/admin/approvals", a(m.adminApprovals))
-	mux.HandleFunc("POST /v1/admin/approvals/{id}/{op}", a(m.adminApprovalOp))
-	mux.HandleFunc("GET /v1/admin/audit", a(m.adminAudit))
-	m.userRoutes(mux, a) // ui_users.go
 }
 
-func (m *Managed) adminRecord(ctx context.Context, r *audit.Record) error {
+// Routes adds the admin API to mux. (The dashboard's accounts are
+// managed under /v1/admin/users, by package dashboard, behind Authed.)
+func (a *API) Routes(mux *http.ServeMux) {
+	mux.HandleFunc("POST /v1/admin/tokens", a.Authed(a.createToken))
+	mux.HandleFunc("GET /v1/admin/devices", a.Authed(a.devices))
+	mux.HandleFunc("POST /v1/admin/devices/{id}/{op}", a.Authed(a.DeviceOp))
+	mux.HandleFunc("PUT /v1/admin/devices/{id}/policy", a.Authed(a.devicePolicy))
+	mux.HandleFunc("PUT /v1/admin/groups/{name}", a.Authed(a.group))
+	mux.HandleFunc("GET /v1/admin/groups", a.Authed(a.groups))
+	mux.HandleFunc("PUT /v1/admin/lockdown", a.Authed(a.Lockdown))
+	mux.HandleFunc("PUT /v1/admin/settings/enroll-open", a.Authed(a.enrollOpen))
+	mux.HandleFunc("GET /v1/admin/approvals", a.Authed(a.approvals))
+	mux.HandleFunc("POST /v1/admin/approvals/{id}/{op}", a.Authed(a.ApprovalOp))
+	mux.HandleFunc("GET /v1/admin/audit", a.Authed(a.audit))
+}
+
+// actorKey carries who makes a change through the dashboard, for the
+// audit record (Record).
+type actorKey struct{}
+
+type actor struct{ name, source string }
+
+// WithActor returns ctx naming the dashboard account, and its address,
+// that makes the request: Record puts them in the audit record instead of
+// "admin".
+func WithActor(ctx context.Context, name, source string) context.Context {
+	return context.WithValue(ctx, actorKey{}, actor{name: name, source: source})
+}
+
+// Record audits an administrator's change, made with the admin token or,
+// if ctx says so (WithActor), by a dashboard account.
+func (a *API) Record(ctx context.Context, r *audit.Record) error {
 	r.Actor, r.Decision = "admin", audit.OK
-	if a, ok := ctx.Value(actorKey{}).(uiActor); ok {
+	if ac, ok := ctx.Value(actorKey{}).(actor); ok {
 		// A change made in the dashboard: who, and from where.
-		r.Actor, r.Source = a.name, a.source
+		r.Actor, r.Source = ac.name, ac.source
 	}
-	return m.record(ctx, r)
+	return a.m.Record(ctx, r)
 }
 
-func (m *Managed) adminToken(w http.ResponseWriter, r *http.Request) {
+func (a *API) createToken(w http.ResponseWriter, r *http.Request) {
 	var req TokenRequest
 	if !wire.ReadJSON(w, r, &req) {
 		return
@@ -97,18 +129,18 @@ func (m *Managed) adminToken(w http.ResponseWriter, r *http.Request) {
 	if ttl <= 0 {
 		ttl = 24 * time.Hour
 	}
-	tok, hash, err := managed.MakeToken(m.pin)
+	tok, hash, err := managed.MakeToken(a.m.Pin())
 	if err != nil {
 		wire.WriteError(w, http.StatusInternalServerError, "%v", err)
 		return
 	}
-	now := m.now()
+	now := a.m.Now()
 	t := &store.Token{Hash: hash, Group: req.Group, Note: req.Note, Created: now, Expires: now.Add(ttl)}
-	if err := m.st.CreateToken(r.Context(), t); err != nil {
+	if err := a.st.CreateToken(r.Context(), t); err != nil {
 		wire.WriteError(w, http.StatusInternalServerError, "store: %v", err)
 		return
 	}
-	if err := m.adminRecord(r.Context(), &audit.Record{Action: "token.create",
+	if err := a.Record(r.Context(), &audit.Record{Action: "token.create",
 		Reason: "group " + strconv.Quote(req.Group) + ", expires " + t.Expires.Format(time.RFC3339)}); err != nil {
 		wire.WriteError(w, http.StatusInternalServerError, "audit: %v", err)
 		return
@@ -116,25 +148,26 @@ func (m *Managed) adminToken(w http.ResponseWriter, r *http.Request) {
 	wire.WriteJSON(w, http.StatusOK, TokenReply{Token: tok, Expires: t.Expires})
 }
 
-func toAdmin(d *policy.Device) AdminDevice {
-	return AdminDevice{ID: d.ID, Name: d.Name, Group: d.Group, State: string(d.State), Reason: d.Reason, KeyID: d.KeyID,
+// ToDevice is d as the admin API lists it.
+func ToDevice(d *policy.Device) Device {
+	return Device{ID: d.ID, Name: d.Name, Group: d.Group, State: string(d.State), Reason: d.Reason, KeyID: d.KeyID,
 		Policy: d.Policy, Created: d.Created, LastSeen: d.LastSeen, Version: d.Version}
 }
 
-func (m *Managed) adminDevices(w http.ResponseWriter, r *http.Request) {
+func (a *API) devices(w http.ResponseWriter, r *http.Request) {
 	// Streamed: a fleet of 100,000 devices is never all in memory.
 	w.Header().Set("Content-Type", "application/json")
 	bw := bufio.NewWriterSize(w, 32<<10)
 	enc := json.NewEncoder(bw)
 	n := 0
-	err := m.st.EachDevice(r.Context(), func(d *policy.Device) error {
+	err := a.st.EachDevice(r.Context(), func(d *policy.Device) error {
 		sep := ","
 		if n == 0 {
 			sep = "["
 		}
 		n++
 		bw.WriteString(sep)
-		return enc.Encode(toAdmin(d))
+		return enc.Encode(ToDevice(d))
 	})
 	if err != nil {
 		if n == 0 {
@@ -142,7 +175,7 @@ func (m *Managed) adminDevices(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		// Headers are gone: cut the reply short so the client sees bad JSON.
-		m.log.Error("device list", "err", err)
+		a.log.Error("device list", "err", err)
 		return
 	}
 	if n == 0 {
@@ -152,10 +185,10 @@ func (m *Managed) adminDevices(w http.ResponseWriter, r *http.Request) {
 	bw.Flush()
 }
 
-// adminDeviceOp applies approve, enable, disable or revoke, as a
+// DeviceOp applies approve, enable, disable or revoke, as a
 // compare-and-swap that is retried on conflict (the decision is made
 // again on the fresh record).
-func (m *Managed) adminDeviceOp(w http.ResponseWriter, r *http.Request) {
+func (a *API) DeviceOp(w http.ResponseWriter, r *http.Request) {
 	ctx := r.Context()
 	id, op := r.PathValue("id"), r.PathValue("op")
 	var req ChangeRequest
@@ -163,7 +196,7 @@ func (m *Managed) adminDeviceOp(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	for attempt := 0; ; attempt++ {
-		d, err := m.st.Device(ctx, id)
+		d, err := a.st.Device(ctx, id)
 		if errors.Is(err, store.ErrNotFound) {
 			wire.WriteError(w, http.StatusNotFound, "no device %q", id)
 			return
@@ -196,8 +229,8 @@ func (m *Managed) adminDeviceOp(w http.ResponseWriter, r *http.Request) {
 			wire.WriteError(w, http.StatusNotFound, "unknown device operation %q (approve, enable, disable, revoke)", op)
 			return
 		}
-		d.Updated = m.now()
-		err = m.st.UpdateDevice(ctx, d)
+		d.Updated = a.m.Now()
+		err = a.st.UpdateDevice(ctx, d)
 		if errors.Is(err, store.ErrConflict) && attempt < 5 {
 			continue
 		}
@@ -211,28 +244,28 @@ func (m *Managed) adminDeviceOp(w http.ResponseWriter, r *http.Request) {
 		}
 		if touch {
 			// Re-enabling restarts the keep-alive clock (Mandos semantics).
-			m.st.Touch(ctx, id, m.now())
+			a.st.Touch(ctx, id, a.m.Now())
 		}
 		if op == "revoke" {
-			if c, ok := m.st.(store.Checkpointer); ok {
+			if c, ok := a.st.(store.Checkpointer); ok {
 				c.Checkpoint(ctx)
 			}
 		}
 		rec := &audit.Record{Action: "device." + op, Device: id, Reason: req.Reason}
-		if err := m.adminRecord(ctx, rec); err != nil {
+		if err := a.Record(ctx, rec); err != nil {
 			wire.WriteError(w, http.StatusInternalServerError, "audit: %v", err)
 			return
 		}
 		if op == "revoke" {
-			m.dev.Notify(managed.Event{Event: "revoke", Device: id, Name: d.Name, Reason: req.Reason}, rec)
+			a.m.Notify(managed.Event{Event: "revoke", Device: id, Name: d.Name, Reason: req.Reason}, rec)
 		}
-		m.log.Info("device changed by admin", "device", id, "op", op)
-		wire.WriteJSON(w, http.StatusOK, toAdmin(d))
+		a.log.Info("device changed by admin", "device", id, "op", op)
+		wire.WriteJSON(w, http.StatusOK, ToDevice(d))
 		return
 	}
 }
 
-func (m *Managed) adminDevicePolicy(w http.ResponseWriter, r *http.Request) {
+func (a *API) devicePolicy(w http.ResponseWriter, r *http.Request) {
 	ctx := r.Context()
 	id := r.PathValue("id")
 	var p policy.Policy
@@ -244,13 +277,13 @@ func (m *Managed) adminDevicePolicy(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	for attempt := 0; attempt < 5; attempt++ {
-		d, err := m.st.Device(ctx, id)
+		d, err := a.st.Device(ctx, id)
 		if err != nil {
 			wire.WriteError(w, http.StatusNotFound, "no device %q", id)
 			return
 		}
-		d.Policy, d.Updated = p, m.now()
-		err = m.st.UpdateDevice(ctx, d)
+		d.Policy, d.Updated = p, a.m.Now()
+		err = a.st.UpdateDevice(ctx, d)
 		if errors.Is(err, store.ErrConflict) {
 			continue
 		}
@@ -258,8 +291,8 @@ func (m *Managed) adminDevicePolicy(w http.ResponseWriter, r *http.Request) {
 			wire.WriteError(w, http.StatusConflict, "%v", err)
 			return
 		}
-		m.adminRecord(ctx, &audit.Record{Action: "device.policy", Device: id, Reason: policyString(p)})
-		wire.WriteJSON(w, http.StatusOK, toAdmin(d))
+		a.Record(ctx, &audit.Record{Action: "device.policy", Device: id, Reason: policyString(p)})
+		wire.WriteJSON(w, http.StatusOK, ToDevice(d))
 		return
 	}
 	wire.WriteError(w, http.StatusConflict, "device %s keeps changing; try again", id)
@@ -270,7 +303,7 @@ func policyString(p policy.Policy) string {
 	return string(b)
 }
 
-func (m *Managed) adminGroup(w http.ResponseWriter, r *http.Request) {
+func (a *API) group(w http.ResponseWriter, r *http.Request) {
 	var p policy.Policy
 	if !wire.ReadJSON(w, r, &p) {
 		return
@@ -280,16 +313,16 @@ func (m *Managed) adminGroup(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	name := r.PathValue("name")
-	if err := m.st.PutGroup(r.Context(), name, p); err != nil {
+	if err := a.st.PutGroup(r.Context(), name, p); err != nil {
 		wire.WriteError(w, http.StatusInternalServerError, "store: %v", err)
 		return
 	}
-	m.adminRecord(r.Context(), &audit.Record{Action: "group.policy", Reason: name + " " + policyString(p)})
+	a.Record(r.Context(), &audit.Record{Action: "group.policy", Reason: name + " " + policyString(p)})
 	wire.WriteJSON(w, http.StatusOK, p)
 }
 
-func (m *Managed) adminGroups(w http.ResponseWriter, r *http.Request) {
-	g, err := m.st.Groups(r.Context())
+func (a *API) groups(w http.ResponseWriter, r *http.Request) {
+	g, err := a.st.Groups(r.Context())
 	if err != nil {
 		wire.WriteError(w, http.StatusInternalServerError, "store: %v", err)
 		return
@@ -302,34 +335,35 @@ type OnOff struct {
 	On bool `json:"on"`
 }
 
-func (m *Managed) adminSwitch(w http.ResponseWriter, r *http.Request, setting, action string) {
+func (a *API) setSwitch(w http.ResponseWriter, r *http.Request, setting, action string) {
 	var req OnOff
 	if !wire.ReadJSON(w, r, &req) {
 		return
 	}
 	v := map[bool]string{true: "on", false: "off"}[req.On]
-	if err := m.st.SetSetting(r.Context(), setting, v); err != nil {
+	if err := a.st.SetSetting(r.Context(), setting, v); err != nil {
 		wire.WriteError(w, http.StatusInternalServerError, "store: %v", err)
 		return
 	}
-	if err := m.adminRecord(r.Context(), &audit.Record{Action: action, Reason: v}); err != nil {
+	if err := a.Record(r.Context(), &audit.Record{Action: action, Reason: v}); err != nil {
 		wire.WriteError(w, http.StatusInternalServerError, "audit: %v", err)
 		return
 	}
-	m.log.Warn(action+" changed by admin", "value", v)
+	a.log.Warn(action+" changed by admin", "value", v)
 	wire.WriteJSON(w, http.StatusOK, req)
 }
 
-func (m *Managed) adminLockdown(w http.ResponseWriter, r *http.Request) {
-	m.adminSwitch(w, r, "lockdown", "lockdown")
+// Lockdown turns lockdown on or off: every unlock is refused while on.
+func (a *API) Lockdown(w http.ResponseWriter, r *http.Request) {
+	a.setSwitch(w, r, "lockdown", "lockdown")
 }
 
-func (m *Managed) adminEnrollOpen(w http.ResponseWriter, r *http.Request) {
-	m.adminSwitch(w, r, managed.EnrollOpenSetting, "enroll.open")
+func (a *API) enrollOpen(w http.ResponseWriter, r *http.Request) {
+	a.setSwitch(w, r, managed.EnrollOpenSetting, "enroll.open")
 }
 
-func (m *Managed) adminApprovals(w http.ResponseWriter, r *http.Request) {
-	as, err := m.st.PendingApprovals(r.Context(), m.now())
+func (a *API) approvals(w http.ResponseWriter, r *http.Request) {
+	as, err := a.st.PendingApprovals(r.Context(), a.m.Now())
 	if err != nil {
 		wire.WriteError(w, http.StatusInternalServerError, "store: %v", err)
 		return
@@ -340,35 +374,37 @@ func (m *Managed) adminApprovals(w http.ResponseWriter, r *http.Request) {
 	wire.WriteJSON(w, http.StatusOK, as)
 }
 
-func (m *Managed) adminApprovalOp(w http.ResponseWriter, r *http.Request) {
+// ApprovalOp approves or denies a pending unlock, and wakes the unlock
+// waiting for it here.
+func (a *API) ApprovalOp(w http.ResponseWriter, r *http.Request) {
 	id, op := r.PathValue("id"), r.PathValue("op")
 	state := map[string]string{"approve": "approved", "deny": "denied"}[op]
 	if state == "" {
 		wire.WriteError(w, http.StatusNotFound, "unknown approval operation %q (approve, deny)", op)
 		return
 	}
-	a, err := m.st.Approval(r.Context(), id)
+	apr, err := a.st.Approval(r.Context(), id)
 	if err != nil {
 		wire.WriteError(w, http.StatusNotFound, "no approval %q", id)
 		return
 	}
-	if err := m.st.DecideApproval(r.Context(), id, state); err != nil {
+	if err := a.st.DecideApproval(r.Context(), id, state); err != nil {
 		wire.WriteError(w, http.StatusConflict, "approval %s was already decided", id)
 		return
 	}
-	m.adminRecord(r.Context(), &audit.Record{Action: "approval." + op, Device: a.Device, Reason: id})
-	m.wakeWaiters()
-	a.State = state
-	wire.WriteJSON(w, http.StatusOK, a)
+	a.Record(r.Context(), &audit.Record{Action: "approval." + op, Device: apr.Device, Reason: id})
+	a.m.WakeWaiters()
+	apr.State = state
+	wire.WriteJSON(w, http.StatusOK, apr)
 }
 
-func (m *Managed) adminAudit(w http.ResponseWriter, r *http.Request) {
+func (a *API) audit(w http.ResponseWriter, r *http.Request) {
 	after, _ := strconv.ParseInt(r.URL.Query().Get("after"), 10, 64)
 	limit, _ := strconv.Atoi(r.URL.Query().Get("limit"))
 	if limit <= 0 || limit > 10000 {
 		limit = 1000
 	}
-	recs, err := m.st.Audit(r.Context(), after, limit)
+	recs, err := a.st.Audit(r.Context(), after, limit)
 	if err != nil {
 		wire.WriteError(w, http.StatusInternalServerError, "store: %v", err)
 		return
