@@ -14,9 +14,9 @@ import (
 	"path/filepath"
 	"time"
 
-	"github.com/tether-nbde/tether/audit"
 	"github.com/tether-nbde/tether/server/admin"
 	"github.com/tether-nbde/tether/server/connlimit"
+	"github.com/tether-nbde/tether/server/dashboard"
 	"github.com/tether-nbde/tether/server/managed"
 	"github.com/tether-nbde/tether/server/tangport"
 	"github.com/tether-nbde/tether/store"
@@ -40,7 +40,7 @@ type ManagedConfig struct {
 	// rate, keep-alive sweep, certificate names, pending cap).
 	managed.Config
 	// UI configures the dashboard at /ui/.
-	UI UIConfig
+	UI dashboard.Config
 	// SaveAdmin, if set, receives the admin token that NewManaged creates
 	// on first start, before the store records its hash, and must keep it
 	// (startManaged writes the admin file). A start that fails at any
@@ -54,12 +54,8 @@ type ManagedConfig struct {
 // managed), the admin API and the dashboard, on one mux.
 type Managed struct {
 	dev   *managed.Server
-	st    store.Store
-	log   *slog.Logger
-	cfg   ManagedConfig
-	pin   string
 	admin *admin.API
-	ui    *uiServer
+	ui    *dashboard.Server
 }
 
 // NewManaged sets up managed mode on a store (managed.New) and, on first
@@ -79,17 +75,12 @@ func NewManaged(ctx context.Context, st store.Store, kek *managed.KEK, cfg Manag
 		dev.Close()
 		return nil, "", err
 	}
-	m = &Managed{dev: dev, st: st, log: log, cfg: cfg, pin: dev.Pin(), admin: admin.New(dev)}
-	m.ui = newUIServer(m)
-	return m, tok, nil
+	a := admin.New(dev)
+	return &Managed{dev: dev, admin: a, ui: dashboard.New(dev, a, cfg.UI)}, tok, nil
 }
 
-func (m *Managed) now() time.Time                                    { return m.dev.Now() }
-func (m *Managed) record(ctx context.Context, r *audit.Record) error { return m.dev.Record(ctx, r) }
-func (m *Managed) wakeWaiters()                                      { m.dev.WakeWaiters() }
-
 // Pin is the pin of the managed API's TLS key (what tokens carry).
-func (m *Managed) Pin() string { return m.pin }
+func (m *Managed) Pin() string { return m.dev.Pin() }
 
 // TLSConfig is the managed listener's TLS configuration.
 func (m *Managed) TLSConfig() *tls.Config { return m.dev.TLSConfig() }
@@ -106,8 +97,8 @@ func (m *Managed) Handler() http.Handler {
 	mux := http.NewServeMux()
 	m.dev.Routes(mux)
 	m.admin.Routes(mux)
-	m.userRoutes(mux, m.admin.Authed) // ui_users.go
-	m.ui.routes(mux)
+	m.ui.AdminRoutes(mux) // the dashboard's accounts
+	m.ui.Routes(mux)
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok\n") })
 	return mux
 }
@@ -210,7 +201,7 @@ func startManaged(ctx context.Context, cfg *Config, log *slog.Logger, met *tangp
 			log.Warn(w)
 		}
 	}
-	if err := m.startUI(ctx, cfg.DataDir, cfg.Curve, log); err != nil {
+	if err := m.ui.Start(ctx, cfg.DataDir, KeyDir(cfg.DataDir), cfg.Curve, log); err != nil {
 		st.Close()
 		return nil, err
 	}

@@ -13,18 +13,18 @@ import (
 	"time"
 
 	"github.com/tether-nbde/tether/internal/cli"
-	"github.com/tether-nbde/tether/server"
 	"github.com/tether-nbde/tether/server/admin"
+	"github.com/tether-nbde/tether/server/dashboard"
 	"golang.org/x/term"
 )
 
 // uiServerFlags declares the dashboard flags of "tether server".
-func uiServerFlags(fs *flag.FlagSet) func() server.UIConfig {
+func uiServerFlags(fs *flag.FlagSet) func() dashboard.Config {
 	on := fs.Bool("ui", true, "")
 	idle := fs.Duration("ui-session-idle", 30*time.Minute, "")
 	maxAge := fs.Duration("ui-session-max", 12*time.Hour, "")
-	return func() server.UIConfig {
-		return server.UIConfig{Off: !*on, SessionIdle: *idle, SessionMax: *maxAge}
+	return func() dashboard.Config {
+		return dashboard.Config{Off: !*on, SessionIdle: *idle, SessionMax: *maxAge}
 	}
 }
 
@@ -72,15 +72,15 @@ func init() {
 					if len(args) != 1 {
 						return cli.Usagef("want exactly one account name (the password comes from stdin or a prompt, never the command line)")
 					}
-					if err := server.ValidUserName(args[0]); err != nil {
+					if err := dashboard.ValidUserName(args[0]); err != nil {
 						return cli.Usagef("%v", err)
 					}
 					pw, err := readPassword(env, args[0])
 					if err != nil {
 						return err
 					}
-					if len(pw) < server.MinPasswordLength {
-						return cli.WithHint(fmt.Errorf("password is shorter than %d characters", server.MinPasswordLength), "choose a longer one, e.g. four random words")
+					if len(pw) < dashboard.MinPasswordLength {
+						return cli.WithHint(fmt.Errorf("password is shorter than %d characters", dashboard.MinPasswordLength), "choose a longer one, e.g. four random words")
 					}
 					ctx := context.Background()
 					if op.name == "add" {

@@ -38,6 +38,7 @@ import (
 	_ "github.com/tether-nbde/tether/server"
 	_ "github.com/tether-nbde/tether/server/admin"
 	_ "github.com/tether-nbde/tether/server/connlimit"
+	_ "github.com/tether-nbde/tether/server/dashboard"
 	_ "github.com/tether-nbde/tether/server/managed"
 	_ "github.com/tether-nbde/tether/server/servertest"
 	_ "github.com/tether-nbde/tether/server/tangport"

@@ -66,6 +66,7 @@ var ranks = map[string]int{
 	"server/managed":       57, // the managed (device) API, its KEK, TLS key and webhooks
 	"server/tangport":      58, // the Tang port: tang's endpoints on net/http
 	"server/admin":         58, // the admin API, its credentials and client
+	"server/dashboard":     59, // the web UI: sign-in, sessions, its API and page
 	"server":               60, // Run wires the Tang port and the managed listener
 	// A test harness: the whole managed listener, for the tests of its parts.
 	"server/servertest": 62,

@@ -1,4 +1,4 @@
-package server
+package dashboard
 
 import (
 	"errors"
@@ -17,20 +17,23 @@ import (
 // The password travels once, over the pinned TLS connection, and the
 // server keeps only its argon2id hash.
 
-func (m *Managed) userRoutes(mux *http.ServeMux, a func(http.HandlerFunc) http.HandlerFunc) {
-	mux.HandleFunc("GET /v1/admin/users", a(m.adminUsers))
-	mux.HandleFunc("POST /v1/admin/users/{name}", a(m.adminUserSet(false)))
-	mux.HandleFunc("PUT /v1/admin/users/{name}", a(m.adminUserSet(true)))
-	mux.HandleFunc("DELETE /v1/admin/users/{name}", a(m.adminUserDelete))
-	mux.HandleFunc("POST /v1/admin/users/{name}/unlock", a(m.adminUserUnlock))
+// AdminRoutes adds the admin API's account management to mux, behind the
+// admin token (admin.API.Authed).
+func (u *Server) AdminRoutes(mux *http.ServeMux) {
+	a := u.admin.Authed
+	mux.HandleFunc("GET /v1/admin/users", a(u.adminUsers))
+	mux.HandleFunc("POST /v1/admin/users/{name}", a(u.adminUserSet(false)))
+	mux.HandleFunc("PUT /v1/admin/users/{name}", a(u.adminUserSet(true)))
+	mux.HandleFunc("DELETE /v1/admin/users/{name}", a(u.adminUserDelete))
+	mux.HandleFunc("POST /v1/admin/users/{name}/unlock", a(u.adminUserUnlock))
 }
 
 // adminUserUnlock clears the sign-in brakes on an account (on the replica
 // that serves the request: they live in its memory).
-func (m *Managed) adminUserUnlock(w http.ResponseWriter, r *http.Request) {
+func (u *Server) adminUserUnlock(w http.ResponseWriter, r *http.Request) {
 	name := r.PathValue("name")
-	n := m.ui.limiter.clear(name)
-	if err := m.admin.Record(r.Context(), &audit.Record{Action: "ui.user.unlock", Reason: name}); err != nil {
+	n := u.limiter.clear(name)
+	if err := u.admin.Record(r.Context(), &audit.Record{Action: "ui.user.unlock", Reason: name}); err != nil {
 		wire.WriteError(w, http.StatusInternalServerError, "audit: %v", err)
 		return
 	}
@@ -51,15 +54,15 @@ func ValidUserName(n string) error {
 	return nil
 }
 
-func (m *Managed) uiStore(w http.ResponseWriter) store.UIStore {
-	if m.ui.us == nil {
+func (u *Server) uiStore(w http.ResponseWriter) store.UIStore {
+	if u.us == nil {
 		wire.WriteError(w, http.StatusNotImplemented, "this store cannot hold dashboard accounts")
 	}
-	return m.ui.us
+	return u.us
 }
 
-func (m *Managed) adminUsers(w http.ResponseWriter, r *http.Request) {
-	us := m.uiStore(w)
+func (u *Server) adminUsers(w http.ResponseWriter, r *http.Request) {
+	us := u.uiStore(w)
 	if us == nil {
 		return
 	}
@@ -77,9 +80,9 @@ func (m *Managed) adminUsers(w http.ResponseWriter, r *http.Request) {
 
 // adminUserSet creates an account (POST) or changes its password (PUT,
 // which also ends its sessions).
-func (m *Managed) adminUserSet(change bool) http.HandlerFunc {
+func (u *Server) adminUserSet(change bool) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		us := m.uiStore(w)
+		us := u.uiStore(w)
 		if us == nil {
 			return
 		}
@@ -97,7 +100,7 @@ func (m *Managed) adminUserSet(change bool) http.HandlerFunc {
 			wire.WriteError(w, http.StatusBadRequest, "%v", err)
 			return
 		}
-		now := m.now()
+		now := u.m.Now()
 		action := "ui.user.add"
 		if change {
 			action = "ui.user.passwd"
@@ -116,7 +119,7 @@ func (m *Managed) adminUserSet(change bool) http.HandlerFunc {
 			wire.WriteError(w, http.StatusInternalServerError, "store: %v", err)
 			return
 		}
-		if err := m.admin.Record(r.Context(), &audit.Record{Action: action, Reason: name}); err != nil {
+		if err := u.admin.Record(r.Context(), &audit.Record{Action: action, Reason: name}); err != nil {
 			wire.WriteError(w, http.StatusInternalServerError, "audit: %v", err)
 			return
 		}
@@ -124,8 +127,8 @@ func (m *Managed) adminUserSet(change bool) http.HandlerFunc {
 	}
 }
 
-func (m *Managed) adminUserDelete(w http.ResponseWriter, r *http.Request) {
-	us := m.uiStore(w)
+func (u *Server) adminUserDelete(w http.ResponseWriter, r *http.Request) {
+	us := u.uiStore(w)
 	if us == nil {
 		return
 	}
@@ -139,6 +142,6 @@ func (m *Managed) adminUserDelete(w http.ResponseWriter, r *http.Request) {
 		wire.WriteError(w, http.StatusInternalServerError, "store: %v", err)
 		return
 	}
-	m.admin.Record(r.Context(), &audit.Record{Action: "ui.user.remove", Reason: name})
+	u.admin.Record(r.Context(), &audit.Record{Action: "ui.user.remove", Reason: name})
 	wire.WriteJSON(w, http.StatusOK, struct{}{})
 }

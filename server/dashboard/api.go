@@ -1,4 +1,4 @@
-package server
+package dashboard
 
 import (
 	"encoding/base64"
@@ -106,7 +106,7 @@ func parseDeviceQuery(q url.Values) (store.DeviceQuery, error) {
 	return dq, nil
 }
 
-func (u *uiServer) apiState(w http.ResponseWriter, r *http.Request) {
+func (u *Server) apiState(w http.ResponseWriter, r *http.Request) {
 	ctx := r.Context()
 	s := ctx.Value(ctxSession{}).(*store.Session)
 	dq, err := parseDeviceQuery(r.URL.Query())
@@ -119,17 +119,17 @@ func (u *uiServer) apiState(w http.ResponseWriter, r *http.Request) {
 		wire.WriteError(w, http.StatusInternalServerError, "audit: %v", err)
 		return
 	}
-	as, err := u.m.st.PendingApprovals(ctx, u.m.now())
+	as, err := u.m.Store().PendingApprovals(ctx, u.m.Now())
 	if err != nil {
 		wire.WriteError(w, http.StatusInternalServerError, "store: %v", err)
 		return
 	}
-	page, err := u.m.st.DevicePage(ctx, dq)
+	page, err := u.m.Store().DevicePage(ctx, dq)
 	if err != nil {
 		wire.WriteError(w, http.StatusInternalServerError, "store: %v", err)
 		return
 	}
-	st := UIState{User: s.User, CSRF: s.CSRF, Pin: u.m.pin, AuditSeq: seq, Now: u.m.now(),
+	st := UIState{User: s.User, CSRF: s.CSRF, Pin: u.m.Pin(), AuditSeq: seq, Now: u.m.Now(),
 		Devices: []UIDevice{}, Approvals: []UIApproval{}, Keys: []UIKey{}, IdleLimit: u.cfg.SessionIdle.String(),
 		DeviceCounts: map[string]int{}, DeviceMatched: page.Matched, Offset: dq.Offset, Limit: dq.Limit}
 	for state, n := range page.Counts {
@@ -148,7 +148,7 @@ func (u *uiServer) apiState(w http.ResponseWriter, r *http.Request) {
 	names := map[string]string{}
 	for _, a := range as {
 		if _, ok := names[a.Device]; !ok {
-			if d, err := u.m.st.Device(ctx, a.Device); err == nil {
+			if d, err := u.m.Store().Device(ctx, a.Device); err == nil {
 				names[a.Device] = d.Name
 			}
 		}
@@ -156,8 +156,8 @@ func (u *uiServer) apiState(w http.ResponseWriter, r *http.Request) {
 	for _, a := range as {
 		st.Approvals = append(st.Approvals, UIApproval{Approval: *a, Name: names[a.Device]})
 	}
-	lock, _ := u.m.st.Setting(ctx, "lockdown")
-	open, _ := u.m.st.Setting(ctx, managed.EnrollOpenSetting)
+	lock, _ := u.m.Store().Setting(ctx, "lockdown")
+	open, _ := u.m.Store().Setting(ctx, managed.EnrollOpenSetting)
 	st.Lockdown, st.EnrollOpen = lock == "on", open == "on"
 	keys, err := tang.LoadKeyDir(u.cfg.KeyDir)
 	if err != nil {
@@ -188,7 +188,7 @@ type UIAudit struct {
 
 // apiAudit verifies the whole chain (any edited, deleted or reordered
 // record shows) and returns the newest records matching the filters.
-func (u *uiServer) apiAudit(w http.ResponseWriter, r *http.Request) {
+func (u *Server) apiAudit(w http.ResponseWriter, r *http.Request) {
 	ctx := r.Context()
 	q := r.URL.Query()
 	dev, action, decision := q.Get("device"), q.Get("action"), q.Get("decision")
@@ -200,7 +200,7 @@ func (u *uiServer) apiAudit(w http.ResponseWriter, r *http.Request) {
 	ch := audit.NewChain()
 	var matched []*audit.Record
 	for after := int64(0); ; {
-		recs, err := u.m.st.Audit(ctx, after, 5000)
+		recs, err := u.m.Store().Audit(ctx, after, 5000)
 		if err != nil {
 			wire.WriteError(w, http.StatusInternalServerError, "audit: %v", err)
 			return
@@ -228,7 +228,7 @@ func (u *uiServer) apiAudit(w http.ResponseWriter, r *http.Request) {
 	for i := len(matched) - 1; i >= 0 && len(out.Records) < limit; i-- {
 		out.Records = append(out.Records, matched[i])
 	}
-	if devs, err := u.m.st.Devices(ctx); err == nil {
+	if devs, err := u.m.Store().Devices(ctx); err == nil {
 		for _, d := range devs {
 			out.Names[d.ID] = d.Name
 		}
@@ -244,7 +244,7 @@ type UIToken struct {
 	QR      string `json:"qr"`
 }
 
-func (u *uiServer) apiToken(w http.ResponseWriter, r *http.Request) {
+func (u *Server) apiToken(w http.ResponseWriter, r *http.Request) {
 	var req admin.TokenRequest
 	if !wire.ReadJSON(w, r, &req) {
 		return
@@ -257,18 +257,18 @@ func (u *uiServer) apiToken(w http.ResponseWriter, r *http.Request) {
 		wire.WriteError(w, http.StatusBadRequest, "a token may live at most 30 days")
 		return
 	}
-	tok, hash, err := managed.MakeToken(u.m.pin)
+	tok, hash, err := managed.MakeToken(u.m.Pin())
 	if err != nil {
 		wire.WriteError(w, http.StatusInternalServerError, "%v", err)
 		return
 	}
-	now := u.m.now()
+	now := u.m.Now()
 	t := &store.Token{Hash: hash, Group: req.Group, Note: req.Note, Created: now, Expires: now.Add(ttl)}
-	if err := u.m.st.CreateToken(r.Context(), t); err != nil {
+	if err := u.m.Store().CreateToken(r.Context(), t); err != nil {
 		wire.WriteError(w, http.StatusInternalServerError, "store: %v", err)
 		return
 	}
-	if err := u.m.admin.Record(r.Context(), &audit.Record{Action: "token.create",
+	if err := u.admin.Record(r.Context(), &audit.Record{Action: "token.create",
 		Reason: "group " + strconv.Quote(req.Group) + ", expires " + t.Expires.Format(time.RFC3339)}); err != nil {
 		wire.WriteError(w, http.StatusInternalServerError, "audit: %v", err)
 		return
@@ -308,7 +308,7 @@ func qrSVG(text string) (string, error) {
 	return b.String(), nil
 }
 
-func (u *uiServer) apiRotate(w http.ResponseWriter, r *http.Request) {
+func (u *Server) apiRotate(w http.ResponseWriter, r *http.Request) {
 	if u.cfg.KeyDir == "" {
 		wire.WriteError(w, http.StatusNotImplemented, "this server has no Tang key directory")
 		return
@@ -324,11 +324,11 @@ func (u *uiServer) apiRotate(w http.ResponseWriter, r *http.Request) {
 		tps = append(tps, tp)
 	}
 	reason := fmt.Sprintf("new keys %s; %d retired", strings.Join(tps, ", "), len(hidden))
-	if err := u.m.admin.Record(r.Context(), &audit.Record{Action: "tang.rotate", Reason: reason}); err != nil {
+	if err := u.admin.Record(r.Context(), &audit.Record{Action: "tang.rotate", Reason: reason}); err != nil {
 		wire.WriteError(w, http.StatusInternalServerError, "audit: %v", err)
 		return
 	}
-	u.m.log.Warn("tang keys rotated from the dashboard", "new", tps, "retired", len(hidden))
+	u.m.Log().Warn("tang keys rotated from the dashboard", "new", tps, "retired", len(hidden))
 	u.hub.kick()
 	wire.WriteJSON(w, http.StatusOK, map[string]any{"new": tps, "retired": len(hidden)})
 }
@@ -336,7 +336,7 @@ func (u *uiServer) apiRotate(w http.ResponseWriter, r *http.Request) {
 // apiEvents is a server-sent event stream: "change" whenever a device,
 // an approval, the lockdown or the audit log changes (on any replica: the
 // hub polls the store), "expired" when the session ends.
-func (u *uiServer) apiEvents(w http.ResponseWriter, r *http.Request) {
+func (u *Server) apiEvents(w http.ResponseWriter, r *http.Request) {
 	ctx := r.Context()
 	s := ctx.Value(ctxSession{}).(*store.Session)
 	rc := http.NewResponseController(w)
@@ -371,7 +371,7 @@ func (u *uiServer) apiEvents(w http.ResponseWriter, r *http.Request) {
 		case <-check.C:
 			// The stream does not keep a session alive, and ends with it.
 			cur, err := u.us.Session(ctx, s.ID)
-			now := u.m.now()
+			now := u.m.Now()
 			if errors.Is(err, store.ErrNotFound) || (err == nil &&
 				(now.Sub(cur.Created) > u.cfg.SessionMax || now.Sub(cur.LastSeen) > u.cfg.SessionIdle)) {
 				send("expired")

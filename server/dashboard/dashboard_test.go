@@ -1,4 +1,4 @@
-package server_test
+package dashboard_test
 
 import (
 	"context"
@@ -20,6 +20,7 @@ import (
 	"github.com/tether-nbde/tether/policy"
 	"github.com/tether-nbde/tether/server"
 	"github.com/tether-nbde/tether/server/admin"
+	"github.com/tether-nbde/tether/server/dashboard"
 	"github.com/tether-nbde/tether/server/servertest"
 	"github.com/tether-nbde/tether/store"
 )
@@ -89,7 +90,7 @@ func (c *uiClient) mustLogin(name, pw string) {
 	if r := c.login(name, pw, ""); r.StatusCode != http.StatusSeeOther {
 		c.t.Fatalf("sign-in: %s", r.Status)
 	}
-	var st server.UIState
+	var st dashboard.UIState
 	if code := c.do("GET", "/ui/api/state", nil, nil, &st); code != 200 {
 		c.t.Fatalf("state after sign-in: %d", code)
 	}
@@ -133,34 +134,34 @@ func (c *uiClient) do(method, path string, body any, hdr map[string]string, out 
 }
 
 func TestUIPasswordHash(t *testing.T) {
-	h, err := server.HashPassword("correct horse battery")
+	h, err := dashboard.HashPassword("correct horse battery")
 	if err != nil {
 		t.Fatal(err)
 	}
 	if !strings.HasPrefix(h, "$argon2id$v=19$m=") || strings.Contains(h, "correct") {
 		t.Fatalf("hash %q", h)
 	}
-	if !server.VerifyPassword(h, "correct horse battery") || server.VerifyPassword(h, "correct horse batterz") {
+	if !dashboard.VerifyPassword(h, "correct horse battery") || dashboard.VerifyPassword(h, "correct horse batterz") {
 		t.Fatal("verify: wrong answers")
 	}
-	h2, _ := server.HashPassword("correct horse battery")
+	h2, _ := dashboard.HashPassword("correct horse battery")
 	if h2 == h {
 		t.Fatal("no salt: the same password hashed twice gives the same hash")
 	}
 	// Tampered parameters (a cheaper cost, absurd memory) or garbage never verify.
 	for _, bad := range []string{strings.Replace(h, "t=2", "t=1", 1), strings.Replace(h, "m=19456", "m=99999999", 1),
 		"", "$argon2i$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA", "plaintext"} {
-		if server.VerifyPassword(bad, "correct horse battery") {
+		if dashboard.VerifyPassword(bad, "correct horse battery") {
 			t.Fatalf("tampered hash %q verifies", bad)
 		}
 	}
-	if _, err := server.HashPassword("short"); err == nil {
+	if _, err := dashboard.HashPassword("short"); err == nil {
 		t.Fatal("a 5-character password was accepted")
 	}
 }
 
 func TestUISessionCookieAndExpiry(t *testing.T) {
-	e := newEnv(t, server.ManagedConfig{UI: server.UIConfig{SessionIdle: 30 * time.Minute, SessionMax: 2 * time.Hour}})
+	e := newEnv(t, server.ManagedConfig{UI: dashboard.Config{SessionIdle: 30 * time.Minute, SessionMax: 2 * time.Hour}})
 	e.addUser("alice", "alice-password-1")
 	c := e.uiClient()
 	r := c.login("alice", "wrong-password", "")
@@ -180,7 +181,7 @@ func TestUISessionCookieAndExpiry(t *testing.T) {
 		t.Fatalf("session cookie: %+v", ck)
 	}
 	// The store holds the cookie's hash, never the cookie.
-	var st server.UIState
+	var st dashboard.UIState
 	if code := c.do("GET", "/ui/api/state", nil, nil, &st); code != 200 || st.User != "alice" || st.CSRF == "" {
 		t.Fatalf("state: %d %+v", code, st)
 	}
@@ -460,7 +461,7 @@ func TestUIDeviceFlow(t *testing.T) {
 	e.addUser("alice", "alice-password-1")
 	c := e.uiClient()
 	c.mustLogin("alice", "alice-password-1")
-	var tok server.UIToken
+	var tok dashboard.UIToken
 	if code := c.do("POST", "/ui/api/tokens", admin.TokenRequest{Group: "nas"}, nil, &tok); code != 200 {
 		t.Fatalf("token: %d", code)
 	}
@@ -470,7 +471,7 @@ func TestUIDeviceFlow(t *testing.T) {
 	d := e.Enroll(tok.Token, "127.0.0.1")
 	j := d.Encrypt(t, "s3cret")
 	e.MustUnlock(d, j, "s3cret")
-	var st server.UIState
+	var st dashboard.UIState
 	c.do("GET", "/ui/api/state", nil, nil, &st)
 	if len(st.Devices) != 1 || st.Devices[0].ID != d.ID || st.Devices[0].LastUnlock.IsZero() ||
 		st.Devices[0].LastSource != "127.0.0.1" || st.Devices[0].State != "enabled" {
@@ -481,7 +482,7 @@ func TestUIDeviceFlow(t *testing.T) {
 	e.Admin.SetDevicePolicy(context.Background(), d.ID, policy.Policy{Approval: &yes})
 	done := make(chan error, 1)
 	go func() { _, err := d.Decrypt(context.Background(), j); done <- err }()
-	var apr server.UIApproval
+	var apr dashboard.UIApproval
 	for deadline := time.Now().Add(10 * time.Second); ; {
 		c.do("GET", "/ui/api/state", nil, nil, &st)
 		if len(st.Approvals) == 1 {
@@ -506,7 +507,7 @@ func TestUIDeviceFlow(t *testing.T) {
 		t.Fatalf("revoke: %d", code)
 	}
 	e.MustFail(d, j, "revoked")
-	var au server.UIAudit
+	var au dashboard.UIAudit
 	c.do("GET", "/ui/api/audit?action=device.revoke&device="+d.ID, nil, nil, &au)
 	if !au.Verified || len(au.Records) != 1 || au.Records[0].Action != "device.revoke" || au.Records[0].Actor != "alice" {
 		t.Fatalf("audit view: %+v", au)
@@ -553,7 +554,7 @@ func TestUIDevicePages(t *testing.T) {
 	e.addUser("alice", "alice-password-1")
 	c := e.uiClient()
 	c.mustLogin("alice", "alice-password-1")
-	ids := func(st server.UIState) []string {
+	ids := func(st dashboard.UIState) []string {
 		var out []string
 		for _, d := range st.Devices {
 			out = append(out, d.ID)
@@ -580,7 +581,7 @@ func TestUIDevicePages(t *testing.T) {
 		{"?limit=501", 0, "", "", 0, 400},
 		{"?offset=-1", 0, "", "", 0, 400},
 	} {
-		var st server.UIState
+		var st dashboard.UIState
 		code := c.do("GET", "/ui/api/state"+tc.query, nil, nil, &st)
 		if code != tc.wantedStatus {
 			t.Errorf("%s: status %d, want %d", tc.query, code, tc.wantedStatus)
