@@ -23,7 +23,7 @@ import (
 )
 
 // The dashboard's JSON API (/ui/api/...). Reads are assembled here for
-// the page; changes reuse the admin API's handlers (admin.go), so the
+// the page; changes reuse the admin API's handlers (package admin), so the
 // dashboard can do nothing the admin API cannot, and both audit alike.
 
 // UIDevice is a device as the dashboard shows it: the store's record plus

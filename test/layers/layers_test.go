@@ -23,10 +23,12 @@ import (
 const module = "github.com/tether-nbde/tether/"
 
 // ranks places every package. Client: cmd → cli → boot/luks → pin/* →
-// pin → tang → jose. Server: cmd → servercli → server → store → policy →
-// audit: the domain types belong to policy (pure decisions), and the
-// store persists them, so store may import policy and never the reverse
-// (issue 19). Plumbing used by all (p521, atomicfile, ...) is at the bottom.
+// pin → tang → jose. Server: cmd → servercli → server (the wiring) →
+// dashboard → admin → managed → store → policy → audit: the dashboard
+// acts through the admin API, both through the managed API, and the
+// domain types belong to policy (pure decisions), which the store
+// persists, so store imports policy and never the reverse. Plumbing used
+// by all (p521, atomicfile, ...) is at the bottom.
 var ranks = map[string]int{
 	"internal/p521":       0,
 	"internal/atomicfile": 0,
