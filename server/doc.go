@@ -14,7 +14,7 @@
 //   - server/dashboard: the web UI under /ui/, and the admin API's
 //     dashboard accounts.
 //
-// The last three share the managed listener: Managed (managed.go)
+// The last three share the managed listener: Managed (listener.go)
 // composes them on one mux, and startManaged opens the store and the KEK,
 // takes the data directory's lock (datadir.go), hands the admin
 // credentials over on first start, and runs the keep-alive sweep. What
