@@ -3,6 +3,10 @@
 // settings, the request's source address and the time; the server records
 // every answer in the audit log. The order of the checks is part of the
 // contract (docs/MANAGED.md): the first one that refuses gives the reason.
+//
+// The domain types the decisions look at (Device, its State, Policy) live
+// here too, and the store persists them: policy imports nothing of the
+// module, so the decisions build and test without a database.
 package policy
 
 import (
@@ -10,8 +14,6 @@ import (
 	"net/netip"
 	"sync"
 	"time"
-
-	"github.com/tether-nbde/tether/store"
 )
 
 // Outcome of a decision.
@@ -40,7 +42,7 @@ type Decision struct {
 
 // Effective merges a group policy and a device policy: each field set on
 // the device overrides the group's.
-func Effective(group, device store.Policy) store.Policy {
+func Effective(group, device Policy) Policy {
 	p := group
 	if len(device.CIDRs) > 0 {
 		p.CIDRs = device.CIDRs
@@ -61,7 +63,7 @@ func Effective(group, device store.Policy) store.Policy {
 }
 
 // Validate checks a policy an administrator sets.
-func Validate(p store.Policy) error {
+func Validate(p Policy) error {
 	for _, c := range p.CIDRs {
 		if _, err := netip.ParsePrefix(c); err != nil {
 			return fmt.Errorf("policy: cidrs: %v", err)
@@ -75,8 +77,8 @@ func Validate(p store.Policy) error {
 
 // Input is what a decision looks at.
 type Input struct {
-	Device   *store.Device
-	Policy   store.Policy // Effective(group, device)
+	Device   *Device
+	Policy   Policy // Effective(group, device)
 	Lockdown bool
 	Source   netip.Addr
 	Now      time.Time
@@ -94,17 +96,17 @@ func Decide(in Input) Decision {
 		return Decision{Outcome: Deny, Reason: "server is in lockdown"}
 	}
 	switch d.State {
-	case store.Revoked:
+	case Revoked:
 		return Decision{Outcome: Deny, Reason: "device is revoked", Gone: true}
-	case store.Pending:
+	case Pending:
 		return Decision{Outcome: Deny, Reason: "device enrolment is pending approval"}
-	case store.Disabled:
+	case Disabled:
 		r := "device is disabled"
 		if d.Reason != "" {
 			r += " (" + d.Reason + ")"
 		}
 		return Decision{Outcome: Deny, Reason: r}
-	case store.Enabled:
+	case Enabled:
 	default:
 		return Decision{Outcome: Deny, Reason: "device state is unknown"}
 	}

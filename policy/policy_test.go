@@ -5,8 +5,6 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/tether-nbde/tether/store"
 )
 
 func TestDecideOrder(t *testing.T) {
@@ -14,7 +12,7 @@ func TestDecideOrder(t *testing.T) {
 	yes := true
 	base := func() Input {
 		return Input{
-			Device: &store.Device{ID: "d", State: store.Enabled, LastSeen: now.Add(-time.Minute)},
+			Device: &Device{ID: "d", State: Enabled, LastSeen: now.Add(-time.Minute)},
 			Source: netip.MustParseAddr("10.1.2.3"), Now: now,
 		}
 	}
@@ -25,12 +23,12 @@ func TestDecideOrder(t *testing.T) {
 		reason string
 	}{
 		{"plain", func(*Input) {}, Allow, ""},
-		{"lockdown beats everything", func(in *Input) { in.Lockdown = true; in.Device.State = store.Revoked }, Deny, "lockdown"},
-		{"revoked", func(in *Input) { in.Device.State = store.Revoked }, Deny, "revoked"},
-		{"pending", func(in *Input) { in.Device.State = store.Pending }, Deny, "pending"},
-		{"disabled", func(in *Input) { in.Device.State = store.Disabled; in.Device.Reason = "lost" }, Deny, "disabled (lost)"},
-		{"keep-alive expired", func(in *Input) { in.Policy.KeepAlive = store.Duration(30 * time.Second) }, Deny, "keep-alive"},
-		{"keep-alive fresh", func(in *Input) { in.Policy.KeepAlive = store.Duration(5 * time.Minute) }, Allow, ""},
+		{"lockdown beats everything", func(in *Input) { in.Lockdown = true; in.Device.State = Revoked }, Deny, "lockdown"},
+		{"revoked", func(in *Input) { in.Device.State = Revoked }, Deny, "revoked"},
+		{"pending", func(in *Input) { in.Device.State = Pending }, Deny, "pending"},
+		{"disabled", func(in *Input) { in.Device.State = Disabled; in.Device.Reason = "lost" }, Deny, "disabled (lost)"},
+		{"keep-alive expired", func(in *Input) { in.Policy.KeepAlive = Duration(30 * time.Second) }, Deny, "keep-alive"},
+		{"keep-alive fresh", func(in *Input) { in.Policy.KeepAlive = Duration(5 * time.Minute) }, Allow, ""},
 		{"cidr out", func(in *Input) { in.Policy.CIDRs = []string{"192.168.0.0/16"} }, Deny, "not in the allowed networks"},
 		{"cidr in", func(in *Input) { in.Policy.CIDRs = []string{"192.168.0.0/16", "10.0.0.0/8"} }, Allow, ""},
 		{"cidr before approval", func(in *Input) { in.Policy.CIDRs = []string{"192.168.0.0/16"}; in.Policy.Approval = &yes }, Deny, "networks"},
@@ -49,7 +47,7 @@ func TestDecideOrder(t *testing.T) {
 func TestRateLimit(t *testing.T) {
 	now := time.Date(2026, 1, 1, 12, 0, 0, 0, time.UTC)
 	l := &Limiter{}
-	in := Input{Device: &store.Device{ID: "d", State: store.Enabled}, Now: now, Limiter: l, Policy: store.Policy{Rate: 3}}
+	in := Input{Device: &Device{ID: "d", State: Enabled}, Now: now, Limiter: l, Policy: Policy{Rate: 3}}
 	for i := 0; i < 3; i++ {
 		if d := Decide(in); d.Outcome != Allow {
 			t.Fatalf("unlock %d: %v %s", i, d.Outcome, d.Reason)
@@ -60,7 +58,7 @@ func TestRateLimit(t *testing.T) {
 	}
 	// Another device has its own bucket.
 	other := in
-	other.Device = &store.Device{ID: "e", State: store.Enabled}
+	other.Device = &Device{ID: "e", State: Enabled}
 	if d := Decide(other); d.Outcome != Allow {
 		t.Fatal("rate limit leaked across devices")
 	}
@@ -75,12 +73,12 @@ func TestRateLimit(t *testing.T) {
 
 func TestEffective(t *testing.T) {
 	yes, no := true, false
-	g := store.Policy{CIDRs: []string{"10.0.0.0/8"}, KeepAlive: store.Duration(time.Minute), Approval: &yes, Rate: 5}
-	p := Effective(g, store.Policy{Approval: &no, KeepAlive: -1})
+	g := Policy{CIDRs: []string{"10.0.0.0/8"}, KeepAlive: Duration(time.Minute), Approval: &yes, Rate: 5}
+	p := Effective(g, Policy{Approval: &no, KeepAlive: -1})
 	if *p.Approval || p.KeepAlive != 0 || p.Rate != 5 || p.CIDRs[0] != "10.0.0.0/8" {
 		t.Fatalf("%+v", p)
 	}
-	if Validate(store.Policy{CIDRs: []string{"10.0.0.0/33"}}) == nil {
+	if Validate(Policy{CIDRs: []string{"10.0.0.0/33"}}) == nil {
 		t.Fatal("bad CIDR accepted")
 	}
 }

@@ -29,7 +29,7 @@ type Config struct {
 	Log     *slog.Logger
 	// Ready, if set, receives the bound address once the server listens.
 	Ready func(addr net.Addr)
-	// Managed configures managed mode (managed.go); the zero value is off.
+	// Managed configures managed mode (listener.go); the zero value is off.
 	Managed ManagedConfig
 }
 

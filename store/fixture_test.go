@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/tether-nbde/tether/audit"
+	"github.com/tether-nbde/tether/policy"
 	"github.com/tether-nbde/tether/store/pgtest"
 )
 
@@ -34,13 +35,13 @@ func fillFixture(t *testing.T, s Store) {
 			t.Fatalf("fill fixture: %s: %v", what, err)
 		}
 	}
-	devices := []*Device{
-		{ID: "dev-enabled", Name: "web-1", Group: "servers", KeyID: "key-enabled", State: Enabled,
-			Policy: Policy{CIDRs: []string{"10.0.0.0/8", "fd00::/8"}, KeepAlive: Duration(5 * time.Minute), Approval: &no, Rate: 7}},
-		{ID: "dev-pending", Name: "laptop", Group: "", KeyID: "key-pending", State: Pending},
-		{ID: "dev-disabled", Name: "db-1", Group: "servers", KeyID: "key-disabled", State: Disabled, Reason: "keep-alive timeout",
-			Policy: Policy{Approval: &yes}},
-		{ID: "dev-revoked", Name: "stolen", Group: "laptops", KeyID: "key-revoked", State: Enabled},
+	devices := []*policy.Device{
+		{ID: "dev-enabled", Name: "web-1", Group: "servers", KeyID: "key-enabled", State: policy.Enabled,
+			Policy: policy.Policy{CIDRs: []string{"10.0.0.0/8", "fd00::/8"}, KeepAlive: policy.Duration(5 * time.Minute), Approval: &no, Rate: 7}},
+		{ID: "dev-pending", Name: "laptop", Group: "", KeyID: "key-pending", State: policy.Pending},
+		{ID: "dev-disabled", Name: "db-1", Group: "servers", KeyID: "key-disabled", State: policy.Disabled, Reason: "keep-alive timeout",
+			Policy: policy.Policy{Approval: &yes}},
+		{ID: "dev-revoked", Name: "stolen", Group: "laptops", KeyID: "key-revoked", State: policy.Enabled},
 	}
 	for i, d := range devices {
 		d.PublicKey = []byte("spki\x00\xff-" + d.KeyID)
@@ -50,12 +51,12 @@ func fillFixture(t *testing.T, s Store) {
 		must("create device "+d.ID, s.CreateDevice(ctx, d))
 	}
 	rev := devices[3]
-	rev.State, rev.Reason, rev.ExchangeKey, rev.Updated = Revoked, "laptop stolen", nil, at(20)
+	rev.State, rev.Reason, rev.ExchangeKey, rev.Updated = policy.Revoked, "laptop stolen", nil, at(20)
 	must("revoke", s.UpdateDevice(ctx, rev))
 	must("touch", s.Touch(ctx, "dev-enabled", at(30)))
 
-	must("group servers", s.PutGroup(ctx, "servers", Policy{CIDRs: []string{"192.0.2.0/24"}, KeepAlive: Duration(time.Hour)}))
-	must("group laptops", s.PutGroup(ctx, "laptops", Policy{Approval: &yes, Rate: 2}))
+	must("group servers", s.PutGroup(ctx, "servers", policy.Policy{CIDRs: []string{"192.0.2.0/24"}, KeepAlive: policy.Duration(time.Hour)}))
+	must("group laptops", s.PutGroup(ctx, "laptops", policy.Policy{Approval: &yes, Rate: 2}))
 
 	must("token", s.CreateToken(ctx, &Token{Hash: []byte("token-hash-0123456789abcdef01234"), Group: "servers", Note: "rack 4", Created: at(1), Expires: at(24 * 60)}))
 	must("token", s.CreateToken(ctx, &Token{Hash: []byte("token-hash-expired-0123456789abc"), Group: "", Note: "", Created: at(1), Expires: at(2)}))

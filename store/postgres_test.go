@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/tether-nbde/tether/audit"
+	"github.com/tether-nbde/tether/policy"
 	"github.com/tether-nbde/tether/store"
 	"github.com/tether-nbde/tether/store/pgtest"
 )
@@ -48,8 +49,8 @@ func TestPostgresReplicasStorm(t *testing.T) {
 	t0 := time.Unix(1e9, 0)
 	for i := 0; i < devices; i++ {
 		id := fmt.Sprintf("d%02d", i)
-		err := replicas[0].CreateDevice(ctx, &store.Device{ID: id, Name: id, KeyID: "k" + id, PublicKey: []byte{1},
-			State: store.Enabled, ExchangeKey: []byte{1}, ExchangePub: `{"kty":"EC"}`, Created: t0, Updated: t0, LastSeen: t0})
+		err := replicas[0].CreateDevice(ctx, &policy.Device{ID: id, Name: id, KeyID: "k" + id, PublicKey: []byte{1},
+			State: policy.Enabled, ExchangeKey: []byte{1}, ExchangePub: `{"kty":"EC"}`, Created: t0, Updated: t0, LastSeen: t0})
 		if err != nil {
 			t.Fatal(err)
 		}

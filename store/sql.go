@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/tether-nbde/tether/audit"
+	"github.com/tether-nbde/tether/policy"
 )
 
 // sqlStore implements Store for any database/sql driver that takes $N
@@ -45,8 +46,8 @@ func fromNanos(n int64) time.Time {
 
 type scanner interface{ Scan(...any) error }
 
-func scanDevice(s scanner) (*Device, error) {
-	var d Device
+func scanDevice(s scanner) (*policy.Device, error) {
+	var d policy.Device
 	var pol string
 	var created, updated, seen int64
 	var state string
@@ -57,7 +58,7 @@ func scanDevice(s scanner) (*Device, error) {
 		}
 		return nil, err
 	}
-	d.State = State(state)
+	d.State = policy.State(state)
 	if err := json.Unmarshal([]byte(pol), &d.Policy); err != nil {
 		return nil, fmt.Errorf("device %s: stored policy: %w", d.ID, err)
 	}
@@ -68,12 +69,12 @@ func scanDevice(s scanner) (*Device, error) {
 	return &d, nil
 }
 
-func policyJSON(p Policy) string {
+func policyJSON(p policy.Policy) string {
 	b, _ := json.Marshal(p)
 	return string(b)
 }
 
-func (s *sqlStore) CreateDevice(ctx context.Context, d *Device) error {
+func (s *sqlStore) CreateDevice(ctx context.Context, d *policy.Device) error {
 	d.Version = 1
 	_, err := s.db.ExecContext(ctx, `INSERT INTO devices (`+deviceCols+`) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14)`,
 		d.ID, d.Name, d.Group, d.KeyID, d.PublicKey, string(d.State), d.Reason, d.ExchangeKey, d.ExchangePub,
@@ -87,21 +88,21 @@ func (s *sqlStore) CreateDevice(ctx context.Context, d *Device) error {
 	return nil
 }
 
-func (s *sqlStore) Device(ctx context.Context, id string) (*Device, error) {
+func (s *sqlStore) Device(ctx context.Context, id string) (*policy.Device, error) {
 	return scanDevice(s.db.QueryRowContext(ctx, `SELECT `+deviceCols+` FROM devices WHERE id = $1`, id))
 }
 
-func (s *sqlStore) DeviceByKey(ctx context.Context, keyID string) (*Device, error) {
+func (s *sqlStore) DeviceByKey(ctx context.Context, keyID string) (*policy.Device, error) {
 	return scanDevice(s.db.QueryRowContext(ctx, `SELECT `+deviceCols+` FROM devices WHERE key_id = $1 AND state <> 'revoked'`, keyID))
 }
 
-func (s *sqlStore) RevokedByKey(ctx context.Context, keyID string) ([]*Device, error) {
+func (s *sqlStore) RevokedByKey(ctx context.Context, keyID string) ([]*policy.Device, error) {
 	rows, err := s.db.QueryContext(ctx, `SELECT `+deviceCols+` FROM devices WHERE key_id = $1 AND state = 'revoked' ORDER BY updated DESC, id LIMIT 16`, keyID)
 	if err != nil {
 		return nil, err
 	}
 	defer rows.Close()
-	var out []*Device
+	var out []*policy.Device
 	for rows.Next() {
 		d, err := scanDevice(rows)
 		if err != nil {
@@ -112,16 +113,16 @@ func (s *sqlStore) RevokedByKey(ctx context.Context, keyID string) ([]*Device, e
 	return out, rows.Err()
 }
 
-func (s *sqlStore) Devices(ctx context.Context) ([]*Device, error) {
-	var out []*Device
-	err := s.EachDevice(ctx, func(d *Device) error {
+func (s *sqlStore) Devices(ctx context.Context) ([]*policy.Device, error) {
+	var out []*policy.Device
+	err := s.EachDevice(ctx, func(d *policy.Device) error {
 		out = append(out, d)
 		return nil
 	})
 	return out, err
 }
 
-func (s *sqlStore) EachDevice(ctx context.Context, fn func(*Device) error) error {
+func (s *sqlStore) EachDevice(ctx context.Context, fn func(*policy.Device) error) error {
 	rows, err := s.db.QueryContext(ctx, `SELECT `+deviceCols+` FROM devices ORDER BY created, id`)
 	if err != nil {
 		return err
@@ -140,14 +141,14 @@ func (s *sqlStore) EachDevice(ctx context.Context, fn func(*Device) error) error
 }
 
 func (s *sqlStore) EachKeepAlive(ctx context.Context, fn func(KeepAliveInput) error) error {
-	rows, err := s.db.QueryContext(ctx, `SELECT id, grp, policy, last_seen FROM devices WHERE state = $1`, string(Enabled))
+	rows, err := s.db.QueryContext(ctx, `SELECT id, grp, policy, last_seen FROM devices WHERE state = $1`, string(policy.Enabled))
 	if err != nil {
 		return fmt.Errorf("keep-alive scan: %w", err)
 	}
 	defer rows.Close()
 	// Most devices carry the same few policies (often none of their own):
 	// decode each distinct one once.
-	policies := map[string]Policy{}
+	policies := map[string]policy.Policy{}
 	for rows.Next() {
 		var k KeepAliveInput
 		var pol string
@@ -170,7 +171,7 @@ func (s *sqlStore) EachKeepAlive(ctx context.Context, fn func(KeepAliveInput) er
 	return rows.Err()
 }
 
-func (s *sqlStore) UpdateDevice(ctx context.Context, d *Device) error {
+func (s *sqlStore) UpdateDevice(ctx context.Context, d *policy.Device) error {
 	var ek any = d.ExchangeKey
 	if d.ExchangeKey == nil {
 		ek = nil
@@ -189,7 +190,7 @@ func (s *sqlStore) UpdateDevice(ctx context.Context, d *Device) error {
 	switch {
 	case err != nil:
 		return fmt.Errorf("update device %s: %w", d.ID, err)
-	case cur.State == Revoked:
+	case cur.State == policy.Revoked:
 		return fmt.Errorf("update device %s: %w", d.ID, ErrRevoked)
 	}
 	return fmt.Errorf("update device %s: %w", d.ID, ErrConflict)
@@ -209,7 +210,7 @@ func (s *sqlStore) DevicePage(ctx context.Context, q DeviceQuery) (*DevicePage, 
 		n := len(args)
 		where += fmt.Sprintf(` AND (lower(name) LIKE $%d ESCAPE '\' OR lower(id) LIKE $%d ESCAPE '\' OR lower(grp) LIKE $%d ESCAPE '\')`, n, n, n)
 	}
-	page := &DevicePage{Counts: map[State]int{}}
+	page := &DevicePage{Counts: map[policy.State]int{}}
 	rows, err := s.db.QueryContext(ctx, `SELECT state, COUNT(*) FROM devices GROUP BY state`)
 	if err != nil {
 		return nil, fmt.Errorf("device counts: %w", err)
@@ -221,7 +222,7 @@ func (s *sqlStore) DevicePage(ctx context.Context, q DeviceQuery) (*DevicePage, 
 			rows.Close()
 			return nil, err
 		}
-		page.Counts[State(st)] = n
+		page.Counts[policy.State(st)] = n
 	}
 	rows.Close()
 	if err := rows.Err(); err != nil {
@@ -267,15 +268,15 @@ func (s *sqlStore) Touch(ctx context.Context, id string, t time.Time) error {
 	})
 }
 
-func (s *sqlStore) PutGroup(ctx context.Context, name string, p Policy) error {
+func (s *sqlStore) PutGroup(ctx context.Context, name string, p policy.Policy) error {
 	_, err := s.db.ExecContext(ctx, `INSERT INTO groups (name, policy) VALUES ($1,$2)
 		ON CONFLICT (name) DO UPDATE SET policy = excluded.policy`, name, policyJSON(p))
 	return err
 }
 
-func (s *sqlStore) Group(ctx context.Context, name string) (Policy, error) {
+func (s *sqlStore) Group(ctx context.Context, name string) (policy.Policy, error) {
 	var pol string
-	var p Policy
+	var p policy.Policy
 	err := s.db.QueryRowContext(ctx, `SELECT policy FROM groups WHERE name=$1`, name).Scan(&pol)
 	if errors.Is(err, sql.ErrNoRows) {
 		return p, ErrNotFound
@@ -286,16 +287,16 @@ func (s *sqlStore) Group(ctx context.Context, name string) (Policy, error) {
 	return p, json.Unmarshal([]byte(pol), &p)
 }
 
-func (s *sqlStore) Groups(ctx context.Context) (map[string]Policy, error) {
+func (s *sqlStore) Groups(ctx context.Context) (map[string]policy.Policy, error) {
 	rows, err := s.db.QueryContext(ctx, `SELECT name, policy FROM groups`)
 	if err != nil {
 		return nil, err
 	}
 	defer rows.Close()
-	out := map[string]Policy{}
+	out := map[string]policy.Policy{}
 	for rows.Next() {
 		var name, pol string
-		var p Policy
+		var p policy.Policy
 		if err := rows.Scan(&name, &pol); err != nil {
 			return nil, err
 		}

@@ -1,6 +1,8 @@
 // Package store persists the managed-mode state of a key server: enrolled
 // devices and their wrapped exchange keys, groups, enrollment tokens,
-// pending unlock approvals, the audit log and server settings.
+// pending unlock approvals, the audit log and server settings. The devices
+// and policies are package policy's types: the store persists what policy
+// decides on, and policy knows nothing of the store.
 //
 // Store is the interface; SQLite (the default, one file in the data
 // directory) and PostgreSQL (several replicas sharing one database)
@@ -18,13 +20,13 @@ package store
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"strings"
 	"time"
 
 	"github.com/tether-nbde/tether/audit"
+	"github.com/tether-nbde/tether/policy"
 )
 
 var (
@@ -37,73 +39,11 @@ var (
 	ErrExists  = errors.New("already exists")
 )
 
-// State is a device's life-cycle state.
-type State string
-
-const (
-	Pending  State = "pending"  // enrolled without a token; waits for an admin
-	Enabled  State = "enabled"  // may unlock, subject to policy
-	Disabled State = "disabled" // refused until an admin enables it again
-	Revoked  State = "revoked"  // exchange key destroyed; final
-)
-
-// Duration is a time.Duration that marshals as "5m0s".
-type Duration time.Duration
-
-func (d Duration) MarshalJSON() ([]byte, error) { return json.Marshal(time.Duration(d).String()) }
-
-func (d *Duration) UnmarshalJSON(b []byte) error {
-	var s string
-	if err := json.Unmarshal(b, &s); err != nil {
-		var n int64
-		if err2 := json.Unmarshal(b, &n); err2 != nil {
-			return fmt.Errorf("duration: %v", err)
-		}
-		*d = Duration(n)
-		return nil
-	}
-	v, err := time.ParseDuration(s)
-	if err != nil {
-		return err
-	}
-	*d = Duration(v)
-	return nil
-}
-
-// Policy is what a device or group allows. Zero fields inherit: a device's
-// policy overrides its group's field by field (see policy.Effective).
-type Policy struct {
-	CIDRs     []string `json:"cidrs,omitempty"`     // allowed source networks; empty = any
-	KeepAlive Duration `json:"keepalive,omitempty"` // heartbeat timeout; 0 = keep-alive off
-	Approval  *bool    `json:"approval,omitempty"`  // every unlock waits for an admin
-	Rate      int      `json:"rate,omitempty"`      // unlocks per minute; 0 = server default
-}
-
-// Device is one enrolled machine.
-type Device struct {
-	ID        string
-	Name      string
-	Group     string
-	KeyID     string // hex SHA-256 of the identity public key (SPKI DER)
-	PublicKey []byte // identity public key, SPKI DER
-	State     State
-	Reason    string // why the device is in its state (e.g. "keep-alive timeout")
-	// ExchangeKey is the device's private exchange key S_D wrapped under the
-	// KEK. Revocation sets it to nil: that is what makes revocation final.
-	ExchangeKey []byte
-	ExchangePub string // public JWK of s_D = S_D·G, JSON
-	Policy      Policy
-	Created     time.Time
-	Updated     time.Time
-	LastSeen    time.Time // last authenticated request or heartbeat
-	Version     int64     // compare-and-swap counter
-}
-
 // KeepAliveInput is what the keep-alive sweep reads of an enabled device.
 type KeepAliveInput struct {
 	ID       string
 	Group    string
-	Policy   Policy // the device's own policy (the group's applies on top)
+	Policy   policy.Policy // the device's own policy (the group's applies on top)
 	LastSeen time.Time
 }
 
@@ -112,15 +52,15 @@ type DeviceQuery struct {
 	// Text matches devices whose name, ID or group contains it, ignoring
 	// the case of ASCII letters. Empty matches every device.
 	Text          string
-	State         State // empty: every state
+	State         policy.State // empty: every state
 	Offset, Limit int
 }
 
 // DevicePage is one page of devices and the numbers around it.
 type DevicePage struct {
-	Devices []*Device
-	Matched int           // devices that match the query, on every page
-	Counts  map[State]int // every device, by state
+	Devices []*policy.Device
+	Matched int                  // devices that match the query, on every page
+	Counts  map[policy.State]int // every device, by state
 }
 
 // Token is an enrollment token, stored by hash.
@@ -144,20 +84,20 @@ type Approval struct {
 
 // Store is the persistence the managed server needs.
 type Store interface {
-	CreateDevice(ctx context.Context, d *Device) error
-	Device(ctx context.Context, id string) (*Device, error)
+	CreateDevice(ctx context.Context, d *policy.Device) error
+	Device(ctx context.Context, id string) (*policy.Device, error)
 	// DeviceByKey returns the device, not revoked, whose identity key has
 	// this KeyID.
-	DeviceByKey(ctx context.Context, keyID string) (*Device, error)
+	DeviceByKey(ctx context.Context, keyID string) (*policy.Device, error)
 	// RevokedByKey returns the revoked devices whose identity key has
 	// this KeyID, the most recently changed first (none: empty, no
 	// error), so that a refusal can name the device it refuses.
-	RevokedByKey(ctx context.Context, keyID string) ([]*Device, error)
-	Devices(ctx context.Context) ([]*Device, error)
+	RevokedByKey(ctx context.Context, keyID string) ([]*policy.Device, error)
+	Devices(ctx context.Context) ([]*policy.Device, error)
 	// EachDevice calls fn for every device in creation order without
 	// holding them all in memory (a fleet may have 100,000). fn must not
 	// write to the store; an error from fn stops the iteration.
-	EachDevice(ctx context.Context, fn func(*Device) error) error
+	EachDevice(ctx context.Context, fn func(*policy.Device) error) error
 	// EachKeepAlive calls fn with the keep-alive inputs of every enabled
 	// device, in no particular order: a plain scan of only the columns the
 	// keep-alive sweep needs, which runs every few seconds over the whole
@@ -177,16 +117,16 @@ type Store interface {
 	// UpdateDevice writes d if its stored version is still d.Version and
 	// the stored device is not revoked, and then increments d.Version.
 	// It returns ErrConflict or ErrRevoked otherwise.
-	UpdateDevice(ctx context.Context, d *Device) error
+	UpdateDevice(ctx context.Context, d *policy.Device) error
 	// Touch records that the device was heard from at t (never moves
 	// LastSeen backwards; does not change Version). Like AppendAudit it
 	// shares its transaction with concurrent writes (group commit) and
 	// returns once that has committed, whatever ctx says.
 	Touch(ctx context.Context, id string, t time.Time) error
 
-	PutGroup(ctx context.Context, name string, p Policy) error
-	Group(ctx context.Context, name string) (Policy, error)
-	Groups(ctx context.Context) (map[string]Policy, error)
+	PutGroup(ctx context.Context, name string, p policy.Policy) error
+	Group(ctx context.Context, name string) (policy.Policy, error)
+	Groups(ctx context.Context) (map[string]policy.Policy, error)
 
 	CreateToken(ctx context.Context, t *Token) error
 	// ConsumeToken deletes and returns the unexpired token with this hash.
@@ -238,21 +178,4 @@ func Open(ctx context.Context, source string) (Store, error) {
 		return nil, fmt.Errorf("store %q: unknown kind (want sqlite:PATH or postgres://...)", source)
 	}
 	return OpenSQLite(ctx, source)
-}
-
-// Validate checks a device record's invariants before it is written.
-func (d *Device) Validate() error {
-	switch d.State {
-	case Pending, Enabled, Disabled:
-		if d.ExchangeKey == nil {
-			return fmt.Errorf("device %s: %s without an exchange key", d.ID, d.State)
-		}
-	case Revoked:
-		if d.ExchangeKey != nil {
-			return fmt.Errorf("device %s: revoked but still holds its exchange key", d.ID)
-		}
-	default:
-		return fmt.Errorf("device %s: unknown state %q", d.ID, d.State)
-	}
-	return nil
 }

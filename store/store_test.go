@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/tether-nbde/tether/audit"
+	"github.com/tether-nbde/tether/policy"
 )
 
 func TestSQLite(t *testing.T) {
@@ -66,7 +67,7 @@ func TestSQLiteRevokedKeyLeavesNoTrace(t *testing.T) {
 	if !filesContain(t, dir, secret) {
 		t.Fatal("test is broken: the wrapped key is not in the files before revocation")
 	}
-	d.State, d.ExchangeKey = Revoked, nil
+	d.State, d.ExchangeKey = policy.Revoked, nil
 	if err := s.UpdateDevice(ctx, d); err != nil {
 		t.Fatal(err)
 	}
@@ -94,12 +95,12 @@ func filesContain(t *testing.T, dir string, b []byte) bool {
 
 var t0 = time.Date(2026, 1, 2, 3, 4, 5, 6, time.UTC)
 
-func newDevice(id, key string) *Device {
+func newDevice(id, key string) *policy.Device {
 	yes := true
-	return &Device{
+	return &policy.Device{
 		ID: id, Name: "host-" + id, Group: "servers", KeyID: key, PublicKey: []byte("spki-" + key),
-		State: Enabled, ExchangeKey: []byte("wrapped-" + id), ExchangePub: `{"kty":"EC"}`,
-		Policy:  Policy{CIDRs: []string{"10.0.0.0/8"}, KeepAlive: Duration(5 * time.Minute), Approval: &yes, Rate: 3},
+		State: policy.Enabled, ExchangeKey: []byte("wrapped-" + id), ExchangePub: `{"kty":"EC"}`,
+		Policy:  policy.Policy{CIDRs: []string{"10.0.0.0/8"}, KeepAlive: policy.Duration(5 * time.Minute), Approval: &yes, Rate: 3},
 		Created: t0, Updated: t0, LastSeen: t0,
 	}
 }
@@ -117,8 +118,8 @@ func testStore(t *testing.T, open func(t *testing.T) Store) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if got.Name != d.Name || got.Group != "servers" || got.State != Enabled || !bytes.Equal(got.ExchangeKey, d.ExchangeKey) ||
-			!got.Created.Equal(t0) || got.Version != 1 || got.Policy.KeepAlive != Duration(5*time.Minute) ||
+		if got.Name != d.Name || got.Group != "servers" || got.State != policy.Enabled || !bytes.Equal(got.ExchangeKey, d.ExchangeKey) ||
+			!got.Created.Equal(t0) || got.Version != 1 || got.Policy.KeepAlive != policy.Duration(5*time.Minute) ||
 			got.Policy.Approval == nil || !*got.Policy.Approval || got.Policy.CIDRs[0] != "10.0.0.0/8" || got.Policy.Rate != 3 {
 			t.Fatalf("round trip: got %+v", got)
 		}
@@ -151,7 +152,7 @@ func testStore(t *testing.T, open func(t *testing.T) Store) {
 			d := newDevice(fmt.Sprintf("d%d", i), fmt.Sprintf("k%d", i))
 			d.Name, d.Created = n, t0.Add(time.Duration(i)*time.Second)
 			if i%2 == 1 {
-				d.State = Disabled
+				d.State = policy.Disabled
 			}
 			if err := s.CreateDevice(ctx, d); err != nil {
 				t.Fatal(err)
@@ -171,8 +172,8 @@ func testStore(t *testing.T, open func(t *testing.T) Store) {
 			{DeviceQuery{Text: `k\s`, Limit: 10}, []string{"d4"}, 1},     // nor is the escape
 			{DeviceQuery{Text: "SERVERS", Limit: 1}, []string{"d0"}, 6},  // group
 			{DeviceQuery{Text: "D5", Limit: 10}, []string{"d5"}, 1},      // ID
-			{DeviceQuery{Text: "office", State: Disabled, Limit: 10}, []string{"d1"}, 1},
-			{DeviceQuery{State: Revoked, Limit: 10}, nil, 0},
+			{DeviceQuery{Text: "office", State: policy.Disabled, Limit: 10}, []string{"d1"}, 1},
+			{DeviceQuery{State: policy.Revoked, Limit: 10}, nil, 0},
 		} {
 			p, err := s.DevicePage(ctx, tc.q)
 			if err != nil {
@@ -185,18 +186,18 @@ func testStore(t *testing.T, open func(t *testing.T) Store) {
 			if fmt.Sprint(got) != fmt.Sprint(tc.want) || p.Matched != tc.all {
 				t.Errorf("%+v: page %v of %d, want %v of %d", tc.q, got, p.Matched, tc.want, tc.all)
 			}
-			if p.Counts[Enabled] != 3 || p.Counts[Disabled] != 3 || len(p.Counts) != 2 {
+			if p.Counts[policy.Enabled] != 3 || p.Counts[policy.Disabled] != 3 || len(p.Counts) != 2 {
 				t.Errorf("%+v: counts %v", tc.q, p.Counts)
 			}
 		}
 	})
 	t.Run("each keep-alive", func(t *testing.T) {
 		s := open(t)
-		for i, st := range []State{Enabled, Disabled, Enabled, Revoked, Enabled} {
+		for i, st := range []policy.State{policy.Enabled, policy.Disabled, policy.Enabled, policy.Revoked, policy.Enabled} {
 			d := newDevice(fmt.Sprintf("d%d", i), fmt.Sprintf("k%d", i))
 			d.State, d.Group, d.LastSeen = st, fmt.Sprintf("g%d", i), t0.Add(time.Duration(i)*time.Minute)
 			if i == 4 {
-				d.Policy = Policy{}
+				d.Policy = policy.Policy{}
 			}
 			if err := s.CreateDevice(ctx, d); err != nil {
 				t.Fatal(err)
@@ -219,7 +220,7 @@ func testStore(t *testing.T, open func(t *testing.T) Store) {
 				t.Errorf("d%d: %+v", i, k)
 			}
 		}
-		if p := got["d0"].Policy; p.KeepAlive != Duration(5*time.Minute) || p.Rate != 3 || len(p.CIDRs) != 1 || p.Approval == nil {
+		if p := got["d0"].Policy; p.KeepAlive != policy.Duration(5*time.Minute) || p.Rate != 3 || len(p.CIDRs) != 1 || p.Approval == nil {
 			t.Errorf("d0 policy %+v", p)
 		}
 		if p := got["d4"].Policy; p.KeepAlive != 0 || p.CIDRs != nil || p.Approval != nil {
@@ -233,10 +234,10 @@ func testStore(t *testing.T, open func(t *testing.T) Store) {
 	})
 	t.Run("rekey", func(t *testing.T) {
 		s := open(t)
-		for i, st := range []State{Enabled, Revoked, Disabled} {
+		for i, st := range []policy.State{policy.Enabled, policy.Revoked, policy.Disabled} {
 			d := newDevice(fmt.Sprintf("d%d", i), fmt.Sprintf("k%d", i))
 			d.State = st
-			if st == Revoked {
+			if st == policy.Revoked {
 				d.ExchangeKey = nil
 			}
 			if err := s.CreateDevice(ctx, d); err != nil {
@@ -303,7 +304,7 @@ func testStore(t *testing.T, open func(t *testing.T) Store) {
 			t.Fatal(err)
 		}
 		stamp("create")
-		d.State = Disabled
+		d.State = policy.Disabled
 		if err := s.UpdateDevice(ctx, d); err != nil {
 			t.Fatal(err)
 		}
@@ -328,7 +329,7 @@ func testStore(t *testing.T, open func(t *testing.T) Store) {
 		}
 		a, _ := s.Device(ctx, "d1")
 		b, _ := s.Device(ctx, "d1")
-		a.State, a.Reason = Disabled, "lost"
+		a.State, a.Reason = policy.Disabled, "lost"
 		if err := a.Validate(); err != nil {
 			t.Fatal(err)
 		}
@@ -338,18 +339,18 @@ func testStore(t *testing.T, open func(t *testing.T) Store) {
 		if a.Version != 2 {
 			t.Fatalf("version after update %d, want 2", a.Version)
 		}
-		b.State = Enabled
+		b.State = policy.Enabled
 		if err := s.UpdateDevice(ctx, b); !errors.Is(err, ErrConflict) {
 			t.Fatalf("stale update: %v, want ErrConflict", err)
 		}
 		// Revoke through a, then a replica holding a fresh copy from before
 		// the revocation cannot bring the device back, nor can anyone else.
 		c, _ := s.Device(ctx, "d1")
-		a.State, a.ExchangeKey = Revoked, nil
+		a.State, a.ExchangeKey = policy.Revoked, nil
 		if err := s.UpdateDevice(ctx, a); err != nil {
 			t.Fatal(err)
 		}
-		c.State = Enabled
+		c.State = policy.Enabled
 		if err := s.UpdateDevice(ctx, c); !errors.Is(err, ErrRevoked) {
 			t.Fatalf("update of revoked device with stale version: %v, want ErrRevoked", err)
 		}
@@ -357,7 +358,7 @@ func testStore(t *testing.T, open func(t *testing.T) Store) {
 		if r.ExchangeKey != nil {
 			t.Fatal("revoked device still has its exchange key")
 		}
-		r.State = Enabled
+		r.State = policy.Enabled
 		if err := s.UpdateDevice(ctx, r); !errors.Is(err, ErrRevoked) {
 			t.Fatalf("update of revoked device: %v, want ErrRevoked", err)
 		}
@@ -377,14 +378,14 @@ func testStore(t *testing.T, open func(t *testing.T) Store) {
 		var wg sync.WaitGroup
 		var mu sync.Mutex
 		wins := 0
-		var copies []*Device
+		var copies []*policy.Device
 		for i := 0; i < 8; i++ {
 			d, _ := s.Device(ctx, "d1")
 			copies = append(copies, d)
 		}
 		for i, d := range copies {
 			wg.Add(1)
-			go func(i int, d *Device) {
+			go func(i int, d *policy.Device) {
 				defer wg.Done()
 				d.Reason = fmt.Sprint("writer ", i)
 				if err := s.UpdateDevice(ctx, d); err == nil {
@@ -425,8 +426,8 @@ func testStore(t *testing.T, open func(t *testing.T) Store) {
 		if _, err := s.Group(ctx, "g"); !errors.Is(err, ErrNotFound) {
 			t.Fatal(err)
 		}
-		s.PutGroup(ctx, "g", Policy{Rate: 1})
-		s.PutGroup(ctx, "g", Policy{Rate: 2})
+		s.PutGroup(ctx, "g", policy.Policy{Rate: 1})
+		s.PutGroup(ctx, "g", policy.Policy{Rate: 2})
 		if p, err := s.Group(ctx, "g"); err != nil || p.Rate != 2 {
 			t.Fatalf("group: %+v %v", p, err)
 		}

@@ -27,7 +27,8 @@ import (
 	"time"
 
 	"github.com/tether-nbde/tether/jose"
-	"github.com/tether-nbde/tether/server"
+	"github.com/tether-nbde/tether/policy"
+	"github.com/tether-nbde/tether/server/managed"
 	"github.com/tether-nbde/tether/store"
 )
 
@@ -51,7 +52,7 @@ func run(data string, n int, keysPath string) error {
 	if err := os.MkdirAll(data, 0o700); err != nil {
 		return err
 	}
-	kek, _, err := server.LoadOrCreateKEK(ctx, filepath.Join(data, "kek"))
+	kek, _, err := managed.LoadOrCreateKEK(ctx, filepath.Join(data, "kek"))
 	if err != nil {
 		return err
 	}
@@ -142,7 +143,7 @@ func (k *fleetKeys) close() error {
 	return err
 }
 
-func create(ctx context.Context, st store.Store, kek *server.KEK, keys *fleetKeys, i int) error {
+func create(ctx context.Context, st store.Store, kek *managed.KEK, keys *fleetKeys, i int) error {
 	idKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return err
@@ -160,9 +161,9 @@ func create(ctx context.Context, st store.Store, kek *server.KEK, keys *fleetKey
 	}
 	pub, _ := json.Marshal(S.Public())
 	now := time.Now()
-	err = st.CreateDevice(ctx, &store.Device{
-		ID: id, Name: fmt.Sprintf("host-%d", i), Group: "fleet", KeyID: server.SPKIPin(spki), PublicKey: spki,
-		State: store.Enabled, ExchangeKey: wrapped, ExchangePub: string(pub), Created: now, Updated: now, LastSeen: now,
+	err = st.CreateDevice(ctx, &policy.Device{
+		ID: id, Name: fmt.Sprintf("host-%d", i), Group: "fleet", KeyID: managed.SPKIPin(spki), PublicKey: spki,
+		State: policy.Enabled, ExchangeKey: wrapped, ExchangePub: string(pub), Created: now, Updated: now, LastSeen: now,
 	})
 	if err != nil || keys == nil {
 		return err

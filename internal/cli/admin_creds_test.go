@@ -12,7 +12,7 @@ import (
 	"time"
 
 	"github.com/tether-nbde/tether/internal/testenv"
-	"github.com/tether-nbde/tether/server"
+	"github.com/tether-nbde/tether/server/admin"
 )
 
 // TestFirstStartPortBusy: the very first start in managed mode fails
@@ -88,7 +88,7 @@ func TestResetCredentials(t *testing.T) {
 	if out := mustTether(t, newEnv, "", "admin", "audit", "export"); !strings.Contains(out, `"action":"admin.reset-credentials"`) {
 		t.Fatalf("the reset is not audited:\n%s", out)
 	}
-	cfg, err := server.LoadAdminConfig(file)
+	cfg, err := admin.LoadCredentials(file)
 	if err != nil || cfg.URL != "https://"+maddr {
 		t.Fatalf("new admin.json: %+v %v", cfg, err)
 	}

@@ -15,7 +15,7 @@ import (
 
 	"github.com/tether-nbde/tether/internal/testenv"
 	"github.com/tether-nbde/tether/pin/managed"
-	"github.com/tether-nbde/tether/server"
+	"github.com/tether-nbde/tether/server/admin"
 )
 
 // tether runs the real binary with extra environment and stdin.
@@ -141,11 +141,11 @@ func TestEnrollmentsSurviveKill9(t *testing.T) {
 	data := t.TempDir()
 	maddr := testenv.FreePort(t)
 	srv := testenv.StartServer(t, data, "--managed-listen", maddr)
-	cfg, err := server.LoadAdminConfig(filepath.Join(data, "admin.json"))
+	cfg, err := admin.LoadCredentials(filepath.Join(data, "admin.json"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	admin := server.NewAdminClient(cfg)
+	ac := admin.NewClient(cfg)
 	ctx := context.Background()
 	var mu sync.Mutex
 	var acked []string
@@ -157,7 +157,7 @@ func TestEnrollmentsSurviveKill9(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			for {
-				tok, err := admin.CreateToken(ctx, server.TokenRequest{})
+				tok, err := ac.CreateToken(ctx, admin.TokenRequest{})
 				if err != nil {
 					return // the server is gone
 				}
@@ -179,7 +179,7 @@ func TestEnrollmentsSurviveKill9(t *testing.T) {
 	wg.Wait()
 	srv.Cmd.Wait()
 	testenv.StartServer(t, data, "--managed-listen", maddr)
-	devs, err := admin.Devices(ctx)
+	devs, err := ac.Devices(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -7,7 +7,6 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"github.com/tether-nbde/tether/internal/cli"
 	"io"
 	"net/netip"
 	"os"
@@ -18,7 +17,11 @@ import (
 	"time"
 
 	"github.com/tether-nbde/tether/audit"
+	"github.com/tether-nbde/tether/internal/cli"
+	"github.com/tether-nbde/tether/policy"
 	"github.com/tether-nbde/tether/server"
+	"github.com/tether-nbde/tether/server/admin"
+	"github.com/tether-nbde/tether/server/managed"
 	"github.com/tether-nbde/tether/store"
 )
 
@@ -41,8 +44,8 @@ func managedServerFlags(fs *flag.FlagSet) func() (server.ManagedConfig, error) {
 	uiCfg := uiServerFlags(fs) // admin_user.go
 	hostnames := fs.String("managed-hostname", "", "")
 	return func() (server.ManagedConfig, error) {
-		mc := server.ManagedConfig{Listen: *listen, Store: *src, KEKFile: *kek, Webhooks: hooks,
-			ApprovalTimeout: *approval, UnlockRate: *rate}
+		mc := server.ManagedConfig{Listen: *listen, Store: *src, KEKFile: *kek,
+			Config: managed.Config{Webhooks: hooks, ApprovalTimeout: *approval, UnlockRate: *rate}}
 		mc.UI = uiCfg()
 		for _, h := range strings.Split(*hostnames, ",") {
 			if h = strings.TrimSpace(h); h != "" {
@@ -68,7 +71,7 @@ func managedServerFlags(fs *flag.FlagSet) func() (server.ManagedConfig, error) {
 
 // adminCmd registers one "tether admin" command; run gets a connected
 // admin client.
-func adminCmd(name, summary, usage string, extra func(fs *flag.FlagSet) func(env *cli.Env, c *server.AdminClient, args []string) error) {
+func adminCmd(name, summary, usage string, extra func(fs *flag.FlagSet) func(env *cli.Env, c *admin.Client, args []string) error) {
 	cli.Register(cli.Command{
 		Name: name, Summary: summary, Usage: usage + adminCommon,
 		Flags: func(fs *flag.FlagSet) func(*cli.Env, []string) error {
@@ -82,17 +85,17 @@ func adminCmd(name, summary, usage string, extra func(fs *flag.FlagSet) func(env
 				if path == "" {
 					path = filepath.Join(defaultDataDir, "admin.json")
 				}
-				cfg, err := server.LoadAdminConfig(path)
+				cfg, err := admin.LoadCredentials(path)
 				if errors.Is(err, os.ErrNotExist) {
 					return cli.WithHint(err, "the server writes its admin credentials there on first start with --managed-listen; pass --config FILE if they are elsewhere, or reissue them with tether admin reset-credentials")
 				}
 				if err != nil {
 					return err
 				}
-				if w := server.AdminConfigModeWarning(path); w != "" {
+				if w := admin.CredentialsModeWarning(path); w != "" {
 					fmt.Fprintf(env.Stderr, "tether: warning: %s\n", w)
 				}
-				return run(env, server.NewAdminClient(cfg), args)
+				return run(env, admin.NewClient(cfg), args)
 			}
 		},
 	})
@@ -108,15 +111,15 @@ another host, and edit its url.
 
 func init() {
 	adminCmd("admin token create", "make a one-time enrolment token", adminTokenUsage,
-		func(fs *flag.FlagSet) func(*cli.Env, *server.AdminClient, []string) error {
+		func(fs *flag.FlagSet) func(*cli.Env, *admin.Client, []string) error {
 			group := fs.String("group", "", "")
 			ttl := fs.Duration("ttl", 24*time.Hour, "")
 			note := fs.String("note", "", "")
-			return func(env *cli.Env, c *server.AdminClient, args []string) error {
+			return func(env *cli.Env, c *admin.Client, args []string) error {
 				if len(args) > 0 {
 					return cli.Usagef("unexpected argument %q", args[0])
 				}
-				r, err := c.CreateToken(context.Background(), server.TokenRequest{Group: *group, TTL: store.Duration(*ttl), Note: *note})
+				r, err := c.CreateToken(context.Background(), admin.TokenRequest{Group: *group, TTL: policy.Duration(*ttl), Note: *note})
 				if err != nil {
 					return err
 				}
@@ -126,9 +129,9 @@ func init() {
 			}
 		})
 	adminCmd("admin device list", "list enrolled devices", adminDeviceListUsage,
-		func(fs *flag.FlagSet) func(*cli.Env, *server.AdminClient, []string) error {
+		func(fs *flag.FlagSet) func(*cli.Env, *admin.Client, []string) error {
 			asJSON := fs.Bool("json", false, "")
-			return func(env *cli.Env, c *server.AdminClient, args []string) error {
+			return func(env *cli.Env, c *admin.Client, args []string) error {
 				devs, err := c.Devices(context.Background())
 				if err != nil {
 					return err
@@ -156,10 +159,10 @@ func init() {
 			yesFlag = " --yes"
 		}
 		adminCmd("admin device "+op.name, op.summary, fmt.Sprintf(adminDeviceOpUsage, op.name, op.summary, yesFlag),
-			func(fs *flag.FlagSet) func(*cli.Env, *server.AdminClient, []string) error {
+			func(fs *flag.FlagSet) func(*cli.Env, *admin.Client, []string) error {
 				reason := fs.String("reason", "", "")
 				yes := fs.Bool("yes", false, "")
-				return func(env *cli.Env, c *server.AdminClient, args []string) error {
+				return func(env *cli.Env, c *admin.Client, args []string) error {
 					if len(args) != 1 {
 						return cli.Usagef("want exactly one device ID")
 					}
@@ -177,8 +180,8 @@ func init() {
 			})
 	}
 	adminCmd("admin device policy", "set a device's policy", adminPolicyUsage,
-		func(fs *flag.FlagSet) func(*cli.Env, *server.AdminClient, []string) error {
-			return func(env *cli.Env, c *server.AdminClient, args []string) error {
+		func(fs *flag.FlagSet) func(*cli.Env, *admin.Client, []string) error {
+			return func(env *cli.Env, c *admin.Client, args []string) error {
 				if len(args) != 2 {
 					return cli.Usagef("want a device ID and a policy (JSON)")
 				}
@@ -190,8 +193,8 @@ func init() {
 			}
 		})
 	adminCmd("admin group set", "set a group's policy", adminPolicyUsage,
-		func(fs *flag.FlagSet) func(*cli.Env, *server.AdminClient, []string) error {
-			return func(env *cli.Env, c *server.AdminClient, args []string) error {
+		func(fs *flag.FlagSet) func(*cli.Env, *admin.Client, []string) error {
+			return func(env *cli.Env, c *admin.Client, args []string) error {
 				if len(args) != 2 {
 					return cli.Usagef("want a group name and a policy (JSON)")
 				}
@@ -203,8 +206,8 @@ func init() {
 			}
 		})
 	adminCmd("admin lockdown", "refuse every unlock at once (on|off)", adminLockdownUsage,
-		func(fs *flag.FlagSet) func(*cli.Env, *server.AdminClient, []string) error {
-			return func(env *cli.Env, c *server.AdminClient, args []string) error {
+		func(fs *flag.FlagSet) func(*cli.Env, *admin.Client, []string) error {
+			return func(env *cli.Env, c *admin.Client, args []string) error {
 				if len(args) != 1 || (args[0] != "on" && args[0] != "off") {
 					return cli.Usagef("want on or off")
 				}
@@ -216,8 +219,8 @@ func init() {
 			}
 		})
 	adminCmd("admin enroll-open", "allow enrolment without a token (on|off)", adminEnrollOpenUsage,
-		func(fs *flag.FlagSet) func(*cli.Env, *server.AdminClient, []string) error {
-			return func(env *cli.Env, c *server.AdminClient, args []string) error {
+		func(fs *flag.FlagSet) func(*cli.Env, *admin.Client, []string) error {
+			return func(env *cli.Env, c *admin.Client, args []string) error {
 				if len(args) != 1 || (args[0] != "on" && args[0] != "off") {
 					return cli.Usagef("want on or off")
 				}
@@ -229,11 +232,11 @@ func init() {
 			}
 		})
 	adminCmd("admin audit verify", "check the audit log's hash chain", adminAuditUsage,
-		func(fs *flag.FlagSet) func(*cli.Env, *server.AdminClient, []string) error {
+		func(fs *flag.FlagSet) func(*cli.Env, *admin.Client, []string) error {
 			var anchors anchorList
 			fs.Var(&anchors, "anchor", "")
 			from := fs.String("anchors-from", "", "")
-			return func(env *cli.Env, c *server.AdminClient, args []string) error {
+			return func(env *cli.Env, c *admin.Client, args []string) error {
 				if len(args) != 0 {
 					return cli.Usagef("unexpected argument %q", args[0])
 				}
@@ -269,8 +272,8 @@ func init() {
 			}
 		})
 	adminCmd("admin audit export", "write the audit log as JSON lines", adminAuditUsage,
-		func(fs *flag.FlagSet) func(*cli.Env, *server.AdminClient, []string) error {
-			return func(env *cli.Env, c *server.AdminClient, args []string) error {
+		func(fs *flag.FlagSet) func(*cli.Env, *admin.Client, []string) error {
+			return func(env *cli.Env, c *admin.Client, args []string) error {
 				enc := json.NewEncoder(env.Stdout)
 				ch := audit.NewChain()
 				err := c.Audit(context.Background(), func(r *audit.Record) error {
@@ -286,9 +289,9 @@ func init() {
 			}
 		})
 	adminCmd("admin unlock list", "list unlocks waiting for approval", adminUnlockUsage,
-		func(fs *flag.FlagSet) func(*cli.Env, *server.AdminClient, []string) error {
+		func(fs *flag.FlagSet) func(*cli.Env, *admin.Client, []string) error {
 			asJSON := fs.Bool("json", false, "")
-			return func(env *cli.Env, c *server.AdminClient, args []string) error {
+			return func(env *cli.Env, c *admin.Client, args []string) error {
 				if len(args) > 0 {
 					return cli.Usagef("unexpected argument %q", args[0])
 				}
@@ -312,8 +315,8 @@ func init() {
 		})
 	for _, op := range []string{"approve", "deny"} {
 		adminCmd("admin unlock "+op, op+" a waiting unlock", adminUnlockUsage,
-			func(fs *flag.FlagSet) func(*cli.Env, *server.AdminClient, []string) error {
-				return func(env *cli.Env, c *server.AdminClient, args []string) error {
+			func(fs *flag.FlagSet) func(*cli.Env, *admin.Client, []string) error {
+				return func(env *cli.Env, c *admin.Client, args []string) error {
 					if len(args) != 1 {
 						return cli.Usagef("want exactly one approval ID (tether admin unlock list)")
 					}
@@ -354,7 +357,7 @@ func init() {
 				u := *url
 				if u == "" {
 					// The old file's URL, even if the rest of it is gone.
-					var old server.AdminConfig
+					var old admin.Credentials
 					if b, err := os.ReadFile(file); err == nil && json.Unmarshal(b, &old) == nil {
 						u = old.URL
 					}
@@ -386,7 +389,7 @@ func init() {
 					return fmt.Errorf("reset admin credentials: open store: %w", err)
 				}
 				defer st.Close()
-				if _, err := server.ResetAdminCredentials(ctx, st, u, file); err != nil {
+				if _, err := admin.ResetCredentials(ctx, st, u, file); err != nil {
 					return fmt.Errorf("reset admin credentials: %w", err)
 				}
 				fmt.Fprintf(env.Stderr, "new admin credentials written to %s (0600); the old admin token no longer works\n", file)
@@ -421,8 +424,8 @@ Example (after stopping the server):
   # tether admin reset-credentials --data /var/lib/tether
 `
 
-func parsePolicy(s string) (store.Policy, error) {
-	var p store.Policy
+func parsePolicy(s string) (policy.Policy, error) {
+	var p policy.Policy
 	dec := json.NewDecoder(strings.NewReader(s))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&p); err != nil {

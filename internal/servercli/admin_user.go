@@ -6,25 +6,25 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"github.com/tether-nbde/tether/internal/cli"
 	"io"
 	"os"
 	"strings"
 	"text/tabwriter"
 	"time"
 
+	"github.com/tether-nbde/tether/internal/cli"
+	"github.com/tether-nbde/tether/server/admin"
+	"github.com/tether-nbde/tether/server/dashboard"
 	"golang.org/x/term"
-
-	"github.com/tether-nbde/tether/server"
 )
 
 // uiServerFlags declares the dashboard flags of "tether server".
-func uiServerFlags(fs *flag.FlagSet) func() server.UIConfig {
+func uiServerFlags(fs *flag.FlagSet) func() dashboard.Config {
 	on := fs.Bool("ui", true, "")
 	idle := fs.Duration("ui-session-idle", 30*time.Minute, "")
 	maxAge := fs.Duration("ui-session-max", 12*time.Hour, "")
-	return func() server.UIConfig {
-		return server.UIConfig{Off: !*on, SessionIdle: *idle, SessionMax: *maxAge}
+	return func() dashboard.Config {
+		return dashboard.Config{Off: !*on, SessionIdle: *idle, SessionMax: *maxAge}
 	}
 }
 
@@ -67,25 +67,25 @@ func init() {
 	} {
 		op := op
 		adminCmd("admin user "+op.name, op.summary, adminUserUsage,
-			func(fs *flag.FlagSet) func(*cli.Env, *server.AdminClient, []string) error {
-				return func(env *cli.Env, c *server.AdminClient, args []string) error {
+			func(fs *flag.FlagSet) func(*cli.Env, *admin.Client, []string) error {
+				return func(env *cli.Env, c *admin.Client, args []string) error {
 					if len(args) != 1 {
 						return cli.Usagef("want exactly one account name (the password comes from stdin or a prompt, never the command line)")
 					}
-					if err := server.ValidUserName(args[0]); err != nil {
+					if err := dashboard.ValidUserName(args[0]); err != nil {
 						return cli.Usagef("%v", err)
 					}
 					pw, err := readPassword(env, args[0])
 					if err != nil {
 						return err
 					}
-					if len(pw) < server.MinPasswordLength {
-						return cli.WithHint(fmt.Errorf("password is shorter than %d characters", server.MinPasswordLength), "choose a longer one, e.g. four random words")
+					if len(pw) < dashboard.MinPasswordLength {
+						return cli.WithHint(fmt.Errorf("password is shorter than %d characters", dashboard.MinPasswordLength), "choose a longer one, e.g. four random words")
 					}
 					ctx := context.Background()
 					if op.name == "add" {
 						err = c.AddUser(ctx, args[0], pw)
-						var ae *server.AdminError
+						var ae *admin.Error
 						if errors.As(err, &ae) && ae.Status == 409 {
 							return cli.WithHint(err, "change its password with tether admin user passwd %s", args[0])
 						}
@@ -101,8 +101,8 @@ func init() {
 			})
 	}
 	adminCmd("admin user list", "list dashboard accounts", adminUserUsage,
-		func(fs *flag.FlagSet) func(*cli.Env, *server.AdminClient, []string) error {
-			return func(env *cli.Env, c *server.AdminClient, args []string) error {
+		func(fs *flag.FlagSet) func(*cli.Env, *admin.Client, []string) error {
+			return func(env *cli.Env, c *admin.Client, args []string) error {
 				if len(args) > 0 {
 					return cli.Usagef("unexpected argument %q", args[0])
 				}
@@ -119,8 +119,8 @@ func init() {
 			}
 		})
 	adminCmd("admin user unlock", "clear the sign-in brakes on a dashboard account", adminUserUsage,
-		func(fs *flag.FlagSet) func(*cli.Env, *server.AdminClient, []string) error {
-			return func(env *cli.Env, c *server.AdminClient, args []string) error {
+		func(fs *flag.FlagSet) func(*cli.Env, *admin.Client, []string) error {
+			return func(env *cli.Env, c *admin.Client, args []string) error {
 				if len(args) != 1 {
 					return cli.Usagef("want exactly one account name")
 				}
@@ -133,8 +133,8 @@ func init() {
 			}
 		})
 	adminCmd("admin user remove", "remove a dashboard account (ends its sessions)", adminUserUsage,
-		func(fs *flag.FlagSet) func(*cli.Env, *server.AdminClient, []string) error {
-			return func(env *cli.Env, c *server.AdminClient, args []string) error {
+		func(fs *flag.FlagSet) func(*cli.Env, *admin.Client, []string) error {
+			return func(env *cli.Env, c *admin.Client, args []string) error {
 				if len(args) != 1 {
 					return cli.Usagef("want exactly one account name")
 				}

@@ -12,7 +12,7 @@ import (
 
 	"github.com/tether-nbde/tether/internal/cli"
 	"github.com/tether-nbde/tether/pin"
-	"github.com/tether-nbde/tether/server"
+	"github.com/tether-nbde/tether/server/managed"
 	"github.com/tether-nbde/tether/store"
 )
 
@@ -52,7 +52,7 @@ func init() {
 					}
 					fmt.Fprintf(env.Stderr, "plain copy of the key-encryption key written to %s: move it off this machine\n", *backup)
 				}
-				desc, err := server.SealKEK(ctx, path, args[0], json.RawMessage(args[1]), pin.Options{Trust: *trust, Timeout: *timeout})
+				desc, err := managed.SealKEK(ctx, path, args[0], json.RawMessage(args[1]), pin.Options{Trust: *trust, Timeout: *timeout})
 				if err != nil {
 					return err
 				}
@@ -97,7 +97,7 @@ func init() {
 					return fmt.Errorf("open store: %w", err)
 				}
 				defer st.Close()
-				finished, err := server.RotateKEK(ctx, path, st)
+				finished, err := managed.RotateKEK(ctx, path, st)
 				if err != nil {
 					return err
 				}
@@ -125,7 +125,7 @@ func init() {
 				path := file()
 				ctx, cancel := context.WithTimeout(context.Background(), *timeout)
 				defer cancel()
-				if err := server.UnsealKEK(ctx, path); err != nil {
+				if err := managed.UnsealKEK(ctx, path); err != nil {
 					return err
 				}
 				fmt.Fprintf(env.Stderr, "%s is a plain key-encryption key file again\n", path)
@@ -151,7 +151,7 @@ func kekFlags(fs *flag.FlagSet) (file func() string, data *string) {
 // writeBackup writes the plain KEK to a new file (0600); it never
 // overwrites one.
 func writeBackup(ctx context.Context, path, backup string) error {
-	text, _, err := server.KEKText(ctx, path)
+	text, _, err := managed.KEKText(ctx, path)
 	if err != nil {
 		return err
 	}

@@ -23,10 +23,12 @@ import (
 const module = "github.com/tether-nbde/tether/"
 
 // ranks places every package. Client: cmd → cli → boot/luks → pin/* →
-// pin → tang → jose. Server: cmd → servercli → server → store → policy →
-// audit: the domain types belong to policy (pure decisions), and the
-// store persists them, so store may import policy and never the reverse
-// (issue 19). Plumbing used by all (p521, atomicfile, ...) is at the bottom.
+// pin → tang → jose. Server: cmd → servercli → server (the wiring) →
+// dashboard → admin → managed → store → policy → audit: the dashboard
+// acts through the admin API, both through the managed API, and the
+// domain types belong to policy (pure decisions), which the store
+// persists, so store imports policy and never the reverse. Plumbing used
+// by all (p521, atomicfile, ...) is at the bottom.
 var ranks = map[string]int{
 	"internal/p521":       0,
 	"internal/atomicfile": 0,
@@ -61,9 +63,15 @@ var ranks = map[string]int{
 	// doctor checks what boot installs and what luks and the pins hold.
 	"internal/doctor": 58,
 
-	"server/connlimit": 56, // descriptor caps of the server's listeners
-	"server/tangport":  58, // the Tang port: tang's endpoints on net/http
-	"server":           60, // managed API, admin API, dashboard; Run wires all
+	"server/connlimit":     56, // descriptor caps of the server's listeners
+	"server/internal/wire": 56, // JSON replies and requests the server's APIs share
+	"server/managed":       57, // the managed (device) API, its KEK, TLS key and webhooks
+	"server/tangport":      58, // the Tang port: tang's endpoints on net/http
+	"server/admin":         58, // the admin API, its credentials and client
+	"server/dashboard":     59, // the web UI: sign-in, sessions, its API and page
+	"server":               60, // Run wires the Tang port and the managed listener
+	// A test harness: the whole managed listener, for the tests of its parts.
+	"server/servertest": 62,
 
 	"internal/cli":        70,
 	"internal/servercli":  75, // uses internal/cli's command framework
@@ -81,10 +89,7 @@ var unranked = []string{"bench/", "test/"}
 // knownViolations are today's upward imports, each to be removed by its
 // fix (issue 19). The test fails when one disappears, so that the list
 // shrinks with the code.
-var knownViolations = map[string]string{
-	"policy -> store": "policy takes its types (Device, Policy, State) from store, so importing the pure " +
-		"decisions links pgx and SQLite; the types belong in policy and store should import them",
-}
+var knownViolations = map[string]string{}
 
 func TestImportsPointDown(t *testing.T) {
 	goCmd := filepath.Join(runtime.GOROOT(), "bin", "go")

@@ -1,4 +1,4 @@
-package server
+package dashboard
 
 import (
 	"encoding/base64"
@@ -12,21 +12,24 @@ import (
 	"strings"
 	"time"
 
-	"rsc.io/qr"
-
 	"github.com/tether-nbde/tether/audit"
+	"github.com/tether-nbde/tether/policy"
+	"github.com/tether-nbde/tether/server/admin"
+	"github.com/tether-nbde/tether/server/internal/wire"
+	"github.com/tether-nbde/tether/server/managed"
 	"github.com/tether-nbde/tether/store"
 	"github.com/tether-nbde/tether/tang"
+	"rsc.io/qr"
 )
 
 // The dashboard's JSON API (/ui/api/...). Reads are assembled here for
-// the page; changes reuse the admin API's handlers (admin.go), so the
+// the page; changes reuse the admin API's handlers (package admin), so the
 // dashboard can do nothing the admin API cannot, and both audit alike.
 
 // UIDevice is a device as the dashboard shows it: the store's record plus
 // what the audit log says about its last unlock and where it came from.
 type UIDevice struct {
-	AdminDevice
+	admin.Device
 	LastUnlock   time.Time `json:"last_unlock,omitzero"`
 	LastSource   string    `json:"last_source,omitempty"`
 	LastAttempt  time.Time `json:"last_attempt,omitzero"`
@@ -81,9 +84,9 @@ const (
 // parseDeviceQuery reads the device list's filters and page from the
 // query string.
 func parseDeviceQuery(q url.Values) (store.DeviceQuery, error) {
-	dq := store.DeviceQuery{Text: strings.TrimSpace(q.Get("q")), State: store.State(q.Get("state")), Limit: defaultDevicePage}
+	dq := store.DeviceQuery{Text: strings.TrimSpace(q.Get("q")), State: policy.State(q.Get("state")), Limit: defaultDevicePage}
 	switch dq.State {
-	case "", store.Enabled, store.Pending, store.Disabled, store.Revoked:
+	case "", policy.Enabled, policy.Pending, policy.Disabled, policy.Revoked:
 	default:
 		return dq, fmt.Errorf("unknown state %q", dq.State)
 	}
@@ -103,30 +106,30 @@ func parseDeviceQuery(q url.Values) (store.DeviceQuery, error) {
 	return dq, nil
 }
 
-func (u *uiServer) apiState(w http.ResponseWriter, r *http.Request) {
+func (u *Server) apiState(w http.ResponseWriter, r *http.Request) {
 	ctx := r.Context()
 	s := ctx.Value(ctxSession{}).(*store.Session)
 	dq, err := parseDeviceQuery(r.URL.Query())
 	if err != nil {
-		writeError(w, http.StatusBadRequest, "%v", err)
+		wire.WriteError(w, http.StatusBadRequest, "%v", err)
 		return
 	}
 	act, seq, err := u.hub.activity(ctx)
 	if err != nil {
-		writeError(w, http.StatusInternalServerError, "audit: %v", err)
+		wire.WriteError(w, http.StatusInternalServerError, "audit: %v", err)
 		return
 	}
-	as, err := u.m.st.PendingApprovals(ctx, u.m.now())
+	as, err := u.m.Store().PendingApprovals(ctx, u.m.Now())
 	if err != nil {
-		writeError(w, http.StatusInternalServerError, "store: %v", err)
+		wire.WriteError(w, http.StatusInternalServerError, "store: %v", err)
 		return
 	}
-	page, err := u.m.st.DevicePage(ctx, dq)
+	page, err := u.m.Store().DevicePage(ctx, dq)
 	if err != nil {
-		writeError(w, http.StatusInternalServerError, "store: %v", err)
+		wire.WriteError(w, http.StatusInternalServerError, "store: %v", err)
 		return
 	}
-	st := UIState{User: s.User, CSRF: s.CSRF, Pin: u.m.pin, AuditSeq: seq, Now: u.m.now(),
+	st := UIState{User: s.User, CSRF: s.CSRF, Pin: u.m.Pin(), AuditSeq: seq, Now: u.m.Now(),
 		Devices: []UIDevice{}, Approvals: []UIApproval{}, Keys: []UIKey{}, IdleLimit: u.cfg.SessionIdle.String(),
 		DeviceCounts: map[string]int{}, DeviceMatched: page.Matched, Offset: dq.Offset, Limit: dq.Limit}
 	for state, n := range page.Counts {
@@ -134,7 +137,7 @@ func (u *uiServer) apiState(w http.ResponseWriter, r *http.Request) {
 		st.DeviceTotal += n
 	}
 	for _, d := range page.Devices {
-		ud := UIDevice{AdminDevice: toAdmin(d)}
+		ud := UIDevice{Device: admin.ToDevice(d)}
 		if a := act[d.ID]; a != nil {
 			ud.LastUnlock, ud.LastSource, ud.LastAttempt, ud.LastDecision, ud.LastReason =
 				a.lastUnlock, a.lastSource, a.lastAttempt, a.lastDecision, a.lastReason
@@ -145,7 +148,7 @@ func (u *uiServer) apiState(w http.ResponseWriter, r *http.Request) {
 	names := map[string]string{}
 	for _, a := range as {
 		if _, ok := names[a.Device]; !ok {
-			if d, err := u.m.st.Device(ctx, a.Device); err == nil {
+			if d, err := u.m.Store().Device(ctx, a.Device); err == nil {
 				names[a.Device] = d.Name
 			}
 		}
@@ -153,8 +156,8 @@ func (u *uiServer) apiState(w http.ResponseWriter, r *http.Request) {
 	for _, a := range as {
 		st.Approvals = append(st.Approvals, UIApproval{Approval: *a, Name: names[a.Device]})
 	}
-	lock, _ := u.m.st.Setting(ctx, "lockdown")
-	open, _ := u.m.st.Setting(ctx, enrollOpenSetting)
+	lock, _ := u.m.Store().Setting(ctx, "lockdown")
+	open, _ := u.m.Store().Setting(ctx, managed.EnrollOpenSetting)
 	st.Lockdown, st.EnrollOpen = lock == "on", open == "on"
 	keys, err := tang.LoadKeyDir(u.cfg.KeyDir)
 	if err != nil {
@@ -169,7 +172,7 @@ func (u *uiServer) apiState(w http.ResponseWriter, r *http.Request) {
 		st.Keys = append(st.Keys, UIKey{Thumbprint: tp, Use: use, Curve: k.JWK.Crv, Advertised: !k.Hidden})
 	}
 	sort.SliceStable(st.Keys, func(i, j int) bool { return st.Keys[i].Advertised && !st.Keys[j].Advertised })
-	writeJSON(w, http.StatusOK, st)
+	wire.WriteJSON(w, http.StatusOK, st)
 }
 
 // UIAudit is a filtered page of the audit log and the chain's state.
@@ -185,7 +188,7 @@ type UIAudit struct {
 
 // apiAudit verifies the whole chain (any edited, deleted or reordered
 // record shows) and returns the newest records matching the filters.
-func (u *uiServer) apiAudit(w http.ResponseWriter, r *http.Request) {
+func (u *Server) apiAudit(w http.ResponseWriter, r *http.Request) {
 	ctx := r.Context()
 	q := r.URL.Query()
 	dev, action, decision := q.Get("device"), q.Get("action"), q.Get("decision")
@@ -197,9 +200,9 @@ func (u *uiServer) apiAudit(w http.ResponseWriter, r *http.Request) {
 	ch := audit.NewChain()
 	var matched []*audit.Record
 	for after := int64(0); ; {
-		recs, err := u.m.st.Audit(ctx, after, 5000)
+		recs, err := u.m.Store().Audit(ctx, after, 5000)
 		if err != nil {
-			writeError(w, http.StatusInternalServerError, "audit: %v", err)
+			wire.WriteError(w, http.StatusInternalServerError, "audit: %v", err)
 			return
 		}
 		for _, rec := range recs {
@@ -225,25 +228,25 @@ func (u *uiServer) apiAudit(w http.ResponseWriter, r *http.Request) {
 	for i := len(matched) - 1; i >= 0 && len(out.Records) < limit; i-- {
 		out.Records = append(out.Records, matched[i])
 	}
-	if devs, err := u.m.st.Devices(ctx); err == nil {
+	if devs, err := u.m.Store().Devices(ctx); err == nil {
 		for _, d := range devs {
 			out.Names[d.ID] = d.Name
 		}
 	}
-	writeJSON(w, http.StatusOK, out)
+	wire.WriteJSON(w, http.StatusOK, out)
 }
 
 // UIToken is a new enrolment token with the command a device runs and
 // that command as a QR code (an SVG data: URL).
 type UIToken struct {
-	TokenReply
+	admin.TokenReply
 	Command string `json:"command"`
 	QR      string `json:"qr"`
 }
 
-func (u *uiServer) apiToken(w http.ResponseWriter, r *http.Request) {
-	var req TokenRequest
-	if !readJSON(w, r, &req) {
+func (u *Server) apiToken(w http.ResponseWriter, r *http.Request) {
+	var req admin.TokenRequest
+	if !wire.ReadJSON(w, r, &req) {
 		return
 	}
 	ttl := time.Duration(req.TTL)
@@ -251,23 +254,23 @@ func (u *uiServer) apiToken(w http.ResponseWriter, r *http.Request) {
 		ttl = 24 * time.Hour
 	}
 	if ttl > 30*24*time.Hour {
-		writeError(w, http.StatusBadRequest, "a token may live at most 30 days")
+		wire.WriteError(w, http.StatusBadRequest, "a token may live at most 30 days")
 		return
 	}
-	tok, hash, err := MakeToken(u.m.pin)
+	tok, hash, err := managed.MakeToken(u.m.Pin())
 	if err != nil {
-		writeError(w, http.StatusInternalServerError, "%v", err)
+		wire.WriteError(w, http.StatusInternalServerError, "%v", err)
 		return
 	}
-	now := u.m.now()
+	now := u.m.Now()
 	t := &store.Token{Hash: hash, Group: req.Group, Note: req.Note, Created: now, Expires: now.Add(ttl)}
-	if err := u.m.st.CreateToken(r.Context(), t); err != nil {
-		writeError(w, http.StatusInternalServerError, "store: %v", err)
+	if err := u.m.Store().CreateToken(r.Context(), t); err != nil {
+		wire.WriteError(w, http.StatusInternalServerError, "store: %v", err)
 		return
 	}
-	if err := u.m.adminRecord(r.Context(), &audit.Record{Action: "token.create",
+	if err := u.admin.Record(r.Context(), &audit.Record{Action: "token.create",
 		Reason: "group " + strconv.Quote(req.Group) + ", expires " + t.Expires.Format(time.RFC3339)}); err != nil {
-		writeError(w, http.StatusInternalServerError, "audit: %v", err)
+		wire.WriteError(w, http.StatusInternalServerError, "audit: %v", err)
 		return
 	}
 	// The device reaches the server where the admin's browser does; the
@@ -275,10 +278,10 @@ func (u *uiServer) apiToken(w http.ResponseWriter, r *http.Request) {
 	cmd := fmt.Sprintf("tether enroll --server https://%s --token %s", r.Host, tok)
 	svg, err := qrSVG(cmd)
 	if err != nil {
-		writeError(w, http.StatusInternalServerError, "QR code: %v", err)
+		wire.WriteError(w, http.StatusInternalServerError, "QR code: %v", err)
 		return
 	}
-	writeJSON(w, http.StatusOK, UIToken{TokenReply: TokenReply{Token: tok, Expires: t.Expires}, Command: cmd,
+	wire.WriteJSON(w, http.StatusOK, UIToken{TokenReply: admin.TokenReply{Token: tok, Expires: t.Expires}, Command: cmd,
 		QR: "data:image/svg+xml;base64," + base64.StdEncoding.EncodeToString([]byte(svg))})
 }
 
@@ -305,14 +308,14 @@ func qrSVG(text string) (string, error) {
 	return b.String(), nil
 }
 
-func (u *uiServer) apiRotate(w http.ResponseWriter, r *http.Request) {
+func (u *Server) apiRotate(w http.ResponseWriter, r *http.Request) {
 	if u.cfg.KeyDir == "" {
-		writeError(w, http.StatusNotImplemented, "this server has no Tang key directory")
+		wire.WriteError(w, http.StatusNotImplemented, "this server has no Tang key directory")
 		return
 	}
 	newKeys, hidden, err := tang.Rotate(u.cfg.KeyDir, u.cfg.Curve)
 	if err != nil {
-		writeError(w, http.StatusInternalServerError, "rotate keys: %v", err)
+		wire.WriteError(w, http.StatusInternalServerError, "rotate keys: %v", err)
 		return
 	}
 	var tps []string
@@ -321,19 +324,19 @@ func (u *uiServer) apiRotate(w http.ResponseWriter, r *http.Request) {
 		tps = append(tps, tp)
 	}
 	reason := fmt.Sprintf("new keys %s; %d retired", strings.Join(tps, ", "), len(hidden))
-	if err := u.m.adminRecord(r.Context(), &audit.Record{Action: "tang.rotate", Reason: reason}); err != nil {
-		writeError(w, http.StatusInternalServerError, "audit: %v", err)
+	if err := u.admin.Record(r.Context(), &audit.Record{Action: "tang.rotate", Reason: reason}); err != nil {
+		wire.WriteError(w, http.StatusInternalServerError, "audit: %v", err)
 		return
 	}
-	u.m.log.Warn("tang keys rotated from the dashboard", "new", tps, "retired", len(hidden))
+	u.m.Log().Warn("tang keys rotated from the dashboard", "new", tps, "retired", len(hidden))
 	u.hub.kick()
-	writeJSON(w, http.StatusOK, map[string]any{"new": tps, "retired": len(hidden)})
+	wire.WriteJSON(w, http.StatusOK, map[string]any{"new": tps, "retired": len(hidden)})
 }
 
 // apiEvents is a server-sent event stream: "change" whenever a device,
 // an approval, the lockdown or the audit log changes (on any replica: the
 // hub polls the store), "expired" when the session ends.
-func (u *uiServer) apiEvents(w http.ResponseWriter, r *http.Request) {
+func (u *Server) apiEvents(w http.ResponseWriter, r *http.Request) {
 	ctx := r.Context()
 	s := ctx.Value(ctxSession{}).(*store.Session)
 	rc := http.NewResponseController(w)
@@ -368,7 +371,7 @@ func (u *uiServer) apiEvents(w http.ResponseWriter, r *http.Request) {
 		case <-check.C:
 			// The stream does not keep a session alive, and ends with it.
 			cur, err := u.us.Session(ctx, s.ID)
-			now := u.m.now()
+			now := u.m.Now()
 			if errors.Is(err, store.ErrNotFound) || (err == nil &&
 				(now.Sub(cur.Created) > u.cfg.SessionMax || now.Sub(cur.LastSeen) > u.cfg.SessionIdle)) {
 				send("expired")

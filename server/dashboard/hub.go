@@ -1,13 +1,15 @@
-package server
+package dashboard
 
 import (
 	"context"
 	"crypto/sha256"
 	"fmt"
+	"log/slog"
 	"sync"
 	"time"
 
 	"github.com/tether-nbde/tether/audit"
+	"github.com/tether-nbde/tether/store"
 )
 
 // uiHub tells dashboards when something changed, and indexes the audit
@@ -20,7 +22,9 @@ import (
 // device change that leaves no audit record in a very large fleet: see
 // stampEvery). Changes made here kick the poll at once.
 type uiHub struct {
-	m *Managed
+	st  store.Store
+	log *slog.Logger
+	now func() time.Time
 
 	mu   sync.Mutex // guards the index
 	seq  int64
@@ -40,8 +44,8 @@ type deviceActivity struct {
 	lastReason   string
 }
 
-func newUIHub(m *Managed) *uiHub {
-	return &uiHub{m: m, acts: map[string]*deviceActivity{}, subs: map[chan struct{}]struct{}{}, kickC: make(chan struct{}, 1)}
+func newUIHub(st store.Store, log *slog.Logger, now func() time.Time) *uiHub {
+	return &uiHub{st: st, log: log, now: now, acts: map[string]*deviceActivity{}, subs: map[chan struct{}]struct{}{}, kickC: make(chan struct{}, 1)}
 }
 
 // activity brings the index up to date with the audit log and returns a
@@ -50,7 +54,7 @@ func (h *uiHub) activity(ctx context.Context) (map[string]*deviceActivity, int64
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	for {
-		recs, err := h.m.st.Audit(ctx, h.seq, 5000)
+		recs, err := h.st.Audit(ctx, h.seq, 5000)
 		if err != nil {
 			return nil, 0, err
 		}
@@ -103,14 +107,14 @@ func (h *uiHub) signature(ctx context.Context, deviceStamp string) (string, erro
 	hs := sha256.New()
 	fmt.Fprintf(hs, "audit %d\n", seq)
 	fmt.Fprintf(hs, "devices %s\n", deviceStamp)
-	as, err := h.m.st.PendingApprovals(ctx, h.m.now())
+	as, err := h.st.PendingApprovals(ctx, h.now())
 	if err != nil {
 		return "", err
 	}
 	for _, a := range as {
 		fmt.Fprintf(hs, "apr %s\n", a.ID)
 	}
-	lock, _ := h.m.st.Setting(ctx, "lockdown")
+	lock, _ := h.st.Setting(ctx, "lockdown")
 	fmt.Fprintf(hs, "lock %s\n", lock)
 	return string(hs.Sum(nil)), nil
 }
@@ -170,7 +174,7 @@ func (h *uiHub) run() {
 	var stamp string
 	poll := func(kicked bool) (string, error) {
 		if now := time.Now(); pace.due(now, kicked) {
-			s, err := h.m.st.DeviceStamp(ctx)
+			s, err := h.st.DeviceStamp(ctx)
 			if err != nil {
 				return "", err
 			}
@@ -198,7 +202,7 @@ func (h *uiHub) run() {
 		h.subMu.Unlock()
 		sig, err := poll(kicked)
 		if err != nil {
-			h.m.log.Debug("dashboard change poll failed", "err", err)
+			h.log.Debug("dashboard change poll failed", "err", err)
 			continue
 		}
 		if sig == last {

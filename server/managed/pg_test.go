@@ -1,4 +1,4 @@
-package server_test
+package managed_test
 
 import (
 	"context"
@@ -14,8 +14,11 @@ import (
 	"testing"
 
 	"github.com/tether-nbde/tether/audit"
-	"github.com/tether-nbde/tether/pin/managed"
+	managedpin "github.com/tether-nbde/tether/pin/managed"
 	"github.com/tether-nbde/tether/server"
+	"github.com/tether-nbde/tether/server/admin"
+	"github.com/tether-nbde/tether/server/managed"
+	"github.com/tether-nbde/tether/server/servertest"
 	"github.com/tether-nbde/tether/store"
 	"github.com/tether-nbde/tether/store/pgtest"
 )
@@ -26,17 +29,17 @@ type replica struct {
 	srv   *http.Server
 	addr  string
 	st    store.Store
-	admin *server.AdminClient
+	admin *admin.Client
 }
 
-func startReplica(t *testing.T, dsn string, kek *server.KEK, adminTok *string) *replica {
+func startReplica(t *testing.T, dsn string, kek *managed.KEK, adminTok *string) *replica {
 	t.Helper()
 	ctx := context.Background()
 	st, err := store.Open(ctx, dsn)
 	if err != nil {
 		t.Fatal(err)
 	}
-	m, tok, err := server.NewManaged(ctx, st, kek, server.ManagedConfig{UnlockRate: -1}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	m, tok, err := server.NewManaged(ctx, st, kek, server.ManagedConfig{Config: managed.Config{UnlockRate: -1}}, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -45,7 +48,7 @@ func startReplica(t *testing.T, dsn string, kek *server.KEK, adminTok *string) *
 	}
 	ln, _ := net.Listen("tcp", "127.0.0.1:0")
 	srv := &http.Server{Handler: m.Handler(), TLSConfig: m.TLSConfig(), ErrorLog: log.New(io.Discard, "", 0)}
-	go srv.Serve(tlsListener(ln, srv))
+	go srv.Serve(servertest.TLSListener(ln, srv))
 	r := &replica{m: m, srv: srv, addr: ln.Addr().String(), st: st}
 	t.Cleanup(func() { srv.Close(); m.Close(); st.Close() })
 	return r
@@ -101,7 +104,7 @@ func TestTwoReplicasOnPostgres(t *testing.T) {
 	dsn := pg.CreateDB(t, "replicas")
 	key := make([]byte, 32)
 	rand.Read(key)
-	kek, _ := server.NewKEK(key)
+	kek, _ := managed.NewKEK(key)
 	var adminTok string
 	a := startReplica(t, dsn, kek, &adminTok)
 	b := startReplica(t, dsn, kek, &adminTok)
@@ -111,7 +114,7 @@ func TestTwoReplicasOnPostgres(t *testing.T) {
 	// A replica with another KEK refuses to start.
 	other := make([]byte, 32)
 	rand.Read(other)
-	okek, _ := server.NewKEK(other)
+	okek, _ := managed.NewKEK(other)
 	st, _ := store.Open(ctx, dsn)
 	if _, _, err := server.NewManaged(ctx, st, okek, server.ManagedConfig{}, nil); err == nil || !strings.Contains(err.Error(), "different key-encryption key") {
 		t.Fatalf("replica with a wrong KEK: %v", err)
@@ -120,43 +123,43 @@ func TestTwoReplicasOnPostgres(t *testing.T) {
 
 	lb := newBalancer(t, a.addr)
 	url := "https://" + lb.ln.Addr().String()
-	adminA := server.NewAdminClient(server.AdminConfig{URL: "https://" + a.addr, Pin: a.m.Pin(), Token: adminTok})
-	adminB := server.NewAdminClient(server.AdminConfig{URL: "https://" + b.addr, Pin: b.m.Pin(), Token: adminTok})
+	adminA := admin.NewClient(admin.Credentials{URL: "https://" + a.addr, Pin: a.m.Pin(), Token: adminTok})
+	adminB := admin.NewClient(admin.Credentials{URL: "https://" + b.addr, Pin: b.m.Pin(), Token: adminTok})
 
-	enroll := func() *device {
-		tok, err := adminB.CreateToken(ctx, server.TokenRequest{})
+	enroll := func() *servertest.Device {
+		tok, err := adminB.CreateToken(ctx, admin.TokenRequest{})
 		if err != nil {
 			t.Fatal(err)
 		}
 		dir := t.TempDir()
-		_, info, err := managed.Enroll(ctx, managed.EnrollOptions{Server: url, Token: tok.Token, Dir: dir})
+		_, info, err := managedpin.Enroll(ctx, managedpin.EnrollOptions{Server: url, Token: tok.Token, Dir: dir})
 		if err != nil {
 			t.Fatal(err)
 		}
-		return &device{dir: dir, id: info.Device}
+		return &servertest.Device{Dir: dir, ID: info.Device}
 	}
-	e := &env{t: t}
+	e := &servertest.Env{T: t}
 	d := enroll()
-	j := d.encrypt(t, "s")
-	e.mustUnlock(d, j, "s")
+	j := d.Encrypt(t, "s")
+	e.MustUnlock(d, j, "s")
 	lb.set(b.addr)
-	e.mustUnlock(d, j, "s")
+	e.MustUnlock(d, j, "s")
 
 	// A revocation through A is honoured by B at once.
-	if _, err := adminA.DeviceOp(ctx, d.id, "revoke", ""); err != nil {
+	if _, err := adminA.DeviceOp(ctx, d.ID, "revoke", ""); err != nil {
 		t.Fatal(err)
 	}
-	e.mustFail(d, j, "revoked")
+	e.MustFail(d, j, "revoked")
 	// And B cannot undo it.
-	if _, err := adminB.DeviceOp(ctx, d.id, "enable", ""); err == nil {
+	if _, err := adminB.DeviceOp(ctx, d.ID, "enable", ""); err == nil {
 		t.Fatal("replica B re-enabled a device revoked through A")
 	}
 	// Lockdown through B holds on A.
 	lb.set(a.addr)
 	d2 := enroll()
-	j2 := d2.encrypt(t, "t")
+	j2 := d2.Encrypt(t, "t")
 	adminB.Lockdown(ctx, true)
-	e.mustFail(d2, j2, "lockdown")
+	e.MustFail(d2, j2, "lockdown")
 	adminB.Lockdown(ctx, false)
 
 	// Load through both; kill A in the middle. Every unlock a client saw
@@ -174,7 +177,7 @@ func TestTwoReplicasOnPostgres(t *testing.T) {
 			defer wg.Done()
 			<-start
 			for i := 0; i < 15; i++ {
-				if _, err := d2.decrypt(ctx, j2); err == nil && ok.Add(1) >= 10 {
+				if _, err := d2.Decrypt(ctx, j2); err == nil && ok.Add(1) >= 10 {
 					once.Do(func() { close(tenth) })
 				}
 			}
@@ -191,13 +194,13 @@ func TestTwoReplicasOnPostgres(t *testing.T) {
 	a.srv.Close() // replica A dies; the balancer keeps sending it connections
 	wg.Wait()
 	lb.set(b.addr)
-	e.mustUnlock(d2, j2, "t")
+	e.MustUnlock(d2, j2, "t")
 	ok.Add(1)
 
 	var allows int64
 	ch := audit.NewChain()
 	err := adminB.Audit(ctx, func(r *audit.Record) error {
-		if r.Device == d2.id && r.Action == "unlock" && r.Decision == audit.Allow {
+		if r.Device == d2.ID && r.Action == "unlock" && r.Decision == audit.Allow {
 			allows++
 		}
 		return ch.Next(r)

@@ -1,4 +1,4 @@
-package server_test
+package managed_test
 
 import (
 	"bytes"
@@ -8,8 +8,9 @@ import (
 	"testing"
 
 	"github.com/tether-nbde/tether/internal/tpm/tpmtest"
-	"github.com/tether-nbde/tether/pin/managed"
+	managedpin "github.com/tether-nbde/tether/pin/managed"
 	"github.com/tether-nbde/tether/server"
+	"github.com/tether-nbde/tether/server/servertest"
 )
 
 // TestTPMIdentity enrols with the identity key in a (software) TPM: by
@@ -19,20 +20,20 @@ import (
 func TestTPMIdentity(t *testing.T) {
 	sw := tpmtest.Start(t)
 	t.Setenv("TETHER_TPM_TCTI", sw.TCTI)
-	e := newEnv(t, server.ManagedConfig{})
-	d := e.enroll(e.token(""), "")
+	e := servertest.New(t, server.ManagedConfig{})
+	d := e.Enroll(e.Token(""), "")
 
-	id, err := managed.LoadIdentity(d.dir)
+	id, err := managedpin.LoadIdentity(d.Dir)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if id.State.KeyStore != "tpm" {
 		t.Fatalf("key store %q, want tpm when a TPM is present", id.State.KeyStore)
 	}
-	if _, err := os.Stat(filepath.Join(d.dir, "identity.key")); !os.IsNotExist(err) {
+	if _, err := os.Stat(filepath.Join(d.Dir, "identity.key")); !os.IsNotExist(err) {
 		t.Fatalf("a file identity key exists next to the TPM key: %v", err)
 	}
-	blob, err := os.ReadFile(filepath.Join(d.dir, "identity.tpm"))
+	blob, err := os.ReadFile(filepath.Join(d.Dir, "identity.tpm"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -40,16 +41,16 @@ func TestTPMIdentity(t *testing.T) {
 		t.Fatal("identity.tpm holds a private key in the clear")
 	}
 
-	j := d.encrypt(t, "disk passphrase")
-	e.mustUnlock(d, j, "disk passphrase")
+	j := d.Encrypt(t, "disk passphrase")
+	e.MustUnlock(d, j, "disk passphrase")
 
 	// Another TPM cannot load the key: the copied state directory is
 	// useless, so the unlock fails.
 	other := tpmtest.Start(t)
 	t.Setenv("TETHER_TPM_TCTI", other.TCTI)
-	if _, err := d.decrypt(context.Background(), j); err == nil {
+	if _, err := d.Decrypt(context.Background(), j); err == nil {
 		t.Fatal("unlock with the identity key blobs on another TPM succeeded")
 	}
 	t.Setenv("TETHER_TPM_TCTI", sw.TCTI)
-	e.mustUnlock(d, j, "disk passphrase")
+	e.MustUnlock(d, j, "disk passphrase")
 }

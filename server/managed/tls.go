@@ -1,4 +1,4 @@
-package server
+package managed
 
 import (
 	"context"
@@ -12,6 +12,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"encoding/pem"
+	"errors"
 	"fmt"
 	"math/big"
 	"net"
@@ -108,4 +109,29 @@ func loadOrCreateTLS(ctx context.Context, st store.Store, kek *KEK, hostnames []
 		return none, err
 	}
 	return tls.Certificate{Certificate: [][]byte{blk.Bytes}, PrivateKey: priv, Leaf: leaf}, nil
+}
+
+// StoredPin returns the pin of the managed API's TLS key as the store
+// holds it (the certificate is public; no key-encryption key is needed).
+func StoredPin(ctx context.Context, st store.Store) (string, error) {
+	v, err := st.Setting(ctx, "managed.tls")
+	if errors.Is(err, store.ErrNotFound) {
+		return "", errors.New("the store holds no managed TLS certificate: the server has never started in managed mode with it")
+	}
+	if err != nil {
+		return "", err
+	}
+	var s storedTLS
+	if err := json.Unmarshal([]byte(v), &s); err != nil {
+		return "", fmt.Errorf("stored TLS certificate: %w", err)
+	}
+	blk, _ := pem.Decode([]byte(s.Cert))
+	if blk == nil {
+		return "", errors.New("stored TLS certificate is malformed")
+	}
+	cert, err := x509.ParseCertificate(blk.Bytes)
+	if err != nil {
+		return "", fmt.Errorf("stored TLS certificate: %w", err)
+	}
+	return SPKIPin(cert.RawSubjectPublicKeyInfo), nil
 }

@@ -1,4 +1,4 @@
-package server
+package dashboard
 
 import (
 	"context"
@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tether-nbde/tether/policy"
 	"github.com/tether-nbde/tether/store"
 )
 
@@ -34,7 +35,7 @@ func newHubWithStore(t *testing.T, delay time.Duration) (*uiHub, *slowStamp, cha
 		t.Fatal(err)
 	}
 	slow := &slowStamp{Store: st, delay: delay}
-	h := newUIHub(&Managed{st: slow, log: slog.New(slog.NewTextHandler(io.Discard, nil)), now: time.Now})
+	h := newUIHub(slow, slog.New(slog.NewTextHandler(io.Discard, nil)), time.Now)
 	ch := h.subscribe()
 	t.Cleanup(func() {
 		h.unsubscribe(ch)
@@ -75,8 +76,8 @@ func TestStampPacer(t *testing.T) {
 func TestUIHubPacesSlowDeviceStamp(t *testing.T) {
 	h, slow, ch := newHubWithStore(t, 40*time.Millisecond)
 	start := time.Now()
-	d := &store.Device{ID: "dev-other-replica", Name: "n", Group: "g", KeyID: "k", PublicKey: []byte{1},
-		State: store.Enabled, ExchangeKey: []byte{1}, ExchangePub: `{"kty":"EC"}`,
+	d := &policy.Device{ID: "dev-other-replica", Name: "n", Group: "g", KeyID: "k", PublicKey: []byte{1},
+		State: policy.Enabled, ExchangeKey: []byte{1}, ExchangePub: `{"kty":"EC"}`,
 		Created: time.Unix(1e9, 0), Updated: time.Unix(1e9, 0), LastSeen: time.Unix(1e9, 0)}
 	time.Sleep(50 * time.Millisecond) // after the first stamp
 	if err := slow.Store.CreateDevice(context.Background(), d); err != nil {

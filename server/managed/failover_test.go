@@ -1,4 +1,4 @@
-package server_test
+package managed_test
 
 import (
 	"context"
@@ -11,6 +11,7 @@ import (
 	_ "github.com/tether-nbde/tether/pin/managed"
 	_ "github.com/tether-nbde/tether/pin/sss"
 	"github.com/tether-nbde/tether/server"
+	"github.com/tether-nbde/tether/server/servertest"
 )
 
 // TestFailoverToStandbyServer is the Home Assistant standby case: one
@@ -18,12 +19,12 @@ import (
 // each) and a secret bound with sss t=1 over both. With the primary gone
 // the standby unlocks; revoking the device on both makes it unrecoverable.
 func TestFailoverToStandbyServer(t *testing.T) {
-	primary := newEnv(t, server.ManagedConfig{})
-	standby := newEnv(t, server.ManagedConfig{})
-	a := primary.enroll(primary.token(""), "")
-	b := standby.enroll(standby.token(""), "")
+	primary := servertest.New(t, server.ManagedConfig{})
+	standby := servertest.New(t, server.ManagedConfig{})
+	a := primary.Enroll(primary.Token(""), "")
+	b := standby.Enroll(standby.Token(""), "")
 	cfg, _ := json.Marshal(map[string]any{"t": 1, "pins": map[string]any{
-		"managed": []any{map[string]string{"state": a.dir}, map[string]string{"state": b.dir}},
+		"managed": []any{map[string]string{"state": a.Dir}, map[string]string{"state": b.Dir}},
 	}})
 	ctx := context.Background()
 	j, err := pin.Encrypt(ctx, "sss", cfg, []byte("ha secret"), pin.Options{})
@@ -38,11 +39,11 @@ func TestFailoverToStandbyServer(t *testing.T) {
 	if got, err := decrypt(); err != nil || got != "ha secret" {
 		t.Fatalf("both up: %q %v", got, err)
 	}
-	primary.stop()
+	primary.Stop()
 	if got, err := decrypt(); err != nil || got != "ha secret" {
 		t.Fatalf("primary down, standby up: %q %v", got, err)
 	}
-	if _, err := standby.admin.DeviceOp(ctx, b.id, "revoke", "stolen"); err != nil {
+	if _, err := standby.Admin.DeviceOp(ctx, b.ID, "revoke", "stolen"); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := decrypt(); err == nil || !strings.Contains(err.Error(), "required") {

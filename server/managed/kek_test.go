@@ -1,4 +1,4 @@
-package server
+package managed
 
 import (
 	"bytes"
@@ -18,6 +18,7 @@ import (
 	"github.com/tether-nbde/tether/jose"
 	"github.com/tether-nbde/tether/pin"
 	_ "github.com/tether-nbde/tether/pin/tang" // registers the tang pin
+	"github.com/tether-nbde/tether/policy"
 	"github.com/tether-nbde/tether/store"
 	"github.com/tether-nbde/tether/tang"
 )
@@ -151,7 +152,7 @@ func openManaged(t *testing.T, st store.Store, path string) (string, error) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	m, _, err := NewManaged(context.Background(), st, kek, ManagedConfig{}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	m, err := New(context.Background(), st, kek, Config{}, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	if err != nil {
 		return "", err
 	}
@@ -179,7 +180,7 @@ func TestRotateKEK(t *testing.T) {
 	oldText, _ := os.ReadFile(path)
 	for _, id := range []string{"d1", "d2"} {
 		w, _ := old.Wrap("device-key:"+id, []byte("S of "+id))
-		d := &store.Device{ID: id, Name: id, KeyID: "k" + id, PublicKey: []byte{1}, State: store.Enabled,
+		d := &policy.Device{ID: id, Name: id, KeyID: "k" + id, PublicKey: []byte{1}, State: policy.Enabled,
 			ExchangeKey: w, ExchangePub: `{"kty":"EC"}`, Created: time.Unix(1e9, 0), Updated: time.Unix(1e9, 0), LastSeen: time.Unix(1e9, 0)}
 		if err := st.CreateDevice(ctx, d); err != nil {
 			t.Fatal(err)
@@ -196,7 +197,7 @@ func TestRotateKEK(t *testing.T) {
 	}
 
 	// A device key that does not unwrap: nothing changes.
-	bad := &store.Device{ID: "d3", Name: "d3", KeyID: "kd3", PublicKey: []byte{1}, State: store.Enabled,
+	bad := &policy.Device{ID: "d3", Name: "d3", KeyID: "kd3", PublicKey: []byte{1}, State: policy.Enabled,
 		ExchangeKey: []byte("not wrapped under this KEK at all"), ExchangePub: `{"kty":"EC"}`,
 		Created: time.Unix(1e9, 0), Updated: time.Unix(1e9, 0), LastSeen: time.Unix(1e9, 0)}
 	st.CreateDevice(ctx, bad)
@@ -213,7 +214,7 @@ func TestRotateKEK(t *testing.T) {
 		t.Fatalf("after a failed rotation: %v", err)
 	}
 	// Revoked: d3 no longer has a key to rewrap.
-	if err := st.UpdateDevice(ctx, &store.Device{ID: "d3", Name: "d3", State: store.Revoked, Version: 1}); err != nil {
+	if err := st.UpdateDevice(ctx, &policy.Device{ID: "d3", Name: "d3", State: policy.Revoked, Version: 1}); err != nil {
 		t.Fatal(err)
 	}
 

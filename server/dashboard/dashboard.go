@@ -1,4 +1,4 @@
-package server
+package dashboard
 
 import (
 	"context"
@@ -20,6 +20,9 @@ import (
 	"github.com/tether-nbde/tether/audit"
 	"github.com/tether-nbde/tether/internal/atomicfile"
 	"github.com/tether-nbde/tether/jose"
+	"github.com/tether-nbde/tether/server/admin"
+	"github.com/tether-nbde/tether/server/internal/wire"
+	"github.com/tether-nbde/tether/server/managed"
 	"github.com/tether-nbde/tether/store"
 )
 
@@ -34,9 +37,9 @@ import (
 //go:embed ui
 var uiFiles embed.FS
 
-// UIConfig configures the dashboard. The zero value serves it with the
+// Config configures the dashboard. The zero value serves it with the
 // defaults below.
-type UIConfig struct {
+type Config struct {
 	Off bool // no dashboard; the /ui/ paths answer 404
 	// SessionIdle ends a session not used for this long (default 30 min);
 	// SessionMax ends every session this long after sign-in (default 12 h).
@@ -60,10 +63,13 @@ const (
 	bgHeader = "X-Tether-Background"
 )
 
-type uiServer struct {
-	m        *Managed
+// Server is the dashboard of a managed server.
+type Server struct {
+	m        *managed.Server
+	admin    *admin.API
 	us       store.UIStore // nil: the store cannot hold accounts
-	cfg      UIConfig
+	cfg      Config
+	curveSet bool // Config.Curve was given: the server's --curve does not replace it
 	limiter  loginLimiter
 	argonSem chan struct{}
 	hub      *uiHub
@@ -71,8 +77,10 @@ type uiServer struct {
 	static   fs.FS
 }
 
-func newUIServer(m *Managed) *uiServer {
-	cfg := m.cfg.UI
+// New returns the dashboard of m, whose changes go through a (the same
+// operations, audited as the signed-in account).
+func New(m *managed.Server, a *admin.API, cfg Config) *Server {
+	curveSet := cfg.Curve != nil
 	if cfg.SessionIdle <= 0 {
 		cfg.SessionIdle = 30 * time.Minute
 	}
@@ -82,21 +90,16 @@ func newUIServer(m *Managed) *uiServer {
 	if cfg.Curve == nil {
 		cfg.Curve = jose.P521
 	}
-	u := &uiServer{m: m, cfg: cfg, argonSem: make(chan struct{}, 2)}
-	u.us, _ = m.st.(store.UIStore)
+	u := &Server{m: m, admin: a, cfg: cfg, curveSet: curveSet, argonSem: make(chan struct{}, 2)}
+	u.us, _ = m.Store().(store.UIStore)
 	u.login = template.Must(template.ParseFS(uiFiles, "ui/login.html"))
 	u.static, _ = fs.Sub(uiFiles, "ui/static")
-	u.hub = newUIHub(m)
+	u.hub = newUIHub(m.Store(), m.Log(), m.Now)
 	return u
 }
 
-// actorKey carries who makes an admin change through the dashboard, for
-// the audit record (adminRecord).
-type actorKey struct{}
-
-type uiActor struct{ name, source string }
-
-func (u *uiServer) routes(mux *http.ServeMux) {
+// Routes adds the dashboard's pages and API under /ui/ to mux.
+func (u *Server) Routes(mux *http.ServeMux) {
 	if u.cfg.Off {
 		return
 	}
@@ -114,15 +117,15 @@ func (u *uiServer) routes(mux *http.ServeMux) {
 	h("GET /ui/api/audit", u.authed(false, u.apiAudit))
 	h("GET /ui/api/events", u.authed(false, u.apiEvents))
 	h("POST /ui/api/tokens", u.authed(true, u.apiToken))
-	h("POST /ui/api/devices/{id}/{op}", u.authed(true, u.m.adminDeviceOp))
-	h("POST /ui/api/approvals/{id}/{op}", u.authed(true, u.m.adminApprovalOp))
-	h("POST /ui/api/lockdown", u.authed(true, u.m.adminLockdown))
+	h("POST /ui/api/devices/{id}/{op}", u.authed(true, u.admin.DeviceOp))
+	h("POST /ui/api/approvals/{id}/{op}", u.authed(true, u.admin.ApprovalOp))
+	h("POST /ui/api/lockdown", u.authed(true, u.admin.Lockdown))
 	h("POST /ui/api/keys/rotate", u.authed(true, u.apiRotate))
 }
 
 // headers sets what every dashboard response carries: a strict content
 // security policy (no inline script, no framing, no foreign origins).
-func (u *uiServer) headers(next http.Handler) http.Handler {
+func (u *Server) headers(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		hd := w.Header()
 		hd.Set("Content-Security-Policy", "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "+
@@ -144,7 +147,7 @@ func sessionID(secret string) string {
 
 // session returns the request's live session, or nil. An expired session
 // is deleted. activity moves its idle clock.
-func (u *uiServer) session(r *http.Request, activity bool) (*store.Session, error) {
+func (u *Server) session(r *http.Request, activity bool) (*store.Session, error) {
 	c, err := r.Cookie(sessionCookie)
 	if err != nil || c.Value == "" || u.us == nil {
 		return nil, nil
@@ -157,7 +160,7 @@ func (u *uiServer) session(r *http.Request, activity bool) (*store.Session, erro
 	if err != nil {
 		return nil, err
 	}
-	now := u.m.now()
+	now := u.m.Now()
 	if now.Sub(s.Created) > u.cfg.SessionMax || now.Sub(s.LastSeen) > u.cfg.SessionIdle {
 		u.us.DeleteSession(r.Context(), id)
 		return nil, nil
@@ -189,32 +192,32 @@ type ctxSession struct{}
 // authed wraps a dashboard API handler: it needs a live session, and for
 // a change (change=true) the same origin and the session's CSRF token.
 // The admin's name and address go into the context for the audit record.
-func (u *uiServer) authed(change bool, next http.HandlerFunc) http.HandlerFunc {
+func (u *Server) authed(change bool, next http.HandlerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Cache-Control", "no-store")
 		s, err := u.session(r, r.Header.Get(bgHeader) == "")
 		if err != nil {
-			writeError(w, http.StatusInternalServerError, "session store: %v", err)
+			wire.WriteError(w, http.StatusInternalServerError, "session store: %v", err)
 			return
 		}
 		if s == nil {
-			writeError(w, http.StatusUnauthorized, "not signed in, or the session expired: sign in again")
+			wire.WriteError(w, http.StatusUnauthorized, "not signed in, or the session expired: sign in again")
 			return
 		}
 		if change {
 			if !sameOrigin(r) {
 				u.refuse(r, s.User, "request from another origin ("+r.Header.Get("Origin")+")")
-				writeError(w, http.StatusForbidden, "cross-site request refused: it must come from this dashboard's page")
+				wire.WriteError(w, http.StatusForbidden, "cross-site request refused: it must come from this dashboard's page")
 				return
 			}
 			tok := r.Header.Get(csrfHeader)
 			if subtle.ConstantTimeCompare([]byte(tok), []byte(s.CSRF)) != 1 {
 				u.refuse(r, s.User, "missing or wrong CSRF token")
-				writeError(w, http.StatusForbidden, "request refused: missing or wrong CSRF token (reload the page)")
+				wire.WriteError(w, http.StatusForbidden, "request refused: missing or wrong CSRF token (reload the page)")
 				return
 			}
 		}
-		ctx := context.WithValue(r.Context(), actorKey{}, uiActor{name: s.User, source: sourceOf(r).String()})
+		ctx := admin.WithActor(r.Context(), s.User, wire.Source(r).String())
 		ctx = context.WithValue(ctx, ctxSession{}, s)
 		next(w, r.WithContext(ctx))
 		if change {
@@ -224,12 +227,12 @@ func (u *uiServer) authed(change bool, next http.HandlerFunc) http.HandlerFunc {
 }
 
 // refuse audits a refused dashboard request.
-func (u *uiServer) refuse(r *http.Request, user, reason string) {
-	u.m.record(r.Context(), &audit.Record{Action: "ui.refused", Actor: user,
-		Source: sourceOf(r).String(), Decision: audit.Deny, Reason: r.Method + " " + r.URL.Path + ": " + reason})
+func (u *Server) refuse(r *http.Request, user, reason string) {
+	u.m.Record(r.Context(), &audit.Record{Action: "ui.refused", Actor: user,
+		Source: wire.Source(r).String(), Decision: audit.Deny, Reason: r.Method + " " + r.URL.Path + ": " + reason})
 }
 
-func (u *uiServer) index(w http.ResponseWriter, r *http.Request) {
+func (u *Server) index(w http.ResponseWriter, r *http.Request) {
 	s, err := u.session(r, true)
 	if err != nil {
 		http.Error(w, "session store unavailable", http.StatusInternalServerError)
@@ -251,14 +254,14 @@ type loginView struct {
 	Name   string
 }
 
-func (u *uiServer) renderLogin(w http.ResponseWriter, code int, v loginView) {
+func (u *Server) renderLogin(w http.ResponseWriter, code int, v loginView) {
 	w.Header().Set("Cache-Control", "no-store")
 	w.Header().Set("Content-Type", "text/html; charset=utf-8")
 	w.WriteHeader(code)
 	u.login.Execute(w, v)
 }
 
-func (u *uiServer) loginPage(w http.ResponseWriter, r *http.Request) {
+func (u *Server) loginPage(w http.ResponseWriter, r *http.Request) {
 	v := loginView{}
 	switch r.URL.Query().Get("e") {
 	case "expired":
@@ -272,9 +275,9 @@ func (u *uiServer) loginPage(w http.ResponseWriter, r *http.Request) {
 	u.renderLogin(w, http.StatusOK, v)
 }
 
-func (u *uiServer) loginPost(w http.ResponseWriter, r *http.Request) {
+func (u *Server) loginPost(w http.ResponseWriter, r *http.Request) {
 	ctx := r.Context()
-	src := sourceOf(r).String()
+	src := wire.Source(r).String()
 	if !sameOrigin(r) {
 		u.renderLogin(w, http.StatusForbidden, loginView{Error: "Sign-in refused: the form was not sent from this page."})
 		return
@@ -293,7 +296,7 @@ func (u *uiServer) loginPost(w http.ResponseWriter, r *http.Request) {
 	}
 	// The attempt is reserved before the password is verified, so that
 	// concurrent guesses cannot all pass the check before any counts.
-	if ok, wait := u.limiter.reserve(key, src, u.m.now()); !ok {
+	if ok, wait := u.limiter.reserve(key, src, u.m.Now()); !ok {
 		secs := int(wait.Seconds()) + 1
 		w.Header().Set("Retry-After", fmt.Sprint(secs))
 		u.renderLogin(w, http.StatusTooManyRequests, loginView{Name: name,
@@ -313,15 +316,15 @@ func (u *uiServer) loginPost(w http.ResponseWriter, r *http.Request) {
 	}
 	good := VerifyPassword(hash, pw) && err == nil
 	<-u.argonSem
-	u.limiter.done(key, src, good, u.m.now())
+	u.limiter.done(key, src, good, u.m.Now())
 	if !good {
-		u.m.record(ctx, &audit.Record{Action: "ui.login", Actor: name, Source: src, Decision: audit.Deny, Reason: "wrong name or password"})
+		u.m.Record(ctx, &audit.Record{Action: "ui.login", Actor: name, Source: src, Decision: audit.Deny, Reason: "wrong name or password"})
 		u.renderLogin(w, http.StatusUnauthorized, loginView{Name: name, Error: "Wrong name or password."})
 		return
 	}
-	secret := randomToken(32)
-	now := u.m.now()
-	s := &store.Session{ID: sessionID(secret), User: user.Name, CSRF: randomToken(32), Source: src, Created: now, LastSeen: now}
+	secret := wire.RandomToken(32)
+	now := u.m.Now()
+	s := &store.Session{ID: sessionID(secret), User: user.Name, CSRF: wire.RandomToken(32), Source: src, Created: now, LastSeen: now}
 	// Old sessions are swept here rather than by a timer: sign-ins are
 	// rare, and expired sessions are refused when used anyway.
 	u.us.DeleteSessionsBefore(ctx, now.Add(-u.cfg.SessionMax), now.Add(-u.cfg.SessionIdle))
@@ -329,7 +332,7 @@ func (u *uiServer) loginPost(w http.ResponseWriter, r *http.Request) {
 		u.renderLogin(w, http.StatusInternalServerError, loginView{Error: "Cannot store the session: " + err.Error()})
 		return
 	}
-	if err := u.m.record(ctx, &audit.Record{Action: "ui.login", Actor: user.Name, Source: src, Decision: audit.OK}); err != nil {
+	if err := u.m.Record(ctx, &audit.Record{Action: "ui.login", Actor: user.Name, Source: src, Decision: audit.OK}); err != nil {
 		u.us.DeleteSession(ctx, s.ID)
 		u.renderLogin(w, http.StatusInternalServerError, loginView{Error: "Cannot write the audit log."})
 		return
@@ -339,28 +342,28 @@ func (u *uiServer) loginPost(w http.ResponseWriter, r *http.Request) {
 	http.Redirect(w, r, "/ui/", http.StatusSeeOther)
 }
 
-func (u *uiServer) logout(w http.ResponseWriter, r *http.Request) {
+func (u *Server) logout(w http.ResponseWriter, r *http.Request) {
 	s := r.Context().Value(ctxSession{}).(*store.Session)
 	u.us.DeleteSession(r.Context(), s.ID)
-	u.m.record(r.Context(), &audit.Record{Action: "ui.logout", Actor: s.User, Source: sourceOf(r).String(), Decision: audit.OK})
+	u.m.Record(r.Context(), &audit.Record{Action: "ui.logout", Actor: s.User, Source: wire.Source(r).String(), Decision: audit.OK})
 	http.SetCookie(w, &http.Cookie{Name: sessionCookie, Value: "", Path: "/", Secure: true, HttpOnly: true,
 		SameSite: http.SameSiteStrictMode, MaxAge: -1})
-	writeJSON(w, http.StatusOK, struct{}{})
+	wire.WriteJSON(w, http.StatusOK, struct{}{})
 }
 
 // InitialAdminName is the account the first start creates.
 const InitialAdminName = "admin"
 
-// startUI runs at server start: it fills in the data-directory defaults
-// and, if no dashboard account exists yet, creates InitialAdminName with a
+// Start runs at server start: it fills in the data-directory defaults
+// (keyDir is the Tang key directory, curve the server's --curve) and, if
+// no dashboard account exists yet, creates InitialAdminName with a
 // random password written 0600 to the password file (once: the first
 // replica to start wins, later starts never write it again).
-func (m *Managed) startUI(ctx context.Context, dataDir string, curve *jose.Curve, log *slog.Logger) error {
-	u := m.ui
+func (u *Server) Start(ctx context.Context, dataDir, keyDir string, curve *jose.Curve, log *slog.Logger) error {
 	if u.cfg.KeyDir == "" {
-		u.cfg.KeyDir = KeyDir(dataDir)
+		u.cfg.KeyDir = keyDir
 	}
-	if curve != nil && m.cfg.UI.Curve == nil {
+	if curve != nil && !u.curveSet {
 		u.cfg.Curve = curve
 	}
 	if u.cfg.Off || u.us == nil {
@@ -370,7 +373,7 @@ func (m *Managed) startUI(ctx context.Context, dataDir string, curve *jose.Curve
 	if err != nil || len(users) > 0 {
 		return err
 	}
-	pw := randomToken(18)
+	pw := wire.RandomToken(18)
 	hash, err := HashPassword(pw)
 	if err != nil {
 		return err
@@ -386,7 +389,7 @@ func (m *Managed) startUI(ctx context.Context, dataDir string, curve *jose.Curve
 	if err := atomicfile.Write(file, []byte(body), 0o600); err != nil {
 		return fmt.Errorf("write the dashboard's initial password: %w", err)
 	}
-	now := m.now()
+	now := u.m.Now()
 	err = u.us.CreateUIUser(ctx, &store.UIUser{Name: InitialAdminName, Hash: hash, Created: now, Updated: now})
 	if errors.Is(err, store.ErrExists) {
 		os.Remove(file) // another replica made it first: this password is void
@@ -395,7 +398,7 @@ func (m *Managed) startUI(ctx context.Context, dataDir string, curve *jose.Curve
 	if err != nil {
 		return err
 	}
-	m.record(ctx, &audit.Record{Action: "ui.user.add", Actor: "server", Decision: audit.OK, Reason: InitialAdminName + " (first start)"})
+	u.m.Record(ctx, &audit.Record{Action: "ui.user.add", Actor: "server", Decision: audit.OK, Reason: InitialAdminName + " (first start)"})
 	log.Info("dashboard account created", "name", InitialAdminName, "password_file", file)
 	return nil
 }

@@ -1,4 +1,4 @@
-package server
+package admin
 
 import (
 	"bytes"
@@ -15,19 +15,22 @@ import (
 	"time"
 
 	"github.com/tether-nbde/tether/audit"
+	"github.com/tether-nbde/tether/policy"
+	"github.com/tether-nbde/tether/server/internal/wire"
+	"github.com/tether-nbde/tether/server/managed"
 	"github.com/tether-nbde/tether/store"
 )
 
-// AdminClient calls the admin API. It authenticates the server by the pin
-// in its AdminConfig, and itself by the admin token.
-type AdminClient struct {
-	cfg  AdminConfig
+// Client calls the admin API. It authenticates the server by the pin
+// in its Credentials, and itself by the admin token.
+type Client struct {
+	cfg  Credentials
 	http *http.Client
 }
 
-// LoadAdminConfig reads an admin credentials file (DATA/admin.json).
-func LoadAdminConfig(path string) (AdminConfig, error) {
-	var c AdminConfig
+// LoadCredentials reads an admin credentials file (DATA/admin.json).
+func LoadCredentials(path string) (Credentials, error) {
+	var c Credentials
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return c, err
@@ -41,22 +44,22 @@ func LoadAdminConfig(path string) (AdminConfig, error) {
 	return c, nil
 }
 
-// NewAdminClient returns a client for the admin API described by cfg.
-func NewAdminClient(cfg AdminConfig) *AdminClient {
+// NewClient returns a client for the admin API described by cfg.
+func NewClient(cfg Credentials) *Client {
 	tc := &tls.Config{
 		MinVersion:         tls.VersionTLS13,
 		InsecureSkipVerify: true, // the pin below replaces CA verification
 		VerifyConnection: func(cs tls.ConnectionState) error {
-			if len(cs.PeerCertificates) == 0 || SPKIPin(cs.PeerCertificates[0].RawSubjectPublicKeyInfo) != cfg.Pin {
+			if len(cs.PeerCertificates) == 0 || managed.SPKIPin(cs.PeerCertificates[0].RawSubjectPublicKeyInfo) != cfg.Pin {
 				return errors.New("the server's TLS key does not match the pin in the admin configuration")
 			}
 			return nil
 		},
 	}
-	return &AdminClient{cfg: cfg, http: &http.Client{Transport: &http.Transport{Proxy: nil, TLSClientConfig: tc}, Timeout: 30 * time.Second}}
+	return &Client{cfg: cfg, http: &http.Client{Transport: &http.Transport{Proxy: nil, TLSClientConfig: tc}, Timeout: 30 * time.Second}}
 }
 
-func (c *AdminClient) call(ctx context.Context, method, path string, in, out any) error {
+func (c *Client) call(ctx context.Context, method, path string, in, out any) error {
 	var body io.Reader
 	if in != nil {
 		b, _ := json.Marshal(in)
@@ -78,11 +81,11 @@ func (c *AdminClient) call(ctx context.Context, method, path string, in, out any
 		return err
 	}
 	if resp.StatusCode >= 300 {
-		var e errorReply
+		var e wire.ErrorReply
 		if json.Unmarshal(data, &e) != nil || e.Error == "" {
 			e.Error = strings.TrimSpace(string(data))
 		}
-		return &AdminError{Status: resp.StatusCode, Msg: e.Error}
+		return &Error{Status: resp.StatusCode, Msg: e.Error}
 	}
 	if out != nil {
 		return json.Unmarshal(data, out)
@@ -90,64 +93,64 @@ func (c *AdminClient) call(ctx context.Context, method, path string, in, out any
 	return nil
 }
 
-// AdminError is an error answer of the admin API.
-type AdminError struct {
+// Error is an error answer of the admin API.
+type Error struct {
 	Status int
 	Msg    string
 }
 
-func (e *AdminError) Error() string { return e.Msg }
+func (e *Error) Error() string { return e.Msg }
 
-func (c *AdminClient) CreateToken(ctx context.Context, req TokenRequest) (*TokenReply, error) {
+func (c *Client) CreateToken(ctx context.Context, req TokenRequest) (*TokenReply, error) {
 	var r TokenReply
 	return &r, c.call(ctx, http.MethodPost, "/v1/admin/tokens", req, &r)
 }
 
-func (c *AdminClient) Devices(ctx context.Context) ([]AdminDevice, error) {
-	var r []AdminDevice
+func (c *Client) Devices(ctx context.Context) ([]Device, error) {
+	var r []Device
 	return r, c.call(ctx, http.MethodGet, "/v1/admin/devices", nil, &r)
 }
 
 // DeviceOp is approve, enable, disable or revoke.
-func (c *AdminClient) DeviceOp(ctx context.Context, id, op, reason string) (*AdminDevice, error) {
-	var r AdminDevice
+func (c *Client) DeviceOp(ctx context.Context, id, op, reason string) (*Device, error) {
+	var r Device
 	return &r, c.call(ctx, http.MethodPost, "/v1/admin/devices/"+url.PathEscape(id)+"/"+op, ChangeRequest{Reason: reason}, &r)
 }
 
-func (c *AdminClient) SetDevicePolicy(ctx context.Context, id string, p store.Policy) error {
+func (c *Client) SetDevicePolicy(ctx context.Context, id string, p policy.Policy) error {
 	return c.call(ctx, http.MethodPut, "/v1/admin/devices/"+url.PathEscape(id)+"/policy", p, nil)
 }
 
-func (c *AdminClient) SetGroup(ctx context.Context, name string, p store.Policy) error {
+func (c *Client) SetGroup(ctx context.Context, name string, p policy.Policy) error {
 	return c.call(ctx, http.MethodPut, "/v1/admin/groups/"+url.PathEscape(name), p, nil)
 }
 
-func (c *AdminClient) Groups(ctx context.Context) (map[string]store.Policy, error) {
-	var r map[string]store.Policy
+func (c *Client) Groups(ctx context.Context) (map[string]policy.Policy, error) {
+	var r map[string]policy.Policy
 	return r, c.call(ctx, http.MethodGet, "/v1/admin/groups", nil, &r)
 }
 
-func (c *AdminClient) Lockdown(ctx context.Context, on bool) error {
+func (c *Client) Lockdown(ctx context.Context, on bool) error {
 	return c.call(ctx, http.MethodPut, "/v1/admin/lockdown", OnOff{On: on}, nil)
 }
 
-func (c *AdminClient) EnrollOpen(ctx context.Context, on bool) error {
+func (c *Client) EnrollOpen(ctx context.Context, on bool) error {
 	return c.call(ctx, http.MethodPut, "/v1/admin/settings/enroll-open", OnOff{On: on}, nil)
 }
 
-func (c *AdminClient) Approvals(ctx context.Context) ([]store.Approval, error) {
+func (c *Client) Approvals(ctx context.Context) ([]store.Approval, error) {
 	var r []store.Approval
 	return r, c.call(ctx, http.MethodGet, "/v1/admin/approvals", nil, &r)
 }
 
 // ApprovalOp is approve or deny.
-func (c *AdminClient) ApprovalOp(ctx context.Context, id, op string) (*store.Approval, error) {
+func (c *Client) ApprovalOp(ctx context.Context, id, op string) (*store.Approval, error) {
 	var a store.Approval
 	return &a, c.call(ctx, http.MethodPost, "/v1/admin/approvals/"+url.PathEscape(id)+"/"+op, struct{}{}, &a)
 }
 
 // Audit calls fn for every audit record in order, fetching in pages.
-func (c *AdminClient) Audit(ctx context.Context, fn func(*audit.Record) error) error {
+func (c *Client) Audit(ctx context.Context, fn func(*audit.Record) error) error {
 	after := int64(0)
 	for {
 		var page []*audit.Record
@@ -169,7 +172,7 @@ func (c *AdminClient) Audit(ctx context.Context, fn func(*audit.Record) error) e
 // VerifyAudit fetches the whole log and checks its hash chain. It returns
 // the last record's seq and hash (record them elsewhere: truncating the
 // tail of the log is only detectable against a head kept elsewhere).
-func (c *AdminClient) VerifyAudit(ctx context.Context) (*audit.Chain, error) {
+func (c *Client) VerifyAudit(ctx context.Context) (*audit.Chain, error) {
 	ch := audit.NewChain()
 	err := c.Audit(ctx, ch.Next)
 	return ch, err

@@ -1,4 +1,4 @@
-package server
+package dashboard
 
 import (
 	"crypto/rand"
@@ -6,11 +6,11 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
-	"net/netip"
 	"strings"
 	"sync"
 	"time"
 
+	"github.com/tether-nbde/tether/server/internal/wire"
 	"golang.org/x/crypto/argon2"
 )
 
@@ -79,7 +79,7 @@ func VerifyPassword(hash, password string) bool {
 // dummyHash is verified against when an account does not exist, so that a
 // wrong name takes as long as a wrong password (no account enumeration).
 var dummyHash = sync.OnceValue(func() string {
-	h, _ := HashPassword(randomToken(16))
+	h, _ := HashPassword(wire.RandomToken(16))
 	return h
 })
 
@@ -134,16 +134,6 @@ var loginLimits = map[string]struct {
 	"addr":    {20, 10 * time.Second},
 	"pair":    {5, time.Minute},
 	"account": {accountFree, 10 * time.Minute},
-}
-
-// addrKey groups IPv6 sources by /64: one host usually holds a whole /64.
-func addrKey(a string) string {
-	ip, err := netip.ParseAddr(a)
-	if err != nil || !ip.Is6() || ip.Is4In6() {
-		return a
-	}
-	p, _ := ip.Prefix(64)
-	return p.String()
 }
 
 // refill brings b up to now and reports whether it is back to its
@@ -221,7 +211,7 @@ func accountDelay(n float64) time.Duration {
 func (l *loginLimiter) reserve(user, addr string, now time.Time) (ok bool, wait time.Duration) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	addr = addrKey(addr)
+	addr = wire.AddrKey(addr)
 	// Everything is checked before any entry is made: a refused request
 	// leaves nothing behind, so refusals cannot fill the table.
 	ab, pb, acct := l.find("addr", addr, now), l.find("pair", user+"\x00"+addr, now), l.find("account", user, now)
@@ -273,7 +263,7 @@ func (l *loginLimiter) reserve(user, addr string, now time.Time) (ok bool, wait 
 func (l *loginLimiter) done(user, addr string, good bool, now time.Time) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	addr = addrKey(addr)
+	addr = wire.AddrKey(addr)
 	if !good {
 		acct := l.find("account", user, now)
 		if acct == nil {
@@ -309,7 +299,7 @@ func (l *loginLimiter) done(user, addr string, good bool, now time.Time) {
 func (l *loginLimiter) release(user, addr string) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	l.refund(user, addrKey(addr))
+	l.refund(user, wire.AddrKey(addr))
 }
 
 func (l *loginLimiter) refund(user, addr string) {

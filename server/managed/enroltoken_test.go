@@ -1,4 +1,4 @@
-package server
+package managed
 
 import (
 	"bytes"
@@ -15,7 +15,7 @@ import (
 // pin/managed's TestEnrolTokenVector.
 func TestEnrolTokenVector(t *testing.T) {
 	read := func(name string) []byte {
-		b, err := os.ReadFile("../pin/managed/testdata/" + name)
+		b, err := os.ReadFile("../../pin/managed/testdata/" + name)
 		if err != nil {
 			t.Fatal(err)
 		}

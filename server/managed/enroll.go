@@ -1,4 +1,4 @@
-package server
+package managed
 
 import (
 	"errors"
@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/tether-nbde/tether/audit"
+	"github.com/tether-nbde/tether/policy"
+	"github.com/tether-nbde/tether/server/internal/wire"
 	"github.com/tether-nbde/tether/store"
 )
 
@@ -18,9 +20,9 @@ import (
 // on), and then bounded: a few per address, a cap on the devices waiting
 // for approval, and names that are plain host names.
 
-// enrollOpenSetting is "on" when enrolment without a token is allowed;
+// EnrollOpenSetting is "on" when enrolment without a token is allowed;
 // unset or anything else means off.
-const enrollOpenSetting = "enroll.open"
+const EnrollOpenSetting = "enroll.open"
 
 // Tokenless enrolments per source address (IPv6: per /64): 3 at once,
 // then one per 10 minutes. Refusals count too, so that a closed server's
@@ -36,14 +38,19 @@ const (
 // new addresses are refused.
 type enrollLimiter struct {
 	mu      sync.Mutex
-	buckets map[string]*loginBucket
+	buckets map[string]*enrollBucket
+}
+
+type enrollBucket struct {
+	tokens float64
+	last   time.Time
 }
 
 func (l *enrollLimiter) take(addr string, now time.Time) bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	addr = addrKey(addr)
-	refill := func(b *loginBucket) bool {
+	addr = wire.AddrKey(addr)
+	refill := func(b *enrollBucket) bool {
 		if now.After(b.last) {
 			b.tokens = min(enrollBurst, b.tokens+float64(now.Sub(b.last))/float64(enrollEvery))
 			b.last = now
@@ -53,7 +60,7 @@ func (l *enrollLimiter) take(addr string, now time.Time) bool {
 	b := l.buckets[addr]
 	if b == nil {
 		if l.buckets == nil {
-			l.buckets = map[string]*loginBucket{}
+			l.buckets = map[string]*enrollBucket{}
 		}
 		if len(l.buckets) >= maxEnrollAddrs {
 			for k, o := range l.buckets {
@@ -65,7 +72,7 @@ func (l *enrollLimiter) take(addr string, now time.Time) bool {
 				return false
 			}
 		}
-		b = &loginBucket{tokens: enrollBurst, last: now}
+		b = &enrollBucket{tokens: enrollBurst, last: now}
 		l.buckets[addr] = b
 	}
 	refill(b)
@@ -96,34 +103,34 @@ func ValidTokenlessName(n string) error {
 // If ok, the caller creates the device and then calls release (the
 // pending cap is counted and filled under one lock). Otherwise the
 // request has been answered.
-func (m *Managed) admitTokenless(w http.ResponseWriter, r *http.Request, req *enrollRequest, src string) (release func(), ok bool) {
+func (m *Server) admitTokenless(w http.ResponseWriter, r *http.Request, req *enrollRequest, src string) (release func(), ok bool) {
 	ctx := r.Context()
 	if !m.enrolls.take(src, m.now()) {
 		w.Header().Set("Retry-After", fmt.Sprint(int(enrollEvery.Seconds())))
-		writeError(w, http.StatusTooManyRequests, "too many enrolments without a token from this address: try again later, or enrol with a token (tether admin token create)")
+		wire.WriteError(w, http.StatusTooManyRequests, "too many enrolments without a token from this address: try again later, or enrol with a token (tether admin token create)")
 		return nil, false
 	}
-	if v, _ := m.st.Setting(ctx, enrollOpenSetting); v != "on" {
-		m.record(ctx, &audit.Record{Action: "enroll", Source: src, Decision: audit.Deny, Reason: "enrolment without a token is turned off"})
-		writeError(w, http.StatusForbidden, "this server only enrols devices with a token: ask an admin for one (tether admin token create)")
+	if v, _ := m.st.Setting(ctx, EnrollOpenSetting); v != "on" {
+		m.Record(ctx, &audit.Record{Action: "enroll", Source: src, Decision: audit.Deny, Reason: "enrolment without a token is turned off"})
+		wire.WriteError(w, http.StatusForbidden, "this server only enrols devices with a token: ask an admin for one (tether admin token create)")
 		return nil, false
 	}
 	if err := ValidTokenlessName(req.Name); err != nil {
-		writeError(w, http.StatusBadRequest, "%v", err)
+		wire.WriteError(w, http.StatusBadRequest, "%v", err)
 		return nil, false
 	}
 	m.pendMu.Lock()
-	page, err := m.st.DevicePage(ctx, store.DeviceQuery{State: store.Pending, Limit: 1})
+	page, err := m.st.DevicePage(ctx, store.DeviceQuery{State: policy.Pending, Limit: 1})
 	if err != nil {
 		m.pendMu.Unlock()
-		writeError(w, http.StatusInternalServerError, "store: %v", err)
+		wire.WriteError(w, http.StatusInternalServerError, "store: %v", err)
 		return nil, false
 	}
-	if n := page.Counts[store.Pending]; n >= m.cfg.MaxPending {
+	if n := page.Counts[policy.Pending]; n >= m.cfg.MaxPending {
 		m.pendMu.Unlock()
-		m.record(ctx, &audit.Record{Action: "enroll", Source: src, Decision: audit.Deny,
+		m.Record(ctx, &audit.Record{Action: "enroll", Source: src, Decision: audit.Deny,
 			Reason: fmt.Sprintf("%d devices already wait for approval (the limit)", n)})
-		writeError(w, http.StatusServiceUnavailable, "%d devices already wait for approval on this server: an admin must approve or revoke some first", n)
+		wire.WriteError(w, http.StatusServiceUnavailable, "%d devices already wait for approval on this server: an admin must approve or revoke some first", n)
 		return nil, false
 	}
 	return m.pendMu.Unlock, true

@@ -1,4 +1,4 @@
-package server_test
+package dashboard_test
 
 import (
 	"context"
@@ -17,9 +17,19 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tether-nbde/tether/policy"
 	"github.com/tether-nbde/tether/server"
+	"github.com/tether-nbde/tether/server/admin"
+	"github.com/tether-nbde/tether/server/dashboard"
+	"github.com/tether-nbde/tether/server/servertest"
 	"github.com/tether-nbde/tether/store"
 )
+
+// env is the managed server of package servertest, with the dashboard
+// helpers below.
+type env struct{ *servertest.Env }
+
+func newEnv(t *testing.T, mc server.ManagedConfig) *env { return &env{servertest.New(t, mc)} }
 
 // uiClient is a browser stand-in: a cookie jar, and the Origin and CSRF
 // headers the dashboard's page sends.
@@ -32,7 +42,7 @@ type uiClient struct {
 
 func (e *env) uiClient() *uiClient {
 	jar, _ := cookiejar.New(nil)
-	return &uiClient{t: e.t, base: e.url, c: &http.Client{Jar: jar,
+	return &uiClient{t: e.T, base: e.URL, c: &http.Client{Jar: jar,
 		Transport:     &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}},
 		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}}
 }
@@ -48,9 +58,9 @@ func (e *env) uiClientFrom(local string) *uiClient {
 }
 
 func (e *env) addUser(name, pw string) {
-	e.t.Helper()
-	if err := e.admin.AddUser(context.Background(), name, pw); err != nil {
-		e.t.Fatal(err)
+	e.T.Helper()
+	if err := e.Admin.AddUser(context.Background(), name, pw); err != nil {
+		e.T.Fatal(err)
 	}
 }
 
@@ -80,7 +90,7 @@ func (c *uiClient) mustLogin(name, pw string) {
 	if r := c.login(name, pw, ""); r.StatusCode != http.StatusSeeOther {
 		c.t.Fatalf("sign-in: %s", r.Status)
 	}
-	var st server.UIState
+	var st dashboard.UIState
 	if code := c.do("GET", "/ui/api/state", nil, nil, &st); code != 200 {
 		c.t.Fatalf("state after sign-in: %d", code)
 	}
@@ -124,34 +134,34 @@ func (c *uiClient) do(method, path string, body any, hdr map[string]string, out 
 }
 
 func TestUIPasswordHash(t *testing.T) {
-	h, err := server.HashPassword("correct horse battery")
+	h, err := dashboard.HashPassword("correct horse battery")
 	if err != nil {
 		t.Fatal(err)
 	}
 	if !strings.HasPrefix(h, "$argon2id$v=19$m=") || strings.Contains(h, "correct") {
 		t.Fatalf("hash %q", h)
 	}
-	if !server.VerifyPassword(h, "correct horse battery") || server.VerifyPassword(h, "correct horse batterz") {
+	if !dashboard.VerifyPassword(h, "correct horse battery") || dashboard.VerifyPassword(h, "correct horse batterz") {
 		t.Fatal("verify: wrong answers")
 	}
-	h2, _ := server.HashPassword("correct horse battery")
+	h2, _ := dashboard.HashPassword("correct horse battery")
 	if h2 == h {
 		t.Fatal("no salt: the same password hashed twice gives the same hash")
 	}
 	// Tampered parameters (a cheaper cost, absurd memory) or garbage never verify.
 	for _, bad := range []string{strings.Replace(h, "t=2", "t=1", 1), strings.Replace(h, "m=19456", "m=99999999", 1),
 		"", "$argon2i$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA", "plaintext"} {
-		if server.VerifyPassword(bad, "correct horse battery") {
+		if dashboard.VerifyPassword(bad, "correct horse battery") {
 			t.Fatalf("tampered hash %q verifies", bad)
 		}
 	}
-	if _, err := server.HashPassword("short"); err == nil {
+	if _, err := dashboard.HashPassword("short"); err == nil {
 		t.Fatal("a 5-character password was accepted")
 	}
 }
 
 func TestUISessionCookieAndExpiry(t *testing.T) {
-	e := newEnv(t, server.ManagedConfig{UI: server.UIConfig{SessionIdle: 30 * time.Minute, SessionMax: 2 * time.Hour}})
+	e := newEnv(t, server.ManagedConfig{UI: dashboard.Config{SessionIdle: 30 * time.Minute, SessionMax: 2 * time.Hour}})
 	e.addUser("alice", "alice-password-1")
 	c := e.uiClient()
 	r := c.login("alice", "wrong-password", "")
@@ -171,30 +181,30 @@ func TestUISessionCookieAndExpiry(t *testing.T) {
 		t.Fatalf("session cookie: %+v", ck)
 	}
 	// The store holds the cookie's hash, never the cookie.
-	var st server.UIState
+	var st dashboard.UIState
 	if code := c.do("GET", "/ui/api/state", nil, nil, &st); code != 200 || st.User != "alice" || st.CSRF == "" {
 		t.Fatalf("state: %d %+v", code, st)
 	}
-	if _, err := e.st.(store.UIStore).Session(context.Background(), ck[0].Value); err == nil {
+	if _, err := e.St.(store.UIStore).Session(context.Background(), ck[0].Value); err == nil {
 		t.Fatal("the session is stored under the cookie's value in clear")
 	}
 
 	// Idle: used every 20 minutes it lives on; background refreshes do
 	// not count as use.
 	for i := 0; i < 4; i++ {
-		e.clock.Advance(20 * time.Minute)
+		e.Clock.Advance(20 * time.Minute)
 		if code := c.do("GET", "/ui/api/state", nil, nil, nil); code != 200 {
 			t.Fatalf("session in use died after %d min", (i+1)*20)
 		}
 	}
-	e.clock.Advance(20 * time.Minute)
+	e.Clock.Advance(20 * time.Minute)
 	c.do("GET", "/ui/api/state", nil, map[string]string{"X-Tether-Background": "1"}, nil)
-	e.clock.Advance(15 * time.Minute)
+	e.Clock.Advance(15 * time.Minute)
 	if code := c.do("GET", "/ui/api/state", nil, nil, nil); code != 401 {
 		t.Fatalf("idle session (35 min, background refresh only): %d, want 401", code)
 	}
 	// The page itself sends an expired session to sign-in.
-	resp, _ := c.c.Get(e.url + "/ui/")
+	resp, _ := c.c.Get(e.URL + "/ui/")
 	if resp.StatusCode != http.StatusSeeOther || resp.Header.Get("Location") != "/ui/login" {
 		t.Fatalf("page with an expired session: %s", resp.Status)
 	}
@@ -203,16 +213,16 @@ func TestUISessionCookieAndExpiry(t *testing.T) {
 	// Absolute: however busy, a session ends SessionMax after sign-in.
 	c.mustLogin("alice", "alice-password-1")
 	for i := 0; i < 4; i++ {
-		e.clock.Advance(25 * time.Minute)
+		e.Clock.Advance(25 * time.Minute)
 		if code := c.do("GET", "/ui/api/state", nil, nil, nil); code != 200 {
 			t.Fatalf("busy session died after %d min", (i+1)*25)
 		}
 	}
-	e.clock.Advance(19 * time.Minute)
+	e.Clock.Advance(19 * time.Minute)
 	if code := c.do("GET", "/ui/api/state", nil, nil, nil); code != 200 {
 		t.Fatal("busy session died early (119 min)")
 	}
-	e.clock.Advance(2 * time.Minute)
+	e.Clock.Advance(2 * time.Minute)
 	if code := c.do("GET", "/ui/api/state", nil, nil, nil); code != 401 {
 		t.Fatalf("session past its absolute limit (121 min > 2 h): %d", code)
 	}
@@ -220,7 +230,7 @@ func TestUISessionCookieAndExpiry(t *testing.T) {
 	// Signing out ends the session on the server, not just the cookie.
 	c.mustLogin("alice", "alice-password-1")
 	jar := c.c.Jar.(*cookiejar.Jar)
-	u, _ := url.Parse(e.url)
+	u, _ := url.Parse(e.URL)
 	saved := jar.Cookies(u)
 	if code := c.do("POST", "/ui/logout", struct{}{}, nil, nil); code != 200 {
 		t.Fatalf("sign out: %d", code)
@@ -236,17 +246,17 @@ func TestUICSRF(t *testing.T) {
 	e.addUser("alice", "alice-password-1")
 	c := e.uiClient()
 	c.mustLogin("alice", "alice-password-1")
-	lockdown := func() string { v, _ := e.st.Setting(context.Background(), "lockdown"); return v }
+	lockdown := func() string { v, _ := e.St.Setting(context.Background(), "lockdown"); return v }
 	for name, hdr := range map[string]map[string]string{
 		"no CSRF token":       {"X-CSRF-Token": ""},
 		"wrong CSRF token":    {"X-CSRF-Token": "AAAA" + c.csrf[4:]},
 		"cross-site origin":   {"Origin": "https://evil.example"},
 		"no origin":           {"Origin": ""},
 		"null origin":         {"Origin": "null"},
-		"http origin":         {"Origin": strings.Replace(e.url, "https:", "http:", 1)},
+		"http origin":         {"Origin": strings.Replace(e.URL, "https:", "http:", 1)},
 		"token, wrong origin": {"Origin": "https://evil.example", "X-CSRF-Token": c.csrf},
 	} {
-		if code := c.do("POST", "/ui/api/lockdown", server.OnOff{On: true}, hdr, nil); code != http.StatusForbidden {
+		if code := c.do("POST", "/ui/api/lockdown", admin.OnOff{On: true}, hdr, nil); code != http.StatusForbidden {
 			t.Errorf("%s: %d, want 403", name, code)
 		}
 		if lockdown() == "on" {
@@ -261,10 +271,10 @@ func TestUICSRF(t *testing.T) {
 		t.Fatalf("sign-in without Origin: %s", r.Status)
 	}
 	// The page's own request works, and is audited with alice's name.
-	if code := c.do("POST", "/ui/api/lockdown", server.OnOff{On: true}, nil, nil); code != 200 || lockdown() != "on" {
+	if code := c.do("POST", "/ui/api/lockdown", admin.OnOff{On: true}, nil, nil); code != 200 || lockdown() != "on" {
 		t.Fatalf("lockdown from the page: %d, %q", code, lockdown())
 	}
-	recs, _ := e.st.Audit(context.Background(), 0, 1000)
+	recs, _ := e.St.Audit(context.Background(), 0, 1000)
 	var found, refused bool
 	for _, r := range recs {
 		if r.Action == "lockdown" && r.Actor == "alice" && r.Source == "127.0.0.1" && r.Reason == "on" {
@@ -277,7 +287,7 @@ func TestUICSRF(t *testing.T) {
 	if !found || !refused {
 		t.Fatalf("audit lacks alice's lockdown (%v) or the refused forgeries (%v)", found, refused)
 	}
-	e.verifyAudit()
+	e.VerifyAudit()
 }
 
 func TestUILoginRateLimit(t *testing.T) {
@@ -294,7 +304,7 @@ func TestUILoginRateLimit(t *testing.T) {
 	if r.StatusCode != http.StatusTooManyRequests || r.Header.Get("Retry-After") == "" {
 		t.Fatalf("6th attempt: %s", r.Status)
 	}
-	e.clock.Advance(61 * time.Second)
+	e.Clock.Advance(61 * time.Second)
 	if r := c.login("alice", "alice-password-1", ""); r.StatusCode != http.StatusSeeOther {
 		t.Fatalf("after a minute: %s", r.Status)
 	}
@@ -331,7 +341,7 @@ func TestUILoginConcurrentGuesses(t *testing.T) {
 	}
 	wg.Wait()
 	denied := 0
-	recs, _ := e.st.Audit(context.Background(), 0, 10000)
+	recs, _ := e.St.Audit(context.Background(), 0, 10000)
 	for _, r := range recs {
 		if r.Action == "ui.login" && r.Decision == "deny" {
 			denied++
@@ -382,7 +392,7 @@ func TestUILoginAccountBrake(t *testing.T) {
 	e.uiClientFrom("127.0.0.3").mustLogin("alice", "alice-password-1")
 	// A delay, not a lockout.
 	secs, _ := strconv.Atoi(r.Header.Get("Retry-After"))
-	e.clock.Advance(time.Duration(secs) * time.Second)
+	e.Clock.Advance(time.Duration(secs) * time.Second)
 	fresh.mustLogin("alice", "alice-password-1")
 
 	// More guesses brake it again; the administrator clears the brake.
@@ -393,7 +403,7 @@ func TestUILoginAccountBrake(t *testing.T) {
 	if r := other.login("alice", "alice-password-1", ""); r.StatusCode != http.StatusTooManyRequests {
 		t.Fatalf("right password from a new address while braked again: %s", r.Status)
 	}
-	if _, err := e.admin.UnlockUser(ctx, "alice"); err != nil {
+	if _, err := e.Admin.UnlockUser(ctx, "alice"); err != nil {
 		t.Fatal(err)
 	}
 	other.mustLogin("alice", "alice-password-1")
@@ -418,14 +428,14 @@ func TestUIAuthorization(t *testing.T) {
 	}
 	// Changing the password ends alice's sessions everywhere; so does
 	// removing her.
-	if err := e.admin.SetPassword(context.Background(), "alice", "alice-password-2"); err != nil {
+	if err := e.Admin.SetPassword(context.Background(), "alice", "alice-password-2"); err != nil {
 		t.Fatal(err)
 	}
 	if code := c.do("GET", "/ui/api/state", nil, nil, nil); code != 401 {
 		t.Fatalf("session after password change: %d", code)
 	}
 	c.mustLogin("alice", "alice-password-2")
-	if err := e.admin.RemoveUser(context.Background(), "alice"); err != nil {
+	if err := e.Admin.RemoveUser(context.Background(), "alice"); err != nil {
 		t.Fatal(err)
 	}
 	if code := c.do("GET", "/ui/api/state", nil, nil, nil); code != 401 {
@@ -434,10 +444,10 @@ func TestUIAuthorization(t *testing.T) {
 	if r := c.login("alice", "alice-password-2", ""); r.StatusCode != 401 {
 		t.Fatalf("removed account signs in: %s", r.Status)
 	}
-	if err := e.admin.AddUser(context.Background(), "bob", "short"); err == nil {
+	if err := e.Admin.AddUser(context.Background(), "bob", "short"); err == nil {
 		t.Fatal("short password accepted")
 	}
-	users, _ := e.admin.Users(context.Background())
+	users, _ := e.Admin.Users(context.Background())
 	if len(users) != 0 {
 		t.Fatalf("users: %+v", users)
 	}
@@ -451,28 +461,28 @@ func TestUIDeviceFlow(t *testing.T) {
 	e.addUser("alice", "alice-password-1")
 	c := e.uiClient()
 	c.mustLogin("alice", "alice-password-1")
-	var tok server.UIToken
-	if code := c.do("POST", "/ui/api/tokens", server.TokenRequest{Group: "nas"}, nil, &tok); code != 200 {
+	var tok dashboard.UIToken
+	if code := c.do("POST", "/ui/api/tokens", admin.TokenRequest{Group: "nas"}, nil, &tok); code != 200 {
 		t.Fatalf("token: %d", code)
 	}
 	if !strings.HasPrefix(tok.QR, "data:image/svg+xml;base64,") || !strings.Contains(tok.Command, tok.Token) {
 		t.Fatalf("token reply: %+v", tok)
 	}
-	d := e.enroll(tok.Token, "127.0.0.1")
-	j := d.encrypt(t, "s3cret")
-	e.mustUnlock(d, j, "s3cret")
-	var st server.UIState
+	d := e.Enroll(tok.Token, "127.0.0.1")
+	j := d.Encrypt(t, "s3cret")
+	e.MustUnlock(d, j, "s3cret")
+	var st dashboard.UIState
 	c.do("GET", "/ui/api/state", nil, nil, &st)
-	if len(st.Devices) != 1 || st.Devices[0].ID != d.id || st.Devices[0].LastUnlock.IsZero() ||
+	if len(st.Devices) != 1 || st.Devices[0].ID != d.ID || st.Devices[0].LastUnlock.IsZero() ||
 		st.Devices[0].LastSource != "127.0.0.1" || st.Devices[0].State != "enabled" {
 		t.Fatalf("devices: %+v", st.Devices)
 	}
 	// Approval required: the unlock waits until alice approves it.
 	yes := true
-	e.admin.SetDevicePolicy(context.Background(), d.id, store.Policy{Approval: &yes})
+	e.Admin.SetDevicePolicy(context.Background(), d.ID, policy.Policy{Approval: &yes})
 	done := make(chan error, 1)
-	go func() { _, err := d.decrypt(context.Background(), j); done <- err }()
-	var apr server.UIApproval
+	go func() { _, err := d.Decrypt(context.Background(), j); done <- err }()
+	var apr dashboard.UIApproval
 	for deadline := time.Now().Add(10 * time.Second); ; {
 		c.do("GET", "/ui/api/state", nil, nil, &st)
 		if len(st.Approvals) == 1 {
@@ -484,7 +494,7 @@ func TestUIDeviceFlow(t *testing.T) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	if apr.Name != "host" || apr.Device != d.id {
+	if apr.Name != "host" || apr.Device != d.ID {
 		t.Fatalf("approval: %+v", apr)
 	}
 	if code := c.do("POST", "/ui/api/approvals/"+apr.ID+"/approve", struct{}{}, nil, nil); code != 200 {
@@ -493,12 +503,12 @@ func TestUIDeviceFlow(t *testing.T) {
 	if err := <-done; err != nil {
 		t.Fatalf("approved unlock: %v", err)
 	}
-	if code := c.do("POST", "/ui/api/devices/"+d.id+"/revoke", server.ChangeRequest{Reason: "stolen"}, nil, nil); code != 200 {
+	if code := c.do("POST", "/ui/api/devices/"+d.ID+"/revoke", admin.ChangeRequest{Reason: "stolen"}, nil, nil); code != 200 {
 		t.Fatalf("revoke: %d", code)
 	}
-	e.mustFail(d, j, "revoked")
-	var au server.UIAudit
-	c.do("GET", "/ui/api/audit?action=device.revoke&device="+d.id, nil, nil, &au)
+	e.MustFail(d, j, "revoked")
+	var au dashboard.UIAudit
+	c.do("GET", "/ui/api/audit?action=device.revoke&device="+d.ID, nil, nil, &au)
 	if !au.Verified || len(au.Records) != 1 || au.Records[0].Action != "device.revoke" || au.Records[0].Actor != "alice" {
 		t.Fatalf("audit view: %+v", au)
 	}
@@ -507,7 +517,7 @@ func TestUIDeviceFlow(t *testing.T) {
 		t.Fatalf("allowed unlocks in the audit view: %d, want 2", len(au.Records))
 	}
 	// An edited row shows as a broken chain.
-	db, err := sql.Open("sqlite", "file:"+e.dbPath)
+	db, err := sql.Open("sqlite", "file:"+e.DBPath)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -528,23 +538,23 @@ func TestUIDevicePages(t *testing.T) {
 	ctx := context.Background()
 	const n = 1203
 	for i := 0; i < n; i++ {
-		d := &store.Device{ID: fmt.Sprintf("dev-%04d", i), Name: fmt.Sprintf("node-%d", i), Group: "rack" + strconv.Itoa(i%3),
-			KeyID: fmt.Sprintf("k%d", i), PublicKey: []byte{1}, State: store.Enabled, ExchangeKey: []byte{1},
+		d := &policy.Device{ID: fmt.Sprintf("dev-%04d", i), Name: fmt.Sprintf("node-%d", i), Group: "rack" + strconv.Itoa(i%3),
+			KeyID: fmt.Sprintf("k%d", i), PublicKey: []byte{1}, State: policy.Enabled, ExchangeKey: []byte{1},
 			ExchangePub: `{"kty":"EC"}`, Created: time.Unix(int64(1e9+i), 0), Updated: time.Unix(1e9, 0), LastSeen: time.Unix(1e9, 0)}
 		switch {
 		case i%10 == 0:
-			d.State = store.Disabled
+			d.State = policy.Disabled
 		case i == 7:
-			d.State, d.ExchangeKey = store.Revoked, nil
+			d.State, d.ExchangeKey = policy.Revoked, nil
 		}
-		if err := e.st.CreateDevice(ctx, d); err != nil {
+		if err := e.St.CreateDevice(ctx, d); err != nil {
 			t.Fatal(err)
 		}
 	}
 	e.addUser("alice", "alice-password-1")
 	c := e.uiClient()
 	c.mustLogin("alice", "alice-password-1")
-	ids := func(st server.UIState) []string {
+	ids := func(st dashboard.UIState) []string {
 		var out []string
 		for _, d := range st.Devices {
 			out = append(out, d.ID)
@@ -571,7 +581,7 @@ func TestUIDevicePages(t *testing.T) {
 		{"?limit=501", 0, "", "", 0, 400},
 		{"?offset=-1", 0, "", "", 0, 400},
 	} {
-		var st server.UIState
+		var st dashboard.UIState
 		code := c.do("GET", "/ui/api/state"+tc.query, nil, nil, &st)
 		if code != tc.wantedStatus {
 			t.Errorf("%s: status %d, want %d", tc.query, code, tc.wantedStatus)

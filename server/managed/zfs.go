@@ -1,4 +1,4 @@
-package server
+package managed
 
 import (
 	"crypto/hkdf"
@@ -10,6 +10,7 @@ import (
 	"github.com/tether-nbde/tether/audit"
 	"github.com/tether-nbde/tether/jose"
 	"github.com/tether-nbde/tether/policy"
+	"github.com/tether-nbde/tether/server/internal/wire"
 )
 
 // ZFS native encryption can fetch a dataset's key itself:
@@ -29,21 +30,21 @@ import (
 
 const zfsInfo = "tether zfs key v1\x00"
 
-func (m *Managed) handleZFS(w http.ResponseWriter, r *http.Request) {
+func (m *Server) handleZFS(w http.ResponseWriter, r *http.Request) {
 	ctx := r.Context()
 	dataset := strings.Trim(r.PathValue("dataset"), "/")
 	if dataset == "" || len(dataset) > 256 || strings.ContainsAny(dataset, "\x00@") {
-		writeError(w, http.StatusBadRequest, "want /v1/zfs/POOL/DATASET")
+		wire.WriteError(w, http.StatusBadRequest, "want /v1/zfs/POOL/DATASET")
 		return
 	}
 	d := m.authDevice(w, r, "zfs-key")
 	if d == nil {
 		return
 	}
-	src := sourceOf(r)
+	src := wire.Source(r)
 	dec, err := m.decide(ctx, d, src)
 	if err != nil {
-		writeError(w, http.StatusInternalServerError, "policy: %v", err)
+		wire.WriteError(w, http.StatusInternalServerError, "policy: %v", err)
 		return
 	}
 	if dec.Outcome == policy.Wait {
@@ -59,24 +60,24 @@ func (m *Managed) handleZFS(w http.ResponseWriter, r *http.Request) {
 	}
 	c, err := jose.CurveByName(S.Crv)
 	if err != nil {
-		writeError(w, http.StatusInternalServerError, "stored key: %v", err)
+		wire.WriteError(w, http.StatusInternalServerError, "stored key: %v", err)
 		return
 	}
 	scalar, err := c.Scalar(S)
 	if err != nil {
-		writeError(w, http.StatusInternalServerError, "stored key: %v", err)
+		wire.WriteError(w, http.StatusInternalServerError, "stored key: %v", err)
 		return
 	}
 	defer clear(scalar)
 	key, err := hkdf.Key(sha256.New, scalar, nil, zfsInfo+dataset, 32)
 	if err != nil {
-		writeError(w, http.StatusInternalServerError, "derive key: %v", err)
+		wire.WriteError(w, http.StatusInternalServerError, "derive key: %v", err)
 		return
 	}
 	defer clear(key)
 	rec := &audit.Record{Action: "zfs-key", Device: d.ID, Source: src.String(), Decision: audit.Allow, Reason: "dataset " + dataset}
-	if err := m.record(ctx, rec); err != nil {
-		writeError(w, http.StatusInternalServerError, "audit: %v", err)
+	if err := m.Record(ctx, rec); err != nil {
+		wire.WriteError(w, http.StatusInternalServerError, "audit: %v", err)
 		return
 	}
 	m.st.Touch(ctx, d.ID, m.now())
