@@ -1,0 +1,184 @@
+// Package cli_test runs tether's command line as a person does: the real
+// tether and tether-server binaries, built as they ship, driven by the
+// txtar scripts in testdata/ (one file per command family). A script
+// checks what a person sees: --help, exit codes, the error and hint
+// lines on stderr, and that stdout carries data only. See
+// docs/TESTING.md, "CLI scripts".
+package cli_test
+
+import (
+	"bytes"
+	"errors"
+	"flag"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/rogpeppe/go-internal/testscript"
+	"github.com/tether-nbde/tether/internal/testenv"
+)
+
+var update = flag.Bool("update", false, "rewrite the expected files of failing cmp lines in testdata/*.txtar")
+
+func TestMain(m *testing.M) { testenv.Main(m) }
+
+// TestScripts runs every testdata/*.txtar.
+func TestScripts(t *testing.T) {
+	bin := filepath.Dir(testenv.TetherBin(t))
+	closed, down := testenv.ClosedPort(t), testenv.HostDown(t)
+	testscript.Run(t, testscript.Params{
+		Dir:                 "testdata",
+		UpdateScripts:       *update,
+		RequireExplicitExec: true,
+		RequireUniqueNames:  true,
+		Setup: func(e *testscript.Env) error {
+			// The binaries side by side, as installed: tether finds
+			// tether-server next to itself for "tether server" and
+			// "tether admin".
+			e.Setenv("PATH", bin+string(os.PathListSeparator)+e.Getenv("PATH"))
+			// Nothing from the developer's environment reaches a
+			// script: no admin configuration, no proxy.
+			e.Setenv("TETHER_ADMIN_CONFIG", "")
+			e.Setenv("http_proxy", "")
+			e.Setenv("https_proxy", "")
+			e.Setenv("HTTP_PROXY", "")
+			e.Setenv("HTTPS_PROXY", "")
+			// Free loopback ports for servers a script starts.
+			for i := 1; i <= 3; i++ {
+				port, err := freePort()
+				if err != nil {
+					return err
+				}
+				e.Setenv("PORT"+strconv.Itoa(i), port)
+			}
+			// Where connections are refused, and where they hang.
+			e.Setenv("CLOSED", closed)
+			e.Setenv("DOWN", down)
+			return nil
+		},
+		Cmds: map[string]func(ts *testscript.TestScript, neg bool, args []string){
+			"exits":     cmdExits,
+			"waittcp":   cmdWaitTCP,
+			"waitfile":  cmdWaitFile,
+			"capture":   cmdCapture,
+			"writefile": cmdWriteFile,
+		},
+	})
+}
+
+// cmdExits runs a program like exec and checks its exit status:
+//
+//	exits N PROGRAM [ARGS...]
+//
+// (testscript's "! exec" only checks that it failed; a usage error must
+// exit 2, a failure 1.) stdout and stderr are kept for the next lines.
+func cmdExits(ts *testscript.TestScript, neg bool, args []string) {
+	if neg {
+		ts.Fatalf("usage: exits N PROGRAM [ARGS...] (no !)")
+	}
+	if len(args) < 2 {
+		ts.Fatalf("usage: exits N PROGRAM [ARGS...]")
+	}
+	want, err := strconv.Atoi(args[0])
+	if err != nil {
+		ts.Fatalf("exits: %q is not an exit status", args[0])
+	}
+	err = ts.Exec(args[1], args[2:]...)
+	got := 0
+	var x *exec.ExitError
+	switch {
+	case errors.As(err, &x):
+		got = x.ExitCode()
+	case err != nil:
+		ts.Fatalf("exits: %v", err)
+	}
+	if got != want {
+		ts.Fatalf("%s exited with status %d, want %d", args[1], got, want)
+	}
+}
+
+// cmdWaitTCP waits up to 20 s until ADDR accepts connections:
+//
+//	waittcp ADDR
+func cmdWaitTCP(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) != 1 {
+		ts.Fatalf("usage: waittcp ADDR")
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		c, err := net.DialTimeout("tcp", args[0], time.Second)
+		if err == nil {
+			c.Close()
+			return
+		}
+		if time.Now().After(deadline) {
+			ts.Fatalf("%s does not accept connections after 20 s: %v", args[0], err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// cmdWaitFile waits up to 20 s until FILE exists and is not empty:
+//
+//	waitfile FILE
+func cmdWaitFile(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) != 1 {
+		ts.Fatalf("usage: waitfile FILE")
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		if fi, err := os.Stat(ts.MkAbs(args[0])); err == nil && fi.Size() > 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			ts.Fatalf("%s did not appear within 20 s", args[0])
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// cmdCapture sets VAR to the first group of REGEXP in the last command's
+// stdout, for a later line to use (a thumbprint, an ID):
+//
+//	capture VAR REGEXP
+func cmdCapture(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) != 2 {
+		ts.Fatalf("usage: capture VAR REGEXP")
+	}
+	re, err := regexp.Compile(args[1])
+	ts.Check(err)
+	m := re.FindStringSubmatch(ts.ReadFile("stdout"))
+	if len(m) < 2 {
+		ts.Fatalf("capture: %q does not match stdout (or has no group)", args[1])
+	}
+	ts.Setenv(args[0], m[1])
+}
+
+// cmdWriteFile writes the arguments, joined by spaces and with
+// environment variables expanded, to FILE (a config with a port in it):
+//
+//	writefile FILE WORDS...
+func cmdWriteFile(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) < 1 {
+		ts.Fatalf("usage: writefile FILE WORDS...")
+	}
+	var b bytes.Buffer
+	b.WriteString(strings.Join(args[1:], " "))
+	b.WriteByte('\n')
+	ts.Check(os.WriteFile(ts.MkAbs(args[0]), b.Bytes(), 0o600))
+}
+
+func freePort() (string, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	defer l.Close()
+	return strconv.Itoa(l.Addr().(*net.TCPAddr).Port), nil
+}
