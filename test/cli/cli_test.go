@@ -42,6 +42,7 @@ func TestScripts(t *testing.T) {
 			// tether-server next to itself for "tether server" and
 			// "tether admin".
 			e.Setenv("PATH", bin+string(os.PathListSeparator)+e.Getenv("PATH"))
+			e.Setenv("BIN", bin)
 			// Nothing from the developer's environment reaches a
 			// script: no admin configuration, no proxy.
 			e.Setenv("TETHER_ADMIN_CONFIG", "")
