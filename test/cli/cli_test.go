@@ -69,6 +69,7 @@ func TestScripts(t *testing.T) {
 			"waitfile":  cmdWaitFile,
 			"capture":   cmdCapture,
 			"writefile": cmdWriteFile,
+			"perm":      cmdPerm,
 		},
 	})
 }
@@ -182,4 +183,21 @@ func freePort() (string, error) {
 	}
 	defer l.Close()
 	return strconv.Itoa(l.Addr().(*net.TCPAddr).Port), nil
+}
+
+// cmdPerm checks the permission bits of FILE (a secret readable by its
+// owner only):
+//
+//	perm MODE FILE
+func cmdPerm(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) != 2 {
+		ts.Fatalf("usage: perm MODE FILE")
+	}
+	want, err := strconv.ParseUint(args[0], 8, 32)
+	ts.Check(err)
+	fi, err := os.Stat(ts.MkAbs(args[1]))
+	ts.Check(err)
+	if got := uint64(fi.Mode().Perm()); got != want {
+		ts.Fatalf("%s has mode %04o, want %04o", args[1], got, want)
+	}
 }
