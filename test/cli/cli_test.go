@@ -146,18 +146,22 @@ func cmdWaitFile(ts *testscript.TestScript, neg bool, args []string) {
 }
 
 // cmdCapture sets VAR to the first group of REGEXP in the last command's
-// stdout, for a later line to use (a thumbprint, an ID):
+// stdout (or in FILE), for a later line to use (a thumbprint, an ID):
 //
-//	capture VAR REGEXP
+//	capture VAR REGEXP [FILE]
 func cmdCapture(ts *testscript.TestScript, neg bool, args []string) {
-	if neg || len(args) != 2 {
-		ts.Fatalf("usage: capture VAR REGEXP")
+	if neg || len(args) < 2 || len(args) > 3 {
+		ts.Fatalf("usage: capture VAR REGEXP [FILE]")
 	}
 	re, err := regexp.Compile(args[1])
 	ts.Check(err)
-	m := re.FindStringSubmatch(ts.ReadFile("stdout"))
+	file := "stdout"
+	if len(args) == 3 {
+		file = args[2]
+	}
+	m := re.FindStringSubmatch(ts.ReadFile(file))
 	if len(m) < 2 {
-		ts.Fatalf("capture: %q does not match stdout (or has no group)", args[1])
+		ts.Fatalf("capture: %q does not match %s (or has no group)", args[1], file)
 	}
 	ts.Setenv(args[0], m[1])
 }
