@@ -205,3 +205,55 @@ func cmdPerm(ts *testscript.TestScript, neg bool, args []string) {
 		ts.Fatalf("%s has mode %04o, want %04o", args[1], got, want)
 	}
 }
+
+// TestEveryCommandScripted keeps the scripts whole: every command that
+// "tether-server help" lists (tether's and the server's) must have its
+// --help run and a usage error checked (exit 2) in some testdata script.
+// A new command fails here until its family's script covers it.
+func TestEveryCommandScripted(t *testing.T) {
+	bin := filepath.Dir(testenv.TetherBin(t))
+	out, err := exec.Command(filepath.Join(bin, "tether-server"), "help").Output()
+	if err != nil {
+		t.Fatalf("tether-server help: %v", err)
+	}
+	var cmds []string
+	inList := false
+	for _, line := range strings.Split(string(out), "\n") {
+		switch {
+		case line == "Commands:":
+			inList = true
+		case inList && strings.HasPrefix(line, "  "):
+			f := strings.SplitN(strings.TrimSpace(line), "  ", 2)
+			cmds = append(cmds, strings.TrimSpace(f[0]))
+		case inList && line == "":
+			inList = false
+		}
+	}
+	if len(cmds) < 50 {
+		t.Fatalf("tether-server help lists %d commands, expected more than 50: this test checks nothing:\n%s", len(cmds), out)
+	}
+	scripts, err := filepath.Glob("testdata/*.txtar")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var all bytes.Buffer
+	for _, s := range scripts {
+		data, err := os.ReadFile(s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		all.Write(data)
+	}
+	for _, c := range cmds {
+		q := regexp.QuoteMeta(c)
+		help := regexp.MustCompile(`(?m)^exec tether(-server)? ` + q + ` --help$`)
+		usage := regexp.MustCompile(`(?m)^exits 2 tether(-server)? ` + q + `( |$)`)
+		if !help.Match(all.Bytes()) {
+			t.Errorf("no script runs %q (add it to the script of its family in testdata/)", "tether "+c+" --help")
+		}
+		if !usage.Match(all.Bytes()) {
+			t.Errorf("no script checks a usage error of %q with \"exits 2 tether %s ...\"", "tether "+c, c)
+		}
+	}
+	t.Logf("%d commands, each with --help and a usage error in %d scripts", len(cmds), len(scripts))
+}
