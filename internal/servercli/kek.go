@@ -238,8 +238,8 @@ store (it still opens older backups of the store).
 Stop every server that uses the store first (all replicas): a running
 server holds the old KEK in memory. A server running on DIR (it holds
 DIR/server.lock) is detected and the rotation refused; replicas on other
-machines are not, hence --servers-stopped. Afterwards copy the new KEK file to
-every replica, back it up, and start them.
+machines are not, hence --servers-stopped. Afterwards copy the new KEK
+file to every replica, back it up, and start them.
 
 Nothing is lost if it stops part way. The new KEK is written to FILE.new
 before the store changes, the store changes in one transaction, and then
