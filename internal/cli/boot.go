@@ -324,7 +324,12 @@ func crypttabEntry(dev, name, socket string, askpass, root bool) (boot.CrypttabE
 	cmd := exec.Command("cryptsetup", "luksUUID", dev)
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	if err := cmd.Run(); err != nil {
-		return boot.CrypttabEntry{}, withHint(fmt.Errorf("read the LUKS UUID of %s: %s", dev, strings.TrimSpace(stderr.String())),
+		why := strings.TrimSpace(stderr.String())
+		if why == "" {
+			// cryptsetup says nothing about a file that is not LUKS.
+			why = fmt.Sprintf("not a LUKS device (cryptsetup luksUUID: %v)", err)
+		}
+		return boot.CrypttabEntry{}, withHint(fmt.Errorf("read the LUKS UUID of %s: %s", dev, why),
 			"give the LUKS2 device or image the volume is on")
 	}
 	e := boot.CrypttabEntry{Name: name, Device: "UUID=" + strings.TrimSpace(stdout.String())}

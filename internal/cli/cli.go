@@ -138,6 +138,9 @@ func Run(args []string, env *Env) int {
 				fmt.Fprint(env.Stdout, c.usage)
 				return 0
 			}
+			// No such command: the usage error that running it gives
+			// (nothing above matched, so nothing runs).
+			return Run(args[1:], env)
 		}
 		printOverview(env.Stdout)
 		if len(args) == 0 {

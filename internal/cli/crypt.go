@@ -11,6 +11,8 @@ import (
 	"os"
 	"time"
 
+	"golang.org/x/term"
+
 	"github.com/tether-nbde/tether/jose"
 	"github.com/tether-nbde/tether/pin"
 	_ "github.com/tether-nbde/tether/pin/https"   // registers the https pin
@@ -43,7 +45,7 @@ func init() {
 					return withHint(fmt.Errorf("configuration is not valid JSON: %s", args[1]),
 						`quote it for the shell: '{"url":"http://keys.lan"}'`)
 				}
-				secret, err := readInput(env.Stdin)
+				secret, err := readInput(env.Stdin, "tether encrypt ... < secret > secret.jwe")
 				if err != nil {
 					return err
 				}
@@ -70,7 +72,7 @@ func init() {
 				if len(args) != 0 {
 					return usagef("decrypt takes no arguments: the JWE comes on stdin")
 				}
-				in, err := readInput(env.Stdin)
+				in, err := readInput(env.Stdin, "tether decrypt < secret.jwe > secret")
 				if err != nil {
 					return err
 				}
@@ -110,11 +112,13 @@ func askFirst(o pin.Options, jwes ...*jose.JWE) error {
 	return nil
 }
 
-func readInput(r io.Reader) ([]byte, error) {
-	if f, ok := r.(*os.File); ok {
-		if fi, err := f.Stat(); err == nil && fi.Mode()&os.ModeCharDevice != 0 {
-			return nil, withHint(fmt.Errorf("stdin is a terminal"), "pipe the input in: tether encrypt ... < secret > secret.jwe")
-		}
+// readInput reads stdin, which must not be a terminal (the command would
+// sit waiting for typed input); example is the command line with the
+// input piped in, for the hint. /dev/null is a character device but
+// no terminal: it is empty input.
+func readInput(r io.Reader, example string) ([]byte, error) {
+	if f, ok := r.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
+		return nil, withHint(fmt.Errorf("stdin is a terminal"), "pipe the input in: %s", example)
 	}
 	return checkInput(io.ReadAll(io.LimitReader(r, maxInput+1)))
 }

@@ -48,7 +48,7 @@ func init() {
 					var data []byte
 					var err error
 					if *tokenFile == "-" {
-						data, err = readInput(env.Stdin)
+						data, err = readInput(env.Stdin, "tether enroll --server URL --token-file - < token")
 					} else {
 						data, err = os.ReadFile(*tokenFile)
 					}

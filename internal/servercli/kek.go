@@ -82,6 +82,19 @@ func init() {
 				if _, err := os.Stat(path); err != nil {
 					return cli.WithHint(err, "is --data %s the server's data directory (or give --kek-file)?", *data)
 				}
+				// --servers-stopped is the admin's word for replicas elsewhere;
+				// a server on this data directory can be seen, and would keep
+				// wrapping new keys under the old KEK.
+				unlock, err := server.LockDataDirOffline(*data)
+				if errors.Is(err, server.ErrServerRunning) {
+					return cli.WithHint(fmt.Errorf("rotate the key-encryption key: %w", err),
+						"stop it (and every replica), run this again, then start them")
+				}
+				if err == nil {
+					defer unlock()
+				} else if !errors.Is(err, os.ErrNotExist) {
+					return fmt.Errorf("rotate the key-encryption key: %w", err)
+				}
 				src := *storeSrc
 				if src == "" {
 					src = "sqlite:" + filepath.Join(*data, "tether.db")
@@ -223,8 +236,10 @@ backup holding it, may have been copied: the old KEK no longer opens the
 store (it still opens older backups of the store).
 
 Stop every server that uses the store first (all replicas): a running
-server holds the old KEK in memory. Afterwards copy the new KEK file to
-every replica, back it up, and start them.
+server holds the old KEK in memory. A server running on DIR (it holds
+DIR/server.lock) is detected and the rotation refused; replicas on other
+machines are not, hence --servers-stopped. Afterwards copy the new KEK
+file to every replica, back it up, and start them.
 
 Nothing is lost if it stops part way. The new KEK is written to FILE.new
 before the store changes, the store changes in one transaction, and then
