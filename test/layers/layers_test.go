@@ -32,6 +32,7 @@ var ranks = map[string]int{
 	"internal/atomicfile": 0,
 	"internal/version":    0,
 	"internal/testenv":    0,
+	"internal/lan":        5, // finding key servers on the LAN (mDNS browse, TXT format)
 
 	"jose":         10,
 	"audit":        10,
@@ -63,6 +64,7 @@ var ranks = map[string]int{
 
 	"server/connlimit": 56, // descriptor caps of the server's listeners
 	"server/tangport":  58, // the Tang port: tang's endpoints on net/http
+	"server/announce":  58, // the Tang port announced on the LAN (mDNS)
 	"server":           60, // managed API, admin API, dashboard; Run wires all
 
 	"internal/cli":        70,
