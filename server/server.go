@@ -94,6 +94,8 @@ func Run(ctx context.Context, cfg Config) error {
 		"max_connections", conns.Tang, "open_files_limit", conns.NoFile)
 	if cfg.Announce {
 		defer startAnnounce(&cfg, ts, capped.Addr(), scheme == "https", log)()
+	} else {
+		log.Info("not announcing on the network: turned off (--announce=false)")
 	}
 	if cfg.Ready != nil {
 		cfg.Ready(ln.Addr())
