@@ -220,6 +220,20 @@ func TestDiscover(t *testing.T) {
 		}
 	})
 
+	t.Run("two on one host", func(t *testing.T) {
+		second := n.startServer(t, ":7503")
+		found, stderr, code := n.discover(t)
+		ports := map[int]discoveredServer{}
+		for _, f := range found {
+			ports[f.Port] = f
+		}
+		f := ports[7503]
+		if code != 0 || len(found) != 2 || ports[7500].Check != "ok" || f.Check != "ok" ||
+			f.URL != second.url || !strings.HasSuffix(f.Name, "-7503") || strings.Join(f.Thumbprints, ",") != second.signing(t)[0] {
+			t.Errorf("exit %d, found %+v: want both servers, the second named HOST-7503\n%s", code, found, stderr)
+		}
+	})
+
 	t.Run("loopback", func(t *testing.T) {
 		lo := n.startServer(t, "127.0.0.1:7502")
 		if !strings.Contains(lo.logs.String(), "not announcing on the network: listening on loopback only") {

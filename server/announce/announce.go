@@ -18,6 +18,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"strconv"
 	"strings"
 
 	"github.com/hashicorp/mdns"
@@ -33,8 +34,9 @@ type Config struct {
 	// interfaces that are up; a specific one announces just it, on its
 	// interface.
 	Addr net.Addr
-	// Instance is the name shown to people (default: the host name), one
-	// DNS label of letters, digits and hyphens.
+	// Instance is the name shown to people (default: the host name, with
+	// "-PORT" unless the port is DefaultPort), one DNS label of letters,
+	// digits and hyphens.
 	Instance string
 	// Path, TLS and Server go into the TXT record (lan.Info).
 	Path   string
@@ -46,6 +48,9 @@ type Config struct {
 	Thumbprints func() []string
 	Log         *slog.Logger
 }
+
+// DefaultPort is tether server's default port.
+const DefaultPort = 7500
 
 // ErrLoopback is returned when the server listens on loopback only:
 // nobody on the network could reach what would be announced.
@@ -74,7 +79,12 @@ func Start(cfg Config) (*Announcer, error) {
 	host, _ := os.Hostname()
 	host = label(host)
 	if cfg.Instance == "" {
+		// Two servers on one host need two names: a client keeps one
+		// server per name.
 		cfg.Instance = host
+		if ta.Port != DefaultPort {
+			cfg.Instance += "-" + strconv.Itoa(ta.Port)
+		}
 	}
 	cfg.Instance = label(cfg.Instance)
 	z := &zone{cfg: cfg, host: host + "." + lan.Domain, port: ta.Port, ip: ip}
