@@ -68,3 +68,34 @@ func TestLoopbackNotAnnounced(t *testing.T) {
 		}
 	}
 }
+
+// TestAnswerReadByBrowser: what this responder packs (miekg/dns, names
+// compressed) is what the browser of internal/lan (x/net's dnsmessage)
+// reads: the two sides share no code but the TXT format.
+func TestAnswerReadByBrowser(t *testing.T) {
+	tps := []string{"9C8hYwDgnOzFUuSFlWvrwD5vG5xS8RkKkS52AkQPrAY", strings.Repeat("Q", 43)}
+	z := &zone{
+		cfg:  Config{Instance: "keys-7600", TLS: true, Server: "tether 1.0", Log: slog.Default(), Thumbprints: func() []string { return tps }},
+		host: "keys.local.", port: 7600, ip: netip.MustParseAddr("10.1.2.3"),
+	}
+	q := dns.Question{Name: lan.ServiceName, Qtype: dns.TypePTR, Qclass: dns.ClassINET}
+	msg := &dns.Msg{MsgHdr: dns.MsgHdr{Response: true, Authoritative: true}, Compress: true, Answer: z.Records(q)}
+	pkt, err := msg.Pack()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := lan.NewCollector()
+	from := netip.MustParseAddr("10.1.2.3")
+	if err := c.Add(pkt, from); err != nil {
+		t.Fatal(err)
+	}
+	found := c.Found()
+	if len(found) != 1 {
+		t.Fatalf("the browser read %+v", found)
+	}
+	f := found[0]
+	if f.Instance != "keys-7600" || f.Host != "keys.local" || f.Port != 7600 || f.URL() != "https://10.1.2.3:7600" ||
+		strings.Join(f.Thumbprints, ",") != strings.Join(tps, ",") || f.Server != "tether 1.0" {
+		t.Errorf("the browser read %+v", f)
+	}
+}
