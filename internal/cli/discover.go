@@ -51,6 +51,9 @@ Options:
                 "server", "thumbprints", "check", "error"} ("error" only
                 when the check is not ok)
 
+A server whose CHECK is not ok also gets a warning on stderr that says
+why (both sets of keys for a MISMATCH).
+
 Exit status: 0 at least one server answered; 1 none did (or the network
 cannot be asked); 2 wrong use.
 
@@ -86,6 +89,14 @@ func init() {
 					}
 				} else if len(found) > 0 {
 					printDiscovered(env.Stdout, found)
+				}
+				for _, f := range found {
+					switch f.check {
+					case checkMismatch:
+						fmt.Fprintf(env.Stderr, "tether: warning: %q at %s: %v: do not use it\n", f.Instance, f.url, f.err)
+					case checkUnreachable:
+						fmt.Fprintf(env.Stderr, "tether: warning: %q at %s: %v\n", f.Instance, f.url, f.err)
+					}
 				}
 				if len(found) == 0 {
 					return withHint(fmt.Errorf("no key server answered on the network within %v", *timeout),

@@ -319,6 +319,9 @@ func TestDiscoverSpoofRefused(t *testing.T) {
 	if code != 0 || len(found) != 2 || checks["spoof"] != "MISMATCH" {
 		t.Fatalf("exit %d, found %+v\n%s", code, found, stderr)
 	}
+	if !strings.Contains(stderr, `tether: warning: "spoof" at `+impostor.url+": it announces the key "+realThp) {
+		t.Errorf("no warning names the spoofed server: %s", stderr)
+	}
 
 	// tether setup at a terminal, in the client's namespace.
 	dir := t.TempDir()
