@@ -115,7 +115,7 @@ func Browse(ctx context.Context, opt BrowseOptions) ([]Found, error) {
 					return
 				}
 				select {
-				case pkts <- packet{append([]byte(nil), buf[:n]...), from.Addr()}:
+				case pkts <- packet{append([]byte(nil), buf[:n]...), from.Addr().Unmap()}:
 				case <-ctx.Done():
 					return
 				}
@@ -297,6 +297,7 @@ func (c *Collector) section(p *dnsmessage.Parser, from netip.Addr, next func() (
 }
 
 func (c *Collector) addAddr(host string, a netip.Addr, from netip.Addr) {
+	a = a.Unmap()
 	if a.IsUnspecified() || a.IsMulticast() {
 		return
 	}

@@ -204,9 +204,9 @@ func (f *Found) URL() string {
 	if f.TLS {
 		scheme = "https"
 	}
-	a := f.Addr()
+	a := f.Addr().Unmap()
 	host := a.String()
-	if a.Is6() && !a.Is4In6() {
+	if a.Is6() {
 		host = "[" + a.String() + "]"
 		if a.Zone() != "" {
 			// RFC 6874: the zone's "%" is escaped in a URL.
