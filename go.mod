@@ -5,10 +5,13 @@ go 1.26.8
 require (
 	filippo.io/nistec v0.0.4
 	github.com/google/go-tpm v0.9.8
+	github.com/hashicorp/mdns v1.0.7
 	github.com/hirochachacha/go-smb2 v1.1.0
 	github.com/jackc/pgx/v5 v5.12.0
+	github.com/miekg/dns v1.1.73
 	github.com/rogpeppe/go-internal v1.16.0
 	golang.org/x/crypto v0.58.0
+	golang.org/x/net v0.61.0
 	golang.org/x/sys v0.49.0
 	golang.org/x/term v0.47.0
 	modernc.org/sqlite v1.61.1

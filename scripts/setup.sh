@@ -18,6 +18,7 @@ test_pkgs=(
   initramfs-tools dracut-core cpio
   mmdebstrap
   lintian zsh fish groff-base man-db
+  iproute2 tmux
   chromium nodejs
 )
 

@@ -12,7 +12,9 @@ import (
 	"strings"
 	"time"
 
+	"github.com/tether-nbde/tether/internal/version"
 	"github.com/tether-nbde/tether/jose"
+	"github.com/tether-nbde/tether/server/announce"
 	"github.com/tether-nbde/tether/server/connlimit"
 	"github.com/tether-nbde/tether/server/tangport"
 	"github.com/tether-nbde/tether/tang"
@@ -31,6 +33,9 @@ type Config struct {
 	Ready func(addr net.Addr)
 	// Managed configures managed mode (listener.go); the zero value is off.
 	Managed ManagedConfig
+	// Announce makes the Tang port findable on the local network with
+	// multicast DNS (server/announce); it stays off on loopback.
+	Announce bool
 }
 
 // KeyDir returns the directory that holds the Tang keys under a data dir.
@@ -87,6 +92,11 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	log.Info("tether server listening", "url", scheme+"://"+ln.Addr().String()+prefix, "keys", dir,
 		"max_connections", conns.Tang, "open_files_limit", conns.NoFile)
+	if cfg.Announce {
+		defer startAnnounce(&cfg, ts, capped.Addr(), scheme == "https", log)()
+	} else {
+		log.Info("not announcing on the network: turned off (--announce=false)")
+	}
 	if cfg.Ready != nil {
 		cfg.Ready(ln.Addr())
 	}
@@ -108,4 +118,22 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	log.Info("stopped")
 	return nil
+}
+
+// startAnnounce announces the Tang port on the local network and returns
+// what stops it. A server that cannot announce still serves: it is logged.
+func startAnnounce(cfg *Config, ts *tang.Server, addr net.Addr, tls bool, log *slog.Logger) func() {
+	a, err := announce.Start(announce.Config{
+		Addr: addr, Path: cfg.Prefix, TLS: tls, Server: "tether " + version.Version,
+		Thumbprints: ts.SigningThumbprints, Log: log,
+	})
+	if errors.Is(err, announce.ErrLoopback) {
+		log.Info("not announcing on the network: listening on loopback only")
+		return func() {}
+	}
+	if err != nil {
+		log.Warn("not announcing on the network; clients can still be given the address", "err", err)
+		return func() {}
+	}
+	return func() { a.Close() }
 }

@@ -129,6 +129,24 @@ func (s *Server) current() *keyState {
 	return s.state
 }
 
+// SigningThumbprints returns the S256 thumbprints of the keys that sign
+// /adv now, the ones a client pins (tether adv shows them too); the
+// server announces them on the network.
+func (s *Server) SigningThumbprints() []string {
+	st := s.current()
+	if st == nil {
+		return nil
+	}
+	var tps []string
+	for _, k := range st.signers {
+		tp, err := k.Thumbprint("S256")
+		if err == nil {
+			tps = append(tps, tp)
+		}
+	}
+	return tps
+}
+
 // statDir returns the key directory's metadata. Renames and new files
 // change its mtime, which is how a rotation by another process shows.
 func (s *Server) statDir() (os.FileInfo, error) {

@@ -39,7 +39,8 @@ terminal, it asks in plain words, one step at a time:
 
   1. which disk, partition or container file (or a new container file of
      a size you choose)
-  2. where the key lives: a tether or Tang server, a key file on an SMB
+  2. where the key lives: a tether or Tang server (those found on the
+     local network are offered as choices), a key file on an SMB
      share (a NAS such as a FRITZ!Box), an HTTPS endpoint, this
      computer's TPM, or two of them together (both needed, or either one)
   3. it shows each server's identity (the thumbprint of its signing key,
@@ -113,6 +114,9 @@ Options:
   --bin PATH             the tether the units run (default: this one;
                          with --root, its path inside DIR)
   --timeout D            bound for each network exchange (default 10s)
+  --discover=false       at a terminal, ask for a server's address
+                         without first looking for servers on the local
+                         network (multicast DNS, as tether discover does)
 
 Exit status: 0 the volume is bound and unlocks; 1 something failed
 (nothing was changed unless the message says otherwise); 2 wrong use.
@@ -155,6 +159,9 @@ type setupPlan struct {
 	plain    bool   // credentials may be stored in the clear
 	timeout  time.Duration
 	closers  []io.Closer // memory files of passwords, closed at the end
+	// noDiscover: the interactive form asks for a server's address
+	// without looking on the network first (setup_discover.go).
+	noDiscover bool
 }
 
 func init() {
@@ -191,11 +198,13 @@ func init() {
 			need := fs.String("need", "all", "")
 			plain := fs.Bool("allow-plain-credentials", false, "")
 			replace := fs.Int("replace", -1, "")
+			discover := fs.Bool("discover", true, "")
 			return func(env *Env, args []string) error {
 				if len(args) != 0 {
 					return usagef("setup takes no arguments (see the flags)")
 				}
 				p := &setupPlan{replace: *replace, root: *root, bin: *bin, name: *name, mount: *mount, recovery: *recovery, need: *need, plain: *plain, timeout: *timeout}
+				p.noDiscover = !*discover
 				defer func() {
 					for _, c := range p.closers {
 						c.Close()

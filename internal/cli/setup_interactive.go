@@ -332,8 +332,12 @@ func testAnySlot(dev string, key []byte) error {
 
 func askServer(ctx context.Context, r *lineReader, p *setupPlan) (keySource, error) {
 	w := r.env.Stdout
+	found := discoverForSetup(ctx, w, p)
 	for {
-		u, err := r.ask("Server address (for example http://keys.lan:7500): ")
+		u, announced, err := chooseServer(r, found)
+		if u == "" && err == nil {
+			u, err = r.ask("Server address (for example http://keys.lan:7500): ")
+		}
 		if err != nil {
 			return keySource{}, err
 		}
@@ -351,6 +355,12 @@ func askServer(ctx context.Context, r *lineReader, p *setupPlan) (keySource, err
 		cancel()
 		if err != nil {
 			fmt.Fprintf(w, "Cannot use %s: %v.\nCheck the address and that the server runs, then try again.\n", base, err)
+			continue
+		}
+		if announced != nil && checkAnnounced(announced, adv, nil) != checkOK {
+			// It changed since it was listed: never pin what was not checked.
+			fmt.Fprintf(w, "Not using %s: it announced the key %s, but now signs with %s.\n",
+				base, strings.Join(announced, ", "), strings.Join(signingThps(adv), ", "))
 			continue
 		}
 		fmt.Fprintf(w, "The server identifies itself with this key (thumbprint):\n")

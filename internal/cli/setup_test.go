@@ -345,7 +345,8 @@ func TestSetupInteractive(t *testing.T) {
 	t.Cleanup(func() { exec.Command("umount", mnt).Run() })
 
 	before := b.snapshot(img)
-	cmd := fmt.Sprintf("%s setup --root %s --bin /usr/bin/tether --timeout 3s", b.bin, b.root)
+	// --discover=false: no multicast query on this machine's own network.
+	cmd := fmt.Sprintf("%s setup --root %s --bin /usr/bin/tether --timeout 3s --discover=false", b.bin, b.root)
 	term := startTmux(t, b.env, cmd)
 
 	term.waitFor("Step 1 of 4: the disk", 1)

@@ -198,7 +198,7 @@ words=(tether); CURRENT=2; source ` + filepath.Join(dir, "zsh/_tether") + `
 c tether luks b; c tether adv --; c tether server ''; c tether luks bind -d ''
 `
 		out, err := exec.Command(zsh, "-f", "-c", script).CombinedOutput()
-		want := "describe admin adv agent askpass crypttab decrypt doctor encrypt enroll initramfs install keyd luks secret server setup tpm version zfs help\n" +
+		want := "describe admin adv agent askpass crypttab decrypt discover doctor encrypt enroll initramfs install keyd luks secret server setup tpm version zfs help\n" +
 			"describe bind create encrypt list pass regen repair report run unbind unlock\n" +
 			"add --json --thp --timeout --help\n" +
 			"describe kek keys\nfiles\n" +

@@ -12,6 +12,7 @@ import (
 
 	"github.com/tether-nbde/tether/internal/cli"
 	"github.com/tether-nbde/tether/pin"
+	"github.com/tether-nbde/tether/server"
 	"github.com/tether-nbde/tether/server/managed"
 	"github.com/tether-nbde/tether/store"
 )

@@ -33,6 +33,7 @@ func init() {
 			cert := fs.String("tls-cert", "", "")
 			key := fs.String("tls-key", "", "")
 			logLevel := fs.String("log-level", "info", "")
+			announce := fs.Bool("announce", true, "")
 			managedCfg := managedServerFlags(fs) // admin.go
 			return func(env *cli.Env, args []string) error {
 				if len(args) > 0 {
@@ -65,6 +66,7 @@ func init() {
 				err = server.Run(ctx, server.Config{
 					Listen: *listen, DataDir: *data, Prefix: *prefix, Curve: c,
 					TLSCert: *cert, TLSKey: *key, Log: log, Managed: mc,
+					Announce: *announce,
 				})
 				if errors.Is(err, os.ErrPermission) {
 					return cli.WithHint(err, "choose a data directory you can write with --data DIR")
@@ -201,6 +203,14 @@ Options:
   --tls-cert FILE   serve HTTPS with this certificate (PEM) ...
   --tls-key FILE    ... and this private key (PEM)
   --log-level LVL   debug, info, warn or error (default info)
+  --announce=false  do not announce the Tang port on the local network.
+                    By default the server answers multicast DNS queries
+                    for the DNS-SD service _tang._tcp (UDP port 5353) with
+                    its addresses, port and the thumbprints of its signing
+                    keys, so that tether setup and tether discover find
+                    it. That tells the network no more than /adv does,
+                    except that a key server runs here. Always off when
+                    --listen is a loopback address
 
 Managed mode (docs/MANAGED.md; see tether enroll and tether admin):
   --managed-listen ADDR  serve the managed device API and the admin API

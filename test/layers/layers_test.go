@@ -34,6 +34,7 @@ var ranks = map[string]int{
 	"internal/atomicfile": 0,
 	"internal/version":    0,
 	"internal/testenv":    0,
+	"internal/lan":        5, // finding key servers on the LAN (mDNS browse, TXT format)
 
 	"jose":         10,
 	"audit":        10,
@@ -69,6 +70,7 @@ var ranks = map[string]int{
 	"server/tangport":      58, // the Tang port: tang's endpoints on net/http
 	"server/admin":         58, // the admin API, its credentials and client
 	"server/dashboard":     59, // the web UI: sign-in, sessions, its API and page
+	"server/announce":      58, // the Tang port announced on the LAN (mDNS)
 	"server":               60, // Run wires the Tang port and the managed listener
 	// A test harness: the whole managed listener, for the tests of its parts.
 	"server/servertest": 62,
