@@ -10,25 +10,26 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/tether-nbde/tether/internal/command"
 	"github.com/tether-nbde/tether/pin/managed"
 )
 
-func init() {
-	register(&command{
-		name:    "agent",
-		summary: "send keep-alive heartbeats to the managed server",
-		usage:   agentUsage,
-		flags: func(fs *flag.FlagSet) func(*Env, []string) error {
+func agentCmd() *command.Command {
+	return &command.Command{
+		Name:    "agent",
+		Summary: "send keep-alive heartbeats to the managed server",
+		Usage:   agentUsage,
+		Flags: func(fs *flag.FlagSet) func(*Env, []string) error {
 			state := fs.String("state", "", "")
 			interval := fs.Duration("interval", time.Minute, "")
 			closeConn := fs.Bool("close", false, "")
 			once := fs.Bool("once", false, "")
 			return func(env *Env, args []string) error {
 				if len(args) > 0 {
-					return usagef("unexpected argument %q", args[0])
+					return command.Usagef("unexpected argument %q", args[0])
 				}
 				if *interval < time.Second {
-					return usagef("--interval must be at least 1s")
+					return command.Usagef("--interval must be at least 1s")
 				}
 				id, err := managed.LoadIdentity(deviceDir(env, *state))
 				if err != nil {
@@ -49,7 +50,7 @@ func init() {
 					if errors.As(err, &se) && se.Gone() {
 						// Nothing is left to keep alive, and nothing will
 						// be: stop, with a status the unit does not restart.
-						return exitError{agentGone, withHint(fmt.Errorf("heartbeat: %w; stopping", err),
+						return command.ExitError{Code: agentGone, Err: command.WithHint(fmt.Errorf("heartbeat: %w; stopping", err),
 							"this device is revoked or unknown to the server: enrol again (tether enroll), then start the agent again")}
 					}
 					if err != nil {
@@ -69,7 +70,7 @@ func init() {
 				defer t.Stop()
 				for {
 					err := beat(ctx)
-					var gone exitError
+					var gone command.ExitError
 					if errors.As(err, &gone) {
 						return err
 					}
@@ -86,7 +87,7 @@ func init() {
 				}
 			}
 		},
-	})
+	}
 }
 
 // agentGone is tether agent's exit status when the server no longer knows

@@ -19,6 +19,7 @@ import (
 
 	"github.com/tether-nbde/tether/boot"
 	"github.com/tether-nbde/tether/internal/atomicfile"
+	"github.com/tether-nbde/tether/internal/command"
 	"github.com/tether-nbde/tether/pin"
 )
 
@@ -30,12 +31,12 @@ func (l *listFlag) Set(s string) error { *l = append(*l, s); return nil }
 
 func bootLogger(env *Env) *log.Logger { return log.New(env.Stderr, "", 0) }
 
-func init() {
-	register(&command{
-		name:    "keyd",
-		summary: "serve volume keys to systemd-cryptsetup (crypttab key-file socket)",
-		usage:   keydUsage,
-		flags: func(fs *flag.FlagSet) func(*Env, []string) error {
+func keydCmd() *command.Command {
+	return &command.Command{
+		Name:    "keyd",
+		Summary: "serve volume keys to systemd-cryptsetup (crypttab key-file socket)",
+		Usage:   keydUsage,
+		Flags: func(fs *flag.FlagSet) func(*Env, []string) error {
 			var sockets listFlag
 			fs.Var(&sockets, "socket", "")
 			tab := fs.String("crypttab", "/etc/crypttab", "")
@@ -43,7 +44,7 @@ func init() {
 			timeout := fs.Duration("timeout", pin.DefaultTimeout, "")
 			return func(env *Env, args []string) error {
 				if len(args) != 0 {
-					return usagef("keyd takes no arguments")
+					return command.Usagef("keyd takes no arguments")
 				}
 				ls, err := boot.ActivationListeners()
 				if err != nil {
@@ -52,12 +53,12 @@ func init() {
 				for _, p := range sockets {
 					l, err := boot.ListenUnix(p)
 					if err != nil {
-						return withHint(fmt.Errorf("listen on %s: %w", p, err), "keyd must run as root to create sockets under /run")
+						return command.WithHint(fmt.Errorf("listen on %s: %w", p, err), "keyd must run as root to create sockets under /run")
 					}
 					ls = append(ls, l)
 				}
 				if len(ls) == 0 {
-					return usagef("no socket: give --socket PATH, or start keyd from tether-keyd.socket")
+					return command.Usagef("no socket: give --socket PATH, or start keyd from tether-keyd.socket")
 				}
 				lg := bootLogger(env)
 				s := &boot.KeyServer{
@@ -83,12 +84,15 @@ func init() {
 				return first
 			}
 		},
-	})
-	register(&command{
-		name:    "askpass",
-		summary: "answer systemd password requests for bound volumes",
-		usage:   askpassUsage,
-		flags: func(fs *flag.FlagSet) func(*Env, []string) error {
+	}
+}
+
+func askpassCmd() *command.Command {
+	return &command.Command{
+		Name:    "askpass",
+		Summary: "answer systemd password requests for bound volumes",
+		Usage:   askpassUsage,
+		Flags: func(fs *flag.FlagSet) func(*Env, []string) error {
 			dir := fs.String("dir", boot.DefaultAskDir, "")
 			tab := fs.String("crypttab", "/etc/crypttab", "")
 			deadline := fs.Duration("deadline", boot.DefaultDeadline, "")
@@ -99,11 +103,11 @@ func init() {
 			initramfs := fs.Bool("initramfs", false, "")
 			return func(env *Env, args []string) error {
 				if len(args) != 0 {
-					return usagef("askpass takes no arguments")
+					return command.Usagef("askpass takes no arguments")
 				}
 				behind, err := boot.ParseRetry(*retry)
 				if err != nil {
-					return usagef("--retry: %v", err)
+					return command.Usagef("--retry: %v", err)
 				}
 				dl := *deadline
 				if *initramfs {
@@ -130,97 +134,15 @@ func init() {
 				return a.Run(ctx, *once)
 			}
 		},
-	})
-	for _, target := range boot.Targets {
-		register(&command{
-			name:    "install " + target,
-			summary: installSummary[target],
-			usage:   installUsage,
-			flags: func(fs *flag.FlagSet) func(*Env, []string) error {
-				root := fs.String("root", "/", "")
-				bin := fs.String("bin", "", "")
-				var vols listFlag
-				fs.Var(&vols, "volume", "")
-				deadline := fs.String("deadline", "", "")
-				retry := fs.String("retry", "", "")
-				ip := fs.String("ip", "", "")
-				fbDev := fs.String("first-boot", "", "")
-				fbName := fs.String("first-boot-name", "root", "")
-				fbRecovery := fs.String("first-boot-recovery", "", "")
-				return func(env *Env, args []string) error {
-					var fb *boot.FirstBoot
-					switch {
-					case *fbDev != "" && target != "initramfs-tools":
-						return usagef("--first-boot is for install initramfs-tools")
-					case *fbDev != "" && len(args) != 2:
-						return usagef("--first-boot DEV takes the policy to bind: PIN CONFIG")
-					case *fbDev != "" && *fbRecovery == "":
-						return usagef("--first-boot needs --first-boot-recovery DEV:PATH (a file on a removable medium) or none (the binding is the only way in)")
-					case *fbDev != "":
-						fb = &boot.FirstBoot{Device: *fbDev, Name: *fbName, Pin: args[0], Config: args[1], Recovery: *fbRecovery}
-						if err := fb.Validate(); err != nil {
-							return err
-						}
-					case len(args) != 0:
-						return usagef("install %s takes no arguments", target)
-					}
-					if len(vols) > 0 && target != "systemd" {
-						return usagef("--volume is for install systemd")
-					}
-					settings := *deadline != "" || *retry != "" || *ip != ""
-					switch {
-					case settings && target == "systemd":
-						return usagef("--deadline, --retry and --ip are for install initramfs-tools and dracut")
-					case *ip != "" && target == "dracut":
-						// systemd-network-generator in dracut's initramfs
-						// reads the kernel command line only.
-						return usagef("--ip is for install initramfs-tools; with dracut put ip= on the kernel command line (e.g. ip=192.0.2.10::192.0.2.1:255.255.255.0::eth0:none), or let dracut copy this machine's network settings (hostonly)")
-					}
-					b := *bin
-					if b == "" {
-						var err error
-						if b, err = os.Executable(); err != nil {
-							return err
-						}
-						if b, err = filepath.EvalSymlinks(b); err != nil {
-							return err
-						}
-					}
-					plan, err := boot.Plan(target, b, vols)
-					if err != nil {
-						return err
-					}
-					if settings {
-						f, err := initramfsSettings(*root, *deadline, *retry, *ip)
-						if err != nil {
-							return err
-						}
-						plan = append(plan, f)
-					}
-					if fb != nil {
-						more, err := fb.Files()
-						if err != nil {
-							return err
-						}
-						plan = append(plan, more...)
-					}
-					if err := boot.Install(*root, plan); err != nil {
-						return withHint(err, "run as root, or give --root DIR to install into an image")
-					}
-					for _, f := range plan {
-						fmt.Fprintln(env.Stdout, filepath.Join(*root, f.Path))
-					}
-					fmt.Fprintf(env.Stderr, "tether: hint: %s\n", installNext[target])
-					return nil
-				}
-			},
-		})
 	}
-	register(&command{
-		name:    "crypttab",
-		summary: "print or write the crypttab line of a bound volume",
-		usage:   crypttabUsage,
-		flags: func(fs *flag.FlagSet) func(*Env, []string) error {
+}
+
+func crypttabCmd() *command.Command {
+	return &command.Command{
+		Name:    "crypttab",
+		Summary: "print or write the crypttab line of a bound volume",
+		Usage:   crypttabUsage,
+		Flags: func(fs *flag.FlagSet) func(*Env, []string) error {
 			dev := fs.String("d", "", "")
 			name := fs.String("n", "", "")
 			write := fs.String("write", "", "")
@@ -229,10 +151,10 @@ func init() {
 			root := fs.Bool("root", false, "")
 			return func(env *Env, args []string) error {
 				if len(args) != 0 || *dev == "" || *name == "" {
-					return usagef("want -d DEV and -n NAME")
+					return command.Usagef("want -d DEV and -n NAME")
 				}
 				if strings.ContainsAny(*name, " \t/") {
-					return usagef("volume name %q must not contain blanks or slashes", *name)
+					return command.Usagef("volume name %q must not contain blanks or slashes", *name)
 				}
 				e, err := crypttabEntry(*dev, *name, *socket, *askpass, *root)
 				if err != nil {
@@ -250,12 +172,15 @@ func init() {
 				return nil
 			}
 		},
-	})
-	register(&command{
-		name:    "crypttab open",
-		summary: "open every bound crypttab volume that is still closed",
-		usage:   crypttabOpenUsage,
-		flags: func(fs *flag.FlagSet) func(*Env, []string) error {
+	}
+}
+
+func crypttabOpenCmd() *command.Command {
+	return &command.Command{
+		Name:    "crypttab open",
+		Summary: "open every bound crypttab volume that is still closed",
+		Usage:   crypttabOpenUsage,
+		Flags: func(fs *flag.FlagSet) func(*Env, []string) error {
 			tab := fs.String("crypttab", "/etc/crypttab", "")
 			deadline := fs.Duration("deadline", 60*time.Second, "")
 			timeout := fs.Duration("timeout", pin.DefaultTimeout, "")
@@ -274,12 +199,15 @@ func init() {
 				return nil
 			}
 		},
-	})
-	register(&command{
-		name:    "luks run",
-		summary: "unlock and mount a volume, run a command, then unmount and close",
-		usage:   luksRunUsage,
-		flags: func(fs *flag.FlagSet) func(*Env, []string) error {
+	}
+}
+
+func luksRunCmd() *command.Command {
+	return &command.Command{
+		Name:    "luks run",
+		Summary: "unlock and mount a volume, run a command, then unmount and close",
+		Usage:   luksRunUsage,
+		Flags: func(fs *flag.FlagSet) func(*Env, []string) error {
 			dev := fs.String("d", "", "")
 			mount := fs.String("mount", "", "")
 			name := fs.String("n", "", "")
@@ -288,7 +216,7 @@ func init() {
 			timeout := fs.Duration("timeout", pin.DefaultTimeout, "")
 			return func(env *Env, args []string) error {
 				if *dev == "" || *mount == "" || len(args) == 0 {
-					return usagef("want -d DEV, --mount DIR and a command after --")
+					return command.Usagef("want -d DEV, --mount DIR and a command after --")
 				}
 				n := *name
 				if n == "" {
@@ -315,7 +243,94 @@ func init() {
 				return err
 			}
 		},
-	})
+	}
+}
+
+// installCmd is "tether install TARGET" for one of boot.Targets.
+func installCmd(target string) *command.Command {
+	return &command.Command{
+		Name:    "install " + target,
+		Summary: installSummary[target],
+		Usage:   installUsage,
+		Flags: func(fs *flag.FlagSet) func(*Env, []string) error {
+			root := fs.String("root", "/", "")
+			bin := fs.String("bin", "", "")
+			var vols listFlag
+			fs.Var(&vols, "volume", "")
+			deadline := fs.String("deadline", "", "")
+			retry := fs.String("retry", "", "")
+			ip := fs.String("ip", "", "")
+			fbDev := fs.String("first-boot", "", "")
+			fbName := fs.String("first-boot-name", "root", "")
+			fbRecovery := fs.String("first-boot-recovery", "", "")
+			return func(env *Env, args []string) error {
+				var fb *boot.FirstBoot
+				switch {
+				case *fbDev != "" && target != "initramfs-tools":
+					return command.Usagef("--first-boot is for install initramfs-tools")
+				case *fbDev != "" && len(args) != 2:
+					return command.Usagef("--first-boot DEV takes the policy to bind: PIN CONFIG")
+				case *fbDev != "" && *fbRecovery == "":
+					return command.Usagef("--first-boot needs --first-boot-recovery DEV:PATH (a file on a removable medium) or none (the binding is the only way in)")
+				case *fbDev != "":
+					fb = &boot.FirstBoot{Device: *fbDev, Name: *fbName, Pin: args[0], Config: args[1], Recovery: *fbRecovery}
+					if err := fb.Validate(); err != nil {
+						return err
+					}
+				case len(args) != 0:
+					return command.Usagef("install %s takes no arguments", target)
+				}
+				if len(vols) > 0 && target != "systemd" {
+					return command.Usagef("--volume is for install systemd")
+				}
+				settings := *deadline != "" || *retry != "" || *ip != ""
+				switch {
+				case settings && target == "systemd":
+					return command.Usagef("--deadline, --retry and --ip are for install initramfs-tools and dracut")
+				case *ip != "" && target == "dracut":
+					// systemd-network-generator in dracut's initramfs
+					// reads the kernel command line only.
+					return command.Usagef("--ip is for install initramfs-tools; with dracut put ip= on the kernel command line (e.g. ip=192.0.2.10::192.0.2.1:255.255.255.0::eth0:none), or let dracut copy this machine's network settings (hostonly)")
+				}
+				b := *bin
+				if b == "" {
+					var err error
+					if b, err = os.Executable(); err != nil {
+						return err
+					}
+					if b, err = filepath.EvalSymlinks(b); err != nil {
+						return err
+					}
+				}
+				plan, err := boot.Plan(target, b, vols)
+				if err != nil {
+					return err
+				}
+				if settings {
+					f, err := initramfsSettings(*root, *deadline, *retry, *ip)
+					if err != nil {
+						return err
+					}
+					plan = append(plan, f)
+				}
+				if fb != nil {
+					more, err := fb.Files()
+					if err != nil {
+						return err
+					}
+					plan = append(plan, more...)
+				}
+				if err := boot.Install(*root, plan); err != nil {
+					return command.WithHint(err, "run as root, or give --root DIR to install into an image")
+				}
+				for _, f := range plan {
+					fmt.Fprintln(env.Stdout, filepath.Join(*root, f.Path))
+				}
+				fmt.Fprintf(env.Stderr, "tether: hint: %s\n", installNext[target])
+				return nil
+			}
+		},
+	}
 }
 
 // crypttabEntry builds the line for a bound volume.
@@ -324,7 +339,7 @@ func crypttabEntry(dev, name, socket string, askpass, root bool) (boot.CrypttabE
 	cmd := exec.Command("cryptsetup", "luksUUID", dev)
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	if err := cmd.Run(); err != nil {
-		return boot.CrypttabEntry{}, withHint(fmt.Errorf("read the LUKS UUID of %s: %s", dev, strings.TrimSpace(stderr.String())),
+		return boot.CrypttabEntry{}, command.WithHint(fmt.Errorf("read the LUKS UUID of %s: %s", dev, strings.TrimSpace(stderr.String())),
 			"give the LUKS2 device or image the volume is on")
 	}
 	e := boot.CrypttabEntry{Name: name, Device: "UUID=" + strings.TrimSpace(stdout.String())}
@@ -347,7 +362,7 @@ func crypttabEntry(dev, name, socket string, askpass, root bool) (boot.CrypttabE
 			return boot.CrypttabEntry{}, err
 		}
 		if strings.ContainsAny(abs, " \t\n") {
-			return boot.CrypttabEntry{}, withHint(fmt.Errorf("crypttab cannot name %q: its fields are separated by blanks", abs),
+			return boot.CrypttabEntry{}, command.WithHint(fmt.Errorf("crypttab cannot name %q: its fields are separated by blanks", abs),
 				"move the image to a path without blanks, or link it from one (ln -s)")
 		}
 		e.Device = abs

@@ -11,6 +11,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/tether-nbde/tether/internal/command"
 	"github.com/tether-nbde/tether/jose"
 	"github.com/tether-nbde/tether/pin"
 	_ "github.com/tether-nbde/tether/pin/https"   // registers the https pin
@@ -25,22 +26,22 @@ import (
 // small secrets (passphrases, keys), and a JWE of one is a few KiB.
 const maxInput = 16 << 20
 
-func init() {
-	register(&command{
-		name:    "encrypt",
-		summary: "encrypt stdin to a JWE under a pin's policy",
-		usage:   encryptUsage,
-		flags: func(fs *flag.FlagSet) func(*Env, []string) error {
+func encryptCmd() *command.Command {
+	return &command.Command{
+		Name:    "encrypt",
+		Summary: "encrypt stdin to a JWE under a pin's policy",
+		Usage:   encryptUsage,
+		Flags: func(fs *flag.FlagSet) func(*Env, []string) error {
 			trust := fs.Bool("y", false, "")
 			timeout := fs.Duration("timeout", pin.DefaultTimeout, "")
 			pinFile := fs.String("pin-file", "", "")
 			return func(env *Env, args []string) error {
 				if len(args) != 2 {
-					return usagef("want PIN and CONFIG")
+					return command.Usagef("want PIN and CONFIG")
 				}
 				cfg := json.RawMessage(args[1])
 				if !json.Valid(cfg) {
-					return withHint(fmt.Errorf("configuration is not valid JSON: %s", args[1]),
+					return command.WithHint(fmt.Errorf("configuration is not valid JSON: %s", args[1]),
 						`quote it for the shell: '{"url":"http://keys.lan"}'`)
 				}
 				secret, err := readInput(env.Stdin)
@@ -58,17 +59,20 @@ func init() {
 				return err
 			}
 		},
-	})
-	register(&command{
-		name:    "decrypt",
-		summary: "decrypt a JWE from stdin (made by tether or clevis)",
-		usage:   decryptUsage,
-		flags: func(fs *flag.FlagSet) func(*Env, []string) error {
+	}
+}
+
+func decryptCmd() *command.Command {
+	return &command.Command{
+		Name:    "decrypt",
+		Summary: "decrypt a JWE from stdin (made by tether or clevis)",
+		Usage:   decryptUsage,
+		Flags: func(fs *flag.FlagSet) func(*Env, []string) error {
 			timeout := fs.Duration("timeout", pin.DefaultTimeout, "")
 			pinFile := fs.String("pin-file", "", "")
 			return func(env *Env, args []string) error {
 				if len(args) != 0 {
-					return usagef("decrypt takes no arguments: the JWE comes on stdin")
+					return command.Usagef("decrypt takes no arguments: the JWE comes on stdin")
 				}
 				in, err := readInput(env.Stdin)
 				if err != nil {
@@ -76,7 +80,7 @@ func init() {
 				}
 				j, err := jose.ParseCompact(string(in))
 				if err != nil {
-					return withHint(err, "give decrypt a compact JWE as written by tether encrypt or clevis encrypt")
+					return command.WithHint(err, "give decrypt a compact JWE as written by tether encrypt or clevis encrypt")
 				}
 				o := pin.Options{Timeout: *timeout, PIN: pinAsker(env, *pinFile)}
 				if err := askFirst(o, j); err != nil {
@@ -93,7 +97,7 @@ func init() {
 				return err
 			}
 		},
-	})
+	}
 }
 
 // askFirst asks for the PIN a JWE needs before decryption starts, so
@@ -113,7 +117,7 @@ func askFirst(o pin.Options, jwes ...*jose.JWE) error {
 func readInput(r io.Reader) ([]byte, error) {
 	if f, ok := r.(*os.File); ok {
 		if fi, err := f.Stat(); err == nil && fi.Mode()&os.ModeCharDevice != 0 {
-			return nil, withHint(fmt.Errorf("stdin is a terminal"), "pipe the input in: tether encrypt ... < secret > secret.jwe")
+			return nil, command.WithHint(fmt.Errorf("stdin is a terminal"), "pipe the input in: tether encrypt ... < secret > secret.jwe")
 		}
 	}
 	return checkInput(io.ReadAll(io.LimitReader(r, maxInput+1)))
@@ -237,7 +241,7 @@ func plainCredentialsHint(err error, cmd, name string, cfg json.RawMessage) erro
 	var m map[string]json.RawMessage
 	if name != pe.Pin || json.Unmarshal(cfg, &m) != nil {
 		// Nested (an sss child): the fix goes inside, where we cannot point.
-		return withHint(err, `add "protect":{"pin":"tang","config":{"url":"http://YOUR-TANG-SERVER"}} to the %s configuration inside %s, and run the command again (docs/REMOTE-PINS.md)`, pe.Pin, name)
+		return command.WithHint(err, `add "protect":{"pin":"tang","config":{"url":"http://YOUR-TANG-SERVER"}} to the %s configuration inside %s, and run the command again (docs/REMOTE-PINS.md)`, pe.Pin, name)
 	}
 	m["protect"] = json.RawMessage(`{"pin":"tang","config":{"url":"http://YOUR-TANG-SERVER"}}`)
 	fixed, _ := json.Marshal(m)
@@ -245,8 +249,8 @@ func plainCredentialsHint(err error, cmd, name string, cfg json.RawMessage) erro
 	m["allow_plain_credentials"] = json.RawMessage("true")
 	plain, _ := json.Marshal(m)
 	if bytes.ContainsRune(fixed, '\'') {
-		return withHint(err, `add "protect":{"pin":"tang","config":{"url":"http://YOUR-TANG-SERVER"}} to the configuration and run the command again (docs/REMOTE-PINS.md)`)
+		return command.WithHint(err, `add "protect":{"pin":"tang","config":{"url":"http://YOUR-TANG-SERVER"}} to the configuration and run the command again (docs/REMOTE-PINS.md)`)
 	}
-	return withHint(err, "protect it with your Tang server (or a tpm2, sss or managed pin; docs/REMOTE-PINS.md):\n"+
+	return command.WithHint(err, "protect it with your Tang server (or a tpm2, sss or managed pin; docs/REMOTE-PINS.md):\n"+
 		"  %s %s '%s'\nor store it in the clear knowingly:\n  %s %s '%s'", cmd, name, fixed, cmd, name, plain)
 }

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/tether-nbde/tether/internal/command"
 	"github.com/tether-nbde/tether/pin/managed"
 )
 
@@ -22,12 +23,12 @@ func deviceDir(env *Env, flagValue string) string {
 	return managed.DefaultDir
 }
 
-func init() {
-	register(&command{
-		name:    "enroll",
-		summary: "enrol this machine with a managed tether server",
-		usage:   enrollUsage,
-		flags: func(fs *flag.FlagSet) func(*Env, []string) error {
+func enrollCmd() *command.Command {
+	return &command.Command{
+		Name:    "enroll",
+		Summary: "enrol this machine with a managed tether server",
+		Usage:   enrollUsage,
+		Flags: func(fs *flag.FlagSet) func(*Env, []string) error {
 			srv := fs.String("server", "", "")
 			token := fs.String("token", "", "")
 			tokenFile := fs.String("token-file", "", "")
@@ -38,10 +39,10 @@ func init() {
 			timeout := fs.Duration("timeout", 30*time.Second, "")
 			return func(env *Env, args []string) error {
 				if len(args) > 0 {
-					return usagef("unexpected argument %q", args[0])
+					return command.Usagef("unexpected argument %q", args[0])
 				}
 				if *srv == "" {
-					return usagef("--server URL is required")
+					return command.Usagef("--server URL is required")
 				}
 				tok := *token
 				if *tokenFile != "" {
@@ -58,7 +59,7 @@ func init() {
 					tok = strings.TrimSpace(string(data))
 				}
 				if tok == "" && *pin == "" {
-					return usagef("give --token (or --token-file), or --pin for an enrolment an admin approves")
+					return command.Usagef("give --token (or --token-file), or --pin for an enrolment an admin approves")
 				}
 				ctx, cancel := context.WithTimeout(context.Background(), *timeout)
 				defer cancel()
@@ -67,10 +68,10 @@ func init() {
 					Server: *srv, Token: tok, Pin: *pin, Dir: dir, Name: *name, KeyStore: *keyStore,
 				})
 				if errors.Is(err, managed.ErrPin) {
-					return withHint(err, "check --server: the token was made by another server")
+					return command.WithHint(err, "check --server: the token was made by another server")
 				}
 				if errors.Is(err, os.ErrPermission) {
-					return withHint(err, "enrolment writes the identity key to %s: run as root or pass --state DIR", dir)
+					return command.WithHint(err, "enrolment writes the identity key to %s: run as root or pass --state DIR", dir)
 				}
 				if err != nil {
 					return err
@@ -85,7 +86,7 @@ func init() {
 				return nil
 			}
 		},
-	})
+	}
 }
 
 const enrollUsage = `Usage: tether enroll --server URL (--token TOKEN | --token-file FILE | --pin PIN)

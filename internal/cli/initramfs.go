@@ -14,6 +14,7 @@ import (
 	"syscall"
 
 	"github.com/tether-nbde/tether/boot"
+	"github.com/tether-nbde/tether/internal/command"
 	"github.com/tether-nbde/tether/pin"
 )
 
@@ -91,12 +92,12 @@ func earlyUnlock(env *Env, tab, config, cmdline string) (*boot.EarlyUnlock, erro
 	return u, nil
 }
 
-func init() {
-	register(&command{
-		name:    "initramfs local-top",
-		summary: "unlock bound volumes in initramfs-tools' local-top (used by its script)",
-		usage:   initramfsLocalTopUsage,
-		flags: func(fs *flag.FlagSet) func(*Env, []string) error {
+func initramfsLocalTopCmd() *command.Command {
+	return &command.Command{
+		Name:    "initramfs local-top",
+		Summary: "unlock bound volumes in initramfs-tools' local-top (used by its script)",
+		Usage:   initramfsLocalTopUsage,
+		Flags: func(fs *flag.FlagSet) func(*Env, []string) error {
 			tab := fs.String("crypttab", "/cryptroot/crypttab", "")
 			config := fs.String("config", boot.InitramfsConfigPath, "")
 			cmdline := fs.String("cmdline", "/proc/cmdline", "")
@@ -133,19 +134,22 @@ func init() {
 				return nil
 			}
 		},
-	})
-	register(&command{
-		name:    "initramfs retry",
-		summary: "keep unlocking behind the passphrase prompt (started by initramfs local-top)",
-		usage:   initramfsRetryUsage,
-		flags: func(fs *flag.FlagSet) func(*Env, []string) error {
+	}
+}
+
+func initramfsRetryCmd() *command.Command {
+	return &command.Command{
+		Name:    "initramfs retry",
+		Summary: "keep unlocking behind the passphrase prompt (started by initramfs local-top)",
+		Usage:   initramfsRetryUsage,
+		Flags: func(fs *flag.FlagSet) func(*Env, []string) error {
 			tab := fs.String("crypttab", "/cryptroot/crypttab", "")
 			config := fs.String("config", boot.InitramfsConfigPath, "")
 			cmdline := fs.String("cmdline", "/proc/cmdline", "")
 			return func(env *Env, args []string) error {
 				var pending []boot.Pending
 				if err := json.Unmarshal([]byte(os.Getenv(pendingEnv)), &pending); err != nil || len(pending) == 0 {
-					return usagef("initramfs retry is started by initramfs local-top, with the volumes left closed")
+					return command.Usagef("initramfs retry is started by initramfs local-top, with the volumes left closed")
 				}
 				u, err := earlyUnlock(env, *tab, *config, *cmdline)
 				if err != nil {
@@ -158,12 +162,15 @@ func init() {
 				return nil
 			}
 		},
-	})
-	register(&command{
-		name:    "initramfs local-bottom",
-		summary: "stop what tether started in the initramfs (used by its script)",
-		usage:   initramfsLocalBottomUsage,
-		flags: func(fs *flag.FlagSet) func(*Env, []string) error {
+	}
+}
+
+func initramfsLocalBottomCmd() *command.Command {
+	return &command.Command{
+		Name:    "initramfs local-bottom",
+		Summary: "stop what tether started in the initramfs (used by its script)",
+		Usage:   initramfsLocalBottomUsage,
+		Flags: func(fs *flag.FlagSet) func(*Env, []string) error {
 			return func(env *Env, args []string) error {
 				c := &boot.Console{Out: env.Stderr}
 				for _, d := range boot.StopEarly(initramfsRunDir, boot.EarlyNet{}) {
@@ -172,12 +179,15 @@ func init() {
 				return nil
 			}
 		},
-	})
-	register(&command{
-		name:    "crypttab needs-network",
-		summary: "say whether a crypttab volume's bindings need the network",
-		usage:   needsNetworkUsage,
-		flags: func(fs *flag.FlagSet) func(*Env, []string) error {
+	}
+}
+
+func crypttabNeedsNetworkCmd() *command.Command {
+	return &command.Command{
+		Name:    "crypttab needs-network",
+		Summary: "say whether a crypttab volume's bindings need the network",
+		Usage:   needsNetworkUsage,
+		Flags: func(fs *flag.FlagSet) func(*Env, []string) error {
 			tab := fs.String("crypttab", "/etc/crypttab", "")
 			quiet := fs.Bool("q", false, "")
 			return func(env *Env, args []string) error {
@@ -211,12 +221,12 @@ func init() {
 					}
 				}
 				if !any {
-					return silentExit(1)
+					return command.SilentExit(1)
 				}
 				return nil
 			}
 		},
-	})
+	}
 }
 
 const initramfsLocalTopUsage = `Usage: tether initramfs local-top [--crypttab FILE] [--config FILE] [--cmdline FILE] [NAME]...
@@ -289,14 +299,14 @@ func initramfsSettings(root, deadline, retry, ip string) (boot.InstallFile, erro
 	if deadline != "" {
 		d, err := boot.ParseDeadline(deadline)
 		if err != nil {
-			return boot.InstallFile{}, usagef("--deadline: %v", err)
+			return boot.InstallFile{}, command.Usagef("--deadline: %v", err)
 		}
 		c.Deadline = d
 	}
 	if retry != "" {
 		d, err := boot.ParseRetry(retry)
 		if err != nil {
-			return boot.InstallFile{}, usagef("--retry: %v", err)
+			return boot.InstallFile{}, command.Usagef("--retry: %v", err)
 		}
 		c.Retry = d
 	}
@@ -304,7 +314,7 @@ func initramfsSettings(root, deadline, retry, ip string) (boot.InstallFile, erro
 		probe := boot.DefaultInitramfsConfig()
 		boot.ParseInitramfsConfig(&probe, []byte("ip="+ip))
 		if len(probe.Warnings) > 0 || strings.Count(ip, ":") > 9 {
-			return boot.InstallFile{}, usagef("--ip %q: want initramfs-tools' ip= syntax, e.g. dhcp, or 192.0.2.10::192.0.2.1:255.255.255.0::eth0:off:192.0.2.1", ip)
+			return boot.InstallFile{}, command.Usagef("--ip %q: want initramfs-tools' ip= syntax, e.g. dhcp, or 192.0.2.10::192.0.2.1:255.255.255.0::eth0:off:192.0.2.1", ip)
 		}
 		c.IP = ip
 	}

@@ -14,6 +14,7 @@ import (
 
 	"golang.org/x/term"
 
+	"github.com/tether-nbde/tether/internal/command"
 	"github.com/tether-nbde/tether/jose"
 	"github.com/tether-nbde/tether/luks"
 	"github.com/tether-nbde/tether/pin"
@@ -26,13 +27,13 @@ type luksFlags struct {
 	timeout  *time.Duration
 }
 
-// luksCommand registers a "tether luks ..." command: it declares the flags
+// luksCommand makes a "tether luks ..." command: it declares the flags
 // every luks command has (-d, --state-dir, --timeout) and gives run the
 // volume they name.
-func luksCommand(name, summary, usage string, flags func(fs *flag.FlagSet) func(env *Env, v *luks.Volume, args []string) error) {
-	register(&command{
-		name: name, summary: summary, usage: usage,
-		flags: func(fs *flag.FlagSet) func(*Env, []string) error {
+func luksCommand(name, summary, usage string, flags func(fs *flag.FlagSet) func(env *Env, v *luks.Volume, args []string) error) *command.Command {
+	return &command.Command{
+		Name: name, Summary: summary, Usage: usage,
+		Flags: func(fs *flag.FlagSet) func(*Env, []string) error {
 			lf := addLuksFlags(fs)
 			run := flags(fs)
 			return func(env *Env, args []string) error {
@@ -43,7 +44,7 @@ func luksCommand(name, summary, usage string, flags func(fs *flag.FlagSet) func(
 				return run(env, v, args)
 			}
 		},
-	})
+	}
 }
 
 func addLuksFlags(fs *flag.FlagSet) *luksFlags {
@@ -56,7 +57,7 @@ func addLuksFlags(fs *flag.FlagSet) *luksFlags {
 
 func (f *luksFlags) volume(env *Env) (*luks.Volume, error) {
 	if *f.dev == "" {
-		return nil, usagef("which device? give it with -d DEV")
+		return nil, command.Usagef("which device? give it with -d DEV")
 	}
 	dir := *f.stateDir
 	if dir == "" {
@@ -87,23 +88,23 @@ func luksError(err error, dev string) error {
 	case err == nil:
 		return nil
 	case errors.Is(err, luks.ErrLUKS1):
-		return withHint(err, "convert it with \"cryptsetup convert --type luks2 %s\" (back up the header first: cryptsetup luksHeaderBackup), or use clevis luks bind, which handles LUKS1 with LUKSMeta", dev)
+		return command.WithHint(err, "convert it with \"cryptsetup convert --type luks2 %s\" (back up the header first: cryptsetup luksHeaderBackup), or use clevis luks bind, which handles LUKS1 with LUKSMeta", dev)
 	case errors.Is(err, luks.ErrNotLUKS):
-		return withHint(err, "check the device name (lsblk -f); to encrypt an existing filesystem in place use \"tether luks encrypt -d %s PIN CONFIG\"", dev)
+		return command.WithHint(err, "check the device name (lsblk -f); to encrypt an existing filesystem in place use \"tether luks encrypt -d %s PIN CONFIG\"", dev)
 	case errors.Is(err, luks.ErrWrongKey):
-		return withHint(err, "check the passphrase or key file; with a key file, trailing newlines count")
+		return command.WithHint(err, "check the passphrase or key file; with a key file, trailing newlines count")
 	case errors.Is(err, luks.ErrReencrypting):
 		resume := "cryptsetup reencrypt --resume-only "
 		if fi, serr := os.Stat(dev); serr == nil && fi.Mode().IsRegular() {
 			resume += "--force-offline-reencrypt " // cryptsetup refuses image files without it
 		}
-		return withHint(err, "finish it first: \"tether luks encrypt -d %s ...\" (the same command as before) resumes an interrupted tether encryption, \"%s%s\" any other", dev, resume, dev)
+		return command.WithHint(err, "finish it first: \"tether luks encrypt -d %s ...\" (the same command as before) resumes an interrupted tether encryption, \"%s%s\" any other", dev, resume, dev)
 	case errors.As(err, &full):
-		return withHint(err, "remove tokens you no longer need (tether luks list, cryptsetup token remove), or choose a smaller policy (fewer sss children)")
+		return command.WithHint(err, "remove tokens you no longer need (tether luks list, cryptsetup token remove), or choose a smaller policy (fewer sss children)")
 	case errors.Is(err, os.ErrNotExist):
-		return withHint(err, "check the device or image file name")
+		return command.WithHint(err, "check the device or image file name")
 	case errors.Is(err, os.ErrPermission):
-		return withHint(err, "LUKS headers and tether's state directory need root: run with sudo")
+		return command.WithHint(err, "LUKS headers and tether's state directory need root: run with sudo")
 	}
 	return err
 }
@@ -130,7 +131,7 @@ func readKey(env *Env, keyFile, dev string) ([]byte, error) {
 	case "":
 		f, ok := env.Stdin.(*os.File)
 		if !ok || !term.IsTerminal(int(f.Fd())) {
-			return nil, withHint(errors.New("an existing passphrase of the volume is needed and stdin is not a terminal"),
+			return nil, command.WithHint(errors.New("an existing passphrase of the volume is needed and stdin is not a terminal"),
 				"give it with -k KEYFILE, or on stdin with -k -")
 		}
 		fmt.Fprintf(env.Stderr, "Enter an existing passphrase of %s: ", dev)
@@ -159,18 +160,18 @@ func slotFlag(fs *flag.FlagSet, name string) *int { return fs.Int(name, -1, "") 
 
 func pinConfig(args []string) (string, json.RawMessage, error) {
 	if len(args) != 2 {
-		return "", nil, usagef("want PIN and CONFIG, e.g. tang '{\"url\":\"http://keys.lan\"}'")
+		return "", nil, command.Usagef("want PIN and CONFIG, e.g. tang '{\"url\":\"http://keys.lan\"}'")
 	}
 	cfg := json.RawMessage(args[1])
 	if !json.Valid(cfg) {
-		return "", nil, withHint(fmt.Errorf("configuration is not valid JSON: %s", args[1]),
+		return "", nil, command.WithHint(fmt.Errorf("configuration is not valid JSON: %s", args[1]),
 			`quote it for the shell: '{"url":"http://keys.lan"}'`)
 	}
 	return args[0], cfg, nil
 }
 
-func init() {
-	luksCommand("luks bind", "bind a LUKS2 volume to a pin (clevis compatible)", luksBindUsage,
+func luksBindCmd() *command.Command {
+	return luksCommand("luks bind", "bind a LUKS2 volume to a pin (clevis compatible)", luksBindUsage,
 		func(fs *flag.FlagSet) func(*Env, *luks.Volume, []string) error {
 			keyFile := fs.String("k", "", "")
 			slot := slotFlag(fs, "s")
@@ -205,12 +206,15 @@ func init() {
 				return nil
 			}
 		})
-	luksCommand("luks unbind", "remove a binding (its keyslot and token)", luksUnbindUsage,
+}
+
+func luksUnbindCmd() *command.Command {
+	return luksCommand("luks unbind", "remove a binding (its keyslot and token)", luksUnbindUsage,
 		func(fs *flag.FlagSet) func(*Env, *luks.Volume, []string) error {
 			slot := slotFlag(fs, "s")
 			return func(env *Env, v *luks.Volume, args []string) error {
 				if len(args) != 0 || *slot < 0 {
-					return usagef("want -d DEV -s SLOT and no arguments")
+					return command.Usagef("want -d DEV -s SLOT and no arguments")
 				}
 				if err := v.Unbind(context.Background(), *slot); err != nil {
 					return withListHint(luksError(err, v.Path), v.Path)
@@ -219,13 +223,16 @@ func init() {
 				return nil
 			}
 		})
-	luksCommand("luks pass", "print the passphrase of a bound keyslot", luksPassUsage,
+}
+
+func luksPassCmd() *command.Command {
+	return luksCommand("luks pass", "print the passphrase of a bound keyslot", luksPassUsage,
 		func(fs *flag.FlagSet) func(*Env, *luks.Volume, []string) error {
 			slot := slotFlag(fs, "s")
 			pinFile := fs.String("pin-file", "", "")
 			return func(env *Env, v *luks.Volume, args []string) error {
 				if len(args) != 0 || *slot < 0 {
-					return usagef("want -d DEV -s SLOT and no arguments")
+					return command.Usagef("want -d DEV -s SLOT and no arguments")
 				}
 				v.PinOptions.PIN = pinAsker(env, *pinFile)
 				pass, err := v.Passphrase(context.Background(), *slot)
@@ -237,12 +244,15 @@ func init() {
 				return err
 			}
 		})
-	luksCommand("luks list", "list the bindings of a LUKS2 volume", luksListUsage,
+}
+
+func luksListCmd() *command.Command {
+	return luksCommand("luks list", "list the bindings of a LUKS2 volume", luksListUsage,
 		func(fs *flag.FlagSet) func(*Env, *luks.Volume, []string) error {
 			slot := slotFlag(fs, "s")
 			return func(env *Env, v *luks.Volume, args []string) error {
 				if len(args) != 0 {
-					return usagef("list takes no arguments")
+					return command.Usagef("list takes no arguments")
 				}
 				h, err := v.Header()
 				if err != nil {
@@ -273,17 +283,23 @@ func init() {
 				return nil
 			}
 		})
-	luksCommand("luks repair", "finish or roll back interrupted binding changes", luksRepairUsage,
+}
+
+func luksRepairCmd() *command.Command {
+	return luksCommand("luks repair", "finish or roll back interrupted binding changes", luksRepairUsage,
 		func(fs *flag.FlagSet) func(*Env, *luks.Volume, []string) error {
 			return func(env *Env, v *luks.Volume, args []string) error {
 				if len(args) != 0 {
-					return usagef("repair takes no arguments")
+					return command.Usagef("repair takes no arguments")
 				}
 				_, err := v.Repair(context.Background())
 				return luksError(err, v.Path)
 			}
 		})
-	luksCommand("luks regen", "rebind a keyslot with a fresh passphrase (after key rotation)", luksRegenUsage,
+}
+
+func luksRegenCmd() *command.Command {
+	return luksCommand("luks regen", "rebind a keyslot with a fresh passphrase (after key rotation)", luksRegenUsage,
 		func(fs *flag.FlagSet) func(*Env, *luks.Volume, []string) error {
 			slot := slotFlag(fs, "s")
 			keyFile := fs.String("k", "", "")
@@ -291,7 +307,7 @@ func init() {
 			pinFile := fs.String("pin-file", "", "")
 			return func(env *Env, v *luks.Volume, args []string) error {
 				if *slot < 0 {
-					return usagef("which keyslot? give it with -s SLOT")
+					return command.Usagef("which keyslot? give it with -s SLOT")
 				}
 				v.PinOptions.PIN = pinAsker(env, *pinFile)
 				o := luks.RegenOptions{Slot: *slot}
@@ -314,8 +330,8 @@ func init() {
 						return plainCredentialsHint(err, fmt.Sprintf("tether luks regen -d %s -s %d", v.Path, *slot), o.Pin, o.Config)
 					}
 					err = luksError(err, v.Path)
-					if _, ok := err.(hintError); !ok {
-						err = withHint(err, "if the binding's server is gone for good, give an existing passphrase with -k and a new PIN CONFIG")
+					if !command.HasHint(err) {
+						err = command.WithHint(err, "if the binding's server is gone for good, give an existing passphrase with -k and a new PIN CONFIG")
 					}
 					return err
 				}
@@ -323,11 +339,14 @@ func init() {
 				return nil
 			}
 		})
-	luksCommand("luks report", "report bindings that use rotated Tang keys", luksReportUsage,
+}
+
+func luksReportCmd() *command.Command {
+	return luksCommand("luks report", "report bindings that use rotated Tang keys", luksReportUsage,
 		func(fs *flag.FlagSet) func(*Env, *luks.Volume, []string) error {
 			return func(env *Env, v *luks.Volume, args []string) error {
 				if len(args) != 0 {
-					return usagef("report takes no arguments")
+					return command.Usagef("report takes no arguments")
 				}
 				h, err := v.Header()
 				if err != nil {
@@ -355,7 +374,7 @@ func init() {
 				}
 				printLeftovers(env, h, v.Path)
 				if stale > 0 {
-					return withHint(fmt.Errorf("%d binding(s) of %s use keys their servers no longer advertise", stale, v.Path),
+					return command.WithHint(fmt.Errorf("%d binding(s) of %s use keys their servers no longer advertise", stale, v.Path),
 						"rebind them with \"tether luks regen -d %s -s SLOT\"; they still unlock until the old keys are deleted", v.Path)
 				}
 				if unknown > 0 {
@@ -364,7 +383,10 @@ func init() {
 				return nil
 			}
 		})
-	luksCommand("luks unlock", "unlock a LUKS2 volume with its bindings, all tried at once", luksUnlockUsage,
+}
+
+func luksUnlockCmd() *command.Command {
+	return luksCommand("luks unlock", "unlock a LUKS2 volume with its bindings, all tried at once", luksUnlockUsage,
 		func(fs *flag.FlagSet) func(*Env, *luks.Volume, []string) error {
 			name := fs.String("n", "", "")
 			test := fs.Bool("test", false, "")
@@ -372,7 +394,7 @@ func init() {
 			pinFile := fs.String("pin-file", "", "")
 			return func(env *Env, v *luks.Volume, args []string) error {
 				if len(args) != 0 {
-					return usagef("unlock takes no arguments")
+					return command.Usagef("unlock takes no arguments")
 				}
 				h, err := v.Header()
 				if err != nil {
@@ -397,7 +419,7 @@ func init() {
 						o.Name = "luks-" + h.UUID
 					}
 					if !luks.DeviceMapperAvailable() {
-						return withHint(luks.ErrNoDeviceMapper, "use --test to check that a binding unlocks it, or load dm_crypt (modprobe dm_crypt)")
+						return command.WithHint(luks.ErrNoDeviceMapper, "use --test to check that a binding unlocks it, or load dm_crypt (modprobe dm_crypt)")
 					}
 					if *readonly {
 						o.Open = append(o.Open, "--readonly")
@@ -417,8 +439,8 @@ func init() {
 		})
 }
 
-func init() {
-	luksCommand("luks encrypt", "encrypt a filesystem in place and bind it (resumable)", luksEncryptUsage,
+func luksEncryptCmd() *command.Command {
+	return luksCommand("luks encrypt", "encrypt a filesystem in place and bind it (resumable)", luksEncryptUsage,
 		func(fs *flag.FlagSet) func(*Env, *luks.Volume, []string) error {
 			trust := fs.Bool("y", false, "")
 			force := fs.Bool("force", false, "")
@@ -430,7 +452,7 @@ func init() {
 					return err
 				}
 				if *noRecovery && *recoveryFile != "" {
-					return usagef("--no-recovery and --recovery-file exclude each other")
+					return command.Usagef("--no-recovery and --recovery-file exclude each other")
 				}
 				v.PinOptions.Trust = *trust
 				o := luks.EncryptOptions{
@@ -453,14 +475,14 @@ func init() {
 						return plainCredentialsHint(err, "tether luks encrypt -d "+v.Path, name, cfg)
 					}
 					if _, ok := errors.AsType[*luks.BindFirstError](err); ok {
-						return withHint(err, "%s is untouched: make the binding work (is the server up? tether adv URL checks a tang or tether server) and run the same command again", v.Path)
+						return command.WithHint(err, "%s is untouched: make the binding work (is the server up? tether adv URL checks a tang or tether server) and run the same command again", v.Path)
 					}
 					var ne *luks.NotEncryptableError
 					if errors.As(err, &ne) && ne.Hint != "" {
-						return withHint(err, "%s", ne.Hint)
+						return command.WithHint(err, "%s", ne.Hint)
 					}
 					if !errors.Is(err, luks.ErrLUKS1) && !errors.Is(err, os.ErrNotExist) {
-						return withHint(err, "run the same command again: it resumes where it stopped")
+						return command.WithHint(err, "run the same command again: it resumes where it stopped")
 					}
 					return luksError(err, v.Path)
 				}
@@ -476,18 +498,21 @@ func init() {
 				return nil
 			}
 		})
-	register(&command{
-		name:    "luks create",
-		summary: "create a new bound LUKS2 container file",
-		usage:   luksCreateUsage,
-		flags: func(fs *flag.FlagSet) func(*Env, []string) error {
+}
+
+func luksCreateCmd() *command.Command {
+	return &command.Command{
+		Name:    "luks create",
+		Summary: "create a new bound LUKS2 container file",
+		Usage:   luksCreateUsage,
+		Flags: func(fs *flag.FlagSet) func(*Env, []string) error {
 			lf := addLuksFlags(fs)
 			trust := fs.Bool("y", false, "")
 			size := fs.String("size", "", "")
 			fsType := fs.String("fs", "", "")
 			return func(env *Env, args []string) error {
 				if len(args) != 3 {
-					return usagef("want FILE PIN CONFIG")
+					return command.Usagef("want FILE PIN CONFIG")
 				}
 				*lf.dev = args[0]
 				v, err := lf.volume(env)
@@ -499,11 +524,11 @@ func init() {
 					return err
 				}
 				if *size == "" {
-					return usagef("how big? give the size with --size, e.g. --size 1G")
+					return command.Usagef("how big? give the size with --size, e.g. --size 1G")
 				}
 				n, err := parseSize(*size)
 				if err != nil {
-					return usagef("--size %s: %v", *size, err)
+					return command.Usagef("--size %s: %v", *size, err)
 				}
 				v.PinOptions.Trust = *trust
 				slot, err := v.Create(context.Background(), luks.CreateOptions{
@@ -518,7 +543,7 @@ func init() {
 						return plainCredentialsHint(err, cmd+" "+v.Path, name, cfg)
 					}
 					if errors.Is(err, os.ErrExist) {
-						return withHint(err, "create never overwrites: choose a new file name, or bind an existing volume with tether luks bind")
+						return command.WithHint(err, "create never overwrites: choose a new file name, or bind an existing volume with tether luks bind")
 					}
 					return luksError(err, v.Path)
 				}
@@ -527,7 +552,7 @@ func init() {
 				return nil
 			}
 		},
-	})
+	}
 }
 
 // endLineOnTerminal ends the line of a recovery passphrase printed on a
@@ -570,10 +595,10 @@ func parseSize(s string) (int64, error) {
 }
 
 func withListHint(err error, dev string) error {
-	if _, ok := err.(hintError); ok {
+	if command.HasHint(err) {
 		return err
 	}
-	return withHint(err, "see the bindings with \"tether luks list -d %s\"", dev)
+	return command.WithHint(err, "see the bindings with \"tether luks list -d %s\"", dev)
 }
 
 func printLeftovers(env *Env, h *luks.Header, dev string) {

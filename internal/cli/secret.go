@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/tether-nbde/tether/internal/atomicfile"
+	"github.com/tether-nbde/tether/internal/command"
 	"github.com/tether-nbde/tether/jose"
 	"github.com/tether-nbde/tether/luks"
 	"github.com/tether-nbde/tether/pin"
@@ -23,27 +24,27 @@ import (
 // device): tether-secret@.service does not restart on it.
 const secretRefused = 3
 
-func init() {
-	register(&command{
-		name:    "secret open",
-		summary: "decrypt a sealed secret file (any pin) into place, e.g. under /run at boot",
-		usage:   secretOpenUsage,
-		flags: func(fs *flag.FlagSet) func(*Env, []string) error {
+func secretOpenCmd() *command.Command {
+	return &command.Command{
+		Name:    "secret open",
+		Summary: "decrypt a sealed secret file (any pin) into place, e.g. under /run at boot",
+		Usage:   secretOpenUsage,
+		Flags: func(fs *flag.FlagSet) func(*Env, []string) error {
 			owner := fs.String("owner", "", "")
 			mode := fs.String("mode", "0400", "")
 			timeout := fs.Duration("timeout", pin.DefaultTimeout, "")
 			pinFile := fs.String("pin-file", "", "")
 			return func(env *Env, args []string) error {
 				if len(args) != 2 {
-					return usagef("want JWE and OUT: the sealed file and where its secret goes")
+					return command.Usagef("want JWE and OUT: the sealed file and where its secret goes")
 				}
 				in, out := args[0], args[1]
 				perm, err := strconv.ParseUint(*mode, 8, 32)
 				if err != nil || perm&^0o777 != 0 {
-					return usagef("--mode %q: want octal permission bits such as 0400 or 0440", *mode)
+					return command.Usagef("--mode %q: want octal permission bits such as 0400 or 0440", *mode)
 				}
 				if perm&0o007 != 0 {
-					return usagef("--mode %s lets every user read the secret; give the reader --owner USER[:GROUP] and a mode such as 0400 or 0440", *mode)
+					return command.Usagef("--mode %s lets every user read the secret; give the reader --owner USER[:GROUP] and a mode such as 0400 or 0440", *mode)
 				}
 				uid, gid, err := lookupOwner(*owner)
 				if err != nil {
@@ -51,7 +52,7 @@ func init() {
 				}
 				data, err := os.ReadFile(in)
 				if err != nil {
-					return withHint(fmt.Errorf("read the sealed secret: %w", err),
+					return command.WithHint(fmt.Errorf("read the sealed secret: %w", err),
 						"make it with: tether encrypt PIN CONFIG < secret > %s", in)
 				}
 				if len(data) > maxInput {
@@ -59,12 +60,12 @@ func init() {
 				}
 				j, err := jose.ParseCompact(strings.TrimSpace(string(data)))
 				if err != nil {
-					return withHint(fmt.Errorf("%s: %w", in, err), "give a compact JWE as tether encrypt or clevis encrypt write it")
+					return command.WithHint(fmt.Errorf("%s: %w", in, err), "give a compact JWE as tether encrypt or clevis encrypt write it")
 				}
 				o := pin.Options{Timeout: *timeout, PIN: pinAsker(env, *pinFile)}
 				if err := askFirst(o, j); err != nil {
 					if errors.Is(err, errNoTerminal) {
-						return exitError{secretRefused, err}
+						return command.ExitError{Code: secretRefused, Err: err}
 					}
 					return err
 				}
@@ -74,7 +75,7 @@ func init() {
 				if err != nil {
 					err = fmt.Errorf("decrypt %s (%s): %w", in, pin.Describe(j), err)
 					if pin.IsPermanent(err) {
-						return exitError{secretRefused, err}
+						return command.ExitError{Code: secretRefused, Err: err}
 					}
 					return err
 				}
@@ -94,32 +95,38 @@ func init() {
 				return nil
 			}
 		},
-	})
-	register(&command{
-		name:    "secret regen",
-		summary: "re-encrypt a sealed secret file under its own policy, e.g. after an update",
-		usage:   secretRegenUsage,
-		flags: func(fs *flag.FlagSet) func(*Env, []string) error {
+	}
+}
+
+func secretRegenCmd() *command.Command {
+	return &command.Command{
+		Name:    "secret regen",
+		Summary: "re-encrypt a sealed secret file under its own policy, e.g. after an update",
+		Usage:   secretRegenUsage,
+		Flags: func(fs *flag.FlagSet) func(*Env, []string) error {
 			trust := fs.Bool("y", false, "")
 			timeout := fs.Duration("timeout", pin.DefaultTimeout, "")
 			pinFile := fs.String("pin-file", "", "")
 			return func(env *Env, args []string) error {
 				if len(args) != 1 {
-					return usagef("want JWE: the sealed file to re-encrypt")
+					return command.Usagef("want JWE: the sealed file to re-encrypt")
 				}
 				return secretRegen(env, args[0], pin.Options{Trust: *trust, Timeout: *timeout, Warn: env.Stderr,
 					PIN: pinAsker(env, *pinFile)})
 			}
 		},
-	})
-	register(&command{
-		name:    "secret close",
-		summary: "remove a secret tether secret open wrote",
-		usage:   secretCloseUsage,
-		flags: func(fs *flag.FlagSet) func(*Env, []string) error {
+	}
+}
+
+func secretCloseCmd() *command.Command {
+	return &command.Command{
+		Name:    "secret close",
+		Summary: "remove a secret tether secret open wrote",
+		Usage:   secretCloseUsage,
+		Flags: func(fs *flag.FlagSet) func(*Env, []string) error {
 			return func(env *Env, args []string) error {
 				if len(args) != 1 {
-					return usagef("want OUT: the file tether secret open wrote")
+					return command.Usagef("want OUT: the file tether secret open wrote")
 				}
 				if err := os.Remove(args[0]); err != nil && !errors.Is(err, os.ErrNotExist) {
 					return fmt.Errorf("remove the secret %s: %w", args[0], err)
@@ -127,7 +134,7 @@ func init() {
 				return nil
 			}
 		},
-	})
+	}
 }
 
 // secretRegen decrypts the JWE file at path, encrypts the secret again
@@ -148,7 +155,7 @@ func secretRegen(env *Env, path string, o pin.Options) error {
 	}
 	j, err := jose.ParseCompact(strings.TrimSpace(string(data)))
 	if err != nil {
-		return withHint(fmt.Errorf("%s: %w", path, err), "give a compact JWE as tether encrypt or clevis encrypt write it")
+		return command.WithHint(fmt.Errorf("%s: %w", path, err), "give a compact JWE as tether encrypt or clevis encrypt write it")
 	}
 	if err := askFirst(o, j); err != nil {
 		return err
@@ -158,13 +165,13 @@ func secretRegen(env *Env, path string, o pin.Options) error {
 	secret, err := pin.Decrypt(dctx, j, o)
 	cancel()
 	if err != nil {
-		return withHint(fmt.Errorf("decrypt %s (%s): %w", path, pin.Describe(j), err),
+		return command.WithHint(fmt.Errorf("decrypt %s (%s): %w", path, pin.Describe(j), err),
 			"if no pin of its policy can decrypt it any more, encrypt the secret again from its source: tether encrypt PIN CONFIG < SECRET > %s", path)
 	}
 	defer clear(secret)
 	name, cfg, err := luks.RegenConfig(ctx, j, o.PerTry())
 	if err != nil {
-		return withHint(fmt.Errorf("rebuild the policy of %s: %w", path, err),
+		return command.WithHint(fmt.Errorf("rebuild the policy of %s: %w", path, err),
 			"encrypt the secret again with an explicit policy: tether decrypt < %s | tether encrypt PIN CONFIG > NEW.jwe", path)
 	}
 	nj, err := pin.Encrypt(ctx, name, cfg, secret, o)
@@ -196,7 +203,7 @@ func lookupOwner(s string) (uid, gid int, err error) {
 	u, err := user.Lookup(name)
 	if err != nil {
 		if u, err = user.LookupId(name); err != nil {
-			return 0, 0, usagef("--owner %s: no user %q on this system (getent passwd %s)", s, name, name)
+			return 0, 0, command.Usagef("--owner %s: no user %q on this system (getent passwd %s)", s, name, name)
 		}
 	}
 	uid, _ = strconv.Atoi(u.Uid)
@@ -205,7 +212,7 @@ func lookupOwner(s string) (uid, gid int, err error) {
 		g, err := user.LookupGroup(group)
 		if err != nil {
 			if g, err = user.LookupGroupId(group); err != nil {
-				return 0, 0, usagef("--owner %s: no group %q on this system (getent group %s)", s, group, group)
+				return 0, 0, command.Usagef("--owner %s: no group %q on this system (getent group %s)", s, group, group)
 			}
 		}
 		gid, _ = strconv.Atoi(g.Gid)

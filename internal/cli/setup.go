@@ -25,6 +25,7 @@ import (
 	"golang.org/x/term"
 
 	"github.com/tether-nbde/tether/boot"
+	"github.com/tether-nbde/tether/internal/command"
 	"github.com/tether-nbde/tether/luks"
 	"github.com/tether-nbde/tether/pin"
 	smbpin "github.com/tether-nbde/tether/pin/smb"
@@ -146,12 +147,12 @@ type setupPlan struct {
 	closers  []io.Closer // memory files of passwords, closed at the end
 }
 
-func init() {
-	register(&command{
-		name:    "setup",
-		summary: "guided first run: make a disk unlock at boot from a server, a share, HTTPS or the TPM",
-		usage:   setupUsage,
-		flags: func(fs *flag.FlagSet) func(*Env, []string) error {
+func setupCmd() *command.Command {
+	return &command.Command{
+		Name:    "setup",
+		Summary: "guided first run: make a disk unlock at boot from a server, a share, HTTPS or the TPM",
+		Usage:   setupUsage,
+		Flags: func(fs *flag.FlagSet) func(*Env, []string) error {
 			dev := fs.String("d", "", "")
 			create := fs.String("create", "", "")
 			size := fs.String("size", "", "")
@@ -182,7 +183,7 @@ func init() {
 			replace := fs.Int("replace", -1, "")
 			return func(env *Env, args []string) error {
 				if len(args) != 0 {
-					return usagef("setup takes no arguments (see the flags)")
+					return command.Usagef("setup takes no arguments (see the flags)")
 				}
 				p := &setupPlan{replace: *replace, root: *root, bin: *bin, name: *name, mount: *mount, recovery: *recovery, need: *need, plain: *plain, timeout: *timeout}
 				defer func() {
@@ -193,21 +194,21 @@ func init() {
 				var err error
 				if *dev == "" && *create == "" {
 					if len(servers) > 0 || *smbURL != "" || *httpsURL != "" || *useTPM {
-						return usagef("which disk? give -d DEV or --create FILE --size SIZE with the key sources (or no flags at all, at a terminal, to be asked)")
+						return command.Usagef("which disk? give -d DEV or --create FILE --size SIZE with the key sources (or no flags at all, at a terminal, to be asked)")
 					}
 					return setupInteractive(env, p)
 				}
 				ctx := context.Background()
 				switch {
 				case *dev != "" && *create != "":
-					return usagef("-d and --create exclude each other")
+					return command.Usagef("-d and --create exclude each other")
 				case *create != "":
 					if *size == "" {
-						return usagef("--create needs --size, e.g. --size 2G")
+						return command.Usagef("--create needs --size, e.g. --size 2G")
 					}
 					n, err := parseSize(*size)
 					if err != nil {
-						return usagef("--size %s: %v", *size, err)
+						return command.Usagef("--size %s: %v", *size, err)
 					}
 					p.dev, p.create, p.size = *create, true, n
 					if err := p.checkNewFile(); err != nil {
@@ -224,15 +225,15 @@ func init() {
 						}
 					}
 					if !p.luks && *confirm != p.dev {
-						return withHint(fmt.Errorf("%s is not encrypted yet: setup would encrypt it in place", p.dev),
+						return command.WithHint(fmt.Errorf("%s is not encrypted yet: setup would encrypt it in place", p.dev),
 							"back it up, make its last 32 MiB free, and confirm with --confirm %s", p.dev)
 					}
 				}
 				if *need != "all" && *need != "any" {
-					return usagef("--need is all or any, not %q", *need)
+					return command.Usagef("--need is all or any, not %q", *need)
 				}
 				if len(thps) > len(servers) {
-					return usagef("%d --thp for %d --server: give one thumbprint per server, in the same order", len(thps), len(servers))
+					return command.Usagef("%d --thp for %d --server: give one thumbprint per server, in the same order", len(thps), len(servers))
 				}
 				for i, s := range servers {
 					thp := ""
@@ -270,10 +271,10 @@ func init() {
 				}
 				switch len(p.sources) {
 				case 0:
-					return usagef("where does the key live? give --server, --smb, --https or --tpm")
+					return command.Usagef("where does the key live? give --server, --smb, --https or --tpm")
 				case 1, 2:
 				default:
-					return usagef("give at most two key sources")
+					return command.Usagef("give at most two key sources")
 				}
 				// Refuse a policy that would store a password in the clear
 				// before asking anyone anything.
@@ -301,7 +302,7 @@ func init() {
 				return p.run(ctx, env)
 			}
 		},
-	})
+	}
 }
 
 // checkNewFile checks a container file to create.
@@ -312,14 +313,14 @@ func (p *setupPlan) checkNewFile() error {
 	}
 	p.dev = abs
 	if _, err := os.Lstat(abs); err == nil {
-		return withHint(fmt.Errorf("%s exists already: setup never overwrites a file", abs),
+		return command.WithHint(fmt.Errorf("%s exists already: setup never overwrites a file", abs),
 			"choose a new name, or give the existing container with -d %s", abs)
 	}
 	if fi, err := os.Stat(filepath.Dir(abs)); err != nil || !fi.IsDir() {
-		return withHint(fmt.Errorf("directory %s does not exist", filepath.Dir(abs)), "create it first (mkdir -p %s)", filepath.Dir(abs))
+		return command.WithHint(fmt.Errorf("directory %s does not exist", filepath.Dir(abs)), "create it first (mkdir -p %s)", filepath.Dir(abs))
 	}
 	if strings.ContainsAny(abs, " \t\n") {
-		return withHint(fmt.Errorf("crypttab cannot name %q: its fields are separated by blanks", abs), "choose a path without blanks")
+		return command.WithHint(fmt.Errorf("crypttab cannot name %q: its fields are separated by blanks", abs), "choose a path without blanks")
 	}
 	if p.size < 64<<20 {
 		return fmt.Errorf("%d MiB is too small: a container needs at least 64M", p.size>>20)
@@ -343,15 +344,15 @@ func (p *setupPlan) checkDevice() error {
 	}
 	fi, err := os.Stat(dev)
 	if err != nil {
-		return withHint(fmt.Errorf("%s does not exist", dev), "check the name (lsblk -f lists disks and partitions)")
+		return command.WithHint(fmt.Errorf("%s does not exist", dev), "check the name (lsblk -f lists disks and partitions)")
 	}
 	p.dev = dev
 	if holds, what := holdsRunningRoot(dev); holds {
-		return withHint(fmt.Errorf("%s holds the running system (%s): setup does not encrypt or bind the disk it runs from", dev, what),
+		return command.WithHint(fmt.Errorf("%s holds the running system (%s): setup does not encrypt or bind the disk it runs from", dev, what),
 			"choose another disk; for the root volume use tether install initramfs-tools --first-boot (docs/BOOT.md)")
 	}
 	if at := mountedWhere(dev, fi); at != "" {
-		return withHint(fmt.Errorf("%s is mounted on %s: setup does not touch a mounted device", dev, at),
+		return command.WithHint(fmt.Errorf("%s is mounted on %s: setup does not touch a mounted device", dev, at),
 			"unmount it first (umount %s), or choose another one", at)
 	}
 	h, err := luks.ReadHeaderFile(dev)
@@ -401,7 +402,7 @@ func (p *setupPlan) crypttabName() string {
 // checkReplace checks that the keyslot to replace is bound.
 func (p *setupPlan) checkReplace() error {
 	if !p.luks {
-		return usagef("--replace is for a LUKS2 volume that has bindings")
+		return command.Usagef("--replace is for a LUKS2 volume that has bindings")
 	}
 	h, err := luks.ReadHeaderFile(p.dev)
 	if err != nil {
@@ -433,10 +434,10 @@ func volumeName(p string) string {
 func serverSource(ctx context.Context, raw, thp string, trust bool, timeout time.Duration) (keySource, error) {
 	base := strings.TrimRight(raw, "/")
 	if u, err := url.Parse(base); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return keySource{}, usagef("server %q is not an http:// or https:// URL (for example http://keys.lan:7500)", raw)
+		return keySource{}, command.Usagef("server %q is not an http:// or https:// URL (for example http://keys.lan:7500)", raw)
 	}
 	if thp == "" && !trust {
-		return keySource{}, withHint(fmt.Errorf("which key of %s do you trust?", base),
+		return keySource{}, command.WithHint(fmt.Errorf("which key of %s do you trust?", base),
 			"run \"tether adv %s\", compare its S256 thumbprint with the server's own list (tether server keys list), and give it with --thp; or accept what it shows with --trust-server", base)
 	}
 	ctx, cancel := context.WithTimeout(ctx, timeout)
@@ -454,13 +455,13 @@ func smbSource(addr, user, passwordFile string) (keySource, error) {
 	s = strings.TrimPrefix(strings.TrimPrefix(s, "smb:"), "//")
 	parts := strings.SplitN(s, "/", 3)
 	if len(parts) < 3 || parts[0] == "" || parts[1] == "" || strings.Trim(parts[2], "/") == "" {
-		return keySource{}, usagef("share address %q: want //SERVER/SHARE/PATH-OF-THE-KEY-FILE, for example //fritz.box/NAS/keys/ha.key", addr)
+		return keySource{}, command.Usagef("share address %q: want //SERVER/SHARE/PATH-OF-THE-KEY-FILE, for example //fritz.box/NAS/keys/ha.key", addr)
 	}
 	host, port := parts[0], 0
 	if h, ps, err := net.SplitHostPort(parts[0]); err == nil {
 		n, err := strconv.Atoi(ps)
 		if err != nil || n <= 0 || n > 65535 {
-			return keySource{}, usagef("share address %q: bad port %q", addr, ps)
+			return keySource{}, command.Usagef("share address %q: bad port %q", addr, ps)
 		}
 		host, port = h, n
 	}
@@ -484,7 +485,7 @@ func smbSource(addr, user, passwordFile string) (keySource, error) {
 func httpsSource(ctx context.Context, raw, pinned string, trust bool, timeout time.Duration) (keySource, string, error) {
 	u, err := url.Parse(raw)
 	if err != nil || u.Scheme != "https" || u.Host == "" {
-		return keySource{}, "", usagef("%q is not an https:// URL", raw)
+		return keySource{}, "", command.Usagef("%q is not an https:// URL", raw)
 	}
 	fp, _, err := httpsKey(ctx, u, timeout)
 	if err != nil {
@@ -492,10 +493,10 @@ func httpsSource(ctx context.Context, raw, pinned string, trust bool, timeout ti
 	}
 	switch {
 	case pinned != "" && pinned != fp:
-		return keySource{}, "", withHint(fmt.Errorf("%s shows the key %s, not %s", u.Host, fp, pinned),
+		return keySource{}, "", command.WithHint(fmt.Errorf("%s shows the key %s, not %s", u.Host, fp, pinned),
 			"check that you reach the right server; if its key changed on purpose, give the new one")
 	case pinned == "" && !trust:
-		return keySource{}, "", withHint(fmt.Errorf("which key of %s do you trust? it shows %s", u.Host, fp),
+		return keySource{}, "", command.WithHint(fmt.Errorf("which key of %s do you trust? it shows %s", u.Host, fp),
 			"compare it with the server's certificate, then give it with --https-pin, or accept it with --trust-https")
 	}
 	return keySource{pin: "https", cfg: map[string]any{"url": raw, "pin_sha256": fp}, desc: "the endpoint " + raw}, fp, nil
@@ -517,7 +518,7 @@ func httpsKey(ctx context.Context, u *url.URL, timeout time.Duration) (string, s
 	defer cancel()
 	c, err := d.DialContext(ctx, "tcp", host)
 	if err != nil {
-		return "", "", withHint(fmt.Errorf("connect to %s: %v", host, err), "check the address and that the endpoint runs")
+		return "", "", command.WithHint(fmt.Errorf("connect to %s: %v", host, err), "check the address and that the endpoint runs")
 	}
 	defer c.Close()
 	certs := c.(*tls.Conn).ConnectionState().PeerCertificates
@@ -590,7 +591,7 @@ func (p *setupPlan) policy() (string, json.RawMessage, error) {
 		srcs = append(srcs, s)
 	}
 	plainErr := func(s keySource) error {
-		return withHint(fmt.Errorf("the password of %s would be stored in the clear on the disk, where anyone holding the disk can read it", s.desc),
+		return command.WithHint(fmt.Errorf("the password of %s would be stored in the clear on the disk, where anyone holding the disk can read it", s.desc),
 			"add a second key source that must answer too (a server or the TPM: it then encrypts the password), or accept the risk with --allow-plain-credentials")
 	}
 	if len(srcs) == 1 {
@@ -706,7 +707,7 @@ func (p *setupPlan) run(ctx context.Context, env *Env) error {
 		return err
 	}
 	if err := boot.Install(p.root, plan); err != nil {
-		return withHint(fmt.Errorf("the volume is bound, but installing the units failed: %w", err), "run tether install systemd as root, then tether setup again")
+		return command.WithHint(fmt.Errorf("the volume is bound, but installing the units failed: %w", err), "run tether install systemd as root, then tether setup again")
 	}
 	e, err := crypttabEntry(p.dev, p.name, "/run/tether/keyd.sock", false, false)
 	if err != nil {
@@ -744,7 +745,7 @@ func (p *setupPlan) run(ctx context.Context, env *Env) error {
 	// The proof: the new binding opens the volume, now.
 	u, err := v.Unlock(ctx, luks.UnlockOptions{})
 	if err != nil {
-		return withHint(fmt.Errorf("the volume is bound and set up, but the unlock test failed: %w", err), "run tether doctor: it says what is wrong and how to fix it")
+		return command.WithHint(fmt.Errorf("the volume is bound and set up, but the unlock test failed: %w", err), "run tether doctor: it says what is wrong and how to fix it")
 	}
 	w := env.Stderr
 	fmt.Fprintf(w, "\nDone. %s unlocks with its binding (keyslot %d tested).\n\n", p.dev, u.Slot)
@@ -783,7 +784,7 @@ func (p *setupPlan) recoveryOut(env *Env) (io.Writer, string, func(error), error
 	}
 	f, err := os.OpenFile(p.recovery, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
-		return nil, "", nil, withHint(fmt.Errorf("create the recovery file: %w", err), "give a new file name in a directory that exists (a USB stick)")
+		return nil, "", nil, command.WithHint(fmt.Errorf("create the recovery file: %w", err), "give a new file name in a directory that exists (a USB stick)")
 	}
 	return f, "in " + p.recovery, func(err error) {
 		f.Sync()

@@ -13,15 +13,16 @@ import (
 	"strings"
 
 	"github.com/tether-nbde/tether/internal/atomicfile"
+	"github.com/tether-nbde/tether/internal/command"
 	"github.com/tether-nbde/tether/internal/tpm"
 )
 
-func init() {
-	register(&command{
-		name:    "tpm sign-pcrs",
-		summary: "sign PCR values for tpm2 secrets sealed to a policy key (pcr_pubkey)",
-		usage:   tpmSignUsage,
-		flags: func(fs *flag.FlagSet) func(*Env, []string) error {
+func tpmSignPCRsCmd() *command.Command {
+	return &command.Command{
+		Name:    "tpm sign-pcrs",
+		Summary: "sign PCR values for tpm2 secrets sealed to a policy key (pcr_pubkey)",
+		Usage:   tpmSignUsage,
+		Flags: func(fs *flag.FlagSet) func(*Env, []string) error {
 			keyFile := fs.String("key", "", "")
 			ids := fs.String("pcr-ids", "", "")
 			bank := fs.String("bank", "sha256", "")
@@ -29,17 +30,17 @@ func init() {
 			out := fs.String("out", "", "")
 			return func(env *Env, args []string) error {
 				if len(args) != 0 {
-					return usagef("sign-pcrs takes no arguments")
+					return command.Usagef("sign-pcrs takes no arguments")
 				}
 				if *keyFile == "" || *ids == "" {
-					return usagef("want --key KEY.pem and --pcr-ids IDS")
+					return command.Usagef("want --key KEY.pem and --pcr-ids IDS")
 				}
 				pcrs, err := tpm.ParsePCRs(*ids)
 				if err != nil || len(pcrs) == 0 {
-					return usagef("--pcr-ids %q: want PCR indexes such as 7,11", *ids)
+					return command.Usagef("--pcr-ids %q: want PCR indexes such as 7,11", *ids)
 				}
 				if _, err := tpm.HashAlg(*bank); err != nil {
-					return usagef("--bank: %v", err)
+					return command.Usagef("--bank: %v", err)
 				}
 				key, err := readSigningKey(*keyFile)
 				if err != nil {
@@ -50,16 +51,16 @@ func init() {
 					raw, err := base64.RawURLEncoding.DecodeString(strings.TrimRight(strings.TrimSpace(*digest), "="))
 					if err != nil {
 						if raw, err = base64.RawStdEncoding.DecodeString(strings.TrimRight(strings.TrimSpace(*digest), "=")); err != nil {
-							return usagef("--pcr-digest is not base64url")
+							return command.Usagef("--pcr-digest is not base64url")
 						}
 					}
 					if vals, err = tpm.SplitPCRValues(*bank, pcrs, raw); err != nil {
-						return usagef("--pcr-digest: %v", err)
+						return command.Usagef("--pcr-digest: %v", err)
 					}
 				} else {
 					t, err := tpm.Open(context.Background(), "")
 					if err != nil {
-						return withHint(err, "sign values computed elsewhere with --pcr-digest")
+						return command.WithHint(err, "sign values computed elsewhere with --pcr-digest")
 					}
 					vals, err = t.ReadPCRs(*bank, pcrs)
 					t.Close()
@@ -88,7 +89,7 @@ func init() {
 					default:
 						prev, err := tpm.ParseSignatures(old)
 						if err != nil {
-							return withHint(fmt.Errorf("%s: %w", *out, err), "move it away, or give another --out")
+							return command.WithHint(fmt.Errorf("%s: %w", *out, err), "move it away, or give another --out")
 						}
 						sigs = tpm.AddSignature(prev, s)
 					}
@@ -111,7 +112,7 @@ func init() {
 				return nil
 			}
 		},
-	})
+	}
 }
 
 // readSigningKey reads an ECDSA P-256 private key from a PEM file
@@ -139,7 +140,7 @@ func readSigningKey(name string) (*ecdsa.PrivateKey, error) {
 	}
 	ek, ok := k.(*ecdsa.PrivateKey)
 	if !ok || ek.Curve.Params().Name != "P-256" {
-		return nil, withHint(fmt.Errorf("%s is not an ECDSA P-256 key", name),
+		return nil, command.WithHint(fmt.Errorf("%s is not an ECDSA P-256 key", name),
 			"make one with: openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out %s", name)
 	}
 	return ek, nil

@@ -6,19 +6,20 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/tether-nbde/tether/internal/command"
 	"github.com/tether-nbde/tether/pin/managed"
 )
 
-func init() {
-	register(&command{
-		name:    "zfs setup",
-		summary: "prepare an enrolled device for ZFS keylocation=https://",
-		usage:   zfsSetupUsage,
-		flags: func(fs *flag.FlagSet) func(*Env, []string) error {
+func zfsSetupCmd() *command.Command {
+	return &command.Command{
+		Name:    "zfs setup",
+		Summary: "prepare an enrolled device for ZFS keylocation=https://",
+		Usage:   zfsSetupUsage,
+		Flags: func(fs *flag.FlagSet) func(*Env, []string) error {
 			state := fs.String("state", "", "")
 			return func(env *Env, args []string) error {
 				if len(args) > 1 {
-					return usagef("want at most one argument, the dataset")
+					return command.Usagef("want at most one argument, the dataset")
 				}
 				dir := deviceDir(env, *state)
 				ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -41,7 +42,7 @@ export SSL_CA_CERT_FILE=%[5]s
 				return nil
 			}
 		},
-	})
+	}
 }
 
 const zfsSetupUsage = `Usage: tether zfs setup [--state DIR] [POOL/DATASET]

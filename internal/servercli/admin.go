@@ -7,7 +7,6 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"github.com/tether-nbde/tether/internal/cli"
 	"io"
 	"net/netip"
 	"os"
@@ -18,6 +17,7 @@ import (
 	"time"
 
 	"github.com/tether-nbde/tether/audit"
+	"github.com/tether-nbde/tether/internal/command"
 	"github.com/tether-nbde/tether/server"
 	"github.com/tether-nbde/tether/store"
 )
@@ -55,26 +55,26 @@ func managedServerFlags(fs *flag.FlagSet) func() (server.ManagedConfig, error) {
 			}
 			p, err := netip.ParsePrefix(c)
 			if err != nil {
-				return mc, cli.Usagef("--tang-allow: %v", err)
+				return mc, command.Usagef("--tang-allow: %v", err)
 			}
 			mc.TangAllow = append(mc.TangAllow, p)
 		}
 		if mc.Listen == "" && (mc.Store != "" || len(mc.Webhooks) > 0) {
-			return mc, cli.Usagef("--store and --webhook need managed mode: add --managed-listen ADDR")
+			return mc, command.Usagef("--store and --webhook need managed mode: add --managed-listen ADDR")
 		}
 		return mc, nil
 	}
 }
 
-// adminCmd registers one "tether admin" command; run gets a connected
+// adminCmd makes one "tether admin" command; run gets a connected
 // admin client.
-func adminCmd(name, summary, usage string, extra func(fs *flag.FlagSet) func(env *cli.Env, c *server.AdminClient, args []string) error) {
-	cli.Register(cli.Command{
+func adminCmd(name, summary, usage string, extra func(fs *flag.FlagSet) func(env *command.Env, c *server.AdminClient, args []string) error) *command.Command {
+	return &command.Command{
 		Name: name, Summary: summary, Usage: usage + adminCommon,
-		Flags: func(fs *flag.FlagSet) func(*cli.Env, []string) error {
+		Flags: func(fs *flag.FlagSet) func(*command.Env, []string) error {
 			cfgFile := fs.String("config", "", "")
 			run := extra(fs)
-			return func(env *cli.Env, args []string) error {
+			return func(env *command.Env, args []string) error {
 				path := *cfgFile
 				if path == "" {
 					path = env.Getenv("TETHER_ADMIN_CONFIG")
@@ -84,7 +84,7 @@ func adminCmd(name, summary, usage string, extra func(fs *flag.FlagSet) func(env
 				}
 				cfg, err := server.LoadAdminConfig(path)
 				if errors.Is(err, os.ErrNotExist) {
-					return cli.WithHint(err, "the server writes its admin credentials there on first start with --managed-listen; pass --config FILE if they are elsewhere, or reissue them with tether admin reset-credentials")
+					return command.WithHint(err, "the server writes its admin credentials there on first start with --managed-listen; pass --config FILE if they are elsewhere, or reissue them with tether admin reset-credentials")
 				}
 				if err != nil {
 					return err
@@ -95,7 +95,7 @@ func adminCmd(name, summary, usage string, extra func(fs *flag.FlagSet) func(env
 				return run(env, server.NewAdminClient(cfg), args)
 			}
 		},
-	})
+	}
 }
 
 const adminCommon = `
@@ -106,15 +106,15 @@ on its first start in managed mode. Default: $TETHER_ADMIN_CONFIG, else
 another host, and edit its url.
 `
 
-func init() {
-	adminCmd("admin token create", "make a one-time enrolment token", adminTokenUsage,
-		func(fs *flag.FlagSet) func(*cli.Env, *server.AdminClient, []string) error {
+func adminTokenCreateCmd() *command.Command {
+	return adminCmd("admin token create", "make a one-time enrolment token", adminTokenUsage,
+		func(fs *flag.FlagSet) func(*command.Env, *server.AdminClient, []string) error {
 			group := fs.String("group", "", "")
 			ttl := fs.Duration("ttl", 24*time.Hour, "")
 			note := fs.String("note", "", "")
-			return func(env *cli.Env, c *server.AdminClient, args []string) error {
+			return func(env *command.Env, c *server.AdminClient, args []string) error {
 				if len(args) > 0 {
-					return cli.Usagef("unexpected argument %q", args[0])
+					return command.Usagef("unexpected argument %q", args[0])
 				}
 				r, err := c.CreateToken(context.Background(), server.TokenRequest{Group: *group, TTL: store.Duration(*ttl), Note: *note})
 				if err != nil {
@@ -125,10 +125,13 @@ func init() {
 				return nil
 			}
 		})
-	adminCmd("admin device list", "list enrolled devices", adminDeviceListUsage,
-		func(fs *flag.FlagSet) func(*cli.Env, *server.AdminClient, []string) error {
+}
+
+func adminDeviceListCmd() *command.Command {
+	return adminCmd("admin device list", "list enrolled devices", adminDeviceListUsage,
+		func(fs *flag.FlagSet) func(*command.Env, *server.AdminClient, []string) error {
 			asJSON := fs.Bool("json", false, "")
-			return func(env *cli.Env, c *server.AdminClient, args []string) error {
+			return func(env *command.Env, c *server.AdminClient, args []string) error {
 				devs, err := c.Devices(context.Background())
 				if err != nil {
 					return err
@@ -144,43 +147,14 @@ func init() {
 				return tw.Flush()
 			}
 		})
-	for _, op := range []struct{ name, summary string }{
-		{"approve", "approve a pending enrolment"},
-		{"enable", "let a device unlock again"},
-		{"disable", "refuse a device's unlocks until enabled"},
-		{"revoke", "destroy a device's key: its disks never unlock again"},
-	} {
-		op := op
-		yesFlag := ""
-		if op.name == "revoke" {
-			yesFlag = " --yes"
-		}
-		adminCmd("admin device "+op.name, op.summary, fmt.Sprintf(adminDeviceOpUsage, op.name, op.summary, yesFlag),
-			func(fs *flag.FlagSet) func(*cli.Env, *server.AdminClient, []string) error {
-				reason := fs.String("reason", "", "")
-				yes := fs.Bool("yes", false, "")
-				return func(env *cli.Env, c *server.AdminClient, args []string) error {
-					if len(args) != 1 {
-						return cli.Usagef("want exactly one device ID")
-					}
-					if op.name == "revoke" && !*yes {
-						return cli.WithHint(errors.New("revocation is final: the device's exchange key is destroyed and every disk bound to it stays locked for good"),
-							"add --yes if that is what you want; tether admin device disable is reversible")
-					}
-					d, err := c.DeviceOp(context.Background(), args[0], op.name, *reason)
-					if err != nil {
-						return err
-					}
-					fmt.Fprintf(env.Stderr, "device %s (%s) is now %s\n", d.ID, d.Name, d.State)
-					return nil
-				}
-			})
-	}
-	adminCmd("admin device policy", "set a device's policy", adminPolicyUsage,
-		func(fs *flag.FlagSet) func(*cli.Env, *server.AdminClient, []string) error {
-			return func(env *cli.Env, c *server.AdminClient, args []string) error {
+}
+
+func adminDevicePolicyCmd() *command.Command {
+	return adminCmd("admin device policy", "set a device's policy", adminPolicyUsage,
+		func(fs *flag.FlagSet) func(*command.Env, *server.AdminClient, []string) error {
+			return func(env *command.Env, c *server.AdminClient, args []string) error {
 				if len(args) != 2 {
-					return cli.Usagef("want a device ID and a policy (JSON)")
+					return command.Usagef("want a device ID and a policy (JSON)")
 				}
 				p, err := parsePolicy(args[1])
 				if err != nil {
@@ -189,11 +163,14 @@ func init() {
 				return c.SetDevicePolicy(context.Background(), args[0], p)
 			}
 		})
-	adminCmd("admin group set", "set a group's policy", adminPolicyUsage,
-		func(fs *flag.FlagSet) func(*cli.Env, *server.AdminClient, []string) error {
-			return func(env *cli.Env, c *server.AdminClient, args []string) error {
+}
+
+func adminGroupSetCmd() *command.Command {
+	return adminCmd("admin group set", "set a group's policy", adminPolicyUsage,
+		func(fs *flag.FlagSet) func(*command.Env, *server.AdminClient, []string) error {
+			return func(env *command.Env, c *server.AdminClient, args []string) error {
 				if len(args) != 2 {
-					return cli.Usagef("want a group name and a policy (JSON)")
+					return command.Usagef("want a group name and a policy (JSON)")
 				}
 				p, err := parsePolicy(args[1])
 				if err != nil {
@@ -202,11 +179,14 @@ func init() {
 				return c.SetGroup(context.Background(), args[0], p)
 			}
 		})
-	adminCmd("admin lockdown", "refuse every unlock at once (on|off)", adminLockdownUsage,
-		func(fs *flag.FlagSet) func(*cli.Env, *server.AdminClient, []string) error {
-			return func(env *cli.Env, c *server.AdminClient, args []string) error {
+}
+
+func adminLockdownCmd() *command.Command {
+	return adminCmd("admin lockdown", "refuse every unlock at once (on|off)", adminLockdownUsage,
+		func(fs *flag.FlagSet) func(*command.Env, *server.AdminClient, []string) error {
+			return func(env *command.Env, c *server.AdminClient, args []string) error {
 				if len(args) != 1 || (args[0] != "on" && args[0] != "off") {
-					return cli.Usagef("want on or off")
+					return command.Usagef("want on or off")
 				}
 				if err := c.Lockdown(context.Background(), args[0] == "on"); err != nil {
 					return err
@@ -215,11 +195,14 @@ func init() {
 				return nil
 			}
 		})
-	adminCmd("admin enroll-open", "allow enrolment without a token (on|off)", adminEnrollOpenUsage,
-		func(fs *flag.FlagSet) func(*cli.Env, *server.AdminClient, []string) error {
-			return func(env *cli.Env, c *server.AdminClient, args []string) error {
+}
+
+func adminEnrollOpenCmd() *command.Command {
+	return adminCmd("admin enroll-open", "allow enrolment without a token (on|off)", adminEnrollOpenUsage,
+		func(fs *flag.FlagSet) func(*command.Env, *server.AdminClient, []string) error {
+			return func(env *command.Env, c *server.AdminClient, args []string) error {
 				if len(args) != 1 || (args[0] != "on" && args[0] != "off") {
-					return cli.Usagef("want on or off")
+					return command.Usagef("want on or off")
 				}
 				if err := c.EnrollOpen(context.Background(), args[0] == "on"); err != nil {
 					return err
@@ -228,14 +211,17 @@ func init() {
 				return nil
 			}
 		})
-	adminCmd("admin audit verify", "check the audit log's hash chain", adminAuditUsage,
-		func(fs *flag.FlagSet) func(*cli.Env, *server.AdminClient, []string) error {
+}
+
+func adminAuditVerifyCmd() *command.Command {
+	return adminCmd("admin audit verify", "check the audit log's hash chain", adminAuditUsage,
+		func(fs *flag.FlagSet) func(*command.Env, *server.AdminClient, []string) error {
 			var anchors anchorList
 			fs.Var(&anchors, "anchor", "")
 			from := fs.String("anchors-from", "", "")
-			return func(env *cli.Env, c *server.AdminClient, args []string) error {
+			return func(env *command.Env, c *server.AdminClient, args []string) error {
 				if len(args) != 0 {
-					return cli.Usagef("unexpected argument %q", args[0])
+					return command.Usagef("unexpected argument %q", args[0])
 				}
 				if *from != "" {
 					if err := anchors.readEvents(*from); err != nil {
@@ -253,11 +239,11 @@ func init() {
 					return nil
 				})
 				if err != nil {
-					return cli.WithHint(err, "the audit log was changed behind the server's back; compare with an export")
+					return command.WithHint(err, "the audit log was changed behind the server's back; compare with an export")
 				}
 				for seq := range anchors {
 					if seq > ch.Seq {
-						return cli.WithHint(fmt.Errorf("the anchor names record %d, but the log ends at record %d: it was cut short", seq, ch.Seq),
+						return command.WithHint(fmt.Errorf("the anchor names record %d, but the log ends at record %d: it was cut short", seq, ch.Seq),
 							"the audit log was changed behind the server's back; compare with an export")
 					}
 				}
@@ -268,9 +254,12 @@ func init() {
 				return nil
 			}
 		})
-	adminCmd("admin audit export", "write the audit log as JSON lines", adminAuditUsage,
-		func(fs *flag.FlagSet) func(*cli.Env, *server.AdminClient, []string) error {
-			return func(env *cli.Env, c *server.AdminClient, args []string) error {
+}
+
+func adminAuditExportCmd() *command.Command {
+	return adminCmd("admin audit export", "write the audit log as JSON lines", adminAuditUsage,
+		func(fs *flag.FlagSet) func(*command.Env, *server.AdminClient, []string) error {
+			return func(env *command.Env, c *server.AdminClient, args []string) error {
 				enc := json.NewEncoder(env.Stdout)
 				ch := audit.NewChain()
 				err := c.Audit(context.Background(), func(r *audit.Record) error {
@@ -280,17 +269,20 @@ func init() {
 					return enc.Encode(r)
 				})
 				if err != nil {
-					return cli.WithHint(err, "the records up to the broken link were written")
+					return command.WithHint(err, "the records up to the broken link were written")
 				}
 				return nil
 			}
 		})
-	adminCmd("admin unlock list", "list unlocks waiting for approval", adminUnlockUsage,
-		func(fs *flag.FlagSet) func(*cli.Env, *server.AdminClient, []string) error {
+}
+
+func adminUnlockListCmd() *command.Command {
+	return adminCmd("admin unlock list", "list unlocks waiting for approval", adminUnlockUsage,
+		func(fs *flag.FlagSet) func(*command.Env, *server.AdminClient, []string) error {
 			asJSON := fs.Bool("json", false, "")
-			return func(env *cli.Env, c *server.AdminClient, args []string) error {
+			return func(env *command.Env, c *server.AdminClient, args []string) error {
 				if len(args) > 0 {
-					return cli.Usagef("unexpected argument %q", args[0])
+					return command.Usagef("unexpected argument %q", args[0])
 				}
 				as, err := c.Approvals(context.Background())
 				if err != nil {
@@ -310,41 +302,71 @@ func init() {
 				return tw.Flush()
 			}
 		})
-	for _, op := range []string{"approve", "deny"} {
-		adminCmd("admin unlock "+op, op+" a waiting unlock", adminUnlockUsage,
-			func(fs *flag.FlagSet) func(*cli.Env, *server.AdminClient, []string) error {
-				return func(env *cli.Env, c *server.AdminClient, args []string) error {
-					if len(args) != 1 {
-						return cli.Usagef("want exactly one approval ID (tether admin unlock list)")
-					}
-					a, err := c.ApprovalOp(context.Background(), args[0], op)
-					if err != nil {
-						return err
-					}
-					what := "approved: the device's waiting unlock goes ahead"
-					if op == "deny" {
-						what = "denied: the device's waiting unlock is refused"
-					}
-					fmt.Fprintf(env.Stderr, "unlock %s of device %s %s\n", a.ID, a.Device, what)
-					return nil
-				}
-			})
-	}
 }
 
-func init() {
-	cli.Register(cli.Command{
+// adminDeviceOpCmd is "tether admin device OP": approve, enable, disable or revoke.
+func adminDeviceOpCmd(op, summary string) *command.Command {
+	yesFlag := ""
+	if op == "revoke" {
+		yesFlag = " --yes"
+	}
+	return adminCmd("admin device "+op, summary, fmt.Sprintf(adminDeviceOpUsage, op, summary, yesFlag),
+		func(fs *flag.FlagSet) func(*command.Env, *server.AdminClient, []string) error {
+			reason := fs.String("reason", "", "")
+			yes := fs.Bool("yes", false, "")
+			return func(env *command.Env, c *server.AdminClient, args []string) error {
+				if len(args) != 1 {
+					return command.Usagef("want exactly one device ID")
+				}
+				if op == "revoke" && !*yes {
+					return command.WithHint(errors.New("revocation is final: the device's exchange key is destroyed and every disk bound to it stays locked for good"),
+						"add --yes if that is what you want; tether admin device disable is reversible")
+				}
+				d, err := c.DeviceOp(context.Background(), args[0], op, *reason)
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(env.Stderr, "device %s (%s) is now %s\n", d.ID, d.Name, d.State)
+				return nil
+			}
+		})
+}
+
+// adminUnlockOpCmd is "tether admin unlock OP": approve or deny.
+func adminUnlockOpCmd(op string) *command.Command {
+	return adminCmd("admin unlock "+op, op+" a waiting unlock", adminUnlockUsage,
+		func(fs *flag.FlagSet) func(*command.Env, *server.AdminClient, []string) error {
+			return func(env *command.Env, c *server.AdminClient, args []string) error {
+				if len(args) != 1 {
+					return command.Usagef("want exactly one approval ID (tether admin unlock list)")
+				}
+				a, err := c.ApprovalOp(context.Background(), args[0], op)
+				if err != nil {
+					return err
+				}
+				what := "approved: the device's waiting unlock goes ahead"
+				if op == "deny" {
+					what = "denied: the device's waiting unlock is refused"
+				}
+				fmt.Fprintf(env.Stderr, "unlock %s of device %s %s\n", a.ID, a.Device, what)
+				return nil
+			}
+		})
+}
+
+func adminResetCredentialsCmd() *command.Command {
+	return &command.Command{
 		Name:    "admin reset-credentials",
 		Summary: "reissue the admin credentials (as root, with the server stopped)",
 		Usage:   adminResetUsage,
-		Flags: func(fs *flag.FlagSet) func(*cli.Env, []string) error {
+		Flags: func(fs *flag.FlagSet) func(*command.Env, []string) error {
 			data := fs.String("data", defaultDataDir, "")
 			storeSrc := fs.String("store", "", "")
 			out := fs.String("config", "", "")
 			url := fs.String("url", "", "")
-			return func(env *cli.Env, args []string) error {
+			return func(env *command.Env, args []string) error {
 				if len(args) != 0 {
-					return cli.Usagef("unexpected argument %q", args[0])
+					return command.Usagef("unexpected argument %q", args[0])
 				}
 				ctx := context.Background()
 				file := *out
@@ -360,15 +382,15 @@ func init() {
 					}
 				}
 				if u == "" {
-					return cli.Usagef("no URL for the admin API: %s has none; pass --url https://HOST:PORT (the server's --managed-listen address)", file)
+					return command.Usagef("no URL for the admin API: %s has none; pass --url https://HOST:PORT (the server's --managed-listen address)", file)
 				}
 				unlock, err := server.LockDataDirOffline(*data)
 				if errors.Is(err, server.ErrServerRunning) {
-					return cli.WithHint(fmt.Errorf("reset admin credentials: %w", err),
+					return command.WithHint(fmt.Errorf("reset admin credentials: %w", err),
 						"stop the server, run this again, then start the server")
 				}
 				if err != nil {
-					return cli.WithHint(fmt.Errorf("reset admin credentials: %w", err), "is --data %s the server's data directory?", *data)
+					return command.WithHint(fmt.Errorf("reset admin credentials: %w", err), "is --data %s the server's data directory?", *data)
 				}
 				defer unlock()
 				src := *storeSrc
@@ -378,7 +400,7 @@ func init() {
 				// Opening a SQLite store creates it: make sure there is one.
 				if db, ok := strings.CutPrefix(src, "sqlite:"); ok || !strings.Contains(src, "://") {
 					if _, err := os.Stat(db); err != nil {
-						return cli.WithHint(fmt.Errorf("reset admin credentials: %w", err), "is --data %s the server's data directory (or give --store)?", *data)
+						return command.WithHint(fmt.Errorf("reset admin credentials: %w", err), "is --data %s the server's data directory (or give --store)?", *data)
 					}
 				}
 				st, err := store.Open(ctx, src)
@@ -393,7 +415,7 @@ func init() {
 				return nil
 			}
 		},
-	})
+	}
 }
 
 const adminResetUsage = `Usage: tether admin reset-credentials [--data DIR] [--store SRC]
@@ -426,7 +448,7 @@ func parsePolicy(s string) (store.Policy, error) {
 	dec := json.NewDecoder(strings.NewReader(s))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&p); err != nil {
-		return p, cli.WithHint(fmt.Errorf("policy is not valid: %v", err),
+		return p, command.WithHint(fmt.Errorf("policy is not valid: %v", err),
 			`example: '{"cidrs":["10.0.0.0/8"],"keepalive":"5m","approval":false,"rate":10}'`)
 	}
 	return p, nil
@@ -537,7 +559,7 @@ Example:
 func (a *anchorList) readEvents(path string) error {
 	f, err := os.Open(path)
 	if err != nil {
-		return cli.WithHint(fmt.Errorf("read the anchors: %w", err), "give --anchors-from the file your webhook receiver writes the events to")
+		return command.WithHint(fmt.Errorf("read the anchors: %w", err), "give --anchors-from the file your webhook receiver writes the events to")
 	}
 	defer f.Close()
 	n, err := a.parseEvents(f, path)
@@ -545,7 +567,7 @@ func (a *anchorList) readEvents(path string) error {
 		return err
 	}
 	if n == 0 {
-		return cli.WithHint(fmt.Errorf("%s holds no audit anchor (a webhook event with \"seq\" and \"hash\")", path),
+		return command.WithHint(fmt.Errorf("%s holds no audit anchor (a webhook event with \"seq\" and \"hash\")", path),
 			"check that it is the webhook receiver's log of events; anchors can also be given with --anchor SEQ:HASH")
 	}
 	return nil

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"github.com/tether-nbde/tether/internal/cli"
 	"io"
 	"os"
 	"strings"
@@ -15,6 +14,7 @@ import (
 
 	"golang.org/x/term"
 
+	"github.com/tether-nbde/tether/internal/command"
 	"github.com/tether-nbde/tether/server"
 )
 
@@ -30,7 +30,7 @@ func uiServerFlags(fs *flag.FlagSet) func() server.UIConfig {
 
 // readPassword reads a new password: from a prompt (twice, not echoed)
 // when stdin is a terminal, else the first line of stdin. Never from argv.
-func readPassword(env *cli.Env, name string) (string, error) {
+func readPassword(env *command.Env, name string) (string, error) {
 	if f, ok := env.Stdin.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
 		fmt.Fprintf(env.Stderr, "New password for %s: ", name)
 		a, err := term.ReadPassword(int(f.Fd()))
@@ -55,56 +55,17 @@ func readPassword(env *cli.Env, name string) (string, error) {
 	}
 	pw := strings.TrimRight(line, "\r\n")
 	if pw == "" {
-		return "", cli.WithHint(errors.New("no password on stdin"), "pipe it in: tether admin user add %s < password-file", name)
+		return "", command.WithHint(errors.New("no password on stdin"), "pipe it in: tether admin user add %s < password-file", name)
 	}
 	return pw, nil
 }
 
-func init() {
-	for _, op := range []struct{ name, summary string }{
-		{"add", "add a dashboard account (password from stdin or a prompt)"},
-		{"passwd", "change a dashboard account's password (ends its sessions)"},
-	} {
-		op := op
-		adminCmd("admin user "+op.name, op.summary, adminUserUsage,
-			func(fs *flag.FlagSet) func(*cli.Env, *server.AdminClient, []string) error {
-				return func(env *cli.Env, c *server.AdminClient, args []string) error {
-					if len(args) != 1 {
-						return cli.Usagef("want exactly one account name (the password comes from stdin or a prompt, never the command line)")
-					}
-					if err := server.ValidUserName(args[0]); err != nil {
-						return cli.Usagef("%v", err)
-					}
-					pw, err := readPassword(env, args[0])
-					if err != nil {
-						return err
-					}
-					if len(pw) < server.MinPasswordLength {
-						return cli.WithHint(fmt.Errorf("password is shorter than %d characters", server.MinPasswordLength), "choose a longer one, e.g. four random words")
-					}
-					ctx := context.Background()
-					if op.name == "add" {
-						err = c.AddUser(ctx, args[0], pw)
-						var ae *server.AdminError
-						if errors.As(err, &ae) && ae.Status == 409 {
-							return cli.WithHint(err, "change its password with tether admin user passwd %s", args[0])
-						}
-					} else {
-						err = c.SetPassword(ctx, args[0], pw)
-					}
-					if err != nil {
-						return err
-					}
-					fmt.Fprintf(env.Stderr, "account %s: password set\n", args[0])
-					return nil
-				}
-			})
-	}
-	adminCmd("admin user list", "list dashboard accounts", adminUserUsage,
-		func(fs *flag.FlagSet) func(*cli.Env, *server.AdminClient, []string) error {
-			return func(env *cli.Env, c *server.AdminClient, args []string) error {
+func adminUserListCmd() *command.Command {
+	return adminCmd("admin user list", "list dashboard accounts", adminUserUsage,
+		func(fs *flag.FlagSet) func(*command.Env, *server.AdminClient, []string) error {
+			return func(env *command.Env, c *server.AdminClient, args []string) error {
 				if len(args) > 0 {
-					return cli.Usagef("unexpected argument %q", args[0])
+					return command.Usagef("unexpected argument %q", args[0])
 				}
 				us, err := c.Users(context.Background())
 				if err != nil {
@@ -118,11 +79,14 @@ func init() {
 				return tw.Flush()
 			}
 		})
-	adminCmd("admin user unlock", "clear the sign-in brakes on a dashboard account", adminUserUsage,
-		func(fs *flag.FlagSet) func(*cli.Env, *server.AdminClient, []string) error {
-			return func(env *cli.Env, c *server.AdminClient, args []string) error {
+}
+
+func adminUserUnlockCmd() *command.Command {
+	return adminCmd("admin user unlock", "clear the sign-in brakes on a dashboard account", adminUserUsage,
+		func(fs *flag.FlagSet) func(*command.Env, *server.AdminClient, []string) error {
+			return func(env *command.Env, c *server.AdminClient, args []string) error {
 				if len(args) != 1 {
-					return cli.Usagef("want exactly one account name")
+					return command.Usagef("want exactly one account name")
 				}
 				n, err := c.UnlockUser(context.Background(), args[0])
 				if err != nil {
@@ -132,16 +96,56 @@ func init() {
 				return nil
 			}
 		})
-	adminCmd("admin user remove", "remove a dashboard account (ends its sessions)", adminUserUsage,
-		func(fs *flag.FlagSet) func(*cli.Env, *server.AdminClient, []string) error {
-			return func(env *cli.Env, c *server.AdminClient, args []string) error {
+}
+
+func adminUserRemoveCmd() *command.Command {
+	return adminCmd("admin user remove", "remove a dashboard account (ends its sessions)", adminUserUsage,
+		func(fs *flag.FlagSet) func(*command.Env, *server.AdminClient, []string) error {
+			return func(env *command.Env, c *server.AdminClient, args []string) error {
 				if len(args) != 1 {
-					return cli.Usagef("want exactly one account name")
+					return command.Usagef("want exactly one account name")
 				}
 				if err := c.RemoveUser(context.Background(), args[0]); err != nil {
 					return err
 				}
 				fmt.Fprintf(env.Stderr, "account %s removed\n", args[0])
+				return nil
+			}
+		})
+}
+
+// adminUserPasswordCmd is "tether admin user add" or "passwd": both take a password.
+func adminUserPasswordCmd(op, summary string) *command.Command {
+	return adminCmd("admin user "+op, summary, adminUserUsage,
+		func(fs *flag.FlagSet) func(*command.Env, *server.AdminClient, []string) error {
+			return func(env *command.Env, c *server.AdminClient, args []string) error {
+				if len(args) != 1 {
+					return command.Usagef("want exactly one account name (the password comes from stdin or a prompt, never the command line)")
+				}
+				if err := server.ValidUserName(args[0]); err != nil {
+					return command.Usagef("%v", err)
+				}
+				pw, err := readPassword(env, args[0])
+				if err != nil {
+					return err
+				}
+				if len(pw) < server.MinPasswordLength {
+					return command.WithHint(fmt.Errorf("password is shorter than %d characters", server.MinPasswordLength), "choose a longer one, e.g. four random words")
+				}
+				ctx := context.Background()
+				if op == "add" {
+					err = c.AddUser(ctx, args[0], pw)
+					var ae *server.AdminError
+					if errors.As(err, &ae) && ae.Status == 409 {
+						return command.WithHint(err, "change its password with tether admin user passwd %s", args[0])
+					}
+				} else {
+					err = c.SetPassword(ctx, args[0], pw)
+				}
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(env.Stderr, "account %s: password set\n", args[0])
 				return nil
 			}
 		})

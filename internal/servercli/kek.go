@@ -10,7 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 
-	"github.com/tether-nbde/tether/internal/cli"
+	"github.com/tether-nbde/tether/internal/command"
 	"github.com/tether-nbde/tether/pin"
 	"github.com/tether-nbde/tether/server"
 	"github.com/tether-nbde/tether/store"
@@ -18,31 +18,31 @@ import (
 
 // The KEK commands: seal the managed server's key-encryption key file to a
 // TPM or Tang servers (any pin policy), and turn it back into a plain file.
-func init() {
-	cli.Register(cli.Command{
+func serverKekSealCmd() *command.Command {
+	return &command.Command{
 		Name:    "server kek seal",
 		Summary: "seal the key-encryption key to this machine's TPM or to Tang servers",
 		Usage:   kekSealUsage,
-		Flags: func(fs *flag.FlagSet) func(*cli.Env, []string) error {
+		Flags: func(fs *flag.FlagSet) func(*command.Env, []string) error {
 			file, _ := kekFlags(fs)
 			backup := fs.String("backup", "", "")
 			noBackup := fs.Bool("no-backup", false, "")
 			trust := fs.Bool("y", false, "")
 			timeout := fs.Duration("timeout", pin.DefaultTimeout, "")
-			return func(env *cli.Env, args []string) error {
+			return func(env *command.Env, args []string) error {
 				if len(args) != 2 {
-					return cli.Usagef("want PIN and CONFIG, e.g. tpm2 '{\"pcr_ids\":\"7\"}'")
+					return command.Usagef("want PIN and CONFIG, e.g. tpm2 '{\"pcr_ids\":\"7\"}'")
 				}
 				if (*backup == "") == !*noBackup {
-					return cli.WithHint(cli.Usagef("say where the plain copy goes (--backup FILE) or that you have one (--no-backup)"),
+					return command.WithHint(command.Usagef("say where the plain copy goes (--backup FILE) or that you have one (--no-backup)"),
 						"a KEK sealed to a TPM is lost with the TPM, and every device key with it: keep a copy somewhere safe")
 				}
 				if !json.Valid([]byte(args[1])) {
-					return cli.Usagef("CONFIG is not valid JSON: %s", args[1])
+					return command.Usagef("CONFIG is not valid JSON: %s", args[1])
 				}
 				path := file()
 				if _, err := os.Stat(path); err != nil {
-					return cli.WithHint(err, "is --data the server's data directory (or give --kek-file)?")
+					return command.WithHint(err, "is --data the server's data directory (or give --kek-file)?")
 				}
 				ctx, cancel := context.WithTimeout(context.Background(), 2**timeout)
 				defer cancel()
@@ -60,27 +60,30 @@ func init() {
 				return nil
 			}
 		},
-	})
-	cli.Register(cli.Command{
+	}
+}
+
+func serverKekRotateCmd() *command.Command {
+	return &command.Command{
 		Name:    "server kek rotate",
 		Summary: "replace the key-encryption key and rewrap every key under the new one",
 		Usage:   kekRotateUsage,
-		Flags: func(fs *flag.FlagSet) func(*cli.Env, []string) error {
+		Flags: func(fs *flag.FlagSet) func(*command.Env, []string) error {
 			file, data := kekFlags(fs)
 			storeSrc := fs.String("store", "", "")
 			stopped := fs.Bool("servers-stopped", false, "")
-			return func(env *cli.Env, args []string) error {
+			return func(env *command.Env, args []string) error {
 				if len(args) != 0 {
-					return cli.Usagef("unexpected argument %q", args[0])
+					return command.Usagef("unexpected argument %q", args[0])
 				}
 				if !*stopped {
-					return cli.WithHint(cli.Usagef("stop every server that uses the store first, then pass --servers-stopped"),
+					return command.WithHint(command.Usagef("stop every server that uses the store first, then pass --servers-stopped"),
 						"a running server keeps the old key-encryption key and could not unwrap the rewrapped keys")
 				}
 				ctx := context.Background()
 				path := file()
 				if _, err := os.Stat(path); err != nil {
-					return cli.WithHint(err, "is --data %s the server's data directory (or give --kek-file)?", *data)
+					return command.WithHint(err, "is --data %s the server's data directory (or give --kek-file)?", *data)
 				}
 				src := *storeSrc
 				if src == "" {
@@ -89,7 +92,7 @@ func init() {
 				// Opening a SQLite store creates it: make sure there is one.
 				if db, ok := strings.CutPrefix(src, "sqlite:"); ok || !strings.Contains(src, "://") {
 					if _, err := os.Stat(db); err != nil {
-						return cli.WithHint(err, "is --data %s the server's data directory (or give --store)?", *data)
+						return command.WithHint(err, "is --data %s the server's data directory (or give --store)?", *data)
 					}
 				}
 				st, err := store.Open(ctx, src)
@@ -110,17 +113,20 @@ func init() {
 				return nil
 			}
 		},
-	})
-	cli.Register(cli.Command{
+	}
+}
+
+func serverKekUnsealCmd() *command.Command {
+	return &command.Command{
 		Name:    "server kek unseal",
 		Summary: "turn a sealed key-encryption key back into a plain file",
 		Usage:   kekUnsealUsage,
-		Flags: func(fs *flag.FlagSet) func(*cli.Env, []string) error {
+		Flags: func(fs *flag.FlagSet) func(*command.Env, []string) error {
 			file, _ := kekFlags(fs)
 			timeout := fs.Duration("timeout", pin.DefaultTimeout, "")
-			return func(env *cli.Env, args []string) error {
+			return func(env *command.Env, args []string) error {
 				if len(args) != 0 {
-					return cli.Usagef("unexpected argument %q", args[0])
+					return command.Usagef("unexpected argument %q", args[0])
 				}
 				path := file()
 				ctx, cancel := context.WithTimeout(context.Background(), *timeout)
@@ -132,7 +138,7 @@ func init() {
 				return nil
 			}
 		},
-	})
+	}
 }
 
 // kekFlags declares --data and --kek-file and returns the KEK file's path

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"github.com/tether-nbde/tether/internal/cli"
 	"log/slog"
 	"os"
 	"os/signal"
@@ -13,6 +12,7 @@ import (
 	"syscall"
 	"text/tabwriter"
 
+	"github.com/tether-nbde/tether/internal/command"
 	"github.com/tether-nbde/tether/jose"
 	"github.com/tether-nbde/tether/server"
 	"github.com/tether-nbde/tether/tang"
@@ -20,12 +20,12 @@ import (
 
 const defaultDataDir = "/var/lib/tether"
 
-func init() {
-	cli.Register(cli.Command{
+func serverCmd() *command.Command {
+	return &command.Command{
 		Name:    "server",
 		Summary: "run the key server (Tang protocol)",
 		Usage:   serverUsage,
-		Flags: func(fs *flag.FlagSet) func(*cli.Env, []string) error {
+		Flags: func(fs *flag.FlagSet) func(*command.Env, []string) error {
 			listen := fs.String("listen", ":7500", "")
 			data := fs.String("data", defaultDataDir, "")
 			prefix := fs.String("prefix", "", "")
@@ -34,9 +34,9 @@ func init() {
 			key := fs.String("tls-key", "", "")
 			logLevel := fs.String("log-level", "info", "")
 			managedCfg := managedServerFlags(fs) // admin.go
-			return func(env *cli.Env, args []string) error {
+			return func(env *command.Env, args []string) error {
 				if len(args) > 0 {
-					return cli.Usagef("unexpected argument %q", args[0])
+					return command.Usagef("unexpected argument %q", args[0])
 				}
 				mc, err := managedCfg()
 				if err != nil {
@@ -44,14 +44,14 @@ func init() {
 				}
 				c, err := jose.CurveByName(*curve)
 				if err != nil {
-					return cli.Usagef("--curve: %v", err)
+					return command.Usagef("--curve: %v", err)
 				}
 				if (*cert == "") != (*key == "") {
-					return cli.Usagef("--tls-cert and --tls-key go together")
+					return command.Usagef("--tls-cert and --tls-key go together")
 				}
 				var lvl slog.Level
 				if err := lvl.UnmarshalText([]byte(*logLevel)); err != nil {
-					return cli.Usagef("--log-level: %v", err)
+					return command.Usagef("--log-level: %v", err)
 				}
 				log := slog.New(slog.NewTextHandler(env.Stderr, &slog.HandlerOptions{Level: lvl}))
 				if env.Getenv("GOGC") == "" {
@@ -67,26 +67,29 @@ func init() {
 					TLSCert: *cert, TLSKey: *key, Log: log, Managed: mc,
 				})
 				if errors.Is(err, os.ErrPermission) {
-					return cli.WithHint(err, "choose a data directory you can write with --data DIR")
+					return command.WithHint(err, "choose a data directory you can write with --data DIR")
 				}
 				return err
 			}
 		},
-	})
-	cli.Register(cli.Command{
+	}
+}
+
+func serverKeysListCmd() *command.Command {
+	return &command.Command{
 		Name:    "server keys list",
 		Summary: "list the server's keys and their thumbprints",
 		Usage:   keysListUsage,
-		Flags: func(fs *flag.FlagSet) func(*cli.Env, []string) error {
+		Flags: func(fs *flag.FlagSet) func(*command.Env, []string) error {
 			data := fs.String("data", defaultDataDir, "")
 			all := fs.Bool("all", false, "")
-			return func(env *cli.Env, args []string) error {
+			return func(env *command.Env, args []string) error {
 				if len(args) > 0 {
-					return cli.Usagef("unexpected argument %q", args[0])
+					return command.Usagef("unexpected argument %q", args[0])
 				}
 				keys, err := tang.LoadKeyDir(server.KeyDir(*data))
 				if err != nil {
-					return cli.WithHint(err, "is --data %s the server's data directory?", *data)
+					return command.WithHint(err, "is --data %s the server's data directory?", *data)
 				}
 				tw := tabwriter.NewWriter(env.Stdout, 0, 4, 2, ' ', 0)
 				fmt.Fprintln(tw, "STATE\tUSE\tCURVE\tTHUMBPRINT (S256)")
@@ -107,25 +110,28 @@ func init() {
 				return tw.Flush()
 			}
 		},
-	})
-	cli.Register(cli.Command{
+	}
+}
+
+func serverKeysRotateCmd() *command.Command {
+	return &command.Command{
 		Name:    "server keys rotate",
 		Summary: "generate new keys and retire the advertised ones",
 		Usage:   keysRotateUsage,
-		Flags: func(fs *flag.FlagSet) func(*cli.Env, []string) error {
+		Flags: func(fs *flag.FlagSet) func(*command.Env, []string) error {
 			data := fs.String("data", defaultDataDir, "")
 			curve := fs.String("curve", "P-521", "")
-			return func(env *cli.Env, args []string) error {
+			return func(env *command.Env, args []string) error {
 				if len(args) > 0 {
-					return cli.Usagef("unexpected argument %q", args[0])
+					return command.Usagef("unexpected argument %q", args[0])
 				}
 				c, err := jose.CurveByName(*curve)
 				if err != nil {
-					return cli.Usagef("--curve: %v", err)
+					return command.Usagef("--curve: %v", err)
 				}
 				dir := server.KeyDir(*data)
 				if _, err := os.Stat(dir); err != nil {
-					return cli.WithHint(err, "is --data %s the server's data directory?", *data)
+					return command.WithHint(err, "is --data %s the server's data directory?", *data)
 				}
 				newKeys, hidden, err := tang.Rotate(dir, c)
 				if err != nil {
@@ -139,16 +145,19 @@ func init() {
 				return nil
 			}
 		},
-	})
-	cli.Register(cli.Command{
+	}
+}
+
+func serverKeysImportCmd() *command.Command {
+	return &command.Command{
 		Name:    "server keys import",
 		Summary: "take over the keys of a tangd key directory",
 		Usage:   keysImportUsage,
-		Flags: func(fs *flag.FlagSet) func(*cli.Env, []string) error {
+		Flags: func(fs *flag.FlagSet) func(*command.Env, []string) error {
 			data := fs.String("data", defaultDataDir, "")
-			return func(env *cli.Env, args []string) error {
+			return func(env *command.Env, args []string) error {
 				if len(args) != 1 {
-					return cli.Usagef("want exactly one argument, the tangd key directory")
+					return command.Usagef("want exactly one argument, the tangd key directory")
 				}
 				imported, err := tang.Import(server.KeyDir(*data), args[0])
 				if err != nil {
@@ -166,7 +175,7 @@ func init() {
 				return nil
 			}
 		},
-	})
+	}
 }
 
 const serverUsage = `Usage: tether server [--listen ADDR] [--data DIR] [--prefix PATH]

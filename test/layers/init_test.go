@@ -18,6 +18,7 @@ import (
 	_ "github.com/tether-nbde/tether/boot"
 	_ "github.com/tether-nbde/tether/internal/atomicfile"
 	_ "github.com/tether-nbde/tether/internal/cli"
+	_ "github.com/tether-nbde/tether/internal/command"
 	_ "github.com/tether-nbde/tether/internal/docgen"
 	_ "github.com/tether-nbde/tether/internal/p521"
 	_ "github.com/tether-nbde/tether/internal/servercli"

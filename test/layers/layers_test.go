@@ -65,8 +65,9 @@ var ranks = map[string]int{
 	"server/tangport":  58, // the Tang port: tang's endpoints on net/http
 	"server":           60, // managed API, admin API, dashboard; Run wires all
 
+	"internal/command":    65, // the command framework of both binaries
 	"internal/cli":        70,
-	"internal/servercli":  75, // uses internal/cli's command framework
+	"internal/servercli":  70, // the server's commands, beside tether's
 	"internal/docgen":     80,
 	"internal/docgen/gen": 85,
 
