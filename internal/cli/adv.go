@@ -16,6 +16,26 @@ import (
 	"github.com/tether-nbde/tether/tang"
 )
 
+// advKey is one key of an advertisement as "tether adv" prints it.
+type advKey struct {
+	Crv  string `json:"crv"`
+	S256 string `json:"S256"`
+	S1   string `json:"S1"`
+}
+
+type advReport struct {
+	URL      string          `json:"url"`
+	Signing  []advKey        `json:"signing"`
+	Exchange []advKey        `json:"exchange"`
+	Config   tangConfig      `json:"config"`
+	Adv      json.RawMessage `json:"adv"`
+}
+
+type tangConfig struct {
+	URL string `json:"url"`
+	Thp string `json:"thp"`
+}
+
 const advUsage = `Usage: tether adv URL [--thp THP] [--json] [--timeout D]
 
 Fetch the advertisement of the Tang server at URL (a tether server or a
@@ -51,26 +71,6 @@ Examples:
   $ tether adv http://keys.lan:7500 --thp 9C8hYw...
   $ tether adv --json http://keys.lan:7500 | jq -r .config.thp
 `
-
-// advKey is one key of an advertisement as "tether adv" prints it.
-type advKey struct {
-	Crv  string `json:"crv"`
-	S256 string `json:"S256"`
-	S1   string `json:"S1"`
-}
-
-type advReport struct {
-	URL      string          `json:"url"`
-	Signing  []advKey        `json:"signing"`
-	Exchange []advKey        `json:"exchange"`
-	Config   tangConfig      `json:"config"`
-	Adv      json.RawMessage `json:"adv"`
-}
-
-type tangConfig struct {
-	URL string `json:"url"`
-	Thp string `json:"thp"`
-}
 
 func advCmd() *command.Command {
 	return &command.Command{

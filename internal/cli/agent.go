@@ -14,6 +14,40 @@ import (
 	"github.com/tether-nbde/tether/pin/managed"
 )
 
+const agentUsage = `Usage: tether agent [--state DIR] [--interval D] [--once] [--close]
+
+Send heartbeats to the managed server this machine enrolled with, every
+--interval (default 1m), until SIGTERM. A device whose policy sets a
+keep-alive timeout ("keepalive":"5m") and is not heard from for longer is
+disabled by the server until an admin enables it again (the semantics of
+Mandos): a machine that was stolen and switched off cannot come back and
+unlock. Choose an interval well below the timeout.
+
+A heartbeat does not re-enable a device that was disabled. Failures are
+reported on stderr and retried at the next interval, except one: when the
+server answers that it does not know the device (revoked, or enrolled
+elsewhere), the agent stops with exit status 3.
+
+tether install systemd installs it as tether-agent.service (the default
+state directory; started at boot after network-online.target once the
+machine is enrolled, restarted if it fails to start) and
+tether-agent@.service for another state directory, named by the instance:
+  $ systemctl enable --now tether-agent.service
+  $ systemctl enable --now "tether-agent@$(systemd-escape --path /etc/tether/device-b).service"
+
+Options:
+  --state DIR     state directory (default $TETHER_DEVICE_DIR, else
+                  /etc/tether/device)
+  --interval D    time between heartbeats (default 1m)
+  --once          send one heartbeat and exit (status 1 if it failed)
+  --close         close the connection after each heartbeat. By default it
+                  stays open, and the next beat skips the TLS handshake,
+                  but each open connection costs the server about 56 KB.
+                  For fleets of tens of thousands of devices, --close
+                  trades that memory for one handshake per beat
+                  (docs/MANAGED.md, boot storms)
+`
+
 func agentCmd() *command.Command {
 	return &command.Command{
 		Name:    "agent",
@@ -93,37 +127,3 @@ func agentCmd() *command.Command {
 // agentGone is tether agent's exit status when the server no longer knows
 // the device (tether-agent.service: RestartPreventExitStatus=).
 const agentGone = 3
-
-const agentUsage = `Usage: tether agent [--state DIR] [--interval D] [--once] [--close]
-
-Send heartbeats to the managed server this machine enrolled with, every
---interval (default 1m), until SIGTERM. A device whose policy sets a
-keep-alive timeout ("keepalive":"5m") and is not heard from for longer is
-disabled by the server until an admin enables it again (the semantics of
-Mandos): a machine that was stolen and switched off cannot come back and
-unlock. Choose an interval well below the timeout.
-
-A heartbeat does not re-enable a device that was disabled. Failures are
-reported on stderr and retried at the next interval, except one: when the
-server answers that it does not know the device (revoked, or enrolled
-elsewhere), the agent stops with exit status 3.
-
-tether install systemd installs it as tether-agent.service (the default
-state directory; started at boot after network-online.target once the
-machine is enrolled, restarted if it fails to start) and
-tether-agent@.service for another state directory, named by the instance:
-  $ systemctl enable --now tether-agent.service
-  $ systemctl enable --now "tether-agent@$(systemd-escape --path /etc/tether/device-b).service"
-
-Options:
-  --state DIR     state directory (default $TETHER_DEVICE_DIR, else
-                  /etc/tether/device)
-  --interval D    time between heartbeats (default 1m)
-  --once          send one heartbeat and exit (status 1 if it failed)
-  --close         close the connection after each heartbeat. By default it
-                  stays open, and the next beat skips the TLS handshake,
-                  but each open connection costs the server about 56 KB.
-                  For fleets of tens of thousands of devices, --close
-                  trades that memory for one handshake per beat
-                  (docs/MANAGED.md, boot storms)
-`

@@ -31,6 +31,45 @@ func (l *listFlag) Set(s string) error { *l = append(*l, s); return nil }
 
 func bootLogger(env *Env) *log.Logger { return log.New(env.Stderr, "", 0) }
 
+const keydUsage = `Usage: tether keyd [--socket PATH]... [--crypttab FILE] [--deadline D] [--timeout D]
+
+Serve volume keys to systemd-cryptsetup. A crypttab volume whose key file
+(field 3) is keyd's socket gets its key from its own bindings (the clevis
+tokens in its LUKS2 header) at boot, with nothing stored on disk:
+
+  data  UUID=...  /run/tether/keyd.sock  luks,_netdev,nofail
+
+systemd-cryptsetup (systemd 248 or later) connects from an abstract socket
+named @<random>/cryptsetup/<volume>; keyd takes the volume from that name,
+finds its device in crypttab (UUID=, PARTUUID=, LABEL=, a path), recovers
+the key and writes it. While the network comes up or a server restarts,
+keyd holds the connection and retries with backoff; when --deadline passes
+it closes the connection without a key, and systemd-cryptsetup falls back
+to its next method (the password prompt). A refusal that cannot change
+(a revoked or unknown managed device, a missing container file, every
+binding refusing for good) ends the wait at once; a lockdown or a disabled
+or pending device is waited for, since an admin may lift it. Each volume is
+served on its own:
+one dead server never delays another volume. One log line per volume says
+what happened; a failure says what was waited for and why keyd gave up.
+
+Sockets come from systemd (tether-keyd.socket, socket activation) or from
+--socket; both may be used at once. A per-volume socket at
+/run/cryptsetup-keys.d/<volume>.key is found by systemd-cryptsetup without
+editing crypttab, and keeps LUKS2 token plugins as a fallback.
+
+Options:
+  --socket PATH    listen on PATH (repeatable); stale sockets are replaced
+  --crypttab FILE  where volumes are looked up (default /etc/crypttab;
+                   read on every request, so edits apply at once)
+  --deadline D     how long to hold one volume's request (default 90s)
+  --timeout D      bound for each network exchange (default 10s)
+
+Examples:
+  $ tether install systemd && systemctl daemon-reload
+  $ tether keyd --socket /run/tether/keyd.sock --deadline 30s
+`
+
 func keydCmd() *command.Command {
 	return &command.Command{
 		Name:    "keyd",
@@ -87,6 +126,43 @@ func keydCmd() *command.Command {
 	}
 }
 
+const askpassUsage = `Usage: tether askpass [--dir DIR] [--crypttab FILE] [--deadline D] [--retry R] [--once] [--idle D]
+       tether askpass --initramfs [--crypttab FILE]
+
+A systemd password agent for bound volumes. It watches DIR for ask.* files
+whose Id= is "cryptsetup:<device>", recovers the volume's key from its
+bindings and answers with one datagram "+passphrase" on the request's
+Socket=. Other requests, and volumes without bindings, are left to the other
+agents (the console, plymouth). Each request is bounded by --deadline and by
+its own NotAfter=, and given up at once on a refusal that cannot change (a
+revoked managed device, every binding refusing for good); a volume that asks again after two answers is left to
+the prompt (the key it got did not open it).
+
+Use it when crypttab's key field stays "none" (tether-askpass.path starts
+it), and inside a systemd initramfs (the dracut module installs it).
+
+Options:
+  --dir DIR        the request directory (default /run/systemd/ask-password)
+  --crypttab FILE  for requests that name a volume (default /etc/crypttab)
+  --deadline D     bound for one request (default 90s)
+  --retry R        after the deadline, keep trying behind the prompt while
+                   the request stands: "no" (default), "forever", or a
+                   duration such as 10m. The reason the volume was not
+                   opened is logged once; attempts are then at most 30s
+                   apart, so a server that comes back is used within
+                   about that long. A passphrase typed meanwhile withdraws
+                   the request, and the agent stops trying.
+  --initramfs      take --deadline and --retry from the initramfs
+                   settings: /etc/tether/initramfs.conf (written by "tether
+                   install dracut --deadline D --retry R"), then
+                   tether.deadline= and tether.retry= on the kernel command
+                   line (defaults 30s and forever). The dracut module runs
+                   the agent this way.
+  --timeout D      bound for each network exchange (default 10s)
+  --once           answer the requests present now, then exit
+  --idle D         exit after D without any request (default: never)
+`
+
 func askpassCmd() *command.Command {
 	return &command.Command{
 		Name:    "askpass",
@@ -137,6 +213,32 @@ func askpassCmd() *command.Command {
 	}
 }
 
+const crypttabUsage = `Usage: tether crypttab -d DEV -n NAME [--write FILE] [--askpass | --root] [--socket PATH]
+
+Print the crypttab line for a bound volume, or with --write put it into
+FILE and print the line written. --write replaces the line of NAME and keeps
+its options (nofail, headless=true, keyfile-timeout= stay; the ones below
+are added; in the default mode keyfile-offset= and keyfile-erase are
+dropped: systemd-cryptsetup cannot seek in a socket, and would delete
+it), every other line and every comment; the file is replaced
+atomically. The device is named by its LUKS UUID (an image file by its
+absolute path).
+
+  default    the key comes from tether keyd:  NAME UUID=.. /run/tether/keyd.sock luks,_netdev,nofail
+  --askpass  the key field stays none; tether askpass answers the prompt
+  --root     a volume the initramfs opens: none, luks,initramfs
+
+_netdev puts the volume under remote-cryptsetup.target, set up after the
+local file systems, so its key server may wait for the network. nofail
+keeps the boot from waiting for it: without it, a server that is down holds
+multi-user.target until someone types the volume's passphrase at the
+console prompt systemd-cryptsetup falls back to — forever, on a machine
+without a keyboard. Mount such volumes with _netdev,nofail in fstab too.
+
+Example:
+  $ tether crypttab -d /dev/sdb1 -n backup --write /etc/crypttab
+`
+
 func crypttabCmd() *command.Command {
 	return &command.Command{
 		Name:    "crypttab",
@@ -175,6 +277,24 @@ func crypttabCmd() *command.Command {
 	}
 }
 
+const crypttabOpenUsage = `Usage: tether crypttab open [--crypttab FILE] [--deadline D] [--timeout D] [NAME]...
+
+Open every volume of FILE (or those named) that has bindings and is not open
+yet, all at once, each bounded by --deadline (a refusal that cannot change,
+such as a revoked managed device, ends the wait at once): what dracut's
+initqueue hook runs before its prompt. Volumes without bindings are skipped quietly. One
+line per volume says what happened; the exit status is 1 if a bound volume
+was left closed.
+
+Options:
+  --crypttab FILE  default /etc/crypttab
+  --deadline D     per volume (default 60s)
+  --timeout D      bound for each network exchange (default 10s)
+
+initramfs-tools uses "tether initramfs local-top" instead, which also
+retries behind the prompt.
+`
+
 func crypttabOpenCmd() *command.Command {
 	return &command.Command{
 		Name:    "crypttab open",
@@ -201,6 +321,28 @@ func crypttabOpenCmd() *command.Command {
 		},
 	}
 }
+
+const luksRunUsage = `Usage: tether luks run -d DEV --mount DIR [-n NAME] [-o OPTS] [--deadline D] -- CMD [ARG]...
+
+The backup-drive flow: unlock DEV with its bindings, mount it on DIR, run
+CMD in DIR, then unmount and close — also when CMD fails, and when tether
+is interrupted (SIGINT, SIGTERM and SIGHUP go to CMD; cleanup follows when
+it exits). A signal before CMD starts stops the unlock and cleans up.
+
+Options:
+  -d DEV         the LUKS2 device or image file
+  --mount DIR    where to mount it (must exist)
+  -n NAME        the /dev/mapper name (default tether-run-<device>)
+  -o OPTS        mount options, e.g. ro,noatime
+  --deadline D   how long to wait for a binding to answer (default 60s)
+  --timeout D    bound for each network exchange (default 10s)
+
+Exit status: 0 if CMD succeeded; 1 if it failed or the volume could not be
+unlocked (the message says which).
+
+Example:
+  $ tether luks run -d /dev/disk/by-label/offsite --mount /mnt/offsite -- rsync -a /srv/ /mnt/offsite/
+`
 
 func luksRunCmd() *command.Command {
 	return &command.Command{
@@ -245,6 +387,78 @@ func luksRunCmd() *command.Command {
 		},
 	}
 }
+
+const installUsage = `Usage: tether install systemd|dracut|initramfs-tools [--root DIR] [--bin PATH] [--volume NAME]...
+       tether install initramfs-tools [--deadline D] [--retry R] [--ip SPEC]
+       tether install dracut [--deadline D] [--retry R]
+       tether install initramfs-tools --first-boot DEV --first-boot-recovery DEV:PATH|none [--first-boot-name NAME] PIN CONFIG
+
+Write tether's boot integration into the system (or the tree at --root),
+with PATH (default: this binary) as the tether the units and scripts run.
+Every file written is printed; running it again replaces them.
+
+  systemd          tether-keyd.socket/.service (keys for crypttab sockets),
+                   tether-askpass.path/.service (password agent), the
+                   systemd-cryptsetup@.service drop-in that orders volumes
+                   after the socket, and remote-cryptsetup.target enabled
+                   so that _netdev volumes are set up. --volume NAME adds a
+                   socket /run/cryptsetup-keys.d/NAME.key. Also
+                   tether-agent.service (managed-mode keep-alive, enabled;
+                   it runs once the machine is enrolled) and
+                   tether-agent@.service for other state directories,
+                   and tether-secret@.service (tether secret open at boot,
+                   for each /etc/tether/secrets/NAME.jwe you enable).
+  dracut           /usr/lib/dracut/modules.d/60tether: in a systemd
+                   initramfs, tether's password agent (tether askpass
+                   --initramfs: answers within the deadline, then keeps
+                   trying behind the prompt) and a DHCP fallback for
+                   systemd-networkd; otherwise an initqueue hook, with the
+                   network on (rd.neednet=1)
+  initramfs-tools  /etc/initramfs-tools/hooks/tether, scripts/local-top/tether
+                   (bound volumes opened before cryptroot, the network
+                   brought up only if a binding needs it, retries behind
+                   the prompt), scripts/local-bottom/tether (stops them)
+                   and conf.d/tether (UMASK=0077: the image is root-only)
+
+--first-boot DEV (initramfs-tools) prepares a factory image whose root is
+not encrypted yet: at its first boot the initramfs encrypts DEV in place
+(tether luks encrypt), binds it to PIN CONFIG, removes the temporary key
+and opens it as /dev/mapper/NAME (--first-boot-name, default root), so that
+boot goes on from the encrypted root. A power cut at any moment is finished
+by the next boot. DEV is the partition's path, PARTUUID= or PARTLABEL= (a
+filesystem's UUID= or LABEL= disappears under the LUKS header). The
+filesystem must leave DEV's last 32 MiB free (resize2fs), and the image
+must already boot with root=/dev/mapper/NAME and that name in /etc/fstab.
+--first-boot-recovery says where the recovery passphrase goes: DEV:PATH,
+a file on a removable medium (LABEL=KEYS:/root.key; the medium must be in
+at the first boot), or none (the binding is the only way in). The settings
+go to /etc/tether/first-boot.conf (root only), with the local-top script
+tether-first-boot; update-initramfs -u puts them into the initramfs.
+
+Both initramfs targets copy, besides tether and cryptsetup, the TPM drivers,
+the system's CA bundle, and the managed-mode device identity of every state
+directory under /etc/tether (its private key, when it is in a file: keep
+the initramfs readable by root only).
+
+Boot settings (initramfs-tools; dracut takes --deadline and --retry),
+written to /etc/tether/initramfs.conf, which the initramfs reads (rebuild
+it after):
+  --deadline D     how long the boot waits, network included, before the
+                   passphrase prompt appears (default 30s)
+  --retry R        how long tether keeps trying behind the prompt: forever
+                   (default), no, or a duration such as 10m
+  --ip SPEC        the initramfs network when the kernel command line has
+                   no ip=: initramfs-tools' syntax, e.g. dhcp, or
+                   CLIENT::GATEWAY:NETMASK::IFACE:off:DNS for a static one
+The kernel command line wins: tether.deadline=, tether.retry=, ip=.
+Example (a factory image: sss of the TPM's PCR 7 and a Tang server; the
+recovery passphrase on the USB stick labelled KEYS):
+  $ tether install initramfs-tools --first-boot PARTLABEL=root --first-boot-recovery LABEL=KEYS:/root.key \
+      sss '{"t":1,"pins":{"tpm2":[{"pcr_ids":"7"}],"tang":[{"url":"http://keys.lan","thp":"9C8h..."}]}}'
+  $ update-initramfs -u
+
+See docs/BOOT.md for the ordering and what happens when a server is down.
+`
 
 // installCmd is "tether install TARGET" for one of boot.Targets.
 func installCmd(target string) *command.Command {
@@ -448,220 +662,6 @@ var installNext = map[string]string{
 	"dracut":          "rebuild the initramfs: dracut -f (the module is included with crypt; -a tether forces it)",
 	"initramfs-tools": "rebuild the initramfs: update-initramfs -u (boot settings: /etc/tether/initramfs.conf, or tether.deadline=, tether.retry=, ip= on the kernel command line)",
 }
-
-const keydUsage = `Usage: tether keyd [--socket PATH]... [--crypttab FILE] [--deadline D] [--timeout D]
-
-Serve volume keys to systemd-cryptsetup. A crypttab volume whose key file
-(field 3) is keyd's socket gets its key from its own bindings (the clevis
-tokens in its LUKS2 header) at boot, with nothing stored on disk:
-
-  data  UUID=...  /run/tether/keyd.sock  luks,_netdev,nofail
-
-systemd-cryptsetup (systemd 248 or later) connects from an abstract socket
-named @<random>/cryptsetup/<volume>; keyd takes the volume from that name,
-finds its device in crypttab (UUID=, PARTUUID=, LABEL=, a path), recovers
-the key and writes it. While the network comes up or a server restarts,
-keyd holds the connection and retries with backoff; when --deadline passes
-it closes the connection without a key, and systemd-cryptsetup falls back
-to its next method (the password prompt). A refusal that cannot change
-(a revoked or unknown managed device, a missing container file, every
-binding refusing for good) ends the wait at once; a lockdown or a disabled
-or pending device is waited for, since an admin may lift it. Each volume is
-served on its own:
-one dead server never delays another volume. One log line per volume says
-what happened; a failure says what was waited for and why keyd gave up.
-
-Sockets come from systemd (tether-keyd.socket, socket activation) or from
---socket; both may be used at once. A per-volume socket at
-/run/cryptsetup-keys.d/<volume>.key is found by systemd-cryptsetup without
-editing crypttab, and keeps LUKS2 token plugins as a fallback.
-
-Options:
-  --socket PATH    listen on PATH (repeatable); stale sockets are replaced
-  --crypttab FILE  where volumes are looked up (default /etc/crypttab;
-                   read on every request, so edits apply at once)
-  --deadline D     how long to hold one volume's request (default 90s)
-  --timeout D      bound for each network exchange (default 10s)
-
-Examples:
-  $ tether install systemd && systemctl daemon-reload
-  $ tether keyd --socket /run/tether/keyd.sock --deadline 30s
-`
-
-const askpassUsage = `Usage: tether askpass [--dir DIR] [--crypttab FILE] [--deadline D] [--retry R] [--once] [--idle D]
-       tether askpass --initramfs [--crypttab FILE]
-
-A systemd password agent for bound volumes. It watches DIR for ask.* files
-whose Id= is "cryptsetup:<device>", recovers the volume's key from its
-bindings and answers with one datagram "+passphrase" on the request's
-Socket=. Other requests, and volumes without bindings, are left to the other
-agents (the console, plymouth). Each request is bounded by --deadline and by
-its own NotAfter=, and given up at once on a refusal that cannot change (a
-revoked managed device, every binding refusing for good); a volume that asks again after two answers is left to
-the prompt (the key it got did not open it).
-
-Use it when crypttab's key field stays "none" (tether-askpass.path starts
-it), and inside a systemd initramfs (the dracut module installs it).
-
-Options:
-  --dir DIR        the request directory (default /run/systemd/ask-password)
-  --crypttab FILE  for requests that name a volume (default /etc/crypttab)
-  --deadline D     bound for one request (default 90s)
-  --retry R        after the deadline, keep trying behind the prompt while
-                   the request stands: "no" (default), "forever", or a
-                   duration such as 10m. The reason the volume was not
-                   opened is logged once; attempts are then at most 30s
-                   apart, so a server that comes back is used within
-                   about that long. A passphrase typed meanwhile withdraws
-                   the request, and the agent stops trying.
-  --initramfs      take --deadline and --retry from the initramfs
-                   settings: /etc/tether/initramfs.conf (written by "tether
-                   install dracut --deadline D --retry R"), then
-                   tether.deadline= and tether.retry= on the kernel command
-                   line (defaults 30s and forever). The dracut module runs
-                   the agent this way.
-  --timeout D      bound for each network exchange (default 10s)
-  --once           answer the requests present now, then exit
-  --idle D         exit after D without any request (default: never)
-`
-
-const installUsage = `Usage: tether install systemd|dracut|initramfs-tools [--root DIR] [--bin PATH] [--volume NAME]...
-       tether install initramfs-tools [--deadline D] [--retry R] [--ip SPEC]
-       tether install dracut [--deadline D] [--retry R]
-       tether install initramfs-tools --first-boot DEV --first-boot-recovery DEV:PATH|none [--first-boot-name NAME] PIN CONFIG
-
-Write tether's boot integration into the system (or the tree at --root),
-with PATH (default: this binary) as the tether the units and scripts run.
-Every file written is printed; running it again replaces them.
-
-  systemd          tether-keyd.socket/.service (keys for crypttab sockets),
-                   tether-askpass.path/.service (password agent), the
-                   systemd-cryptsetup@.service drop-in that orders volumes
-                   after the socket, and remote-cryptsetup.target enabled
-                   so that _netdev volumes are set up. --volume NAME adds a
-                   socket /run/cryptsetup-keys.d/NAME.key. Also
-                   tether-agent.service (managed-mode keep-alive, enabled;
-                   it runs once the machine is enrolled) and
-                   tether-agent@.service for other state directories,
-                   and tether-secret@.service (tether secret open at boot,
-                   for each /etc/tether/secrets/NAME.jwe you enable).
-  dracut           /usr/lib/dracut/modules.d/60tether: in a systemd
-                   initramfs, tether's password agent (tether askpass
-                   --initramfs: answers within the deadline, then keeps
-                   trying behind the prompt) and a DHCP fallback for
-                   systemd-networkd; otherwise an initqueue hook, with the
-                   network on (rd.neednet=1)
-  initramfs-tools  /etc/initramfs-tools/hooks/tether, scripts/local-top/tether
-                   (bound volumes opened before cryptroot, the network
-                   brought up only if a binding needs it, retries behind
-                   the prompt), scripts/local-bottom/tether (stops them)
-                   and conf.d/tether (UMASK=0077: the image is root-only)
-
---first-boot DEV (initramfs-tools) prepares a factory image whose root is
-not encrypted yet: at its first boot the initramfs encrypts DEV in place
-(tether luks encrypt), binds it to PIN CONFIG, removes the temporary key
-and opens it as /dev/mapper/NAME (--first-boot-name, default root), so that
-boot goes on from the encrypted root. A power cut at any moment is finished
-by the next boot. DEV is the partition's path, PARTUUID= or PARTLABEL= (a
-filesystem's UUID= or LABEL= disappears under the LUKS header). The
-filesystem must leave DEV's last 32 MiB free (resize2fs), and the image
-must already boot with root=/dev/mapper/NAME and that name in /etc/fstab.
---first-boot-recovery says where the recovery passphrase goes: DEV:PATH,
-a file on a removable medium (LABEL=KEYS:/root.key; the medium must be in
-at the first boot), or none (the binding is the only way in). The settings
-go to /etc/tether/first-boot.conf (root only), with the local-top script
-tether-first-boot; update-initramfs -u puts them into the initramfs.
-
-Both initramfs targets copy, besides tether and cryptsetup, the TPM drivers,
-the system's CA bundle, and the managed-mode device identity of every state
-directory under /etc/tether (its private key, when it is in a file: keep
-the initramfs readable by root only).
-
-Boot settings (initramfs-tools; dracut takes --deadline and --retry),
-written to /etc/tether/initramfs.conf, which the initramfs reads (rebuild
-it after):
-  --deadline D     how long the boot waits, network included, before the
-                   passphrase prompt appears (default 30s)
-  --retry R        how long tether keeps trying behind the prompt: forever
-                   (default), no, or a duration such as 10m
-  --ip SPEC        the initramfs network when the kernel command line has
-                   no ip=: initramfs-tools' syntax, e.g. dhcp, or
-                   CLIENT::GATEWAY:NETMASK::IFACE:off:DNS for a static one
-The kernel command line wins: tether.deadline=, tether.retry=, ip=.
-Example (a factory image: sss of the TPM's PCR 7 and a Tang server; the
-recovery passphrase on the USB stick labelled KEYS):
-  $ tether install initramfs-tools --first-boot PARTLABEL=root --first-boot-recovery LABEL=KEYS:/root.key \
-      sss '{"t":1,"pins":{"tpm2":[{"pcr_ids":"7"}],"tang":[{"url":"http://keys.lan","thp":"9C8h..."}]}}'
-  $ update-initramfs -u
-
-See docs/BOOT.md for the ordering and what happens when a server is down.
-`
-
-const crypttabUsage = `Usage: tether crypttab -d DEV -n NAME [--write FILE] [--askpass | --root] [--socket PATH]
-
-Print the crypttab line for a bound volume, or with --write put it into
-FILE and print the line written. --write replaces the line of NAME and keeps
-its options (nofail, headless=true, keyfile-timeout= stay; the ones below
-are added; in the default mode keyfile-offset= and keyfile-erase are
-dropped: systemd-cryptsetup cannot seek in a socket, and would delete
-it), every other line and every comment; the file is replaced
-atomically. The device is named by its LUKS UUID (an image file by its
-absolute path).
-
-  default    the key comes from tether keyd:  NAME UUID=.. /run/tether/keyd.sock luks,_netdev,nofail
-  --askpass  the key field stays none; tether askpass answers the prompt
-  --root     a volume the initramfs opens: none, luks,initramfs
-
-_netdev puts the volume under remote-cryptsetup.target, set up after the
-local file systems, so its key server may wait for the network. nofail
-keeps the boot from waiting for it: without it, a server that is down holds
-multi-user.target until someone types the volume's passphrase at the
-console prompt systemd-cryptsetup falls back to — forever, on a machine
-without a keyboard. Mount such volumes with _netdev,nofail in fstab too.
-
-Example:
-  $ tether crypttab -d /dev/sdb1 -n backup --write /etc/crypttab
-`
-
-const crypttabOpenUsage = `Usage: tether crypttab open [--crypttab FILE] [--deadline D] [--timeout D] [NAME]...
-
-Open every volume of FILE (or those named) that has bindings and is not open
-yet, all at once, each bounded by --deadline (a refusal that cannot change,
-such as a revoked managed device, ends the wait at once): what dracut's
-initqueue hook runs before its prompt. Volumes without bindings are skipped quietly. One
-line per volume says what happened; the exit status is 1 if a bound volume
-was left closed.
-
-Options:
-  --crypttab FILE  default /etc/crypttab
-  --deadline D     per volume (default 60s)
-  --timeout D      bound for each network exchange (default 10s)
-
-initramfs-tools uses "tether initramfs local-top" instead, which also
-retries behind the prompt.
-`
-
-const luksRunUsage = `Usage: tether luks run -d DEV --mount DIR [-n NAME] [-o OPTS] [--deadline D] -- CMD [ARG]...
-
-The backup-drive flow: unlock DEV with its bindings, mount it on DIR, run
-CMD in DIR, then unmount and close — also when CMD fails, and when tether
-is interrupted (SIGINT, SIGTERM and SIGHUP go to CMD; cleanup follows when
-it exits). A signal before CMD starts stops the unlock and cleans up.
-
-Options:
-  -d DEV         the LUKS2 device or image file
-  --mount DIR    where to mount it (must exist)
-  -n NAME        the /dev/mapper name (default tether-run-<device>)
-  -o OPTS        mount options, e.g. ro,noatime
-  --deadline D   how long to wait for a binding to answer (default 60s)
-  --timeout D    bound for each network exchange (default 10s)
-
-Exit status: 0 if CMD succeeded; 1 if it failed or the volume could not be
-unlocked (the message says which).
-
-Example:
-  $ tether luks run -d /dev/disk/by-label/offsite --mount /mnt/offsite -- rsync -a /srv/ /mnt/offsite/
-`
 
 // unitSafe replaces every character outside [A-Za-z0-9_.-] with "_", so
 // that s can be part of a unit name.

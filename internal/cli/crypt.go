@@ -26,6 +26,77 @@ import (
 // small secrets (passphrases, keys), and a JWE of one is a few KiB.
 const maxInput = 16 << 20
 
+const encryptUsage = `Usage: tether encrypt PIN CONFIG [-y] [--timeout D] [--pin-file F] < SECRET > JWE
+
+Encrypt SECRET (stdin) under the policy of PIN and write a compact JWE to
+stdout. The JWE is in Clevis's format: "clevis decrypt" and "tether
+decrypt" both read it, and tether decrypts JWEs made by clevis.
+
+Pins:
+  tang   the key is recovered with the help of a Tang server (tangd or
+         tether server). CONFIG: {"url":URL, "thp":THUMBPRINT}
+           url  the server's base URL (required)
+           thp  thumbprint of a trusted signing key: "tether adv URL"
+                prints it, to compare with "tether server keys list"
+                or tang-show-keys on the server
+           adv  a trusted advertisement: a file name or the JWS object;
+                no network access is needed to encrypt then
+  sss    Shamir's secret sharing: any t of the child pins decrypt.
+         CONFIG: {"t":2,"pins":{"tang":[{"url":..},{"url":..}],...}}
+         Children decrypt in parallel, each with its own timeout.
+  tpm2   sealed to this machine's TPM, optionally to PCR values, so a
+         pulled disk or a changed boot chain gets nothing.
+         CONFIG: {"pcr_bank":"sha256","pcr_ids":"0,7"} (both optional;
+         the bank defaults to sha256; {} seals without PCR policy).
+         "pcr_digest": base64url of the PCRs' values after an update
+         (what tpm2_pcrread -o writes) seals to that state instead of
+         the current one, as clevis does.
+         The TPM is /dev/tpmrm0 unless TETHER_TPM_TCTI or TPM2TOOLS_TCTI
+         names another (e.g. swtpm:host=127.0.0.1,port=2321); see
+         docs/TPM2.md. "with_pin":true also needs a PIN to decrypt
+         (asked twice on the terminal now, or read from --pin-file);
+         wrong PINs count against the TPM's lockout. clevis cannot
+         decrypt such a JWE. "pcr_pubkey":FILE.pem with
+         "pcr_signed_ids":"11" allows any values of those PCRs that the
+         key signed (tether tpm sign-pcrs), so updates need a signature,
+         not a reseal (tether only).
+  managed  the key is recovered from a tether server in managed mode,
+         with this machine's own key there, under the server's policy
+         (approval, networks, keep-alive, revocation); enrol first with
+         tether enroll. CONFIG: {} or {"state":DIR} (the enrolment's
+         state directory; default $TETHER_DEVICE_DIR, else
+         /etc/tether/device). See docs/MANAGED.md.
+  https  the key is derived from material fetched from an HTTPS URL.
+         CONFIG: {"url":URL, "pin_sha256":PIN | "ca_file":FILE,
+                  "cert_file":FILE, "key_file":FILE, "token_file":FILE}
+  smb    the key is derived from a key file on an SMB2/3 share, read
+         through the tether-smb helper (installed next to tether).
+         CONFIG: {"server":HOST, "share":NAME, "path":FILE, "user":USER,
+                  "password_file":FILE}
+         The password, token or client key of https and smb must be
+         protected by another pin you have:
+           "protect":{"pin":"tang","config":{"url":URL}}  (or tpm2, sss,
+         managed); a thief with the disk then cannot read it. Stored in
+         the clear it is refused unless "allow_plain_credentials":true
+         (docs/REMOTE-PINS.md says what a thief can do in each case).
+
+Trust: without "thp" or "adv", tether fetches the advertisement, shows the
+thumbprints of its signing keys and refuses; -y trusts the advertisement
+blindly (only on a network you trust).
+
+Options:
+  -y             trust advertisements without a thumbprint
+  --timeout D    bound for each network exchange (default 10s)
+  --pin-file F   read the PIN of a "with_pin" tpm2 pin from F (its first
+                 line; /dev/fd/N for a pipe) instead of the terminal
+
+Examples:
+  $ tether encrypt tang '{"url":"http://keys.lan:7500","thp":"9C8h..."}' < secret > secret.jwe
+  $ tether encrypt sss '{"t":2,"pins":{"tang":[{"url":"http://a"},{"url":"http://b"},{"url":"http://c"}]}}' -y < secret > secret.jwe
+  $ tether encrypt managed '{}' < secret > secret.jwe
+  $ tether encrypt smb '{"server":"nas","share":"keys","path":"ha.key","user":"pi","password_file":"/root/nas.pw","protect":{"pin":"tang","config":{"url":"http://keys.lan:7500","thp":"9C8h..."}}}' < secret > secret.jwe
+`
+
 func encryptCmd() *command.Command {
 	return &command.Command{
 		Name:    "encrypt",
@@ -61,6 +132,30 @@ func encryptCmd() *command.Command {
 		},
 	}
 }
+
+const decryptUsage = `Usage: tether decrypt [--timeout D] [--pin-file F] < JWE > SECRET
+
+Decrypt a JWE made by tether encrypt or clevis encrypt. The JWE says which
+pin made it and where its servers are; no configuration is needed. For sss,
+every child is tried at once and decryption finishes as soon as enough have
+answered: a dead or silent server costs at most --timeout, and nothing when
+enough others answer.
+
+A tpm2 JWE sealed "with_pin" needs its PIN: tether asks on the terminal
+(/dev/tty; stdin carries the JWE), or reads --pin-file. The TPM counts
+wrong PINs and, after a few (tpm2_getcap properties-variable:
+TPM2_PT_MAX_AUTH_FAIL), refuses all PINs for a while; the error says how
+long.
+
+Options:
+  --timeout D    bound for each network exchange (default 10s)
+  --pin-file F   read the PIN from F (its first line; /dev/fd/N for a
+                 pipe) instead of the terminal
+
+Examples:
+  $ tether decrypt < secret.jwe > secret
+  $ tether decrypt --pin-file /dev/fd/3 < secret.jwe 3< <(systemd-ask-password "TPM PIN:") > secret
+`
 
 func decryptCmd() *command.Command {
 	return &command.Command{
@@ -133,101 +228,6 @@ func checkInput(data []byte, err error) ([]byte, error) {
 	}
 	return data, nil
 }
-
-const encryptUsage = `Usage: tether encrypt PIN CONFIG [-y] [--timeout D] [--pin-file F] < SECRET > JWE
-
-Encrypt SECRET (stdin) under the policy of PIN and write a compact JWE to
-stdout. The JWE is in Clevis's format: "clevis decrypt" and "tether
-decrypt" both read it, and tether decrypts JWEs made by clevis.
-
-Pins:
-  tang   the key is recovered with the help of a Tang server (tangd or
-         tether server). CONFIG: {"url":URL, "thp":THUMBPRINT}
-           url  the server's base URL (required)
-           thp  thumbprint of a trusted signing key: "tether adv URL"
-                prints it, to compare with "tether server keys list"
-                or tang-show-keys on the server
-           adv  a trusted advertisement: a file name or the JWS object;
-                no network access is needed to encrypt then
-  sss    Shamir's secret sharing: any t of the child pins decrypt.
-         CONFIG: {"t":2,"pins":{"tang":[{"url":..},{"url":..}],...}}
-         Children decrypt in parallel, each with its own timeout.
-  tpm2   sealed to this machine's TPM, optionally to PCR values, so a
-         pulled disk or a changed boot chain gets nothing.
-         CONFIG: {"pcr_bank":"sha256","pcr_ids":"0,7"} (both optional;
-         the bank defaults to sha256; {} seals without PCR policy).
-         "pcr_digest": base64url of the PCRs' values after an update
-         (what tpm2_pcrread -o writes) seals to that state instead of
-         the current one, as clevis does.
-         The TPM is /dev/tpmrm0 unless TETHER_TPM_TCTI or TPM2TOOLS_TCTI
-         names another (e.g. swtpm:host=127.0.0.1,port=2321); see
-         docs/TPM2.md. "with_pin":true also needs a PIN to decrypt
-         (asked twice on the terminal now, or read from --pin-file);
-         wrong PINs count against the TPM's lockout. clevis cannot
-         decrypt such a JWE. "pcr_pubkey":FILE.pem with
-         "pcr_signed_ids":"11" allows any values of those PCRs that the
-         key signed (tether tpm sign-pcrs), so updates need a signature,
-         not a reseal (tether only).
-  managed  the key is recovered from a tether server in managed mode,
-         with this machine's own key there, under the server's policy
-         (approval, networks, keep-alive, revocation); enrol first with
-         tether enroll. CONFIG: {} or {"state":DIR} (the enrolment's
-         state directory; default $TETHER_DEVICE_DIR, else
-         /etc/tether/device). See docs/MANAGED.md.
-  https  the key is derived from material fetched from an HTTPS URL.
-         CONFIG: {"url":URL, "pin_sha256":PIN | "ca_file":FILE,
-                  "cert_file":FILE, "key_file":FILE, "token_file":FILE}
-  smb    the key is derived from a key file on an SMB2/3 share, read
-         through the tether-smb helper (installed next to tether).
-         CONFIG: {"server":HOST, "share":NAME, "path":FILE, "user":USER,
-                  "password_file":FILE}
-         The password, token or client key of https and smb must be
-         protected by another pin you have:
-           "protect":{"pin":"tang","config":{"url":URL}}  (or tpm2, sss,
-         managed); a thief with the disk then cannot read it. Stored in
-         the clear it is refused unless "allow_plain_credentials":true
-         (docs/REMOTE-PINS.md says what a thief can do in each case).
-
-Trust: without "thp" or "adv", tether fetches the advertisement, shows the
-thumbprints of its signing keys and refuses; -y trusts the advertisement
-blindly (only on a network you trust).
-
-Options:
-  -y             trust advertisements without a thumbprint
-  --timeout D    bound for each network exchange (default 10s)
-  --pin-file F   read the PIN of a "with_pin" tpm2 pin from F (its first
-                 line; /dev/fd/N for a pipe) instead of the terminal
-
-Examples:
-  $ tether encrypt tang '{"url":"http://keys.lan:7500","thp":"9C8h..."}' < secret > secret.jwe
-  $ tether encrypt sss '{"t":2,"pins":{"tang":[{"url":"http://a"},{"url":"http://b"},{"url":"http://c"}]}}' -y < secret > secret.jwe
-  $ tether encrypt managed '{}' < secret > secret.jwe
-  $ tether encrypt smb '{"server":"nas","share":"keys","path":"ha.key","user":"pi","password_file":"/root/nas.pw","protect":{"pin":"tang","config":{"url":"http://keys.lan:7500","thp":"9C8h..."}}}' < secret > secret.jwe
-`
-
-const decryptUsage = `Usage: tether decrypt [--timeout D] [--pin-file F] < JWE > SECRET
-
-Decrypt a JWE made by tether encrypt or clevis encrypt. The JWE says which
-pin made it and where its servers are; no configuration is needed. For sss,
-every child is tried at once and decryption finishes as soon as enough have
-answered: a dead or silent server costs at most --timeout, and nothing when
-enough others answer.
-
-A tpm2 JWE sealed "with_pin" needs its PIN: tether asks on the terminal
-(/dev/tty; stdin carries the JWE), or reads --pin-file. The TPM counts
-wrong PINs and, after a few (tpm2_getcap properties-variable:
-TPM2_PT_MAX_AUTH_FAIL), refuses all PINs for a while; the error says how
-long.
-
-Options:
-  --timeout D    bound for each network exchange (default 10s)
-  --pin-file F   read the PIN from F (its first line; /dev/fd/N for a
-                 pipe) instead of the terminal
-
-Examples:
-  $ tether decrypt < secret.jwe > secret
-  $ tether decrypt --pin-file /dev/fd/3 < secret.jwe 3< <(systemd-ask-password "TPM PIN:") > secret
-`
 
 // plainCredentialsHint gives a refusal to store remote-pin credentials in
 // the clear a hint: the same command with the credentials protected by a

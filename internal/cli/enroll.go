@@ -23,6 +23,49 @@ func deviceDir(env *Env, flagValue string) string {
 	return managed.DefaultDir
 }
 
+const enrollUsage = `Usage: tether enroll --server URL (--token TOKEN | --token-file FILE | --pin PIN)
+                     [--state DIR] [--name NAME] [--key-store file|tpm]
+
+Enrol this machine with a tether server in managed mode. tether creates
+the machine's identity key — in the TPM when one is present (a key that
+cannot leave the TPM: a copy of the disk or of the state directory is
+useless elsewhere), else in a file in the state directory readable by
+root only — and the server records its public half. From then on the managed pin
+(tether encrypt managed) binds secrets to a key that the server holds for
+this machine alone, and every unlock is authenticated by the identity key.
+
+The token (tether admin token create) is single-use and expiring, and
+carries the fingerprint of the server's TLS key: the server is
+authenticated from the token alone. Without a token, --pin gives that
+fingerprint (tether admin's config shows it) and the enrolment waits as
+"pending" until an admin approves it; the server refuses that unless an
+admin allowed it (tether admin enroll-open on), and then takes a few per
+address and names of ASCII letters, digits, ".", "-" and "_" only. Prefer --token-file (or "-" for
+stdin) over --token: command lines are visible to other local users.
+
+Running enroll again with the same state directory reuses the identity
+key; after a revocation it makes a new device with a new key.
+
+Options:
+  --server URL      the managed API, e.g. https://keys.lan:7501
+  --token TOKEN     enrolment token
+  --token-file F    read the token from F ("-" for stdin)
+  --pin PIN         server TLS key pin, for enrolment without a token
+  --state DIR       state directory (default $TETHER_DEVICE_DIR, else
+                    /etc/tether/device)
+  --name NAME       name shown to admins (default: the host name)
+  --key-store KS    where the identity key lives: tpm or file (default: tpm
+                    when a TPM answers at TETHER_TPM_TCTI, TPM2TOOLS_TCTI or
+                    /dev/tpmrm0, else file)
+  --timeout D       bound for the enrolment (default 30s)
+
+The device ID is printed on stdout.
+
+Example:
+  $ tether enroll --server https://keys.lan:7501 --token-file /root/token
+  $ echo secret | tether encrypt managed '{}' > secret.jwe
+`
+
 func enrollCmd() *command.Command {
 	return &command.Command{
 		Name:    "enroll",
@@ -88,46 +131,3 @@ func enrollCmd() *command.Command {
 		},
 	}
 }
-
-const enrollUsage = `Usage: tether enroll --server URL (--token TOKEN | --token-file FILE | --pin PIN)
-                     [--state DIR] [--name NAME] [--key-store file|tpm]
-
-Enrol this machine with a tether server in managed mode. tether creates
-the machine's identity key — in the TPM when one is present (a key that
-cannot leave the TPM: a copy of the disk or of the state directory is
-useless elsewhere), else in a file in the state directory readable by
-root only — and the server records its public half. From then on the managed pin
-(tether encrypt managed) binds secrets to a key that the server holds for
-this machine alone, and every unlock is authenticated by the identity key.
-
-The token (tether admin token create) is single-use and expiring, and
-carries the fingerprint of the server's TLS key: the server is
-authenticated from the token alone. Without a token, --pin gives that
-fingerprint (tether admin's config shows it) and the enrolment waits as
-"pending" until an admin approves it; the server refuses that unless an
-admin allowed it (tether admin enroll-open on), and then takes a few per
-address and names of ASCII letters, digits, ".", "-" and "_" only. Prefer --token-file (or "-" for
-stdin) over --token: command lines are visible to other local users.
-
-Running enroll again with the same state directory reuses the identity
-key; after a revocation it makes a new device with a new key.
-
-Options:
-  --server URL      the managed API, e.g. https://keys.lan:7501
-  --token TOKEN     enrolment token
-  --token-file F    read the token from F ("-" for stdin)
-  --pin PIN         server TLS key pin, for enrolment without a token
-  --state DIR       state directory (default $TETHER_DEVICE_DIR, else
-                    /etc/tether/device)
-  --name NAME       name shown to admins (default: the host name)
-  --key-store KS    where the identity key lives: tpm or file (default: tpm
-                    when a TPM answers at TETHER_TPM_TCTI, TPM2TOOLS_TCTI or
-                    /dev/tpmrm0, else file)
-  --timeout D       bound for the enrolment (default 30s)
-
-The device ID is printed on stdout.
-
-Example:
-  $ tether enroll --server https://keys.lan:7501 --token-file /root/token
-  $ echo secret | tether encrypt managed '{}' > secret.jwe
-`

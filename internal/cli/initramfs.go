@@ -92,6 +92,32 @@ func earlyUnlock(env *Env, tab, config, cmdline string) (*boot.EarlyUnlock, erro
 	return u, nil
 }
 
+const initramfsLocalTopUsage = `Usage: tether initramfs local-top [--crypttab FILE] [--config FILE] [--cmdline FILE] [NAME]...
+
+What initramfs-tools' scripts/local-top/tether runs before cryptroot. For
+every bound volume of FILE that is still closed, at once:
+
+  1. the network is brought up (initramfs-tools' configure_networking, in
+     the background) only if a binding needs it (tang, https, smb, managed
+     anywhere in its policy; tpm2-only bindings do not);
+  2. the key is recovered and the volume opened, all within the deadline
+     (network, name resolution and servers included);
+  3. when the deadline passes, one line per volume says why it is still
+     closed (console and kernel log), cryptroot's prompt appears, and
+     "tether initramfs retry" keeps trying behind it: a recovered key is
+     written to the prompt's FIFO, so cryptroot opens the volume itself.
+
+The deadline and retry come from FILE (default /etc/tether/initramfs.conf,
+written by "tether install initramfs-tools --deadline D --retry R --ip IP")
+and the kernel command line, which wins: tether.deadline=30s,
+tether.retry=forever|no|10m, ip= (initramfs-tools' syntax).
+
+Options:
+  --crypttab FILE  default /cryptroot/crypttab
+  --config FILE    default /etc/tether/initramfs.conf
+  --cmdline FILE   the kernel command line (default /proc/cmdline)
+`
+
 func initramfsLocalTopCmd() *command.Command {
 	return &command.Command{
 		Name:    "initramfs local-top",
@@ -137,6 +163,18 @@ func initramfsLocalTopCmd() *command.Command {
 	}
 }
 
+const initramfsRetryUsage = `Usage: tether initramfs retry [--crypttab FILE] [--config FILE] [--cmdline FILE]
+
+Started by "tether initramfs local-top" for the volumes it left closed:
+retries with backoff (capped at 30s) behind cryptroot's prompt and gives a
+recovered key to the askpass process asking for that volume. It ends when
+every volume is open (by its key or the typed passphrase), when a binding
+refuses for good, or when tether.retry= passes; "tether initramfs
+local-bottom" stops it in any case before the real system starts.
+
+Options: --crypttab, --config and --cmdline as for "tether initramfs local-top".
+`
+
 func initramfsRetryCmd() *command.Command {
 	return &command.Command{
 		Name:    "initramfs retry",
@@ -165,6 +203,14 @@ func initramfsRetryCmd() *command.Command {
 	}
 }
 
+const initramfsLocalBottomUsage = `Usage: tether initramfs local-bottom
+
+What initramfs-tools' scripts/local-bottom/tether runs once the root is
+mounted: stops the retry behind the prompt and the network setup tether
+started, and releases the addresses it configured, so nothing of tether's
+runs in the booted system and its own networking starts from a clean card.
+`
+
 func initramfsLocalBottomCmd() *command.Command {
 	return &command.Command{
 		Name:    "initramfs local-bottom",
@@ -181,6 +227,18 @@ func initramfsLocalBottomCmd() *command.Command {
 		},
 	}
 }
+
+const needsNetworkUsage = `Usage: tether crypttab needs-network [--crypttab FILE] [-q] [NAME]...
+
+Print, for every volume of FILE (or those named), whether its bindings need
+the network (tang, https, smb or managed anywhere in the policy) or are
+local (tpm2 only). The exit status is 0 if any volume needs the network,
+1 if none does. A device that cannot be found counts as needing it.
+
+Example:
+  $ tether crypttab needs-network --crypttab /etc/crypttab root
+  root	network
+`
 
 func crypttabNeedsNetworkCmd() *command.Command {
 	return &command.Command{
@@ -228,64 +286,6 @@ func crypttabNeedsNetworkCmd() *command.Command {
 		},
 	}
 }
-
-const initramfsLocalTopUsage = `Usage: tether initramfs local-top [--crypttab FILE] [--config FILE] [--cmdline FILE] [NAME]...
-
-What initramfs-tools' scripts/local-top/tether runs before cryptroot. For
-every bound volume of FILE that is still closed, at once:
-
-  1. the network is brought up (initramfs-tools' configure_networking, in
-     the background) only if a binding needs it (tang, https, smb, managed
-     anywhere in its policy; tpm2-only bindings do not);
-  2. the key is recovered and the volume opened, all within the deadline
-     (network, name resolution and servers included);
-  3. when the deadline passes, one line per volume says why it is still
-     closed (console and kernel log), cryptroot's prompt appears, and
-     "tether initramfs retry" keeps trying behind it: a recovered key is
-     written to the prompt's FIFO, so cryptroot opens the volume itself.
-
-The deadline and retry come from FILE (default /etc/tether/initramfs.conf,
-written by "tether install initramfs-tools --deadline D --retry R --ip IP")
-and the kernel command line, which wins: tether.deadline=30s,
-tether.retry=forever|no|10m, ip= (initramfs-tools' syntax).
-
-Options:
-  --crypttab FILE  default /cryptroot/crypttab
-  --config FILE    default /etc/tether/initramfs.conf
-  --cmdline FILE   the kernel command line (default /proc/cmdline)
-`
-
-const initramfsRetryUsage = `Usage: tether initramfs retry [--crypttab FILE] [--config FILE] [--cmdline FILE]
-
-Started by "tether initramfs local-top" for the volumes it left closed:
-retries with backoff (capped at 30s) behind cryptroot's prompt and gives a
-recovered key to the askpass process asking for that volume. It ends when
-every volume is open (by its key or the typed passphrase), when a binding
-refuses for good, or when tether.retry= passes; "tether initramfs
-local-bottom" stops it in any case before the real system starts.
-
-Options: --crypttab, --config and --cmdline as for "tether initramfs local-top".
-`
-
-const initramfsLocalBottomUsage = `Usage: tether initramfs local-bottom
-
-What initramfs-tools' scripts/local-bottom/tether runs once the root is
-mounted: stops the retry behind the prompt and the network setup tether
-started, and releases the addresses it configured, so nothing of tether's
-runs in the booted system and its own networking starts from a clean card.
-`
-
-const needsNetworkUsage = `Usage: tether crypttab needs-network [--crypttab FILE] [-q] [NAME]...
-
-Print, for every volume of FILE (or those named), whether its bindings need
-the network (tang, https, smb or managed anywhere in the policy) or are
-local (tpm2 only). The exit status is 0 if any volume needs the network,
-1 if none does. A device that cannot be found counts as needing it.
-
-Example:
-  $ tether crypttab needs-network --crypttab /etc/crypttab root
-  root	network
-`
 
 // initramfsSettings is the config file with the settings given to
 // "tether install": the file already there is kept, the flags given

@@ -170,6 +170,51 @@ func pinConfig(args []string) (string, json.RawMessage, error) {
 	return args[0], cfg, nil
 }
 
+const luksBindUsage = `Usage: tether luks bind -d DEV [-k KEYFILE|-] [-s SLOT] [--key-slot N] [-y] [--pin-file F] PIN CONFIG
+
+Bind a LUKS2 volume to a pin: add a keyslot with a new random passphrase
+and store the passphrase, encrypted by the pin, in a LUKS2 token. The volume
+then unlocks wherever the pin's policy holds (tether luks unlock, clevis
+luks unlock, the boot integration).
+
+Steps: verify the existing passphrase (cryptsetup open --test-passphrase),
+back up the header to the state directory, generate a passphrase (the
+base64url text of 40 random bytes, as clevis 20 does), encrypt it with
+PIN, add it as a keyslot with PBKDF2 at 1000 iterations and the volume's
+hash (a random 320-bit key needs no stretching; clevis and
+systemd-cryptenroll do the same), check that the new keyslot opens, store
+the token. If anything fails, exactly what was added is removed. If
+tether dies halfway, the next tether luks command on the volume finishes
+or rolls back the change (see tether luks repair).
+
+For pins clevis knows (tang, tpm2, and sss made of them) the token is
+clevis's own ("type":"clevis"): stock clevis unlocks the volume and tether
+unlocks volumes bound by clevis. Other pins get a "tether" token of the
+same layout (docs/LUKS.md).
+
+The existing passphrase is asked for on the terminal, read from KEYFILE
+(byte for byte, as cryptsetup --key-file), or from stdin with -k - (one
+line; the trailing newline is dropped).
+
+Options:
+  -k KEYFILE      existing passphrase or key file; "-" reads stdin
+  -s SLOT         keyslot for the new key (default: the first free one)
+  --key-slot N    the keyslot the existing passphrase opens (default:
+                  tried slot by slot, unbound slots first)
+  -y              trust the Tang advertisement without a thumbprint
+  --pin-file F    the PIN of a tpm2 binding made "with_pin" (its first
+                  line; /dev/fd/N for a pipe); default: asked on the terminal
+` + luksCommon + `
+Security: the new passphrase never touches argv or disk unencrypted; it
+goes to cryptsetup on a pipe. The header backup holds every keyslot of
+its time and is deleted when the change is complete.
+
+Examples:
+  $ sudo tether luks bind -d /dev/sda2 tang '{"url":"http://keys.lan","thp":"9C8h..."}'
+  $ printf '%s' "$PASS" | sudo tether luks bind -d disk.img -k - sss \
+      '{"t":1,"pins":{"tang":[{"url":"http://a"},{"url":"http://b"}]}}' -y
+`
+
 func luksBindCmd() *command.Command {
 	return luksCommand("luks bind", "bind a LUKS2 volume to a pin (clevis compatible)", luksBindUsage,
 		func(fs *flag.FlagSet) func(*Env, *luks.Volume, []string) error {
@@ -208,6 +253,20 @@ func luksBindCmd() *command.Command {
 		})
 }
 
+const luksUnbindUsage = `Usage: tether luks unbind -d DEV -s SLOT
+
+Remove the binding of keyslot SLOT: the keyslot is wiped first, then its
+token (so an interruption never leaves a hidden working keyslot behind,
+only a dead token that the next tether command removes). The last keyslot
+of a volume is never removed.
+
+Options:
+  -s SLOT         the bound keyslot (see tether luks list)
+` + luksCommon + `
+Example:
+  $ sudo tether luks unbind -d /dev/sda2 -s 1
+`
+
 func luksUnbindCmd() *command.Command {
 	return luksCommand("luks unbind", "remove a binding (its keyslot and token)", luksUnbindUsage,
 		func(fs *flag.FlagSet) func(*Env, *luks.Volume, []string) error {
@@ -224,6 +283,23 @@ func luksUnbindCmd() *command.Command {
 			}
 		})
 }
+
+const luksPassUsage = `Usage: tether luks pass -d DEV -s SLOT [--pin-file F]
+
+Decrypt the passphrase of a bound keyslot (made by tether or by clevis)
+and write it to stdout, without a newline, like clevis luks pass.
+
+Options:
+  -s SLOT         the bound keyslot
+  --pin-file F    the PIN of a tpm2 binding made "with_pin" (its first
+                  line; /dev/fd/N for a pipe); default: asked on the terminal
+` + luksCommon + `
+Security: stdout is the passphrase: pipe it into a command, do not let it
+land in a terminal's scrollback or a file.
+
+Example:
+  $ sudo tether luks pass -d disk.img -s 1 | sudo cryptsetup open --test-passphrase --key-slot 1 --key-file - disk.img
+`
 
 func luksPassCmd() *command.Command {
 	return luksCommand("luks pass", "print the passphrase of a bound keyslot", luksPassUsage,
@@ -245,6 +321,26 @@ func luksPassCmd() *command.Command {
 			}
 		})
 }
+
+const luksListUsage = `Usage: tether luks list -d DEV [-s SLOT]
+
+List the bindings (clevis and tether tokens) of a LUKS2 volume, one line
+per keyslot, in clevis's format: SLOT: PIN 'CONFIG'. For tang the config
+names the thumbprint of the signing key the binding trusted. Bindings
+whose configuration holds a credential (smb, https, managed) are shown as
+SLOT: PIN(WHERE) instead: where the key comes from, and for smb and https
+whether their credentials are in the clear or which pin protects them,
+never the password or identity. Interrupted changes are reported on stderr. list reads the
+header only: it needs no network and changes nothing.
+
+Options:
+  -s SLOT         list only this keyslot
+` + luksCommon + `
+Example:
+  $ tether luks list -d disk.img
+  1: tang '{"thp":"9C8h...","url":"http://keys.lan"}'
+  2: smb(\\nas\keys\ha.key, credentials protected by tang(http://keys.lan))
+`
 
 func luksListCmd() *command.Command {
 	return luksCommand("luks list", "list the bindings of a LUKS2 volume", luksListUsage,
@@ -285,6 +381,17 @@ func luksListCmd() *command.Command {
 		})
 }
 
+const luksRepairUsage = `Usage: tether luks repair -d DEV
+
+Finish or roll back binding changes that were interrupted (power loss,
+kill -9): a bind that had not stored its token loses its keyslot again, a
+regen whose new binding was stored finishes removing the old one, tokens
+left for wiped keyslots are removed. bind, unbind and regen do this first
+by themselves; list and report only show what is left.
+
+Options:
+` + luksCommon
+
 func luksRepairCmd() *command.Command {
 	return luksCommand("luks repair", "finish or roll back interrupted binding changes", luksRepairUsage,
 		func(fs *flag.FlagSet) func(*Env, *luks.Volume, []string) error {
@@ -297,6 +404,32 @@ func luksRepairCmd() *command.Command {
 			}
 		})
 }
+
+const luksRegenUsage = `Usage: tether luks regen -d DEV -s SLOT [-k KEYFILE|-] [-y] [--pin-file F] [PIN CONFIG]
+
+Rebind keyslot SLOT with a fresh passphrase, for example after the Tang
+server rotated its keys. The binding's passphrase is decrypted, a new
+keyslot with a new passphrase is added and verified, its token stored, and
+only then the old keyslot and token are removed. The new binding may get
+another keyslot number; regen prints it.
+
+Without PIN CONFIG the policy is rebuilt from the old binding; for tang the
+new advertisement is trusted because the old signing key (kept hidden by
+the server after rotation) signs it when asked by its thumbprint. A tpm2
+part is sealed again to the PCR values of now, also inside sss; one made
+"with_pin" keeps its PIN (asked once, to decrypt the old binding).
+
+Options:
+  -s SLOT         the bound keyslot to regenerate
+  -k KEYFILE      an existing passphrase to use if the old binding can no
+                  longer be decrypted ("-": stdin)
+  -y              trust the Tang advertisement without a thumbprint
+  --pin-file F    the PIN of a tpm2 binding made "with_pin" (its first
+                  line; /dev/fd/N for a pipe); default: asked on the terminal
+` + luksCommon + `
+Example:
+  $ sudo tether luks report -d /dev/sda2 || sudo tether luks regen -d /dev/sda2 -s 1
+`
 
 func luksRegenCmd() *command.Command {
 	return luksCommand("luks regen", "rebind a keyslot with a fresh passphrase (after key rotation)", luksRegenUsage,
@@ -341,6 +474,23 @@ func luksRegenCmd() *command.Command {
 		})
 }
 
+const luksReportUsage = `Usage: tether luks report -d DEV
+
+Check every binding's Tang keys against what the servers advertise now
+(GET /adv). A binding whose key is no longer advertised was made before a
+key rotation: it still unlocks while the server keeps the old key, but
+should be regenerated so the old key can be deleted.
+
+Exit status: 0 all current, 1 some binding uses a rotated key or could not
+be checked.
+
+Options:
+` + luksCommon + `
+Example:
+  $ tether luks report -d disk.img
+  1: tang(http://keys.lan): rotated key at http://keys.lan
+`
+
 func luksReportCmd() *command.Command {
 	return luksCommand("luks report", "report bindings that use rotated Tang keys", luksReportUsage,
 		func(fs *flag.FlagSet) func(*Env, *luks.Volume, []string) error {
@@ -384,6 +534,27 @@ func luksReportCmd() *command.Command {
 			}
 		})
 }
+
+const luksUnlockUsage = `Usage: tether luks unlock -d DEV [-n NAME] [--test] [--readonly] [--pin-file F]
+
+Unlock a LUKS2 volume with its bindings. Every binding is tried at once,
+each bounded by --timeout, so one dead server costs nothing when another
+answers; the volume is opened with the keyslot of the first binding that
+answers. cryptsetup is always told which keyslot to use, so it never
+spends seconds on argon2 passphrase slots first.
+
+Options:
+  -n NAME         device-mapper name (default luks-UUID, as clevis)
+  --test          only check that a binding opens the volume (cryptsetup
+                  open --test-passphrase); needs no device-mapper
+  --readonly      open read-only
+  --pin-file F    the PIN of a tpm2 binding made "with_pin" (its first
+                  line; /dev/fd/N for a pipe); default: asked on the terminal
+` + luksCommon + `
+Examples:
+  $ sudo tether luks unlock -d /dev/sda2 -n data && mount /dev/mapper/data /srv
+  $ tether luks unlock -d disk.img --test
+`
 
 func luksUnlockCmd() *command.Command {
 	return luksCommand("luks unlock", "unlock a LUKS2 volume with its bindings, all tried at once", luksUnlockUsage,
@@ -438,6 +609,64 @@ func luksUnlockCmd() *command.Command {
 			}
 		})
 }
+
+const luksEncryptUsage = `Usage: tether luks encrypt -d DEV [-y] [--force] [--recovery-file PATH | --no-recovery] PIN CONFIG
+
+Encrypt an existing filesystem or partition in place and bind it: tether
+runs cryptsetup reencrypt --encrypt --reduce-device-size 32M under a
+temporary key, adds a recovery passphrase, binds the volume to PIN and
+removes the temporary key. Progress goes to stderr. The binding is made
+first, before anything is written: a server that is down or a
+configuration the pin refuses stops the command with the device untouched.
+
+The recovery passphrase (160 random bits) is, by default, printed on
+stdout once, at the end, without a newline when stdout is not a terminal
+(so "> FILE" gives a file cryptsetup --key-file takes as it is); until then
+it is kept in the state directory (if that is lost, as a tmpfs in a power
+cut, the rerun makes a new one: only the last one printed is valid; use
+--recovery-file or --no-recovery for unattended runs).
+
+--recovery-file PATH writes it to PATH instead (mode 0600, the bare
+passphrase), before its keyslot is added, so an interrupted run never
+loses it; PATH must not exist, its directory must. --no-recovery adds
+none: the binding (TPM, network) is then the only way in, and losing it
+loses the data.
+
+The last 32 MiB of DEV must be unused (the data moves to make room for the
+LUKS2 header): for ext2/3/4 tether checks it and says how to make room (an
+image file grows with truncate; a partition's filesystem shrinks with
+resize2fs); other content needs --force after you made room. DEV must not
+be mounted and must be at least 48 MiB.
+
+Resumable at any point: if the run is interrupted (power loss, kill -9),
+run the same command again. It starts over if cryptsetup had not yet
+written the LUKS2 header (nothing is encrypted before that), resumes the
+encryption (running cryptsetup's crash recovery when needed, and
+completing the header itself where cryptsetup 2.6 cannot), or finishes the
+remaining steps.
+
+Security: while the run is unfinished, the temporary key is stored in the
+LUKS2 header in clear (its subsystem label, "tether-encrypt:KEY"), so that
+it survives a power cut with the data it opens: whoever can read the
+device can read the key, as they can read the data not yet encrypted.
+The key is also in cryptsetup's command line (--subsystem) while it runs,
+and in blkid's world-readable cache if root runs blkid meanwhile; it opens
+only keyslot 0 of that header. At the end its keyslot is wiped and the
+label cleared (docs/LUKS.md). Keep a backup: on SSDs and thin storage old
+blocks (plaintext, the old keyslot) may survive in-place encryption.
+
+Options:
+  -y                   trust the Tang advertisement without a thumbprint
+  --force              do not check that the last 32 MiB are free
+  --recovery-file PATH write the recovery passphrase to PATH (0600)
+  --no-recovery        no recovery passphrase: the binding only
+` + luksCommon + `
+Examples:
+  $ sudo tether luks encrypt -d /dev/sdb1 --recovery-file /media/usb/sdb1.key tang '{"url":"http://keys.lan","thp":"9C8h..."}'
+  $ sudo cryptsetup open --test-passphrase --key-file /media/usb/sdb1.key /dev/sdb1
+  $ sudo tether luks encrypt -d data.img --no-recovery tpm2 '{"pcr_ids":"7"}'
+  $ truncate -s +32M data.img   # an image file whose filesystem fills it
+`
 
 func luksEncryptCmd() *command.Command {
 	return luksCommand("luks encrypt", "encrypt a filesystem in place and bind it (resumable)", luksEncryptUsage,
@@ -499,6 +728,29 @@ func luksEncryptCmd() *command.Command {
 			}
 		})
 }
+
+const luksCreateUsage = `Usage: tether luks create FILE --size SIZE [--fs ext4] [-y] PIN CONFIG
+
+Create a new LUKS2 container file of SIZE bytes (suffixes K, M, G, T),
+bound to PIN, with a recovery passphrase printed on stdout, once (without
+a newline when stdout is not a terminal: "> FILE" gives a file cryptsetup
+--key-file takes as it is). FILE must not exist; it is created with mode
+0600.
+
+With --fs ext4 the container gets an ext4 filesystem. With device-mapper
+tether opens the new volume and runs mkfs.ext4 inside; without it (some
+containers and VMs) tether makes the filesystem in the plain file first and
+encrypts it in place, which writes the whole file once (see tether luks
+encrypt; an interrupted run resumes with tether luks encrypt -d FILE).
+
+Options:
+  --size SIZE     the size of the file (required; at least 64M)
+  --fs ext4       make an ext4 filesystem inside
+  -y              trust the Tang advertisement without a thumbprint
+` + luksCommon + `
+Example:
+  $ tether luks create cloud_container.img --size 2G --fs ext4 tang '{"url":"http://keys.lan"}' -y > recovery.txt
+`
 
 func luksCreateCmd() *command.Command {
 	return &command.Command{
@@ -620,256 +872,4 @@ const luksCommon = `  -d DEV          the LUKS2 device or image file (required)
                   (default $TETHER_LUKS_STATE_DIR, else /var/lib/tether/luks;
                   root only, mode 0700)
   --timeout D     bound for each pin's network exchange (default 10s)
-`
-
-const luksBindUsage = `Usage: tether luks bind -d DEV [-k KEYFILE|-] [-s SLOT] [--key-slot N] [-y] [--pin-file F] PIN CONFIG
-
-Bind a LUKS2 volume to a pin: add a keyslot with a new random passphrase
-and store the passphrase, encrypted by the pin, in a LUKS2 token. The volume
-then unlocks wherever the pin's policy holds (tether luks unlock, clevis
-luks unlock, the boot integration).
-
-Steps: verify the existing passphrase (cryptsetup open --test-passphrase),
-back up the header to the state directory, generate a passphrase (the
-base64url text of 40 random bytes, as clevis 20 does), encrypt it with
-PIN, add it as a keyslot with PBKDF2 at 1000 iterations and the volume's
-hash (a random 320-bit key needs no stretching; clevis and
-systemd-cryptenroll do the same), check that the new keyslot opens, store
-the token. If anything fails, exactly what was added is removed. If
-tether dies halfway, the next tether luks command on the volume finishes
-or rolls back the change (see tether luks repair).
-
-For pins clevis knows (tang, tpm2, and sss made of them) the token is
-clevis's own ("type":"clevis"): stock clevis unlocks the volume and tether
-unlocks volumes bound by clevis. Other pins get a "tether" token of the
-same layout (docs/LUKS.md).
-
-The existing passphrase is asked for on the terminal, read from KEYFILE
-(byte for byte, as cryptsetup --key-file), or from stdin with -k - (one
-line; the trailing newline is dropped).
-
-Options:
-  -k KEYFILE      existing passphrase or key file; "-" reads stdin
-  -s SLOT         keyslot for the new key (default: the first free one)
-  --key-slot N    the keyslot the existing passphrase opens (default:
-                  tried slot by slot, unbound slots first)
-  -y              trust the Tang advertisement without a thumbprint
-  --pin-file F    the PIN of a tpm2 binding made "with_pin" (its first
-                  line; /dev/fd/N for a pipe); default: asked on the terminal
-` + luksCommon + `
-Security: the new passphrase never touches argv or disk unencrypted; it
-goes to cryptsetup on a pipe. The header backup holds every keyslot of
-its time and is deleted when the change is complete.
-
-Examples:
-  $ sudo tether luks bind -d /dev/sda2 tang '{"url":"http://keys.lan","thp":"9C8h..."}'
-  $ printf '%s' "$PASS" | sudo tether luks bind -d disk.img -k - sss \
-      '{"t":1,"pins":{"tang":[{"url":"http://a"},{"url":"http://b"}]}}' -y
-`
-
-const luksUnbindUsage = `Usage: tether luks unbind -d DEV -s SLOT
-
-Remove the binding of keyslot SLOT: the keyslot is wiped first, then its
-token (so an interruption never leaves a hidden working keyslot behind,
-only a dead token that the next tether command removes). The last keyslot
-of a volume is never removed.
-
-Options:
-  -s SLOT         the bound keyslot (see tether luks list)
-` + luksCommon + `
-Example:
-  $ sudo tether luks unbind -d /dev/sda2 -s 1
-`
-
-const luksPassUsage = `Usage: tether luks pass -d DEV -s SLOT [--pin-file F]
-
-Decrypt the passphrase of a bound keyslot (made by tether or by clevis)
-and write it to stdout, without a newline, like clevis luks pass.
-
-Options:
-  -s SLOT         the bound keyslot
-  --pin-file F    the PIN of a tpm2 binding made "with_pin" (its first
-                  line; /dev/fd/N for a pipe); default: asked on the terminal
-` + luksCommon + `
-Security: stdout is the passphrase: pipe it into a command, do not let it
-land in a terminal's scrollback or a file.
-
-Example:
-  $ sudo tether luks pass -d disk.img -s 1 | sudo cryptsetup open --test-passphrase --key-slot 1 --key-file - disk.img
-`
-
-const luksListUsage = `Usage: tether luks list -d DEV [-s SLOT]
-
-List the bindings (clevis and tether tokens) of a LUKS2 volume, one line
-per keyslot, in clevis's format: SLOT: PIN 'CONFIG'. For tang the config
-names the thumbprint of the signing key the binding trusted. Bindings
-whose configuration holds a credential (smb, https, managed) are shown as
-SLOT: PIN(WHERE) instead: where the key comes from, and for smb and https
-whether their credentials are in the clear or which pin protects them,
-never the password or identity. Interrupted changes are reported on stderr. list reads the
-header only: it needs no network and changes nothing.
-
-Options:
-  -s SLOT         list only this keyslot
-` + luksCommon + `
-Example:
-  $ tether luks list -d disk.img
-  1: tang '{"thp":"9C8h...","url":"http://keys.lan"}'
-  2: smb(\\nas\keys\ha.key, credentials protected by tang(http://keys.lan))
-`
-
-const luksRepairUsage = `Usage: tether luks repair -d DEV
-
-Finish or roll back binding changes that were interrupted (power loss,
-kill -9): a bind that had not stored its token loses its keyslot again, a
-regen whose new binding was stored finishes removing the old one, tokens
-left for wiped keyslots are removed. bind, unbind and regen do this first
-by themselves; list and report only show what is left.
-
-Options:
-` + luksCommon
-
-const luksRegenUsage = `Usage: tether luks regen -d DEV -s SLOT [-k KEYFILE|-] [-y] [--pin-file F] [PIN CONFIG]
-
-Rebind keyslot SLOT with a fresh passphrase, for example after the Tang
-server rotated its keys. The binding's passphrase is decrypted, a new
-keyslot with a new passphrase is added and verified, its token stored, and
-only then the old keyslot and token are removed. The new binding may get
-another keyslot number; regen prints it.
-
-Without PIN CONFIG the policy is rebuilt from the old binding; for tang the
-new advertisement is trusted because the old signing key (kept hidden by
-the server after rotation) signs it when asked by its thumbprint. A tpm2
-part is sealed again to the PCR values of now, also inside sss; one made
-"with_pin" keeps its PIN (asked once, to decrypt the old binding).
-
-Options:
-  -s SLOT         the bound keyslot to regenerate
-  -k KEYFILE      an existing passphrase to use if the old binding can no
-                  longer be decrypted ("-": stdin)
-  -y              trust the Tang advertisement without a thumbprint
-  --pin-file F    the PIN of a tpm2 binding made "with_pin" (its first
-                  line; /dev/fd/N for a pipe); default: asked on the terminal
-` + luksCommon + `
-Example:
-  $ sudo tether luks report -d /dev/sda2 || sudo tether luks regen -d /dev/sda2 -s 1
-`
-
-const luksReportUsage = `Usage: tether luks report -d DEV
-
-Check every binding's Tang keys against what the servers advertise now
-(GET /adv). A binding whose key is no longer advertised was made before a
-key rotation: it still unlocks while the server keeps the old key, but
-should be regenerated so the old key can be deleted.
-
-Exit status: 0 all current, 1 some binding uses a rotated key or could not
-be checked.
-
-Options:
-` + luksCommon + `
-Example:
-  $ tether luks report -d disk.img
-  1: tang(http://keys.lan): rotated key at http://keys.lan
-`
-
-const luksUnlockUsage = `Usage: tether luks unlock -d DEV [-n NAME] [--test] [--readonly] [--pin-file F]
-
-Unlock a LUKS2 volume with its bindings. Every binding is tried at once,
-each bounded by --timeout, so one dead server costs nothing when another
-answers; the volume is opened with the keyslot of the first binding that
-answers. cryptsetup is always told which keyslot to use, so it never
-spends seconds on argon2 passphrase slots first.
-
-Options:
-  -n NAME         device-mapper name (default luks-UUID, as clevis)
-  --test          only check that a binding opens the volume (cryptsetup
-                  open --test-passphrase); needs no device-mapper
-  --readonly      open read-only
-  --pin-file F    the PIN of a tpm2 binding made "with_pin" (its first
-                  line; /dev/fd/N for a pipe); default: asked on the terminal
-` + luksCommon + `
-Examples:
-  $ sudo tether luks unlock -d /dev/sda2 -n data && mount /dev/mapper/data /srv
-  $ tether luks unlock -d disk.img --test
-`
-
-const luksEncryptUsage = `Usage: tether luks encrypt -d DEV [-y] [--force] [--recovery-file PATH | --no-recovery] PIN CONFIG
-
-Encrypt an existing filesystem or partition in place and bind it: tether
-runs cryptsetup reencrypt --encrypt --reduce-device-size 32M under a
-temporary key, adds a recovery passphrase, binds the volume to PIN and
-removes the temporary key. Progress goes to stderr. The binding is made
-first, before anything is written: a server that is down or a
-configuration the pin refuses stops the command with the device untouched.
-
-The recovery passphrase (160 random bits) is, by default, printed on
-stdout once, at the end, without a newline when stdout is not a terminal
-(so "> FILE" gives a file cryptsetup --key-file takes as it is); until then
-it is kept in the state directory (if that is lost, as a tmpfs in a power
-cut, the rerun makes a new one: only the last one printed is valid; use
---recovery-file or --no-recovery for unattended runs).
-
---recovery-file PATH writes it to PATH instead (mode 0600, the bare
-passphrase), before its keyslot is added, so an interrupted run never
-loses it; PATH must not exist, its directory must. --no-recovery adds
-none: the binding (TPM, network) is then the only way in, and losing it
-loses the data.
-
-The last 32 MiB of DEV must be unused (the data moves to make room for the
-LUKS2 header): for ext2/3/4 tether checks it and says how to make room (an
-image file grows with truncate; a partition's filesystem shrinks with
-resize2fs); other content needs --force after you made room. DEV must not
-be mounted and must be at least 48 MiB.
-
-Resumable at any point: if the run is interrupted (power loss, kill -9),
-run the same command again. It starts over if cryptsetup had not yet
-written the LUKS2 header (nothing is encrypted before that), resumes the
-encryption (running cryptsetup's crash recovery when needed, and
-completing the header itself where cryptsetup 2.6 cannot), or finishes the
-remaining steps.
-
-Security: while the run is unfinished, the temporary key is stored in the
-LUKS2 header in clear (its subsystem label, "tether-encrypt:KEY"), so that
-it survives a power cut with the data it opens: whoever can read the
-device can read the key, as they can read the data not yet encrypted.
-The key is also in cryptsetup's command line (--subsystem) while it runs,
-and in blkid's world-readable cache if root runs blkid meanwhile; it opens
-only keyslot 0 of that header. At the end its keyslot is wiped and the
-label cleared (docs/LUKS.md). Keep a backup: on SSDs and thin storage old
-blocks (plaintext, the old keyslot) may survive in-place encryption.
-
-Options:
-  -y                   trust the Tang advertisement without a thumbprint
-  --force              do not check that the last 32 MiB are free
-  --recovery-file PATH write the recovery passphrase to PATH (0600)
-  --no-recovery        no recovery passphrase: the binding only
-` + luksCommon + `
-Examples:
-  $ sudo tether luks encrypt -d /dev/sdb1 --recovery-file /media/usb/sdb1.key tang '{"url":"http://keys.lan","thp":"9C8h..."}'
-  $ sudo cryptsetup open --test-passphrase --key-file /media/usb/sdb1.key /dev/sdb1
-  $ sudo tether luks encrypt -d data.img --no-recovery tpm2 '{"pcr_ids":"7"}'
-  $ truncate -s +32M data.img   # an image file whose filesystem fills it
-`
-
-const luksCreateUsage = `Usage: tether luks create FILE --size SIZE [--fs ext4] [-y] PIN CONFIG
-
-Create a new LUKS2 container file of SIZE bytes (suffixes K, M, G, T),
-bound to PIN, with a recovery passphrase printed on stdout, once (without
-a newline when stdout is not a terminal: "> FILE" gives a file cryptsetup
---key-file takes as it is). FILE must not exist; it is created with mode
-0600.
-
-With --fs ext4 the container gets an ext4 filesystem. With device-mapper
-tether opens the new volume and runs mkfs.ext4 inside; without it (some
-containers and VMs) tether makes the filesystem in the plain file first and
-encrypts it in place, which writes the whole file once (see tether luks
-encrypt; an interrupted run resumes with tether luks encrypt -d FILE).
-
-Options:
-  --size SIZE     the size of the file (required; at least 64M)
-  --fs ext4       make an ext4 filesystem inside
-  -y              trust the Tang advertisement without a thumbprint
-` + luksCommon + `
-Example:
-  $ tether luks create cloud_container.img --size 2G --fs ext4 tang '{"url":"http://keys.lan"}' -y > recovery.txt
 `

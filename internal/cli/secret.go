@@ -24,6 +24,52 @@ import (
 // device): tether-secret@.service does not restart on it.
 const secretRefused = 3
 
+const secretOpenUsage = `Usage: tether secret open [--owner USER[:GROUP]] [--mode MODE] [--timeout D] [--pin-file F] JWE OUT
+
+Decrypt the sealed secret JWE (a file made by tether encrypt or clevis
+encrypt, with any pin: tpm2, tang, sss, managed...) and write it to OUT,
+readable by its owner only: root, or USER (and GROUP with --mode 0440).
+The file is written atomically: it gets its owner and mode before the
+secret goes in, and replaces OUT only when complete; on any failure OUT is
+left as it was. OUT's directory is made (mode 0711, whatever the umask)
+if missing; if it exists and USER cannot pass it, a warning says so.
+Nothing of the secret reaches argv, stdout or the log.
+
+This is what tether-secret@NAME.service runs at boot, for files such as
+TrueNAS's pwenc_secret that a service needs in the clear while the disk
+only holds them sealed:
+  /etc/tether/secrets/NAME.jwe   the sealed file
+  /etc/tether/secrets/NAME.conf  optional: OPTIONS=--owner USER --mode 0400
+  /run/tether/secrets/NAME       the secret, while the unit is active
+A service that needs it orders itself after the unit, or lets systemd hand
+it over as a credential, readable by that service alone:
+  [Unit]
+  Requires=tether-secret@NAME.service
+  After=tether-secret@NAME.service
+  [Service]
+  LoadCredential=NAME:/run/tether/secrets/NAME
+  (the service reads $CREDENTIALS_DIRECTORY/NAME)
+
+Exit status: 0 written; 1 failed (a server not answering: try again);
+2 wrong use; 3 refused for good (a PCR policy that does not hold in this
+boot, a revoked device, a PIN needed with nobody to ask): the unit does
+not restart on it.
+
+Options:
+  --owner U[:G]   owner of OUT (name or number; default root, group: U's)
+  --mode MODE     permission bits of OUT, octal (default 0400); bits for
+                  other users are refused
+  --timeout D     bound for each network exchange (default 10s)
+  --pin-file F    the PIN of a tpm2 pin sealed "with_pin" (first line;
+                  /dev/fd/N for a pipe); default: asked on the terminal
+
+Examples (as root):
+  # mkdir -p /etc/tether/secrets
+  # tether encrypt tpm2 '{"pcr_ids":"7"}' < /data/pwenc_secret > /etc/tether/secrets/pwenc_secret.jwe
+  # tether secret open --owner www-data /etc/tether/secrets/pwenc_secret.jwe /run/tether/secrets/pwenc_secret
+  # systemctl enable --now tether-secret@pwenc_secret.service
+`
+
 func secretOpenCmd() *command.Command {
 	return &command.Command{
 		Name:    "secret open",
@@ -98,6 +144,28 @@ func secretOpenCmd() *command.Command {
 	}
 }
 
+const secretRegenUsage = `Usage: tether secret regen [-y] [--timeout D] [--pin-file F] JWE
+
+Re-encrypt the sealed file JWE under its own policy, rebuilt from it as
+tether luks regen does: every tpm2 part, also inside sss, is sealed to the
+PCR values of now (run it after booting into the updated state), a tang
+part to its server's current keys (trusted through the old signing key,
+or with -y). The secret must still decrypt: inside sss another pin (tang)
+does it when the tpm2 part no longer matches its PCRs. The new JWE must
+decrypt to the same secret before it replaces JWE, atomically, with the
+same mode; otherwise JWE is left as it was. A tpm2 part made "with_pin"
+keeps its PIN.
+
+Options:
+  -y             trust a Tang advertisement without a thumbprint
+  --timeout D    bound for each network exchange (default 10s)
+  --pin-file F   the PIN of a tpm2 part made "with_pin" (first line;
+                 /dev/fd/N for a pipe); default: asked on the terminal
+
+Example (as root, after a kernel update and a reboot that tang unlocked):
+  # tether secret regen /etc/tether/secrets/pwenc_secret.jwe
+`
+
 func secretRegenCmd() *command.Command {
 	return &command.Command{
 		Name:    "secret regen",
@@ -117,6 +185,15 @@ func secretRegenCmd() *command.Command {
 		},
 	}
 }
+
+const secretCloseUsage = `Usage: tether secret close OUT
+
+Remove a secret tether secret open wrote (a missing file is not an
+error). tether-secret@NAME.service runs it when stopped.
+
+Example:
+  $ sudo tether secret close /run/tether/secrets/pwenc_secret
+`
 
 func secretCloseCmd() *command.Command {
 	return &command.Command{
@@ -279,80 +356,3 @@ func writeSecret(path string, data []byte, perm os.FileMode, uid, gid int) (err 
 	}
 	return nil
 }
-
-const secretOpenUsage = `Usage: tether secret open [--owner USER[:GROUP]] [--mode MODE] [--timeout D] [--pin-file F] JWE OUT
-
-Decrypt the sealed secret JWE (a file made by tether encrypt or clevis
-encrypt, with any pin: tpm2, tang, sss, managed...) and write it to OUT,
-readable by its owner only: root, or USER (and GROUP with --mode 0440).
-The file is written atomically: it gets its owner and mode before the
-secret goes in, and replaces OUT only when complete; on any failure OUT is
-left as it was. OUT's directory is made (mode 0711, whatever the umask)
-if missing; if it exists and USER cannot pass it, a warning says so.
-Nothing of the secret reaches argv, stdout or the log.
-
-This is what tether-secret@NAME.service runs at boot, for files such as
-TrueNAS's pwenc_secret that a service needs in the clear while the disk
-only holds them sealed:
-  /etc/tether/secrets/NAME.jwe   the sealed file
-  /etc/tether/secrets/NAME.conf  optional: OPTIONS=--owner USER --mode 0400
-  /run/tether/secrets/NAME       the secret, while the unit is active
-A service that needs it orders itself after the unit, or lets systemd hand
-it over as a credential, readable by that service alone:
-  [Unit]
-  Requires=tether-secret@NAME.service
-  After=tether-secret@NAME.service
-  [Service]
-  LoadCredential=NAME:/run/tether/secrets/NAME
-  (the service reads $CREDENTIALS_DIRECTORY/NAME)
-
-Exit status: 0 written; 1 failed (a server not answering: try again);
-2 wrong use; 3 refused for good (a PCR policy that does not hold in this
-boot, a revoked device, a PIN needed with nobody to ask): the unit does
-not restart on it.
-
-Options:
-  --owner U[:G]   owner of OUT (name or number; default root, group: U's)
-  --mode MODE     permission bits of OUT, octal (default 0400); bits for
-                  other users are refused
-  --timeout D     bound for each network exchange (default 10s)
-  --pin-file F    the PIN of a tpm2 pin sealed "with_pin" (first line;
-                  /dev/fd/N for a pipe); default: asked on the terminal
-
-Examples (as root):
-  # mkdir -p /etc/tether/secrets
-  # tether encrypt tpm2 '{"pcr_ids":"7"}' < /data/pwenc_secret > /etc/tether/secrets/pwenc_secret.jwe
-  # tether secret open --owner www-data /etc/tether/secrets/pwenc_secret.jwe /run/tether/secrets/pwenc_secret
-  # systemctl enable --now tether-secret@pwenc_secret.service
-`
-
-const secretRegenUsage = `Usage: tether secret regen [-y] [--timeout D] [--pin-file F] JWE
-
-Re-encrypt the sealed file JWE under its own policy, rebuilt from it as
-tether luks regen does: every tpm2 part, also inside sss, is sealed to the
-PCR values of now (run it after booting into the updated state), a tang
-part to its server's current keys (trusted through the old signing key,
-or with -y). The secret must still decrypt: inside sss another pin (tang)
-does it when the tpm2 part no longer matches its PCRs. The new JWE must
-decrypt to the same secret before it replaces JWE, atomically, with the
-same mode; otherwise JWE is left as it was. A tpm2 part made "with_pin"
-keeps its PIN.
-
-Options:
-  -y             trust a Tang advertisement without a thumbprint
-  --timeout D    bound for each network exchange (default 10s)
-  --pin-file F   the PIN of a tpm2 part made "with_pin" (first line;
-                 /dev/fd/N for a pipe); default: asked on the terminal
-
-Example (as root, after a kernel update and a reboot that tang unlocked):
-  # tether secret regen /etc/tether/secrets/pwenc_secret.jwe
-`
-
-const secretCloseUsage = `Usage: tether secret close OUT
-
-Remove a secret tether secret open wrote (a missing file is not an
-error). tether-secret@NAME.service runs it when stopped.
-
-Example:
-  $ sudo tether secret close /run/tether/secrets/pwenc_secret
-`

@@ -31,6 +31,37 @@ import (
 	smbpin "github.com/tether-nbde/tether/pin/smb"
 )
 
+// keySource is one place the key lives, as setup asks for it.
+type keySource struct {
+	pin  string         // tang, smb, https, tpm2
+	cfg  map[string]any // the pin's configuration
+	desc string         // for the person
+	// secret is set when the configuration names a password or token
+	// file: it must be protected by another pin or stored in the clear.
+	secret bool
+}
+
+// setupPlan is everything setup asked; nothing is changed until run.
+type setupPlan struct {
+	root     string
+	bin      string // the tether the units run ("": this one)
+	dev      string // device or file
+	create   bool
+	size     int64
+	luks     bool // dev is LUKS2 already
+	bound    int  // bindings it has
+	replace  int  // the keyslot whose binding the new one replaces, or -1
+	name     string
+	mount    string
+	key      []byte
+	recovery string // file for the recovery passphrase, or "" for stdout
+	sources  []keySource
+	need     string // all or any
+	plain    bool   // credentials may be stored in the clear
+	timeout  time.Duration
+	closers  []io.Closer // memory files of passwords, closed at the end
+}
+
 const setupUsage = `Usage: tether setup
        tether setup (-d DEV | --create FILE --size SIZE) KEY-SOURCE [KEY-SOURCE] [OPTIONS]
 
@@ -115,37 +146,6 @@ Examples:
       --server http://keys.lan:7500 --thp 9C8hYw... --recovery-file /media/usb/vault.key
   $ sudo tether setup -d /dev/sdb1 -k - --tpm --server http://keys.lan:7500 --trust-server --need any
 `
-
-// keySource is one place the key lives, as setup asks for it.
-type keySource struct {
-	pin  string         // tang, smb, https, tpm2
-	cfg  map[string]any // the pin's configuration
-	desc string         // for the person
-	// secret is set when the configuration names a password or token
-	// file: it must be protected by another pin or stored in the clear.
-	secret bool
-}
-
-// setupPlan is everything setup asked; nothing is changed until run.
-type setupPlan struct {
-	root     string
-	bin      string // the tether the units run ("": this one)
-	dev      string // device or file
-	create   bool
-	size     int64
-	luks     bool // dev is LUKS2 already
-	bound    int  // bindings it has
-	replace  int  // the keyslot whose binding the new one replaces, or -1
-	name     string
-	mount    string
-	key      []byte
-	recovery string // file for the recovery passphrase, or "" for stdout
-	sources  []keySource
-	need     string // all or any
-	plain    bool   // credentials may be stored in the clear
-	timeout  time.Duration
-	closers  []io.Closer // memory files of passwords, closed at the end
-}
 
 func setupCmd() *command.Command {
 	return &command.Command{

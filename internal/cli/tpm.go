@@ -17,6 +17,45 @@ import (
 	"github.com/tether-nbde/tether/internal/tpm"
 )
 
+const tpmSignUsage = `Usage: tether tpm sign-pcrs --key KEY.pem --pcr-ids IDS [--bank B] [--pcr-digest VALUES] [--out FILE]
+
+Sign values of PCRs IDS with the policy key KEY.pem, allowing every tpm2
+secret sealed to that key ("pcr_pubkey") to unseal while those PCRs hold
+those values — after a kernel or firmware update, sign the new values
+instead of resealing each secret. The values are this TPM's current ones,
+or VALUES: base64url of the values concatenated in index order, as
+"pcr_digest" and tpm2_pcrread -o take them (to sign a state ahead of the
+update, or on another machine than the one that boots it).
+
+The output is a signature file (JSON, type tether-pcr-signatures-v1: bank,
+pcr_ids, the approved policy digest, the key's SHA-256, the ECDSA
+signature). With --out FILE the signature is added to FILE (replacing one
+by the same key for the same values), atomically, mode 0644: it holds
+nothing secret. Without --out it goes to stdout.
+
+Keep KEY.pem off the machines it signs for, except while signing (bring
+it on a USB stick, or sign elsewhere with --pcr-digest): a machine holding
+it can allow any state to itself. Old signatures stay valid: a state once signed unseals
+for as long as its signature can be presented, whatever the file says
+later; to withdraw one, reseal the secrets (tether luks regen, or encrypt
+again) with a new key.
+
+Options:
+  --key KEY.pem      ECDSA P-256 private key, PEM (make one with:
+                     openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out KEY.pem;
+                     its public half, for "pcr_pubkey":
+                     openssl pkey -in KEY.pem -pubout -out KEY.pub.pem)
+  --pcr-ids IDS      the PCRs the policy signs ("pcr_signed_ids"), e.g. 11
+  --bank B           PCR bank (default sha256)
+  --pcr-digest V     the values to sign (default: read from this TPM)
+  --out FILE         add to this signature file (the secrets' "pcr_signatures",
+                     default /etc/tether/pcr-signatures.json)
+
+Examples:
+  # tether encrypt tpm2 '{"pcr_ids":"7","pcr_pubkey":"/etc/tether/pcr-policy.pub.pem","pcr_signed_ids":"11"}' < s > s.jwe
+  # tether tpm sign-pcrs --key /root/pcr-policy.pem --pcr-ids 11 --out /etc/tether/pcr-signatures.json
+`
+
 func tpmSignPCRsCmd() *command.Command {
 	return &command.Command{
 		Name:    "tpm sign-pcrs",
@@ -145,42 +184,3 @@ func readSigningKey(name string) (*ecdsa.PrivateKey, error) {
 	}
 	return ek, nil
 }
-
-const tpmSignUsage = `Usage: tether tpm sign-pcrs --key KEY.pem --pcr-ids IDS [--bank B] [--pcr-digest VALUES] [--out FILE]
-
-Sign values of PCRs IDS with the policy key KEY.pem, allowing every tpm2
-secret sealed to that key ("pcr_pubkey") to unseal while those PCRs hold
-those values — after a kernel or firmware update, sign the new values
-instead of resealing each secret. The values are this TPM's current ones,
-or VALUES: base64url of the values concatenated in index order, as
-"pcr_digest" and tpm2_pcrread -o take them (to sign a state ahead of the
-update, or on another machine than the one that boots it).
-
-The output is a signature file (JSON, type tether-pcr-signatures-v1: bank,
-pcr_ids, the approved policy digest, the key's SHA-256, the ECDSA
-signature). With --out FILE the signature is added to FILE (replacing one
-by the same key for the same values), atomically, mode 0644: it holds
-nothing secret. Without --out it goes to stdout.
-
-Keep KEY.pem off the machines it signs for, except while signing (bring
-it on a USB stick, or sign elsewhere with --pcr-digest): a machine holding
-it can allow any state to itself. Old signatures stay valid: a state once signed unseals
-for as long as its signature can be presented, whatever the file says
-later; to withdraw one, reseal the secrets (tether luks regen, or encrypt
-again) with a new key.
-
-Options:
-  --key KEY.pem      ECDSA P-256 private key, PEM (make one with:
-                     openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out KEY.pem;
-                     its public half, for "pcr_pubkey":
-                     openssl pkey -in KEY.pem -pubout -out KEY.pub.pem)
-  --pcr-ids IDS      the PCRs the policy signs ("pcr_signed_ids"), e.g. 11
-  --bank B           PCR bank (default sha256)
-  --pcr-digest V     the values to sign (default: read from this TPM)
-  --out FILE         add to this signature file (the secrets' "pcr_signatures",
-                     default /etc/tether/pcr-signatures.json)
-
-Examples:
-  # tether encrypt tpm2 '{"pcr_ids":"7","pcr_pubkey":"/etc/tether/pcr-policy.pub.pem","pcr_signed_ids":"11"}' < s > s.jwe
-  # tether tpm sign-pcrs --key /root/pcr-policy.pem --pcr-ids 11 --out /etc/tether/pcr-signatures.json
-`

@@ -10,6 +10,31 @@ import (
 	"github.com/tether-nbde/tether/pin/managed"
 )
 
+const zfsSetupUsage = `Usage: tether zfs setup [--state DIR] [POOL/DATASET]
+
+Prepare an enrolled device (tether enroll --key-store file) so that ZFS
+native encryption fetches dataset keys from the tether server itself:
+keylocation=https://SERVER/v1/zfs/POOL/DATASET with keyformat=raw.
+
+The server answers with a raw 32-byte key only to this device's identity
+key (as TLS client certificate) and only while its policy allows an unlock
+(enabled, allowed network, not in lockdown, rate limit, keep-alive);
+revoking the device destroys the keys for good. The key is derived from the
+device's server-side key and the dataset name, so each dataset has its own.
+Unlike managed unlocks, the server sees these keys: ZFS cannot blind.
+
+This writes, next to the device state:
+  zfs-client.crt   the identity key's certificate (SSL_CLIENT_CERT_FILE)
+  zfs-server.crt   the server's certificate, checked against the pin taken
+                   at enrolment (SSL_CA_CERT_FILE)
+and prints the zfs command and the environment libcurl needs. The server's
+certificate must name its host: start the server with --managed-hostname.
+
+Options:
+  --state DIR   device state directory (default $TETHER_DEVICE_DIR, else
+                /etc/tether/device)
+`
+
 func zfsSetupCmd() *command.Command {
 	return &command.Command{
 		Name:    "zfs setup",
@@ -44,28 +69,3 @@ export SSL_CA_CERT_FILE=%[5]s
 		},
 	}
 }
-
-const zfsSetupUsage = `Usage: tether zfs setup [--state DIR] [POOL/DATASET]
-
-Prepare an enrolled device (tether enroll --key-store file) so that ZFS
-native encryption fetches dataset keys from the tether server itself:
-keylocation=https://SERVER/v1/zfs/POOL/DATASET with keyformat=raw.
-
-The server answers with a raw 32-byte key only to this device's identity
-key (as TLS client certificate) and only while its policy allows an unlock
-(enabled, allowed network, not in lockdown, rate limit, keep-alive);
-revoking the device destroys the keys for good. The key is derived from the
-device's server-side key and the dataset name, so each dataset has its own.
-Unlike managed unlocks, the server sees these keys: ZFS cannot blind.
-
-This writes, next to the device state:
-  zfs-client.crt   the identity key's certificate (SSL_CLIENT_CERT_FILE)
-  zfs-server.crt   the server's certificate, checked against the pin taken
-                   at enrolment (SSL_CA_CERT_FILE)
-and prints the zfs command and the environment libcurl needs. The server's
-certificate must name its host: start the server with --managed-hostname.
-
-Options:
-  --state DIR   device state directory (default $TETHER_DEVICE_DIR, else
-                /etc/tether/device)
-`

@@ -106,6 +106,22 @@ on its first start in managed mode. Default: $TETHER_ADMIN_CONFIG, else
 another host, and edit its url.
 `
 
+const adminTokenUsage = `Usage: tether admin token create [--group NAME] [--ttl D] [--note TEXT]
+
+Make a one-time enrolment token and print it on stdout. A device enrolled
+with it is enabled at once and joins the group. The token embeds the
+SHA-256 of the server's TLS key, so "tether enroll" authenticates the
+server from the token alone. The server keeps only a hash of it.
+
+Options:
+  --group NAME   group the device joins (its policy applies)
+  --ttl D        validity (default 24h)
+  --note TEXT    kept with the token for the audit log
+
+Example:
+  $ tether admin token create --group laptops --ttl 1h
+`
+
 func adminTokenCreateCmd() *command.Command {
 	return adminCmd("admin token create", "make a one-time enrolment token", adminTokenUsage,
 		func(fs *flag.FlagSet) func(*command.Env, *server.AdminClient, []string) error {
@@ -126,6 +142,12 @@ func adminTokenCreateCmd() *command.Command {
 			}
 		})
 }
+
+const adminDeviceListUsage = `Usage: tether admin device list [--json]
+
+List enrolled devices with their state (pending, enabled, disabled,
+revoked), the reason for it, and when each was last heard from.
+`
 
 func adminDeviceListCmd() *command.Command {
 	return adminCmd("admin device list", "list enrolled devices", adminDeviceListUsage,
@@ -148,6 +170,22 @@ func adminDeviceListCmd() *command.Command {
 			}
 		})
 }
+
+const adminPolicyUsage = `Usage: tether admin device policy ID POLICY
+       tether admin group set NAME POLICY
+
+Set the policy of a device or of a group. A device's fields override its
+group's; unset fields inherit. POLICY is JSON:
+  cidrs      allowed source networks, e.g. ["10.0.0.0/8"]; empty = any
+  keepalive  heartbeat timeout ("5m"): a device not heard from for longer
+             (tether agent) is disabled until an admin enables it; "-1ns"
+             turns a group's keep-alive off for one device
+  approval   true: every unlock waits for tether admin unlock approve
+  rate       unlocks per minute (default: the server's --unlock-rate)
+
+Example:
+  $ tether admin group set laptops '{"keepalive":"10m","cidrs":["192.168.1.0/24"]}'
+`
 
 func adminDevicePolicyCmd() *command.Command {
 	return adminCmd("admin device policy", "set a device's policy", adminPolicyUsage,
@@ -181,6 +219,12 @@ func adminGroupSetCmd() *command.Command {
 		})
 }
 
+const adminLockdownUsage = `Usage: tether admin lockdown on|off
+
+Lockdown refuses every managed unlock at once, on every replica, until it
+is turned off. Nothing is destroyed. (Tang endpoints are not affected.)
+`
+
 func adminLockdownCmd() *command.Command {
 	return adminCmd("admin lockdown", "refuse every unlock at once (on|off)", adminLockdownUsage,
 		func(fs *flag.FlagSet) func(*command.Env, *server.AdminClient, []string) error {
@@ -197,6 +241,18 @@ func adminLockdownCmd() *command.Command {
 		})
 }
 
+const adminEnrollOpenUsage = `Usage: tether admin enroll-open on|off
+
+Allow (on) or refuse (off, the default) enrolment without a token
+(tether enroll --pin). Such a device is "pending" and unlocks nothing until
+an admin approves it (tether admin device approve), but anyone who reaches
+the managed port can ask, so while it is on the server limits it: 3 per
+source address (IPv6: per /64), then one per 10 minutes; at most 100
+devices pending at once; names of 1 to 64 ASCII letters, digits, ".", "-"
+and "_". Prefer tokens (tether admin token create). The setting is in the
+store: it applies to every replica.
+`
+
 func adminEnrollOpenCmd() *command.Command {
 	return adminCmd("admin enroll-open", "allow enrolment without a token (on|off)", adminEnrollOpenUsage,
 		func(fs *flag.FlagSet) func(*command.Env, *server.AdminClient, []string) error {
@@ -212,6 +268,31 @@ func adminEnrollOpenCmd() *command.Command {
 			}
 		})
 }
+
+const adminAuditUsage = `Usage: tether admin audit verify [--anchor SEQ:HASH ...]
+       tether admin audit export > audit.jsonl
+
+Every decision (enrolment, unlock allowed or denied and why, keep-alive
+timeouts) and every admin change is an audit record that carries the
+SHA-256 of the record before it. verify fetches the log and checks the
+chain: an edited, deleted or reordered record is reported. export writes
+the records as JSON lines (and stops at a broken link).
+
+Someone who can write the store could still rewrite the whole log with
+every link recomputed, or cut its end off. An anchor, a record's number
+and hash kept outside the store, detects both:
+  --anchor SEQ:HASH    record SEQ must have hash HASH (repeatable)
+  --anchors-from FILE  every webhook event in FILE (JSON lines, as a
+                       receiver logged them) is an anchor; a FILE with
+                       none is refused, as it would check nothing
+verify prints the head (the last record's number and hash) to keep as an
+anchor, and every webhook event carries its record's "seq" and "hash", so
+a webhook receiver that keeps events holds anchors as they happen.
+
+Example:
+  tether admin audit verify --anchor 1200:3f9c…e1 --anchor 1532:77ab…04
+  tether admin audit verify --anchors-from /var/log/tether-events.jsonl
+`
 
 func adminAuditVerifyCmd() *command.Command {
 	return adminCmd("admin audit verify", "check the audit log's hash chain", adminAuditUsage,
@@ -276,6 +357,15 @@ func adminAuditExportCmd() *command.Command {
 		})
 }
 
+const adminUnlockUsage = `Usage: tether admin unlock list [--json]
+       tether admin unlock approve|deny ID
+
+A device whose policy has "approval":true waits at each unlock until an
+admin approves or denies it, or the server's --approval-timeout passes.
+list shows the waiting unlocks (--json: as JSON, with every field);
+approve and deny say on stderr what they decided.
+`
+
 func adminUnlockListCmd() *command.Command {
 	return adminCmd("admin unlock list", "list unlocks waiting for approval", adminUnlockUsage,
 		func(fs *flag.FlagSet) func(*command.Env, *server.AdminClient, []string) error {
@@ -303,6 +393,24 @@ func adminUnlockListCmd() *command.Command {
 			}
 		})
 }
+
+const adminDeviceOpUsage = `Usage: tether admin device %[1]s [--reason TEXT]%[3]s ID
+
+%[2]s.
+
+  approve   a pending enrolment (made without a token) becomes enabled
+  enable    a disabled device (by an admin or by a missed keep-alive)
+            may unlock again; its keep-alive clock restarts
+  disable   every unlock is refused until enable; reversible
+  revoke    the server destroys the device's exchange key. Every disk and
+            JWE bound to the device can never be unlocked again, by
+            anyone, even with the device's identity key. Needs --yes.
+
+Options:
+  --reason TEXT  shown in device list and recorded in the audit log
+  --yes          revoke only: confirm that the device's disks stay locked
+                 for good
+`
 
 // adminDeviceOpCmd is "tether admin device OP": approve, enable, disable or revoke.
 func adminDeviceOpCmd(op, summary string) *command.Command {
@@ -353,6 +461,31 @@ func adminUnlockOpCmd(op string) *command.Command {
 			}
 		})
 }
+
+const adminResetUsage = `Usage: tether admin reset-credentials [--data DIR] [--store SRC]
+                                     [--config FILE] [--url URL]
+
+Reissue the admin credentials of a managed server whose admin.json is lost
+(or was exposed): make a new admin token, write it with the server's URL
+and TLS key pin to FILE (0600), and replace the token in the store. The old
+token stops working. The change is recorded in the audit log (actor root).
+
+Run it as root on the server's machine with the server stopped: it works
+on the store directly, and refuses while a server runs on DIR. (Replicas
+on other machines sharing a PostgreSQL store are not detected: the new
+token is valid for all of them at once.)
+
+Options:
+  --data DIR     the server's data directory (default /var/lib/tether)
+  --store SRC    the store, if the server runs with --store (default
+                 sqlite:DIR/tether.db)
+  --config FILE  where to write the credentials (default DIR/admin.json)
+  --url URL      the admin API's URL, https://HOST:PORT of --managed-listen
+                 (default: the url of the existing FILE)
+
+Example (after stopping the server):
+  # tether admin reset-credentials --data /var/lib/tether
+`
 
 func adminResetCredentialsCmd() *command.Command {
 	return &command.Command{
@@ -418,31 +551,6 @@ func adminResetCredentialsCmd() *command.Command {
 	}
 }
 
-const adminResetUsage = `Usage: tether admin reset-credentials [--data DIR] [--store SRC]
-                                     [--config FILE] [--url URL]
-
-Reissue the admin credentials of a managed server whose admin.json is lost
-(or was exposed): make a new admin token, write it with the server's URL
-and TLS key pin to FILE (0600), and replace the token in the store. The old
-token stops working. The change is recorded in the audit log (actor root).
-
-Run it as root on the server's machine with the server stopped: it works
-on the store directly, and refuses while a server runs on DIR. (Replicas
-on other machines sharing a PostgreSQL store are not detected: the new
-token is valid for all of them at once.)
-
-Options:
-  --data DIR     the server's data directory (default /var/lib/tether)
-  --store SRC    the store, if the server runs with --store (default
-                 sqlite:DIR/tether.db)
-  --config FILE  where to write the credentials (default DIR/admin.json)
-  --url URL      the admin API's URL, https://HOST:PORT of --managed-listen
-                 (default: the url of the existing FILE)
-
-Example (after stopping the server):
-  # tether admin reset-credentials --data /var/lib/tether
-`
-
 func parsePolicy(s string) (store.Policy, error) {
 	var p store.Policy
 	dec := json.NewDecoder(strings.NewReader(s))
@@ -453,105 +561,6 @@ func parsePolicy(s string) (store.Policy, error) {
 	}
 	return p, nil
 }
-
-const adminTokenUsage = `Usage: tether admin token create [--group NAME] [--ttl D] [--note TEXT]
-
-Make a one-time enrolment token and print it on stdout. A device enrolled
-with it is enabled at once and joins the group. The token embeds the
-SHA-256 of the server's TLS key, so "tether enroll" authenticates the
-server from the token alone. The server keeps only a hash of it.
-
-Options:
-  --group NAME   group the device joins (its policy applies)
-  --ttl D        validity (default 24h)
-  --note TEXT    kept with the token for the audit log
-
-Example:
-  $ tether admin token create --group laptops --ttl 1h
-`
-
-const adminDeviceListUsage = `Usage: tether admin device list [--json]
-
-List enrolled devices with their state (pending, enabled, disabled,
-revoked), the reason for it, and when each was last heard from.
-`
-
-const adminDeviceOpUsage = `Usage: tether admin device %[1]s [--reason TEXT]%[3]s ID
-
-%[2]s.
-
-  approve   a pending enrolment (made without a token) becomes enabled
-  enable    a disabled device (by an admin or by a missed keep-alive)
-            may unlock again; its keep-alive clock restarts
-  disable   every unlock is refused until enable; reversible
-  revoke    the server destroys the device's exchange key. Every disk and
-            JWE bound to the device can never be unlocked again, by
-            anyone, even with the device's identity key. Needs --yes.
-
-Options:
-  --reason TEXT  shown in device list and recorded in the audit log
-  --yes          revoke only: confirm that the device's disks stay locked
-                 for good
-`
-
-const adminPolicyUsage = `Usage: tether admin device policy ID POLICY
-       tether admin group set NAME POLICY
-
-Set the policy of a device or of a group. A device's fields override its
-group's; unset fields inherit. POLICY is JSON:
-  cidrs      allowed source networks, e.g. ["10.0.0.0/8"]; empty = any
-  keepalive  heartbeat timeout ("5m"): a device not heard from for longer
-             (tether agent) is disabled until an admin enables it; "-1ns"
-             turns a group's keep-alive off for one device
-  approval   true: every unlock waits for tether admin unlock approve
-  rate       unlocks per minute (default: the server's --unlock-rate)
-
-Example:
-  $ tether admin group set laptops '{"keepalive":"10m","cidrs":["192.168.1.0/24"]}'
-`
-
-const adminLockdownUsage = `Usage: tether admin lockdown on|off
-
-Lockdown refuses every managed unlock at once, on every replica, until it
-is turned off. Nothing is destroyed. (Tang endpoints are not affected.)
-`
-
-const adminEnrollOpenUsage = `Usage: tether admin enroll-open on|off
-
-Allow (on) or refuse (off, the default) enrolment without a token
-(tether enroll --pin). Such a device is "pending" and unlocks nothing until
-an admin approves it (tether admin device approve), but anyone who reaches
-the managed port can ask, so while it is on the server limits it: 3 per
-source address (IPv6: per /64), then one per 10 minutes; at most 100
-devices pending at once; names of 1 to 64 ASCII letters, digits, ".", "-"
-and "_". Prefer tokens (tether admin token create). The setting is in the
-store: it applies to every replica.
-`
-
-const adminAuditUsage = `Usage: tether admin audit verify [--anchor SEQ:HASH ...]
-       tether admin audit export > audit.jsonl
-
-Every decision (enrolment, unlock allowed or denied and why, keep-alive
-timeouts) and every admin change is an audit record that carries the
-SHA-256 of the record before it. verify fetches the log and checks the
-chain: an edited, deleted or reordered record is reported. export writes
-the records as JSON lines (and stops at a broken link).
-
-Someone who can write the store could still rewrite the whole log with
-every link recomputed, or cut its end off. An anchor, a record's number
-and hash kept outside the store, detects both:
-  --anchor SEQ:HASH    record SEQ must have hash HASH (repeatable)
-  --anchors-from FILE  every webhook event in FILE (JSON lines, as a
-                       receiver logged them) is an anchor; a FILE with
-                       none is refused, as it would check nothing
-verify prints the head (the last record's number and hash) to keep as an
-anchor, and every webhook event carries its record's "seq" and "hash", so
-a webhook receiver that keeps events holds anchors as they happen.
-
-Example:
-  tether admin audit verify --anchor 1200:3f9c…e1 --anchor 1532:77ab…04
-  tether admin audit verify --anchors-from /var/log/tether-events.jsonl
-`
 
 // readEvents adds the anchors in a file of webhook events, one JSON object
 // per line; lines without "seq" and "hash" are skipped. A file with no
@@ -627,12 +636,3 @@ func (a *anchorList) Set(v string) error {
 	(*a)[seq] = hash
 	return nil
 }
-
-const adminUnlockUsage = `Usage: tether admin unlock list [--json]
-       tether admin unlock approve|deny ID
-
-A device whose policy has "approval":true waits at each unlock until an
-admin approves or denies it, or the server's --approval-timeout passes.
-list shows the waiting unlocks (--json: as JSON, with every field);
-approve and deny say on stderr what they decided.
-`

@@ -60,6 +60,32 @@ func readPassword(env *command.Env, name string) (string, error) {
 	return pw, nil
 }
 
+const adminUserUsage = `Usage: tether admin user add NAME < PASSWORD
+       tether admin user passwd NAME < PASSWORD
+       tether admin user list
+       tether admin user remove NAME
+       tether admin user unlock NAME
+
+Manage the accounts that sign in to the dashboard (https://SERVER/ui/ on
+the managed listener, docs/DASHBOARD.md). The password is read from a
+prompt when stdin is a terminal, else from the first line of stdin; never
+from the command line. It must be at least 10 characters. The server
+stores only its argon2id hash. passwd and remove end the account's
+sessions on every replica.
+
+unlock clears the sign-in limits that failed sign-ins put on the account
+(docs/DASHBOARD.md, "Sign-in rate limits"): its account-wide delay and its
+per-address limits. They live in each replica's memory: behind a load
+balancer, run it against each replica (--config with each one's URL).
+
+On first start the server creates the account "admin" and writes its
+random password 0600 to DATA/ui-admin.txt.
+
+Examples:
+  $ tether admin user add alice
+  $ pwgen -s 20 1 | tee /dev/stderr | tether admin user passwd admin
+`
+
 func adminUserListCmd() *command.Command {
 	return adminCmd("admin user list", "list dashboard accounts", adminUserUsage,
 		func(fs *flag.FlagSet) func(*command.Env, *server.AdminClient, []string) error {
@@ -150,29 +176,3 @@ func adminUserPasswordCmd(op, summary string) *command.Command {
 			}
 		})
 }
-
-const adminUserUsage = `Usage: tether admin user add NAME < PASSWORD
-       tether admin user passwd NAME < PASSWORD
-       tether admin user list
-       tether admin user remove NAME
-       tether admin user unlock NAME
-
-Manage the accounts that sign in to the dashboard (https://SERVER/ui/ on
-the managed listener, docs/DASHBOARD.md). The password is read from a
-prompt when stdin is a terminal, else from the first line of stdin; never
-from the command line. It must be at least 10 characters. The server
-stores only its argon2id hash. passwd and remove end the account's
-sessions on every replica.
-
-unlock clears the sign-in limits that failed sign-ins put on the account
-(docs/DASHBOARD.md, "Sign-in rate limits"): its account-wide delay and its
-per-address limits. They live in each replica's memory: behind a load
-balancer, run it against each replica (--config with each one's URL).
-
-On first start the server creates the account "admin" and writes its
-random password 0600 to DATA/ui-admin.txt.
-
-Examples:
-  $ tether admin user add alice
-  $ pwgen -s 20 1 | tee /dev/stderr | tether admin user passwd admin
-`

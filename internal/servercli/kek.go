@@ -16,6 +16,43 @@ import (
 	"github.com/tether-nbde/tether/store"
 )
 
+const kekSealUsage = `Usage: tether server kek seal PIN CONFIG (--backup FILE | --no-backup)
+                             [-y] [--data DIR | --kek-file FILE] [--timeout D]
+
+Seal the managed server's key-encryption key (KEK) under a pin's policy, as
+"tether encrypt PIN CONFIG" would. The KEK protects every device's exchange
+key in the store; plain, it sits in a root-only file next to the store, so
+whoever copies the server's disk or its backup has both. Sealed, the file
+opens only where the policy holds: on this machine's TPM (tpm2, optionally
+with PCRs), while its Tang servers answer (tang), or both (sss). The server
+unseals it each time it starts, and refuses to start if it cannot.
+
+The sealed file replaces the plain one in place (atomically), and only after
+it has been unsealed again and compared: if anything fails, the file is as
+it was. A sealed file can be sealed again under another policy (it must
+still unseal). Every replica keeps its own copy of the KEK file, so each
+one seals its copy to its own TPM.
+
+A TPM that is cleared or replaced takes a KEK sealed to it alone with it,
+and with it every device's key. So seal says where a plain copy goes:
+  --backup FILE     write the plain KEK to FILE (new, 0600) first; move it
+                    off this machine, e.g. to an offline medium
+  --no-backup       you already keep a copy (the file as it was created)
+
+Options:
+  -y                trust Tang advertisements without a thumbprint
+  --data DIR        the server's data directory (default /var/lib/tether);
+                    the KEK file is DIR/kek
+  --kek-file FILE   the KEK file, if the server runs with --kek-file
+  --timeout D       time for each pin to answer (default 10s)
+
+Examples:
+  tether server kek seal tpm2 '{"pcr_ids":"7"}' --backup /media/usb/kek
+  tether server kek seal sss '{"t":1,"pins":{"tpm2":[{}],"tang":[{"url":"http://tang.lan"}]}}' \
+      --no-backup -y
+  tether server kek unseal
+`
+
 // The KEK commands: seal the managed server's key-encryption key file to a
 // TPM or Tang servers (any pin policy), and turn it back into a plain file.
 func serverKekSealCmd() *command.Command {
@@ -62,6 +99,35 @@ func serverKekSealCmd() *command.Command {
 		},
 	}
 }
+
+const kekRotateUsage = `Usage: tether server kek rotate --servers-stopped [--data DIR | --kek-file FILE]
+                              [--store SRC]
+
+Replace the managed server's key-encryption key (KEK) with a new random
+one and rewrap every key the store holds under it: each device's exchange
+key, the managed TLS key and the KEK check. Rotate when the KEK file, or a
+backup holding it, may have been copied: the old KEK no longer opens the
+store (it still opens older backups of the store).
+
+Stop every server that uses the store first (all replicas): a running
+server holds the old KEK in memory. Afterwards copy the new KEK file to
+every replica, back it up, and start them.
+
+Nothing is lost if it stops part way. The new KEK is written to FILE.new
+before the store changes, the store changes in one transaction, and then
+FILE.new replaces FILE. If it stops between the two, the servers refuse to
+start and say so; run it again to finish. A sealed KEK file (tether server
+kek seal) must be unsealed first and sealed again afterwards. With SQLite,
+the write-ahead log is checkpointed so that no old wrapped key lingers.
+
+Options:
+  --servers-stopped  confirm that no server is using the store
+  --data DIR         the server's data directory (default /var/lib/tether):
+                     the KEK file is DIR/kek, the store sqlite:DIR/tether.db
+  --kek-file FILE    the KEK file, if the servers run with --kek-file
+  --store SRC        the store, if the servers run with --store (sqlite:PATH
+                     or a postgres:// URL)
+`
 
 func serverKekRotateCmd() *command.Command {
 	return &command.Command{
@@ -115,6 +181,18 @@ func serverKekRotateCmd() *command.Command {
 		},
 	}
 }
+
+const kekUnsealUsage = `Usage: tether server kek unseal [--data DIR | --kek-file FILE] [--timeout D]
+
+Turn a KEK file sealed by "tether server kek seal" back into a plain one,
+in place (atomically), for example before moving the server to a machine
+with another TPM. It needs the sealing policy to hold, as the server does.
+
+Options:
+  --data DIR        the server's data directory (default /var/lib/tether)
+  --kek-file FILE   the KEK file, if the server runs with --kek-file
+  --timeout D       time for each pin to answer (default 10s)
+`
 
 func serverKekUnsealCmd() *command.Command {
 	return &command.Command{
@@ -181,81 +259,3 @@ func writeBackup(ctx context.Context, path, backup string) error {
 	}
 	return f.Close()
 }
-
-const kekSealUsage = `Usage: tether server kek seal PIN CONFIG (--backup FILE | --no-backup)
-                             [-y] [--data DIR | --kek-file FILE] [--timeout D]
-
-Seal the managed server's key-encryption key (KEK) under a pin's policy, as
-"tether encrypt PIN CONFIG" would. The KEK protects every device's exchange
-key in the store; plain, it sits in a root-only file next to the store, so
-whoever copies the server's disk or its backup has both. Sealed, the file
-opens only where the policy holds: on this machine's TPM (tpm2, optionally
-with PCRs), while its Tang servers answer (tang), or both (sss). The server
-unseals it each time it starts, and refuses to start if it cannot.
-
-The sealed file replaces the plain one in place (atomically), and only after
-it has been unsealed again and compared: if anything fails, the file is as
-it was. A sealed file can be sealed again under another policy (it must
-still unseal). Every replica keeps its own copy of the KEK file, so each
-one seals its copy to its own TPM.
-
-A TPM that is cleared or replaced takes a KEK sealed to it alone with it,
-and with it every device's key. So seal says where a plain copy goes:
-  --backup FILE     write the plain KEK to FILE (new, 0600) first; move it
-                    off this machine, e.g. to an offline medium
-  --no-backup       you already keep a copy (the file as it was created)
-
-Options:
-  -y                trust Tang advertisements without a thumbprint
-  --data DIR        the server's data directory (default /var/lib/tether);
-                    the KEK file is DIR/kek
-  --kek-file FILE   the KEK file, if the server runs with --kek-file
-  --timeout D       time for each pin to answer (default 10s)
-
-Examples:
-  tether server kek seal tpm2 '{"pcr_ids":"7"}' --backup /media/usb/kek
-  tether server kek seal sss '{"t":1,"pins":{"tpm2":[{}],"tang":[{"url":"http://tang.lan"}]}}' \
-      --no-backup -y
-  tether server kek unseal
-`
-
-const kekRotateUsage = `Usage: tether server kek rotate --servers-stopped [--data DIR | --kek-file FILE]
-                              [--store SRC]
-
-Replace the managed server's key-encryption key (KEK) with a new random
-one and rewrap every key the store holds under it: each device's exchange
-key, the managed TLS key and the KEK check. Rotate when the KEK file, or a
-backup holding it, may have been copied: the old KEK no longer opens the
-store (it still opens older backups of the store).
-
-Stop every server that uses the store first (all replicas): a running
-server holds the old KEK in memory. Afterwards copy the new KEK file to
-every replica, back it up, and start them.
-
-Nothing is lost if it stops part way. The new KEK is written to FILE.new
-before the store changes, the store changes in one transaction, and then
-FILE.new replaces FILE. If it stops between the two, the servers refuse to
-start and say so; run it again to finish. A sealed KEK file (tether server
-kek seal) must be unsealed first and sealed again afterwards. With SQLite,
-the write-ahead log is checkpointed so that no old wrapped key lingers.
-
-Options:
-  --servers-stopped  confirm that no server is using the store
-  --data DIR         the server's data directory (default /var/lib/tether):
-                     the KEK file is DIR/kek, the store sqlite:DIR/tether.db
-  --kek-file FILE    the KEK file, if the servers run with --kek-file
-  --store SRC        the store, if the servers run with --store (sqlite:PATH
-                     or a postgres:// URL)
-`
-
-const kekUnsealUsage = `Usage: tether server kek unseal [--data DIR | --kek-file FILE] [--timeout D]
-
-Turn a KEK file sealed by "tether server kek seal" back into a plain one,
-in place (atomically), for example before moving the server to a machine
-with another TPM. It needs the sealing policy to hold, as the server does.
-
-Options:
-  --data DIR        the server's data directory (default /var/lib/tether)
-  --kek-file FILE   the KEK file, if the server runs with --kek-file
-  --timeout D       time for each pin to answer (default 10s)
-`
