@@ -20,7 +20,6 @@ import (
 	_ "github.com/tether-nbde/tether/internal/cli"
 	_ "github.com/tether-nbde/tether/internal/command"
 	_ "github.com/tether-nbde/tether/internal/docgen"
-	_ "github.com/tether-nbde/tether/internal/p521"
 	_ "github.com/tether-nbde/tether/internal/servercli"
 	_ "github.com/tether-nbde/tether/internal/tpm"
 	_ "github.com/tether-nbde/tether/internal/tpm/tpmtest"

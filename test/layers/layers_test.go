@@ -26,16 +26,17 @@ const module = "github.com/tether-nbde/tether/"
 // pin → tang → jose. Server: cmd → servercli → server → store → policy →
 // audit: the domain types belong to policy (pure decisions), and the
 // store persists them, so store may import policy and never the reverse
-// (issue 19). Plumbing used by all (p521, atomicfile, ...) is at the bottom.
+// (issue 19). Plumbing used by all (atomicfile, ...) is at the bottom;
+// what one package uses lives under it (jose/internal/p521).
 var ranks = map[string]int{
-	"internal/p521":       0,
 	"internal/atomicfile": 0,
 	"internal/version":    0,
 	"internal/testenv":    0,
 
-	"jose":         10,
-	"audit":        10,
-	"internal/tpm": 10, // the TPM transport (issue 19: under pin/tpm2's care)
+	"jose/internal/p521": 5, // jose's P-521 arithmetic
+	"jose":               10,
+	"audit":              10,
+	"internal/tpm":       10, // the TPM transport (issue 19: under pin/tpm2's care)
 
 	"tang":   20,
 	"policy": 20,
@@ -74,6 +75,8 @@ var ranks = map[string]int{
 	"cmd/tether":        90,
 	"cmd/tether-server": 90,
 	"cmd/tether-smb":    90,
+
+	"jose/internal/p521/bench": 90, // bench/p521/run.sh: p521 against OpenSSL; a command inside jose to reach p521
 }
 
 // unranked are trees that sit above every layer.
