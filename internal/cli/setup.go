@@ -147,162 +147,214 @@ Examples:
   $ sudo tether setup -d /dev/sdb1 -k - --tpm --server http://keys.lan:7500 --trust-server --need any
 `
 
+// setupFlags are the flags of "tether setup": the disk, the key sources
+// and how they combine.
+type setupFlags struct {
+	dev         *string
+	create      *string
+	size        *string
+	keyFile     *string
+	name        *string
+	mount       *string
+	recovery    *string
+	confirm     *string
+	root        *string
+	bin         *string
+	timeout     *time.Duration
+	trustServer *bool
+	smbURL      *string
+	smbUser     *string
+	smbPass     *string
+	smbCreate   *bool
+	httpsURL    *string
+	httpsPin    *string
+	trustHTTPS  *bool
+	useTPM      *bool
+	pcr         *string
+	need        *string
+	plain       *bool
+	replace     *int
+	servers     listFlag
+	thps        listFlag
+}
+
+func declareSetupFlags(fs *flag.FlagSet) *setupFlags {
+	f := &setupFlags{
+		dev:         fs.String("d", "", ""),
+		create:      fs.String("create", "", ""),
+		size:        fs.String("size", "", ""),
+		keyFile:     fs.String("k", "", ""),
+		name:        fs.String("n", "", ""),
+		mount:       fs.String("mount", "", ""),
+		recovery:    fs.String("recovery-file", "", ""),
+		confirm:     fs.String("confirm", "", ""),
+		root:        fs.String("root", "/", ""),
+		bin:         fs.String("bin", "", ""),
+		timeout:     fs.Duration("timeout", pin.DefaultTimeout, ""),
+		trustServer: fs.Bool("trust-server", false, ""),
+		smbURL:      fs.String("smb", "", ""),
+		smbUser:     fs.String("smb-user", "", ""),
+		smbPass:     fs.String("smb-password-file", "", ""),
+		smbCreate:   fs.Bool("smb-create", false, ""),
+		httpsURL:    fs.String("https", "", ""),
+		httpsPin:    fs.String("https-pin", "", ""),
+		trustHTTPS:  fs.Bool("trust-https", false, ""),
+		useTPM:      fs.Bool("tpm", false, ""),
+		pcr:         fs.String("pcr", "7", ""),
+		need:        fs.String("need", "all", ""),
+		plain:       fs.Bool("allow-plain-credentials", false, ""),
+		replace:     fs.Int("replace", -1, ""),
+	}
+	fs.Var(&f.servers, "server", "")
+	fs.Var(&f.thps, "thp", "")
+	return f
+}
+
 func setupCmd() *command.Command {
 	return &command.Command{
 		Name:    "setup",
 		Summary: "guided first run: make a disk unlock at boot from a server, a share, HTTPS or the TPM",
 		Usage:   setupUsage,
 		Flags: func(fs *flag.FlagSet) func(*Env, []string) error {
-			dev := fs.String("d", "", "")
-			create := fs.String("create", "", "")
-			size := fs.String("size", "", "")
-			keyFile := fs.String("k", "", "")
-			name := fs.String("n", "", "")
-			mount := fs.String("mount", "", "")
-			recovery := fs.String("recovery-file", "", "")
-			confirm := fs.String("confirm", "", "")
-			root := fs.String("root", "/", "")
-			bin := fs.String("bin", "", "")
-			timeout := fs.Duration("timeout", pin.DefaultTimeout, "")
-			var servers listFlag
-			fs.Var(&servers, "server", "")
-			var thps listFlag
-			fs.Var(&thps, "thp", "")
-			trustServer := fs.Bool("trust-server", false, "")
-			smbURL := fs.String("smb", "", "")
-			smbUser := fs.String("smb-user", "", "")
-			smbPass := fs.String("smb-password-file", "", "")
-			smbCreate := fs.Bool("smb-create", false, "")
-			httpsURL := fs.String("https", "", "")
-			httpsPin := fs.String("https-pin", "", "")
-			trustHTTPS := fs.Bool("trust-https", false, "")
-			useTPM := fs.Bool("tpm", false, "")
-			pcr := fs.String("pcr", "7", "")
-			need := fs.String("need", "all", "")
-			plain := fs.Bool("allow-plain-credentials", false, "")
-			replace := fs.Int("replace", -1, "")
-			return func(env *Env, args []string) error {
-				if len(args) != 0 {
-					return command.Usagef("setup takes no arguments (see the flags)")
-				}
-				p := &setupPlan{replace: *replace, root: *root, bin: *bin, name: *name, mount: *mount, recovery: *recovery, need: *need, plain: *plain, timeout: *timeout}
-				defer func() {
-					for _, c := range p.closers {
-						c.Close()
-					}
-				}()
-				var err error
-				if *dev == "" && *create == "" {
-					if len(servers) > 0 || *smbURL != "" || *httpsURL != "" || *useTPM {
-						return command.Usagef("which disk? give -d DEV or --create FILE --size SIZE with the key sources (or no flags at all, at a terminal, to be asked)")
-					}
-					return setupInteractive(env, p)
-				}
-				ctx := context.Background()
-				switch {
-				case *dev != "" && *create != "":
-					return command.Usagef("-d and --create exclude each other")
-				case *create != "":
-					if *size == "" {
-						return command.Usagef("--create needs --size, e.g. --size 2G")
-					}
-					n, err := parseSize(*size)
-					if err != nil {
-						return command.Usagef("--size %s: %v", *size, err)
-					}
-					p.dev, p.create, p.size = *create, true, n
-					if err := p.checkNewFile(); err != nil {
-						return err
-					}
-				default:
-					p.dev = *dev
-					if err := p.checkDevice(); err != nil {
-						return err
-					}
-					if *replace >= 0 {
-						if err := p.checkReplace(); err != nil {
-							return err
-						}
-					}
-					if !p.luks && *confirm != p.dev {
-						return command.WithHint(fmt.Errorf("%s is not encrypted yet: setup would encrypt it in place", p.dev),
-							"back it up, make its last 32 MiB free, and confirm with --confirm %s", p.dev)
-					}
-				}
-				if *need != "all" && *need != "any" {
-					return command.Usagef("--need is all or any, not %q", *need)
-				}
-				if len(thps) > len(servers) {
-					return command.Usagef("%d --thp for %d --server: give one thumbprint per server, in the same order", len(thps), len(servers))
-				}
-				for i, s := range servers {
-					thp := ""
-					if i < len(thps) {
-						thp = thps[i]
-					}
-					src, err := serverSource(ctx, s, thp, *trustServer, *timeout)
-					if err != nil {
-						return err
-					}
-					if thp == "" {
-						fmt.Fprintf(env.Stderr, "tether: trusting %s as %s (--trust-server)\n", s, src.cfg["thp"])
-					}
-					p.sources = append(p.sources, src)
-				}
-				if *smbURL != "" {
-					src, err := smbSource(*smbURL, *smbUser, *smbPass)
-					if err != nil {
-						return err
-					}
-					p.sources = append(p.sources, src)
-				}
-				if *httpsURL != "" {
-					src, fp, err := httpsSource(ctx, *httpsURL, *httpsPin, *trustHTTPS, *timeout)
-					if err != nil {
-						return err
-					}
-					if *httpsPin == "" {
-						fmt.Fprintf(env.Stderr, "tether: trusting %s, whose key is %s (--trust-https)\n", *httpsURL, fp)
-					}
-					p.sources = append(p.sources, src)
-				}
-				if *useTPM {
-					p.sources = append(p.sources, tpmSource(*pcr))
-				}
-				switch len(p.sources) {
-				case 0:
-					return command.Usagef("where does the key live? give --server, --smb, --https or --tpm")
-				case 1, 2:
-				default:
-					return command.Usagef("give at most two key sources")
-				}
-				// Refuse a policy that would store a password in the clear
-				// before asking anyone anything.
-				if _, _, err := p.policy(); err != nil {
-					return err
-				}
-				for _, s := range p.sources {
-					if s.pin == "smb" && *smbCreate {
-						// The one change before the bind, asked for by name.
-						if err := createShareKey(ctx, s, *timeout); err != nil {
-							return err
-						}
-						fmt.Fprintf(env.Stderr, "tether: created %s with 64 random bytes\n", s.desc)
-					}
-					if err := trySource(ctx, s, p.timeout); err != nil {
-						return err
-					}
-				}
-				if p.luks {
-					if p.key, err = readKey(env, *keyFile, p.dev); err != nil {
-						return err
-					}
-					defer clear(p.key)
-				}
-				return p.run(ctx, env)
-			}
+			f := declareSetupFlags(fs)
+			return func(env *Env, args []string) error { return runSetup(env, f, args) }
 		},
 	}
+}
+
+// runSetup is "tether setup": guided when no disk is given, else from
+// the flags.
+func runSetup(env *Env, f *setupFlags, args []string) error {
+	if len(args) != 0 {
+		return command.Usagef("setup takes no arguments (see the flags)")
+	}
+	p := &setupPlan{replace: *f.replace, root: *f.root, bin: *f.bin, name: *f.name, mount: *f.mount, recovery: *f.recovery, need: *f.need, plain: *f.plain, timeout: *f.timeout}
+	defer func() {
+		for _, c := range p.closers {
+			c.Close()
+		}
+	}()
+	var err error
+	if *f.dev == "" && *f.create == "" {
+		if len(f.servers) > 0 || *f.smbURL != "" || *f.httpsURL != "" || *f.useTPM {
+			return command.Usagef("which disk? give -d DEV or --create FILE --size SIZE with the key sources (or no flags at all, at a terminal, to be asked)")
+		}
+		return setupInteractive(env, p)
+	}
+	ctx := context.Background()
+	switch {
+	case *f.dev != "" && *f.create != "":
+		return command.Usagef("-d and --create exclude each other")
+	case *f.create != "":
+		if *f.size == "" {
+			return command.Usagef("--create needs --size, e.g. --size 2G")
+		}
+		n, err := parseSize(*f.size)
+		if err != nil {
+			return command.Usagef("--size %s: %v", *f.size, err)
+		}
+		p.dev, p.create, p.size = *f.create, true, n
+		if err := p.checkNewFile(); err != nil {
+			return err
+		}
+	default:
+		p.dev = *f.dev
+		if err := p.checkDevice(); err != nil {
+			return err
+		}
+		if *f.replace >= 0 {
+			if err := p.checkReplace(); err != nil {
+				return err
+			}
+		}
+		if !p.luks && *f.confirm != p.dev {
+			return command.WithHint(fmt.Errorf("%s is not encrypted yet: setup would encrypt it in place", p.dev),
+				"back it up, make its last 32 MiB free, and confirm with --confirm %s", p.dev)
+		}
+	}
+	if *f.need != "all" && *f.need != "any" {
+		return command.Usagef("--need is all or any, not %q", *f.need)
+	}
+	srcs, err := f.keySources(ctx, env)
+	if err != nil {
+		return err
+	}
+	p.sources = srcs
+	switch len(p.sources) {
+	case 0:
+		return command.Usagef("where does the key live? give --server, --smb, --https or --tpm")
+	case 1, 2:
+	default:
+		return command.Usagef("give at most two key sources")
+	}
+	// Refuse a policy that would store a password in the clear
+	// before asking anyone anything.
+	if _, _, err := p.policy(); err != nil {
+		return err
+	}
+	for _, s := range p.sources {
+		if s.pin == "smb" && *f.smbCreate {
+			// The one change before the bind, asked for by name.
+			if err := createShareKey(ctx, s, *f.timeout); err != nil {
+				return err
+			}
+			fmt.Fprintf(env.Stderr, "tether: created %s with 64 random bytes\n", s.desc)
+		}
+		if err := trySource(ctx, s, p.timeout); err != nil {
+			return err
+		}
+	}
+	if p.luks {
+		if p.key, err = readKey(env, *f.keyFile, p.dev); err != nil {
+			return err
+		}
+		defer clear(p.key)
+	}
+	return p.run(ctx, env)
+}
+
+// keySources checks the key sources the flags name, in the order of
+// the policy: the servers, the share, the HTTPS URL, the TPM.
+func (f *setupFlags) keySources(ctx context.Context, env *Env) ([]keySource, error) {
+	var srcs []keySource
+	if len(f.thps) > len(f.servers) {
+		return nil, command.Usagef("%d --thp for %d --server: give one thumbprint per server, in the same order", len(f.thps), len(f.servers))
+	}
+	for i, s := range f.servers {
+		thp := ""
+		if i < len(f.thps) {
+			thp = f.thps[i]
+		}
+		src, err := serverSource(ctx, s, thp, *f.trustServer, *f.timeout)
+		if err != nil {
+			return nil, err
+		}
+		if thp == "" {
+			fmt.Fprintf(env.Stderr, "tether: trusting %s as %s (--trust-server)\n", s, src.cfg["thp"])
+		}
+		srcs = append(srcs, src)
+	}
+	if *f.smbURL != "" {
+		src, err := smbSource(*f.smbURL, *f.smbUser, *f.smbPass)
+		if err != nil {
+			return nil, err
+		}
+		srcs = append(srcs, src)
+	}
+	if *f.httpsURL != "" {
+		src, fp, err := httpsSource(ctx, *f.httpsURL, *f.httpsPin, *f.trustHTTPS, *f.timeout)
+		if err != nil {
+			return nil, err
+		}
+		if *f.httpsPin == "" {
+			fmt.Fprintf(env.Stderr, "tether: trusting %s, whose key is %s (--trust-https)\n", *f.httpsURL, fp)
+		}
+		srcs = append(srcs, src)
+	}
+	if *f.useTPM {
+		srcs = append(srcs, tpmSource(*f.pcr))
+	}
+	return srcs, nil
 }
 
 // checkNewFile checks a container file to create.
