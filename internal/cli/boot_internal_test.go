@@ -49,7 +49,7 @@ func TestShippedCommandLines(t *testing.T) {
 						break
 					}
 				}
-				c := Tether.table().Find(words)
+				c := Binary{Name: "tether"}.table().Find(words)
 				if c == nil {
 					t.Errorf("%s: %q names no tether command", f.Path, line)
 					continue

@@ -34,12 +34,9 @@ type Binary struct {
 	Extra []*command.Command // commands beyond tether's own
 }
 
-// Tether is the tether binary: tether's commands and no others.
-var Tether = Binary{Name: "tether"}
-
 // Run runs tether with args (without the program name) and returns the
-// exit status.
-func Run(args []string, env *Env) int { return Tether.Run(args, env) }
+// exit status: the tether binary, tether's commands and no others.
+func Run(args []string, env *Env) int { return Binary{Name: "tether"}.Run(args, env) }
 
 // table is b's command table, made anew for each run: building it is
 // cheap, and nothing happens at package initialisation.

@@ -1,5 +1,8 @@
 package cli
 
+// What internal/docgen needs beyond the command table (Binary.Commands)
+// to write the man pages and completions of both binaries.
+
 import "strings"
 
 // Overview is the text "tether help" starts with, before the command list.
