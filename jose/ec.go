@@ -9,7 +9,7 @@ import (
 
 	"filippo.io/nistec"
 
-	"github.com/tether-nbde/tether/internal/p521"
+	"github.com/tether-nbde/tether/jose/internal/p521"
 )
 
 // Curve is one of the NIST curves Tang keys may use. Points travel as
@@ -164,7 +164,7 @@ func (c *Curve) Sub(a, b []byte) ([]byte, error) { return c.ops.add(a, b, true) 
 // X returns the x coordinate of an uncompressed point.
 func (c *Curve) X(p []byte) []byte { return p[1 : 1+c.Size] }
 
-// p521Ops is P-521 arithmetic with internal/p521. It accepts only
+// p521Ops is P-521 arithmetic with jose/internal/p521. It accepts only
 // uncompressed points (as JWKs carry them) and reports the identity as an
 // error, like nistOps.
 type p521Ops struct{}

@@ -24,8 +24,8 @@ pkgdir=$(mktemp -d)
 scripts/package.sh -a arm64,armhf -o "$pkgdir" $(command -v lintian >/dev/null && echo --lintian)
 rm -rf "$pkgdir"
 echo "== P-521 and the tang exchange without assembly (purego), and on a 32-bit build (386)" >&2
-go test -count=1 -tags purego ./internal/p521 ./tang
-GOARCH=386 CGO_ENABLED=0 go test -count=1 -short ./internal/p521 ./jose ./tang ./pin/sss
+go test -count=1 -tags purego ./jose/internal/p521 ./tang
+GOARCH=386 CGO_ENABLED=0 go test -count=1 -short ./jose/internal/p521 ./jose ./tang ./pin/sss
 echo "== go test" >&2
 # The real-Debian guests that run by default: those proven stable under
 # emulation on a loaded 2-core machine. The rest (docs/BOOT.md says which)

@@ -8,10 +8,11 @@ import (
 	"os"
 
 	"github.com/tether-nbde/tether/internal/cli"
-	_ "github.com/tether-nbde/tether/internal/servercli" // registers "server ..." and "admin ..."
+	"github.com/tether-nbde/tether/internal/servercli"
 )
 
 func main() {
-	cli.Program = "tether-server"
-	os.Exit(cli.Run(os.Args[1:], cli.StdEnv()))
+	// tether's commands and the server's: "server ..." and "admin ...".
+	b := cli.Binary{Name: "tether-server", Extra: servercli.Commands()}
+	os.Exit(b.Run(os.Args[1:], cli.StdEnv()))
 }

@@ -25,7 +25,7 @@ func TestStartupDeps(t *testing.T) {
 	for p, why := range map[string]string{
 		"github.com/hirochachacha/go-smb2":            "the SMB client (about 0.4 ms of init) belongs in tether-smb",
 		"github.com/tether-nbde/tether/pin/smb/share": "the SMB transport belongs in tether-smb",
-		"golang.org/x/sys/cpu":                        "its init traps to the hypervisor a dozen times; internal/p521 asks CPUID itself",
+		"golang.org/x/sys/cpu":                        "its init traps to the hypervisor a dozen times; jose/internal/p521 asks CPUID itself",
 		"github.com/miekg/dns":                        "the mDNS responder's DNS library belongs in tether-server (internal/lan browses with dnsmessage)",
 		"github.com/hashicorp/mdns":                   "the mDNS responder belongs in tether-server",
 	} {

@@ -10,10 +10,31 @@ import (
 	"net/url"
 	"strings"
 
+	"github.com/tether-nbde/tether/internal/command"
 	"github.com/tether-nbde/tether/jose"
 	"github.com/tether-nbde/tether/pin"
 	"github.com/tether-nbde/tether/tang"
 )
+
+// advKey is one key of an advertisement as "tether adv" prints it.
+type advKey struct {
+	Crv  string `json:"crv"`
+	S256 string `json:"S256"`
+	S1   string `json:"S1"`
+}
+
+type advReport struct {
+	URL      string          `json:"url"`
+	Signing  []advKey        `json:"signing"`
+	Exchange []advKey        `json:"exchange"`
+	Config   tangConfig      `json:"config"`
+	Adv      json.RawMessage `json:"adv"`
+}
+
+type tangConfig struct {
+	URL string `json:"url"`
+	Thp string `json:"thp"`
+}
 
 const advUsage = `Usage: tether adv URL [--thp THP] [--json] [--timeout D]
 
@@ -51,42 +72,22 @@ Examples:
   $ tether adv --json http://keys.lan:7500 | jq -r .config.thp
 `
 
-// advKey is one key of an advertisement as "tether adv" prints it.
-type advKey struct {
-	Crv  string `json:"crv"`
-	S256 string `json:"S256"`
-	S1   string `json:"S1"`
-}
-
-type advReport struct {
-	URL      string          `json:"url"`
-	Signing  []advKey        `json:"signing"`
-	Exchange []advKey        `json:"exchange"`
-	Config   tangConfig      `json:"config"`
-	Adv      json.RawMessage `json:"adv"`
-}
-
-type tangConfig struct {
-	URL string `json:"url"`
-	Thp string `json:"thp"`
-}
-
-func init() {
-	register(&command{
-		name:    "adv",
-		summary: "show a Tang server's verified keys and thumbprints, to pin it",
-		usage:   advUsage,
-		flags: func(fs *flag.FlagSet) func(*Env, []string) error {
+func advCmd() *command.Command {
+	return &command.Command{
+		Name:    "adv",
+		Summary: "show a Tang server's verified keys and thumbprints, to pin it",
+		Usage:   advUsage,
+		Flags: func(fs *flag.FlagSet) func(*Env, []string) error {
 			thp := fs.String("thp", "", "")
 			asJSON := fs.Bool("json", false, "")
 			timeout := fs.Duration("timeout", pin.DefaultTimeout, "")
 			return func(env *Env, args []string) error {
 				if len(args) != 1 {
-					return usagef("want the server's URL, e.g. tether adv http://keys.lan:7500")
+					return command.Usagef("want the server's URL, e.g. tether adv http://keys.lan:7500")
 				}
 				base := strings.TrimRight(args[0], "/")
 				if u, err := url.Parse(base); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-					return usagef("server URL %q is not an http:// or https:// URL", args[0])
+					return command.Usagef("server URL %q is not an http:// or https:// URL", args[0])
 				}
 				ctx, cancel := context.WithTimeout(context.Background(), *timeout)
 				defer cancel()
@@ -105,23 +106,23 @@ func init() {
 				return printAdv(env, r)
 			}
 		},
-	})
+	}
 }
 
 func fetchAdv(ctx context.Context, base, thp string) (*advReport, error) {
 	data, err := (&tang.Client{}).Advertisement(ctx, base, thp)
 	var se *tang.ServerError
 	if thp != "" && errors.As(err, &se) && se.Code == http.StatusNotFound {
-		return nil, withHint(fmt.Errorf("fetch advertisement of %s: %s is not one of its signing keys", base, thp),
+		return nil, command.WithHint(fmt.Errorf("fetch advertisement of %s: %s is not one of its signing keys", base, thp),
 			"run \"tether adv %s\" without --thp for the keys it has, and compare them with the server's own list", base)
 	}
 	if err != nil {
-		return nil, withHint(fmt.Errorf("fetch advertisement: %w", err),
+		return nil, command.WithHint(fmt.Errorf("fetch advertisement: %w", err),
 			"check the URL and that the server runs: curl %s/adv", base)
 	}
 	ks, ver, err := tang.VerifyAdvertisement(data)
 	if err != nil {
-		return nil, withHint(fmt.Errorf("verify advertisement of %s: %w", base, err),
+		return nil, command.WithHint(fmt.Errorf("verify advertisement of %s: %w", base, err),
 			"this is not a Tang server, or something between you and it changed its reply: do not pin it")
 	}
 	r := &advReport{URL: base, Adv: json.RawMessage(data)}
@@ -142,7 +143,7 @@ func fetchAdv(ctx context.Context, base, thp string) (*advReport, error) {
 			found = found || k.MatchesThumbprint(thp)
 		}
 		if !found {
-			return nil, withHint(fmt.Errorf("verify advertisement of %s: %s did not sign it", base, thp),
+			return nil, command.WithHint(fmt.Errorf("verify advertisement of %s: %s did not sign it", base, thp),
 				"run \"tether adv %s\" without --thp for the keys it has", base)
 		}
 		r.Config.Thp = thp

@@ -10,88 +10,9 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/tether-nbde/tether/internal/command"
 	"github.com/tether-nbde/tether/pin/managed"
 )
-
-func init() {
-	register(&command{
-		name:    "agent",
-		summary: "send keep-alive heartbeats to the managed server",
-		usage:   agentUsage,
-		flags: func(fs *flag.FlagSet) func(*Env, []string) error {
-			state := fs.String("state", "", "")
-			interval := fs.Duration("interval", time.Minute, "")
-			closeConn := fs.Bool("close", false, "")
-			once := fs.Bool("once", false, "")
-			return func(env *Env, args []string) error {
-				if len(args) > 0 {
-					return usagef("unexpected argument %q", args[0])
-				}
-				if *interval < time.Second {
-					return usagef("--interval must be at least 1s")
-				}
-				id, err := managed.LoadIdentity(deviceDir(env, *state))
-				if err != nil {
-					return err
-				}
-				c, err := id.Client("")
-				if err != nil {
-					return err
-				}
-				beat := func(ctx context.Context) error {
-					ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
-					defer cancel()
-					if *closeConn {
-						defer c.CloseIdle()
-					}
-					info, err := c.Heartbeat(ctx)
-					var se *managed.ServerError
-					if errors.As(err, &se) && se.Gone() {
-						// Nothing is left to keep alive, and nothing will
-						// be: stop, with a status the unit does not restart.
-						return exitError{agentGone, withHint(fmt.Errorf("heartbeat: %w; stopping", err),
-							"this device is revoked or unknown to the server: enrol again (tether enroll), then start the agent again")}
-					}
-					if err != nil {
-						return err
-					}
-					if info.State != "enabled" {
-						fmt.Fprintf(env.Stderr, "tether agent: device %s is %s %s\n", info.Device, info.State, info.Reason)
-					}
-					return nil
-				}
-				if *once {
-					return beat(context.Background())
-				}
-				ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
-				defer stop()
-				t := time.NewTicker(*interval)
-				defer t.Stop()
-				for {
-					err := beat(ctx)
-					var gone exitError
-					if errors.As(err, &gone) {
-						return err
-					}
-					if err != nil && ctx.Err() == nil {
-						// Keep going: a missed beat is what keep-alive is for;
-						// the next one may get through.
-						fmt.Fprintf(env.Stderr, "tether agent: heartbeat failed: %v\n", err)
-					}
-					select {
-					case <-ctx.Done():
-						return nil
-					case <-t.C:
-					}
-				}
-			}
-		},
-	})
-}
-
-// agentGone is tether agent's exit status when the server no longer knows
-// the device (tether-agent.service: RestartPreventExitStatus=).
-const agentGone = 3
 
 const agentUsage = `Usage: tether agent [--state DIR] [--interval D] [--once] [--close]
 
@@ -126,3 +47,83 @@ Options:
                   trades that memory for one handshake per beat
                   (docs/MANAGED.md, boot storms)
 `
+
+func agentCmd() *command.Command {
+	return &command.Command{
+		Name:    "agent",
+		Summary: "send keep-alive heartbeats to the managed server",
+		Usage:   agentUsage,
+		Flags: func(fs *flag.FlagSet) func(*Env, []string) error {
+			state := fs.String("state", "", "")
+			interval := fs.Duration("interval", time.Minute, "")
+			closeConn := fs.Bool("close", false, "")
+			once := fs.Bool("once", false, "")
+			return func(env *Env, args []string) error {
+				if len(args) > 0 {
+					return command.Usagef("unexpected argument %q", args[0])
+				}
+				if *interval < time.Second {
+					return command.Usagef("--interval must be at least 1s")
+				}
+				id, err := managed.LoadIdentity(deviceDir(env, *state))
+				if err != nil {
+					return err
+				}
+				c, err := id.Client("")
+				if err != nil {
+					return err
+				}
+				beat := func(ctx context.Context) error {
+					ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+					defer cancel()
+					if *closeConn {
+						defer c.CloseIdle()
+					}
+					info, err := c.Heartbeat(ctx)
+					var se *managed.ServerError
+					if errors.As(err, &se) && se.Gone() {
+						// Nothing is left to keep alive, and nothing will
+						// be: stop, with a status the unit does not restart.
+						return command.ExitError{Code: agentGone, Err: command.WithHint(fmt.Errorf("heartbeat: %w; stopping", err),
+							"this device is revoked or unknown to the server: enrol again (tether enroll), then start the agent again")}
+					}
+					if err != nil {
+						return err
+					}
+					if info.State != "enabled" {
+						fmt.Fprintf(env.Stderr, "tether agent: device %s is %s %s\n", info.Device, info.State, info.Reason)
+					}
+					return nil
+				}
+				if *once {
+					return beat(context.Background())
+				}
+				ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+				defer stop()
+				t := time.NewTicker(*interval)
+				defer t.Stop()
+				for {
+					err := beat(ctx)
+					var gone command.ExitError
+					if errors.As(err, &gone) {
+						return err
+					}
+					if err != nil && ctx.Err() == nil {
+						// Keep going: a missed beat is what keep-alive is for;
+						// the next one may get through.
+						fmt.Fprintf(env.Stderr, "tether agent: heartbeat failed: %v\n", err)
+					}
+					select {
+					case <-ctx.Done():
+						return nil
+					case <-t.C:
+					}
+				}
+			}
+		},
+	}
+}
+
+// agentGone is tether agent's exit status when the server no longer knows
+// the device (tether-agent.service: RestartPreventExitStatus=).
+const agentGone = 3

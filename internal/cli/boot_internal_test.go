@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/tether-nbde/tether/boot"
+	"github.com/tether-nbde/tether/internal/command"
 )
 
 func TestUnitSafe(t *testing.T) {
@@ -48,15 +49,15 @@ func TestShippedCommandLines(t *testing.T) {
 						break
 					}
 				}
-				c := find(words)
+				c := Binary{Name: "tether"}.table().Find(words)
 				if c == nil {
 					t.Errorf("%s: %q names no tether command", f.Path, line)
 					continue
 				}
-				fs := flag.NewFlagSet(c.name, flag.ContinueOnError)
+				fs := flag.NewFlagSet(c.Name, flag.ContinueOnError)
 				fs.SetOutput(io.Discard)
-				c.flags(fs)
-				if _, err := parseInterspersed(fs, words[len(strings.Fields(c.name)):]); err != nil {
+				c.Flags(fs)
+				if _, err := command.ParseFlags(fs, words[len(strings.Fields(c.Name)):]); err != nil {
 					t.Errorf("%s: %q: %v", f.Path, line, err)
 				}
 				checked++

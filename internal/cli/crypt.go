@@ -13,6 +13,7 @@ import (
 
 	"golang.org/x/term"
 
+	"github.com/tether-nbde/tether/internal/command"
 	"github.com/tether-nbde/tether/jose"
 	"github.com/tether-nbde/tether/pin"
 	_ "github.com/tether-nbde/tether/pin/https"   // registers the https pin
@@ -26,113 +27,6 @@ import (
 // maxInput bounds what encrypt and decrypt read from stdin: pins protect
 // small secrets (passphrases, keys), and a JWE of one is a few KiB.
 const maxInput = 16 << 20
-
-func init() {
-	register(&command{
-		name:    "encrypt",
-		summary: "encrypt stdin to a JWE under a pin's policy",
-		usage:   encryptUsage,
-		flags: func(fs *flag.FlagSet) func(*Env, []string) error {
-			trust := fs.Bool("y", false, "")
-			timeout := fs.Duration("timeout", pin.DefaultTimeout, "")
-			pinFile := fs.String("pin-file", "", "")
-			return func(env *Env, args []string) error {
-				if len(args) != 2 {
-					return usagef("want PIN and CONFIG")
-				}
-				cfg := json.RawMessage(args[1])
-				if !json.Valid(cfg) {
-					return withHint(fmt.Errorf("configuration is not valid JSON: %s", args[1]),
-						`quote it for the shell: '{"url":"http://keys.lan"}'`)
-				}
-				secret, err := readInput(env.Stdin, "tether encrypt ... < secret > secret.jwe")
-				if err != nil {
-					return err
-				}
-				defer clear(secret)
-				ctx := context.Background()
-				j, err := pin.Encrypt(ctx, args[0], cfg, secret, pin.Options{Trust: *trust, Timeout: *timeout, Warn: env.Stderr,
-					PIN: pinAsker(env, *pinFile)})
-				if err != nil {
-					return plainCredentialsHint(err, "tether encrypt", args[0], cfg)
-				}
-				_, err = io.WriteString(env.Stdout, j.Compact())
-				return err
-			}
-		},
-	})
-	register(&command{
-		name:    "decrypt",
-		summary: "decrypt a JWE from stdin (made by tether or clevis)",
-		usage:   decryptUsage,
-		flags: func(fs *flag.FlagSet) func(*Env, []string) error {
-			timeout := fs.Duration("timeout", pin.DefaultTimeout, "")
-			pinFile := fs.String("pin-file", "", "")
-			return func(env *Env, args []string) error {
-				if len(args) != 0 {
-					return usagef("decrypt takes no arguments: the JWE comes on stdin")
-				}
-				in, err := readInput(env.Stdin, "tether decrypt < secret.jwe > secret")
-				if err != nil {
-					return err
-				}
-				j, err := jose.ParseCompact(string(in))
-				if err != nil {
-					return withHint(err, "give decrypt a compact JWE as written by tether encrypt or clevis encrypt")
-				}
-				o := pin.Options{Timeout: *timeout, PIN: pinAsker(env, *pinFile)}
-				if err := askFirst(o, j); err != nil {
-					return err
-				}
-				ctx, cancel := context.WithTimeout(context.Background(), *timeout+time.Second)
-				defer cancel()
-				secret, err := pin.Decrypt(ctx, j, o)
-				if err != nil {
-					return err
-				}
-				defer clear(secret)
-				_, err = env.Stdout.Write(secret)
-				return err
-			}
-		},
-	})
-}
-
-// askFirst asks for the PIN a JWE needs before decryption starts, so
-// that the time a person takes to type it does not count against the
-// deadline of the network pins beside it.
-func askFirst(o pin.Options, jwes ...*jose.JWE) error {
-	for _, j := range jwes {
-		if tpm2.NeedsPIN(j) {
-			p, err := o.PIN("PIN of the TPM-sealed secret", false)
-			clear(p)
-			return err
-		}
-	}
-	return nil
-}
-
-// readInput reads stdin, which must not be a terminal (the command would
-// sit waiting for typed input); example is the command line with the
-// input piped in, for the hint. /dev/null is a character device but
-// no terminal: it is empty input.
-func readInput(r io.Reader, example string) ([]byte, error) {
-	if f, ok := r.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
-		return nil, withHint(fmt.Errorf("stdin is a terminal"), "pipe the input in: %s", example)
-	}
-	return checkInput(io.ReadAll(io.LimitReader(r, maxInput+1)))
-}
-
-// checkInput passes on what readInput read, up to maxInput+1 bytes.
-func checkInput(data []byte, err error) ([]byte, error) {
-	if err != nil {
-		return nil, fmt.Errorf("read stdin: %w", err)
-	}
-	if len(data) > maxInput {
-		return nil, fmt.Errorf("input is larger than %d MiB", maxInput>>20)
-	}
-	return data, nil
-}
 
 const encryptUsage = `Usage: tether encrypt PIN CONFIG [-y] [--timeout D] [--pin-file F] < SECRET > JWE
 
@@ -205,6 +99,42 @@ Examples:
   $ tether encrypt smb '{"server":"nas","share":"keys","path":"ha.key","user":"pi","password_file":"/root/nas.pw","protect":{"pin":"tang","config":{"url":"http://keys.lan:7500","thp":"9C8h..."}}}' < secret > secret.jwe
 `
 
+func encryptCmd() *command.Command {
+	return &command.Command{
+		Name:    "encrypt",
+		Summary: "encrypt stdin to a JWE under a pin's policy",
+		Usage:   encryptUsage,
+		Flags: func(fs *flag.FlagSet) func(*Env, []string) error {
+			trust := fs.Bool("y", false, "")
+			timeout := fs.Duration("timeout", pin.DefaultTimeout, "")
+			pinFile := fs.String("pin-file", "", "")
+			return func(env *Env, args []string) error {
+				if len(args) != 2 {
+					return command.Usagef("want PIN and CONFIG")
+				}
+				cfg := json.RawMessage(args[1])
+				if !json.Valid(cfg) {
+					return command.WithHint(fmt.Errorf("configuration is not valid JSON: %s", args[1]),
+						`quote it for the shell: '{"url":"http://keys.lan"}'`)
+				}
+				secret, err := readInput(env.Stdin, "tether encrypt ... < secret > secret.jwe")
+				if err != nil {
+					return err
+				}
+				defer clear(secret)
+				ctx := context.Background()
+				j, err := pin.Encrypt(ctx, args[0], cfg, secret, pin.Options{Trust: *trust, Timeout: *timeout, Warn: env.Stderr,
+					PIN: pinAsker(env, *pinFile)})
+				if err != nil {
+					return plainCredentialsHint(err, "tether encrypt", args[0], cfg)
+				}
+				_, err = io.WriteString(env.Stdout, j.Compact())
+				return err
+			}
+		},
+	}
+}
+
 const decryptUsage = `Usage: tether decrypt [--timeout D] [--pin-file F] < JWE > SECRET
 
 Decrypt a JWE made by tether encrypt or clevis encrypt. The JWE says which
@@ -229,6 +159,80 @@ Examples:
   $ tether decrypt --pin-file /dev/fd/3 < secret.jwe 3< <(systemd-ask-password "TPM PIN:") > secret
 `
 
+func decryptCmd() *command.Command {
+	return &command.Command{
+		Name:    "decrypt",
+		Summary: "decrypt a JWE from stdin (made by tether or clevis)",
+		Usage:   decryptUsage,
+		Flags: func(fs *flag.FlagSet) func(*Env, []string) error {
+			timeout := fs.Duration("timeout", pin.DefaultTimeout, "")
+			pinFile := fs.String("pin-file", "", "")
+			return func(env *Env, args []string) error {
+				if len(args) != 0 {
+					return command.Usagef("decrypt takes no arguments: the JWE comes on stdin")
+				}
+				in, err := readInput(env.Stdin, "tether decrypt < secret.jwe > secret")
+				if err != nil {
+					return err
+				}
+				j, err := jose.ParseCompact(string(in))
+				if err != nil {
+					return command.WithHint(err, "give decrypt a compact JWE as written by tether encrypt or clevis encrypt")
+				}
+				o := pin.Options{Timeout: *timeout, PIN: pinAsker(env, *pinFile)}
+				if err := askFirst(o, j); err != nil {
+					return err
+				}
+				ctx, cancel := context.WithTimeout(context.Background(), *timeout+time.Second)
+				defer cancel()
+				secret, err := pin.Decrypt(ctx, j, o)
+				if err != nil {
+					return err
+				}
+				defer clear(secret)
+				_, err = env.Stdout.Write(secret)
+				return err
+			}
+		},
+	}
+}
+
+// askFirst asks for the PIN a JWE needs before decryption starts, so
+// that the time a person takes to type it does not count against the
+// deadline of the network pins beside it.
+func askFirst(o pin.Options, jwes ...*jose.JWE) error {
+	for _, j := range jwes {
+		if tpm2.NeedsPIN(j) {
+			p, err := o.PIN("PIN of the TPM-sealed secret", false)
+			clear(p)
+			return err
+		}
+	}
+	return nil
+}
+
+// readInput reads stdin, which must not be a terminal (the command would
+// sit waiting for typed input); example is the command line with the
+// input piped in, for the hint. /dev/null is a character device but
+// no terminal: it is empty input.
+func readInput(r io.Reader, example string) ([]byte, error) {
+	if f, ok := r.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
+		return nil, command.WithHint(fmt.Errorf("stdin is a terminal"), "pipe the input in: %s", example)
+	}
+	return checkInput(io.ReadAll(io.LimitReader(r, maxInput+1)))
+}
+
+// checkInput passes on what readInput read, up to maxInput+1 bytes.
+func checkInput(data []byte, err error) ([]byte, error) {
+	if err != nil {
+		return nil, fmt.Errorf("read stdin: %w", err)
+	}
+	if len(data) > maxInput {
+		return nil, fmt.Errorf("input is larger than %d MiB", maxInput>>20)
+	}
+	return data, nil
+}
+
 // plainCredentialsHint gives a refusal to store remote-pin credentials in
 // the clear a hint: the same command with the credentials protected by a
 // Tang server, or the opt-in. cmd is the command up to the pin name
@@ -241,7 +245,7 @@ func plainCredentialsHint(err error, cmd, name string, cfg json.RawMessage) erro
 	var m map[string]json.RawMessage
 	if name != pe.Pin || json.Unmarshal(cfg, &m) != nil {
 		// Nested (an sss child): the fix goes inside, where we cannot point.
-		return withHint(err, `add "protect":{"pin":"tang","config":{"url":"http://YOUR-TANG-SERVER"}} to the %s configuration inside %s, and run the command again (docs/REMOTE-PINS.md)`, pe.Pin, name)
+		return command.WithHint(err, `add "protect":{"pin":"tang","config":{"url":"http://YOUR-TANG-SERVER"}} to the %s configuration inside %s, and run the command again (docs/REMOTE-PINS.md)`, pe.Pin, name)
 	}
 	m["protect"] = json.RawMessage(`{"pin":"tang","config":{"url":"http://YOUR-TANG-SERVER"}}`)
 	fixed, _ := json.Marshal(m)
@@ -249,8 +253,8 @@ func plainCredentialsHint(err error, cmd, name string, cfg json.RawMessage) erro
 	m["allow_plain_credentials"] = json.RawMessage("true")
 	plain, _ := json.Marshal(m)
 	if bytes.ContainsRune(fixed, '\'') {
-		return withHint(err, `add "protect":{"pin":"tang","config":{"url":"http://YOUR-TANG-SERVER"}} to the configuration and run the command again (docs/REMOTE-PINS.md)`)
+		return command.WithHint(err, `add "protect":{"pin":"tang","config":{"url":"http://YOUR-TANG-SERVER"}} to the configuration and run the command again (docs/REMOTE-PINS.md)`)
 	}
-	return withHint(err, "protect it with your Tang server (or a tpm2, sss or managed pin; docs/REMOTE-PINS.md):\n"+
+	return command.WithHint(err, "protect it with your Tang server (or a tpm2, sss or managed pin; docs/REMOTE-PINS.md):\n"+
 		"  %s %s '%s'\nor store it in the clear knowingly:\n  %s %s '%s'", cmd, name, fixed, cmd, name, plain)
 }

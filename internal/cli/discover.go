@@ -11,6 +11,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/tether-nbde/tether/internal/command"
 	"github.com/tether-nbde/tether/internal/lan"
 )
 
@@ -64,24 +65,24 @@ Examples:
   $ tether setup --server "$(tether discover --json | jq -r '.[0].url')" --thp 9C8hYw... ...
 `
 
-func init() {
-	register(&command{
-		name:    "discover",
-		summary: "find key servers on the local network (multicast DNS)",
-		usage:   discoverUsage,
-		flags: func(fs *flag.FlagSet) func(*Env, []string) error {
+func discoverCmd() *command.Command {
+	return &command.Command{
+		Name:    "discover",
+		Summary: "find key servers on the local network (multicast DNS)",
+		Usage:   discoverUsage,
+		Flags: func(fs *flag.FlagSet) func(*Env, []string) error {
 			timeout := fs.Duration("timeout", lan.DefaultTimeout, "")
 			asJSON := fs.Bool("json", false, "")
 			return func(env *Env, args []string) error {
 				if len(args) > 0 {
-					return usagef("unexpected argument %q", args[0])
+					return command.Usagef("unexpected argument %q", args[0])
 				}
 				if *timeout <= 0 {
-					return usagef("--timeout must be positive")
+					return command.Usagef("--timeout must be positive")
 				}
 				found, err := discoverServers(context.Background(), *timeout)
 				if err != nil {
-					return withHint(err, "check that this computer has a network connection")
+					return command.WithHint(err, "check that this computer has a network connection")
 				}
 				if *asJSON {
 					if err := printDiscoveredJSON(env.Stdout, found); err != nil {
@@ -99,13 +100,13 @@ func init() {
 					}
 				}
 				if len(found) == 0 {
-					return withHint(fmt.Errorf("no key server answered on the network within %v", *timeout),
+					return command.WithHint(fmt.Errorf("no key server answered on the network within %v", *timeout),
 						"check that the server runs without --announce=false and listens on an address of this network, or give its address (tether adv URL)")
 				}
 				return nil
 			}
 		},
-	})
+	}
 }
 
 // Results of comparing an announcement with the server's advertisement.

@@ -7,6 +7,7 @@ import (
 	"os/signal"
 	"syscall"
 
+	"github.com/tether-nbde/tether/internal/command"
 	"github.com/tether-nbde/tether/internal/doctor"
 	"github.com/tether-nbde/tether/pin"
 )
@@ -72,12 +73,12 @@ Examples:
   $ sudo tether doctor -v --root /mnt/image
 `
 
-func init() {
-	register(&command{
-		name:    "doctor",
-		summary: "check that bound volumes will unlock at boot, and say how to fix what will not",
-		usage:   doctorUsage,
-		flags: func(fs *flag.FlagSet) func(*Env, []string) error {
+func doctorCmd() *command.Command {
+	return &command.Command{
+		Name:    "doctor",
+		Summary: "check that bound volumes will unlock at boot, and say how to fix what will not",
+		Usage:   doctorUsage,
+		Flags: func(fs *flag.FlagSet) func(*Env, []string) error {
 			verbose := fs.Bool("v", false, "")
 			root := fs.String("root", "/", "")
 			timeout := fs.Duration("timeout", pin.DefaultTimeout, "")
@@ -85,7 +86,7 @@ func init() {
 			fs.Var(&devs, "d", "")
 			return func(env *Env, args []string) error {
 				if len(args) != 0 {
-					return usagef("doctor takes no arguments (volumes with -d DEV)")
+					return command.Usagef("doctor takes no arguments (volumes with -d DEV)")
 				}
 				o := doctor.Options{Root: *root, Timeout: *timeout, Devices: devs}
 				if *verbose {
@@ -99,11 +100,11 @@ func init() {
 				}
 				if len(problems) > 0 {
 					fmt.Fprintf(env.Stderr, "tether: doctor found %d problem(s): run the fix of each line, then tether doctor again\n", len(problems))
-					return silentExit(1)
+					return command.SilentExit(1)
 				}
 				fmt.Fprintln(env.Stderr, "tether: doctor found no problem")
 				return nil
 			}
 		},
-	})
+	}
 }

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/tether-nbde/tether/internal/command"
 	"github.com/tether-nbde/tether/pin/managed"
 )
 
@@ -20,72 +21,6 @@ func deviceDir(env *Env, flagValue string) string {
 		return d
 	}
 	return managed.DefaultDir
-}
-
-func init() {
-	register(&command{
-		name:    "enroll",
-		summary: "enrol this machine with a managed tether server",
-		usage:   enrollUsage,
-		flags: func(fs *flag.FlagSet) func(*Env, []string) error {
-			srv := fs.String("server", "", "")
-			token := fs.String("token", "", "")
-			tokenFile := fs.String("token-file", "", "")
-			pin := fs.String("pin", "", "")
-			state := fs.String("state", "", "")
-			name := fs.String("name", "", "")
-			keyStore := fs.String("key-store", "", "")
-			timeout := fs.Duration("timeout", 30*time.Second, "")
-			return func(env *Env, args []string) error {
-				if len(args) > 0 {
-					return usagef("unexpected argument %q", args[0])
-				}
-				if *srv == "" {
-					return usagef("--server URL is required")
-				}
-				tok := *token
-				if *tokenFile != "" {
-					var data []byte
-					var err error
-					if *tokenFile == "-" {
-						data, err = readInput(env.Stdin, "tether enroll --server URL --token-file - < token")
-					} else {
-						data, err = os.ReadFile(*tokenFile)
-					}
-					if err != nil {
-						return fmt.Errorf("read token: %w", err)
-					}
-					tok = strings.TrimSpace(string(data))
-				}
-				if tok == "" && *pin == "" {
-					return usagef("give --token (or --token-file), or --pin for an enrolment an admin approves")
-				}
-				ctx, cancel := context.WithTimeout(context.Background(), *timeout)
-				defer cancel()
-				dir := deviceDir(env, *state)
-				id, info, err := managed.Enroll(ctx, managed.EnrollOptions{
-					Server: *srv, Token: tok, Pin: *pin, Dir: dir, Name: *name, KeyStore: *keyStore,
-				})
-				if errors.Is(err, managed.ErrPin) {
-					return withHint(err, "check --server: the token was made by another server")
-				}
-				if errors.Is(err, os.ErrPermission) {
-					return withHint(err, "enrolment writes the identity key to %s: run as root or pass --state DIR", dir)
-				}
-				if err != nil {
-					return err
-				}
-				fmt.Fprintln(env.Stdout, id.State.Device)
-				switch info.State {
-				case "pending":
-					fmt.Fprintf(env.Stderr, "enrolled as %s, pending: an admin must run tether admin device approve %s\n", info.Device, info.Device)
-				default:
-					fmt.Fprintf(env.Stderr, "enrolled as %s (%s); bind with: tether encrypt managed '{}'\n", info.Device, info.State)
-				}
-				return nil
-			}
-		},
-	})
 }
 
 const enrollUsage = `Usage: tether enroll --server URL (--token TOKEN | --token-file FILE | --pin PIN)
@@ -130,3 +65,69 @@ Example:
   $ tether enroll --server https://keys.lan:7501 --token-file /root/token
   $ echo secret | tether encrypt managed '{}' > secret.jwe
 `
+
+func enrollCmd() *command.Command {
+	return &command.Command{
+		Name:    "enroll",
+		Summary: "enrol this machine with a managed tether server",
+		Usage:   enrollUsage,
+		Flags: func(fs *flag.FlagSet) func(*Env, []string) error {
+			srv := fs.String("server", "", "")
+			token := fs.String("token", "", "")
+			tokenFile := fs.String("token-file", "", "")
+			pin := fs.String("pin", "", "")
+			state := fs.String("state", "", "")
+			name := fs.String("name", "", "")
+			keyStore := fs.String("key-store", "", "")
+			timeout := fs.Duration("timeout", 30*time.Second, "")
+			return func(env *Env, args []string) error {
+				if len(args) > 0 {
+					return command.Usagef("unexpected argument %q", args[0])
+				}
+				if *srv == "" {
+					return command.Usagef("--server URL is required")
+				}
+				tok := *token
+				if *tokenFile != "" {
+					var data []byte
+					var err error
+					if *tokenFile == "-" {
+						data, err = readInput(env.Stdin, "tether enroll --server URL --token-file - < token")
+					} else {
+						data, err = os.ReadFile(*tokenFile)
+					}
+					if err != nil {
+						return fmt.Errorf("read token: %w", err)
+					}
+					tok = strings.TrimSpace(string(data))
+				}
+				if tok == "" && *pin == "" {
+					return command.Usagef("give --token (or --token-file), or --pin for an enrolment an admin approves")
+				}
+				ctx, cancel := context.WithTimeout(context.Background(), *timeout)
+				defer cancel()
+				dir := deviceDir(env, *state)
+				id, info, err := managed.Enroll(ctx, managed.EnrollOptions{
+					Server: *srv, Token: tok, Pin: *pin, Dir: dir, Name: *name, KeyStore: *keyStore,
+				})
+				if errors.Is(err, managed.ErrPin) {
+					return command.WithHint(err, "check --server: the token was made by another server")
+				}
+				if errors.Is(err, os.ErrPermission) {
+					return command.WithHint(err, "enrolment writes the identity key to %s: run as root or pass --state DIR", dir)
+				}
+				if err != nil {
+					return err
+				}
+				fmt.Fprintln(env.Stdout, id.State.Device)
+				switch info.State {
+				case "pending":
+					fmt.Fprintf(env.Stderr, "enrolled as %s, pending: an admin must run tether admin device approve %s\n", info.Device, info.Device)
+				default:
+					fmt.Fprintf(env.Stderr, "enrolled as %s (%s); bind with: tether encrypt managed '{}'\n", info.Device, info.State)
+				}
+				return nil
+			}
+		},
+	}
+}

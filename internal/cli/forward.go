@@ -6,6 +6,8 @@ import (
 	"os/exec"
 	"path/filepath"
 	"syscall"
+
+	"github.com/tether-nbde/tether/internal/command"
 )
 
 // The key server and its administration live in a second binary,
@@ -33,12 +35,12 @@ const forwardedEnv = "TETHER_FORWARDED"
 
 // forwarded reports whether args name a command of tether-server that is
 // not linked into this binary.
-func forwarded(args []string) bool {
+func forwarded(t *command.Table, args []string) bool {
 	if len(args) == 0 {
 		return false
 	}
 	_, ok := serverGroups[args[0]]
-	return ok && find(args) == nil && len(groupOf(args[:1])) == 0
+	return ok && t.Find(args) == nil && len(t.Group(args[:1])) == 0
 }
 
 // serverBinary finds tether-server: next to this binary, else on PATH.
@@ -60,12 +62,11 @@ func serverBinary() (string, error) {
 // Env is the process's own: where the server's commands are linked in,
 // nothing is forwarded.)
 func forward(env *Env, args []string) int {
-	c := &command{name: args[0]}
 	bin, err := serverBinary()
 	if err == nil && os.Getenv(forwardedEnv) != "" {
 		// tether-server handed the command back: it is not tether-server
 		// but a copy or link of tether under that name.
-		return report(env, c, withHint(
+		return command.Report(env, args[0], command.WithHint(
 			fmt.Errorf("%s does not have the server's commands (is it a copy of tether?)", bin),
 			"build it from ./cmd/%s", ServerBinary))
 	}
@@ -74,10 +75,10 @@ func forward(env *Env, args []string) int {
 		if self, err := os.Executable(); err == nil {
 			dir = filepath.Dir(self)
 		}
-		return report(env, c, withHint(
+		return command.Report(env, args[0], command.WithHint(
 			fmt.Errorf("\"tether %s\" is in the %s binary, which is neither next to tether (%s) nor on PATH", args[0], ServerBinary, dir),
 			"install it next to tether: CGO_ENABLED=0 go build -o %s ./cmd/%s", filepath.Join(dir, ServerBinary), ServerBinary))
 	}
 	err = syscall.Exec(bin, append([]string{bin}, args...), append(os.Environ(), forwardedEnv+"=1"))
-	return report(env, c, fmt.Errorf("run %s: %w", bin, err))
+	return command.Report(env, args[0], fmt.Errorf("run %s: %w", bin, err))
 }

@@ -14,6 +14,7 @@ import (
 	"syscall"
 
 	"github.com/tether-nbde/tether/boot"
+	"github.com/tether-nbde/tether/internal/command"
 	"github.com/tether-nbde/tether/pin"
 )
 
@@ -91,12 +92,38 @@ func earlyUnlock(env *Env, tab, config, cmdline string) (*boot.EarlyUnlock, erro
 	return u, nil
 }
 
-func init() {
-	register(&command{
-		name:    "initramfs local-top",
-		summary: "unlock bound volumes in initramfs-tools' local-top (used by its script)",
-		usage:   initramfsLocalTopUsage,
-		flags: func(fs *flag.FlagSet) func(*Env, []string) error {
+const initramfsLocalTopUsage = `Usage: tether initramfs local-top [--crypttab FILE] [--config FILE] [--cmdline FILE] [NAME]...
+
+What initramfs-tools' scripts/local-top/tether runs before cryptroot. For
+every bound volume of FILE that is still closed, at once:
+
+  1. the network is brought up (initramfs-tools' configure_networking, in
+     the background) only if a binding needs it (tang, https, smb, managed
+     anywhere in its policy; tpm2-only bindings do not);
+  2. the key is recovered and the volume opened, all within the deadline
+     (network, name resolution and servers included);
+  3. when the deadline passes, one line per volume says why it is still
+     closed (console and kernel log), cryptroot's prompt appears, and
+     "tether initramfs retry" keeps trying behind it: a recovered key is
+     written to the prompt's FIFO, so cryptroot opens the volume itself.
+
+The deadline and retry come from FILE (default /etc/tether/initramfs.conf,
+written by "tether install initramfs-tools --deadline D --retry R --ip IP")
+and the kernel command line, which wins: tether.deadline=30s,
+tether.retry=forever|no|10m, ip= (initramfs-tools' syntax).
+
+Options:
+  --crypttab FILE  default /cryptroot/crypttab
+  --config FILE    default /etc/tether/initramfs.conf
+  --cmdline FILE   the kernel command line (default /proc/cmdline)
+`
+
+func initramfsLocalTopCmd() *command.Command {
+	return &command.Command{
+		Name:    "initramfs local-top",
+		Summary: "unlock bound volumes in initramfs-tools' local-top (used by its script)",
+		Usage:   initramfsLocalTopUsage,
+		Flags: func(fs *flag.FlagSet) func(*Env, []string) error {
 			tab := fs.String("crypttab", "/cryptroot/crypttab", "")
 			config := fs.String("config", boot.InitramfsConfigPath, "")
 			cmdline := fs.String("cmdline", "/proc/cmdline", "")
@@ -133,19 +160,34 @@ func init() {
 				return nil
 			}
 		},
-	})
-	register(&command{
-		name:    "initramfs retry",
-		summary: "keep unlocking behind the passphrase prompt (started by initramfs local-top)",
-		usage:   initramfsRetryUsage,
-		flags: func(fs *flag.FlagSet) func(*Env, []string) error {
+	}
+}
+
+const initramfsRetryUsage = `Usage: tether initramfs retry [--crypttab FILE] [--config FILE] [--cmdline FILE]
+
+Started by "tether initramfs local-top" for the volumes it left closed:
+retries with backoff (capped at 30s) behind cryptroot's prompt and gives a
+recovered key to the askpass process asking for that volume. It ends when
+every volume is open (by its key or the typed passphrase), when a binding
+refuses for good, or when tether.retry= passes; "tether initramfs
+local-bottom" stops it in any case before the real system starts.
+
+Options: --crypttab, --config and --cmdline as for "tether initramfs local-top".
+`
+
+func initramfsRetryCmd() *command.Command {
+	return &command.Command{
+		Name:    "initramfs retry",
+		Summary: "keep unlocking behind the passphrase prompt (started by initramfs local-top)",
+		Usage:   initramfsRetryUsage,
+		Flags: func(fs *flag.FlagSet) func(*Env, []string) error {
 			tab := fs.String("crypttab", "/cryptroot/crypttab", "")
 			config := fs.String("config", boot.InitramfsConfigPath, "")
 			cmdline := fs.String("cmdline", "/proc/cmdline", "")
 			return func(env *Env, args []string) error {
 				var pending []boot.Pending
 				if err := json.Unmarshal([]byte(os.Getenv(pendingEnv)), &pending); err != nil || len(pending) == 0 {
-					return usagef("initramfs retry is started by initramfs local-top, with the volumes left closed")
+					return command.Usagef("initramfs retry is started by initramfs local-top, with the volumes left closed")
 				}
 				u, err := earlyUnlock(env, *tab, *config, *cmdline)
 				if err != nil {
@@ -158,12 +200,23 @@ func init() {
 				return nil
 			}
 		},
-	})
-	register(&command{
-		name:    "initramfs local-bottom",
-		summary: "stop what tether started in the initramfs (used by its script)",
-		usage:   initramfsLocalBottomUsage,
-		flags: func(fs *flag.FlagSet) func(*Env, []string) error {
+	}
+}
+
+const initramfsLocalBottomUsage = `Usage: tether initramfs local-bottom
+
+What initramfs-tools' scripts/local-bottom/tether runs once the root is
+mounted: stops the retry behind the prompt and the network setup tether
+started, and releases the addresses it configured, so nothing of tether's
+runs in the booted system and its own networking starts from a clean card.
+`
+
+func initramfsLocalBottomCmd() *command.Command {
+	return &command.Command{
+		Name:    "initramfs local-bottom",
+		Summary: "stop what tether started in the initramfs (used by its script)",
+		Usage:   initramfsLocalBottomUsage,
+		Flags: func(fs *flag.FlagSet) func(*Env, []string) error {
 			return func(env *Env, args []string) error {
 				c := &boot.Console{Out: env.Stderr}
 				for _, d := range boot.StopEarly(initramfsRunDir, boot.EarlyNet{}) {
@@ -172,12 +225,27 @@ func init() {
 				return nil
 			}
 		},
-	})
-	register(&command{
-		name:    "crypttab needs-network",
-		summary: "say whether a crypttab volume's bindings need the network",
-		usage:   needsNetworkUsage,
-		flags: func(fs *flag.FlagSet) func(*Env, []string) error {
+	}
+}
+
+const needsNetworkUsage = `Usage: tether crypttab needs-network [--crypttab FILE] [-q] [NAME]...
+
+Print, for every volume of FILE (or those named), whether its bindings need
+the network (tang, https, smb or managed anywhere in the policy) or are
+local (tpm2 only). The exit status is 0 if any volume needs the network,
+1 if none does. A device that cannot be found counts as needing it.
+
+Example:
+  $ tether crypttab needs-network --crypttab /etc/crypttab root
+  root	network
+`
+
+func crypttabNeedsNetworkCmd() *command.Command {
+	return &command.Command{
+		Name:    "crypttab needs-network",
+		Summary: "say whether a crypttab volume's bindings need the network",
+		Usage:   needsNetworkUsage,
+		Flags: func(fs *flag.FlagSet) func(*Env, []string) error {
 			tab := fs.String("crypttab", "/etc/crypttab", "")
 			quiet := fs.Bool("q", false, "")
 			return func(env *Env, args []string) error {
@@ -211,71 +279,13 @@ func init() {
 					}
 				}
 				if !any {
-					return silentExit(1)
+					return command.SilentExit(1)
 				}
 				return nil
 			}
 		},
-	})
+	}
 }
-
-const initramfsLocalTopUsage = `Usage: tether initramfs local-top [--crypttab FILE] [--config FILE] [--cmdline FILE] [NAME]...
-
-What initramfs-tools' scripts/local-top/tether runs before cryptroot. For
-every bound volume of FILE that is still closed, at once:
-
-  1. the network is brought up (initramfs-tools' configure_networking, in
-     the background) only if a binding needs it (tang, https, smb, managed
-     anywhere in its policy; tpm2-only bindings do not);
-  2. the key is recovered and the volume opened, all within the deadline
-     (network, name resolution and servers included);
-  3. when the deadline passes, one line per volume says why it is still
-     closed (console and kernel log), cryptroot's prompt appears, and
-     "tether initramfs retry" keeps trying behind it: a recovered key is
-     written to the prompt's FIFO, so cryptroot opens the volume itself.
-
-The deadline and retry come from FILE (default /etc/tether/initramfs.conf,
-written by "tether install initramfs-tools --deadline D --retry R --ip IP")
-and the kernel command line, which wins: tether.deadline=30s,
-tether.retry=forever|no|10m, ip= (initramfs-tools' syntax).
-
-Options:
-  --crypttab FILE  default /cryptroot/crypttab
-  --config FILE    default /etc/tether/initramfs.conf
-  --cmdline FILE   the kernel command line (default /proc/cmdline)
-`
-
-const initramfsRetryUsage = `Usage: tether initramfs retry [--crypttab FILE] [--config FILE] [--cmdline FILE]
-
-Started by "tether initramfs local-top" for the volumes it left closed:
-retries with backoff (capped at 30s) behind cryptroot's prompt and gives a
-recovered key to the askpass process asking for that volume. It ends when
-every volume is open (by its key or the typed passphrase), when a binding
-refuses for good, or when tether.retry= passes; "tether initramfs
-local-bottom" stops it in any case before the real system starts.
-
-Options: --crypttab, --config and --cmdline as for "tether initramfs local-top".
-`
-
-const initramfsLocalBottomUsage = `Usage: tether initramfs local-bottom
-
-What initramfs-tools' scripts/local-bottom/tether runs once the root is
-mounted: stops the retry behind the prompt and the network setup tether
-started, and releases the addresses it configured, so nothing of tether's
-runs in the booted system and its own networking starts from a clean card.
-`
-
-const needsNetworkUsage = `Usage: tether crypttab needs-network [--crypttab FILE] [-q] [NAME]...
-
-Print, for every volume of FILE (or those named), whether its bindings need
-the network (tang, https, smb or managed anywhere in the policy) or are
-local (tpm2 only). The exit status is 0 if any volume needs the network,
-1 if none does. A device that cannot be found counts as needing it.
-
-Example:
-  $ tether crypttab needs-network --crypttab /etc/crypttab root
-  root	network
-`
 
 // initramfsSettings is the config file with the settings given to
 // "tether install": the file already there is kept, the flags given
@@ -289,14 +299,14 @@ func initramfsSettings(root, deadline, retry, ip string) (boot.InstallFile, erro
 	if deadline != "" {
 		d, err := boot.ParseDeadline(deadline)
 		if err != nil {
-			return boot.InstallFile{}, usagef("--deadline: %v", err)
+			return boot.InstallFile{}, command.Usagef("--deadline: %v", err)
 		}
 		c.Deadline = d
 	}
 	if retry != "" {
 		d, err := boot.ParseRetry(retry)
 		if err != nil {
-			return boot.InstallFile{}, usagef("--retry: %v", err)
+			return boot.InstallFile{}, command.Usagef("--retry: %v", err)
 		}
 		c.Retry = d
 	}
@@ -304,7 +314,7 @@ func initramfsSettings(root, deadline, retry, ip string) (boot.InstallFile, erro
 		probe := boot.DefaultInitramfsConfig()
 		boot.ParseInitramfsConfig(&probe, []byte("ip="+ip))
 		if len(probe.Warnings) > 0 || strings.Count(ip, ":") > 9 {
-			return boot.InstallFile{}, usagef("--ip %q: want initramfs-tools' ip= syntax, e.g. dhcp, or 192.0.2.10::192.0.2.1:255.255.255.0::eth0:off:192.0.2.1", ip)
+			return boot.InstallFile{}, command.Usagef("--ip %q: want initramfs-tools' ip= syntax, e.g. dhcp, or 192.0.2.10::192.0.2.1:255.255.255.0::eth0:off:192.0.2.1", ip)
 		}
 		c.IP = ip
 	}

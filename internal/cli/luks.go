@@ -14,6 +14,7 @@ import (
 
 	"golang.org/x/term"
 
+	"github.com/tether-nbde/tether/internal/command"
 	"github.com/tether-nbde/tether/jose"
 	"github.com/tether-nbde/tether/luks"
 	"github.com/tether-nbde/tether/pin"
@@ -26,13 +27,13 @@ type luksFlags struct {
 	timeout  *time.Duration
 }
 
-// luksCommand registers a "tether luks ..." command: it declares the flags
+// luksCommand makes a "tether luks ..." command: it declares the flags
 // every luks command has (-d, --state-dir, --timeout) and gives run the
 // volume they name.
-func luksCommand(name, summary, usage string, flags func(fs *flag.FlagSet) func(env *Env, v *luks.Volume, args []string) error) {
-	register(&command{
-		name: name, summary: summary, usage: usage,
-		flags: func(fs *flag.FlagSet) func(*Env, []string) error {
+func luksCommand(name, summary, usage string, flags func(fs *flag.FlagSet) func(env *Env, v *luks.Volume, args []string) error) *command.Command {
+	return &command.Command{
+		Name: name, Summary: summary, Usage: usage,
+		Flags: func(fs *flag.FlagSet) func(*Env, []string) error {
 			lf := addLuksFlags(fs)
 			run := flags(fs)
 			return func(env *Env, args []string) error {
@@ -43,7 +44,7 @@ func luksCommand(name, summary, usage string, flags func(fs *flag.FlagSet) func(
 				return run(env, v, args)
 			}
 		},
-	})
+	}
 }
 
 func addLuksFlags(fs *flag.FlagSet) *luksFlags {
@@ -56,7 +57,7 @@ func addLuksFlags(fs *flag.FlagSet) *luksFlags {
 
 func (f *luksFlags) volume(env *Env) (*luks.Volume, error) {
 	if *f.dev == "" {
-		return nil, usagef("which device? give it with -d DEV")
+		return nil, command.Usagef("which device? give it with -d DEV")
 	}
 	dir := *f.stateDir
 	if dir == "" {
@@ -87,23 +88,23 @@ func luksError(err error, dev string) error {
 	case err == nil:
 		return nil
 	case errors.Is(err, luks.ErrLUKS1):
-		return withHint(err, "convert it with \"cryptsetup convert --type luks2 %s\" (back up the header first: cryptsetup luksHeaderBackup), or use clevis luks bind, which handles LUKS1 with LUKSMeta", dev)
+		return command.WithHint(err, "convert it with \"cryptsetup convert --type luks2 %s\" (back up the header first: cryptsetup luksHeaderBackup), or use clevis luks bind, which handles LUKS1 with LUKSMeta", dev)
 	case errors.Is(err, luks.ErrNotLUKS):
-		return withHint(err, "check the device name (lsblk -f); to encrypt an existing filesystem in place use \"tether luks encrypt -d %s PIN CONFIG\"", dev)
+		return command.WithHint(err, "check the device name (lsblk -f); to encrypt an existing filesystem in place use \"tether luks encrypt -d %s PIN CONFIG\"", dev)
 	case errors.Is(err, luks.ErrWrongKey):
-		return withHint(err, "check the passphrase or key file; with a key file, trailing newlines count")
+		return command.WithHint(err, "check the passphrase or key file; with a key file, trailing newlines count")
 	case errors.Is(err, luks.ErrReencrypting):
 		resume := "cryptsetup reencrypt --resume-only "
 		if fi, serr := os.Stat(dev); serr == nil && fi.Mode().IsRegular() {
 			resume += "--force-offline-reencrypt " // cryptsetup refuses image files without it
 		}
-		return withHint(err, "finish it first: \"tether luks encrypt -d %s ...\" (the same command as before) resumes an interrupted tether encryption, \"%s%s\" any other", dev, resume, dev)
+		return command.WithHint(err, "finish it first: \"tether luks encrypt -d %s ...\" (the same command as before) resumes an interrupted tether encryption, \"%s%s\" any other", dev, resume, dev)
 	case errors.As(err, &full):
-		return withHint(err, "remove tokens you no longer need (tether luks list, cryptsetup token remove), or choose a smaller policy (fewer sss children)")
+		return command.WithHint(err, "remove tokens you no longer need (tether luks list, cryptsetup token remove), or choose a smaller policy (fewer sss children)")
 	case errors.Is(err, os.ErrNotExist):
-		return withHint(err, "check the device or image file name")
+		return command.WithHint(err, "check the device or image file name")
 	case errors.Is(err, os.ErrPermission):
-		return withHint(err, "LUKS headers and tether's state directory need root: run with sudo")
+		return command.WithHint(err, "LUKS headers and tether's state directory need root: run with sudo")
 	}
 	return err
 }
@@ -130,7 +131,7 @@ func readKey(env *Env, keyFile, dev string) ([]byte, error) {
 	case "":
 		f, ok := env.Stdin.(*os.File)
 		if !ok || !term.IsTerminal(int(f.Fd())) {
-			return nil, withHint(errors.New("an existing passphrase of the volume is needed and stdin is not a terminal"),
+			return nil, command.WithHint(errors.New("an existing passphrase of the volume is needed and stdin is not a terminal"),
 				"give it with -k KEYFILE, or on stdin with -k -")
 		}
 		fmt.Fprintf(env.Stderr, "Enter an existing passphrase of %s: ", dev)
@@ -159,443 +160,15 @@ func slotFlag(fs *flag.FlagSet, name string) *int { return fs.Int(name, -1, "") 
 
 func pinConfig(args []string) (string, json.RawMessage, error) {
 	if len(args) != 2 {
-		return "", nil, usagef("want PIN and CONFIG, e.g. tang '{\"url\":\"http://keys.lan\"}'")
+		return "", nil, command.Usagef("want PIN and CONFIG, e.g. tang '{\"url\":\"http://keys.lan\"}'")
 	}
 	cfg := json.RawMessage(args[1])
 	if !json.Valid(cfg) {
-		return "", nil, withHint(fmt.Errorf("configuration is not valid JSON: %s", args[1]),
+		return "", nil, command.WithHint(fmt.Errorf("configuration is not valid JSON: %s", args[1]),
 			`quote it for the shell: '{"url":"http://keys.lan"}'`)
 	}
 	return args[0], cfg, nil
 }
-
-func init() {
-	luksCommand("luks bind", "bind a LUKS2 volume to a pin (clevis compatible)", luksBindUsage,
-		func(fs *flag.FlagSet) func(*Env, *luks.Volume, []string) error {
-			keyFile := fs.String("k", "", "")
-			slot := slotFlag(fs, "s")
-			keySlot := slotFlag(fs, "key-slot")
-			trust := fs.Bool("y", false, "")
-			pinFile := fs.String("pin-file", "", "")
-			return func(env *Env, v *luks.Volume, args []string) error {
-				name, cfg, err := pinConfig(args)
-				if err != nil {
-					return err
-				}
-				v.PinOptions.Trust = *trust
-				v.PinOptions.PIN = pinAsker(env, *pinFile)
-				// Check the device before asking for a passphrase.
-				if _, err := v.Header(); err != nil {
-					return luksError(err, v.Path)
-				}
-				key, err := readKey(env, *keyFile, v.Path)
-				if err != nil {
-					return err
-				}
-				defer clear(key)
-				n, err := v.Bind(context.Background(), luks.BindOptions{Pin: name, Config: cfg, Key: key, KeySlot: *keySlot, Slot: *slot})
-				if err != nil {
-					cmd := "tether luks bind -d " + v.Path
-					if *keyFile != "" {
-						cmd += " -k " + *keyFile
-					}
-					return plainCredentialsHint(luksError(err, v.Path), cmd, name, cfg)
-				}
-				fmt.Fprintf(env.Stderr, "tether: bound keyslot %d of %s to %s\n", n, v.Path, name)
-				return nil
-			}
-		})
-	luksCommand("luks unbind", "remove a binding (its keyslot and token)", luksUnbindUsage,
-		func(fs *flag.FlagSet) func(*Env, *luks.Volume, []string) error {
-			slot := slotFlag(fs, "s")
-			return func(env *Env, v *luks.Volume, args []string) error {
-				if len(args) != 0 || *slot < 0 {
-					return usagef("want -d DEV -s SLOT and no arguments")
-				}
-				if err := v.Unbind(context.Background(), *slot); err != nil {
-					return withListHint(luksError(err, v.Path), v.Path)
-				}
-				fmt.Fprintf(env.Stderr, "tether: removed the binding of keyslot %d of %s\n", *slot, v.Path)
-				return nil
-			}
-		})
-	luksCommand("luks pass", "print the passphrase of a bound keyslot", luksPassUsage,
-		func(fs *flag.FlagSet) func(*Env, *luks.Volume, []string) error {
-			slot := slotFlag(fs, "s")
-			pinFile := fs.String("pin-file", "", "")
-			return func(env *Env, v *luks.Volume, args []string) error {
-				if len(args) != 0 || *slot < 0 {
-					return usagef("want -d DEV -s SLOT and no arguments")
-				}
-				v.PinOptions.PIN = pinAsker(env, *pinFile)
-				pass, err := v.Passphrase(context.Background(), *slot)
-				if err != nil {
-					return withListHint(luksError(err, v.Path), v.Path)
-				}
-				defer clear(pass)
-				_, err = env.Stdout.Write(pass)
-				return err
-			}
-		})
-	luksCommand("luks list", "list the bindings of a LUKS2 volume", luksListUsage,
-		func(fs *flag.FlagSet) func(*Env, *luks.Volume, []string) error {
-			slot := slotFlag(fs, "s")
-			return func(env *Env, v *luks.Volume, args []string) error {
-				if len(args) != 0 {
-					return usagef("list takes no arguments")
-				}
-				h, err := v.Header()
-				if err != nil {
-					return luksError(err, v.Path)
-				}
-				for _, b := range luks.Bindings(h) {
-					if *slot >= 0 && b.Slot != *slot {
-						continue
-					}
-					if b.Err != nil {
-						fmt.Fprintf(env.Stdout, "%d: ? (%v)\n", b.Slot, b.Err)
-						continue
-					}
-					name, cfg, err := luks.ConfigOf(b.JWE)
-					if err != nil {
-						// Pins whose configuration is not rebuilt (it would
-						// need a password or a device identity) are described:
-						// where the key comes from, never a credential.
-						fmt.Fprintf(env.Stdout, "%d: %s\n", b.Slot, pin.Describe(b.JWE))
-						continue
-					}
-					fmt.Fprintf(env.Stdout, "%d: %s '%s'\n", b.Slot, name, cfg)
-				}
-				printLeftovers(env, h, v.Path)
-				for _, w := range h.Warnings {
-					fmt.Fprintf(env.Stderr, "tether: warning: %s\n", w)
-				}
-				return nil
-			}
-		})
-	luksCommand("luks repair", "finish or roll back interrupted binding changes", luksRepairUsage,
-		func(fs *flag.FlagSet) func(*Env, *luks.Volume, []string) error {
-			return func(env *Env, v *luks.Volume, args []string) error {
-				if len(args) != 0 {
-					return usagef("repair takes no arguments")
-				}
-				_, err := v.Repair(context.Background())
-				return luksError(err, v.Path)
-			}
-		})
-	luksCommand("luks regen", "rebind a keyslot with a fresh passphrase (after key rotation)", luksRegenUsage,
-		func(fs *flag.FlagSet) func(*Env, *luks.Volume, []string) error {
-			slot := slotFlag(fs, "s")
-			keyFile := fs.String("k", "", "")
-			trust := fs.Bool("y", false, "")
-			pinFile := fs.String("pin-file", "", "")
-			return func(env *Env, v *luks.Volume, args []string) error {
-				if *slot < 0 {
-					return usagef("which keyslot? give it with -s SLOT")
-				}
-				v.PinOptions.PIN = pinAsker(env, *pinFile)
-				o := luks.RegenOptions{Slot: *slot}
-				var err error
-				if len(args) > 0 {
-					if o.Pin, o.Config, err = pinConfig(args); err != nil {
-						return err
-					}
-				}
-				v.PinOptions.Trust = *trust
-				if *keyFile != "" {
-					if o.Key, err = readKey(env, *keyFile, v.Path); err != nil {
-						return err
-					}
-					defer clear(o.Key)
-				}
-				n, err := v.Regen(context.Background(), o)
-				if err != nil {
-					if _, ok := errors.AsType[*pin.PlainCredentialsError](err); ok {
-						return plainCredentialsHint(err, fmt.Sprintf("tether luks regen -d %s -s %d", v.Path, *slot), o.Pin, o.Config)
-					}
-					err = luksError(err, v.Path)
-					if _, ok := err.(hintError); !ok {
-						err = withHint(err, "if the binding's server is gone for good, give an existing passphrase with -k and a new PIN CONFIG")
-					}
-					return err
-				}
-				fmt.Fprintf(env.Stderr, "tether: keyslot %d of %s is rebound as keyslot %d\n", *slot, v.Path, n)
-				return nil
-			}
-		})
-	luksCommand("luks report", "report bindings that use rotated Tang keys", luksReportUsage,
-		func(fs *flag.FlagSet) func(*Env, *luks.Volume, []string) error {
-			return func(env *Env, v *luks.Volume, args []string) error {
-				if len(args) != 0 {
-					return usagef("report takes no arguments")
-				}
-				h, err := v.Header()
-				if err != nil {
-					return luksError(err, v.Path)
-				}
-				checks, err := v.Report(context.Background())
-				if err != nil {
-					return luksError(err, v.Path)
-				}
-				if len(checks) == 0 {
-					fmt.Fprintf(env.Stderr, "tether: %s has no clevis or tether bindings\n", v.Path)
-				}
-				stale, unknown := 0, 0
-				for _, c := range checks {
-					state := "ok"
-					switch {
-					case len(c.Rotated) > 0:
-						stale++
-						state = "rotated key at " + strings.Join(c.Rotated, ", ")
-					case len(c.Unknown) > 0:
-						unknown++
-						state = "unknown: " + strings.Join(c.Unknown, "; ")
-					}
-					fmt.Fprintf(env.Stdout, "%d: %s: %s\n", c.Slot, c.Policy, state)
-				}
-				printLeftovers(env, h, v.Path)
-				if stale > 0 {
-					return withHint(fmt.Errorf("%d binding(s) of %s use keys their servers no longer advertise", stale, v.Path),
-						"rebind them with \"tether luks regen -d %s -s SLOT\"; they still unlock until the old keys are deleted", v.Path)
-				}
-				if unknown > 0 {
-					return fmt.Errorf("%d binding(s) of %s could not be checked", unknown, v.Path)
-				}
-				return nil
-			}
-		})
-	luksCommand("luks unlock", "unlock a LUKS2 volume with its bindings, all tried at once", luksUnlockUsage,
-		func(fs *flag.FlagSet) func(*Env, *luks.Volume, []string) error {
-			name := fs.String("n", "", "")
-			test := fs.Bool("test", false, "")
-			readonly := fs.Bool("readonly", false, "")
-			pinFile := fs.String("pin-file", "", "")
-			return func(env *Env, v *luks.Volume, args []string) error {
-				if len(args) != 0 {
-					return usagef("unlock takes no arguments")
-				}
-				h, err := v.Header()
-				if err != nil {
-					return luksError(err, v.Path)
-				}
-				// Every binding is tried at once, each against its own
-				// deadline: a PIN is asked for before they start.
-				v.PinOptions.PIN = pinAsker(env, *pinFile)
-				var jwes []*jose.JWE
-				for _, b := range luks.Bindings(h) {
-					if b.Err == nil {
-						jwes = append(jwes, b.JWE)
-					}
-				}
-				if err := askFirst(v.PinOptions, jwes...); err != nil {
-					return err
-				}
-				o := luks.UnlockOptions{}
-				if !*test {
-					o.Name = *name
-					if o.Name == "" {
-						o.Name = "luks-" + h.UUID
-					}
-					if !luks.DeviceMapperAvailable() {
-						return withHint(luks.ErrNoDeviceMapper, "use --test to check that a binding unlocks it, or load dm_crypt (modprobe dm_crypt)")
-					}
-					if *readonly {
-						o.Open = append(o.Open, "--readonly")
-					}
-				}
-				u, err := v.Unlock(context.Background(), o)
-				if err != nil {
-					return luksError(err, v.Path)
-				}
-				if o.Name != "" {
-					fmt.Fprintf(env.Stderr, "tether: opened %s as /dev/mapper/%s with keyslot %d (%s)\n", v.Path, o.Name, u.Slot, u.Policy)
-				} else {
-					fmt.Fprintf(env.Stderr, "tether: keyslot %d of %s unlocks (%s)\n", u.Slot, v.Path, u.Policy)
-				}
-				return nil
-			}
-		})
-}
-
-func init() {
-	luksCommand("luks encrypt", "encrypt a filesystem in place and bind it (resumable)", luksEncryptUsage,
-		func(fs *flag.FlagSet) func(*Env, *luks.Volume, []string) error {
-			trust := fs.Bool("y", false, "")
-			force := fs.Bool("force", false, "")
-			recoveryFile := fs.String("recovery-file", "", "")
-			noRecovery := fs.Bool("no-recovery", false, "")
-			return func(env *Env, v *luks.Volume, args []string) error {
-				name, cfg, err := pinConfig(args)
-				if err != nil {
-					return err
-				}
-				if *noRecovery && *recoveryFile != "" {
-					return usagef("--no-recovery and --recovery-file exclude each other")
-				}
-				v.PinOptions.Trust = *trust
-				o := luks.EncryptOptions{
-					Pin: name, Config: cfg, Force: *force, Progress: env.Stderr,
-					RecoveryFile: *recoveryFile, NoRecovery: *noRecovery,
-				}
-				if !*noRecovery && *recoveryFile == "" {
-					o.Recovery = env.Stdout
-				}
-				slot, err := v.Encrypt(context.Background(), o)
-				var done *luks.AlreadyBoundError
-				if errors.As(err, &done) {
-					fmt.Fprintf(env.Stderr, "tether: %s is %v\n", v.Path, err)
-					return nil
-				}
-				if err != nil {
-					if _, ok := errors.AsType[*pin.PlainCredentialsError](err); ok {
-						// Nothing was lost: the same command with a fixed
-						// configuration resumes and binds.
-						return plainCredentialsHint(err, "tether luks encrypt -d "+v.Path, name, cfg)
-					}
-					if _, ok := errors.AsType[*luks.BindFirstError](err); ok {
-						return withHint(err, "%s is untouched: make the binding work (is the server up? tether adv URL checks a tang or tether server) and run the same command again", v.Path)
-					}
-					var ne *luks.NotEncryptableError
-					if errors.As(err, &ne) && ne.Hint != "" {
-						return withHint(err, "%s", ne.Hint)
-					}
-					if !errors.Is(err, luks.ErrLUKS1) && !errors.Is(err, os.ErrNotExist) {
-						return withHint(err, "run the same command again: it resumes where it stopped")
-					}
-					return luksError(err, v.Path)
-				}
-				switch {
-				case *noRecovery:
-					fmt.Fprintf(env.Stderr, "tether: %s is encrypted and bound (keyslot %d); it has no recovery passphrase: the binding is the only way in\n", v.Path, slot)
-				case *recoveryFile != "":
-					fmt.Fprintf(env.Stderr, "tether: %s is encrypted and bound (keyslot %d); the recovery passphrase is in %s (cryptsetup --key-file takes it as it is)\n", v.Path, slot, *recoveryFile)
-				default:
-					endLineOnTerminal(env)
-					fmt.Fprintf(env.Stderr, "tether: %s is encrypted and bound (keyslot %d); the recovery passphrase is on stdout: write it down, it is not shown again\n", v.Path, slot)
-				}
-				return nil
-			}
-		})
-	register(&command{
-		name:    "luks create",
-		summary: "create a new bound LUKS2 container file",
-		usage:   luksCreateUsage,
-		flags: func(fs *flag.FlagSet) func(*Env, []string) error {
-			lf := addLuksFlags(fs)
-			trust := fs.Bool("y", false, "")
-			size := fs.String("size", "", "")
-			fsType := fs.String("fs", "", "")
-			return func(env *Env, args []string) error {
-				if len(args) != 3 {
-					return usagef("want FILE PIN CONFIG")
-				}
-				*lf.dev = args[0]
-				v, err := lf.volume(env)
-				if err != nil {
-					return err
-				}
-				name, cfg, err := pinConfig(args[1:])
-				if err != nil {
-					return err
-				}
-				if *size == "" {
-					return usagef("how big? give the size with --size, e.g. --size 1G")
-				}
-				n, err := parseSize(*size)
-				if err != nil {
-					return usagef("--size %s: %v", *size, err)
-				}
-				v.PinOptions.Trust = *trust
-				slot, err := v.Create(context.Background(), luks.CreateOptions{
-					Size: n, FS: *fsType, Pin: name, Config: cfg, Recovery: env.Stdout, Progress: env.Stderr,
-				})
-				if err != nil {
-					if _, ok := errors.AsType[*pin.PlainCredentialsError](err); ok {
-						cmd := "tether luks create --size " + *size
-						if *fsType != "" {
-							cmd += " --fs " + *fsType
-						}
-						return plainCredentialsHint(err, cmd+" "+v.Path, name, cfg)
-					}
-					if errors.Is(err, os.ErrExist) {
-						return withHint(err, "create never overwrites: choose a new file name, or bind an existing volume with tether luks bind")
-					}
-					return luksError(err, v.Path)
-				}
-				endLineOnTerminal(env)
-				fmt.Fprintf(env.Stderr, "tether: created %s, bound in keyslot %d; the recovery passphrase is on stdout: write it down, it is not shown again\n", v.Path, slot)
-				return nil
-			}
-		},
-	})
-}
-
-// endLineOnTerminal ends the line of a recovery passphrase printed on a
-// terminal. Redirected, stdout holds the bare passphrase, which cryptsetup
-// --key-file takes byte for byte (a newline would be part of it).
-func endLineOnTerminal(env *Env) {
-	if f, ok := env.Stdout.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
-		fmt.Fprintln(env.Stdout)
-	}
-}
-
-// parseSize parses sizes like 4096, 512K, 128M, 1G, 2T (powers of 1024;
-// an optional "iB" or "B" suffix is accepted).
-func parseSize(s string) (int64, error) {
-	t := strings.TrimSuffix(strings.TrimSuffix(strings.ToUpper(s), "B"), "I")
-	mult := int64(1)
-	if t != "" {
-		switch t[len(t)-1] {
-		case 'K':
-			mult = 1 << 10
-		case 'M':
-			mult = 1 << 20
-		case 'G':
-			mult = 1 << 30
-		case 'T':
-			mult = 1 << 40
-		}
-		if mult > 1 {
-			t = t[:len(t)-1]
-		}
-	}
-	var n int64
-	if _, err := fmt.Sscan(t, &n); err != nil || n <= 0 || fmt.Sprint(n) != t {
-		return 0, errors.New("not a size (examples: 512M, 4G)")
-	}
-	if n > (1<<62)/mult {
-		return 0, errors.New("too large")
-	}
-	return n * mult, nil
-}
-
-func withListHint(err error, dev string) error {
-	if _, ok := err.(hintError); ok {
-		return err
-	}
-	return withHint(err, "see the bindings with \"tether luks list -d %s\"", dev)
-}
-
-func printLeftovers(env *Env, h *luks.Header, dev string) {
-	if luks.EncryptUnfinished(h) {
-		fmt.Fprintf(env.Stderr, "tether: warning: %s: an in-place encryption by tether luks encrypt is unfinished; its temporary key is in the header in clear (the subsystem label) until it is\n", dev)
-		fmt.Fprintf(env.Stderr, "tether: hint: run the same \"tether luks encrypt -d %s ...\" command again: it finishes the job and removes the key\n", dev)
-	}
-	lo := luks.Leftovers(h)
-	for _, l := range lo {
-		fmt.Fprintf(env.Stderr, "tether: warning: interrupted change: %s\n", l.What)
-	}
-	if len(lo) > 0 {
-		fmt.Fprintf(env.Stderr, "tether: hint: \"tether luks repair -d %s\" finishes or rolls it back (bind, unbind and regen do so first too)\n", dev)
-	}
-}
-
-const luksCommon = `  -d DEV          the LUKS2 device or image file (required)
-  --state-dir DIR where header backups, locks and encryption state live
-                  (default $TETHER_LUKS_STATE_DIR, else /var/lib/tether/luks;
-                  root only, mode 0700)
-  --timeout D     bound for each pin's network exchange (default 10s)
-`
 
 const luksBindUsage = `Usage: tether luks bind -d DEV [-k KEYFILE|-] [-s SLOT] [--key-slot N] [-y] [--pin-file F] PIN CONFIG
 
@@ -642,6 +215,44 @@ Examples:
       '{"t":1,"pins":{"tang":[{"url":"http://a"},{"url":"http://b"}]}}' -y
 `
 
+func luksBindCmd() *command.Command {
+	return luksCommand("luks bind", "bind a LUKS2 volume to a pin (clevis compatible)", luksBindUsage,
+		func(fs *flag.FlagSet) func(*Env, *luks.Volume, []string) error {
+			keyFile := fs.String("k", "", "")
+			slot := slotFlag(fs, "s")
+			keySlot := slotFlag(fs, "key-slot")
+			trust := fs.Bool("y", false, "")
+			pinFile := fs.String("pin-file", "", "")
+			return func(env *Env, v *luks.Volume, args []string) error {
+				name, cfg, err := pinConfig(args)
+				if err != nil {
+					return err
+				}
+				v.PinOptions.Trust = *trust
+				v.PinOptions.PIN = pinAsker(env, *pinFile)
+				// Check the device before asking for a passphrase.
+				if _, err := v.Header(); err != nil {
+					return luksError(err, v.Path)
+				}
+				key, err := readKey(env, *keyFile, v.Path)
+				if err != nil {
+					return err
+				}
+				defer clear(key)
+				n, err := v.Bind(context.Background(), luks.BindOptions{Pin: name, Config: cfg, Key: key, KeySlot: *keySlot, Slot: *slot})
+				if err != nil {
+					cmd := "tether luks bind -d " + v.Path
+					if *keyFile != "" {
+						cmd += " -k " + *keyFile
+					}
+					return plainCredentialsHint(luksError(err, v.Path), cmd, name, cfg)
+				}
+				fmt.Fprintf(env.Stderr, "tether: bound keyslot %d of %s to %s\n", n, v.Path, name)
+				return nil
+			}
+		})
+}
+
 const luksUnbindUsage = `Usage: tether luks unbind -d DEV -s SLOT
 
 Remove the binding of keyslot SLOT: the keyslot is wiped first, then its
@@ -655,6 +266,23 @@ Options:
 Example:
   $ sudo tether luks unbind -d /dev/sda2 -s 1
 `
+
+func luksUnbindCmd() *command.Command {
+	return luksCommand("luks unbind", "remove a binding (its keyslot and token)", luksUnbindUsage,
+		func(fs *flag.FlagSet) func(*Env, *luks.Volume, []string) error {
+			slot := slotFlag(fs, "s")
+			return func(env *Env, v *luks.Volume, args []string) error {
+				if len(args) != 0 || *slot < 0 {
+					return command.Usagef("want -d DEV -s SLOT and no arguments")
+				}
+				if err := v.Unbind(context.Background(), *slot); err != nil {
+					return withListHint(luksError(err, v.Path), v.Path)
+				}
+				fmt.Fprintf(env.Stderr, "tether: removed the binding of keyslot %d of %s\n", *slot, v.Path)
+				return nil
+			}
+		})
+}
 
 const luksPassUsage = `Usage: tether luks pass -d DEV -s SLOT [--pin-file F]
 
@@ -672,6 +300,27 @@ land in a terminal's scrollback or a file.
 Example:
   $ sudo tether luks pass -d disk.img -s 1 | sudo cryptsetup open --test-passphrase --key-slot 1 --key-file - disk.img
 `
+
+func luksPassCmd() *command.Command {
+	return luksCommand("luks pass", "print the passphrase of a bound keyslot", luksPassUsage,
+		func(fs *flag.FlagSet) func(*Env, *luks.Volume, []string) error {
+			slot := slotFlag(fs, "s")
+			pinFile := fs.String("pin-file", "", "")
+			return func(env *Env, v *luks.Volume, args []string) error {
+				if len(args) != 0 || *slot < 0 {
+					return command.Usagef("want -d DEV -s SLOT and no arguments")
+				}
+				v.PinOptions.PIN = pinAsker(env, *pinFile)
+				pass, err := v.Passphrase(context.Background(), *slot)
+				if err != nil {
+					return withListHint(luksError(err, v.Path), v.Path)
+				}
+				defer clear(pass)
+				_, err = env.Stdout.Write(pass)
+				return err
+			}
+		})
+}
 
 const luksListUsage = `Usage: tether luks list -d DEV [-s SLOT]
 
@@ -693,6 +342,45 @@ Example:
   2: smb(\\nas\keys\ha.key, credentials protected by tang(http://keys.lan))
 `
 
+func luksListCmd() *command.Command {
+	return luksCommand("luks list", "list the bindings of a LUKS2 volume", luksListUsage,
+		func(fs *flag.FlagSet) func(*Env, *luks.Volume, []string) error {
+			slot := slotFlag(fs, "s")
+			return func(env *Env, v *luks.Volume, args []string) error {
+				if len(args) != 0 {
+					return command.Usagef("list takes no arguments")
+				}
+				h, err := v.Header()
+				if err != nil {
+					return luksError(err, v.Path)
+				}
+				for _, b := range luks.Bindings(h) {
+					if *slot >= 0 && b.Slot != *slot {
+						continue
+					}
+					if b.Err != nil {
+						fmt.Fprintf(env.Stdout, "%d: ? (%v)\n", b.Slot, b.Err)
+						continue
+					}
+					name, cfg, err := luks.ConfigOf(b.JWE)
+					if err != nil {
+						// Pins whose configuration is not rebuilt (it would
+						// need a password or a device identity) are described:
+						// where the key comes from, never a credential.
+						fmt.Fprintf(env.Stdout, "%d: %s\n", b.Slot, pin.Describe(b.JWE))
+						continue
+					}
+					fmt.Fprintf(env.Stdout, "%d: %s '%s'\n", b.Slot, name, cfg)
+				}
+				printLeftovers(env, h, v.Path)
+				for _, w := range h.Warnings {
+					fmt.Fprintf(env.Stderr, "tether: warning: %s\n", w)
+				}
+				return nil
+			}
+		})
+}
+
 const luksRepairUsage = `Usage: tether luks repair -d DEV
 
 Finish or roll back binding changes that were interrupted (power loss,
@@ -703,6 +391,19 @@ by themselves; list and report only show what is left.
 
 Options:
 ` + luksCommon
+
+func luksRepairCmd() *command.Command {
+	return luksCommand("luks repair", "finish or roll back interrupted binding changes", luksRepairUsage,
+		func(fs *flag.FlagSet) func(*Env, *luks.Volume, []string) error {
+			return func(env *Env, v *luks.Volume, args []string) error {
+				if len(args) != 0 {
+					return command.Usagef("repair takes no arguments")
+				}
+				_, err := v.Repair(context.Background())
+				return luksError(err, v.Path)
+			}
+		})
+}
 
 const luksRegenUsage = `Usage: tether luks regen -d DEV -s SLOT [-k KEYFILE|-] [-y] [--pin-file F] [PIN CONFIG]
 
@@ -730,6 +431,49 @@ Example:
   $ sudo tether luks report -d /dev/sda2 || sudo tether luks regen -d /dev/sda2 -s 1
 `
 
+func luksRegenCmd() *command.Command {
+	return luksCommand("luks regen", "rebind a keyslot with a fresh passphrase (after key rotation)", luksRegenUsage,
+		func(fs *flag.FlagSet) func(*Env, *luks.Volume, []string) error {
+			slot := slotFlag(fs, "s")
+			keyFile := fs.String("k", "", "")
+			trust := fs.Bool("y", false, "")
+			pinFile := fs.String("pin-file", "", "")
+			return func(env *Env, v *luks.Volume, args []string) error {
+				if *slot < 0 {
+					return command.Usagef("which keyslot? give it with -s SLOT")
+				}
+				v.PinOptions.PIN = pinAsker(env, *pinFile)
+				o := luks.RegenOptions{Slot: *slot}
+				var err error
+				if len(args) > 0 {
+					if o.Pin, o.Config, err = pinConfig(args); err != nil {
+						return err
+					}
+				}
+				v.PinOptions.Trust = *trust
+				if *keyFile != "" {
+					if o.Key, err = readKey(env, *keyFile, v.Path); err != nil {
+						return err
+					}
+					defer clear(o.Key)
+				}
+				n, err := v.Regen(context.Background(), o)
+				if err != nil {
+					if _, ok := errors.AsType[*pin.PlainCredentialsError](err); ok {
+						return plainCredentialsHint(err, fmt.Sprintf("tether luks regen -d %s -s %d", v.Path, *slot), o.Pin, o.Config)
+					}
+					err = luksError(err, v.Path)
+					if !command.HasHint(err) {
+						err = command.WithHint(err, "if the binding's server is gone for good, give an existing passphrase with -k and a new PIN CONFIG")
+					}
+					return err
+				}
+				fmt.Fprintf(env.Stderr, "tether: keyslot %d of %s is rebound as keyslot %d\n", *slot, v.Path, n)
+				return nil
+			}
+		})
+}
+
 const luksReportUsage = `Usage: tether luks report -d DEV
 
 Check every binding's Tang keys against what the servers advertise now
@@ -746,6 +490,50 @@ Example:
   $ tether luks report -d disk.img
   1: tang(http://keys.lan): rotated key at http://keys.lan
 `
+
+func luksReportCmd() *command.Command {
+	return luksCommand("luks report", "report bindings that use rotated Tang keys", luksReportUsage,
+		func(fs *flag.FlagSet) func(*Env, *luks.Volume, []string) error {
+			return func(env *Env, v *luks.Volume, args []string) error {
+				if len(args) != 0 {
+					return command.Usagef("report takes no arguments")
+				}
+				h, err := v.Header()
+				if err != nil {
+					return luksError(err, v.Path)
+				}
+				checks, err := v.Report(context.Background())
+				if err != nil {
+					return luksError(err, v.Path)
+				}
+				if len(checks) == 0 {
+					fmt.Fprintf(env.Stderr, "tether: %s has no clevis or tether bindings\n", v.Path)
+				}
+				stale, unknown := 0, 0
+				for _, c := range checks {
+					state := "ok"
+					switch {
+					case len(c.Rotated) > 0:
+						stale++
+						state = "rotated key at " + strings.Join(c.Rotated, ", ")
+					case len(c.Unknown) > 0:
+						unknown++
+						state = "unknown: " + strings.Join(c.Unknown, "; ")
+					}
+					fmt.Fprintf(env.Stdout, "%d: %s: %s\n", c.Slot, c.Policy, state)
+				}
+				printLeftovers(env, h, v.Path)
+				if stale > 0 {
+					return command.WithHint(fmt.Errorf("%d binding(s) of %s use keys their servers no longer advertise", stale, v.Path),
+						"rebind them with \"tether luks regen -d %s -s SLOT\"; they still unlock until the old keys are deleted", v.Path)
+				}
+				if unknown > 0 {
+					return fmt.Errorf("%d binding(s) of %s could not be checked", unknown, v.Path)
+				}
+				return nil
+			}
+		})
+}
 
 const luksUnlockUsage = `Usage: tether luks unlock -d DEV [-n NAME] [--test] [--readonly] [--pin-file F]
 
@@ -767,6 +555,60 @@ Examples:
   $ sudo tether luks unlock -d /dev/sda2 -n data && mount /dev/mapper/data /srv
   $ tether luks unlock -d disk.img --test
 `
+
+func luksUnlockCmd() *command.Command {
+	return luksCommand("luks unlock", "unlock a LUKS2 volume with its bindings, all tried at once", luksUnlockUsage,
+		func(fs *flag.FlagSet) func(*Env, *luks.Volume, []string) error {
+			name := fs.String("n", "", "")
+			test := fs.Bool("test", false, "")
+			readonly := fs.Bool("readonly", false, "")
+			pinFile := fs.String("pin-file", "", "")
+			return func(env *Env, v *luks.Volume, args []string) error {
+				if len(args) != 0 {
+					return command.Usagef("unlock takes no arguments")
+				}
+				h, err := v.Header()
+				if err != nil {
+					return luksError(err, v.Path)
+				}
+				// Every binding is tried at once, each against its own
+				// deadline: a PIN is asked for before they start.
+				v.PinOptions.PIN = pinAsker(env, *pinFile)
+				var jwes []*jose.JWE
+				for _, b := range luks.Bindings(h) {
+					if b.Err == nil {
+						jwes = append(jwes, b.JWE)
+					}
+				}
+				if err := askFirst(v.PinOptions, jwes...); err != nil {
+					return err
+				}
+				o := luks.UnlockOptions{}
+				if !*test {
+					o.Name = *name
+					if o.Name == "" {
+						o.Name = "luks-" + h.UUID
+					}
+					if !luks.DeviceMapperAvailable() {
+						return command.WithHint(luks.ErrNoDeviceMapper, "use --test to check that a binding unlocks it, or load dm_crypt (modprobe dm_crypt)")
+					}
+					if *readonly {
+						o.Open = append(o.Open, "--readonly")
+					}
+				}
+				u, err := v.Unlock(context.Background(), o)
+				if err != nil {
+					return luksError(err, v.Path)
+				}
+				if o.Name != "" {
+					fmt.Fprintf(env.Stderr, "tether: opened %s as /dev/mapper/%s with keyslot %d (%s)\n", v.Path, o.Name, u.Slot, u.Policy)
+				} else {
+					fmt.Fprintf(env.Stderr, "tether: keyslot %d of %s unlocks (%s)\n", u.Slot, v.Path, u.Policy)
+				}
+				return nil
+			}
+		})
+}
 
 const luksEncryptUsage = `Usage: tether luks encrypt -d DEV [-y] [--force] [--recovery-file PATH | --no-recovery] PIN CONFIG
 
@@ -826,6 +668,67 @@ Examples:
   $ truncate -s +32M data.img   # an image file whose filesystem fills it
 `
 
+func luksEncryptCmd() *command.Command {
+	return luksCommand("luks encrypt", "encrypt a filesystem in place and bind it (resumable)", luksEncryptUsage,
+		func(fs *flag.FlagSet) func(*Env, *luks.Volume, []string) error {
+			trust := fs.Bool("y", false, "")
+			force := fs.Bool("force", false, "")
+			recoveryFile := fs.String("recovery-file", "", "")
+			noRecovery := fs.Bool("no-recovery", false, "")
+			return func(env *Env, v *luks.Volume, args []string) error {
+				name, cfg, err := pinConfig(args)
+				if err != nil {
+					return err
+				}
+				if *noRecovery && *recoveryFile != "" {
+					return command.Usagef("--no-recovery and --recovery-file exclude each other")
+				}
+				v.PinOptions.Trust = *trust
+				o := luks.EncryptOptions{
+					Pin: name, Config: cfg, Force: *force, Progress: env.Stderr,
+					RecoveryFile: *recoveryFile, NoRecovery: *noRecovery,
+				}
+				if !*noRecovery && *recoveryFile == "" {
+					o.Recovery = env.Stdout
+				}
+				slot, err := v.Encrypt(context.Background(), o)
+				var done *luks.AlreadyBoundError
+				if errors.As(err, &done) {
+					fmt.Fprintf(env.Stderr, "tether: %s is %v\n", v.Path, err)
+					return nil
+				}
+				if err != nil {
+					if _, ok := errors.AsType[*pin.PlainCredentialsError](err); ok {
+						// Nothing was lost: the same command with a fixed
+						// configuration resumes and binds.
+						return plainCredentialsHint(err, "tether luks encrypt -d "+v.Path, name, cfg)
+					}
+					if _, ok := errors.AsType[*luks.BindFirstError](err); ok {
+						return command.WithHint(err, "%s is untouched: make the binding work (is the server up? tether adv URL checks a tang or tether server) and run the same command again", v.Path)
+					}
+					var ne *luks.NotEncryptableError
+					if errors.As(err, &ne) && ne.Hint != "" {
+						return command.WithHint(err, "%s", ne.Hint)
+					}
+					if !errors.Is(err, luks.ErrLUKS1) && !errors.Is(err, os.ErrNotExist) {
+						return command.WithHint(err, "run the same command again: it resumes where it stopped")
+					}
+					return luksError(err, v.Path)
+				}
+				switch {
+				case *noRecovery:
+					fmt.Fprintf(env.Stderr, "tether: %s is encrypted and bound (keyslot %d); it has no recovery passphrase: the binding is the only way in\n", v.Path, slot)
+				case *recoveryFile != "":
+					fmt.Fprintf(env.Stderr, "tether: %s is encrypted and bound (keyslot %d); the recovery passphrase is in %s (cryptsetup --key-file takes it as it is)\n", v.Path, slot, *recoveryFile)
+				default:
+					endLineOnTerminal(env)
+					fmt.Fprintf(env.Stderr, "tether: %s is encrypted and bound (keyslot %d); the recovery passphrase is on stdout: write it down, it is not shown again\n", v.Path, slot)
+				}
+				return nil
+			}
+		})
+}
+
 const luksCreateUsage = `Usage: tether luks create FILE --size SIZE [--fs ext4] [-y] PIN CONFIG
 
 Create a new LUKS2 container file of SIZE bytes (suffixes K, M, G, T),
@@ -847,4 +750,126 @@ Options:
 ` + luksCommon + `
 Example:
   $ tether luks create cloud_container.img --size 2G --fs ext4 tang '{"url":"http://keys.lan"}' -y > recovery.txt
+`
+
+func luksCreateCmd() *command.Command {
+	return &command.Command{
+		Name:    "luks create",
+		Summary: "create a new bound LUKS2 container file",
+		Usage:   luksCreateUsage,
+		Flags: func(fs *flag.FlagSet) func(*Env, []string) error {
+			lf := addLuksFlags(fs)
+			trust := fs.Bool("y", false, "")
+			size := fs.String("size", "", "")
+			fsType := fs.String("fs", "", "")
+			return func(env *Env, args []string) error {
+				if len(args) != 3 {
+					return command.Usagef("want FILE PIN CONFIG")
+				}
+				*lf.dev = args[0]
+				v, err := lf.volume(env)
+				if err != nil {
+					return err
+				}
+				name, cfg, err := pinConfig(args[1:])
+				if err != nil {
+					return err
+				}
+				if *size == "" {
+					return command.Usagef("how big? give the size with --size, e.g. --size 1G")
+				}
+				n, err := parseSize(*size)
+				if err != nil {
+					return command.Usagef("--size %s: %v", *size, err)
+				}
+				v.PinOptions.Trust = *trust
+				slot, err := v.Create(context.Background(), luks.CreateOptions{
+					Size: n, FS: *fsType, Pin: name, Config: cfg, Recovery: env.Stdout, Progress: env.Stderr,
+				})
+				if err != nil {
+					if _, ok := errors.AsType[*pin.PlainCredentialsError](err); ok {
+						cmd := "tether luks create --size " + *size
+						if *fsType != "" {
+							cmd += " --fs " + *fsType
+						}
+						return plainCredentialsHint(err, cmd+" "+v.Path, name, cfg)
+					}
+					if errors.Is(err, os.ErrExist) {
+						return command.WithHint(err, "create never overwrites: choose a new file name, or bind an existing volume with tether luks bind")
+					}
+					return luksError(err, v.Path)
+				}
+				endLineOnTerminal(env)
+				fmt.Fprintf(env.Stderr, "tether: created %s, bound in keyslot %d; the recovery passphrase is on stdout: write it down, it is not shown again\n", v.Path, slot)
+				return nil
+			}
+		},
+	}
+}
+
+// endLineOnTerminal ends the line of a recovery passphrase printed on a
+// terminal. Redirected, stdout holds the bare passphrase, which cryptsetup
+// --key-file takes byte for byte (a newline would be part of it).
+func endLineOnTerminal(env *Env) {
+	if f, ok := env.Stdout.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
+		fmt.Fprintln(env.Stdout)
+	}
+}
+
+// parseSize parses sizes like 4096, 512K, 128M, 1G, 2T (powers of 1024;
+// an optional "iB" or "B" suffix is accepted).
+func parseSize(s string) (int64, error) {
+	t := strings.TrimSuffix(strings.TrimSuffix(strings.ToUpper(s), "B"), "I")
+	mult := int64(1)
+	if t != "" {
+		switch t[len(t)-1] {
+		case 'K':
+			mult = 1 << 10
+		case 'M':
+			mult = 1 << 20
+		case 'G':
+			mult = 1 << 30
+		case 'T':
+			mult = 1 << 40
+		}
+		if mult > 1 {
+			t = t[:len(t)-1]
+		}
+	}
+	var n int64
+	if _, err := fmt.Sscan(t, &n); err != nil || n <= 0 || fmt.Sprint(n) != t {
+		return 0, errors.New("not a size (examples: 512M, 4G)")
+	}
+	if n > (1<<62)/mult {
+		return 0, errors.New("too large")
+	}
+	return n * mult, nil
+}
+
+func withListHint(err error, dev string) error {
+	if command.HasHint(err) {
+		return err
+	}
+	return command.WithHint(err, "see the bindings with \"tether luks list -d %s\"", dev)
+}
+
+func printLeftovers(env *Env, h *luks.Header, dev string) {
+	if luks.EncryptUnfinished(h) {
+		fmt.Fprintf(env.Stderr, "tether: warning: %s: an in-place encryption by tether luks encrypt is unfinished; its temporary key is in the header in clear (the subsystem label) until it is\n", dev)
+		fmt.Fprintf(env.Stderr, "tether: hint: run the same \"tether luks encrypt -d %s ...\" command again: it finishes the job and removes the key\n", dev)
+	}
+	lo := luks.Leftovers(h)
+	for _, l := range lo {
+		fmt.Fprintf(env.Stderr, "tether: warning: interrupted change: %s\n", l.What)
+	}
+	if len(lo) > 0 {
+		fmt.Fprintf(env.Stderr, "tether: hint: \"tether luks repair -d %s\" finishes or rolls it back (bind, unbind and regen do so first too)\n", dev)
+	}
+}
+
+const luksCommon = `  -d DEV          the LUKS2 device or image file (required)
+  --state-dir DIR where header backups, locks and encryption state live
+                  (default $TETHER_LUKS_STATE_DIR, else /var/lib/tether/luks;
+                  root only, mode 0700)
+  --timeout D     bound for each pin's network exchange (default 10s)
 `

@@ -1,6 +1,8 @@
 package cli
 
 import (
+	"github.com/tether-nbde/tether/internal/command"
+
 	"bytes"
 	"errors"
 	"fmt"
@@ -81,7 +83,7 @@ func readPINTerminal(env *Env, prompt string, confirm bool) ([]byte, error) {
 		if tty != nil {
 			tty.Close()
 		}
-		return nil, withHint(errNoTerminal,
+		return nil, command.WithHint(errNoTerminal,
 			"give it with --pin-file FILE (a file holding only the PIN, or /dev/fd/N for a pipe)")
 	}
 	defer tty.Close()

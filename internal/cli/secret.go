@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/tether-nbde/tether/internal/atomicfile"
+	"github.com/tether-nbde/tether/internal/command"
 	"github.com/tether-nbde/tether/jose"
 	"github.com/tether-nbde/tether/luks"
 	"github.com/tether-nbde/tether/pin"
@@ -23,27 +24,73 @@ import (
 // device): tether-secret@.service does not restart on it.
 const secretRefused = 3
 
-func init() {
-	register(&command{
-		name:    "secret open",
-		summary: "decrypt a sealed secret file (any pin) into place, e.g. under /run at boot",
-		usage:   secretOpenUsage,
-		flags: func(fs *flag.FlagSet) func(*Env, []string) error {
+const secretOpenUsage = `Usage: tether secret open [--owner USER[:GROUP]] [--mode MODE] [--timeout D] [--pin-file F] JWE OUT
+
+Decrypt the sealed secret JWE (a file made by tether encrypt or clevis
+encrypt, with any pin: tpm2, tang, sss, managed...) and write it to OUT,
+readable by its owner only: root, or USER (and GROUP with --mode 0440).
+The file is written atomically: it gets its owner and mode before the
+secret goes in, and replaces OUT only when complete; on any failure OUT is
+left as it was. OUT's directory is made (mode 0711, whatever the umask)
+if missing; if it exists and USER cannot pass it, a warning says so.
+Nothing of the secret reaches argv, stdout or the log.
+
+This is what tether-secret@NAME.service runs at boot, for files such as
+TrueNAS's pwenc_secret that a service needs in the clear while the disk
+only holds them sealed:
+  /etc/tether/secrets/NAME.jwe   the sealed file
+  /etc/tether/secrets/NAME.conf  optional: OPTIONS=--owner USER --mode 0400
+  /run/tether/secrets/NAME       the secret, while the unit is active
+A service that needs it orders itself after the unit, or lets systemd hand
+it over as a credential, readable by that service alone:
+  [Unit]
+  Requires=tether-secret@NAME.service
+  After=tether-secret@NAME.service
+  [Service]
+  LoadCredential=NAME:/run/tether/secrets/NAME
+  (the service reads $CREDENTIALS_DIRECTORY/NAME)
+
+Exit status: 0 written; 1 failed (a server not answering: try again);
+2 wrong use; 3 refused for good (a PCR policy that does not hold in this
+boot, a revoked device, a PIN needed with nobody to ask): the unit does
+not restart on it.
+
+Options:
+  --owner U[:G]   owner of OUT (name or number; default root, group: U's)
+  --mode MODE     permission bits of OUT, octal (default 0400); bits for
+                  other users are refused
+  --timeout D     bound for each network exchange (default 10s)
+  --pin-file F    the PIN of a tpm2 pin sealed "with_pin" (first line;
+                  /dev/fd/N for a pipe); default: asked on the terminal
+
+Examples (as root):
+  # mkdir -p /etc/tether/secrets
+  # tether encrypt tpm2 '{"pcr_ids":"7"}' < /data/pwenc_secret > /etc/tether/secrets/pwenc_secret.jwe
+  # tether secret open --owner www-data /etc/tether/secrets/pwenc_secret.jwe /run/tether/secrets/pwenc_secret
+  # systemctl enable --now tether-secret@pwenc_secret.service
+`
+
+func secretOpenCmd() *command.Command {
+	return &command.Command{
+		Name:    "secret open",
+		Summary: "decrypt a sealed secret file (any pin) into place, e.g. under /run at boot",
+		Usage:   secretOpenUsage,
+		Flags: func(fs *flag.FlagSet) func(*Env, []string) error {
 			owner := fs.String("owner", "", "")
 			mode := fs.String("mode", "0400", "")
 			timeout := fs.Duration("timeout", pin.DefaultTimeout, "")
 			pinFile := fs.String("pin-file", "", "")
 			return func(env *Env, args []string) error {
 				if len(args) != 2 {
-					return usagef("want JWE and OUT: the sealed file and where its secret goes")
+					return command.Usagef("want JWE and OUT: the sealed file and where its secret goes")
 				}
 				in, out := args[0], args[1]
 				perm, err := strconv.ParseUint(*mode, 8, 32)
 				if err != nil || perm&^0o777 != 0 {
-					return usagef("--mode %q: want octal permission bits such as 0400 or 0440", *mode)
+					return command.Usagef("--mode %q: want octal permission bits such as 0400 or 0440", *mode)
 				}
 				if perm&0o007 != 0 {
-					return usagef("--mode %s lets every user read the secret; give the reader --owner USER[:GROUP] and a mode such as 0400 or 0440", *mode)
+					return command.Usagef("--mode %s lets every user read the secret; give the reader --owner USER[:GROUP] and a mode such as 0400 or 0440", *mode)
 				}
 				uid, gid, err := lookupOwner(*owner)
 				if err != nil {
@@ -51,7 +98,7 @@ func init() {
 				}
 				data, err := os.ReadFile(in)
 				if err != nil {
-					return withHint(fmt.Errorf("read the sealed secret: %w", err),
+					return command.WithHint(fmt.Errorf("read the sealed secret: %w", err),
 						"make it with: tether encrypt PIN CONFIG < secret > %s", in)
 				}
 				if len(data) > maxInput {
@@ -59,12 +106,12 @@ func init() {
 				}
 				j, err := jose.ParseCompact(strings.TrimSpace(string(data)))
 				if err != nil {
-					return withHint(fmt.Errorf("%s: %w", in, err), "give a compact JWE as tether encrypt or clevis encrypt write it")
+					return command.WithHint(fmt.Errorf("%s: %w", in, err), "give a compact JWE as tether encrypt or clevis encrypt write it")
 				}
 				o := pin.Options{Timeout: *timeout, PIN: pinAsker(env, *pinFile)}
 				if err := askFirst(o, j); err != nil {
 					if errors.Is(err, errNoTerminal) {
-						return exitError{secretRefused, err}
+						return command.ExitError{Code: secretRefused, Err: err}
 					}
 					return err
 				}
@@ -74,7 +121,7 @@ func init() {
 				if err != nil {
 					err = fmt.Errorf("decrypt %s (%s): %w", in, pin.Describe(j), err)
 					if pin.IsPermanent(err) {
-						return exitError{secretRefused, err}
+						return command.ExitError{Code: secretRefused, Err: err}
 					}
 					return err
 				}
@@ -94,32 +141,69 @@ func init() {
 				return nil
 			}
 		},
-	})
-	register(&command{
-		name:    "secret regen",
-		summary: "re-encrypt a sealed secret file under its own policy, e.g. after an update",
-		usage:   secretRegenUsage,
-		flags: func(fs *flag.FlagSet) func(*Env, []string) error {
+	}
+}
+
+const secretRegenUsage = `Usage: tether secret regen [-y] [--timeout D] [--pin-file F] JWE
+
+Re-encrypt the sealed file JWE under its own policy, rebuilt from it as
+tether luks regen does: every tpm2 part, also inside sss, is sealed to the
+PCR values of now (run it after booting into the updated state), a tang
+part to its server's current keys (trusted through the old signing key,
+or with -y). The secret must still decrypt: inside sss another pin (tang)
+does it when the tpm2 part no longer matches its PCRs. The new JWE must
+decrypt to the same secret before it replaces JWE, atomically, with the
+same mode; otherwise JWE is left as it was. A tpm2 part made "with_pin"
+keeps its PIN.
+
+Options:
+  -y             trust a Tang advertisement without a thumbprint
+  --timeout D    bound for each network exchange (default 10s)
+  --pin-file F   the PIN of a tpm2 part made "with_pin" (first line;
+                 /dev/fd/N for a pipe); default: asked on the terminal
+
+Example (as root, after a kernel update and a reboot that tang unlocked):
+  # tether secret regen /etc/tether/secrets/pwenc_secret.jwe
+`
+
+func secretRegenCmd() *command.Command {
+	return &command.Command{
+		Name:    "secret regen",
+		Summary: "re-encrypt a sealed secret file under its own policy, e.g. after an update",
+		Usage:   secretRegenUsage,
+		Flags: func(fs *flag.FlagSet) func(*Env, []string) error {
 			trust := fs.Bool("y", false, "")
 			timeout := fs.Duration("timeout", pin.DefaultTimeout, "")
 			pinFile := fs.String("pin-file", "", "")
 			return func(env *Env, args []string) error {
 				if len(args) != 1 {
-					return usagef("want JWE: the sealed file to re-encrypt")
+					return command.Usagef("want JWE: the sealed file to re-encrypt")
 				}
 				return secretRegen(env, args[0], pin.Options{Trust: *trust, Timeout: *timeout, Warn: env.Stderr,
 					PIN: pinAsker(env, *pinFile)})
 			}
 		},
-	})
-	register(&command{
-		name:    "secret close",
-		summary: "remove a secret tether secret open wrote",
-		usage:   secretCloseUsage,
-		flags: func(fs *flag.FlagSet) func(*Env, []string) error {
+	}
+}
+
+const secretCloseUsage = `Usage: tether secret close OUT
+
+Remove a secret tether secret open wrote (a missing file is not an
+error). tether-secret@NAME.service runs it when stopped.
+
+Example:
+  $ sudo tether secret close /run/tether/secrets/pwenc_secret
+`
+
+func secretCloseCmd() *command.Command {
+	return &command.Command{
+		Name:    "secret close",
+		Summary: "remove a secret tether secret open wrote",
+		Usage:   secretCloseUsage,
+		Flags: func(fs *flag.FlagSet) func(*Env, []string) error {
 			return func(env *Env, args []string) error {
 				if len(args) != 1 {
-					return usagef("want OUT: the file tether secret open wrote")
+					return command.Usagef("want OUT: the file tether secret open wrote")
 				}
 				if err := os.Remove(args[0]); err != nil && !errors.Is(err, os.ErrNotExist) {
 					return fmt.Errorf("remove the secret %s: %w", args[0], err)
@@ -127,7 +211,7 @@ func init() {
 				return nil
 			}
 		},
-	})
+	}
 }
 
 // secretRegen decrypts the JWE file at path, encrypts the secret again
@@ -148,7 +232,7 @@ func secretRegen(env *Env, path string, o pin.Options) error {
 	}
 	j, err := jose.ParseCompact(strings.TrimSpace(string(data)))
 	if err != nil {
-		return withHint(fmt.Errorf("%s: %w", path, err), "give a compact JWE as tether encrypt or clevis encrypt write it")
+		return command.WithHint(fmt.Errorf("%s: %w", path, err), "give a compact JWE as tether encrypt or clevis encrypt write it")
 	}
 	if err := askFirst(o, j); err != nil {
 		return err
@@ -158,13 +242,13 @@ func secretRegen(env *Env, path string, o pin.Options) error {
 	secret, err := pin.Decrypt(dctx, j, o)
 	cancel()
 	if err != nil {
-		return withHint(fmt.Errorf("decrypt %s (%s): %w", path, pin.Describe(j), err),
+		return command.WithHint(fmt.Errorf("decrypt %s (%s): %w", path, pin.Describe(j), err),
 			"if no pin of its policy can decrypt it any more, encrypt the secret again from its source: tether encrypt PIN CONFIG < SECRET > %s", path)
 	}
 	defer clear(secret)
 	name, cfg, err := luks.RegenConfig(ctx, j, o.PerTry())
 	if err != nil {
-		return withHint(fmt.Errorf("rebuild the policy of %s: %w", path, err),
+		return command.WithHint(fmt.Errorf("rebuild the policy of %s: %w", path, err),
 			"encrypt the secret again with an explicit policy: tether decrypt < %s | tether encrypt PIN CONFIG > NEW.jwe", path)
 	}
 	nj, err := pin.Encrypt(ctx, name, cfg, secret, o)
@@ -196,7 +280,7 @@ func lookupOwner(s string) (uid, gid int, err error) {
 	u, err := user.Lookup(name)
 	if err != nil {
 		if u, err = user.LookupId(name); err != nil {
-			return 0, 0, usagef("--owner %s: no user %q on this system (getent passwd %s)", s, name, name)
+			return 0, 0, command.Usagef("--owner %s: no user %q on this system (getent passwd %s)", s, name, name)
 		}
 	}
 	uid, _ = strconv.Atoi(u.Uid)
@@ -205,7 +289,7 @@ func lookupOwner(s string) (uid, gid int, err error) {
 		g, err := user.LookupGroup(group)
 		if err != nil {
 			if g, err = user.LookupGroupId(group); err != nil {
-				return 0, 0, usagef("--owner %s: no group %q on this system (getent group %s)", s, group, group)
+				return 0, 0, command.Usagef("--owner %s: no group %q on this system (getent group %s)", s, group, group)
 			}
 		}
 		gid, _ = strconv.Atoi(g.Gid)
@@ -272,80 +356,3 @@ func writeSecret(path string, data []byte, perm os.FileMode, uid, gid int) (err 
 	}
 	return nil
 }
-
-const secretOpenUsage = `Usage: tether secret open [--owner USER[:GROUP]] [--mode MODE] [--timeout D] [--pin-file F] JWE OUT
-
-Decrypt the sealed secret JWE (a file made by tether encrypt or clevis
-encrypt, with any pin: tpm2, tang, sss, managed...) and write it to OUT,
-readable by its owner only: root, or USER (and GROUP with --mode 0440).
-The file is written atomically: it gets its owner and mode before the
-secret goes in, and replaces OUT only when complete; on any failure OUT is
-left as it was. OUT's directory is made (mode 0711, whatever the umask)
-if missing; if it exists and USER cannot pass it, a warning says so.
-Nothing of the secret reaches argv, stdout or the log.
-
-This is what tether-secret@NAME.service runs at boot, for files such as
-TrueNAS's pwenc_secret that a service needs in the clear while the disk
-only holds them sealed:
-  /etc/tether/secrets/NAME.jwe   the sealed file
-  /etc/tether/secrets/NAME.conf  optional: OPTIONS=--owner USER --mode 0400
-  /run/tether/secrets/NAME       the secret, while the unit is active
-A service that needs it orders itself after the unit, or lets systemd hand
-it over as a credential, readable by that service alone:
-  [Unit]
-  Requires=tether-secret@NAME.service
-  After=tether-secret@NAME.service
-  [Service]
-  LoadCredential=NAME:/run/tether/secrets/NAME
-  (the service reads $CREDENTIALS_DIRECTORY/NAME)
-
-Exit status: 0 written; 1 failed (a server not answering: try again);
-2 wrong use; 3 refused for good (a PCR policy that does not hold in this
-boot, a revoked device, a PIN needed with nobody to ask): the unit does
-not restart on it.
-
-Options:
-  --owner U[:G]   owner of OUT (name or number; default root, group: U's)
-  --mode MODE     permission bits of OUT, octal (default 0400); bits for
-                  other users are refused
-  --timeout D     bound for each network exchange (default 10s)
-  --pin-file F    the PIN of a tpm2 pin sealed "with_pin" (first line;
-                  /dev/fd/N for a pipe); default: asked on the terminal
-
-Examples (as root):
-  # mkdir -p /etc/tether/secrets
-  # tether encrypt tpm2 '{"pcr_ids":"7"}' < /data/pwenc_secret > /etc/tether/secrets/pwenc_secret.jwe
-  # tether secret open --owner www-data /etc/tether/secrets/pwenc_secret.jwe /run/tether/secrets/pwenc_secret
-  # systemctl enable --now tether-secret@pwenc_secret.service
-`
-
-const secretRegenUsage = `Usage: tether secret regen [-y] [--timeout D] [--pin-file F] JWE
-
-Re-encrypt the sealed file JWE under its own policy, rebuilt from it as
-tether luks regen does: every tpm2 part, also inside sss, is sealed to the
-PCR values of now (run it after booting into the updated state), a tang
-part to its server's current keys (trusted through the old signing key,
-or with -y). The secret must still decrypt: inside sss another pin (tang)
-does it when the tpm2 part no longer matches its PCRs. The new JWE must
-decrypt to the same secret before it replaces JWE, atomically, with the
-same mode; otherwise JWE is left as it was. A tpm2 part made "with_pin"
-keeps its PIN.
-
-Options:
-  -y             trust a Tang advertisement without a thumbprint
-  --timeout D    bound for each network exchange (default 10s)
-  --pin-file F   the PIN of a tpm2 part made "with_pin" (first line;
-                 /dev/fd/N for a pipe); default: asked on the terminal
-
-Example (as root, after a kernel update and a reboot that tang unlocked):
-  # tether secret regen /etc/tether/secrets/pwenc_secret.jwe
-`
-
-const secretCloseUsage = `Usage: tether secret close OUT
-
-Remove a secret tether secret open wrote (a missing file is not an
-error). tether-secret@NAME.service runs it when stopped.
-
-Example:
-  $ sudo tether secret close /run/tether/secrets/pwenc_secret
-`

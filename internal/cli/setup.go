@@ -25,10 +25,21 @@ import (
 	"golang.org/x/term"
 
 	"github.com/tether-nbde/tether/boot"
+	"github.com/tether-nbde/tether/internal/command"
 	"github.com/tether-nbde/tether/luks"
 	"github.com/tether-nbde/tether/pin"
 	smbpin "github.com/tether-nbde/tether/pin/smb"
 )
+
+// keySource is one place the key lives, as setup asks for it.
+type keySource struct {
+	pin  string         // tang, smb, https, tpm2
+	cfg  map[string]any // the pin's configuration
+	desc string         // for the person
+	// secret is set when the configuration names a password or token
+	// file: it must be protected by another pin or stored in the clear.
+	secret bool
+}
 
 const setupUsage = `Usage: tether setup
        tether setup (-d DEV | --create FILE --size SIZE) KEY-SOURCE [KEY-SOURCE] [OPTIONS]
@@ -128,14 +139,36 @@ Examples:
   $ sudo tether setup -d /dev/sdb1 -k - --tpm --server http://keys.lan:7500 --trust-server --need any
 `
 
-// keySource is one place the key lives, as setup asks for it.
-type keySource struct {
-	pin  string         // tang, smb, https, tpm2
-	cfg  map[string]any // the pin's configuration
-	desc string         // for the person
-	// secret is set when the configuration names a password or token
-	// file: it must be protected by another pin or stored in the clear.
-	secret bool
+// setupFlags are the flags of "tether setup": the disk, the key sources
+// and how they combine.
+type setupFlags struct {
+	dev         *string
+	create      *string
+	size        *string
+	keyFile     *string
+	name        *string
+	mount       *string
+	recovery    *string
+	confirm     *string
+	root        *string
+	bin         *string
+	timeout     *time.Duration
+	trustServer *bool
+	smbURL      *string
+	smbUser     *string
+	smbPass     *string
+	smbCreate   *bool
+	httpsURL    *string
+	httpsPin    *string
+	trustHTTPS  *bool
+	useTPM      *bool
+	pcr         *string
+	need        *string
+	plain       *bool
+	replace     *int
+	discover    *bool
+	servers     listFlag
+	thps        listFlag
 }
 
 // setupPlan is everything setup asked; nothing is changed until run.
@@ -164,164 +197,185 @@ type setupPlan struct {
 	noDiscover bool
 }
 
-func init() {
-	register(&command{
-		name:    "setup",
-		summary: "guided first run: make a disk unlock at boot from a server, a share, HTTPS or the TPM",
-		usage:   setupUsage,
-		flags: func(fs *flag.FlagSet) func(*Env, []string) error {
-			dev := fs.String("d", "", "")
-			create := fs.String("create", "", "")
-			size := fs.String("size", "", "")
-			keyFile := fs.String("k", "", "")
-			name := fs.String("n", "", "")
-			mount := fs.String("mount", "", "")
-			recovery := fs.String("recovery-file", "", "")
-			confirm := fs.String("confirm", "", "")
-			root := fs.String("root", "/", "")
-			bin := fs.String("bin", "", "")
-			timeout := fs.Duration("timeout", pin.DefaultTimeout, "")
-			var servers listFlag
-			fs.Var(&servers, "server", "")
-			var thps listFlag
-			fs.Var(&thps, "thp", "")
-			trustServer := fs.Bool("trust-server", false, "")
-			smbURL := fs.String("smb", "", "")
-			smbUser := fs.String("smb-user", "", "")
-			smbPass := fs.String("smb-password-file", "", "")
-			smbCreate := fs.Bool("smb-create", false, "")
-			httpsURL := fs.String("https", "", "")
-			httpsPin := fs.String("https-pin", "", "")
-			trustHTTPS := fs.Bool("trust-https", false, "")
-			useTPM := fs.Bool("tpm", false, "")
-			pcr := fs.String("pcr", "7", "")
-			need := fs.String("need", "all", "")
-			plain := fs.Bool("allow-plain-credentials", false, "")
-			replace := fs.Int("replace", -1, "")
-			discover := fs.Bool("discover", true, "")
-			return func(env *Env, args []string) error {
-				if len(args) != 0 {
-					return usagef("setup takes no arguments (see the flags)")
-				}
-				p := &setupPlan{replace: *replace, root: *root, bin: *bin, name: *name, mount: *mount, recovery: *recovery, need: *need, plain: *plain, timeout: *timeout}
-				p.noDiscover = !*discover
-				defer func() {
-					for _, c := range p.closers {
-						c.Close()
-					}
-				}()
-				var err error
-				if *dev == "" && *create == "" {
-					if len(servers) > 0 || *smbURL != "" || *httpsURL != "" || *useTPM {
-						return usagef("which disk? give -d DEV or --create FILE --size SIZE with the key sources (or no flags at all, at a terminal, to be asked)")
-					}
-					return setupInteractive(env, p)
-				}
-				ctx := context.Background()
-				switch {
-				case *dev != "" && *create != "":
-					return usagef("-d and --create exclude each other")
-				case *create != "":
-					if *size == "" {
-						return usagef("--create needs --size, e.g. --size 2G")
-					}
-					n, err := parseSize(*size)
-					if err != nil {
-						return usagef("--size %s: %v", *size, err)
-					}
-					p.dev, p.create, p.size = *create, true, n
-					if err := p.checkNewFile(); err != nil {
-						return err
-					}
-				default:
-					p.dev = *dev
-					if err := p.checkDevice(); err != nil {
-						return err
-					}
-					if *replace >= 0 {
-						if err := p.checkReplace(); err != nil {
-							return err
-						}
-					}
-					if !p.luks && *confirm != p.dev {
-						return withHint(fmt.Errorf("%s is not encrypted yet: setup would encrypt it in place", p.dev),
-							"back it up, make its last 32 MiB free, and confirm with --confirm %s", p.dev)
-					}
-				}
-				if *need != "all" && *need != "any" {
-					return usagef("--need is all or any, not %q", *need)
-				}
-				if len(thps) > len(servers) {
-					return usagef("%d --thp for %d --server: give one thumbprint per server, in the same order", len(thps), len(servers))
-				}
-				for i, s := range servers {
-					thp := ""
-					if i < len(thps) {
-						thp = thps[i]
-					}
-					src, err := serverSource(ctx, s, thp, *trustServer, *timeout)
-					if err != nil {
-						return err
-					}
-					if thp == "" {
-						fmt.Fprintf(env.Stderr, "tether: trusting %s as %s (--trust-server)\n", s, src.cfg["thp"])
-					}
-					p.sources = append(p.sources, src)
-				}
-				if *smbURL != "" {
-					src, err := smbSource(*smbURL, *smbUser, *smbPass)
-					if err != nil {
-						return err
-					}
-					p.sources = append(p.sources, src)
-				}
-				if *httpsURL != "" {
-					src, fp, err := httpsSource(ctx, *httpsURL, *httpsPin, *trustHTTPS, *timeout)
-					if err != nil {
-						return err
-					}
-					if *httpsPin == "" {
-						fmt.Fprintf(env.Stderr, "tether: trusting %s, whose key is %s (--trust-https)\n", *httpsURL, fp)
-					}
-					p.sources = append(p.sources, src)
-				}
-				if *useTPM {
-					p.sources = append(p.sources, tpmSource(*pcr))
-				}
-				switch len(p.sources) {
-				case 0:
-					return usagef("where does the key live? give --server, --smb, --https or --tpm")
-				case 1, 2:
-				default:
-					return usagef("give at most two key sources")
-				}
-				// Refuse a policy that would store a password in the clear
-				// before asking anyone anything.
-				if _, _, err := p.policy(); err != nil {
-					return err
-				}
-				for _, s := range p.sources {
-					if s.pin == "smb" && *smbCreate {
-						// The one change before the bind, asked for by name.
-						if err := createShareKey(ctx, s, *timeout); err != nil {
-							return err
-						}
-						fmt.Fprintf(env.Stderr, "tether: created %s with 64 random bytes\n", s.desc)
-					}
-					if err := trySource(ctx, s, p.timeout); err != nil {
-						return err
-					}
-				}
-				if p.luks {
-					if p.key, err = readKey(env, *keyFile, p.dev); err != nil {
-						return err
-					}
-					defer clear(p.key)
-				}
-				return p.run(ctx, env)
-			}
+func declareSetupFlags(fs *flag.FlagSet) *setupFlags {
+	f := &setupFlags{
+		dev:         fs.String("d", "", ""),
+		create:      fs.String("create", "", ""),
+		size:        fs.String("size", "", ""),
+		keyFile:     fs.String("k", "", ""),
+		name:        fs.String("n", "", ""),
+		mount:       fs.String("mount", "", ""),
+		recovery:    fs.String("recovery-file", "", ""),
+		confirm:     fs.String("confirm", "", ""),
+		root:        fs.String("root", "/", ""),
+		bin:         fs.String("bin", "", ""),
+		timeout:     fs.Duration("timeout", pin.DefaultTimeout, ""),
+		trustServer: fs.Bool("trust-server", false, ""),
+		smbURL:      fs.String("smb", "", ""),
+		smbUser:     fs.String("smb-user", "", ""),
+		smbPass:     fs.String("smb-password-file", "", ""),
+		smbCreate:   fs.Bool("smb-create", false, ""),
+		httpsURL:    fs.String("https", "", ""),
+		httpsPin:    fs.String("https-pin", "", ""),
+		trustHTTPS:  fs.Bool("trust-https", false, ""),
+		useTPM:      fs.Bool("tpm", false, ""),
+		pcr:         fs.String("pcr", "7", ""),
+		need:        fs.String("need", "all", ""),
+		plain:       fs.Bool("allow-plain-credentials", false, ""),
+		replace:     fs.Int("replace", -1, ""),
+		discover:    fs.Bool("discover", true, ""),
+	}
+	fs.Var(&f.servers, "server", "")
+	fs.Var(&f.thps, "thp", "")
+	return f
+}
+
+func setupCmd() *command.Command {
+	return &command.Command{
+		Name:    "setup",
+		Summary: "guided first run: make a disk unlock at boot from a server, a share, HTTPS or the TPM",
+		Usage:   setupUsage,
+		Flags: func(fs *flag.FlagSet) func(*Env, []string) error {
+			f := declareSetupFlags(fs)
+			return func(env *Env, args []string) error { return runSetup(env, f, args) }
 		},
-	})
+	}
+}
+
+// runSetup is "tether setup": guided when no disk is given, else from
+// the flags.
+func runSetup(env *Env, f *setupFlags, args []string) error {
+	if len(args) != 0 {
+		return command.Usagef("setup takes no arguments (see the flags)")
+	}
+	p := &setupPlan{replace: *f.replace, root: *f.root, bin: *f.bin, name: *f.name, mount: *f.mount, recovery: *f.recovery, need: *f.need, plain: *f.plain, timeout: *f.timeout}
+	p.noDiscover = !*f.discover
+	defer func() {
+		for _, c := range p.closers {
+			c.Close()
+		}
+	}()
+	var err error
+	if *f.dev == "" && *f.create == "" {
+		if len(f.servers) > 0 || *f.smbURL != "" || *f.httpsURL != "" || *f.useTPM {
+			return command.Usagef("which disk? give -d DEV or --create FILE --size SIZE with the key sources (or no flags at all, at a terminal, to be asked)")
+		}
+		return setupInteractive(env, p)
+	}
+	ctx := context.Background()
+	switch {
+	case *f.dev != "" && *f.create != "":
+		return command.Usagef("-d and --create exclude each other")
+	case *f.create != "":
+		if *f.size == "" {
+			return command.Usagef("--create needs --size, e.g. --size 2G")
+		}
+		n, err := parseSize(*f.size)
+		if err != nil {
+			return command.Usagef("--size %s: %v", *f.size, err)
+		}
+		p.dev, p.create, p.size = *f.create, true, n
+		if err := p.checkNewFile(); err != nil {
+			return err
+		}
+	default:
+		p.dev = *f.dev
+		if err := p.checkDevice(); err != nil {
+			return err
+		}
+		if *f.replace >= 0 {
+			if err := p.checkReplace(); err != nil {
+				return err
+			}
+		}
+		if !p.luks && *f.confirm != p.dev {
+			return command.WithHint(fmt.Errorf("%s is not encrypted yet: setup would encrypt it in place", p.dev),
+				"back it up, make its last 32 MiB free, and confirm with --confirm %s", p.dev)
+		}
+	}
+	if *f.need != "all" && *f.need != "any" {
+		return command.Usagef("--need is all or any, not %q", *f.need)
+	}
+	srcs, err := f.keySources(ctx, env)
+	if err != nil {
+		return err
+	}
+	p.sources = srcs
+	switch len(p.sources) {
+	case 0:
+		return command.Usagef("where does the key live? give --server, --smb, --https or --tpm")
+	case 1, 2:
+	default:
+		return command.Usagef("give at most two key sources")
+	}
+	// Refuse a policy that would store a password in the clear
+	// before asking anyone anything.
+	if _, _, err := p.policy(); err != nil {
+		return err
+	}
+	for _, s := range p.sources {
+		if s.pin == "smb" && *f.smbCreate {
+			// The one change before the bind, asked for by name.
+			if err := createShareKey(ctx, s, *f.timeout); err != nil {
+				return err
+			}
+			fmt.Fprintf(env.Stderr, "tether: created %s with 64 random bytes\n", s.desc)
+		}
+		if err := trySource(ctx, s, p.timeout); err != nil {
+			return err
+		}
+	}
+	if p.luks {
+		if p.key, err = readKey(env, *f.keyFile, p.dev); err != nil {
+			return err
+		}
+		defer clear(p.key)
+	}
+	return p.run(ctx, env)
+}
+
+// keySources checks the key sources the flags name, in the order of
+// the policy: the servers, the share, the HTTPS URL, the TPM.
+func (f *setupFlags) keySources(ctx context.Context, env *Env) ([]keySource, error) {
+	var srcs []keySource
+	if len(f.thps) > len(f.servers) {
+		return nil, command.Usagef("%d --thp for %d --server: give one thumbprint per server, in the same order", len(f.thps), len(f.servers))
+	}
+	for i, s := range f.servers {
+		thp := ""
+		if i < len(f.thps) {
+			thp = f.thps[i]
+		}
+		src, err := serverSource(ctx, s, thp, *f.trustServer, *f.timeout)
+		if err != nil {
+			return nil, err
+		}
+		if thp == "" {
+			fmt.Fprintf(env.Stderr, "tether: trusting %s as %s (--trust-server)\n", s, src.cfg["thp"])
+		}
+		srcs = append(srcs, src)
+	}
+	if *f.smbURL != "" {
+		src, err := smbSource(*f.smbURL, *f.smbUser, *f.smbPass)
+		if err != nil {
+			return nil, err
+		}
+		srcs = append(srcs, src)
+	}
+	if *f.httpsURL != "" {
+		src, fp, err := httpsSource(ctx, *f.httpsURL, *f.httpsPin, *f.trustHTTPS, *f.timeout)
+		if err != nil {
+			return nil, err
+		}
+		if *f.httpsPin == "" {
+			fmt.Fprintf(env.Stderr, "tether: trusting %s, whose key is %s (--trust-https)\n", *f.httpsURL, fp)
+		}
+		srcs = append(srcs, src)
+	}
+	if *f.useTPM {
+		srcs = append(srcs, tpmSource(*f.pcr))
+	}
+	return srcs, nil
 }
 
 // checkNewFile checks a container file to create.
@@ -332,14 +386,14 @@ func (p *setupPlan) checkNewFile() error {
 	}
 	p.dev = abs
 	if _, err := os.Lstat(abs); err == nil {
-		return withHint(fmt.Errorf("%s exists already: setup never overwrites a file", abs),
+		return command.WithHint(fmt.Errorf("%s exists already: setup never overwrites a file", abs),
 			"choose a new name, or give the existing container with -d %s", abs)
 	}
 	if fi, err := os.Stat(filepath.Dir(abs)); err != nil || !fi.IsDir() {
-		return withHint(fmt.Errorf("directory %s does not exist", filepath.Dir(abs)), "create it first (mkdir -p %s)", filepath.Dir(abs))
+		return command.WithHint(fmt.Errorf("directory %s does not exist", filepath.Dir(abs)), "create it first (mkdir -p %s)", filepath.Dir(abs))
 	}
 	if strings.ContainsAny(abs, " \t\n") {
-		return withHint(fmt.Errorf("crypttab cannot name %q: its fields are separated by blanks", abs), "choose a path without blanks")
+		return command.WithHint(fmt.Errorf("crypttab cannot name %q: its fields are separated by blanks", abs), "choose a path without blanks")
 	}
 	if p.size < 64<<20 {
 		return fmt.Errorf("%d MiB is too small: a container needs at least 64M", p.size>>20)
@@ -363,7 +417,7 @@ func (p *setupPlan) checkDevice() error {
 	}
 	fi, err := os.Stat(dev)
 	if err != nil {
-		return withHint(fmt.Errorf("%s does not exist", dev), "check the name (lsblk -f lists disks and partitions)")
+		return command.WithHint(fmt.Errorf("%s does not exist", dev), "check the name (lsblk -f lists disks and partitions)")
 	}
 	p.dev = dev
 	holds, what := holdsRunningRoot(dev)
@@ -372,7 +426,7 @@ func (p *setupPlan) checkDevice() error {
 		return p.checkRootVolume(what)
 	}
 	if at := mountedWhere(dev, fi); at != "" && !holds {
-		return withHint(fmt.Errorf("%s is mounted on %s: setup does not touch a mounted device", dev, at),
+		return command.WithHint(fmt.Errorf("%s is mounted on %s: setup does not touch a mounted device", dev, at),
 			"unmount it first (umount %s), or choose another one", at)
 	}
 	h, err := luks.ReadHeaderFile(dev)
@@ -427,7 +481,7 @@ func (p *setupPlan) crypttabName() string {
 // checkReplace checks that the keyslot to replace is bound.
 func (p *setupPlan) checkReplace() error {
 	if !p.luks {
-		return usagef("--replace is for a LUKS2 volume that has bindings")
+		return command.Usagef("--replace is for a LUKS2 volume that has bindings")
 	}
 	h, err := luks.ReadHeaderFile(p.dev)
 	if err != nil {
@@ -459,10 +513,10 @@ func volumeName(p string) string {
 func serverSource(ctx context.Context, raw, thp string, trust bool, timeout time.Duration) (keySource, error) {
 	base := strings.TrimRight(raw, "/")
 	if u, err := url.Parse(base); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return keySource{}, usagef("server %q is not an http:// or https:// URL (for example http://keys.lan:7500)", raw)
+		return keySource{}, command.Usagef("server %q is not an http:// or https:// URL (for example http://keys.lan:7500)", raw)
 	}
 	if thp == "" && !trust {
-		return keySource{}, withHint(fmt.Errorf("which key of %s do you trust?", base),
+		return keySource{}, command.WithHint(fmt.Errorf("which key of %s do you trust?", base),
 			"run \"tether adv %s\", compare its S256 thumbprint with the server's own list (tether server keys list), and give it with --thp; or accept what it shows with --trust-server", base)
 	}
 	ctx, cancel := context.WithTimeout(ctx, timeout)
@@ -480,13 +534,13 @@ func smbSource(addr, user, passwordFile string) (keySource, error) {
 	s = strings.TrimPrefix(strings.TrimPrefix(s, "smb:"), "//")
 	parts := strings.SplitN(s, "/", 3)
 	if len(parts) < 3 || parts[0] == "" || parts[1] == "" || strings.Trim(parts[2], "/") == "" {
-		return keySource{}, usagef("share address %q: want //SERVER/SHARE/PATH-OF-THE-KEY-FILE, for example //fritz.box/NAS/keys/ha.key", addr)
+		return keySource{}, command.Usagef("share address %q: want //SERVER/SHARE/PATH-OF-THE-KEY-FILE, for example //fritz.box/NAS/keys/ha.key", addr)
 	}
 	host, port := parts[0], 0
 	if h, ps, err := net.SplitHostPort(parts[0]); err == nil {
 		n, err := strconv.Atoi(ps)
 		if err != nil || n <= 0 || n > 65535 {
-			return keySource{}, usagef("share address %q: bad port %q", addr, ps)
+			return keySource{}, command.Usagef("share address %q: bad port %q", addr, ps)
 		}
 		host, port = h, n
 	}
@@ -510,7 +564,7 @@ func smbSource(addr, user, passwordFile string) (keySource, error) {
 func httpsSource(ctx context.Context, raw, pinned string, trust bool, timeout time.Duration) (keySource, string, error) {
 	u, err := url.Parse(raw)
 	if err != nil || u.Scheme != "https" || u.Host == "" {
-		return keySource{}, "", usagef("%q is not an https:// URL", raw)
+		return keySource{}, "", command.Usagef("%q is not an https:// URL", raw)
 	}
 	fp, _, err := httpsKey(ctx, u, timeout)
 	if err != nil {
@@ -518,10 +572,10 @@ func httpsSource(ctx context.Context, raw, pinned string, trust bool, timeout ti
 	}
 	switch {
 	case pinned != "" && pinned != fp:
-		return keySource{}, "", withHint(fmt.Errorf("%s shows the key %s, not %s", u.Host, fp, pinned),
+		return keySource{}, "", command.WithHint(fmt.Errorf("%s shows the key %s, not %s", u.Host, fp, pinned),
 			"check that you reach the right server; if its key changed on purpose, give the new one")
 	case pinned == "" && !trust:
-		return keySource{}, "", withHint(fmt.Errorf("which key of %s do you trust? it shows %s", u.Host, fp),
+		return keySource{}, "", command.WithHint(fmt.Errorf("which key of %s do you trust? it shows %s", u.Host, fp),
 			"compare it with the server's certificate, then give it with --https-pin, or accept it with --trust-https")
 	}
 	return keySource{pin: "https", cfg: map[string]any{"url": raw, "pin_sha256": fp}, desc: "the endpoint " + raw}, fp, nil
@@ -543,7 +597,7 @@ func httpsKey(ctx context.Context, u *url.URL, timeout time.Duration) (string, s
 	defer cancel()
 	c, err := d.DialContext(ctx, "tcp", host)
 	if err != nil {
-		return "", "", withHint(fmt.Errorf("connect to %s: %v", host, err), "check the address and that the endpoint runs")
+		return "", "", command.WithHint(fmt.Errorf("connect to %s: %v", host, err), "check the address and that the endpoint runs")
 	}
 	defer c.Close()
 	certs := c.(*tls.Conn).ConnectionState().PeerCertificates
@@ -616,7 +670,7 @@ func (p *setupPlan) policy() (string, json.RawMessage, error) {
 		srcs = append(srcs, s)
 	}
 	plainErr := func(s keySource) error {
-		return withHint(fmt.Errorf("the password of %s would be stored in the clear on the disk, where anyone holding the disk can read it", s.desc),
+		return command.WithHint(fmt.Errorf("the password of %s would be stored in the clear on the disk, where anyone holding the disk can read it", s.desc),
 			"add a second key source that must answer too (a server or the TPM: it then encrypts the password), or accept the risk with --allow-plain-credentials")
 	}
 	if len(srcs) == 1 {
@@ -738,7 +792,7 @@ func (p *setupPlan) run(ctx context.Context, env *Env) error {
 		return err
 	}
 	if err := boot.Install(p.root, plan); err != nil {
-		return withHint(fmt.Errorf("the volume is bound, but installing the units failed: %w", err), "run tether install systemd as root, then tether setup again")
+		return command.WithHint(fmt.Errorf("the volume is bound, but installing the units failed: %w", err), "run tether install systemd as root, then tether setup again")
 	}
 	e, err := crypttabEntry(p.dev, p.name, "/run/tether/keyd.sock", false, false)
 	if err != nil {
@@ -782,7 +836,7 @@ func (p *setupPlan) run(ctx context.Context, env *Env) error {
 func (p *setupPlan) proveAndSummarize(ctx context.Context, env *Env, v *luks.Volume, recoveryWhere string, live bool) error {
 	u, err := v.Unlock(ctx, luks.UnlockOptions{})
 	if err != nil {
-		return withHint(fmt.Errorf("the volume is bound and set up, but the unlock test failed: %w", err), "run tether doctor: it says what is wrong and how to fix it")
+		return command.WithHint(fmt.Errorf("the volume is bound and set up, but the unlock test failed: %w", err), "run tether doctor: it says what is wrong and how to fix it")
 	}
 	w := env.Stderr
 	fmt.Fprintf(w, "\nDone. %s unlocks with its binding (keyslot %d tested).\n\n", p.dev, u.Slot)
@@ -831,7 +885,7 @@ func (p *setupPlan) recoveryOut(env *Env) (io.Writer, string, func(error), error
 	}
 	f, err := os.OpenFile(p.recovery, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
-		return nil, "", nil, withHint(fmt.Errorf("create the recovery file: %w", err), "give a new file name in a directory that exists (a USB stick)")
+		return nil, "", nil, command.WithHint(fmt.Errorf("create the recovery file: %w", err), "give a new file name in a directory that exists (a USB stick)")
 	}
 	return f, "in " + p.recovery, func(err error) {
 		f.Sync()

@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/tether-nbde/tether/internal/command"
 	"github.com/tether-nbde/tether/luks"
 	"github.com/tether-nbde/tether/pin"
 )
@@ -21,7 +22,7 @@ func setupInteractive(env *Env, p *setupPlan) error {
 	r := newLineReader(env)
 	defer func() { clear(p.key) }()
 	if r.fd < 0 {
-		return withHint(errors.New("setup asks its questions on a terminal, and stdin is not one"),
+		return command.WithHint(errors.New("setup asks its questions on a terminal, and stdin is not one"),
 			"run it in a terminal, or give the answers as flags (tether setup --help shows them)")
 	}
 	w := env.Stdout
@@ -494,7 +495,7 @@ func askTPM(ctx context.Context, r *lineReader, p *setupPlan) (keySource, error)
 	}
 	src := tpmSource(pcrs)
 	if err := trySource(ctx, src, p.timeout); err != nil {
-		return keySource{}, withHint(err, "this computer's TPM cannot be used: choose another key source")
+		return keySource{}, command.WithHint(err, "this computer's TPM cannot be used: choose another key source")
 	}
 	return src, nil
 }
@@ -502,8 +503,7 @@ func askTPM(ctx context.Context, r *lineReader, p *setupPlan) (keySource, error)
 // explain prints an error and its hint for the person, and setup asks again.
 func explain(w interface{ Write([]byte) (int, error) }, err error) {
 	fmt.Fprintf(w, "%v.\n", strings.TrimSuffix(err.Error(), "."))
-	var h hintError
-	if errors.As(err, &h) {
-		fmt.Fprintf(w, "  (%s)\n", h.hint)
+	if hint, ok := command.Hint(err); ok {
+		fmt.Fprintf(w, "  (%s)\n", hint)
 	}
 }

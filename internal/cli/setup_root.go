@@ -10,6 +10,7 @@ import (
 	"strings"
 
 	"github.com/tether-nbde/tether/boot"
+	"github.com/tether-nbde/tether/internal/command"
 	"github.com/tether-nbde/tether/internal/doctor"
 )
 
@@ -24,15 +25,15 @@ import (
 // LUKS2 already; what says how / is mounted (for messages).
 func (p *setupPlan) checkRootVolume(what string) error {
 	if !p.luks {
-		return withHint(fmt.Errorf("%s holds the running system (%s) and is not encrypted: setup does not encrypt the disk it runs from", p.dev, what),
+		return command.WithHint(fmt.Errorf("%s holds the running system (%s) and is not encrypted: setup does not encrypt the disk it runs from", p.dev, what),
 			"encrypt the root at the next boot instead: tether install initramfs-tools --first-boot (docs/BOOT.md, \"First boot\")")
 	}
 	if p.mount != "" {
-		return usagef("%s holds the running system (%s): the boot mounts it already; leave out --mount", p.dev, what)
+		return command.Usagef("%s holds the running system (%s): the boot mounts it already; leave out --mount", p.dev, what)
 	}
 	p.gen = initramfsGenerator(p.root)
 	if p.gen == "" {
-		return withHint(fmt.Errorf("%s holds the running system (%s), but neither initramfs-tools nor dracut is installed: nothing could open it at boot", p.dev, what),
+		return command.WithHint(fmt.Errorf("%s holds the running system (%s), but neither initramfs-tools nor dracut is installed: nothing could open it at boot", p.dev, what),
 			"install one (apt install initramfs-tools), then run tether setup again")
 	}
 	name, err := rootMapping(p.root, p.dev)
@@ -40,7 +41,7 @@ func (p *setupPlan) checkRootVolume(what string) error {
 		return err
 	}
 	if p.name != "" && p.name != name {
-		return withHint(fmt.Errorf("%s is opened as /dev/mapper/%s: setup keeps the root's name (fstab and the boot loader name it)", p.dev, name),
+		return command.WithHint(fmt.Errorf("%s is opened as /dev/mapper/%s: setup keeps the root's name (fstab and the boot loader name it)", p.dev, name),
 			"leave out -n, or give -n %s", name)
 	}
 	p.name, p.rootVol = name, true
@@ -99,7 +100,7 @@ func rootMapping(root, dev string) (string, error) {
 			}
 		}
 	}
-	return "", withHint(fmt.Errorf("%s holds the running system, but it is not open and has no line in %s", dev, tab),
+	return "", command.WithHint(fmt.Errorf("%s holds the running system, but it is not open and has no line in %s", dev, tab),
 		"add the root's line first: tether crypttab -d %s -n NAME --root --write %s", dev, tab)
 }
 
@@ -131,7 +132,7 @@ func (p *setupPlan) finishRoot(ctx context.Context, env *Env, bin string) error 
 			return err
 		}
 		if err := boot.Install(p.root, plan); err != nil {
-			return withHint(fmt.Errorf("the root volume is bound, but installing tether's %s integration failed: %w", p.gen, err),
+			return command.WithHint(fmt.Errorf("the root volume is bound, but installing tether's %s integration failed: %w", p.gen, err),
 				"run tether install %s as root, then %s", p.gen, strings.Join(rebuildCmd[p.gen], " "))
 		}
 		fmt.Fprintf(env.Stderr, "tether: installed tether's %s integration\n", p.gen)
@@ -156,7 +157,7 @@ func (p *setupPlan) finishRoot(ctx context.Context, env *Env, bin string) error 
 	cmd := exec.CommandContext(ctx, rebuildCmd[p.gen][0], rebuildCmd[p.gen][1:]...)
 	cmd.Stdout, cmd.Stderr = env.Stderr, env.Stderr
 	if err := cmd.Run(); err != nil {
-		return withHint(fmt.Errorf("the root volume is bound (its passphrase still opens it), but %s failed: %v", rebuild, err),
+		return command.WithHint(fmt.Errorf("the root volume is bound (its passphrase still opens it), but %s failed: %v", rebuild, err),
 			"fix what it said, then run %s; tether doctor checks the result", rebuild)
 	}
 	// The images must hold tether and what this binding needs: doctor's
@@ -171,7 +172,7 @@ func (p *setupPlan) finishRoot(ctx context.Context, env *Env, bin string) error 
 		for _, pr := range bad {
 			fmt.Fprintf(env.Stderr, "tether: %s\n", pr)
 		}
-		return withHint(fmt.Errorf("the root volume is bound (its passphrase still opens it), but the new initramfs cannot open it unattended"),
+		return command.WithHint(fmt.Errorf("the root volume is bound (its passphrase still opens it), but the new initramfs cannot open it unattended"),
 			"run the fix above, then tether doctor")
 	}
 	return nil

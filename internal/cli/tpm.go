@@ -13,137 +13,9 @@ import (
 	"strings"
 
 	"github.com/tether-nbde/tether/internal/atomicfile"
+	"github.com/tether-nbde/tether/internal/command"
 	"github.com/tether-nbde/tether/internal/tpm"
 )
-
-func init() {
-	register(&command{
-		name:    "tpm sign-pcrs",
-		summary: "sign PCR values for tpm2 secrets sealed to a policy key (pcr_pubkey)",
-		usage:   tpmSignUsage,
-		flags: func(fs *flag.FlagSet) func(*Env, []string) error {
-			keyFile := fs.String("key", "", "")
-			ids := fs.String("pcr-ids", "", "")
-			bank := fs.String("bank", "sha256", "")
-			digest := fs.String("pcr-digest", "", "")
-			out := fs.String("out", "", "")
-			return func(env *Env, args []string) error {
-				if len(args) != 0 {
-					return usagef("sign-pcrs takes no arguments")
-				}
-				if *keyFile == "" || *ids == "" {
-					return usagef("want --key KEY.pem and --pcr-ids IDS")
-				}
-				pcrs, err := tpm.ParsePCRs(*ids)
-				if err != nil || len(pcrs) == 0 {
-					return usagef("--pcr-ids %q: want PCR indexes such as 7,11", *ids)
-				}
-				if _, err := tpm.HashAlg(*bank); err != nil {
-					return usagef("--bank: %v", err)
-				}
-				key, err := readSigningKey(*keyFile)
-				if err != nil {
-					return err
-				}
-				var vals [][]byte
-				if *digest != "" {
-					raw, err := base64.RawURLEncoding.DecodeString(strings.TrimRight(strings.TrimSpace(*digest), "="))
-					if err != nil {
-						if raw, err = base64.RawStdEncoding.DecodeString(strings.TrimRight(strings.TrimSpace(*digest), "=")); err != nil {
-							return usagef("--pcr-digest is not base64url")
-						}
-					}
-					if vals, err = tpm.SplitPCRValues(*bank, pcrs, raw); err != nil {
-						return usagef("--pcr-digest: %v", err)
-					}
-				} else {
-					t, err := tpm.Open(context.Background(), "")
-					if err != nil {
-						return withHint(err, "sign values computed elsewhere with --pcr-digest")
-					}
-					vals, err = t.ReadPCRs(*bank, pcrs)
-					t.Close()
-					if err != nil {
-						return err
-					}
-				}
-				// The approved policy is the PolicyPCR digest in a sha256
-				// session: signed policies need "hash":"sha256".
-				policy, err := tpm.PolicyPCRDigest("sha256", *bank, pcrs, vals)
-				if err != nil {
-					return err
-				}
-				sig, err := tpm.SignPolicy(key, policy)
-				if err != nil {
-					return err
-				}
-				s := tpm.PCRSignature{Bank: *bank, PCRs: pcrs, Policy: policy, KeyID: tpm.PolicyKey{PublicKey: &key.PublicKey}.ID(), Sig: sig}
-				sigs := []tpm.PCRSignature{s}
-				if *out != "" {
-					old, err := os.ReadFile(*out)
-					switch {
-					case errors.Is(err, os.ErrNotExist):
-					case err != nil:
-						return fmt.Errorf("read %s: %w", *out, err)
-					default:
-						prev, err := tpm.ParseSignatures(old)
-						if err != nil {
-							return withHint(fmt.Errorf("%s: %w", *out, err), "move it away, or give another --out")
-						}
-						sigs = tpm.AddSignature(prev, s)
-					}
-				}
-				data, err := tpm.MarshalSignatures(sigs)
-				if err != nil {
-					return err
-				}
-				if *out == "" {
-					_, err = env.Stdout.Write(data)
-					return err
-				}
-				// Signatures are public: readable by all, like the JWEs'
-				// headers that name the key.
-				if err := atomicfile.Write(*out, data, 0o644); err != nil {
-					return fmt.Errorf("write %s: %w", *out, err)
-				}
-				fmt.Fprintf(env.Stderr, "tether: %s now allows %s PCRs %s = policy %x (key %x…; %d signature(s) in the file)\n",
-					*out, *bank, tpm.FormatPCRs(pcrs), policy, s.KeyID[:8], len(sigs))
-				return nil
-			}
-		},
-	})
-}
-
-// readSigningKey reads an ECDSA P-256 private key from a PEM file
-// (PKCS#8, as openssl genpkey writes it, or SEC1).
-func readSigningKey(name string) (*ecdsa.PrivateKey, error) {
-	data, err := os.ReadFile(name)
-	if err != nil {
-		return nil, fmt.Errorf("read the policy signing key: %w", err)
-	}
-	b, _ := pem.Decode(data)
-	if b == nil {
-		return nil, fmt.Errorf("%s is not a PEM private key", name)
-	}
-	var k any
-	switch b.Type {
-	case "PRIVATE KEY":
-		k, err = x509.ParsePKCS8PrivateKey(b.Bytes)
-	case "EC PRIVATE KEY":
-		k, err = x509.ParseECPrivateKey(b.Bytes)
-	default:
-		return nil, fmt.Errorf("%s holds a %q, want an EC private key", name, b.Type)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("%s: %v", name, err)
-	}
-	ek, ok := k.(*ecdsa.PrivateKey)
-	if !ok || ek.Curve.Params().Name != "P-256" {
-		return nil, withHint(fmt.Errorf("%s is not an ECDSA P-256 key", name),
-			"make one with: openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out %s", name)
-	}
-	return ek, nil
-}
 
 const tpmSignUsage = `Usage: tether tpm sign-pcrs --key KEY.pem --pcr-ids IDS [--bank B] [--pcr-digest VALUES] [--out FILE]
 
@@ -183,3 +55,132 @@ Examples:
   # tether encrypt tpm2 '{"pcr_ids":"7","pcr_pubkey":"/etc/tether/pcr-policy.pub.pem","pcr_signed_ids":"11"}' < s > s.jwe
   # tether tpm sign-pcrs --key /root/pcr-policy.pem --pcr-ids 11 --out /etc/tether/pcr-signatures.json
 `
+
+func tpmSignPCRsCmd() *command.Command {
+	return &command.Command{
+		Name:    "tpm sign-pcrs",
+		Summary: "sign PCR values for tpm2 secrets sealed to a policy key (pcr_pubkey)",
+		Usage:   tpmSignUsage,
+		Flags: func(fs *flag.FlagSet) func(*Env, []string) error {
+			keyFile := fs.String("key", "", "")
+			ids := fs.String("pcr-ids", "", "")
+			bank := fs.String("bank", "sha256", "")
+			digest := fs.String("pcr-digest", "", "")
+			out := fs.String("out", "", "")
+			return func(env *Env, args []string) error {
+				if len(args) != 0 {
+					return command.Usagef("sign-pcrs takes no arguments")
+				}
+				if *keyFile == "" || *ids == "" {
+					return command.Usagef("want --key KEY.pem and --pcr-ids IDS")
+				}
+				pcrs, err := tpm.ParsePCRs(*ids)
+				if err != nil || len(pcrs) == 0 {
+					return command.Usagef("--pcr-ids %q: want PCR indexes such as 7,11", *ids)
+				}
+				if _, err := tpm.HashAlg(*bank); err != nil {
+					return command.Usagef("--bank: %v", err)
+				}
+				key, err := readSigningKey(*keyFile)
+				if err != nil {
+					return err
+				}
+				var vals [][]byte
+				if *digest != "" {
+					raw, err := base64.RawURLEncoding.DecodeString(strings.TrimRight(strings.TrimSpace(*digest), "="))
+					if err != nil {
+						if raw, err = base64.RawStdEncoding.DecodeString(strings.TrimRight(strings.TrimSpace(*digest), "=")); err != nil {
+							return command.Usagef("--pcr-digest is not base64url")
+						}
+					}
+					if vals, err = tpm.SplitPCRValues(*bank, pcrs, raw); err != nil {
+						return command.Usagef("--pcr-digest: %v", err)
+					}
+				} else {
+					t, err := tpm.Open(context.Background(), "")
+					if err != nil {
+						return command.WithHint(err, "sign values computed elsewhere with --pcr-digest")
+					}
+					vals, err = t.ReadPCRs(*bank, pcrs)
+					t.Close()
+					if err != nil {
+						return err
+					}
+				}
+				// The approved policy is the PolicyPCR digest in a sha256
+				// session: signed policies need "hash":"sha256".
+				policy, err := tpm.PolicyPCRDigest("sha256", *bank, pcrs, vals)
+				if err != nil {
+					return err
+				}
+				sig, err := tpm.SignPolicy(key, policy)
+				if err != nil {
+					return err
+				}
+				s := tpm.PCRSignature{Bank: *bank, PCRs: pcrs, Policy: policy, KeyID: tpm.PolicyKey{PublicKey: &key.PublicKey}.ID(), Sig: sig}
+				sigs := []tpm.PCRSignature{s}
+				if *out != "" {
+					old, err := os.ReadFile(*out)
+					switch {
+					case errors.Is(err, os.ErrNotExist):
+					case err != nil:
+						return fmt.Errorf("read %s: %w", *out, err)
+					default:
+						prev, err := tpm.ParseSignatures(old)
+						if err != nil {
+							return command.WithHint(fmt.Errorf("%s: %w", *out, err), "move it away, or give another --out")
+						}
+						sigs = tpm.AddSignature(prev, s)
+					}
+				}
+				data, err := tpm.MarshalSignatures(sigs)
+				if err != nil {
+					return err
+				}
+				if *out == "" {
+					_, err = env.Stdout.Write(data)
+					return err
+				}
+				// Signatures are public: readable by all, like the JWEs'
+				// headers that name the key.
+				if err := atomicfile.Write(*out, data, 0o644); err != nil {
+					return fmt.Errorf("write %s: %w", *out, err)
+				}
+				fmt.Fprintf(env.Stderr, "tether: %s now allows %s PCRs %s = policy %x (key %x…; %d signature(s) in the file)\n",
+					*out, *bank, tpm.FormatPCRs(pcrs), policy, s.KeyID[:8], len(sigs))
+				return nil
+			}
+		},
+	}
+}
+
+// readSigningKey reads an ECDSA P-256 private key from a PEM file
+// (PKCS#8, as openssl genpkey writes it, or SEC1).
+func readSigningKey(name string) (*ecdsa.PrivateKey, error) {
+	data, err := os.ReadFile(name)
+	if err != nil {
+		return nil, fmt.Errorf("read the policy signing key: %w", err)
+	}
+	b, _ := pem.Decode(data)
+	if b == nil {
+		return nil, fmt.Errorf("%s is not a PEM private key", name)
+	}
+	var k any
+	switch b.Type {
+	case "PRIVATE KEY":
+		k, err = x509.ParsePKCS8PrivateKey(b.Bytes)
+	case "EC PRIVATE KEY":
+		k, err = x509.ParseECPrivateKey(b.Bytes)
+	default:
+		return nil, fmt.Errorf("%s holds a %q, want an EC private key", name, b.Type)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("%s: %v", name, err)
+	}
+	ek, ok := k.(*ecdsa.PrivateKey)
+	if !ok || ek.Curve.Params().Name != "P-256" {
+		return nil, command.WithHint(fmt.Errorf("%s is not an ECDSA P-256 key", name),
+			"make one with: openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out %s", name)
+	}
+	return ek, nil
+}

@@ -6,16 +6,18 @@ import (
 	"testing"
 
 	"github.com/tether-nbde/tether/internal/cli"
-	// In process, the server's commands are linked in as in tether-server;
-	// forward_test.go runs the two binaries.
-	_ "github.com/tether-nbde/tether/internal/servercli"
+	"github.com/tether-nbde/tether/internal/servercli"
 )
+
+// tetherServer is the CLI with the server's commands, as in tether-server;
+// forward_test.go runs the two binaries.
+var tetherServer = cli.Binary{Name: "tether-server", Extra: servercli.Commands()}
 
 // runCLI runs tether's CLI in-process.
 func runCLI(stdin string, args ...string) (stdout, stderr string, code int) {
 	var o, e bytes.Buffer
 	env := &cli.Env{Stdin: strings.NewReader(stdin), Stdout: &o, Stderr: &e, Getenv: func(string) string { return "" }}
-	code = cli.Run(args, env)
+	code = tetherServer.Run(args, env)
 	return o.String(), e.String(), code
 }
 

@@ -6,43 +6,9 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/tether-nbde/tether/internal/command"
 	"github.com/tether-nbde/tether/pin/managed"
 )
-
-func init() {
-	register(&command{
-		name:    "zfs setup",
-		summary: "prepare an enrolled device for ZFS keylocation=https://",
-		usage:   zfsSetupUsage,
-		flags: func(fs *flag.FlagSet) func(*Env, []string) error {
-			state := fs.String("state", "", "")
-			return func(env *Env, args []string) error {
-				if len(args) > 1 {
-					return usagef("want at most one argument, the dataset")
-				}
-				dir := deviceDir(env, *state)
-				ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-				defer cancel()
-				f, err := managed.WriteZFSFiles(ctx, dir)
-				if err != nil {
-					return err
-				}
-				dataset := "POOL/DATASET"
-				if len(args) == 1 {
-					dataset = args[0]
-				}
-				fmt.Fprintf(env.Stdout, `# Create (or change) the dataset to fetch its key from the server:
-zfs create -o encryption=on -o keyformat=raw -o keylocation=%[1]s%[2]s %[2]s
-# zfs load-key needs the device's identity as client certificate:
-export SSL_CLIENT_CERT_FILE=%[3]s
-export SSL_CLIENT_KEY_FILE=%[4]s
-export SSL_CA_CERT_FILE=%[5]s
-`, f.BaseURL, dataset, f.ClientCert, f.ClientKey, f.ServerCert)
-				return nil
-			}
-		},
-	})
-}
 
 const zfsSetupUsage = `Usage: tether zfs setup [--state DIR] [POOL/DATASET]
 
@@ -68,3 +34,38 @@ Options:
   --state DIR   device state directory (default $TETHER_DEVICE_DIR, else
                 /etc/tether/device)
 `
+
+func zfsSetupCmd() *command.Command {
+	return &command.Command{
+		Name:    "zfs setup",
+		Summary: "prepare an enrolled device for ZFS keylocation=https://",
+		Usage:   zfsSetupUsage,
+		Flags: func(fs *flag.FlagSet) func(*Env, []string) error {
+			state := fs.String("state", "", "")
+			return func(env *Env, args []string) error {
+				if len(args) > 1 {
+					return command.Usagef("want at most one argument, the dataset")
+				}
+				dir := deviceDir(env, *state)
+				ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+				defer cancel()
+				f, err := managed.WriteZFSFiles(ctx, dir)
+				if err != nil {
+					return err
+				}
+				dataset := "POOL/DATASET"
+				if len(args) == 1 {
+					dataset = args[0]
+				}
+				fmt.Fprintf(env.Stdout, `# Create (or change) the dataset to fetch its key from the server:
+zfs create -o encryption=on -o keyformat=raw -o keylocation=%[1]s%[2]s %[2]s
+# zfs load-key needs the device's identity as client certificate:
+export SSL_CLIENT_CERT_FILE=%[3]s
+export SSL_CLIENT_KEY_FILE=%[4]s
+export SSL_CA_CERT_FILE=%[5]s
+`, f.BaseURL, dataset, f.ClientCert, f.ClientKey, f.ServerCert)
+				return nil
+			}
+		},
+	}
+}

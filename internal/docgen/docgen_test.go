@@ -10,16 +10,20 @@ import (
 	"testing"
 
 	"github.com/tether-nbde/tether/internal/cli"
+	"github.com/tether-nbde/tether/internal/command"
 	"github.com/tether-nbde/tether/internal/docgen"
-	_ "github.com/tether-nbde/tether/internal/servercli"
+	"github.com/tether-nbde/tether/internal/servercli"
 	"github.com/tether-nbde/tether/internal/testenv"
 	"github.com/tether-nbde/tether/pin/smb/share"
 )
 
-func generate(t *testing.T) (string, []cli.Doc) {
+// tetherServer is the tether-server binary: every command, the server's too.
+var tetherServer = cli.Binary{Name: "tether-server", Extra: servercli.Commands()}
+
+func generate(t *testing.T) (string, []command.Doc) {
 	t.Helper()
 	dir := t.TempDir()
-	cmds := cli.Commands()
+	cmds := tetherServer.Commands()
 	if len(cmds) < 40 {
 		t.Fatalf("only %d commands: the server's commands are missing", len(cmds))
 	}
@@ -103,7 +107,7 @@ func TestManPages(t *testing.T) {
 // TestFlagsDocumented: every flag a command declares is in its --help,
 // so in its man page: a flag added without a word in the manual fails.
 func TestFlagsDocumented(t *testing.T) {
-	for _, c := range cli.Commands() {
+	for _, c := range tetherServer.Commands() {
 		for _, f := range c.Flags {
 			if !regexp.MustCompile(regexp.QuoteMeta(f.Name) + `\b`).MatchString(c.Usage) {
 				t.Errorf("tether %s --help does not mention %s", c.Name, f.Name)
@@ -114,8 +118,8 @@ func TestFlagsDocumented(t *testing.T) {
 
 func run(args ...string) (string, string, int) {
 	var o, e strings.Builder
-	env := &cli.Env{Stdin: strings.NewReader(""), Stdout: &o, Stderr: &e, Getenv: func(string) string { return "" }}
-	code := cli.Run(append(strings.Fields(args[0]), "--help"), env)
+	env := &command.Env{Stdin: strings.NewReader(""), Stdout: &o, Stderr: &e, Getenv: func(string) string { return "" }}
+	code := tetherServer.Run(append(strings.Fields(args[0]), "--help"), env)
 	return o.String(), e.String(), code
 }
 

@@ -1,5 +1,5 @@
 // Package docgen makes tether's man pages and shell completions from the
-// command table of internal/cli (cli.Commands): the same names, summaries
+// command table of internal/cli (cli.Binary.Commands): the same names, summaries
 // and manuals that --help prints, and the flags each command declares.
 // Nothing here is written by hand per command, so the pages and
 // completions cannot say something --help does not. scripts/package.sh
@@ -12,6 +12,7 @@ import (
 	"strings"
 
 	"github.com/tether-nbde/tether/internal/cli"
+	"github.com/tether-nbde/tether/internal/command"
 )
 
 // Page is one man page: its file name and its roff source.
@@ -28,7 +29,7 @@ func PageName(name string) string {
 }
 
 // ManPages renders every page: tether(1), one per command, tether-smb(1).
-func ManPages(cmds []cli.Doc, version, smbUsage string) []Page {
+func ManPages(cmds []command.Doc, version, smbUsage string) []Page {
 	var out []Page
 	out = append(out, Page{Name: "tether.1", Roff: overviewPage(cmds, version)})
 	for _, c := range cmds {
@@ -51,7 +52,7 @@ in: "tether-server server ..." and "tether server ..." are the same
 command (tether runs tether-server for "server" and "admin" commands),
 and tether-server runs every tether command too.`
 
-func commandPage(c cli.Doc, version string) string {
+func commandPage(c command.Doc, version string) string {
 	see := []string{"tether(1)"}
 	if c.Name == "server" {
 		return usagePage(PageName(c.Name), c.Summary, c.Usage, version, see, serverNote)
@@ -161,7 +162,7 @@ func esc(s string) string {
 	return b.String()
 }
 
-func overviewPage(cmds []cli.Doc, version string) string {
+func overviewPage(cmds []command.Doc, version string) string {
 	var b strings.Builder
 	b.WriteString(header("tether", version))
 	b.WriteString(".SH NAME\ntether \\- network\\-bound disk encryption\n.SH SYNOPSIS\n.nf\n")

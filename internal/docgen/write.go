@@ -4,14 +4,14 @@ import (
 	"os"
 	"path/filepath"
 
-	"github.com/tether-nbde/tether/internal/cli"
+	"github.com/tether-nbde/tether/internal/command"
 )
 
 // Write puts the man pages and completions into dir: man1/ (the tether
 // package's pages), server/man1/ (tether-server's), and in bash/, zsh/ and
 // fish/ one completion file per program, named as each shell looks for it.
 // Pages are written uncompressed; the packager compresses them.
-func Write(dir string, cmds []cli.Doc, version, smbUsage string) error {
+func Write(dir string, cmds []command.Doc, version, smbUsage string) error {
 	files := map[string]string{
 		"bash/tether":             Bash(cmds),
 		"bash/tether-server":      Bash(cmds),

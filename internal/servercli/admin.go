@@ -17,7 +17,7 @@ import (
 	"time"
 
 	"github.com/tether-nbde/tether/audit"
-	"github.com/tether-nbde/tether/internal/cli"
+	"github.com/tether-nbde/tether/internal/command"
 	"github.com/tether-nbde/tether/policy"
 	"github.com/tether-nbde/tether/server"
 	"github.com/tether-nbde/tether/server/admin"
@@ -58,26 +58,26 @@ func managedServerFlags(fs *flag.FlagSet) func() (server.ManagedConfig, error) {
 			}
 			p, err := netip.ParsePrefix(c)
 			if err != nil {
-				return mc, cli.Usagef("--tang-allow: %v", err)
+				return mc, command.Usagef("--tang-allow: %v", err)
 			}
 			mc.TangAllow = append(mc.TangAllow, p)
 		}
 		if mc.Listen == "" && (mc.Store != "" || len(mc.Webhooks) > 0) {
-			return mc, cli.Usagef("--store and --webhook need managed mode: add --managed-listen ADDR")
+			return mc, command.Usagef("--store and --webhook need managed mode: add --managed-listen ADDR")
 		}
 		return mc, nil
 	}
 }
 
-// adminCmd registers one "tether admin" command; run gets a connected
+// adminCmd makes one "tether admin" command; run gets a connected
 // admin client.
-func adminCmd(name, summary, usage string, extra func(fs *flag.FlagSet) func(env *cli.Env, c *admin.Client, args []string) error) {
-	cli.Register(cli.Command{
+func adminCmd(name, summary, usage string, extra func(fs *flag.FlagSet) func(env *command.Env, c *admin.Client, args []string) error) *command.Command {
+	return &command.Command{
 		Name: name, Summary: summary, Usage: usage + adminCommon,
-		Flags: func(fs *flag.FlagSet) func(*cli.Env, []string) error {
+		Flags: func(fs *flag.FlagSet) func(*command.Env, []string) error {
 			cfgFile := fs.String("config", "", "")
 			run := extra(fs)
-			return func(env *cli.Env, args []string) error {
+			return func(env *command.Env, args []string) error {
 				path := *cfgFile
 				if path == "" {
 					path = env.Getenv("TETHER_ADMIN_CONFIG")
@@ -87,7 +87,7 @@ func adminCmd(name, summary, usage string, extra func(fs *flag.FlagSet) func(env
 				}
 				cfg, err := admin.LoadCredentials(path)
 				if errors.Is(err, os.ErrNotExist) {
-					return cli.WithHint(err, "the server writes its admin credentials there on first start with --managed-listen; pass --config FILE if they are elsewhere, or reissue them with tether admin reset-credentials")
+					return command.WithHint(err, "the server writes its admin credentials there on first start with --managed-listen; pass --config FILE if they are elsewhere, or reissue them with tether admin reset-credentials")
 				}
 				if err != nil {
 					return err
@@ -98,7 +98,7 @@ func adminCmd(name, summary, usage string, extra func(fs *flag.FlagSet) func(env
 				return run(env, admin.NewClient(cfg), args)
 			}
 		},
-	})
+	}
 }
 
 const adminCommon = `
@@ -109,15 +109,31 @@ on its first start in managed mode. Default: $TETHER_ADMIN_CONFIG, else
 another host, and edit its url.
 `
 
-func init() {
-	adminCmd("admin token create", "make a one-time enrolment token", adminTokenUsage,
-		func(fs *flag.FlagSet) func(*cli.Env, *admin.Client, []string) error {
+const adminTokenUsage = `Usage: tether admin token create [--group NAME] [--ttl D] [--note TEXT]
+
+Make a one-time enrolment token and print it on stdout. A device enrolled
+with it is enabled at once and joins the group. The token embeds the
+SHA-256 of the server's TLS key, so "tether enroll" authenticates the
+server from the token alone. The server keeps only a hash of it.
+
+Options:
+  --group NAME   group the device joins (its policy applies)
+  --ttl D        validity (default 24h)
+  --note TEXT    kept with the token for the audit log
+
+Example:
+  $ tether admin token create --group laptops --ttl 1h
+`
+
+func adminTokenCreateCmd() *command.Command {
+	return adminCmd("admin token create", "make a one-time enrolment token", adminTokenUsage,
+		func(fs *flag.FlagSet) func(*command.Env, *admin.Client, []string) error {
 			group := fs.String("group", "", "")
 			ttl := fs.Duration("ttl", 24*time.Hour, "")
 			note := fs.String("note", "", "")
-			return func(env *cli.Env, c *admin.Client, args []string) error {
+			return func(env *command.Env, c *admin.Client, args []string) error {
 				if len(args) > 0 {
-					return cli.Usagef("unexpected argument %q", args[0])
+					return command.Usagef("unexpected argument %q", args[0])
 				}
 				r, err := c.CreateToken(context.Background(), admin.TokenRequest{Group: *group, TTL: policy.Duration(*ttl), Note: *note})
 				if err != nil {
@@ -128,10 +144,19 @@ func init() {
 				return nil
 			}
 		})
-	adminCmd("admin device list", "list enrolled devices", adminDeviceListUsage,
-		func(fs *flag.FlagSet) func(*cli.Env, *admin.Client, []string) error {
+}
+
+const adminDeviceListUsage = `Usage: tether admin device list [--json]
+
+List enrolled devices with their state (pending, enabled, disabled,
+revoked), the reason for it, and when each was last heard from.
+`
+
+func adminDeviceListCmd() *command.Command {
+	return adminCmd("admin device list", "list enrolled devices", adminDeviceListUsage,
+		func(fs *flag.FlagSet) func(*command.Env, *admin.Client, []string) error {
 			asJSON := fs.Bool("json", false, "")
-			return func(env *cli.Env, c *admin.Client, args []string) error {
+			return func(env *command.Env, c *admin.Client, args []string) error {
 				devs, err := c.Devices(context.Background())
 				if err != nil {
 					return err
@@ -147,43 +172,30 @@ func init() {
 				return tw.Flush()
 			}
 		})
-	for _, op := range []struct{ name, summary string }{
-		{"approve", "approve a pending enrolment"},
-		{"enable", "let a device unlock again"},
-		{"disable", "refuse a device's unlocks until enabled"},
-		{"revoke", "destroy a device's key: its disks never unlock again"},
-	} {
-		op := op
-		yesFlag := ""
-		if op.name == "revoke" {
-			yesFlag = " --yes"
-		}
-		adminCmd("admin device "+op.name, op.summary, fmt.Sprintf(adminDeviceOpUsage, op.name, op.summary, yesFlag),
-			func(fs *flag.FlagSet) func(*cli.Env, *admin.Client, []string) error {
-				reason := fs.String("reason", "", "")
-				yes := fs.Bool("yes", false, "")
-				return func(env *cli.Env, c *admin.Client, args []string) error {
-					if len(args) != 1 {
-						return cli.Usagef("want exactly one device ID")
-					}
-					if op.name == "revoke" && !*yes {
-						return cli.WithHint(errors.New("revocation is final: the device's exchange key is destroyed and every disk bound to it stays locked for good"),
-							"add --yes if that is what you want; tether admin device disable is reversible")
-					}
-					d, err := c.DeviceOp(context.Background(), args[0], op.name, *reason)
-					if err != nil {
-						return err
-					}
-					fmt.Fprintf(env.Stderr, "device %s (%s) is now %s\n", d.ID, d.Name, d.State)
-					return nil
-				}
-			})
-	}
-	adminCmd("admin device policy", "set a device's policy", adminPolicyUsage,
-		func(fs *flag.FlagSet) func(*cli.Env, *admin.Client, []string) error {
-			return func(env *cli.Env, c *admin.Client, args []string) error {
+}
+
+const adminPolicyUsage = `Usage: tether admin device policy ID POLICY
+       tether admin group set NAME POLICY
+
+Set the policy of a device or of a group. A device's fields override its
+group's; unset fields inherit. POLICY is JSON:
+  cidrs      allowed source networks, e.g. ["10.0.0.0/8"]; empty = any
+  keepalive  heartbeat timeout ("5m"): a device not heard from for longer
+             (tether agent) is disabled until an admin enables it; "-1ns"
+             turns a group's keep-alive off for one device
+  approval   true: every unlock waits for tether admin unlock approve
+  rate       unlocks per minute (default: the server's --unlock-rate)
+
+Example:
+  $ tether admin group set laptops '{"keepalive":"10m","cidrs":["192.168.1.0/24"]}'
+`
+
+func adminDevicePolicyCmd() *command.Command {
+	return adminCmd("admin device policy", "set a device's policy", adminPolicyUsage,
+		func(fs *flag.FlagSet) func(*command.Env, *admin.Client, []string) error {
+			return func(env *command.Env, c *admin.Client, args []string) error {
 				if len(args) != 2 {
-					return cli.Usagef("want a device ID and a policy (JSON)")
+					return command.Usagef("want a device ID and a policy (JSON)")
 				}
 				p, err := parsePolicy(args[1])
 				if err != nil {
@@ -192,11 +204,14 @@ func init() {
 				return c.SetDevicePolicy(context.Background(), args[0], p)
 			}
 		})
-	adminCmd("admin group set", "set a group's policy", adminPolicyUsage,
-		func(fs *flag.FlagSet) func(*cli.Env, *admin.Client, []string) error {
-			return func(env *cli.Env, c *admin.Client, args []string) error {
+}
+
+func adminGroupSetCmd() *command.Command {
+	return adminCmd("admin group set", "set a group's policy", adminPolicyUsage,
+		func(fs *flag.FlagSet) func(*command.Env, *admin.Client, []string) error {
+			return func(env *command.Env, c *admin.Client, args []string) error {
 				if len(args) != 2 {
-					return cli.Usagef("want a group name and a policy (JSON)")
+					return command.Usagef("want a group name and a policy (JSON)")
 				}
 				p, err := parsePolicy(args[1])
 				if err != nil {
@@ -205,11 +220,20 @@ func init() {
 				return c.SetGroup(context.Background(), args[0], p)
 			}
 		})
-	adminCmd("admin lockdown", "refuse every unlock at once (on|off)", adminLockdownUsage,
-		func(fs *flag.FlagSet) func(*cli.Env, *admin.Client, []string) error {
-			return func(env *cli.Env, c *admin.Client, args []string) error {
+}
+
+const adminLockdownUsage = `Usage: tether admin lockdown on|off
+
+Lockdown refuses every managed unlock at once, on every replica, until it
+is turned off. Nothing is destroyed. (Tang endpoints are not affected.)
+`
+
+func adminLockdownCmd() *command.Command {
+	return adminCmd("admin lockdown", "refuse every unlock at once (on|off)", adminLockdownUsage,
+		func(fs *flag.FlagSet) func(*command.Env, *admin.Client, []string) error {
+			return func(env *command.Env, c *admin.Client, args []string) error {
 				if len(args) != 1 || (args[0] != "on" && args[0] != "off") {
-					return cli.Usagef("want on or off")
+					return command.Usagef("want on or off")
 				}
 				if err := c.Lockdown(context.Background(), args[0] == "on"); err != nil {
 					return err
@@ -218,11 +242,26 @@ func init() {
 				return nil
 			}
 		})
-	adminCmd("admin enroll-open", "allow enrolment without a token (on|off)", adminEnrollOpenUsage,
-		func(fs *flag.FlagSet) func(*cli.Env, *admin.Client, []string) error {
-			return func(env *cli.Env, c *admin.Client, args []string) error {
+}
+
+const adminEnrollOpenUsage = `Usage: tether admin enroll-open on|off
+
+Allow (on) or refuse (off, the default) enrolment without a token
+(tether enroll --pin). Such a device is "pending" and unlocks nothing until
+an admin approves it (tether admin device approve), but anyone who reaches
+the managed port can ask, so while it is on the server limits it: 3 per
+source address (IPv6: per /64), then one per 10 minutes; at most 100
+devices pending at once; names of 1 to 64 ASCII letters, digits, ".", "-"
+and "_". Prefer tokens (tether admin token create). The setting is in the
+store: it applies to every replica.
+`
+
+func adminEnrollOpenCmd() *command.Command {
+	return adminCmd("admin enroll-open", "allow enrolment without a token (on|off)", adminEnrollOpenUsage,
+		func(fs *flag.FlagSet) func(*command.Env, *admin.Client, []string) error {
+			return func(env *command.Env, c *admin.Client, args []string) error {
 				if len(args) != 1 || (args[0] != "on" && args[0] != "off") {
-					return cli.Usagef("want on or off")
+					return command.Usagef("want on or off")
 				}
 				if err := c.EnrollOpen(context.Background(), args[0] == "on"); err != nil {
 					return err
@@ -231,14 +270,42 @@ func init() {
 				return nil
 			}
 		})
-	adminCmd("admin audit verify", "check the audit log's hash chain", adminAuditUsage,
-		func(fs *flag.FlagSet) func(*cli.Env, *admin.Client, []string) error {
+}
+
+const adminAuditUsage = `Usage: tether admin audit verify [--anchor SEQ:HASH ...]
+       tether admin audit export > audit.jsonl
+
+Every decision (enrolment, unlock allowed or denied and why, keep-alive
+timeouts) and every admin change is an audit record that carries the
+SHA-256 of the record before it. verify fetches the log and checks the
+chain: an edited, deleted or reordered record is reported. export writes
+the records as JSON lines (and stops at a broken link).
+
+Someone who can write the store could still rewrite the whole log with
+every link recomputed, or cut its end off. An anchor, a record's number
+and hash kept outside the store, detects both:
+  --anchor SEQ:HASH    record SEQ must have hash HASH (repeatable)
+  --anchors-from FILE  every webhook event in FILE (JSON lines, as a
+                       receiver logged them) is an anchor; a FILE with
+                       none is refused, as it would check nothing
+verify prints the head (the last record's number and hash) to keep as an
+anchor, and every webhook event carries its record's "seq" and "hash", so
+a webhook receiver that keeps events holds anchors as they happen.
+
+Example:
+  tether admin audit verify --anchor 1200:3f9c…e1 --anchor 1532:77ab…04
+  tether admin audit verify --anchors-from /var/log/tether-events.jsonl
+`
+
+func adminAuditVerifyCmd() *command.Command {
+	return adminCmd("admin audit verify", "check the audit log's hash chain", adminAuditUsage,
+		func(fs *flag.FlagSet) func(*command.Env, *admin.Client, []string) error {
 			var anchors anchorList
 			fs.Var(&anchors, "anchor", "")
 			from := fs.String("anchors-from", "", "")
-			return func(env *cli.Env, c *admin.Client, args []string) error {
+			return func(env *command.Env, c *admin.Client, args []string) error {
 				if len(args) != 0 {
-					return cli.Usagef("unexpected argument %q", args[0])
+					return command.Usagef("unexpected argument %q", args[0])
 				}
 				if *from != "" {
 					if err := anchors.readEvents(*from); err != nil {
@@ -256,11 +323,11 @@ func init() {
 					return nil
 				})
 				if err != nil {
-					return cli.WithHint(err, "the audit log was changed behind the server's back; compare with an export")
+					return command.WithHint(err, "the audit log was changed behind the server's back; compare with an export")
 				}
 				for seq := range anchors {
 					if seq > ch.Seq {
-						return cli.WithHint(fmt.Errorf("the anchor names record %d, but the log ends at record %d: it was cut short", seq, ch.Seq),
+						return command.WithHint(fmt.Errorf("the anchor names record %d, but the log ends at record %d: it was cut short", seq, ch.Seq),
 							"the audit log was changed behind the server's back; compare with an export")
 					}
 				}
@@ -271,9 +338,12 @@ func init() {
 				return nil
 			}
 		})
-	adminCmd("admin audit export", "write the audit log as JSON lines", adminAuditUsage,
-		func(fs *flag.FlagSet) func(*cli.Env, *admin.Client, []string) error {
-			return func(env *cli.Env, c *admin.Client, args []string) error {
+}
+
+func adminAuditExportCmd() *command.Command {
+	return adminCmd("admin audit export", "write the audit log as JSON lines", adminAuditUsage,
+		func(fs *flag.FlagSet) func(*command.Env, *admin.Client, []string) error {
+			return func(env *command.Env, c *admin.Client, args []string) error {
 				enc := json.NewEncoder(env.Stdout)
 				ch := audit.NewChain()
 				err := c.Audit(context.Background(), func(r *audit.Record) error {
@@ -283,17 +353,29 @@ func init() {
 					return enc.Encode(r)
 				})
 				if err != nil {
-					return cli.WithHint(err, "the records up to the broken link were written")
+					return command.WithHint(err, "the records up to the broken link were written")
 				}
 				return nil
 			}
 		})
-	adminCmd("admin unlock list", "list unlocks waiting for approval", adminUnlockUsage,
-		func(fs *flag.FlagSet) func(*cli.Env, *admin.Client, []string) error {
+}
+
+const adminUnlockUsage = `Usage: tether admin unlock list [--json]
+       tether admin unlock approve|deny ID
+
+A device whose policy has "approval":true waits at each unlock until an
+admin approves or denies it, or the server's --approval-timeout passes.
+list shows the waiting unlocks (--json: as JSON, with every field);
+approve and deny say on stderr what they decided.
+`
+
+func adminUnlockListCmd() *command.Command {
+	return adminCmd("admin unlock list", "list unlocks waiting for approval", adminUnlockUsage,
+		func(fs *flag.FlagSet) func(*command.Env, *admin.Client, []string) error {
 			asJSON := fs.Bool("json", false, "")
-			return func(env *cli.Env, c *admin.Client, args []string) error {
+			return func(env *command.Env, c *admin.Client, args []string) error {
 				if len(args) > 0 {
-					return cli.Usagef("unexpected argument %q", args[0])
+					return command.Usagef("unexpected argument %q", args[0])
 				}
 				as, err := c.Approvals(context.Background())
 				if err != nil {
@@ -313,90 +395,74 @@ func init() {
 				return tw.Flush()
 			}
 		})
-	for _, op := range []string{"approve", "deny"} {
-		adminCmd("admin unlock "+op, op+" a waiting unlock", adminUnlockUsage,
-			func(fs *flag.FlagSet) func(*cli.Env, *admin.Client, []string) error {
-				return func(env *cli.Env, c *admin.Client, args []string) error {
-					if len(args) != 1 {
-						return cli.Usagef("want exactly one approval ID (tether admin unlock list)")
-					}
-					a, err := c.ApprovalOp(context.Background(), args[0], op)
-					if err != nil {
-						return err
-					}
-					what := "approved: the device's waiting unlock goes ahead"
-					if op == "deny" {
-						what = "denied: the device's waiting unlock is refused"
-					}
-					fmt.Fprintf(env.Stderr, "unlock %s of device %s %s\n", a.ID, a.Device, what)
-					return nil
-				}
-			})
-	}
 }
 
-func init() {
-	cli.Register(cli.Command{
-		Name:    "admin reset-credentials",
-		Summary: "reissue the admin credentials (as root, with the server stopped)",
-		Usage:   adminResetUsage,
-		Flags: func(fs *flag.FlagSet) func(*cli.Env, []string) error {
-			data := fs.String("data", defaultDataDir, "")
-			storeSrc := fs.String("store", "", "")
-			out := fs.String("config", "", "")
-			url := fs.String("url", "", "")
-			return func(env *cli.Env, args []string) error {
-				if len(args) != 0 {
-					return cli.Usagef("unexpected argument %q", args[0])
+const adminDeviceOpUsage = `Usage: tether admin device %[1]s [--reason TEXT]%[3]s ID
+
+%[2]s.
+
+  approve   a pending enrolment (made without a token) becomes enabled
+  enable    a disabled device (by an admin or by a missed keep-alive)
+            may unlock again; its keep-alive clock restarts
+  disable   every unlock is refused until enable; reversible
+  revoke    the server destroys the device's exchange key. Every disk and
+            JWE bound to the device can never be unlocked again, by
+            anyone, even with the device's identity key. Needs --yes.
+
+Options:
+  --reason TEXT  shown in device list and recorded in the audit log
+  --yes          revoke only: confirm that the device's disks stay locked
+                 for good
+`
+
+// adminDeviceOpCmd is "tether admin device OP": approve, enable, disable or revoke.
+func adminDeviceOpCmd(op, summary string) *command.Command {
+	yesFlag := ""
+	if op == "revoke" {
+		yesFlag = " --yes"
+	}
+	return adminCmd("admin device "+op, summary, fmt.Sprintf(adminDeviceOpUsage, op, summary, yesFlag),
+		func(fs *flag.FlagSet) func(*command.Env, *admin.Client, []string) error {
+			reason := fs.String("reason", "", "")
+			yes := fs.Bool("yes", false, "")
+			return func(env *command.Env, c *admin.Client, args []string) error {
+				if len(args) != 1 {
+					return command.Usagef("want exactly one device ID")
 				}
-				ctx := context.Background()
-				file := *out
-				if file == "" {
-					file = filepath.Join(*data, "admin.json")
+				if op == "revoke" && !*yes {
+					return command.WithHint(errors.New("revocation is final: the device's exchange key is destroyed and every disk bound to it stays locked for good"),
+						"add --yes if that is what you want; tether admin device disable is reversible")
 				}
-				u := *url
-				if u == "" {
-					// The old file's URL, even if the rest of it is gone.
-					var old admin.Credentials
-					if b, err := os.ReadFile(file); err == nil && json.Unmarshal(b, &old) == nil {
-						u = old.URL
-					}
-				}
-				if u == "" {
-					return cli.Usagef("no URL for the admin API: %s has none; pass --url https://HOST:PORT (the server's --managed-listen address)", file)
-				}
-				unlock, err := server.LockDataDirOffline(*data)
-				if errors.Is(err, server.ErrServerRunning) {
-					return cli.WithHint(fmt.Errorf("reset admin credentials: %w", err),
-						"stop the server, run this again, then start the server")
-				}
+				d, err := c.DeviceOp(context.Background(), args[0], op, *reason)
 				if err != nil {
-					return cli.WithHint(fmt.Errorf("reset admin credentials: %w", err), "is --data %s the server's data directory?", *data)
+					return err
 				}
-				defer unlock()
-				src := *storeSrc
-				if src == "" {
-					src = "sqlite:" + filepath.Join(*data, "tether.db")
-				}
-				// Opening a SQLite store creates it: make sure there is one.
-				if db, ok := strings.CutPrefix(src, "sqlite:"); ok || !strings.Contains(src, "://") {
-					if _, err := os.Stat(db); err != nil {
-						return cli.WithHint(fmt.Errorf("reset admin credentials: %w", err), "is --data %s the server's data directory (or give --store)?", *data)
-					}
-				}
-				st, err := store.Open(ctx, src)
-				if err != nil {
-					return fmt.Errorf("reset admin credentials: open store: %w", err)
-				}
-				defer st.Close()
-				if _, err := admin.ResetCredentials(ctx, st, u, file); err != nil {
-					return fmt.Errorf("reset admin credentials: %w", err)
-				}
-				fmt.Fprintf(env.Stderr, "new admin credentials written to %s (0600); the old admin token no longer works\n", file)
+				fmt.Fprintf(env.Stderr, "device %s (%s) is now %s\n", d.ID, d.Name, d.State)
 				return nil
 			}
-		},
-	})
+		})
+}
+
+// adminUnlockOpCmd is "tether admin unlock OP": approve or deny.
+func adminUnlockOpCmd(op string) *command.Command {
+	return adminCmd("admin unlock "+op, op+" a waiting unlock", adminUnlockUsage,
+		func(fs *flag.FlagSet) func(*command.Env, *admin.Client, []string) error {
+			return func(env *command.Env, c *admin.Client, args []string) error {
+				if len(args) != 1 {
+					return command.Usagef("want exactly one approval ID (tether admin unlock list)")
+				}
+				a, err := c.ApprovalOp(context.Background(), args[0], op)
+				if err != nil {
+					return err
+				}
+				what := "approved: the device's waiting unlock goes ahead"
+				if op == "deny" {
+					what = "denied: the device's waiting unlock is refused"
+				}
+				fmt.Fprintf(env.Stderr, "unlock %s of device %s %s\n", a.ID, a.Device, what)
+				return nil
+			}
+		})
 }
 
 const adminResetUsage = `Usage: tether admin reset-credentials [--data DIR] [--store SRC]
@@ -424,115 +490,80 @@ Example (after stopping the server):
   # tether admin reset-credentials --data /var/lib/tether
 `
 
+func adminResetCredentialsCmd() *command.Command {
+	return &command.Command{
+		Name:    "admin reset-credentials",
+		Summary: "reissue the admin credentials (as root, with the server stopped)",
+		Usage:   adminResetUsage,
+		Flags: func(fs *flag.FlagSet) func(*command.Env, []string) error {
+			data := fs.String("data", defaultDataDir, "")
+			storeSrc := fs.String("store", "", "")
+			out := fs.String("config", "", "")
+			url := fs.String("url", "", "")
+			return func(env *command.Env, args []string) error {
+				if len(args) != 0 {
+					return command.Usagef("unexpected argument %q", args[0])
+				}
+				ctx := context.Background()
+				file := *out
+				if file == "" {
+					file = filepath.Join(*data, "admin.json")
+				}
+				u := *url
+				if u == "" {
+					// The old file's URL, even if the rest of it is gone.
+					var old admin.Credentials
+					if b, err := os.ReadFile(file); err == nil && json.Unmarshal(b, &old) == nil {
+						u = old.URL
+					}
+				}
+				if u == "" {
+					return command.Usagef("no URL for the admin API: %s has none; pass --url https://HOST:PORT (the server's --managed-listen address)", file)
+				}
+				unlock, err := server.LockDataDirOffline(*data)
+				if errors.Is(err, server.ErrServerRunning) {
+					return command.WithHint(fmt.Errorf("reset admin credentials: %w", err),
+						"stop the server, run this again, then start the server")
+				}
+				if err != nil {
+					return command.WithHint(fmt.Errorf("reset admin credentials: %w", err), "is --data %s the server's data directory?", *data)
+				}
+				defer unlock()
+				src := *storeSrc
+				if src == "" {
+					src = "sqlite:" + filepath.Join(*data, "tether.db")
+				}
+				// Opening a SQLite store creates it: make sure there is one.
+				if db, ok := strings.CutPrefix(src, "sqlite:"); ok || !strings.Contains(src, "://") {
+					if _, err := os.Stat(db); err != nil {
+						return command.WithHint(fmt.Errorf("reset admin credentials: %w", err), "is --data %s the server's data directory (or give --store)?", *data)
+					}
+				}
+				st, err := store.Open(ctx, src)
+				if err != nil {
+					return fmt.Errorf("reset admin credentials: open store: %w", err)
+				}
+				defer st.Close()
+				if _, err := admin.ResetCredentials(ctx, st, u, file); err != nil {
+					return fmt.Errorf("reset admin credentials: %w", err)
+				}
+				fmt.Fprintf(env.Stderr, "new admin credentials written to %s (0600); the old admin token no longer works\n", file)
+				return nil
+			}
+		},
+	}
+}
+
 func parsePolicy(s string) (policy.Policy, error) {
 	var p policy.Policy
 	dec := json.NewDecoder(strings.NewReader(s))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&p); err != nil {
-		return p, cli.WithHint(fmt.Errorf("policy is not valid: %v", err),
+		return p, command.WithHint(fmt.Errorf("policy is not valid: %v", err),
 			`example: '{"cidrs":["10.0.0.0/8"],"keepalive":"5m","approval":false,"rate":10}'`)
 	}
 	return p, nil
 }
-
-const adminTokenUsage = `Usage: tether admin token create [--group NAME] [--ttl D] [--note TEXT]
-
-Make a one-time enrolment token and print it on stdout. A device enrolled
-with it is enabled at once and joins the group. The token embeds the
-SHA-256 of the server's TLS key, so "tether enroll" authenticates the
-server from the token alone. The server keeps only a hash of it.
-
-Options:
-  --group NAME   group the device joins (its policy applies)
-  --ttl D        validity (default 24h)
-  --note TEXT    kept with the token for the audit log
-
-Example:
-  $ tether admin token create --group laptops --ttl 1h
-`
-
-const adminDeviceListUsage = `Usage: tether admin device list [--json]
-
-List enrolled devices with their state (pending, enabled, disabled,
-revoked), the reason for it, and when each was last heard from.
-`
-
-const adminDeviceOpUsage = `Usage: tether admin device %[1]s [--reason TEXT]%[3]s ID
-
-%[2]s.
-
-  approve   a pending enrolment (made without a token) becomes enabled
-  enable    a disabled device (by an admin or by a missed keep-alive)
-            may unlock again; its keep-alive clock restarts
-  disable   every unlock is refused until enable; reversible
-  revoke    the server destroys the device's exchange key. Every disk and
-            JWE bound to the device can never be unlocked again, by
-            anyone, even with the device's identity key. Needs --yes.
-
-Options:
-  --reason TEXT  shown in device list and recorded in the audit log
-  --yes          revoke only: confirm that the device's disks stay locked
-                 for good
-`
-
-const adminPolicyUsage = `Usage: tether admin device policy ID POLICY
-       tether admin group set NAME POLICY
-
-Set the policy of a device or of a group. A device's fields override its
-group's; unset fields inherit. POLICY is JSON:
-  cidrs      allowed source networks, e.g. ["10.0.0.0/8"]; empty = any
-  keepalive  heartbeat timeout ("5m"): a device not heard from for longer
-             (tether agent) is disabled until an admin enables it; "-1ns"
-             turns a group's keep-alive off for one device
-  approval   true: every unlock waits for tether admin unlock approve
-  rate       unlocks per minute (default: the server's --unlock-rate)
-
-Example:
-  $ tether admin group set laptops '{"keepalive":"10m","cidrs":["192.168.1.0/24"]}'
-`
-
-const adminLockdownUsage = `Usage: tether admin lockdown on|off
-
-Lockdown refuses every managed unlock at once, on every replica, until it
-is turned off. Nothing is destroyed. (Tang endpoints are not affected.)
-`
-
-const adminEnrollOpenUsage = `Usage: tether admin enroll-open on|off
-
-Allow (on) or refuse (off, the default) enrolment without a token
-(tether enroll --pin). Such a device is "pending" and unlocks nothing until
-an admin approves it (tether admin device approve), but anyone who reaches
-the managed port can ask, so while it is on the server limits it: 3 per
-source address (IPv6: per /64), then one per 10 minutes; at most 100
-devices pending at once; names of 1 to 64 ASCII letters, digits, ".", "-"
-and "_". Prefer tokens (tether admin token create). The setting is in the
-store: it applies to every replica.
-`
-
-const adminAuditUsage = `Usage: tether admin audit verify [--anchor SEQ:HASH ...]
-       tether admin audit export > audit.jsonl
-
-Every decision (enrolment, unlock allowed or denied and why, keep-alive
-timeouts) and every admin change is an audit record that carries the
-SHA-256 of the record before it. verify fetches the log and checks the
-chain: an edited, deleted or reordered record is reported. export writes
-the records as JSON lines (and stops at a broken link).
-
-Someone who can write the store could still rewrite the whole log with
-every link recomputed, or cut its end off. An anchor, a record's number
-and hash kept outside the store, detects both:
-  --anchor SEQ:HASH    record SEQ must have hash HASH (repeatable)
-  --anchors-from FILE  every webhook event in FILE (JSON lines, as a
-                       receiver logged them) is an anchor; a FILE with
-                       none is refused, as it would check nothing
-verify prints the head (the last record's number and hash) to keep as an
-anchor, and every webhook event carries its record's "seq" and "hash", so
-a webhook receiver that keeps events holds anchors as they happen.
-
-Example:
-  tether admin audit verify --anchor 1200:3f9c…e1 --anchor 1532:77ab…04
-  tether admin audit verify --anchors-from /var/log/tether-events.jsonl
-`
 
 // readEvents adds the anchors in a file of webhook events, one JSON object
 // per line; lines without "seq" and "hash" are skipped. A file with no
@@ -540,7 +571,7 @@ Example:
 func (a *anchorList) readEvents(path string) error {
 	f, err := os.Open(path)
 	if err != nil {
-		return cli.WithHint(fmt.Errorf("read the anchors: %w", err), "give --anchors-from the file your webhook receiver writes the events to")
+		return command.WithHint(fmt.Errorf("read the anchors: %w", err), "give --anchors-from the file your webhook receiver writes the events to")
 	}
 	defer f.Close()
 	n, err := a.parseEvents(f, path)
@@ -548,7 +579,7 @@ func (a *anchorList) readEvents(path string) error {
 		return err
 	}
 	if n == 0 {
-		return cli.WithHint(fmt.Errorf("%s holds no audit anchor (a webhook event with \"seq\" and \"hash\")", path),
+		return command.WithHint(fmt.Errorf("%s holds no audit anchor (a webhook event with \"seq\" and \"hash\")", path),
 			"check that it is the webhook receiver's log of events; anchors can also be given with --anchor SEQ:HASH")
 	}
 	return nil
@@ -608,12 +639,3 @@ func (a *anchorList) Set(v string) error {
 	(*a)[seq] = hash
 	return nil
 }
-
-const adminUnlockUsage = `Usage: tether admin unlock list [--json]
-       tether admin unlock approve|deny ID
-
-A device whose policy has "approval":true waits at each unlock until an
-admin approves or denies it, or the server's --approval-timeout passes.
-list shows the waiting unlocks (--json: as JSON, with every field);
-approve and deny say on stderr what they decided.
-`

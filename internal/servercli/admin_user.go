@@ -12,10 +12,11 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/tether-nbde/tether/internal/cli"
+	"golang.org/x/term"
+
+	"github.com/tether-nbde/tether/internal/command"
 	"github.com/tether-nbde/tether/server/admin"
 	"github.com/tether-nbde/tether/server/dashboard"
-	"golang.org/x/term"
 )
 
 // uiServerFlags declares the dashboard flags of "tether server".
@@ -30,7 +31,7 @@ func uiServerFlags(fs *flag.FlagSet) func() dashboard.Config {
 
 // readPassword reads a new password: from a prompt (twice, not echoed)
 // when stdin is a terminal, else the first line of stdin. Never from argv.
-func readPassword(env *cli.Env, name string) (string, error) {
+func readPassword(env *command.Env, name string) (string, error) {
 	if f, ok := env.Stdin.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
 		fmt.Fprintf(env.Stderr, "New password for %s: ", name)
 		a, err := term.ReadPassword(int(f.Fd()))
@@ -55,96 +56,9 @@ func readPassword(env *cli.Env, name string) (string, error) {
 	}
 	pw := strings.TrimRight(line, "\r\n")
 	if pw == "" {
-		return "", cli.WithHint(errors.New("no password on stdin"), "pipe it in: tether admin user add %s < password-file", name)
+		return "", command.WithHint(errors.New("no password on stdin"), "pipe it in: tether admin user add %s < password-file", name)
 	}
 	return pw, nil
-}
-
-func init() {
-	for _, op := range []struct{ name, summary string }{
-		{"add", "add a dashboard account (password from stdin or a prompt)"},
-		{"passwd", "change a dashboard account's password (ends its sessions)"},
-	} {
-		op := op
-		adminCmd("admin user "+op.name, op.summary, adminUserUsage,
-			func(fs *flag.FlagSet) func(*cli.Env, *admin.Client, []string) error {
-				return func(env *cli.Env, c *admin.Client, args []string) error {
-					if len(args) != 1 {
-						return cli.Usagef("want exactly one account name (the password comes from stdin or a prompt, never the command line)")
-					}
-					if err := dashboard.ValidUserName(args[0]); err != nil {
-						return cli.Usagef("%v", err)
-					}
-					pw, err := readPassword(env, args[0])
-					if err != nil {
-						return err
-					}
-					if len(pw) < dashboard.MinPasswordLength {
-						return cli.WithHint(fmt.Errorf("password is shorter than %d characters", dashboard.MinPasswordLength), "choose a longer one, e.g. four random words")
-					}
-					ctx := context.Background()
-					if op.name == "add" {
-						err = c.AddUser(ctx, args[0], pw)
-						var ae *admin.Error
-						if errors.As(err, &ae) && ae.Status == 409 {
-							return cli.WithHint(err, "change its password with tether admin user passwd %s", args[0])
-						}
-					} else {
-						err = c.SetPassword(ctx, args[0], pw)
-					}
-					if err != nil {
-						return err
-					}
-					fmt.Fprintf(env.Stderr, "account %s: password set\n", args[0])
-					return nil
-				}
-			})
-	}
-	adminCmd("admin user list", "list dashboard accounts", adminUserUsage,
-		func(fs *flag.FlagSet) func(*cli.Env, *admin.Client, []string) error {
-			return func(env *cli.Env, c *admin.Client, args []string) error {
-				if len(args) > 0 {
-					return cli.Usagef("unexpected argument %q", args[0])
-				}
-				us, err := c.Users(context.Background())
-				if err != nil {
-					return err
-				}
-				tw := tabwriter.NewWriter(env.Stdout, 0, 4, 2, ' ', 0)
-				fmt.Fprintln(tw, "NAME\tCREATED\tPASSWORD CHANGED")
-				for _, u := range us {
-					fmt.Fprintf(tw, "%s\t%s\t%s\n", u.Name, u.Created.Local().Format(time.DateTime), u.Updated.Local().Format(time.DateTime))
-				}
-				return tw.Flush()
-			}
-		})
-	adminCmd("admin user unlock", "clear the sign-in brakes on a dashboard account", adminUserUsage,
-		func(fs *flag.FlagSet) func(*cli.Env, *admin.Client, []string) error {
-			return func(env *cli.Env, c *admin.Client, args []string) error {
-				if len(args) != 1 {
-					return cli.Usagef("want exactly one account name")
-				}
-				n, err := c.UnlockUser(context.Background(), args[0])
-				if err != nil {
-					return err
-				}
-				fmt.Fprintf(env.Stderr, "account %s: %d sign-in brakes cleared on the server that answered\n", args[0], n)
-				return nil
-			}
-		})
-	adminCmd("admin user remove", "remove a dashboard account (ends its sessions)", adminUserUsage,
-		func(fs *flag.FlagSet) func(*cli.Env, *admin.Client, []string) error {
-			return func(env *cli.Env, c *admin.Client, args []string) error {
-				if len(args) != 1 {
-					return cli.Usagef("want exactly one account name")
-				}
-				if err := c.RemoveUser(context.Background(), args[0]); err != nil {
-					return err
-				}
-				fmt.Fprintf(env.Stderr, "account %s removed\n", args[0])
-				return nil
-			}
-		})
 }
 
 const adminUserUsage = `Usage: tether admin user add NAME < PASSWORD
@@ -172,3 +86,94 @@ Examples:
   $ tether admin user add alice
   $ pwgen -s 20 1 | tee /dev/stderr | tether admin user passwd admin
 `
+
+func adminUserListCmd() *command.Command {
+	return adminCmd("admin user list", "list dashboard accounts", adminUserUsage,
+		func(fs *flag.FlagSet) func(*command.Env, *admin.Client, []string) error {
+			return func(env *command.Env, c *admin.Client, args []string) error {
+				if len(args) > 0 {
+					return command.Usagef("unexpected argument %q", args[0])
+				}
+				us, err := c.Users(context.Background())
+				if err != nil {
+					return err
+				}
+				tw := tabwriter.NewWriter(env.Stdout, 0, 4, 2, ' ', 0)
+				fmt.Fprintln(tw, "NAME\tCREATED\tPASSWORD CHANGED")
+				for _, u := range us {
+					fmt.Fprintf(tw, "%s\t%s\t%s\n", u.Name, u.Created.Local().Format(time.DateTime), u.Updated.Local().Format(time.DateTime))
+				}
+				return tw.Flush()
+			}
+		})
+}
+
+func adminUserUnlockCmd() *command.Command {
+	return adminCmd("admin user unlock", "clear the sign-in brakes on a dashboard account", adminUserUsage,
+		func(fs *flag.FlagSet) func(*command.Env, *admin.Client, []string) error {
+			return func(env *command.Env, c *admin.Client, args []string) error {
+				if len(args) != 1 {
+					return command.Usagef("want exactly one account name")
+				}
+				n, err := c.UnlockUser(context.Background(), args[0])
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(env.Stderr, "account %s: %d sign-in brakes cleared on the server that answered\n", args[0], n)
+				return nil
+			}
+		})
+}
+
+func adminUserRemoveCmd() *command.Command {
+	return adminCmd("admin user remove", "remove a dashboard account (ends its sessions)", adminUserUsage,
+		func(fs *flag.FlagSet) func(*command.Env, *admin.Client, []string) error {
+			return func(env *command.Env, c *admin.Client, args []string) error {
+				if len(args) != 1 {
+					return command.Usagef("want exactly one account name")
+				}
+				if err := c.RemoveUser(context.Background(), args[0]); err != nil {
+					return err
+				}
+				fmt.Fprintf(env.Stderr, "account %s removed\n", args[0])
+				return nil
+			}
+		})
+}
+
+// adminUserPasswordCmd is "tether admin user add" or "passwd": both take a password.
+func adminUserPasswordCmd(op, summary string) *command.Command {
+	return adminCmd("admin user "+op, summary, adminUserUsage,
+		func(fs *flag.FlagSet) func(*command.Env, *admin.Client, []string) error {
+			return func(env *command.Env, c *admin.Client, args []string) error {
+				if len(args) != 1 {
+					return command.Usagef("want exactly one account name (the password comes from stdin or a prompt, never the command line)")
+				}
+				if err := dashboard.ValidUserName(args[0]); err != nil {
+					return command.Usagef("%v", err)
+				}
+				pw, err := readPassword(env, args[0])
+				if err != nil {
+					return err
+				}
+				if len(pw) < dashboard.MinPasswordLength {
+					return command.WithHint(fmt.Errorf("password is shorter than %d characters", dashboard.MinPasswordLength), "choose a longer one, e.g. four random words")
+				}
+				ctx := context.Background()
+				if op == "add" {
+					err = c.AddUser(ctx, args[0], pw)
+					var ae *admin.Error
+					if errors.As(err, &ae) && ae.Status == 409 {
+						return command.WithHint(err, "change its password with tether admin user passwd %s", args[0])
+					}
+				} else {
+					err = c.SetPassword(ctx, args[0], pw)
+				}
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(env.Stderr, "account %s: password set\n", args[0])
+				return nil
+			}
+		})
+}

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"github.com/tether-nbde/tether/internal/cli"
 	"log/slog"
 	"os"
 	"os/signal"
@@ -13,163 +12,13 @@ import (
 	"syscall"
 	"text/tabwriter"
 
+	"github.com/tether-nbde/tether/internal/command"
 	"github.com/tether-nbde/tether/jose"
 	"github.com/tether-nbde/tether/server"
 	"github.com/tether-nbde/tether/tang"
 )
 
 const defaultDataDir = "/var/lib/tether"
-
-func init() {
-	cli.Register(cli.Command{
-		Name:    "server",
-		Summary: "run the key server (Tang protocol)",
-		Usage:   serverUsage,
-		Flags: func(fs *flag.FlagSet) func(*cli.Env, []string) error {
-			listen := fs.String("listen", ":7500", "")
-			data := fs.String("data", defaultDataDir, "")
-			prefix := fs.String("prefix", "", "")
-			curve := fs.String("curve", "P-521", "")
-			cert := fs.String("tls-cert", "", "")
-			key := fs.String("tls-key", "", "")
-			logLevel := fs.String("log-level", "info", "")
-			announce := fs.Bool("announce", true, "")
-			managedCfg := managedServerFlags(fs) // admin.go
-			return func(env *cli.Env, args []string) error {
-				if len(args) > 0 {
-					return cli.Usagef("unexpected argument %q", args[0])
-				}
-				mc, err := managedCfg()
-				if err != nil {
-					return err
-				}
-				c, err := jose.CurveByName(*curve)
-				if err != nil {
-					return cli.Usagef("--curve: %v", err)
-				}
-				if (*cert == "") != (*key == "") {
-					return cli.Usagef("--tls-cert and --tls-key go together")
-				}
-				var lvl slog.Level
-				if err := lvl.UnmarshalText([]byte(*logLevel)); err != nil {
-					return cli.Usagef("--log-level: %v", err)
-				}
-				log := slog.New(slog.NewTextHandler(env.Stderr, &slog.HandlerOptions{Level: lvl}))
-				if env.Getenv("GOGC") == "" {
-					// The server's live heap is small (tens of MB even for a
-					// large fleet); collecting at 3x instead of 2x of it
-					// costs little memory and a share of GC CPU per request.
-					debug.SetGCPercent(200)
-				}
-				ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
-				defer stop()
-				err = server.Run(ctx, server.Config{
-					Listen: *listen, DataDir: *data, Prefix: *prefix, Curve: c,
-					TLSCert: *cert, TLSKey: *key, Log: log, Managed: mc,
-					Announce: *announce,
-				})
-				if errors.Is(err, os.ErrPermission) {
-					return cli.WithHint(err, "choose a data directory you can write with --data DIR")
-				}
-				return err
-			}
-		},
-	})
-	cli.Register(cli.Command{
-		Name:    "server keys list",
-		Summary: "list the server's keys and their thumbprints",
-		Usage:   keysListUsage,
-		Flags: func(fs *flag.FlagSet) func(*cli.Env, []string) error {
-			data := fs.String("data", defaultDataDir, "")
-			all := fs.Bool("all", false, "")
-			return func(env *cli.Env, args []string) error {
-				if len(args) > 0 {
-					return cli.Usagef("unexpected argument %q", args[0])
-				}
-				keys, err := tang.LoadKeyDir(server.KeyDir(*data))
-				if err != nil {
-					return cli.WithHint(err, "is --data %s the server's data directory?", *data)
-				}
-				tw := tabwriter.NewWriter(env.Stdout, 0, 4, 2, ' ', 0)
-				fmt.Fprintln(tw, "STATE\tUSE\tCURVE\tTHUMBPRINT (S256)")
-				for _, k := range keys {
-					if k.Hidden && !*all {
-						continue
-					}
-					state, use := "advertised", "exchange"
-					if k.Hidden {
-						state = "rotated"
-					}
-					if k.Signing() {
-						use = "signing"
-					}
-					tp, _ := k.JWK.Thumbprint("S256")
-					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", state, use, k.JWK.Crv, tp)
-				}
-				return tw.Flush()
-			}
-		},
-	})
-	cli.Register(cli.Command{
-		Name:    "server keys rotate",
-		Summary: "generate new keys and retire the advertised ones",
-		Usage:   keysRotateUsage,
-		Flags: func(fs *flag.FlagSet) func(*cli.Env, []string) error {
-			data := fs.String("data", defaultDataDir, "")
-			curve := fs.String("curve", "P-521", "")
-			return func(env *cli.Env, args []string) error {
-				if len(args) > 0 {
-					return cli.Usagef("unexpected argument %q", args[0])
-				}
-				c, err := jose.CurveByName(*curve)
-				if err != nil {
-					return cli.Usagef("--curve: %v", err)
-				}
-				dir := server.KeyDir(*data)
-				if _, err := os.Stat(dir); err != nil {
-					return cli.WithHint(err, "is --data %s the server's data directory?", *data)
-				}
-				newKeys, hidden, err := tang.Rotate(dir, c)
-				if err != nil {
-					return err
-				}
-				for _, k := range newKeys {
-					tp, _ := k.JWK.Thumbprint("S256")
-					fmt.Fprintf(env.Stderr, "new key %s\n", tp)
-				}
-				fmt.Fprintf(env.Stderr, "%d old keys retired: they no longer appear in /adv but still recover existing bindings\n", len(hidden))
-				return nil
-			}
-		},
-	})
-	cli.Register(cli.Command{
-		Name:    "server keys import",
-		Summary: "take over the keys of a tangd key directory",
-		Usage:   keysImportUsage,
-		Flags: func(fs *flag.FlagSet) func(*cli.Env, []string) error {
-			data := fs.String("data", defaultDataDir, "")
-			return func(env *cli.Env, args []string) error {
-				if len(args) != 1 {
-					return cli.Usagef("want exactly one argument, the tangd key directory")
-				}
-				imported, err := tang.Import(server.KeyDir(*data), args[0])
-				if err != nil {
-					return err
-				}
-				for _, k := range imported {
-					tp, _ := k.JWK.Thumbprint("S256")
-					state := "advertised"
-					if k.Hidden {
-						state = "rotated"
-					}
-					fmt.Fprintf(env.Stderr, "imported %s key %s\n", state, tp)
-				}
-				fmt.Fprintf(env.Stderr, "%d keys imported\n", len(imported))
-				return nil
-			}
-		},
-	})
-}
 
 const serverUsage = `Usage: tether server [--listen ADDR] [--data DIR] [--prefix PATH]
                      [--curve P-521|P-384|P-256] [--tls-cert FILE --tls-key FILE]
@@ -264,6 +113,63 @@ Examples:
   $ clevis encrypt tang '{"url":"http://127.0.0.1:7500","thp":"..."}' < secret > secret.jwe
 `
 
+func serverCmd() *command.Command {
+	return &command.Command{
+		Name:    "server",
+		Summary: "run the key server (Tang protocol)",
+		Usage:   serverUsage,
+		Flags: func(fs *flag.FlagSet) func(*command.Env, []string) error {
+			listen := fs.String("listen", ":7500", "")
+			data := fs.String("data", defaultDataDir, "")
+			prefix := fs.String("prefix", "", "")
+			curve := fs.String("curve", "P-521", "")
+			cert := fs.String("tls-cert", "", "")
+			key := fs.String("tls-key", "", "")
+			logLevel := fs.String("log-level", "info", "")
+			announce := fs.Bool("announce", true, "")
+			managedCfg := managedServerFlags(fs) // admin.go
+			return func(env *command.Env, args []string) error {
+				if len(args) > 0 {
+					return command.Usagef("unexpected argument %q", args[0])
+				}
+				mc, err := managedCfg()
+				if err != nil {
+					return err
+				}
+				c, err := jose.CurveByName(*curve)
+				if err != nil {
+					return command.Usagef("--curve: %v", err)
+				}
+				if (*cert == "") != (*key == "") {
+					return command.Usagef("--tls-cert and --tls-key go together")
+				}
+				var lvl slog.Level
+				if err := lvl.UnmarshalText([]byte(*logLevel)); err != nil {
+					return command.Usagef("--log-level: %v", err)
+				}
+				log := slog.New(slog.NewTextHandler(env.Stderr, &slog.HandlerOptions{Level: lvl}))
+				if env.Getenv("GOGC") == "" {
+					// The server's live heap is small (tens of MB even for a
+					// large fleet); collecting at 3x instead of 2x of it
+					// costs little memory and a share of GC CPU per request.
+					debug.SetGCPercent(200)
+				}
+				ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+				defer stop()
+				err = server.Run(ctx, server.Config{
+					Listen: *listen, DataDir: *data, Prefix: *prefix, Curve: c,
+					TLSCert: *cert, TLSKey: *key, Log: log, Managed: mc,
+					Announce: *announce,
+				})
+				if errors.Is(err, os.ErrPermission) {
+					return command.WithHint(err, "choose a data directory you can write with --data DIR")
+				}
+				return err
+			}
+		},
+	}
+}
+
 const keysListUsage = `Usage: tether server keys list [--data DIR] [--all]
 
 List the key server's keys with their S256 thumbprints. Give a client the
@@ -274,6 +180,44 @@ Options:
   --data DIR   the server's data directory (default /var/lib/tether)
   --all        also list rotated keys
 `
+
+func serverKeysListCmd() *command.Command {
+	return &command.Command{
+		Name:    "server keys list",
+		Summary: "list the server's keys and their thumbprints",
+		Usage:   keysListUsage,
+		Flags: func(fs *flag.FlagSet) func(*command.Env, []string) error {
+			data := fs.String("data", defaultDataDir, "")
+			all := fs.Bool("all", false, "")
+			return func(env *command.Env, args []string) error {
+				if len(args) > 0 {
+					return command.Usagef("unexpected argument %q", args[0])
+				}
+				keys, err := tang.LoadKeyDir(server.KeyDir(*data))
+				if err != nil {
+					return command.WithHint(err, "is --data %s the server's data directory?", *data)
+				}
+				tw := tabwriter.NewWriter(env.Stdout, 0, 4, 2, ' ', 0)
+				fmt.Fprintln(tw, "STATE\tUSE\tCURVE\tTHUMBPRINT (S256)")
+				for _, k := range keys {
+					if k.Hidden && !*all {
+						continue
+					}
+					state, use := "advertised", "exchange"
+					if k.Hidden {
+						state = "rotated"
+					}
+					if k.Signing() {
+						use = "signing"
+					}
+					tp, _ := k.JWK.Thumbprint("S256")
+					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", state, use, k.JWK.Crv, tp)
+				}
+				return tw.Flush()
+			}
+		},
+	}
+}
 
 const keysRotateUsage = `Usage: tether server keys rotate [--data DIR] [--curve NAME]
 
@@ -290,6 +234,41 @@ Options:
   --curve NAME  curve of the new keys (default P-521)
 `
 
+func serverKeysRotateCmd() *command.Command {
+	return &command.Command{
+		Name:    "server keys rotate",
+		Summary: "generate new keys and retire the advertised ones",
+		Usage:   keysRotateUsage,
+		Flags: func(fs *flag.FlagSet) func(*command.Env, []string) error {
+			data := fs.String("data", defaultDataDir, "")
+			curve := fs.String("curve", "P-521", "")
+			return func(env *command.Env, args []string) error {
+				if len(args) > 0 {
+					return command.Usagef("unexpected argument %q", args[0])
+				}
+				c, err := jose.CurveByName(*curve)
+				if err != nil {
+					return command.Usagef("--curve: %v", err)
+				}
+				dir := server.KeyDir(*data)
+				if _, err := os.Stat(dir); err != nil {
+					return command.WithHint(err, "is --data %s the server's data directory?", *data)
+				}
+				newKeys, hidden, err := tang.Rotate(dir, c)
+				if err != nil {
+					return err
+				}
+				for _, k := range newKeys {
+					tp, _ := k.JWK.Thumbprint("S256")
+					fmt.Fprintf(env.Stderr, "new key %s\n", tp)
+				}
+				fmt.Fprintf(env.Stderr, "%d old keys retired: they no longer appear in /adv but still recover existing bindings\n", len(hidden))
+				return nil
+			}
+		},
+	}
+}
+
 const keysImportUsage = `Usage: tether server keys import [--data DIR] TANGDIR
 
 Copy every key of a tangd key directory (e.g. /var/lib/tang or /var/db/tang)
@@ -301,3 +280,33 @@ directory is only read. Keys already present are skipped.
 Example:
   $ tether server keys import --data /var/lib/tether /var/lib/tang
 `
+
+func serverKeysImportCmd() *command.Command {
+	return &command.Command{
+		Name:    "server keys import",
+		Summary: "take over the keys of a tangd key directory",
+		Usage:   keysImportUsage,
+		Flags: func(fs *flag.FlagSet) func(*command.Env, []string) error {
+			data := fs.String("data", defaultDataDir, "")
+			return func(env *command.Env, args []string) error {
+				if len(args) != 1 {
+					return command.Usagef("want exactly one argument, the tangd key directory")
+				}
+				imported, err := tang.Import(server.KeyDir(*data), args[0])
+				if err != nil {
+					return err
+				}
+				for _, k := range imported {
+					tp, _ := k.JWK.Thumbprint("S256")
+					state := "advertised"
+					if k.Hidden {
+						state = "rotated"
+					}
+					fmt.Fprintf(env.Stderr, "imported %s key %s\n", state, tp)
+				}
+				fmt.Fprintf(env.Stderr, "%d keys imported\n", len(imported))
+				return nil
+			}
+		},
+	}
+}

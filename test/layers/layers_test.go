@@ -28,17 +28,18 @@ const module = "github.com/tether-nbde/tether/"
 // acts through the admin API, both through the managed API, and the
 // domain types belong to policy (pure decisions), which the store
 // persists, so store imports policy and never the reverse. Plumbing used
-// by all (p521, atomicfile, ...) is at the bottom.
+// by all (atomicfile, ...) is at the bottom; what one package uses lives
+// under it (jose/internal/p521).
 var ranks = map[string]int{
-	"internal/p521":       0,
 	"internal/atomicfile": 0,
 	"internal/version":    0,
 	"internal/testenv":    0,
 	"internal/lan":        5, // finding key servers on the LAN (mDNS browse, TXT format)
 
-	"jose":         10,
-	"audit":        10,
-	"internal/tpm": 10, // the TPM transport (issue 19: under pin/tpm2's care)
+	"jose/internal/p521": 5, // jose's P-521 arithmetic
+	"jose":               10,
+	"audit":              10,
+	"internal/tpm":       10, // the TPM transport (issue 19: under pin/tpm2's care)
 
 	"tang":   20,
 	"policy": 20,
@@ -75,14 +76,17 @@ var ranks = map[string]int{
 	// A test harness: the whole managed listener, for the tests of its parts.
 	"server/servertest": 62,
 
+	"internal/command":    65, // the command framework of both binaries
 	"internal/cli":        70,
-	"internal/servercli":  75, // uses internal/cli's command framework
+	"internal/servercli":  70, // the server's commands, beside tether's
 	"internal/docgen":     80,
 	"internal/docgen/gen": 85,
 
 	"cmd/tether":        90,
 	"cmd/tether-server": 90,
 	"cmd/tether-smb":    90,
+
+	"jose/internal/p521/bench": 90, // bench/p521/run.sh: p521 against OpenSSL; a command inside jose to reach p521
 }
 
 // unranked are trees that sit above every layer.

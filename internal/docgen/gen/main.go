@@ -18,7 +18,7 @@ import (
 
 	"github.com/tether-nbde/tether/internal/cli"
 	"github.com/tether-nbde/tether/internal/docgen"
-	_ "github.com/tether-nbde/tether/internal/servercli" // the server's commands, as in tether-server
+	"github.com/tether-nbde/tether/internal/servercli"
 	"github.com/tether-nbde/tether/internal/version"
 	"github.com/tether-nbde/tether/pin/smb/share"
 )
@@ -30,7 +30,7 @@ func main() {
 		fmt.Fprintln(os.Stderr, "usage: go run ./internal/docgen/gen [-version V] OUTDIR")
 		os.Exit(2)
 	}
-	if err := docgen.Write(flag.Arg(0), cli.Commands(), *ver, share.Usage); err != nil {
+	if err := docgen.Write(flag.Arg(0), cli.Binary{Name: "tether-server", Extra: servercli.Commands()}.Commands(), *ver, share.Usage); err != nil {
 		fmt.Fprintf(os.Stderr, "gen: error: %v\n", err)
 		os.Exit(1)
 	}

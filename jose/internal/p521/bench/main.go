@@ -1,4 +1,4 @@
-// Command p521 benchmarks internal/p521 against OpenSSL's P-521 ECDH
+// Command p521 benchmarks jose/internal/p521 against OpenSSL's P-521 ECDH
 // (`openssl speed ecdhp521`), filippo.io/nistec and crypto/ecdh, side by
 // side, and prints the ratios.
 //
@@ -8,7 +8,7 @@
 // and `-elapsed` switches it to wall clock, so both columns compare like
 // with like even on a loaded machine.
 //
-//	go run ./bench/p521 [-seconds 3] [-rounds 5] [-openssl openssl]
+//	go run ./jose/internal/p521/bench [-seconds 3] [-rounds 5] [-openssl openssl]
 package main
 
 import (
@@ -28,7 +28,7 @@ import (
 	"time"
 
 	"filippo.io/nistec"
-	"github.com/tether-nbde/tether/internal/p521"
+	"github.com/tether-nbde/tether/jose/internal/p521"
 )
 
 var (
