@@ -27,19 +27,14 @@ type ClevisHeader struct {
 	Pin string `json:"pin"`
 }
 
-var clevisPinField = []string{"pin"}
-
 // Pin returns the clevis pin name the JWE was made with.
 func (h *Header) Pin() (string, error) {
 	if len(h.Clevis) == 0 {
 		return "", errors.New("jwe: header has no clevis member (not made by clevis or tether)")
 	}
 	var c ClevisHeader
-	if !DecodeObject(h.Clevis, clevisPinField, func(_ int, raw []byte) bool { return DecodeString(raw, &c.Pin) }) {
-		c = ClevisHeader{}
-		if err := json.Unmarshal(h.Clevis, &c); err != nil {
-			c.Pin = ""
-		}
+	if err := json.Unmarshal(h.Clevis, &c); err != nil {
+		c.Pin = ""
 	}
 	if c.Pin == "" {
 		return "", errors.New("jwe: header has no clevis.pin")
@@ -91,7 +86,7 @@ func newJWE(prot, ek, iv, ct, tag string) (*JWE, error) {
 	if err != nil {
 		return nil, fmt.Errorf("parse jwe: protected header: %w", err)
 	}
-	if j.Header, err = parseHeader(hb); err != nil {
+	if err = json.Unmarshal(hb, &j.Header); err != nil {
 		return nil, fmt.Errorf("parse jwe: protected header: %w", err)
 	}
 	for _, f := range []struct {
