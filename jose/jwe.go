@@ -27,14 +27,19 @@ type ClevisHeader struct {
 	Pin string `json:"pin"`
 }
 
+var clevisPinField = []string{"pin"}
+
 // Pin returns the clevis pin name the JWE was made with.
 func (h *Header) Pin() (string, error) {
 	if len(h.Clevis) == 0 {
 		return "", errors.New("jwe: header has no clevis member (not made by clevis or tether)")
 	}
 	var c ClevisHeader
-	if err := json.Unmarshal(h.Clevis, &c); err != nil {
-		c.Pin = ""
+	if !DecodeObject(h.Clevis, clevisPinField, func(_ int, raw []byte) bool { return DecodeString(raw, &c.Pin) }) {
+		c = ClevisHeader{}
+		if err := json.Unmarshal(h.Clevis, &c); err != nil {
+			c.Pin = ""
+		}
 	}
 	if c.Pin == "" {
 		return "", errors.New("jwe: header has no clevis.pin")
@@ -86,7 +91,7 @@ func newJWE(prot, ek, iv, ct, tag string) (*JWE, error) {
 	if err != nil {
 		return nil, fmt.Errorf("parse jwe: protected header: %w", err)
 	}
-	if err = json.Unmarshal(hb, &j.Header); err != nil {
+	if j.Header, err = parseHeader(hb); err != nil {
 		return nil, fmt.Errorf("parse jwe: protected header: %w", err)
 	}
 	for _, f := range []struct {

@@ -169,9 +169,12 @@ type KeySet struct {
 
 // ParseKeySet parses and validates a JWK Set.
 func ParseKeySet(data []byte) (*KeySet, error) {
-	ks := new(KeySet)
-	if err := json.Unmarshal(data, ks); err != nil {
-		return nil, fmt.Errorf("parse key set: %w", err)
+	ks, ok := DecodeKeySet(data)
+	if !ok {
+		ks = new(KeySet)
+		if err := json.Unmarshal(data, ks); err != nil {
+			return nil, fmt.Errorf("parse key set: %w", err)
+		}
 	}
 	if ks.Keys == nil {
 		return nil, errors.New("parse key set: no \"keys\" array")

@@ -161,16 +161,3 @@ func (p *jwkScanner) strArray(dst *[]string) bool {
 		}
 	}
 }
-
-// sep reads what follows a member or an element: "," when more follow,
-// or the closing byte of the outermost container, after which only space
-// may be left (ok).
-func (p *jwkScanner) sep(close byte) (more, ok bool) {
-	switch p.next() {
-	case ',':
-		return true, true
-	case close:
-		return false, p.end()
-	}
-	return false, false
-}

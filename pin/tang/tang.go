@@ -171,8 +171,8 @@ func parse(j *jose.JWE) (*header, *jose.JWK, error) {
 	if j.Header.Alg != "ECDH-ES" {
 		return nil, nil, fmt.Errorf("JWE alg is %q, want ECDH-ES", j.Header.Alg)
 	}
-	var ch clevisHeader
-	if err := json.Unmarshal(j.Header.Clevis, &ch); err != nil {
+	ch, err := parseClevis(j.Header.Clevis)
+	if err != nil {
 		return nil, nil, fmt.Errorf("JWE header clevis.tang is malformed: %v", err)
 	}
 	h := &ch.Tang
@@ -196,6 +196,37 @@ func parse(j *jose.JWE) (*header, *jose.JWK, error) {
 	}
 	return nil, nil, errors.New("JWE header clevis.tang.adv has no key matching kid")
 }
+
+// parseClevis decodes the clevis header member as json.Unmarshal would,
+// reading the common shape directly (see jose.DecodeObject): it is on the
+// path of every decrypt before the connection starts.
+func parseClevis(raw []byte) (clevisHeader, error) {
+	var ch clevisHeader
+	if jose.DecodeObject(raw, clevisFields, func(i int, v []byte) bool {
+		if i == 0 {
+			return jose.DecodeString(v, &ch.Pin)
+		}
+		return jose.DecodeObject(v, tangFields, func(i int, v []byte) bool {
+			if i == 0 {
+				var ok bool
+				ch.Tang.Adv, ok = jose.DecodeKeySet(v)
+				return ok
+			}
+			return jose.DecodeString(v, &ch.Tang.URL)
+		})
+	}) {
+		return ch, nil
+	}
+	ch = clevisHeader{}
+	err := json.Unmarshal(raw, &ch)
+	return ch, err
+}
+
+// The JSON names of clevisHeader and header, in DecodeObject's order.
+var (
+	clevisFields = []string{"pin", "tang"}
+	tangFields   = []string{"adv", "url"}
+)
 
 // Info describes a tang JWE for listings and reports.
 type Info struct {
