@@ -361,7 +361,7 @@ func (v *Volume) Passphrase(ctx context.Context, slot int) ([]byte, error) {
 type RegenOptions struct {
 	Slot int
 	// Pin and Config choose a new policy; empty keeps the binding's own
-	// (rebuilt from its JWE, see ConfigOf).
+	// (rebuilt from its JWE by its pin, see pin.RegenConfig).
 	Pin    string
 	Config json.RawMessage
 	// Key, if set, is used when the binding cannot be decrypted (say its
@@ -412,7 +412,7 @@ func (v *Volume) Regen(ctx context.Context, o RegenOptions) (int, error) {
 	defer clear(old)
 	name, cfg := o.Pin, o.Config
 	if name == "" {
-		if name, cfg, err = RegenConfig(ctx, b.JWE, v.PinOptions.PerTry()); err != nil {
+		if name, cfg, err = pin.RegenConfig(ctx, b.JWE, v.PinOptions); err != nil {
 			return -1, fmt.Errorf("rebuild the configuration of keyslot %d: %w; give PIN and CONFIG", o.Slot, err)
 		}
 	}

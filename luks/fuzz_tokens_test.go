@@ -10,6 +10,11 @@ import (
 
 	"github.com/tether-nbde/tether/jose"
 	"github.com/tether-nbde/tether/pin"
+	// The pins whose headers list and regen read (pin.ConfigOf), so that
+	// FuzzTokens reaches their parsers.
+	_ "github.com/tether-nbde/tether/pin/sss"
+	_ "github.com/tether-nbde/tether/pin/tang"
+	_ "github.com/tether-nbde/tether/pin/tpm2"
 )
 
 // The tokens of a LUKS2 header come from the disk, which may come from
@@ -75,7 +80,8 @@ func FuzzTokens(f *testing.F) {
 			}
 			_ = bd.Pin()
 			_ = pin.Describe(bd.JWE)
-			ConfigOf(bd.JWE)
+			pin.ConfigOf(bd.JWE)
+			_ = pin.TangKeys(bd.JWE)
 			// A binding written back is the same binding.
 			tok, err := tokenJSON(bd.Slot, bd.JWE)
 			if err != nil {

@@ -2,7 +2,6 @@ package luks
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"sort"
@@ -136,75 +135,36 @@ func (v *Volume) Report(ctx context.Context) ([]Check, error) {
 			out = append(out, c)
 			continue
 		}
-		for _, l := range tangLeaves(b.JWE) {
-			ks, seen := advs[l.url]
-			if !seen && advErr[l.url] == nil {
+		for _, l := range pin.TangKeys(b.JWE) {
+			ks, seen := advs[l.URL]
+			if !seen && advErr[l.URL] == nil {
 				tctx, cancel := context.WithTimeout(ctx, v.PinOptions.PerTry())
-				data, err := client.Advertisement(tctx, l.url, "")
+				data, err := client.Advertisement(tctx, l.URL, "")
 				cancel()
 				if err == nil {
 					ks, _, err = tang.VerifyAdvertisement(data)
 				}
 				if err != nil {
-					advErr[l.url] = err
+					advErr[l.URL] = err
 				} else {
-					advs[l.url] = ks
+					advs[l.URL] = ks
 				}
 			}
-			if err := advErr[l.url]; err != nil {
-				c.Unknown = append(c.Unknown, fmt.Sprintf("%s: %v", l.url, err))
+			if err := advErr[l.URL]; err != nil {
+				c.Unknown = append(c.Unknown, fmt.Sprintf("%s: %v", l.URL, err))
 				continue
 			}
 			current := false
 			for _, k := range ks.WithOp("deriveKey") {
-				current = current || k.MatchesThumbprint(l.kid)
+				current = current || k.MatchesThumbprint(l.Kid)
 			}
 			if !current {
-				c.Rotated = append(c.Rotated, l.url)
+				c.Rotated = append(c.Rotated, l.URL)
 			}
 		}
 		out = append(out, c)
 	}
 	return out, nil
-}
-
-type tangLeaf struct{ url, kid string }
-
-// tangLeaves returns the Tang servers and exchange keys a JWE depends on,
-// looking into sss children.
-func tangLeaves(j *jose.JWE) []tangLeaf {
-	name, err := j.Header.Pin()
-	if err != nil {
-		return nil
-	}
-	var ch map[string]json.RawMessage
-	if json.Unmarshal(j.Header.Clevis, &ch) != nil {
-		return nil
-	}
-	switch name {
-	case "tang":
-		var t struct {
-			URL string `json:"url"`
-		}
-		if json.Unmarshal(ch["tang"], &t) == nil && t.URL != "" {
-			return []tangLeaf{{t.URL, j.Header.Kid}}
-		}
-	case "sss":
-		var s struct {
-			JWE []string `json:"jwe"`
-		}
-		if json.Unmarshal(ch["sss"], &s) != nil {
-			return nil
-		}
-		var out []tangLeaf
-		for _, c := range s.JWE {
-			if cj, err := jose.ParseCompact(c); err == nil {
-				out = append(out, tangLeaves(cj)...)
-			}
-		}
-		return out
-	}
-	return nil
 }
 
 // ErrNoDeviceMapper explains why a volume cannot be opened here.

@@ -220,3 +220,106 @@ func Describe(j *jose.JWE) string {
 type Describer interface {
 	Describe(j *jose.JWE) string
 }
+
+// Each pin owns the format of its clevis header member: what follows asks
+// the pin that made a JWE, so that callers (luks, the CLI) rebuild
+// configurations and find Tang keys without knowing any pin's header. A
+// pin implements the interfaces its header supports; the functions fall
+// back to the same answer for a pin that does not as for an unknown one.
+
+// Configurer is implemented by pins that can rebuild, from the header of
+// a JWE they made, a configuration that makes another JWE of the same
+// policy, as clevis luks list and regen do. Pins whose configuration
+// names what no header holds (a password or key file, a device identity:
+// https, smb, managed) do not implement it.
+type Configurer interface {
+	// ConfigOf returns the configuration, from the header alone: no
+	// network, no secret.
+	ConfigOf(j *jose.JWE) (json.RawMessage, error)
+}
+
+// Regenerator is implemented by pins whose configuration for a fresh
+// encryption (a regen) should differ from ConfigOf's: tang carries the
+// trust of the original binding over to the server's current keys, sss
+// asks the same of its children. It may ask servers, each exchange
+// bounded by o.PerTry().
+type Regenerator interface {
+	RegenConfig(ctx context.Context, j *jose.JWE, o Options) (json.RawMessage, error)
+}
+
+// TangKey is an exchange key of a Tang server that a JWE was made with: it
+// decrypts only while the server still holds that key.
+type TangKey struct {
+	URL string // the server
+	Kid string // the S256 thumbprint of its exchange key
+}
+
+// TangKeyer is implemented by pins whose JWEs depend on Tang servers'
+// keys: tang itself, and pins that hold other pins' JWEs (sss), through
+// their children.
+type TangKeyer interface {
+	TangKeys(j *jose.JWE) []TangKey
+}
+
+// registered returns the pin named in j's header, or nil if none is
+// registered under that name.
+func registered(j *jose.JWE) (string, Pin, error) {
+	name, err := j.Header.Pin()
+	if err != nil {
+		return "", nil, err
+	}
+	mu.RLock()
+	defer mu.RUnlock()
+	return name, pins[name], nil
+}
+
+// ConfigOf rebuilds the pin name and configuration a JWE was made with,
+// from its header (see Configurer).
+func ConfigOf(j *jose.JWE) (string, json.RawMessage, error) {
+	name, p, err := registered(j)
+	if err != nil {
+		return "", nil, err
+	}
+	c, ok := p.(Configurer)
+	if !ok {
+		return "", nil, fmt.Errorf("cannot rebuild the configuration of a %s binding", name)
+	}
+	cfg, err := c.ConfigOf(j)
+	if err != nil {
+		return "", nil, err
+	}
+	return name, cfg, nil
+}
+
+// RegenConfig is ConfigOf for encrypting anew now: pins that implement
+// Regenerator refresh what the header holds (see there); for the others
+// it is ConfigOf.
+func RegenConfig(ctx context.Context, j *jose.JWE, o Options) (string, json.RawMessage, error) {
+	name, cfg, err := ConfigOf(j)
+	if err != nil {
+		return "", nil, err
+	}
+	_, p, _ := registered(j)
+	r, ok := p.(Regenerator)
+	if !ok {
+		return name, cfg, nil
+	}
+	if cfg, err = r.RegenConfig(ctx, j, o); err != nil {
+		return "", nil, err
+	}
+	return name, cfg, nil
+}
+
+// TangKeys lists the Tang keys a JWE depends on (see TangKeyer): none for
+// pins that do not implement TangKeyer, or a header that is not well
+// formed.
+func TangKeys(j *jose.JWE) []TangKey {
+	_, p, err := registered(j)
+	if err != nil {
+		return nil
+	}
+	if t, ok := p.(TangKeyer); ok {
+		return t.TangKeys(j)
+	}
+	return nil
+}

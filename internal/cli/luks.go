@@ -362,7 +362,7 @@ func luksListCmd() *command.Command {
 						fmt.Fprintf(env.Stdout, "%d: ? (%v)\n", b.Slot, b.Err)
 						continue
 					}
-					name, cfg, err := luks.ConfigOf(b.JWE)
+					name, cfg, err := pin.ConfigOf(b.JWE)
 					if err != nil {
 						// Pins whose configuration is not rebuilt (it would
 						// need a password or a device identity) are described:

@@ -15,7 +15,6 @@ import (
 	"github.com/tether-nbde/tether/internal/atomicfile"
 	"github.com/tether-nbde/tether/internal/command"
 	"github.com/tether-nbde/tether/jose"
-	"github.com/tether-nbde/tether/luks"
 	"github.com/tether-nbde/tether/pin"
 )
 
@@ -246,7 +245,7 @@ func secretRegen(env *Env, path string, o pin.Options) error {
 			"if no pin of its policy can decrypt it any more, encrypt the secret again from its source: tether encrypt PIN CONFIG < SECRET > %s", path)
 	}
 	defer clear(secret)
-	name, cfg, err := luks.RegenConfig(ctx, j, o.PerTry())
+	name, cfg, err := pin.RegenConfig(ctx, j, o)
 	if err != nil {
 		return command.WithHint(fmt.Errorf("rebuild the policy of %s: %w", path, err),
 			"encrypt the secret again with an explicit policy: tether decrypt < %s | tether encrypt PIN CONFIG > NEW.jwe", path)

@@ -67,9 +67,9 @@ func seedHeader(t testing.TB, threshold, n int) (string, []byte) {
 func itoa(i int) string { return big.NewInt(int64(i)).String() }
 
 // FuzzHeader feeds hostile clevis.sss members — threshold, prime,
-// children, the shares inside them — to Describe and Decrypt. Nothing may
-// panic, and whatever the shares, Decrypt yields the secret or an error:
-// never other bytes.
+// children, the shares inside them — to Describe, ConfigOf, TangKeys and
+// Decrypt. Nothing may panic, and whatever the shares, Decrypt yields the
+// secret or an error: never other bytes.
 func FuzzHeader(f *testing.F) {
 	clevis, key := seedHeader(f, 2, 3)
 	f.Add(clevis)
@@ -94,6 +94,10 @@ func FuzzHeader(f *testing.F) {
 			return
 		}
 		_ = (Pin{}).Describe(j)
+		if cfg, err := (Pin{}).ConfigOf(j); err == nil && !json.Valid(cfg) {
+			t.Fatalf("ConfigOf wrote %q", cfg)
+		}
+		_ = (Pin{}).TangKeys(j)
 		got, err := (Pin{}).Decrypt(context.Background(), j, pin.Options{})
 		if err == nil && string(got) != "sss fuzz secret" {
 			t.Fatalf("decrypted to %q", got)

@@ -326,3 +326,81 @@ func (Pin) Describe(j *jose.JWE) string {
 	}
 	return "sss(" + strings.Join(parts, "; ") + ")"
 }
+
+// ConfigOf implements pin.Configurer: the threshold, and each child's
+// configuration as its own pin rebuilds it.
+func (Pin) ConfigOf(j *jose.JWE) (json.RawMessage, error) {
+	var ch map[string]json.RawMessage
+	json.Unmarshal(j.Header.Clevis, &ch)
+	var s struct {
+		T   int      `json:"t"`
+		JWE []string `json:"jwe"`
+	}
+	if err := json.Unmarshal(ch["sss"], &s); err != nil {
+		return nil, fmt.Errorf("sss JWE: %w", err)
+	}
+	pins := map[string][]json.RawMessage{}
+	for _, c := range s.JWE {
+		cj, err := jose.ParseCompact(c)
+		if err != nil {
+			return nil, fmt.Errorf("sss child: %w", err)
+		}
+		cn, cc, err := pin.ConfigOf(cj)
+		if err != nil {
+			return nil, err
+		}
+		pins[cn] = append(pins[cn], cc)
+	}
+	out, _ := json.Marshal(map[string]any{"t": s.T, "pins": pins})
+	return out, nil
+}
+
+// RegenConfig implements pin.Regenerator: ConfigOf with each child's
+// configuration as its pin regenerates it.
+func (Pin) RegenConfig(ctx context.Context, j *jose.JWE, o pin.Options) (json.RawMessage, error) {
+	var ch struct {
+		SSS struct {
+			T   int      `json:"t"`
+			JWE []string `json:"jwe"`
+		} `json:"sss"`
+	}
+	if err := json.Unmarshal(j.Header.Clevis, &ch); err != nil {
+		return nil, err
+	}
+	pins := map[string][]json.RawMessage{}
+	for _, c := range ch.SSS.JWE {
+		cj, err := jose.ParseCompact(c)
+		if err != nil {
+			return nil, err
+		}
+		cn, cc, err := pin.RegenConfig(ctx, cj, o)
+		if err != nil {
+			return nil, err
+		}
+		pins[cn] = append(pins[cn], cc)
+	}
+	out, _ := json.Marshal(map[string]any{"t": ch.SSS.T, "pins": pins})
+	return out, nil
+}
+
+// TangKeys implements pin.TangKeyer: the Tang keys of the children that
+// parse.
+func (Pin) TangKeys(j *jose.JWE) []pin.TangKey {
+	var ch map[string]json.RawMessage
+	if json.Unmarshal(j.Header.Clevis, &ch) != nil {
+		return nil
+	}
+	var s struct {
+		JWE []string `json:"jwe"`
+	}
+	if json.Unmarshal(ch["sss"], &s) != nil {
+		return nil
+	}
+	var out []pin.TangKey
+	for _, c := range s.JWE {
+		if cj, err := jose.ParseCompact(c); err == nil {
+			out = append(out, pin.TangKeys(cj)...)
+		}
+	}
+	return out
+}

@@ -10,7 +10,7 @@ import (
 	"github.com/tether-nbde/tether/pin/tpm2"
 )
 
-// FuzzHeader feeds arbitrary clevis.tpm2 headers to Describe and Decrypt
+// FuzzHeader feeds arbitrary clevis.tpm2 headers to Describe, ConfigOf and Decrypt
 // (against a TPM that does not exist): they must fail cleanly, never panic.
 func FuzzHeader(f *testing.F) {
 	f.Add(`{"pin":"tpm2","tpm2":{"hash":"sha256","key":"ecc","jwk_pub":"AE4ACAAL","jwk_priv":"AJ4AIP","pcr_bank":"sha256","pcr_ids":"0,7"}}`)
@@ -29,6 +29,9 @@ func FuzzHeader(f *testing.F) {
 			return
 		}
 		_ = p.Describe(j)
+		if cfg, err := p.ConfigOf(j); err == nil && !json.Valid(cfg) {
+			t.Fatalf("ConfigOf wrote %q", cfg)
+		}
 		if _, err := p.Decrypt(context.Background(), j, pin.Options{}); err == nil {
 			t.Fatal("decrypted without a TPM")
 		}

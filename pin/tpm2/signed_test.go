@@ -13,7 +13,6 @@ import (
 	"github.com/tether-nbde/tether/internal/testenv"
 	"github.com/tether-nbde/tether/internal/tpm/tpmtest"
 	"github.com/tether-nbde/tether/jose"
-	"github.com/tether-nbde/tether/luks"
 	"github.com/tether-nbde/tether/pin"
 	"github.com/tether-nbde/tether/pin/tpm2"
 )
@@ -111,7 +110,7 @@ func TestSignedPCRPolicyCLI(t *testing.T) {
 	decrypts("signed again")
 
 	// regen's rebuilt configuration seals to the same key and file.
-	name, rcfg, err := luks.ConfigOf(j)
+	name, rcfg, err := pin.ConfigOf(j)
 	if err != nil || name != "tpm2" {
 		t.Fatalf("ConfigOf: %s %s %v", name, rcfg, err)
 	}

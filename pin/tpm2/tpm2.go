@@ -565,3 +565,26 @@ func (p Pin) Check(ctx context.Context, j *jose.JWE) error {
 	defer t.Close()
 	return t.CheckSealed(pub, priv, o)
 }
+
+// ConfigOf implements pin.Configurer: the PCR policy and PIN use of the
+// sealed object. A signed policy's key travels as base64url DER, which
+// the configuration takes as well as a file.
+func (Pin) ConfigOf(j *jose.JWE) (json.RawMessage, error) {
+	var ch map[string]json.RawMessage
+	json.Unmarshal(j.Header.Clevis, &ch)
+	var t struct {
+		Hash          string `json:"hash"`
+		Key           string `json:"key"`
+		PCRBank       string `json:"pcr_bank,omitempty"`
+		PCRIDs        string `json:"pcr_ids,omitempty"`
+		WithPIN       bool   `json:"with_pin,omitempty"`
+		PCRPubkey     string `json:"pcr_pubkey,omitempty"`
+		PCRSignedIDs  string `json:"pcr_signed_ids,omitempty"`
+		PCRSignatures string `json:"pcr_signatures,omitempty"`
+	}
+	if err := json.Unmarshal(ch["tpm2"], &t); err != nil {
+		return nil, fmt.Errorf("tpm2 JWE: %w", err)
+	}
+	out, _ := json.Marshal(t)
+	return out, nil
+}
