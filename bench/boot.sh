@@ -25,9 +25,13 @@ section = f"""<!-- boot:begin (bench/boot.sh writes this section; bench/run.sh k
 Latest run: {datetime.date.today()}, `bench/boot.sh`. A real Debian 12 guest under QEMU (TCG,
 2 vCPUs, no KVM on these machines, so every figure is several times a real machine's), root on
 LUKS2 bound once with a clevis token that both read; the same tether server on the host.
-The initramfs images differ only in Debian's clevis-initramfs 19 or tether's hook. Medians
-(each run listed), from the kernel's timestamp of systemd's first line in the real root.
-The second row's first server never answers (dropped packets).
+The initramfs images differ only in Debian's clevis-initramfs 19 or tether's hook, and the
+kernel command line in `ip=`: clevis-initramfs 19 reads `ip=dhcp` as an interface named
+"dhcp", waits for it and falls to the passphrase prompt, so its boots name the card
+(`ip=:::::enp0s4:dhcp`); tether's get `ip=dhcp`. Medians (the upper of two; each run listed),
+from the kernel's timestamp of systemd's first line in the real root. The second row's
+first server never answers (dropped packets): both try the servers of an sss at once, so
+neither waits for it.
 
 {table}
 <!-- boot:end -->
