@@ -99,7 +99,11 @@ type Agent struct {
 	// Behind; negative is for as long as the request lasts. It is the
 	// initramfs's "race the prompt" (tether.retry=).
 	Behind time.Duration
-	Log    *log.Logger
+	// Net, if set, is asked first why a volume whose bindings need the
+	// network was not opened: "no DHCP lease on enp0s4 after 20s" says
+	// more than the server's address that could not be reached.
+	Net *EarlyNet
+	Log *log.Logger
 
 	mu       sync.Mutex
 	seen     map[string]bool // ask files taken up
@@ -231,7 +235,7 @@ func (a *Agent) answer(ctx context.Context, file string) {
 	}
 	key, err := Retry(ctx, 0, 0, try)
 	if err != nil && a.Behind != 0 && !IsPermanent(err) && ctx.Err() != nil && parent.Err() == nil && exists(file) {
-		a.logf("askpass: %s: not opened unattended within %s: %s; still trying behind the prompt", q.ID, deadline, Reason(err))
+		a.logf("askpass: %s: not opened unattended within %s: %s; still trying behind the prompt", q.ID, deadline, a.reason(ctx, target, err, time.Since(start)))
 		bctx, bcancel := context.WithCancel(parent)
 		if a.Behind > 0 {
 			bctx, bcancel = context.WithTimeout(parent, a.Behind)
@@ -275,6 +279,26 @@ func (a *Agent) answer(ctx context.Context, file string) {
 		return
 	}
 	a.logf("askpass: %s: answered (token %d, keyslot %d) after %s", q.ID, key.Token, key.Slot, time.Since(start).Round(time.Millisecond))
+}
+
+// reason names why target was not opened: the network first, when its
+// bindings need one and none is configured (since is how long it has been
+// waited for).
+func (a *Agent) reason(ctx context.Context, target string, err error, since time.Duration) string {
+	if a.Net != nil {
+		br, ok := a.Recoverer.(BindingReader)
+		if a.Recoverer == nil {
+			br, ok = TokenRecoverer{}, true
+		}
+		if dev, derr := a.device(target); ok && derr == nil {
+			if bs, berr := br.Bindings(context.WithoutCancel(ctx), dev); berr == nil && NeedsNetwork(bs) {
+				if np := a.Net.Problem(since); np != "" {
+					return np
+				}
+			}
+		}
+	}
+	return Reason(err)
 }
 
 // device maps what follows "cryptsetup:" in Id= to a device: systemd puts

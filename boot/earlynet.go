@@ -20,6 +20,29 @@ import (
 type EarlyNet struct {
 	SysNet string // "" means /sys/class/net
 	RunDir string // "" means /run
+	// HasAddr, if set, also counts a card as configured when it has an
+	// address by other means than a lease file: dracut's
+	// systemd-networkd writes none (KernelHasAddr asks the kernel).
+	HasAddr func(card string) bool
+}
+
+// KernelHasAddr reports whether the kernel has a global unicast address
+// on card (DHCP or static, whoever configured it).
+func KernelHasAddr(card string) bool {
+	ifc, err := net.InterfaceByName(card)
+	if err != nil {
+		return false
+	}
+	addrs, err := ifc.Addrs()
+	if err != nil {
+		return false
+	}
+	for _, a := range addrs {
+		if ipn, ok := a.(*net.IPNet); ok && ipn.IP.IsGlobalUnicast() {
+			return true
+		}
+	}
+	return false
 }
 
 // NetIface is one network card.
@@ -195,6 +218,11 @@ func (n EarlyNet) Problem(since time.Duration) string {
 		return "no network interface (no driver for the card, or no card)"
 	}
 	var parts []string
+	for _, i := range ifs {
+		if n.HasAddr != nil && n.HasAddr(i.Name) {
+			return ""
+		}
+	}
 	for _, i := range ifs {
 		if !i.Carrier {
 			parts = append(parts, "no link on "+i.Name+" (cable or switch)")

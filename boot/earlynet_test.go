@@ -87,6 +87,27 @@ func TestEarlyNetProblem(t *testing.T) {
 	}
 }
 
+// TestEarlyNetKernelAddr: with HasAddr (dracut's systemd-networkd writes
+// no lease files), a card the kernel has an address on is a configured
+// network, and only the cards without one are named.
+func TestEarlyNetKernelAddr(t *testing.T) {
+	n := fakeNet(t, map[string]string{"ens2": "1", "ens3": "1"}, nil)
+	n.HasAddr = func(card string) bool { return card == "ens3" }
+	if got := n.Problem(5 * time.Second); got != "" {
+		t.Errorf("ens3 has an address, Problem() = %q", got)
+	}
+	n.HasAddr = func(string) bool { return false }
+	if got, want := n.Problem(5*time.Second), "no DHCP lease on ens2 after 5s; no DHCP lease on ens3 after 5s"; got != want {
+		t.Errorf("Problem() = %q, want %q", got, want)
+	}
+	if boot.KernelHasAddr("lo") {
+		t.Errorf("loopback's addresses are not a network")
+	}
+	if boot.KernelHasAddr("no-such-card0") {
+		t.Errorf("a card that does not exist has an address")
+	}
+}
+
 func TestLeasesAndResolvConf(t *testing.T) {
 	n := fakeNet(t, map[string]string{"ens2": "1"}, map[string]string{"ens2": ipconfigConf})
 	ls := n.Leases()

@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -227,6 +228,30 @@ func TestAgentBehindPrompt(t *testing.T) {
 		if err := <-done; err != nil {
 			t.Fatal(err)
 		}
+	})
+
+	// In an initramfs whose card has no address, the agent names the
+	// network, not the server it could not reach.
+	t.Run("no-network", func(t *testing.T) {
+		proxy.Silence()
+		defer proxy.Resume()
+		sys := filepath.Join(dir, "sys")
+		os.MkdirAll(filepath.Join(sys, "enp0s4"), 0o755)
+		os.WriteFile(filepath.Join(sys, "enp0s4", "flags"), []byte("0x1003\n"), 0o644)
+		os.WriteFile(filepath.Join(sys, "enp0s4", "carrier"), []byte("1\n"), 0o644)
+		_, file := ask("nonet")
+		var logs testenv.SyncBuffer
+		a := &boot.Agent{Dir: askDir, Deadline: time.Second, Behind: -1, Log: log.New(&logs, "", 0),
+			Recoverer: boot.TokenRecoverer{Options: pin.Options{Timeout: 300 * time.Millisecond}},
+			Net:       &boot.EarlyNet{SysNet: sys, RunDir: t.TempDir(), HasAddr: func(string) bool { return false }}}
+		done := make(chan error, 1)
+		go func() { done <- a.Run(context.Background(), true) }()
+		waitLog(&logs, "still trying behind the prompt")
+		if !regexp.MustCompile(`not opened unattended within 1s: no DHCP lease on enp0s4 after 1\.?\d*s; still trying`).MatchString(logs.String()) {
+			t.Errorf("the log does not name the network:\n%s", logs.String())
+		}
+		os.Remove(file)
+		<-done
 	})
 
 	t.Run("typed-meanwhile", func(t *testing.T) {

@@ -196,7 +196,15 @@ func askpassCmd() *command.Command {
 					}
 					dl, behind = cfg.Deadline, cfg.Retry
 				}
+				var net *boot.EarlyNet
+				if *initramfs {
+					// Why a volume that needs the network was not opened:
+					// dracut's networkd writes no lease files, so the
+					// kernel says which card has an address.
+					net = &boot.EarlyNet{HasAddr: boot.KernelHasAddr}
+				}
 				a := &boot.Agent{
+					Net:       net,
 					Dir:       *dir,
 					Crypttab:  *tab,
 					Recoverer: boot.TokenRecoverer{Options: pin.Options{Timeout: *timeout}},
