@@ -15,6 +15,7 @@ test_pkgs=(
   samba smbclient openssl
   postgresql
   qemu-system-x86 linux-image-amd64 busybox-static
+  qemu-user
   initramfs-tools dracut-core cpio
   mmdebstrap
   lintian zsh fish groff-base man-db
