@@ -1,6 +1,8 @@
 package realboot
 
 import (
+	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -74,6 +76,48 @@ func TestDracut(t *testing.T) {
 		m.WaitReady(idx, 6*time.Minute, "/dev/mapper/root")
 		m.WaitExit(3 * time.Minute)
 		t.Logf("root opened %s after the server came back, nothing typed", (opened - back).Round(time.Second))
+	})
+
+	// A card with no DHCP server behind it: the prompt at the deadline,
+	// the console names the network (not the server), and the typed
+	// passphrase completes the boot.
+	t.Run("no-dhcp", func(t *testing.T) {
+		m := g.Boot(Options{NIC: NICNoDHCP, Append: cmdline + " tether.deadline=20s", Log: "dracut-nodhcp.log"})
+		line, idx, _ := m.WaitFor(`still trying behind the prompt`, 0, 8*time.Minute)
+		if !regexp.MustCompile(`not opened unattended within 20s: no DHCP lease on \w+ after`).MatchString(line) {
+			t.Errorf("the console does not name the network: %s", line)
+		}
+		_, idx, _ = m.WaitFor(`Please enter passphrase for disk`, 0, 2*time.Minute)
+		m.Type(Passphrase + "\n")
+		m.WaitReady(idx, 6*time.Minute, "/dev/mapper/root")
+		m.WaitExit(2 * time.Minute)
+		t.Logf("no DHCP: %s", line[strings.Index(line, "askpass:"):])
+	})
+
+	// A static address on the kernel command line (dracut's ip=; the
+	// generic DHCP fallback of tether's module must not win over it):
+	// the root opens with no DHCP request sent before it.
+	t.Run("static", func(t *testing.T) {
+		pcap := filepath.Join(t.TempDir(), "static.pcap")
+		m := g.Boot(Options{Forward: fwd, Capture: pcap, Log: "dracut-static.log",
+			Append: cmdline + " ip=10.0.2.50::10.0.2.2:255.255.255.0::enp0s4:none"})
+		_, idx, at := m.WaitFor(`askpass: .*: answered`, 0, 8*time.Minute)
+		m.WaitReady(idx, 6*time.Minute, "/dev/mapper/root")
+		m.WaitExit(2 * time.Minute)
+		reqs, err := dhcpRequests(pcap)
+		if err != nil {
+			t.Fatal(err)
+		}
+		before := 0
+		for _, r := range reqs {
+			if r.Before(m.At(at)) {
+				before++
+			}
+		}
+		if before > 0 || len(reqs) == 0 {
+			t.Errorf("%d DHCP requests before the root was opened (%s after power-on), %d in all; want none before, some after (the booted system's networkd)", before, at.Round(time.Second), len(reqs))
+		}
+		t.Logf("static ip=: root opened %s after power-on, no DHCP request before it (%d after)", at.Round(time.Second), len(reqs))
 	})
 
 	t.Run("down", func(t *testing.T) {

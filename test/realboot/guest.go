@@ -261,6 +261,13 @@ type Options struct {
 	// Initrd, if set, is a host file booted instead of boot.img's
 	// initramfs (to compare two initramfs images of one tree).
 	Initrd string
+	// NoIP leaves ip= off the kernel command line, so the initramfs's
+	// own setting (tether install --ip) decides; by default a NICUser
+	// boot gets ip=dhcp.
+	NoIP bool
+	// Capture, if set, is a file QEMU writes the card's traffic to
+	// (pcap, both directions), for dhcpRequests.
+	Capture string
 }
 
 // Machine is a running guest.
@@ -297,7 +304,7 @@ func (g *Guest) Boot(o Options) *Machine {
 	// no_timer_check: under TCG on a loaded host the kernel's IO-APIC
 	// timer check can fail and panic the boot (seen at load 10+).
 	appendLine := "root=/dev/mapper/root ro console=ttyS0 panic=-1 no_timer_check " + o.Append
-	if o.NIC == NICUser && !strings.Contains(o.Append, "ip=") {
+	if o.NIC == NICUser && !o.NoIP && !strings.Contains(o.Append, "ip=") {
 		appendLine += " ip=dhcp"
 	}
 	args := []string{
@@ -328,6 +335,9 @@ func (g *Guest) Boot(o Options) *Machine {
 			nd += fmt.Sprintf(",guestfwd=tcp:%s-cmd:socat -lf /dev/null - TCP:%s", guest, o.Forward[guest])
 		}
 		args = append(args, "-netdev", nd, "-device", "virtio-net-pci,netdev=n0")
+		if o.Capture != "" {
+			args = append(args, "-object", "filter-dump,id=cap0,netdev=n0,file="+o.Capture)
+		}
 	case NICNoDHCP:
 		args = append(args, "-netdev", "hubport,id=n0,hubid=0", "-device", "virtio-net-pci,netdev=n0")
 	case NICNone:
@@ -434,6 +444,10 @@ func (m *Machine) Console() string {
 
 // Since is the time since QEMU started.
 func (m *Machine) Since() time.Duration { return time.Since(m.start) }
+
+// At is the wall-clock time of a moment since QEMU started (as WaitFor
+// reports it).
+func (m *Machine) At(since time.Duration) time.Time { return m.start.Add(since) }
 
 // WaitFor waits until a console line matches re (from the line after
 // index from) and returns the line, its index and when it came (since
