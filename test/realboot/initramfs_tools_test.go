@@ -172,6 +172,7 @@ ls /dev/tpmrm0
 tether luks bind -d /dev/vdb -k ./pass sss '` + sssTPM + `' && echo "@@BOUND tpm2"
 tether enroll --server https://` + ManagedAddr + ` --token-file ./token --key-store file && echo "@@ENROLLED"
 tether luks bind -d /dev/vdb -k ./pass managed '{}' && echo "@@BOUND managed"
+tether install initramfs-tools --ip ` + staticIP + ` && echo "@@STATIC"
 uname -r
 ` + modulesDep + `
 t0=$(date +%s)
@@ -195,7 +196,7 @@ lsinitramfs /boot/initrd.img-` + kver + ` | grep -c 'sbin/tether$' | sed 's/^/@@
 		m.WaitFor(`@@DONE`, 0, 30*time.Minute)
 		m.WaitExit(3 * time.Minute)
 		t.Logf("dpkg -i %s took %v s in the guest", kpkg, m.Markers("SECONDS"))
-		for _, want := range []string{"@@BOUND tpm2", "@@ENROLLED", "@@BOUND managed"} {
+		for _, want := range []string{"@@BOUND tpm2", "@@ENROLLED", "@@BOUND managed", "@@STATIC"} {
 			if !strings.Contains(m.Console(), want) {
 				t.Fatalf("no %s in the guest", want)
 			}
@@ -283,11 +284,41 @@ done
 			m.Kill()
 			t.Logf("power cut %s after power-on", at)
 		}
-		m = g.Boot(Options{Forward: tang, Log: "after-cut-boot.log"})
-		opened(t, m)
+		// With no ip= on the kernel command line, the address the
+		// initramfs was built with (--ip, in the sss-one-down step)
+		// brings up the network, and no DHCP server is asked before the
+		// root is open; the booted system's systemd-networkd asks one
+		// after it, which shows the capture would have seen it.
+		pcap := filepath.Join(t.TempDir(), "static.pcap")
+		m = g.Boot(Options{Forward: tang, NoIP: true, Capture: pcap, Log: "after-cut-static.log"})
+		_, _, at := m.WaitFor(`tether: opened /dev/vdb as /dev/mapper/root`, 0, 10*time.Minute)
+		// local-bottom names the address it releases before the real
+		// system starts: the one --ip set.
+		m.WaitFor(`tether: released \w+ \(10\.0\.2\.50\)`, 0, 5*time.Minute)
+		m.WaitReady(0, 10*time.Minute, "/dev/mapper/root")
 		m.WaitExit(3 * time.Minute)
+		reqs, err := dhcpRequests(pcap)
+		if err != nil {
+			t.Fatal(err)
+		}
+		before := 0
+		for _, r := range reqs {
+			if r.Before(m.At(at)) {
+				before++
+			}
+		}
+		if before > 0 || len(reqs) == 0 {
+			t.Errorf("%d DHCP requests before the root was opened (%s after power-on), %d in all; want none before, some after (networkd's)", before, at.Round(time.Second), len(reqs))
+		}
+		t.Logf("static address from --ip: root opened %s after power-on, no DHCP request before it (%d after, the booted system's)", at.Round(time.Second), len(reqs))
 	})
 }
+
+// staticIP is the initramfs-tools ip= the chain's guest is built with
+// (tether install --ip) and boots with when the kernel command line has
+// none: QEMU's user network routes any address of its subnet, and this
+// one is not the address its DHCP server hands out (10.0.2.15).
+const staticIP = "10.0.2.50::10.0.2.2:255.255.255.0::enp0s4:off"
 
 // adminToken makes an enrolment token with the server's admin CLI (the
 // server's data directory holds its admin.json).
