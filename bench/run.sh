@@ -203,8 +203,9 @@ floor_ratio=$(ratio "$fdec" "$cdec")
 p521_ratio=$(ratio "$openssl521" "$raw521")
 
 out=docs/BENCHMARKS.md
-# The Boot section is bench/boot.sh's (real-Debian guests, ~25 minutes): kept as it is.
+# The Boot sections are bench/boot.sh's (real-Debian guests, over an hour): kept as they are.
 boot_section=$(sed -n '/<!-- boot:begin/,/<!-- boot:end -->/p' "$out" 2>/dev/null || true)
+bootfail_section=$(sed -n '/<!-- boot-failures:begin/,/<!-- boot-failures:end -->/p' "$out" 2>/dev/null || true)
 # So is the record of single changes measured old against new (bench/ab-*.sh): their old code is gone.
 issue19_section=$(sed -n '/<!-- issue19:begin/,/<!-- issue19:end -->/p' "$out" 2>/dev/null || true)
 {
@@ -287,6 +288,7 @@ unlock; the TLS handshake (hybrid X25519/ML-KEM key exchange, client certificate
 the load generator, whose handshakes cost as much, shares the same cores.
 EOT
 [[ -n "$boot_section" ]] && printf '\n%s\n' "$boot_section"
+[[ -n "$bootfail_section" ]] && printf '\n%s\n' "$bootfail_section"
 [[ -n "$issue19_section" ]] && printf '\n%s\n' "$issue19_section"
 } > "$out"
 echo "wrote $out" >&2

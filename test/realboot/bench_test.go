@@ -41,35 +41,8 @@ func TestBootBenchmark(t *testing.T) {
 	if os.Getenv("TETHER_BENCH_BOOT") != "1" {
 		t.Skip("a benchmark: run bench/boot.sh (TETHER_BENCH_BOOT=1)")
 	}
-	runs := 3
-	if n, err := strconv.Atoi(os.Getenv("RUNS")); err == nil && n > 0 {
-		runs = n
-	}
-	g := New(t, InitramfsTools)
-	// clevis from Debian, in the guest's own tree.
-	g.Write("/etc/resolv.conf", mustRead(t, "/etc/resolv.conf"), 0o644)
-	g.Chroot("apt-get update -q >/dev/null\nDEBIAN_FRONTEND=noninteractive apt-get install -y -q clevis clevis-luks clevis-initramfs >/dev/null\nupdate-initramfs -u -k all 2>&1 | tail -3\n")
-	initrds := map[string]string{}
-	copyInitrd := func(name string) {
-		t.Helper()
-		ms, _ := filepath.Glob(filepath.Join(g.Tree, "boot/initrd.img-*"))
-		if len(ms) != 1 {
-			t.Fatalf("want one initrd in the tree, have %v", ms)
-		}
-		initrds[name] = filepath.Join(g.Dir, "initrd-"+name)
-		if err := os.WriteFile(initrds[name], mustRead(t, ms[0]), 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
-	copyInitrd("clevis")
-	// tether's initramfs holds no clevis: its hook and scripts move aside.
-	g.Chroot(`mkdir -p /root/clevis-aside
-for f in hooks/clevis scripts/local-top/clevis scripts/local-bottom/clevis; do
-    mv /usr/share/initramfs-tools/$f /root/clevis-aside/${f##*/}-${f%%/*}
-done
-`)
-	installInitramfsTools(g)
-	copyInitrd("tether")
+	runs := benchRuns()
+	g, initrds := benchGuest(t)
 	g.MakeDisks()
 	srv := testenv.StartServer(t, "")
 	adv := fetchAdv(t, srv.URL)
@@ -118,6 +91,48 @@ done
 			t.Fatal(err)
 		}
 	}
+}
+
+func benchRuns() int {
+	if n, err := strconv.Atoi(os.Getenv("RUNS")); err == nil && n > 0 {
+		return n
+	}
+	return 3
+}
+
+// benchGuest is one guest tree with three initramfs images built in it,
+// kept as host files for Options.Initrd: "stock" (Debian's
+// cryptsetup-initramfs alone), "clevis" (Debian's clevis-initramfs added)
+// and "tether" (clevis's hook moved aside, tether's installed).
+func benchGuest(t *testing.T) (*Guest, map[string]string) {
+	g := New(t, InitramfsTools)
+	initrds := map[string]string{}
+	copyInitrd := func(name string) {
+		t.Helper()
+		ms, _ := filepath.Glob(filepath.Join(g.Tree, "boot/initrd.img-*"))
+		if len(ms) != 1 {
+			t.Fatalf("want one initrd in the tree, have %v", ms)
+		}
+		initrds[name] = filepath.Join(g.Dir, "initrd-"+name)
+		if err := os.WriteFile(initrds[name], mustRead(t, ms[0]), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	g.Chroot("update-initramfs -u -k all 2>&1 | tail -3\n")
+	copyInitrd("stock")
+	// clevis from Debian, in the guest's own tree.
+	g.Write("/etc/resolv.conf", mustRead(t, "/etc/resolv.conf"), 0o644)
+	g.Chroot("apt-get update -q >/dev/null\nDEBIAN_FRONTEND=noninteractive apt-get install -y -q clevis clevis-luks clevis-initramfs >/dev/null\nupdate-initramfs -u -k all 2>&1 | tail -3\n")
+	copyInitrd("clevis")
+	// tether's initramfs holds no clevis: its hook and scripts move aside.
+	g.Chroot(`mkdir -p /root/clevis-aside
+for f in hooks/clevis scripts/local-top/clevis scripts/local-bottom/clevis; do
+    mv /usr/share/initramfs-tools/$f /root/clevis-aside/${f##*/}-${f%%/*}
+done
+`)
+	installInitramfsTools(g)
+	copyInitrd("tether")
+	return g, initrds
 }
 
 // benchNIC is the guest's network card as udev names it in the initramfs
