@@ -64,7 +64,7 @@ func TestIdleTangConnectionsSpareManaged(t *testing.T) {
 	if testing.Short() {
 		t.Skip("holds 20,300 connections")
 	}
-	testenv.Require(t, testenv.CanSetFileLimit(serverNoFile),
+	testenv.Require(t, testenv.CanSetFileLimit(t, serverNoFile),
 		fmt.Sprintf("the server's RLIMIT_NOFILE cannot be set to %d: the test's hard limit is lower and it lacks CAP_SYS_RESOURCE", serverNoFile))
 	// The connections are held by helper processes (this test binary),
 	// as many as the test's own limit allows each, from one loopback
@@ -210,7 +210,7 @@ func TestServerFileLimit(t *testing.T) {
 		t.Fatal(err)
 	}
 	limits := []uint64{4096}
-	if above := rl.Max + 1000; testenv.CanSetFileLimit(above) {
+	if above := rl.Max + 1000; testenv.CanSetFileLimit(t, above) {
 		limits = append(limits, above)
 	} else {
 		t.Logf("RLIMIT_NOFILE %d, above the test's hard limit, is not allowed here: checked %d only", above, limits[0])

@@ -196,7 +196,7 @@ type ServerOptions struct {
 	// NoFile, if not 0, is the server's RLIMIT_NOFILE, soft and hard: the
 	// server sizes its connection caps from it, so a test of the caps
 	// sets it rather than take the machine's. Above the test's own hard
-	// limit it needs root.
+	// limit it needs CAP_SYS_RESOURCE (see CanSetFileLimit).
 	NoFile uint64
 }
 
@@ -247,7 +247,11 @@ func StartServerWith(t testing.TB, o ServerOptions) *Server {
 // the test's hard limit, or above it with CAP_SYS_RESOURCE (which root in
 // a container may lack). It asks the wrapper itself, run on this test
 // binary with no tests.
-func CanSetFileLimit(n uint64) bool {
+func CanSetFileLimit(t testing.TB, n uint64) bool {
+	t.Helper()
+	if !inMain {
+		t.Fatal("testenv.CanSetFileLimit: run the package's tests through testenv.Main, which is the wrapper that sets the limit")
+	}
 	cmd := exec.Command(os.Args[0], os.Args[0], "-test.run=^$")
 	cmd.Env = append(os.Environ(), fmt.Sprintf("%s=%d", noFileEnv, n))
 	return cmd.Run() == nil
