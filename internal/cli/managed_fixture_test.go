@@ -27,11 +27,19 @@ func startManagedFixture(t *testing.T) *managedFixture {
 	f := &managedFixture{data: t.TempDir(), addr: testenv.FreePort(t)}
 	f.start(t)
 	f.adminEnv = []string{"TETHER_ADMIN_CONFIG=" + filepath.Join(f.data, "admin.json")}
-	tok := strings.TrimSpace(mustTether(t, f.adminEnv, "", "admin", "token", "create"))
-	f.devEnv = []string{"TETHER_DEVICE_DIR=" + t.TempDir()}
-	mustTether(t, f.devEnv, tok, "enroll", "--server", "https://"+f.addr, "--token-file", "-", "--key-store", "file")
-	f.jwe = mustTether(t, f.devEnv, "disk key", "encrypt", "managed", "{}")
+	f.devEnv, f.jwe = f.enrol(t)
 	return f
+}
+
+// enrol enrols one more device (file key store, its own directory) with
+// a fresh token and returns its environment and a JWE of "disk key" bound
+// to it.
+func (f *managedFixture) enrol(t *testing.T) (devEnv []string, jwe string) {
+	t.Helper()
+	tok := strings.TrimSpace(mustTether(t, f.adminEnv, "", "admin", "token", "create"))
+	devEnv = []string{"TETHER_DEVICE_DIR=" + t.TempDir()}
+	mustTether(t, devEnv, tok, "enroll", "--server", "https://"+f.addr, "--token-file", "-", "--key-store", "file")
+	return devEnv, mustTether(t, devEnv, "disk key", "encrypt", "managed", "{}")
 }
 
 // start (re)starts the server on the fixture's data directory and address.

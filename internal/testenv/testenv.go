@@ -15,6 +15,8 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -71,6 +73,9 @@ var (
 //
 //	func TestMain(m *testing.M) { testenv.Main(m) }
 func Main(m *testing.M) {
+	if n := os.Getenv(noFileEnv); n != "" {
+		execWithFileLimit(n) // the wrapper of ServerOptions.NoFile; does not return
+	}
 	inMain = true
 	code := m.Run()
 	if binPath != "" {
@@ -181,12 +186,37 @@ type Server struct {
 // data directory (or data, if not empty) and extra arguments.
 func StartServer(t testing.TB, data string, extra ...string) *Server {
 	t.Helper()
+	return StartServerWith(t, ServerOptions{Data: data, Args: extra})
+}
+
+// ServerOptions are how StartServerWith starts a server.
+type ServerOptions struct {
+	Data string   // data directory; a fresh one if empty
+	Args []string // more arguments of "tether server"
+	// NoFile, if not 0, is the server's RLIMIT_NOFILE, soft and hard: the
+	// server sizes its connection caps from it, so a test of the caps
+	// sets it rather than take the machine's. Above the test's own hard
+	// limit it needs CAP_SYS_RESOURCE (see CanSetFileLimit).
+	NoFile uint64
+}
+
+// StartServerWith runs "tether server" on a free loopback port as o says.
+func StartServerWith(t testing.TB, o ServerOptions) *Server {
+	t.Helper()
+	data := o.Data
 	if data == "" {
 		data = t.TempDir()
 	}
 	addr := FreePort(t)
-	args := append([]string{"server", "--listen", addr, "--data", data}, extra...)
+	args := append([]string{"server", "--listen", addr, "--data", data}, o.Args...)
 	cmd := exec.Command(TetherBin(t), args...)
+	if o.NoFile != 0 {
+		// The test binary itself is the wrapper (see Main): it sets the
+		// limit and execs the server, which keeps its process ID, so
+		// killing cmd kills the server.
+		cmd = exec.Command(os.Args[0], append([]string{TetherBin(t)}, args...)...)
+		cmd.Env = append(os.Environ(), fmt.Sprintf("%s=%d", noFileEnv, o.NoFile))
+	}
 	logs := &SyncBuffer{}
 	cmd.Stdout, cmd.Stderr = logs, logs
 	if err := cmd.Start(); err != nil {
@@ -200,7 +230,7 @@ func StartServer(t testing.TB, data string, extra ...string) *Server {
 		}
 	})
 	s := &Server{URL: "http://" + addr, Data: data, Cmd: cmd, Logs: logs}
-	for _, a := range extra {
+	for _, a := range o.Args {
 		if a == "--tls-cert" {
 			s.URL = "https://" + addr
 		}
@@ -211,6 +241,42 @@ func StartServer(t testing.TB, data string, extra ...string) *Server {
 		WaitTCP(t, addr)
 	}
 	return s
+}
+
+// CanSetFileLimit reports whether ServerOptions.NoFile may be n: at most
+// the test's hard limit, or above it with CAP_SYS_RESOURCE (which root in
+// a container may lack). It asks the wrapper itself, run on this test
+// binary with no tests.
+func CanSetFileLimit(t testing.TB, n uint64) bool {
+	t.Helper()
+	if !inMain {
+		t.Fatal("testenv.CanSetFileLimit: run the package's tests through testenv.Main, which is the wrapper that sets the limit")
+	}
+	cmd := exec.Command(os.Args[0], os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), fmt.Sprintf("%s=%d", noFileEnv, n))
+	return cmd.Run() == nil
+}
+
+// noFileEnv asks a test binary run through Main to be the wrapper of
+// ServerOptions.NoFile instead of running tests.
+const noFileEnv = "TETHER_TESTENV_NOFILE"
+
+// execWithFileLimit sets RLIMIT_NOFILE, soft and hard, to n and executes
+// os.Args[1:] in place of the test binary.
+func execWithFileLimit(n string) {
+	fail := func(err error) {
+		fmt.Fprintf(os.Stderr, "testenv: run %v with RLIMIT_NOFILE %s: %v\n", os.Args[1:], n, err)
+		os.Exit(2)
+	}
+	limit, err := strconv.ParseUint(n, 10, 64)
+	if err != nil || len(os.Args) < 2 {
+		fail(fmt.Errorf("bad wrapper invocation (%v)", err))
+	}
+	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &syscall.Rlimit{Cur: limit, Max: limit}); err != nil {
+		fail(err)
+	}
+	env := slices.DeleteFunc(os.Environ(), func(kv string) bool { return strings.HasPrefix(kv, noFileEnv+"=") })
+	fail(syscall.Exec(os.Args[1], os.Args[1:], env))
 }
 
 // WaitHTTP waits until url answers 200, for at most 10 seconds.

@@ -2,6 +2,8 @@ package tangport_test
 
 import (
 	"bufio"
+	"bytes"
+	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
@@ -120,4 +122,218 @@ func TestAllow(t *testing.T) {
 			t.Errorf("%s %s from 127.0.0.1, Allow 127.0.0.2/32: %s, want %d", method, path, resp.Status, want)
 		}
 	}
+}
+
+// A recovery prepared against the port's advertisement: the /rec path of
+// its first exchange key, the blinded key to post, and the secret the
+// reply must unblind to.
+type recovery struct {
+	path string
+	body []byte
+	r    *tang.Recovery
+	z    []byte
+}
+
+func newRecovery(t *testing.T, addr string) *recovery {
+	t.Helper()
+	resp, adv, err := exchange(t, addr, "GET /adv HTTP/1.1\r\nHost: k\r\n\r\n")
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("GET /adv: %s, %v", resp.Status, err)
+	}
+	ks, _, err := tang.VerifyAdvertisement(adv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := ks.WithOp("deriveKey")[0]
+	kid, err := s.Thumbprint("S256")
+	if err != nil {
+		t.Fatal(err)
+	}
+	epk, z, err := tang.Bind(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := tang.NewRecovery(epk, s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, err := json.Marshal(r.Request)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &recovery{path: "/rec/" + kid, body: body, r: r, z: z}
+}
+
+// chunked is rc's body in two chunks, without the last chunk.
+func (rc *recovery) chunked() string {
+	h := len(rc.body) / 2
+	return fmt.Sprintf("%x\r\n%s\r\n%x\r\n%s\r\n", h, rc.body[:h], len(rc.body)-h, rc.body[h:])
+}
+
+// check fails unless resp is a 200 whose key unblinds to rc's secret.
+func (rc *recovery) check(t *testing.T, what string, resp *http.Response, body []byte) {
+	t.Helper()
+	if resp.StatusCode != 200 {
+		t.Fatalf("%s: %s %q, want 200 and the recovered key", what, resp.Status, clip(body))
+	}
+	var y jose.JWK
+	if err := jose.UnmarshalJWK(body, &y); err != nil {
+		t.Fatalf("%s: reply %q: %v", what, body, err)
+	}
+	z, err := rc.r.Finish(&y)
+	if err != nil || !bytes.Equal(z, rc.z) {
+		t.Fatalf("%s: the reply does not unblind to the bound secret (%v)", what, err)
+	}
+}
+
+// pipeline sends raw on one connection, all in one write, and reads the
+// replies in order until the server closes the connection. The requests'
+// methods tell http.ReadResponse how each reply is framed.
+func pipeline(t *testing.T, addr, raw string, methods ...string) (resps []*http.Response, bodies [][]byte) {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.WriteString(c, raw); err != nil {
+		t.Fatal(err)
+	}
+	br := bufio.NewReader(c)
+	for i := 0; ; i++ {
+		if _, err := br.Peek(1); err == io.EOF {
+			return resps, bodies
+		}
+		m := "GET"
+		if i < len(methods) {
+			m = methods[i]
+		}
+		resp, err := http.ReadResponse(br, &http.Request{Method: m})
+		if err != nil {
+			t.Fatalf("reply %d: %v (replies so far: %d)", i+1, err, len(resps))
+		}
+		body, err := io.ReadAll(resp.Body)
+		if err != nil {
+			t.Fatalf("reply %d: body: %v", i+1, err)
+		}
+		resps, bodies = append(resps, resp), append(bodies, body)
+	}
+}
+
+// TestChunkedThenPipelined (issue 21, defect 6): a chunked body is read to
+// the end of its trailers before the next request on the connection. The
+// old parser (internal/httplite before 2e58ddb) stopped at the last chunk's
+// size line, so the trailer lines (or the blank line ending them) were read
+// as the next request line: the pipelined GET /adv got a 400 and the
+// connection was closed. net/http reads the trailers with the body.
+//
+// This test and the two after it fail against that parser (run with
+// internal/httplite of d071168 serving this package's Handler).
+func TestChunkedThenPipelined(t *testing.T) {
+	addr := startTangPort(t)
+	for name, last := range map[string]string{
+		"with trailers":    "0\r\nX-Checksum: 3q2+7w==\r\nX-Other: 1\r\n\r\n",
+		"without trailers": "0\r\n\r\n",
+	} {
+		t.Run(name, func(t *testing.T) {
+			rc := newRecovery(t, addr)
+			raw := "POST " + rc.path + " HTTP/1.1\r\nHost: k\r\nContent-Type: application/jwk+json\r\nTransfer-Encoding: chunked\r\n\r\n" +
+				rc.chunked() + last +
+				"GET /adv HTTP/1.1\r\nHost: k\r\n\r\n" +
+				"GET /healthz HTTP/1.1\r\nHost: k\r\nConnection: close\r\n\r\n"
+			resps, bodies := pipeline(t, addr, raw, "POST")
+			if len(resps) != 3 {
+				for i, r := range resps {
+					t.Logf("reply %d: %s %q", i+1, r.Status, clip(bodies[i]))
+				}
+				t.Fatalf("%d replies to three pipelined requests, want 3", len(resps))
+			}
+			rc.check(t, "the chunked POST /rec", resps[0], bodies[0])
+			if resps[1].StatusCode != 200 {
+				t.Fatalf("the GET /adv after it: %s %q", resps[1].Status, clip(bodies[1]))
+			}
+			if _, _, err := tang.VerifyAdvertisement(bodies[1]); err != nil {
+				t.Errorf("the GET /adv after it: %v", err)
+			}
+			if resps[2].StatusCode != 200 || string(bodies[2]) != "ok\n" {
+				t.Errorf("the GET /healthz last: %s %q", resps[2].Status, bodies[2])
+			}
+		})
+	}
+}
+
+// TestHTTP10Chunked (issue 21, defect 6): on an HTTP/1.0 request the Tang
+// port ignores Transfer-Encoding, as net/http does (Go issue 12785;
+// chunked is an HTTP/1.1 coding): the body is framed by Content-Length
+// alone, and without one it is empty. It is neither decoded as chunked nor
+// refused. The old parser decoded it as chunked whatever the version, and
+// refused Content-Length beside it with 400.
+func TestHTTP10Chunked(t *testing.T) {
+	addr := startTangPort(t)
+
+	t.Run("without Content-Length", func(t *testing.T) {
+		// /rec sees an empty body (400), and the chunks that follow are
+		// the next request on the kept-alive connection: the size line
+		// "NN" is not a request line, so 400 again and the connection is
+		// closed. The old parser answered 200 with the recovered key.
+		rc := newRecovery(t, addr)
+		raw := "POST " + rc.path + " HTTP/1.0\r\nContent-Type: application/jwk+json\r\nTransfer-Encoding: chunked\r\nConnection: keep-alive\r\n\r\n" +
+			rc.chunked() + "0\r\n\r\n"
+		resps, bodies := pipeline(t, addr, raw, "POST")
+		if len(resps) != 2 {
+			t.Fatalf("%d replies, want 2 (the POST with no body, then its chunks as a request)", len(resps))
+		}
+		if resps[0].StatusCode != 400 || resps[0].Proto != "HTTP/1.0" || string(bodies[0]) != "Bad Request\n" {
+			t.Errorf("the POST: %s %s %q, want HTTP/1.0 400 \"Bad Request\\n\" (/rec with an empty body)", resps[0].Proto, resps[0].Status, clip(bodies[0]))
+		}
+		if resps[1].StatusCode != 400 || !resps[1].Close || string(bodies[1]) != "400 Bad Request" {
+			t.Errorf("the chunks as a request: %s %q, close %v; want net/http's 400 \"400 Bad Request\" and the connection closed", resps[1].Status, bodies[1], resps[1].Close)
+		}
+	})
+
+	t.Run("with Content-Length", func(t *testing.T) {
+		// Content-Length frames the body; the request after it is read
+		// where Content-Length ends.
+		rc := newRecovery(t, addr)
+		raw := fmt.Sprintf("POST %s HTTP/1.0\r\nContent-Type: application/jwk+json\r\nTransfer-Encoding: chunked\r\nContent-Length: %d\r\nConnection: keep-alive\r\n\r\n%s",
+			rc.path, len(rc.body), rc.body) +
+			"GET /healthz HTTP/1.0\r\n\r\n"
+		resps, bodies := pipeline(t, addr, raw, "POST")
+		if len(resps) != 2 {
+			t.Fatalf("%d replies, want 2", len(resps))
+		}
+		rc.check(t, "the POST framed by its Content-Length", resps[0], bodies[0])
+		if resps[1].StatusCode != 200 || string(bodies[1]) != "ok\n" {
+			t.Errorf("the GET /healthz after it: %s %q", resps[1].Status, bodies[1])
+		}
+	})
+}
+
+// TestMalformedHeaderFields (issue 21, defect 6): control characters in a
+// header field are refused with net/http's 400 and the connection closed.
+// The old parser split lines at LF, trimmed CR and LF only at the line's
+// end and checked names only for spaces, so these requests got 200 and
+// the advertisement.
+func TestMalformedHeaderFields(t *testing.T) {
+	addr := startTangPort(t)
+	for name, field := range map[string]string{
+		"bare CR inside a header value": "X-A: a\rb",
+		"bare CR ending a header value": "X-A: ab\r",
+		"NUL in a header name":          "X-\x00A: b",
+		"NUL in a header value":         "X-A: a\x00b",
+	} {
+		resp, body, err := exchange(t, addr, "GET /adv HTTP/1.1\r\nHost: k\r\n"+field+"\r\n\r\n")
+		if resp.StatusCode != 400 || !resp.Close || err != nil || string(body) != "400 Bad Request" {
+			t.Errorf("%s (%q): %s %q (%v), close %v; want net/http's 400 \"400 Bad Request\" and the connection closed", name, field, resp.Status, clip(body), err, resp.Close)
+		}
+	}
+}
+
+// clip shortens a reply body for a failure message.
+func clip(b []byte) []byte {
+	if len(b) > 80 {
+		return append(b[:80:80], "..."...)
+	}
+	return b
 }
