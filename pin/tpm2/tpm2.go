@@ -476,9 +476,12 @@ func (p Pin) Decrypt(ctx context.Context, j *jose.JWE, po pin.Options) ([]byte, 
 	if h.WithPIN && (errors.As(err, &wp) || errors.As(err, &lo)) {
 		return nil, pinError{err}
 	}
-	if errors.As(err, &pm) {
+	if errors.As(err, &pm) || errors.Is(err, tpm.ErrWrongTPM) {
 		// PCRs only move forward until the next reboot: during this boot
-		// the policy can never hold again.
+		// the policy can never hold again. Nor does another machine's
+		// TPM (or one cleared since) become the one that sealed it, so
+		// a boot shows the prompt at once instead of waiting out its
+		// deadline.
 		return nil, pin.Permanent(err)
 	}
 	if err != nil {

@@ -183,6 +183,10 @@ func TestWrongTPM(t *testing.T) {
 		if !strings.Contains(err.Error(), "sealed on another TPM") {
 			t.Errorf("error is not clear: %v", err)
 		}
+		// A boot stops waiting for it: this TPM will not become the other.
+		if !pin.IsPermanent(err) {
+			t.Errorf("%s: decrypt on another TPM is not a pin.PermanentError: %v", cfg, err)
+		}
 	}
 }
 
