@@ -132,7 +132,7 @@ func TestBootFailureBenchmark(t *testing.T) {
 		}
 		diff := "—"
 		if len(times["stock"]) > 0 && len(times["tether"]) > 0 {
-			diff = fmt.Sprintf("%+.1f s", (median(times["tether"]) - median(times["stock"])).Seconds())
+			diff = fmt.Sprintf("%+.1f s", (median(times["tether"]) - median(times["stock"])).Round(100*time.Millisecond).Seconds())
 		}
 		fmt.Fprintf(&table, "| %s | %s | %s | %s | %s | %s |\n", r.name, r.timed, cell("stock"), cell("clevis"), cell("tether"), diff)
 	}
