@@ -27,6 +27,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sort"
 	"strings"
 	"syscall"
 	"testing"
@@ -119,7 +120,11 @@ func Base(t testing.TB, flavor Flavor) string {
 	name := fmt.Sprintf("base-%s-%s", flavor, hex.EncodeToString(sum[:8]))
 	return cached(t, name, func(tmp string) error {
 		t.Logf("building the %s base image with mmdebstrap from %s (once; cached in %s)", flavor, mirror, CacheDir())
-		cmd := exec.Command("mmdebstrap", "--variant=minbase", "--include="+strings.Join(pkgs, ","), Suite, tmp, mirror)
+		// In a private mount namespace: the proc, sys and dev mounts
+		// mmdebstrap makes in the tree go with it even when it is killed
+		// (a killed build once left them mounted under the cache).
+		cmd := exec.Command("unshare", "--mount", "--propagation", "private",
+			"mmdebstrap", "--variant=minbase", "--include="+strings.Join(pkgs, ","), Suite, tmp, mirror)
 		if out, err := cmd.CombinedOutput(); err != nil {
 			return fmt.Errorf("mmdebstrap: %v\n%s", err, tail(out, 4000))
 		}
@@ -148,6 +153,11 @@ func cached(t testing.TB, name string, build func(tmp string) error) string {
 		return dir
 	}
 	tmp := dir + ".building"
+	// A build killed by an older harness may have left mounts in its tree:
+	// removing through them would reach the host's /proc, /sys or /dev.
+	if err := unmountUnder(tmp); err != nil {
+		t.Fatal(err)
+	}
 	os.RemoveAll(tmp)
 	if err := os.MkdirAll(tmp, 0o755); err != nil {
 		t.Fatal(err)
@@ -254,4 +264,35 @@ func tail(b []byte, n int) string {
 		b = b[len(b)-n:]
 	}
 	return string(b)
+}
+
+// unmountUnder detaches every mount at or below dir (deepest first) and
+// fails if any is left.
+func unmountUnder(dir string) error {
+	under := func() ([]string, error) {
+		data, err := os.ReadFile("/proc/self/mountinfo")
+		if err != nil {
+			return nil, err
+		}
+		var out []string
+		for _, l := range strings.Split(string(data), "\n") {
+			f := strings.Fields(l)
+			if len(f) > 4 && (f[4] == dir || strings.HasPrefix(f[4], dir+"/")) {
+				out = append(out, f[4])
+			}
+		}
+		sort.Slice(out, func(i, j int) bool { return len(out[i]) > len(out[j]) })
+		return out, nil
+	}
+	ms, err := under()
+	if err != nil {
+		return err
+	}
+	for _, m := range ms {
+		syscall.Unmount(m, syscall.MNT_DETACH)
+	}
+	if left, _ := under(); len(left) > 0 {
+		return fmt.Errorf("%s still has mounts (%s): unmount them (umount -R -l %s) before the base image is built again", dir, strings.Join(left, ", "), dir)
+	}
+	return nil
 }
