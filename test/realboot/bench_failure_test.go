@@ -2,9 +2,7 @@ package realboot
 
 import (
 	"fmt"
-	"net"
 	"os"
-	"os/exec"
 	"strings"
 	"testing"
 	"time"
@@ -142,38 +140,4 @@ func TestBootFailureBenchmark(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-}
-
-// bindTPMOnHost binds g's root (keyslot 1) to tpm2 (PCR 7) of an swtpm
-// on the host that no guest ever sees: booted with its own TPM, the guest
-// is the disk in another machine.
-func bindTPMOnHost(t *testing.T, g *Guest) {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := l.Addr().(*net.TCPAddr).Port
-	l.Close()
-	dir := t.TempDir()
-	cmd := exec.Command("swtpm", "socket", "--tpm2", "--tpmstate", "dir="+dir,
-		"--server", fmt.Sprintf("type=tcp,port=%d,bindaddr=127.0.0.1", port),
-		"--ctrl", fmt.Sprintf("type=tcp,port=%d,bindaddr=127.0.0.1", port+1),
-		"--flags", "not-need-init,startup-clear")
-	var out testenv.SyncBuffer
-	cmd.Stdout, cmd.Stderr = &out, &out
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("start swtpm: %v", err)
-	}
-	defer func() { cmd.Process.Kill(); cmd.Wait() }()
-	for i := 0; i < 100; i++ {
-		if c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port)); err == nil {
-			c.Close()
-			break
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	t.Setenv("TETHER_TPM_TCTI", fmt.Sprintf("swtpm:host=127.0.0.1,port=%d", port))
-	g.Host("", "luks", "bind", "-d", g.RootImg, "-k", g.PassphraseFile(), "-s", "1", "tpm2", `{"pcr_ids":"7"}`)
-	os.Unsetenv("TETHER_TPM_TCTI")
 }

@@ -107,6 +107,13 @@ func waitFor(t *testing.T, m *Machine, re string, from int, timeout time.Duratio
 	return line, idx, at
 }
 
+// slowSystemd goes on the kernel command line of boots that must reach
+// multi-user.target on a loaded machine: udev can start so late in the
+// booted system that systemd's 90 s wait for the disks runs out
+// (emergency mode, seen in .ci/run beside the unit tests). It gives every
+// wait the time emulation needs; tether's own times are unaffected.
+const slowSystemd = "systemd.default_timeout_start_sec=600"
+
 // reasonLine is tether's whole line (the console may deliver a line in
 // pieces, and the harness matches a line still being printed).
 const reasonLine = `tether: root \(/dev/vdb\) not unlocked within .*(behind the prompt|stopped trying\))$`
@@ -159,11 +166,6 @@ func TestBootNetwork(t *testing.T) {
 	// cryptroot's own start, a few seconds after tether's deadline.
 	const slack = 15 * time.Second
 
-	// On a loaded machine udev can start so late in the booted system that
-	// systemd's 90 s wait for the disks runs out (emergency mode): give
-	// every wait the time emulation needs. tether's own times are
-	// unaffected.
-	const slowSystemd = "systemd.default_timeout_start_sec=600"
 
 	checkAfter := func(t *testing.T, m *Machine) {
 		t.Helper()
@@ -251,5 +253,61 @@ func TestBootNetwork(t *testing.T) {
 			t.Errorf("tether waited for a volume it has no binding for")
 		}
 		t.Logf("passphrase-only root: prompt at %s after power-on, no network started", prompt.Round(time.Second))
+	})
+
+	// unbindAll leaves the root with its passphrase alone, whichever
+	// cases ran before.
+	unbindAll := func() {
+		for _, l := range strings.Split(g.Host("", "luks", "list", "-d", g.RootImg), "\n") {
+			if slot, _, ok := strings.Cut(l, ":"); ok && slot != "" && strings.Trim(slot, "0123456789") == "" {
+				g.Host("", "luks", "unbind", "-d", g.RootImg, "-s", slot)
+			}
+		}
+	}
+
+	// A server name that does not resolve (QEMU's user network answers
+	// no name here): the console names the name.
+	t.Run("dns", func(t *testing.T) {
+		unbindAll()
+		g.Host("", "luks", "bind", "-d", g.RootImg, "-k", g.PassphraseFile(), "tang", tangConfig("keys.tether-test.invalid:7500", adv))
+		m := g.Boot(Options{Forward: map[string]string{ServerAddr: hostPort(srv.URL)}, Script: afterBoot, Log: "dns.log", Append: slowSystemd})
+		_, i0, start := waitFor(t, m, `tether: unlocking bound volumes`, 0, 10*time.Minute)
+		line, _, _ := waitFor(t, m, reasonLine, i0, 2*time.Minute)
+		if !strings.Contains(line, "cannot resolve keys.tether-test.invalid") {
+			t.Errorf("the console does not name the name that does not resolve:\n%s", line)
+		}
+		_, idx, prompt := waitFor(t, m, `Please unlock disk root`, i0, 2*time.Minute)
+		if prompt-start > deadline+slack {
+			t.Errorf("the prompt came %s after tether started (deadline %s)", (prompt - start).Round(time.Second), deadline)
+		}
+		m.Type(Passphrase + "\n")
+		waitFor(t, m, `@@READY .*root=/dev/mapper/root`, idx, 10*time.Minute)
+		waitFor(t, m, `@@DONE`, idx, 2*time.Minute)
+		checkAfter(t, m)
+		m.Kill()
+		t.Logf("dns: prompt %s after tether started: %s", (prompt - start).Round(time.Second), line[strings.Index(line, "tether:"):])
+	})
+
+	// A tpm2-only root in another machine (a TPM that did not seal it):
+	// no network is started, and the prompt comes at once with the
+	// reason, as nothing can change it during this boot.
+	t.Run("tpm2-only", func(t *testing.T) {
+		testenv.RequireCmd(t, "swtpm")
+		unbindAll()
+		bindTPMOnHost(t, g)
+		m := g.Boot(Options{Forward: map[string]string{ServerAddr: hostPort(srv.URL)}, TPM: startSWTPM(t, t.TempDir()), Script: afterBoot, Log: "tpm2-only.log", Append: slowSystemd})
+		line, _, said := waitFor(t, m, `tether: root \(/dev/vdb\) cannot be unlocked by its bindings: .*stopped trying\)$`, 0, 10*time.Minute)
+		if !strings.Contains(line, "sealed on another TPM") {
+			t.Errorf("the console does not say why:\n%s", line)
+		}
+		_, idx, prompt := waitFor(t, m, `Please unlock disk root`, 0, 2*time.Minute)
+		m.Type(Passphrase + "\n")
+		waitFor(t, m, `@@READY .*root=/dev/mapper/root`, idx, 10*time.Minute)
+		waitFor(t, m, `@@DONE`, idx, 2*time.Minute)
+		m.Kill()
+		if n := m.Markers("NET"); len(n) == 0 || n[0] != "started=no leases=0" {
+			t.Errorf("a tpm2-only root got a network from the initramfs: %v", n)
+		}
+		t.Logf("tpm2-only root, another TPM: said why %s after power-on, prompt at %s, no network started", said.Round(time.Second), prompt.Round(time.Second))
 	})
 }

@@ -44,7 +44,7 @@ func TestDracut(t *testing.T) {
 	adv := fetchAdv(t, srv.URL)
 	fwd := map[string]string{ServerAddr: hostPort(srv.URL)}
 	g.Host("", "luks", "bind", "-d", g.RootImg, "-k", g.PassphraseFile(), "tang", tangConfig(ServerAddr, adv))
-	cmdline := "rd.luks.name=" + luksUUID(t, g.RootImg) + "=root"
+	cmdline := "rd.luks.name=" + luksUUID(t, g.RootImg) + "=root " + slowSystemd
 
 	t.Run("tang", func(t *testing.T) {
 		m := g.Boot(Options{Forward: fwd, Append: cmdline, Log: "dracut-tang.log"})
