@@ -166,7 +166,6 @@ func TestBootNetwork(t *testing.T) {
 	// cryptroot's own start, a few seconds after tether's deadline.
 	const slack = 15 * time.Second
 
-
 	checkAfter := func(t *testing.T, m *Machine) {
 		t.Helper()
 		procs := m.Markers("PROCS")
