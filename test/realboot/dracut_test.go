@@ -104,20 +104,8 @@ func TestDracut(t *testing.T) {
 		_, idx, at := m.WaitFor(`askpass: .*: answered`, 0, 8*time.Minute)
 		m.WaitReady(idx, 6*time.Minute, "/dev/mapper/root")
 		m.WaitExit(2 * time.Minute)
-		reqs, err := dhcpRequests(pcap)
-		if err != nil {
-			t.Fatal(err)
-		}
-		before := 0
-		for _, r := range reqs {
-			if r.Before(m.At(at)) {
-				before++
-			}
-		}
-		if before > 0 || len(reqs) == 0 {
-			t.Errorf("%d DHCP requests before the root was opened (%s after power-on), %d in all; want none before, some after (the booted system's networkd)", before, at.Round(time.Second), len(reqs))
-		}
-		t.Logf("static ip=: root opened %s after power-on, no DHCP request before it (%d after)", at.Round(time.Second), len(reqs))
+		after := noDHCPBefore(t, pcap, m, at)
+		t.Logf("static ip=: root opened %s after power-on, no DHCP request before it (%d after)", at.Round(time.Second), after)
 	})
 
 	t.Run("down", func(t *testing.T) {

@@ -297,20 +297,8 @@ done
 		m.WaitFor(`tether: released \w+ \(10\.0\.2\.50\)`, 0, 5*time.Minute)
 		m.WaitReady(0, 10*time.Minute, "/dev/mapper/root")
 		m.WaitExit(3 * time.Minute)
-		reqs, err := dhcpRequests(pcap)
-		if err != nil {
-			t.Fatal(err)
-		}
-		before := 0
-		for _, r := range reqs {
-			if r.Before(m.At(at)) {
-				before++
-			}
-		}
-		if before > 0 || len(reqs) == 0 {
-			t.Errorf("%d DHCP requests before the root was opened (%s after power-on), %d in all; want none before, some after (networkd's)", before, at.Round(time.Second), len(reqs))
-		}
-		t.Logf("static address from --ip: root opened %s after power-on, no DHCP request before it (%d after, the booted system's)", at.Round(time.Second), len(reqs))
+		after := noDHCPBefore(t, pcap, m, at)
+		t.Logf("static address from --ip: root opened %s after power-on, no DHCP request before it (%d after, the booted system's)", at.Round(time.Second), after)
 	})
 }
 

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"os"
+	"testing"
 	"time"
 )
 
@@ -48,4 +49,26 @@ func dhcpRequests(file string) ([]time.Time, error) {
 		}
 	}
 	return out, nil
+}
+
+// noDHCPBefore fails t if the capture in pcap holds a DHCP request sent
+// before at (since m's power-on), or none at all: the booted system's own
+// networkd asks after the root is open, which shows the capture sees
+// them. It returns how many came after.
+func noDHCPBefore(t *testing.T, pcap string, m *Machine, at time.Duration) int {
+	t.Helper()
+	reqs, err := dhcpRequests(pcap)
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := 0
+	for _, r := range reqs {
+		if r.Before(m.At(at)) {
+			before++
+		}
+	}
+	if before > 0 || len(reqs) == 0 {
+		t.Errorf("%d DHCP requests before the root was opened (%s after power-on), %d in all; want none before, some after (the booted system's networkd)", before, at.Round(time.Second), len(reqs))
+	}
+	return len(reqs) - before
 }
