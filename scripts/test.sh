@@ -11,7 +11,7 @@ export PATH="/usr/local/go/bin:$PATH"
 # critical path of a CI run. By default all of them that issue 16's
 # scenarios need run; REALBOOT picks others (a go test -run pattern; "."
 # for all, docs/BOOT.md says which exist).
-REALBOOT_DEFAULT='^(TestUnmountUnder|TestInitramfsTools|TestDataVolumes|TestDracut|TestSetupBoot)$'
+REALBOOT_DEFAULT='^(TestUnmountUnder|TestBaseImages|TestInitramfsTools|TestDataVolumes|TestDracut|TestSetupBoot)$'
 realboot_log=$(mktemp)
 setsid go test -count=1 -timeout 80m -run "${REALBOOT:-$REALBOOT_DEFAULT}" "$@" ./test/realboot >"$realboot_log" 2>&1 &
 realboot=$!
