@@ -1,14 +1,20 @@
 package boot
 
 import (
+	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
 	"strings"
 )
 
-// FirstBootConf is where "tether install initramfs-tools --first-boot"
-// writes the first-boot settings; the hook copies it into the initramfs,
-// whose local-top script tether-first-boot sources it.
+// FirstBootConf is where "tether install initramfs-tools|dracut
+// --first-boot" writes the first-boot settings; the hook (or dracut
+// module 91tether-first-boot) copies it into the initramfs, whose script
+// tether-first-boot sources it.
 const FirstBootConf = "/etc/tether/first-boot.conf"
 
 // FirstBoot is what the initramfs does on a factory image's first boot:
@@ -82,25 +88,51 @@ func shellQuote(s string) string {
 	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
 }
 
-// Files returns the first-boot configuration file and the local-top
-// script that acts on it.
-func (f FirstBoot) Files() ([]InstallFile, error) {
+// Files returns the first-boot configuration file and what acts on it in
+// target's initramfs: the local-top script tether-first-boot
+// (initramfs-tools), or dracut module 91tether-first-boot (a service
+// before systemd-cryptsetup) with bin as the tether binary's path.
+func (f FirstBoot) Files(target, bin string) ([]InstallFile, error) {
 	if err := f.Validate(); err != nil {
 		return nil, err
 	}
-	script, err := files.ReadFile("files/initramfs-tools/scripts/local-top/tether-first-boot")
-	if err != nil {
-		return nil, err
+	var out []InstallFile
+	add := func(src, dst string, mode os.FileMode) error {
+		data, err := files.ReadFile("files/" + src)
+		if err != nil {
+			return err
+		}
+		data = []byte(strings.ReplaceAll(string(data), "@BIN@", bin))
+		out = append(out, InstallFile{Path: dst, Mode: mode, Data: data})
+		return nil
+	}
+	switch target {
+	case "initramfs-tools":
+		if err := add("initramfs-tools/scripts/local-top/tether-first-boot", "/etc/initramfs-tools/scripts/local-top/tether-first-boot", 0o755); err != nil {
+			return nil, err
+		}
+	case "dracut":
+		const dir = "/usr/lib/dracut/modules.d/91tether-first-boot/"
+		for _, f := range []struct {
+			name string
+			mode os.FileMode
+		}{{"module-setup.sh", 0o755}, {"tether-first-boot.sh", 0o755}, {"tether-first-boot.service", 0o644}} {
+			if err := add("dracut/91tether-first-boot/"+f.name, dir+f.name, f.mode); err != nil {
+				return nil, err
+			}
+		}
+	default:
+		return nil, fmt.Errorf("first boot: no first-boot mode for %s (want initramfs-tools or dracut)", target)
 	}
 	network := "no"
 	if f.needsNetwork() {
 		network = "yes"
 	}
+	rebuild := map[string]string{"initramfs-tools": "update-initramfs -u", "dracut": "dracut -f"}[target]
 	var b strings.Builder
-	b.WriteString("# Written by \"tether install initramfs-tools --first-boot\"; copied into the\n")
-	b.WriteString("# initramfs, where scripts/local-top/tether-first-boot encrypts the root\n")
-	b.WriteString("# partition in place at the first boot. See docs/BOOT.md. After a change,\n")
-	b.WriteString("# rebuild the initramfs: update-initramfs -u\n")
+	fmt.Fprintf(&b, "# Written by \"tether install %s --first-boot\"; copied into the\n", target)
+	b.WriteString("# initramfs, whose tether-first-boot script encrypts the root partition\n")
+	fmt.Fprintf(&b, "# in place at the first boot. See docs/BOOT.md. After a change, rebuild\n# the initramfs: %s\n", rebuild)
 	for _, kv := range [][2]string{
 		{"TETHER_FB_DEVICE", f.Device}, {"TETHER_FB_NAME", f.Name}, {"TETHER_FB_PIN", f.Pin},
 		{"TETHER_FB_CONFIG", f.Config}, {"TETHER_FB_RECOVERY", f.Recovery}, {"TETHER_FB_NETWORK", network},
@@ -109,8 +141,42 @@ func (f FirstBoot) Files() ([]InstallFile, error) {
 	}
 	// The pin configuration can hold a Tang advertisement but no secret;
 	// root-only all the same, like the rest of /etc/tether.
-	return []InstallFile{
-		{Path: FirstBootConf, Mode: 0o600, Data: []byte(b.String())},
-		{Path: "/etc/initramfs-tools/scripts/local-top/tether-first-boot", Mode: 0o755, Data: script},
-	}, nil
+	return append([]InstallFile{{Path: FirstBootConf, Mode: 0o600, Data: []byte(b.String())}}, out...), nil
+}
+
+// CrypttabFile returns /etc/crypttab of the image at root with the root
+// volume's line added ("NAME DEV none luks", with Debian's "initramfs"
+// option for initramfs-tools, whose cryptroot then opens it on every
+// later boot and holds its passphrase prompt), or nil when it has a line
+// for Name already. A line for Name on another device is refused: the
+// image would open something else as its root.
+func (f FirstBoot) CrypttabFile(root, target string) (*InstallFile, error) {
+	path := filepath.Join(root, "etc/crypttab")
+	old, err := os.ReadFile(path)
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return nil, err
+	}
+	ents, err := ParseCrypttab(bytes.NewReader(old))
+	if err != nil {
+		return nil, fmt.Errorf("first boot: %s: %w", path, err)
+	}
+	for _, e := range ents {
+		if e.Name != f.Name {
+			continue
+		}
+		if e.Device != f.Device {
+			return nil, fmt.Errorf("first boot: %s already opens %s as %s, not %s: remove that line, or name the volume with --first-boot-name", path, e.Device, e.Name, f.Device)
+		}
+		return nil, nil
+	}
+	e := CrypttabEntry{Name: f.Name, Device: f.Device, KeyFile: "none", Options: []string{"luks"}}
+	if target == "initramfs-tools" {
+		e.Options = append(e.Options, "initramfs")
+	}
+	data := append([]byte{}, old...)
+	if len(data) > 0 && data[len(data)-1] != '\n' {
+		data = append(data, '\n')
+	}
+	data = append(data, "# The root, encrypted in place at the first boot (tether install --first-boot).\n"+e.String()+"\n"...)
+	return &InstallFile{Path: "/etc/crypttab", Mode: 0o644, Data: data}, nil
 }

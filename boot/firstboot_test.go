@@ -10,7 +10,7 @@ import (
 
 // firstBootConf returns the first-boot.conf that f writes.
 func firstBootConf(t testing.TB, f boot.FirstBoot) string {
-	files, err := f.Files()
+	files, err := f.Files("initramfs-tools", "/usr/bin/tether")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -42,6 +42,77 @@ func TestFirstBootConfSourced(t *testing.T) {
 	want := []string{f.Device, f.Name, f.Pin, f.Config, f.Recovery, "yes"}
 	if strings.Join(got, "\n") != strings.Join(want, "\n") {
 		t.Errorf("sourced:\n%q\nwant:\n%q", got, want)
+	}
+}
+
+// TestFirstBootTargets: both initramfs generators get the same settings
+// file and their own script, which the shell parses, with the tether
+// binary's path filled in; dracut's service runs the script where the
+// module installs it.
+func TestFirstBootTargets(t *testing.T) {
+	f := boot.FirstBoot{Device: "PARTLABEL=root", Name: "root", Pin: "tpm2", Config: `{"pcr_ids":"7"}`, Recovery: "none"}
+	want := map[string][]string{
+		"initramfs-tools": {"/etc/initramfs-tools/scripts/local-top/tether-first-boot"},
+		"dracut": {"/usr/lib/dracut/modules.d/91tether-first-boot/module-setup.sh",
+			"/usr/lib/dracut/modules.d/91tether-first-boot/tether-first-boot.sh",
+			"/usr/lib/dracut/modules.d/91tether-first-boot/tether-first-boot.service"},
+	}
+	var confs []string
+	for target, paths := range want {
+		files, err := f.Files(target, "/opt/x/tether")
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := map[string]boot.InstallFile{}
+		for _, x := range files {
+			got[x.Path] = x
+			if strings.Contains(string(x.Data), "@BIN@") {
+				t.Errorf("%s: %s still has @BIN@", target, x.Path)
+			}
+		}
+		confs = append(confs, string(got[boot.FirstBootConf].Data))
+		for _, p := range paths {
+			x, ok := got[p]
+			if !ok {
+				t.Errorf("%s: no %s", target, p)
+				continue
+			}
+			if strings.HasSuffix(p, ".service") {
+				if !strings.Contains(string(x.Data), "ExecStart=/usr/lib/tether/tether-first-boot\n") {
+					t.Errorf("%s runs something else than the script module-setup.sh installs", p)
+				}
+				continue
+			}
+			if x.Mode != 0o755 {
+				t.Errorf("%s: mode %o", p, x.Mode)
+			}
+			shell := "sh"
+			if strings.HasPrefix(string(x.Data), "#!/bin/bash") {
+				shell = "bash"
+			}
+			if out, err := exec.Command(shell, "-n", "-c", string(x.Data)).CombinedOutput(); err != nil {
+				t.Errorf("%s -n %s: %v\n%s", shell, p, err, out)
+			}
+		}
+		if target == "dracut" && !strings.Contains(string(got[want["dracut"][1]].Data), "/opt/x/tether luks encrypt") {
+			t.Errorf("the dracut script does not run the installed tether")
+		}
+	}
+	// The settings themselves (not the comment naming the generator).
+	settings := func(conf string) string {
+		var b strings.Builder
+		for _, l := range strings.Split(conf, "\n") {
+			if strings.HasPrefix(l, "TETHER_FB_") {
+				b.WriteString(l + "\n")
+			}
+		}
+		return b.String()
+	}
+	if a, b := settings(confs[0]), settings(confs[1]); a == "" || a != b {
+		t.Errorf("the settings differ between the targets:\n%s\n%s", a, b)
+	}
+	if _, err := f.Files("systemd", "/usr/bin/tether"); err == nil {
+		t.Errorf("a first-boot mode for systemd was written")
 	}
 }
 
@@ -86,7 +157,7 @@ func TestFirstBootValidate(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%+v: got %v, want an error with %q", f, err, c.want)
 		}
-		if _, err := f.Files(); err == nil {
+		if _, err := f.Files("dracut", "/usr/bin/tether"); err == nil {
 			t.Errorf("%+v: Files wrote a configuration Validate refuses", f)
 		}
 	}

@@ -399,7 +399,7 @@ func luksRunCmd() *command.Command {
 const installUsage = `Usage: tether install systemd|dracut|initramfs-tools [--root DIR] [--bin PATH] [--volume NAME]...
        tether install initramfs-tools [--deadline D] [--retry R] [--ip SPEC]
        tether install dracut [--deadline D] [--retry R]
-       tether install initramfs-tools --first-boot DEV --first-boot-recovery DEV:PATH|none [--first-boot-name NAME] PIN CONFIG
+       tether install initramfs-tools|dracut --first-boot DEV --first-boot-recovery DEV:PATH|none [--first-boot-name NAME] PIN CONFIG
 
 Write tether's boot integration into the system (or the tree at --root),
 with PATH (default: this binary) as the tether the units and scripts run.
@@ -428,20 +428,27 @@ Every file written is printed; running it again replaces them.
                    the prompt), scripts/local-bottom/tether (stops them)
                    and conf.d/tether (UMASK=0077: the image is root-only)
 
---first-boot DEV (initramfs-tools) prepares a factory image whose root is
-not encrypted yet: at its first boot the initramfs encrypts DEV in place
-(tether luks encrypt), binds it to PIN CONFIG, removes the temporary key
-and opens it as /dev/mapper/NAME (--first-boot-name, default root), so that
-boot goes on from the encrypted root. A power cut at any moment is finished
-by the next boot. DEV is the partition's path, PARTUUID= or PARTLABEL= (a
-filesystem's UUID= or LABEL= disappears under the LUKS header). The
-filesystem must leave DEV's last 32 MiB free (resize2fs), and the image
-must already boot with root=/dev/mapper/NAME and that name in /etc/fstab.
---first-boot-recovery says where the recovery passphrase goes: DEV:PATH,
-a file on a removable medium (LABEL=KEYS:/root.key; the medium must be in
-at the first boot), or none (the binding is the only way in). The settings
-go to /etc/tether/first-boot.conf (root only), with the local-top script
-tether-first-boot; update-initramfs -u puts them into the initramfs.
+--first-boot DEV prepares a factory image whose root is not encrypted
+yet: at its first boot the initramfs encrypts DEV in place (tether luks
+encrypt), binds it to PIN CONFIG and removes the temporary key, and the
+boot goes on from the encrypted root, opened as /dev/mapper/NAME
+(--first-boot-name, default root) with no second reboot. A power cut at
+any moment is finished by the next boot. DEV is the partition's path,
+PARTUUID= or PARTLABEL= (a filesystem's UUID= or LABEL= disappears under
+the LUKS header). The filesystem must leave DEV's last 32 MiB free
+(resize2fs), and the image must already boot with root=/dev/mapper/NAME and
+that name in /etc/fstab. --first-boot-recovery says where the recovery
+passphrase goes: DEV:PATH, a file on a removable medium
+(LABEL=KEYS:/root.key; the medium must be in at the first boot), or none
+(the binding is the only way in). The settings go to
+/etc/tether/first-boot.conf (root only). initramfs-tools: the local-top
+script tether-first-boot, which opens the root itself (the owner's
+/etc/crypttab needs a "NAME DEV none luks,initramfs" line for the prompt
+after a failure); update-initramfs -u. dracut (a systemd initramfs): module
+91tether-first-boot, a service that runs before systemd-cryptsetup, which
+then opens the root through the "NAME DEV none luks" line the module puts
+in the initramfs's crypttab, answered by tether's password agent;
+dracut -f (--no-hostonly for an image that boots on other machines).
 
 Both initramfs targets copy, besides tether and cryptsetup, the TPM drivers,
 the system's CA bundle, and the managed-mode device identity of every state
@@ -464,6 +471,10 @@ recovery passphrase on the USB stick labelled KEYS):
   $ tether install initramfs-tools --first-boot PARTLABEL=root --first-boot-recovery LABEL=KEYS:/root.key \
       sss '{"t":1,"pins":{"tpm2":[{"pcr_ids":"7"}],"tang":[{"url":"http://keys.lan","thp":"9C8h..."}]}}'
   $ update-initramfs -u
+The same with dracut:
+  $ tether install dracut --first-boot PARTLABEL=root --first-boot-recovery none \
+      tpm2 '{"pcr_ids":"7"}'
+  $ dracut -f --no-hostonly
 
 See docs/BOOT.md for the ordering and what happens when a server is down.
 `
@@ -488,8 +499,8 @@ func installCmd(target string) *command.Command {
 			return func(env *Env, args []string) error {
 				var fb *boot.FirstBoot
 				switch {
-				case *fbDev != "" && target != "initramfs-tools":
-					return command.Usagef("--first-boot is for install initramfs-tools")
+				case *fbDev != "" && target == "systemd":
+					return command.Usagef("--first-boot is for install initramfs-tools and dracut: the root is encrypted in the initramfs")
 				case *fbDev != "" && len(args) != 2:
 					return command.Usagef("--first-boot DEV takes the policy to bind: PIN CONFIG")
 				case *fbDev != "" && *fbRecovery == "":
@@ -536,11 +547,18 @@ func installCmd(target string) *command.Command {
 					plan = append(plan, f)
 				}
 				if fb != nil {
-					more, err := fb.Files()
+					more, err := fb.Files(target, b)
 					if err != nil {
 						return err
 					}
 					plan = append(plan, more...)
+					tab, err := fb.CrypttabFile(*root, target)
+					if err != nil {
+						return err
+					}
+					if tab != nil {
+						plan = append(plan, *tab)
+					}
 				}
 				if err := boot.Install(*root, plan); err != nil {
 					return command.WithHint(err, "run as root, or give --root DIR to install into an image")

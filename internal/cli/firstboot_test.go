@@ -44,11 +44,34 @@ func TestInstallFirstBoot(t *testing.T) {
 			t.Errorf("%v: refused, but wrote %v", c.args, ents)
 		}
 	}
-	if out, code := run("install", "dracut", "--root", t.TempDir(), "--first-boot", "/dev/vdb", "--first-boot-recovery", "none", "tpm2", "{}"); code == 0 || !strings.Contains(out, "initramfs-tools") {
+	if out, code := run("install", "systemd", "--root", t.TempDir(), "--first-boot", "/dev/vdb", "--first-boot-recovery", "none", "tpm2", "{}"); code == 0 || !strings.Contains(out, "initramfs-tools and dracut") {
+		t.Errorf("install systemd --first-boot: exit %d:\n%s", code, out)
+	}
+	droot := t.TempDir()
+	if out, code := run("install", "dracut", "--root", droot, "--bin", "/usr/bin/tether", "--first-boot", "/dev/vdb", "--first-boot-recovery", "none", "tpm2", "{}"); code != 0 {
 		t.Errorf("install dracut --first-boot: exit %d:\n%s", code, out)
 	}
+	for _, p := range []string{"etc/tether/first-boot.conf", "usr/lib/dracut/modules.d/60tether/module-setup.sh",
+		"usr/lib/dracut/modules.d/91tether-first-boot/module-setup.sh", "usr/lib/dracut/modules.d/91tether-first-boot/tether-first-boot.service"} {
+		if _, err := os.Stat(filepath.Join(droot, p)); err != nil {
+			t.Errorf("install dracut --first-boot: %v", err)
+		}
+	}
 
+	// The image's crypttab gets the root's line, after the owner's lines;
+	// a line for the name on another device is refused, writing nothing.
 	root := t.TempDir()
+	os.MkdirAll(filepath.Join(root, "etc"), 0o755)
+	owner := "data\tUUID=1234\tnone\tluks,nofail\n"
+	os.WriteFile(filepath.Join(root, "etc/crypttab"), []byte(owner+"cryptroot /dev/sdz9 none luks\n"), 0o644)
+	if out, code := run("install", "initramfs-tools", "--root", root, "--first-boot", "PARTLABEL=root",
+		"--first-boot-recovery", "none", "--first-boot-name", "cryptroot", "tpm2", `{}`); code == 0 || !strings.Contains(out, "already opens /dev/sdz9 as cryptroot") {
+		t.Errorf("a crypttab line for the name on another device: exit %d:\n%s", code, out)
+	}
+	if _, err := os.Stat(filepath.Join(root, "etc/tether/first-boot.conf")); err == nil {
+		t.Errorf("refused, but wrote first-boot.conf")
+	}
+	os.WriteFile(filepath.Join(root, "etc/crypttab"), []byte(owner), 0o644)
 	out, code := run("install", "initramfs-tools", "--root", root, "--first-boot", "PARTLABEL=root",
 		"--first-boot-recovery", "LABEL=KEYS:/root.key", "--first-boot-name", "cryptroot", "tpm2", `{"pcr_ids":"7"}`)
 	if code != 0 {
@@ -63,6 +86,18 @@ func TestInstallFirstBoot(t *testing.T) {
 		if !strings.Contains(string(conf), want) {
 			t.Errorf("first-boot.conf has no %s:\n%s", want, conf)
 		}
+	}
+	tab, _ := os.ReadFile(filepath.Join(root, "etc/crypttab"))
+	if !strings.HasPrefix(string(tab), owner) || !strings.HasSuffix(string(tab), "\ncryptroot\tPARTLABEL=root\tnone\tluks,initramfs\n") {
+		t.Errorf("crypttab after install --first-boot:\n%s", tab)
+	}
+	// Again: the line is there, nothing is added.
+	if out, code := run("install", "initramfs-tools", "--root", root, "--first-boot", "PARTLABEL=root",
+		"--first-boot-recovery", "LABEL=KEYS:/root.key", "--first-boot-name", "cryptroot", "tpm2", `{"pcr_ids":"7"}`); code != 0 {
+		t.Fatalf("install --first-boot again: exit %d\n%s", code, out)
+	}
+	if again, _ := os.ReadFile(filepath.Join(root, "etc/crypttab")); string(again) != string(tab) {
+		t.Errorf("crypttab changed on the second install:\n%s", again)
 	}
 	if fi, err := os.Stat(filepath.Join(root, "etc/initramfs-tools/scripts/local-top/tether-first-boot")); err != nil || fi.Mode().Perm() != 0o755 {
 		t.Errorf("the local-top script: %v", err)

@@ -143,18 +143,44 @@ func noTemporaryKey(t *testing.T, g *Guest, wantSlots int) {
 //     write; at random percentages; in the bind and the removal of the
 //     temporary key), up to 6 times per image; each next boot carries on.
 //     Rounds (fresh images): $TETHER_FIRSTBOOT_ROUNDS (default 1).
-func TestFirstBoot(t *testing.T) {
+func TestFirstBoot(t *testing.T) { firstBoot(t, InitramfsTools) }
+
+// TestFirstBootDracut is TestFirstBoot with an initramfs built by Debian's
+// dracut (tether install dracut --first-boot): module 91tether-first-boot's
+// service encrypts the root before systemd-cryptsetup opens it, and
+// tether's password agent answers for the new binding.
+func TestFirstBootDracut(t *testing.T) { firstBoot(t, Dracut) }
+
+func firstBoot(t *testing.T, flavor Flavor) {
 	testenv.RequireCmd(t, "swtpm")
-	g := New(t, InitramfsTools)
+	g := New(t, flavor)
 	srv := testenv.StartServer(t, "")
 	adv := fetchAdv(t, srv.URL)
 	fwd := map[string]string{ServerAddr: hostPort(srv.URL)}
 	policy := fmt.Sprintf(`{"t":1,"pins":{"tpm2":[{"pcr_ids":"7"}],"tang":[%s]}}`, tangConfig(ServerAddr, adv))
-	out := g.Chroot("tether install initramfs-tools --first-boot /dev/vdb --first-boot-recovery LABEL=FBKEYS:/root.key sss '" + policy + "'\n" +
-		"update-initramfs -u -k all\nlsinitramfs /boot/initrd.img-* | grep -E 'local-top/tether-first-boot$|etc/tether/first-boot.conf$'\n")
-	for _, want := range []string{"scripts/local-top/tether-first-boot", "etc/tether/first-boot.conf"} {
-		if !strings.Contains(out, want) {
-			t.Fatalf("the initramfs has no %s:\n%s", want, out)
+	install := "tether install " + string(flavor) + " --first-boot /dev/vdb --first-boot-recovery LABEL=FBKEYS:/root.key sss '" + policy + "'\n"
+	// What opened the root, on the console: tether's own open in the
+	// initramfs-tools script, the password agent under dracut.
+	opened := `tether: opened /dev/vdb as /dev/mapper/root`
+	cmdline := "loglevel=4 no_timer_check"
+	var want []string
+	if flavor == Dracut {
+		install += `kver=$(ls /lib/modules | sort -V | tail -1)
+dracut -q -f --no-hostonly --kver "$kver" --add "crypt tether" --add-drivers "virtio_blk virtio_pci virtio_net dm_crypt" 2>&1 | grep -v 'could not be found' || true
+lsinitrd /boot/initrd.img-$kver | grep -E 'tether-first-boot|etc/tether/first-boot.conf$|etc/crypttab$'
+lsinitrd -f /etc/crypttab /boot/initrd.img-$kver
+`
+		opened = `askpass: cryptsetup:\S+: answered`
+		cmdline += " " + slowSystemd
+		want = []string{"usr/lib/tether/tether-first-boot", "tether-first-boot.service", "etc/tether/first-boot.conf", "root /dev/vdb none luks"}
+	} else {
+		install += "update-initramfs -u -k all\nlsinitramfs /boot/initrd.img-* | grep -E 'local-top/tether-first-boot$|etc/tether/first-boot.conf$'\n"
+		want = []string{"scripts/local-top/tether-first-boot", "etc/tether/first-boot.conf"}
+	}
+	out := g.Chroot(install)
+	for _, w := range want {
+		if !strings.Contains(out, w) {
+			t.Fatalf("the initramfs has no %s:\n%s", w, out)
 		}
 	}
 	trimTree(t, g)
@@ -174,7 +200,7 @@ func TestFirstBoot(t *testing.T) {
 		// loglevel=4: fewer kernel lines to interleave with the markers;
 		// no_timer_check: under TCG on a loaded host the kernel's IO-APIC
 		// timer check can fail and panic ("IO-APIC + timer doesn't work").
-		return g.Boot(Options{Forward: fwd, TPM: startSWTPM(t, tpmState), Disks: []string{keys}, Append: "loglevel=4 no_timer_check",
+		return g.Boot(Options{Forward: fwd, TPM: startSWTPM(t, tpmState), Disks: []string{keys}, Append: cmdline,
 			Script: firstBootCheck, Files: map[string][]byte{"sums": sums}, Log: log})
 	}
 	// verify is a boot that must end in the booted system with every file
@@ -185,7 +211,7 @@ func TestFirstBoot(t *testing.T) {
 		if encrypts {
 			m.WaitFor(`tether: first boot: /dev/vdb is encrypted and bound`, 0, 12*time.Minute)
 		}
-		_, _, opened := m.WaitFor(`tether: opened /dev/vdb as /dev/mapper/root`, 0, 12*time.Minute)
+		_, _, at := m.WaitFor(opened, 0, 12*time.Minute)
 		// Kernel messages on the same serial console can split a marker
 		// line: the root is printed twice, and the test ends on power-off.
 		m.Expect(`@@SUMS`, 0, 8*time.Minute)
@@ -200,7 +226,7 @@ func TestFirstBoot(t *testing.T) {
 		if !encrypts && strings.Contains(m.Console(), "first boot: encrypting") {
 			t.Errorf("the finished root was encrypted again")
 		}
-		t.Logf("root opened %s after power-on; bindings: %v", opened.Round(time.Second), m.Markers("LIST"))
+		t.Logf("root opened %s after power-on; bindings: %v", at.Round(time.Second), m.Markers("LIST"))
 	}
 	recoveryOpens := func(t *testing.T) {
 		t.Helper()
