@@ -687,7 +687,9 @@ func (t *TPM) diagnose(public *tpm2.TPMTPublic, o SealOpts, cause error) error {
 // the object loads on this TPM (else ErrWrongTPM) and, with a PCR policy,
 // the policy digest of the PCRs' current values is the one the object was
 // sealed to (else a *PCRMismatchError). tether doctor asks this on every
-// run, so it must not bring the secret out of the TPM.
+// run, so it must not bring the secret out of the TPM. For an object
+// sealed with a PIN, o.Auth must not be nil (any value: the PIN is not
+// checked, only the policy's shape depends on it).
 func (t *TPM) CheckSealed(pub, priv []byte, o SealOpts) error {
 	inPub, err := tpm2.Unmarshal[tpm2.TPM2BPublic](pub)
 	if err != nil {
@@ -725,7 +727,9 @@ func (t *TPM) CheckSealed(pub, priv []byte, o SealOpts) error {
 	if err != nil {
 		return err
 	}
-	now, err := PolicyPCRDigest(o.Hash, o.Bank, o.PCRs, vals)
+	// The whole policy, as sealed: a PIN's PolicyAuthValue and a
+	// signed policy's PolicyAuthorize are in the digest too.
+	now, err := PolicyDigest(o, vals)
 	if err != nil {
 		return err
 	}
