@@ -738,3 +738,18 @@ func (t *TPM) CheckSealed(pub, priv []byte, o SealOpts) error {
 	}
 	return nil
 }
+
+// ObjectPolicy returns the policy digest (authPolicy) of a sealed object
+// from its TPM2B_PUBLIC, as tpm2_create -u writes it and a tpm2 JWE's
+// jwk_pub holds it: what the PCRs must reproduce for it to unseal.
+func ObjectPolicy(pub []byte) ([]byte, error) {
+	inPub, err := tpm2.Unmarshal[tpm2.TPM2BPublic](pub)
+	if err != nil {
+		return nil, fmt.Errorf("sealed object: public area is malformed: %v", err)
+	}
+	public, err := inPub.Contents()
+	if err != nil {
+		return nil, fmt.Errorf("sealed object: public area is malformed: %v", err)
+	}
+	return public.AuthPolicy.Buffer, nil
+}

@@ -2,41 +2,20 @@ package eventlog_test
 
 import (
 	"bytes"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/sha1"
 	"crypto/sha256"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/binary"
 	"errors"
-	"math/big"
 	"os"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/tether-nbde/tether/internal/tpm/eventlog"
 	"github.com/tether-nbde/tether/internal/tpm/eventlog/eventlogtest"
 	"github.com/tether-nbde/tether/internal/tpm/tpmtest"
 )
 
-// testCert is a self-signed certificate standing in for a Secure Boot key.
-func testCert(t testing.TB, cn string) []byte {
-	t.Helper()
-	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: cn},
-		NotBefore: time.Unix(0, 0), NotAfter: time.Unix(1<<31, 0)}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &k.PublicKey, k)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return der
-}
+func testCert(t testing.TB, cn string) []byte { return eventlogtest.Cert(t, cn) }
 
 func bootLog(t testing.TB) *eventlogtest.Builder {
 	b := eventlogtest.New()

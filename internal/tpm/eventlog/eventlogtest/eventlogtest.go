@@ -8,8 +8,15 @@ package eventlogtest
 import (
 	"bytes"
 	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/binary"
+	"math/big"
 	"testing"
+	"time"
 	"unicode/utf16"
 
 	"github.com/google/go-tpm/tpm2"
@@ -265,4 +272,21 @@ func Boot(b *Builder, secureBoot bool, certDER []byte) {
 	b.Measure(8, eventlog.EvIPL, []byte("grub_cmd: linux /vmlinuz-6.12.0 root=/dev/mapper/root ro\x00"), nil)
 	b.Measure(9, eventlog.EvIPL, []byte("/vmlinuz-6.12.0\x00"), []byte("vmlinuz-6.12.0"))
 	b.Measure(5, 0x80000007, []byte("Exit Boot Services Invocation"), nil)
+}
+
+// Cert returns a self-signed certificate (DER) standing in for a Secure
+// Boot key.
+func Cert(t testing.TB, cn string) []byte {
+	t.Helper()
+	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: cn},
+		NotBefore: time.Unix(0, 0), NotAfter: time.Unix(1<<31, 0)}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &k.PublicKey, k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return der
 }
