@@ -507,8 +507,8 @@ func explainBinding(r *explainReport, s explainSource, noTPM bool) bindingReport
 		}
 		if pm := (*tpm.PCRMismatchError)(nil); errors.As(err, &pm) {
 			// Its own advice is to run this command: say it shortly.
-			b.TPMSays = "it does not unseal now: its PCR policy is not satisfied (" + pm.Bank + " PCR " + tpm.FormatPCRs(pm.PCRs) +
-				" not in the state it was sealed to)"
+			b.TPMSays = "it does not unseal now: its PCR policy is not satisfied (" + pcrNames(pm.Bank, pm.PCRs) +
+				plural(pm.PCRs, " is", " are") + " not in the state it was sealed to)"
 		}
 		if errors.Is(err, tpm.ErrWrongTPM) {
 			b.Explanation = "it was sealed by another TPM (or this one was cleared since): no PCR value makes it unseal here"
@@ -537,10 +537,11 @@ func explainBinding(r *explainReport, s explainSource, noTPM bool) bindingReport
 		lh := holds(replayed)
 		b.LogHolds = &lh
 	}
-	what := fmt.Sprintf("%s PCR %s", p.Bank, ids)
+	what := pcrNames(p.Bank, p.PCRs)
 	switch {
 	case now != nil && holds(now):
-		b.Explanation = fmt.Sprintf("%s hold the values it was sealed to: the PCRs do not stop it", what)
+		b.Explanation = fmt.Sprintf("%s %s the %s it was sealed to: the PCRs do not stop it", what,
+			plural(p.PCRs, "holds", "hold"), plural(p.PCRs, "value", "values"))
 		return b
 	case now == nil && replayed == nil:
 		b.Explanation = "neither the TPM's values nor a replay of the log are at hand: nothing to compare with its policy"
@@ -572,9 +573,10 @@ func explainBinding(r *explainReport, s explainSource, noTPM bool) bindingReport
 				}
 				if holds(mixed) {
 					b.Changed, b.Exact = changed, true
-					b.Explanation = fmt.Sprintf("%s PCR %s changed after the boot the log shows: with the values the log replays for %s "+
-						"the policy holds, so it was sealed in this boot's state and %s was extended since (see why below)",
-						p.Bank, tpm.FormatPCRs(changed), plural(changed, "it", "them"), tpm.FormatPCRs(changed))
+					b.Explanation = fmt.Sprintf("%s changed after the boot the log shows: the policy holds with the %s the log "+
+						"replays for %s, so the secret was sealed in the state this log shows and %s%s %s extended after the log (see below)",
+						pcrNames(p.Bank, changed), plural(changed, "value", "values"), plural(changed, "it", "them"),
+						plural(changed, "PCR ", "PCRs "), tpm.FormatPCRs(changed), plural(changed, "was", "were"))
 					return b
 				}
 			}
@@ -631,6 +633,11 @@ func count(n int, what string) string {
 		return "1 " + what
 	}
 	return fmt.Sprintf("%d %ss", n, what)
+}
+
+// pcrNames says "sha256 PCR 7" or "sha256 PCRs 7,11".
+func pcrNames(bank string, pcrs []int) string {
+	return bank + plural(pcrs, " PCR ", " PCRs ") + tpm.FormatPCRs(pcrs)
 }
 
 func plural(s []int, one, many string) string {

@@ -238,7 +238,7 @@ func TestExplainJWE(t *testing.T) {
 	// cannot be known.
 	_, j = bt.explain(t, nil, "--jwe", future7)
 	b = j.Bindings[0]
-	if *b.UnsealsNow || *b.LogHolds || !b.Exact || !equalInts(b.Changed, 7) || !strings.Contains(b.TPMSays, "PCR policy is not satisfied (sha256 PCR 7 not in the state") {
+	if *b.UnsealsNow || *b.LogHolds || !b.Exact || !equalInts(b.Changed, 7) || !strings.Contains(b.TPMSays, "PCR policy is not satisfied (sha256 PCR 7 is not in the state") {
 		t.Errorf("pcr_digest of PCR 7: %+v", b)
 	}
 	text, j = bt.explain(t, nil, "--jwe", future47)
@@ -291,7 +291,7 @@ func TestExplainJWE(t *testing.T) {
 		if *b.UnsealsNow || !*b.LogHolds || !b.Exact || !equalInts(b.Changed, 7) || len(j.PCRs) != c.pcrs {
 			t.Errorf("%s after an extend of PCR 7: %+v", b.Pin, b)
 		}
-		if !strings.Contains(text, "why:  sha256 PCR 7 changed after the boot the log shows") || !strings.Contains(text, "TPM:  it does not unseal now: its PCR policy is not satisfied") {
+		if !strings.Contains(text, "why:  sha256 PCR 7 changed after the boot the log shows: the policy holds with the value the log replays for it") || !strings.Contains(text, "TPM:  it does not unseal now: its PCR policy is not satisfied") {
 			t.Errorf("%s: the report does not name PCR 7:\n%s", b.Pin, text)
 		}
 	}
