@@ -90,11 +90,13 @@ func (e *PCRMismatchError) Error() string {
 	ids := FormatPCRs(e.PCRs)
 	var what string
 	if e.Exact {
-		what = fmt.Sprintf("%s PCR %s changed since the secret was sealed (or has not reached the value pcr_digest predicted)", e.Bank, ids)
+		what = fmt.Sprintf("%s PCR %s changed since the secret was sealed (or has not reached the value pcr_digest predicted; "+
+			"tether tpm explain shows the boot events that made its value)", e.Bank, ids)
 	} else {
 		what = fmt.Sprintf("%s PCRs %s are not all in the state the secret was sealed to: at least one of them changed (or has not reached the value pcr_digest predicted) "+
-			"(the TPM keeps one digest over all of them, so it cannot say which; compare tpm2_pcrread %s:%s with the boot event log)",
-			e.Bank, ids, e.Bank, ids)
+			"(the TPM keeps one digest over all of them, so it cannot say which; tether tpm explain shows their values and the boot events "+
+			"that made them, and names the PCR that changed when the event log shows it)",
+			e.Bank, ids)
 	}
 	return "PCR policy not satisfied: " + what + "; if the boot chain changed on purpose (firmware, boot loader or " +
 		"kernel update), decrypt with another pin and re-encrypt to the new state"
