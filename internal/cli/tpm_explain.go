@@ -353,12 +353,17 @@ func securityfsMounted() bool {
 func explainSources(env *Env, o explainOpts) ([]explainSource, error) {
 	var out []explainSource
 	addJWE := func(name string, j *jose.JWE) error {
-		for _, leaf := range tpm2.Bound(j) {
+		leaves := tpm2.Bound(j)
+		for i, leaf := range leaves {
 			p, err := tpm2.PolicyOf(leaf)
 			if err != nil {
 				return fmt.Errorf("%s: %w", name, err)
 			}
-			out = append(out, explainSource{name: name, jwe: leaf, policy: p})
+			where := name
+			if leaf != j {
+				where = fmt.Sprintf("%s, sss: tpm2 child %d of %d", name, i+1, len(leaves))
+			}
+			out = append(out, explainSource{name: where, jwe: leaf, policy: p})
 		}
 		return nil
 	}
@@ -367,7 +372,7 @@ func explainSources(env *Env, o explainOpts) ([]explainSource, error) {
 		var data []byte
 		var err error
 		if o.jwe == "-" {
-			data, err = checkInput(io.ReadAll(io.LimitReader(env.Stdin, maxInput+1)))
+			data, err = readInput(env.Stdin, "tether tpm explain --jwe - < secret.jwe")
 		} else {
 			data, err = os.ReadFile(o.jwe)
 		}

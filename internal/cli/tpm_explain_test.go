@@ -229,7 +229,7 @@ func TestExplainJWE(t *testing.T) {
 	if _, j := bt.explain(t, readFile(t, jwe7), "--jwe", "-"); len(j.Bindings) != 1 || j.Bindings[0].Source != "-" {
 		t.Errorf("--jwe -: %+v", j.Bindings)
 	}
-	if _, j := bt.explain(t, nil, "--jwe", sss); len(j.Bindings) != 1 || j.Bindings[0].Pin != "tpm2(sha256:4)" || j.PCRs[0].PCR != 4 {
+	if _, j := bt.explain(t, nil, "--jwe", sss); len(j.Bindings) != 1 || j.Bindings[0].Pin != "tpm2(sha256:4)" || j.PCRs[0].PCR != 4 || !strings.HasSuffix(j.Bindings[0].Source, ", sss: tpm2 child 1 of 1") {
 		t.Errorf("sss: bindings %+v, PCRs %+v", j.Bindings, j.PCRs)
 	}
 
