@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"crypto"
 	"encoding/binary"
-	"os"
 	"runtime"
 	"strings"
 	"testing"
@@ -18,8 +17,7 @@ import (
 // FuzzParse: no log, however it lies, makes Parse, Replay or Describe
 // panic, and a description stays one bounded line; what go-attestation's
 // parser takes, Parse takes alike (sameAsAttest). Seeded with logs
-// written as firmware writes them and with real firmware's
-// (testdata/README).
+// written as firmware writes them and with real firmware's (realLog).
 func FuzzParse(f *testing.F) {
 	f.Add(bootLog(f).Bytes())
 	b := eventlogtest.New("sha256")
@@ -30,11 +28,7 @@ func FuzzParse(f *testing.F) {
 	eventlogtest.Boot(sm3, true, testCert(f, "seed"))
 	f.Add(sm3.Bytes())
 	for _, name := range []string{"ubuntu_2104_shielded_vm_no_secure_boot_eventlog", "sb_cert_eventlog"} {
-		data, err := os.ReadFile("testdata/" + name)
-		if err != nil {
-			f.Fatal(err)
-		}
-		f.Add(data)
+		f.Add(realLog(f, name))
 	}
 	f.Fuzz(func(t *testing.T, data []byte) {
 		l, err := eventlog.Parse(data)
