@@ -4,6 +4,7 @@ go 1.26.8
 
 require (
 	filippo.io/nistec v0.0.4
+	github.com/google/go-attestation v0.6.4
 	github.com/google/go-tpm v0.9.8
 	github.com/hashicorp/mdns v1.0.7
 	github.com/hirochachacha/go-smb2 v1.1.0

@@ -28,6 +28,7 @@ func TestStartupDeps(t *testing.T) {
 		"golang.org/x/sys/cpu":                        "its init traps to the hypervisor a dozen times; jose/internal/p521 asks CPUID itself",
 		"github.com/miekg/dns":                        "the mDNS responder's DNS library belongs in tether-server (internal/lan browses with dnsmessage)",
 		"github.com/hashicorp/mdns":                   "the mDNS responder belongs in tether-server",
+		"github.com/google/go-attestation/attest":     "internal/tpm/eventlog parses the event log itself (it reads SM3 banks, which attest refuses); attest is its reference in the tests only",
 	} {
 		if deps[p] {
 			t.Errorf("tether links %s: %s", p, why)

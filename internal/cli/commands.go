@@ -44,6 +44,7 @@ func commands(program string) []*command.Command {
 		secretRegenCmd(),
 		secretCloseCmd(),
 		tpmSignPCRsCmd(),
+		tpmExplainCmd(), // tpm_explain.go
 
 		enrollCmd(), // managed mode
 		agentCmd(),

@@ -691,7 +691,8 @@ func (d *doctor) checkTPM(ctx context.Context, subject string, v *volume, b luks
 		d.ok(subject, "%s: the TPM can unseal it now", pin.Describe(l))
 	case errors.As(err, &pm):
 		d.problem(subject, regen+"  # once the boot chain is in the state it should keep,"+note,
-			"%s: %s PCR %s no longer hold the values it was sealed to (firmware, boot loader or kernel changed): the TPM will not unseal it", pin.Describe(l), pm.Bank, tpm.FormatPCRs(pm.PCRs))
+			"%s: %s PCR %s no longer hold the values it was sealed to (firmware, boot loader or kernel changed): the TPM will not unseal it "+
+				"(tether tpm explain -d %s shows which boot events made them)", pin.Describe(l), pm.Bank, tpm.FormatPCRs(pm.PCRs), shellQuote(v.dev))
 	case errors.Is(err, tpm.ErrNoTPM):
 		d.problem(subject, "tether setup -d "+shellQuote(v.dev)+"  # bind it to a key source this machine has", "%s, but there is no TPM here: %s", pin.Describe(l), oneLine(err))
 	case errors.Is(err, tpm.ErrWrongTPM):

@@ -90,11 +90,13 @@ func (e *PCRMismatchError) Error() string {
 	ids := FormatPCRs(e.PCRs)
 	var what string
 	if e.Exact {
-		what = fmt.Sprintf("%s PCR %s changed since the secret was sealed (or has not reached the value pcr_digest predicted)", e.Bank, ids)
+		what = fmt.Sprintf("%s PCR %s changed since the secret was sealed (or has not reached the value pcr_digest predicted; "+
+			"tether tpm explain shows the boot events that made its value)", e.Bank, ids)
 	} else {
 		what = fmt.Sprintf("%s PCRs %s are not all in the state the secret was sealed to: at least one of them changed (or has not reached the value pcr_digest predicted) "+
-			"(the TPM keeps one digest over all of them, so it cannot say which; compare tpm2_pcrread %s:%s with the boot event log)",
-			e.Bank, ids, e.Bank, ids)
+			"(the TPM keeps one digest over all of them, so it cannot say which; tether tpm explain shows their values and the boot events "+
+			"that made them, and names the PCR that changed when the event log shows it)",
+			e.Bank, ids)
 	}
 	return "PCR policy not satisfied: " + what + "; if the boot chain changed on purpose (firmware, boot loader or " +
 		"kernel update), decrypt with another pin and re-encrypt to the new state"
@@ -687,7 +689,9 @@ func (t *TPM) diagnose(public *tpm2.TPMTPublic, o SealOpts, cause error) error {
 // the object loads on this TPM (else ErrWrongTPM) and, with a PCR policy,
 // the policy digest of the PCRs' current values is the one the object was
 // sealed to (else a *PCRMismatchError). tether doctor asks this on every
-// run, so it must not bring the secret out of the TPM.
+// run, so it must not bring the secret out of the TPM. For an object
+// sealed with a PIN, o.Auth must not be nil (any value: the PIN is not
+// checked, only the policy's shape depends on it).
 func (t *TPM) CheckSealed(pub, priv []byte, o SealOpts) error {
 	inPub, err := tpm2.Unmarshal[tpm2.TPM2BPublic](pub)
 	if err != nil {
@@ -725,7 +729,9 @@ func (t *TPM) CheckSealed(pub, priv []byte, o SealOpts) error {
 	if err != nil {
 		return err
 	}
-	now, err := PolicyPCRDigest(o.Hash, o.Bank, o.PCRs, vals)
+	// The whole policy, as sealed: a PIN's PolicyAuthValue and a
+	// signed policy's PolicyAuthorize are in the digest too.
+	now, err := PolicyDigest(o, vals)
 	if err != nil {
 		return err
 	}
@@ -733,4 +739,19 @@ func (t *TPM) CheckSealed(pub, priv []byte, o SealOpts) error {
 		return &PCRMismatchError{Bank: o.Bank, PCRs: slices.Clone(o.PCRs), Exact: len(o.PCRs) == 1}
 	}
 	return nil
+}
+
+// ObjectPolicy returns the policy digest (authPolicy) of a sealed object
+// from its TPM2B_PUBLIC, as tpm2_create -u writes it and a tpm2 JWE's
+// jwk_pub holds it: what the PCRs must reproduce for it to unseal.
+func ObjectPolicy(pub []byte) ([]byte, error) {
+	inPub, err := tpm2.Unmarshal[tpm2.TPM2BPublic](pub)
+	if err != nil {
+		return nil, fmt.Errorf("sealed object: public area is malformed: %v", err)
+	}
+	public, err := inPub.Contents()
+	if err != nil {
+		return nil, fmt.Errorf("sealed object: public area is malformed: %v", err)
+	}
+	return public.AuthPolicy.Buffer, nil
 }

@@ -3,7 +3,12 @@ package tpm2_test
 import (
 	"bytes"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
 	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"os"
@@ -217,4 +222,37 @@ func TestPINCLI(t *testing.T) {
 func runNoTTY(t *testing.T, sw *tpmtest.SWTPM, stdin []byte, name string, args ...string) ([]byte, string, bool) {
 	t.Helper()
 	return run(t, sw, stdin, "setsid", append([]string{"-w", name}, args...)...)
+}
+
+// TestCheckWholePolicy: Check (tether doctor's question) compares the
+// PCRs with the whole policy the object was sealed to: a PIN's
+// PolicyAuthValue and a signed policy's PolicyAuthorize are part of it,
+// so such a binding is not reported as a changed PCR while its PCRs hold.
+func TestCheckWholePolicy(t *testing.T) {
+	sw := tpmtest.Start(t)
+	p := tpm2.Pin{TCTI: sw.TCTI}
+	ctx := context.Background()
+	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	der, _ := x509.MarshalPKIXPublicKey(&k.PublicKey)
+	pub := filepath.Join(t.TempDir(), "policy.pub.pem")
+	os.WriteFile(pub, pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der}), 0o644)
+	jwes := []*jose.JWE{
+		encryptPIN(t, p, `{"with_pin":true,"pcr_ids":"23"}`, "2468"),
+		encrypt(t, p, `{"pcr_ids":"23","pcr_pubkey":"`+pub+`","pcr_signed_ids":"16","pcr_signatures":"/nonexistent.json"}`),
+	}
+	for _, j := range jwes {
+		if err := p.Check(ctx, j); err != nil {
+			t.Errorf("%s: PCR 23 unchanged: Check = %v", pin.Describe(j), err)
+		}
+	}
+	sw.Extend(t, "sha256", 23)
+	for _, j := range jwes {
+		var pm *tpm.PCRMismatchError
+		if err := p.Check(ctx, j); !errors.As(err, &pm) || !pm.Exact {
+			t.Errorf("%s: PCR 23 extended: Check = %v, want a PCRMismatchError naming 23", pin.Describe(j), err)
+		}
+	}
 }

@@ -551,6 +551,11 @@ func (p Pin) Check(ctx context.Context, j *jose.JWE) error {
 	if err != nil {
 		return err
 	}
+	if h.WithPIN {
+		// Its policy ends in PolicyAuthValue; the PIN itself is not
+		// needed to check the PCRs.
+		o.Auth = []byte{}
+	}
 	pub, err := decodeB64(h.JWKPub)
 	if err != nil {
 		return errors.New("JWE header clevis.tpm2.jwk_pub is not base64url")
