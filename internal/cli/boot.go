@@ -471,7 +471,7 @@ recovery passphrase on the USB stick labelled KEYS):
   $ tether install initramfs-tools --first-boot PARTLABEL=root --first-boot-recovery LABEL=KEYS:/root.key \
       sss '{"t":1,"pins":{"tpm2":[{"pcr_ids":"7"}],"tang":[{"url":"http://keys.lan","thp":"9C8h..."}]}}'
   $ update-initramfs -u
-The same with dracut:
+and with dracut, bound to the TPM alone, with no recovery passphrase:
   $ tether install dracut --first-boot PARTLABEL=root --first-boot-recovery none \
       tpm2 '{"pcr_ids":"7"}'
   $ dracut -f --no-hostonly

@@ -142,6 +142,21 @@ func (g *Guest) MakePlainDisks(sizeMiB int) {
 	g.run("truncate", "-s", "320M", g.BootImg)
 	g.run("mkfs.ext4", "-q", "-F", "-L", "boot", "-d", filepath.Join(g.Tree, "boot"), g.BootImg)
 	g.run("truncate", "-s", fmt.Sprintf("%dM", sizeMiB), g.RootImg)
+	// The root gets an empty /boot, the mount point of boot.img as on a
+	// real machine: a generic dracut initramfs alone is ~100 MiB.
+	boot, aside := filepath.Join(g.Tree, "boot"), filepath.Join(g.Dir, "boot-aside")
+	if err := os.Rename(boot, aside); err != nil {
+		g.t.Fatal(err)
+	}
+	defer func() {
+		os.Remove(boot)
+		if err := os.Rename(aside, boot); err != nil {
+			g.t.Fatal(err)
+		}
+	}()
+	if err := os.Mkdir(boot, 0o755); err != nil {
+		g.t.Fatal(err)
+	}
 	g.run("mkfs.ext4", "-q", "-F", "-L", "root", "-d", g.Tree, g.RootImg, fmt.Sprintf("%dM", sizeMiB-32))
 }
 

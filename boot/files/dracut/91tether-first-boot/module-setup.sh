@@ -33,7 +33,7 @@ install() {
     inst_simple /etc/tether/first-boot.conf
     inst_script "$moddir/tether-first-boot.sh" /usr/lib/tether/tether-first-boot
     inst_simple "$moddir/tether-first-boot.service" "$systemdsystemunitdir/tether-first-boot.service"
-    $SYSTEMCTL -q --root "$initdir" add-wants cryptsetup.target tether-first-boot.service
+    $SYSTEMCTL -q --root "$initdir" add-wants initrd.target tether-first-boot.service
 
     # systemd-cryptsetup opens the root by this line (the kernel command
     # line cannot name a LUKS UUID that does not exist yet); the agent
@@ -46,6 +46,10 @@ install() {
     # root device waits for as long as the encryption runs, whatever
     # rd.timeout= says ("zz-" sorts after the timeout.conf dracut's
     # rootfs generator writes, so this one wins).
+    # systemd-cryptsetup opens the root after the service has run.
+    mkdir -p "$initdir$systemdsystemunitdir/tether-first-boot.service.d"
+    printf '[Unit]\nBefore=systemd-cryptsetup@%s.service\n' "$(systemd-escape "$TETHER_FB_NAME")" \
+        > "$initdir$systemdsystemunitdir/tether-first-boot.service.d/name.conf"
     unit=$(systemd-escape -p --suffix=device "/dev/mapper/$TETHER_FB_NAME")
     mkdir -p "$initdir$systemdsystemconfdir/$unit.d"
     printf '[Unit]\nJobTimeoutSec=infinity\nJobRunningTimeoutSec=infinity\n' \

@@ -34,7 +34,7 @@ resolve() {
 # The partition table names the device: a filesystem's LABEL= or UUID=
 # is gone once the LUKS header is there.
 dev=
-for i in $(seq 30); do
+for ((i = 0; i < 30; i++)); do
     dev=$(resolve "$TETHER_FB_DEVICE") && break
     dev=
     udevadm settle --timeout=1 2>/dev/null || sleep 1
@@ -49,13 +49,23 @@ if cryptsetup isLuks "$dev" 2>/dev/null && ! cryptsetup luksDump "$dev" 2>/dev/n
     exit 0
 fi
 
+# A default route in /proc/net/route (bash alone: the initramfs has no awk).
+has_route() {
+    local iface dest rest
+    while read -r iface dest rest; do
+        [ "$dest" = 00000000 ] && return 0
+    done < /proc/net/route
+    return 1
+}
+
 # A policy with a network pin: wait (up to a minute) for a default route
 # from systemd-networkd; tether's own retries cover the rest.
 if [ "$TETHER_FB_NETWORK" = yes ]; then
-    for i in $(seq 60); do
-        awk 'NR > 1 && $2 == "00000000" { found = 1 } END { exit !found }' /proc/net/route 2>/dev/null && break
+    for ((i = 0; i < 60; i++)); do
+        has_route && break
         sleep 1
     done
+    has_route || say "no default route after 60 s; trying all the same"
 fi
 
 # The recovery passphrase goes to a file on a removable medium
@@ -65,7 +75,7 @@ case "$TETHER_FB_RECOVERY" in
 none) recovery=--no-recovery ;;
 *:*)
     mdev=
-    for i in $(seq 10); do
+    for ((i = 0; i < 10; i++)); do
         mdev=$(resolve "${TETHER_FB_RECOVERY%%:*}") && break
         mdev=
         sleep 1
