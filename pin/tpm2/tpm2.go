@@ -410,27 +410,9 @@ func askPIN(po pin.Options, nameAlg, prompt string, confirm bool) ([]byte, error
 // among its sss children, a tpm2 JWE sealed "with_pin". Callers that bound
 // decryption by a deadline ask before the clock starts.
 func NeedsPIN(j *jose.JWE) bool {
-	name, err := j.Header.Pin()
-	if err != nil {
-		return false
-	}
-	switch name {
-	case "tpm2":
-		h, _, err := parse(j)
-		return err == nil && h.WithPIN
-	case "sss":
-		var ch struct {
-			SSS struct {
-				JWE []string `json:"jwe"`
-			} `json:"sss"`
-		}
-		if json.Unmarshal(j.Header.Clevis, &ch) != nil {
-			return false
-		}
-		for _, c := range ch.SSS.JWE {
-			if cj, err := jose.ParseCompact(c); err == nil && NeedsPIN(cj) {
-				return true
-			}
+	for _, b := range Bound(j) {
+		if h, _, err := parse(b); err == nil && h.WithPIN {
+			return true
 		}
 	}
 	return false
