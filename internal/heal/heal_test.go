@@ -1,0 +1,329 @@
+package heal_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+
+	"github.com/tether-nbde/tether/internal/testenv"
+	"github.com/tether-nbde/tether/internal/tpm"
+	"github.com/tether-nbde/tether/internal/tpm/tpmtest"
+	"github.com/tether-nbde/tether/jose"
+	"github.com/tether-nbde/tether/luks"
+	"github.com/tether-nbde/tether/pin"
+	"github.com/tether-nbde/tether/pin/sss"
+	_ "github.com/tether-nbde/tether/pin/tang" // for pin.Describe
+	"github.com/tether-nbde/tether/pin/tpm2"
+)
+
+// The tests run the real tether binary against LUKS2 image files made by
+// the real cryptsetup, a real swtpm (one per test) and a stock tangd,
+// which they stop to show that a healed binding needs no network.
+
+func TestMain(m *testing.M) { testenv.Main(m) }
+
+const testPass = "correct horse"
+
+type rig struct {
+	t     *testing.T
+	bin   string
+	state string
+	sw    *tpmtest.SWTPM
+	tang  *testenv.Tangd
+}
+
+func newRig(t *testing.T) *rig {
+	t.Helper()
+	testenv.RequireRoot(t)
+	testenv.RequireCmd(t, "cryptsetup")
+	state := filepath.Join(t.TempDir(), "state")
+	if err := os.Mkdir(state, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	sw := tpmtest.Start(t)
+	t.Setenv(tpm.EnvTools, sw.TCTI) // for every tether run by the test
+	t.Setenv(tpm.EnvTCTI, "")
+	return &rig{t: t, bin: testenv.TetherBin(t), state: state, sw: sw, tang: testenv.StartTangd(t)}
+}
+
+// image makes a LUKS2 image file with testPass in keyslot 0 (PBKDF2 at
+// 1000 iterations: argon2 would cost seconds per try).
+func (g *rig) image() string {
+	g.t.Helper()
+	p := filepath.Join(g.t.TempDir(), "disk.img")
+	g.run(nil, "truncate", "-s", "20M", p)
+	g.run([]byte(testPass), "cryptsetup", "luksFormat", "--batch-mode", "--type", "luks2", "--pbkdf", "pbkdf2",
+		"--pbkdf-force-iterations", "1000", "--key-file", "-", p)
+	return p
+}
+
+func (g *rig) run(stdin []byte, name string, args ...string) []byte {
+	g.t.Helper()
+	out, errb, code := testenv.Run(g.t, stdin, name, args...)
+	if code != 0 {
+		g.t.Fatalf("%s %s: exit %d\n%s", name, strings.Join(args, " "), code, errb)
+	}
+	return out
+}
+
+type result struct {
+	stdout, stderr string
+	code           int
+	killed         bool
+}
+
+func (g *rig) tether(stdin []byte, env []string, args ...string) result {
+	g.t.Helper()
+	cmd := exec.Command(g.bin, args...)
+	cmd.Env = append(append(os.Environ(), "TETHER_LUKS_STATE_DIR="+g.state), env...)
+	cmd.Stdin = bytes.NewReader(stdin)
+	var o, e bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &o, &e
+	err := cmd.Run()
+	res := result{stdout: o.String(), stderr: e.String()}
+	if ee, ok := err.(*exec.ExitError); ok {
+		res.code = ee.ExitCode()
+		if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() && ws.Signal() == syscall.SIGKILL {
+			res.killed = true
+		}
+	} else if err != nil {
+		g.t.Fatal(err)
+	}
+	return res
+}
+
+func (g *rig) ok(stdin []byte, args ...string) string {
+	g.t.Helper()
+	res := g.tether(stdin, nil, args...)
+	if res.code != 0 {
+		g.t.Fatalf("tether %s: exit %d\n%s%s", strings.Join(args, " "), res.code, res.stdout, res.stderr)
+	}
+	return res.stdout
+}
+
+// heal runs tether tpm heal on named volumes and files only (never this
+// machine's crypttab or secrets).
+func (g *rig) heal(stdin []byte, env []string, args ...string) result {
+	g.t.Helper()
+	res := g.tether(stdin, env, append([]string{"tpm", "heal"}, args...)...)
+	g.t.Logf("tether tpm heal %s: exit %d\n%s%s", strings.Join(args, " "), res.code, res.stdout, res.stderr)
+	return res
+}
+
+func (g *rig) bind(img string, stdin []byte, args ...string) int {
+	g.t.Helper()
+	g.ok(stdin, append([]string{"luks", "bind", "-d", img}, args...)...)
+	bs := luks.Bindings(header(g.t, img))
+	return bs[len(bs)-1].Slot
+}
+
+func (g *rig) sssCfg(tpm2Cfg string) string {
+	return fmt.Sprintf(`{"t":1,"pins":{"tang":[{"url":%q}],"tpm2":[%s]}}`, g.tang.URL, tpm2Cfg)
+}
+
+func header(t testing.TB, img string) *luks.Header {
+	t.Helper()
+	h, err := luks.ReadHeaderFile(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return h
+}
+
+func binding(t testing.TB, img string, slot int) *jose.JWE {
+	t.Helper()
+	b, err := luks.BindingFor(header(t, img), slot)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b.JWE
+}
+
+// parts returns the children of j by pin (j itself for a tpm2 JWE).
+func parts(t testing.TB, j *jose.JWE, name string) []*jose.JWE {
+	t.Helper()
+	switch n, _ := j.Header.Pin(); n {
+	case name:
+		return []*jose.JWE{j}
+	case "sss":
+	default:
+		return nil
+	}
+	kids, err := sss.Children(j)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []*jose.JWE
+	for _, c := range kids {
+		out = append(out, parts(t, c, name)...)
+	}
+	return out
+}
+
+// unseals reports whether every tpm2 part of j unseals with the TPM as it
+// is now (and pinText for parts made with_pin): no network involved.
+func (g *rig) unseals(j *jose.JWE, pinText string) error {
+	g.t.Helper()
+	ps := parts(g.t, j, "tpm2")
+	if len(ps) == 0 {
+		g.t.Fatal("no tpm2 part")
+	}
+	o := pin.Options{PIN: func(string, bool) ([]byte, error) { return []byte(pinText), nil }}
+	for _, p := range ps {
+		if _, err := (tpm2.Pin{TCTI: g.sw.TCTI}).Decrypt(context.Background(), p, o); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// mismatched fails the test unless every tpm2 part of j is refused for
+// its PCRs.
+func (g *rig) mismatched(j *jose.JWE, what string) {
+	g.t.Helper()
+	var pm *tpm.PCRMismatchError
+	if err := g.unseals(j, "4711"); !errors.As(err, &pm) {
+		g.t.Fatalf("%s: err = %v, want a PCR mismatch", what, err)
+	}
+}
+
+// opensAlone checks that keyslot slot's binding opens the volume now,
+// with tang stopped: luks pass decrypts it, cryptsetup takes the result.
+func (g *rig) opensAlone(img string, slot int) {
+	g.t.Helper()
+	res := g.tether(nil, nil, "luks", "pass", "-d", img, "-s", strconv.Itoa(slot), "--timeout", "3s")
+	if res.code != 0 {
+		g.t.Fatalf("luks pass of keyslot %d: exit %d: %s", slot, res.code, res.stderr)
+	}
+	if _, e, code := testenv.Run(g.t, []byte(res.stdout), "cryptsetup", "open", "--test-passphrase", "--key-slot", strconv.Itoa(slot), "--key-file", "-", img); code != 0 {
+		g.t.Fatalf("the passphrase of keyslot %d does not open it: %s", slot, e)
+	}
+}
+
+func fileSum(t testing.TB, p string) [32]byte {
+	t.Helper()
+	b, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return sha256.Sum256(b)
+}
+
+func pcr16(t testing.TB, sw *tpmtest.SWTPM) string {
+	t.Helper()
+	tp := sw.Open(t)
+	v, err := tp.ReadPCRs("sha256", []int{16})
+	tp.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return hex.EncodeToString(v[0])
+}
+
+// clean checks what every heal must leave: no interrupted change, no
+// header backup, the passphrase still opening keyslot 0, n bindings.
+func (g *rig) clean(img string, n int) {
+	g.t.Helper()
+	h := header(g.t, img)
+	if lo := luks.Leftovers(h); len(lo) != 0 {
+		g.t.Fatalf("leftovers: %+v", lo)
+	}
+	if bs := luks.Bindings(h); len(bs) != n {
+		g.t.Fatalf("%d bindings, want %d", len(bs), n)
+	}
+	if left, _ := filepath.Glob(filepath.Join(g.state, "*.header")); len(left) != 0 {
+		g.t.Fatalf("header backups left: %v", left)
+	}
+	if _, e, code := testenv.Run(g.t, []byte(testPass), "cryptsetup", "open", "--test-passphrase", "--key-slot", "0", "--key-file", "-", img); code != 0 {
+		g.t.Fatalf("the passphrase no longer opens keyslot 0: %s", e)
+	}
+}
+
+// TestHealVolume: after PCR 16 changes, heal reseals a tpm2 part nested
+// in sss (proved by its tang sibling, which is kept byte for byte) and a
+// top-level tpm2 keyslot (proved by the tang keyslot beside it) to the
+// value of now. A dry run before changes nothing. With the tang server
+// stopped, each healed binding then opens the volume by itself, and heal
+// again finds nothing to do, without the network.
+func TestHealVolume(t *testing.T) {
+	g := newRig(t)
+	img := g.image()
+	nested := g.bind(img, []byte(testPass), "-k", "-", "-y", "sss", g.sssCfg(`{"pcr_ids":"16"}`))
+	top := g.bind(img, []byte(testPass), "-k", "-", "tpm2", `{"pcr_ids":"16"}`)
+	g.bind(img, []byte(testPass), "-k", "-", "-y", "tang", fmt.Sprintf(`{"url":%q}`, g.tang.URL))
+	tangChild := parts(t, binding(t, img, nested), "tang")[0].Compact()
+	if res := g.heal(nil, nil, "-d", img); res.code != 0 || strings.Count(res.stdout, ": ok\n") != 2 {
+		t.Fatalf("heal before any change: exit %d\n%s%s", res.code, res.stdout, res.stderr)
+	}
+
+	g.sw.Extend(t, "sha256", 16) // the "update"
+	g.mismatched(binding(t, img, nested), "nested part after the update")
+	g.mismatched(binding(t, img, top), "top-level part after the update")
+	before := fileSum(t, img)
+	res := g.heal(nil, nil, "-d", img, "--dry-run")
+	if res.code != 0 || strings.Count(res.stdout, "would reseal") != 2 || fileSum(t, img) != before {
+		t.Fatalf("dry run: exit %d, image changed: %v\n%s%s", res.code, fileSum(t, img) != before, res.stdout, res.stderr)
+	}
+	g.mismatched(binding(t, img, nested), "nested part after a dry run")
+
+	now := pcr16(t, g.sw)
+	res = g.heal(nil, nil, "-d", img)
+	if res.code != 0 || strings.Count(res.stdout, "resealed as keyslot") != 2 {
+		t.Fatalf("heal: exit %d\n%s%s", res.code, res.stdout, res.stderr)
+	}
+	for _, want := range []string{
+		fmt.Sprintf("keyslot %d %s: resealed as keyslot", nested, "sss(t=1; tang("+g.tang.URL+"); tpm2(sha256:16))"),
+		"tpm2(sha256:16) in sss: PCR 16 changed; sealed to policy ",
+		"; now sha256 16=" + now + "\n",
+		"tpm2(sha256:16) in sss: resealed to sha256 16=" + now + " (policy ",
+		"proved by its own network pins (tang(" + g.tang.URL + ")); its tpm2 parts were left out",
+		fmt.Sprintf("keyslot %d tpm2(sha256:16): resealed as keyslot", top),
+		"proved by keyslot ",
+	} {
+		if !strings.Contains(res.stdout, want) {
+			t.Errorf("heal's report lacks %q", want)
+		}
+	}
+	bs := luks.Bindings(header(t, img))
+	newNested, newTop := -1, -1
+	for _, b := range bs {
+		switch pin.Describe(b.JWE) {
+		case "tpm2(sha256:16)":
+			newTop = b.Slot
+		case "sss(t=1; tang(" + g.tang.URL + "); tpm2(sha256:16))":
+			newNested = b.Slot
+		}
+	}
+	if newNested < 0 || newTop < 0 || newNested == nested || newTop == top {
+		for _, b := range bs {
+			t.Logf("keyslot %d: %s", b.Slot, pin.Describe(b.JWE))
+		}
+		t.Fatalf("bindings after heal: nested %d -> %d, top %d -> %d", nested, newNested, top, newTop)
+	}
+	if got := parts(t, binding(t, img, newNested), "tang")[0].Compact(); got != tangChild {
+		t.Error("the tang child of the sss binding was not kept as it was")
+	}
+	g.clean(img, 3)
+
+	g.tang.Stop()
+	for _, s := range []int{newNested, newTop} {
+		if err := g.unseals(binding(t, img, s), ""); err != nil {
+			t.Fatalf("keyslot %d after heal: %v", s, err)
+		}
+		g.opensAlone(img, s)
+	}
+	before = fileSum(t, img)
+	if res := g.heal(nil, nil, "-d", img); res.code != 0 || strings.Count(res.stdout, ": ok\n") != 2 || fileSum(t, img) != before {
+		t.Fatalf("heal again, tang stopped: exit %d\n%s%s", res.code, res.stdout, res.stderr)
+	}
+}
