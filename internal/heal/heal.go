@@ -190,7 +190,7 @@ func examine(ctx context.Context, j *jose.JWE, o Options, regen string) exam {
 			e.heal[l.j.Compact()] = true
 			e.pin = e.pin || s.WithPIN
 		default:
-			e.block = fmt.Sprintf("the TPM cannot unseal %s, and not because its PCRs changed: %v", part.Policy, part.Err)
+			e.block = fmt.Sprintf("the TPM refuses %s for another reason than its PCRs, which resealing does not mend", part.Policy)
 		}
 		e.parts = append(e.parts, part)
 	}

@@ -327,3 +327,212 @@ func TestHealVolume(t *testing.T) {
 		t.Fatalf("heal again, tang stopped: exit %d\n%s%s", res.code, res.stdout, res.stderr)
 	}
 }
+
+// seal encrypts secret with the tether binary into a file of mode 0640.
+func (g *rig) seal(path string, secret []byte, env []string, args ...string) {
+	g.t.Helper()
+	res := g.tether(secret, env, append([]string{"encrypt"}, args...)...)
+	if res.code != 0 {
+		g.t.Fatalf("encrypt %v: %s", args, res.stderr)
+	}
+	if err := os.WriteFile(path, []byte(res.stdout), 0o640); err != nil {
+		g.t.Fatal(err)
+	}
+}
+
+func readJWE(t testing.TB, path string) *jose.JWE {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	j, err := jose.ParseCompact(strings.TrimSpace(string(data)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return j
+}
+
+// TestHealSecretFiles: heal finds the sealed files of a secrets
+// directory (tether-secret@'s); after PCR 16 changes it reseals the tpm2
+// part of an sss file (its tang part proving it, kept as it was) and keeps
+// the file's mode, and the file then decrypts with tang stopped. A file
+// sealed to the TPM alone cannot be proved: it is reported with a fix and
+// left as it is. A dry run changes no file.
+func TestHealSecretFiles(t *testing.T) {
+	g := newRig(t)
+	dir := t.TempDir()
+	sssFile, tpmFile := filepath.Join(dir, "pwenc_secret.jwe"), filepath.Join(dir, "token.jwe")
+	secret := []byte("pwenc 0f1e2d3c4b5a6978")
+	g.seal(sssFile, secret, nil, "sss", g.sssCfg(`{"pcr_ids":"16"}`), "-y")
+	g.seal(tpmFile, secret, nil, "tpm2", `{"pcr_ids":"16"}`)
+	os.WriteFile(filepath.Join(dir, "notes.txt"), []byte("not a JWE"), 0o600)
+	tangChild := parts(t, readJWE(t, sssFile), "tang")[0].Compact()
+	scan := []string{"--secrets", dir, "--crypttab", filepath.Join(dir, "no-crypttab")}
+
+	g.sw.Extend(t, "sha256", 16)
+	sums := map[string][32]byte{sssFile: fileSum(t, sssFile), tpmFile: fileSum(t, tpmFile)}
+	res := g.heal(nil, nil, append(scan, "--dry-run")...)
+	if res.code != 1 || !strings.Contains(res.stdout, sssFile+" sss(t=1; tang("+g.tang.URL+"); tpm2(sha256:16)): would reseal") ||
+		!strings.Contains(res.stdout, tpmFile+" tpm2(sha256:16): not healed: sealed to the TPM alone") {
+		t.Fatalf("dry run: exit %d\n%s%s", res.code, res.stdout, res.stderr)
+	}
+	for f, sum := range sums {
+		if fileSum(t, f) != sum {
+			t.Fatalf("the dry run changed %s", f)
+		}
+	}
+
+	res = g.heal(nil, nil, scan...)
+	if res.code != 1 || !strings.Contains(res.stdout, sssFile+" sss(t=1; tang("+g.tang.URL+"); tpm2(sha256:16)): resealed\n") ||
+		!strings.Contains(res.stdout, "fix: seal the secret again from its source") || !strings.Contains(res.stderr, "1 binding(s) or file(s)") {
+		t.Fatalf("heal: exit %d\n%s%s", res.code, res.stdout, res.stderr)
+	}
+	if fileSum(t, tpmFile) != sums[tpmFile] {
+		t.Error("the file sealed to the TPM alone changed")
+	}
+	if fi, err := os.Stat(sssFile); err != nil || fi.Mode().Perm() != 0o640 {
+		t.Errorf("the healed file: %v, %v; want mode 0640", fi, err)
+	}
+	j := readJWE(t, sssFile)
+	if parts(t, j, "tang")[0].Compact() != tangChild {
+		t.Error("the tang child was not kept as it was")
+	}
+	g.tang.Stop()
+	if err := g.unseals(j, ""); err != nil {
+		t.Fatalf("the healed tpm2 part: %v", err)
+	}
+	f, _ := os.Open(sssFile)
+	defer f.Close()
+	cmd := exec.Command(g.bin, "decrypt")
+	cmd.Stdin = f
+	if got, err := cmd.Output(); err != nil || !bytes.Equal(got, secret) {
+		t.Fatalf("decrypt of the healed file with tang stopped: %q, %v", got, err)
+	}
+}
+
+// TestHealRefusals: what heal leaves alone, changing nothing: a tpm2
+// keyslot that only the recovery passphrase can prove (until
+// --allow-passphrase, and -k alone is a usage error); a part made with_pin
+// when no PIN is given (with --pin-file it is resealed, keeping that
+// PIN); a part sealed by another TPM.
+func TestHealRefusals(t *testing.T) {
+	g := newRig(t)
+
+	// Only the passphrase proves this volume.
+	img := g.image()
+	slot := g.bind(img, []byte(testPass), "-k", "-", "tpm2", `{"pcr_ids":"16"}`)
+	g.sw.Extend(t, "sha256", 16)
+	before := fileSum(t, img)
+	res := g.heal(nil, nil, "-d", img)
+	if res.code != 1 || !strings.Contains(res.stdout, "not healed: nothing proves the machine is at home") ||
+		!strings.Contains(res.stdout, "--allow-passphrase -k -") || fileSum(t, img) != before {
+		t.Fatalf("passphrase only, not allowed: exit %d\n%s%s", res.code, res.stdout, res.stderr)
+	}
+	if res := g.heal([]byte(testPass), nil, "-d", img, "-k", "-"); res.code != 2 || !strings.Contains(res.stderr, "--allow-passphrase") {
+		t.Fatalf("-k without --allow-passphrase: exit %d\n%s", res.code, res.stderr)
+	}
+	res = g.heal([]byte(testPass), nil, "-d", img, "--allow-passphrase", "-k", "-")
+	if res.code != 0 || !strings.Contains(res.stdout, "proved by a passphrase of the volume (keyslot 0), not a network pin") {
+		t.Fatalf("--allow-passphrase: exit %d\n%s%s", res.code, res.stdout, res.stderr)
+	}
+	bs := luks.Bindings(header(t, img))
+	if len(bs) != 1 || bs[0].Slot == slot {
+		t.Fatalf("bindings after heal: %+v", bs)
+	}
+	if err := g.unseals(bs[0].JWE, ""); err != nil {
+		t.Fatalf("the healed keyslot: %v", err)
+	}
+	g.clean(img, 1)
+
+	// A part made with_pin.
+	dir := t.TempDir()
+	pinFile, wrong := filepath.Join(dir, "pin"), filepath.Join(dir, "wrong")
+	os.WriteFile(pinFile, []byte("4711\n"), 0o600)
+	os.WriteFile(wrong, []byte("4712\n"), 0o600)
+	withPIN := filepath.Join(dir, "with-pin.jwe")
+	g.seal(withPIN, []byte("s"), nil, "sss", g.sssCfg(`{"pcr_ids":"16","with_pin":true}`), "-y", "--pin-file", pinFile)
+	g.sw.Extend(t, "sha256", 16)
+	sum := fileSum(t, withPIN)
+	res = g.heal(nil, nil, "-f", withPIN)
+	if res.code != 1 || !strings.Contains(res.stdout, "not healed: a part to reseal was sealed with a PIN, and no PIN was given") ||
+		!strings.Contains(res.stdout, "fix: tether tpm heal -f "+withPIN+" --pin-file FILE") || fileSum(t, withPIN) != sum {
+		t.Fatalf("with_pin, no PIN: exit %d\n%s%s", res.code, res.stdout, res.stderr)
+	}
+	if res = g.heal(nil, nil, "-f", withPIN, "--pin-file", pinFile); res.code != 0 || !strings.Contains(res.stdout, ": resealed\n") {
+		t.Fatalf("with_pin, --pin-file: exit %d\n%s%s", res.code, res.stdout, res.stderr)
+	}
+	if err := g.unseals(readJWE(t, withPIN), "4711"); err != nil {
+		t.Fatalf("the healed part with its PIN: %v", err)
+	}
+	if err := g.unseals(readJWE(t, withPIN), "4712"); !errors.Is(err, pin.ErrWrongPIN) {
+		t.Fatalf("the healed part with another PIN: %v, want a wrong PIN", err)
+	}
+
+	// A part sealed by another TPM: not this TPM's to reseal.
+	other := tpmtest.Start(t)
+	foreign := filepath.Join(dir, "foreign.jwe")
+	g.seal(foreign, []byte("s"), []string{tpm.EnvTools + "=" + other.TCTI}, "sss", g.sssCfg(`{"pcr_ids":"16"}`), "-y")
+	sum = fileSum(t, foreign)
+	res = g.heal(nil, nil, "-f", foreign)
+	if res.code != 1 || !strings.Contains(res.stdout, "not healed: left alone: the TPM refuses tpm2(sha256:16) for another reason than its PCRs") ||
+		!strings.Contains(res.stdout, "sealed on another TPM") || fileSum(t, foreign) != sum {
+		t.Fatalf("another TPM's part: exit %d\n%s%s", res.code, res.stdout, res.stderr)
+	}
+}
+
+// TestHealInterrupted: heal killed at each step of its rewrite, of a
+// binding proved by its own tang part (sss, the part sealed to PCR 16) and
+// of one proved by another keyslot (a tpm2 keyslot sealed to PCR 23,
+// proved through the tang part of another binding: regen's journal with
+// the key of another keyslot): the volume opens all along, every binding listed opens its
+// keyslot but the one being replaced, and the next heal finishes the job
+// with no binding lost or doubled.
+func TestHealInterrupted(t *testing.T) {
+	g := newRig(t)
+	img := g.image()
+	g.bind(img, []byte(testPass), "-k", "-", "-y", "sss", g.sssCfg(`{"pcr_ids":"16"}`))
+	g.bind(img, []byte(testPass), "-k", "-", "tpm2", `{"pcr_ids":"23"}`)
+	g.bind(img, []byte(testPass), "-k", "-", "-y", "tang", fmt.Sprintf(`{"url":%q}`, g.tang.URL))
+	for _, target := range []struct {
+		name string
+		pcr  int
+	}{{"sss", 16}, {"tpm2", 23}} {
+		for _, step := range []string{"regen:backup", "regen:txn", "regen:addkey", "regen:verified", "regen:token",
+			"regen:killold", "regen:removeold", "regen:done"} {
+			t.Run(target.name+"/"+step, func(t *testing.T) {
+				g.t = t
+				g.sw.Extend(t, "sha256", target.pcr) // only the target needs healing
+				res := g.heal(nil, []string{"TETHER_TEST_CRASH_AT=" + step}, "-d", img)
+				if !res.killed {
+					t.Fatalf("heal was not killed at %s: exit %d", step, res.code)
+				}
+				broken := 0
+				for _, b := range luks.Bindings(header(t, img)) {
+					if r := g.tether(nil, nil, "luks", "pass", "-d", img, "-s", strconv.Itoa(b.Slot)); r.code != 0 {
+						if target.name != "tpm2" || pin.Describe(b.JWE) != "tpm2(sha256:23)" {
+							t.Fatalf("keyslot %d (%s) does not open after the crash: %s", b.Slot, pin.Describe(b.JWE), r.stderr)
+						}
+						broken++ // the old tpm2 keyslot, not yet replaced
+						continue
+					}
+					g.opensAlone(img, b.Slot)
+				}
+				if broken > 1 {
+					t.Fatalf("%d bindings do not open", broken)
+				}
+				if res := g.heal(nil, nil, "-d", img); res.code != 0 {
+					t.Fatalf("heal after the crash: exit %d\n%s%s", res.code, res.stdout, res.stderr)
+				}
+				g.clean(img, 3)
+				for _, b := range luks.Bindings(header(t, img)) {
+					if len(parts(t, b.JWE, "tpm2")) > 0 {
+						if err := g.unseals(b.JWE, ""); err != nil {
+							t.Fatalf("keyslot %d after the second heal: %v", b.Slot, err)
+						}
+					}
+				}
+			})
+		}
+	}
+}
