@@ -261,17 +261,17 @@ func printHealResult(w io.Writer, r heal.Result) {
 				what = "PCRs " + tpm.FormatPCRs(p.Sealed.PCRs) + " changed (one or more of them)"
 			}
 			fmt.Fprintf(w, "  %s: %s; sealed to policy %x; now %s %s\n",
-				partName(p), what, p.Sealed.Digest, p.Sealed.Bank, pcrValues(p.Sealed.PCRs, p.Now))
+				p.Where(), what, p.Sealed.Digest, p.Sealed.Bank, pcrValues(p.Sealed.PCRs, p.Now))
 			continue
 		}
-		fmt.Fprintf(w, "  %s: %v\n", partName(p), p.Err)
+		fmt.Fprintf(w, "  %s: %v\n", p.Where(), p.Err)
 	}
 	for _, p := range r.Resealed {
 		if p.Sealed == nil {
 			continue
 		}
 		fmt.Fprintf(w, "  %s: resealed to %s %s (policy %x)\n",
-			partName(p), p.Sealed.Bank, pcrValues(p.Sealed.PCRs, p.Now), p.Sealed.Digest)
+			p.Where(), p.Sealed.Bank, pcrValues(p.Sealed.PCRs, p.Now), p.Sealed.Digest)
 	}
 	if r.Proof != "" {
 		fmt.Fprintf(w, "  proved by %s\n", r.Proof)
@@ -282,13 +282,6 @@ func printHealResult(w io.Writer, r heal.Result) {
 	if r.Fix != "" {
 		fmt.Fprintf(w, "  fix: %s\n", r.Fix)
 	}
-}
-
-func partName(p heal.Part) string {
-	if p.Nested {
-		return p.Policy + " in sss"
-	}
-	return p.Policy
 }
 
 // pcrValues formats PCR values as 7=ab12…,11=cd34… (in full: they are

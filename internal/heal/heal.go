@@ -77,6 +77,15 @@ type Part struct {
 	Now [][]byte
 }
 
+// Where names the part for a person: its policy, and whether it is inside
+// sss.
+func (p Part) Where() string {
+	if p.Nested {
+		return p.Policy + " in sss"
+	}
+	return p.Policy
+}
+
 // Result is what heal found and did for one binding or file.
 type Result struct {
 	Object string // "/dev/sda2 keyslot 1", or the file's path
@@ -166,7 +175,7 @@ func examine(ctx context.Context, j *jose.JWE, o Options, regen string) exam {
 		if err != nil {
 			part.Err = err
 			e.parts = append(e.parts, part)
-			e.block = fmt.Sprintf("%s cannot be read: %v", part.Policy, err)
+			e.block = fmt.Sprintf("%s cannot be read: %v", part.Where(), err)
 			continue
 		}
 		part.Sealed = s
@@ -177,11 +186,11 @@ func examine(ctx context.Context, j *jose.JWE, o Options, regen string) exam {
 		switch {
 		case part.Err == nil && len(s.SignedPCRs) > 0:
 			e.notes = append(e.notes, fmt.Sprintf("%s: a signed policy follows its signatures, not resealed "+
-				"(after an update the key's owner signs the new values: tether tpm sign-pcrs)", part.Policy))
+				"(after an update the key's owner signs the new values: tether tpm sign-pcrs)", part.Where()))
 		case part.Err == nil:
 		case errors.As(part.Err, &pm) && len(s.SignedPCRs) > 0:
 			e.block = fmt.Sprintf("%s is a signed policy, which heal leaves to its signatures, but its literal %s PCRs %s changed",
-				part.Policy, pm.Bank, tpm.FormatPCRs(pm.PCRs))
+				part.Where(), pm.Bank, tpm.FormatPCRs(pm.PCRs))
 			e.fix = regen
 		case errors.As(part.Err, &pm):
 			vctx, cancel := context.WithTimeout(ctx, o.Pin.PerTry())
@@ -190,7 +199,7 @@ func examine(ctx context.Context, j *jose.JWE, o Options, regen string) exam {
 			e.heal[l.j.Compact()] = true
 			e.pin = e.pin || s.WithPIN
 		default:
-			e.block = fmt.Sprintf("the TPM refuses %s for another reason than its PCRs, which resealing does not mend", part.Policy)
+			e.block = fmt.Sprintf("the TPM refuses %s for another reason than its PCRs, which resealing does not mend", part.Where())
 		}
 		e.parts = append(e.parts, part)
 	}
@@ -283,7 +292,7 @@ func resealed(ctx context.Context, nj *jose.JWE, old []leaf, o Options) ([]Part,
 			cancel()
 		}
 		if part.Err != nil {
-			bad = append(bad, fmt.Sprintf("%s: %v", part.Policy, part.Err))
+			bad = append(bad, fmt.Sprintf("%s: %v", part.Where(), part.Err))
 		}
 		out = append(out, part)
 	}

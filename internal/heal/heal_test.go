@@ -3,8 +3,13 @@ package heal_test
 import (
 	"bytes"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"crypto/sha256"
+	"crypto/x509"
 	"encoding/hex"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"os"
@@ -415,7 +420,8 @@ func TestHealSecretFiles(t *testing.T) {
 // keyslot that only the recovery passphrase can prove (until
 // --allow-passphrase, and -k alone is a usage error); a part made with_pin
 // when no PIN is given (with --pin-file it is resealed, keeping that
-// PIN); a part sealed by another TPM.
+// PIN); a signed policy (noted, never resealed); a part sealed by another
+// TPM.
 func TestHealRefusals(t *testing.T) {
 	g := newRig(t)
 
@@ -469,13 +475,31 @@ func TestHealRefusals(t *testing.T) {
 		t.Fatalf("the healed part with another PIN: %v, want a wrong PIN", err)
 	}
 
+	// A signed policy follows its signatures: never resealed, said so.
+	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	der, _ := x509.MarshalPKIXPublicKey(&k.PublicKey)
+	pub := filepath.Join(dir, "policy.pub.pem")
+	os.WriteFile(pub, pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der}), 0o644)
+	signed := filepath.Join(dir, "signed.jwe")
+	g.seal(signed, []byte("s"), nil, "sss", g.sssCfg(`{"pcr_pubkey":"`+pub+`","pcr_signed_ids":"16","pcr_signatures":"`+filepath.Join(dir, "sigs.json")+`"}`), "-y")
+	g.sw.Extend(t, "sha256", 16)
+	sum = fileSum(t, signed)
+	res = g.heal(nil, nil, "-f", signed)
+	if res.code != 0 || !strings.Contains(res.stdout, ": ok\n") || fileSum(t, signed) != sum ||
+		!strings.Contains(res.stdout, "note: tpm2(signed sha256:16) in sss: a signed policy follows its signatures, not resealed") {
+		t.Fatalf("a signed policy: exit %d\n%s%s", res.code, res.stdout, res.stderr)
+	}
+
 	// A part sealed by another TPM: not this TPM's to reseal.
 	other := tpmtest.Start(t)
 	foreign := filepath.Join(dir, "foreign.jwe")
 	g.seal(foreign, []byte("s"), []string{tpm.EnvTools + "=" + other.TCTI}, "sss", g.sssCfg(`{"pcr_ids":"16"}`), "-y")
 	sum = fileSum(t, foreign)
 	res = g.heal(nil, nil, "-f", foreign)
-	if res.code != 1 || !strings.Contains(res.stdout, "not healed: left alone: the TPM refuses tpm2(sha256:16) for another reason than its PCRs") ||
+	if res.code != 1 || !strings.Contains(res.stdout, "not healed: left alone: the TPM refuses tpm2(sha256:16) in sss for another reason than its PCRs") ||
 		!strings.Contains(res.stdout, "sealed on another TPM") || fileSum(t, foreign) != sum {
 		t.Fatalf("another TPM's part: exit %d\n%s%s", res.code, res.stdout, res.stderr)
 	}
