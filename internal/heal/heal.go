@@ -23,6 +23,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"strings"
 	"time"
 
@@ -133,6 +134,17 @@ func tpm2Leaves(j *jose.JWE) []leaf {
 		out = append(out, leaf{b, name != "tpm2"})
 	}
 	return out
+}
+
+// networkPins describes the network pins of j, each once.
+func networkPins(j *jose.JWE) string {
+	var out []string
+	for _, d := range networkLeaves(j) {
+		if !slices.Contains(out, d) {
+			out = append(out, d)
+		}
+	}
+	return strings.Join(out, ", ")
 }
 
 // networkLeaves describes the network pins of j.
@@ -356,7 +368,7 @@ func healBinding(ctx context.Context, v *luks.Volume, b luks.Binding, e exam, o 
 		if err == nil {
 			key, keySlot = op.Plaintext, b.Slot
 			rewrap = func(ctx context.Context, pass []byte) (*jose.JWE, error) { return op.Rewrap(ctx, pass, rn.renew) }
-			r.Proof = fmt.Sprintf("its own network pins (%s); its tpm2 parts were left out", strings.Join(networkLeaves(b.JWE), ", "))
+			r.Proof = fmt.Sprintf("its own network pins (%s); its tpm2 parts were left out", networkPins(b.JWE))
 		} else {
 			failed = append(failed, fmt.Sprintf("keyslot %d: %v", b.Slot, err))
 		}
@@ -476,7 +488,7 @@ func File(ctx context.Context, path string, o Options) (*Result, error) {
 		return r, nil
 	}
 	defer clear(op.Plaintext)
-	r.Proof = fmt.Sprintf("its own network pins (%s); its tpm2 parts were left out", strings.Join(networkLeaves(j), ", "))
+	r.Proof = fmt.Sprintf("its own network pins (%s); its tpm2 parts were left out", networkPins(j))
 	if o.DryRun {
 		r.State = WouldHeal
 		return r, nil

@@ -560,3 +560,61 @@ func TestHealInterrupted(t *testing.T) {
 		}
 	}
 }
+
+// TestHealNested: a tpm2 part two levels down. When the inner sss opens
+// through its own tang part, only its tpm2 part is replaced (its tang
+// part kept); when it needs the tpm2 part (t=2), the outer tang part
+// proves the secret and the inner sss is made anew. Either way the outer
+// tang part is kept, the tpm2 part unseals, and the file decrypts.
+func TestHealNested(t *testing.T) {
+	g := newRig(t)
+	dir := t.TempDir()
+	inner := func(threshold int) string {
+		return fmt.Sprintf(`{"t":%d,"pins":{"tpm2":{"pcr_ids":"16"},"tang":{"url":%q}}}`, threshold, g.tang.URL)
+	}
+	secret := []byte("nested")
+	files := []struct {
+		name, cfg string
+		innerKept bool
+	}{
+		{"rewrapped.jwe", fmt.Sprintf(`{"t":2,"pins":{"sss":%s,"tang":{"url":%q}}}`, inner(1), g.tang.URL), true},
+		{"made-anew.jwe", fmt.Sprintf(`{"t":1,"pins":{"sss":%s,"tang":{"url":%q}}}`, inner(2), g.tang.URL), false},
+	}
+	tangs := map[string][]string{}
+	for _, f := range files {
+		p := filepath.Join(dir, f.name)
+		g.seal(p, secret, nil, "sss", f.cfg, "-y")
+		for _, c := range parts(t, readJWE(t, p), "tang") {
+			tangs[f.name] = append(tangs[f.name], c.Compact())
+		}
+	}
+	g.sw.Extend(t, "sha256", 16)
+	res := g.heal(nil, nil, "--secrets", dir, "--crypttab", filepath.Join(dir, "none"))
+	if res.code != 0 || strings.Count(res.stdout, ": resealed\n") != 2 {
+		t.Fatalf("heal: exit %d\n%s%s", res.code, res.stdout, res.stderr)
+	}
+	for _, f := range files {
+		p := filepath.Join(dir, f.name)
+		j := readJWE(t, p)
+		if err := g.unseals(j, ""); err != nil {
+			t.Fatalf("%s: %v", f.name, err)
+		}
+		var now []string
+		for _, c := range parts(t, j, "tang") {
+			now = append(now, c.Compact())
+		}
+		// parts lists the inner sss's children first (pins in name
+		// order: sss, tang): [inner tang, outer tang].
+		if len(now) != 2 || now[1] != tangs[f.name][1] || (now[0] == tangs[f.name][0]) != f.innerKept {
+			t.Errorf("%s: inner tang part kept: %v, want %v; outer kept: %v", f.name, now[0] == tangs[f.name][0], f.innerKept, now[1] == tangs[f.name][1])
+		}
+		in, _ := os.Open(p)
+		cmd := exec.Command(g.bin, "decrypt")
+		cmd.Stdin = in
+		got, err := cmd.Output()
+		in.Close()
+		if err != nil || !bytes.Equal(got, secret) {
+			t.Errorf("%s: decrypt after heal: %q, %v", f.name, got, err)
+		}
+	}
+}
