@@ -151,7 +151,6 @@ func tpmHealCmd() *command.Command {
 				}
 				ctx := context.Background()
 				var results []heal.Result
-				failed := 0
 				for _, dev := range devs {
 					v := &luks.Volume{Path: dev, StateDir: dir, Log: prefixWriter{env.Stderr}}
 					rs, err := heal.Volume(ctx, v, o)
@@ -159,8 +158,7 @@ func tpmHealCmd() *command.Command {
 						if !named && (errors.Is(err, luks.ErrNotLUKS) || errors.Is(err, luks.ErrLUKS1)) {
 							continue // not a volume tether binds
 						}
-						fmt.Fprintf(env.Stderr, "tether: error: %s: %v\n", dev, luksError(err, dev))
-						failed++
+						results = append(results, unreadable(dev, luksError(err, dev)))
 						continue
 					}
 					results = append(results, rs...)
@@ -168,31 +166,43 @@ func tpmHealCmd() *command.Command {
 				for _, f := range files {
 					r, err := heal.File(ctx, f, o)
 					if err != nil {
-						fmt.Fprintf(env.Stderr, "tether: error: %s: %v\n", f, err)
-						failed++
+						if errors.Is(err, os.ErrNotExist) {
+							err = command.WithHint(err, "check the file name")
+						} else if !errors.Is(err, os.ErrPermission) {
+							err = command.WithHint(err, "a sealed file is a compact JWE, as tether encrypt writes it")
+						}
+						results = append(results, unreadable(f, err))
 						continue
 					}
 					if r != nil {
 						results = append(results, *r)
 					}
 				}
+				failed := 0
 				for _, r := range results {
 					printHealResult(env.Stdout, r)
 					if r.State == heal.NotHealed {
 						failed++
 					}
 				}
-				if len(results) == 0 && failed == 0 {
+				if len(results) == 0 {
 					fmt.Fprintln(env.Stderr, "tether: no binding or sealed file with a tpm2 part: nothing to heal")
 				}
 				if failed > 0 {
-					return command.WithHint(fmt.Errorf("%d binding(s) or file(s) with a tpm2 part that does not unseal were not healed", failed),
-						"see why and the fix in each block above; tether tpm heal --dry-run shows what heal would do")
+					return command.WithHint(fmt.Errorf("%d binding(s) or file(s) not healed", failed),
+						"why, and a fix, are in their blocks on stdout; tether tpm heal --dry-run shows what heal would do, changing nothing")
 				}
 				return nil
 			}
 		},
 	}
+}
+
+// unreadable is the result for a volume or file heal could not read.
+func unreadable(what string, err error) heal.Result {
+	r := heal.Result{Object: what, State: heal.NotHealed, Reason: "cannot be read: " + err.Error(), Slot: -1}
+	r.Fix, _ = command.Hint(err)
+	return r
 }
 
 // crypttabVolumes lists the devices of file's LUKS entries that are
@@ -248,7 +258,10 @@ func printHealResult(w io.Writer, r heal.Result) {
 	case heal.NotHealed:
 		state = "not healed: " + r.Reason
 	}
-	fmt.Fprintf(w, "%s %s: %s\n", r.Object, r.Policy, state)
+	if r.Policy != "" {
+		r.Object += " " + r.Policy
+	}
+	fmt.Fprintf(w, "%s: %s\n", r.Object, state)
 	for _, p := range r.Parts {
 		if p.Err == nil {
 			continue

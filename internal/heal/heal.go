@@ -319,11 +319,8 @@ func resealed(ctx context.Context, nj *jose.JWE, old []leaf, o Options) ([]Part,
 // It returns one Result per binding with a tpm2 part; the error is for a
 // volume it cannot read.
 func Volume(ctx context.Context, v *luks.Volume, o Options) ([]Result, error) {
-	var h *luks.Header
-	var err error
-	if o.DryRun {
-		h, err = v.Header()
-	} else {
+	h, err := v.Header()
+	if err == nil && !o.DryRun {
 		h, err = v.Repair(ctx)
 	}
 	if err != nil {
@@ -458,7 +455,7 @@ func File(ctx context.Context, path string, o Options) (*Result, error) {
 	}
 	j, err := jose.ParseCompact(strings.TrimSpace(string(data)))
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
+		return nil, err
 	}
 	old := tpm2Leaves(j)
 	if len(old) == 0 {
