@@ -58,7 +58,7 @@ func Plan(target, bin string, volumes []string) ([]InstallFile, error) {
 	switch target {
 	case "systemd":
 		for _, u := range []string{"tether-keyd.socket", "tether-keyd.service", "tether-askpass.path", "tether-askpass.service",
-			"tether-agent.service", "tether-agent@.service", "tether-secret@.service"} {
+			"tether-agent.service", "tether-agent@.service", "tether-secret@.service", "tether-heal.service"} {
 			must(add("systemd/"+u, etc+u, 0o644))
 		}
 		must(add("systemd/tether-cryptsetup.conf", etc+"systemd-cryptsetup@.service.d/tether.conf", 0o644))
@@ -103,6 +103,14 @@ func Plan(target, bin string, volumes []string) ([]InstallFile, error) {
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Path < out[j].Path })
 	return out, nil
+}
+
+// HealEnabled is what "systemctl enable tether-heal.service" makes, for
+// Install: tether-heal.service is installed by Plan but not enabled, since
+// resealing by itself is a choice the owner makes (docs/TPM2.md).
+func HealEnabled() InstallFile {
+	const etc = "/etc/systemd/system/"
+	return InstallFile{Path: etc + "multi-user.target.wants/tether-heal.service", Mode: os.ModeSymlink, Data: []byte(etc + "tether-heal.service")}
 }
 
 // Install writes files under root ("" or "/" is the running system),

@@ -80,7 +80,8 @@ type bindStep struct {
 	pass     []byte
 	jwe      *jose.JWE
 	op       string // bind or regen
-	oldToken int    // regen: the token being replaced
+	oldSlot  int    // regen: the keyslot being replaced (keySlot, or a broken one)
+	oldToken int    // regen: its token
 }
 
 // bind runs the transaction of Bind and of Regen's first half. Called
@@ -103,7 +104,7 @@ func (v *Volume) bind(ctx context.Context, h *Header, s bindStep) (int, error) {
 	}
 	x := txn{Type: TypeTxn, Keyslots: []string{}, Op: s.op, Slot: strconv.Itoa(slot)}
 	if s.op == "regen" {
-		x.OldSlot, x.OldToken = strconv.Itoa(s.keySlot), strconv.Itoa(s.oldToken)
+		x.OldSlot, x.OldToken = strconv.Itoa(s.oldSlot), strconv.Itoa(s.oldToken)
 	}
 	// Plan the header backup's name now so that the txn token can say
 	// which file to delete when it is cleaned up.
@@ -163,8 +164,8 @@ func (v *Volume) bind(ctx context.Context, h *Header, s bindStep) (int, error) {
 		if err != nil {
 			return slot, err
 		}
-		if err := v.killSlot(ctx, hh, s.keySlot); err != nil {
-			return slot, fmt.Errorf("remove the old keyslot %d: %w", s.keySlot, err)
+		if err := v.killSlot(ctx, hh, s.oldSlot); err != nil {
+			return slot, fmt.Errorf("remove the old keyslot %d: %w", s.oldSlot, err)
 		}
 		crashpoint("regen:killold")
 		if err := r.RemoveToken(ctx, v.Path, s.oldToken); err != nil {
@@ -225,6 +226,16 @@ func (e *FullError) Error() string {
 		return "the LUKS2 header has no free token id (all 32 are in use)"
 	}
 	return fmt.Sprintf("the LUKS2 metadata area is full: %d bytes free, the binding needs about %d", e.Free, e.Need)
+}
+
+// KeySlotOf returns the keyslot key opens (ErrWrongKey if none), trying
+// slots as Bind does: unbound ones first, one at a time.
+func (v *Volume) KeySlotOf(ctx context.Context, key []byte) (int, error) {
+	h, err := v.Header()
+	if err != nil {
+		return -1, err
+	}
+	return v.findKeySlot(ctx, h, key, -1)
 }
 
 // findKeySlot returns the keyslot key opens. With want >= 0 only that slot
@@ -367,12 +378,24 @@ type RegenOptions struct {
 	// Key, if set, is used when the binding cannot be decrypted (say its
 	// server is gone): an existing passphrase of the volume.
 	Key []byte
+	// UseKey makes Regen take Key at once, without decrypting the
+	// binding: the caller has proved it (tether tpm heal: another binding
+	// opened the volume, or the binding's own network pins). KeySlot is
+	// the keyslot Key opens, or -1 to find it.
+	UseKey  bool
+	KeySlot int
+	// Make, if set, makes the new binding's JWE for its new passphrase,
+	// in place of encrypting it under Pin and Config (tether tpm heal
+	// reseals only the tpm2 parts of an sss, see sss.Opened.Rewrap).
+	Make func(ctx context.Context, pass []byte) (*jose.JWE, error)
 }
 
 // Regen rebinds keyslot o.Slot with a fresh passphrase and a fresh
 // encryption (after a server key rotation, or to change the policy). The
-// new keyslot is added and verified before the old one is removed. It
-// returns the new keyslot.
+// new keyslot is added and verified before the old one is removed, the
+// whole change journalled in a txn token as Bind's is, so that an
+// interruption is finished or rolled back by Repair. It returns the new
+// keyslot.
 func (v *Volume) Regen(ctx context.Context, o RegenOptions) (int, error) {
 	unlock, err := v.lock()
 	if err != nil {
@@ -387,61 +410,57 @@ func (v *Volume) Regen(ctx context.Context, o RegenOptions) (int, error) {
 	if err != nil {
 		return -1, err
 	}
-	old, derr := pin.Decrypt(ctx, b.JWE, v.PinOptions)
+	var old []byte
 	keySlot := o.Slot
-	if derr == nil {
-		if err := v.Runner.TestKey(ctx, v.Path, o.Slot, old); err != nil {
-			derr = fmt.Errorf("the binding's passphrase does not open keyslot %d: %w", o.Slot, err)
-		}
-	}
-	if derr != nil {
-		if errors.Is(derr, pin.ErrWrongPIN) {
-			// The PIN asked for would seal the new binding too: never
-			// with one the TPM just refused.
-			return -1, fmt.Errorf("decrypt the binding of keyslot %d: %w", o.Slot, derr)
-		}
-		if o.Key == nil {
-			return -1, fmt.Errorf("decrypt the binding of keyslot %d: %w", o.Slot, derr)
-		}
-		v.logf("the binding of keyslot %d cannot be decrypted (%v); using the given passphrase", o.Slot, derr)
-		if keySlot, err = v.findKeySlot(ctx, h, o.Key, -1); err != nil {
+	if o.UseKey {
+		if keySlot, err = v.findKeySlot(ctx, h, o.Key, o.KeySlot); err != nil {
 			return -1, err
 		}
 		old = append([]byte(nil), o.Key...)
-	}
-	defer clear(old)
-	name, cfg := o.Pin, o.Config
-	if name == "" {
-		if name, cfg, err = pin.RegenConfig(ctx, b.JWE, v.PinOptions); err != nil {
-			return -1, fmt.Errorf("rebuild the configuration of keyslot %d: %w; give PIN and CONFIG", o.Slot, err)
+	} else {
+		var derr error
+		old, derr = pin.Decrypt(ctx, b.JWE, v.PinOptions)
+		if derr == nil {
+			if err := v.Runner.TestKey(ctx, v.Path, o.Slot, old); err != nil {
+				derr = fmt.Errorf("the binding's passphrase does not open keyslot %d: %w", o.Slot, err)
+			}
+		}
+		if derr != nil {
+			if errors.Is(derr, pin.ErrWrongPIN) {
+				// The PIN asked for would seal the new binding too: never
+				// with one the TPM just refused.
+				return -1, fmt.Errorf("decrypt the binding of keyslot %d: %w", o.Slot, derr)
+			}
+			if o.Key == nil {
+				return -1, fmt.Errorf("decrypt the binding of keyslot %d: %w", o.Slot, derr)
+			}
+			v.logf("the binding of keyslot %d cannot be decrypted (%v); using the given passphrase", o.Slot, derr)
+			if keySlot, err = v.findKeySlot(ctx, h, o.Key, -1); err != nil {
+				return -1, err
+			}
+			old = append([]byte(nil), o.Key...)
 		}
 	}
+	defer clear(old)
 	pass := NewPassphrase()
 	defer clear(pass)
-	j, err := pin.Encrypt(ctx, name, cfg, pass, v.PinOptions)
+	var j *jose.JWE
+	if o.Make != nil {
+		j, err = o.Make(ctx, pass)
+	} else {
+		name, cfg := o.Pin, o.Config
+		if name == "" {
+			if name, cfg, err = pin.RegenConfig(ctx, b.JWE, v.PinOptions); err != nil {
+				return -1, fmt.Errorf("rebuild the configuration of keyslot %d: %w; give PIN and CONFIG", o.Slot, err)
+			}
+		}
+		j, err = pin.Encrypt(ctx, name, cfg, pass, v.PinOptions)
+	}
 	if err != nil {
 		return -1, err
 	}
-	if keySlot != o.Slot {
-		// The old binding is broken; the given passphrase opens another
-		// slot. Regen still replaces the old binding.
-		return v.regenFromOther(ctx, h, o.Slot, b.Token, keySlot, old, pass, j)
-	}
-	return v.bind(ctx, h, bindStep{key: old, keySlot: o.Slot, slot: -1, pass: pass, jwe: j, op: "regen", oldToken: b.Token})
-}
-
-// regenFromOther binds afresh with a passphrase of another slot, then
-// unbinds the broken old binding.
-func (v *Volume) regenFromOther(ctx context.Context, h *Header, oldSlot, oldToken, keySlot int, key, pass []byte, j *jose.JWE) (int, error) {
-	slot, err := v.bind(ctx, h, bindStep{key: key, keySlot: keySlot, slot: -1, pass: pass, jwe: j, op: "bind"})
-	if err != nil {
-		return -1, err
-	}
-	if h, err = v.Header(); err != nil {
-		return slot, err
-	}
-	if err := v.killSlot(ctx, h, oldSlot); err != nil {
-		return slot, err
-	}
-	return slot, v.Runner.RemoveToken(ctx, v.Path, oldToken)
+	// When the old binding is broken and the key opens another keyslot,
+	// the new keyslot is made from that one; the broken one is still
+	// what is replaced.
+	return v.bind(ctx, h, bindStep{key: old, keySlot: keySlot, slot: -1, pass: pass, jwe: j, op: "regen", oldSlot: o.Slot, oldToken: b.Token})
 }

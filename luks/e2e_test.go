@@ -322,6 +322,44 @@ func TestCrashAnywhere(t *testing.T) {
 	}
 }
 
+// TestCrashRegenFromOtherKeyslot: regen of a binding that no longer
+// decrypts (its server silent) takes an existing passphrase, which opens
+// another keyslot; killed at every step, the volume still opens and
+// repair leaves exactly one binding: the old one (rolled back) or the new
+// one (the old keyslot finished off), never both.
+func TestCrashRegenFromOtherKeyslot(t *testing.T) {
+	g := newRig(t)
+	img := g.image("20M")
+	px := testenv.StartProxy(t, strings.TrimPrefix(g.tang.URL, "http://"))
+	for _, step := range []string{"regen:backup", "regen:txn", "regen:addkey", "regen:verified", "regen:token",
+		"regen:killold", "regen:removeold", "regen:done"} {
+		t.Run(step, func(t *testing.T) {
+			g.t = t
+			px.Resume()
+			g.ok([]byte(testPass), "luks", "bind", "-d", img, "-k", "-", "-y", "tang", fmt.Sprintf(`{"url":%q}`, px.URL))
+			old := g.newestBinding(img)
+			px.Silence()
+			res := g.tether([]byte(testPass), []string{"TETHER_TEST_CRASH_AT=" + step}, "luks", "regen", "-d", img,
+				"-s", strconv.Itoa(old), "-k", "-", "--timeout", "1s", "-y", "tang", g.tangCfg())
+			if !res.killed {
+				t.Fatalf("tether was not killed at %s: exit %d\n%s", step, res.code, res.stderr)
+			}
+			if !g.opens(img, 0, []byte(testPass)) {
+				t.Fatal("after the crash the passphrase no longer opens the volume")
+			}
+			g.ok(nil, "luks", "repair", "-d", img)
+			if bs := luks.Bindings(header(t, img)); len(bs) != 1 {
+				t.Fatalf("after repair: %d bindings, want the old or the new one", len(bs))
+			}
+			px.Resume()
+			g.checkClean(img)
+			for _, b := range luks.Bindings(header(t, img)) {
+				g.ok(nil, "luks", "unbind", "-d", img, "-s", strconv.Itoa(b.Slot))
+			}
+		})
+	}
+}
+
 func fileSum(t testing.TB, p string) [32]byte {
 	t.Helper()
 	b, err := os.ReadFile(p)

@@ -396,7 +396,7 @@ func luksRunCmd() *command.Command {
 	}
 }
 
-const installUsage = `Usage: tether install systemd|dracut|initramfs-tools [--root DIR] [--bin PATH] [--volume NAME]...
+const installUsage = `Usage: tether install systemd|dracut|initramfs-tools [--root DIR] [--bin PATH] [--volume NAME]... [--heal]
        tether install initramfs-tools [--deadline D] [--retry R] [--ip SPEC]
        tether install dracut [--deadline D] [--retry R]
        tether install initramfs-tools|dracut --first-boot DEV --first-boot-recovery DEV:PATH|none [--first-boot-name NAME] PIN CONFIG
@@ -414,8 +414,13 @@ Every file written is printed; running it again replaces them.
                    tether-agent.service (managed-mode keep-alive, enabled;
                    it runs once the machine is enrolled) and
                    tether-agent@.service for other state directories,
-                   and tether-secret@.service (tether secret open at boot,
-                   for each /etc/tether/secrets/NAME.jwe you enable).
+                   tether-secret@.service (tether secret open at boot,
+                   for each /etc/tether/secrets/NAME.jwe you enable), and
+                   tether-heal.service (tether tpm heal once a boot:
+                   reseals tpm2 parts whose PCRs changed when a network
+                   pin proves the machine is at home), which is NOT
+                   enabled: --heal enables it (or systemctl enable
+                   tether-heal.service); see tether tpm heal --help.
   dracut           /usr/lib/dracut/modules.d/60tether: in a systemd
                    initramfs, tether's password agent (tether askpass
                    --initramfs: answers within the deadline, then keeps
@@ -490,6 +495,7 @@ func installCmd(target string) *command.Command {
 			bin := fs.String("bin", "", "")
 			var vols listFlag
 			fs.Var(&vols, "volume", "")
+			healOn := fs.Bool("heal", false, "")
 			deadline := fs.String("deadline", "", "")
 			retry := fs.String("retry", "", "")
 			ip := fs.String("ip", "", "")
@@ -516,6 +522,9 @@ func installCmd(target string) *command.Command {
 				if len(vols) > 0 && target != "systemd" {
 					return command.Usagef("--volume is for install systemd")
 				}
+				if *healOn && target != "systemd" {
+					return command.Usagef("--heal is for install systemd (it enables tether-heal.service)")
+				}
 				settings := *deadline != "" || *retry != "" || *ip != ""
 				switch {
 				case settings && target == "systemd":
@@ -538,6 +547,9 @@ func installCmd(target string) *command.Command {
 				plan, err := boot.Plan(target, b, vols)
 				if err != nil {
 					return err
+				}
+				if *healOn {
+					plan = append(plan, boot.HealEnabled())
 				}
 				if settings {
 					f, err := initramfsSettings(*root, *deadline, *retry, *ip)

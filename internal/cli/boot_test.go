@@ -509,3 +509,63 @@ func TestKeydHomeHidden(t *testing.T) {
 		t.Errorf("/home visible: served key does not open the image: %s\n%s", e, log)
 	}
 }
+
+// TestHealUnit: tether install systemd installs tether-heal.service but
+// does not enable it (off: nothing is resealed by itself); --heal enables
+// it as systemctl enable would; systemd-analyze verifies it; its
+// ExecStart, with options as /etc/tether/heal.conf would give them, runs
+// this tether's heal.
+func TestHealUnit(t *testing.T) {
+	sa := testenv.RequireCmd(t, "systemd-analyze")
+	bin := testenv.TetherBin(t)
+	root := t.TempDir()
+	if _, errOut, code := testenv.Run(t, nil, bin, "install", "systemd", "--root", root, "--bin", bin); code != 0 {
+		t.Fatalf("install: %s", errOut)
+	}
+	dir := filepath.Join(root, "etc/systemd/system")
+	unit, err := os.ReadFile(filepath.Join(dir, "tether-heal.service"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"\nType=oneshot\n", "\nWants=network-online.target\n",
+		"\nAfter=network-online.target cryptsetup.target remote-cryptsetup.target\n",
+		"\nEnvironmentFile=-/etc/tether/heal.conf\n", "\nExecStart=" + bin + " tpm heal $OPTIONS\n", "\nWantedBy=multi-user.target\n"} {
+		if !strings.Contains(string(unit), want) {
+			t.Errorf("tether-heal.service lacks %q", strings.TrimSpace(want))
+		}
+	}
+	link := filepath.Join(dir, "multi-user.target.wants/tether-heal.service")
+	if _, err := os.Lstat(link); err == nil {
+		t.Fatal("tether install systemd enabled tether-heal.service")
+	}
+	cmd := exec.Command(sa, "verify", "--man=no", "tether-heal.service")
+	cmd.Dir = dir
+	if out, err := cmd.CombinedOutput(); err != nil || len(strings.TrimSpace(string(out))) > 0 {
+		t.Errorf("systemd-analyze verify: %v\n%s", err, out)
+	}
+	if _, errOut, code := testenv.Run(t, nil, bin, "install", "systemd", "--root", root, "--bin", bin, "--heal"); code != 0 {
+		t.Fatalf("install --heal: %s", errOut)
+	}
+	if to, err := os.Readlink(link); err != nil || to != "/etc/systemd/system/tether-heal.service" {
+		t.Errorf("--heal did not enable tether-heal.service: %q %v", to, err)
+	}
+	if _, errOut, code := testenv.Run(t, nil, bin, "install", "dracut", "--root", root, "--bin", bin, "--heal"); code != 2 || !strings.Contains(string(errOut), "--heal is for install systemd") {
+		t.Errorf("install dracut --heal: exit %d: %s", code, errOut)
+	}
+
+	// The ExecStart line, $OPTIONS as heal.conf would set them: nothing
+	// to heal in an empty system.
+	var argv []string
+	for _, l := range strings.Split(string(unit), "\n") {
+		if v, ok := strings.CutPrefix(l, "ExecStart="); ok {
+			empty := t.TempDir()
+			argv = strings.Fields(strings.ReplaceAll(v, "$OPTIONS", "--crypttab "+empty+"/crypttab --secrets "+empty))
+		}
+	}
+	if len(argv) == 0 {
+		t.Fatal("no ExecStart")
+	}
+	if _, errOut, code := testenv.Run(t, nil, argv[0], argv[1:]...); code != 0 || !strings.Contains(string(errOut), "nothing to heal") {
+		t.Errorf("%v: exit %d: %s", argv, code, errOut)
+	}
+}

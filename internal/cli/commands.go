@@ -45,6 +45,7 @@ func commands(program string) []*command.Command {
 		secretCloseCmd(),
 		tpmSignPCRsCmd(),
 		tpmExplainCmd(), // tpm_explain.go
+		tpmHealCmd(),    // heal.go
 
 		enrollCmd(), // managed mode
 		agentCmd(),

@@ -133,7 +133,12 @@ func FreePort(t testing.TB) string {
 type Tangd struct {
 	URL    string
 	KeyDir string
+	stop   func()
 }
+
+// Stop stops the server before the test ends: connections to it are
+// refused from then on.
+func (d *Tangd) Stop() { d.stop() }
 
 // StartTangd starts the Debian tangd, socket-activated per connection by
 // systemd-socket-activate --inetd as its systemd units do, with fresh keys
@@ -165,13 +170,17 @@ func StartTangdDir(t testing.TB, dir string, keygen bool) *Tangd {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() {
-		cmd.Process.Kill()
-		cmd.Wait()
-	})
+	var once sync.Once
+	stop := func() {
+		once.Do(func() {
+			cmd.Process.Kill()
+			cmd.Wait()
+		})
+	}
+	t.Cleanup(stop)
 	url := "http://" + addr
 	WaitHTTP(t, url+"/adv")
-	return &Tangd{URL: url, KeyDir: dir}
+	return &Tangd{URL: url, KeyDir: dir, stop: stop}
 }
 
 // Server is a tether server process.

@@ -61,7 +61,7 @@ func seedHeader(t testing.TB, threshold, n int) (string, []byte) {
 	for _, s := range shares[:threshold] {
 		xs, ys = append(xs, new(big.Int).SetBytes(s[:pointSize])), append(ys, new(big.Int).SetBytes(s[pointSize:]))
 	}
-	return string(j.Header.Clevis), interpolate0(xs, ys, p).FillBytes(make([]byte, pointSize))
+	return string(j.Header.Clevis), interpolate(xs, ys, p, new(big.Int)).FillBytes(make([]byte, pointSize))
 }
 
 func itoa(i int) string { return big.NewInt(int64(i)).String() }

@@ -114,10 +114,7 @@ func (Pin) Encrypt(ctx context.Context, raw json.RawMessage, secret []byte, o pi
 		if err != nil {
 			return nil, err
 		}
-		y := eval(coeffs, x, p)
-		pt := make([]byte, 2*pointSize)
-		x.FillBytes(pt[:pointSize])
-		y.FillBytes(pt[pointSize:])
+		pt := encodePoint(x, eval(coeffs, x, p))
 		j, err := pin.Encrypt(ctx, c.name, c.cfg, pt, o)
 		clear(pt)
 		if err != nil {
@@ -216,9 +213,25 @@ func (e *ChildError) Error() string {
 
 // Decrypt implements pin.Pin.
 func (Pin) Decrypt(ctx context.Context, j *jose.JWE, o pin.Options) ([]byte, error) {
-	h, p, err := parse(j)
+	_, p, xs, ys, err := collect(ctx, j, o)
 	if err != nil {
 		return nil, err
+	}
+	secret := interpolate(xs, ys, p, new(big.Int))
+	if secret == nil {
+		return nil, errors.New("shares are inconsistent")
+	}
+	key := secret.FillBytes(make([]byte, pointSize))
+	defer clear(key)
+	return j.Decrypt(key)
+}
+
+// collect decrypts the children of j at once and returns the first t
+// distinct points they hold, with j's header and prime.
+func collect(ctx context.Context, j *jose.JWE, o pin.Options) (*header, *big.Int, []*big.Int, []*big.Int, error) {
+	h, p, err := parse(j)
+	if err != nil {
+		return nil, nil, nil, nil, err
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel() // stops the children still running once t have answered
@@ -260,7 +273,7 @@ func (Pin) Decrypt(ctx context.Context, j *jose.JWE, o pin.Options) ([]byte, err
 			if final > len(h.JWE)-h.T {
 				// Fewer than t children can still succeed, whatever
 				// the others (a server down, slow) answer later.
-				return nil, pin.Permanent(&ChildError{T: h.T, Got: len(xs), Errs: errs, Final: final, N: len(h.JWE)})
+				return nil, nil, nil, nil, pin.Permanent(&ChildError{T: h.T, Got: len(xs), Errs: errs, Final: final, N: len(h.JWE)})
 			}
 			continue
 		}
@@ -277,20 +290,120 @@ func (Pin) Decrypt(ctx context.Context, j *jose.JWE, o pin.Options) ([]byte, err
 		}
 	}
 	if len(xs) < h.T {
-		return nil, &ChildError{T: h.T, Got: len(xs), Errs: errs, Final: final, N: len(h.JWE)}
+		return nil, nil, nil, nil, &ChildError{T: h.T, Got: len(xs), Errs: errs, Final: final, N: len(h.JWE)}
 	}
-	secret := interpolate0(xs, ys, p)
+	return h, p, xs, ys, nil
+}
+
+// Opened is an sss JWE decrypted with the polynomial its children share
+// kept, so that children can be replaced without asking the others to
+// encrypt again (see Rewrap).
+type Opened struct {
+	// Plaintext is what the JWE protects.
+	Plaintext []byte
+
+	h      *header
+	p      *big.Int
+	xs, ys []*big.Int
+}
+
+// Open decrypts j as Decrypt does, and keeps the points of the t children
+// that answered: together they are the polynomial.
+func Open(ctx context.Context, j *jose.JWE, o pin.Options) (*Opened, error) {
+	h, p, xs, ys, err := collect(ctx, j, o)
+	if err != nil {
+		return nil, err
+	}
+	secret := interpolate(xs, ys, p, new(big.Int))
 	if secret == nil {
 		return nil, errors.New("shares are inconsistent")
 	}
 	key := secret.FillBytes(make([]byte, pointSize))
 	defer clear(key)
-	return j.Decrypt(key)
+	pt, err := j.Decrypt(key)
+	if err != nil {
+		return nil, err
+	}
+	return &Opened{Plaintext: pt, h: h, p: p, xs: xs, ys: ys}, nil
 }
 
-// interpolate0 returns f(0) for the polynomial through the points, mod p
+// Rewrap returns a new sss JWE of the same threshold and polynomial that
+// protects plaintext. Each child is kept byte for byte, except those for
+// which renew returns a function: that function encrypts a fresh point of
+// the polynomial (x, then y, 32 bytes each, as every child holds) into
+// the child's replacement. Kept children are not asked anything: pins
+// whose configuration cannot be rebuilt from their header (managed,
+// https, smb) keep working, and their servers need not be reachable.
+//
+// Shares of replaced children stay valid points of the polynomial: a copy
+// of the old JWE kept elsewhere still opens the new one with them.
+func (op *Opened) Rewrap(ctx context.Context, plaintext []byte, renew func(child *jose.JWE) func(ctx context.Context, point []byte) (*jose.JWE, error)) (*jose.JWE, error) {
+	h := header{P: op.h.P, T: op.h.T}
+	seen := map[string]bool{}
+	for _, x := range op.xs {
+		seen[x.String()] = true
+	}
+	for i, c := range op.h.JWE {
+		cj, err := jose.ParseCompact(c)
+		if err != nil {
+			return nil, fmt.Errorf("child %d: %v", i+1, err)
+		}
+		enc := renew(cj)
+		if enc == nil {
+			h.JWE = append(h.JWE, c)
+			continue
+		}
+		x, err := distinctX(op.p, seen)
+		if err != nil {
+			return nil, err
+		}
+		y := interpolate(op.xs, op.ys, op.p, x)
+		if y == nil {
+			return nil, errors.New("shares are inconsistent")
+		}
+		pt := encodePoint(x, y)
+		nj, err := enc(ctx, pt)
+		clear(pt)
+		if err != nil {
+			return nil, fmt.Errorf("child %d (%s): %w", i+1, pin.Describe(cj), err)
+		}
+		h.JWE = append(h.JWE, nj.Compact())
+	}
+	ch, _ := json.Marshal(clevisHeader{Pin: "sss", SSS: h})
+	key := interpolate(op.xs, op.ys, op.p, new(big.Int)).FillBytes(make([]byte, pointSize))
+	defer clear(key)
+	return jose.Encrypt(jose.Header{Alg: "dir", Clevis: ch}, key, plaintext)
+}
+
+// encodePoint encodes a point as a child holds it: x then y, 32 bytes
+// each.
+func encodePoint(x, y *big.Int) []byte {
+	pt := make([]byte, 2*pointSize)
+	x.FillBytes(pt[:pointSize])
+	y.FillBytes(pt[pointSize:])
+	return pt
+}
+
+// Children returns the child JWEs of an sss JWE, in header order.
+func Children(j *jose.JWE) ([]*jose.JWE, error) {
+	h, _, err := parse(j)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]*jose.JWE, 0, len(h.JWE))
+	for i, c := range h.JWE {
+		cj, err := jose.ParseCompact(c)
+		if err != nil {
+			return nil, fmt.Errorf("child %d: %v", i+1, err)
+		}
+		out = append(out, cj)
+	}
+	return out, nil
+}
+
+// interpolate returns f(at) for the polynomial through the points, mod p
 // (Lagrange). It returns nil if some xᵢ − xⱼ has no inverse mod p.
-func interpolate0(xs, ys []*big.Int, p *big.Int) *big.Int {
+func interpolate(xs, ys []*big.Int, p, at *big.Int) *big.Int {
 	sum := new(big.Int)
 	for i := range xs {
 		num, den := big.NewInt(1), big.NewInt(1)
@@ -298,7 +411,7 @@ func interpolate0(xs, ys []*big.Int, p *big.Int) *big.Int {
 			if i == j {
 				continue
 			}
-			num.Mul(num, new(big.Int).Neg(xs[j])).Mod(num, p)
+			num.Mul(num, new(big.Int).Sub(at, xs[j])).Mod(num, p)
 			den.Mul(den, new(big.Int).Sub(xs[i], xs[j])).Mod(den, p)
 		}
 		inv := new(big.Int).ModInverse(den, p)

@@ -55,13 +55,16 @@ func TestInterpolation(t *testing.T) {
 			for _, i := range idx {
 				sx, sy = append(sx, xs[i]), append(sy, ys[i])
 			}
-			if got := interpolate0(sx, sy, p); got == nil || got.Cmp(coeffs[0]) != 0 {
+			if got := interpolate(sx, sy, p, new(big.Int)); got == nil || got.Cmp(coeffs[0]) != 0 {
 				t.Errorf("t=%d n=%d subset %v: wrong secret", tc.t, tc.n, idx)
+			}
+			if got := interpolate(sx, sy, p, xs[0]); got == nil || got.Cmp(ys[0]) != 0 {
+				t.Errorf("t=%d n=%d subset %v: wrong value at the first x", tc.t, tc.n, idx)
 			}
 		})
 		// t−1 shares do not (except with negligible probability).
 		if tc.t > 1 {
-			if got := interpolate0(xs[:tc.t-1], ys[:tc.t-1], p); got != nil && got.Cmp(coeffs[0]) == 0 {
+			if got := interpolate(xs[:tc.t-1], ys[:tc.t-1], p, new(big.Int)); got != nil && got.Cmp(coeffs[0]) == 0 {
 				t.Errorf("t=%d: %d shares revealed the secret", tc.t, tc.t-1)
 			}
 		}
@@ -69,14 +72,14 @@ func TestInterpolation(t *testing.T) {
 		if tc.t > 1 {
 			bad := append([]*big.Int(nil), ys[:tc.t]...)
 			bad[0] = new(big.Int).Add(bad[0], big.NewInt(1))
-			if got := interpolate0(xs[:tc.t], bad, p); got != nil && got.Cmp(coeffs[0]) == 0 {
+			if got := interpolate(xs[:tc.t], bad, p, new(big.Int)); got != nil && got.Cmp(coeffs[0]) == 0 {
 				t.Errorf("t=%d: a wrong share still gave the secret", tc.t)
 			}
 		}
 	}
 	// Duplicate x: no inverse, nil rather than a wrong answer.
 	x := big.NewInt(5)
-	if got := interpolate0([]*big.Int{x, x}, []*big.Int{big.NewInt(1), big.NewInt(2)}, p); got != nil {
+	if got := interpolate([]*big.Int{x, x}, []*big.Int{big.NewInt(1), big.NewInt(2)}, p, new(big.Int)); got != nil {
 		t.Errorf("duplicate x interpolated to %v", got)
 	}
 }
@@ -94,8 +97,12 @@ func TestEvalKnown(t *testing.T) {
 	for _, x := range xs {
 		ys = append(ys, eval(coeffs, x, p))
 	}
-	if got := interpolate0(xs, ys, p); got.Int64() != 3 {
+	if got := interpolate(xs, ys, p, new(big.Int)); got.Int64() != 3 {
 		t.Fatalf("f(0) = %v, want 3", got)
+	}
+	// Anywhere else too (Rewrap's fresh points): f(7) = 3 + 14 + 245 = 262 = 9 mod 23.
+	if got := interpolate(xs, ys, p, big.NewInt(7)); got.Int64() != 9 {
+		t.Fatalf("f(7) = %v, want 9", got)
 	}
 }
 

@@ -372,3 +372,124 @@ func TestClevisVector(t *testing.T) {
 		t.Fatalf("two servers up: %q, %v", got, err)
 	}
 }
+
+// fakeID is the id in a fake child's header.
+func fakeID(j *jose.JWE) string {
+	var h struct{ Fake fakeCfg }
+	json.Unmarshal(j.Header.Clevis, &h)
+	return h.Fake.ID
+}
+
+// TestSkip: pin.Options.Skip is asked for every child, and a child it
+// refuses is not decrypted: sss succeeds with the others, or fails naming
+// why each child was left out.
+func TestSkip(t *testing.T) {
+	t.Parallel()
+	s := newShares(t, 1)
+	j := s.jwe(t, []byte("x"), fakeChild(t, "", "A", s.at(1)), fakeChild(t, "", "B", s.at(2)))
+	skip := func(ids ...string) func(*jose.JWE) error {
+		return func(c *jose.JWE) error {
+			for _, id := range ids {
+				if fakeID(c) == id {
+					return errors.New("left out for the test")
+				}
+			}
+			return nil
+		}
+	}
+	for range 5 { // A might be asked first or last
+		if got, err := pin.Decrypt(context.Background(), j, pin.Options{Skip: skip("A")}); err != nil || string(got) != "x" {
+			t.Fatalf("A left out: %q, %v", got, err)
+		}
+	}
+	_, err := pin.Decrypt(context.Background(), j, pin.Options{Skip: skip("A", "B")})
+	if err == nil || strings.Count(err.Error(), "fake: left out for the test") != 2 {
+		t.Fatalf("both left out: %v", err)
+	}
+	// The sss JWE itself is asked about too.
+	_, err = pin.Decrypt(context.Background(), j, pin.Options{Skip: func(c *jose.JWE) error {
+		if n, _ := c.Header.Pin(); n == "sss" {
+			return errors.New("no sss here")
+		}
+		return nil
+	}})
+	if err == nil || err.Error() != "sss: no sss here" {
+		t.Fatalf("sss left out: %v", err)
+	}
+}
+
+// TestOpenRewrap: Open decrypts as Decrypt does and keeps the polynomial;
+// Rewrap replaces only the children renew picks, with fresh points of the
+// same polynomial, and keeps the others byte for byte: any t children of
+// the new JWE, the replacement among them, decrypt its new plaintext.
+func TestOpenRewrap(t *testing.T) {
+	t.Parallel()
+	s := newShares(t, 2)
+	a, b, broken := fakeChild(t, "", "A", s.at(1)), fakeChild(t, "", "B", s.at(2)), fakeChild(t, "fail", "C", s.at(3))
+	j := s.jwe(t, []byte("old"), a, b, broken)
+	ctx := context.Background()
+	op, err := sss.Open(ctx, j, pin.Options{})
+	if err != nil || string(op.Plaintext) != "old" {
+		t.Fatalf("open: %q, %v", op.Plaintext, err)
+	}
+	renewed := 0
+	nj, err := op.Rewrap(ctx, []byte("new"), func(c *jose.JWE) func(context.Context, []byte) (*jose.JWE, error) {
+		if fakeID(c) != "C" {
+			return nil
+		}
+		return func(_ context.Context, point []byte) (*jose.JWE, error) {
+			renewed++
+			if len(point) != 64 {
+				t.Errorf("point of %d bytes", len(point))
+			}
+			cfg, _ := json.Marshal(fakeCfg{ID: "C2"})
+			return fakePin{}.Encrypt(ctx, cfg, point, pin.Options{})
+		}
+	})
+	if err != nil || renewed != 1 {
+		t.Fatalf("rewrap: %v (renewed %d)", err, renewed)
+	}
+	kids, err := sss.Children(nj)
+	if err != nil || len(kids) != 3 {
+		t.Fatalf("children: %d, %v", len(kids), err)
+	}
+	if kids[0].Compact() != a || kids[1].Compact() != b || fakeID(kids[2]) != "C2" {
+		t.Errorf("children after rewrap: %s %s %s", fakeID(kids[0]), fakeID(kids[1]), fakeID(kids[2]))
+	}
+	var oh, nh struct {
+		SSS struct {
+			P string
+			T int
+		}
+	}
+	json.Unmarshal(j.Header.Clevis, &oh)
+	json.Unmarshal(nj.Header.Clevis, &nh)
+	if oh.SSS != nh.SSS {
+		t.Errorf("p or t changed: %+v -> %+v", oh.SSS, nh.SSS)
+	}
+	without := func(id string) pin.Options {
+		return pin.Options{Skip: func(c *jose.JWE) error {
+			if fakeID(c) == id {
+				return errors.New("left out")
+			}
+			return nil
+		}}
+	}
+	for _, id := range []string{"A", "B", "C2"} {
+		if got, err := pin.Decrypt(ctx, nj, without(id)); err != nil || string(got) != "new" {
+			t.Errorf("the new JWE without %s: %q, %v", id, got, err)
+		}
+	}
+	// A replacement that fails stops Rewrap, naming the child.
+	_, err = op.Rewrap(ctx, []byte("new"), func(c *jose.JWE) func(context.Context, []byte) (*jose.JWE, error) {
+		return func(context.Context, []byte) (*jose.JWE, error) { return nil, errors.New("no TPM") }
+	})
+	if err == nil || !strings.Contains(err.Error(), "child 1 (fake): no TPM") {
+		t.Errorf("failing replacement: %v", err)
+	}
+	// Fewer than t children: Open says so as Decrypt does.
+	var ce *sss.ChildError
+	if _, err := sss.Open(ctx, j, without("A")); !errors.As(err, &ce) || ce.Got != 1 {
+		t.Errorf("open with one child: %v", err)
+	}
+}

@@ -556,6 +556,19 @@ func (p Pin) Check(ctx context.Context, j *jose.JWE) error {
 	return t.CheckSealed(pub, priv, o)
 }
 
+// PCRValues reads the current values of pcrs in bank from this machine's
+// TPM.
+func (p Pin) PCRValues(ctx context.Context, bank string, pcrs []int) ([][]byte, error) {
+	tpmMu.Lock()
+	defer tpmMu.Unlock()
+	t, err := p.open(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer t.Close()
+	return t.ReadPCRs(bank, pcrs)
+}
+
 // ConfigOf implements pin.Configurer: the PCR policy and PIN use of the
 // sealed object. A signed policy's key travels as base64url DER, which
 // the configuration takes as well as a file.

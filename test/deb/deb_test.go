@@ -171,13 +171,13 @@ tether version | grep -q "revision: [0-9a-f]\{40\}" || fail "tether version: no 
 
 echo "== units, hooks, manuals, completions in place; nothing enabled"
 for u in tether-keyd.socket tether-keyd.service tether-askpass.path tether-askpass.service \
-    tether-agent.service tether-agent@.service tether-secret@.service tether-server.service; do
+    tether-agent.service tether-agent@.service tether-secret@.service tether-heal.service tether-server.service; do
     [ -f /lib/systemd/system/$u ] || fail "missing unit $u"
 done
 grep -q '^ExecStart=/usr/bin/tether keyd' /lib/systemd/system/tether-keyd.service || fail "keyd unit does not run /usr/bin/tether"
 grep -q '^After=tether-keyd.socket' '/lib/systemd/system/systemd-cryptsetup@.service.d/tether.conf' || fail "cryptsetup drop-in"
 grep -q '^Wants=' '/lib/systemd/system/systemd-cryptsetup@.service.d/tether.conf' && fail "the cryptsetup drop-in pulls in the socket without consent"
-for u in tether-keyd.socket tether-askpass.path tether-agent.service tether-server.service; do
+for u in tether-keyd.socket tether-askpass.path tether-agent.service tether-heal.service tether-server.service; do
     st=$(systemctl is-enabled $u 2>&1 || true)
     [ "$st" = disabled ] || fail "$u is $st, want disabled"
 done

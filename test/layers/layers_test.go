@@ -64,6 +64,9 @@ var ranks = map[string]int{
 	"boot": 55,
 	// doctor checks what boot installs and what luks and the pins hold.
 	"internal/doctor": 58,
+	// heal reseals tpm2 parts (pin/tpm2, inside pin/sss) of luks bindings
+	// and sealed files.
+	"internal/heal": 56,
 
 	"server/connlimit":     56, // descriptor caps of the server's listeners
 	"server/internal/wire": 56, // JSON replies and requests the server's APIs share
