@@ -22,6 +22,8 @@ import (
 	_ "github.com/tether-nbde/tether/internal/docgen"
 	_ "github.com/tether-nbde/tether/internal/servercli"
 	_ "github.com/tether-nbde/tether/internal/tpm"
+	_ "github.com/tether-nbde/tether/internal/tpm/eventlog"
+	_ "github.com/tether-nbde/tether/internal/tpm/eventlog/eventlogtest"
 	_ "github.com/tether-nbde/tether/internal/tpm/tpmtest"
 	_ "github.com/tether-nbde/tether/internal/version"
 	_ "github.com/tether-nbde/tether/jose"

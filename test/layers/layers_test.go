@@ -40,6 +40,9 @@ var ranks = map[string]int{
 	"jose":               10,
 	"audit":              10,
 	"internal/tpm":       10, // the TPM transport (issue 19: under pin/tpm2's care)
+	// the TCG event log: read, replay, describe (tether tpm explain);
+	// imports nothing of the module.
+	"internal/tpm/eventlog": 5,
 
 	"tang":   20,
 	"policy": 20,
@@ -58,7 +61,9 @@ var ranks = map[string]int{
 
 	"pin/smb/share":        45,
 	"internal/tpm/tpmtest": 45,
-	"store/pgtest":         45,
+	// writes event logs and extends their digests into a swtpm
+	"internal/tpm/eventlog/eventlogtest": 45,
+	"store/pgtest":                       45,
 
 	"luks": 50,
 	"boot": 55,
