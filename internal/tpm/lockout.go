@@ -113,6 +113,6 @@ func (e *LockoutError) Error() string {
 	if e.DA.Known {
 		n = fmt.Sprintf("%d wrong PINs or other failed authorizations (it allows %d)", e.DA.Failures, e.DA.Max)
 	}
-	return "the TPM is in dictionary-attack lockout after " + n + ": it refuses every PIN, and every secret " +
-		"sealed under its owner key, until then; " + e.DA.lockoutAdvice()
+	return "the TPM is in dictionary-attack lockout after " + n + " (each power cut after the TPM was used counts as one: the TPM cannot tell it from an attack): " +
+		"it refuses every PIN, and sealing or unsealing any secret under its owner key, until then; " + e.DA.lockoutAdvice()
 }

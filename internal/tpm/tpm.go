@@ -536,6 +536,11 @@ func (t *TPM) Seal(data []byte, o SealOpts) (pub, priv []byte, err error) {
 			Unique: tpm2.NewTPMUPublicID(tpm2.TPMAlgKeyedHash, &tpm2.TPM2BDigest{}),
 		}),
 	}.Execute(t.tr, t.encSession(p, encIn))
+	if errors.Is(err, tpm2.TPMRCLockout) {
+		// The owner primary is not exempt from lockout (LockoutError):
+		// sealing waits too.
+		return nil, nil, fmt.Errorf("seal: %w", &LockoutError{DA: t.daState()})
+	}
 	if err != nil {
 		return nil, nil, fmt.Errorf("seal: create the sealed object: %w", err)
 	}

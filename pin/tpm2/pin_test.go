@@ -163,6 +163,11 @@ func TestPINLockout(t *testing.T) {
 	if _, err := decrypt(p, plain); !errors.As(err, &lo) || errors.Is(err, pin.ErrWrongPIN) {
 		t.Fatalf("a secret without PIN during the lockout: err = %v, want a LockoutError", err)
 	}
+	// Sealing a new one waits too (a first boot's bind, after power cuts
+	// had counted as failures), and is told why, not TPM_RC_LOCKOUT alone.
+	if _, err := p.Encrypt(ctx, json.RawMessage(`{"pcr_ids":"7"}`), secret, pin.Options{}); !errors.As(err, &lo) || !strings.Contains(err.Error(), "wait 2s") {
+		t.Fatalf("sealing during the lockout: err = %v, want a LockoutError", err)
+	}
 
 	// The TPM forgets one failure per interval: after it, one try again.
 	time.Sleep(2*time.Second + 500*time.Millisecond - time.Since(start))
