@@ -7,7 +7,9 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/tether-nbde/tether/internal/testenv"
 	"github.com/tether-nbde/tether/jose"
@@ -115,5 +117,55 @@ func TestTetherToken(t *testing.T) {
 	}
 	if fi, err := os.Stat(state); err != nil || fi.Mode().Perm() != 0o700 {
 		t.Errorf("state dir: %v %v", fi.Mode(), err)
+	}
+}
+
+// lingerPin never answers: on cancel it takes a while to stop (as a TPM
+// attempt flushes its objects) and then says it has stopped.
+type lingerPin struct{}
+
+var lingerStopped atomic.Bool
+
+func (lingerPin) Encrypt(_ context.Context, _ json.RawMessage, secret []byte, _ pin.Options) (*jose.JWE, error) {
+	return jose.Encrypt(jose.Header{Alg: "dir", Clevis: json.RawMessage(`{"pin":"luks-test-linger"}`)}, fakeKey, secret)
+}
+
+func (lingerPin) Decrypt(ctx context.Context, _ *jose.JWE, _ pin.Options) ([]byte, error) {
+	<-ctx.Done()
+	time.Sleep(300 * time.Millisecond)
+	lingerStopped.Store(true)
+	return nil, ctx.Err()
+}
+
+func init() { pin.Register("luks-test-linger", lingerPin{}) }
+
+// TestUnlockWaitsForTheOthers: the first binding to answer opens the
+// volume, and Unlock returns only once the attempts that lost have
+// stopped. One cut off by the process's exit could leave objects loaded
+// in a TPM without a resource manager (found in CI: TPM_RC_OBJECT_MEMORY
+// on the command after an unlock --test).
+func TestUnlockWaitsForTheOthers(t *testing.T) {
+	testenv.RequireRoot(t)
+	testenv.RequireCmd(t, "cryptsetup")
+	img := filepath.Join(t.TempDir(), "disk.img")
+	if out, err := exec.Command("truncate", "-s", "20M", img).CombinedOutput(); err != nil {
+		t.Fatal(err, string(out))
+	}
+	ctx := context.Background()
+	if err := (&Runner{}).Format(ctx, img, []byte("pw"), FormatOptions{KDF: MachineKDF("")}); err != nil {
+		t.Fatal(err)
+	}
+	v := &Volume{Path: img, StateDir: filepath.Join(t.TempDir(), "state")}
+	for _, p := range []string{"luks-test-linger", "luks-test-fake"} {
+		if _, err := v.Bind(ctx, BindOptions{Pin: p, Config: json.RawMessage(`{}`), Key: []byte("pw"), KeySlot: -1, Slot: -1}); err != nil {
+			t.Fatalf("bind %s: %v", p, err)
+		}
+	}
+	lingerStopped.Store(false)
+	if _, err := v.Unlock(ctx, UnlockOptions{}); err != nil {
+		t.Fatalf("unlock: %v", err)
+	}
+	if !lingerStopped.Load() {
+		t.Fatal("Unlock returned while an attempt that lost was still running")
 	}
 }

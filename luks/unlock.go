@@ -31,7 +31,8 @@ type Unlocked struct {
 // Unlock tries every binding at once, each bounded by PinOptions.Timeout,
 // and opens (or, without a name, verifies) the volume with the keyslot of
 // the first binding that answers. cryptsetup is always told the keyslot,
-// so it never spends seconds on argon2 slots first.
+// so it never spends seconds on argon2 slots first. It returns once the
+// attempts still running have stopped.
 func (v *Volume) Unlock(ctx context.Context, o UnlockOptions) (*Unlocked, error) {
 	h, err := v.Header()
 	if err != nil {
@@ -45,6 +46,13 @@ func (v *Volume) Unlock(ctx context.Context, o UnlockOptions) (*Unlocked, error)
 		return nil, fmt.Errorf("%s has no clevis or tether bindings", v.Path)
 	}
 	ctx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	// On return, stop the attempts still running and wait for them. A
+	// TPM attempt cut off by the process's exit would leave its objects
+	// loaded in a TPM without a resource manager (/dev/tpm0, swtpm), which
+	// then refuses the next unseal with TPM_RC_OBJECT_MEMORY until reboot.
+	// Every pin stops at once on cancel; TPM commands take milliseconds.
+	defer wg.Wait()
 	defer cancel()
 	type result struct {
 		b    Binding
@@ -52,7 +60,6 @@ func (v *Volume) Unlock(ctx context.Context, o UnlockOptions) (*Unlocked, error)
 		err  error
 	}
 	results := make(chan result, len(bs))
-	var wg sync.WaitGroup
 	for _, b := range bs {
 		if b.Err != nil {
 			results <- result{b: b, err: b.Err}

@@ -17,6 +17,7 @@ import (
 	"math/big"
 	"sort"
 	"strings"
+	"sync"
 
 	"github.com/tether-nbde/tether/jose"
 	"github.com/tether-nbde/tether/pin"
@@ -234,14 +235,22 @@ func collect(ctx context.Context, j *jose.JWE, o pin.Options) (*header, *big.Int
 		return nil, nil, nil, nil, err
 	}
 	ctx, cancel := context.WithCancel(ctx)
-	defer cancel() // stops the children still running once t have answered
+	var wg sync.WaitGroup
+	// Once t have answered, stop the children still running and wait for
+	// them, so that none is cut off mid-way by the process's exit (a tpm2
+	// child would leave its objects loaded in a TPM without a resource
+	// manager).
+	defer wg.Wait()
+	defer cancel()
 	type result struct {
 		x, y *big.Int
 		err  error
 	}
 	results := make(chan result, len(h.JWE))
 	for i, c := range h.JWE {
+		wg.Add(1)
 		go func() {
+			defer wg.Done()
 			cj, err := jose.ParseCompact(c)
 			if err != nil {
 				results <- result{err: pin.Permanent(fmt.Errorf("child %d: %v", i+1, err))}

@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"os"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -27,13 +28,16 @@ import (
 type fakePin struct{}
 
 type fakeCfg struct {
-	Mode string `json:"mode"` // "", "fail", "final" (pin.Permanent) or "hang"
+	Mode string `json:"mode"` // "", "fail", "final" (pin.Permanent), "hang" or "linger"
 	ID   string `json:"id,omitempty"`
 }
 
 var fakeKey = bytes.Repeat([]byte{0x42}, 32)
 
 func init() { pin.Register("fake", fakePin{}) }
+
+// lingerStopped holds the IDs of the "linger" children that have stopped.
+var lingerStopped sync.Map
 
 func (fakePin) Encrypt(_ context.Context, cfg json.RawMessage, secret []byte, _ pin.Options) (*jose.JWE, error) {
 	var c fakeCfg
@@ -55,6 +59,13 @@ func (fakePin) Decrypt(ctx context.Context, j *jose.JWE, o pin.Options) ([]byte,
 		return nil, fmt.Errorf("fake child %s failed", h.Fake.ID)
 	case "final":
 		return nil, pin.Permanent(fmt.Errorf("fake child %s refused for good", h.Fake.ID))
+	case "linger":
+		// Never answers; on cancel it takes a while to stop, as a tpm2
+		// child flushes its objects, and then says it has stopped.
+		<-ctx.Done()
+		time.Sleep(300 * time.Millisecond)
+		lingerStopped.Store(h.Fake.ID, true)
+		return nil, ctx.Err()
 	case "hang":
 		ctx, cancel := context.WithTimeout(ctx, o.PerTry())
 		defer cancel()
@@ -182,6 +193,24 @@ func TestDecryptThresholds(t *testing.T) {
 				t.Errorf("took %v: waited for the hanging child", elapsed)
 			}
 		})
+	}
+}
+
+// TestDecryptWaitsForTheOthers: once t children have answered, the
+// others are stopped and waited for before Decrypt returns, so none is
+// cut off mid-way by the process's exit (a tpm2 child would leave its
+// objects loaded in a TPM without a resource manager).
+func TestDecryptWaitsForTheOthers(t *testing.T) {
+	t.Parallel()
+	secret := []byte("sss secret")
+	s := newShares(t, 2)
+	j := s.jwe(t, secret, fakeChild(t, "linger", "L", s.at(1)), fakeChild(t, "", "1", s.at(2)), fakeChild(t, "", "2", s.at(3)))
+	got, err := pin.Decrypt(context.Background(), j, pin.Options{Timeout: time.Minute})
+	if err != nil || !bytes.Equal(got, secret) {
+		t.Fatalf("got %q, %v", got, err)
+	}
+	if _, ok := lingerStopped.Load("L"); !ok {
+		t.Fatal("Decrypt returned while a child was still running")
 	}
 }
 
