@@ -84,7 +84,7 @@ func TestDataVolumes(t *testing.T) {
 	// An owner's existing line for the container, whose options must
 	// survive --write.
 	g.Write("/etc/crypttab", []byte("root /dev/vdb none luks,initramfs\n"), 0o644)
-	g.Write("/etc/fstab", []byte("/dev/mapper/root / ext4 defaults 0 1\n/dev/vda /boot ext4 defaults 0 2\n"+
+	g.Write("/etc/fstab", []byte(Fstab+
 		"/dev/mapper/cloud /mnt/cloud ext4 _netdev,nofail 0 0\n/dev/mapper/blk /mnt/blk ext4 _netdev,nofail 0 0\n"), 0o644)
 	os.MkdirAll(filepath.Join(g.Tree, "mnt/cloud"), 0o755)
 	os.MkdirAll(filepath.Join(g.Tree, "mnt/blk"), 0o755)

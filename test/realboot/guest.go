@@ -87,9 +87,15 @@ func New(t testing.TB, flavor Flavor) *Guest {
 	// as written (in a chroot it cannot resolve devices), as Debian
 	// documents for volumes the initramfs must open.
 	g.Write("/etc/crypttab", []byte("root /dev/vdb none luks,initramfs\n"), 0o644)
-	g.Write("/etc/fstab", []byte("/dev/mapper/root / ext4 defaults 0 1\n/dev/vda /boot ext4 defaults 0 2\n"), 0o644)
+	g.Write("/etc/fstab", []byte(Fstab), 0o644)
 	return g
 }
+
+// Fstab is the guests' /etc/fstab. /boot waits for its disk up to 10
+// minutes, not systemd's 90 s: a guest starved of CPU beside the unit
+// tests (in CI) once had udev start only after that wait, and the boot
+// went to emergency mode.
+const Fstab = "/dev/mapper/root / ext4 defaults 0 1\n/dev/vda /boot ext4 defaults,x-systemd.device-timeout=10min 0 2\n"
 
 // Write writes a file into the tree.
 func (g *Guest) Write(path string, data []byte, mode os.FileMode) {
