@@ -333,10 +333,29 @@ func TestDoctor(t *testing.T) {
 		const what = "sha256 PCR 7 no longer hold the values it was sealed to"
 		fix := b.expect(what)[what]
 		cmd, _, _ := strings.Cut(fix, "  # ")
-		if want := "tether luks regen -d " + img + " -s 1 -k -"; cmd != want {
+		if want := "tether tpm heal -d " + img + " --allow-passphrase -k -"; cmd != want {
 			t.Fatalf("fix %q, want %q", cmd, want)
 		}
 		b.fix(cmd, []byte(recoveryPass))
+		b.healthy()
+	})
+
+	t.Run("tpm PCR changed in sss beside tang", func(t *testing.T) {
+		sw := tpmtest.Start(t)
+		b, _ := dataBed(t)
+		b.env = append(b.env, "TPM2TOOLS_TCTI="+sw.TCTI, "TETHER_TPM_TCTI=")
+		img := b.image("vault")
+		b.bind(img, "sss", fmt.Sprintf(`{"t":1,"pins":{"tang":[%s],"tpm2":[{"pcr_ids":"7"}]}}`, tangCfg))
+		b.crypttab(img, "vault", "--askpass")
+		b.healthy()
+		sw.Extend(t, "sha256", 7)
+		const what = "sha256 PCR 7 no longer hold the values it was sealed to"
+		fix := b.expect(what)[what]
+		cmd, _, _ := strings.Cut(fix, "  # ")
+		if want := "tether tpm heal -d " + img; cmd != want {
+			t.Fatalf("fix %q, want %q", cmd, want)
+		}
+		b.fix(cmd, nil) // the tang server proves the secret: no passphrase
 		b.healthy()
 	})
 

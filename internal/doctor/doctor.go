@@ -673,6 +673,19 @@ func (d *doctor) checkManaged(ctx context.Context, subject string, l *jose.JWE) 
 	d.ok(subject, "managed server %s accepts connections (not asked to unlock: that is an event on the server)", u)
 }
 
+// healCommand is the fix for tpm2 parts whose PCRs changed: tether tpm
+// heal, which reseals them once a network pin of the volume proves the
+// secret, or, with none, a passphrase of the volume.
+func healCommand(v *volume) string {
+	cmd := "tether tpm heal -d " + shellQuote(v.dev)
+	for _, p := range []string{"tang", "managed", "https", "smb"} {
+		if v.pins[p] {
+			return cmd + "  # once the boot chain is in the state it should keep; a network pin of the volume (" + p + ") must answer"
+		}
+	}
+	return cmd + " --allow-passphrase -k -  # once the boot chain is in the state it should keep, with a passphrase of the volume (the recovery passphrase) on stdin"
+}
+
 // checkTPM checks one tpm2 leaf against this machine's TPM.
 func (d *doctor) checkTPM(ctx context.Context, subject string, v *volume, b luks.Binding, l *jose.JWE) {
 	tctx, cancel := context.WithTimeout(ctx, d.o.Timeout)
@@ -690,7 +703,7 @@ func (d *doctor) checkTPM(ctx context.Context, subject string, v *volume, b luks
 	case err == nil:
 		d.ok(subject, "%s: the TPM can unseal it now", pin.Describe(l))
 	case errors.As(err, &pm):
-		d.problem(subject, regen+"  # once the boot chain is in the state it should keep,"+note,
+		d.problem(subject, healCommand(v),
 			"%s: %s PCR %s no longer hold the values it was sealed to (firmware, boot loader or kernel changed): the TPM will not unseal it "+
 				"(tether tpm explain -d %s shows which boot events made them)", pin.Describe(l), pm.Bank, tpm.FormatPCRs(pm.PCRs), shellQuote(v.dev))
 	case errors.Is(err, tpm.ErrNoTPM):
