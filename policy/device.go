@@ -46,6 +46,10 @@ type Policy struct {
 	KeepAlive Duration `json:"keepalive,omitempty"` // heartbeat timeout; 0 = keep-alive off
 	Approval  *bool    `json:"approval,omitempty"`  // every unlock waits for an admin
 	Rate      int      `json:"rate,omitempty"`      // unlocks per minute; 0 = server default
+	// PCRQuorum: new PCR values a device asks the server to sign are
+	// approved without an administrator once this many devices of its
+	// group have reported them; 0 = an administrator decides.
+	PCRQuorum int `json:"pcr_quorum,omitempty"`
 }
 
 // Device is one enrolled machine.

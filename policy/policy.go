@@ -56,6 +56,9 @@ func Effective(group, device Policy) Policy {
 	if device.Rate != 0 {
 		p.Rate = device.Rate
 	}
+	if device.PCRQuorum != 0 {
+		p.PCRQuorum = device.PCRQuorum
+	}
 	if p.KeepAlive < 0 { // an explicit negative turns a group's keep-alive off
 		p.KeepAlive = 0
 	}
@@ -71,6 +74,9 @@ func Validate(p Policy) error {
 	}
 	if p.Rate < 0 {
 		return fmt.Errorf("policy: rate must not be negative")
+	}
+	if p.PCRQuorum < 0 {
+		return fmt.Errorf("policy: pcr_quorum must not be negative")
 	}
 	return nil
 }

@@ -38,6 +38,22 @@ var migrations = []migration{
 	// PendingApprovals (every admin's approval list, and every unlock that
 	// waits) looked at every approval ever made: they are never deleted.
 	{version: 2, sql: `CREATE INDEX IF NOT EXISTS approvals_pending ON approvals (state, deadline);`},
+	// The PCR values devices asked the server to sign (signed PCR
+	// policies, server/managed/pcrsign.go), and what was decided.
+	{version: 3, sql: `CREATE TABLE IF NOT EXISTS pcr_states (
+	device TEXT NOT NULL,
+	bank TEXT NOT NULL,
+	pcr_ids TEXT NOT NULL,
+	policy TEXT NOT NULL,
+	pcr_values TEXT NOT NULL,
+	state TEXT NOT NULL,
+	reason TEXT NOT NULL,
+	created {int} NOT NULL,
+	decided {int} NOT NULL,
+	PRIMARY KEY (device, bank, pcr_ids, policy)
+);
+CREATE INDEX IF NOT EXISTS pcr_states_policy ON pcr_states (bank, pcr_ids, policy);
+CREATE INDEX IF NOT EXISTS pcr_states_state ON pcr_states (state, created);`},
 }
 
 // SchemaVersion is the schema version this build writes.

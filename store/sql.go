@@ -395,6 +395,80 @@ func (s *sqlStore) moveApproval(ctx context.Context, id, from, to string) error 
 	return ErrConflict
 }
 
+const pcrStateCols = `device, bank, pcr_ids, policy, pcr_values, state, reason, created, decided`
+
+func scanPCRState(s scanner) (*PCRState, error) {
+	var r PCRState
+	var c, d int64
+	if err := s.Scan(&r.Device, &r.Bank, &r.PCRIDs, &r.Policy, &r.Values, &r.State, &r.Reason, &c, &d); err != nil {
+		if errors.Is(err, sql.ErrNoRows) {
+			return nil, ErrNotFound
+		}
+		return nil, err
+	}
+	r.Created, r.Decided = fromNanos(c), fromNanos(d)
+	return &r, nil
+}
+
+func (s *sqlStore) ReportPCRState(ctx context.Context, r *PCRState) (*PCRState, bool, error) {
+	res, err := s.db.ExecContext(ctx, `INSERT INTO pcr_states (`+pcrStateCols+`) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9)
+		ON CONFLICT (device, bank, pcr_ids, policy) DO NOTHING`,
+		r.Device, r.Bank, r.PCRIDs, r.Policy, r.Values, r.State, r.Reason, nanos(r.Created), nanos(r.Decided))
+	if err != nil {
+		return nil, false, err
+	}
+	n, _ := res.RowsAffected()
+	got, err := scanPCRState(s.db.QueryRowContext(ctx, `SELECT `+pcrStateCols+` FROM pcr_states
+		WHERE device=$1 AND bank=$2 AND pcr_ids=$3 AND policy=$4`, r.Device, r.Bank, r.PCRIDs, r.Policy))
+	return got, n == 1, err
+}
+
+func (s *sqlStore) DecidePCRState(ctx context.Context, r *PCRState) error {
+	res, err := s.db.ExecContext(ctx, `UPDATE pcr_states SET state=$1, reason=$2, decided=$3
+		WHERE device=$4 AND bank=$5 AND pcr_ids=$6 AND policy=$7`,
+		r.State, r.Reason, nanos(r.Decided), r.Device, r.Bank, r.PCRIDs, r.Policy)
+	if err != nil {
+		return err
+	}
+	if n, _ := res.RowsAffected(); n != 1 {
+		return ErrNotFound
+	}
+	return nil
+}
+
+func (s *sqlStore) PCRStates(ctx context.Context, device, state string) ([]*PCRState, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT `+pcrStateCols+` FROM pcr_states
+		WHERE ($1 = '' OR device = $1) AND ($2 = '' OR state = $2) ORDER BY created, device, policy`, device, state)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []*PCRState
+	for rows.Next() {
+		r, err := scanPCRState(rows)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, r)
+	}
+	return out, rows.Err()
+}
+
+func (s *sqlStore) PCRStateDevices(ctx context.Context, group, bank, pcrIDs, policy string) (int, error) {
+	var n int
+	err := s.db.QueryRowContext(ctx, `SELECT count(DISTINCT p.device) FROM pcr_states p JOIN devices d ON d.id = p.device
+		WHERE p.bank=$1 AND p.pcr_ids=$2 AND p.policy=$3 AND d.grp=$4 AND d.state <> 'revoked'`,
+		bank, pcrIDs, policy, group).Scan(&n)
+	return n, err
+}
+
+func (s *sqlStore) HasApprovedPCRState(ctx context.Context, device, bank, pcrIDs string) (bool, error) {
+	var n int
+	err := s.db.QueryRowContext(ctx, `SELECT count(*) FROM pcr_states WHERE device=$1 AND bank=$2 AND pcr_ids=$3 AND state='approved'`,
+		device, bank, pcrIDs).Scan(&n)
+	return n > 0, err
+}
+
 func (s *sqlStore) Rekey(ctx context.Context, rewrap func(string, []byte) ([]byte, error), settings map[string]string) error {
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {

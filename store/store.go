@@ -82,6 +82,23 @@ type Approval struct {
 	State    string // "pending", "approved", "denied"
 }
 
+// PCRState is one set of PCR values a device asked the server to sign
+// (a signed PCR policy with the server as the signer) and what was
+// decided about it. A device's states are keyed by (Bank, PCRIDs, Policy).
+type PCRState struct {
+	Device string `json:"device"`
+	Bank   string `json:"bank"`    // "sha256"
+	PCRIDs string `json:"pcr_ids"` // "4,11"
+	Policy string `json:"policy"`  // hex approved policy digest of the values
+	Values string `json:"values"`  // the values as the device reported them, "11=HEX,..."
+	// State is "pending" (an administrator decides), "approved" (the
+	// server signs it whenever the device asks) or "denied".
+	State   string    `json:"state"`
+	Reason  string    `json:"reason,omitempty"` // how it was decided
+	Created time.Time `json:"created"`
+	Decided time.Time `json:"decided,omitzero"` // zero while pending
+}
+
 // Store is the persistence the managed server needs.
 type Store interface {
 	CreateDevice(ctx context.Context, d *policy.Device) error
@@ -141,6 +158,23 @@ type Store interface {
 	// UseApproval moves an approved approval to "used": one approval
 	// releases one unlock. ErrConflict if it is not (or no longer) approved.
 	UseApproval(ctx context.Context, id string) error
+
+	// ReportPCRState stores r unless the device already has a state for
+	// its bank, PCRs and policy, and returns what is stored and whether
+	// it was created now.
+	ReportPCRState(ctx context.Context, r *PCRState) (*PCRState, bool, error)
+	// DecidePCRState sets the state (and reason, decided time) of a
+	// stored PCR state; ErrNotFound if there is none.
+	DecidePCRState(ctx context.Context, r *PCRState) error
+	// PCRStates returns the device's PCR states ("" = every device's),
+	// those in state only unless state is "", oldest first.
+	PCRStates(ctx context.Context, device, state string) ([]*PCRState, error)
+	// PCRStateDevices counts the devices of group, not revoked, that have
+	// reported this bank, PCRs and policy (whatever was decided).
+	PCRStateDevices(ctx context.Context, group, bank, pcrIDs, policy string) (int, error)
+	// HasApprovedPCRState says whether the device has any approved state
+	// for this bank and PCRs.
+	HasApprovedPCRState(ctx context.Context, device, bank, pcrIDs string) (bool, error)
 
 	// Rekey replaces every device's wrapped exchange key by what rewrap
 	// returns for it and sets settings, in one transaction: afterwards

@@ -479,6 +479,65 @@ func testStore(t *testing.T, open func(t *testing.T) Store) {
 			t.Fatal(err)
 		}
 	})
+	t.Run("pcr states", func(t *testing.T) {
+		s := open(t)
+		for i, id := range []string{"d1", "d2", "d3"} {
+			d := newDevice(id, fmt.Sprint("k", i))
+			if id == "d3" {
+				d.Group = "lab"
+			}
+			if err := s.CreateDevice(ctx, d); err != nil {
+				t.Fatal(err)
+			}
+		}
+		r := &PCRState{Device: "d1", Bank: "sha256", PCRIDs: "11", Policy: "aa", Values: "11=00", State: "approved",
+			Reason: "first values", Created: t0, Decided: t0}
+		got, created, err := s.ReportPCRState(ctx, r)
+		if err != nil || !created || got.State != "approved" || !got.Created.Equal(t0) || got.Values != "11=00" {
+			t.Fatalf("first report: %+v %v %v", got, created, err)
+		}
+		if ok, err := s.HasApprovedPCRState(ctx, "d1", "sha256", "11"); !ok || err != nil {
+			t.Fatalf("HasApprovedPCRState: %v %v", ok, err)
+		}
+		if ok, _ := s.HasApprovedPCRState(ctx, "d1", "sha256", "7,11"); ok {
+			t.Fatal("an approved state for PCRs 11 counted for PCRs 7,11")
+		}
+		// A second report of the same values keeps what was decided.
+		again := *r
+		again.State, again.Reason = "pending", ""
+		if got, created, err := s.ReportPCRState(ctx, &again); err != nil || created || got.State != "approved" {
+			t.Fatalf("second report: %+v %v %v", got, created, err)
+		}
+		for _, dev := range []string{"d2", "d3"} {
+			p := PCRState{Device: dev, Bank: "sha256", PCRIDs: "11", Policy: "bb", Values: "11=01", State: "pending", Created: t0.Add(time.Second)}
+			if _, _, err := s.ReportPCRState(ctx, &p); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if n, err := s.PCRStateDevices(ctx, "servers", "sha256", "11", "bb"); n != 1 || err != nil {
+			t.Fatalf("devices of servers with bb: %d %v (d3 is in lab)", n, err)
+		}
+		if n, _ := s.PCRStateDevices(ctx, "lab", "sha256", "11", "bb"); n != 1 {
+			t.Fatalf("devices of lab with bb: %d", n)
+		}
+		pend, err := s.PCRStates(ctx, "", "pending")
+		if err != nil || len(pend) != 2 || pend[0].Device != "d2" || pend[1].Device != "d3" {
+			t.Fatalf("pending: %v %v", pend, err)
+		}
+		dec := *pend[0]
+		dec.State, dec.Reason, dec.Decided = "denied", "admin", t0.Add(time.Minute)
+		if err := s.DecidePCRState(ctx, &dec); err != nil {
+			t.Fatal(err)
+		}
+		all, _ := s.PCRStates(ctx, "d2", "")
+		if len(all) != 1 || all[0].State != "denied" || all[0].Reason != "admin" || !all[0].Decided.Equal(t0.Add(time.Minute)) {
+			t.Fatalf("d2 after the decision: %+v", all)
+		}
+		dec.Policy = "cc"
+		if err := s.DecidePCRState(ctx, &dec); !errors.Is(err, ErrNotFound) {
+			t.Fatalf("deciding a state never reported: %v", err)
+		}
+	})
 	t.Run("audit chain", func(t *testing.T) {
 		s := open(t)
 		if err := s.CreateDevice(ctx, newDevice("d1", "k1")); err != nil {

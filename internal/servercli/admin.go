@@ -185,6 +185,10 @@ group's; unset fields inherit. POLICY is JSON:
              turns a group's keep-alive off for one device
   approval   true: every unlock waits for tether admin unlock approve
   rate       unlocks per minute (default: the server's --unlock-rate)
+  pcr_quorum new PCR values a device asks the server to sign (a signed
+             tpm2 binding, "pcr_signer":"managed") are approved once this
+             many devices of the group reported them; 0 (default): an
+             admin approves them (tether admin pcr approve)
 
 Example:
   $ tether admin group set laptops '{"keepalive":"10m","cidrs":["192.168.1.0/24"]}'
@@ -393,6 +397,88 @@ func adminUnlockListCmd() *command.Command {
 					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", a.ID, a.Device, a.Source, a.Deadline.Local().Format(time.DateTime))
 				}
 				return tw.Flush()
+			}
+		})
+}
+
+const adminPCRUsage = `Usage: tether admin pcr list [--device ID] [--state pending|approved|denied] [--json]
+       tether admin pcr approve|deny DEVICE POLICY
+
+The server signs PCR values for the devices' signed tpm2 bindings
+("pcr_signer":"managed", docs/TPM2.md): a device sealed a secret to the
+server's PCR policy key and asks for a signature of its current values at
+every unseal. A device's first values of a set of PCRs are approved when it
+first asks (when it binds); values its group's rule allows ("pcr_quorum":
+N devices of the group reported them) are approved by the rule; any other
+new values — an update, or a boot chain someone changed — wait here until
+an admin decides, and the device's binding does not unseal meanwhile.
+
+list shows the reports, the newest last, with their values (PCR=hex) so
+they can be compared with another device's after the same update; POLICY
+is the approved policy digest list shows, or a unique prefix of it.
+approve: the server signs these values whenever the device asks. deny:
+never. Either can be changed later; every decision is in the audit log.
+A revoked or disabled device, or a lockdown, gets no signature at all.
+
+Example:
+  $ tether admin pcr list --state pending
+  $ tether admin pcr approve dev-Zm9vYmFy 3f1c
+`
+
+func adminPCRListCmd() *command.Command {
+	return adminCmd("admin pcr list", "list PCR values devices asked the server to sign", adminPCRUsage,
+		func(fs *flag.FlagSet) func(*command.Env, *admin.Client, []string) error {
+			asJSON := fs.Bool("json", false, "")
+			device := fs.String("device", "", "")
+			state := fs.String("state", "", "")
+			return func(env *command.Env, c *admin.Client, args []string) error {
+				if len(args) > 0 {
+					return command.Usagef("unexpected argument %q", args[0])
+				}
+				switch *state {
+				case "", "pending", "approved", "denied":
+				default:
+					return command.Usagef("--state %q: want pending, approved or denied", *state)
+				}
+				ps, err := c.PCRStates(context.Background(), *device, *state)
+				if err != nil {
+					return err
+				}
+				if *asJSON {
+					if ps == nil {
+						ps = []store.PCRState{}
+					}
+					return json.NewEncoder(env.Stdout).Encode(ps)
+				}
+				tw := tabwriter.NewWriter(env.Stdout, 0, 4, 2, ' ', 0)
+				fmt.Fprintln(tw, "DEVICE\tPCRS\tPOLICY\tSTATE\tREPORTED\tDECIDED BY\tVALUES")
+				for _, p := range ps {
+					fmt.Fprintf(tw, "%s\t%s:%s\t%s\t%s\t%s\t%s\t%s\n", p.Device, p.Bank, p.PCRIDs, p.Policy[:min(16, len(p.Policy))], p.State,
+						p.Created.Local().Format(time.DateTime), p.Reason, p.Values)
+				}
+				return tw.Flush()
+			}
+		})
+}
+
+// adminPCROpCmd is "tether admin pcr OP": approve or deny.
+func adminPCROpCmd(op string) *command.Command {
+	return adminCmd("admin pcr "+op, op+" PCR values a device asked the server to sign", adminPCRUsage,
+		func(fs *flag.FlagSet) func(*command.Env, *admin.Client, []string) error {
+			return func(env *command.Env, c *admin.Client, args []string) error {
+				if len(args) != 2 {
+					return command.Usagef("want a device ID and a policy digest (tether admin pcr list)")
+				}
+				p, err := c.PCROp(context.Background(), args[0], args[1], op)
+				if err != nil {
+					return err
+				}
+				what := "approved: the server signs them whenever the device asks"
+				if op == "deny" {
+					what = "denied: the server never signs them"
+				}
+				fmt.Fprintf(env.Stderr, "%s PCRs %s = policy %s of device %s %s\n", p.Bank, p.PCRIDs, p.Policy, p.Device, what)
+				return nil
 			}
 		})
 }

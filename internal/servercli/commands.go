@@ -29,6 +29,9 @@ func Commands() []*command.Command {
 		adminUnlockListCmd(),
 		adminUnlockOpCmd("approve"),
 		adminUnlockOpCmd("deny"),
+		adminPCRListCmd(),
+		adminPCROpCmd("approve"),
+		adminPCROpCmd("deny"),
 		adminResetCredentialsCmd(),
 
 		adminUserPasswordCmd("add", "add a dashboard account (password from stdin or a prompt)"), // admin_user.go

@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -13,6 +14,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
@@ -303,4 +305,55 @@ func Enroll(ctx context.Context, o EnrollOptions) (*Identity, *DeviceInfo, error
 // Client returns a client for the server the identity enrolled with.
 func (id *Identity) Client(localAddr string) (*Client, error) {
 	return NewClient(id.State.Server, id.State.Pin, id, localAddr)
+}
+
+// PCRKey fetches the server's PCR policy key (PKIX DER): what a tpm2
+// binding with "pcr_signer":"managed" is sealed to.
+func (c *Client) PCRKey(ctx context.Context) ([]byte, error) {
+	var rep struct {
+		Key string `json:"key"`
+	}
+	if _, err := c.call(ctx, http.MethodGet, "/v1/pcr-key", nil, &rep); err != nil {
+		return nil, err
+	}
+	der, err := jose.B64.DecodeString(rep.Key)
+	if err != nil || len(der) == 0 {
+		return nil, fmt.Errorf("server %s: malformed PCR policy key", c.Base)
+	}
+	return der, nil
+}
+
+// PCRSignature is the server's answer to SignPCRs.
+type PCRSignature struct {
+	State  string `json:"state"`  // "approved" (Sig is set) or "pending"
+	Policy string `json:"policy"` // hex approved policy digest of the values
+	Key    string `json:"key,omitempty"`
+	Sig    string `json:"sig,omitempty"`
+	Reason string `json:"reason,omitempty"`
+}
+
+// SignPCRs asks the server to sign values (in the order of pcrs) of the
+// sha256 bank. A state the server does not sign (yet) is a *ServerError:
+// 202 pending an administrator, 403 denied or refused, 410 revoked.
+func (c *Client) SignPCRs(ctx context.Context, bank string, pcrs []int, values [][]byte) (*PCRSignature, error) {
+	req := struct {
+		Bank   string   `json:"bank"`
+		PCRIDs string   `json:"pcr_ids"`
+		Values []string `json:"values"`
+	}{Bank: bank}
+	ids := make([]string, len(pcrs))
+	for i, p := range pcrs {
+		ids[i] = strconv.Itoa(p)
+		req.Values = append(req.Values, hex.EncodeToString(values[i]))
+	}
+	req.PCRIDs = strings.Join(ids, ",")
+	var rep PCRSignature
+	code, err := c.call(ctx, http.MethodPost, "/v1/pcr-sign", req, &rep)
+	if err != nil {
+		return nil, err
+	}
+	if code == http.StatusAccepted || rep.Sig == "" {
+		return nil, &ServerError{Status: code, Msg: fmt.Sprintf("server %s: %s", c.Base, rep.Reason)}
+	}
+	return &rep, nil
 }

@@ -3,6 +3,7 @@ package tpm2
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
 	"slices"
 
 	"github.com/tether-nbde/tether/internal/tpm"
@@ -68,6 +69,9 @@ func (p *Policy) SignatureFor(values [][]byte) (bool, error) {
 	s := p.opts.Signed
 	if s == nil {
 		return false, errors.New("the policy has no signed PCRs")
+	}
+	if s.Signatures == nil {
+		return false, fmt.Errorf("the %s signs values when the binding is decrypted; tether admin pcr list there shows which it approved", s.Where)
 	}
 	approved, err := tpm.PolicyPCRDigest("sha256", p.Bank, s.PCRs, values)
 	if err != nil {

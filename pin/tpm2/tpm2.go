@@ -63,6 +63,11 @@ type Config struct {
 	PCRPubkey     string          `json:"pcr_pubkey"`
 	PCRSignedIDs  json.RawMessage `json:"pcr_signed_ids"`
 	PCRSignatures string          `json:"pcr_signatures"`
+	// PCRSigner "managed": the managed server this machine is enrolled
+	// with holds the policy key and signs the values of PCRSignedIDs it
+	// approves, asked at every decryption (instead of PCRPubkey and a
+	// signature file).
+	PCRSigner string `json:"pcr_signer"`
 }
 
 // DefaultSignatures is where a signed PCR policy looks for its signatures
@@ -84,6 +89,10 @@ type header struct {
 	PCRPubkey     string `json:"pcr_pubkey,omitempty"`
 	PCRSignedIDs  string `json:"pcr_signed_ids,omitempty"`
 	PCRSignatures string `json:"pcr_signatures,omitempty"`
+	// PCRSigner, instead of PCRSignatures: who signs ("managed"), and
+	// PCRSignerRef which of them (the managed server and device).
+	PCRSigner    string          `json:"pcr_signer,omitempty"`
+	PCRSignerRef json.RawMessage `json:"pcr_signer_ref,omitempty"`
 }
 
 type clevisHeader struct {
@@ -103,7 +112,8 @@ const (
 var tpmMu sync.Mutex
 
 // parseConfig checks a configuration and turns it into seal options,
-// and says whether it asks for a PIN.
+// and says whether it asks for a PIN. With "pcr_signer":"managed" the
+// signed PCRs are in o.Signed without a key: Encrypt asks the server.
 func parseConfig(raw json.RawMessage) (tpm.SealOpts, bool, error) {
 	var cfg Config
 	if err := json.Unmarshal(raw, &cfg); err != nil {
@@ -144,6 +154,22 @@ func parseConfig(raw json.RawMessage) (tpm.SealOpts, bool, error) {
 		return tpm.SealOpts{}, false, fmt.Errorf(`configuration "pcr_signed_ids": %v`, err)
 	}
 	switch {
+	case cfg.PCRSigner != "" && cfg.PCRSigner != signerName:
+		return tpm.SealOpts{}, false, fmt.Errorf(`configuration "pcr_signer": %q is not a signer (the one there is: "managed", the server this machine is enrolled with)`, cfg.PCRSigner)
+	case cfg.PCRSigner != "" && (cfg.PCRPubkey != "" || cfg.PCRSignatures != ""):
+		return tpm.SealOpts{}, false, errors.New(`configuration "pcr_signer" holds the key and gives the signatures: leave out "pcr_pubkey" and "pcr_signatures"`)
+	case cfg.PCRSigner != "" && len(signed) == 0:
+		return tpm.SealOpts{}, false, errors.New(`configuration "pcr_signer" needs "pcr_signed_ids": the PCRs whose values the server signs`)
+	case cfg.PCRSigner != "":
+		if o.Hash != "sha256" {
+			return tpm.SealOpts{}, false, errors.New(`configuration: a signed PCR policy ("pcr_signer") needs "hash":"sha256"`)
+		}
+		for _, p := range signed {
+			if slices.Contains(o.PCRs, p) {
+				return tpm.SealOpts{}, false, fmt.Errorf(`configuration: PCR %d is in both "pcr_ids" (its value now) and "pcr_signed_ids" (any signed value): choose one`, p)
+			}
+		}
+		o.Signed = &tpm.SignedPolicy{PCRs: signed}
 	case cfg.PCRPubkey != "" && len(signed) == 0:
 		return tpm.SealOpts{}, false, errors.New(`configuration "pcr_pubkey" needs "pcr_signed_ids": the PCRs whose values the key signs`)
 	case cfg.PCRPubkey == "" && (len(signed) > 0 || cfg.PCRSignatures != ""):
@@ -280,6 +306,24 @@ func (p Pin) Encrypt(ctx context.Context, raw json.RawMessage, secret []byte, po
 	if err != nil {
 		return nil, err
 	}
+	var (
+		signer    pin.PCRSigner
+		signerRef json.RawMessage
+	)
+	if o.Signed != nil && o.Signed.Key.PublicKey == nil {
+		// "pcr_signer": the signer's key.
+		var der []byte
+		if signer, err = pin.LookupPCRSigner(signerName); err != nil {
+			return nil, fmt.Errorf(`configuration "pcr_signer": %w`, err)
+		}
+		if signerRef, der, err = signer.Enrolled(ctx); err != nil {
+			return nil, fmt.Errorf(`configuration "pcr_signer": %w`, err)
+		}
+		if o.Signed.Key, err = tpm.ParsePolicyKey(der); err != nil {
+			return nil, fmt.Errorf("the PCR signer's policy key: %w", err)
+		}
+		o.Signed.Where = signerWhere(signerName, signerRef)
+	}
 	if withPIN {
 		if o.Auth, err = askPIN(po, o.Hash, "New PIN for the TPM-sealed secret", true); err != nil {
 			return nil, err
@@ -311,10 +355,22 @@ func (p Pin) Encrypt(ctx context.Context, raw json.RawMessage, secret []byte, po
 		return nil, err
 	}
 	pub, priv, err := t.Seal(data, o)
+	var now [][]byte
+	if err == nil && signer != nil {
+		now, err = t.ReadPCRs(o.Bank, o.Signed.PCRs)
+	}
 	t.Close()
 	tpmMu.Unlock()
 	if err != nil {
 		return nil, err
+	}
+	if signer != nil {
+		// The values of now become the device's first approved values
+		// (the server trusts them as a reseal would), and the binding is
+		// proved to unseal in this state.
+		if _, _, err := signer.Sign(ctx, signerRef, o.Bank, o.Signed.PCRs, now); err != nil {
+			return nil, fmt.Errorf("the server did not sign the current PCR values: %w", err)
+		}
 	}
 	h := header{Hash: o.Hash, Key: o.Key, JWKPub: jose.B64.EncodeToString(pub), JWKPriv: jose.B64.EncodeToString(priv)}
 	if len(o.PCRs) > 0 {
@@ -324,7 +380,11 @@ func (p Pin) Encrypt(ctx context.Context, raw json.RawMessage, secret []byte, po
 		h.PCRBank = o.Bank
 		h.PCRPubkey = jose.B64.EncodeToString(o.Signed.Key.DER())
 		h.PCRSignedIDs = tpm.FormatPCRs(o.Signed.PCRs)
-		h.PCRSignatures = o.Signed.Where
+		if signer != nil {
+			h.PCRSigner, h.PCRSignerRef = signerName, signerRef
+		} else {
+			h.PCRSignatures = o.Signed.Where
+		}
 	}
 	h.WithPIN = withPIN
 	ch, _ := json.Marshal(clevisHeader{Pin: "tpm2", TPM2: h})
@@ -367,10 +427,20 @@ func parse(j *jose.JWE) (*header, tpm.SealOpts, error) {
 		if err != nil || len(signed) == 0 {
 			return nil, tpm.SealOpts{}, errors.New("JWE header clevis.tpm2 has pcr_pubkey but no valid pcr_signed_ids")
 		}
-		if o.Bank == "" || !filepath.IsAbs(h.PCRSignatures) {
-			return nil, tpm.SealOpts{}, errors.New("JWE header clevis.tpm2 has pcr_pubkey but no pcr_bank or no absolute pcr_signatures")
+		switch {
+		case o.Bank == "":
+			return nil, tpm.SealOpts{}, errors.New("JWE header clevis.tpm2 has pcr_pubkey but no pcr_bank")
+		case h.PCRSigner != "":
+			if len(h.PCRSignerRef) == 0 {
+				return nil, tpm.SealOpts{}, errors.New("JWE header clevis.tpm2 has pcr_signer but no pcr_signer_ref")
+			}
+			// The signature is asked for when decrypting (askSigner).
+			o.Signed = &tpm.SignedPolicy{Key: key, PCRs: signed, Where: signerWhere(h.PCRSigner, h.PCRSignerRef)}
+		case !filepath.IsAbs(h.PCRSignatures):
+			return nil, tpm.SealOpts{}, errors.New("JWE header clevis.tpm2 has pcr_pubkey but no absolute pcr_signatures")
+		default:
+			o.Signed = signedPolicy(key, signed, h.PCRSignatures)
 		}
-		o.Signed = signedPolicy(key, signed, h.PCRSignatures)
 	}
 	return h, o, nil
 }
@@ -441,6 +511,11 @@ func (p Pin) Decrypt(ctx context.Context, j *jose.JWE, po pin.Options) ([]byte, 
 	if err != nil {
 		return nil, errors.New("JWE header clevis.tpm2.jwk_priv is not base64url")
 	}
+	if h.PCRSigner != "" {
+		if err := p.askSigner(ctx, h, o); err != nil {
+			return nil, err
+		}
+	}
 	tpmMu.Lock()
 	t, err := p.open(ctx)
 	if err != nil {
@@ -476,6 +551,40 @@ func (p Pin) Decrypt(ctx context.Context, j *jose.JWE, po pin.Options) ([]byte, 
 	}
 	defer clear(key)
 	return j.Decrypt(key)
+}
+
+// askSigner asks the PCR signer h names for a signature of the current
+// values of o's signed PCRs and makes it o's only signature. The TPM
+// verifies it when unsealing; nothing is stored, so a device the signer no
+// longer serves gets none.
+func (p Pin) askSigner(ctx context.Context, h *header, o tpm.SealOpts) error {
+	s, err := pin.LookupPCRSigner(h.PCRSigner)
+	if err != nil {
+		return pin.Permanent(err)
+	}
+	values, err := p.PCRValues(ctx, o.Bank, o.Signed.PCRs)
+	if err != nil {
+		return err
+	}
+	policy, sig, err := s.Sign(ctx, h.PCRSignerRef, o.Bank, o.Signed.PCRs, values)
+	if err != nil {
+		return fmt.Errorf("signed PCR policy: %w", err)
+	}
+	one := []tpm.PCRSignature{{Bank: o.Bank, PCRs: o.Signed.PCRs, Policy: policy, KeyID: o.Signed.Key.ID(), Sig: sig}}
+	o.Signed.Signatures = func() ([]tpm.PCRSignature, error) { return one, nil }
+	return nil
+}
+
+// signerName is the PCR signer there is ("pcr_signer":"managed").
+const signerName = "managed"
+
+// signerWhere names a PCR signer in messages: "managed server URL".
+func signerWhere(name string, ref json.RawMessage) string {
+	var r struct {
+		URL string `json:"url"`
+	}
+	json.Unmarshal(ref, &r)
+	return strings.TrimSpace(name + " server " + r.URL)
 }
 
 // pinError marks the TPM's refusal of a PIN as pin.ErrWrongPIN.
@@ -584,9 +693,14 @@ func (Pin) ConfigOf(j *jose.JWE) (json.RawMessage, error) {
 		PCRPubkey     string `json:"pcr_pubkey,omitempty"`
 		PCRSignedIDs  string `json:"pcr_signed_ids,omitempty"`
 		PCRSignatures string `json:"pcr_signatures,omitempty"`
+		PCRSigner     string `json:"pcr_signer,omitempty"`
 	}
 	if err := json.Unmarshal(ch["tpm2"], &t); err != nil {
 		return nil, fmt.Errorf("tpm2 JWE: %w", err)
+	}
+	if t.PCRSigner != "" {
+		// Encrypt asks the signer for its key again.
+		t.PCRPubkey = ""
 	}
 	out, _ := json.Marshal(t)
 	return out, nil

@@ -94,6 +94,8 @@ func (a *API) Routes(mux *http.ServeMux) {
 	mux.HandleFunc("GET /v1/admin/approvals", a.Authed(a.approvals))
 	mux.HandleFunc("POST /v1/admin/approvals/{id}/{op}", a.Authed(a.ApprovalOp))
 	mux.HandleFunc("GET /v1/admin/audit", a.Authed(a.audit))
+	mux.HandleFunc("GET /v1/admin/pcr-states", a.Authed(a.pcrStates))
+	mux.HandleFunc("POST /v1/admin/devices/{id}/pcr-states/{policy}/{op}", a.Authed(a.PCROp))
 }
 
 // actorKey carries who makes a change through the dashboard, for the
@@ -396,6 +398,40 @@ func (a *API) ApprovalOp(w http.ResponseWriter, r *http.Request) {
 	a.m.WakeWaiters()
 	apr.State = state
 	wire.WriteJSON(w, http.StatusOK, apr)
+}
+
+// pcrStates lists the PCR values devices asked the server to sign
+// (?device=ID, ?state=pending|approved|denied).
+func (a *API) pcrStates(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	ps, err := a.m.PCRStates(r.Context(), q.Get("device"), q.Get("state"))
+	if err != nil {
+		wire.WriteError(w, http.StatusInternalServerError, "store: %v", err)
+		return
+	}
+	if ps == nil {
+		ps = []*store.PCRState{}
+	}
+	wire.WriteJSON(w, http.StatusOK, ps)
+}
+
+// PCROp approves or denies PCR values a device reported: approved values
+// are signed whenever the device asks (its signed tpm2 bindings unseal in
+// that state); denied ones never are.
+func (a *API) PCROp(w http.ResponseWriter, r *http.Request) {
+	id, op := r.PathValue("id"), r.PathValue("op")
+	st, err := a.m.DecidePCRs(r.Context(), id, r.PathValue("policy"), op)
+	if errors.Is(err, store.ErrNotFound) {
+		wire.WriteError(w, http.StatusNotFound, "%v", err)
+		return
+	}
+	if err != nil {
+		wire.WriteError(w, http.StatusBadRequest, "%v", err)
+		return
+	}
+	a.Record(r.Context(), &audit.Record{Action: "pcr." + op, Device: id,
+		Reason: "sha256 PCRs " + st.PCRIDs + " policy " + st.Policy + ": " + st.Values})
+	wire.WriteJSON(w, http.StatusOK, st)
 }
 
 func (a *API) audit(w http.ResponseWriter, r *http.Request) {

@@ -149,6 +149,31 @@ func (c *Client) ApprovalOp(ctx context.Context, id, op string) (*store.Approval
 	return &a, c.call(ctx, http.MethodPost, "/v1/admin/approvals/"+url.PathEscape(id)+"/"+op, struct{}{}, &a)
 }
 
+// PCRStates lists the PCR values devices asked the server to sign
+// (device, state: "" = all).
+func (c *Client) PCRStates(ctx context.Context, device, state string) ([]store.PCRState, error) {
+	var r []store.PCRState
+	q := url.Values{}
+	if device != "" {
+		q.Set("device", device)
+	}
+	if state != "" {
+		q.Set("state", state)
+	}
+	path := "/v1/admin/pcr-states"
+	if len(q) > 0 {
+		path += "?" + q.Encode()
+	}
+	return r, c.call(ctx, http.MethodGet, path, nil, &r)
+}
+
+// PCROp approves or denies (op) the PCR values with this policy digest
+// (or a unique prefix) that device reported.
+func (c *Client) PCROp(ctx context.Context, device, policy, op string) (*store.PCRState, error) {
+	var s store.PCRState
+	return &s, c.call(ctx, http.MethodPost, "/v1/admin/devices/"+url.PathEscape(device)+"/pcr-states/"+url.PathEscape(policy)+"/"+op, struct{}{}, &s)
+}
+
 // Audit calls fn for every audit record in order, fetching in pages.
 func (c *Client) Audit(ctx context.Context, fn func(*audit.Record) error) error {
 	after := int64(0)

@@ -310,6 +310,12 @@ func RotateKEK(ctx context.Context, path string, st store.Store) (finished bool,
 			return false, err
 		}
 	}
+	if pcrKey, err := st.Setting(ctx, pcrKeySetting); err == nil {
+		if settings[pcrKeySetting], err = rewrapPCRKey(pcrKey, old, fresh); err != nil {
+			os.Remove(newPath)
+			return false, err
+		}
+	}
 	err = st.Rekey(ctx, func(id string, w []byte) ([]byte, error) {
 		purpose := "device-key:" + id
 		plain, err := old.Unwrap(purpose, w)

@@ -148,6 +148,8 @@ func (m *Server) Routes(mux *http.ServeMux) {
 	mux.HandleFunc("POST /v1/rec", m.handleRec)
 	mux.HandleFunc("POST /v1/heartbeat", m.handleHeartbeat)
 	mux.HandleFunc("GET /v1/zfs/{dataset...}", m.handleZFS) // zfs.go
+	mux.HandleFunc("GET /v1/pcr-key", m.handlePCRKey)       // pcrsign.go
+	mux.HandleFunc("POST /v1/pcr-sign", m.handlePCRSign)
 }
 
 // Wire types of the device API (docs/MANAGED.md).
