@@ -61,7 +61,10 @@ Pins:
          decrypt such a JWE. "pcr_pubkey":FILE.pem with
          "pcr_signed_ids":"11" allows any values of those PCRs that the
          key signed (tether tpm sign-pcrs), so updates need a signature,
-         not a reseal (tether only).
+         not a reseal (tether only). "pcr_signer":"managed" instead of
+         "pcr_pubkey": the managed server this machine is enrolled with
+         signs the values it approves, asked at every decryption
+         (tether admin pcr approve; a revoked device gets none).
   managed  the key is recovered from a tether server in managed mode,
          with this machine's own key there, under the server's policy
          (approval, networks, keep-alive, revocation); enrol first with

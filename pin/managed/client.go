@@ -352,8 +352,12 @@ func (c *Client) SignPCRs(ctx context.Context, bank string, pcrs []int, values [
 	if err != nil {
 		return nil, err
 	}
-	if code == http.StatusAccepted || rep.Sig == "" {
-		return nil, &ServerError{Status: code, Msg: fmt.Sprintf("server %s: %s", c.Base, rep.Reason)}
+	if code != http.StatusOK || rep.Sig == "" {
+		msg := rep.Reason
+		if msg == "" {
+			msg = fmt.Sprintf("answered %d without a signature", code)
+		}
+		return nil, &ServerError{Status: code, Msg: fmt.Sprintf("server %s: %s", c.Base, msg)}
 	}
 	return &rep, nil
 }

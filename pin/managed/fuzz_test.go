@@ -108,6 +108,9 @@ func FuzzClientReply(f *testing.F) {
 	f.Add(403, []byte("not json"))
 	f.Add(200, mustJSON(DeviceInfo{Device: "dev-1", Name: "pi", State: "enabled", Key: S.Public()}))
 	f.Add(200, []byte(`{"y":{"kty":"EC","crv":"P-256","x":"AA","y":"AA"}}`))
+	f.Add(200, []byte(`{"state":"approved","policy":"00","key":"AA","sig":"MEUCIQ"}`))
+	f.Add(202, []byte(`{"state":"pending","policy":"00","reason":"wait"}`))
+	f.Add(200, []byte(`{"key":"MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE"}`))
 	f.Fuzz(func(t *testing.T, status int, body []byte) {
 		if status < 100 || status > 999 {
 			return
@@ -128,5 +131,15 @@ func FuzzClientReply(f *testing.F) {
 		}
 		cl.http.Transport = &replyTransport{status: status, body: body}
 		_, _ = cl.Device(ctx)
+		// /v1/pcr-key and /v1/pcr-sign: a key taken is not empty; a
+		// signature taken was answered 200 and carries one.
+		cl.http.Transport = &replyTransport{status: status, body: body}
+		if k, err := cl.PCRKey(ctx); err == nil && len(k) == 0 {
+			t.Fatal("PCRKey took an empty key")
+		}
+		cl.http.Transport = &replyTransport{status: status, body: body}
+		if sig, err := cl.SignPCRs(ctx, "sha256", []int{16}, [][]byte{make([]byte, 32)}); err == nil && (sig.Sig == "" || status != 200) {
+			t.Fatalf("SignPCRs took status %d, body %s", status, body)
+		}
 	})
 }

@@ -3,6 +3,7 @@ package managed
 import (
 	"bytes"
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"io"
@@ -196,6 +197,19 @@ func TestRotateKEK(t *testing.T) {
 		return true
 	}
 
+	// The PCR policy key (pcrsign.go) is rewrapped too.
+	pcrPlain := []byte("PKCS #8 of the PCR policy key")
+	pw, _ := old.Wrap(pcrKeyPurpose, pcrPlain)
+	if err := st.SetSetting(ctx, pcrKeySetting, base64.StdEncoding.EncodeToString(pw)); err != nil {
+		t.Fatal(err)
+	}
+	pcrOpens := func(k *KEK) bool {
+		v, _ := st.Setting(ctx, pcrKeySetting)
+		w, _ := base64.StdEncoding.DecodeString(v)
+		got, err := k.Unwrap(pcrKeyPurpose, w)
+		return err == nil && bytes.Equal(got, pcrPlain)
+	}
+
 	// A device key that does not unwrap: nothing changes.
 	bad := &policy.Device{ID: "d3", Name: "d3", KeyID: "kd3", PublicKey: []byte{1}, State: policy.Enabled,
 		ExchangeKey: []byte("not wrapped under this KEK at all"), ExchangePub: `{"kty":"EC"}`,
@@ -225,6 +239,9 @@ func TestRotateKEK(t *testing.T) {
 	fresh, _, _ := LoadOrCreateKEK(ctx, path)
 	if !opens(fresh) || opens(old) {
 		t.Fatal("the device keys are not under the new KEK alone")
+	}
+	if !pcrOpens(fresh) || pcrOpens(old) {
+		t.Fatal("the PCR policy key is not under the new KEK alone")
 	}
 	pin1, err := openManaged(t, st, path)
 	if err != nil || pin1 != pin0 {

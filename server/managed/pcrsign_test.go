@@ -106,10 +106,22 @@ func TestPCRSigner(t *testing.T) {
 		t.Fatalf("after binding: %+v", ps)
 	}
 	opens("bound", d1, j1, "pwenc one")
+	// regen rebuilds the configuration from the JWE: the signer, not its
+	// key, which the server gives again.
+	c, err := p.ConfigOf(j1)
+	if err != nil || !strings.Contains(string(c), `"pcr_signer":"managed"`) || strings.Contains(string(c), "pcr_pubkey") ||
+		!strings.Contains(string(c), `"pcr_signed_ids":"16"`) {
+		t.Fatalf("ConfigOf = %s, %v", c, err)
+	}
+	rebound, err := p.Encrypt(ctx, c, []byte("pwenc one"), pin.Options{})
+	if err != nil {
+		t.Fatalf("encrypt with ConfigOf's configuration: %v", err)
+	}
+	opens("rebound as regen does", d1, rebound, "pwenc one")
 
 	// An update: PCR 16 moves. The new values wait for an administrator.
 	sw.Extend(t, "sha256", 16)
-	err := refused("PCR 16 changed", d1, j1, "wait for an administrator", "tether admin pcr approve "+d1.ID)
+	err = refused("PCR 16 changed", d1, j1, "wait for an administrator", "tether admin pcr approve "+d1.ID)
 	if !errors.Is(err, managedpin.ErrPCRsNotSigned) || pin.IsPermanent(err) {
 		t.Fatalf("a pending state should be a lasting, not permanent, refusal: %v", err)
 	}
