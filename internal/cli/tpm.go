@@ -11,10 +11,13 @@ import (
 	"fmt"
 	"os"
 	"strings"
+	"time"
 
 	"github.com/tether-nbde/tether/internal/atomicfile"
 	"github.com/tether-nbde/tether/internal/command"
 	"github.com/tether-nbde/tether/internal/tpm"
+	"github.com/tether-nbde/tether/jose"
+	"github.com/tether-nbde/tether/pin"
 )
 
 const tpmSignUsage = `Usage: tether tpm sign-pcrs --key KEY.pem --pcr-ids IDS [--bank B] [--pcr-digest VALUES] [--out FILE]
@@ -44,7 +47,11 @@ Options:
   --key KEY.pem      ECDSA P-256 private key, PEM (make one with:
                      openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out KEY.pem;
                      its public half, for "pcr_pubkey":
-                     openssl pkey -in KEY.pem -pubout -out KEY.pub.pem)
+                     openssl pkey -in KEY.pem -pubout -out KEY.pub.pem),
+                     or that file sealed by another pin, a JWE made with
+                     tether encrypt PIN CONFIG < KEY.pem > KEY.pem.jwe (e.g.
+                     sss of the owner's tang servers): decrypted in memory
+                     for this signature only
   --pcr-ids IDS      the PCRs the policy signs ("pcr_signed_ids"), e.g. 11
   --bank B           PCR bank (default sha256)
   --pcr-digest V     the values to sign (default: read from this TPM)
@@ -81,7 +88,7 @@ func tpmSignPCRsCmd() *command.Command {
 				if _, err := tpm.HashAlg(*bank); err != nil {
 					return command.Usagef("--bank: %v", err)
 				}
-				key, err := readSigningKey(*keyFile)
+				key, err := readSigningKey(env, *keyFile)
 				if err != nil {
 					return err
 				}
@@ -156,10 +163,24 @@ func tpmSignPCRsCmd() *command.Command {
 
 // readSigningKey reads an ECDSA P-256 private key from a PEM file
 // (PKCS#8, as openssl genpkey writes it, or SEC1).
-func readSigningKey(name string) (*ecdsa.PrivateKey, error) {
+func readSigningKey(env *Env, name string) (*ecdsa.PrivateKey, error) {
 	data, err := os.ReadFile(name)
 	if err != nil {
 		return nil, fmt.Errorf("read the policy signing key: %w", err)
+	}
+	defer clear(data)
+	if j, err := jose.ParseCompact(strings.TrimSpace(string(data))); err == nil {
+		// The key sealed by another pin (tether encrypt ... < KEY.pem):
+		// in the clear only in memory, for this signature.
+		o := pin.Options{Timeout: pin.DefaultTimeout, PIN: pinAsker(env, "")}
+		ctx, cancel := context.WithTimeout(context.Background(), pin.DefaultTimeout+time.Second)
+		defer cancel()
+		plain, err := pin.Decrypt(ctx, j, o)
+		if err != nil {
+			return nil, fmt.Errorf("decrypt the policy signing key %s (%s): %w", name, pin.Describe(j), err)
+		}
+		clear(data)
+		data = plain
 	}
 	b, _ := pem.Decode(data)
 	if b == nil {

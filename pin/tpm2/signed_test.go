@@ -84,14 +84,30 @@ func TestSignedPCRPolicyCLI(t *testing.T) {
 	sign()
 	decrypts("new value signed, nothing resealed")
 
+	// The key sealed by another pin (here the TPM itself, without PCRs; an
+	// owner would use tang or sss): sign-pcrs decrypts it in memory.
+	plainKey, _ := os.ReadFile(key)
+	sealedKey, stderr, ok := run(t, sw, plainKey, bin, "encrypt", "tpm2", "{}")
+	if !ok {
+		t.Fatalf("seal the key: %s", stderr)
+	}
+	sealed := filepath.Join(dir, "policy.pem.jwe")
+	os.WriteFile(sealed, sealedKey, 0o600)
+	sw.Extend(t, "sha256", 16)
+	refused("after another update", "no signature in "+sigs)
+	if _, stderr, ok := run(t, sw, nil, bin, "tpm", "sign-pcrs", "--key", sealed, "--pcr-ids", "16", "--out", sigs); !ok {
+		t.Fatalf("sign with the sealed key: %s", stderr)
+	}
+	decrypts("signed with the key sealed by another pin")
+
 	// Signed ahead: the value PCR 16 will have after the next extend.
 	cur := pcrsNow(t, sw, "sha256", 16)
 	sign("--pcr-digest", b64url(afterExtend(cur[0], 16)))
 	sw.Extend(t, "sha256", 16)
 	decrypts("value signed ahead, reached")
 	data, _ := os.ReadFile(sigs)
-	if n := strings.Count(string(data), `"sig"`); n != 3 {
-		t.Errorf("the signature file holds %d signatures, want 3:\n%s", n, data)
+	if n := strings.Count(string(data), `"sig"`); n != 4 {
+		t.Errorf("the signature file holds %d signatures, want 4:\n%s", n, data)
 	}
 
 	// A state the key never signed: refused, also by a file full of
