@@ -161,13 +161,8 @@ func parseConfig(raw json.RawMessage) (tpm.SealOpts, bool, error) {
 	case cfg.PCRSigner != "" && len(signed) == 0:
 		return tpm.SealOpts{}, false, errors.New(`configuration "pcr_signer" needs "pcr_signed_ids": the PCRs whose values the server signs`)
 	case cfg.PCRSigner != "":
-		if o.Hash != "sha256" {
-			return tpm.SealOpts{}, false, errors.New(`configuration: a signed PCR policy ("pcr_signer") needs "hash":"sha256"`)
-		}
-		for _, p := range signed {
-			if slices.Contains(o.PCRs, p) {
-				return tpm.SealOpts{}, false, fmt.Errorf(`configuration: PCR %d is in both "pcr_ids" (its value now) and "pcr_signed_ids" (any signed value): choose one`, p)
-			}
+		if err := checkSigned(o, signed, "pcr_signer"); err != nil {
+			return tpm.SealOpts{}, false, err
 		}
 		o.Signed = &tpm.SignedPolicy{PCRs: signed}
 	case cfg.PCRPubkey != "" && len(signed) == 0:
@@ -175,13 +170,8 @@ func parseConfig(raw json.RawMessage) (tpm.SealOpts, bool, error) {
 	case cfg.PCRPubkey == "" && (len(signed) > 0 || cfg.PCRSignatures != ""):
 		return tpm.SealOpts{}, false, errors.New(`configuration "pcr_signed_ids" and "pcr_signatures" need "pcr_pubkey": the public key that signs PCR values`)
 	case cfg.PCRPubkey != "":
-		if o.Hash != "sha256" {
-			return tpm.SealOpts{}, false, errors.New(`configuration: a signed PCR policy ("pcr_pubkey") needs "hash":"sha256"`)
-		}
-		for _, p := range signed {
-			if slices.Contains(o.PCRs, p) {
-				return tpm.SealOpts{}, false, fmt.Errorf(`configuration: PCR %d is in both "pcr_ids" (its value now) and "pcr_signed_ids" (any signed value): choose one`, p)
-			}
+		if err := checkSigned(o, signed, "pcr_pubkey"); err != nil {
+			return tpm.SealOpts{}, false, err
 		}
 		key, err := readPolicyKey(cfg.PCRPubkey)
 		if err != nil {
@@ -210,6 +200,20 @@ func parseConfig(raw json.RawMessage) (tpm.SealOpts, bool, error) {
 		}
 	}
 	return o, cfg.WithPIN, nil
+}
+
+// checkSigned checks what a signed PCR policy (made by "pcr_pubkey" or
+// "pcr_signer", named by what) needs of the rest of the configuration.
+func checkSigned(o tpm.SealOpts, signed []int, what string) error {
+	if o.Hash != "sha256" {
+		return fmt.Errorf(`configuration: a signed PCR policy (%q) needs "hash":"sha256"`, what)
+	}
+	for _, p := range signed {
+		if slices.Contains(o.PCRs, p) {
+			return fmt.Errorf(`configuration: PCR %d is in both "pcr_ids" (its value now) and "pcr_signed_ids" (any signed value): choose one`, p)
+		}
+	}
+	return nil
 }
 
 // readPolicyKey reads the public key of a signed PCR policy: base64url
