@@ -289,6 +289,10 @@ type Options struct {
 	// Capture, if set, is a file QEMU writes the card's traffic to
 	// (pcap, both directions), for dhcpRequests.
 	Capture string
+	// Serial, if set, is the machine's SMBIOS serial number. SeaBIOS
+	// measures the SMBIOS tables into PCR 1, so a boot with another
+	// serial stands in for a firmware update: PCR 1 changes.
+	Serial string
 }
 
 // Machine is a running guest.
@@ -374,6 +378,11 @@ func (g *Guest) Boot(o Options) *Machine {
 		// renaming the boot and root disks.
 		args = append(args, "-drive", "file="+script+",if=none,format=raw,id=script,readonly=on",
 			"-device", "virtio-blk-pci,drive=script,serial=testscript,addr=0x10")
+	}
+	if o.Serial != "" {
+		// The 32-bit entry point: SeaBIOS measures the tables it points to.
+		args[1] += ",smbios-entry-point-type=32"
+		args = append(args, "-smbios", "type=1,serial="+o.Serial)
 	}
 	if o.TPM != "" {
 		args = append(args, "-chardev", "socket,id=chrtpm,path="+o.TPM,

@@ -10,6 +10,18 @@ import (
 	"github.com/tether-nbde/tether/internal/testenv"
 )
 
+// secretSettled is guest script: it waits for
+// tether-secret@pwenc_secret.service ($u) to settle, and says its state.
+const secretSettled = `
+u=tether-secret@pwenc_secret.service
+for i in $(seq 300); do
+    s=$(systemctl is-active $u)
+    [ "$s" = active ] || [ "$s" = failed ] && break
+    sleep 1
+done
+echo "@@STATE $(systemctl is-active $u)"
+`
+
 // TestSecretUnit: a pwenc_secret-like file sealed in the guest to its TPM
 // (swtpm on tpm-crb, PCR 7) is decrypted at the next boot by
 // tether-secret@pwenc_secret.service into /run/tether/secrets, owned by
@@ -46,14 +58,7 @@ sync
 		}
 	}
 
-	m = g.Boot(Options{Forward: fwd, TPM: startSWTPM(t, tpmState), Log: "secret-boot.log", Script: `
-u=tether-secret@pwenc_secret.service
-for i in $(seq 300); do
-    s=$(systemctl is-active $u)
-    [ "$s" = active ] || [ "$s" = failed ] && break
-    sleep 1
-done
-echo "@@STATE $(systemctl is-active $u)"
+	m = g.Boot(Options{Forward: fwd, TPM: startSWTPM(t, tpmState), Log: "secret-boot.log", Script: secretSettled + `
 stat -c '@@STAT %U %a' /run/tether/secrets/pwenc_secret
 echo "@@SUM $(sha256sum < /run/tether/secrets/pwenc_secret | cut -d' ' -f1)"
 setpriv --reuid=nobody --regid=nogroup --clear-groups cat /run/tether/secrets/pwenc_secret >/dev/null && echo "@@NOBODY-READS"
@@ -100,5 +105,99 @@ journalctl -b -u $u --no-pager | tail -3 | sed 's/^/@@LOG /'
 	}
 	for _, l := range m.Markers("LOG") {
 		t.Logf("guest journal: %s", l)
+	}
+}
+
+// TestSecretHeal: a sealed secret comes back unattended after a firmware
+// update through self-healing (issue 20). The secret is sealed in the
+// guest with sss t=1 of tang and tpm2 (PCR 1), tether-heal.service on.
+// Boot 2 has another SMBIOS serial, which SeaBIOS measures into PCR 1 (the
+// update): tether-secret@ opens the secret through tang, tether-heal
+// reseals its tpm2 part to the new PCR 1, and tether tpm explain names
+// PCR 1. Boot 3 cannot reach the secret's tang server (the root's server
+// still answers, at another address): the TPM alone opens the secret.
+func TestSecretHeal(t *testing.T) {
+	testenv.RequireCmd(t, "swtpm")
+	g := New(t, InitramfsTools)
+	installInitramfsTools(g)
+	g.Chroot("tether install systemd --heal >/dev/null\n")
+	g.MakeDisks()
+	srv := testenv.StartServer(t, "")
+	adv := fetchAdv(t, srv.URL)
+	g.Host("", "luks", "bind", "-d", g.RootImg, "-k", g.PassphraseFile(), "tang", tangConfig(ServerAddr, adv))
+	// The root's tang is ServerAddr; the secret's is Server2Addr, the
+	// same server, forwarded only while it should answer.
+	fwd := map[string]string{ServerAddr: hostPort(srv.URL), Server2Addr: hostPort(srv.URL)}
+	tpmState := t.TempDir()
+	const secret = "pwenc-0b1d2468ace07f3a9c5e"
+	sum := sha256.Sum256([]byte(secret))
+	const waitSecret = secretSettled + `
+echo "@@SUM $(sha256sum < /run/tether/secrets/pwenc_secret | cut -d' ' -f1)"
+journalctl -b -u $u --no-pager | tail -4 | sed 's/^/@@LOG /'
+`
+	cfg := `{"t":1,"pins":{"tang":[` + tangConfig(Server2Addr, adv) + `],"tpm2":[{"pcr_ids":"1"}]}}`
+	m := g.Boot(Options{Forward: fwd, TPM: startSWTPM(t, tpmState), Serial: "factory-1",
+		Files: map[string][]byte{"pwenc_secret": []byte(secret)}, Log: "heal-seal.log", Script: `
+mkdir -p /etc/tether/secrets
+tether encrypt sss '` + cfg + `' < ./pwenc_secret > /etc/tether/secrets/pwenc_secret.jwe && echo "@@SEALED"
+rm -f ./pwenc_secret
+systemctl enable tether-secret@pwenc_secret.service 2>&1 && echo "@@ENABLED"
+echo "@@HEALON $(systemctl is-enabled tether-heal.service)"
+echo "@@JWE $(sha256sum < /etc/tether/secrets/pwenc_secret.jwe | cut -d' ' -f1)"
+sync
+`})
+	m.WaitFor(`@@DONE`, 0, 10*time.Minute)
+	m.WaitExit(2 * time.Minute)
+	for _, want := range []string{"@@SEALED", "@@ENABLED", "@@HEALON enabled"} {
+		if !strings.Contains(m.Console(), want) {
+			t.Fatalf("no %s in the guest", want)
+		}
+	}
+	jwe := m.Markers("JWE")
+
+	// The update: another SMBIOS serial, so another PCR 1.
+	m = g.Boot(Options{Forward: fwd, TPM: startSWTPM(t, tpmState), Serial: "updated-2", Log: "heal-update.log", Script: waitSecret + `
+for i in $(seq 300); do
+    [ "$(systemctl show -p ActiveState --value tether-heal.service)" = activating ] || break
+    sleep 1
+done
+echo "@@HEAL $(systemctl show -p Result --value tether-heal.service)"
+journalctl -b -u tether-heal --no-pager | sed 's/^/@@HEALLOG /'
+echo "@@JWE $(sha256sum < /etc/tether/secrets/pwenc_secret.jwe | cut -d' ' -f1)"
+tether tpm explain --pcr-ids 1 2>&1 | sed 's/^/@@EXPLAIN /'
+`})
+	m.WaitFor(`@@DONE`, 0, 15*time.Minute)
+	m.WaitExit(2 * time.Minute)
+	check := func(m *Machine, name, want string) {
+		t.Helper()
+		if got := m.Markers(name); len(got) != 1 || got[0] != want {
+			t.Errorf("%s = %q, want %q", name, got, want)
+		}
+	}
+	check(m, "STATE", "active")
+	check(m, "SUM", hex.EncodeToString(sum[:]))
+	check(m, "HEAL", "success")
+	healLog := strings.Join(m.Markers("HEALLOG"), "\n")
+	if !strings.Contains(healLog, "resealed") {
+		t.Errorf("tether-heal did not reseal the secret's tpm2 part; its journal:\n%s", healLog)
+	}
+	if after := m.Markers("JWE"); len(after) != 1 || len(jwe) != 1 || after[0] == jwe[0] {
+		t.Errorf("the sealed file was not rewritten: before %q, after %q", jwe, after)
+	}
+	for _, l := range m.Markers("HEALLOG") {
+		t.Logf("heal: %s", l)
+	}
+	for _, l := range m.Markers("EXPLAIN") {
+		t.Logf("explain: %s", l)
+	}
+
+	// The secret's server gone: only the resealed tpm2 part can open it.
+	m = g.Boot(Options{Forward: map[string]string{ServerAddr: hostPort(srv.URL)}, TPM: startSWTPM(t, tpmState), Serial: "updated-2", Log: "heal-tpm-only.log", Script: waitSecret})
+	m.WaitFor(`@@DONE`, 0, 15*time.Minute)
+	m.WaitExit(2 * time.Minute)
+	check(m, "STATE", "active")
+	check(m, "SUM", hex.EncodeToString(sum[:]))
+	for _, l := range m.Markers("LOG") {
+		t.Logf("secret server gone, secret unit: %s", l)
 	}
 }
