@@ -3,11 +3,14 @@ package cli_test
 import (
 	"encoding/json"
 	"os/exec"
+	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/tether-nbde/tether/internal/testenv"
+	"github.com/tether-nbde/tether/internal/tpm/tpmtest"
 )
 
 // TestHelpOfGroupsAndPins: the manuals say what the commands take.
@@ -80,5 +83,41 @@ func TestUnlockApprovalAndRevokedAudit(t *testing.T) {
 	export := mustTether(t, f.adminEnv, "", "admin", "audit", "export")
 	if !strings.Contains(export, `"device":"`+id+`","action":"unlock","source":"127.0.0.1","decision":"deny"`) {
 		t.Fatalf("the revoked device's unlock attempt is not audited under its ID:\n%s", export)
+	}
+}
+
+// TestPCRSignerCLI: the managed server as the signer of a signed PCR
+// policy, as a user meets it with the binaries: a secret sealed with
+// "pcr_signer":"managed" decrypts; after PCR 16 moves, decrypt fails with
+// a hint naming an admin command; admin pcr list shows the waiting values;
+// the hinted command, run as it is, approves them; decrypt works again.
+func TestPCRSignerCLI(t *testing.T) {
+	sw := tpmtest.Start(t)
+	f := startManagedFixture(t)
+	dev := append(slices.Clone(f.devEnv), "TETHER_TPM_TCTI="+sw.TCTI)
+	jwe := mustTether(t, dev, "pwenc", "encrypt", "tpm2", `{"pcr_signer":"managed","pcr_signed_ids":"16"}`)
+	if got := mustTether(t, dev, jwe, "decrypt"); got != "pwenc" {
+		t.Fatalf("decrypt = %q", got)
+	}
+	sw.Extend(t, "sha256", 16)
+	_, e, code := tether(t, dev, jwe, "decrypt")
+	hint := regexp.MustCompile(`tether admin pcr approve (dev-\S+) ([0-9a-f]{64})`).FindStringSubmatch(e)
+	if code == 0 || hint == nil {
+		t.Fatalf("decrypt after PCR 16 moved: exit %d, stderr %q (want the approve command)", code, e)
+	}
+	list := mustTether(t, f.adminEnv, "", "admin", "pcr", "list", "--state", "pending")
+	if !strings.Contains(list, hint[1]) || !strings.Contains(list, "sha256:16") || !strings.Contains(list, "pending") ||
+		!strings.Contains(list, "16=") || !strings.Contains(list, hint[2][:16]) {
+		t.Fatalf("admin pcr list --state pending:\n%s", list)
+	}
+	_, e, code = tether(t, f.adminEnv, "", "admin", "pcr", "approve", hint[1], hint[2])
+	if code != 0 || !strings.Contains(e, "approved") {
+		t.Fatalf("admin pcr approve: exit %d, stderr %q", code, e)
+	}
+	if got := mustTether(t, dev, jwe, "decrypt"); got != "pwenc" {
+		t.Fatalf("decrypt after the approval = %q", got)
+	}
+	if out := mustTether(t, f.adminEnv, "", "admin", "pcr", "list", "--state", "pending"); strings.Contains(out, hint[1]) {
+		t.Fatalf("still pending after the approval:\n%s", out)
 	}
 }
