@@ -464,8 +464,8 @@ func (s *sqlStore) PCRStateDevices(ctx context.Context, group, bank, pcrIDs, pol
 
 func (s *sqlStore) HasApprovedPCRState(ctx context.Context, device, bank, pcrIDs string) (bool, error) {
 	var n int
-	err := s.db.QueryRowContext(ctx, `SELECT count(*) FROM pcr_states WHERE device=$1 AND bank=$2 AND pcr_ids=$3 AND state='approved'`,
-		device, bank, pcrIDs).Scan(&n)
+	err := s.db.QueryRowContext(ctx, `SELECT count(*) FROM pcr_states WHERE device=$1 AND ($2 = '' OR bank=$2)
+		AND ($3 = '' OR pcr_ids=$3) AND state='approved'`, device, bank, pcrIDs).Scan(&n)
 	return n > 0, err
 }
 

@@ -173,7 +173,7 @@ type Store interface {
 	// reported this bank, PCRs and policy (whatever was decided).
 	PCRStateDevices(ctx context.Context, group, bank, pcrIDs, policy string) (int, error)
 	// HasApprovedPCRState says whether the device has any approved state
-	// for this bank and PCRs.
+	// for this bank and PCRs ("" = any bank, any PCRs).
 	HasApprovedPCRState(ctx context.Context, device, bank, pcrIDs string) (bool, error)
 
 	// Rekey replaces every device's wrapped exchange key by what rewrap

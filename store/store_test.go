@@ -502,6 +502,9 @@ func testStore(t *testing.T, open func(t *testing.T) Store) {
 		if ok, _ := s.HasApprovedPCRState(ctx, "d1", "sha256", "7,11"); ok {
 			t.Fatal("an approved state for PCRs 11 counted for PCRs 7,11")
 		}
+		if ok, _ := s.HasApprovedPCRState(ctx, "d1", "", ""); !ok {
+			t.Fatal("d1's approved state not counted as any")
+		}
 		// A second report of the same values keeps what was decided.
 		again := *r
 		again.State, again.Reason = "pending", ""
@@ -519,6 +522,9 @@ func testStore(t *testing.T, open func(t *testing.T) Store) {
 		}
 		if n, _ := s.PCRStateDevices(ctx, "lab", "sha256", "11", "bb"); n != 1 {
 			t.Fatalf("devices of lab with bb: %d", n)
+		}
+		if ok, _ := s.HasApprovedPCRState(ctx, "d2", "", ""); ok {
+			t.Fatal("d2 has only a pending state, counted as approved")
 		}
 		pend, err := s.PCRStates(ctx, "", "pending")
 		if err != nil || len(pend) != 2 || pend[0].Device != "d2" || pend[1].Device != "d3" {

@@ -407,11 +407,14 @@ const adminPCRUsage = `Usage: tether admin pcr list [--device ID] [--state pendi
 The server signs PCR values for the devices' signed tpm2 bindings
 ("pcr_signer":"managed", docs/TPM2.md): a device sealed a secret to the
 server's PCR policy key and asks for a signature of its current values at
-every unseal. A device's first values of a set of PCRs are approved when it
-first asks (when it binds); values its group's rule allows ("pcr_quorum":
-N devices of the group reported them) are approved by the rule; any other
-new values — an update, or a boot chain someone changed — wait here until
-an admin decides, and the device's binding does not unseal meanwhile.
+every unseal. A device's first values are approved when it first asks
+(when it binds); values its group's rule allows ("pcr_quorum": N devices
+of the group reported them) are approved by the rule, for PCRs the device
+already has approved values of; any other new values — an update, a boot
+chain someone changed, another set of PCRs — wait here until an admin
+decides, and the device's binding does not unseal meanwhile. Approve a new
+set of PCRs only if it measures the boot chain: a signature allows a
+policy digest, however the device's software reached it.
 
 list shows the reports, the newest last, with their values (PCR=hex) so
 they can be compared with another device's after the same update; POLICY

@@ -6,11 +6,15 @@ package managed
 // reports the current values of the signed PCRs and the server signs them
 // if they are approved for that device:
 //
-//   - a device's first values for a set of PCRs are approved when it
-//     first asks (that is when it binds: trust on first use, as a reseal
-//     would be);
+//   - a device's first values are approved when it first asks (that is
+//     when it binds: trust on first use, as a reseal would be). Only the
+//     very first: a signature approves a policy digest, whatever PCRs the
+//     TPM session built it from, so a second set of PCRs (say 16, which
+//     software can reset) approved by itself would let the device's
+//     software satisfy the policy without the PCRs it was bound to;
 //   - values its group's rule allows (policy "pcr_quorum": N devices of
-//     the group reported the same values) are approved by the rule;
+//     the group reported the same values) are approved by the rule, for a
+//     set of PCRs the device already has approved values of;
 //   - anything else waits for an administrator (tether admin pcr approve).
 //
 // Every decision is in the audit log. The device keeps no signature: it
@@ -251,15 +255,21 @@ func (m *Server) handlePCRSign(w http.ResponseWriter, r *http.Request) {
 func (m *Server) reportPCRs(ctx context.Context, d *policy.Device, ids, values, digest string) (*store.PCRState, bool, error) {
 	now := m.now()
 	r := &store.PCRState{Device: d.ID, Bank: "sha256", PCRIDs: ids, Policy: digest, Values: values, State: PCRPending, Created: now}
-	first, err := m.st.HasApprovedPCRState(ctx, d.ID, r.Bank, ids)
+	knownDevice, err := m.st.HasApprovedPCRState(ctx, d.ID, "", "")
 	if err != nil {
 		return nil, false, err
 	}
-	if !first {
-		r.State, r.Reason, r.Decided = PCRApproved, "the device's first values of these PCRs", now
+	if !knownDevice {
+		r.State, r.Reason, r.Decided = PCRApproved, "the device's first values", now
 	}
 	st, created, err := m.st.ReportPCRState(ctx, r)
 	if err != nil || st.State != PCRPending || d.Group == "" {
+		return st, created, err
+	}
+	// The rule allows new values of the PCRs the device is bound to, not
+	// a new set of PCRs.
+	known, err := m.st.HasApprovedPCRState(ctx, d.ID, st.Bank, st.PCRIDs)
+	if err != nil || !known {
 		return st, created, err
 	}
 	// The group's rule: values that enough devices of the group reported

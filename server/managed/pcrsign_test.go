@@ -24,6 +24,7 @@ import (
 // (issue 20), with real TPMs (swtpm) and the real tpm2 pin. A secret is
 // sealed to PCR 23 as it is and to PCR 16 as the server signs it:
 //   - binding approves the device's first values, and the secret decrypts;
+//     a second set of PCRs is not approved by itself;
 //   - after PCR 16 changes (an update) it does not: the new values wait for
 //     an administrator, listed with the device's values; once approved it
 //     decrypts again, without a reseal;
@@ -119,6 +120,21 @@ func TestPCRSigner(t *testing.T) {
 	}
 	opens("rebound as regen does", d1, rebound, "pwenc one")
 
+	// Another set of PCRs is not approved by itself: a signature allows a
+	// policy digest, whatever PCRs the session built it from, so the
+	// first values of, say, resettable PCR 17 would let the device's
+	// software pass the policy without PCR 16.
+	t.Setenv("TETHER_DEVICE_DIR", d1.Dir)
+	if _, err := p.Encrypt(ctx, json.RawMessage(`{"pcr_signer":"managed","pcr_signed_ids":"17"}`), []byte("x"), pin.Options{}); err == nil ||
+		!strings.Contains(err.Error(), "wait for an administrator") {
+		t.Fatalf("binding to another set of PCRs: %v", err)
+	}
+	if odd := states(d1, "pending"); len(odd) != 1 || odd[0].PCRIDs != "17" {
+		t.Fatalf("pending after binding to PCR 17: %+v", odd)
+	} else if _, err := e.Admin.PCROp(ctx, d1.ID, odd[0].Policy, "deny"); err != nil {
+		t.Fatal(err)
+	}
+
 	// An update: PCR 16 moves. The new values wait for an administrator.
 	sw.Extend(t, "sha256", 16)
 	err = refused("PCR 16 changed", d1, j1, "wait for an administrator", "tether admin pcr approve "+d1.ID)
@@ -147,6 +163,19 @@ func TestPCRSigner(t *testing.T) {
 	refused("one device of two reported", d1, j1, "wait for an administrator")
 	opens("the second report of the group", d2, j2, "pwenc two")
 	opens("the first device, after the rule", d1, j1, "pwenc one")
+	// The rule allows new values of PCRs a device is bound to, not a new
+	// set of PCRs, however many devices report it.
+	for _, d := range []*servertest.Device{d1, d2} {
+		t.Setenv("TETHER_DEVICE_DIR", d.Dir)
+		if _, err := p.Encrypt(ctx, json.RawMessage(`{"pcr_signer":"managed","pcr_signed_ids":"18"}`), []byte("x"), pin.Options{}); err == nil {
+			t.Fatalf("%s bound to PCR 18 by the rule", d.ID)
+		}
+		for _, st := range states(d, "pending") {
+			if _, err := e.Admin.PCROp(ctx, d.ID, st.Policy, "deny"); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
 	if ps := states(d1, managed.PCRApproved); len(ps) != 3 || !strings.Contains(ps[2].Reason, "rule: 2 devices of group fleet") {
 		t.Fatalf("approved states of %s: %+v", d1.ID, ps)
 	}
