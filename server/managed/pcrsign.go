@@ -244,14 +244,19 @@ func (m *Server) handlePCRSign(w http.ResponseWriter, r *http.Request) {
 	case PCRDenied:
 		wire.WriteError(w, http.StatusForbidden, "an administrator denied these values of sha256 PCRs %s (policy %s) for device %s", ids, st.Policy, d.ID)
 	default:
-		m.hooks.send(Event{Event: "pcr", Device: d.ID, Name: d.Name, Source: rec.Source, Reason: rec.Reason}, rec)
+		if created {
+			// Once per new values, not at every retry of a booting device.
+			m.hooks.send(Event{Event: "pcr", Device: d.ID, Name: d.Name, Source: rec.Source, Reason: rec.Reason}, rec)
+		}
 		wire.WriteJSON(w, http.StatusAccepted, pcrSignReply{State: PCRPending, Policy: st.Policy,
 			Reason: fmt.Sprintf("new values of sha256 PCRs %s (policy %s) wait for an administrator: tether admin pcr approve %s %s", ids, st.Policy, d.ID, st.Policy)})
 	}
 }
 
 // reportPCRs records the values a device reported and decides them if
-// they are new: first values of these PCRs, or the group's quorum rule.
+// they are new: the device's first values, or the group's quorum rule.
+// created says the state is new (first reported, or approved by the rule,
+// now).
 func (m *Server) reportPCRs(ctx context.Context, d *policy.Device, ids, values, digest string) (*store.PCRState, bool, error) {
 	now := m.now()
 	r := &store.PCRState{Device: d.ID, Bank: "sha256", PCRIDs: ids, Policy: digest, Values: values, State: PCRPending, Created: now}

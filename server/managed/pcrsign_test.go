@@ -145,6 +145,9 @@ func TestPCRSigner(t *testing.T) {
 	if len(pend) != 1 {
 		t.Fatalf("pending: %+v", pend)
 	}
+	for ev := e.WaitHook("pcr"); ev.Device != d1.ID || !strings.Contains(ev.Reason, pend[0].Policy); ev = e.WaitHook("pcr") {
+		// the PCR 17 report above came first
+	}
 	if _, err := e.Admin.PCROp(ctx, d1.ID, "00", "approve"); err == nil {
 		t.Fatal("approving a policy the device never reported succeeded")
 	}
