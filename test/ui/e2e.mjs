@@ -215,11 +215,11 @@ try {
   await page.click("a[data-view=audit]");
   await page.locator("#chain.ok", { hasText: "chain verified" }).waitFor();
   await page.selectOption("#f-decision", "deny");
-  await page.locator("#audit tbody tr").first().waitFor();
+  await page.locator('#audit[data-query*="decision=deny"] tbody tr').first().waitFor();
   for (const d of await page.locator("#audit tbody .badge").allTextContents()) assert.equal(d, "deny");
   await page.selectOption("#f-decision", "");
   await page.selectOption("#f-action", "device");
-  await page.locator("#audit tbody tr", { hasText: "device.revoke" }).waitFor();
+  await page.locator('#audit[data-query*="action=device&decision=&"] tbody tr', { hasText: "device.revoke" }).waitFor();
   assert.match(await page.locator("#audit tbody tr", { hasText: "device.revoke" }).textContent(), /admin · 127\.0\.0\.1.*stolen from the basement/);
   await page.selectOption("#f-action", "");
   await shot(page, "audit.png");

@@ -5,6 +5,7 @@
 
 let state = null;
 let auditTimer = null;
+let auditSeq = 0; // the newest audit request: an older answer that arrives after it is dropped
 let events = null;
 let leaving = false; // signing out: a 401 now is expected
 let lockdownPending = false; // the lockdown switch's change is being confirmed or sent
@@ -238,7 +239,9 @@ async function setLockdown(on) {
 
 async function loadAudit(background) {
   const q = new URLSearchParams({ device: $("f-device").value, action: $("f-action").value, decision: $("f-decision").value, limit: "200" });
+  const seq = ++auditSeq;
   const a = await api("GET", "/ui/api/audit?" + q, undefined, background);
+  if (seq !== auditSeq) return; // the filters changed while this one was on its way
   const ch = $("chain");
   ch.className = "chain " + (a.verified ? "ok" : "bad");
   ch.textContent = a.verified ? `✔ chain verified: ${a.total} records` : "✘ chain broken: " + a.error;
@@ -252,6 +255,7 @@ async function loadAudit(background) {
     cell({ "data-label": "Device" }, r.device ? (a.names[r.device] || r.device) : ""),
     cell({ "data-label": "By / from" }, [r.actor, r.source].filter(Boolean).join(" · ")),
     cell({ "data-label": "Reason", class: "reason" }, r.reason || ""))));
+  $("audit").dataset.query = q.toString(); // what the rows show (the end-to-end test waits for it)
 }
 
 function showView() {
