@@ -217,6 +217,15 @@ try {
   await page.selectOption("#f-decision", "deny");
   await page.locator('#audit[data-query*="decision=deny"] tbody tr').first().waitFor();
   for (const d of await page.locator("#audit tbody .badge").allTextContents()) assert.equal(d, "deny");
+  // A slow answer for an older filter must not replace a newer one's rows.
+  const slowAll = /\/ui\/api\/audit\?.*decision=&/;
+  await page.route(slowAll, async (route) => { await new Promise((r) => setTimeout(r, 1500)); await route.continue(); });
+  await page.selectOption("#f-decision", ""); // its answer is held back 1.5 s
+  await page.selectOption("#f-decision", "deny");
+  await page.waitForTimeout(2500); // the held-back answer has arrived by now
+  await page.unroute(slowAll);
+  assert.match(await page.locator("#audit").getAttribute("data-query"), /decision=deny/);
+  for (const d of await page.locator("#audit tbody .badge").allTextContents()) assert.equal(d, "deny");
   await page.selectOption("#f-decision", "");
   await page.selectOption("#f-action", "device");
   await page.locator('#audit[data-query*="action=device&decision=&"] tbody tr', { hasText: "device.revoke" }).waitFor();
