@@ -190,12 +190,19 @@ func TestKeyServerRefusesOthers(t *testing.T) {
 	tab := writeCrypttab(t, dir, map[string]string{"a": ""})
 	var logs testenv.SyncBuffer
 	sock := startKeyd(t, &boot.KeyServer{Crypttab: tab, Recoverer: fakeRecoverer{"a.img": "k"}, Log: log.New(&logs, "", 0)})
-	fd, _ := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM, 0)
-	defer unix.Close(fd)
+	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The *os.File owns fd from here on and alone closes it: closing the
+	// number by hand as well left the File's finalizer to close it again
+	// later, whatever it then was (another test's open directory: "unlinkat:
+	// bad file descriptor" in CI).
+	f := os.NewFile(uintptr(fd), "c")
+	defer f.Close()
 	if err := unix.Connect(fd, &unix.SockaddrUnix{Name: sock}); err != nil {
 		t.Fatal(err)
 	}
-	f := os.NewFile(uintptr(fd), "c")
 	data, _ := io.ReadAll(f)
 	if len(data) != 0 {
 		t.Fatalf("an anonymous peer got %q", data)

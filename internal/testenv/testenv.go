@@ -78,10 +78,50 @@ func Main(m *testing.M) {
 	}
 	inMain = true
 	code := m.Run()
+	if code == 0 {
+		if err := checkNoStrayClose(); err != nil {
+			fmt.Fprintln(os.Stderr, "FAIL:", err)
+			code = 1
+		}
+	}
 	if binPath != "" {
 		os.RemoveAll(filepath.Dir(binPath))
 	}
 	os.Exit(code)
+}
+
+// checkNoStrayClose catches a file descriptor closed twice: a test that
+// wraps a raw descriptor in os.NewFile and also closes the number by hand
+// leaves the *os.File's finalizer to close that number again at some later
+// garbage collection, when it belongs to someone else (CI once failed in
+// another test with "unlinkat: bad file descriptor"). It takes the lowest
+// free descriptors, where such a number lands, lets the finalizers run,
+// and checks that every one is still open.
+func checkNoStrayClose() error {
+	var held []*os.File
+	defer func() {
+		for _, f := range held {
+			f.Close()
+		}
+	}()
+	for range 32 {
+		f, err := os.Open(os.DevNull)
+		if err != nil {
+			return nil // out of descriptors: nothing to check with
+		}
+		held = append(held, f)
+	}
+	for range 3 {
+		runtime.GC()
+		time.Sleep(20 * time.Millisecond) // finalizers run in their own goroutine
+	}
+	for _, f := range held {
+		var st syscall.Stat_t
+		if err := syscall.Fstat(int(f.Fd()), &st); err != nil {
+			return fmt.Errorf("file descriptor %d was closed by someone else after the tests: an *os.File made with os.NewFile whose descriptor was also closed by hand (unix.Close) was collected; let the File alone close it (%v)", f.Fd(), err)
+		}
+	}
+	return nil
 }
 
 // TetherBin builds the tether, tether-server and tether-smb binaries once
