@@ -69,36 +69,43 @@ func managedServerFlags(fs *flag.FlagSet) func() (server.ManagedConfig, error) {
 	}
 }
 
-// adminCmd makes one "tether admin" command; run gets a connected
-// admin client.
-func adminCmd(name, summary, usage string, extra func(fs *flag.FlagSet) func(env *command.Env, c *admin.Client, args []string) error) *command.Command {
+// adminCmd makes one "tether admin" command. run checks its arguments
+// first and then calls connect for the admin client, so a usage mistake
+// is reported as one even where no admin credentials are (and nothing is
+// asked, such as a new password, before the credentials are known).
+func adminCmd(name, summary, usage string, extra func(fs *flag.FlagSet) func(env *command.Env, connect func() (*admin.Client, error), args []string) error) *command.Command {
 	return &command.Command{
 		Name: name, Summary: summary, Usage: usage + adminCommon,
 		Flags: func(fs *flag.FlagSet) func(*command.Env, []string) error {
 			cfgFile := fs.String("config", "", "")
 			run := extra(fs)
 			return func(env *command.Env, args []string) error {
-				path := *cfgFile
-				if path == "" {
-					path = env.Getenv("TETHER_ADMIN_CONFIG")
-				}
-				if path == "" {
-					path = filepath.Join(defaultDataDir, "admin.json")
-				}
-				cfg, err := admin.LoadCredentials(path)
-				if errors.Is(err, os.ErrNotExist) {
-					return command.WithHint(err, "the server writes its admin credentials there on first start with --managed-listen; pass --config FILE if they are elsewhere, or reissue them with tether admin reset-credentials")
-				}
-				if err != nil {
-					return err
-				}
-				if w := admin.CredentialsModeWarning(path); w != "" {
-					fmt.Fprintf(env.Stderr, "tether: warning: %s\n", w)
-				}
-				return run(env, admin.NewClient(cfg), args)
+				return run(env, func() (*admin.Client, error) { return adminClient(env, *cfgFile) }, args)
 			}
 		},
 	}
+}
+
+// adminClient loads the admin credentials (--config, else
+// $TETHER_ADMIN_CONFIG, else DATA/admin.json) and returns their client.
+func adminClient(env *command.Env, path string) (*admin.Client, error) {
+	if path == "" {
+		path = env.Getenv("TETHER_ADMIN_CONFIG")
+	}
+	if path == "" {
+		path = filepath.Join(defaultDataDir, "admin.json")
+	}
+	cfg, err := admin.LoadCredentials(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, command.WithHint(err, "the server writes its admin credentials there on first start with --managed-listen; pass --config FILE if they are elsewhere, or reissue them with tether admin reset-credentials")
+	}
+	if err != nil {
+		return nil, err
+	}
+	if w := admin.CredentialsModeWarning(path); w != "" {
+		fmt.Fprintf(env.Stderr, "tether: warning: %s\n", w)
+	}
+	return admin.NewClient(cfg), nil
 }
 
 const adminCommon = `
@@ -127,13 +134,17 @@ Example:
 
 func adminTokenCreateCmd() *command.Command {
 	return adminCmd("admin token create", "make a one-time enrolment token", adminTokenUsage,
-		func(fs *flag.FlagSet) func(*command.Env, *admin.Client, []string) error {
+		func(fs *flag.FlagSet) func(*command.Env, func() (*admin.Client, error), []string) error {
 			group := fs.String("group", "", "")
 			ttl := fs.Duration("ttl", 24*time.Hour, "")
 			note := fs.String("note", "", "")
-			return func(env *command.Env, c *admin.Client, args []string) error {
+			return func(env *command.Env, connect func() (*admin.Client, error), args []string) error {
 				if len(args) > 0 {
 					return command.Usagef("unexpected argument %q", args[0])
+				}
+				c, err := connect()
+				if err != nil {
+					return err
 				}
 				r, err := c.CreateToken(context.Background(), admin.TokenRequest{Group: *group, TTL: policy.Duration(*ttl), Note: *note})
 				if err != nil {
@@ -154,9 +165,16 @@ revoked), the reason for it, and when each was last heard from.
 
 func adminDeviceListCmd() *command.Command {
 	return adminCmd("admin device list", "list enrolled devices", adminDeviceListUsage,
-		func(fs *flag.FlagSet) func(*command.Env, *admin.Client, []string) error {
+		func(fs *flag.FlagSet) func(*command.Env, func() (*admin.Client, error), []string) error {
 			asJSON := fs.Bool("json", false, "")
-			return func(env *command.Env, c *admin.Client, args []string) error {
+			return func(env *command.Env, connect func() (*admin.Client, error), args []string) error {
+				if len(args) != 0 {
+					return command.Usagef("unexpected argument %q", args[0])
+				}
+				c, err := connect()
+				if err != nil {
+					return err
+				}
 				devs, err := c.Devices(context.Background())
 				if err != nil {
 					return err
@@ -196,12 +214,16 @@ Example:
 
 func adminDevicePolicyCmd() *command.Command {
 	return adminCmd("admin device policy", "set a device's policy", adminPolicyUsage,
-		func(fs *flag.FlagSet) func(*command.Env, *admin.Client, []string) error {
-			return func(env *command.Env, c *admin.Client, args []string) error {
+		func(fs *flag.FlagSet) func(*command.Env, func() (*admin.Client, error), []string) error {
+			return func(env *command.Env, connect func() (*admin.Client, error), args []string) error {
 				if len(args) != 2 {
 					return command.Usagef("want a device ID and a policy (JSON)")
 				}
 				p, err := parsePolicy(args[1])
+				if err != nil {
+					return err
+				}
+				c, err := connect()
 				if err != nil {
 					return err
 				}
@@ -212,12 +234,16 @@ func adminDevicePolicyCmd() *command.Command {
 
 func adminGroupSetCmd() *command.Command {
 	return adminCmd("admin group set", "set a group's policy", adminPolicyUsage,
-		func(fs *flag.FlagSet) func(*command.Env, *admin.Client, []string) error {
-			return func(env *command.Env, c *admin.Client, args []string) error {
+		func(fs *flag.FlagSet) func(*command.Env, func() (*admin.Client, error), []string) error {
+			return func(env *command.Env, connect func() (*admin.Client, error), args []string) error {
 				if len(args) != 2 {
 					return command.Usagef("want a group name and a policy (JSON)")
 				}
 				p, err := parsePolicy(args[1])
+				if err != nil {
+					return err
+				}
+				c, err := connect()
 				if err != nil {
 					return err
 				}
@@ -234,10 +260,14 @@ is turned off. Nothing is destroyed. (Tang endpoints are not affected.)
 
 func adminLockdownCmd() *command.Command {
 	return adminCmd("admin lockdown", "refuse every unlock at once (on|off)", adminLockdownUsage,
-		func(fs *flag.FlagSet) func(*command.Env, *admin.Client, []string) error {
-			return func(env *command.Env, c *admin.Client, args []string) error {
+		func(fs *flag.FlagSet) func(*command.Env, func() (*admin.Client, error), []string) error {
+			return func(env *command.Env, connect func() (*admin.Client, error), args []string) error {
 				if len(args) != 1 || (args[0] != "on" && args[0] != "off") {
 					return command.Usagef("want on or off")
+				}
+				c, err := connect()
+				if err != nil {
+					return err
 				}
 				if err := c.Lockdown(context.Background(), args[0] == "on"); err != nil {
 					return err
@@ -262,10 +292,14 @@ store: it applies to every replica.
 
 func adminEnrollOpenCmd() *command.Command {
 	return adminCmd("admin enroll-open", "allow enrolment without a token (on|off)", adminEnrollOpenUsage,
-		func(fs *flag.FlagSet) func(*command.Env, *admin.Client, []string) error {
-			return func(env *command.Env, c *admin.Client, args []string) error {
+		func(fs *flag.FlagSet) func(*command.Env, func() (*admin.Client, error), []string) error {
+			return func(env *command.Env, connect func() (*admin.Client, error), args []string) error {
 				if len(args) != 1 || (args[0] != "on" && args[0] != "off") {
 					return command.Usagef("want on or off")
+				}
+				c, err := connect()
+				if err != nil {
+					return err
 				}
 				if err := c.EnrollOpen(context.Background(), args[0] == "on"); err != nil {
 					return err
@@ -303,11 +337,11 @@ Example:
 
 func adminAuditVerifyCmd() *command.Command {
 	return adminCmd("admin audit verify", "check the audit log's hash chain", adminAuditUsage,
-		func(fs *flag.FlagSet) func(*command.Env, *admin.Client, []string) error {
+		func(fs *flag.FlagSet) func(*command.Env, func() (*admin.Client, error), []string) error {
 			var anchors anchorList
 			fs.Var(&anchors, "anchor", "")
 			from := fs.String("anchors-from", "", "")
-			return func(env *command.Env, c *admin.Client, args []string) error {
+			return func(env *command.Env, connect func() (*admin.Client, error), args []string) error {
 				if len(args) != 0 {
 					return command.Usagef("unexpected argument %q", args[0])
 				}
@@ -317,7 +351,11 @@ func adminAuditVerifyCmd() *command.Command {
 					}
 				}
 				ch := audit.NewChain()
-				err := c.Audit(context.Background(), func(r *audit.Record) error {
+				c, err := connect()
+				if err != nil {
+					return err
+				}
+				err = c.Audit(context.Background(), func(r *audit.Record) error {
 					if err := ch.Next(r); err != nil {
 						return err
 					}
@@ -346,11 +384,18 @@ func adminAuditVerifyCmd() *command.Command {
 
 func adminAuditExportCmd() *command.Command {
 	return adminCmd("admin audit export", "write the audit log as JSON lines", adminAuditUsage,
-		func(fs *flag.FlagSet) func(*command.Env, *admin.Client, []string) error {
-			return func(env *command.Env, c *admin.Client, args []string) error {
+		func(fs *flag.FlagSet) func(*command.Env, func() (*admin.Client, error), []string) error {
+			return func(env *command.Env, connect func() (*admin.Client, error), args []string) error {
+				if len(args) != 0 {
+					return command.Usagef("unexpected argument %q", args[0])
+				}
 				enc := json.NewEncoder(env.Stdout)
 				ch := audit.NewChain()
-				err := c.Audit(context.Background(), func(r *audit.Record) error {
+				c, err := connect()
+				if err != nil {
+					return err
+				}
+				err = c.Audit(context.Background(), func(r *audit.Record) error {
 					if err := ch.Next(r); err != nil {
 						return err
 					}
@@ -375,11 +420,15 @@ approve and deny say on stderr what they decided.
 
 func adminUnlockListCmd() *command.Command {
 	return adminCmd("admin unlock list", "list unlocks waiting for approval", adminUnlockUsage,
-		func(fs *flag.FlagSet) func(*command.Env, *admin.Client, []string) error {
+		func(fs *flag.FlagSet) func(*command.Env, func() (*admin.Client, error), []string) error {
 			asJSON := fs.Bool("json", false, "")
-			return func(env *command.Env, c *admin.Client, args []string) error {
+			return func(env *command.Env, connect func() (*admin.Client, error), args []string) error {
 				if len(args) > 0 {
 					return command.Usagef("unexpected argument %q", args[0])
+				}
+				c, err := connect()
+				if err != nil {
+					return err
 				}
 				as, err := c.Approvals(context.Background())
 				if err != nil {
@@ -430,11 +479,11 @@ Example:
 
 func adminPCRListCmd() *command.Command {
 	return adminCmd("admin pcr list", "list PCR values devices asked the server to sign", adminPCRUsage,
-		func(fs *flag.FlagSet) func(*command.Env, *admin.Client, []string) error {
+		func(fs *flag.FlagSet) func(*command.Env, func() (*admin.Client, error), []string) error {
 			asJSON := fs.Bool("json", false, "")
 			device := fs.String("device", "", "")
 			state := fs.String("state", "", "")
-			return func(env *command.Env, c *admin.Client, args []string) error {
+			return func(env *command.Env, connect func() (*admin.Client, error), args []string) error {
 				if len(args) > 0 {
 					return command.Usagef("unexpected argument %q", args[0])
 				}
@@ -442,6 +491,10 @@ func adminPCRListCmd() *command.Command {
 				case "", "pending", "approved", "denied":
 				default:
 					return command.Usagef("--state %q: want pending, approved or denied", *state)
+				}
+				c, err := connect()
+				if err != nil {
+					return err
 				}
 				ps, err := c.PCRStates(context.Background(), *device, *state)
 				if err != nil {
@@ -467,10 +520,14 @@ func adminPCRListCmd() *command.Command {
 // adminPCROpCmd is "tether admin pcr OP": approve or deny.
 func adminPCROpCmd(op string) *command.Command {
 	return adminCmd("admin pcr "+op, op+" PCR values a device asked the server to sign", adminPCRUsage,
-		func(fs *flag.FlagSet) func(*command.Env, *admin.Client, []string) error {
-			return func(env *command.Env, c *admin.Client, args []string) error {
+		func(fs *flag.FlagSet) func(*command.Env, func() (*admin.Client, error), []string) error {
+			return func(env *command.Env, connect func() (*admin.Client, error), args []string) error {
 				if len(args) != 2 {
 					return command.Usagef("want a device ID and a policy digest (tether admin pcr list)")
+				}
+				c, err := connect()
+				if err != nil {
+					return err
 				}
 				p, err := c.PCROp(context.Background(), args[0], args[1], op)
 				if err != nil {
@@ -511,16 +568,20 @@ func adminDeviceOpCmd(op, summary string) *command.Command {
 		yesFlag = " --yes"
 	}
 	return adminCmd("admin device "+op, summary, fmt.Sprintf(adminDeviceOpUsage, op, summary, yesFlag),
-		func(fs *flag.FlagSet) func(*command.Env, *admin.Client, []string) error {
+		func(fs *flag.FlagSet) func(*command.Env, func() (*admin.Client, error), []string) error {
 			reason := fs.String("reason", "", "")
 			yes := fs.Bool("yes", false, "")
-			return func(env *command.Env, c *admin.Client, args []string) error {
+			return func(env *command.Env, connect func() (*admin.Client, error), args []string) error {
 				if len(args) != 1 {
 					return command.Usagef("want exactly one device ID")
 				}
 				if op == "revoke" && !*yes {
 					return command.WithHint(errors.New("revocation is final: the device's exchange key is destroyed and every disk bound to it stays locked for good"),
 						"add --yes if that is what you want; tether admin device disable is reversible")
+				}
+				c, err := connect()
+				if err != nil {
+					return err
 				}
 				d, err := c.DeviceOp(context.Background(), args[0], op, *reason)
 				if err != nil {
@@ -535,10 +596,14 @@ func adminDeviceOpCmd(op, summary string) *command.Command {
 // adminUnlockOpCmd is "tether admin unlock OP": approve or deny.
 func adminUnlockOpCmd(op string) *command.Command {
 	return adminCmd("admin unlock "+op, op+" a waiting unlock", adminUnlockUsage,
-		func(fs *flag.FlagSet) func(*command.Env, *admin.Client, []string) error {
-			return func(env *command.Env, c *admin.Client, args []string) error {
+		func(fs *flag.FlagSet) func(*command.Env, func() (*admin.Client, error), []string) error {
+			return func(env *command.Env, connect func() (*admin.Client, error), args []string) error {
 				if len(args) != 1 {
 					return command.Usagef("want exactly one approval ID (tether admin unlock list)")
+				}
+				c, err := connect()
+				if err != nil {
+					return err
 				}
 				a, err := c.ApprovalOp(context.Background(), args[0], op)
 				if err != nil {

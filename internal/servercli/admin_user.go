@@ -89,10 +89,14 @@ Examples:
 
 func adminUserListCmd() *command.Command {
 	return adminCmd("admin user list", "list dashboard accounts", adminUserUsage,
-		func(fs *flag.FlagSet) func(*command.Env, *admin.Client, []string) error {
-			return func(env *command.Env, c *admin.Client, args []string) error {
+		func(fs *flag.FlagSet) func(*command.Env, func() (*admin.Client, error), []string) error {
+			return func(env *command.Env, connect func() (*admin.Client, error), args []string) error {
 				if len(args) > 0 {
 					return command.Usagef("unexpected argument %q", args[0])
+				}
+				c, err := connect()
+				if err != nil {
+					return err
 				}
 				us, err := c.Users(context.Background())
 				if err != nil {
@@ -110,10 +114,14 @@ func adminUserListCmd() *command.Command {
 
 func adminUserUnlockCmd() *command.Command {
 	return adminCmd("admin user unlock", "clear the sign-in brakes on a dashboard account", adminUserUsage,
-		func(fs *flag.FlagSet) func(*command.Env, *admin.Client, []string) error {
-			return func(env *command.Env, c *admin.Client, args []string) error {
+		func(fs *flag.FlagSet) func(*command.Env, func() (*admin.Client, error), []string) error {
+			return func(env *command.Env, connect func() (*admin.Client, error), args []string) error {
 				if len(args) != 1 {
 					return command.Usagef("want exactly one account name")
+				}
+				c, err := connect()
+				if err != nil {
+					return err
 				}
 				n, err := c.UnlockUser(context.Background(), args[0])
 				if err != nil {
@@ -127,10 +135,14 @@ func adminUserUnlockCmd() *command.Command {
 
 func adminUserRemoveCmd() *command.Command {
 	return adminCmd("admin user remove", "remove a dashboard account (ends its sessions)", adminUserUsage,
-		func(fs *flag.FlagSet) func(*command.Env, *admin.Client, []string) error {
-			return func(env *command.Env, c *admin.Client, args []string) error {
+		func(fs *flag.FlagSet) func(*command.Env, func() (*admin.Client, error), []string) error {
+			return func(env *command.Env, connect func() (*admin.Client, error), args []string) error {
 				if len(args) != 1 {
 					return command.Usagef("want exactly one account name")
+				}
+				c, err := connect()
+				if err != nil {
+					return err
 				}
 				if err := c.RemoveUser(context.Background(), args[0]); err != nil {
 					return err
@@ -144,13 +156,17 @@ func adminUserRemoveCmd() *command.Command {
 // adminUserPasswordCmd is "tether admin user add" or "passwd": both take a password.
 func adminUserPasswordCmd(op, summary string) *command.Command {
 	return adminCmd("admin user "+op, summary, adminUserUsage,
-		func(fs *flag.FlagSet) func(*command.Env, *admin.Client, []string) error {
-			return func(env *command.Env, c *admin.Client, args []string) error {
+		func(fs *flag.FlagSet) func(*command.Env, func() (*admin.Client, error), []string) error {
+			return func(env *command.Env, connect func() (*admin.Client, error), args []string) error {
 				if len(args) != 1 {
 					return command.Usagef("want exactly one account name (the password comes from stdin or a prompt, never the command line)")
 				}
 				if err := dashboard.ValidUserName(args[0]); err != nil {
 					return command.Usagef("%v", err)
+				}
+				c, err := connect() // before the password is asked
+				if err != nil {
+					return err
 				}
 				pw, err := readPassword(env, args[0])
 				if err != nil {
