@@ -40,6 +40,9 @@ clevis bindings or asks tether's socket for its key (and every -d DEV):
     unlock: that is an event on the server); every other binding
     decrypts and opens its keyslot (cryptsetup --test-passphrase, as
     tether luks unlock --test)
+  - a PIN: a volume whose every binding needs a TPM PIN (tpm2
+    "with_pin", alone or in an sss that cannot do without it) does not
+    unlock by itself, since nobody is asked for a PIN at boot
   - the root volume (the one / is mounted from in fstab, or a crypttab
     line with the initramfs option): tether's initramfs-tools hook or
     dracut module is installed, and every initramfs image in /boot holds

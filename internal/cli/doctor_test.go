@@ -359,6 +359,41 @@ func TestDoctor(t *testing.T) {
 		b.healthy()
 	})
 
+	// A tpm2 binding "with_pin": nobody is asked for its PIN at boot, so
+	// the volume does not unlock by itself. With a network pin beside it
+	// in sss (t=1), the PIN is not needed and nothing is wrong.
+	t.Run("tpm with PIN", func(t *testing.T) {
+		sw := tpmtest.Start(t)
+		b, _ := dataBed(t)
+		b.env = append(b.env, "TPM2TOOLS_TCTI="+sw.TCTI, "TETHER_TPM_TCTI=")
+		pinFile := filepath.Join(b.dir, "pin")
+		os.WriteFile(pinFile, []byte("2468\n"), 0o600)
+		img := b.image("vault")
+		b.run([]byte(recoveryPass), "tether", "luks", "bind", "-d", img, "-k", "-", "--pin-file", pinFile, "tpm2", `{"pcr_ids":"7","with_pin":true}`)
+		b.crypttab(img, "vault", "--askpass")
+		const what = "volume vault: every binding needs a TPM PIN"
+		fix := b.expect(what)[what]
+		cmd, _, _ := strings.Cut(fix, "  # ")
+		if want := "tether luks bind -d " + img + " -k - PIN CONFIG"; cmd != want {
+			t.Fatalf("fix %q, want %q", fix, want)
+		}
+		// The fix as a person completes it: a network pin beside the PIN.
+		b.fix("tether luks bind -d "+img+" -k - -y tang '"+tangCfg+"'", []byte(recoveryPass))
+		b.healthy()
+
+		img2 := b.image("vault2")
+		b.run([]byte(recoveryPass), "tether", "luks", "bind", "-d", img2, "-k", "-", "-y", "--pin-file", pinFile, "sss",
+			fmt.Sprintf(`{"t":1,"pins":{"tang":[%s],"tpm2":[{"with_pin":true}]}}`, tangCfg))
+		b.crypttab(img2, "vault2", "--askpass")
+		b.healthy()
+		// Both parts needed (t=2): the PIN is.
+		img3 := b.image("vault3")
+		b.run([]byte(recoveryPass), "tether", "luks", "bind", "-d", img3, "-k", "-", "-y", "--pin-file", pinFile, "sss",
+			fmt.Sprintf(`{"t":2,"pins":{"tang":[%s],"tpm2":[{"with_pin":true}]}}`, tangCfg))
+		b.crypttab(img3, "vault3", "--askpass")
+		b.expect("volume vault3: every binding needs a TPM PIN")
+	})
+
 	t.Run("tpm of another machine", func(t *testing.T) {
 		sealer, here := tpmtest.Start(t), tpmtest.Start(t)
 		b, _ := dataBed(t)

@@ -493,6 +493,7 @@ func (d *doctor) checkBindings(ctx context.Context, v *volume) {
 	if lo := luks.Leftovers(v.h); len(lo) > 0 {
 		d.problem(v.subject, "tether luks repair -d "+dev, "an interrupted binding change is left in the header: %s", lo[0].What)
 	}
+	pinOnly := 0 // bindings that nothing opens at boot without a PIN
 	for _, b := range v.binds {
 		subject := fmt.Sprintf("%s keyslot %d", v.subject, b.Slot)
 		if b.Err != nil {
@@ -521,6 +522,13 @@ func (d *doctor) checkBindings(ctx context.Context, v *volume) {
 		if len(d.problems) > before || managed {
 			continue
 		}
+		if needsPIN(b.JWE) {
+			// Decrypting it would need the PIN, which doctor does not
+			// ask for; the TPM's check above is all there is to see.
+			pinOnly++
+			d.ok(subject, "%s needs its PIN: not at boot", pin.Describe(b.JWE))
+			continue
+		}
 		// What the checks above cannot see (an SMB password, an https
 		// endpoint, a token whose passphrase does not open its slot): the
 		// binding must open its keyslot, now.
@@ -541,6 +549,47 @@ func (d *doctor) checkBindings(ctx context.Context, v *volume) {
 		}
 		d.ok(subject, "%s unlocks now", pin.Describe(b.JWE))
 	}
+	if pinOnly > 0 && pinOnly == len(v.binds) {
+		unlock := "tether luks unlock -d " + dev
+		if v.entry != nil {
+			unlock += " -n " + shellQuote(v.entry.Name)
+		}
+		then := "systemd-cryptsetup asks for its passphrase instead; after boot, " + unlock + " asks the PIN on a terminal"
+		if v.root {
+			then = "the initramfs asks for its passphrase instead"
+		}
+		d.problem(v.subject, "tether luks bind -d "+dev+" -k - PIN CONFIG  # a binding that needs no PIN beside it (a network pin, or sss of tpm2 and tang); the recovery passphrase on stdin",
+			"every binding needs a TPM PIN (tpm2 \"with_pin\"), and at boot nobody is asked for one: the volume does not unlock by itself (%s)", then)
+	}
+}
+
+// needsPIN reports whether j cannot be decrypted without a PIN: a tpm2
+// JWE sealed "with_pin", or an sss whose threshold the parts that need
+// no PIN cannot meet. At boot (keyd, the askpass agent, the initramfs)
+// nobody is asked for a PIN.
+func needsPIN(j *jose.JWE) bool {
+	switch name, _ := j.Header.Pin(); name {
+	case "tpm2":
+		return tpm2.NeedsPIN(j)
+	case "sss":
+		var h struct {
+			SSS struct {
+				T   int      `json:"t"`
+				JWE []string `json:"jwe"`
+			} `json:"sss"`
+		}
+		if json.Unmarshal(j.Header.Clevis, &h) != nil {
+			return false
+		}
+		free := 0
+		for _, c := range h.SSS.JWE {
+			if cj, err := jose.ParseCompact(c); err == nil && !needsPIN(cj) {
+				free++
+			}
+		}
+		return free < h.SSS.T
+	}
+	return false
 }
 
 func (d *doctor) unknownPins(j *jose.JWE) string {
