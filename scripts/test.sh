@@ -3,21 +3,35 @@
 # test suite. With CI=true a missing peer fails the run instead of skipping.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup.sh --test
 export PATH="/usr/local/go/bin:$PATH"
 # The real-Debian guests (test/realboot) boot under emulation for most of
-# the run: they start first, right after setup, and run beside everything
-# else (vet, builds, packages and the rest of the suite), which is the
-# critical path of a CI run. By default all of them that issue 16's
-# scenarios need run; REALBOOT picks others (a go test -run pattern; "."
-# for all, docs/BOOT.md says which exist).
+# the run, which makes them the critical path of a CI run: they start
+# first and run beside everything else (vet, builds, packages and the rest
+# of the suite). On a fresh machine even the setup is shared: what the
+# guest images need is installed first, and the images build (mmdebstrap,
+# about 10 minutes when not cached) while the other peers install; the
+# guests boot once those are in. By default all the guests that issue
+# 16's scenarios need run; REALBOOT picks others (a go test -run pattern;
+# "." for all, docs/BOOT.md says which exist).
+scripts/setup.sh --images
 REALBOOT_DEFAULT='^(TestUnmountUnder|TestBaseImages|TestInitramfsTools|TestDataVolumes|TestDracut|TestSetupBoot)$'
 realboot_log=$(mktemp)
-setsid go test -count=1 -timeout 80m -run "${REALBOOT:-$REALBOOT_DEFAULT}" "$@" ./test/realboot >"$realboot_log" 2>&1 &
+setup_done=$(mktemp -u)
+# shellcheck disable=SC2016 # expanded by the inner bash
+setsid bash -c '
+  setup_done=$1 pattern=$2
+  shift 2
+  go test -count=1 -timeout 30m -run "^TestBaseImages$" "$@" ./test/realboot || exit
+  while [[ ! -e $setup_done ]]; do sleep 1; done
+  exec go test -count=1 -timeout 80m -run "$pattern" "$@" ./test/realboot
+' realboot "$setup_done" "${REALBOOT:-$REALBOOT_DEFAULT}" "$@" >"$realboot_log" 2>&1 &
 realboot=$!
 # A step below that fails ends the script: take the guests with it (setsid
-# gave go test, its test binary and their QEMUs one process group).
-trap 'kill -- -"$realboot" 2>/dev/null || true' EXIT
+# gave the images build, go test, its test binary and their QEMUs one
+# process group).
+trap 'kill -- -"$realboot" 2>/dev/null || true; rm -f "$setup_done"' EXIT
+scripts/setup.sh --test
+touch "$setup_done"
 echo "== go vet" >&2
 go vet ./...
 echo "== gofmt" >&2
@@ -50,6 +64,7 @@ go test -p 1 -count=1 -timeout 25m "$@" $(go list ./... | grep -v '/test/realboo
 echo "== go test ./test/realboot (real Debian boots)" >&2
 wait "$realboot" || status=$?
 trap - EXIT
+rm -f "$setup_done"
 cat "$realboot_log"
 rm -f "$realboot_log"
 exit "$status"
