@@ -43,6 +43,14 @@ type UIApproval struct {
 	Name string `json:"name"`
 }
 
+// UIPCRState is PCR values a device asked the server to sign that wait
+// for an administrator (a signed tpm2 binding, "pcr_signer":"managed"),
+// with the device's name.
+type UIPCRState struct {
+	store.PCRState
+	Name string `json:"name"`
+}
+
 // UIKey is one Tang key of the server's key directory.
 type UIKey struct {
 	Thumbprint string `json:"thumbprint"`
@@ -68,6 +76,7 @@ type UIState struct {
 	Offset        int            `json:"offset"`
 	Limit         int            `json:"limit"`
 	Approvals     []UIApproval   `json:"approvals"`
+	PCRPending    []UIPCRState   `json:"pcr_pending"`
 	AuditSeq      int64          `json:"audit_seq"`
 	Keys          []UIKey        `json:"keys"`
 	KeysError     string         `json:"keys_error,omitempty"`
@@ -124,13 +133,18 @@ func (u *Server) apiState(w http.ResponseWriter, r *http.Request) {
 		wire.WriteError(w, http.StatusInternalServerError, "store: %v", err)
 		return
 	}
+	pcrs, err := u.m.PCRStates(ctx, "", managed.PCRPending)
+	if err != nil {
+		wire.WriteError(w, http.StatusInternalServerError, "store: %v", err)
+		return
+	}
 	page, err := u.m.Store().DevicePage(ctx, dq)
 	if err != nil {
 		wire.WriteError(w, http.StatusInternalServerError, "store: %v", err)
 		return
 	}
 	st := UIState{User: s.User, CSRF: s.CSRF, Pin: u.m.Pin(), AuditSeq: seq, Now: u.m.Now(),
-		Devices: []UIDevice{}, Approvals: []UIApproval{}, Keys: []UIKey{}, IdleLimit: u.cfg.SessionIdle.String(),
+		Devices: []UIDevice{}, Approvals: []UIApproval{}, PCRPending: []UIPCRState{}, Keys: []UIKey{}, IdleLimit: u.cfg.SessionIdle.String(),
 		DeviceCounts: map[string]int{}, DeviceMatched: page.Matched, Offset: dq.Offset, Limit: dq.Limit}
 	for state, n := range page.Counts {
 		st.DeviceCounts[string(state)] = n
@@ -144,17 +158,22 @@ func (u *Server) apiState(w http.ResponseWriter, r *http.Request) {
 		}
 		st.Devices = append(st.Devices, ud)
 	}
-	// The names of the devices waiting for approval (a few, at most).
+	// The names of the devices waiting for an administrator (a few, at
+	// most).
 	names := map[string]string{}
-	for _, a := range as {
-		if _, ok := names[a.Device]; !ok {
-			if d, err := u.m.Store().Device(ctx, a.Device); err == nil {
-				names[a.Device] = d.Name
+	name := func(id string) string {
+		if _, ok := names[id]; !ok {
+			if d, err := u.m.Store().Device(ctx, id); err == nil {
+				names[id] = d.Name
 			}
 		}
+		return names[id]
 	}
 	for _, a := range as {
-		st.Approvals = append(st.Approvals, UIApproval{Approval: *a, Name: names[a.Device]})
+		st.Approvals = append(st.Approvals, UIApproval{Approval: *a, Name: name(a.Device)})
+	}
+	for _, p := range pcrs {
+		st.PCRPending = append(st.PCRPending, UIPCRState{PCRState: *p, Name: name(p.Device)})
 	}
 	lock, _ := u.m.Store().Setting(ctx, "lockdown")
 	open, _ := u.m.Store().Setting(ctx, managed.EnrollOpenSetting)

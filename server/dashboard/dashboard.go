@@ -119,6 +119,7 @@ func (u *Server) Routes(mux *http.ServeMux) {
 	h("POST /ui/api/tokens", u.authed(true, u.apiToken))
 	h("POST /ui/api/devices/{id}/{op}", u.authed(true, u.admin.DeviceOp))
 	h("POST /ui/api/approvals/{id}/{op}", u.authed(true, u.admin.ApprovalOp))
+	h("POST /ui/api/devices/{id}/pcr-states/{policy}/{op}", u.authed(true, u.admin.PCROp))
 	h("POST /ui/api/lockdown", u.authed(true, u.admin.Lockdown))
 	h("POST /ui/api/keys/rotate", u.authed(true, u.apiRotate))
 }

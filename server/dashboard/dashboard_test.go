@@ -1,10 +1,12 @@
 package dashboard_test
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"database/sql"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -17,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	managedpin "github.com/tether-nbde/tether/pin/managed"
 	"github.com/tether-nbde/tether/policy"
 	"github.com/tether-nbde/tether/server"
 	"github.com/tether-nbde/tether/server/admin"
@@ -415,6 +418,7 @@ func TestUIAuthorization(t *testing.T) {
 	anon := e.uiClient()
 	for _, p := range [][2]string{{"GET", "/ui/api/state"}, {"GET", "/ui/api/audit"}, {"GET", "/ui/api/events"},
 		{"POST", "/ui/api/tokens"}, {"POST", "/ui/api/devices/x/revoke"}, {"POST", "/ui/api/approvals/x/approve"},
+		{"POST", "/ui/api/devices/x/pcr-states/ab/approve"},
 		{"POST", "/ui/api/lockdown"}, {"POST", "/ui/api/keys/rotate"}, {"POST", "/ui/logout"}} {
 		if code := anon.do(p[0], p[1], struct{}{}, nil, nil); code != 401 {
 			t.Errorf("%s %s without a session: %d", p[0], p[1], code)
@@ -528,6 +532,78 @@ func TestUIDeviceFlow(t *testing.T) {
 	c.do("GET", "/ui/api/audit", nil, nil, &au)
 	if au.Verified || !strings.Contains(au.Error, "altered") {
 		t.Fatalf("audit view after an edit: verified=%v %q", au.Verified, au.Error)
+	}
+}
+
+// TestUIPCRApproval: a device that boots with new PCR values (after an
+// update) asks the server, through its real client, to sign them for its
+// signed tpm2 bindings; the dashboard lists them with the device's name,
+// and approving them there makes the server sign; denying makes it
+// refuse. Both decisions are audited with the admin's name.
+func TestUIPCRApproval(t *testing.T) {
+	e := newEnv(t, server.ManagedConfig{})
+	e.addUser("alice", "alice-password-1")
+	c := e.uiClient()
+	c.mustLogin("alice", "alice-password-1")
+	ctx := context.Background()
+	d := e.Enroll(e.Token("fleet"), "127.0.0.1")
+	signer, _, err := managedpin.EnrolledPCRSigner(ctx, d.Dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	boot := func(v byte) error {
+		_, err := signer.Sign(ctx, "sha256", []int{11, 16}, [][]byte{bytes.Repeat([]byte{v}, 32), bytes.Repeat([]byte{v + 100}, 32)})
+		return err
+	}
+	pending := func() []dashboard.UIPCRState {
+		t.Helper()
+		var st dashboard.UIState
+		if code := c.do("GET", "/ui/api/state", nil, nil, &st); code != 200 {
+			t.Fatalf("state: %d", code)
+		}
+		return st.PCRPending
+	}
+	if err := boot(1); err != nil {
+		t.Fatalf("the device's first values: %v", err)
+	}
+	if p := pending(); len(p) != 0 {
+		t.Fatalf("first values shown as waiting: %+v", p)
+	}
+	for _, op := range []string{"approve", "deny"} {
+		v := byte(2)
+		if op == "deny" {
+			v = 3
+		}
+		if err := boot(v); !errors.Is(err, managedpin.ErrPCRsNotSigned) {
+			t.Fatalf("new values before any decision: %v, want them waiting", err)
+		}
+		ps := pending()
+		if len(ps) != 1 || ps[0].Device != d.ID || ps[0].Name != "host" || ps[0].PCRIDs != "11,16" || ps[0].Bank != "sha256" ||
+			!strings.HasPrefix(ps[0].Values, "11=") || len(ps[0].Policy) != 64 {
+			t.Fatalf("waiting PCR values in the dashboard: %+v", ps)
+		}
+		if code := c.do("POST", "/ui/api/devices/"+d.ID+"/pcr-states/"+ps[0].Policy+"/"+op, struct{}{}, nil, nil); code != 200 {
+			t.Fatalf("%s: %d", op, code)
+		}
+		err := boot(v)
+		if op == "approve" && err != nil {
+			t.Fatalf("values approved in the dashboard: %v", err)
+		}
+		if op == "deny" && (err == nil || !strings.Contains(err.Error(), "denied")) {
+			t.Fatalf("values denied in the dashboard: %v", err)
+		}
+		if p := pending(); len(p) != 0 {
+			t.Fatalf("decided values still waiting: %+v", p)
+		}
+		var au dashboard.UIAudit
+		c.do("GET", "/ui/api/audit?action=pcr."+op+"&device="+d.ID, nil, nil, &au)
+		if len(au.Records) != 1 || au.Records[0].Actor != "alice" || !strings.Contains(au.Records[0].Reason, ps[0].Policy) {
+			t.Fatalf("audit of pcr.%s: %+v", op, au.Records)
+		}
+	}
+	// Unknown values: a clear refusal, nothing changed.
+	if code := c.do("POST", "/ui/api/devices/"+d.ID+"/pcr-states/00ff/approve", struct{}{}, nil, nil); code != 404 {
+		t.Fatalf("approving values nobody reported: %d, want 404", code)
 	}
 }
 

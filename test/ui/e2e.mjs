@@ -4,6 +4,7 @@
 //   UI_URL, UI_PASSWORD     the main server's managed listener, account admin
 //   UI_URL2, UI_PASSWORD2   a second server with a 3 s idle session limit
 //   TETHER, ADMIN_CONFIG, WORK, SHOTS, CHROMIUM
+//   TPM2TOOLS_TCTI          a software TPM (swtpm) for tether and tpm2-tools
 // Every step is real: tether enroll / encrypt / decrypt run as processes,
 // the page is never reloaded while the test waits for it to change.
 import { chromium } from "playwright-core";
@@ -26,9 +27,9 @@ async function shot(p, name, full) {
 const step = (s) => console.log(`[${((Date.now() - t0) / 1000).toFixed(1)}s] ${s}`);
 
 // tether runs the binary; it resolves to {code, stdout, stderr}.
-function tether(args, input) {
+function tether(args, input, environ) {
   return new Promise((resolve) => {
-    const p = spawn(TETHER, args, { stdio: ["pipe", "pipe", "pipe"] });
+    const p = spawn(TETHER, args, { stdio: ["pipe", "pipe", "pipe"], env: environ || process.env });
     let stdout = "", stderr = "";
     p.stdout.on("data", (d) => { stdout += d; });
     p.stderr.on("data", (d) => { stderr += d; });
@@ -36,8 +37,8 @@ function tether(args, input) {
     p.stdin.end(input || "");
   });
 }
-async function ok(args, input) {
-  const r = await tether(args, input);
+async function ok(args, input, environ) {
+  const r = await tether(args, input, environ);
   assert.equal(r.code, 0, `tether ${args.join(" ")}: ${r.stderr}`);
   return r.stdout;
 }
@@ -155,6 +156,29 @@ try {
   assert.equal(w.code, 0, "approved unlock failed: " + w.stderr);
   assert.equal(w.stdout, secret);
   await card.waitFor({ state: "detached" });
+  await noReload();
+
+  step("new PCR values after an update: the page's Approve lets the server sign them");
+  // office binds a secret to its TPM with a PCR policy the server signs
+  // (its first values are approved when it binds); an "update" extends
+  // PCR 16; the TPM then unseals only once the new values are approved.
+  const pcrEnv = { ...process.env, TETHER_DEVICE_DIR: office };
+  const tpmJWE = await ok(["encrypt", "tpm2", '{"pcr_signer":"managed","pcr_signed_ids":"16"}'], "pwenc secret", pcrEnv);
+  assert.equal(await ok(["decrypt"], tpmJWE, pcrEnv), "pwenc secret");
+  await new Promise((resolve, reject) => execFile("tpm2_pcrextend", ["16:sha256=" + "ab".repeat(32)],
+    (err, _out, stderr) => (err ? reject(new Error("tpm2_pcrextend: " + stderr)) : resolve())));
+  const unsigned = await tether(["decrypt", "--timeout", "20s"], tpmJWE, pcrEnv);
+  assert.notEqual(unsigned.code, 0, "new PCR values unsealed before anyone approved them");
+  assert.match(unsigned.stderr, /waits for an administrator|does not sign/);
+  const pcard = page.locator(`li.pcr[data-device=${officeID}]`);
+  await pcard.waitFor(); // appears live
+  assert.match(await pcard.textContent(), /office-pc booted with new sha256 PCR 16 values/);
+  assert.equal(await page.textContent("#apr-count"), "1");
+  await shot(page, "devices-pcr.png");
+  await pcard.locator("button", { hasText: "Approve" }).click();
+  await pcard.waitFor({ state: "detached" });
+  assert.ok(await page.locator("#pcr-box").isHidden(), "the box of waiting PCR values stays shown");
+  assert.equal(await ok(["decrypt"], tpmJWE, pcrEnv), "pwenc secret");
   await noReload();
 
   step("a forged cross-site request is refused");

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/tether-nbde/tether/internal/testenv"
+	"github.com/tether-nbde/tether/internal/tpm/tpmtest"
 )
 
 // password reads the initial account's password from DATA/ui-admin.txt.
@@ -43,6 +44,7 @@ func password(t *testing.T, data string) string {
 }
 
 // TestDashboardInChromium: sign in, enroll, unlock seen live, approve,
+// new PCR values of a signed tpm2 binding (a software TPM) approved,
 // revoke, lockdown, audit, key rotation; wrong password, a forged
 // cross-site request and an idle session refused. Screenshots go to
 // docs/screenshots with TETHER_UI_SCREENSHOTS=1, else to a temporary
@@ -73,6 +75,10 @@ func TestDashboardInChromium(t *testing.T) {
 	s2 := testenv.StartServer(t, "", "--managed-listen", managed2, "--curve", "P-256", "--ui-session-idle", "3s")
 	testenv.WaitTCP(t, managed2)
 
+	// A device's TPM, for a tpm2 binding whose PCR policy the server signs.
+	sw := tpmtest.Start(t)
+	testenv.RequireCmd(t, "tpm2_pcrextend")
+
 	shots := t.TempDir()
 	if os.Getenv("TETHER_UI_SCREENSHOTS") == "1" {
 		shots = filepath.Join(testenv.RepoRoot(), "docs", "screenshots")
@@ -83,7 +89,8 @@ func TestDashboardInChromium(t *testing.T) {
 		"UI_URL=https://"+managed, "UI_PASSWORD="+password(t, s.Data),
 		"UI_URL2=https://"+managed2, "UI_PASSWORD2="+password(t, s2.Data),
 		"TETHER="+bin, "ADMIN_CONFIG="+filepath.Join(s.Data, "admin.json"),
-		"WORK="+t.TempDir(), "SHOTS="+shots, "CHROMIUM="+chromium)
+		"WORK="+t.TempDir(), "SHOTS="+shots, "CHROMIUM="+chromium,
+		"TPM2TOOLS_TCTI="+sw.TCTI, "TETHER_TPM_TCTI=")
 	out, err := cmd.CombinedOutput()
 	t.Logf("e2e.mjs:\n%s", out)
 	if err != nil {

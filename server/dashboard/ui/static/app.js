@@ -126,9 +126,18 @@ function render() {
 
 function renderApprovals(s) {
   $("approvals-box").hidden = s.approvals.length === 0;
-  const c = $("apr-count");
-  c.hidden = s.approvals.length === 0;
-  c.textContent = s.approvals.length;
+  const c = $("apr-count"), waiting = s.approvals.length + s.pcr_pending.length;
+  c.hidden = waiting === 0;
+  c.textContent = waiting;
+  $("pcr-box").hidden = s.pcr_pending.length === 0;
+  $("pcr-pending").replaceChildren(...s.pcr_pending.map((p) => el("li", { class: "card approval pcr", dataset: { device: p.device, policy: p.policy } },
+    el("div", { class: "grow" },
+      el("strong", {}, p.name || p.device), ` booted with new ${p.bank} PCR ${p.pcr_ids} values`,
+      el("div", { class: "muted" }, "policy ", p.policy.slice(0, 16), " · reported ", ago(p.created)),
+      el("div", { class: "muted mono" }, p.values)),
+    el("div", { class: "btns" },
+      el("button", { class: "primary", onclick: () => pcrOp(p, "approve") }, "Approve"),
+      el("button", { class: "danger", onclick: () => pcrOp(p, "deny") }, "Deny")))));
   $("approvals").replaceChildren(...s.approvals.map((a) => el("li", { class: "card approval", dataset: { approval: a.ID, device: a.Device } },
     el("div", { class: "grow" },
       el("strong", {}, a.name || a.Device), " wants to unlock",
@@ -216,6 +225,14 @@ async function approvalOp(a, op) {
   try {
     await api("POST", `/ui/api/approvals/${encodeURIComponent(a.ID)}/${op}`, {});
     toast(op === "approve" ? `Unlock of ${a.name} approved` : `Unlock of ${a.name} denied`);
+    await refresh();
+  } catch (e) { toast(e.message, true); }
+}
+
+async function pcrOp(p, op) {
+  try {
+    await api("POST", `/ui/api/devices/${encodeURIComponent(p.device)}/pcr-states/${encodeURIComponent(p.policy)}/${op}`, {});
+    toast(op === "approve" ? `New PCR values of ${p.name || p.device} approved: the server signs them` : `New PCR values of ${p.name || p.device} denied`);
     await refresh();
   } catch (e) { toast(e.message, true); }
 }
