@@ -320,8 +320,20 @@ func crypttabOpenCmd() *command.Command {
 				ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 				defer stop()
 				r := boot.TokenRecoverer{Options: pin.Options{Timeout: *timeout}}
+				// The volumes that are there are opened even when a name
+				// asked for is not (a boot goes on as far as it can).
+				missing := missingNames(ents, args)
 				n := boot.OpenCrypttab(ctx, ents, args, r, boot.Cryptsetup{}, *deadline, bootLogger(env))
-				if n > 0 {
+				switch {
+				case len(missing) > 0 && n > 0:
+					return fmt.Errorf("%d bound volume(s) left closed, and %s", n, noVolumeNamed(missing[0], *tab, ents))
+				case len(missing) > 0:
+					hint := fmt.Sprintf("write its line first: tether crypttab -d DEV -n %s --write %s", missing[0], *tab)
+					if len(ents) > 0 {
+						hint = fmt.Sprintf("use a name of field 1 of %s: tether crypttab open --crypttab %[1]s %s", *tab, ents[0].Name)
+					}
+					return command.WithHint(errors.New(noVolumeNamed(missing[0], *tab, ents)), "%s", hint)
+				case n > 0:
 					return fmt.Errorf("%d bound volume(s) left closed", n)
 				}
 				return nil

@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -278,6 +279,15 @@ func crypttabNeedsNetworkCmd() *command.Command {
 						fmt.Fprintf(env.Stdout, "%s\t%s\n", e.Name, what)
 					}
 				}
+				// A name no line has (a typo in a script, a line gone):
+				// the network may be needed, as for a missing device.
+				for _, n := range missingNames(ents, args) {
+					any = true
+					fmt.Fprintf(env.Stderr, "tether: warning: %s\n", noVolumeNamed(n, *tab, ents))
+					if !*quiet {
+						fmt.Fprintf(env.Stdout, "%s\tnot in %s; assuming the network is needed\n", n, *tab)
+					}
+				}
 				if !any {
 					return command.SilentExit(1)
 				}
@@ -285,6 +295,29 @@ func crypttabNeedsNetworkCmd() *command.Command {
 			}
 		},
 	}
+}
+
+// missingNames returns the names asked for that no line of ents has.
+func missingNames(ents []boot.CrypttabEntry, names []string) []string {
+	var out []string
+	for _, n := range names {
+		if !slices.ContainsFunc(ents, func(e boot.CrypttabEntry) bool { return e.Name == n }) && !slices.Contains(out, n) {
+			out = append(out, n)
+		}
+	}
+	return out
+}
+
+// noVolumeNamed says that tab has no line for name, and which it has.
+func noVolumeNamed(name, tab string, ents []boot.CrypttabEntry) string {
+	var names []string
+	for _, e := range ents {
+		names = append(names, e.Name)
+	}
+	if len(names) == 0 {
+		return fmt.Sprintf("%s has no volume %q (it has none)", tab, name)
+	}
+	return fmt.Sprintf("%s has no volume %q (its volumes: %s)", tab, name, strings.Join(names, ", "))
 }
 
 // initramfsSettings is the config file with the settings given to
