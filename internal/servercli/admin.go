@@ -69,11 +69,14 @@ func managedServerFlags(fs *flag.FlagSet) func() (server.ManagedConfig, error) {
 	}
 }
 
+// adminConnect loads the admin credentials and returns their client.
+type adminConnect func() (*admin.Client, error)
+
 // adminCmd makes one "tether admin" command. run checks its arguments
 // first and then calls connect for the admin client, so a usage mistake
 // is reported as one even where no admin credentials are (and nothing is
 // asked, such as a new password, before the credentials are known).
-func adminCmd(name, summary, usage string, extra func(fs *flag.FlagSet) func(env *command.Env, connect func() (*admin.Client, error), args []string) error) *command.Command {
+func adminCmd(name, summary, usage string, extra func(fs *flag.FlagSet) func(env *command.Env, connect adminConnect, args []string) error) *command.Command {
 	return &command.Command{
 		Name: name, Summary: summary, Usage: usage + adminCommon,
 		Flags: func(fs *flag.FlagSet) func(*command.Env, []string) error {
@@ -134,11 +137,11 @@ Example:
 
 func adminTokenCreateCmd() *command.Command {
 	return adminCmd("admin token create", "make a one-time enrolment token", adminTokenUsage,
-		func(fs *flag.FlagSet) func(*command.Env, func() (*admin.Client, error), []string) error {
+		func(fs *flag.FlagSet) func(*command.Env, adminConnect, []string) error {
 			group := fs.String("group", "", "")
 			ttl := fs.Duration("ttl", 24*time.Hour, "")
 			note := fs.String("note", "", "")
-			return func(env *command.Env, connect func() (*admin.Client, error), args []string) error {
+			return func(env *command.Env, connect adminConnect, args []string) error {
 				if len(args) > 0 {
 					return command.Usagef("unexpected argument %q", args[0])
 				}
@@ -165,9 +168,9 @@ revoked), the reason for it, and when each was last heard from.
 
 func adminDeviceListCmd() *command.Command {
 	return adminCmd("admin device list", "list enrolled devices", adminDeviceListUsage,
-		func(fs *flag.FlagSet) func(*command.Env, func() (*admin.Client, error), []string) error {
+		func(fs *flag.FlagSet) func(*command.Env, adminConnect, []string) error {
 			asJSON := fs.Bool("json", false, "")
-			return func(env *command.Env, connect func() (*admin.Client, error), args []string) error {
+			return func(env *command.Env, connect adminConnect, args []string) error {
 				if len(args) != 0 {
 					return command.Usagef("unexpected argument %q", args[0])
 				}
@@ -214,8 +217,8 @@ Example:
 
 func adminDevicePolicyCmd() *command.Command {
 	return adminCmd("admin device policy", "set a device's policy", adminPolicyUsage,
-		func(fs *flag.FlagSet) func(*command.Env, func() (*admin.Client, error), []string) error {
-			return func(env *command.Env, connect func() (*admin.Client, error), args []string) error {
+		func(fs *flag.FlagSet) func(*command.Env, adminConnect, []string) error {
+			return func(env *command.Env, connect adminConnect, args []string) error {
 				if len(args) != 2 {
 					return command.Usagef("want a device ID and a policy (JSON)")
 				}
@@ -234,8 +237,8 @@ func adminDevicePolicyCmd() *command.Command {
 
 func adminGroupSetCmd() *command.Command {
 	return adminCmd("admin group set", "set a group's policy", adminPolicyUsage,
-		func(fs *flag.FlagSet) func(*command.Env, func() (*admin.Client, error), []string) error {
-			return func(env *command.Env, connect func() (*admin.Client, error), args []string) error {
+		func(fs *flag.FlagSet) func(*command.Env, adminConnect, []string) error {
+			return func(env *command.Env, connect adminConnect, args []string) error {
 				if len(args) != 2 {
 					return command.Usagef("want a group name and a policy (JSON)")
 				}
@@ -260,8 +263,8 @@ is turned off. Nothing is destroyed. (Tang endpoints are not affected.)
 
 func adminLockdownCmd() *command.Command {
 	return adminCmd("admin lockdown", "refuse every unlock at once (on|off)", adminLockdownUsage,
-		func(fs *flag.FlagSet) func(*command.Env, func() (*admin.Client, error), []string) error {
-			return func(env *command.Env, connect func() (*admin.Client, error), args []string) error {
+		func(fs *flag.FlagSet) func(*command.Env, adminConnect, []string) error {
+			return func(env *command.Env, connect adminConnect, args []string) error {
 				if len(args) != 1 || (args[0] != "on" && args[0] != "off") {
 					return command.Usagef("want on or off")
 				}
@@ -292,8 +295,8 @@ store: it applies to every replica.
 
 func adminEnrollOpenCmd() *command.Command {
 	return adminCmd("admin enroll-open", "allow enrolment without a token (on|off)", adminEnrollOpenUsage,
-		func(fs *flag.FlagSet) func(*command.Env, func() (*admin.Client, error), []string) error {
-			return func(env *command.Env, connect func() (*admin.Client, error), args []string) error {
+		func(fs *flag.FlagSet) func(*command.Env, adminConnect, []string) error {
+			return func(env *command.Env, connect adminConnect, args []string) error {
 				if len(args) != 1 || (args[0] != "on" && args[0] != "off") {
 					return command.Usagef("want on or off")
 				}
@@ -337,11 +340,11 @@ Example:
 
 func adminAuditVerifyCmd() *command.Command {
 	return adminCmd("admin audit verify", "check the audit log's hash chain", adminAuditUsage,
-		func(fs *flag.FlagSet) func(*command.Env, func() (*admin.Client, error), []string) error {
+		func(fs *flag.FlagSet) func(*command.Env, adminConnect, []string) error {
 			var anchors anchorList
 			fs.Var(&anchors, "anchor", "")
 			from := fs.String("anchors-from", "", "")
-			return func(env *command.Env, connect func() (*admin.Client, error), args []string) error {
+			return func(env *command.Env, connect adminConnect, args []string) error {
 				if len(args) != 0 {
 					return command.Usagef("unexpected argument %q", args[0])
 				}
@@ -384,8 +387,8 @@ func adminAuditVerifyCmd() *command.Command {
 
 func adminAuditExportCmd() *command.Command {
 	return adminCmd("admin audit export", "write the audit log as JSON lines", adminAuditUsage,
-		func(fs *flag.FlagSet) func(*command.Env, func() (*admin.Client, error), []string) error {
-			return func(env *command.Env, connect func() (*admin.Client, error), args []string) error {
+		func(fs *flag.FlagSet) func(*command.Env, adminConnect, []string) error {
+			return func(env *command.Env, connect adminConnect, args []string) error {
 				if len(args) != 0 {
 					return command.Usagef("unexpected argument %q", args[0])
 				}
@@ -420,9 +423,9 @@ approve and deny say on stderr what they decided.
 
 func adminUnlockListCmd() *command.Command {
 	return adminCmd("admin unlock list", "list unlocks waiting for approval", adminUnlockUsage,
-		func(fs *flag.FlagSet) func(*command.Env, func() (*admin.Client, error), []string) error {
+		func(fs *flag.FlagSet) func(*command.Env, adminConnect, []string) error {
 			asJSON := fs.Bool("json", false, "")
-			return func(env *command.Env, connect func() (*admin.Client, error), args []string) error {
+			return func(env *command.Env, connect adminConnect, args []string) error {
 				if len(args) > 0 {
 					return command.Usagef("unexpected argument %q", args[0])
 				}
@@ -479,11 +482,11 @@ Example:
 
 func adminPCRListCmd() *command.Command {
 	return adminCmd("admin pcr list", "list PCR values devices asked the server to sign", adminPCRUsage,
-		func(fs *flag.FlagSet) func(*command.Env, func() (*admin.Client, error), []string) error {
+		func(fs *flag.FlagSet) func(*command.Env, adminConnect, []string) error {
 			asJSON := fs.Bool("json", false, "")
 			device := fs.String("device", "", "")
 			state := fs.String("state", "", "")
-			return func(env *command.Env, connect func() (*admin.Client, error), args []string) error {
+			return func(env *command.Env, connect adminConnect, args []string) error {
 				if len(args) > 0 {
 					return command.Usagef("unexpected argument %q", args[0])
 				}
@@ -520,8 +523,8 @@ func adminPCRListCmd() *command.Command {
 // adminPCROpCmd is "tether admin pcr OP": approve or deny.
 func adminPCROpCmd(op string) *command.Command {
 	return adminCmd("admin pcr "+op, op+" PCR values a device asked the server to sign", adminPCRUsage,
-		func(fs *flag.FlagSet) func(*command.Env, func() (*admin.Client, error), []string) error {
-			return func(env *command.Env, connect func() (*admin.Client, error), args []string) error {
+		func(fs *flag.FlagSet) func(*command.Env, adminConnect, []string) error {
+			return func(env *command.Env, connect adminConnect, args []string) error {
 				if len(args) != 2 {
 					return command.Usagef("want a device ID and a policy digest (tether admin pcr list)")
 				}
@@ -568,10 +571,10 @@ func adminDeviceOpCmd(op, summary string) *command.Command {
 		yesFlag = " --yes"
 	}
 	return adminCmd("admin device "+op, summary, fmt.Sprintf(adminDeviceOpUsage, op, summary, yesFlag),
-		func(fs *flag.FlagSet) func(*command.Env, func() (*admin.Client, error), []string) error {
+		func(fs *flag.FlagSet) func(*command.Env, adminConnect, []string) error {
 			reason := fs.String("reason", "", "")
 			yes := fs.Bool("yes", false, "")
-			return func(env *command.Env, connect func() (*admin.Client, error), args []string) error {
+			return func(env *command.Env, connect adminConnect, args []string) error {
 				if len(args) != 1 {
 					return command.Usagef("want exactly one device ID")
 				}
@@ -596,8 +599,8 @@ func adminDeviceOpCmd(op, summary string) *command.Command {
 // adminUnlockOpCmd is "tether admin unlock OP": approve or deny.
 func adminUnlockOpCmd(op string) *command.Command {
 	return adminCmd("admin unlock "+op, op+" a waiting unlock", adminUnlockUsage,
-		func(fs *flag.FlagSet) func(*command.Env, func() (*admin.Client, error), []string) error {
-			return func(env *command.Env, connect func() (*admin.Client, error), args []string) error {
+		func(fs *flag.FlagSet) func(*command.Env, adminConnect, []string) error {
+			return func(env *command.Env, connect adminConnect, args []string) error {
 				if len(args) != 1 {
 					return command.Usagef("want exactly one approval ID (tether admin unlock list)")
 				}

@@ -89,8 +89,8 @@ Examples:
 
 func adminUserListCmd() *command.Command {
 	return adminCmd("admin user list", "list dashboard accounts", adminUserUsage,
-		func(fs *flag.FlagSet) func(*command.Env, func() (*admin.Client, error), []string) error {
-			return func(env *command.Env, connect func() (*admin.Client, error), args []string) error {
+		func(fs *flag.FlagSet) func(*command.Env, adminConnect, []string) error {
+			return func(env *command.Env, connect adminConnect, args []string) error {
 				if len(args) > 0 {
 					return command.Usagef("unexpected argument %q", args[0])
 				}
@@ -114,8 +114,8 @@ func adminUserListCmd() *command.Command {
 
 func adminUserUnlockCmd() *command.Command {
 	return adminCmd("admin user unlock", "clear the sign-in brakes on a dashboard account", adminUserUsage,
-		func(fs *flag.FlagSet) func(*command.Env, func() (*admin.Client, error), []string) error {
-			return func(env *command.Env, connect func() (*admin.Client, error), args []string) error {
+		func(fs *flag.FlagSet) func(*command.Env, adminConnect, []string) error {
+			return func(env *command.Env, connect adminConnect, args []string) error {
 				if len(args) != 1 {
 					return command.Usagef("want exactly one account name")
 				}
@@ -135,8 +135,8 @@ func adminUserUnlockCmd() *command.Command {
 
 func adminUserRemoveCmd() *command.Command {
 	return adminCmd("admin user remove", "remove a dashboard account (ends its sessions)", adminUserUsage,
-		func(fs *flag.FlagSet) func(*command.Env, func() (*admin.Client, error), []string) error {
-			return func(env *command.Env, connect func() (*admin.Client, error), args []string) error {
+		func(fs *flag.FlagSet) func(*command.Env, adminConnect, []string) error {
+			return func(env *command.Env, connect adminConnect, args []string) error {
 				if len(args) != 1 {
 					return command.Usagef("want exactly one account name")
 				}
@@ -156,8 +156,8 @@ func adminUserRemoveCmd() *command.Command {
 // adminUserPasswordCmd is "tether admin user add" or "passwd": both take a password.
 func adminUserPasswordCmd(op, summary string) *command.Command {
 	return adminCmd("admin user "+op, summary, adminUserUsage,
-		func(fs *flag.FlagSet) func(*command.Env, func() (*admin.Client, error), []string) error {
-			return func(env *command.Env, connect func() (*admin.Client, error), args []string) error {
+		func(fs *flag.FlagSet) func(*command.Env, adminConnect, []string) error {
+			return func(env *command.Env, connect adminConnect, args []string) error {
 				if len(args) != 1 {
 					return command.Usagef("want exactly one account name (the password comes from stdin or a prompt, never the command line)")
 				}
