@@ -55,9 +55,11 @@ func New(t testing.TB, flavor Flavor) *Guest {
 	g := &Guest{t: t, Flavor: flavor, Dir: dir, Tree: filepath.Join(dir, "tree"),
 		BootImg: filepath.Join(dir, "boot.img"), RootImg: filepath.Join(dir, "root.img"),
 		Tether: testenv.TetherBin(t)}
+	start := time.Now()
 	if out, err := exec.Command("cp", "-a", base, g.Tree).CombinedOutput(); err != nil {
 		t.Fatalf("copy base tree: %v\n%s", err, out)
 	}
+	t.Logf("base tree copied in %s", time.Since(start).Round(100*time.Millisecond))
 	for _, b := range []string{"tether", "tether-smb", "tether-server"} {
 		data, err := os.ReadFile(filepath.Join(filepath.Dir(g.Tether), b))
 		if err != nil {
@@ -120,7 +122,9 @@ func (g *Guest) Chroot(script string) string {
 	cmd := exec.Command("unshare", "--mount", "--propagation", "private", "sh", "-c", mounts)
 	cmd.Stdin = strings.NewReader(script)
 	cmd.Env = []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin", "LANG=C", "HOME=/root"}
+	start := time.Now()
 	out, err := cmd.CombinedOutput()
+	g.t.Logf("chroot script (%d lines) took %s", strings.Count(script, "\n"), time.Since(start).Round(100*time.Millisecond))
 	if err != nil {
 		g.t.Fatalf("in the guest tree: %v\nscript:\n%s\noutput:\n%s", err, script, tail(out, 6000))
 	}
@@ -132,6 +136,8 @@ func (g *Guest) Chroot(script string) string {
 // Passphrase with PBKDF2, fast under emulation).
 func (g *Guest) MakeDisks() {
 	g.t.Helper()
+	start := time.Now()
+	defer func() { g.t.Logf("disks made in %s", time.Since(start).Round(100*time.Millisecond)) }()
 	g.MakePlainDisks(2048)
 	g.run("cryptsetup", "reencrypt", "-q", "--encrypt", "--type", "luks2", "--reduce-device-size", "32M",
 		"--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000", "--key-file", g.PassphraseFile(), g.RootImg)
@@ -412,6 +418,10 @@ func (g *Guest) Boot(o Options) *Machine {
 		logName = "console.log"
 	}
 	logPath := filepath.Join(g.Dir, logName)
+	if dir := os.Getenv("TETHER_REALBOOT_LOGS"); dir != "" {
+		logPath = filepath.Join(dir, strings.ReplaceAll(g.t.Name(), "/", "_")+"-"+logName)
+		os.MkdirAll(dir, 0o755)
+	}
 	go m.read(pr, logPath)
 	go func() {
 		m.waitErr = m.cmd.Wait()
@@ -430,6 +440,8 @@ func (g *Guest) Boot(o Options) *Machine {
 	return m
 }
 
+// read keeps what the guest prints: in m (for WaitFor) and in the file
+// logPath, each line after the seconds since power-on at which it came.
 func (m *Machine) read(r io.Reader, logPath string) {
 	log, _ := os.Create(logPath)
 	if log != nil {
@@ -440,9 +452,6 @@ func (m *Machine) read(r io.Reader, logPath string) {
 		n, err := r.Read(buf)
 		if n > 0 {
 			chunk := buf[:n]
-			if log != nil {
-				log.Write(chunk)
-			}
 			m.mu.Lock()
 			m.console.Write(chunk)
 			m.partial += string(chunk)
@@ -451,7 +460,11 @@ func (m *Machine) read(r io.Reader, logPath string) {
 				if i < 0 {
 					break
 				}
-				m.lines = append(m.lines, consoleLine{at: time.Since(m.start), text: strings.TrimRight(m.partial[:i], "\r")})
+				line := consoleLine{at: time.Since(m.start), text: strings.TrimRight(m.partial[:i], "\r")}
+				m.lines = append(m.lines, line)
+				if log != nil {
+					fmt.Fprintf(log, "%7.1f %s\n", line.at.Seconds(), line.text)
+				}
 				m.partial = m.partial[i+1:]
 			}
 			m.partialAt = time.Since(m.start)
