@@ -78,6 +78,13 @@ func TestEncryptFinalStep(t *testing.T) {
 			time.Sleep(200 * time.Microsecond)
 		}
 		<-exited
+		// The kill can come after cryptsetup moved on (it read the final
+		// step, then cryptsetup wrote the finished metadata before the
+		// signal): a try that missed, not the state under test.
+		if h, err := luks.ReadHeaderFile(img); caught && (err != nil || !finalStep(h)) {
+			t.Logf("try %d: the kill came after the final step (%v); again", try+1, err)
+			caught = false
+		}
 	}
 	if !caught {
 		t.Skip("the final step was never caught in 10 runs (it is a few milliseconds here)")
