@@ -53,6 +53,16 @@ served on its own:
 one dead server never delays another volume. One log line per volume says
 what happened; a failure says what was waited for and why keyd gave up.
 
+A TPM binding made "with_pin" (tether luks bind ... tpm2
+'{"with_pin":true,...}') is tried only when every binding without a PIN has
+failed. keyd then asks for its PIN through systemd's password agents
+(systemd-ask-password: the console, plymouth, or
+"systemd-tty-ask-password-agent --query" over ssh) and keeps retrying the
+other bindings meanwhile: whichever comes first opens the volume, and the
+question is withdrawn. The PIN must be typed within --deadline; after 3
+wrong PINs, or a cancelled question, keyd stops asking and the passphrase
+prompt follows (the TPM locks PINs out after a few more wrong ones).
+
 Sockets come from systemd (tether-keyd.socket, socket activation) or from
 --socket; both may be used at once. A per-volume socket at
 /run/cryptsetup-keys.d/<volume>.key is found by systemd-cryptsetup without
@@ -102,7 +112,7 @@ func keydCmd() *command.Command {
 				lg := bootLogger(env)
 				s := &boot.KeyServer{
 					Crypttab:  *tab,
-					Recoverer: boot.TokenRecoverer{Options: pin.Options{Timeout: *timeout}},
+					Recoverer: boot.TokenRecoverer{Options: pin.Options{Timeout: *timeout}, PINs: &boot.PINPrompt{}},
 					Deadline:  *deadline,
 					Log:       lg,
 				}
