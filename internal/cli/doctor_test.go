@@ -359,9 +359,10 @@ func TestDoctor(t *testing.T) {
 		b.healthy()
 	})
 
-	// A tpm2 binding "with_pin": nobody is asked for its PIN at boot, so
-	// the volume does not unlock by itself. With a network pin beside it
-	// in sss (t=1), the PIN is not needed and nothing is wrong.
+	// A tpm2 binding "with_pin" under the askpass agent: nobody is asked
+	// for its PIN at boot, so the volume does not unlock by itself. With a
+	// network pin beside it in sss (t=1), the PIN is not needed and nothing
+	// is wrong; with keyd, keyd asks for the PIN.
 	t.Run("tpm with PIN", func(t *testing.T) {
 		sw := tpmtest.Start(t)
 		b, _ := dataBed(t)
@@ -392,6 +393,19 @@ func TestDoctor(t *testing.T) {
 			fmt.Sprintf(`{"t":2,"pins":{"tang":[%s],"tpm2":[{"with_pin":true}]}}`, tangCfg))
 		b.crypttab(img3, "vault3", "--askpass")
 		b.expect("volume vault3: every binding needs a TPM PIN")
+		// The line names the switch to keyd, which asks for the PIN at
+		// boot; made as it says, doctor is content.
+		lines, _ := b.doctor()
+		hint := "tether crypttab -d " + img3 + " -n vault3 --write " + b.root + "/etc/crypttab"
+		if !strings.Contains(strings.Join(lines, "\n"), hint) {
+			t.Fatalf("no %q in:\n%s", hint, strings.Join(lines, "\n"))
+		}
+		b.fix(hint, nil)
+		b.healthy()
+		out, _, _ := b.exec(nil, "tether", "doctor", "--root", b.root, "-v")
+		if !strings.Contains(out, "volume vault3: every binding needs a TPM PIN: at boot keyd asks for it") {
+			t.Errorf("doctor -v does not say keyd asks for vault3's PIN:\n%s", out)
+		}
 	})
 
 	t.Run("tpm of another machine", func(t *testing.T) {

@@ -141,6 +141,7 @@ type volume struct {
 	binds   []luks.Binding
 	pins    map[string]bool // pins of every leaf of every binding
 	root    bool            // opened by the initramfs
+	keyd    bool            // its key comes from keyd's socket (which asks for PINs)
 	err     error           // why the header could not be read
 }
 
@@ -206,6 +207,7 @@ func (d *doctor) volumes() []*volume {
 		}
 		_, early := e.Option("initramfs")
 		v.root = early || (rootName != "" && e.Name == rootName)
+		v.keyd = usesSocket && !v.root
 		seen[dev] = true
 		out = append(out, v)
 	}
@@ -526,7 +528,11 @@ func (d *doctor) checkBindings(ctx context.Context, v *volume) {
 			// Decrypting it would need the PIN, which doctor does not
 			// ask for; the TPM's check above is all there is to see.
 			pinOnly++
-			d.ok(subject, "%s needs its PIN: not at boot", pin.Describe(b.JWE))
+			if v.keyd {
+				d.ok(subject, "%s needs its PIN: keyd asks for it at boot", pin.Describe(b.JWE))
+			} else {
+				d.ok(subject, "%s needs its PIN: not at boot", pin.Describe(b.JWE))
+			}
 			continue
 		}
 		// What the checks above cannot see (an SMB password, an https
@@ -549,24 +555,29 @@ func (d *doctor) checkBindings(ctx context.Context, v *volume) {
 		}
 		d.ok(subject, "%s unlocks now", pin.Describe(b.JWE))
 	}
-	if pinOnly > 0 && pinOnly == len(v.binds) {
+	if pinOnly > 0 && pinOnly == len(v.binds) && v.keyd {
+		d.ok(v.subject, "every binding needs a TPM PIN: at boot keyd asks for it through systemd's password agents (the console, plymouth, systemd-tty-ask-password-agent --query) and waits for it until its --deadline; the volume does not open unattended")
+	} else if pinOnly > 0 && pinOnly == len(v.binds) {
 		unlock := "tether luks unlock -d " + dev
 		if v.entry != nil {
 			unlock += " -n " + shellQuote(v.entry.Name)
 		}
 		then := "systemd-cryptsetup asks for its passphrase instead; after boot, " + unlock + " asks the PIN on a terminal"
+		if v.entry != nil {
+			then += "; with keyd instead of the askpass agent the PIN is asked at boot: tether crypttab -d " + dev + " -n " + shellQuote(v.entry.Name) + " --write " + shellQuote(d.path("/etc/crypttab"))
+		}
 		if v.root {
 			then = "the initramfs asks for its passphrase instead"
 		}
 		d.problem(v.subject, "tether luks bind -d "+dev+" -k - PIN CONFIG  # a binding that needs no PIN beside it (a network pin, or sss of tpm2 and tang); the recovery passphrase on stdin",
-			"every binding needs a TPM PIN (tpm2 \"with_pin\"), and at boot nobody is asked for one: the volume does not unlock by itself (%s)", then)
+			"every binding needs a TPM PIN (tpm2 \"with_pin\"), and nothing at this boot step asks for one: the volume does not unlock by itself (%s)", then)
 	}
 }
 
 // needsPIN reports whether j cannot be decrypted without a PIN: a tpm2
 // JWE sealed "with_pin", or an sss whose threshold the parts that need
-// no PIN cannot meet. At boot (keyd, the askpass agent, the initramfs)
-// nobody is asked for a PIN.
+// no PIN cannot meet. At boot only keyd asks for a PIN; the askpass
+// agent and the initramfs do not.
 func needsPIN(j *jose.JWE) bool {
 	switch name, _ := j.Header.Pin(); name {
 	case "tpm2":
