@@ -132,7 +132,7 @@ func (s *KeyServer) KeyFor(ctx context.Context, vol string) (Key, error) {
 	if deadline <= 0 {
 		deadline = DefaultDeadline
 	}
-	ctx, cancel := context.WithTimeout(ctx, deadline)
+	ctx, cancel := context.WithTimeout(WithVolumeName(ctx, vol), deadline)
 	defer cancel()
 	return Retry(ctx, s.MinBackoff, s.MaxBackoff, func(ctx context.Context) (Key, error) {
 		return s.tryOnce(ctx, vol)

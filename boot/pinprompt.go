@@ -28,6 +28,15 @@ type PINs interface {
 	Done(device string)
 }
 
+// volumeKey is the context key of WithVolumeName.
+type volumeKey struct{}
+
+// WithVolumeName names the crypttab volume a request is for, so that a
+// PIN question can say "for disk NAME" as systemd-cryptsetup's own do.
+func WithVolumeName(ctx context.Context, name string) context.Context {
+	return context.WithValue(ctx, volumeKey{}, name)
+}
+
 // ErrPINPending is what PINPrompt's PIN function returns while its question
 // waits for an answer: the binding fails for this attempt only, and an
 // attempt after the PIN is typed uses it.
@@ -96,7 +105,10 @@ func (p *PINPrompt) For(ctx context.Context, device string) func(string, bool) (
 		case a.asked:
 			return nil, ErrPINPending
 		}
-		msg := fmt.Sprintf("%s %s", prompt, device)
+		msg := fmt.Sprintf("%s for %s", prompt, device)
+		if name, _ := ctx.Value(volumeKey{}).(string); name != "" {
+			msg = fmt.Sprintf("%s for disk %s (%s)", prompt, name, device)
+		}
 		if a.wrong > 0 {
 			msg = fmt.Sprintf("Wrong PIN (%d tries left). %s", MaxWrongPINs-a.wrong, msg)
 		}

@@ -239,6 +239,9 @@ func TestPINPrompt(t *testing.T) {
 			t.Fatalf("no key from keyd (%v); asked %q; keyd log:\n%s", err, agent.asked(), logs.String())
 		}
 		testKey(t, img, 1, key) // keyslot 0 is the passphrase
+		if asked := agent.asked(); len(asked) != 1 || !strings.Contains(asked[0], "for disk vault ("+img+")") {
+			t.Errorf("the question should name the crypttab volume and its device: %q", asked)
+		}
 		noQuestionsLeft(t, img)
 	})
 
