@@ -12,10 +12,17 @@ import (
 	"github.com/tether-nbde/tether/internal/testenv"
 )
 
-// makeDataVolume makes a LUKS2 image holding an ext4 filesystem with
-// hello.txt (text), opened by Passphrase in keyslot 0, and binds it to a
+// makeDataVolume makes a LUKS2 volume (makeLUKSVolume) and binds it to a
 // tang server at guestAddr.
 func makeDataVolume(t *testing.T, g *Guest, path, text, guestAddr, adv string) {
+	t.Helper()
+	makeLUKSVolume(t, g, path, text)
+	g.Host("", "luks", "bind", "-d", path, "-k", g.PassphraseFile(), "tang", tangConfig(guestAddr, adv))
+}
+
+// makeLUKSVolume makes a LUKS2 image holding an ext4 filesystem with
+// hello.txt (text), opened by Passphrase in keyslot 0.
+func makeLUKSVolume(t *testing.T, g *Guest, path, text string) {
 	t.Helper()
 	src := t.TempDir()
 	if err := os.WriteFile(filepath.Join(src, "hello.txt"), []byte(text), 0o644); err != nil {
@@ -31,8 +38,10 @@ func makeDataVolume(t *testing.T, g *Guest, path, text, guestAddr, adv string) {
 			t.Fatalf("%s: %v\n%s", strings.Join(args, " "), err, out)
 		}
 	}
-	g.Host("", "luks", "bind", "-d", path, "-k", g.PassphraseFile(), "tang", tangConfig(guestAddr, adv))
 }
+
+// vaultPIN is the TPM PIN of TestDataVolumes' vault volume.
+const vaultPIN = "2468"
 
 func luksUUID(t *testing.T, path string) string {
 	t.Helper()
@@ -63,7 +72,10 @@ echo "@@LEFT $(pgrep -x tether | wc -l)"
 // unattended throughout.
 //
 //   - keyd: crypttab lines written by "tether crypttab --write" point at
-//     keyd's socket; both volumes are mounted and readable;
+//     keyd's socket; both volumes are mounted and readable. A third
+//     volume, vault, has one binding: tpm2 "with_pin" (the guest's swtpm):
+//     keyd asks for its PIN through systemd's password agent, the test
+//     types it at the console prompt, and vault is mounted too;
 //   - askpass: the same volumes with the key field "none", answered by
 //     tether's password agent;
 //   - down: the key server is down (root opened by the typed
@@ -80,17 +92,30 @@ func TestDataVolumes(t *testing.T) {
 	blk := filepath.Join(g.Dir, "data.img")
 	makeDataVolume(t, g, blk, "block-data", ServerAddr, adv)
 	blkUUID := luksUUID(t, blk)
+	// vault: bound to the guest's TPM with a PIN, and nothing else.
+	vault := filepath.Join(g.Dir, "vault.img")
+	makeLUKSVolume(t, g, vault, "vault-data")
+	tpmState := t.TempDir()
+	pinFile := filepath.Join(t.TempDir(), "pin")
+	os.WriteFile(pinFile, []byte(vaultPIN+"\n"), 0o600)
+	withHostTPM(t, tpmState, func() {
+		g.Host("", "luks", "bind", "-d", vault, "-k", g.PassphraseFile(), "--pin-file", pinFile, "tpm2", `{"with_pin":true}`)
+	})
+	vaultUUID := luksUUID(t, vault)
 
 	// An owner's existing line for the container, whose options must
 	// survive --write.
 	g.Write("/etc/crypttab", []byte("root /dev/vdb none luks,initramfs\n"), 0o644)
 	g.Write("/etc/fstab", []byte(Fstab+
-		"/dev/mapper/cloud /mnt/cloud ext4 _netdev,nofail 0 0\n/dev/mapper/blk /mnt/blk ext4 _netdev,nofail 0 0\n"), 0o644)
-	os.MkdirAll(filepath.Join(g.Tree, "mnt/cloud"), 0o755)
-	os.MkdirAll(filepath.Join(g.Tree, "mnt/blk"), 0o755)
+		"/dev/mapper/cloud /mnt/cloud ext4 _netdev,nofail 0 0\n/dev/mapper/blk /mnt/blk ext4 _netdev,nofail 0 0\n"+
+		"/dev/mapper/vault /mnt/vault ext4 _netdev,nofail 0 0\n"), 0o644)
+	for _, d := range []string{"cloud", "blk", "vault"} {
+		os.MkdirAll(filepath.Join(g.Tree, "mnt", d), 0o755)
+	}
 	g.Chroot(`tether install systemd
 tether crypttab -d /home/haadmin/cloud_container.img -n cloud --write /etc/crypttab
 echo "blk UUID=` + blkUUID + ` /run/tether/keyd.sock luks,_netdev,nofail" >> /etc/crypttab
+echo "vault UUID=` + vaultUUID + ` /run/tether/keyd.sock luks,_netdev,nofail" >> /etc/crypttab
 cat /etc/crypttab
 `)
 	installInitramfsTools(g)
@@ -113,13 +138,28 @@ cat /etc/crypttab
 	// The keyd boot also rewrites crypttab for the askpass variant, so
 	// the askpass boot needs no boot of its own to set it up.
 	t.Run("keyd", func(t *testing.T) {
-		m := g.Boot(Options{Forward: fwd, Disks: []string{blk}, Log: "keyd.log", Script: mountScript + `
+		m := g.Boot(Options{Forward: fwd, Disks: []string{blk, vault}, TPM: startSWTPM(t, tpmState), Log: "keyd.log", Script: `
+for i in $(seq 1 150); do findmnt /mnt/vault >/dev/null && break; sleep 1; done
+echo "@@VAULT $(findmnt -no SOURCE /mnt/vault) $(cat /mnt/vault/hello.txt)"
+journalctl -b -o cat -u tether-keyd.service | grep vault | sed 's/^/@@KEYD /'
+` + mountScript + `
 tether crypttab -d /home/haadmin/cloud_container.img -n cloud --askpass --write /etc/crypttab
 sed -i 's|^blk \(\S*\) \S* |blk \1 none |' /etc/crypttab
+sed -i '/^vault /d' /etc/crypttab
+sed -i '/vault/d' /etc/fstab
 cat /etc/crypttab
 sync
 `})
+		// The question keyd posted, on the console: the PIN typed there
+		// opens vault.
+		m.WaitFor(`PIN of the TPM-sealed secret`, 0, 8*time.Minute)
+		m.Type(vaultPIN + "\n")
+		line, _, _ := m.WaitFor(`@@VAULT`, 0, 8*time.Minute)
+		if !strings.Contains(line, "/dev/mapper/vault vault-data") {
+			t.Errorf("vault not mounted after its PIN was typed: %s\nkeyd: %q", line, m.Markers("KEYD"))
+		}
 		check(t, m)
+		t.Logf("keyd: %q", m.Markers("KEYD"))
 		if !regexp.MustCompile(`cloud\s+/home/haadmin/cloud_container.img\s+none\s`).MatchString(m.Console()) {
 			t.Fatalf("crypttab was not rewritten for askpass")
 		}

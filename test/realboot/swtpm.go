@@ -46,13 +46,23 @@ func startSWTPM(t *testing.T, dir string) string {
 // is the disk in another machine.
 func bindTPMOnHost(t *testing.T, g *Guest) {
 	t.Helper()
+	withHostTPM(t, t.TempDir(), func() {
+		g.Host("", "luks", "bind", "-d", g.RootImg, "-k", g.PassphraseFile(), "-s", "1", "tpm2", `{"pcr_ids":"7"}`)
+	})
+}
+
+// withHostTPM runs f with TETHER_TPM_TCTI naming an swtpm on the host
+// whose state is in dir: f's tether commands use that TPM. Booted with
+// startSWTPM on the same dir, a guest has the same TPM (its seeds, so the
+// same primary keys).
+func withHostTPM(t *testing.T, dir string, f func()) {
+	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	port := l.Addr().(*net.TCPAddr).Port
 	l.Close()
-	dir := t.TempDir()
 	cmd := exec.Command("swtpm", "socket", "--tpm2", "--tpmstate", "dir="+dir,
 		"--server", fmt.Sprintf("type=tcp,port=%d,bindaddr=127.0.0.1", port),
 		"--ctrl", fmt.Sprintf("type=tcp,port=%d,bindaddr=127.0.0.1", port+1),
@@ -71,6 +81,6 @@ func bindTPMOnHost(t *testing.T, g *Guest) {
 		time.Sleep(50 * time.Millisecond)
 	}
 	t.Setenv("TETHER_TPM_TCTI", fmt.Sprintf("swtpm:host=127.0.0.1,port=%d", port))
-	g.Host("", "luks", "bind", "-d", g.RootImg, "-k", g.PassphraseFile(), "-s", "1", "tpm2", `{"pcr_ids":"7"}`)
+	f()
 	os.Unsetenv("TETHER_TPM_TCTI")
 }
