@@ -267,7 +267,7 @@ done
 		t.Logf("power cut after %d regen runs", len(m.Markers("REGEN")))
 		// No server: only the TPM binding that was being rewritten can
 		// open the root.
-		m = g.Boot(Options{TPM: startSWTPM(top, tpmState), Log: "after-cut-regen.log", Script: list})
+		m = g.Boot(Options{TPM: startSWTPM(t, tpmState), Log: "after-cut-regen.log", Script: list})
 		opened(t, m)
 		m.WaitExit(3 * time.Minute)
 		// A cut between writing the new keyslot and removing the old

@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 
@@ -18,9 +19,22 @@ const ManagedAddr = "10.0.2.100:7501"
 // startSWTPM starts an swtpm on the state directory dir for one boot: QEMU
 // connects to the returned socket, and swtpm ends when QEMU does
 // (--terminate). The state — seeds, sealed objects, NV — stays in dir, as
-// a TPM's does across power cycles.
+// a TPM's does across power cycles. The swtpm of an earlier boot on dir
+// is waited for first (after a power cut it may still be ending, and two
+// on one state would fight over it); t's cleanup stops this one.
 func startSWTPM(t *testing.T, dir string) string {
 	t.Helper()
+	if prev, ok := swtpms.Load(dir); ok {
+		p := prev.(*swtpmProc)
+		select {
+		case <-p.done:
+		case <-time.After(10 * time.Second):
+			// What a power cut does to a TPM: its state is written after
+			// every command that changes it.
+			p.cmd.Process.Kill()
+			<-p.done
+		}
+	}
 	sock := filepath.Join(dir, "swtpm.sock")
 	os.Remove(sock)
 	cmd := exec.Command("swtpm", "socket", "--tpm2", "--tpmstate", "dir="+dir,
@@ -30,15 +44,32 @@ func startSWTPM(t *testing.T, dir string) string {
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("start swtpm: %v", err)
 	}
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	for i := 0; i < 100; i++ {
+	p := &swtpmProc{cmd: cmd, done: make(chan struct{})}
+	go func() { cmd.Wait(); close(p.done) }()
+	swtpms.Store(dir, p)
+	t.Cleanup(func() { cmd.Process.Kill(); <-p.done })
+	// Generous: under a loaded CI machine (two guests under emulation and
+	// the unit tests) a process can take seconds to get going.
+	for end := time.Now().Add(30 * time.Second); time.Now().Before(end); time.Sleep(50 * time.Millisecond) {
 		if _, err := os.Stat(sock); err == nil {
 			return sock
 		}
-		time.Sleep(50 * time.Millisecond)
+		select {
+		case <-p.done:
+			t.Fatalf("swtpm on %s exited before making its socket: %v\n%s", dir, cmd.ProcessState, out.String())
+		default:
+		}
 	}
-	t.Fatalf("swtpm made no socket: %s", out.String())
+	t.Fatalf("swtpm on %s made no socket in 30s: %s", dir, out.String())
 	return ""
+}
+
+// swtpms holds the latest swtpm started on each state directory.
+var swtpms sync.Map // dir -> *swtpmProc
+
+type swtpmProc struct {
+	cmd  *exec.Cmd
+	done chan struct{} // closed when it has exited
 }
 
 // bindTPMOnHost binds g's root (keyslot 1) to tpm2 (PCR 7) of an swtpm
