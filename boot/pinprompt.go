@@ -62,10 +62,11 @@ type PINPrompt struct {
 // pinAsk is one device's question and what came of it.
 type pinAsk struct {
 	cancel context.CancelFunc // withdraws the question
-	asked  bool               // a question is posted (or answered, unread)
+	asked  bool               // a question is posted and not yet answered
 	answer []byte             // the typed PIN, until handed out
 	err    error              // why no PIN came: cancelled, no agent, ...
-	wrong  int                // PINs refused so far
+	errFor <-chan struct{}    // the Done of the request err ends; a later request asks anew
+	wrong  int                // PINs refused so far (at this boot: the TPM counts them too)
 }
 
 func (p *PINPrompt) ask(device string) *pinAsk {
@@ -93,6 +94,9 @@ func (p *PINPrompt) For(ctx context.Context, device string) func(string, bool) (
 			return append([]byte{}, taken...), nil
 		}
 		a := p.ask(device)
+		if a.err != nil && isClosed(a.errFor) {
+			a.err = nil // cancelled in a request that is over: this one asks again
+		}
 		switch {
 		case a.wrong >= MaxWrongPINs:
 			return nil, pin.Permanent(fmt.Errorf("%d wrong PINs for %s: not asking again at this boot (the passphrase still opens it)", a.wrong, device))
@@ -100,7 +104,7 @@ func (p *PINPrompt) For(ctx context.Context, device string) func(string, bool) (
 			return nil, pin.Permanent(a.err)
 		case a.answer != nil:
 			taken = a.answer
-			a.answer, a.asked = nil, false
+			a.answer = nil
 			return append([]byte{}, taken...), nil
 		case a.asked:
 			return nil, ErrPINPending
@@ -151,15 +155,16 @@ func (p *PINPrompt) post(ctx context.Context, device string, a *pinAsk, msg stri
 		p.mu.Lock()
 		defer p.mu.Unlock()
 		defer clear(out.Bytes())
-		if p.asks[device] != a || !a.asked {
+		if p.asks[device] != a {
 			return // withdrawn (Done) meanwhile
 		}
+		a.asked = false // the question is gone, whatever came of it
 		switch {
 		case actx.Err() != nil:
 			// The request that asked ended: a later one asks anew.
-			a.asked = false
 		case err != nil:
 			a.err = fmt.Errorf("the PIN question was cancelled or failed (%v): %s", err, bytes.TrimSpace(errOut.Bytes()))
+			a.errFor = ctx.Done()
 		default:
 			a.answer = append([]byte{}, answer...)
 		}
@@ -175,12 +180,8 @@ func (p *PINPrompt) Wrong(device string) {
 	p.ask(device).wrong++
 }
 
-// Done implements PINs: the question, if still up, is withdrawn. A nil
-// PINPrompt does nothing.
+// Done implements PINs: the question, if still up, is withdrawn.
 func (p *PINPrompt) Done(device string) {
-	if p == nil {
-		return
-	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if a := p.asks[device]; a != nil {
@@ -189,5 +190,15 @@ func (p *PINPrompt) Done(device string) {
 		}
 		clear(a.answer)
 		delete(p.asks, device)
+	}
+}
+
+// isClosed reports whether ch is closed.
+func isClosed(ch <-chan struct{}) bool {
+	select {
+	case <-ch:
+		return true
+	default:
+		return false
 	}
 }

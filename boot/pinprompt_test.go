@@ -139,11 +139,16 @@ func TestPINPrompt(t *testing.T) {
 			t.Fatalf("luks bind tpm2 with_pin: %s", errOut)
 		}
 	}
-	recoverKey := func(t *testing.T, img string, within time.Duration) (boot.Key, error) {
+	// recoverKey is one request for img's key, as keyd makes it: retries
+	// until the deadline, asking through prompt (nil: a new PINPrompt).
+	recoverKey := func(t *testing.T, img string, within time.Duration, prompt *boot.PINPrompt) (boot.Key, error) {
 		t.Helper()
 		ctx, cancel := context.WithTimeout(context.Background(), within)
 		defer cancel()
-		r := boot.TokenRecoverer{PINs: &boot.PINPrompt{}}
+		if prompt == nil {
+			prompt = &boot.PINPrompt{}
+		}
+		r := boot.TokenRecoverer{PINs: prompt}
 		return boot.Retry(ctx, 100*time.Millisecond, 500*time.Millisecond, func(ctx context.Context) (boot.Key, error) {
 			return r.Recover(ctx, img)
 		})
@@ -153,7 +158,7 @@ func TestPINPrompt(t *testing.T) {
 		img := newImage(t, dir, "wrong-then-right.img")
 		bindPIN(t, img)
 		agent := startPINAgent(t, img, "+1111", "+2468")
-		key, err := recoverKey(t, img, time.Minute)
+		key, err := recoverKey(t, img, time.Minute, nil)
 		if err != nil {
 			t.Fatalf("not recovered with the typed PIN: %v (asked: %q)", err, agent.asked())
 		}
@@ -170,7 +175,7 @@ func TestPINPrompt(t *testing.T) {
 		bindPIN(t, img)
 		agent := startPINAgent(t, img, "+1", "+2", "+3", "+2468")
 		start := time.Now()
-		_, err := recoverKey(t, img, time.Minute)
+		_, err := recoverKey(t, img, time.Minute, nil)
 		if err == nil || !boot.IsPermanent(err) || !strings.Contains(err.Error(), "3 wrong PINs") {
 			t.Fatalf("after 3 wrong PINs: want a permanent error naming them, got %v", err)
 		}
@@ -184,9 +189,10 @@ func TestPINPrompt(t *testing.T) {
 	t.Run("cancelled", func(t *testing.T) {
 		img := newImage(t, dir, "cancelled.img")
 		bindPIN(t, img)
-		startPINAgent(t, img, "-")
+		agent := startPINAgent(t, img, "-", "+2468")
+		prompt := &boot.PINPrompt{} // one keyd: both requests below ask through it
 		start := time.Now()
-		_, err := recoverKey(t, img, time.Minute)
+		_, err := recoverKey(t, img, time.Minute, prompt)
 		if err == nil || !boot.IsPermanent(err) || !strings.Contains(err.Error(), "cancelled") {
 			t.Fatalf("a cancelled question: want a permanent error, got %v", err)
 		}
@@ -194,13 +200,23 @@ func TestPINPrompt(t *testing.T) {
 			t.Errorf("gave up after %v: a cancel should end the wait at once", took)
 		}
 		noQuestionsLeft(t, img)
+		// The cancel ended that request only: the next one (the unit
+		// started again) asks again, and the PIN typed then opens it.
+		key, err := recoverKey(t, img, time.Minute, prompt)
+		if err != nil {
+			t.Fatalf("the request after a cancelled one: %v (asked: %q)", err, agent.asked())
+		}
+		testKey(t, img, key.Slot, key.Passphrase)
+		if n := len(agent.asked()); n != 2 {
+			t.Errorf("asked %d times over the two requests, want 2: %q", n, agent.asked())
+		}
 	})
 
 	t.Run("nobody types", func(t *testing.T) {
 		img := newImage(t, dir, "unanswered.img")
 		bindPIN(t, img)
 		agent := startPINAgent(t, img)
-		_, err := recoverKey(t, img, 3*time.Second)
+		_, err := recoverKey(t, img, 3*time.Second, nil)
 		if err == nil || boot.IsPermanent(err) || !errors.Is(err, boot.ErrPINPending) {
 			t.Fatalf("unanswered until the deadline: want the pending PIN as the last error, got %v", err)
 		}
@@ -254,7 +270,7 @@ func TestPINPrompt(t *testing.T) {
 			t.Fatalf("luks bind tpm2: %s", errOut)
 		}
 		agent := startPINAgent(t, img)
-		key, err := recoverKey(t, img, time.Minute)
+		key, err := recoverKey(t, img, time.Minute, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
