@@ -59,9 +59,10 @@ failed. keyd then asks for its PIN through systemd's password agents
 (systemd-ask-password: the console, plymouth, or
 "systemd-tty-ask-password-agent --query" over ssh) and keeps retrying the
 other bindings meanwhile: whichever comes first opens the volume, and the
-question is withdrawn. The PIN must be typed within --deadline; after 3
-wrong PINs, or a cancelled question, keyd stops asking and the passphrase
-prompt follows (the TPM locks PINs out after a few more wrong ones).
+question is withdrawn. The PIN must be typed within --deadline. A
+cancelled question ends the wait at once and the passphrase prompt follows;
+the volume's next start asks again. After 3 wrong PINs keyd asks no more
+until it restarts (the next boot): the TPM locks PINs out after a few more.
 
 Sockets come from systemd (tether-keyd.socket, socket activation) or from
 --socket; both may be used at once. A per-volume socket at

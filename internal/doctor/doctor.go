@@ -528,11 +528,11 @@ func (d *doctor) checkBindings(ctx context.Context, v *volume) {
 			// Decrypting it would need the PIN, which doctor does not
 			// ask for; the TPM's check above is all there is to see.
 			pinOnly++
+			when := "not at boot"
 			if v.keyd {
-				d.ok(subject, "%s needs its PIN: keyd asks for it at boot", pin.Describe(b.JWE))
-			} else {
-				d.ok(subject, "%s needs its PIN: not at boot", pin.Describe(b.JWE))
+				when = "keyd asks for it at boot"
 			}
+			d.ok(subject, "%s needs its PIN: %s", pin.Describe(b.JWE), when)
 			continue
 		}
 		// What the checks above cannot see (an SMB password, an https
